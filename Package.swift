@@ -1,0 +1,31 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "dsconvert",
+    products: [
+        .executable(name: "dsconvert", targets: ["dsconvert"]),
+        .library(name: "SafeTensors", targets: ["SafeTensors"]),
+        .library(name: "DeepSeekModel", targets: ["DeepSeekModel"]),
+    ],
+    targets: [
+        // Format: mmap reader with the reference implementation's validation, streaming writer, index.
+        .target(name: "SafeTensors", dependencies: ["Numerics"]),
+        // Element codecs and kernels (bf16/f16/f32), no I/O.
+        .target(name: "Numerics"),
+        // config.json model, tensor naming, shape checker, parameter and cache accounting.
+        .target(name: "DeepSeekModel", dependencies: ["SafeTensors"]),
+        // The conversion stages and what they share: output directories, manifests.
+        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics"]),
+        // Argument parsing, diagnostics and terminal output shared by every executable.
+        .target(name: "CLI"),
+        // The commands themselves; every executable is a thin wrapper over one of these.
+        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion"]),
+        .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
+        .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
+        .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
+        .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
+    ]
+)

@@ -1,0 +1,174 @@
+/// One option of a command: `--name VALUE` (or `--name=VALUE`), or a flag when `valueName` is nil.
+public struct OptionSpec: Sendable {
+    public let name: String
+    public let short: Character?
+    public let valueName: String?
+    public let help: String
+    public let repeatable: Bool
+
+    public init(_ name: String, short: Character? = nil, value valueName: String? = nil, repeatable: Bool = false, help: String) {
+        self.name = name
+        self.short = short
+        self.valueName = valueName
+        self.repeatable = repeatable
+        self.help = help
+    }
+}
+
+/// A positional argument.
+public struct PositionalSpec: Sendable {
+    public let name: String
+    public let help: String
+    public let optional: Bool
+
+    public init(_ name: String, optional: Bool = false, help: String) {
+        self.name = name
+        self.optional = optional
+        self.help = help
+    }
+}
+
+/// What a command accepts, and the text of its `--help`.
+public struct CommandSpec: Sendable {
+    public let name: String
+    public let abstract: String
+    public let discussion: String
+    public let positionals: [PositionalSpec]
+    public let options: [OptionSpec]
+
+    public init(name: String, abstract: String, discussion: String = "", positionals: [PositionalSpec] = [], options: [OptionSpec]) {
+        self.name = name
+        self.abstract = abstract
+        self.discussion = discussion
+        self.positionals = positionals
+        self.options = options
+    }
+
+    /// `--help` text for the command invoked as `invocation`.
+    public func helpText(invocation: String) -> String {
+        var usage = "USAGE: \(invocation)"
+        for p in positionals { usage += p.optional ? " [\(p.name)]" : " \(p.name)" }
+        if !options.isEmpty { usage += " [options]" }
+        var lines = ["OVERVIEW: \(abstract)", "", usage]
+        if !discussion.isEmpty { lines += ["", discussion] }
+        if !positionals.isEmpty {
+            lines += ["", "ARGUMENTS:"]
+            for p in positionals { lines.append("  " + pad(p.name, 28) + p.help) }
+        }
+        lines += ["", "OPTIONS:"]
+        for o in options + [OptionSpec("help", short: "h", help: "Show help information.")] {
+            var left = o.short.map { "-\($0), " } ?? ""
+            left += "--\(o.name)"
+            if let v = o.valueName { left += " \(v)" }
+            lines.append("  " + pad(left, 28) + o.help)
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    private func pad(_ s: String, _ width: Int) -> String {
+        s.count >= width ? s + "  " : s + String(repeating: " ", count: width - s.count)
+    }
+}
+
+/// A usage mistake: reported with the command's usage line and exit code 64 (EX_USAGE).
+public struct UsageError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Parsed command-line arguments.
+public struct ParsedArguments: Sendable {
+    public var positionals: [String] = []
+    public var flags: Set<String> = []
+    public var values: [String: [String]] = [:]
+
+    public func flag(_ name: String) -> Bool { flags.contains(name) }
+    public func value(_ name: String) -> String? { values[name]?.last }
+    public func all(_ name: String) -> [String] { values[name] ?? [] }
+
+    /// The value of a required option.
+    public func required(_ name: String) throws -> String {
+        guard let v = value(name) else { throw UsageError("missing required option --\(name)") }
+        return v
+    }
+
+    /// An integer option within `range`.
+    public func integer(_ name: String, default fallback: Int, in range: ClosedRange<Int> = Int.min...Int.max) throws -> Int {
+        guard let text = value(name) else { return fallback }
+        guard let v = Int(text), range.contains(v) else {
+            throw UsageError("--\(name) takes a whole number in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
+        }
+        return v
+    }
+
+    /// A choice among fixed words.
+    public func choice(_ name: String, default fallback: String, among choices: [String]) throws -> String {
+        guard let text = value(name) else { return fallback }
+        guard choices.contains(text) else { throw UsageError("--\(name) takes one of \(choices.joined(separator: ", ")), got '\(text)'") }
+        return text
+    }
+}
+
+public enum ParseResult: Sendable {
+    case arguments(ParsedArguments)
+    case help
+}
+
+public enum ArgumentParser {
+    /// Parses `arguments` (without the program name) against `spec`.
+    public static func parse(_ arguments: [String], spec: CommandSpec) throws -> ParseResult {
+        var result = ParsedArguments()
+        var index = 0
+        var onlyPositionals = false
+        func option(named name: String) -> OptionSpec? { spec.options.first { $0.name == name } }
+        while index < arguments.count {
+            let arg = arguments[index]
+            index += 1
+            if onlyPositionals || arg == "-" || !arg.hasPrefix("-") {
+                result.positionals.append(arg)
+                continue
+            }
+            if arg == "--" { onlyPositionals = true; continue }
+            if arg == "-h" || arg == "--help" { return .help }
+            var name: String
+            var inlineValue: String?
+            if arg.hasPrefix("--") {
+                name = String(arg.dropFirst(2))
+                if let eq = name.firstIndex(of: "=") {
+                    inlineValue = String(name[name.index(after: eq)...])
+                    name = String(name[..<eq])
+                }
+            } else {
+                guard arg.count == 2, let o = spec.options.first(where: { $0.short == arg.last }) else {
+                    throw UsageError("unknown option '\(arg)'")
+                }
+                name = o.name
+            }
+            guard let o = option(named: name) else { throw UsageError("unknown option '--\(name)'") }
+            if o.valueName == nil {
+                if inlineValue != nil { throw UsageError("--\(name) takes no value") }
+                result.flags.insert(name)
+                continue
+            }
+            let value: String
+            if let inlineValue {
+                value = inlineValue
+            } else {
+                guard index < arguments.count else { throw UsageError("--\(name) needs a value \(o.valueName!)") }
+                value = arguments[index]
+                index += 1
+            }
+            if !o.repeatable, result.values[name] != nil { throw UsageError("--\(name) given more than once") }
+            result.values[name, default: []].append(value)
+        }
+        let required = spec.positionals.filter { !$0.optional }.count
+        if result.positionals.count < required {
+            throw UsageError("missing argument \(spec.positionals[result.positionals.count].name)")
+        }
+        if result.positionals.count > spec.positionals.count {
+            throw UsageError("unexpected argument '\(result.positionals[spec.positionals.count])'")
+        }
+        return .arguments(result)
+    }
+}

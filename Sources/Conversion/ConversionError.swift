@@ -1,0 +1,22 @@
+import Foundation
+
+/// Failures of a conversion stage that are not about the input's format.
+public enum ConversionError: LocalizedError, Equatable, Sendable {
+    case outputInsideInput(output: String, input: String)
+    case invalidManifest(path: String, reason: String)
+    case cannotCopy(file: String, reason: String)
+    case invalidSize(text: String)
+
+    public var errorDescription: String? {
+        switch self {
+        case let .outputInsideInput(output, input):
+            return "\(output): output must not be the input directory or inside it (\(input))"
+        case let .invalidManifest(path, reason):
+            return "\(path): invalid dsconvert manifest: \(reason)"
+        case let .cannotCopy(file, reason):
+            return "\(file): cannot copy: \(reason)"
+        case let .invalidSize(text):
+            return "invalid size '\(text)' (examples: 5GB, 500MB, 2GiB, 1000000)"
+        }
+    }
+}

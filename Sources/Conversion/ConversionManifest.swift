@@ -1,0 +1,68 @@
+import Foundation
+import SafeTensors
+
+/// `dsconvert.json`: the record every output directory carries of how it was made.
+///
+/// Stages append: converting a dsconvert output carries its stages forward and adds the new one.
+public struct ConversionManifest: Codable, Equatable, Sendable {
+    public struct Stage: Codable, Equatable, Sendable {
+        public var stage: String
+        public var toolVersion: String
+        public var options: [String: String]
+        public var input: String
+
+        enum CodingKeys: String, CodingKey {
+            case stage
+            case toolVersion = "tool_version"
+            case options
+            case input
+        }
+
+        public init(stage: String, options: [String: String], input: String) {
+            self.stage = stage
+            self.toolVersion = ConversionManifest.toolVersion
+            self.options = options
+            self.input = input
+        }
+    }
+
+    public struct FileRecord: Codable, Equatable, Sendable {
+        public var name: String
+        public var bytes: Int
+        public var sha256: String
+    }
+
+    public static let fileName = "dsconvert.json"
+    public static let toolVersion = "0.1.0"
+    public static let formatName = "dsconvert-manifest"
+
+    public var format: String = ConversionManifest.formatName
+    public var version: Int = 1
+    public var stages: [Stage]
+    /// Every safetensors file written, with its checksum (what `--resume` and users verify against).
+    public var files: [FileRecord]
+
+    public init(stages: [Stage], files: [FileRecord]) {
+        self.stages = stages
+        self.files = files
+    }
+
+    /// The manifest of a dsconvert output directory, if it has one.
+    public static func load(directory: URL) throws -> ConversionManifest? {
+        let url = directory.appendingPathComponent(fileName)
+        guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+        do {
+            return try JSONDecoder().decode(ConversionManifest.self, from: Data(contentsOf: url))
+        } catch {
+            throw ConversionError.invalidManifest(path: url.path, reason: "\(error)")
+        }
+    }
+
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var data = try encoder.encode(self)
+        data.append(0x0A)
+        return data
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import SafeTensors
+
+/// A checkpoint being written by a stage: safetensors data, copied side files, `config.json` and
+/// the manifest, all in a hidden directory that is renamed into place only when complete.
+public final class ConversionOutput {
+    public let input: URL
+    public let directory: AtomicOutputDirectory
+    public let writer: CheckpointWriter
+
+    /// Files never copied through: the weights and index (rewritten) and the manifest (appended).
+    static func isRewritten(_ name: String) -> Bool {
+        name.hasSuffix(".safetensors") || name == Checkpoint.indexFileName || name == ConversionManifest.fileName
+            || name.hasPrefix(".")
+    }
+
+    public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout) throws {
+        let inputPath = input.standardizedFileURL.resolvingSymlinksInPath().path
+        let outputPath = output.standardizedFileURL.path
+        let outputParent = output.standardizedFileURL.deletingLastPathComponent().resolvingSymlinksInPath().path
+        let resolvedOutput = (outputParent as NSString).appendingPathComponent(output.lastPathComponent)
+        if resolvedOutput == inputPath || resolvedOutput.hasPrefix(inputPath + "/") {
+            throw ConversionError.outputInsideInput(output: outputPath, input: inputPath)
+        }
+        self.input = input
+        directory = try AtomicOutputDirectory(final: output, force: force)
+        writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL)
+    }
+
+    /// Copies the input's side files (tokenizer, generation config, …) unchanged; `config.json` is
+    /// copied too unless the stage writes its own afterwards.
+    public func copySideFiles() throws {
+        let fm = FileManager.default
+        let names = (try? fm.contentsOfDirectory(atPath: input.path)) ?? []
+        for name in names.sorted() where !Self.isRewritten(name) {
+            let source = input.appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            do {
+                try fm.copyItem(at: source, to: directory.temporaryURL.appendingPathComponent(name))
+            } catch {
+                throw ConversionError.cannotCopy(file: source.path, reason: (error as NSError).localizedDescription)
+            }
+        }
+    }
+
+    /// Writes a JSON side file (e.g. a rewritten `config.json`).
+    public func writeFile(_ name: String, data: Data) throws {
+        let url = directory.temporaryURL.appendingPathComponent(name)
+        try? FileManager.default.removeItem(at: url)
+        try AtomicFile.write(data, to: url)
+    }
+
+    /// Finishes the weights, writes the manifest with this stage appended, and moves the output into place.
+    public func commit(stage: ConversionManifest.Stage) throws {
+        try writer.finish()
+        var stages = try ConversionManifest.load(directory: input)?.stages ?? []
+        stages.append(stage)
+        var files: [ConversionManifest.FileRecord] = []
+        for shard in writer.layout.shards {
+            let path = directory.temporaryURL.appendingPathComponent(shard.fileName).path
+            files.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: try SHA256.hex(fileAt: path)))
+        }
+        try writeFile(ConversionManifest.fileName, data: try ConversionManifest(stages: stages, files: files).encoded())
+        try directory.commit()
+    }
+
+    /// Parses a shard size like Hugging Face's `max_shard_size`: "5GB" (10^9), "5GiB" (2^30), "500MB", or bytes.
+    public static func parseSize(_ text: String) throws -> Int {
+        let units: [(String, Int)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
+        let upper = text.uppercased().trimmingCharacters(in: .whitespaces)
+        for (suffix, factor) in units where upper.hasSuffix(suffix) {
+            guard let value = Double(upper.dropLast(suffix.count)), value > 0 else { throw ConversionError.invalidSize(text: text) }
+            return Int(value * Double(factor))
+        }
+        guard let value = Int(upper), value > 0 else { throw ConversionError.invalidSize(text: text) }
+        return value
+    }
+}

@@ -1,0 +1,61 @@
+import CLI
+import DeepSeekModel
+import Foundation
+import SafeTensors
+
+/// `dsconvert inspect`: what a checkpoint is, what it costs, and whether it is complete.
+public enum InspectCommand: Command {
+    public static let spec = CommandSpec(
+        name: "inspect",
+        abstract: "Describe a DeepSeek-V2 checkpoint and check it against its config.json.",
+        discussion: """
+        DIR is a Hugging Face checkpoint directory (sharded with model.safetensors.index.json, or a
+        single model.safetensors), or a directory or config.json with no weights, which is
+        described from the config alone. Exit 0 when the checkpoint is complete and consistent, 1 otherwise.
+        """,
+        positionals: [PositionalSpec("DIR", help: "Checkpoint directory, or a config.json.")],
+        options: [
+            OptionSpec("json", help: "Print the report as JSON (Schemas/inspect.schema.json)."),
+            OptionSpec("tensors", help: "Also list every tensor: name, dtype, shape, shard."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        var url = URL(fileURLWithPath: arguments.positionals[0])
+        var configData: Data
+        if url.lastPathComponent.hasSuffix(".json") {
+            configData = try readConfig(url)
+            url.deleteLastPathComponent()
+        } else {
+            configData = try readConfig(url.appendingPathComponent("config.json"))
+        }
+        let configPath = url.appendingPathComponent("config.json").path
+        let config = try DeepSeekV2Config.decode(configData, path: configPath)
+        configData = Data()
+
+        let fm = FileManager.default
+        let hasWeights = fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.indexFileName).path)
+            || fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.singleFileName).path)
+        let checkpoint = hasWeights ? try Checkpoint(directory: url) : nil
+        let report = InspectReport(path: url.path, config: config, checkpoint: checkpoint, listTensors: arguments.flag("tensors"))
+
+        if arguments.flag("json") {
+            terminal.out(String(decoding: try report.encoded(), as: UTF8.self))
+        } else {
+            terminal.out(report.text())
+        }
+        if let first = report.check.problems.first {
+            let more = report.check.problems.count > 1 ? " (and \(report.check.problems.count - 1) more problems)" : ""
+            terminal.error("dsconvert inspect", first + more)
+            return ExitCode.failure
+        }
+        return ExitCode.success
+    }
+
+    private static func readConfig(_ url: URL) throws -> Data {
+        guard let data = FileManager.default.contents(atPath: url.path) else {
+            throw DeepSeekModelError.missingConfig(path: url.path)
+        }
+        return data
+    }
+}

@@ -1,0 +1,197 @@
+import DeepSeekModel
+import Foundation
+import SafeTensors
+
+/// The content of `dsconvert inspect`, as text or JSON (Schemas/inspect.schema.json).
+public struct InspectReport: Encodable {
+    public struct Attention: Encodable {
+        var form: String
+        var heads: Int
+        var qLoraRank: Int?
+        var kvLoraRank: Int
+        var qkNopeHeadDim: Int
+        var qkRopeHeadDim: Int
+        var vHeadDim: Int
+        var softmaxScale: Double
+        var ropeTheta: Double
+        var ropeScaling: RopeScaling?
+
+        enum CodingKeys: String, CodingKey {
+            case form, heads
+            case qLoraRank = "q_lora_rank"
+            case kvLoraRank = "kv_lora_rank"
+            case qkNopeHeadDim = "qk_nope_head_dim"
+            case qkRopeHeadDim = "qk_rope_head_dim"
+            case vHeadDim = "v_head_dim"
+            case softmaxScale = "softmax_scale"
+            case ropeTheta = "rope_theta"
+            case ropeScaling = "rope_scaling"
+        }
+    }
+
+    public struct Weights: Encodable {
+        var files: [String]
+        var tensorCount: Int
+        var parameters: Int
+        var bytes: Int
+        var bytesByDType: [String: Int]
+
+        enum CodingKeys: String, CodingKey {
+            case files
+            case tensorCount = "tensor_count"
+            case parameters
+            case bytes
+            case bytesByDType = "bytes_by_dtype"
+        }
+    }
+
+    public struct TensorEntry: Encodable {
+        var name: String
+        var dtype: String
+        var shape: [Int]
+        var file: String
+    }
+
+    public struct Check: Encodable {
+        var status: String
+        var problems: [String]
+    }
+
+    var path: String
+    var architecture: String
+    var modelType: String
+    var hiddenSize: Int
+    var vocabSize: Int
+    var layers: Int
+    var attention: Attention
+    var accounting: ModelAccounting
+    var weights: Weights?
+    var tensors: [TensorEntry]?
+    var check: Check
+
+    enum CodingKeys: String, CodingKey {
+        case path, architecture
+        case modelType = "model_type"
+        case hiddenSize = "hidden_size"
+        case vocabSize = "vocab_size"
+        case layers, attention, accounting, weights, tensors, check
+    }
+
+    public init(path: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) {
+        self.path = path
+        architecture = config.architectures?.first ?? "DeepseekV2ForCausalLM"
+        modelType = config.modelType ?? "deepseek_v2"
+        hiddenSize = config.hiddenSize
+        vocabSize = config.vocabSize
+        layers = config.numHiddenLayers
+        attention = Attention(form: "mla", heads: config.numAttentionHeads, qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank,
+                              qkNopeHeadDim: config.qkNopeHeadDim, qkRopeHeadDim: config.qkRopeHeadDim, vHeadDim: config.vHeadDim,
+                              softmaxScale: config.softmaxScale, ropeTheta: config.ropeTheta, ropeScaling: config.ropeScaling)
+        accounting = ModelAccounting(config: config)
+        if let checkpoint {
+            var byDType: [String: Int] = [:]
+            for t in checkpoint.tensors { byDType[t.dtype.rawValue, default: 0] += t.byteCount }
+            weights = Weights(files: checkpoint.shardNames, tensorCount: checkpoint.tensors.count,
+                              parameters: checkpoint.tensors.reduce(0) { $0 + $1.elementCount },
+                              bytes: checkpoint.totalTensorBytes, bytesByDType: byDType)
+            if listTensors {
+                tensors = checkpoint.tensors.map { TensorEntry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, file: checkpoint.shardName(of: $0.name) ?? "") }
+            }
+            let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
+            check = Check(status: report.isValid ? "ok" : "invalid", problems: report.problems.map { $0.errorDescription ?? "\($0)" })
+        } else {
+            check = Check(status: "config-only", problems: [])
+        }
+    }
+
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(self)
+    }
+
+    public func text() -> String {
+        var lines: [String] = []
+        func row(_ label: String, _ value: String) { lines.append("  " + label.padding(toLength: 16, withPad: " ", startingAt: 0) + value) }
+        lines.append("\(path): \(architecture) (\(modelType))")
+        let kinds = accounting.layerKinds
+        row("layers", "\(layers): dense \(Format.ranges(kinds.dense)), MoE \(Format.ranges(kinds.moe))")
+        let a = attention
+        let query = a.qLoraRank.map { "q_lora \($0)" } ?? "q_proj (no query compression)"
+        row("attention", "MLA, \(a.heads) heads, \(query), kv_lora \(a.kvLoraRank), nope \(a.qkNopeHeadDim), rope \(a.qkRopeHeadDim), v \(a.vHeadDim)")
+        var rope = "theta \(Format.number(a.ropeTheta))"
+        if let s = a.ropeScaling {
+            rope += ", \(s.type) factor \(Format.number(s.factor ?? 1)), mscale \(Format.number(s.mscale ?? 0)), mscale_all_dim \(Format.number(s.mscaleAllDim ?? 0))"
+        }
+        row("rope", rope + String(format: "; softmax scale %.7f", a.softmaxScale))
+        row("parameters", "\(Format.grouped(accounting.totalParameters)) total, \(Format.grouped(accounting.activeParameters)) active per token (\(Format.grouped(accounting.activeParametersWithEmbedding)) with the embedding table)")
+        if let r = accounting.routing {
+            var text = "\(r.method): \(r.routedExperts) routed + \(r.sharedExperts) shared experts, top-\(r.expertsPerToken)"
+            if r.groups > 1 { text += ", \(r.groups) groups of \(r.expertsPerGroup), top-\(r.topkGroups) groups" }
+            text += ", M = \(r.deviceBoundM), scaling \(Format.number(r.routedScalingFactor)), norm_topk_prob \(r.normTopkProb)"
+            row("routing", text)
+        } else {
+            row("routing", "none (no MoE layers)")
+        }
+        for kv in accounting.kvCache {
+            row(kv.format == accounting.kvCache.first?.format ? "KV cache/token" : "", "\(kv.format.padding(toLength: 10, withPad: " ", startingAt: 0)) \(kv.bytesPerTokenPerLayer) B/layer, \(Format.grouped(kv.bytesPerToken)) B for \(layers) layers (\(String(format: "%.3f", kv.bitsPerElement)) bits/element)")
+        }
+        if let w = weights {
+            let dtypes = w.bytesByDType.sorted { $0.key < $1.key }.map { "\($0.key) \(Format.bytes($0.value))" }.joined(separator: ", ")
+            row("weights", "\(w.tensorCount) tensors, \(Format.grouped(w.parameters)) parameters in \(w.files.count) file(s); \(dtypes)")
+        } else {
+            row("weights", "none (described from config.json only)")
+        }
+        switch check.status {
+        case "ok": row("check", "ok: every tensor config.json implies is present with its shape, nothing else")
+        case "config-only": row("check", "not run (no weights)")
+        default:
+            row("check", "INVALID: \(check.problems.count) problem(s)")
+            for p in check.problems.prefix(20) { lines.append("    - " + p) }
+            if check.problems.count > 20 { lines.append("    … \(check.problems.count - 20) more") }
+        }
+        if let tensors {
+            lines.append("  tensors:")
+            for t in tensors { lines.append("    \(t.name)  \(t.dtype) \(t.shape)  \(t.file)") }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Number formatting for reports.
+enum Format {
+    static func grouped(_ n: Int) -> String {
+        let digits = String(n.magnitude)
+        var out = ""
+        for (i, c) in digits.reversed().enumerated() {
+            if i > 0, i % 3 == 0 { out.append(",") }
+            out.append(c)
+        }
+        return (n < 0 ? "-" : "") + String(out.reversed())
+    }
+
+    static func number(_ x: Double) -> String {
+        x == x.rounded() && abs(x) < 1e15 ? String(Int(x)) : String(x)
+    }
+
+    static func bytes(_ n: Int) -> String {
+        let units = ["B", "KB", "MB", "GB", "TB"]
+        var value = Double(n), unit = 0
+        while value >= 1000, unit < units.count - 1 { value /= 1000; unit += 1 }
+        return unit == 0 ? "\(n) B" : String(format: "%.2f %@", value, units[unit])
+    }
+
+    /// "0, 2-5" for [0, 2, 3, 4, 5].
+    static func ranges(_ values: [Int]) -> String {
+        guard !values.isEmpty else { return "none" }
+        var parts: [String] = []
+        var start = values[0], previous = values[0]
+        for v in values.dropFirst() + [Int.min] {
+            if v == previous + 1 { previous = v; continue }
+            parts.append(start == previous ? "\(start)" : "\(start)-\(previous)")
+            start = v
+            previous = v
+        }
+        return parts.joined(separator: ", ")
+    }
+}

@@ -1,0 +1,40 @@
+import CLI
+import Conversion
+import Foundation
+import SafeTensors
+
+/// `dsconvert reshard`: rewrites a checkpoint's shards at another size, tensors unchanged.
+public enum ReshardCommand: Command {
+    public static let spec = CommandSpec(
+        name: "reshard",
+        abstract: "Rewrite a checkpoint into shards of at most --max-shard-size, tensors byte for byte unchanged.",
+        options: [
+            OptionSpec("input", value: "DIR", help: "Input checkpoint directory."),
+            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard, like Hugging Face: 5GB (default), 500MB, 2GiB, or bytes."),
+            OptionSpec("force", help: "Replace an existing output directory."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let input = URL(fileURLWithPath: try arguments.required("input"))
+        let output = URL(fileURLWithPath: try arguments.required("output"))
+        let maxShardSize = try ConversionOutput.parseSize(arguments.value("max-shard-size") ?? "5GB")
+        let checkpoint = try Checkpoint(directory: input)
+        let layout = CheckpointLayout(
+            tensors: checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
+            maxShardSize: maxShardSize)
+        let out = try ConversionOutput(input: input, output: output, force: arguments.flag("force"), layout: layout)
+        let total = checkpoint.tensors.count
+        for (i, info) in checkpoint.tensors.enumerated() {
+            try out.writer.write(info.name, bytes: try checkpoint.view(info.name).bytes)
+            checkpoint.release(info.name)
+            if i % 64 == 0 || i == total - 1 { terminal.progress("reshard: \(i + 1)/\(total) tensors") }
+        }
+        terminal.endProgress()
+        try out.copySideFiles()
+        try out.commit(stage: .init(stage: "reshard", options: ["max_shard_size": String(maxShardSize)], input: input.path))
+        terminal.out("\(output.path): \(total) tensors in \(layout.shards.count) file(s)")
+        return ExitCode.success
+    }
+}

@@ -1,0 +1,36 @@
+import SafeTensors
+
+/// The checker's verdict on a checkpoint against its config.
+public struct CheckReport: Sendable {
+    /// Every disagreement found, in model order; empty when the checkpoint is complete and consistent.
+    public let problems: [DeepSeekModelError]
+    public var isValid: Bool { problems.isEmpty }
+}
+
+/// Checks that every tensor the config implies is present with the right shape and a real-valued
+/// dtype, and that nothing unexpected is there.
+public enum CheckpointChecker {
+    public static func check(config: DeepSeekV2Config, checkpoint: Checkpoint) -> CheckReport {
+        var problems: [DeepSeekModelError] = []
+        let expected = config.expectedTensors()
+        var expectedNames = Set<String>()
+        for tensor in expected {
+            expectedNames.insert(tensor.name)
+            guard let info = checkpoint.info(tensor.name) else {
+                problems.append(.missingTensor(file: checkpoint.directory.path, tensor: tensor.name, expectedShape: tensor.shape))
+                continue
+            }
+            if info.shape != tensor.shape {
+                problems.append(.wrongShape(file: checkpoint.path(of: tensor.name), tensor: tensor.name, expected: tensor.shape, actual: info.shape))
+            } else if !info.dtype.isFloatingPoint {
+                problems.append(.wrongDType(file: checkpoint.path(of: tensor.name), tensor: tensor.name, dtype: info.dtype.rawValue))
+            }
+        }
+        for info in checkpoint.tensors where !expectedNames.contains(info.name) {
+            // transformers drops a tied lm_head on load; a stray copy is not an error.
+            if info.name == TensorNames.lmHead, config.tieWordEmbeddings { continue }
+            problems.append(.unexpectedTensor(file: checkpoint.path(of: info.name), tensor: info.name))
+        }
+        return CheckReport(problems: problems)
+    }
+}

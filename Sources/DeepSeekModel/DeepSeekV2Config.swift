@@ -1,0 +1,323 @@
+import Foundation
+
+/// YaRN / RoPE scaling parameters, from either the hub's `rope_scaling` or transformers 5's `rope_parameters`.
+public struct RopeScaling: Codable, Equatable, Sendable {
+    public var type: String
+    public var factor: Double?
+    public var mscale: Double?
+    public var mscaleAllDim: Double?
+    public var originalMaxPositionEmbeddings: Int?
+    public var betaFast: Double?
+    public var betaSlow: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case type
+        case ropeType = "rope_type"
+        case factor
+        case mscale
+        case mscaleAllDim = "mscale_all_dim"
+        case originalMaxPositionEmbeddings = "original_max_position_embeddings"
+        case betaFast = "beta_fast"
+        case betaSlow = "beta_slow"
+    }
+
+    public init(type: String, factor: Double? = nil, mscale: Double? = nil, mscaleAllDim: Double? = nil,
+                originalMaxPositionEmbeddings: Int? = nil, betaFast: Double? = nil, betaSlow: Double? = nil) {
+        self.type = type
+        self.factor = factor
+        self.mscale = mscale
+        self.mscaleAllDim = mscaleAllDim
+        self.originalMaxPositionEmbeddings = originalMaxPositionEmbeddings
+        self.betaFast = betaFast
+        self.betaSlow = betaSlow
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        type = try c.decodeIfPresent(String.self, forKey: .type) ?? c.decodeIfPresent(String.self, forKey: .ropeType) ?? "default"
+        factor = try c.decodeIfPresent(Double.self, forKey: .factor)
+        mscale = try c.decodeIfPresent(Double.self, forKey: .mscale)
+        mscaleAllDim = try c.decodeIfPresent(Double.self, forKey: .mscaleAllDim)
+        originalMaxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings)
+        betaFast = try c.decodeIfPresent(Double.self, forKey: .betaFast)
+        betaSlow = try c.decodeIfPresent(Double.self, forKey: .betaSlow)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(type, forKey: .type)
+        try c.encodeIfPresent(factor, forKey: .factor)
+        try c.encodeIfPresent(mscale, forKey: .mscale)
+        try c.encodeIfPresent(mscaleAllDim, forKey: .mscaleAllDim)
+        try c.encodeIfPresent(originalMaxPositionEmbeddings, forKey: .originalMaxPositionEmbeddings)
+        try c.encodeIfPresent(betaFast, forKey: .betaFast)
+        try c.encodeIfPresent(betaSlow, forKey: .betaSlow)
+    }
+
+    /// True when YaRN is in effect (transformers treats "yarn" as the only scaling DeepSeek-V2 uses).
+    public var isYaRN: Bool { type == "yarn" }
+}
+
+/// The `config.json` of a DeepSeek-V2-family checkpoint (DeepSeek-V2, V2-Lite, V2-Chat, V2.5).
+///
+/// Keys follow the hub files; `rope_theta`/`rope_scaling` (hub) and `rope_parameters`
+/// (transformers 5) are both accepted and normalized into `ropeTheta` and `ropeScaling`.
+public struct DeepSeekV2Config: Codable, Equatable, Sendable {
+    public var architectures: [String]?
+    public var modelType: String?
+    public var vocabSize: Int
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var moeIntermediateSize: Int
+    public var numHiddenLayers: Int
+    public var numAttentionHeads: Int
+    public var qLoraRank: Int?
+    public var kvLoraRank: Int
+    public var qkNopeHeadDim: Int
+    public var qkRopeHeadDim: Int
+    public var vHeadDim: Int
+    public var nRoutedExperts: Int?
+    public var nSharedExperts: Int?
+    public var numExpertsPerTok: Int?
+    public var firstKDenseReplace: Int
+    public var moeLayerFreq: Int
+    public var topkMethod: String
+    public var nGroup: Int?
+    public var topkGroup: Int?
+    public var routedScalingFactor: Double
+    public var normTopkProb: Bool
+    public var scoringFunc: String
+    public var rmsNormEps: Double
+    public var ropeTheta: Double
+    public var ropeScaling: RopeScaling?
+    public var maxPositionEmbeddings: Int?
+    public var tieWordEmbeddings: Bool
+    public var attentionBias: Bool
+    public var hiddenAct: String
+    public var torchDtype: String?
+
+    enum CodingKeys: String, CodingKey {
+        case architectures
+        case modelType = "model_type"
+        case vocabSize = "vocab_size"
+        case hiddenSize = "hidden_size"
+        case intermediateSize = "intermediate_size"
+        case moeIntermediateSize = "moe_intermediate_size"
+        case numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads"
+        case qLoraRank = "q_lora_rank"
+        case kvLoraRank = "kv_lora_rank"
+        case qkNopeHeadDim = "qk_nope_head_dim"
+        case qkRopeHeadDim = "qk_rope_head_dim"
+        case vHeadDim = "v_head_dim"
+        case nRoutedExperts = "n_routed_experts"
+        case nSharedExperts = "n_shared_experts"
+        case numExpertsPerTok = "num_experts_per_tok"
+        case firstKDenseReplace = "first_k_dense_replace"
+        case moeLayerFreq = "moe_layer_freq"
+        case topkMethod = "topk_method"
+        case nGroup = "n_group"
+        case topkGroup = "topk_group"
+        case routedScalingFactor = "routed_scaling_factor"
+        case normTopkProb = "norm_topk_prob"
+        case scoringFunc = "scoring_func"
+        case rmsNormEps = "rms_norm_eps"
+        case ropeTheta = "rope_theta"
+        case ropeScaling = "rope_scaling"
+        case ropeParameters = "rope_parameters"
+        case maxPositionEmbeddings = "max_position_embeddings"
+        case tieWordEmbeddings = "tie_word_embeddings"
+        case attentionBias = "attention_bias"
+        case hiddenAct = "hidden_act"
+        case torchDtype = "torch_dtype"
+        case dtype
+    }
+
+    private struct RopeParameters: Decodable {
+        var ropeTheta: Double?
+        enum CodingKeys: String, CodingKey { case ropeTheta = "rope_theta" }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
+        modelType = try c.decodeIfPresent(String.self, forKey: .modelType)
+        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+        moeIntermediateSize = try c.decodeIfPresent(Int.self, forKey: .moeIntermediateSize) ?? 1407
+        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
+        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+        qLoraRank = try c.decodeIfPresent(Int.self, forKey: .qLoraRank)
+        kvLoraRank = try c.decode(Int.self, forKey: .kvLoraRank)
+        qkNopeHeadDim = try c.decode(Int.self, forKey: .qkNopeHeadDim)
+        qkRopeHeadDim = try c.decode(Int.self, forKey: .qkRopeHeadDim)
+        vHeadDim = try c.decode(Int.self, forKey: .vHeadDim)
+        nRoutedExperts = try c.decodeIfPresent(Int.self, forKey: .nRoutedExperts)
+        nSharedExperts = try c.decodeIfPresent(Int.self, forKey: .nSharedExperts)
+        numExpertsPerTok = try c.decodeIfPresent(Int.self, forKey: .numExpertsPerTok)
+        firstKDenseReplace = try c.decodeIfPresent(Int.self, forKey: .firstKDenseReplace) ?? 0
+        moeLayerFreq = try c.decodeIfPresent(Int.self, forKey: .moeLayerFreq) ?? 1
+        topkMethod = try c.decodeIfPresent(String.self, forKey: .topkMethod) ?? "greedy"
+        nGroup = try c.decodeIfPresent(Int.self, forKey: .nGroup)
+        topkGroup = try c.decodeIfPresent(Int.self, forKey: .topkGroup)
+        routedScalingFactor = try c.decodeIfPresent(Double.self, forKey: .routedScalingFactor) ?? 1.0
+        normTopkProb = try c.decodeIfPresent(Bool.self, forKey: .normTopkProb) ?? false
+        scoringFunc = try c.decodeIfPresent(String.self, forKey: .scoringFunc) ?? "softmax"
+        rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings)
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? false
+        hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct) ?? "silu"
+        torchDtype = try c.decodeIfPresent(String.self, forKey: .torchDtype) ?? c.decodeIfPresent(String.self, forKey: .dtype)
+
+        if c.contains(.ropeParameters), try !c.decodeNil(forKey: .ropeParameters) {
+            let parameters = try c.decode(RopeParameters.self, forKey: .ropeParameters)
+            let scaling = try c.decode(RopeScaling.self, forKey: .ropeParameters)
+            ropeTheta = try parameters.ropeTheta ?? c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000
+            ropeScaling = scaling.type == "default" ? nil : scaling
+        } else {
+            ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000
+            let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling)
+            ropeScaling = scaling?.type == "default" ? nil : scaling
+        }
+    }
+
+    /// Encodes in the hub layout (`rope_theta` + `rope_scaling` with `type`).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(architectures, forKey: .architectures)
+        try c.encodeIfPresent(modelType, forKey: .modelType)
+        try c.encode(vocabSize, forKey: .vocabSize)
+        try c.encode(hiddenSize, forKey: .hiddenSize)
+        try c.encode(intermediateSize, forKey: .intermediateSize)
+        try c.encode(moeIntermediateSize, forKey: .moeIntermediateSize)
+        try c.encode(numHiddenLayers, forKey: .numHiddenLayers)
+        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
+        try c.encode(qLoraRank, forKey: .qLoraRank)
+        try c.encode(kvLoraRank, forKey: .kvLoraRank)
+        try c.encode(qkNopeHeadDim, forKey: .qkNopeHeadDim)
+        try c.encode(qkRopeHeadDim, forKey: .qkRopeHeadDim)
+        try c.encode(vHeadDim, forKey: .vHeadDim)
+        try c.encodeIfPresent(nRoutedExperts, forKey: .nRoutedExperts)
+        try c.encodeIfPresent(nSharedExperts, forKey: .nSharedExperts)
+        try c.encodeIfPresent(numExpertsPerTok, forKey: .numExpertsPerTok)
+        try c.encode(firstKDenseReplace, forKey: .firstKDenseReplace)
+        try c.encode(moeLayerFreq, forKey: .moeLayerFreq)
+        try c.encode(topkMethod, forKey: .topkMethod)
+        try c.encodeIfPresent(nGroup, forKey: .nGroup)
+        try c.encodeIfPresent(topkGroup, forKey: .topkGroup)
+        try c.encode(routedScalingFactor, forKey: .routedScalingFactor)
+        try c.encode(normTopkProb, forKey: .normTopkProb)
+        try c.encode(scoringFunc, forKey: .scoringFunc)
+        try c.encode(rmsNormEps, forKey: .rmsNormEps)
+        try c.encode(ropeTheta, forKey: .ropeTheta)
+        try c.encode(ropeScaling, forKey: .ropeScaling)
+        try c.encodeIfPresent(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
+        try c.encode(tieWordEmbeddings, forKey: .tieWordEmbeddings)
+        try c.encode(attentionBias, forKey: .attentionBias)
+        try c.encode(hiddenAct, forKey: .hiddenAct)
+        try c.encodeIfPresent(torchDtype, forKey: .torchDtype)
+    }
+
+    /// Reads and checks `config.json` in a checkpoint directory.
+    public static func load(directory: URL) throws -> DeepSeekV2Config {
+        let url = directory.appendingPathComponent("config.json")
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw DeepSeekModelError.missingConfig(path: url.path)
+        }
+        return try decode(data, path: url.path)
+    }
+
+    public static func decode(_ data: Data, path: String) throws -> DeepSeekV2Config {
+        let config: DeepSeekV2Config
+        do {
+            config = try JSONDecoder().decode(DeepSeekV2Config.self, from: data)
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "missing key '\(key.stringValue)'")
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "key '\(key)': \(context.debugDescription)")
+        } catch {
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "not valid JSON")
+        }
+        try config.validate(path: path)
+        return config
+    }
+
+    /// Architecture names this toolchain understands.
+    public static let supportedArchitectures: Set<String> = ["DeepseekV2ForCausalLM"]
+    public static let supportedModelTypes: Set<String> = ["deepseek_v2"]
+
+    func validate(path: String) throws {
+        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
+        if let architectures, !architectures.isEmpty, !architectures.contains(where: Self.supportedArchitectures.contains) {
+            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: architectures.joined(separator: ","))
+        }
+        if let modelType, !Self.supportedModelTypes.contains(modelType) {
+            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: "model_type \(modelType)")
+        }
+        let positives: [(String, Int)] = [
+            ("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+            ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
+            ("kv_lora_rank", kvLoraRank), ("qk_nope_head_dim", qkNopeHeadDim), ("qk_rope_head_dim", qkRopeHeadDim),
+            ("v_head_dim", vHeadDim), ("moe_intermediate_size", moeIntermediateSize), ("moe_layer_freq", moeLayerFreq),
+        ]
+        for (key, value) in positives where value <= 0 { throw bad("'\(key)' must be positive, is \(value)") }
+        if let q = qLoraRank, q <= 0 { throw bad("'q_lora_rank' must be positive or null, is \(q)") }
+        if qkRopeHeadDim % 2 != 0 { throw bad("'qk_rope_head_dim' must be even for rotary pairs, is \(qkRopeHeadDim)") }
+        if firstKDenseReplace < 0 { throw bad("'first_k_dense_replace' must not be negative") }
+        if scoringFunc != "softmax" { throw bad("scoring_func '\(scoringFunc)' is not supported (DeepSeek-V2 uses softmax)") }
+        if hiddenAct != "silu" { throw bad("hidden_act '\(hiddenAct)' is not supported (DeepSeek-V2 uses silu)") }
+        if hasMoE {
+            guard let e = nRoutedExperts, e > 0 else { throw bad("'n_routed_experts' must be positive when MoE layers exist") }
+            guard let k = numExpertsPerTok, k > 0, k <= e else { throw bad("'num_experts_per_tok' must be in 1...n_routed_experts") }
+            switch topkMethod {
+            case "greedy": break
+            case "group_limited_greedy":
+                guard let g = nGroup, g > 0, e % g == 0 else { throw bad("'n_group' must divide n_routed_experts for group_limited_greedy") }
+                guard let tg = topkGroup, tg > 0, tg <= g else { throw bad("'topk_group' must be in 1...n_group") }
+                guard tg * (e / g) >= k else { throw bad("topk_group groups hold fewer experts than num_experts_per_tok") }
+            default:
+                throw bad("topk_method '\(topkMethod)' is not supported (greedy or group_limited_greedy)")
+            }
+        }
+        if let scaling = ropeScaling, scaling.isYaRN {
+            guard let factor = scaling.factor, factor > 0 else { throw bad("yarn rope scaling needs a positive 'factor'") }
+            guard scaling.originalMaxPositionEmbeddings ?? 0 > 0 else { throw bad("yarn rope scaling needs 'original_max_position_embeddings'") }
+        } else if let scaling = ropeScaling {
+            throw bad("rope scaling type '\(scaling.type)' is not supported (DeepSeek-V2 uses yarn)")
+        }
+    }
+
+    // MARK: Derived facts
+
+    public var qkHeadDim: Int { qkNopeHeadDim + qkRopeHeadDim }
+    public var hasQueryCompression: Bool { qLoraRank != nil }
+
+    /// Layer `i` is MoE iff routed experts exist, i ≥ first_k_dense_replace and i % moe_layer_freq == 0
+    /// (DeepSeek's own modeling code; transformers' native class ignores moe_layer_freq, which is 1 in every published config).
+    public func isMoELayer(_ i: Int) -> Bool {
+        (nRoutedExperts ?? 0) > 0 && i >= firstKDenseReplace && i % moeLayerFreq == 0
+    }
+
+    public var hasMoE: Bool { (0..<numHiddenLayers).contains(where: isMoELayer) }
+    public var moeLayerCount: Int { (0..<numHiddenLayers).filter(isMoELayer).count }
+
+    /// m(s, k) = 0.1·k·ln(s) + 1 for s > 1 (YaRN's attention temperature).
+    public static func yarnMscale(scale: Double, mscale: Double) -> Double {
+        scale <= 1 ? 1.0 : 0.1 * mscale * Foundation.log(scale) + 1.0
+    }
+
+    /// The attention softmax scale: (nope + rope)^-0.5 · m(factor, mscale_all_dim)², as DeepSeek's code
+    /// and transformers compute it. Never from the absorbed width (576^-0.5 is a known engine bug).
+    public var softmaxScale: Double {
+        var scale = 1.0 / Double(qkHeadDim).squareRoot()
+        if let s = ropeScaling, s.isYaRN, let all = s.mscaleAllDim, all != 0 {
+            let m = Self.yarnMscale(scale: s.factor ?? 1, mscale: all)
+            scale *= m * m
+        }
+        return scale
+    }
+}

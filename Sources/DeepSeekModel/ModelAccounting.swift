@@ -1,0 +1,110 @@
+import SafeTensors
+
+/// Parameter, byte and cache accounting of a DeepSeek-V2 checkpoint.
+public struct ModelAccounting: Codable, Equatable, Sendable {
+    public struct LayerKinds: Codable, Equatable, Sendable {
+        public var dense: [Int]
+        public var moe: [Int]
+    }
+
+    public struct Routing: Codable, Equatable, Sendable {
+        public var method: String
+        public var routedExperts: Int
+        public var sharedExperts: Int
+        public var expertsPerToken: Int
+        public var groups: Int
+        public var topkGroups: Int
+        public var expertsPerGroup: Int
+        /// The most devices one token's routed experts can touch when each group sits on its own
+        /// device (DeepSeek-V2's M; equal to `expertsPerToken` for plain greedy routing).
+        public var deviceBoundM: Int
+        public var routedScalingFactor: Double
+        public var normTopkProb: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case method
+            case routedExperts = "routed_experts"
+            case sharedExperts = "shared_experts"
+            case expertsPerToken = "experts_per_token"
+            case groups
+            case topkGroups = "topk_groups"
+            case expertsPerGroup = "experts_per_group"
+            case deviceBoundM = "device_bound_m"
+            case routedScalingFactor = "routed_scaling_factor"
+            case normTopkProb = "norm_topk_prob"
+        }
+    }
+
+    public struct KVCache: Codable, Equatable, Sendable {
+        public var format: String
+        public var bytesPerTokenPerLayer: Int
+        public var bytesPerToken: Int
+        public var bitsPerElement: Double
+
+        enum CodingKeys: String, CodingKey {
+            case format
+            case bytesPerTokenPerLayer = "bytes_per_token_per_layer"
+            case bytesPerToken = "bytes_per_token"
+            case bitsPerElement = "bits_per_element"
+        }
+    }
+
+    /// Parameters implied by the config.
+    public var totalParameters: Int
+    /// Parameters a token's forward pass uses, excluding the embedding table (a lookup, not a
+    /// product). This is the convention of DeepSeek's "21B activated" (V2) and "2.4B" (V2-Lite).
+    public var activeParameters: Int
+    /// The same, with the embedding table counted.
+    public var activeParametersWithEmbedding: Int
+    public var parametersByRole: [String: Int]
+    public var layerKinds: LayerKinds
+    public var routing: Routing?
+    public var kvCache: [KVCache]
+
+    enum CodingKeys: String, CodingKey {
+        case totalParameters = "total_parameters"
+        case activeParameters = "active_parameters"
+        case activeParametersWithEmbedding = "active_parameters_with_embedding"
+        case parametersByRole = "parameters_by_role"
+        case layerKinds = "layer_kinds"
+        case routing
+        case kvCache = "kv_cache"
+    }
+
+    public init(config: DeepSeekV2Config) {
+        let tensors = config.expectedTensors()
+        var byRole: [String: Int] = [:]
+        for t in tensors { byRole[t.role.rawValue, default: 0] += t.elementCount }
+        totalParameters = tensors.reduce(0) { $0 + $1.elementCount }
+        parametersByRole = byRole
+
+        let routedTotal = byRole[TensorRole.routedExpert.rawValue] ?? 0
+        let perExpert = 3 * config.hiddenSize * config.moeIntermediateSize
+        let activeRouted = config.moeLayerCount * (config.numExpertsPerTok ?? 0) * perExpert
+        activeParametersWithEmbedding = totalParameters - routedTotal + activeRouted
+        activeParameters = activeParametersWithEmbedding - (byRole[TensorRole.embedding.rawValue] ?? 0)
+
+        let layers = 0..<config.numHiddenLayers
+        layerKinds = LayerKinds(dense: layers.filter { !config.isMoELayer($0) }, moe: layers.filter(config.isMoELayer))
+
+        if config.hasMoE {
+            let e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
+            let grouped = config.topkMethod == "group_limited_greedy"
+            let g = grouped ? (config.nGroup ?? 1) : 1
+            let tg = grouped ? (config.topkGroup ?? 1) : 1
+            routing = Routing(method: config.topkMethod, routedExperts: e, sharedExperts: config.nSharedExperts ?? 0,
+                              expertsPerToken: k, groups: g, topkGroups: tg, expertsPerGroup: e / g,
+                              deviceBoundM: grouped ? tg : k, routedScalingFactor: config.routedScalingFactor,
+                              normTopkProb: config.normTopkProb)
+        } else {
+            routing = nil
+        }
+
+        kvCache = KVCacheFormat.allCases.map { format in
+            let perLayer = format.bytesPerTokenPerLayer(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim)
+            return KVCache(format: format.rawValue, bytesPerTokenPerLayer: perLayer,
+                           bytesPerToken: perLayer * config.numHiddenLayers,
+                           bitsPerElement: format.bitsPerElement(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim))
+        }
+    }
+}

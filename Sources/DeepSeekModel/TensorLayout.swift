@@ -1,0 +1,94 @@
+/// Which part of the model a tensor belongs to, for accounting.
+public enum TensorRole: String, Codable, Sendable {
+    case embedding, lmHead = "lm_head", norm, attention, denseMLP = "dense_mlp", router, routedExpert = "routed_expert", sharedExpert = "shared_expert"
+}
+
+/// A tensor the config implies, with its shape.
+public struct ExpectedTensor: Equatable, Sendable {
+    public let name: String
+    public let shape: [Int]
+    public let role: TensorRole
+    /// The decoder layer, nil for embeddings, the final norm and lm_head.
+    public let layer: Int?
+    /// The routed expert index, for routed expert weights.
+    public let expert: Int?
+
+    public var elementCount: Int { shape.reduce(1, *) }
+}
+
+/// Hub tensor names of DeepSeek-V2 (`modeling_deepseek.py` and transformers' `DeepseekV2ForCausalLM`).
+/// All linear weights are [out, in].
+public enum TensorNames {
+    public static let embedding = "model.embed_tokens.weight"
+    public static let finalNorm = "model.norm.weight"
+    public static let lmHead = "lm_head.weight"
+    public static func layer(_ i: Int) -> String { "model.layers.\(i)." }
+    public static func expert(_ layer: Int, _ j: Int, _ projection: String) -> String {
+        "model.layers.\(layer).mlp.experts.\(j).\(projection).weight"
+    }
+
+    /// The decoder layer a tensor name belongs to, if any.
+    public static func layerIndex(of name: String) -> Int? {
+        guard name.hasPrefix("model.layers.") else { return nil }
+        let rest = name.dropFirst("model.layers.".count)
+        guard let dot = rest.firstIndex(of: ".") else { return nil }
+        return Int(rest[..<dot])
+    }
+
+    /// The routed expert a tensor name belongs to, if any.
+    public static func expertIndex(of name: String) -> Int? {
+        guard let range = name.range(of: ".mlp.experts.") else { return nil }
+        let rest = name[range.upperBound...]
+        guard let dot = rest.firstIndex(of: ".") else { return nil }
+        return Int(rest[..<dot])
+    }
+}
+
+extension DeepSeekV2Config {
+    /// Every tensor this config implies, in model order (embeddings, layers, final norm, lm_head).
+    public func expectedTensors() -> [ExpectedTensor] {
+        var out: [ExpectedTensor] = []
+        func add(_ name: String, _ shape: [Int], _ role: TensorRole, layer: Int? = nil, expert: Int? = nil) {
+            out.append(ExpectedTensor(name: name, shape: shape, role: role, layer: layer, expert: expert))
+        }
+        let h = hiddenSize, heads = numAttentionHeads
+        add(TensorNames.embedding, [vocabSize, h], .embedding)
+        for i in 0..<numHiddenLayers {
+            let p = TensorNames.layer(i)
+            add(p + "input_layernorm.weight", [h], .norm, layer: i)
+            add(p + "post_attention_layernorm.weight", [h], .norm, layer: i)
+            if let q = qLoraRank {
+                add(p + "self_attn.q_a_proj.weight", [q, h], .attention, layer: i)
+                add(p + "self_attn.q_a_layernorm.weight", [q], .norm, layer: i)
+                add(p + "self_attn.q_b_proj.weight", [heads * qkHeadDim, q], .attention, layer: i)
+            } else {
+                add(p + "self_attn.q_proj.weight", [heads * qkHeadDim, h], .attention, layer: i)
+            }
+            add(p + "self_attn.kv_a_proj_with_mqa.weight", [kvLoraRank + qkRopeHeadDim, h], .attention, layer: i)
+            add(p + "self_attn.kv_a_layernorm.weight", [kvLoraRank], .norm, layer: i)
+            add(p + "self_attn.kv_b_proj.weight", [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank], .attention, layer: i)
+            add(p + "self_attn.o_proj.weight", [h, heads * vHeadDim], .attention, layer: i)
+            if isMoELayer(i) {
+                let e = nRoutedExperts ?? 0, m = moeIntermediateSize
+                add(p + "mlp.gate.weight", [e, h], .router, layer: i)
+                for j in 0..<e {
+                    add(TensorNames.expert(i, j, "gate_proj"), [m, h], .routedExpert, layer: i, expert: j)
+                    add(TensorNames.expert(i, j, "up_proj"), [m, h], .routedExpert, layer: i, expert: j)
+                    add(TensorNames.expert(i, j, "down_proj"), [h, m], .routedExpert, layer: i, expert: j)
+                }
+                if let s = nSharedExperts, s > 0 {
+                    add(p + "mlp.shared_experts.gate_proj.weight", [m * s, h], .sharedExpert, layer: i)
+                    add(p + "mlp.shared_experts.up_proj.weight", [m * s, h], .sharedExpert, layer: i)
+                    add(p + "mlp.shared_experts.down_proj.weight", [h, m * s], .sharedExpert, layer: i)
+                }
+            } else {
+                add(p + "mlp.gate_proj.weight", [intermediateSize, h], .denseMLP, layer: i)
+                add(p + "mlp.up_proj.weight", [intermediateSize, h], .denseMLP, layer: i)
+                add(p + "mlp.down_proj.weight", [h, intermediateSize], .denseMLP, layer: i)
+            }
+        }
+        add(TensorNames.finalNorm, [h], .norm)
+        if !tieWordEmbeddings { add(TensorNames.lmHead, [vocabSize, h], .lmHead) }
+        return out
+    }
+}

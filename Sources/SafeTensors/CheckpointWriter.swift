@@ -1,0 +1,231 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A tensor to be written: everything but its data.
+public struct PlannedTensor: Equatable, Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+
+    public init(name: String, dtype: DType, shape: [Int]) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+    }
+
+    public var byteCount: Int { SafeTensorsHeader.byteCount(shape: shape, dtype: dtype) ?? 0 }
+}
+
+/// One output file: its header bytes and every tensor's final position.
+public struct ShardPlan: Sendable {
+    public let fileName: String
+    /// Tensors in file order (dtype descending, then name), with their data offsets.
+    public let tensors: [TensorInfo]
+    public let headerBytes: [UInt8]
+    public var dataStart: Int { 8 + headerBytes.count }
+    public var fileSize: Int { dataStart + (tensors.last?.dataOffsets.upperBound ?? 0) }
+
+    /// Lays out one file exactly as the reference serializer would for the same tensors.
+    public init(fileName: String, tensors planned: [PlannedTensor], metadata: [String: String]?) {
+        self.fileName = fileName
+        let ordered = planned.sorted { $0.dtype != $1.dtype ? $0.dtype > $1.dtype : $0.name < $1.name }
+        var offset = 0
+        var infos: [TensorInfo] = []
+        for tensor in ordered {
+            infos.append(TensorInfo(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape, dataOffsets: offset..<(offset + tensor.byteCount)))
+            offset += tensor.byteCount
+        }
+        tensors = infos
+        headerBytes = SafeTensorsHeader.serialize(tensors: infos, metadata: metadata)
+    }
+}
+
+/// The files of an output checkpoint, split like Hugging Face's `save_pretrained`.
+public struct CheckpointLayout: Sendable {
+    public let shards: [ShardPlan]
+    /// True when an index file is written (more than one shard).
+    public var isSharded: Bool { shards.count > 1 }
+    public var totalTensorBytes: Int { shards.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
+
+    /// Hugging Face's default `max_shard_size` ("5GB").
+    public static let defaultMaxShardSize = 5_000_000_000
+    /// What transformers writes in every shard's metadata.
+    public static let defaultMetadata = ["format": "pt"]
+
+    /// Splits tensors, in production order, into shards of at most `maxShardSize` bytes of data,
+    /// with huggingface_hub's rule: fill greedily, a tensor larger than the limit gets a shard of its own.
+    public init(tensors: [PlannedTensor], maxShardSize: Int = defaultMaxShardSize, metadata: [String: String]? = defaultMetadata) {
+        var groups: [[PlannedTensor]] = []
+        var current: [PlannedTensor] = []
+        var currentSize = 0
+        for tensor in tensors {
+            let size = tensor.byteCount
+            if size > maxShardSize {
+                groups.append([tensor])
+                continue
+            }
+            if currentSize + size > maxShardSize, !current.isEmpty {
+                groups.append(current)
+                current = []
+                currentSize = 0
+            }
+            current.append(tensor)
+            currentSize += size
+        }
+        if !current.isEmpty || groups.isEmpty { groups.append(current) }
+        if groups.count == 1 {
+            shards = [ShardPlan(fileName: Checkpoint.singleFileName, tensors: groups[0], metadata: metadata)]
+        } else {
+            let n = groups.count
+            shards = groups.enumerated().map { i, group in
+                ShardPlan(fileName: String(format: "model-%05d-of-%05d.safetensors", i + 1, n), tensors: group, metadata: metadata)
+            }
+        }
+    }
+
+    /// `model.safetensors.index.json` as transformers writes it (`json.dumps(indent=2, sort_keys=True)`).
+    public func indexJSON() -> String {
+        var entries: [(String, String)] = []
+        for shard in shards { for t in shard.tensors { entries.append((t.name, shard.fileName)) } }
+        entries.sort { $0.0 < $1.0 }
+        var out = "{\n  \"metadata\": {\n    \"total_size\": \(totalTensorBytes)\n  },\n  \"weight_map\": {"
+        out += entries.map { "\n    \(CompactJSON.quoted($0.0)): \(CompactJSON.quoted($0.1))" }.joined(separator: ",")
+        out += entries.isEmpty ? "}\n}\n" : "\n  }\n}\n"
+        return out
+    }
+}
+
+/// Writes a planned checkpoint into a directory, tensor by tensor, in any order and from any thread.
+///
+/// Every tensor's final offset is known from the plan, so data goes straight from the producer to
+/// its place in the file with `pwrite`: nothing is buffered, and memory stays bounded by the
+/// tensors being produced. A shard is flushed and closed as soon as its last tensor is written.
+public final class CheckpointWriter: @unchecked Sendable {
+    public let layout: CheckpointLayout
+    public let directory: URL
+    private let lock = NSLock()
+    private var placement: [String: (shard: Int, info: TensorInfo)] = [:]
+    private var remaining: [Int]
+    private var descriptors: [Int: Int32] = [:]
+    private var written = Set<String>()
+    /// Called once per finished shard with its file name (for manifests and progress).
+    public var onShardComplete: (@Sendable (String) -> Void)?
+
+    public init(layout: CheckpointLayout, directory: URL) {
+        self.layout = layout
+        self.directory = directory
+        remaining = layout.shards.map { $0.tensors.count }
+        for (i, shard) in layout.shards.enumerated() {
+            for info in shard.tensors { placement[info.name] = (i, info) }
+        }
+    }
+
+    deinit {
+        for fd in descriptors.values { close(fd) }
+    }
+
+    private func path(_ shard: Int) -> String { directory.appendingPathComponent(layout.shards[shard].fileName).path }
+
+    private func descriptor(_ shard: Int) throws -> Int32 {
+        if let fd = descriptors[shard] { return fd }
+        let plan = layout.shards[shard]
+        let fd = open(path(shard), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SafeTensorsError.writeFailed(file: path(shard), reason: String(cString: strerror(errno))) }
+        descriptors[shard] = fd
+        let prefix = withUnsafeBytes(of: UInt64(plan.headerBytes.count).littleEndian) { Array($0) }
+        try writeAll(fd: fd, bytes: prefix + plan.headerBytes, at: 0, file: path(shard))
+        return fd
+    }
+
+    private func writeAll(fd: Int32, bytes: [UInt8], at offset: Int, file: String) throws {
+        try bytes.withUnsafeBytes { try writeAll(fd: fd, buffer: $0, at: offset, file: file) }
+    }
+
+    private func writeAll(fd: Int32, buffer: UnsafeRawBufferPointer, at offset: Int, file: String) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = pwrite(fd, buffer.baseAddress! + done, min(buffer.count - done, 1 << 30), off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError.writeFailed(file: file, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { throw SafeTensorsError.writeFailed(file: file, reason: "no progress (disk full?)") }
+            done += n
+        }
+    }
+
+    /// Writes the complete data of tensor `name`.
+    public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+        lock.lock()
+        guard let (shard, info) = placement[name] else {
+            lock.unlock()
+            throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: name, reason: "not in the output plan")
+        }
+        let file = path(shard)
+        guard bytes.count == info.byteCount else {
+            lock.unlock()
+            throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "produced \(bytes.count) bytes, planned \(info.byteCount)")
+        }
+        guard written.insert(name).inserted else {
+            lock.unlock()
+            throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "written twice")
+        }
+        let fd: Int32
+        do { fd = try descriptor(shard) } catch { lock.unlock(); throw error }
+        lock.unlock()
+
+        if !bytes.isEmpty {
+            try writeAll(fd: fd, buffer: bytes, at: layout.shards[shard].dataStart + info.dataOffsets.lowerBound, file: file)
+        }
+
+        lock.lock()
+        remaining[shard] -= 1
+        let finished = remaining[shard] == 0
+        if finished { descriptors[shard] = nil }
+        lock.unlock()
+        if finished {
+            let ok = fsync(fd) == 0
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            if !ok { throw SafeTensorsError.writeFailed(file: file, reason: reason) }
+            onShardComplete?(layout.shards[shard].fileName)
+        }
+    }
+
+    public func write(_ name: String, bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write(name, bytes: $0) }
+    }
+
+    /// Checks every planned tensor was written, then writes the index (for a sharded layout).
+    public func finish() throws {
+        lock.lock()
+        let missing = placement.keys.filter { !written.contains($0) }.sorted()
+        lock.unlock()
+        if let first = missing.first {
+            throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: first, reason: "planned but never written (\(missing.count) missing)")
+        }
+        // A shard with no tensors at all never had a write to create it.
+        for (i, shard) in layout.shards.enumerated() where shard.tensors.isEmpty {
+            let fd = try descriptor(i)
+            fsync(fd)
+            close(fd)
+            descriptors[i] = nil
+        }
+        if layout.isSharded {
+            try AtomicFile.write(Data(layout.indexJSON().utf8), to: directory.appendingPathComponent(Checkpoint.indexFileName))
+        }
+    }
+}
+
+/// Whole small files (configs, indexes, manifests) written durably.
+public enum AtomicFile {
+    public static func write(_ data: Data, to url: URL) throws {
+        do {
+            try data.write(to: url, options: .atomic)
+        } catch {
+            throw SafeTensorsError.writeFailed(file: url.path, reason: (error as NSError).localizedDescription)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A read-only memory mapping of a whole file. Pages are faulted in on access, never copied.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let size: Int
+    /// Start of the mapping; nil for an empty file.
+    public let base: UnsafeRawPointer?
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw SafeTensorsError.cannotOpen(file: path, reason: "not a regular file") }
+        size = Int(info.st_size)
+        if size == 0 {
+            base = nil
+            return
+        }
+        let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let mapping, mapping != MAP_FAILED else {
+            throw SafeTensorsError.cannotOpen(file: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
+        }
+        base = UnsafeRawPointer(mapping)
+    }
+
+    deinit {
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+    }
+
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: size) }
+
+    /// Tells the kernel a byte range will be read front to back soon.
+    public func adviseSequential(_ range: Range<Int>) { advise(range, MADV_SEQUENTIAL) }
+    /// Lets the kernel drop a range's pages from this process (they stay in the page cache),
+    /// which keeps resident memory bounded while streaming a checkpoint larger than RAM.
+    public func release(_ range: Range<Int>) { advise(range, MADV_DONTNEED) }
+
+    private func advise(_ range: Range<Int>, _ advice: Int32) {
+        guard let base, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        let end = min(size, range.upperBound)
+        guard end > start else { return }
+        madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, advice)
+    }
+}
+
+/// A zero-copy view of one tensor's bytes inside a mapped file.
+public struct TensorView: @unchecked Sendable {
+    public let info: TensorInfo
+    public let bytes: UnsafeRawBufferPointer
+    /// Keeps the mapping alive for as long as the view exists.
+    public let owner: MappedFile
+
+    public var name: String { info.name }
+    public var dtype: DType { info.dtype }
+    public var shape: [Int] { info.shape }
+}
+
+/// One safetensors file, validated on open and memory-mapped.
+public final class SafeTensorsFile: @unchecked Sendable {
+    public let path: String
+    public let header: SafeTensorsHeader
+    public let mapping: MappedFile
+    private let byName: [String: Int]
+
+    public init(path: String) throws {
+        mapping = try MappedFile(path: path)
+        self.path = path
+        header = try SafeTensorsHeader.parse(prefix: mapping.bytes, fileSize: mapping.size, file: path)
+        var index: [String: Int] = [:]
+        for (i, info) in header.tensors.enumerated() { index[info.name] = i }
+        byName = index
+    }
+
+    public var tensors: [TensorInfo] { header.tensors }
+    public var metadata: [String: String]? { header.metadata }
+    public func contains(_ name: String) -> Bool { byName[name] != nil }
+    public func info(_ name: String) -> TensorInfo? { byName[name].map { header.tensors[$0] } }
+
+    /// The bytes of tensor `name`, without copying.
+    public func view(_ name: String) throws -> TensorView {
+        guard let i = byName[name] else { throw SafeTensorsError.tensorNotFound(tensor: name) }
+        return view(header.tensors[i])
+    }
+
+    func view(_ info: TensorInfo) -> TensorView {
+        let start = header.dataStart + info.dataOffsets.lowerBound
+        let bytes = UnsafeRawBufferPointer(rebasing: mapping.bytes[start..<(start + info.byteCount)])
+        return TensorView(info: info, bytes: bytes, owner: mapping)
+    }
+
+    /// Drops the pages of `name` from this process's resident set after it has been consumed.
+    public func release(_ name: String) {
+        guard let info = info(name) else { return }
+        let start = header.dataStart + info.dataOffsets.lowerBound
+        mapping.release(start..<(start + info.byteCount))
+    }
+}

@@ -1,0 +1,37 @@
+import Numerics
+
+extension TensorView {
+    /// The tensor's elements widened to Float32 (BF16, F16, F32, F64).
+    public func floats() throws -> [Float] {
+        let count = info.elementCount
+        var out = [Float](repeating: 0, count: count)
+        try floats(into: &out)
+        return out
+    }
+
+    /// Widens the elements into `out`, which must hold `elementCount` values.
+    public func floats(into out: inout [Float]) throws {
+        let count = info.elementCount
+        precondition(out.count >= count)
+        let path = owner.path
+        try out.withUnsafeMutableBufferPointer { dst in
+            guard let d = dst.baseAddress, count > 0 else { return }
+            switch dtype {
+            case .bf16:
+                if Int(bitPattern: bytes.baseAddress!) % 2 == 0 {
+                    FloatConversion.bf16ToFloat(bytes.baseAddress!.assumingMemoryBound(to: UInt16.self), d, count: count)
+                } else {
+                    for i in 0..<count { d[i] = FloatConversion.bf16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+                }
+            case .f16:
+                for i in 0..<count { d[i] = FloatConversion.f16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+            case .f32:
+                UnsafeMutableRawPointer(d).copyMemory(from: bytes.baseAddress!, byteCount: count * 4)
+            case .f64:
+                for i in 0..<count { d[i] = Float(bytes.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
+            default:
+                throw SafeTensorsError.invalidTensorEntry(file: path, tensor: name, reason: "dtype \(dtype.rawValue) cannot be read as real values here")
+            }
+        }
+    }
+}
