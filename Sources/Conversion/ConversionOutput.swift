@@ -16,9 +16,10 @@ public final class ConversionOutput {
 
     public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout) throws {
         let inputPath = input.standardizedFileURL.resolvingSymlinksInPath().path
-        let outputPath = output.standardizedFileURL.path
-        let outputParent = output.standardizedFileURL.deletingLastPathComponent().resolvingSymlinksInPath().path
-        let resolvedOutput = (outputParent as NSString).appendingPathComponent(output.lastPathComponent)
+        let standardized = output.standardizedFileURL
+        let outputPath = standardized.path
+        let outputParent = standardized.deletingLastPathComponent().resolvingSymlinksInPath().path
+        let resolvedOutput = (outputParent as NSString).appendingPathComponent(standardized.lastPathComponent)
         if resolvedOutput == inputPath || resolvedOutput.hasPrefix(inputPath + "/") {
             throw ConversionError.outputInsideInput(output: outputPath, input: inputPath)
         }

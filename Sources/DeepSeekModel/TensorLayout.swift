@@ -76,7 +76,9 @@ extension DeepSeekV2Config {
                     add(TensorNames.expert(i, j, "up_proj"), [m, h], .routedExpert, layer: i, expert: j)
                     add(TensorNames.expert(i, j, "down_proj"), [h, m], .routedExpert, layer: i, expert: j)
                 }
-                if let s = nSharedExperts, s > 0 {
+                // Present (even 0, which gives zero-row tensors) means a shared-expert MLP exists, as in
+                // DeepSeek's modeling code (`if config.n_shared_experts is not None`) and transformers.
+                if let s = nSharedExperts {
                     add(p + "mlp.shared_experts.gate_proj.weight", [m * s, h], .sharedExpert, layer: i)
                     add(p + "mlp.shared_experts.up_proj.weight", [m * s, h], .sharedExpert, layer: i)
                     add(p + "mlp.shared_experts.down_proj.weight", [h, m * s], .sharedExpert, layer: i)

@@ -1,0 +1,23 @@
+.PHONY: build test demo crosscheck fixtures clean
+
+build:
+	scripts/setup.sh --build
+	swift build -c release
+
+# Installs what is missing, runs the Swift suite and the cross-checks (what .ci/run runs).
+test:
+	scripts/test.sh
+
+# Runs the main job on the bundled trained fixture.
+demo:
+	scripts/demo.sh
+
+crosscheck: build
+	python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert
+
+# Regenerates Fixtures/ (by hand only; needs the pinned packages in Fixtures/requirements.txt).
+fixtures:
+	python3 Fixtures/generate.py
+
+clean:
+	rm -rf .build

@@ -1,0 +1,112 @@
+import Foundation
+import XCTest
+@testable import DeepSeekModel
+import SafeTensors
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let fixtures = packageRoot.appendingPathComponent("Fixtures")
+
+final class ConfigTests: XCTestCase {
+    func testRealDeepSeekV2Accounting() throws {
+        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        let a = ModelAccounting(config: config)
+        XCTAssertEqual(a.totalParameters, 235_741_434_880, "236B in the paper")
+        XCTAssertEqual(a.activeParameters, 20_851_512_320, "21B activated in the paper")
+        XCTAssertEqual(config.softmaxScale, 0.1147214, accuracy: 5e-8, "192^-0.5 * m(40, 0.707)^2 (DESIGN §3)")
+        XCTAssertEqual(a.kvCache.map(\.bytesPerTokenPerLayer), [1152, 656, 432])
+        XCTAssertEqual(a.kvCache[2].bitsPerElement, 6.0)
+        XCTAssertEqual(a.routing?.deviceBoundM, 3)
+        XCTAssertEqual(a.routing?.expertsPerGroup, 20)
+        XCTAssertEqual(a.layerKinds.dense, [0])
+        XCTAssertEqual(a.layerKinds.moe.count, 59)
+    }
+
+    func testRealDeepSeekV2LiteAccounting() throws {
+        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
+        let a = ModelAccounting(config: config)
+        XCTAssertEqual(a.totalParameters, 15_706_484_224, "15.7B in the paper")
+        XCTAssertEqual(a.activeParameters, 2_451_435_008, "2.4B activated in the paper")
+        XCTAssertFalse(config.hasQueryCompression)
+        XCTAssertEqual(a.routing?.method, "greedy")
+        XCTAssertEqual(a.kvCache[0].bytesPerToken, 1152 * 27)
+    }
+
+    func testHubAndTransformers5RopeLayoutsAgree() throws {
+        let hub = #"""
+        {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "kv_lora_rank": 4, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2, "q_lora_rank": null,
+         "rope_theta": 10000, "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+         "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
+        """#
+        let v5 = #"""
+        {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "kv_lora_rank": 4, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2, "q_lora_rank": null,
+         "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+         "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
+        """#
+        let a = try DeepSeekV2Config.decode(Data(hub.utf8), path: "hub.json")
+        let b = try DeepSeekV2Config.decode(Data(v5.utf8), path: "v5.json")
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(a.ropeScaling?.factor, 40)
+        let plain = try DeepSeekV2Config.decode(Data(v5.replacingOccurrences(of: "\"rope_type\": \"yarn\"", with: "\"rope_type\": \"default\"").utf8), path: "p.json")
+        XCTAssertNil(plain.ropeScaling)
+        XCTAssertEqual(plain.softmaxScale, 0.5, accuracy: 1e-12)
+        // Re-encoding writes the hub layout and decodes to the same config.
+        XCTAssertEqual(try DeepSeekV2Config.decode(JSONEncoder().encode(b), path: "re.json"), b)
+    }
+
+    func testConfigErrorsNameFileAndKey() {
+        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data(#"{"hidden_size": 8}"#.utf8), path: "/x/config.json")) {
+            XCTAssertEqual(($0 as? LocalizedError)?.errorDescription, "/x/config.json: invalid config: missing key 'vocab_size'")
+        }
+        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data(#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 1, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "kv_lora_rank": 4, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2}"#.utf8), path: "c.json")) {
+            guard case .unsupportedArchitecture = $0 as? DeepSeekModelError else { return XCTFail("\($0)") }
+        }
+        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data("{not json".utf8), path: "c.json"))
+    }
+
+    func testCheckerOnEveryFixture() throws {
+        for name in ["lite", "v2", "fp8", "trained"] {
+            let dir = fixtures.appendingPathComponent(name)
+            let config = try DeepSeekV2Config.load(directory: dir)
+            let checkpoint = try Checkpoint(directory: dir)
+            let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
+            XCTAssertTrue(report.isValid, "\(name): \(report.problems)")
+            XCTAssertEqual(checkpoint.tensors.reduce(0) { $0 + $1.elementCount }, ModelAccounting(config: config).totalParameters, name)
+        }
+    }
+
+    func testCheckerFindsMissingWrongAndUnexpected() throws {
+        let dir = fixtures.appendingPathComponent("lite")
+        var config = try DeepSeekV2Config.load(directory: dir)
+        let checkpoint = try Checkpoint(directory: dir)
+        config.vHeadDim += 1
+        let wrong = CheckpointChecker.check(config: config, checkpoint: checkpoint)
+        XCTAssertEqual(wrong.problems.count, 2 * config.numHiddenLayers, "kv_b_proj and o_proj of every layer")
+        XCTAssertTrue(wrong.problems.allSatisfy { if case .wrongShape = $0 { return true }; return false })
+        config.vHeadDim -= 1
+        config.numHiddenLayers -= 1
+        let extra = CheckpointChecker.check(config: config, checkpoint: checkpoint)
+        XCTAssertFalse(extra.isValid)
+        XCTAssertTrue(extra.problems.allSatisfy { if case .unexpectedTensor = $0 { return true }; return false })
+        config.numHiddenLayers += 2
+        let missing = CheckpointChecker.check(config: config, checkpoint: checkpoint)
+        XCTAssertTrue(missing.problems.contains { if case .missingTensor(_, "model.layers.3.input_layernorm.weight", _) = $0 { return true }; return false })
+    }
+
+    func testMoELayerRule() throws {
+        var config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        config.numHiddenLayers = 6
+        config.firstKDenseReplace = 1
+        config.moeLayerFreq = 2
+        XCTAssertEqual((0..<6).filter(config.isMoELayer), [2, 4])
+    }
+
+    func testKVFormatSizesForOtherDimensions() {
+        // kv_lora 500 (not a multiple of 32): 16 int5 groups, the last partial one with its own scale:
+        // ceil(500·5/8) = 313 + 16·2 scale bytes + 64 + 2 rope bytes = 411, padded to 416.
+        XCTAssertEqual(KVCacheFormat.mlaKV6.bytesPerTokenPerLayer(kvLoraRank: 500, ropeDim: 64), 416)
+        XCTAssertEqual(KVCacheFormat.fp8DSMLA.bytesPerTokenPerLayer(kvLoraRank: 64, ropeDim: 16), 64 + 4 + 32)
+        XCTAssertEqual(KVCacheFormat.bf16.bytesPerTokenPerLayer(kvLoraRank: 64, ropeDim: 16), 160)
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import XCTest
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let fixtures = packageRoot.appendingPathComponent("Fixtures")
+
+/// The outcome of running one of the package's executables.
+struct RunResult {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+    var stderrLines: [String] { stderr.split(separator: "\n").map(String.init) }
+}
+
+/// Runs a built product (found next to the test bundle), as swift-argument-parser's tests do.
+func runTool(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws -> RunResult {
+    var directory = Bundle.main.bundleURL
+    if !FileManager.default.fileExists(atPath: directory.appendingPathComponent(product).path) {
+        directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+    let process = Process()
+    process.executableURL = directory.appendingPathComponent(product)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    // Drain both pipes while the process runs so large outputs cannot block it.
+    final class Box: @unchecked Sendable { var data = Data() }
+    let outBox = Box()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async { outBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    process.waitUntilExit()
+    return RunResult(status: process.terminationStatus, stdout: String(decoding: outBox.data, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+}
+
+func makeTemporaryDirectory() throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-e2e-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+/// Copies a fixture checkpoint into `directory` so a test can damage it.
+func copyFixture(_ name: String, to directory: URL) throws -> URL {
+    let target = directory.appendingPathComponent(name)
+    try FileManager.default.copyItem(at: fixtures.appendingPathComponent(name), to: target)
+    return target
+}

@@ -1,0 +1,53 @@
+import XCTest
+@testable import Numerics
+
+final class FloatConversionTests: XCTestCase {
+    func testEveryBF16PatternWidensExactlyAndRoundTrips() {
+        let all = (0...0xFFFF).map { UInt16($0) }
+        var widened = [Float](repeating: 0, count: all.count)
+        all.withUnsafeBufferPointer { src in widened.withUnsafeMutableBufferPointer { FloatConversion.bf16ToFloat(src.baseAddress!, $0.baseAddress!, count: all.count) } }
+        var narrowed = [UInt16](repeating: 0, count: all.count)
+        widened.withUnsafeBufferPointer { src in narrowed.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: all.count) } }
+        for bits in all {
+            let f = widened[Int(bits)]
+            XCTAssertEqual(f.bitPattern, UInt32(bits) << 16)
+            if f.isNaN {
+                XCTAssertTrue(FloatConversion.bf16ToFloat(narrowed[Int(bits)]).isNaN)
+            } else {
+                XCTAssertEqual(narrowed[Int(bits)], bits)
+            }
+        }
+    }
+
+    func testNarrowingRoundsToNearestEven() {
+        // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties go to the even mantissa (1.0).
+        XCTAssertEqual(FloatConversion.floatToBF16(1 + 0x1p-8), 0x3F80)
+        // 1.0078125 + 2^-8 is halfway between 1.0078125 (odd) and 1.015625 (even): rounds up.
+        XCTAssertEqual(FloatConversion.floatToBF16(1.0078125 + 0x1p-8), 0x3F82)
+        XCTAssertEqual(FloatConversion.floatToBF16(1 + 0x1p-8 + 0x1p-20), 0x3F81)
+        XCTAssertEqual(FloatConversion.floatToBF16(Float.greatestFiniteMagnitude), 0x7F80, "rounds up to +inf like torch")
+        XCTAssertEqual(FloatConversion.floatToBF16(-0.0), 0x8000)
+        XCTAssertEqual(FloatConversion.floatToBF16(Float.infinity), 0x7F80)
+    }
+
+    func testVectorAndScalarPathsAgreeOnRandomFloats() {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let values: [Float] = (0..<100_003).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(bitPattern: UInt32(truncatingIfNeeded: state >> 32))
+        }
+        var out = [UInt16](repeating: 0, count: values.count)
+        values.withUnsafeBufferPointer { src in out.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
+        for (v, o) in zip(values, out) {
+            let s = FloatConversion.floatToBF16(v)
+            if v.isNaN { XCTAssertTrue(FloatConversion.bf16ToFloat(o).isNaN) } else { XCTAssertEqual(o, s) }
+        }
+    }
+
+    func testF16Widening() {
+        let samples: [UInt16] = [0x0000, 0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00, 0xFC00, 0x3555]
+        var out = [Float](repeating: 0, count: samples.count)
+        samples.withUnsafeBufferPointer { src in out.withUnsafeMutableBufferPointer { FloatConversion.f16ToFloat(src.baseAddress!, $0.baseAddress!, count: samples.count) } }
+        XCTAssertEqual(out, [0, 1, -2, 65504, 0x1p-24, .infinity, -.infinity, Float(Float16(bitPattern: 0x3555))])
+    }
+}

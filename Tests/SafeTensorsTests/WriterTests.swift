@@ -1,0 +1,145 @@
+import Foundation
+import XCTest
+@testable import SafeTensors
+
+final class WriterTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try temporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    /// Deterministic bytes for a tensor.
+    private func bytes(for tensor: PlannedTensor) -> [UInt8] {
+        var state = UInt32(truncatingIfNeeded: tensor.name.hashValue & 0) &+ UInt32(tensor.name.utf8.reduce(7) { $0 &* 31 &+ Int($1) } & 0xFFFF_FFFF)
+        return (0..<tensor.byteCount).map { _ in
+            state = state &* 1_664_525 &+ 1_013_904_223
+            return UInt8(truncatingIfNeeded: state >> 24)
+        }
+    }
+
+    func testRoundTripEveryDType() throws {
+        var planned: [PlannedTensor] = []
+        for (i, dtype) in DType.allCases.enumerated() {
+            let shape = dtype.bitSize % 8 == 0 ? [3, i + 1] : [2, 4 * (i + 1)]
+            planned.append(PlannedTensor(name: "t.\(dtype.rawValue)", dtype: dtype, shape: shape))
+        }
+        planned.append(PlannedTensor(name: "scalar", dtype: .f32, shape: []))
+        planned.append(PlannedTensor(name: "empty", dtype: .bf16, shape: [0, 5]))
+        let layout = CheckpointLayout(tensors: planned)
+        XCTAssertEqual(layout.shards.map(\.fileName), ["model.safetensors"])
+        let writer = CheckpointWriter(layout: layout, directory: dir)
+        for t in planned.reversed() { try writer.write(t.name, bytes: bytes(for: t)) }
+        try writer.finish()
+
+        let checkpoint = try Checkpoint(directory: dir)
+        XCTAssertEqual(checkpoint.tensors.count, planned.count)
+        for t in planned {
+            let view = try checkpoint.view(t.name)
+            XCTAssertEqual(view.dtype, t.dtype)
+            XCTAssertEqual(view.shape, t.shape)
+            XCTAssertEqual(Array(view.bytes), bytes(for: t), t.name)
+        }
+        // Data order is the reference serializer's: dtype descending, then name.
+        let file = checkpoint.shard("model.safetensors")!
+        let order = file.tensors.map(\.name)
+        let expected = planned.sorted { $0.dtype != $1.dtype ? $0.dtype > $1.dtype : $0.name < $1.name }.map(\.name)
+        XCTAssertEqual(order, expected)
+        XCTAssertEqual(file.header.dataStart % 8, 0, "header padded to a multiple of 8")
+    }
+
+    func testShardSplittingFollowsHuggingFace() throws {
+        let t = { (name: String, n: Int) in PlannedTensor(name: name, dtype: .u8, shape: [n]) }
+        // 60 + 30 fit; 20 starts a new shard and 80 fills it to exactly the limit; 150 (> max) gets its own shard, in place.
+        let layout = CheckpointLayout(tensors: [t("a", 60), t("b", 30), t("c", 20), t("big", 150), t("d", 80), t("e", 11)], maxShardSize: 100)
+        XCTAssertEqual(layout.shards.map { $0.tensors.map(\.name) }, [["a", "b"], ["big"], ["c", "d"], ["e"]])
+        XCTAssertEqual(layout.shards.map(\.fileName), (1...4).map { String(format: "model-%05d-of-00004.safetensors", $0) })
+        let writer = CheckpointWriter(layout: layout, directory: dir)
+        for shard in layout.shards { for info in shard.tensors { try writer.write(info.name, bytes: [UInt8](repeating: 1, count: info.byteCount)) } }
+        try writer.finish()
+        let index = try String(contentsOf: dir.appendingPathComponent(Checkpoint.indexFileName), encoding: .utf8)
+        XCTAssertTrue(index.hasPrefix("{\n  \"metadata\": {\n    \"total_size\": 351\n  },\n  \"weight_map\": {\n    \"a\": \"model-00001-of-00004.safetensors\","))
+        let checkpoint = try Checkpoint(directory: dir)
+        XCTAssertEqual(checkpoint.totalTensorBytes, 351)
+        XCTAssertEqual(checkpoint.shardName(of: "d"), "model-00003-of-00004.safetensors")
+    }
+
+    func testWriterRejectsPlanViolations() throws {
+        let layout = CheckpointLayout(tensors: [PlannedTensor(name: "a", dtype: .f32, shape: [2]), PlannedTensor(name: "b", dtype: .f32, shape: [1])])
+        let writer = CheckpointWriter(layout: layout, directory: dir)
+        XCTAssertThrowsError(try writer.write("a", bytes: [1, 2, 3]))
+        XCTAssertThrowsError(try writer.write("zzz", bytes: []))
+        try writer.write("a", bytes: [UInt8](repeating: 0, count: 8))
+        XCTAssertThrowsError(try writer.write("a", bytes: [UInt8](repeating: 0, count: 8)))
+        XCTAssertThrowsError(try writer.finish()) { XCTAssertTrue("\($0)".contains("\"b\"") || ($0 as? SafeTensorsError)?.errorDescription?.contains("'b'") == true) }
+    }
+
+    func testConcurrentWritesProduceIdenticalBytes() throws {
+        let planned = (0..<64).map { PlannedTensor(name: "w.\($0)", dtype: .bf16, shape: [17, $0 + 1]) }
+        let layout = CheckpointLayout(tensors: planned, maxShardSize: 4000)
+        let serial = dir.appendingPathComponent("serial"), parallel = dir.appendingPathComponent("parallel")
+        try FileManager.default.createDirectory(at: serial, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: parallel, withIntermediateDirectories: true)
+        let w1 = CheckpointWriter(layout: layout, directory: serial)
+        for t in planned { try w1.write(t.name, bytes: bytes(for: t)) }
+        try w1.finish()
+        let w2 = CheckpointWriter(layout: layout, directory: parallel)
+        let payloads = planned.map { bytes(for: $0) }
+        DispatchQueue.concurrentPerform(iterations: planned.count) { i in try! w2.write(planned[i].name, bytes: payloads[i]) }
+        try w2.finish()
+        for shard in layout.shards {
+            XCTAssertEqual(try Data(contentsOf: serial.appendingPathComponent(shard.fileName)),
+                           try Data(contentsOf: parallel.appendingPathComponent(shard.fileName)))
+        }
+        XCTAssertEqual(try Data(contentsOf: serial.appendingPathComponent(Checkpoint.indexFileName)),
+                       try Data(contentsOf: parallel.appendingPathComponent(Checkpoint.indexFileName)))
+    }
+
+    func testIndexAgreementRules() throws {
+        let layout = CheckpointLayout(tensors: [PlannedTensor(name: "a", dtype: .u8, shape: [8]), PlannedTensor(name: "b", dtype: .u8, shape: [8])], maxShardSize: 8)
+        let writer = CheckpointWriter(layout: layout, directory: dir)
+        try writer.write("a", bytes: [UInt8](repeating: 1, count: 8))
+        try writer.write("b", bytes: [UInt8](repeating: 2, count: 8))
+        try writer.finish()
+        let indexURL = dir.appendingPathComponent(Checkpoint.indexFileName)
+        let good = try String(contentsOf: indexURL, encoding: .utf8)
+
+        try good.replacingOccurrences(of: "model-00002-of-00002", with: "model-00009-of-00002").write(to: indexURL, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try Checkpoint(directory: dir)) {
+            guard case .indexNamesMissingShard(_, "model-00009-of-00002.safetensors", "b") = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
+        }
+        try good.replacingOccurrences(of: "\"b\"", with: "\"c\"").write(to: indexURL, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try Checkpoint(directory: dir)) {
+            guard case .shardLacksTensor(_, _, "c") = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
+        }
+        try good.replacingOccurrences(of: "model-00002-of-00002", with: "model-00001-of-00002").write(to: indexURL, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try Checkpoint(directory: dir)) {
+            guard case .shardLacksTensor(_, _, "b") = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
+        }
+        try "{\"weight_map\": 3}".write(to: indexURL, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try Checkpoint(directory: dir)) {
+            guard case .invalidIndex = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
+        }
+    }
+
+    func testAtomicOutputDirectory() throws {
+        let final = dir.appendingPathComponent("out")
+        let out = try AtomicOutputDirectory(final: final, force: false)
+        try Data("x".utf8).write(to: out.temporaryURL.appendingPathComponent("f"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: final.path))
+        try out.commit()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: final.appendingPathComponent("f").path))
+        XCTAssertThrowsError(try AtomicOutputDirectory(final: final, force: false)) {
+            guard case .outputExists = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
+        }
+        do {
+            let abandoned = try AtomicOutputDirectory(final: final, force: true)
+            try Data("y".utf8).write(to: abandoned.temporaryURL.appendingPathComponent("g"))
+            abandoned.discard()
+            XCTAssertFalse(FileManager.default.fileExists(atPath: abandoned.temporaryURL.path))
+        }
+        let replaced = try AtomicOutputDirectory(final: final, force: true)
+        try Data("z".utf8).write(to: replaced.temporaryURL.appendingPathComponent("h"))
+        try replaced.commit()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: final.path), ["h"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["out"], "no work directories left behind")
+    }
+}

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Cross-checks run by .ci/run against independent implementations.
+
+1. safetensors: files dsconvert writes are read by the official `safetensors` library, tensor for
+   tensor and bit for bit, for every dtype; a single-file output is byte-identical to what the
+   official serializer writes for the same tensors.
+2. JSON Schemas: every JSON dsconvert writes (inspect --json, dsconvert.json) validates against Schemas/.
+3. transformers: random DeepSeek-V2 checkpoints written by transformers' save_pretrained (never seen
+   before this run) are inspected; parameter counts must equal the sum of numel over the files.
+
+Prints 'N passed, N failed' last; exits 1 on any failure.
+"""
+import argparse
+import ctypes
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jsonschema
+import safetensors
+from safetensors import TensorSpec, safe_open
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(ROOT, "Fixtures")
+SCHEMAS = os.path.join(ROOT, "Schemas")
+PASSED, FAILED = [], []
+
+# safetensors header dtype -> the official library's dtype name, with bits per element.
+DTYPES = {"BOOL": ("bool", 8), "U8": ("uint8", 8), "I8": ("int8", 8), "I16": ("int16", 16), "U16": ("uint16", 16),
+          "I32": ("int32", 32), "U32": ("uint32", 32), "I64": ("int64", 64), "U64": ("uint64", 64),
+          "F16": ("float16", 16), "BF16": ("bfloat16", 16), "F32": ("float32", 32), "F64": ("float64", 64),
+          "F8_E4M3": ("float8_e4m3fn", 8), "F8_E5M2": ("float8_e5m2", 8), "F8_E8M0": ("float8_e8m0fnu", 8),
+          "C64": ("complex64", 64)}
+
+
+def check(name, ok, detail=""):
+    (PASSED if ok else FAILED).append(name)
+    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""), flush=True)
+
+
+def dsconvert(binary, *args):
+    return subprocess.run([binary, *args], capture_output=True, text=True)
+
+
+def raw_tensors(path):
+    """name -> (dtype, shape, bytes) through the official reader's raw deserializer."""
+    with open(path, "rb") as f:
+        return {name: (info["dtype"], list(info["shape"]), bytes(info["data"])) for name, info in safetensors.deserialize(f.read())}
+
+
+def official_serialize(tensors, metadata):
+    keep, specs = [], {}
+    for name, (dtype, shape, data) in tensors.items():
+        buf = ctypes.create_string_buffer(data, len(data)) if data else ctypes.create_string_buffer(1)
+        keep.append(buf)
+        specs[name] = TensorSpec(dtype=DTYPES[dtype][0], shape=shape, data_ptr=ctypes.addressof(buf), data_len=len(data))
+    return bytes(safetensors.serialize(specs, metadata=metadata))
+
+
+def every_dtype_checkpoint(directory):
+    rng = random.Random(5)
+    tensors = {}
+    for i, (dtype, (_, bits)) in enumerate(sorted(DTYPES.items())):
+        shape = [rng.randint(1, 5), rng.randint(1, 7)]
+        n = shape[0] * shape[1] * bits // 8
+        tensors[f"t{i}.{dtype.lower()}"] = (dtype, shape, bytes(rng.getrandbits(8) for _ in range(n)))
+    tensors["scalar"] = ("F32", [], b"\x00\x00\x80\x3f")
+    tensors["empty"] = ("BF16", [0, 3], b"")
+    os.makedirs(directory)
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(official_serialize(tensors, {"format": "pt"}))
+    return tensors
+
+
+def check_safetensors(binary, work):
+    source = os.path.join(work, "every-dtype")
+    tensors = every_dtype_checkpoint(source)
+    single, sharded = os.path.join(work, "single"), os.path.join(work, "sharded")
+    r = dsconvert(binary, "reshard", "--input", source, "--output", single)
+    check("reshard every dtype (single file)", r.returncode == 0, r.stderr)
+    with open(os.path.join(source, "model.safetensors"), "rb") as a, open(os.path.join(single, "model.safetensors"), "rb") as b:
+        check("single-file output byte-identical to the official serializer", a.read() == b.read())
+    r = dsconvert(binary, "reshard", "--input", source, "--output", sharded, "--max-shard-size", "64")
+    check("reshard every dtype (sharded)", r.returncode == 0, r.stderr)
+    index = json.load(open(os.path.join(sharded, "model.safetensors.index.json")))
+    seen = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        seen.update(raw_tensors(os.path.join(sharded, shard)))
+    check("sharded output: official reader sees every tensor bit for bit", seen == tensors,
+          f"{len(seen)} vs {len(tensors)} tensors")
+    check("index total_size equals tensor bytes", index["metadata"]["total_size"] == sum(len(t[2]) for t in tensors.values()))
+
+    for name in ("lite", "v2", "fp8", "trained"):
+        out = os.path.join(work, f"fixture-{name}")
+        r = dsconvert(binary, "reshard", "--input", os.path.join(FIXTURES, name), "--output", out, "--max-shard-size", "200KB")
+        if r.returncode != 0:
+            check(f"reshard fixture {name}", False, r.stderr)
+            continue
+        original, rewritten = {}, {}
+        src_index = json.load(open(os.path.join(FIXTURES, name, "model.safetensors.index.json")))
+        for shard in set(src_index["weight_map"].values()):
+            original.update(raw_tensors(os.path.join(FIXTURES, name, shard)))
+        out_index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
+        for shard in set(out_index["weight_map"].values()):
+            rewritten.update(raw_tensors(os.path.join(out, shard)))
+            with safe_open(os.path.join(out, shard), "np") as f:  # the official mmap reader validates too
+                f.keys()
+        check(f"fixture {name}: resharded tensors equal the original bit for bit", original == rewritten)
+        manifest = json.load(open(os.path.join(out, "dsconvert.json")))
+        check(f"fixture {name}: dsconvert.json validates", validate(manifest, "manifest.schema.json"))
+
+
+def validate(document, schema_name):
+    schema = json.load(open(os.path.join(SCHEMAS, schema_name)))
+    try:
+        jsonschema.validate(document, schema)
+        return True
+    except jsonschema.ValidationError as e:
+        print(f"     {schema_name}: {e.message} at {list(e.absolute_path)}")
+        return False
+
+
+def check_schemas(binary):
+    for schema in sorted(os.listdir(SCHEMAS)):
+        s = json.load(open(os.path.join(SCHEMAS, schema)))
+        try:
+            jsonschema.Draft202012Validator.check_schema(s)
+            check(f"schema {schema} is a valid JSON Schema", True)
+        except jsonschema.SchemaError as e:
+            check(f"schema {schema} is a valid JSON Schema", False, e.message)
+    targets = [os.path.join(FIXTURES, n) for n in ("lite", "v2", "fp8", "trained")]
+    targets += [os.path.join(FIXTURES, "configs", n) for n in ("DeepSeek-V2", "DeepSeek-V2-Lite")]
+    for target in targets:
+        r = dsconvert(binary, "inspect", target, "--json", "--tensors")
+        ok = r.returncode == 0 and validate(json.loads(r.stdout), "inspect.schema.json")
+        check(f"inspect --json {os.path.relpath(target, ROOT)} validates", ok, r.stderr)
+
+
+def check_transformers_checkpoints(binary, work, count):
+    try:
+        import torch
+        from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
+    except ImportError as e:
+        check("transformers-written checkpoints", False, f"torch/transformers not installed: {e}")
+        return
+    rng = random.Random(int(os.environ.get("CROSSCHECK_SEED", "20261122")))
+    for i in range(count):
+        heads = rng.choice([1, 2, 3, 4])
+        experts = rng.choice([4, 6, 8, 12])
+        grouped = experts % 2 == 0 and rng.random() < 0.5
+        n_group = rng.choice([g for g in (2, 4) if experts % g == 0]) if grouped else 1
+        kwargs = dict(vocab_size=rng.randint(50, 300), hidden_size=rng.choice([16, 24, 32, 48]),
+                      intermediate_size=rng.randint(8, 80), moe_intermediate_size=rng.randint(4, 40),
+                      num_hidden_layers=rng.randint(1, 4), num_attention_heads=heads,
+                      q_lora_rank=rng.choice([None, rng.randint(4, 40)]), kv_lora_rank=rng.randint(4, 40),
+                      qk_nope_head_dim=rng.randint(1, 16), qk_rope_head_dim=2 * rng.randint(1, 8),
+                      v_head_dim=rng.randint(1, 16), n_routed_experts=experts, n_shared_experts=rng.randint(0, 2),
+                      num_experts_per_tok=rng.randint(1, 3), first_k_dense_replace=rng.randint(0, 2),
+                      topk_method="group_limited_greedy" if grouped else "greedy", n_group=n_group,
+                      topk_group=rng.randint(1, n_group) if grouped else 1, tie_word_embeddings=False)
+        if grouped:
+            kwargs["num_experts_per_tok"] = min(kwargs["num_experts_per_tok"], kwargs["topk_group"] * experts // n_group)
+        if rng.random() < 0.5:
+            kwargs["max_position_embeddings"] = 163840
+            kwargs["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "mscale": 0.707,
+                                         "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+                                         "beta_fast": 32, "beta_slow": 1}
+        model = DeepseekV2ForCausalLM(DeepseekV2Config(**kwargs)).to(torch.bfloat16)
+        out = os.path.join(work, f"transformers-{i}")
+        model.save_pretrained(out, max_shard_size=rng.choice(["20KB", "100KB", "5GB"]))
+        numel = 0
+        files = [f for f in os.listdir(out) if f.endswith(".safetensors")]
+        for f in files:
+            for _, (dtype, shape, _) in raw_tensors(os.path.join(out, f)).items():
+                n = 1
+                for d in shape:
+                    n *= d
+                numel += n
+        r = dsconvert(binary, "inspect", out, "--json")
+        if r.returncode != 0:
+            check(f"transformers checkpoint {i} ({kwargs})", False, r.stderr.strip())
+            continue
+        report = json.loads(r.stdout)
+        ok = report["weights"]["parameters"] == numel == report["accounting"]["total_parameters"] and report["check"]["status"] == "ok"
+        check(f"transformers checkpoint {i}: {numel} parameters, {len(files)} file(s)", ok,
+              f"inspect says {report['weights']['parameters']} / {report['accounting']['total_parameters']}, files hold {numel}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "release", "dsconvert"))
+    parser.add_argument("--transformers-checkpoints", type=int, default=12)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="dsconvert-crosscheck-")
+    try:
+        check_safetensors(args.bin, work)
+        check_schemas(args.bin)
+        check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"crosscheck: {len(PASSED)} passed, {len(FAILED)} failed")
+    sys.exit(1 if FAILED else 0)
+
+
+if __name__ == "__main__":
+    main()
