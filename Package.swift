@@ -5,6 +5,7 @@ let package = Package(
     name: "dsconvert",
     products: [
         .executable(name: "dsconvert", targets: ["dsconvert"]),
+        .executable(name: "dsconvert-validate", targets: ["dsconvert-validate"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
         .library(name: "DeepSeekModel", targets: ["DeepSeekModel"]),
     ],
@@ -17,14 +18,20 @@ let package = Package(
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors"]),
         // The conversion stages and what they share: output directories, manifests.
         .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics"]),
+        // OpenBLAS, the reference backend of the validation forward pass.
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // Reference forward pass (fp32, OpenBLAS), drift metrics and reports.
+        .target(name: "Validation", dependencies: ["COpenBLAS", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // Argument parsing, diagnostics and terminal output shared by every executable.
         .target(name: "CLI"),
         // The commands themselves; every executable is a thin wrapper over one of these.
-        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion"]),
+        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
+        .executableTarget(name: "dsconvert-validate", dependencies: ["DSConvertCommands", "CLI"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
+        .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
     ]

@@ -14,7 +14,7 @@ DeepseekV2ForCausalLM run in float32 on those bf16 weights:
   logits                  F32 [batch, seq, vocab]
   hidden_states.{i}       F32 [batch, seq, hidden], i = 0..num_hidden_layers, as transformers'
                           output_hidden_states: 0 is the embedding output, i the output of layer
-                          i-1; the final norm is NOT applied to the last one (transformers 5).
+                          i-1; the last one is after the final norm (model.norm), as transformers returns it.
   routing.{layer}.experts I32 [batch, seq, k], each token's selected experts, ascending
   routing.{layer}.weights F32 [batch, seq, k], their weights (after routed_scaling_factor)
 """

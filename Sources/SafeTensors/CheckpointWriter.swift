@@ -85,6 +85,11 @@ public struct CheckpointLayout: Sendable {
         }
     }
 
+    /// One file named `fileName`, whatever its size.
+    public init(singleFile fileName: String, tensors: [PlannedTensor], metadata: [String: String]? = defaultMetadata) {
+        shards = [ShardPlan(fileName: fileName, tensors: tensors, metadata: metadata)]
+    }
+
     /// `model.safetensors.index.json` as transformers writes it (`json.dumps(indent=2, sort_keys=True)`).
     public func indexJSON() -> String {
         var entries: [(String, String)] = []
@@ -226,6 +231,28 @@ public enum AtomicFile {
             try data.write(to: url, options: .atomic)
         } catch {
             throw SafeTensorsError.writeFailed(file: url.path, reason: (error as NSError).localizedDescription)
+        }
+    }
+}
+
+/// Writes small complete tensor sets (forward outputs, goldens) to one safetensors file atomically:
+/// into a hidden sibling first, renamed over `url` when complete.
+public enum SafeTensorsFileWriter {
+    public static func write(_ tensors: [(PlannedTensor, [UInt8])], to url: URL, metadata: [String: String]? = CheckpointLayout.defaultMetadata) throws {
+        let directory = url.deletingLastPathComponent()
+        let temporary = ".\(url.lastPathComponent).partial-\(getpid())"
+        let layout = CheckpointLayout(singleFile: temporary, tensors: tensors.map(\.0), metadata: metadata)
+        let writer = CheckpointWriter(layout: layout, directory: directory)
+        let temporaryURL = directory.appendingPathComponent(temporary)
+        do {
+            for (tensor, bytes) in tensors { try writer.write(tensor.name, bytes: bytes) }
+            try writer.finish()
+            guard rename(temporaryURL.path, url.path) == 0 else {
+                throw SafeTensorsError.writeFailed(file: url.path, reason: String(cString: strerror(errno)))
+            }
+        } catch {
+            try? FileManager.default.removeItem(at: temporaryURL)
+            throw error
         }
     }
 }

@@ -1,0 +1,51 @@
+import CLI
+import Foundation
+import SafeTensors
+import Validation
+
+/// `dsconvert forward`: the reference forward pass of a checkpoint, written as safetensors.
+public enum ForwardCommand: Command {
+    public static let spec = CommandSpec(
+        name: "forward",
+        abstract: "Run the reference forward pass (fp32, OpenBLAS) and write logits, hidden states and routing.",
+        discussion: """
+        OUT holds logits F32 [batch, seq, vocab]; with --hidden-states, hidden_states.{i} F32
+        [batch, seq, hidden] numbered as transformers' output_hidden_states (0 = embedding output,
+        i = output of layer i-1, the last one after the final norm); and for every MoE layer
+        routing.{layer}.experts I32 [batch, seq, k] (each token's experts, ascending) with
+        routing.{layer}.weights F32 in the same order.
+        """,
+        options: [
+            OptionSpec("model", value: "DIR", help: "Checkpoint directory."),
+            OptionSpec("tokens", value: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths."),
+            OptionSpec("output", value: "OUT.safetensors", help: "Where to write the outputs."),
+            OptionSpec("hidden-states", help: "Also write every hidden state."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let modelURL = URL(fileURLWithPath: try arguments.required("model"))
+        let tokensURL = URL(fileURLWithPath: try arguments.required("tokens"))
+        let outputURL = URL(fileURLWithPath: try arguments.required("output"))
+        let tokens = try TokenFile.load(tokensURL)
+        let model = try ModelLoader.open(modelURL)
+        let result = try ReferenceForward(config: model.config, weights: model.weights)
+            .run(tokens: tokens, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
+        terminal.endProgress()
+
+        let b = result.batch, s = result.sequenceLength
+        var tensors: [(PlannedTensor, [UInt8])] = [(PlannedTensor(name: "logits", dtype: .f32, shape: [b, s, result.vocabSize]), bytes(result.logits))]
+        for (i, hidden) in result.hiddenStates.enumerated() {
+            tensors.append((PlannedTensor(name: "hidden_states.\(i)", dtype: .f32, shape: [b, s, result.hiddenSize]), bytes(hidden)))
+        }
+        for record in result.routing {
+            tensors.append((PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [b, s, record.k]), bytes(record.experts)))
+            tensors.append((PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [b, s, record.k]), bytes(record.weights)))
+        }
+        try SafeTensorsFileWriter.write(tensors, to: outputURL)
+        terminal.out("\(outputURL.path): logits [\(b), \(s), \(result.vocabSize)], \(result.hiddenStates.count) hidden states, \(result.routing.count) routing records")
+        return ExitCode.success
+    }
+
+    static func bytes<T>(_ values: [T]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
+}

@@ -1,0 +1,84 @@
+import CLI
+import Foundation
+import SafeTensors
+import Validation
+
+/// `dsconvert validate` / `dsconvert-validate`: drift of a converted checkpoint against its original.
+public enum ValidateCommand: Command {
+    public static let spec = CommandSpec(
+        name: "validate",
+        abstract: "Run reference and candidate through the reference forward pass and report the drift.",
+        discussion: """
+        Prints a table (per hidden state: relative error and cosine; logits: max |Δ|, KL(reference‖candidate)
+        mean and max in nats, top-1 agreement; routing agreement; perplexity on the reference's held-out
+        text when it has heldout.json). Exit 0 within thresholds, 1 naming the worst metric otherwise.
+        Tokens default to the reference's tokens.json, else a deterministic sample.
+        Default thresholds: --max-kl-mean 0.01 --max-kl-max 0.5 --min-top1 0.9 --min-routing 0.8
+        --max-ppl-ratio 1.05 (no logit limit); give 'none' to drop one.
+        """,
+        options: [
+            OptionSpec("reference", value: "DIR", help: "The original checkpoint."),
+            OptionSpec("candidate", value: "DIR", help: "The converted checkpoint."),
+            OptionSpec("tokens", value: "TOKENS.json", help: "Token ids to run ({\"tokens\": [[…], …]})."),
+            OptionSpec("json", value: "REPORT.json", help: "Also write the report as JSON (Schemas/validate.schema.json)."),
+            OptionSpec("max-logit-delta", value: "X", help: "Largest allowed max |Δlogit|."),
+            OptionSpec("max-kl-mean", value: "X", help: "Largest allowed mean KL in nats."),
+            OptionSpec("max-kl-max", value: "X", help: "Largest allowed per-token KL in nats."),
+            OptionSpec("min-top1", value: "X", help: "Smallest allowed top-1 agreement (0-1)."),
+            OptionSpec("min-routing", value: "X", help: "Smallest allowed routing agreement (0-1)."),
+            OptionSpec("max-ppl-ratio", value: "X", help: "Largest allowed candidate/reference perplexity ratio."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let referenceURL = URL(fileURLWithPath: try arguments.required("reference"))
+        let candidateURL = URL(fileURLWithPath: try arguments.required("candidate"))
+        let thresholds = try parseThresholds(arguments)
+        let reference = try ModelLoader.open(referenceURL)
+        let candidate = try ModelLoader.open(candidateURL)
+
+        let tokens: [[Int]], label: String
+        let fixtureTokens = referenceURL.appendingPathComponent("tokens.json")
+        if let path = arguments.value("tokens") {
+            tokens = try TokenFile.load(URL(fileURLWithPath: path)); label = path
+        } else if FileManager.default.fileExists(atPath: fixtureTokens.path) {
+            tokens = try TokenFile.load(fixtureTokens); label = fixtureTokens.path
+        } else {
+            tokens = TokenFile.deterministicSample(vocabSize: reference.config.vocabSize); label = "deterministic sample"
+        }
+        let heldoutURL = referenceURL.appendingPathComponent("heldout.json")
+        let heldout = FileManager.default.fileExists(atPath: heldoutURL.path) ? (try TokenFile.load(heldoutURL), heldoutURL.path) : nil
+
+        let report = try Validator.compare(reference: reference, candidate: candidate, tokens: tokens, tokensLabel: label,
+                                           heldout: heldout.map { (tokens: $0.0, label: $0.1) }, thresholds: thresholds) { terminal.progress($0) }
+        terminal.endProgress()
+        terminal.out(report.table())
+        if let path = arguments.value("json") {
+            try AtomicFile.write(try report.encoded(), to: URL(fileURLWithPath: path))
+        }
+        if let worst = report.verdict.failures.first {
+            terminal.error("dsconvert validate", "drift over threshold: \(worst)" + (report.verdict.failures.count > 1 ? " (\(report.verdict.failures.count) metrics over)" : ""))
+            return ExitCode.failure
+        }
+        return ExitCode.success
+    }
+
+    static func parseThresholds(_ arguments: ParsedArguments) throws -> DriftThresholds {
+        var t = DriftThresholds.defaults
+        func limit(_ name: String, _ current: Double?) throws -> Double? {
+            guard let text = arguments.value(name) else { return current }
+            if text == "none" { return nil }
+            guard let value = Double(text), value.isFinite, value >= 0 else {
+                throw UsageError("--\(name) takes a non-negative number or 'none', got '\(text)'")
+            }
+            return value
+        }
+        t.maxLogitDelta = try limit("max-logit-delta", t.maxLogitDelta)
+        t.maxKLMean = try limit("max-kl-mean", t.maxKLMean)
+        t.maxKLMax = try limit("max-kl-max", t.maxKLMax)
+        t.minTop1Agreement = try limit("min-top1", t.minTop1Agreement)
+        t.minRoutingAgreement = try limit("min-routing", t.minRoutingAgreement)
+        t.maxPerplexityRatio = try limit("max-ppl-ratio", t.maxPerplexityRatio)
+        return t
+    }
+}

@@ -1,0 +1,75 @@
+import COpenBLAS
+
+/// Matrix products of the reference forward, all through `cblas_sgemm` (row-major, fp32).
+enum Linear {
+    /// y[rows, out] (+)= x[rows, in] · wᵀ, with w stored [out, in] as every checkpoint linear weight is.
+    static func forward(_ x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
+                        weight: UnsafePointer<Float>, outFeatures: Int,
+                        into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+        guard rows > 0, outFeatures > 0 else { return }
+        if inFeatures == 0 {
+            if !accumulate { y.update(repeating: 0, count: rows * outFeatures) }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outFeatures), Int32(inFeatures),
+                    1, x, Int32(inFeatures), weight, Int32(inFeatures), accumulate ? 1 : 0, y, Int32(outFeatures))
+    }
+
+    /// y = x · wᵀ for whole arrays.
+    static func forward(_ x: [Float], rows: Int, weight: [Float], inFeatures: Int, outFeatures: Int) -> [Float] {
+        var y = [Float](repeating: 0, count: rows * outFeatures)
+        x.withUnsafeBufferPointer { xp in weight.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
+            forward(xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: wp.baseAddress!, outFeatures: outFeatures, into: yp.baseAddress!)
+        } } }
+        return y
+    }
+
+    /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions.
+    static func gemm(transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}
+
+/// Element-wise pieces of the forward pass.
+enum Elementwise {
+    /// RMSNorm over rows of width `width`: x / sqrt(mean(x²) + eps) · γ (fp32, sum of squares in f64).
+    static func rmsNorm(_ x: [Float], width: Int, gamma: [Float], eps: Double) -> [Float] {
+        var out = [Float](repeating: 0, count: x.count)
+        let rows = width == 0 ? 0 : x.count / width
+        x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { op in
+            for r in 0..<rows {
+                let row = xp.baseAddress! + r * width
+                var sum = 0.0
+                for i in 0..<width { sum += Double(row[i]) * Double(row[i]) }
+                let scale = Float(1.0 / (sum / Double(width) + eps).squareRoot())
+                for i in 0..<width { op[r * width + i] = gamma[i] * (row[i] * scale) }
+            }
+        } }
+        return out
+    }
+
+    @inline(__always) static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
+
+    /// Softmax of one row in place (max-subtracted, sum in f64).
+    static func softmax(_ row: UnsafeMutablePointer<Float>, count: Int) {
+        guard count > 0 else { return }
+        var m = -Float.infinity
+        for i in 0..<count { m = max(m, row[i]) }
+        var sum = 0.0
+        for i in 0..<count {
+            let e = expf(row[i] - m)
+            row[i] = e
+            sum += Double(e)
+        }
+        let inv = Float(1.0 / sum)
+        for i in 0..<count { row[i] *= inv }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

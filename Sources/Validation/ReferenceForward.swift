@@ -1,0 +1,284 @@
+import DeepSeekModel
+import Foundation
+
+/// Each MoE layer's routing decisions for every token.
+public struct RoutingRecord: Sendable {
+    public let layer: Int
+    /// Experts per token.
+    public let k: Int
+    /// [tokens, k] selected experts, ascending within each token.
+    public let experts: [Int32]
+    /// [tokens, k] their weights (after normalization or routed_scaling_factor), in the same order.
+    public let weights: [Float]
+}
+
+/// The outputs of one reference forward pass.
+public struct ForwardResult: Sendable {
+    public let batch: Int
+    public let sequenceLength: Int
+    public let vocabSize: Int
+    public let hiddenSize: Int
+    /// [batch, seq, vocab]
+    public let logits: [Float]
+    /// transformers' `output_hidden_states`: [0] the embedding output, [i] the output of layer i-1,
+    /// the last one after the final norm; each [batch, seq, hidden]. Empty unless requested.
+    public let hiddenStates: [[Float]]
+    public let routing: [RoutingRecord]
+}
+
+/// The DeepSeek-V2 forward pass (DESIGN §3) in fp32 on OpenBLAS, for batches of equal-length
+/// sequences with a causal mask, matching transformers' native `DeepseekV2ForCausalLM`.
+///
+/// Memory is bounded by one layer: a layer's weights are converted to fp32, used and released
+/// before the next is touched, and routed experts are converted one at a time, only when a token
+/// chose them.
+public final class ReferenceForward {
+    public let config: DeepSeekV2Config
+    public let weights: WeightProvider
+    private let rope: RotaryEmbedding
+
+    public init(config: DeepSeekV2Config, weights: WeightProvider) {
+        self.config = config
+        self.weights = weights
+        rope = RotaryEmbedding(config: config)
+    }
+
+    private func load(_ name: String, _ shape: [Int]) throws -> [Float] {
+        let values = try weights.floats(name, shape: shape)
+        weights.release(name)
+        return values
+    }
+
+    /// Runs `tokens` ([batch][seq], equal lengths) through the model.
+    public func run(tokens: [[Int]], recordHiddenStates: Bool = false, progress: ((String) -> Void)? = nil) throws -> ForwardResult {
+        let batch = tokens.count
+        let seq = tokens.first?.count ?? 0
+        guard batch > 0, seq > 0, tokens.allSatisfy({ $0.count == seq }) else {
+            throw ValidationError.invalidTokens(path: "tokens", reason: "need at least one sequence, all of the same non-zero length")
+        }
+        let h = config.hiddenSize, vocab = config.vocabSize, t = batch * seq
+        for row in tokens { for id in row where id < 0 || id >= vocab {
+            throw ValidationError.invalidTokens(path: "tokens", reason: "token id \(id) outside the vocabulary 0..<\(vocab)")
+        } }
+
+        var hidden = [Float](repeating: 0, count: t * h)
+        do {
+            let embedding = try load(TensorNames.embedding, [vocab, h])
+            for (i, id) in tokens.joined().enumerated() {
+                for j in 0..<h { hidden[i * h + j] = embedding[id * h + j] }
+            }
+        }
+        var hiddenStates: [[Float]] = recordHiddenStates ? [hidden] : []
+        var routing: [RoutingRecord] = []
+
+        for layer in 0..<config.numHiddenLayers {
+            progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
+            let prefix = TensorNames.layer(layer)
+            let normed = Elementwise.rmsNorm(hidden, width: h, gamma: try load(prefix + "input_layernorm.weight", [h]), eps: config.rmsNormEps)
+            let attention = try attentionBlock(normed, layer: layer, batch: batch, seq: seq)
+            for i in 0..<hidden.count { hidden[i] += attention[i] }
+            let normed2 = Elementwise.rmsNorm(hidden, width: h, gamma: try load(prefix + "post_attention_layernorm.weight", [h]), eps: config.rmsNormEps)
+            let mlp: [Float]
+            if config.isMoELayer(layer) {
+                let (out, record) = try moeBlock(normed2, layer: layer, tokens: t)
+                mlp = out
+                routing.append(record)
+            } else {
+                mlp = try denseMLP(normed2, rows: t, prefix: prefix + "mlp.", intermediate: config.intermediateSize)
+            }
+            for i in 0..<hidden.count { hidden[i] += mlp[i] }
+            if recordHiddenStates { hiddenStates.append(hidden) }
+        }
+
+        let final = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.finalNorm, [h]), eps: config.rmsNormEps)
+        // transformers reports the last hidden state after the final norm.
+        if recordHiddenStates { hiddenStates[hiddenStates.count - 1] = final }
+        let headName = config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead
+        let logits = Linear.forward(final, rows: t, weight: try load(headName, [vocab, h]), inFeatures: h, outFeatures: vocab)
+        guard logits.allSatisfy(\.isFinite) else { throw ValidationError.nonFiniteOutput(model: weights.label, what: "logits") }
+        return ForwardResult(batch: batch, sequenceLength: seq, vocabSize: vocab, hiddenSize: h, logits: logits,
+                             hiddenStates: hiddenStates, routing: routing)
+    }
+
+    // MARK: Attention (MLA in its original, MHA-expanded form)
+
+    private func attentionBlock(_ x: [Float], layer: Int, batch: Int, seq: Int) throws -> [Float] {
+        let p = TensorNames.layer(layer) + "self_attn."
+        let h = config.hiddenSize, heads = config.numAttentionHeads, t = batch * seq
+        let nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim, dq = config.qkHeadDim, dv = config.vHeadDim
+        let kvl = config.kvLoraRank
+
+        var q: [Float]
+        if let ql = config.qLoraRank {
+            let qa = Linear.forward(x, rows: t, weight: try load(p + "q_a_proj.weight", [ql, h]), inFeatures: h, outFeatures: ql)
+            let qn = Elementwise.rmsNorm(qa, width: ql, gamma: try load(p + "q_a_layernorm.weight", [ql]), eps: config.rmsNormEps)
+            q = Linear.forward(qn, rows: t, weight: try load(p + "q_b_proj.weight", [heads * dq, ql]), inFeatures: ql, outFeatures: heads * dq)
+        } else {
+            q = Linear.forward(x, rows: t, weight: try load(p + "q_proj.weight", [heads * dq, h]), inFeatures: h, outFeatures: heads * dq)
+        }
+        let ckv = Linear.forward(x, rows: t, weight: try load(p + "kv_a_proj_with_mqa.weight", [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
+        var latent = [Float](repeating: 0, count: t * kvl)
+        var kpe = [Float](repeating: 0, count: t * ropeDim)
+        for i in 0..<t {
+            for j in 0..<kvl { latent[i * kvl + j] = ckv[i * (kvl + ropeDim) + j] }
+            for j in 0..<ropeDim { kpe[i * ropeDim + j] = ckv[i * (kvl + ropeDim) + kvl + j] }
+        }
+        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: try load(p + "kv_a_layernorm.weight", [kvl]), eps: config.rmsNormEps)
+
+        // Rotary part of queries (every head) and the one shared rotary key per token.
+        let tables = (0..<seq).map { rope.table(position: $0) }
+        q.withUnsafeMutableBufferPointer { qp in kpe.withUnsafeMutableBufferPointer { kp in
+            for i in 0..<t {
+                let (c, s) = tables[i % seq]
+                for head in 0..<heads { RotaryEmbedding.rotate(qp.baseAddress! + i * heads * dq + head * dq + nope, cos: c, sin: s) }
+                RotaryEmbedding.rotate(kp.baseAddress! + i * ropeDim, cos: c, sin: s)
+            }
+        } }
+
+        // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
+        let kv = Linear.forward(latent, rows: t, weight: try load(p + "kv_b_proj.weight", [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
+        var keys = [Float](repeating: 0, count: t * heads * dq)
+        var values = [Float](repeating: 0, count: t * heads * dv)
+        for i in 0..<t {
+            for head in 0..<heads {
+                let src = i * heads * (nope + dv) + head * (nope + dv)
+                let kDst = i * heads * dq + head * dq
+                for j in 0..<nope { keys[kDst + j] = kv[src + j] }
+                for j in 0..<ropeDim { keys[kDst + nope + j] = kpe[i * ropeDim + j] }
+                for j in 0..<dv { values[i * heads * dv + head * dv + j] = kv[src + nope + j] }
+            }
+        }
+
+        let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
+                                           qkDim: dq, vDim: dv, scale: Float(config.softmaxScale))
+        return Linear.forward(context, rows: t, weight: try load(p + "o_proj.weight", [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+    }
+
+    /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head); Q, K [T, H, qkDim], V [T, H, vDim]; returns [T, H·vDim].
+    static func causalAttention(queries: [Float], keys: [Float], values: [Float], batch: Int, seq: Int, heads: Int,
+                                qkDim: Int, vDim: Int, scale: Float) -> [Float] {
+        var out = [Float](repeating: 0, count: batch * seq * heads * vDim)
+        var scores = [Float](repeating: 0, count: seq * seq)
+        queries.withUnsafeBufferPointer { qp in keys.withUnsafeBufferPointer { kp in values.withUnsafeBufferPointer { vp in
+            out.withUnsafeMutableBufferPointer { op in scores.withUnsafeMutableBufferPointer { sp in
+                for b in 0..<batch {
+                    for head in 0..<heads {
+                        let qBase = qp.baseAddress! + b * seq * heads * qkDim + head * qkDim
+                        let kBase = kp.baseAddress! + b * seq * heads * qkDim + head * qkDim
+                        Linear.gemm(transposeB: true, m: seq, n: seq, k: qkDim, alpha: scale, a: qBase, lda: heads * qkDim,
+                                    b: kBase, ldb: heads * qkDim, beta: 0, c: sp.baseAddress!, ldc: seq)
+                        for i in 0..<seq {
+                            let row = sp.baseAddress! + i * seq
+                            Elementwise.softmax(row, count: i + 1)
+                            for j in (i + 1)..<max(seq, i + 1) { row[j] = 0 }
+                        }
+                        let vBase = vp.baseAddress! + b * seq * heads * vDim + head * vDim
+                        let oBase = op.baseAddress! + b * seq * heads * vDim + head * vDim
+                        Linear.gemm(transposeB: false, m: seq, n: vDim, k: seq, alpha: 1, a: sp.baseAddress!, lda: seq,
+                                    b: vBase, ldb: heads * vDim, beta: 0, c: oBase, ldc: heads * vDim)
+                    }
+                }
+            } }
+        } } }
+        return out
+    }
+
+    // MARK: MLPs
+
+    private func denseMLP(_ x: [Float], rows: Int, prefix: String, intermediate: Int) throws -> [Float] {
+        let h = config.hiddenSize
+        let gate = Linear.forward(x, rows: rows, weight: try load(prefix + "gate_proj.weight", [intermediate, h]), inFeatures: h, outFeatures: intermediate)
+        let up = Linear.forward(x, rows: rows, weight: try load(prefix + "up_proj.weight", [intermediate, h]), inFeatures: h, outFeatures: intermediate)
+        var act = [Float](repeating: 0, count: gate.count)
+        for i in 0..<act.count { act[i] = Elementwise.silu(gate[i]) * up[i] }
+        return Linear.forward(act, rows: rows, weight: try load(prefix + "down_proj.weight", [h, intermediate]), inFeatures: intermediate, outFeatures: h)
+    }
+
+    private func moeBlock(_ x: [Float], layer: Int, tokens t: Int) throws -> ([Float], RoutingRecord) {
+        let prefix = TensorNames.layer(layer) + "mlp."
+        let h = config.hiddenSize, e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
+        let routerLogits = Linear.forward(x, rows: t, weight: try load(prefix + "gate.weight", [e, h]), inFeatures: h, outFeatures: e)
+        let router = MoERouter(config: config)
+        var experts = [Int32](repeating: 0, count: t * k)
+        var routeWeights = [Float](repeating: 0, count: t * k)
+        var assigned: [[(token: Int, weight: Float)]] = Array(repeating: [], count: e)
+        for i in 0..<t {
+            let choice = router.route(logits: Array(routerLogits[(i * e)..<((i + 1) * e)]))
+            for (slot, (expert, weight)) in choice.enumerated() {
+                experts[i * k + slot] = Int32(expert)
+                routeWeights[i * k + slot] = weight
+                assigned[expert].append((i, weight))
+            }
+        }
+
+        var out = [Float](repeating: 0, count: t * h)
+        let m = config.moeIntermediateSize
+        for expert in 0..<e where !assigned[expert].isEmpty {
+            let rows = assigned[expert]
+            var gathered = [Float](repeating: 0, count: rows.count * h)
+            for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
+            let y = try denseMLP(gathered, rows: rows.count, prefix: prefix + "experts.\(expert).", intermediate: m)
+            for (r, entry) in rows.enumerated() {
+                for j in 0..<h { out[entry.token * h + j] += y[r * h + j] * entry.weight }
+            }
+        }
+        if let shared = config.nSharedExperts {
+            let y = try denseMLP(x, rows: t, prefix: prefix + "shared_experts.", intermediate: m * shared)
+            for i in 0..<out.count { out[i] += y[i] }
+        }
+        return (out, RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights))
+    }
+}
+
+/// DeepSeek-V2's router: softmax over experts in fp32, then greedy or group-limited top-k.
+public struct MoERouter: Sendable {
+    public let experts: Int
+    public let k: Int
+    public let groupLimited: Bool
+    public let groups: Int
+    public let topkGroups: Int
+    public let normTopkProb: Bool
+    public let routedScalingFactor: Float
+
+    public init(config: DeepSeekV2Config) {
+        experts = config.nRoutedExperts ?? 0
+        k = config.numExpertsPerTok ?? 0
+        groupLimited = config.topkMethod == "group_limited_greedy"
+        groups = groupLimited ? (config.nGroup ?? 1) : 1
+        topkGroups = groupLimited ? (config.topkGroup ?? 1) : 1
+        normTopkProb = config.normTopkProb
+        routedScalingFactor = Float(config.routedScalingFactor)
+    }
+
+    /// The chosen experts, ascending, with their weights.
+    ///
+    /// DeepSeek-V2's own code: if norm_topk_prob and k > 1 the k weights are renormalized, otherwise
+    /// they are multiplied by routed_scaling_factor (one or the other; transformers' native class
+    /// always scales, which agrees on every published V2 config, where norm_topk_prob is false).
+    public func route(logits: [Float]) -> [(expert: Int, weight: Float)] {
+        var scores = logits
+        scores.withUnsafeMutableBufferPointer { Elementwise.softmax($0.baseAddress!, count: experts) }
+        var candidates = scores
+        if groupLimited {
+            let size = experts / groups
+            let groupScores = (0..<groups).map { g in scores[(g * size)..<((g + 1) * size)].max()! }
+            let keep = Set(Self.topIndices(groupScores, count: topkGroups))
+            for g in 0..<groups where !keep.contains(g) {
+                for j in (g * size)..<((g + 1) * size) { candidates[j] = 0 }
+            }
+        }
+        var chosen = Self.topIndices(candidates, count: k).map { ($0, candidates[$0]) }
+        if normTopkProb, k > 1 {
+            let sum = chosen.reduce(Float(0)) { $0 + $1.1 } + 1e-20
+            chosen = chosen.map { ($0.0, $0.1 / sum) }
+        } else {
+            chosen = chosen.map { ($0.0, $0.1 * routedScalingFactor) }
+        }
+        return chosen.sorted { $0.0 < $1.0 }.map { (expert: $0.0, weight: $0.1) }
+    }
+
+    /// Indices of the `count` largest values; ties go to the lower index (torch.topk's order on CPU).
+    static func topIndices(_ values: [Float], count: Int) -> [Int] {
+        Array(values.indices.sorted { values[$0] != values[$1] ? values[$0] > values[$1] : $0 < $1 }.prefix(count))
+    }
+}
