@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .executable(name: "dsconvert", targets: ["dsconvert"]),
         .executable(name: "dsconvert-validate", targets: ["dsconvert-validate"]),
+        .executable(name: "dsconvert-bench", targets: ["dsconvert-bench"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
         .library(name: "DeepSeekModel", targets: ["DeepSeekModel"]),
     ],
@@ -28,6 +29,7 @@ let package = Package(
         .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-validate", dependencies: ["DSConvertCommands", "CLI"]),
+        .executableTarget(name: "dsconvert-bench", dependencies: ["DSConvertCommands", "CLI"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),

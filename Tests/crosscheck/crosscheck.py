@@ -138,6 +138,11 @@ def check_schemas(binary):
         r = dsconvert(binary, "inspect", target, "--json", "--tensors")
         ok = r.returncode == 0 and validate(json.loads(r.stdout), "inspect.schema.json")
         check(f"inspect --json {os.path.relpath(target, ROOT)} validates", ok, r.stderr)
+    report = os.path.join(tempfile.mkdtemp(prefix="dsconvert-validate-"), "report.json")
+    trained = os.path.join(FIXTURES, "trained")
+    r = dsconvert(binary, "validate", "--reference", trained, "--candidate", trained, "--json", report)
+    ok = r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json")
+    check("validate --json report validates", ok, r.stderr)
 
 
 def check_transformers_checkpoints(binary, work, count):
@@ -153,11 +158,12 @@ def check_transformers_checkpoints(binary, work, count):
         experts = rng.choice([4, 6, 8, 12])
         grouped = experts % 2 == 0 and rng.random() < 0.5
         n_group = rng.choice([g for g in (2, 4) if experts % g == 0]) if grouped else 1
-        kwargs = dict(vocab_size=rng.randint(50, 300), hidden_size=rng.choice([16, 24, 32, 48]),
+        kwargs = dict(vocab_size=rng.randint(50, 300), hidden_size=heads * rng.choice([8, 12, 16]),
                       intermediate_size=rng.randint(8, 80), moe_intermediate_size=rng.randint(4, 40),
                       num_hidden_layers=rng.randint(1, 4), num_attention_heads=heads,
-                      q_lora_rank=rng.choice([None, rng.randint(4, 40)]), kv_lora_rank=rng.randint(4, 40),
-                      qk_nope_head_dim=rng.randint(1, 16), qk_rope_head_dim=2 * rng.randint(1, 8),
+                      q_lora_rank=rng.choice([None, rng.randint(4, 40)]), kv_lora_rank=2 * rng.randint(2, 20),
+                      # nope and kv_lora even: transformers view_as_complex needs q_pe / k_pe at even offsets (true of every real config)
+                      qk_nope_head_dim=2 * rng.randint(1, 8), qk_rope_head_dim=2 * rng.randint(1, 8),
                       v_head_dim=rng.randint(1, 16), n_routed_experts=experts, n_shared_experts=rng.randint(0, 2),
                       num_experts_per_tok=rng.randint(1, 3), first_k_dense_replace=rng.randint(0, 2),
                       topk_method="group_limited_greedy" if grouped else "greedy", n_group=n_group,
@@ -169,7 +175,16 @@ def check_transformers_checkpoints(binary, work, count):
             kwargs["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "mscale": 0.707,
                                          "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
                                          "beta_fast": 32, "beta_slow": 1}
-        model = DeepseekV2ForCausalLM(DeepseekV2Config(**kwargs)).to(torch.bfloat16)
+        torch.manual_seed(i)
+        model = DeepseekV2ForCausalLM(DeepseekV2Config(**kwargs))
+        # Weights at the scale of a real network (init's 0.02 would make every logit ~0 and the check vacuous).
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2 and p.shape[1] > 0:
+                    p.normal_(0, p.shape[1] ** -0.5)
+                elif p.dim() == 1:
+                    p.uniform_(0.5, 1.5)
+        model = model.to(torch.bfloat16)
         out = os.path.join(work, f"transformers-{i}")
         model.save_pretrained(out, max_shard_size=rng.choice(["20KB", "100KB", "5GB"]))
         numel = 0
@@ -188,6 +203,23 @@ def check_transformers_checkpoints(binary, work, count):
         ok = report["weights"]["parameters"] == numel == report["accounting"]["total_parameters"] and report["check"]["status"] == "ok"
         check(f"transformers checkpoint {i}: {numel} parameters, {len(files)} file(s)", ok,
               f"inspect says {report['weights']['parameters']} / {report['accounting']['total_parameters']}, files hold {numel}")
+
+        # The reference forward against transformers on the same bf16 weights, computed in fp32.
+        tokens = [[rng.randrange(kwargs["vocab_size"]) for _ in range(12)] for _ in range(2)]
+        with open(os.path.join(work, "tokens.json"), "w") as f:
+            json.dump({"tokens": tokens}, f)
+        # The eager experts loop: the default grouped_mm kernel needs 16-byte-aligned dims.
+        reloaded = DeepseekV2ForCausalLM.from_pretrained(out, dtype=torch.float32, experts_implementation="eager").eval()
+        with torch.no_grad():
+            expected = reloaded(torch.tensor(tokens)).logits
+        result = os.path.join(work, f"forward-{i}.safetensors")
+        r = dsconvert(binary, "forward", "--model", out, "--tokens", os.path.join(work, "tokens.json"), "--output", result)
+        if r.returncode != 0:
+            check(f"transformers checkpoint {i}: forward", False, r.stderr.strip())
+            continue
+        with safe_open(result, "pt") as f:
+            delta = (f.get_tensor("logits") - expected).abs().max().item()
+        check(f"transformers checkpoint {i}: logits max |delta| {delta:.2e} <= 1e-3", delta <= 1e-3)
 
 
 def main():

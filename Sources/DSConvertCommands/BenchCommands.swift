@@ -1,0 +1,36 @@
+import CLI
+import Foundation
+import Validation
+
+/// `dsconvert-bench forward`: the reference forward pass's GFLOP/s beside plain sgemm's.
+public enum ForwardBenchCommand: Command {
+    public static let spec = CommandSpec(
+        name: "forward",
+        abstract: "Time the reference forward pass on a V2-Lite-width synthetic model and compare with cblas_sgemm.",
+        discussion: """
+        The model has DeepSeek-V2-Lite's widths (hidden 2048, 16 heads, kv_lora 512, 64 experts of 1408,
+        top-6, 2 shared) with one dense and one MoE layer and a 2048-token vocabulary; weights are
+        generated in memory and kept resident, so the figure is compute, not bf16 conversion or I/O.
+        Best of --repeats runs. FLOPs are counted as executed (2 per multiply-add).
+        """,
+        options: [
+            OptionSpec("batch", value: "N", help: "Sequences (default 1)."),
+            OptionSpec("seq", value: "N", help: "Tokens per sequence (default 512)."),
+            OptionSpec("repeats", value: "N", help: "Timed runs (default 3)."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let batch = try arguments.integer("batch", default: 1, in: 1...64)
+        let seq = try arguments.integer("seq", default: 512, in: 1...8192)
+        let repeats = try arguments.integer("repeats", default: 3, in: 1...100)
+        terminal.progress("benchmark: forward on \(batch)x\(seq) tokens")
+        let r = try ForwardBenchmark.run(batch: batch, seq: seq, repeats: repeats)
+        terminal.endProgress()
+        terminal.out("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, OpenBLAS threads \(r.threads)")
+        terminal.out(String(format: "forward pass  %5d tokens  %8.3f s  %7.1f GFLOP/s", r.tokens, r.forwardSeconds, r.forwardGFLOPS))
+        terminal.out(String(format: "cblas_sgemm   %dx%dx%d        %7.1f GFLOP/s", r.sgemmShape.m, r.sgemmShape.n, r.sgemmShape.k, r.sgemmGFLOPS))
+        terminal.out(String(format: "ratio         %.2f of sgemm", r.forwardGFLOPS / r.sgemmGFLOPS))
+        return ExitCode.success
+    }
+}

@@ -1,0 +1,114 @@
+import COpenBLAS
+import DeepSeekModel
+import Foundation
+
+/// Weights held in memory, generated deterministically from each tensor's name: for benchmarks and
+/// tests that need a model of real width without a checkpoint on disk.
+public final class SyntheticWeights: WeightProvider {
+    private var cache: [String: [Float]] = [:]
+    private let lock = NSLock()
+    public var label: String { "synthetic" }
+    public init() {}
+
+    public func floats(_ name: String, shape: [Int]) throws -> [Float] {
+        lock.lock(); defer { lock.unlock() }
+        if let values = cache[name] { return values }
+        var state = name.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 }
+        let count = shape.reduce(1, *)
+        // Uniform with the variance of N(0, 1/fan_in) for matrices; gains around 1 for norms.
+        let scale: Float = shape.count == 2 ? Float(3.0 / Double(max(shape[1], 1))).squareRoot() : 0.5
+        let offset: Float = shape.count == 2 ? 0 : 1
+        let values = (0..<count).map { _ -> Float in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            let unit = Float(state >> 40) / Float(1 << 24) * 2 - 1
+            return offset + scale * unit
+        }
+        cache[name] = values
+        return values
+    }
+
+    public func release(_ name: String) {}
+}
+
+/// Multiply-adds of one forward pass as `ReferenceForward` executes it (full S×S score products).
+public enum ForwardCost {
+    /// - Parameter routedTokenExperts: (token, expert) selections summed over all MoE layers.
+    public static func flops(config c: DeepSeekV2Config, batch: Int, seq: Int, routedTokenExperts: Int) -> Double {
+        let t = Double(batch * seq), h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads)
+        let dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim), kvl = Double(c.kvLoraRank), rope = Double(c.qkRopeHeadDim)
+        var macs = 0.0
+        for layer in 0..<c.numHiddenLayers {
+            if let ql = c.qLoraRank { macs += t * (h * Double(ql) + Double(ql) * heads * dq) } else { macs += t * h * heads * dq }
+            macs += t * h * (kvl + rope) + t * kvl * heads * (Double(c.qkNopeHeadDim) + dv) + t * heads * dv * h
+            macs += Double(batch) * heads * Double(seq * seq) * (dq + dv)
+            if c.isMoELayer(layer) {
+                let m = Double(c.moeIntermediateSize)
+                macs += t * h * Double(c.nRoutedExperts ?? 0)
+                macs += t * 3 * h * m * Double(c.nSharedExperts ?? 0)
+            } else {
+                macs += t * 3 * h * Double(c.intermediateSize)
+            }
+        }
+        // Every (token, expert) selection over all MoE layers runs one expert MLP.
+        macs += Double(routedTokenExperts) * 3 * h * Double(c.moeIntermediateSize)
+        macs += t * h * Double(c.vocabSize)
+        return 2 * macs
+    }
+}
+
+/// The forward pass's throughput next to plain `cblas_sgemm` in the same process.
+public enum ForwardBenchmark {
+    public struct Result: Sendable {
+        public var tokens: Int
+        public var forwardSeconds: Double
+        public var forwardGFLOPS: Double
+        public var sgemmShape: (m: Int, n: Int, k: Int)
+        public var sgemmGFLOPS: Double
+        public var threads: Int
+    }
+
+    /// A V2-Lite-width model of one dense and one MoE layer (64 experts, top-6, 2 shared), vocabulary
+    /// 2048 so the lm_head does not dominate the count.
+    public static func liteWidthConfig() throws -> DeepSeekV2Config {
+        let json = """
+        {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "vocab_size": 2048, "hidden_size": 2048,
+         "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 2, "num_attention_heads": 16,
+         "q_lora_rank": null, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+         "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1,
+         "topk_method": "greedy", "n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.0, "rope_theta": 10000,
+         "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                          "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
+        """
+        return try DeepSeekV2Config.decode(Data(json.utf8), path: "synthetic V2-Lite-width config")
+    }
+
+    public static func run(batch: Int, seq: Int, repeats: Int) throws -> Result {
+        let config = try liteWidthConfig()
+        let weights = SyntheticWeights()
+        let forward = ReferenceForward(config: config, weights: weights)
+        let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: batch, length: seq)
+        let warm = try forward.run(tokens: tokens)  // generates and caches the weights
+        let routed = warm.routing.reduce(0) { $0 + $1.experts.count }
+        var best = Double.infinity
+        for _ in 0..<repeats {
+            let start = DispatchTime.now().uptimeNanoseconds
+            _ = try forward.run(tokens: tokens)
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
+
+        let (m, n, k) = (batch * seq, 2048, 2048)
+        let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: n * k)
+        var c = [Float](repeating: 0, count: m * n)
+        var sgemmBest = Double.infinity
+        for _ in 0..<max(repeats, 3) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+                Linear.forward(ap.baseAddress!, rows: m, inFeatures: k, weight: bp.baseAddress!, outFeatures: n, into: cp.baseAddress!)
+            } } }
+            sgemmBest = min(sgemmBest, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return Result(tokens: batch * seq, forwardSeconds: best, forwardGFLOPS: flops / best / 1e9, sgemmShape: (m, n, k),
+                      sgemmGFLOPS: 2 * Double(m * n * k) / sgemmBest / 1e9, threads: Int(openblas_get_num_threads()))
+    }
+}

@@ -1,0 +1,6 @@
+import CLI
+import DSConvertCommands
+import Foundation
+
+exit(CommandLineTool.runFront(tool: "dsconvert-bench", abstract: "Benchmarks of dsconvert (run from a release build).",
+                              commands: [ForwardBenchCommand.self], arguments: Array(CommandLine.arguments.dropFirst())))

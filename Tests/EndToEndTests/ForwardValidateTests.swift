@@ -1,0 +1,79 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+final class ForwardValidateTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    func testForwardWritesLogitsHiddenStatesAndRouting() throws {
+        let model = fixtures.appendingPathComponent("v2")
+        let out = dir.appendingPathComponent("out.safetensors")
+        let r = try runTool("dsconvert", ["forward", "--model", model.path, "--tokens", model.appendingPathComponent("tokens.json").path,
+                                          "--output", out.path, "--hidden-states"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let file = try SafeTensorsFile(path: out.path)
+        XCTAssertEqual(file.info("logits")?.shape, [2, 16, 384])
+        XCTAssertEqual(file.info("hidden_states.3")?.shape, [2, 16, 96])
+        XCTAssertEqual(file.info("routing.1.experts")?.dtype, .i32)
+        XCTAssertEqual(file.info("routing.2.weights")?.shape, [2, 16, 4])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["out.safetensors"], "no partial file left")
+    }
+
+    func testForwardRejectsBadTokens() throws {
+        let model = fixtures.appendingPathComponent("lite")
+        for (text, fragment) in [("{\"tokens\": [[1, 2], [3]]}", "same length"), ("{\"tokens\": [[1, 99999]]}", "outside the vocabulary"),
+                                 ("[1, 2]", "expected {\"tokens\""), ("{\"tokens\": [[-1]]}", "non-negative")] {
+            let tokens = dir.appendingPathComponent("t.json")
+            try Data(text.utf8).write(to: tokens)
+            let out = dir.appendingPathComponent("o.safetensors")
+            let r = try runTool("dsconvert", ["forward", "--model", model.path, "--tokens", tokens.path, "--output", out.path])
+            XCTAssertEqual(r.status, 1, text)
+            XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains(fragment), r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+        }
+    }
+
+    func testValidateExecutableAndFrontAgree() throws {
+        let trained = fixtures.appendingPathComponent("trained").path
+        let report = dir.appendingPathComponent("report.json")
+        let a = try runTool("dsconvert-validate", ["--reference", trained, "--candidate", trained, "--json", report.path, "--max-logit-delta", "0"])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        XCTAssertTrue(a.stdout.contains("PASS: within thresholds"), a.stdout)
+        XCTAssertTrue(a.stdout.contains("perplexity   reference 10.27"), a.stdout)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: report)) as! [String: Any]
+        XCTAssertEqual((json["verdict"] as! [String: Any])["passed"] as? Bool, true)
+        let b = try runTool("dsconvert", ["validate", "--reference", trained, "--candidate", trained, "--max-logit-delta", "0"])
+        XCTAssertEqual(b.status, 0)
+        XCTAssertEqual(b.stdout, a.stdout)
+    }
+
+    func testValidateFailsOnDriftNamingTheWorstMetric() throws {
+        // A candidate with one norm gain scaled: resharded copy with an edited tensor.
+        let candidate = try copyFixture("trained", to: dir)
+        let shardName = try Checkpoint(directory: candidate).shardName(of: "model.layers.0.self_attn.kv_a_layernorm.weight")!
+        let shard = try SafeTensorsFile(path: candidate.appendingPathComponent(shardName).path)
+        let info = shard.info("model.layers.0.self_attn.kv_a_layernorm.weight")!
+        let offset = shard.header.dataStart + info.dataOffsets.lowerBound
+        var bytes = try Data(contentsOf: candidate.appendingPathComponent(shardName))
+        for i in stride(from: 0, to: info.byteCount, by: 2) { bytes[offset + i + 1] = bytes[offset + i + 1] &+ 1 }  // exponent +1: gain x2
+        try bytes.write(to: candidate.appendingPathComponent(shardName))
+        let r = try runTool("dsconvert-validate", ["--reference", fixtures.appendingPathComponent("trained").path, "--candidate", candidate.path])
+        XCTAssertEqual(r.status, 1, r.stdout)
+        // stderr also carries progress lines (plain lines when not a terminal); exactly one is the error.
+        let errors = r.stderrLines.filter { $0.contains("error:") }
+        XCTAssertEqual(errors.count, 1, r.stderr)
+        XCTAssertTrue(errors[0].hasPrefix("dsconvert validate: error: drift over threshold: KL mean "), r.stderr)
+        XCTAssertTrue(r.stdout.contains("FAIL: "), r.stdout)
+    }
+
+    func testValidateUsageErrors() throws {
+        XCTAssertEqual(try runTool("dsconvert-validate", ["--reference", "x"]).status, 64)
+        XCTAssertEqual(try runTool("dsconvert-validate", ["--reference", "x", "--candidate", "y", "--min-top1", "lots"]).status, 64)
+        let help = try runTool("dsconvert-validate", ["--help"])
+        XCTAssertEqual(help.status, 0)
+        XCTAssertTrue(help.stdout.contains("USAGE: dsconvert-validate [options]"), help.stdout)
+    }
+}
