@@ -5,6 +5,7 @@ let package = Package(
     name: "dsconvert",
     products: [
         .executable(name: "dsconvert", targets: ["dsconvert"]),
+        .executable(name: "dsconvert-absorb", targets: ["dsconvert-absorb"]),
         .executable(name: "dsconvert-validate", targets: ["dsconvert-validate"]),
         .executable(name: "dsconvert-bench", targets: ["dsconvert-bench"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
@@ -28,13 +29,14 @@ let package = Package(
         // The commands themselves; every executable is a thin wrapper over one of these.
         .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
+        .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-validate", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-bench", dependencies: ["DSConvertCommands", "CLI"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
-        .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel"]),
-        .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors"]),
+        .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel", "Conversion"]),
+        .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
     ]
 )

@@ -6,12 +6,13 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --build
 swift build -c release --product dsconvert >/dev/null
 swift build -c release --product dsconvert-validate >/dev/null
+swift build -c release --product dsconvert-absorb >/dev/null
 bin=.build/release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 $bin/dsconvert inspect Fixtures/trained
 echo
-# reshard is the conversion available today; absorb / quantize / shard slot in here as they land.
-$bin/dsconvert reshard --input Fixtures/trained --output "$work/trained-converted" --max-shard-size 500KB
+# The conversions available today: absorb (split form, bf16). quantize and shard join as they land.
+$bin/dsconvert-absorb --input Fixtures/trained --output "$work/trained-absorbed" --mode split
 echo
-$bin/dsconvert-validate --reference Fixtures/trained --candidate "$work/trained-converted" --max-logit-delta 0
+$bin/dsconvert-validate --reference Fixtures/trained --candidate "$work/trained-absorbed"

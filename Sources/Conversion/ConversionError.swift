@@ -6,6 +6,7 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
     case invalidManifest(path: String, reason: String)
     case cannotCopy(file: String, reason: String)
     case invalidSize(text: String)
+    case unsupportedInput(path: String, reason: String)
 
     public var errorDescription: String? {
         switch self {
@@ -15,6 +16,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
             return "\(path): invalid dsconvert manifest: \(reason)"
         case let .cannotCopy(file, reason):
             return "\(file): cannot copy: \(reason)"
+        case let .unsupportedInput(path, reason):
+            return "\(path): cannot convert: \(reason)"
         case let .invalidSize(text):
             return "invalid size '\(text)' (examples: 5GB, 500MB, 2GiB, 1000000)"
         }

@@ -65,6 +65,8 @@ public struct InspectReport: Encodable {
     var layers: Int
     var attention: Attention
     var accounting: ModelAccounting
+    var absorptionCost: AbsorptionCost
+    var absorption: AbsorptionRecord?
     var weights: Weights?
     var tensors: [TensorEntry]?
     var check: Check
@@ -74,7 +76,9 @@ public struct InspectReport: Encodable {
         case modelType = "model_type"
         case hiddenSize = "hidden_size"
         case vocabSize = "vocab_size"
-        case layers, attention, accounting, weights, tensors, check
+        case layers, attention, accounting
+        case absorptionCost = "absorption_cost"
+        case absorption, weights, tensors, check
     }
 
     public init(path: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) {
@@ -84,10 +88,12 @@ public struct InspectReport: Encodable {
         hiddenSize = config.hiddenSize
         vocabSize = config.vocabSize
         layers = config.numHiddenLayers
-        attention = Attention(form: "mla", heads: config.numAttentionHeads, qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank,
+        attention = Attention(form: config.attentionForm.rawValue, heads: config.numAttentionHeads, qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank,
                               qkNopeHeadDim: config.qkNopeHeadDim, qkRopeHeadDim: config.qkRopeHeadDim, vHeadDim: config.vHeadDim,
                               softmaxScale: config.softmaxScale, ropeTheta: config.ropeTheta, ropeScaling: config.ropeScaling)
         accounting = ModelAccounting(config: config)
+        absorptionCost = AbsorptionCost(config: config)
+        absorption = config.absorption
         if let checkpoint {
             var byDType: [String: Int] = [:]
             for t in checkpoint.tensors { byDType[t.dtype.rawValue, default: 0] += t.byteCount }
@@ -118,12 +124,15 @@ public struct InspectReport: Encodable {
         row("layers", "\(layers): dense \(Format.ranges(kinds.dense)), MoE \(Format.ranges(kinds.moe))")
         let a = attention
         let query = a.qLoraRank.map { "q_lora \($0)" } ?? "q_proj (no query compression)"
-        row("attention", "MLA, \(a.heads) heads, \(query), kv_lora \(a.kvLoraRank), nope \(a.qkNopeHeadDim), rope \(a.qkRopeHeadDim), v \(a.vHeadDim)")
+        row("attention", "\(a.form), \(a.heads) heads, \(query), kv_lora \(a.kvLoraRank), nope \(a.qkNopeHeadDim), rope \(a.qkRopeHeadDim), v \(a.vHeadDim)")
         var rope = "theta \(Format.number(a.ropeTheta))"
         if let s = a.ropeScaling {
             rope += ", \(s.type) factor \(Format.number(s.factor ?? 1)), mscale \(Format.number(s.mscale ?? 0)), mscale_all_dim \(Format.number(s.mscaleAllDim ?? 0))"
         }
         row("rope", rope + String(format: "; softmax scale %.7f", a.softmaxScale))
+        if let ab = absorption {
+            row("absorbed", "folds \(ab.folds.joined(separator: ", ")); kernel softmax scale \(Format.number(ab.softmaxScale)) (was \(String(format: "%.7f", ab.originalSoftmaxScale))); \(ab.dtype) storage\(ab.keepsKVB ? "; kv_b_proj kept" : "")")
+        }
         row("parameters", "\(Format.grouped(accounting.totalParameters)) total, \(Format.grouped(accounting.activeParameters)) active per token (\(Format.grouped(accounting.activeParametersWithEmbedding)) with the embedding table)")
         if let r = accounting.routing {
             var text = "\(r.method): \(r.routedExperts) routed + \(r.sharedExperts) shared experts, top-\(r.expertsPerToken)"
@@ -136,6 +145,8 @@ public struct InspectReport: Encodable {
         for kv in accounting.kvCache {
             row(kv.format == accounting.kvCache.first?.format ? "KV cache/token" : "", "\(kv.format.padding(toLength: 10, withPad: " ", startingAt: 0)) \(kv.bytesPerTokenPerLayer) B/layer, \(Format.grouped(kv.bytesPerToken)) B for \(layers) layers (\(String(format: "%.3f", kv.bitsPerElement)) bits/element)")
         }
+        row("absorb cost", "")
+        for line in absorptionCost.table().split(separator: "\n") { lines.append("    " + line) }
         if let w = weights {
             let dtypes = w.bytesByDType.sorted { $0.key < $1.key }.map { "\($0.key) \(Format.bytes($0.value))" }.joined(separator: ", ")
             row("weights", "\(w.tensorCount) tensors, \(Format.grouped(w.parameters)) parameters in \(w.files.count) file(s); \(dtypes)")

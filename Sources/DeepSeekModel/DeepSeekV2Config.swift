@@ -95,6 +95,8 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     public var attentionBias: Bool
     public var hiddenAct: String
     public var torchDtype: String?
+    /// Present on `dsconvert absorb` outputs.
+    public var absorption: AbsorptionRecord?
 
     enum CodingKeys: String, CodingKey {
         case architectures
@@ -131,6 +133,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         case hiddenAct = "hidden_act"
         case torchDtype = "torch_dtype"
         case dtype
+        case absorption = "dsconvert_absorption"
     }
 
     private struct RopeParameters: Decodable {
@@ -170,6 +173,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? false
         hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct) ?? "silu"
         torchDtype = try c.decodeIfPresent(String.self, forKey: .torchDtype) ?? c.decodeIfPresent(String.self, forKey: .dtype)
+        absorption = try c.decodeIfPresent(AbsorptionRecord.self, forKey: .absorption)
 
         if c.contains(.ropeParameters), try !c.decodeNil(forKey: .ropeParameters) {
             let parameters = try c.decode(RopeParameters.self, forKey: .ropeParameters)
@@ -218,6 +222,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         try c.encode(attentionBias, forKey: .attentionBias)
         try c.encode(hiddenAct, forKey: .hiddenAct)
         try c.encodeIfPresent(torchDtype, forKey: .torchDtype)
+        try c.encodeIfPresent(absorption, forKey: .absorption)
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.
@@ -294,6 +299,11 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     // MARK: Derived facts
 
     public var qkHeadDim: Int { qkNopeHeadDim + qkRopeHeadDim }
+    public var attentionForm: AttentionForm { absorption?.attentionForm ?? .mla }
+
+    /// The scale the attention kernel applies to q·k: the model's softmax scale, or what absorb
+    /// left after folding it into the query weights (1).
+    public var kernelSoftmaxScale: Double { absorption?.softmaxScale ?? softmaxScale }
     public var hasQueryCompression: Bool { qLoraRank != nil }
 
     /// Layer `i` is MoE iff routed experts exist, i ≥ first_k_dense_replace and i % moe_layer_freq == 0

@@ -57,17 +57,36 @@ extension DeepSeekV2Config {
             let p = TensorNames.layer(i)
             add(p + "input_layernorm.weight", [h], .norm, layer: i)
             add(p + "post_attention_layernorm.weight", [h], .norm, layer: i)
+            let form = attentionForm
+            let keepKVB = absorption?.keepsKVB ?? false
+            let inQ = qLoraRank ?? h
             if let q = qLoraRank {
                 add(p + "self_attn.q_a_proj.weight", [q, h], .attention, layer: i)
-                add(p + "self_attn.q_a_layernorm.weight", [q], .norm, layer: i)
-                add(p + "self_attn.q_b_proj.weight", [heads * qkHeadDim, q], .attention, layer: i)
-            } else {
-                add(p + "self_attn.q_proj.weight", [heads * qkHeadDim, h], .attention, layer: i)
+                // absorb folds q_a_layernorm's gain into the query weights and drops it.
+                if form == .mla { add(p + "self_attn.q_a_layernorm.weight", [q], .norm, layer: i) }
+            }
+            switch form {
+            case .mla, .split:
+                add(p + (qLoraRank == nil ? "self_attn.q_proj.weight" : "self_attn.q_b_proj.weight"), [heads * qkHeadDim, inQ], .attention, layer: i)
+            case .fold:
+                add(p + "self_attn." + TensorNames.qAbsorbed, [heads * kvLoraRank, inQ], .attention, layer: i)
+                add(p + "self_attn." + TensorNames.qRope, [heads * qkRopeHeadDim, inQ], .attention, layer: i)
             }
             add(p + "self_attn.kv_a_proj_with_mqa.weight", [kvLoraRank + qkRopeHeadDim, h], .attention, layer: i)
-            add(p + "self_attn.kv_a_layernorm.weight", [kvLoraRank], .norm, layer: i)
-            add(p + "self_attn.kv_b_proj.weight", [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank], .attention, layer: i)
-            add(p + "self_attn.o_proj.weight", [h, heads * vHeadDim], .attention, layer: i)
+            if form == .mla { add(p + "self_attn.kv_a_layernorm.weight", [kvLoraRank], .norm, layer: i) }
+            if form == .mla || keepKVB {
+                add(p + "self_attn.kv_b_proj.weight", [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank], .attention, layer: i)
+            }
+            switch form {
+            case .mla:
+                add(p + "self_attn.o_proj.weight", [h, heads * vHeadDim], .attention, layer: i)
+            case .split:
+                add(p + "self_attn." + TensorNames.wUK, [heads, qkNopeHeadDim, kvLoraRank], .attention, layer: i)
+                add(p + "self_attn." + TensorNames.wUV, [heads, vHeadDim, kvLoraRank], .attention, layer: i)
+                add(p + "self_attn.o_proj.weight", [h, heads * vHeadDim], .attention, layer: i)
+            case .fold:
+                add(p + "self_attn." + TensorNames.oAbsorbed, [h, heads * kvLoraRank], .attention, layer: i)
+            }
             if isMoELayer(i) {
                 let e = nRoutedExperts ?? 0, m = moeIntermediateSize
                 add(p + "mlp.gate.weight", [e, h], .router, layer: i)

@@ -17,6 +17,19 @@ public enum FloatConversion {
     @inline(__always)
     public static func f16ToFloat(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
 
+    /// Rounds a Double to bf16 once, to nearest even (going through Float would round twice).
+    public static func doubleToBF16(_ value: Double) -> UInt16 {
+        if value.isNaN { return 0x7FC0 }
+        if value == 0 || value.isInfinite { return floatToBF16(Float(value)) }
+        // The bf16 ulp at this magnitude: 8 significant bits, subnormals below 2^-126.
+        let exponent = max(Int(value.exponent), -126)
+        let ulp = Double(sign: .plus, exponent: exponent - 7, significand: 1)
+        let rounded = (value / ulp).rounded(.toNearestOrEven) * ulp
+        // Finite results above bf16's largest finite value (3.3895e38) round to infinity, as torch does.
+        if abs(rounded) > 0x1.FEp127 { return value > 0 ? 0x7F80 : 0xFF80 }
+        return UInt16(truncatingIfNeeded: Float(rounded).bitPattern >> 16)
+    }
+
     /// Widens `count` bf16 values to Float32, 16 lanes at a time.
     public static func bf16ToFloat(_ source: UnsafePointer<UInt16>, _ destination: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0

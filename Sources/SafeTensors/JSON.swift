@@ -291,3 +291,29 @@ public enum CompactJSON {
         return out + "\""
     }
 }
+
+extension JSONValue {
+    /// JSON text indented by two spaces, keys in their stored order, numbers as originally written.
+    public func prettyPrinted(indent: Int = 0) -> String {
+        let pad = String(repeating: " ", count: indent + 2), close = String(repeating: " ", count: indent)
+        switch self {
+        case .null: return "null"
+        case let .bool(b): return b ? "true" : "false"
+        case let .number(text): return text
+        case let .string(s): return CompactJSON.quoted(s)
+        case let .array(items):
+            if items.isEmpty { return "[]" }
+            return "[\n" + items.map { pad + $0.prettyPrinted(indent: indent + 2) }.joined(separator: ",\n") + "\n" + close + "]"
+        case let .object(entries):
+            if entries.isEmpty { return "{}" }
+            return "{\n" + entries.map { pad + CompactJSON.quoted($0.0) + ": " + $0.1.prettyPrinted(indent: indent + 2) }.joined(separator: ",\n") + "\n" + close + "}"
+        }
+    }
+
+    /// This object with `key` set to `value` (replaced in place, or appended).
+    public func setting(_ key: String, to value: JSONValue) -> JSONValue {
+        guard case var .object(entries) = self else { return self }
+        if let i = entries.firstIndex(where: { $0.0 == key }) { entries[i].1 = value } else { entries.append((key, value)) }
+        return .object(entries)
+    }
+}

@@ -55,6 +55,8 @@ public final class MappedFile: @unchecked Sendable {
 /// A zero-copy view of one tensor's bytes inside a mapped file.
 public struct TensorView: @unchecked Sendable {
     public let info: TensorInfo
+    /// The tensor's bytes in the mapping; valid while this view (or its checkpoint) is alive, so
+    /// do not keep the buffer past a view taken from a temporary checkpoint.
     public let bytes: UnsafeRawBufferPointer
     /// Keeps the mapping alive for as long as the view exists.
     public let owner: MappedFile

@@ -107,14 +107,18 @@ public final class ReferenceForward {
         let h = config.hiddenSize, heads = config.numAttentionHeads, t = batch * seq
         let nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim, dq = config.qkHeadDim, dv = config.vHeadDim
         let kvl = config.kvLoraRank
+        let form = config.attentionForm
+        // absorb folds the norm gains into the weights; RMSNorm then runs with a gain of one.
+        func gain(_ name: String, _ width: Int) throws -> [Float] {
+            form == .mla ? try load(p + name, [width]) : [Float](repeating: 1, count: width)
+        }
 
-        var q: [Float]
+        // Query input: the hidden state, or the normalized compressed query.
+        var queryInput = x
+        let inQ = config.qLoraRank ?? h
         if let ql = config.qLoraRank {
             let qa = Linear.forward(x, rows: t, weight: try load(p + "q_a_proj.weight", [ql, h]), inFeatures: h, outFeatures: ql)
-            let qn = Elementwise.rmsNorm(qa, width: ql, gamma: try load(p + "q_a_layernorm.weight", [ql]), eps: config.rmsNormEps)
-            q = Linear.forward(qn, rows: t, weight: try load(p + "q_b_proj.weight", [heads * dq, ql]), inFeatures: ql, outFeatures: heads * dq)
-        } else {
-            q = Linear.forward(x, rows: t, weight: try load(p + "q_proj.weight", [heads * dq, h]), inFeatures: h, outFeatures: heads * dq)
+            queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: try gain("q_a_layernorm.weight", ql), eps: config.rmsNormEps)
         }
         let ckv = Linear.forward(x, rows: t, weight: try load(p + "kv_a_proj_with_mqa.weight", [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
         var latent = [Float](repeating: 0, count: t * kvl)
@@ -123,35 +127,94 @@ public final class ReferenceForward {
             for j in 0..<kvl { latent[i * kvl + j] = ckv[i * (kvl + ropeDim) + j] }
             for j in 0..<ropeDim { kpe[i * ropeDim + j] = ckv[i * (kvl + ropeDim) + kvl + j] }
         }
-        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: try load(p + "kv_a_layernorm.weight", [kvl]), eps: config.rmsNormEps)
-
-        // Rotary part of queries (every head) and the one shared rotary key per token.
+        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: try gain("kv_a_layernorm.weight", kvl), eps: config.rmsNormEps)
         let tables = (0..<seq).map { rope.table(position: $0) }
-        q.withUnsafeMutableBufferPointer { qp in kpe.withUnsafeMutableBufferPointer { kp in
-            for i in 0..<t {
-                let (c, s) = tables[i % seq]
-                for head in 0..<heads { RotaryEmbedding.rotate(qp.baseAddress! + i * heads * dq + head * dq + nope, cos: c, sin: s) }
-                RotaryEmbedding.rotate(kp.baseAddress! + i * ropeDim, cos: c, sin: s)
-            }
-        } }
+        kpe.withUnsafeMutableBufferPointer { kp in
+            for i in 0..<t { let (c, s) = tables[i % seq]; RotaryEmbedding.rotate(kp.baseAddress! + i * ropeDim, cos: c, sin: s) }
+        }
+        let scale = Float(config.kernelSoftmaxScale)
 
-        // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
-        let kv = Linear.forward(latent, rows: t, weight: try load(p + "kv_b_proj.weight", [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
-        var keys = [Float](repeating: 0, count: t * heads * dq)
-        var values = [Float](repeating: 0, count: t * heads * dv)
-        for i in 0..<t {
-            for head in 0..<heads {
-                let src = i * heads * (nope + dv) + head * (nope + dv)
-                let kDst = i * heads * dq + head * dq
-                for j in 0..<nope { keys[kDst + j] = kv[src + j] }
-                for j in 0..<ropeDim { keys[kDst + nope + j] = kpe[i * ropeDim + j] }
-                for j in 0..<dv { values[i * heads * dv + head * dv + j] = kv[src + nope + j] }
+        switch form {
+        case .mla:
+            var q = Linear.forward(queryInput, rows: t, weight: try load(p + (config.qLoraRank == nil ? "q_proj.weight" : "q_b_proj.weight"), [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
+            Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
+            // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
+            let kv = Linear.forward(latent, rows: t, weight: try load(p + "kv_b_proj.weight", [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
+            var keys = [Float](repeating: 0, count: t * heads * dq)
+            var values = [Float](repeating: 0, count: t * heads * dv)
+            for i in 0..<t {
+                for head in 0..<heads {
+                    let src = i * heads * (nope + dv) + head * (nope + dv)
+                    let kDst = i * heads * dq + head * dq
+                    for j in 0..<nope { keys[kDst + j] = kv[src + j] }
+                    for j in 0..<ropeDim { keys[kDst + nope + j] = kpe[i * ropeDim + j] }
+                    for j in 0..<dv { values[i * heads * dv + head * dv + j] = kv[src + nope + j] }
+                }
+            }
+            let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
+                                               qkDim: dq, vDim: dv, scale: scale)
+            return Linear.forward(context, rows: t, weight: try load(p + "o_proj.weight", [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+
+        case .split, .fold:
+            // Latent (MQA-form) attention: per head, the query lives in latent space [kv_lora | rope]
+            // and attends over the shared cache [c | k_pe]; the context is a latent vector per head.
+            let width = kvl + ropeDim
+            var queries = [Float](repeating: 0, count: t * heads * width)
+            if form == .split {
+                var q = Linear.forward(queryInput, rows: t, weight: try load(p + (config.qLoraRank == nil ? "q_proj.weight" : "q_b_proj.weight"), [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
+                Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
+                let wUK = try load(p + TensorNames.wUK, [heads, nope, kvl])
+                q.withUnsafeBufferPointer { qp in wUK.withUnsafeBufferPointer { wp in queries.withUnsafeMutableBufferPointer { op in
+                    for head in 0..<heads {
+                        // q_lat[h] = q_nope[h] · W_UK[h]  ([t, nope] · [nope, kv_lora])
+                        Linear.gemm(transposeB: false, m: t, n: kvl, k: nope, alpha: 1, a: qp.baseAddress! + head * dq, lda: heads * dq,
+                                    b: wp.baseAddress! + head * nope * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * width, ldc: heads * width)
+                        for i in 0..<t { for j in 0..<ropeDim { op[(i * heads + head) * width + kvl + j] = qp[i * heads * dq + head * dq + nope + j] } }
+                    }
+                } } }
+            } else {
+                let qLatent = Linear.forward(queryInput, rows: t, weight: try load(p + TensorNames.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
+                var qRope = Linear.forward(queryInput, rows: t, weight: try load(p + TensorNames.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
+                Self.rotateQueries(&qRope, rows: t, seq: seq, heads: heads, stride: ropeDim, offset: 0, tables: tables)
+                for i in 0..<t { for head in 0..<heads {
+                    for j in 0..<kvl { queries[(i * heads + head) * width + j] = qLatent[(i * heads + head) * kvl + j] }
+                    for j in 0..<ropeDim { queries[(i * heads + head) * width + kvl + j] = qRope[(i * heads + head) * ropeDim + j] }
+                } }
+            }
+            // The shared cache, presented to every head.
+            var keys = [Float](repeating: 0, count: t * heads * width)
+            var values = [Float](repeating: 0, count: t * heads * kvl)
+            for i in 0..<t { for head in 0..<heads {
+                for j in 0..<kvl { keys[(i * heads + head) * width + j] = latent[i * kvl + j]; values[(i * heads + head) * kvl + j] = latent[i * kvl + j] }
+                for j in 0..<ropeDim { keys[(i * heads + head) * width + kvl + j] = kpe[i * ropeDim + j] }
+            } }
+            let context = Self.causalAttention(queries: queries, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
+                                               qkDim: width, vDim: kvl, scale: scale)
+            if form == .fold {
+                return Linear.forward(context, rows: t, weight: try load(p + TensorNames.oAbsorbed, [h, heads * kvl]), inFeatures: heads * kvl, outFeatures: h)
+            }
+            let wUV = try load(p + TensorNames.wUV, [heads, dv, kvl])
+            var perHead = [Float](repeating: 0, count: t * heads * dv)
+            context.withUnsafeBufferPointer { cp in wUV.withUnsafeBufferPointer { wp in perHead.withUnsafeMutableBufferPointer { op in
+                for head in 0..<heads {
+                    // v[h] = ctx_lat[h] · W_UV[h]ᵀ  ([t, kv_lora] · [kv_lora, v])
+                    Linear.gemm(transposeB: true, m: t, n: dv, k: kvl, alpha: 1, a: cp.baseAddress! + head * kvl, lda: heads * kvl,
+                                b: wp.baseAddress! + head * dv * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * dv, ldc: heads * dv)
+                }
+            } } }
+            return Linear.forward(perHead, rows: t, weight: try load(p + "o_proj.weight", [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+        }
+    }
+
+    /// Rotates the rope part (at `offset`, width rope) of every head's query, row i at position i % seq.
+    private static func rotateQueries(_ q: inout [Float], rows: Int, seq: Int, heads: Int, stride: Int, offset: Int,
+                                      tables: [(cos: [Float], sin: [Float])]) {
+        q.withUnsafeMutableBufferPointer { qp in
+            for i in 0..<rows {
+                let (c, s) = tables[i % seq]
+                for head in 0..<heads { RotaryEmbedding.rotate(qp.baseAddress! + (i * heads + head) * stride + offset, cos: c, sin: s) }
             }
         }
-
-        let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
-                                           qkDim: dq, vDim: dv, scale: Float(config.softmaxScale))
-        return Linear.forward(context, rows: t, weight: try load(p + "o_proj.weight", [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
     }
 
     /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head); Q, K [T, H, qkDim], V [T, H, vDim]; returns [T, H·vDim].

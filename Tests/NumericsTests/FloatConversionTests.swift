@@ -51,3 +51,29 @@ final class FloatConversionTests: XCTestCase {
         XCTAssertEqual(out, [0, 1, -2, 65504, 0x1p-24, .infinity, -.infinity, Float(Float16(bitPattern: 0x3555))])
     }
 }
+
+final class DoubleToBF16Tests: XCTestCase {
+    func testRoundsOnceNotTwice() {
+        // 1 + 2^-8 + 2^-30 rounds to Float as exactly 1 + 2^-8 (a bf16 tie, which would then go to even 1.0);
+        // rounded once it is above the tie and goes up to 1 + 2^-7.
+        let x = 1 + 0x1p-8 + 0x1p-30
+        XCTAssertEqual(FloatConversion.floatToBF16(Float(x)), 0x3F80, "the double-rounding trap")
+        XCTAssertEqual(FloatConversion.doubleToBF16(x), 0x3F81)
+        XCTAssertEqual(FloatConversion.doubleToBF16(1 + 0x1p-8), 0x3F80, "an exact tie goes to even")
+        XCTAssertEqual(FloatConversion.doubleToBF16(-2.5), FloatConversion.floatToBF16(-2.5))
+        XCTAssertEqual(FloatConversion.doubleToBF16(1e39), 0x7F80)
+        XCTAssertEqual(FloatConversion.doubleToBF16(-1e39), 0xFF80)
+        XCTAssertEqual(FloatConversion.doubleToBF16(0x1p-133), 0x0001, "smallest bf16 subnormal")
+        XCTAssertEqual(FloatConversion.doubleToBF16(0x1p-135), 0x0000, "below half of it: zero")
+    }
+
+    func testAgreesWithFloatPathWhereFloatIsExact() {
+        var state: UInt64 = 42
+        for _ in 0..<200_000 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            let f = Float(bitPattern: UInt32(truncatingIfNeeded: state >> 32))
+            if f.isNaN { continue }
+            XCTAssertEqual(FloatConversion.doubleToBF16(Double(f)), FloatConversion.floatToBF16(f), "\(f)")
+        }
+    }
+}

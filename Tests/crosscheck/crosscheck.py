@@ -138,7 +138,19 @@ def check_schemas(binary):
         r = dsconvert(binary, "inspect", target, "--json", "--tensors")
         ok = r.returncode == 0 and validate(json.loads(r.stdout), "inspect.schema.json")
         check(f"inspect --json {os.path.relpath(target, ROOT)} validates", ok, r.stderr)
-    report = os.path.join(tempfile.mkdtemp(prefix="dsconvert-validate-"), "report.json")
+    work = tempfile.mkdtemp(prefix="dsconvert-schemas-")
+    for mode in ("split", "fold"):
+        out = os.path.join(work, f"absorbed-{mode}")
+        r = dsconvert(binary, "absorb", "--input", os.path.join(FIXTURES, "v2"), "--output", out, "--mode", mode, "--keep-kv-b")
+        ok = r.returncode == 0 and validate(json.load(open(os.path.join(out, "dsconvert.json"))), "manifest.schema.json")
+        r2 = dsconvert(binary, "inspect", out, "--json")
+        ok = ok and r2.returncode == 0 and validate(json.loads(r2.stdout), "inspect.schema.json")
+        tensors = {}
+        for shard in [f for f in os.listdir(out) if f.endswith(".safetensors")]:
+            tensors.update(raw_tensors(os.path.join(out, shard)))
+        ok = ok and all(dtype == "BF16" for dtype, _, _ in tensors.values())
+        check(f"absorb --mode {mode}: official reader, manifest and inspect --json validate", ok, r.stderr + r2.stderr)
+    report = os.path.join(work, "report.json")
     trained = os.path.join(FIXTURES, "trained")
     r = dsconvert(binary, "validate", "--reference", trained, "--candidate", trained, "--json", report)
     ok = r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json")

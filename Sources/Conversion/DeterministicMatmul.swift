@@ -1,0 +1,36 @@
+import Dispatch
+
+/// C[m, n] = A[m, k] · B[k, n] in f64 with a fixed summation order (k ascending for every element).
+///
+/// Bytes that conversion writes must not depend on thread count or BLAS build (DESIGN §9), so folds
+/// use this instead of OpenBLAS; rows are split across cores, which does not change any sum.
+public enum DeterministicMatmul {
+    public static func multiply(_ a: [Double], _ b: [Double], m: Int, k: Int, n: Int) -> [Double] {
+        var c = [Double](repeating: 0, count: m * n)
+        a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+            let chunk = 16
+            let chunks = (m + chunk - 1) / chunk
+            // Each task writes its own rows only, so sharing the pointers is race-free.
+            let cBase = UnsafeShared(cp.baseAddress!), aBase = UnsafeShared(UnsafeMutablePointer(mutating: ap.baseAddress!))
+            let bBase = UnsafeShared(UnsafeMutablePointer(mutating: bp.baseAddress!))
+            DispatchQueue.concurrentPerform(iterations: chunks) { part in
+                for i in (part * chunk)..<min(m, (part + 1) * chunk) {
+                    let row = cBase.pointer + i * n
+                    for p in 0..<k {
+                        let scalar = aBase.pointer[i * k + p]
+                        if scalar == 0 { continue }
+                        let bRow = bBase.pointer + p * n
+                        for j in 0..<n { row[j] += scalar * bRow[j] }
+                    }
+                }
+            }
+        } } }
+        return c
+    }
+}
+
+/// A pointer handed to concurrent tasks that touch disjoint parts of its memory.
+struct UnsafeShared<T>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<T>
+    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
+}

@@ -1,0 +1,53 @@
+import CLI
+import Conversion
+import DeepSeekModel
+import Foundation
+
+/// `dsconvert absorb` / `dsconvert-absorb`: fold MLA's absorbable projections.
+public enum AbsorbCommand: Command {
+    public static let spec = CommandSpec(
+        name: "absorb",
+        abstract: "Fold MLA's up-projections, norm gains and softmax scale so attention runs on the cached latent.",
+        discussion: """
+        --mode split (default; what vLLM, SGLang and llama.cpp do at load time): kv_b_proj becomes per-head
+        self_attn.w_uk.weight [heads, qk_nope, kv_lora] and self_attn.w_uv.weight [heads, v_head, kv_lora].
+        --mode fold (the paper's literal form): self_attn.q_absorbed.weight = W_UKᵀ·W_UQ per head,
+        self_attn.q_rope.weight, self_attn.o_absorbed.weight = W_O·W_UV per head; grows attention weights
+        (3.08x for DeepSeek-V2) and costs more at decode. Both modes fold kv_a_layernorm γ, q_a_layernorm γ
+        and the softmax scale (with YaRN mscale²) exactly; config.json records the form, the folds and the
+        scale the kernel must now use (1.0) under "dsconvert_absorption". Products in f64, rounded once.
+        """,
+        options: [
+            OptionSpec("input", value: "DIR", help: "Input checkpoint (original MLA form)."),
+            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("mode", value: "split|fold", help: "Absorbed form (default split)."),
+            OptionSpec("keep-kv-b", help: "Also keep kv_b_proj (γ folded) for engines that prefill in MHA form."),
+            OptionSpec("dtype", value: "bf16|f32", help: "Storage of the computed tensors (default bf16; never f16: W_UK overflows it)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
+            OptionSpec("force", help: "Replace an existing output directory."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let input = URL(fileURLWithPath: try arguments.required("input"))
+        let output = URL(fileURLWithPath: try arguments.required("output"))
+        let mode = try arguments.choice("mode", default: "split", among: ["split", "fold"])
+        let dtype = AbsorbStage.StorageDType(rawValue: try arguments.choice("dtype", default: "bf16", among: ["bf16", "f32"]))!
+        let options = AbsorbOptions(form: mode == "split" ? .split : .fold, keepKVB: arguments.flag("keep-kv-b"))
+        let summary = try AbsorbStage.run(input: input, output: output, options: options, dtype: dtype, force: arguments.flag("force"),
+                                          maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size"))) { terminal.progress($0) }
+        terminal.endProgress()
+        terminal.out("\(output.path): \(summary.config.attentionForm.rawValue), \(summary.tensors) tensors in \(summary.files) file(s); folds: \(summary.config.absorption!.folds.joined(separator: ", ")); kernel softmax scale 1.0 (was \(String(format: "%.7f", summary.config.absorption!.originalSoftmaxScale)))")
+        terminal.out("")
+        terminal.out(AbsorptionCost(config: summary.config).table())
+        return ExitCode.success
+    }
+}
+
+/// `--max-shard-size` shared by the stages.
+enum ConversionOutputSize {
+    static func parse(_ text: String?) throws -> Int {
+        guard let text else { return 5_000_000_000 }
+        return try ConversionOutput.parseSize(text)
+    }
+}

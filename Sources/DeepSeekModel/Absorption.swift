@@ -1,0 +1,138 @@
+import Foundation
+
+/// How a checkpoint's attention weights are laid out.
+public enum AttentionForm: String, Codable, Sendable, CaseIterable {
+    /// The published form: q (or q_a/q_b), kv_a, kv_b, o; attention expands K and V per head.
+    case mla
+    /// `absorb --mode split`: kv_b_proj split into per-head W_UK [H, nope, kv_lora] and
+    /// W_UV [H, v, kv_lora]; queries are absorbed at run time with one batched product
+    /// (what vLLM, SGLang and llama.cpp do at load time).
+    case split = "mla_absorbed_split"
+    /// `absorb --mode fold`: the paper's literal form, W_UKᵀ·W_UQ per head on the query side and
+    /// W_O·W_UV per head on the output side.
+    case fold = "mla_absorbed_fold"
+}
+
+/// What `dsconvert absorb` did, recorded in the output `config.json` under `dsconvert_absorption`.
+public struct AbsorptionRecord: Codable, Equatable, Sendable {
+    public var attentionForm: AttentionForm
+    /// Every exact fold applied: "kv_a_layernorm_gamma", "q_a_layernorm_gamma", "softmax_scale".
+    public var folds: [String]
+    /// The scale a kernel must now apply to q·k (1 when the scale is folded into the query weights).
+    public var softmaxScale: Double
+    /// The checkpoint's scale before folding: (nope+rope)^-0.5 · m(factor, mscale_all_dim)².
+    public var originalSoftmaxScale: Double
+    /// True when `kv_b_proj.weight` was kept (with kv_a_layernorm γ folded into it) for MHA prefill.
+    public var keepsKVB: Bool
+    /// Storage dtype of the tensors absorb computed.
+    public var dtype: String
+    /// Tensor layouts, for engine authors.
+    public var layouts: [String: String]
+
+    enum CodingKeys: String, CodingKey {
+        case attentionForm = "attention_form"
+        case folds
+        case softmaxScale = "softmax_scale"
+        case originalSoftmaxScale = "original_softmax_scale"
+        case keepsKVB = "keeps_kv_b"
+        case dtype
+        case layouts
+    }
+
+    public init(attentionForm: AttentionForm, folds: [String], softmaxScale: Double, originalSoftmaxScale: Double,
+                keepsKVB: Bool, dtype: String, layouts: [String: String]) {
+        self.attentionForm = attentionForm
+        self.folds = folds
+        self.softmaxScale = softmaxScale
+        self.originalSoftmaxScale = originalSoftmaxScale
+        self.keepsKVB = keepsKVB
+        self.dtype = dtype
+        self.layouts = layouts
+    }
+
+    public static let configKey = "dsconvert_absorption"
+}
+
+/// Names of the tensors absorb writes, relative to `model.layers.{i}.self_attn.`.
+extension TensorNames {
+    public static let wUK = "w_uk.weight"
+    public static let wUV = "w_uv.weight"
+    public static let qAbsorbed = "q_absorbed.weight"
+    public static let qRope = "q_rope.weight"
+    public static let oAbsorbed = "o_absorbed.weight"
+}
+
+/// Parameters, decode cost and KV bytes of the three attention forms, from the config alone.
+public struct AbsorptionCost: Codable, Equatable, Sendable {
+    public struct Form: Codable, Equatable, Sendable {
+        public var form: String
+        /// Attention weights over all layers (projections and the norms that remain).
+        public var attentionParameters: Int
+        /// Multiply-adds per decoded token per layer that do not depend on the context.
+        public var decodeMACsPerTokenPerLayer: Int
+        /// Additional multiply-adds per cached context token per decoded token per layer.
+        public var decodeMACsPerContextTokenPerLayer: Int
+        /// KV-cache bytes per token over all layers in bf16 (the MHA form caches K and V per head).
+        public var kvBytesPerToken: Int
+
+        enum CodingKeys: String, CodingKey {
+            case form
+            case attentionParameters = "attention_parameters"
+            case decodeMACsPerTokenPerLayer = "decode_macs_per_token_per_layer"
+            case decodeMACsPerContextTokenPerLayer = "decode_macs_per_context_token_per_layer"
+            case kvBytesPerToken = "kv_bytes_per_token"
+        }
+    }
+
+    public var forms: [Form]
+
+    public init(config c: DeepSeekV2Config) {
+        let h = c.hiddenSize, heads = c.numAttentionHeads, nope = c.qkNopeHeadDim, rope = c.qkRopeHeadDim
+        let v = c.vHeadDim, kvl = c.kvLoraRank, layers = c.numHiddenLayers
+        let inQ = c.qLoraRank ?? h
+        let qDown = c.qLoraRank.map { $0 * h } ?? 0
+        let kvA = (kvl + rope) * h
+        let qFull = heads * (nope + rope) * inQ
+        let kvB = heads * (nope + v) * kvl
+        let o = h * heads * v
+        let qNorm = c.qLoraRank ?? 0
+
+        // Original, MHA form: K and V expanded per head and cached (what an engine without MLA does).
+        let original = Form(form: AttentionForm.mla.rawValue,
+                            attentionParameters: layers * (qDown + qNorm + qFull + kvA + kvl + kvB + o),
+                            decodeMACsPerTokenPerLayer: qDown + qFull + kvA + kvB + o,
+                            decodeMACsPerContextTokenPerLayer: heads * (nope + rope) + heads * v,
+                            kvBytesPerToken: layers * 2 * heads * (nope + rope + v))
+        // split: query absorbed at run time (H·nope·kv_lora), output through W_UV then o_proj.
+        let split = Form(form: AttentionForm.split.rawValue,
+                         attentionParameters: layers * (qDown + qFull + kvA + kvB + o),
+                         decodeMACsPerTokenPerLayer: qDown + qFull + kvA + heads * nope * kvl + heads * v * kvl + o,
+                         decodeMACsPerContextTokenPerLayer: heads * (kvl + rope) + heads * kvl,
+                         kvBytesPerToken: layers * 2 * (kvl + rope))
+        let foldQ = heads * kvl * inQ + heads * rope * inQ
+        let foldO = h * heads * kvl
+        let fold = Form(form: AttentionForm.fold.rawValue,
+                        attentionParameters: layers * (qDown + foldQ + kvA + foldO),
+                        decodeMACsPerTokenPerLayer: qDown + foldQ + kvA + foldO,
+                        decodeMACsPerContextTokenPerLayer: heads * (kvl + rope) + heads * kvl,
+                        kvBytesPerToken: layers * 2 * (kvl + rope))
+        forms = [original, split, fold]
+    }
+
+    /// The report `absorb` prints (and `inspect` shows), at a given context length.
+    public func table(contextLength: Int = 4096) -> String {
+        func cell(_ text: String, _ width: Int, left: Bool = false) -> String {
+            let pad = String(repeating: " ", count: max(0, width - text.count))
+            return left ? text + pad : pad + text
+        }
+        var lines = [cell("attention form", 20, left: true) + cell("attention params", 18) + cell("x orig", 8)
+            + cell("decode MACs/token/layer @\(contextLength)", 34) + cell("KV bytes/token (bf16)", 23)]
+        let base = Double(forms[0].attentionParameters)
+        for f in forms {
+            let macs = f.decodeMACsPerTokenPerLayer + contextLength * f.decodeMACsPerContextTokenPerLayer
+            lines.append(cell(f.form, 20, left: true) + cell(String(f.attentionParameters), 18)
+                + cell(String(format: "%.2f", Double(f.attentionParameters) / base), 8) + cell(String(macs), 34) + cell(String(f.kvBytesPerToken), 23))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
