@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .executable(name: "dsconvert", targets: ["dsconvert"]),
         .executable(name: "dsconvert-absorb", targets: ["dsconvert-absorb"]),
+        .executable(name: "dsconvert-quantize", targets: ["dsconvert-quantize"]),
         .executable(name: "dsconvert-validate", targets: ["dsconvert-validate"]),
         .executable(name: "dsconvert-bench", targets: ["dsconvert-bench"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
@@ -19,7 +20,7 @@ let package = Package(
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors"]),
         // The conversion stages and what they share: output directories, manifests.
-        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics"]),
+        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "Validation"]),
         // OpenBLAS, the reference backend of the validation forward pass.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // Reference forward pass (fp32, OpenBLAS), drift metrics and reports.
@@ -30,6 +31,7 @@ let package = Package(
         .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),
+        .executableTarget(name: "dsconvert-quantize", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-validate", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-bench", dependencies: ["DSConvertCommands", "CLI"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),

@@ -45,6 +45,24 @@ public struct InspectReport: Encodable {
         }
     }
 
+    public struct FP8: Encodable {
+        var format: String
+        var blockSize: Int
+        var tensors: Int
+        /// Tensor-parallel degrees vLLM's 128-divisibility rule allows, with routed experts split by TP.
+        var tpDegrees: [Int]
+        /// The same with expert parallelism (experts whole on a device).
+        var tpDegreesWithExpertParallelism: [Int]
+
+        enum CodingKeys: String, CodingKey {
+            case format
+            case blockSize = "block_size"
+            case tensors
+            case tpDegrees = "tp_degrees"
+            case tpDegreesWithExpertParallelism = "tp_degrees_with_expert_parallelism"
+        }
+    }
+
     public struct TensorEntry: Encodable {
         var name: String
         var dtype: String
@@ -68,6 +86,7 @@ public struct InspectReport: Encodable {
     var absorptionCost: AbsorptionCost
     var absorption: AbsorptionRecord?
     var weights: Weights?
+    var fp8: FP8?
     var tensors: [TensorEntry]?
     var check: Check
 
@@ -78,7 +97,7 @@ public struct InspectReport: Encodable {
         case vocabSize = "vocab_size"
         case layers, attention, accounting
         case absorptionCost = "absorption_cost"
-        case absorption, weights, tensors, check
+        case absorption, weights, fp8, tensors, check
     }
 
     public init(path: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) {
@@ -100,6 +119,12 @@ public struct InspectReport: Encodable {
             weights = Weights(files: checkpoint.shardNames, tensorCount: checkpoint.tensors.count,
                               parameters: checkpoint.tensors.reduce(0) { $0 + $1.elementCount },
                               bytes: checkpoint.totalTensorBytes, bytesByDType: byDType)
+            if let q = config.quantization {
+                let fp8Tensors = checkpoint.tensors.filter { $0.dtype == .f8E4M3 || $0.dtype == .f8E5M2 }.map { (name: $0.name, shape: $0.shape) }
+                fp8 = FP8(format: q.fmt ?? "e4m3", blockSize: q.block, tensors: fp8Tensors.count,
+                          tpDegrees: FP8Partitioning.supportedDegrees(fp8Tensors: fp8Tensors, block: q.block, expertParallel: false),
+                          tpDegreesWithExpertParallelism: FP8Partitioning.supportedDegrees(fp8Tensors: fp8Tensors, block: q.block, expertParallel: true))
+            }
             if listTensors {
                 tensors = checkpoint.tensors.map { TensorEntry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, file: checkpoint.shardName(of: $0.name) ?? "") }
             }
@@ -150,6 +175,9 @@ public struct InspectReport: Encodable {
         if let w = weights {
             let dtypes = w.bytesByDType.sorted { $0.key < $1.key }.map { "\($0.key) \(Format.bytes($0.value))" }.joined(separator: ", ")
             row("weights", "\(w.tensorCount) tensors, \(Format.grouped(w.parameters)) parameters in \(w.files.count) file(s); \(dtypes)")
+            if let f = fp8 {
+                row("fp8", "\(f.tensors) \(f.format) tensors, \(f.blockSize)x\(f.blockSize) blocks; vLLM tensor parallelism: TP \(f.tpDegrees.map(String.init).joined(separator: ", ")) (experts split), TP \(f.tpDegreesWithExpertParallelism.map(String.init).joined(separator: ", ")) with expert parallelism")
+            }
         } else {
             row("weights", "none (described from config.json only)")
         }

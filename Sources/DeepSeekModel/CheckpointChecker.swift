@@ -20,10 +20,27 @@ public enum CheckpointChecker {
                 problems.append(.missingTensor(file: checkpoint.directory.path, tensor: tensor.name, expectedShape: tensor.shape))
                 continue
             }
+            let file = checkpoint.path(of: tensor.name)
             if info.shape != tensor.shape {
-                problems.append(.wrongShape(file: checkpoint.path(of: tensor.name), tensor: tensor.name, expected: tensor.shape, actual: info.shape))
+                problems.append(.wrongShape(file: file, tensor: tensor.name, expected: tensor.shape, actual: info.shape))
+            } else if info.dtype == .f8E4M3 || info.dtype == .f8E5M2 {
+                // FP8 weights need their block scales, of the shape the block size implies.
+                guard let q = config.quantization, tensor.shape.count >= 2 else {
+                    problems.append(.fp8WithoutQuantizationConfig(file: file, tensor: tensor.name))
+                    continue
+                }
+                let scaleName = tensor.name + QuantizationConfig.scaleSuffix
+                let scaleShape = QuantizationConfig.scaleShape(of: tensor.shape, block: q.block)
+                expectedNames.insert(scaleName)
+                if let scale = checkpoint.info(scaleName) {
+                    if scale.shape != scaleShape || scale.dtype != .f32 {
+                        problems.append(.wrongScale(file: checkpoint.path(of: scaleName), tensor: scaleName, expected: scaleShape, actual: scale.shape, dtype: scale.dtype.rawValue))
+                    }
+                } else {
+                    problems.append(.missingScale(file: file, tensor: tensor.name, expectedShape: scaleShape))
+                }
             } else if !info.dtype.isFloatingPoint {
-                problems.append(.wrongDType(file: checkpoint.path(of: tensor.name), tensor: tensor.name, dtype: info.dtype.rawValue))
+                problems.append(.wrongDType(file: file, tensor: tensor.name, dtype: info.dtype.rawValue))
             }
         }
         for info in checkpoint.tensors where !expectedNames.contains(info.name) {

@@ -9,6 +9,9 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
     case unexpectedTensor(file: String, tensor: String)
     case wrongShape(file: String, tensor: String, expected: [Int], actual: [Int])
     case wrongDType(file: String, tensor: String, dtype: String)
+    case missingScale(file: String, tensor: String, expectedShape: [Int])
+    case wrongScale(file: String, tensor: String, expected: [Int], actual: [Int], dtype: String)
+    case fp8WithoutQuantizationConfig(file: String, tensor: String)
 
     public var errorDescription: String? {
         switch self {
@@ -26,6 +29,12 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
             return "\(file): tensor '\(tensor)' has shape \(actual), config.json implies \(expected)"
         case let .wrongDType(file, tensor, dtype):
             return "\(file): tensor '\(tensor)' has dtype \(dtype), expected a floating-point weight"
+        case let .missingScale(file, tensor, shape):
+            return "\(file): FP8 tensor '\(tensor)' has no scale '\(tensor)_scale_inv' (F32 \(shape)); it cannot be dequantized"
+        case let .wrongScale(file, tensor, expected, actual, dtype):
+            return "\(file): scale '\(tensor)' is \(dtype) \(actual), the block size implies F32 \(expected)"
+        case let .fp8WithoutQuantizationConfig(file, tensor):
+            return "\(file): tensor '\(tensor)' is FP8 but config.json has no quantization_config (block size unknown)"
         }
     }
 }

@@ -97,6 +97,8 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     public var torchDtype: String?
     /// Present on `dsconvert absorb` outputs.
     public var absorption: AbsorptionRecord?
+    /// Present on FP8 block-scaled checkpoints.
+    public var quantization: QuantizationConfig?
 
     enum CodingKeys: String, CodingKey {
         case architectures
@@ -134,6 +136,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         case torchDtype = "torch_dtype"
         case dtype
         case absorption = "dsconvert_absorption"
+        case quantization = "quantization_config"
     }
 
     private struct RopeParameters: Decodable {
@@ -174,6 +177,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct) ?? "silu"
         torchDtype = try c.decodeIfPresent(String.self, forKey: .torchDtype) ?? c.decodeIfPresent(String.self, forKey: .dtype)
         absorption = try c.decodeIfPresent(AbsorptionRecord.self, forKey: .absorption)
+        quantization = try c.decodeIfPresent(QuantizationConfig.self, forKey: .quantization)
 
         if c.contains(.ropeParameters), try !c.decodeNil(forKey: .ropeParameters) {
             let parameters = try c.decode(RopeParameters.self, forKey: .ropeParameters)
@@ -223,6 +227,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         try c.encode(hiddenAct, forKey: .hiddenAct)
         try c.encodeIfPresent(torchDtype, forKey: .torchDtype)
         try c.encodeIfPresent(absorption, forKey: .absorption)
+        try c.encodeIfPresent(quantization, forKey: .quantization)
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.
@@ -286,6 +291,13 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
                 guard tg * (e / g) >= k else { throw bad("topk_group groups hold fewer experts than num_experts_per_tok") }
             default:
                 throw bad("topk_method '\(topkMethod)' is not supported (greedy or group_limited_greedy)")
+            }
+        }
+        if let q = quantization {
+            guard q.quantMethod == "fp8" else { throw bad("quantization_config quant_method '\(q.quantMethod)' is not supported (fp8 block scaling)") }
+            guard ["e4m3", "e5m2", nil].contains(q.fmt) else { throw bad("quantization_config fmt '\(q.fmt!)' is not supported (e4m3 or e5m2)") }
+            guard let b = q.weightBlockSize, b.count == 2, b[0] == b[1], b[0] > 0 else {
+                throw bad("quantization_config weight_block_size must be [b, b] (per-tensor FP8 is not supported)")
             }
         }
         if let scaling = ropeScaling, scaling.isYaRN {

@@ -9,6 +9,6 @@ public enum ModelLoader {
         let checkpoint = try Checkpoint(directory: directory)
         let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
         if let first = report.problems.first { throw first }
-        return Validator.Model(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint))
+        return Validator.Model(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
     }
 }

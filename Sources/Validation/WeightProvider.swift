@@ -1,5 +1,6 @@
 import DeepSeekModel
 import Foundation
+import Numerics
 import SafeTensors
 
 /// Errors of the reference forward pass and validation.
@@ -39,12 +40,17 @@ public protocol WeightProvider: AnyObject {
     var label: String { get }
 }
 
-/// Weights read from a bf16/f16/f32 checkpoint through its memory mapping.
+/// Weights read from a checkpoint through its memory mapping: bf16/f16/f32 widened, FP8 block
+/// weights dequantized with their `_scale_inv` (w = q · scale per block, in f32).
 public final class CheckpointWeights: WeightProvider {
     public let checkpoint: Checkpoint
+    public let fp8Block: Int?
     public var label: String { checkpoint.directory.path }
 
-    public init(checkpoint: Checkpoint) { self.checkpoint = checkpoint }
+    public init(checkpoint: Checkpoint, fp8Block: Int? = nil) {
+        self.checkpoint = checkpoint
+        self.fp8Block = fp8Block
+    }
 
     public func floats(_ name: String, shape: [Int]) throws -> [Float] {
         guard let info = checkpoint.info(name) else {
@@ -54,11 +60,54 @@ public final class CheckpointWeights: WeightProvider {
             throw ValidationError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
         }
         do {
-            return try checkpoint.view(name).floats()
+            let view = try checkpoint.view(name)
+            if let format = FP8Format(dtype: view.dtype) {
+                return try dequantize(view, format: format)
+            }
+            return try view.floats()
         } catch let error as SafeTensorsError {
             throw ValidationError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
     }
 
-    public func release(_ name: String) { checkpoint.release(name) }
+    public func release(_ name: String) {
+        checkpoint.release(name)
+        checkpoint.release(name + QuantizationConfig.scaleSuffix)
+    }
+
+    private func dequantize(_ view: TensorView, format: FP8Format) throws -> [Float] {
+        let name = view.name, shape = view.shape
+        let scaleName = name + QuantizationConfig.scaleSuffix
+        guard let block = fp8Block, shape.count >= 2 else {
+            throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: name), tensor: name)
+        }
+        guard checkpoint.contains(scaleName) else {
+            throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: shape, block: block))
+        }
+        let scales = try checkpoint.view(scaleName).floats()
+        let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
+        let matrices = shape.dropLast(2).reduce(1, *)
+        let quantizer = FP8BlockQuantizer(format: format, block: block)
+        let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
+        var out = [Float](repeating: 0, count: matrices * rows * cols)
+        let codes = view.bytes.bindMemory(to: UInt8.self)
+        scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in
+            for m in 0..<matrices {
+                quantizer.dequantize(codes: codes.baseAddress! + m * rows * cols, scales: sp.baseAddress! + m * perMatrix,
+                                     rows: rows, cols: cols, into: op.baseAddress! + m * rows * cols)
+            }
+        } }
+        return out
+    }
+}
+
+extension FP8Format {
+    /// The format of an FP8 safetensors dtype.
+    public init?(dtype: DType) {
+        switch dtype {
+        case .f8E4M3: self = .e4m3
+        case .f8E5M2: self = .e5m2
+        default: return nil
+        }
+    }
 }

@@ -150,6 +150,12 @@ def check_schemas(binary):
             tensors.update(raw_tensors(os.path.join(out, shard)))
         ok = ok and all(dtype == "BF16" for dtype, _, _ in tensors.values())
         check(f"absorb --mode {mode}: official reader, manifest and inspect --json validate", ok, r.stderr + r2.stderr)
+    quantized = os.path.join(work, "quantized")
+    r = dsconvert(binary, "quantize", "--fp8", "--input", os.path.join(FIXTURES, "trained"), "--output", quantized)
+    r2 = dsconvert(binary, "inspect", quantized, "--json")
+    ok = r.returncode == 0 and r2.returncode == 0 and validate(json.loads(r2.stdout), "inspect.schema.json") \
+        and validate(json.load(open(os.path.join(quantized, "dsconvert.json"))), "manifest.schema.json")
+    check("quantize --fp8: manifest and inspect --json (with fp8 section) validate", ok, r.stderr + r2.stderr)
     report = os.path.join(work, "report.json")
     trained = os.path.join(FIXTURES, "trained")
     r = dsconvert(binary, "validate", "--reference", trained, "--candidate", trained, "--json", report)
@@ -234,6 +240,59 @@ def check_transformers_checkpoints(binary, work, count):
         check(f"transformers checkpoint {i}: logits max |delta| {delta:.2e} <= 1e-3", delta <= 1e-3)
 
 
+def check_fp8(binary, work):
+    """FP8 outputs against torch, read through the official safetensors torch API (as vLLM loads them)."""
+    try:
+        import torch
+        from safetensors.torch import load_file
+    except ImportError as e:
+        check("fp8 cross-check", False, f"torch not installed: {e}")
+        return
+    for fixture in ("fp8", "trained"):
+        out, back = os.path.join(work, f"fp8-{fixture}"), os.path.join(work, f"bf16-{fixture}")
+        r = dsconvert(binary, "quantize", "--fp8", "--input", os.path.join(FIXTURES, fixture), "--output", out)
+        r2 = dsconvert(binary, "quantize", "--dequantize", "--input", out, "--output", back)
+        if r.returncode or r2.returncode:
+            check(f"fp8 {fixture}: quantize and dequantize", False, r.stderr + r2.stderr)
+            continue
+        original = {}
+        for shard in set(json.load(open(os.path.join(FIXTURES, fixture, "model.safetensors.index.json")))["weight_map"].values()):
+            original.update(load_file(os.path.join(FIXTURES, fixture, shard)))
+        quantized = {}
+        for f in [f for f in os.listdir(out) if f.endswith(".safetensors")]:
+            quantized.update(load_file(os.path.join(out, f)))
+        restored = {}
+        for f in [f for f in os.listdir(back) if f.endswith(".safetensors")]:
+            restored.update(load_file(os.path.join(back, f)))
+        shapes_ok, codes_ok, dequant_ok, count = True, True, True, 0
+        for name, q in quantized.items():
+            if q.dtype != torch.float8_e4m3fn:
+                continue
+            count += 1
+            s = quantized.get(name + "_scale_inv")
+            rows, cols = q.shape
+            if s is None or s.dtype != torch.float32 or list(s.shape) != [-(-rows // 128), -(-cols // 128)]:
+                shapes_ok = False
+                continue
+            x = original[name].float()
+            for i in range(s.shape[0]):
+                for j in range(s.shape[1]):
+                    block = x[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+                    amax = block.abs().max()
+                    scale = amax / 448.0 if amax > 0 else torch.tensor(1.0)
+                    codes_ok &= bool(s[i, j] == scale)
+                    expect = (block / scale).to(torch.float8_e4m3fn).view(torch.uint8)
+                    codes_ok &= bool((q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].view(torch.uint8) == expect).all())
+            # DeepSeek's weight_dequant: y = q.float() * s per block, stored in bf16.
+            expanded = s.repeat_interleave(128, 0)[:rows].repeat_interleave(128, 1)[:, :cols]
+            dequant_ok &= bool((restored[name].view(torch.int16) == (q.float() * expanded).to(torch.bfloat16).view(torch.int16)).all())
+        check(f"fp8 {fixture}: {count} F8_E4M3 weights with F32 [ceil(r/128), ceil(c/128)] scales", shapes_ok and count > 0)
+        check(f"fp8 {fixture}: codes and scales equal torch's block cast bit for bit", codes_ok)
+        check(f"fp8 {fixture}: --dequantize equals bf16(q * scale) as DeepSeek's weight_dequant", dequant_ok)
+        kept = [n for n, t in quantized.items() if not n.endswith("_scale_inv") and t.dtype != torch.float8_e4m3fn]
+        check(f"fp8 {fixture}: kept tensors untouched", all(torch.equal(quantized[n], original[n]) for n in kept))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "release", "dsconvert"))
@@ -243,6 +302,7 @@ def main():
     try:
         check_safetensors(args.bin, work)
         check_schemas(args.bin)
+        check_fp8(args.bin, work)
         check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,90 @@
+import Foundation
+import SafeTensors
+
+/// `quantization_config` of an FP8 block-scaled checkpoint (DeepSeek-V3 / Hugging Face convention).
+public struct QuantizationConfig: Codable, Equatable, Sendable {
+    public var quantMethod: String
+    public var fmt: String?
+    public var activationScheme: String?
+    public var weightBlockSize: [Int]?
+
+    enum CodingKeys: String, CodingKey {
+        case quantMethod = "quant_method"
+        case fmt
+        case activationScheme = "activation_scheme"
+        case weightBlockSize = "weight_block_size"
+    }
+
+    public init(fmt: String, block: Int) {
+        quantMethod = "fp8"
+        self.fmt = fmt
+        activationScheme = "dynamic"
+        weightBlockSize = [block, block]
+    }
+
+    public var block: Int { weightBlockSize?.first ?? 128 }
+
+    /// Suffix of the scale companion of an FP8 weight (DeepSeek-V3 names it `weight_scale_inv`).
+    public static let scaleSuffix = "_scale_inv"
+
+    /// Shape of the scales of a weight: [ceil(rows/b), ceil(cols/b)], per head for 3-D weights.
+    public static func scaleShape(of shape: [Int], block: Int) -> [Int] {
+        guard shape.count >= 2 else { return [] }
+        return Array(shape.dropLast(2)) + [(shape[shape.count - 2] + block - 1) / block, (shape[shape.count - 1] + block - 1) / block]
+    }
+}
+
+/// Which tensors `quantize --fp8` turns into FP8 (DESIGN §5): every 2-D linear weight except the
+/// embeddings, lm_head, the norms, the router and `e_score_correction_bias`; 3-D per-head W_UK/W_UV
+/// of absorbed checkpoints only on request (engines use them in bf16).
+public struct FP8Policy: Sendable {
+    public var quantizeAbsorbed: Bool
+    public var skip: [String]
+
+    public init(quantizeAbsorbed: Bool = false, skip: [String] = []) {
+        self.quantizeAbsorbed = quantizeAbsorbed
+        self.skip = skip
+    }
+
+    public func shouldQuantize(name: String, shape: [Int]) -> Bool {
+        if name == TensorNames.embedding || name == TensorNames.lmHead { return false }
+        if name.hasSuffix("norm.weight") || name.hasSuffix(".mlp.gate.weight") || name.contains("e_score_correction_bias") { return false }
+        for pattern in skip where name.range(of: pattern, options: .regularExpression) != nil { return false }
+        if shape.count == 3, name.hasSuffix(TensorNames.wUK) || name.hasSuffix(TensorNames.wUV) { return quantizeAbsorbed }
+        return shape.count == 2
+    }
+}
+
+/// Tensor-parallel degrees vLLM can load an FP8 block checkpoint with: every partition of a
+/// column-parallel (output) or row-parallel (input) dimension must be a whole number of blocks.
+public enum FP8Partitioning {
+    public enum Split { case columns, rows, replicated }
+
+    /// How vLLM's DeepseekV2 model shards each linear weight under tensor parallelism.
+    public static func split(of name: String) -> Split {
+        let rowParallel = ["o_proj.weight", "down_proj.weight", TensorNames.oAbsorbed]
+        let replicated = ["q_a_proj.weight", "kv_a_proj_with_mqa.weight", ".mlp.gate.weight"]
+        if replicated.contains(where: name.hasSuffix) { return .replicated }
+        if rowParallel.contains(where: name.hasSuffix) { return .rows }
+        return .columns
+    }
+
+    /// Degrees among 1, 2, 4, … 64 that every FP8 tensor allows; with `expertParallel` routed
+    /// experts are whole on a device and impose nothing.
+    public static func supportedDegrees(fp8Tensors: [(name: String, shape: [Int])], block: Int, expertParallel: Bool) -> [Int] {
+        [1, 2, 4, 8, 16, 32, 64].filter { t in
+            t == 1 || fp8Tensors.allSatisfy { tensor in
+                if expertParallel, TensorNames.expertIndex(of: tensor.name) != nil { return true }
+                let shape = tensor.shape
+                guard shape.count >= 2 else { return true }
+                let dim: Int
+                switch split(of: tensor.name) {
+                case .replicated: return true
+                case .columns: dim = shape[shape.count - 2]
+                case .rows: dim = shape[shape.count - 1]
+                }
+                return dim % t == 0 && (dim / t) % block == 0
+            }
+        }
+    }
+}
