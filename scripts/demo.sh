@@ -8,16 +8,19 @@ swift build -c release --product dsconvert >/dev/null
 swift build -c release --product dsconvert-validate >/dev/null
 swift build -c release --product dsconvert-absorb >/dev/null
 swift build -c release --product dsconvert-quantize >/dev/null
+swift build -c release --product dsconvert-shard >/dev/null
 bin=.build/release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 $bin/dsconvert inspect Fixtures/trained
 echo
-# The main path: absorb (split form, bf16), then FP8 weights with 128x128 block scales. shard joins as it lands.
-$bin/dsconvert-absorb --input Fixtures/trained --output "$work/trained-absorbed" --mode split
+# The main path: absorb (split form, bf16), FP8 weights with 128x128 block scales, 8-device expert placement.
+$bin/dsconvert-absorb --input Fixtures/trained --output "$work/absorbed" --mode split
 echo
-$bin/dsconvert-quantize --fp8 --input "$work/trained-absorbed" --output "$work/trained-absorbed-fp8"
+$bin/dsconvert-quantize --fp8 --input "$work/absorbed" --output "$work/absorbed-fp8"
 echo
-$bin/dsconvert inspect "$work/trained-absorbed-fp8"
+$bin/dsconvert inspect "$work/absorbed-fp8"
 echo
-$bin/dsconvert-validate --reference Fixtures/trained --candidate "$work/trained-absorbed-fp8"
+$bin/dsconvert-shard --devices 8 --input "$work/absorbed-fp8" --output "$work/absorbed-fp8-ep8"
+echo
+$bin/dsconvert-validate --reference Fixtures/trained --candidate "$work/absorbed-fp8-ep8"

@@ -15,14 +15,7 @@ public final class ConversionOutput {
     }
 
     public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout) throws {
-        let inputPath = input.standardizedFileURL.resolvingSymlinksInPath().path
-        let standardized = output.standardizedFileURL
-        let outputPath = standardized.path
-        let outputParent = standardized.deletingLastPathComponent().resolvingSymlinksInPath().path
-        let resolvedOutput = (outputParent as NSString).appendingPathComponent(standardized.lastPathComponent)
-        if resolvedOutput == inputPath || resolvedOutput.hasPrefix(inputPath + "/") {
-            throw ConversionError.outputInsideInput(output: outputPath, input: inputPath)
-        }
+        try checkOutputOutsideInput(input: input, output: output)
         self.input = input
         directory = try AtomicOutputDirectory(final: output, force: force)
         writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL)
@@ -76,5 +69,16 @@ public final class ConversionOutput {
         }
         guard let value = Int(upper), value > 0 else { throw ConversionError.invalidSize(text: text) }
         return value
+    }
+}
+
+/// Refuses an output that is the input or inside it (symbolic links resolved).
+func checkOutputOutsideInput(input: URL, output: URL) throws {
+    let inputPath = input.standardizedFileURL.resolvingSymlinksInPath().path
+    let standardized = output.standardizedFileURL
+    let outputParent = standardized.deletingLastPathComponent().resolvingSymlinksInPath().path
+    let resolvedOutput = (outputParent as NSString).appendingPathComponent(standardized.lastPathComponent)
+    if resolvedOutput == inputPath || resolvedOutput.hasPrefix(inputPath + "/") {
+        throw ConversionError.outputInsideInput(output: standardized.path, input: inputPath)
     }
 }

@@ -29,7 +29,7 @@ public enum ForwardCommand: Command {
         let outputURL = URL(fileURLWithPath: try arguments.required("output"))
         let tokens = try TokenFile.load(tokensURL)
         let model = try ModelLoader.open(modelURL)
-        let result = try ReferenceForward(config: model.config, weights: model.weights)
+        let result = try model.forward()
             .run(tokens: tokens, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
         terminal.endProgress()
 

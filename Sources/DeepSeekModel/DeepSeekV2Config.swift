@@ -99,6 +99,8 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     public var absorption: AbsorptionRecord?
     /// Present on FP8 block-scaled checkpoints.
     public var quantization: QuantizationConfig?
+    /// Present on one device's checkpoint of a `dsconvert shard` output.
+    public var placement: PlacementRecord?
 
     enum CodingKeys: String, CodingKey {
         case architectures
@@ -137,6 +139,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         case dtype
         case absorption = "dsconvert_absorption"
         case quantization = "quantization_config"
+        case placement = "dsconvert_placement"
     }
 
     private struct RopeParameters: Decodable {
@@ -178,6 +181,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         torchDtype = try c.decodeIfPresent(String.self, forKey: .torchDtype) ?? c.decodeIfPresent(String.self, forKey: .dtype)
         absorption = try c.decodeIfPresent(AbsorptionRecord.self, forKey: .absorption)
         quantization = try c.decodeIfPresent(QuantizationConfig.self, forKey: .quantization)
+        placement = try c.decodeIfPresent(PlacementRecord.self, forKey: .placement)
 
         if c.contains(.ropeParameters), try !c.decodeNil(forKey: .ropeParameters) {
             let parameters = try c.decode(RopeParameters.self, forKey: .ropeParameters)
@@ -228,6 +232,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         try c.encodeIfPresent(torchDtype, forKey: .torchDtype)
         try c.encodeIfPresent(absorption, forKey: .absorption)
         try c.encodeIfPresent(quantization, forKey: .quantization)
+        try c.encodeIfPresent(placement, forKey: .placement)
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.

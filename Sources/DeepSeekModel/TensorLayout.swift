@@ -45,8 +45,20 @@ public enum TensorNames {
 }
 
 extension DeepSeekV2Config {
-    /// Every tensor this config implies, in model order (embeddings, layers, final norm, lm_head).
+    /// Every tensor this config implies, in model order (embeddings, layers, final norm, lm_head);
+    /// on a device checkpoint of a sharded output, the ones that device holds.
     public func expectedTensors() -> [ExpectedTensor] {
+        let all = globalExpectedTensors()
+        guard let p = placement else { return all }
+        let range = p.expertRange[0]..<p.expertRange[1]
+        return all.filter { t in
+            if let e = t.expert { return range.contains(e) }
+            return p.holdsDense
+        }
+    }
+
+    /// Every tensor of the whole model, whatever device this config describes.
+    public func globalExpectedTensors() -> [ExpectedTensor] {
         var out: [ExpectedTensor] = []
         func add(_ name: String, _ shape: [Int], _ role: TensorRole, layer: Int? = nil, expert: Int? = nil) {
             out.append(ExpectedTensor(name: name, shape: shape, role: role, layer: layer, expert: expert))

@@ -83,6 +83,27 @@ public struct DriftReport: Codable, Sendable {
         public var ratio: Double
     }
 
+    /// How many devices each token's routed experts touch in the candidate's placement.
+    public struct FanOut: Codable, Sendable {
+        public struct Layer: Codable, Sendable {
+            public var layer: Int
+            public var max: Int
+            public var mean: Double
+        }
+        public var devices: Int
+        public var deviceBoundM: Int
+        public var max: Int
+        public var mean: Double
+        public var perLayer: [Layer]
+
+        enum CodingKeys: String, CodingKey {
+            case devices
+            case deviceBoundM = "device_bound_m"
+            case max, mean
+            case perLayer = "per_layer"
+        }
+    }
+
     public struct Verdict: Codable, Sendable {
         public var passed: Bool
         /// One line per exceeded threshold, worst (by how far past its limit) first.
@@ -99,6 +120,7 @@ public struct DriftReport: Codable, Sendable {
     public var logits: Logits
     public var routing: Routing?
     public var perplexity: Perplexity?
+    public var fanOut: FanOut?
     public var thresholds: DriftThresholds
     public var verdict: Verdict
 
@@ -106,7 +128,9 @@ public struct DriftReport: Codable, Sendable {
         case reference, candidate, tokens, batch
         case sequenceLength = "sequence_length"
         case hiddenStates = "hidden_states"
-        case logits, routing, perplexity, thresholds, verdict
+        case logits, routing, perplexity
+        case fanOut = "fan_out"
+        case thresholds, verdict
     }
 
     public func encoded() throws -> Data {
@@ -134,6 +158,10 @@ public struct DriftReport: Codable, Sendable {
         if let p = perplexity {
             lines.append(String(format: "perplexity   reference %.4f   candidate %.4f   ratio %.5f   (%d tokens of %@)", p.reference, p.candidate, p.ratio, p.tokens, p.source))
         }
+        if let f = fanOut {
+            let layers = f.perLayer.map { String(format: "%d: max %d mean %.2f", $0.layer, $0.max, $0.mean) }.joined(separator: ", ")
+            lines.append(String(format: "fan-out      devices per token max %d mean %.3f of %d (bound M = %d)  (%@)", f.max, f.mean, f.devices, f.deviceBoundM, layers))
+        }
         lines.append("")
         lines.append(verdict.passed ? "PASS: within thresholds" : "FAIL: " + verdict.failures.joined(separator: "; "))
         return lines.joined(separator: "\n")
@@ -147,12 +175,17 @@ public enum Validator {
         public let label: String
         public let config: DeepSeekV2Config
         public let weights: WeightProvider
+        /// Set for a sharded output: the forward runs its MoE layers as expert parallelism.
+        public let placement: ExpertPlacement?
 
-        public init(label: String, config: DeepSeekV2Config, weights: WeightProvider) {
+        public init(label: String, config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil) {
             self.label = label
             self.config = config
             self.weights = weights
+            self.placement = placement
         }
+
+        public func forward() -> ReferenceForward { ReferenceForward(config: config, weights: weights, placement: placement) }
     }
 
     public static func compare(reference: Model, candidate: Model, tokens: [[Int]], tokensLabel: String,
@@ -162,8 +195,8 @@ public enum Validator {
         guard rc.vocabSize == cc.vocabSize, rc.hiddenSize == cc.hiddenSize, rc.numHiddenLayers == cc.numHiddenLayers else {
             throw ValidationError.incompatibleModels(reason: "vocab, hidden size or layer count differ")
         }
-        let r = try ReferenceForward(config: rc, weights: reference.weights).run(tokens: tokens, recordHiddenStates: true) { progress?("reference \($0)") }
-        let c = try ReferenceForward(config: cc, weights: candidate.weights).run(tokens: tokens, recordHiddenStates: true) { progress?("candidate \($0)") }
+        let r = try reference.forward().run(tokens: tokens, recordHiddenStates: true) { progress?("reference \($0)") }
+        let c = try candidate.forward().run(tokens: tokens, recordHiddenStates: true) { progress?("candidate \($0)") }
 
         let layers = zip(r.hiddenStates, c.hiddenStates).enumerated().map { i, pair in
             let cos = DriftMetrics.rowCosines(reference: pair.0, candidate: pair.1, width: rc.hiddenSize)
@@ -189,12 +222,23 @@ public enum Validator {
         var perplexity: DriftReport.Perplexity?
         if let heldout {
             progress?("perplexity on \(heldout.label)")
-            let rp = DriftMetrics.perplexity(logits: try ReferenceForward(config: rc, weights: reference.weights).run(tokens: heldout.tokens).logits,
+            let rp = DriftMetrics.perplexity(logits: try reference.forward().run(tokens: heldout.tokens).logits,
                                              tokens: heldout.tokens, vocab: rc.vocabSize)
-            let cp = DriftMetrics.perplexity(logits: try ReferenceForward(config: cc, weights: candidate.weights).run(tokens: heldout.tokens).logits,
+            let cp = DriftMetrics.perplexity(logits: try candidate.forward().run(tokens: heldout.tokens).logits,
                                              tokens: heldout.tokens, vocab: cc.vocabSize)
             perplexity = DriftReport.Perplexity(source: heldout.label, tokens: heldout.tokens.count * (heldout.tokens[0].count - 1),
                                                 reference: rp, candidate: cp, ratio: cp / rp)
+        }
+
+        var fanOut: DriftReport.FanOut?
+        if let placement = candidate.placement {
+            let layers = c.routing.map { record -> DriftReport.FanOut.Layer in
+                let tokens = record.experts.count / max(record.k, 1)
+                let counts = (0..<tokens).map { i in Set(record.experts[(i * record.k)..<((i + 1) * record.k)].map { placement.device(ofExpert: Int($0)) }).count }
+                return .init(layer: record.layer, max: counts.max() ?? 0, mean: Double(counts.reduce(0, +)) / Double(max(tokens, 1)))
+            }
+            fanOut = .init(devices: placement.devices, deviceBoundM: placement.deviceBoundM, max: layers.map(\.max).max() ?? 0,
+                           mean: layers.isEmpty ? 0 : layers.map(\.mean).reduce(0, +) / Double(layers.count), perLayer: layers)
         }
 
         // Each failure with how far past its limit it is, so the worst can be named first.
@@ -215,7 +259,7 @@ public enum Validator {
 
         return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel, batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: layers, logits: logits, routing: routing,
-                           perplexity: perplexity, thresholds: thresholds,
+                           perplexity: perplexity, fanOut: fanOut, thresholds: thresholds,
                            verdict: .init(passed: failures.isEmpty, failures: failures.map(\.1)))
     }
 }

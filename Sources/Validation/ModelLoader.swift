@@ -3,12 +3,71 @@ import Foundation
 import SafeTensors
 
 /// Opens a checkpoint directory for the forward pass, after checking it against its config.
+///
+/// A `dsconvert shard` output (device-*/ beside placement.json) opens as one model whose routed
+/// experts are read from the device that holds them (expert parallelism).
 public enum ModelLoader {
     public static func open(_ directory: URL) throws -> Validator.Model {
+        let fm = FileManager.default
+        let firstDevice = directory.appendingPathComponent("device-0")
+        if fm.fileExists(atPath: directory.appendingPathComponent("placement.json").path), fm.fileExists(atPath: firstDevice.path) {
+            return try openSharded(directory)
+        }
         let config = try DeepSeekV2Config.load(directory: directory)
         let checkpoint = try Checkpoint(directory: directory)
         let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
         if let first = report.problems.first { throw first }
         return Validator.Model(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
     }
+
+    private static func openSharded(_ directory: URL) throws -> Validator.Model {
+        var devices: [CheckpointWeights] = []
+        var global: DeepSeekV2Config?
+        var placement: ExpertPlacement?
+        var d = 0
+        while true {
+            let url = directory.appendingPathComponent("device-\(d)")
+            guard FileManager.default.fileExists(atPath: url.path) else { break }
+            let config = try DeepSeekV2Config.load(directory: url)
+            guard let record = config.placement, record.rank == d else {
+                throw DeepSeekModelError.invalidConfig(path: url.appendingPathComponent("config.json").path, reason: "no dsconvert_placement record for rank \(d)")
+            }
+            let checkpoint = try Checkpoint(directory: url)
+            if let first = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw first }
+            devices.append(CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
+            placement = record.placement
+            if d == 0 {
+                var g = config
+                g.placement = nil
+                global = g
+            }
+            d += 1
+        }
+        guard let config = global, let placement, placement.devices == devices.count else {
+            throw DeepSeekModelError.invalidConfig(path: directory.path, reason: "device directories do not match placement.json")
+        }
+        return Validator.Model(label: directory.path, config: config,
+                               weights: ExpertParallelWeights(devices: devices, placement: placement, label: directory.path), placement: placement)
+    }
+}
+
+/// Weights of a sharded output: each routed expert from the device that holds it, everything else
+/// from device 0 (which holds the non-expert weights whether they are replicated or written once).
+public final class ExpertParallelWeights: WeightProvider {
+    public let devices: [CheckpointWeights]
+    public let placement: ExpertPlacement
+    public let label: String
+
+    init(devices: [CheckpointWeights], placement: ExpertPlacement, label: String) {
+        self.devices = devices
+        self.placement = placement
+        self.label = label
+    }
+
+    private func owner(_ name: String) -> CheckpointWeights {
+        TensorNames.expertIndex(of: name).map { devices[placement.device(ofExpert: $0)] } ?? devices[0]
+    }
+
+    public func floats(_ name: String, shape: [Int]) throws -> [Float] { try owner(name).floats(name, shape: shape) }
+    public func release(_ name: String) { owner(name).release(name) }
 }

@@ -35,11 +35,15 @@ public struct ForwardResult: Sendable {
 public final class ReferenceForward {
     public let config: DeepSeekV2Config
     public let weights: WeightProvider
+    /// With a placement, each MoE layer runs as expert parallelism: every device sums its own
+    /// experts' outputs and the partial sums are added in device order.
+    public let placement: ExpertPlacement?
     private let rope: RotaryEmbedding
 
-    public init(config: DeepSeekV2Config, weights: WeightProvider) {
+    public init(config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil) {
         self.config = config
         self.weights = weights
+        self.placement = placement
         rope = RotaryEmbedding(config: config)
     }
 
@@ -276,14 +280,19 @@ public final class ReferenceForward {
 
         var out = [Float](repeating: 0, count: t * h)
         let m = config.moeIntermediateSize
-        for expert in 0..<e where !assigned[expert].isEmpty {
-            let rows = assigned[expert]
-            var gathered = [Float](repeating: 0, count: rows.count * h)
-            for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
-            let y = try denseMLP(gathered, rows: rows.count, prefix: prefix + "experts.\(expert).", intermediate: m)
-            for (r, entry) in rows.enumerated() {
-                for j in 0..<h { out[entry.token * h + j] += y[r * h + j] * entry.weight }
+        let groups: [Range<Int>] = placement.map { p in (0..<p.devices).map { p.range(device: $0) } } ?? [0..<e]
+        for experts in groups {
+            var partial = [Float](repeating: 0, count: t * h)
+            for expert in experts where !assigned[expert].isEmpty {
+                let rows = assigned[expert]
+                var gathered = [Float](repeating: 0, count: rows.count * h)
+                for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
+                let y = try denseMLP(gathered, rows: rows.count, prefix: prefix + "experts.\(expert).", intermediate: m)
+                for (r, entry) in rows.enumerated() {
+                    for j in 0..<h { partial[entry.token * h + j] += y[r * h + j] * entry.weight }
+                }
             }
+            for i in 0..<out.count { out[i] += partial[i] }
         }
         if let shared = config.nSharedExperts {
             let y = try denseMLP(x, rows: t, prefix: prefix + "shared_experts.", intermediate: m * shared)

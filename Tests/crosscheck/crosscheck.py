@@ -156,7 +156,23 @@ def check_schemas(binary):
     ok = r.returncode == 0 and r2.returncode == 0 and validate(json.loads(r2.stdout), "inspect.schema.json") \
         and validate(json.load(open(os.path.join(quantized, "dsconvert.json"))), "manifest.schema.json")
     check("quantize --fp8: manifest and inspect --json (with fp8 section) validate", ok, r.stderr + r2.stderr)
+    sharded = os.path.join(work, "sharded")
+    r = dsconvert(binary, "shard", "--devices", "8", "--input", quantized, "--output", sharded)
+    ok = r.returncode == 0 and validate(json.load(open(os.path.join(sharded, "placement.json"))), "placement.schema.json") \
+        and validate(json.load(open(os.path.join(sharded, "dsconvert.json"))), "manifest.schema.json")
+    union = {}
+    for d in range(8):
+        device = os.path.join(sharded, f"device-{d}")
+        ok = ok and validate(json.load(open(os.path.join(device, "dsconvert.json"))), "manifest.schema.json")
+        for shard in [f for f in os.listdir(device) if f.endswith(".safetensors")]:
+            union.update(raw_tensors(os.path.join(device, shard)))
+    source = {}
+    for shard in [f for f in os.listdir(quantized) if f.endswith(".safetensors")]:
+        source.update(raw_tensors(os.path.join(quantized, shard)))
+    check("shard --devices 8 of an FP8 checkpoint: schemas validate, official reader's union equals the input", ok and union == source, r.stderr)
     report = os.path.join(work, "report.json")
+    r = dsconvert(binary, "validate", "--reference", quantized, "--candidate", sharded, "--json", report, "--max-logit-delta", "1e-5")
+    check("validate of the sharded output (with fan-out) validates", r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json"), r.stderr)
     trained = os.path.join(FIXTURES, "trained")
     r = dsconvert(binary, "validate", "--reference", trained, "--candidate", trained, "--json", report)
     ok = r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json")

@@ -1,0 +1,177 @@
+import DeepSeekModel
+import Foundation
+import SafeTensors
+
+/// `placement.json`: where every routed expert went (Schemas/placement.schema.json).
+public struct PlacementManifest: Codable, Equatable, Sendable {
+    public struct LayerDevices: Codable, Equatable, Sendable {
+        public var layer: Int
+        /// Per device, its expert range [start, end).
+        public var experts: [[Int]]
+    }
+
+    public struct DeviceBytes: Codable, Equatable, Sendable {
+        public var device: Int
+        public var directory: String
+        public var totalBytes: Int
+        public var expertBytes: Int
+        public var denseBytes: Int
+
+        enum CodingKeys: String, CodingKey {
+            case device, directory
+            case totalBytes = "total_bytes"
+            case expertBytes = "expert_bytes"
+            case denseBytes = "dense_bytes"
+        }
+    }
+
+    public var format = "dsconvert-placement"
+    public var version = 1
+    public var placement: ExpertPlacement
+    public var dense: String
+    public var layers: [LayerDevices]
+    public var devices: [DeviceBytes]
+    /// (max − min) / mean of the expert bytes per device.
+    public var expertBytesSpread: Double
+    public var files: [ConversionManifest.FileRecord]
+
+    enum CodingKeys: String, CodingKey {
+        case format, version, placement, dense, layers, devices
+        case expertBytesSpread = "expert_bytes_spread"
+        case files
+    }
+
+    public static let fileName = "placement.json"
+
+    public init(placement: ExpertPlacement, dense: String, layers: [LayerDevices], devices: [DeviceBytes],
+                expertBytesSpread: Double, files: [ConversionManifest.FileRecord]) {
+        self.placement = placement
+        self.dense = dense
+        self.layers = layers
+        self.devices = devices
+        self.expertBytesSpread = expertBytesSpread
+        self.files = files
+    }
+
+    public static func load(_ directory: URL) throws -> PlacementManifest? {
+        let url = directory.appendingPathComponent(fileName)
+        guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+        do { return try JSONDecoder().decode(PlacementManifest.self, from: Data(contentsOf: url)) } catch {
+            throw ConversionError.invalidManifest(path: url.path, reason: "\(error)")
+        }
+    }
+
+    func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var data = try encoder.encode(self)
+        data.append(0x0A)
+        return data
+    }
+}
+
+/// `dsconvert shard`: routed experts repacked into per-device checkpoints for expert parallelism.
+public enum ShardStage {
+    public static func directoryName(device: Int) -> String { "device-\(device)" }
+
+    public static func run(input: URL, output: URL, devices: Int, denseOnce: Bool, force: Bool,
+                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+                           progress: ((String) -> Void)? = nil) throws -> PlacementManifest {
+        let config = try DeepSeekV2Config.load(directory: input)
+        guard config.placement == nil, try PlacementManifest.load(input) == nil else {
+            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
+        }
+        let checkpoint = try Checkpoint(directory: input)
+        if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
+        let placement = try ExpertPlacement.plan(config: config, devices: devices)
+        try checkOutputOutsideInput(input: input, output: output)
+        let root = try AtomicOutputDirectory(final: output, force: force)
+        let rawConfig = try ConfigEditor.load(input)
+
+        // Every tensor with its FP8 scale companion, routed to the device(s) that hold it.
+        func withScale(_ name: String) -> [String] {
+            let scale = name + QuantizationConfig.scaleSuffix
+            return checkpoint.contains(scale) ? [name, scale] : [name]
+        }
+        var writers: [CheckpointWriter] = []
+        var records: [PlacementRecord] = []
+        for d in 0..<devices {
+            let range = placement.range(device: d)
+            let record = PlacementRecord(rank: d, placement: placement, expertRange: [range.lowerBound, range.upperBound],
+                                         dense: denseOnce ? "once" : "replicated",
+                                         denseLocation: denseOnce && d != 0 ? "../\(directoryName(device: 0))" : ".")
+            var deviceConfig = config
+            deviceConfig.placement = record
+            let names = deviceConfig.expectedTensors().flatMap { withScale($0.name) }
+            let layout = CheckpointLayout(tensors: names.map { n in
+                let info = checkpoint.info(n)!
+                return PlannedTensor(name: n, dtype: info.dtype, shape: info.shape)
+            }, maxShardSize: maxShardSize)
+            let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
+            writers.append(CheckpointWriter(layout: layout, directory: directory))
+            records.append(record)
+        }
+
+        var expertBytes = [Int](repeating: 0, count: devices), denseBytes = [Int](repeating: 0, count: devices)
+        let ordered = config.expectedTensors()
+        for (i, tensor) in ordered.enumerated() {
+            let targets: [Int] = tensor.expert.map { [placement.device(ofExpert: $0)] } ?? (denseOnce ? [0] : Array(0..<devices))
+            for name in withScale(tensor.name) {
+                let view = try checkpoint.view(name)
+                for d in targets {
+                    try writers[d].write(name, bytes: view.bytes)
+                    if tensor.expert != nil { expertBytes[d] += view.bytes.count } else { denseBytes[d] += view.bytes.count }
+                }
+                checkpoint.release(name)
+            }
+            if i % 64 == 0 || i == ordered.count - 1 { progress?("shard: \(i + 1)/\(ordered.count) tensors") }
+        }
+
+        var files: [ConversionManifest.FileRecord] = []
+        let inputStages = try ConversionManifest.load(directory: input)?.stages ?? []
+        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
+        for d in 0..<devices {
+            try writers[d].finish()
+            let directory = writers[d].directory
+            try copySideFiles(from: input, to: directory)
+            let deviceConfig = try ConfigEditor.setting(rawConfig, key: PlacementRecord.configKey, to: records[d])
+            try AtomicFile.write(ConfigEditor.data(deviceConfig), to: directory.appendingPathComponent("config.json"))
+            var deviceFiles: [ConversionManifest.FileRecord] = []
+            for shard in writers[d].layout.shards {
+                let sha = try SHA256.hex(fileAt: directory.appendingPathComponent(shard.fileName).path)
+                deviceFiles.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: sha))
+                files.append(.init(name: "\(directoryName(device: d))/\(shard.fileName)", bytes: shard.fileSize, sha256: sha))
+            }
+            try AtomicFile.write(try ConversionManifest(stages: inputStages + [stage], files: deviceFiles).encoded(),
+                                 to: directory.appendingPathComponent(ConversionManifest.fileName))
+        }
+        let mean = Double(expertBytes.reduce(0, +)) / Double(devices)
+        let spread = mean == 0 ? 0 : Double(expertBytes.max()! - expertBytes.min()!) / mean
+        let moeLayers = (0..<config.numHiddenLayers).filter(config.isMoELayer)
+        let manifest = PlacementManifest(
+            placement: placement, dense: denseOnce ? "once" : "replicated",
+            layers: moeLayers.map { layer in .init(layer: layer, experts: (0..<devices).map { [placement.range(device: $0).lowerBound, placement.range(device: $0).upperBound] }) },
+            devices: (0..<devices).map { .init(device: $0, directory: directoryName(device: $0), totalBytes: expertBytes[$0] + denseBytes[$0],
+                                               expertBytes: expertBytes[$0], denseBytes: denseBytes[$0]) },
+            expertBytesSpread: spread, files: files)
+        try AtomicFile.write(try manifest.encoded(), to: root.temporaryURL.appendingPathComponent(PlacementManifest.fileName))
+        try AtomicFile.write(try ConversionManifest(stages: inputStages + [stage], files: files).encoded(),
+                             to: root.temporaryURL.appendingPathComponent(ConversionManifest.fileName))
+        try root.commit()
+        return manifest
+    }
+
+    private static func copySideFiles(from input: URL, to directory: URL) throws {
+        let fm = FileManager.default
+        for name in ((try? fm.contentsOfDirectory(atPath: input.path)) ?? []).sorted()
+        where !ConversionOutput.isRewritten(name) && name != "config.json" && name != PlacementManifest.fileName {
+            var isDirectory: ObjCBool = false
+            let source = input.appendingPathComponent(name)
+            guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            do { try fm.copyItem(at: source, to: directory.appendingPathComponent(name)) } catch {
+                throw ConversionError.cannotCopy(file: source.path, reason: (error as NSError).localizedDescription)
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import CLI
+import Conversion
+import Foundation
+
+/// `dsconvert shard` / `dsconvert-shard`: per-device expert checkpoints for expert parallelism.
+public enum ShardCommand: Command {
+    public static let spec = CommandSpec(
+        name: "shard",
+        abstract: "Repack routed experts into per-device checkpoints for N-device expert placement.",
+        discussion: """
+        Device d holds experts [d·E/N, (d+1)·E/N) of every MoE layer: with n_group == N each routing group
+        sits on one device and DeepSeek-V2's bound of M = topk_group devices per token holds. Other N must
+        keep groups whole (N divides n_group, or n_group divides N) or are refused; E must divide by N.
+        Output: device-0/ … device-{N-1}/, each a loadable checkpoint (config.json records its rank and
+        expert range under "dsconvert_placement") holding its experts under their global names and the
+        non-expert weights (--dense replicate, default) or, with --dense once, only device-0 holds them
+        (the other ranks' records point there); plus placement.json (Schemas/placement.schema.json).
+        Works on any earlier stage's output; FP8 scales travel with their weights.
+        """,
+        options: [
+            OptionSpec("devices", value: "N", help: "Devices (default 8)."),
+            OptionSpec("input", value: "DIR", help: "Input checkpoint."),
+            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("dense", value: "replicate|once", help: "Non-expert weights on every device (default) or on device-0 only."),
+            OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard within a device (default 5GB)."),
+            OptionSpec("force", help: "Replace an existing output directory."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let devices = try arguments.integer("devices", default: 8, in: 1...4096)
+        let dense = try arguments.choice("dense", default: "replicate", among: ["replicate", "once"])
+        let manifest = try ShardStage.run(input: URL(fileURLWithPath: try arguments.required("input")),
+                                          output: URL(fileURLWithPath: try arguments.required("output")),
+                                          devices: devices, denseOnce: dense == "once", force: arguments.flag("force"),
+                                          maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size"))) { terminal.progress($0) }
+        terminal.endProgress()
+        let p = manifest.placement
+        terminal.out("\(try arguments.required("output")): \(p.experts) experts over \(p.devices) devices, \(p.expertsPerDevice) per device; device bound M = \(p.deviceBoundM); non-expert weights \(manifest.dense)")
+        for d in manifest.devices {
+            terminal.out(String(format: "  %@  experts [%d, %d)  expert bytes %d  dense bytes %d", d.directory, p.range(device: d.device).lowerBound, p.range(device: d.device).upperBound, d.expertBytes, d.denseBytes))
+        }
+        terminal.out(String(format: "  expert bytes spread across devices: %.4f%%", manifest.expertBytesSpread * 100))
+        return ExitCode.success
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+
+/// Contiguous expert placement over devices (DESIGN §7): device d holds experts
+/// [d·E/N, (d+1)·E/N) of every MoE layer. With n_group == N each routing group sits on one device,
+/// so DeepSeek-V2's bound of M = topk_group devices per token holds (vLLM's linear placement,
+/// SGLang and DeepSeek's convert.py use the same ranges).
+public struct ExpertPlacement: Codable, Equatable, Sendable {
+    public var devices: Int
+    public var experts: Int
+    /// Routing groups (1 for greedy routing).
+    public var groups: Int
+    /// The most devices one token's routed experts can touch.
+    public var deviceBoundM: Int
+
+    enum CodingKeys: String, CodingKey {
+        case devices, experts, groups
+        case deviceBoundM = "device_bound_m"
+    }
+
+    public var expertsPerDevice: Int { experts / devices }
+    public func range(device d: Int) -> Range<Int> { (d * expertsPerDevice)..<((d + 1) * expertsPerDevice) }
+    public func device(ofExpert e: Int) -> Int { e / expertsPerDevice }
+
+    /// Plans N devices, or says why groups would not stay whole.
+    public static func plan(config: DeepSeekV2Config, devices: Int) throws -> ExpertPlacement {
+        guard devices >= 1 else { throw DeepSeekModelError.invalidPlacement(reason: "--devices must be at least 1") }
+        guard let e = config.nRoutedExperts, e > 0, config.hasMoE else {
+            throw DeepSeekModelError.invalidPlacement(reason: "the model has no routed experts to place")
+        }
+        guard e % devices == 0 else {
+            throw DeepSeekModelError.invalidPlacement(reason: "\(e) routed experts do not split evenly over \(devices) devices")
+        }
+        let k = config.numExpertsPerTok ?? 1
+        guard config.topkMethod == "group_limited_greedy", let g = config.nGroup, g > 1 else {
+            return ExpertPlacement(devices: devices, experts: e, groups: 1, deviceBoundM: min(k, devices))
+        }
+        let topkGroups = config.topkGroup ?? g
+        if g % devices == 0 {
+            // Whole groups per device: a token's topk_group groups touch at most that many devices.
+            return ExpertPlacement(devices: devices, experts: e, groups: g, deviceBoundM: min(topkGroups, devices))
+        }
+        if devices % g == 0 {
+            // Each group spread evenly over devices/groups devices.
+            return ExpertPlacement(devices: devices, experts: e, groups: g, deviceBoundM: min(topkGroups * (devices / g), k, devices))
+        }
+        throw DeepSeekModelError.invalidPlacement(reason: "\(devices) devices would split DeepSeek's \(g) routing groups unevenly (n_group must divide the device count or the device count divide n_group), losing the device bound M = \(topkGroups)")
+    }
+}
+
+/// A device checkpoint's record of its place, in its `config.json` under `dsconvert_placement`.
+public struct PlacementRecord: Codable, Equatable, Sendable {
+    public var rank: Int
+    public var placement: ExpertPlacement
+    /// Routed experts [start, end) this device holds in every MoE layer.
+    public var expertRange: [Int]
+    /// "replicated": every device holds the non-expert weights; "once": only device-0 does.
+    public var dense: String
+    /// Where this rank finds the non-expert weights (relative to its own directory).
+    public var denseLocation: String
+
+    enum CodingKeys: String, CodingKey {
+        case rank, placement
+        case expertRange = "expert_range"
+        case dense
+        case denseLocation = "dense_location"
+    }
+
+    public init(rank: Int, placement: ExpertPlacement, expertRange: [Int], dense: String, denseLocation: String) {
+        self.rank = rank
+        self.placement = placement
+        self.expertRange = expertRange
+        self.dense = dense
+        self.denseLocation = denseLocation
+    }
+
+    public static let configKey = "dsconvert_placement"
+    public var holdsDense: Bool { dense == "replicated" || rank == 0 }
+}
+
+extension DeepSeekModelError {
+    static func invalidPlacement(reason: String) -> DeepSeekModelError { .invalidConfig(path: "placement", reason: reason) }
+}
