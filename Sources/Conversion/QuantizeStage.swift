@@ -18,6 +18,17 @@ public enum QuantizeStage {
         }
     }
 
+    public struct KV6Options: Sendable {
+        /// Calibration sequences; nil declares mla-kv6 without equalization.
+        public var calibration: [[Int]]?
+        public var calibrationSource: String
+
+        public init(calibration: [[Int]]?, calibrationSource: String) {
+            self.calibration = calibration
+            self.calibrationSource = calibrationSource
+        }
+    }
+
     public struct Summary: Sendable {
         public let tensors: Int
         public let quantized: Int
@@ -30,39 +41,86 @@ public enum QuantizeStage {
     public static func quantize(input: URL, output: URL, options: FP8Options, force: Bool,
                                 maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
                                 progress: ((String) -> Void)? = nil) throws -> Summary {
+        try run(input: input, output: output, fp8: options, kv6: nil, force: force, maxShardSize: maxShardSize, progress: progress)
+    }
+
+    /// FP8 weights and/or the mla-kv6 cache format (with its calibration folded into the weights), in one pass.
+    public static func run(input: URL, output: URL, fp8: FP8Options?, kv6: KV6Options?, force: Bool,
+                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+                           progress: ((String) -> Void)? = nil) throws -> Summary {
         let config = try DeepSeekV2Config.load(directory: input)
         guard config.quantization == nil else {
-            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already FP8 (quantization_config present); --dequantize first")
+            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already FP8 (quantization_config present); --dequantize first, or run --kv6 together with --fp8")
+        }
+        if kv6 != nil, config.kvCache != nil {
+            throw ConversionError.unsupportedInput(path: input.path, reason: "the KV-cache format is already declared (\(config.kvCache!.format))")
+        }
+        guard config.placement == nil else {
+            throw ConversionError.unsupportedInput(path: input.path, reason: "quantize a checkpoint before sharding it")
         }
         let checkpoint = try Checkpoint(directory: input)
         if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
+        let options = fp8 ?? FP8Options()
+        let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])
         let quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
         let fp8DType: DType = options.format == .e4m3 ? .f8E4M3 : .f8E5M2
 
+        // The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
+        var outConfig = config
+        var equalization: [Int: [Float]] = [:]
+        if let kv6 {
+            let format = KVCacheFormat.mlaKV6
+            var calibration: KVCacheRecord.Calibration?
+            if let tokens = kv6.calibration {
+                let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: nil)
+                let absmax = try KVEqualization.calibrate(config: config, weights: weights, tokens: tokens, progress: progress)
+                equalization = absmax.mapValues(KVEqualization.scales)
+                calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
+            }
+            outConfig.kvCache = KVCacheRecord(format: format.rawValue,
+                                              bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim),
+                                              bitsPerElement: format.bitsPerElement(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim),
+                                              equalized: calibration != nil, calibration: calibration,
+                                              layout: KVCacheRecord.layout(format, latent: config.kvLoraRank, rope: config.qkRopeHeadDim))
+        }
+        /// fp32 values of a tensor of the output, with the equalization applied; a latent gain the
+        /// absorbed input folded away comes back as 1 / s_c.
+        func values(_ name: String, shape: [Int]) throws -> [Float] {
+            let layer = TensorNames.layerIndex(of: name)
+            var v = checkpoint.contains(name) ? try checkpoint.view(name).floats() : [Float](repeating: 1, count: shape.reduce(1, *))
+            if let layer, let s = equalization[layer], let apply = KVEqualization.transform(config: config, name: name, shape: shape, scales: s) { apply(&v) }
+            return v
+        }
+
         var planned: [PlannedTensor] = []
-        var quantized = Set<String>()
-        for t in config.expectedTensors() {
-            let info = checkpoint.info(t.name)!
-            if options.policy.shouldQuantize(name: t.name, shape: t.shape) {
+        var quantized = Set<String>(), modified = Set<String>()
+        for t in outConfig.expectedTensors() {
+            let inputDType = checkpoint.info(t.name)?.dtype ?? .bf16
+            if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: config, name: t.name, shape: t.shape, scales: s) != nil {
+                modified.insert(t.name)
+            }
+            if !checkpoint.contains(t.name) { modified.insert(t.name) }
+            if policy.shouldQuantize(name: t.name, shape: t.shape) {
                 quantized.insert(t.name)
                 planned.append(PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape))
                 planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32,
                                              shape: QuantizationConfig.scaleShape(of: t.shape, block: options.block)))
             } else {
-                planned.append(PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape))
+                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
             }
         }
         let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
         let out = try ConversionOutput(input: input, output: output, force: force, layout: layout)
-        let names = config.expectedTensors().map(\.name)
-        for (i, name) in names.enumerated() {
-            let view = try checkpoint.view(name)
+        let expected = outConfig.expectedTensors()
+        let dtypes = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0.dtype) })
+        for (i, tensor) in expected.enumerated() {
+            let name = tensor.name
             if quantized.contains(name) {
-                let values = try view.floats()
+                let values = try values(name, shape: tensor.shape)
                 guard values.allSatisfy(\.isFinite) else {
                     throw ConversionError.unsupportedInput(path: checkpoint.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to quantize it")
                 }
-                let shape = view.shape
+                let shape = tensor.shape
                 let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
                 var codes: [UInt8] = [], scales: [Float] = []
                 values.withUnsafeBufferPointer { vp in
@@ -74,21 +132,45 @@ public enum QuantizeStage {
                 }
                 try out.writer.write(name, bytes: codes)
                 try out.writer.write(name + QuantizationConfig.scaleSuffix, bytes: scales.withUnsafeBytes { Array($0) })
+            } else if modified.contains(name) {
+                // Power-of-two equalization: exact in the tensor's own dtype.
+                try out.writer.write(name, bytes: encode(try values(name, shape: tensor.shape), as: dtypes[name]!))
             } else {
-                try out.writer.write(name, bytes: view.bytes)
+                try out.writer.write(name, bytes: try checkpoint.view(name).bytes)
             }
             checkpoint.release(name)
-            if i % 32 == 0 || i == names.count - 1 { progress?("quantize: \(i + 1)/\(names.count) tensors") }
+            if i % 32 == 0 || i == expected.count - 1 { progress?("quantize: \(i + 1)/\(expected.count) tensors") }
         }
         try out.copySideFiles()
-        let raw = try ConfigEditor.setting(try ConfigEditor.load(input), key: "quantization_config",
-                                           to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
+        var raw = try ConfigEditor.load(input)
+        if fp8 != nil {
+            raw = try ConfigEditor.setting(raw, key: "quantization_config", to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
+        }
+        if let record = outConfig.kvCache { raw = try ConfigEditor.setting(raw, key: KVCacheRecord.configKey, to: record) }
         try out.writeFile("config.json", data: ConfigEditor.data(raw))
-        var stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
-        if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
+        var stageOptions: [String: String] = [:]
+        if fp8 != nil {
+            stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
+            if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
+        }
+        if let kv6 {
+            stageOptions["kv6"] = "mla-kv6"
+            stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
+        }
         try out.commit(stage: .init(stage: "quantize", options: stageOptions, input: input.path))
         return Summary(tensors: planned.count, quantized: quantized.count, files: layout.shards.count,
                        bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
+    }
+
+    static func encode(_ values: [Float], as dtype: DType) -> [UInt8] {
+        switch dtype {
+        case .f32: return values.withUnsafeBytes { Array($0) }
+        case .f16: return values.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) }
+        default:
+            var out = [UInt16](repeating: 0, count: values.count)
+            values.withUnsafeBufferPointer { src in out.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
+            return out.withUnsafeBytes { Array($0) }
+        }
     }
 
     /// FP8 block weights back to bf16 on the CPU (the replacement for DeepSeek's GPU-only

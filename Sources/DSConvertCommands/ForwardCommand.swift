@@ -20,6 +20,7 @@ public enum ForwardCommand: Command {
             OptionSpec("tokens", value: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths."),
             OptionSpec("output", value: "OUT.safetensors", help: "Where to write the outputs."),
             OptionSpec("hidden-states", help: "Also write every hidden state."),
+            OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6 (default: what the config declares, else none)."),
         ]
     )
 
@@ -28,7 +29,8 @@ public enum ForwardCommand: Command {
         let tokensURL = URL(fileURLWithPath: try arguments.required("tokens"))
         let outputURL = URL(fileURLWithPath: try arguments.required("output"))
         let tokens = try TokenFile.load(tokensURL)
-        let model = try ModelLoader.open(modelURL)
+        var model = try ModelLoader.open(modelURL)
+        if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format) }
         let result = try model.forward()
             .run(tokens: tokens, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
         terminal.endProgress()

@@ -85,6 +85,7 @@ public struct InspectReport: Encodable {
     var accounting: ModelAccounting
     var absorptionCost: AbsorptionCost
     var absorption: AbsorptionRecord?
+    var kvCacheDeclared: KVCacheRecord?
     var weights: Weights?
     var fp8: FP8?
     var tensors: [TensorEntry]?
@@ -97,7 +98,9 @@ public struct InspectReport: Encodable {
         case vocabSize = "vocab_size"
         case layers, attention, accounting
         case absorptionCost = "absorption_cost"
-        case absorption, weights, fp8, tensors, check
+        case absorption
+        case kvCacheDeclared = "kv_cache_declared"
+        case weights, fp8, tensors, check
     }
 
     public init(path: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) {
@@ -113,6 +116,7 @@ public struct InspectReport: Encodable {
         accounting = ModelAccounting(config: config)
         absorptionCost = AbsorptionCost(config: config)
         absorption = config.absorption
+        kvCacheDeclared = config.kvCache
         if let checkpoint {
             var byDType: [String: Int] = [:]
             for t in checkpoint.tensors { byDType[t.dtype.rawValue, default: 0] += t.byteCount }
@@ -168,7 +172,11 @@ public struct InspectReport: Encodable {
             row("routing", "none (no MoE layers)")
         }
         for kv in accounting.kvCache {
-            row(kv.format == accounting.kvCache.first?.format ? "KV cache/token" : "", "\(kv.format.padding(toLength: 10, withPad: " ", startingAt: 0)) \(kv.bytesPerTokenPerLayer) B/layer, \(Format.grouped(kv.bytesPerToken)) B for \(layers) layers (\(String(format: "%.3f", kv.bitsPerElement)) bits/element)")
+            row(kv.format == accounting.kvCache.first?.format ? "KV cache/token" : "", "\(kv.format.padding(toLength: 10, withPad: " ", startingAt: 0)) \(kv.bytesPerTokenPerLayer) B/layer, \(Format.grouped(kv.bytesPerToken)) B for \(layers) layers (\(String(format: "%.3f", kv.bitsPerElement)) bits/element); \(String(format: "%.1f%%", kv.reductionVsMHA * 100)) below MHA, \(String(format: "%.1f%%", kv.reductionVsDeepSeek67B * 100)) below DeepSeek 67B")
+        }
+        row("", "MHA of these dimensions \(Format.grouped(accounting.mhaKVBytesPerToken)) B/token; DeepSeek 67B (GQA, 95 layers) \(Format.grouped(accounting.deepSeek67BKVBytesPerToken)) B/token")
+        if let kv = kvCacheDeclared {
+            row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.equalized ? "per-channel equalization folded (calibrated on \(kv.calibration?.tokens ?? 0) tokens of \(kv.calibration?.source ?? "?"))" : "no equalization"))
         }
         row("absorb cost", "")
         for line in absorptionCost.table().split(separator: "\n") { lines.append("    " + line) }

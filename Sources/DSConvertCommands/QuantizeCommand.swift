@@ -3,6 +3,7 @@ import Conversion
 import DeepSeekModel
 import Foundation
 import Numerics
+import Validation
 
 /// `dsconvert quantize` / `dsconvert-quantize`: FP8 block weights, and back.
 public enum QuantizeCommand: Command {
@@ -20,6 +21,8 @@ public enum QuantizeCommand: Command {
         """,
         options: [
             OptionSpec("fp8", help: "Quantize weights to FP8."),
+            OptionSpec("kv6", help: "Declare the mla-kv6 KV cache (6 bits/element); with --calibration, fold a per-channel equalization into the weights."),
+            OptionSpec("calibration", value: "TOKENS.json", help: "Calibration token ids for --kv6 ({\"tokens\": [[…], …]})."),
             OptionSpec("dequantize", help: "Turn FP8 block weights back into bf16."),
             OptionSpec("input", value: "DIR", help: "Input checkpoint."),
             OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
@@ -33,8 +36,9 @@ public enum QuantizeCommand: Command {
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
-        let fp8 = arguments.flag("fp8"), dequantize = arguments.flag("dequantize")
-        guard fp8 != dequantize else { throw UsageError("give exactly one of --fp8 or --dequantize") }
+        let fp8 = arguments.flag("fp8"), dequantize = arguments.flag("dequantize"), kv6 = arguments.flag("kv6")
+        guard (fp8 || kv6) != dequantize else { throw UsageError("give --fp8 and/or --kv6, or --dequantize alone") }
+        if arguments.value("calibration") != nil, !kv6 { throw UsageError("--calibration goes with --kv6") }
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
         let maxShardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
@@ -52,8 +56,17 @@ public enum QuantizeCommand: Command {
         }
         let options = QuantizeStage.FP8Options(format: format, block: block,
                                                policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
-        summary = try QuantizeStage.quantize(input: input, output: output, options: options, force: arguments.flag("force"), maxShardSize: maxShardSize) { terminal.progress($0) }
+        var kv6Options: QuantizeStage.KV6Options?
+        if kv6 {
+            let path = arguments.value("calibration")
+            kv6Options = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
+        }
+        summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), maxShardSize: maxShardSize) { terminal.progress($0) }
         terminal.endProgress()
+        if kv6 {
+            terminal.out("\(output.path): KV cache mla-kv6 declared\(kv6Options?.calibration != nil ? ", per-channel equalization folded into the weights" : " (no calibration: no equalization)")")
+            if !fp8 { return ExitCode.success }
+        }
         terminal.out(String(format: "%@: %d tensors quantized to %@ (block %d), %d tensors in %d file(s); %.2f MB -> %.2f MB",
                             output.path, summary.quantized, format.safetensorsDType, block, summary.tensors, summary.files,
                             Double(summary.bytesIn) / 1e6, Double(summary.bytesOut) / 1e6))

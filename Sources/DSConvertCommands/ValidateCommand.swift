@@ -2,6 +2,7 @@ import CLI
 import Foundation
 import SafeTensors
 import Validation
+import Numerics
 
 /// `dsconvert validate` / `dsconvert-validate`: drift of a converted checkpoint against its original.
 public enum ValidateCommand: Command {
@@ -20,6 +21,7 @@ public enum ValidateCommand: Command {
             OptionSpec("reference", value: "DIR", help: "The original checkpoint."),
             OptionSpec("candidate", value: "DIR", help: "The converted checkpoint."),
             OptionSpec("tokens", value: "TOKENS.json", help: "Token ids to run ({\"tokens\": [[…], …]})."),
+            OptionSpec("kv-cache", value: "FORMAT", help: "Candidate's KV cache: none, bf16, fp8_ds_mla, mla-kv6 (default: what its config declares, else none)."),
             OptionSpec("json", value: "REPORT.json", help: "Also write the report as JSON (Schemas/validate.schema.json)."),
             OptionSpec("max-logit-delta", value: "X", help: "Largest allowed max |Δlogit|."),
             OptionSpec("max-kl-mean", value: "X", help: "Largest allowed mean KL in nats."),
@@ -35,7 +37,8 @@ public enum ValidateCommand: Command {
         let candidateURL = URL(fileURLWithPath: try arguments.required("candidate"))
         let thresholds = try parseThresholds(arguments)
         let reference = try ModelLoader.open(referenceURL)
-        let candidate = try ModelLoader.open(candidateURL)
+        var candidate = try ModelLoader.open(candidateURL)
+        if let format = arguments.value("kv-cache") { candidate.kvCache = try KVCacheOption.parse(format) }
 
         let tokens: [[Int]], label: String
         let fixtureTokens = referenceURL.appendingPathComponent("tokens.json")
@@ -80,5 +83,16 @@ public enum ValidateCommand: Command {
         t.minRoutingAgreement = try limit("min-routing", t.minRoutingAgreement)
         t.maxPerplexityRatio = try limit("max-ppl-ratio", t.maxPerplexityRatio)
         return t
+    }
+}
+
+/// `--kv-cache` shared by forward and validate.
+enum KVCacheOption {
+    static func parse(_ text: String) throws -> KVCacheCodec.Format? {
+        if text == "none" { return nil }
+        guard let format = KVCacheCodec.Format(rawValue: text) else {
+            throw UsageError("--kv-cache takes none, bf16, fp8_ds_mla or mla-kv6, got '\(text)'")
+        }
+        return format
     }
 }

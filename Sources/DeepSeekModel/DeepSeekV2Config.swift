@@ -101,6 +101,8 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     public var quantization: QuantizationConfig?
     /// Present on one device's checkpoint of a `dsconvert shard` output.
     public var placement: PlacementRecord?
+    /// Present on `quantize --kv6` outputs: the declared KV-cache format and its calibration.
+    public var kvCache: KVCacheRecord?
 
     enum CodingKeys: String, CodingKey {
         case architectures
@@ -140,6 +142,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         case absorption = "dsconvert_absorption"
         case quantization = "quantization_config"
         case placement = "dsconvert_placement"
+        case kvCache = "dsconvert_kv_cache"
     }
 
     private struct RopeParameters: Decodable {
@@ -182,6 +185,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         absorption = try c.decodeIfPresent(AbsorptionRecord.self, forKey: .absorption)
         quantization = try c.decodeIfPresent(QuantizationConfig.self, forKey: .quantization)
         placement = try c.decodeIfPresent(PlacementRecord.self, forKey: .placement)
+        kvCache = try c.decodeIfPresent(KVCacheRecord.self, forKey: .kvCache)
 
         if c.contains(.ropeParameters), try !c.decodeNil(forKey: .ropeParameters) {
             let parameters = try c.decode(RopeParameters.self, forKey: .ropeParameters)
@@ -233,6 +237,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         try c.encodeIfPresent(absorption, forKey: .absorption)
         try c.encodeIfPresent(quantization, forKey: .quantization)
         try c.encodeIfPresent(placement, forKey: .placement)
+        try c.encodeIfPresent(kvCache, forKey: .kvCache)
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.
@@ -317,6 +322,9 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
 
     public var qkHeadDim: Int { qkNopeHeadDim + qkRopeHeadDim }
     public var attentionForm: AttentionForm { absorption?.attentionForm ?? .mla }
+    /// kv_a_layernorm carries a gain: always in the original form; in absorbed forms only when
+    /// `quantize --kv6` folded its equalization 1/s_c back in.
+    public var hasLatentGain: Bool { attentionForm == .mla || kvCache?.equalized == true }
 
     /// The scale the attention kernel applies to q·k: the model's softmax scale, or what absorb
     /// left after folding it into the query weights (1).

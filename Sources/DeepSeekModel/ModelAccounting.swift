@@ -40,14 +40,23 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
         public var bytesPerTokenPerLayer: Int
         public var bytesPerToken: Int
         public var bitsPerElement: Double
+        /// 1 − bytes / DeepSeek 67B's bf16 GQA cache per token (the paper's 93.3% is mla-kv6 on V2).
+        public var reductionVsDeepSeek67B: Double
+        /// 1 − bytes / an MHA cache of the same dimensions (K and V per head, bf16).
+        public var reductionVsMHA: Double
 
         enum CodingKeys: String, CodingKey {
             case format
             case bytesPerTokenPerLayer = "bytes_per_token_per_layer"
             case bytesPerToken = "bytes_per_token"
             case bitsPerElement = "bits_per_element"
+            case reductionVsDeepSeek67B = "reduction_vs_deepseek_67b"
+            case reductionVsMHA = "reduction_vs_mha"
         }
     }
+
+    /// DeepSeek LLM 67B's KV cache per token: 95 layers, 8 KV heads of 128 (GQA), K and V in bf16.
+    public static let deepSeek67BKVBytesPerToken = 95 * 8 * 128 * 2 * 2
 
     /// Parameters implied by the config.
     public var totalParameters: Int
@@ -60,6 +69,9 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
     public var layerKinds: LayerKinds
     public var routing: Routing?
     public var kvCache: [KVCache]
+    /// K and V per head in bf16 over all layers: what the same model would cache with MHA.
+    public var mhaKVBytesPerToken: Int
+    public var deepSeek67BKVBytesPerToken: Int
 
     enum CodingKeys: String, CodingKey {
         case totalParameters = "total_parameters"
@@ -69,6 +81,8 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
         case layerKinds = "layer_kinds"
         case routing
         case kvCache = "kv_cache"
+        case mhaKVBytesPerToken = "mha_kv_bytes_per_token"
+        case deepSeek67BKVBytesPerToken = "deepseek_67b_kv_bytes_per_token"
     }
 
     public init(config: DeepSeekV2Config) {
@@ -100,11 +114,16 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
             routing = nil
         }
 
+        let mha = config.numHiddenLayers * config.numAttentionHeads * (config.qkHeadDim + config.vHeadDim) * 2
+        mhaKVBytesPerToken = mha
+        deepSeek67BKVBytesPerToken = Self.deepSeek67BKVBytesPerToken
         kvCache = KVCacheFormat.allCases.map { format in
             let perLayer = format.bytesPerTokenPerLayer(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim)
-            return KVCache(format: format.rawValue, bytesPerTokenPerLayer: perLayer,
-                           bytesPerToken: perLayer * config.numHiddenLayers,
-                           bitsPerElement: format.bitsPerElement(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim))
+            let total = perLayer * config.numHiddenLayers
+            return KVCache(format: format.rawValue, bytesPerTokenPerLayer: perLayer, bytesPerToken: total,
+                           bitsPerElement: format.bitsPerElement(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim),
+                           reductionVsDeepSeek67B: 1 - Double(total) / Double(Self.deepSeek67BKVBytesPerToken),
+                           reductionVsMHA: 1 - Double(total) / Double(mha))
         }
     }
 }

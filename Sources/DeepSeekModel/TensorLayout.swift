@@ -85,7 +85,7 @@ extension DeepSeekV2Config {
                 add(p + "self_attn." + TensorNames.qRope, [heads * qkRopeHeadDim, inQ], .attention, layer: i)
             }
             add(p + "self_attn.kv_a_proj_with_mqa.weight", [kvLoraRank + qkRopeHeadDim, h], .attention, layer: i)
-            if form == .mla { add(p + "self_attn.kv_a_layernorm.weight", [kvLoraRank], .norm, layer: i) }
+            if hasLatentGain { add(p + "self_attn.kv_a_layernorm.weight", [kvLoraRank], .norm, layer: i) }
             if form == .mla || keepKVB {
                 add(p + "self_attn.kv_b_proj.weight", [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank], .attention, layer: i)
             }

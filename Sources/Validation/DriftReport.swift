@@ -1,5 +1,6 @@
 import DeepSeekModel
 import Foundation
+import Numerics
 
 /// Limits a candidate must stay within. A nil limit is not checked.
 public struct DriftThresholds: Codable, Equatable, Sendable {
@@ -113,6 +114,8 @@ public struct DriftReport: Codable, Sendable {
     public var reference: String
     public var candidate: String
     public var tokens: String
+    /// The KV-cache format the candidate ran with ("none": fp32 cache).
+    public var candidateKVCache: String
     public var batch: Int
     public var sequenceLength: Int
     /// hidden_states indices as transformers numbers them: 0 = embedding output, i = output of layer i-1.
@@ -125,7 +128,9 @@ public struct DriftReport: Codable, Sendable {
     public var verdict: Verdict
 
     enum CodingKeys: String, CodingKey {
-        case reference, candidate, tokens, batch
+        case reference, candidate, tokens
+        case candidateKVCache = "candidate_kv_cache"
+        case batch
         case sequenceLength = "sequence_length"
         case hiddenStates = "hidden_states"
         case logits, routing, perplexity
@@ -143,7 +148,7 @@ public struct DriftReport: Codable, Sendable {
 
     /// The drift table printed by `validate`.
     public func table() -> String {
-        var lines = ["reference  \(reference)", "candidate  \(candidate)", "tokens     \(tokens) (\(batch) x \(sequenceLength))", ""]
+        var lines = ["reference  \(reference)", "candidate  \(candidate) (KV cache: \(candidateKVCache))", "tokens     \(tokens) (\(batch) x \(sequenceLength))", ""]
         lines.append("hidden state  rel. error   cosine mean  cosine min")
         for l in hiddenStates {
             lines.append(String(format: "%12d  %10.3e  %11.8f  %10.8f", l.index, l.relativeError, l.cosineMean, l.cosineMin))
@@ -177,15 +182,18 @@ public enum Validator {
         public let weights: WeightProvider
         /// Set for a sharded output: the forward runs its MoE layers as expert parallelism.
         public let placement: ExpertPlacement?
+        /// The cache the forward pass runs through: the checkpoint's declared format unless overridden.
+        public var kvCache: KVCacheCodec.Format?
 
         public init(label: String, config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil) {
             self.label = label
             self.config = config
             self.weights = weights
             self.placement = placement
+            kvCache = config.kvCache.flatMap { KVCacheCodec.Format(rawValue: $0.format) }
         }
 
-        public func forward() -> ReferenceForward { ReferenceForward(config: config, weights: weights, placement: placement) }
+        public func forward() -> ReferenceForward { ReferenceForward(config: config, weights: weights, placement: placement, kvCache: kvCache) }
     }
 
     public static func compare(reference: Model, candidate: Model, tokens: [[Int]], tokensLabel: String,
@@ -257,7 +265,8 @@ public enum Validator {
         if let perplexity { over(perplexity.ratio, thresholds.maxPerplexityRatio, "perplexity ratio") }
         failures.sort { $0.0 > $1.0 }
 
-        return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel, batch: tokens.count,
+        return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel,
+                           candidateKVCache: candidate.kvCache?.rawValue ?? "none", batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: layers, logits: logits, routing: routing,
                            perplexity: perplexity, fanOut: fanOut, thresholds: thresholds,
                            verdict: .init(passed: failures.isEmpty, failures: failures.map(\.1)))

@@ -1,5 +1,6 @@
 import DeepSeekModel
 import Foundation
+import Numerics
 
 /// Each MoE layer's routing decisions for every token.
 public struct RoutingRecord: Sendable {
@@ -38,12 +39,21 @@ public final class ReferenceForward {
     /// With a placement, each MoE layer runs as expert parallelism: every device sums its own
     /// experts' outputs and the partial sums are added in device order.
     public let placement: ExpertPlacement?
+    /// The KV-cache format: every token's [latent | k_pe] is encoded when written and decoded when
+    /// read, as an engine with that cache would see it; nil keeps fp32.
+    public let kvCache: KVCacheCodec.Format?
+    /// Per layer, the largest |value| of each latent channel as cached (for `quantize --kv6` calibration).
+    public private(set) var latentAbsmax: [Int: [Float]] = [:]
+    private let recordLatent: Bool
     private let rope: RotaryEmbedding
 
-    public init(config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil) {
+    public init(config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil,
+                kvCache: KVCacheCodec.Format? = nil, recordLatentAbsmax: Bool = false) {
         self.config = config
         self.weights = weights
         self.placement = placement
+        self.kvCache = kvCache
+        recordLatent = recordLatentAbsmax
         rope = RotaryEmbedding(config: config)
     }
 
@@ -116,6 +126,7 @@ public final class ReferenceForward {
         func gain(_ name: String, _ width: Int) throws -> [Float] {
             form == .mla ? try load(p + name, [width]) : [Float](repeating: 1, count: width)
         }
+        let latentGain = config.hasLatentGain ? try load(p + "kv_a_layernorm.weight", [kvl]) : [Float](repeating: 1, count: kvl)
 
         // Query input: the hidden state, or the normalized compressed query.
         var queryInput = x
@@ -131,11 +142,18 @@ public final class ReferenceForward {
             for j in 0..<kvl { latent[i * kvl + j] = ckv[i * (kvl + ropeDim) + j] }
             for j in 0..<ropeDim { kpe[i * ropeDim + j] = ckv[i * (kvl + ropeDim) + kvl + j] }
         }
-        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: try gain("kv_a_layernorm.weight", kvl), eps: config.rmsNormEps)
+        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: latentGain, eps: config.rmsNormEps)
         let tables = (0..<seq).map { rope.table(position: $0) }
         kpe.withUnsafeMutableBufferPointer { kp in
             for i in 0..<t { let (c, s) = tables[i % seq]; RotaryEmbedding.rotate(kp.baseAddress! + i * ropeDim, cos: c, sin: s) }
         }
+        // What the cache holds: the latent and the rotated k_pe, through the cache's codec.
+        if recordLatent {
+            var absmax = latentAbsmax[layer] ?? [Float](repeating: 0, count: kvl)
+            for i in 0..<t { for c in 0..<kvl { absmax[c] = max(absmax[c], abs(latent[i * kvl + c])) } }
+            latentAbsmax[layer] = absmax
+        }
+        if let kvCache { KVCacheCodec.roundTrip(kvCache, latent: &latent, rope: &kpe, tokens: t) }
         let scale = Float(config.kernelSoftmaxScale)
 
         switch form {

@@ -114,10 +114,20 @@ def check_safetensors(binary, work):
         check(f"fixture {name}: dsconvert.json validates", validate(manifest, "manifest.schema.json"))
 
 
+def registry():
+    """Every schema under its $id, so cross-schema $refs resolve offline."""
+    from referencing import Registry, Resource
+    resources = []
+    for name in os.listdir(SCHEMAS):
+        schema = json.load(open(os.path.join(SCHEMAS, name)))
+        resources.append((schema["$id"], Resource.from_contents(schema)))
+    return Registry().with_resources(resources)
+
+
 def validate(document, schema_name):
     schema = json.load(open(os.path.join(SCHEMAS, schema_name)))
     try:
-        jsonschema.validate(document, schema)
+        jsonschema.Draft202012Validator(schema, registry=registry()).validate(document)
         return True
     except jsonschema.ValidationError as e:
         print(f"     {schema_name}: {e.message} at {list(e.absolute_path)}")
@@ -156,6 +166,13 @@ def check_schemas(binary):
     ok = r.returncode == 0 and r2.returncode == 0 and validate(json.loads(r2.stdout), "inspect.schema.json") \
         and validate(json.load(open(os.path.join(quantized, "dsconvert.json"))), "manifest.schema.json")
     check("quantize --fp8: manifest and inspect --json (with fp8 section) validate", ok, r.stderr + r2.stderr)
+    kv6 = os.path.join(work, "kv6")
+    r = dsconvert(binary, "quantize", "--kv6", "--fp8", "--calibration", os.path.join(FIXTURES, "trained", "calibration.json"),
+                  "--input", os.path.join(FIXTURES, "trained"), "--output", kv6)
+    r2 = dsconvert(binary, "inspect", kv6, "--json")
+    ok = r.returncode == 0 and r2.returncode == 0 and validate(json.loads(r2.stdout), "inspect.schema.json") \
+        and validate(json.load(open(os.path.join(kv6, "config.json")))["dsconvert_kv_cache"], "kv-cache.schema.json")
+    check("quantize --kv6 --fp8: config's dsconvert_kv_cache and inspect --json validate", ok, r.stderr + r2.stderr)
     sharded = os.path.join(work, "sharded")
     r = dsconvert(binary, "shard", "--devices", "8", "--input", quantized, "--output", sharded)
     ok = r.returncode == 0 and validate(json.load(open(os.path.join(sharded, "placement.json"))), "placement.schema.json") \

@@ -1,0 +1,73 @@
+import Foundation
+
+/// What `quantize --kv6` declared, in `config.json` under `dsconvert_kv_cache`
+/// (Schemas/kv-cache.schema.json).
+public struct KVCacheRecord: Codable, Equatable, Sendable {
+    public struct Field: Codable, Equatable, Sendable {
+        public var field: String
+        public var offset: Int
+        public var bytes: Int
+        public var encoding: String
+    }
+
+    public struct Calibration: Codable, Equatable, Sendable {
+        public var source: String
+        public var tokens: Int
+        /// How s_c was chosen from the per-channel absmax a_c.
+        public var rule: String
+
+        public init(source: String, tokens: Int, rule: String) {
+            self.source = source
+            self.tokens = tokens
+            self.rule = rule
+        }
+    }
+
+    public var format: String
+    public var bytesPerTokenPerLayer: Int
+    public var bitsPerElement: Double
+    /// Per-channel power-of-two equalization folded into the weights: the cache holds c / s_c.
+    public var equalized: Bool
+    public var calibration: Calibration?
+    public var layout: [Field]
+
+    enum CodingKeys: String, CodingKey {
+        case format
+        case bytesPerTokenPerLayer = "bytes_per_token_per_layer"
+        case bitsPerElement = "bits_per_element"
+        case equalized, calibration, layout
+    }
+
+    public init(format: String, bytesPerTokenPerLayer: Int, bitsPerElement: Double, equalized: Bool, calibration: Calibration?, layout: [Field]) {
+        self.format = format
+        self.bytesPerTokenPerLayer = bytesPerTokenPerLayer
+        self.bitsPerElement = bitsPerElement
+        self.equalized = equalized
+        self.calibration = calibration
+        self.layout = layout
+    }
+
+    public static let configKey = "dsconvert_kv_cache"
+
+    /// The byte layout of `format` for latent width `l` and rope width `r`.
+    public static func layout(_ format: KVCacheFormat, latent l: Int, rope r: Int) -> [Field] {
+        switch format {
+        case .bf16:
+            return [Field(field: "latent", offset: 0, bytes: 2 * l, encoding: "bf16 x \(l)"),
+                    Field(field: "k_pe", offset: 2 * l, bytes: 2 * r, encoding: "bf16 x \(r), after rotation")]
+        case .fp8DSMLA:
+            let tiles = (l + 127) / 128
+            return [Field(field: "latent", offset: 0, bytes: l, encoding: "E4M3 x \(l), x / s of its 128-channel tile"),
+                    Field(field: "latent_scales", offset: l, bytes: 4 * tiles, encoding: "fp32 x \(tiles), s = 2^ceil(log2(amax/448)) per 128 channels"),
+                    Field(field: "k_pe", offset: l + 4 * tiles, bytes: 2 * r, encoding: "bf16 x \(r), after rotation")]
+        case .mlaKV6:
+            let codes = (5 * l + 7) / 8, groups = (l + 31) / 32
+            let total = format.bytesPerTokenPerLayer(kvLoraRank: l, ropeDim: r)
+            return [Field(field: "latent_codes", offset: 0, bytes: codes, encoding: "int5 two's complement -15..15, 8 per 5 bytes, value i at bits 5i..5i+4 little-endian"),
+                    Field(field: "latent_scales", offset: codes, bytes: 2 * groups, encoding: "fp16 x \(groups), absmax/15 rounded up, per 32 channels (last group partial when \(l) % 32 != 0)"),
+                    Field(field: "k_pe_codes", offset: codes + 2 * groups, bytes: r, encoding: "int8 -127..127 x \(r), after rotation"),
+                    Field(field: "k_pe_scale", offset: codes + 2 * groups + r, bytes: 2, encoding: "fp16, absmax/127 rounded up"),
+                    Field(field: "padding", offset: codes + 2 * groups + r + 2, bytes: total - (codes + 2 * groups + r + 2), encoding: "zero bytes to a 16-byte multiple")]
+        }
+    }
+}

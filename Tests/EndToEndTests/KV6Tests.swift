@@ -1,0 +1,39 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+final class KV6Tests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    func testQuantizeKV6ForwardAndValidate() throws {
+        let trained = fixtures.appendingPathComponent("trained"), out = dir.appendingPathComponent("kv6")
+        let r = try runTool("dsconvert-quantize", ["--kv6", "--calibration", trained.appendingPathComponent("calibration.json").path,
+                                                   "--input", trained.path, "--output", out.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("per-channel equalization folded into the weights"), r.stdout)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("config.json"))) as! [String: Any]
+        let kv = config["dsconvert_kv_cache"] as! [String: Any]
+        XCTAssertEqual(kv["format"] as? String, "mla-kv6")
+        XCTAssertEqual(kv["bytes_per_token_per_layer"] as? Int, 64)
+        XCTAssertEqual((kv["layout"] as! [[String: Any]]).map { $0["field"] as! String }, ["latent_codes", "latent_scales", "k_pe_codes", "k_pe_scale", "padding"])
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("dsconvert.json"))) as! [String: Any]
+        let options = (manifest["stages"] as! [[String: Any]]).last!["options"] as! [String: String]
+        XCTAssertEqual(options["kv6"], "mla-kv6")
+
+        // The declared format is what validate runs by default; --kv-cache overrides it.
+        let v = try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path])
+        XCTAssertEqual(v.status, 0, v.stderr)
+        XCTAssertTrue(v.stdout.contains("(KV cache: mla-kv6)"), v.stdout)
+        let v2 = try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path, "--kv-cache", "none", "--max-logit-delta", "1e-5"])
+        XCTAssertEqual(v2.status, 0, "equalization alone is exact: \(v2.stdout)")
+        let fwd = try runTool("dsconvert", ["forward", "--model", trained.path, "--tokens", trained.appendingPathComponent("tokens.json").path,
+                                            "--output", dir.appendingPathComponent("f.safetensors").path, "--kv-cache", "fp8_ds_mla"])
+        XCTAssertEqual(fwd.status, 0, fwd.stderr)
+
+        XCTAssertEqual(try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path, "--kv-cache", "int4"]).status, 64)
+        XCTAssertEqual(try runTool("dsconvert", ["quantize", "--calibration", "x.json", "--fp8", "--input", "a", "--output", "b"]).status, 64)
+        XCTAssertEqual(try runTool("dsconvert", ["quantize", "--kv6", "--dequantize", "--input", "a", "--output", "b"]).status, 64)
+    }
+}
