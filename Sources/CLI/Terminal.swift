@@ -106,6 +106,8 @@ public enum CommandLineTool {
     }
 
     private static func execute(_ command: Command.Type, invocation: String, arguments: [String]) -> Int32 {
+        // A file-size limit (RLIMIT_FSIZE) must surface as a write error naming the file, not kill the run.
+        signal(SIGXFSZ, SIG_IGN)
         let terminal = Terminal.shared
         do {
             switch try ArgumentParser.parse(arguments, spec: command.spec) {

@@ -16,7 +16,7 @@ public enum AbsorbStage {
     }
 
     public static func run(input: URL, output: URL, options: AbsorbOptions, dtype: StorageDType, force: Bool,
-                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> Summary {
         let config = try DeepSeekV2Config.load(directory: input)
         guard config.attentionForm == .mla else {
@@ -46,16 +46,22 @@ public enum AbsorbStage {
             return PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape)
         }
         let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout)
+        var stageOptions = ["mode": options.form == .split ? "split" : "fold", "keep_kv_b": String(options.keepKVB), "dtype": dtype.rawValue]
+        if let scale = options.softmaxScaleOverride { stageOptions["softmax_scale_override"] = String(scale) }
+        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
+                                       stage: .init(stage: "absorb", options: stageOptions, input: input.path), resume: resume)
         let shapes = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
 
         func copy(_ name: String) throws {
+            if out.writer.isWritten(name) { return }
             try out.writer.write(name, bytes: try checkpoint.view(name).bytes)
             checkpoint.release(name)
         }
         for name in planned.map(\.name) where TensorNames.layerIndex(of: name) == nil { try copy(name) }
         for layer in 0..<config.numHiddenLayers {
             progress?("absorb: layer \(layer + 1)/\(config.numHiddenLayers)")
+            let layerNames = planned.map(\.name).filter { TensorNames.layerIndex(of: $0) == layer }
+            if layerNames.allSatisfy(out.writer.isWritten) { continue }
             let results = try MLAAbsorber.absorbLayer(config, layer: layer, options: options) { name, shape in
                 guard let info = checkpoint.info(name), info.shape == shape else {
                     throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
@@ -64,7 +70,7 @@ public enum AbsorbStage {
                 return try checkpoint.view(name).floats()
             }
             for (name, values) in results {
-                guard let plan = shapes[name] else { continue }
+                guard let plan = shapes[name], !out.writer.isWritten(name) else { continue }
                 try out.writer.write(name, bytes: encode(values, as: plan.dtype))
             }
             let produced = Set(results.map(\.name))
@@ -73,8 +79,7 @@ public enum AbsorbStage {
         try out.copySideFiles()
         let rawConfig = try ConfigEditor.setting(try ConfigEditor.load(input), key: AbsorptionRecord.configKey, to: outConfig.absorption!)
         try out.writeFile("config.json", data: ConfigEditor.data(rawConfig))
-        try out.commit(stage: .init(stage: "absorb", options: ["mode": options.form == .split ? "split" : "fold", "keep_kv_b": String(options.keepKVB),
-                                                                "dtype": dtype.rawValue], input: input.path))
+        try out.commit()
         return Summary(output: output, tensors: planned.count, files: layout.shards.count, config: outConfig)
     }
 

@@ -7,6 +7,7 @@ public final class ConversionOutput {
     public let input: URL
     public let directory: AtomicOutputDirectory
     public let writer: CheckpointWriter
+    public let stage: ConversionManifest.Stage
 
     /// Files never copied through: the weights and index (rewritten) and the manifest (appended).
     static func isRewritten(_ name: String) -> Bool {
@@ -14,11 +15,26 @@ public final class ConversionOutput {
             || name.hasPrefix(".")
     }
 
-    public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout) throws {
+    /// - Parameter resume: adopt the work directory of an interrupted run of the same conversion
+    ///   and keep its finished shards (verified by SHA-256).
+    public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stage: ConversionManifest.Stage, resume: Bool = false) throws {
         try checkOutputOutsideInput(input: input, output: output)
         self.input = input
-        directory = try AtomicOutputDirectory(final: output, force: force)
-        writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL)
+        self.stage = stage
+        directory = try AtomicOutputDirectory(final: output, force: force, resume: resume)
+        writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL,
+                                  fingerprint: Self.fingerprint(stage: stage, input: input), resume: directory.resumed)
+    }
+
+    /// Identifies a conversion for `--resume`: the stage, its options, and the input's files and sizes.
+    public static func fingerprint(stage: ConversionManifest.Stage, input: URL) -> String {
+        var text = stage.stage + "|" + stage.toolVersion + "|" + stage.options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        let fm = FileManager.default
+        for name in ((try? fm.contentsOfDirectory(atPath: input.path)) ?? []).sorted() {
+            let size = (try? fm.attributesOfItem(atPath: input.appendingPathComponent(name).path))?[.size] as? Int ?? -1
+            text += "|\(name):\(size)"
+        }
+        return Array(text.utf8).withUnsafeBytes { SHA256.hex($0) }
     }
 
     /// Copies the input's side files (tokenizer, generation config, …) unchanged; `config.json` is
@@ -30,6 +46,7 @@ public final class ConversionOutput {
             let source = input.appendingPathComponent(name)
             var isDirectory: ObjCBool = false
             guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            try? fm.removeItem(at: directory.temporaryURL.appendingPathComponent(name))  // left by an interrupted run
             do {
                 try fm.copyItem(at: source, to: directory.temporaryURL.appendingPathComponent(name))
             } catch {
@@ -46,14 +63,14 @@ public final class ConversionOutput {
     }
 
     /// Finishes the weights, writes the manifest with this stage appended, and moves the output into place.
-    public func commit(stage: ConversionManifest.Stage) throws {
+    public func commit() throws {
         try writer.finish()
         var stages = try ConversionManifest.load(directory: input)?.stages ?? []
         stages.append(stage)
         var files: [ConversionManifest.FileRecord] = []
         for shard in writer.layout.shards {
             let path = directory.temporaryURL.appendingPathComponent(shard.fileName).path
-            files.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: try SHA256.hex(fileAt: path)))
+            files.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: try writer.sha256(of: shard.fileName) ?? SHA256.hex(fileAt: path)))
         }
         try writeFile(ConversionManifest.fileName, data: try ConversionManifest(stages: stages, files: files).encoded())
         try directory.commit()

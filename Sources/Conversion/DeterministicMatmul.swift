@@ -1,4 +1,5 @@
 import Dispatch
+import Numerics
 
 /// C[m, n] = A[m, k] · B[k, n] in f64 with a fixed summation order (k ascending for every element).
 ///
@@ -13,7 +14,7 @@ public enum DeterministicMatmul {
             // Each task writes its own rows only, so sharing the pointers is race-free.
             let cBase = UnsafeShared(cp.baseAddress!), aBase = UnsafeShared(UnsafeMutablePointer(mutating: ap.baseAddress!))
             let bBase = UnsafeShared(UnsafeMutablePointer(mutating: bp.baseAddress!))
-            DispatchQueue.concurrentPerform(iterations: chunks) { part in
+            Parallel.forEach(chunks) { part in
                 for i in (part * chunk)..<min(m, (part + 1) * chunk) {
                     let row = cBase.pointer + i * n
                     for p in 0..<k {

@@ -39,14 +39,14 @@ public enum QuantizeStage {
 
     /// Weights to FP8 with block scales, in the DeepSeek-V3 / Hugging Face convention.
     public static func quantize(input: URL, output: URL, options: FP8Options, force: Bool,
-                                maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+                                maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                                 progress: ((String) -> Void)? = nil) throws -> Summary {
-        try run(input: input, output: output, fp8: options, kv6: nil, force: force, maxShardSize: maxShardSize, progress: progress)
+        try run(input: input, output: output, fp8: options, kv6: nil, force: force, maxShardSize: maxShardSize, resume: resume, progress: progress)
     }
 
     /// FP8 weights and/or the mla-kv6 cache format (with its calibration folded into the weights), in one pass.
     public static func run(input: URL, output: URL, fp8: FP8Options?, kv6: KV6Options?, force: Bool,
-                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> Summary {
         let config = try DeepSeekV2Config.load(directory: input)
         guard config.quantization == nil else {
@@ -110,11 +110,22 @@ public enum QuantizeStage {
             }
         }
         let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout)
+        var stageOptions: [String: String] = [:]
+        if fp8 != nil {
+            stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
+            if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
+        }
+        if let kv6 {
+            stageOptions["kv6"] = "mla-kv6"
+            stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
+        }
+        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
+                                       stage: .init(stage: "quantize", options: stageOptions, input: input.path), resume: resume)
         let expected = outConfig.expectedTensors()
         let dtypes = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0.dtype) })
         for (i, tensor) in expected.enumerated() {
             let name = tensor.name
+            if out.writer.isWritten(name) { continue }
             if quantized.contains(name) {
                 let values = try values(name, shape: tensor.shape)
                 guard values.allSatisfy(\.isFinite) else {
@@ -148,16 +159,8 @@ public enum QuantizeStage {
         }
         if let record = outConfig.kvCache { raw = try ConfigEditor.setting(raw, key: KVCacheRecord.configKey, to: record) }
         try out.writeFile("config.json", data: ConfigEditor.data(raw))
-        var stageOptions: [String: String] = [:]
-        if fp8 != nil {
-            stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
-            if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
-        }
-        if let kv6 {
-            stageOptions["kv6"] = "mla-kv6"
-            stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
-        }
-        try out.commit(stage: .init(stage: "quantize", options: stageOptions, input: input.path))
+
+        try out.commit()
         return Summary(tensors: planned.count, quantized: quantized.count, files: layout.shards.count,
                        bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
     }
@@ -177,7 +180,7 @@ public enum QuantizeStage {
     /// `fp8_cast_bf16.py`): w = q · scale in f32, rounded to bf16, as that script does. Works on any
     /// architecture: every F8 tensor needs its `_scale_inv`; the block size comes from config.json.
     public static func dequantize(input: URL, output: URL, force: Bool, maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
-                                  progress: ((String) -> Void)? = nil) throws -> Summary {
+                                  resume: Bool = false, progress: ((String) -> Void)? = nil) throws -> Summary {
         let checkpoint = try Checkpoint(directory: input)
         let rawConfig = try ConfigEditor.load(input)
         var block = 128
@@ -203,9 +206,11 @@ public enum QuantizeStage {
         let kept = checkpoint.tensors.filter { !scaleNames.contains($0.name) }
         let planned = kept.map { PlannedTensor(name: $0.name, dtype: fp8Names.contains($0.name) ? .bf16 : $0.dtype, shape: $0.shape) }
         let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout)
+        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
+                                       stage: .init(stage: "quantize", options: ["dequantize": "bf16", "block": String(block)], input: input.path), resume: resume)
         let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: block)
         for (i, t) in kept.enumerated() {
+            if out.writer.isWritten(t.name) { continue }
             if fp8Names.contains(t.name) {
                 let values = try weights.floats(t.name, shape: t.shape)
                 var bf16 = [UInt16](repeating: 0, count: values.count)
@@ -221,7 +226,7 @@ public enum QuantizeStage {
         try out.copySideFiles()
         guard case let .object(entries) = rawConfig else { throw ConversionError.unsupportedInput(path: input.path, reason: "config.json is not an object") }
         try out.writeFile("config.json", data: ConfigEditor.data(.object(entries.filter { $0.0 != "quantization_config" })))
-        try out.commit(stage: .init(stage: "quantize", options: ["dequantize": "bf16", "block": String(block)], input: input.path))
+        try out.commit()
         return Summary(tensors: planned.count, quantized: fp8.count, files: layout.shards.count,
                        bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
     }

@@ -75,7 +75,7 @@ public enum ShardStage {
     public static func directoryName(device: Int) -> String { "device-\(device)" }
 
     public static func run(input: URL, output: URL, devices: Int, denseOnce: Bool, force: Bool,
-                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> PlacementManifest {
         let config = try DeepSeekV2Config.load(directory: input)
         guard config.placement == nil, try PlacementManifest.load(input) == nil else {
@@ -85,8 +85,10 @@ public enum ShardStage {
         if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
         let placement = try ExpertPlacement.plan(config: config, devices: devices)
         try checkOutputOutsideInput(input: input, output: output)
-        let root = try AtomicOutputDirectory(final: output, force: force)
+        let root = try AtomicOutputDirectory(final: output, force: force, resume: resume)
         let rawConfig = try ConfigEditor.load(input)
+        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
+        let fingerprint = ConversionOutput.fingerprint(stage: stage, input: input)
 
         // Every tensor with its FP8 scale companion, routed to the device(s) that hold it.
         func withScale(_ name: String) -> [String] {
@@ -108,8 +110,8 @@ public enum ShardStage {
                 return PlannedTensor(name: n, dtype: info.dtype, shape: info.shape)
             }, maxShardSize: maxShardSize)
             let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
-            writers.append(CheckpointWriter(layout: layout, directory: directory))
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            writers.append(CheckpointWriter(layout: layout, directory: directory, fingerprint: fingerprint, resume: root.resumed))
             records.append(record)
         }
 
@@ -118,11 +120,14 @@ public enum ShardStage {
         for (i, tensor) in ordered.enumerated() {
             let targets: [Int] = tensor.expert.map { [placement.device(ofExpert: $0)] } ?? (denseOnce ? [0] : Array(0..<devices))
             for name in withScale(tensor.name) {
-                let view = try checkpoint.view(name)
+                let size = checkpoint.info(name)!.byteCount
                 for d in targets {
-                    try writers[d].write(name, bytes: view.bytes)
-                    if tensor.expert != nil { expertBytes[d] += view.bytes.count } else { denseBytes[d] += view.bytes.count }
+                    if tensor.expert != nil { expertBytes[d] += size } else { denseBytes[d] += size }
                 }
+                let pending = targets.filter { !writers[$0].isWritten(name) }
+                guard !pending.isEmpty else { continue }
+                let view = try checkpoint.view(name)
+                for d in pending { try writers[d].write(name, bytes: view.bytes) }
                 checkpoint.release(name)
             }
             if i % 64 == 0 || i == ordered.count - 1 { progress?("shard: \(i + 1)/\(ordered.count) tensors") }
@@ -130,16 +135,15 @@ public enum ShardStage {
 
         var files: [ConversionManifest.FileRecord] = []
         let inputStages = try ConversionManifest.load(directory: input)?.stages ?? []
-        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
         for d in 0..<devices {
             try writers[d].finish()
             let directory = writers[d].directory
-            try copySideFiles(from: input, to: directory)
+            try copySideFiles(from: input, to: directory, replace: root.resumed)
             let deviceConfig = try ConfigEditor.setting(rawConfig, key: PlacementRecord.configKey, to: records[d])
             try AtomicFile.write(ConfigEditor.data(deviceConfig), to: directory.appendingPathComponent("config.json"))
             var deviceFiles: [ConversionManifest.FileRecord] = []
             for shard in writers[d].layout.shards {
-                let sha = try SHA256.hex(fileAt: directory.appendingPathComponent(shard.fileName).path)
+                let sha = try writers[d].sha256(of: shard.fileName) ?? SHA256.hex(fileAt: directory.appendingPathComponent(shard.fileName).path)
                 deviceFiles.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: sha))
                 files.append(.init(name: "\(directoryName(device: d))/\(shard.fileName)", bytes: shard.fileSize, sha256: sha))
             }
@@ -162,13 +166,14 @@ public enum ShardStage {
         return manifest
     }
 
-    private static func copySideFiles(from input: URL, to directory: URL) throws {
+    private static func copySideFiles(from input: URL, to directory: URL, replace: Bool) throws {
         let fm = FileManager.default
         for name in ((try? fm.contentsOfDirectory(atPath: input.path)) ?? []).sorted()
         where !ConversionOutput.isRewritten(name) && name != "config.json" && name != PlacementManifest.fileName {
             var isDirectory: ObjCBool = false
             let source = input.appendingPathComponent(name)
             guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            if replace { try? fm.removeItem(at: directory.appendingPathComponent(name)) }
             do { try fm.copyItem(at: source, to: directory.appendingPathComponent(name)) } catch {
                 throw ConversionError.cannotCopy(file: source.path, reason: (error as NSError).localizedDescription)
             }

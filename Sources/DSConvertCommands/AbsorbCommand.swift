@@ -25,6 +25,7 @@ public enum AbsorbCommand: Command {
             OptionSpec("dtype", value: "bf16|f32", help: "Storage of the computed tensors (default bf16; never f16: W_UK overflows it)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
             OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )
 
@@ -35,7 +36,7 @@ public enum AbsorbCommand: Command {
         let dtype = AbsorbStage.StorageDType(rawValue: try arguments.choice("dtype", default: "bf16", among: ["bf16", "f32"]))!
         let options = AbsorbOptions(form: mode == "split" ? .split : .fold, keepKVB: arguments.flag("keep-kv-b"))
         let summary = try AbsorbStage.run(input: input, output: output, options: options, dtype: dtype, force: arguments.flag("force"),
-                                          maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size"))) { terminal.progress($0) }
+                                          maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out("\(output.path): \(summary.config.attentionForm.rawValue), \(summary.tensors) tensors in \(summary.files) file(s); folds: \(summary.config.absorption!.folds.joined(separator: ", ")); kernel softmax scale 1.0 (was \(String(format: "%.7f", summary.config.absorption!.originalSoftmaxScale)))")
         terminal.out("")

@@ -32,6 +32,7 @@ public enum QuantizeCommand: Command {
             OptionSpec("fp8-absorbed", help: "Quantize absorbed per-head W_UK/W_UV too (per head, block x block)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
             OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )
 
@@ -44,7 +45,8 @@ public enum QuantizeCommand: Command {
         let maxShardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
         let summary: QuantizeStage.Summary
         if dequantize {
-            summary = try QuantizeStage.dequantize(input: input, output: output, force: arguments.flag("force"), maxShardSize: maxShardSize) { terminal.progress($0) }
+            summary = try QuantizeStage.dequantize(input: input, output: output, force: arguments.flag("force"), maxShardSize: maxShardSize,
+                                                   resume: arguments.flag("resume")) { terminal.progress($0) }
             terminal.endProgress()
             terminal.out("\(output.path): \(summary.quantized) FP8 tensors dequantized to bf16; \(summary.tensors) tensors in \(summary.files) file(s)")
             return ExitCode.success
@@ -61,7 +63,8 @@ public enum QuantizeCommand: Command {
             let path = arguments.value("calibration")
             kv6Options = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
         }
-        summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), maxShardSize: maxShardSize) { terminal.progress($0) }
+        summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), maxShardSize: maxShardSize,
+                                       resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         if kv6 {
             terminal.out("\(output.path): KV cache mla-kv6 declared\(kv6Options?.calibration != nil ? ", per-channel equalization folded into the weights" : " (no calibration: no equalization)")")

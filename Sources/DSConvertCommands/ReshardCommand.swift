@@ -13,6 +13,7 @@ public enum ReshardCommand: Command {
             OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard, like Hugging Face: 5GB (default), 500MB, 2GiB, or bytes."),
             OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )
 
@@ -24,16 +25,18 @@ public enum ReshardCommand: Command {
         let layout = CheckpointLayout(
             tensors: checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
             maxShardSize: maxShardSize)
-        let out = try ConversionOutput(input: input, output: output, force: arguments.flag("force"), layout: layout)
+        let out = try ConversionOutput(input: input, output: output, force: arguments.flag("force"), layout: layout,
+                                       stage: .init(stage: "reshard", options: ["max_shard_size": String(maxShardSize)], input: input.path),
+                                       resume: arguments.flag("resume"))
         let total = checkpoint.tensors.count
-        for (i, info) in checkpoint.tensors.enumerated() {
+        for (i, info) in checkpoint.tensors.enumerated() where !out.writer.isWritten(info.name) {
             try out.writer.write(info.name, bytes: try checkpoint.view(info.name).bytes)
             checkpoint.release(info.name)
             if i % 64 == 0 || i == total - 1 { terminal.progress("reshard: \(i + 1)/\(total) tensors") }
         }
         terminal.endProgress()
         try out.copySideFiles()
-        try out.commit(stage: .init(stage: "reshard", options: ["max_shard_size": String(maxShardSize)], input: input.path))
+        try out.commit()
         terminal.out("\(output.path): \(total) tensors in \(layout.shards.count) file(s)")
         return ExitCode.success
     }

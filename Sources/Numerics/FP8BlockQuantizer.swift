@@ -28,7 +28,7 @@ public struct FP8BlockQuantizer: Sendable {
         codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in
             let out = SharedPointer(cp.baseAddress!), sc = SharedPointer(sp.baseAddress!)
             // Tasks own disjoint block rows: results do not depend on the thread count.
-            DispatchQueue.concurrentPerform(iterations: shape[0]) { br in
+            Parallel.forEach(shape[0]) { br in
                 for bc in 0..<shape[1] {
                     let r0 = br * block, r1 = min(rows, r0 + block), c0 = bc * block, c1 = min(cols, c0 + block)
                     var amax: Float = 0

@@ -74,6 +74,12 @@ public final class Checkpoint: @unchecked Sendable {
         do { data = try Data(contentsOf: url) } catch {
             throw SafeTensorsError.cannotOpen(file: url.path, reason: error.localizedDescription)
         }
+        return try parseIndex(data, file: url.path)
+    }
+
+    /// Parses `model.safetensors.index.json`: tensor → shard file, and the metadata object.
+    public static func parseIndex(_ data: Data, file: String) throws -> ([String: String], [String: JSONValue]?) {
+        let url = URL(fileURLWithPath: file)
         let root: JSONValue
         do { root = try JSONParser.parse(data) } catch {
             throw SafeTensorsError.invalidIndex(file: url.path, reason: "\(error)")

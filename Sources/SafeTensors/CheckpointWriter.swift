@@ -115,16 +115,75 @@ public final class CheckpointWriter: @unchecked Sendable {
     private var remaining: [Int]
     private var descriptors: [Int: Int32] = [:]
     private var written = Set<String>()
+    private var hashes: [String: String] = [:]
+    private let journal: URL
     /// Called once per finished shard with its file name (for manifests and progress).
     public var onShardComplete: (@Sendable (String) -> Void)?
 
-    public init(layout: CheckpointLayout, directory: URL) {
+    /// The journal of finished shards in the work directory (removed before the output is committed).
+    public static let journalName = ".dsconvert-journal.jsonl"
+
+    /// - Parameters:
+    ///   - fingerprint: identifies the conversion (stage, options, input); a journal written under
+    ///     another fingerprint is discarded.
+    ///   - resume: keep the shards an interrupted run finished, verified by their recorded SHA-256.
+    public init(layout: CheckpointLayout, directory: URL, fingerprint: String = "", resume: Bool = false) {
         self.layout = layout
         self.directory = directory
+        journal = directory.appendingPathComponent(Self.journalName)
         remaining = layout.shards.map { $0.tensors.count }
         for (i, shard) in layout.shards.enumerated() {
             for info in shard.tensors { placement[info.name] = (i, info) }
         }
+        if resume { adoptFinishedShards(fingerprint: fingerprint) }
+        let header = "{\"fingerprint\":\(CompactJSON.quoted(fingerprint))}\n"
+        var lines = header
+        for shard in layout.shards where hashes[shard.fileName] != nil {
+            lines += journalLine(shard)
+        }
+        try? Data(lines.utf8).write(to: journal)
+    }
+
+    private func headerHash(_ shard: ShardPlan) -> String { shard.headerBytes.withUnsafeBytes { SHA256.hex($0) } }
+
+    private func journalLine(_ shard: ShardPlan) -> String {
+        "{\"file\":\(CompactJSON.quoted(shard.fileName)),\"header_sha256\":\"\(headerHash(shard))\",\"sha256\":\"\(hashes[shard.fileName]!)\"}\n"
+    }
+
+    /// Marks complete every shard the journal lists under the same fingerprint whose header matches
+    /// the plan and whose file still hashes to the recorded value.
+    private func adoptFinishedShards(fingerprint: String) {
+        guard let text = try? String(contentsOf: journal, encoding: .utf8) else { return }
+        let lines = text.split(separator: "\n").compactMap { try? JSONParser.parse(Data($0.utf8)) }
+        guard lines.first?["fingerprint"]?.stringValue == fingerprint else { return }
+        for entry in lines.dropFirst() {
+            guard let file = entry["file"]?.stringValue, let sha = entry["sha256"]?.stringValue,
+                  let i = layout.shards.firstIndex(where: { $0.fileName == file }),
+                  entry["header_sha256"]?.stringValue == headerHash(layout.shards[i]) else { continue }
+            let path = directory.appendingPathComponent(file).path
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                  (attributes[.size] as? Int) == layout.shards[i].fileSize,
+                  (try? SHA256.hex(fileAt: path)) == sha else { continue }
+            hashes[file] = sha
+            resumedShards += 1
+            remaining[i] = 0
+            for info in layout.shards[i].tensors { written.insert(info.name) }
+        }
+    }
+
+    /// True when `name` is already on disk (written by this run or kept from an interrupted one).
+    public func isWritten(_ name: String) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        return written.contains(name)
+    }
+
+    /// Shards kept from an interrupted run.
+    public private(set) var resumedShards = 0
+
+    /// SHA-256 of a finished shard.
+    public func sha256(of file: String) -> String? {
+        lock.lock(); defer { lock.unlock() }
+        return hashes[file]
     }
 
     deinit {
@@ -195,8 +254,25 @@ public final class CheckpointWriter: @unchecked Sendable {
             let reason = String(cString: strerror(errno))
             close(fd)
             if !ok { throw SafeTensorsError.writeFailed(file: file, reason: reason) }
-            onShardComplete?(layout.shards[shard].fileName)
+            try recordFinished(shard)
         }
+    }
+
+    /// Hashes a finished shard and appends it to the journal, durably, so `--resume` can keep it.
+    private func recordFinished(_ shard: Int) throws {
+        let plan = layout.shards[shard]
+        let sha = try SHA256.hex(fileAt: directory.appendingPathComponent(plan.fileName).path)
+        lock.lock()
+        hashes[plan.fileName] = sha
+        let line = journalLine(plan)
+        let fd = open(journal.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        if fd >= 0 {
+            _ = line.utf8CString.withUnsafeBufferPointer { Glibc.write(fd, $0.baseAddress!, $0.count - 1) }
+            fsync(fd)
+            close(fd)
+        }
+        lock.unlock()
+        onShardComplete?(plan.fileName)
     }
 
     public func write(_ name: String, bytes: [UInt8]) throws {
@@ -212,15 +288,17 @@ public final class CheckpointWriter: @unchecked Sendable {
             throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: first, reason: "planned but never written (\(missing.count) missing)")
         }
         // A shard with no tensors at all never had a write to create it.
-        for (i, shard) in layout.shards.enumerated() where shard.tensors.isEmpty {
+        for (i, shard) in layout.shards.enumerated() where shard.tensors.isEmpty && hashes[shard.fileName] == nil {
             let fd = try descriptor(i)
             fsync(fd)
             close(fd)
             descriptors[i] = nil
+            try recordFinished(i)
         }
         if layout.isSharded {
             try AtomicFile.write(Data(layout.indexJSON().utf8), to: directory.appendingPathComponent(Checkpoint.indexFileName))
         }
+        try? FileManager.default.removeItem(at: journal)
     }
 }
 

@@ -10,13 +10,15 @@ import Glibc
 public final class AtomicOutputDirectory: @unchecked Sendable {
     public let finalURL: URL
     public let temporaryURL: URL
+    /// True when the work directory of an interrupted run was adopted (`--resume`).
+    public private(set) var resumed = false
     private let force: Bool
     private var settled = false
 
     /// Prefix of the hidden work directories, so they can be recognized (and cleaned) later.
     public static let workPrefix = ".dsconvert-partial-"
 
-    public init(final: URL, force: Bool) throws {
+    public init(final: URL, force: Bool, resume: Bool = false) throws {
         finalURL = final.standardizedFileURL
         self.force = force
         let fm = FileManager.default
@@ -30,7 +32,22 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         }
         temporaryURL = parent.appendingPathComponent("\(Self.workPrefix)\(finalURL.lastPathComponent)-\(getpid())")
         try? fm.removeItem(at: temporaryURL)
-        guard mkdir(temporaryURL.path, 0o755) == 0 else {
+        // Work directories left by runs that died (SIGKILL, power loss): adopt one with --resume,
+        // remove the rest. One whose process still runs is another conversion into the same output.
+        let stalePrefix = "\(Self.workPrefix)\(finalURL.lastPathComponent)-"
+        for name in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where name.hasPrefix(stalePrefix) {
+            guard let pid = Int32(name.dropFirst(stalePrefix.count)), pid != getpid() else { continue }
+            if kill(pid, 0) == 0 || errno == EPERM {
+                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: "another conversion (pid \(pid)) is writing this output")
+            }
+            let stale = parent.appendingPathComponent(name)
+            if resume, !resumed, rename(stale.path, temporaryURL.path) == 0 {
+                resumed = true
+            } else {
+                try? fm.removeItem(at: stale)
+            }
+        }
+        guard resumed || mkdir(temporaryURL.path, 0o755) == 0 else {
             throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: String(cString: strerror(errno)))
         }
     }

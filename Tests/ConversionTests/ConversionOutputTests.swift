@@ -19,7 +19,7 @@ final class ConversionOutputTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: input) }
         let layout = CheckpointLayout(tensors: [])
         for output in [input, input.appendingPathComponent("sub"), URL(fileURLWithPath: input.path + "/./x/..")] {
-            XCTAssertThrowsError(try ConversionOutput(input: input, output: output, force: true, layout: layout)) {
+            XCTAssertThrowsError(try ConversionOutput(input: input, output: output, force: true, layout: layout, stage: .init(stage: "reshard", options: [:], input: input.path))) {
                 guard case .outputInsideInput = $0 as? ConversionError else { return XCTFail("\($0)") }
             }
         }

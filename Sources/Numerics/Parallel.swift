@@ -1,0 +1,40 @@
+import Dispatch
+import Foundation
+
+/// Data-parallel loops for the conversion kernels.
+///
+/// Every kernel splits its work so that each index writes its own output only: results never
+/// depend on how many threads run, which `DSCONVERT_THREADS=1` (serial) versus the default (all
+/// cores) checks in the determinism test.
+public enum Parallel {
+    /// Worker threads: `DSCONVERT_THREADS` when set to a positive number, otherwise every core.
+    public static let threads: Int = {
+        if let text = ProcessInfo.processInfo.environment["DSCONVERT_THREADS"], let n = Int(text), n > 0 { return n }
+        return ProcessInfo.processInfo.activeProcessorCount
+    }()
+
+    /// Runs `body(i)` for i in 0..<count on up to `threads` threads.
+    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
+        guard count > 0 else { return }
+        if threads <= 1 || count == 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        let workers = min(threads, count)
+        withoutActuallyEscaping(body) { body in
+            let shared = UnsafeSendableClosure(body)
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                var i = w
+                while i < count {
+                    shared.body(i)
+                    i += workers
+                }
+            }
+        }
+    }
+}
+
+private struct UnsafeSendableClosure: @unchecked Sendable {
+    let body: (Int) -> Void
+    init(_ body: @escaping (Int) -> Void) { self.body = body }
+}

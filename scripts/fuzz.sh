@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer target over the header, index and config parsers and fuzzes it.
+#   scripts/fuzz.sh SECONDS [extra libFuzzer flags]
+# New inputs that reach new coverage are added to Tests/Fuzz/corpus (commit the ones worth keeping);
+# a crash leaves crash-* in .build/fuzz and exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}; shift || true
+out=.build/fuzz
+mkdir -p "$out/work"
+flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out")
+for module in Numerics SafeTensors DeepSeekModel; do
+  swiftc "${flags[@]}" -wmo -module-name "$module" -emit-module -emit-module-path "$out/$module.swiftmodule" \
+    -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
+done
+swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o \
+  -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
+cd "$out"
+./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+  -artifact_prefix=./ "$@" work ../../Tests/Fuzz/corpus
