@@ -1,4 +1,4 @@
-.PHONY: build test demo crosscheck fixtures clean
+.PHONY: build test demo crosscheck fuzz fixtures clean
 
 build:
 	scripts/setup.sh --build
@@ -14,6 +14,10 @@ demo:
 
 crosscheck: build
 	python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert
+
+# Fuzzes the header, index and config parsers for FUZZ_SECONDS (default 1800) with libFuzzer.
+fuzz:
+	scripts/fuzz.sh $${FUZZ_SECONDS:-1800}
 
 # Regenerates Fixtures/ (by hand only; needs the pinned packages in Fixtures/requirements.txt).
 fixtures:

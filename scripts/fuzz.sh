@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}; shift || true
-out=.build/fuzz
+out=${FUZZ_DIR:-.build/fuzz}
 mkdir -p "$out/work"
 flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out")
 for module in Numerics SafeTensors DeepSeekModel; do
@@ -15,6 +15,7 @@ for module in Numerics SafeTensors DeepSeekModel; do
 done
 swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o \
   -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
+root=$(pwd)
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
-  -artifact_prefix=./ "$@" work ../../Tests/Fuzz/corpus
+  -artifact_prefix=./ "$@" work "$root/Tests/Fuzz/corpus"

@@ -67,7 +67,11 @@ public enum AbsorbStage {
                     throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
                 }
                 defer { checkpoint.release(name) }
-                return try checkpoint.view(name).floats()
+                let values = try checkpoint.view(name).floats()
+                guard values.allSatisfy(\.isFinite) else {
+                    throw ConversionError.unsupportedInput(path: checkpoint.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to fold it")
+                }
+                return values
             }
             for (name, values) in results {
                 guard let plan = shapes[name], !out.writer.isWritten(name) else { continue }

@@ -86,6 +86,13 @@ public enum ShardStage {
         let placement = try ExpertPlacement.plan(config: config, devices: devices)
         try checkOutputOutsideInput(input: input, output: output)
         let root = try AtomicOutputDirectory(final: output, force: force, resume: resume)
+        if root.resumed {
+            // Root-level files of the interrupted run (placement.json, a killed write's temp file) are rewritten.
+            let fm = FileManager.default
+            for name in (try? fm.contentsOfDirectory(atPath: root.temporaryURL.path)) ?? [] where !name.hasPrefix("device-") {
+                try? fm.removeItem(at: root.temporaryURL.appendingPathComponent(name))
+            }
+        }
         let rawConfig = try ConfigEditor.load(input)
         let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
         let fingerprint = ConversionOutput.fingerprint(stage: stage, input: input)

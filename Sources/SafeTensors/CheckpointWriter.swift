@@ -135,7 +135,10 @@ public final class CheckpointWriter: @unchecked Sendable {
         for (i, shard) in layout.shards.enumerated() {
             for info in shard.tensors { placement[info.name] = (i, info) }
         }
-        if resume { adoptFinishedShards(fingerprint: fingerprint) }
+        if resume {
+            removeStrayFiles()
+            adoptFinishedShards(fingerprint: fingerprint)
+        }
         let header = "{\"fingerprint\":\(CompactJSON.quoted(fingerprint))}\n"
         var lines = header
         for shard in layout.shards where hashes[shard.fileName] != nil {
@@ -148,6 +151,18 @@ public final class CheckpointWriter: @unchecked Sendable {
 
     private func journalLine(_ shard: ShardPlan) -> String {
         "{\"file\":\(CompactJSON.quoted(shard.fileName)),\"header_sha256\":\"\(headerHash(shard))\",\"sha256\":\"\(hashes[shard.fileName]!)\"}\n"
+    }
+
+    /// Files an interrupted run left that are not its shards or journal (a killed atomic write's temp
+    /// file, a half-written config): removed, so they cannot end up in the resumed output.
+    private func removeStrayFiles() {
+        let keep = Set(layout.shards.map(\.fileName) + [Self.journalName])
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where !keep.contains(name) {
+            var isDirectory: ObjCBool = false
+            let url = directory.appendingPathComponent(name)
+            if fm.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue { try? fm.removeItem(at: url) }
+        }
     }
 
     /// Marks complete every shard the journal lists under the same fingerprint whose header matches

@@ -76,7 +76,10 @@ final class ShardStageTests: XCTestCase {
         _ = try QuantizeStage.quantize(input: trained, output: fp8, options: .init(), force: false)
         let absorbed = dir.appendingPathComponent("absorbed")
         _ = try AbsorbStage.run(input: trained, output: absorbed, options: AbsorbOptions(form: .fold), dtype: .bf16, force: false)
-        for input in [fp8, absorbed] {
+        let kv6 = dir.appendingPathComponent("kv6")
+        _ = try QuantizeStage.run(input: trained, output: kv6, fp8: nil,
+                                  kv6: .init(calibration: try TokenFile.load(trained.appendingPathComponent("calibration.json")), calibrationSource: "calibration.json"), force: false)
+        for input in [fp8, absorbed, kv6] {
             let (out, _) = try shard(input, 8, name: "sharded-\(input.lastPathComponent)")
             try assertReassembles(input, out, devices: 8, once: false)
             if input == fp8 { XCTAssertNotNil(try Checkpoint(directory: out.appendingPathComponent("device-5")).info("model.layers.2.mlp.experts.10.down_proj.weight_scale_inv")) }

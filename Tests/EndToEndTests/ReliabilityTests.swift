@@ -1,0 +1,420 @@
+import Conversion
+import Foundation
+import SafeTensors
+import XCTest
+
+/// Output directories left in `parent` by a run: the final one or hidden work directories.
+func leftovers(in parent: URL, except keep: Set<String> = []) throws -> [String] {
+    try FileManager.default.contentsOfDirectory(atPath: parent.path).filter { !keep.contains($0) }
+}
+
+/// Every file of a directory tree with its SHA-256, for "input untouched" and byte-identity checks.
+func treeHashes(_ root: URL) throws -> [String: String] {
+    var out: [String: String] = [:]
+    let fm = FileManager.default
+    for case let path as String in fm.enumerator(atPath: root.path)! {
+        var isDirectory: ObjCBool = false
+        let url = root.appendingPathComponent(path)
+        if fm.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue, path != "dsconvert.json" {
+            out[path] = try SHA256.hex(fileAt: url.path)
+        }
+    }
+    return out
+}
+
+/// The catalog of bad inputs: one error line naming the file (and tensor), a non-zero exit, nothing left behind.
+final class BadInputCatalogTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    struct Case {
+        let name: String
+        let prepare: (URL) throws -> [String]   // builds inputs under the work dir, returns the arguments
+        let status: Int32
+        let fragment: String
+    }
+
+    private func rawFile(_ header: String, data: Int = 0, length: UInt64? = nil) -> Data {
+        let h = Array(header.utf8)
+        return Data(withUnsafeBytes(of: (length ?? UInt64(h.count)).littleEndian) { Array($0) } + h + [UInt8](repeating: 0, count: data))
+    }
+
+    /// A checkpoint dir with lite's config and the given model.safetensors bytes.
+    private func single(_ work: URL, _ bytes: Data) throws -> URL {
+        let ckpt = work.appendingPathComponent("in")
+        try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("lite/config.json"), to: ckpt.appendingPathComponent("config.json"))
+        try bytes.write(to: ckpt.appendingPathComponent("model.safetensors"))
+        return ckpt
+    }
+
+    private func lite(_ work: URL) throws -> URL { try copyFixture("lite", to: work) }
+
+    private func editIndex(_ ckpt: URL, _ edit: (String) -> String) throws {
+        let url = ckpt.appendingPathComponent("model.safetensors.index.json")
+        try edit(try String(contentsOf: url, encoding: .utf8)).write(to: url, atomically: true, encoding: .utf8)
+    }
+
+    private func editConfig(_ ckpt: URL, _ edit: (inout [String: Any]) -> Void) throws {
+        let url = ckpt.appendingPathComponent("config.json")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        edit(&config)
+        try JSONSerialization.data(withJSONObject: config).write(to: url)
+    }
+
+    /// Overwrites the first element of `tensor` in its shard with `bits` (bf16).
+    private func poison(_ ckpt: URL, _ tensor: String, _ bits: UInt16) throws {
+        let checkpoint = try Checkpoint(directory: ckpt)
+        let shard = checkpoint.shardName(of: tensor)!
+        let file = checkpoint.shard(shard)!
+        let offset = file.header.dataStart + file.info(tensor)!.dataOffsets.lowerBound
+        let url = ckpt.appendingPathComponent(shard)
+        var data = try Data(contentsOf: url)
+        data[offset] = UInt8(bits & 0xFF)
+        data[offset + 1] = UInt8(bits >> 8)
+        try data.write(to: url)
+    }
+
+    private var cases: [Case] {
+        let a4 = #"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}"#
+        func quantize(_ input: URL, _ work: URL) -> [String] { ["quantize", "--fp8", "--input", input.path, "--output", work.appendingPathComponent("out").path] }
+        func file(_ header: String, data: Int = 0, length: UInt64? = nil, _ fragment: String, _ name: String) -> Case {
+            Case(name: name, prepare: { try quantize(self.single($0, self.rawFile(header, data: data, length: length)), $0) }, status: 1, fragment: fragment)
+        }
+        return [
+            Case(name: "truncated file", prepare: { try quantize(self.single($0, Data([1, 2, 3])), $0) }, status: 1, fragment: "truncated file"),
+            file("{}", length: 4096, "runs past the end", "header length past end of file"),
+            file("{}", length: 100_000_001, "exceeds the 100000000-byte limit", "header over 100,000,000 bytes"),
+            file(#"{"a":{"dtype":}"#, "header is not valid JSON", "invalid JSON header"),
+            file(#"["a"]"#, "does not start with '{'", "header not starting with {"),
+            Case(name: "header not UTF-8", prepare: { try quantize(self.single($0, Data(withUnsafeBytes(of: UInt64(3).littleEndian) { Array($0) } + [0x7B, 0xFF, 0x7D])), $0) }, status: 1, fragment: "not valid UTF-8"),
+            file(#"{"a":{"dtype":"Q7","shape":[4],"data_offsets":[0,4]}}"#, data: 4, "unknown dtype 'Q7'", "unknown dtype"),
+            file(#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,4]}}"#, data: 4, "need 16", "byte size != numel x dtype size"),
+            file(a4 + #","b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#, data: 6, "overlaps tensor 'a'", "overlapping offsets"),
+            file(a4 + #","b":{"dtype":"U8","shape":[4],"data_offsets":[6,10]}}"#, data: 10, "hole in the data", "hole between tensors"),
+            file(a4 + "}", data: 9, "data section is 9 bytes", "trailing bytes not covered"),
+            file(#"{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, data: 4, "shape product overflows", "shape product overflow"),
+            file(a4 + "," + a4.dropFirst() + "}", data: 4, "duplicate tensor name 'a'", "duplicate name"),
+            Case(name: "bit flip in a header offset", prepare: { work in
+                let ckpt = try self.lite(work)
+                let shard = try FileManager.default.contentsOfDirectory(atPath: ckpt.path).filter { $0.hasPrefix("model-") }.sorted()[1]
+                let url = ckpt.appendingPathComponent(shard)
+                var data = try Data(contentsOf: url)
+                let text = String(decoding: data[8..<min(data.count, 400)], as: UTF8.self)
+                let at = text.range(of: "\"data_offsets\":[0,")!.upperBound
+                data[8 + text.utf8.distance(from: text.startIndex, to: at)] ^= 0x01   // one digit of an end offset
+                try data.write(to: url)
+                return quantize(ckpt, work)
+            }, status: 1, fragment: ".safetensors: "),
+            Case(name: "index naming a missing shard", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editIndex(ckpt) { $0.replacingOccurrences(of: "\"model.norm.weight\": \"model-0000", with: "\"model.norm.weight\": \"model-9999") }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "which does not exist"),
+            Case(name: "index naming a tensor the shard lacks", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editIndex(ckpt) { $0.replacingOccurrences(of: "\"model.norm.weight\"", with: "\"model.norm.weight2\"") }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "which does not contain it"),
+            Case(name: "shard tensor missing from the index", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editIndex(ckpt) { text in text.split(separator: "\n").filter { !$0.contains("\"model.embed_tokens.weight\"") }.joined(separator: "\n") }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "which the index does not list"),
+            Case(name: "invalid index JSON", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editIndex(ckpt) { String($0.dropLast(5)) }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "invalid index"),
+            Case(name: "no checkpoint in the directory", prepare: { work in
+                let ckpt = work.appendingPathComponent("in")
+                try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
+                try FileManager.default.copyItem(at: fixtures.appendingPathComponent("lite/config.json"), to: ckpt.appendingPathComponent("config.json"))
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "no model.safetensors.index.json or model.safetensors found"),
+            Case(name: "missing config.json", prepare: { work in
+                let ckpt = try self.lite(work)
+                try FileManager.default.removeItem(at: ckpt.appendingPathComponent("config.json"))
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "missing or unreadable config.json"),
+            Case(name: "config.json not JSON", prepare: { work in
+                let ckpt = try self.lite(work)
+                try Data("{ not json".utf8).write(to: ckpt.appendingPathComponent("config.json"))
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "invalid config"),
+            Case(name: "unknown architecture", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editConfig(ckpt) { $0["architectures"] = ["LlamaForCausalLM"]; $0["model_type"] = "llama" }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "unsupported architecture"),
+            Case(name: "config/tensor shape disagreement", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editConfig(ckpt) { $0["v_head_dim"] = 10 }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "config.json implies [104, 32]"),
+            Case(name: "tensor missing", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editConfig(ckpt) { $0["num_hidden_layers"] = 4 }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "missing tensor 'model.layers.3"),
+            Case(name: "unexpected tensor", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editConfig(ckpt) { $0["num_hidden_layers"] = 2 }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "unexpected tensor 'model.layers.2"),
+            Case(name: "absurd config dimension", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.editConfig(ckpt) { $0["n_routed_experts"] = 1 << 40 }
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "is outside 0..."),
+            Case(name: "NaN weight", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.poison(ckpt, "model.layers.1.mlp.experts.2.up_proj.weight", 0x7FC0)
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "tensor 'model.layers.1.mlp.experts.2.up_proj.weight' holds NaN or Inf"),
+            Case(name: "Inf weight", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.poison(ckpt, "model.layers.0.self_attn.q_proj.weight", 0xFF80)
+                return ["absorb", "--input", ckpt.path, "--output", work.appendingPathComponent("out").path]
+            }, status: 1, fragment: "tensor 'model.layers.0.self_attn.q_proj.weight' holds NaN or Inf"),
+            Case(name: "FP8 weight without its scale", prepare: { work in
+                let ckpt = work.appendingPathComponent("in")
+                try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
+                try Data(#"{"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}"#.utf8).write(to: ckpt.appendingPathComponent("config.json"))
+                try self.rawFile(#"{"w.weight":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]}}"#, data: 4).write(to: ckpt.appendingPathComponent("model.safetensors"))
+                return ["quantize", "--dequantize", "--input", ckpt.path, "--output", work.appendingPathComponent("out").path]
+            }, status: 1, fragment: "FP8 tensor 'w.weight' has no scale"),
+            Case(name: "integer weight", prepare: { work in
+                let ckpt = work.appendingPathComponent("in")
+                try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
+                try FileManager.default.copyItem(at: fixtures.appendingPathComponent("lite"), to: work.appendingPathComponent("src"))
+                let source = try Checkpoint(directory: work.appendingPathComponent("src"))
+                let layout = CheckpointLayout(tensors: source.tensors.map { PlannedTensor(name: $0.name, dtype: $0.name == "model.norm.weight" ? .i16 : $0.dtype, shape: $0.shape) })
+                let writer = CheckpointWriter(layout: layout, directory: ckpt)
+                for t in source.tensors { try writer.write(t.name, bytes: try source.view(t.name).bytes) }
+                try writer.finish()
+                try FileManager.default.copyItem(at: fixtures.appendingPathComponent("lite/config.json"), to: ckpt.appendingPathComponent("config.json"))
+                return quantize(ckpt, work)
+            }, status: 1, fragment: "tensor 'model.norm.weight' has dtype I16"),
+            Case(name: "output inside input", prepare: { work in
+                let ckpt = try self.lite(work)
+                return ["quantize", "--fp8", "--input", ckpt.path, "--output", ckpt.appendingPathComponent("out").path]
+            }, status: 1, fragment: "output must not be the input directory or inside it"),
+            Case(name: "output exists without --force", prepare: { work in
+                try FileManager.default.createDirectory(at: work.appendingPathComponent("out"), withIntermediateDirectories: true)
+                return quantize(fixtures.appendingPathComponent("lite"), work)
+            }, status: 1, fragment: "output already exists (pass --force to replace it)"),
+            Case(name: "unwritable output (parent is a file)", prepare: { work in
+                try Data().write(to: work.appendingPathComponent("file"))
+                return ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("lite").path, "--output", work.appendingPathComponent("file/out").path]
+            }, status: 1, fragment: "cannot create output"),
+            Case(name: "unknown option", prepare: { work in ["quantize", "--fp9", "--input", "x", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "unknown option '--fp9'"),
+            Case(name: "missing required option", prepare: { work in ["absorb", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "missing required option --input"),
+            Case(name: "devices not dividing the experts", prepare: { work in
+                ["shard", "--devices", "3", "--input", fixtures.appendingPathComponent("v2").path, "--output", work.appendingPathComponent("out").path]
+            }, status: 1, fragment: "do not split evenly over 3 devices"),
+            Case(name: "absorbing an absorbed checkpoint", prepare: { work in
+                let once = work.appendingPathComponent("absorbed")
+                XCTAssertEqual(try runTool("dsconvert", ["absorb", "--input", fixtures.appendingPathComponent("lite").path, "--output", once.path]).status, 0)
+                return ["absorb", "--input", once.path, "--output", work.appendingPathComponent("out").path]
+            }, status: 1, fragment: "attention is already absorbed"),
+        ]
+    }
+
+    func testCatalog() throws {
+        let all = cases
+        XCTAssertGreaterThanOrEqual(all.count, 25)
+        for (i, c) in all.enumerated() {
+            let work = dir.appendingPathComponent("case-\(i)")
+            try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+            let arguments = try c.prepare(work)
+            let before = try leftovers(in: work)
+            let r = try runTool("dsconvert", arguments)
+            XCTAssertEqual(r.status, c.status, "\(c.name): \(r.stderr)")
+            let errors = r.stderrLines.filter { $0.contains("error:") }
+            XCTAssertEqual(errors.count, 1, "\(c.name): \(r.stderr)")
+            XCTAssertEqual(r.stderrLines.filter { !$0.contains(":") && !$0.isEmpty }, [], "\(c.name): only diagnostics and progress on stderr")
+            XCTAssertTrue(errors.first?.contains(c.fragment) == true, "\(c.name): expected '\(c.fragment)' in: \(r.stderr)")
+            // Nothing new in the output's parent: no output, no hidden work directory.
+            XCTAssertEqual(try leftovers(in: work).sorted(), before.sorted(), c.name)
+        }
+    }
+}
+
+/// Starts a built product and returns its process (for the kill harness).
+func startTool(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Process {
+    var directory = Bundle.main.bundleURL
+    if !FileManager.default.fileExists(atPath: directory.appendingPathComponent(product).path) {
+        directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+    let process = Process()
+    process.executableURL = directory.appendingPathComponent(product)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return process
+}
+
+final class InterruptionTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    /// Stage arguments for an output; small shards so a killed run has finished some of them.
+    private let stages: [(String, (URL, URL) -> [String])] = [
+        ("quantize", { ["quantize", "--fp8", "--input", $0.path, "--output", $1.path, "--max-shard-size", "150KB"] }),
+        ("absorb", { ["absorb", "--mode", "fold", "--input", $0.path, "--output", $1.path, "--max-shard-size", "150KB"] }),
+        ("shard", { ["shard", "--devices", "8", "--input", $0.path, "--output", $1.path, "--max-shard-size", "50KB"] }),
+        ("reshard", { ["reshard", "--input", $0.path, "--output", $1.path, "--max-shard-size", "100KB"] }),
+    ]
+
+    /// SIGKILL at 20 points across four stages: afterwards no output, or a complete one whose
+    /// manifest checksums hold; the input is untouched; `--resume` then finishes with bytes identical
+    /// to an uninterrupted run.
+    func testKillAtRandomPointsThenResume() throws {
+        let input = try copyFixture("trained", to: dir)
+        let inputHashes = try treeHashes(input)
+        var outcomes: [String: Int] = [:]
+        for (stage, arguments) in stages {
+            let clean = dir.appendingPathComponent("\(stage)-clean")
+            let start = Date()
+            XCTAssertEqual(try runTool("dsconvert", arguments(input, clean)).status, 0, stage)
+            let duration = Date().timeIntervalSince(start)
+            let expected = try treeHashes(clean)
+            for point in 0..<5 {
+                let out = dir.appendingPathComponent("\(stage)-\(point)")
+                let process = try startTool("dsconvert", arguments(input, out))
+                // Kill points spread over the run, from just after start to past its usual end.
+                usleep(useconds_t(duration * 1e6 * Double(point + 1) / 5.5))
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+                let finished = FileManager.default.fileExists(atPath: out.path)
+                outcomes[finished ? "complete" : "no output", default: 0] += 1
+                if finished {
+                    XCTAssertEqual(try treeHashes(out), expected, "\(stage) point \(point): a visible output is complete")
+                }
+                XCTAssertEqual(try treeHashes(input), inputHashes, "the input is never modified")
+                let resumed = try runTool("dsconvert", arguments(input, out) + (finished ? ["--force"] : ["--resume"]))
+                XCTAssertEqual(resumed.status, 0, "\(stage) point \(point): \(resumed.stderr)")
+                XCTAssertEqual(try treeHashes(out), expected, "\(stage) point \(point): the resumed output equals an uninterrupted run")
+                XCTAssertFalse(try leftovers(in: dir).contains { $0.hasPrefix(".dsconvert-") }, "no work directories left")
+            }
+        }
+        print("interruption outcomes: \(outcomes)")
+        XCTAssertGreaterThan(outcomes["no output", default: 0], 0, "some kills landed mid-run")
+    }
+
+    /// A resumed run keeps the shards an interrupted one finished, verified by SHA-256, and rewrites a damaged one.
+    func testResumeKeepsVerifiedShardsAndRewritesDamagedOnes() throws {
+        let input = fixtures.appendingPathComponent("trained")
+        let clean = dir.appendingPathComponent("clean"), out = dir.appendingPathComponent("out")
+        let args = ["quantize", "--fp8", "--input", input.path, "--max-shard-size", "100KB"]
+        XCTAssertEqual(try runTool("dsconvert", args + ["--output", clean.path]).status, 0)
+        // Simulate a run that died after finishing its shards: a work directory of a dead pid with the journal.
+        XCTAssertEqual(try runTool("dsconvert", args + ["--output", out.path]).status, 0)
+        let dead = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        try FileManager.default.moveItem(at: out, to: dead)
+        let shards = try FileManager.default.contentsOfDirectory(atPath: dead.path).filter { $0.hasSuffix(".safetensors") }.sorted()
+        XCTAssertGreaterThan(shards.count, 3)
+        // The journal is gone once a run commits; rebuild it as a killed run leaves it, then damage one shard.
+        try FileManager.default.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
+        let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
+        var journal = "{\"fingerprint\":\"\(ConversionOutput.fingerprint(stage: stage, input: input))\"}\n"
+        for shard in shards {
+            let data = try Data(contentsOf: dead.appendingPathComponent(shard))
+            let length = Int(data.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+            let headerHash = data[8..<(8 + length)].withUnsafeBytes { SHA256.hex($0) }
+            journal += "{\"file\":\"\(shard)\",\"header_sha256\":\"\(headerHash)\",\"sha256\":\"\(try SHA256.hex(fileAt: dead.appendingPathComponent(shard).path))\"}\n"
+        }
+        try Data(journal.utf8).write(to: dead.appendingPathComponent(CheckpointWriter.journalName))
+        let damaged = dead.appendingPathComponent(shards[1])
+        var bytes = try Data(contentsOf: damaged)
+        bytes[bytes.count - 1] ^= 0xFF
+        try bytes.write(to: damaged)
+        func modified(_ url: URL) throws -> Date { try FileManager.default.attributesOfItem(atPath: url.path)[.modificationDate] as! Date }
+        let before = try Dictionary(uniqueKeysWithValues: shards.map { ($0, try modified(dead.appendingPathComponent($0))) })
+        usleep(20_000)
+        let resumed = try runTool("dsconvert", args + ["--output", out.path, "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try treeHashes(out), try treeHashes(clean), "damaged shard rewritten, the rest identical")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dead.path))
+        for shard in shards {
+            let kept = try modified(out.appendingPathComponent(shard)) == before[shard]
+            XCTAssertEqual(kept, shard != shards[1], "\(shard): verified shards are kept, the damaged one rewritten")
+        }
+    }
+}
+
+final class FullDiskTests: XCTestCase {
+    /// A conversion into a filesystem too small for it fails with one clear line and leaves nothing.
+    func testConversionIntoSmallFilesystem() throws {
+        let mountPoint = try makeTemporaryDirectory()
+        defer { _ = try? runCommand("/bin/umount", [mountPoint.path]); try? FileManager.default.removeItem(at: mountPoint) }
+        let out = mountPoint.appendingPathComponent("out")
+        let args = ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("trained").path, "--output", out.path]
+        let mounted = (try? runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint.path]))?.status == 0
+        let r: RunResult
+        if mounted {
+            r = try runTool("dsconvert", args)
+        } else {
+            // Without permission to mount, a file-size limit makes the writes fail the same way (EFBIG).
+            r = try runCommand("/usr/bin/prlimit", ["--fsize=1000000", toolPath("dsconvert")] + args)
+        }
+        XCTAssertEqual(r.status, 1, r.stderr)
+        let errors = r.stderrLines.filter { $0.contains("error:") }
+        XCTAssertEqual(errors.count, 1, r.stderr)
+        XCTAssertTrue(errors[0].contains(mounted ? "No space left on device" : "too large"), r.stderr)
+        XCTAssertTrue(errors[0].contains(".safetensors"), "names the file: \(r.stderr)")
+        XCTAssertEqual(try leftovers(in: mountPoint), [], "partial output removed")
+    }
+}
+
+final class DeterminismTests: XCTestCase {
+    /// Same input and options, same bytes: across runs and with 1 thread versus every core.
+    func testOutputsIdenticalAcrossThreadCounts() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let trained = fixtures.appendingPathComponent("trained")
+        let conversions: [(String, [String])] = [
+            ("fp8-kv6", ["quantize", "--fp8", "--kv6", "--calibration", trained.appendingPathComponent("calibration.json").path, "--input", trained.path]),
+            ("fold", ["absorb", "--mode", "fold", "--input", trained.path]),
+            ("shard", ["shard", "--devices", "8", "--input", trained.path]),
+        ]
+        for (name, args) in conversions {
+            var hashes: [[String: String]] = []
+            for (run, threads) in [(0, "1"), (1, "\(ProcessInfo.processInfo.activeProcessorCount)"), (2, "")] {
+                let out = dir.appendingPathComponent("\(name)-\(run)")
+                let env = threads.isEmpty ? [:] : ["DSCONVERT_THREADS": threads]
+                XCTAssertEqual(try runTool("dsconvert", args + ["--output", out.path], environment: env).status, 0, name)
+                hashes.append(try treeHashes(out))
+            }
+            XCTAssertEqual(hashes[0], hashes[1], "\(name): 1 thread vs all cores")
+            XCTAssertEqual(hashes[1], hashes[2], "\(name): run to run")
+        }
+    }
+}
+
+func toolPath(_ product: String) -> String {
+    var directory = Bundle.main.bundleURL
+    if !FileManager.default.fileExists(atPath: directory.appendingPathComponent(product).path) {
+        directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+    return directory.appendingPathComponent(product).path
+}
+
+/// Runs any program (mount, prlimit) and collects its output.
+func runCommand(_ path: String, _ arguments: [String]) throws -> RunResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return RunResult(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
