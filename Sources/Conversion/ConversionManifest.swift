@@ -59,10 +59,6 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
     }
 
     public func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        var data = try encoder.encode(self)
-        data.append(0x0A)
-        return data
+        try PrettyJSON.encode(self)
     }
 }

@@ -62,11 +62,7 @@ public struct PlacementManifest: Codable, Equatable, Sendable {
     }
 
     func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        var data = try encoder.encode(self)
-        data.append(0x0A)
-        return data
+        try PrettyJSON.encode(self)
     }
 }
 

@@ -40,7 +40,7 @@ public enum InspectCommand: Command {
         let report = InspectReport(path: url.path, config: config, checkpoint: checkpoint, listTensors: arguments.flag("tensors"))
 
         if arguments.flag("json") {
-            terminal.out(String(decoding: try report.encoded(), as: UTF8.self))
+            terminal.out(String(decoding: try report.encoded(), as: UTF8.self).trimmingCharacters(in: .newlines))
         } else {
             terminal.out(report.text())
         }

@@ -292,6 +292,18 @@ public enum CompactJSON {
     }
 }
 
+/// The JSON every dsconvert document uses: pretty-printed, keys sorted (stable diffs, stable bytes),
+/// slashes unescaped, newline-terminated.
+public enum PrettyJSON {
+    public static func encode<T: Encodable>(_ value: T) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var data = try encoder.encode(value)
+        data.append(0x0A)
+        return data
+    }
+}
+
 extension JSONValue {
     /// JSON text indented by two spaces, keys in their stored order, numbers as originally written.
     public func prettyPrinted(indent: Int = 0) -> String {

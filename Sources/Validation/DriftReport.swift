@@ -1,6 +1,7 @@
 import DeepSeekModel
 import Foundation
 import Numerics
+import SafeTensors
 
 /// Limits a candidate must stay within. A nil limit is not checked.
 public struct DriftThresholds: Codable, Equatable, Sendable {
@@ -139,11 +140,7 @@ public struct DriftReport: Codable, Sendable {
     }
 
     public func encoded() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        var data = try encoder.encode(self)
-        data.append(0x0A)
-        return data
+        try PrettyJSON.encode(self)
     }
 
     /// The drift table printed by `validate`.

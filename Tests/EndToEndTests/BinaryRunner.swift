@@ -14,12 +14,8 @@ struct RunResult {
 
 /// Runs a built product (found next to the test bundle), as swift-argument-parser's tests do.
 func runTool(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws -> RunResult {
-    var directory = Bundle.main.bundleURL
-    if !FileManager.default.fileExists(atPath: directory.appendingPathComponent(product).path) {
-        directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    }
     let process = Process()
-    process.executableURL = directory.appendingPathComponent(product)
+    process.executableURL = URL(fileURLWithPath: toolPath(product))
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let out = Pipe(), err = Pipe()

@@ -244,12 +244,8 @@ final class BadInputCatalogTests: XCTestCase {
 
 /// Starts a built product and returns its process (for the kill harness).
 func startTool(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Process {
-    var directory = Bundle.main.bundleURL
-    if !FileManager.default.fileExists(atPath: directory.appendingPathComponent(product).path) {
-        directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    }
     let process = Process()
-    process.executableURL = directory.appendingPathComponent(product)
+    process.executableURL = URL(fileURLWithPath: toolPath(product))
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     process.standardOutput = FileHandle.nullDevice
@@ -397,6 +393,7 @@ final class DeterminismTests: XCTestCase {
     }
 }
 
+/// A built product next to the test bundle (swift-argument-parser's tests find theirs the same way).
 func toolPath(_ product: String) -> String {
     var directory = Bundle.main.bundleURL
     if !FileManager.default.fileExists(atPath: directory.appendingPathComponent(product).path) {
