@@ -3,4 +3,4 @@ import DSConvertCommands
 import Foundation
 
 exit(CommandLineTool.runFront(tool: "dsconvert-bench", abstract: "Benchmarks of dsconvert (run from a release build).",
-                              commands: [ForwardBenchCommand.self], arguments: Array(CommandLine.arguments.dropFirst())))
+                              commands: [ForwardBenchCommand.self, GenerateBenchCommand.self, ConvertBenchCommand.self], arguments: Array(CommandLine.arguments.dropFirst())))

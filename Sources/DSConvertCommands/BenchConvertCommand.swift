@@ -1,0 +1,117 @@
+import CLI
+import Conversion
+import Foundation
+import SafeTensors
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `dsconvert-bench generate`: a V2-Lite-shaped synthetic checkpoint.
+public enum GenerateBenchCommand: Command {
+    public static let spec = CommandSpec(
+        name: "generate",
+        abstract: "Write a DeepSeek-V2-Lite-shaped checkpoint of random bf16 weights (3 layers: the 3.3 GB lite slice; 27: the full 31 GB).",
+        options: [
+            OptionSpec("layers", value: "K", help: "Decoder layers (default 3: 1 dense + 2 MoE)."),
+            OptionSpec("output", value: "DIR", help: "Output directory."),
+            OptionSpec("force", help: "Replace an existing output directory."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let layers = try arguments.integer("layers", default: 3, in: 1...27)
+        let output = URL(fileURLWithPath: try arguments.required("output"))
+        let bytes = try SyntheticCheckpoint.write(layers: layers, output: output, force: arguments.flag("force")) { terminal.progress($0) }
+        terminal.endProgress()
+        terminal.out(String(format: "%@: %d layers, %.2f GB of bf16 weights", output.path, layers, Double(bytes) / 1e9))
+        return ExitCode.success
+    }
+}
+
+/// `dsconvert-bench convert`: every stage beside `cp -r` of the same input, and the torch peer.
+public enum ConvertBenchCommand: Command {
+    public static let spec = CommandSpec(
+        name: "convert",
+        abstract: "Time cp -r, each conversion stage and the torch FP8 peer on one checkpoint: wall time, ratio to cp, GB/s, peak RSS.",
+        discussion: """
+        Each job runs as a child process (median of --runs runs, peak RSS from the kernel's rusage); outputs
+        go to --work and are removed after each run. The input stays in the page cache across jobs, so cp
+        measures the write path of this disk.
+        """,
+        options: [
+            OptionSpec("input", value: "DIR", help: "Checkpoint to convert (see dsconvert-bench generate)."),
+            OptionSpec("work", value: "DIR", help: "Scratch directory for outputs (default: next to the input)."),
+            OptionSpec("runs", value: "N", help: "Runs per job (default 3)."),
+            OptionSpec("peer", value: "SCRIPT", help: "The torch peer script (default Tests/bench/torch_fp8_peer.py; skipped if torch is missing)."),
+        ]
+    )
+
+    struct Measurement { var wall: Double; var rssKiB: Int; var status: Int32 }
+
+    /// Runs a program to completion and reports its wall time and peak resident set.
+    static func measure(_ path: String, _ arguments: [String]) -> Measurement {
+        var pid: pid_t = 0
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        let start = DispatchTime.now().uptimeNanoseconds
+        guard posix_spawn(&pid, path, &actions, nil, argv, environ) == 0 else { return Measurement(wall: 0, rssKiB: 0, status: -1) }
+        var status: Int32 = 0
+        var usage = rusage()
+        wait4(pid, &status, 0, &usage)
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        return Measurement(wall: wall, rssKiB: Int(usage.ru_maxrss), status: (status >> 8) & 0xFF)
+    }
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let input = URL(fileURLWithPath: try arguments.required("input")).standardizedFileURL
+        let work = URL(fileURLWithPath: arguments.value("work") ?? input.deletingLastPathComponent().appendingPathComponent("dsconvert-bench-work").path)
+        let runs = try arguments.integer("runs", default: 3, in: 1...20)
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
+        let bytes = try Checkpoint(directory: input).totalTensorBytes
+        let out = work.appendingPathComponent("out").path
+        let peer = arguments.value("peer") ?? "Tests/bench/torch_fp8_peer.py"
+        var jobs: [(String, String, [String])] = [
+            ("cp -r (I/O bound)", "/bin/cp", ["-r", input.path, out]),
+            ("quantize --fp8", binary, ["quantize", "--fp8", "--input", input.path, "--output", out]),
+            ("absorb (split)", binary, ["absorb", "--input", input.path, "--output", out]),
+            ("shard --devices 8", binary, ["shard", "--devices", "8", "--input", input.path, "--output", out]),
+            ("quantize --kv6", binary, ["quantize", "--kv6", "--input", input.path, "--output", out]),
+        ]
+        let python = "/usr/bin/env"
+        if FileManager.default.fileExists(atPath: peer), measure(python, ["python3", "-c", "import torch, safetensors"]).status == 0 {
+            jobs.append(("torch FP8 peer (CPU)", python, ["python3", peer, input.path, out]))
+        } else {
+            terminal.note("torch peer skipped: \(peer) or python3 with torch not found")
+        }
+        var results: [(String, Measurement)] = []
+        for (name, path, args) in jobs {
+            var samples: [Measurement] = []
+            for run in 0..<runs {
+                terminal.progress("bench: \(name) run \(run + 1)/\(runs)")
+                try? FileManager.default.removeItem(atPath: out)
+                sync()
+                let m = measure(path, args)
+                if m.status != 0 { terminal.note("\(name) exited with \(m.status)") }
+                samples.append(m)
+            }
+            try? FileManager.default.removeItem(atPath: out)
+            let sorted = samples.sorted { $0.wall < $1.wall }
+            results.append((name, Measurement(wall: sorted[sorted.count / 2].wall, rssKiB: samples.map(\.rssKiB).max()!, status: samples.map(\.status).max()!)))
+        }
+        terminal.endProgress()
+        let cp = results[0].1.wall
+        terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; median of %d runs", input.path, Double(bytes) / 1e9, ProcessInfo.processInfo.activeProcessorCount, runs))
+        terminal.out("job                        wall (s)   x cp    GB/s   peak RSS (MiB)")
+        for (name, m) in results {
+            terminal.out(String(format: "%@ %8.2f %7.2f %7.2f %12.0f%@", name.padding(toLength: 26, withPad: " ", startingAt: 0), m.wall, m.wall / cp,
+                                Double(bytes) / m.wall / 1e9, Double(m.rssKiB) / 1024, m.status == 0 ? "" : "  (failed)"))
+        }
+        return ExitCode.success
+    }
+}
