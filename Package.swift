@@ -15,7 +15,11 @@ let package = Package(
     ],
     targets: [
         // Format: mmap reader with the reference implementation's validation, streaming writer, index.
-        .target(name: "SafeTensors", dependencies: ["Numerics"]),
+        .target(name: "SafeTensors", dependencies: ["Numerics", "COpenSSL", "CSystemCalls"]),
+        // Linux system calls Swift's Glibc module leaves out (copy_file_range).
+        .systemLibrary(name: "CSystemCalls"),
+        // libcrypto's SHA-256 (SHA-NI where the CPU has it): every shard written is hashed for the manifest.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Element codecs and kernels (bf16/f16/f32), no I/O.
         .target(name: "Numerics"),
         // config.json model, tensor naming, shape checker, parameter and cache accounting.

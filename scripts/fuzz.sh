@@ -8,13 +8,13 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}; shift || true
 out=${FUZZ_DIR:-.build/fuzz}
 mkdir -p "$out/work"
-flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out")
+flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I Sources/COpenSSL -I Sources/CSystemCalls)
 for module in Numerics SafeTensors DeepSeekModel; do
   swiftc "${flags[@]}" -wmo -module-name "$module" -emit-module -emit-module-path "$out/$module.swiftmodule" \
     -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
 done
 swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o \
-  -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
+  -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
 root=$(pwd)
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \

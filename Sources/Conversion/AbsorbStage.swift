@@ -54,7 +54,7 @@ public enum AbsorbStage {
 
         func copy(_ name: String) throws {
             if out.writer.isWritten(name) { return }
-            try out.writer.write(name, bytes: try checkpoint.view(name).bytes)
+            try out.writer.write(name, view: try checkpoint.view(name))
             checkpoint.release(name)
         }
         for name in planned.map(\.name) where TensorNames.layerIndex(of: name) == nil { try copy(name) }

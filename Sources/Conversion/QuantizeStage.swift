@@ -147,7 +147,7 @@ public enum QuantizeStage {
                 // Power-of-two equalization: exact in the tensor's own dtype.
                 try out.writer.write(name, bytes: encode(try values(name, shape: tensor.shape), as: dtypes[name]!))
             } else {
-                try out.writer.write(name, bytes: try checkpoint.view(name).bytes)
+                try out.writer.write(name, view: try checkpoint.view(name))
             }
             checkpoint.release(name)
             if i % 32 == 0 || i == expected.count - 1 { progress?("quantize: \(i + 1)/\(expected.count) tensors") }
@@ -218,7 +218,7 @@ public enum QuantizeStage {
                 try out.writer.write(t.name, bytes: bf16.withUnsafeBytes { Array($0) })
                 weights.release(t.name)
             } else {
-                try out.writer.write(t.name, bytes: try checkpoint.view(t.name).bytes)
+                try out.writer.write(t.name, view: try checkpoint.view(t.name))
                 checkpoint.release(t.name)
             }
             if i % 32 == 0 || i == kept.count - 1 { progress?("dequantize: \(i + 1)/\(kept.count) tensors") }

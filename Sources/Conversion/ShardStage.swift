@@ -130,7 +130,7 @@ public enum ShardStage {
                 let pending = targets.filter { !writers[$0].isWritten(name) }
                 guard !pending.isEmpty else { continue }
                 let view = try checkpoint.view(name)
-                for d in pending { try writers[d].write(name, bytes: view.bytes) }
+                for d in pending { try writers[d].write(name, view: view) }
                 checkpoint.release(name)
             }
             if i % 64 == 0 || i == ordered.count - 1 { progress?("shard: \(i + 1)/\(ordered.count) tensors") }

@@ -30,7 +30,7 @@ public enum ReshardCommand: Command {
                                        resume: arguments.flag("resume"))
         let total = checkpoint.tensors.count
         for (i, info) in checkpoint.tensors.enumerated() where !out.writer.isWritten(info.name) {
-            try out.writer.write(info.name, bytes: try checkpoint.view(info.name).bytes)
+            try out.writer.write(info.name, view: try checkpoint.view(info.name))
             checkpoint.release(info.name)
             if i % 64 == 0 || i == total - 1 { terminal.progress("reshard: \(i + 1)/\(total) tensors") }
         }

@@ -286,13 +286,16 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         ]
         for (key, value) in positives where value <= 0 { throw bad("'\(key)' must be positive, is \(value)") }
         // Bounds far above any real model, so a hostile config cannot make the layout overflow or
-        // ask for billions of tensors: every dimension ≤ 2^24, layers × experts ≤ 10^6.
+        // ask for millions of tensors (found by fuzzing: 4066 layers x 160 experts took seconds to lay
+        // out): every dimension ≤ 2^24, layers ≤ 1024, layers × routed experts ≤ 100,000
+        // (DeepSeek-V2: 60 x 160 = 9,600; V3: 61 x 256 = 15,616).
         let dimensionLimit = 1 << 24
         let dimensions = positives + [("q_lora_rank", qLoraRank ?? 1), ("n_routed_experts", nRoutedExperts ?? 0),
                                       ("n_shared_experts", nSharedExperts ?? 0), ("num_experts_per_tok", numExpertsPerTok ?? 0),
                                       ("first_k_dense_replace", firstKDenseReplace), ("n_group", nGroup ?? 0), ("topk_group", topkGroup ?? 0)]
         for (key, value) in dimensions where value > dimensionLimit || value < 0 { throw bad("'\(key)' = \(value) is outside 0...\(dimensionLimit)") }
-        if numHiddenLayers * max(nRoutedExperts ?? 1, 1) > 1_000_000 { throw bad("num_hidden_layers x n_routed_experts exceeds 10^6 tensors' worth of experts") }
+        if numHiddenLayers > 1024 { throw bad("num_hidden_layers = \(numHiddenLayers) is outside 1...1024") }
+        if numHiddenLayers * max(nRoutedExperts ?? 1, 1) > 100_000 { throw bad("num_hidden_layers x n_routed_experts = \(numHiddenLayers * max(nRoutedExperts ?? 1, 1)) exceeds 100000") }
         if let q = qLoraRank, q <= 0 { throw bad("'q_lora_rank' must be positive or null, is \(q)") }
         if qkRopeHeadDim % 2 != 0 { throw bad("'qk_rope_head_dim' must be even for rotary pairs, is \(qkRopeHeadDim)") }
         if firstKDenseReplace < 0 { throw bad("'first_k_dense_replace' must not be negative") }

@@ -1,3 +1,4 @@
+import CSystemCalls
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -117,6 +118,9 @@ public final class CheckpointWriter: @unchecked Sendable {
     private var written = Set<String>()
     private var hashes: [String: String] = [:]
     private let journal: URL
+    /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
+    private let finisher = DispatchQueue(label: "dsconvert.checkpoint-writer.finisher")
+    private var finisherError: Error?
     /// Called once per finished shard with its file name (for manifests and progress).
     public var onShardComplete: (@Sendable (String) -> Void)?
 
@@ -235,42 +239,79 @@ public final class CheckpointWriter: @unchecked Sendable {
         }
     }
 
-    /// Writes the complete data of tensor `name`.
-    public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+    /// Claims tensor `name` for writing `count` bytes: its descriptor, absolute offset and file.
+    private func begin(_ name: String, count: Int) throws -> (shard: Int, fd: Int32, offset: Int, file: String) {
         lock.lock()
+        defer { lock.unlock() }
         guard let (shard, info) = placement[name] else {
-            lock.unlock()
             throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: name, reason: "not in the output plan")
         }
         let file = path(shard)
-        guard bytes.count == info.byteCount else {
-            lock.unlock()
-            throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "produced \(bytes.count) bytes, planned \(info.byteCount)")
+        guard count == info.byteCount else {
+            throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "produced \(count) bytes, planned \(info.byteCount)")
         }
         guard written.insert(name).inserted else {
-            lock.unlock()
             throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "written twice")
         }
-        let fd: Int32
-        do { fd = try descriptor(shard) } catch { lock.unlock(); throw error }
-        lock.unlock()
+        let fd = try descriptor(shard)
+        return (shard, fd, layout.shards[shard].dataStart + info.dataOffsets.lowerBound, file)
+    }
 
-        if !bytes.isEmpty {
-            try writeAll(fd: fd, buffer: bytes, at: layout.shards[shard].dataStart + info.dataOffsets.lowerBound, file: file)
-        }
-
+    /// Marks one tensor of `shard` done; the last one hands the shard to the finisher.
+    private func end(_ shard: Int, fd: Int32) {
         lock.lock()
         remaining[shard] -= 1
         let finished = remaining[shard] == 0
         if finished { descriptors[shard] = nil }
         lock.unlock()
-        if finished {
-            let ok = fsync(fd) == 0
-            let reason = String(cString: strerror(errno))
-            close(fd)
-            if !ok { throw SafeTensorsError.writeFailed(file: file, reason: reason) }
-            try recordFinished(shard)
+        guard finished else { return }
+        finisher.async { [self] in
+            do {
+                let ok = fsync(fd) == 0
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                if !ok { throw SafeTensorsError.writeFailed(file: path(shard), reason: reason) }
+                try recordFinished(shard)
+            } catch {
+                lock.lock()
+                if finisherError == nil { finisherError = error }
+                lock.unlock()
+            }
         }
+    }
+
+    /// Writes the complete data of tensor `name`.
+    public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+        let (shard, fd, offset, file) = try begin(name, count: bytes.count)
+        if !bytes.isEmpty { try writeAll(fd: fd, buffer: bytes, at: offset, file: file) }
+        end(shard, fd: fd)
+    }
+
+    /// Copies a tensor from its input file: in the kernel with `copy_file_range` (no page faults, no
+    /// user-space copy, as `cp` does), else 64 MiB at a time from the mapping, dropping each window's
+    /// input pages once written, so copying a large tensor (an embedding) keeps memory flat.
+    public func write(_ name: String, view: TensorView) throws {
+        let (shard, fd, offset, file) = try begin(name, count: view.bytes.count)
+        let window = 64 << 20
+        var done = 0
+        let base = view.bytes.baseAddress.map { $0 - view.owner.base! } ?? 0
+        var inOffset = Int64(base), outOffset = Int64(offset)
+        while done < view.bytes.count {
+            let n = dsconvert_copy_file_range(view.owner.descriptor, &inOffset, fd, &outOffset, view.bytes.count - done)
+            if n > 0 { done += Int(n); continue }
+            if n < 0, errno == EINTR { continue }
+            if n < 0, ![EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) {
+                throw SafeTensorsError.writeFailed(file: file, reason: String(cString: strerror(errno)))
+            }
+            break  // not supported here: fall back to writing from the mapping
+        }
+        while done < view.bytes.count {
+            let n = min(window, view.bytes.count - done)
+            try writeAll(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: view.bytes[done..<(done + n)]), at: offset + done, file: file)
+            view.owner.release((base + done)..<(base + done + n))
+            done += n
+        }
+        end(shard, fd: fd)
     }
 
     /// Hashes a finished shard and appends it to the journal, durably, so `--resume` can keep it.
@@ -296,6 +337,8 @@ public final class CheckpointWriter: @unchecked Sendable {
 
     /// Checks every planned tensor was written, then writes the index (for a sharded layout).
     public func finish() throws {
+        finisher.sync {}
+        if let error = finisherError { throw error }
         lock.lock()
         let missing = placement.keys.filter { !written.contains($0) }.sorted()
         lock.unlock()

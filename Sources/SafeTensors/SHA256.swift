@@ -1,83 +1,38 @@
+import COpenSSL
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// FIPS 180-4 SHA-256, for the shard checksums recorded in manifests (swift-crypto would be a package dependency).
+/// SHA-256 (FIPS 180-4) for the shard checksums recorded in manifests and journals, through
+/// libcrypto: with the CPU's SHA extensions it runs at ~1.8 GB/s, several times a portable
+/// implementation, which matters because every shard written is hashed.
 public struct SHA256 {
-    private var state: [UInt32] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
-    private var buffer: [UInt8] = []
-    private var length: UInt64 = 0
+    private final class Context {
+        let pointer: OpaquePointer
+        init() {
+            pointer = EVP_MD_CTX_new()
+            EVP_DigestInit_ex(pointer, EVP_sha256(), nil)
+        }
+        deinit { EVP_MD_CTX_free(pointer) }
+    }
 
-    private static let k: [UInt32] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-    ]
+    private let context = Context()
 
     public init() {}
 
     public mutating func update(_ data: UnsafeRawBufferPointer) {
-        length += UInt64(data.count)
-        var offset = 0
-        if !buffer.isEmpty {
-            let take = min(64 - buffer.count, data.count)
-            buffer.append(contentsOf: data[0..<take])
-            offset = take
-            if buffer.count == 64 {
-                buffer.withUnsafeBytes { compress($0.baseAddress!) }
-                buffer.removeAll(keepingCapacity: true)
-            }
-        }
-        while offset + 64 <= data.count {
-            compress(data.baseAddress! + offset)
-            offset += 64
-        }
-        if offset < data.count { buffer.append(contentsOf: data[offset...]) }
+        guard let base = data.baseAddress, !data.isEmpty else { return }
+        EVP_DigestUpdate(context.pointer, base, data.count)
     }
 
     public mutating func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
 
     public mutating func finalize() -> [UInt8] {
-        let bitLength = length &* 8
-        var tail: [UInt8] = [0x80]
-        let padding = (55 &- Int(length % 64) + 64) % 64
-        tail += [UInt8](repeating: 0, count: padding)
-        for i in (0..<8).reversed() { tail.append(UInt8(truncatingIfNeeded: bitLength >> (8 * UInt64(i)))) }
-        let savedLength = length
-        update(tail)
-        length = savedLength
-        var out: [UInt8] = []
-        for word in state { for i in (0..<4).reversed() { out.append(UInt8(truncatingIfNeeded: word >> (8 * UInt32(i)))) } }
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        EVP_DigestFinal_ex(context.pointer, &out, &length)
         return out
-    }
-
-    private mutating func compress(_ block: UnsafeRawPointer) {
-        // The message schedule lives on the stack: this runs once per 64 bytes of every shard written.
-        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
-            for i in 0..<16 { w[i] = UInt32(bigEndian: block.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)) }
-            for i in 16..<64 {
-                let s0 = w[i - 15].rotatedRight(7) ^ w[i - 15].rotatedRight(18) ^ (w[i - 15] >> 3)
-                let s1 = w[i - 2].rotatedRight(17) ^ w[i - 2].rotatedRight(19) ^ (w[i - 2] >> 10)
-                w[i] = w[i - 16] &+ s0 &+ w[i - 7] &+ s1
-            }
-            var a = state[0], b = state[1], c = state[2], d = state[3], e = state[4], f = state[5], g = state[6], h = state[7]
-            Self.k.withUnsafeBufferPointer { k in
-                for i in 0..<64 {
-                    let s1 = e.rotatedRight(6) ^ e.rotatedRight(11) ^ e.rotatedRight(25)
-                    let ch = (e & f) ^ (~e & g)
-                    let t1 = h &+ s1 &+ ch &+ k[i] &+ w[i]
-                    let s0 = a.rotatedRight(2) ^ a.rotatedRight(13) ^ a.rotatedRight(22)
-                    let maj = (a & b) ^ (a & c) ^ (b & c)
-                    let t2 = s0 &+ maj
-                    h = g; g = f; f = e; e = d &+ t1; d = c; c = b; b = a; a = t1 &+ t2
-                }
-            }
-            state[0] &+= a; state[1] &+= b; state[2] &+= c; state[3] &+= d
-            state[4] &+= e; state[5] &+= f; state[6] &+= g; state[7] &+= h
-        }
     }
 
     /// Hex digest of `bytes`.
@@ -87,22 +42,23 @@ public struct SHA256 {
         return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
-    /// Hex digest of a file, read through a memory mapping.
+    /// Hex digest of a file, read sequentially in 8 MiB blocks (cheaper than faulting in a mapping).
     public static func hex(fileAt path: String) throws -> String {
-        let file = try MappedFile(path: path)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
         var hasher = SHA256()
-        let chunk = 64 << 20
-        var offset = 0
-        while offset < file.size {
-            let end = min(file.size, offset + chunk)
-            hasher.update(UnsafeRawBufferPointer(rebasing: file.bytes[offset..<end]))
-            file.release(offset..<end)
-            offset = end
+        var buffer = [UInt8](repeating: 0, count: 8 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
         return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
-}
-
-extension UInt32 {
-    @inline(__always) func rotatedRight(_ n: UInt32) -> UInt32 { (self >> n) | (self << (32 - n)) }
 }

@@ -9,18 +9,23 @@ public final class MappedFile: @unchecked Sendable {
     public let size: Int
     /// Start of the mapping; nil for an empty file.
     public let base: UnsafeRawPointer?
+    /// The open file, kept for in-kernel copies (`copy_file_range`) of byte ranges.
+    public let descriptor: Int32
 
     public init(path: String) throws {
         self.path = path
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
+        descriptor = fd
+        var mapped = false
+        defer { if !mapped { close(fd) } }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
         guard (info.st_mode & S_IFMT) == S_IFREG else { throw SafeTensorsError.cannotOpen(file: path, reason: "not a regular file") }
         size = Int(info.st_size)
         if size == 0 {
             base = nil
+            mapped = true
             return
         }
         let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
@@ -28,10 +33,12 @@ public final class MappedFile: @unchecked Sendable {
             throw SafeTensorsError.cannotOpen(file: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
         }
         base = UnsafeRawPointer(mapping)
+        mapped = true
     }
 
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+        close(descriptor)
     }
 
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: size) }

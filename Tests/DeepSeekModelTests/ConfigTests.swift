@@ -65,6 +65,21 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try DeepSeekV2Config.decode(Data("{not json".utf8), path: "c.json"))
     }
 
+    /// Found by fuzzing: a config asking for 4066 layers of 160 experts made the layout build ~2M tensor names.
+    func testHostileSizesAreRefusedBeforeLayout() throws {
+        let corpus = packageRoot.appendingPathComponent("Tests/Fuzz/corpus/regression-config-4066-layers")
+        let data = try Data(contentsOf: corpus).dropFirst()
+        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data(data), path: "c.json")) {
+            XCTAssertTrue(($0 as? LocalizedError)?.errorDescription?.contains("num_hidden_layers = 4066 is outside 1...1024") == true, "\($0)")
+        }
+        var config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        config.numHiddenLayers = 700
+        XCTAssertThrowsError(try config.validate(path: "c.json"), "700 x 160 experts exceeds 100,000")
+        config.numHiddenLayers = 61
+        config.nRoutedExperts = 256
+        XCTAssertNoThrow(try config.validate(path: "c.json"), "DeepSeek-V3-sized expert counts stay allowed")
+    }
+
     func testCheckerOnEveryFixture() throws {
         for name in ["lite", "v2", "fp8", "trained"] {
             let dir = fixtures.appendingPathComponent(name)
