@@ -43,21 +43,41 @@ public enum FP8Codec {
     /// Encodes 16 values at a time; bit-identical to `encode(_:_:)`.
     @inline(__always)
     public static func encode(_ x: SIMD16<Float>, _ format: FP8Format) -> SIMD16<UInt8> {
-        let bits = unsafeBitCast(x, to: SIMD16<UInt32>.self)
-        let sign = (bits &>> 24) & 0x80
+        var out = SIMD16<UInt8>()
+        switch format {
+        case .e4m3: for i in 0..<16 { out[i] = encodeE4M3(x[i]) }
+        case .e5m2: for i in 0..<16 { out[i] = encodeE5M2(x[i]) }
+        }
+        return out
+    }
+
+    /// E4M3FN without branches (integer selects only), so loops over it vectorize.
+    @inline(__always)
+    public static func encodeE4M3(_ x: Float) -> UInt8 {
+        let bits = x.bitPattern
+        let sign = (bits >> 24) & 0x80
         let magnitude = bits & 0x7FFF_FFFF
-        let isNaN = magnitude .> 0x7F80_0000
-        let isInf = magnitude .== 0x7F80_0000
-        var a = unsafeBitCast(magnitude, to: SIMD16<Float>.self)
-        a.replace(with: format.maxFinite, where: a .> format.maxFinite)
-        let sub = unsafeBitCast(a * format.subnormalScale + 0x1p23, to: SIMD16<UInt32>.self) &- 0x4B00_0000
-        let drop = 23 - format.mantissaBits
-        let n = unsafeBitCast(a, to: SIMD16<UInt32>.self)
-        let normal = ((n &+ ((1 << (drop - 1)) - 1) &+ ((n &>> drop) & 1)) &>> drop) &- format.rebias
-        var code = normal.replacing(with: sub, where: a .< format.minNormal)
-        if format == .e5m2 { code.replace(with: SIMD16<UInt32>(repeating: 0x7C), where: isInf) }
-        code.replace(with: SIMD16<UInt32>(repeating: 0x7F), where: isNaN)
-        return SIMD16<UInt8>(truncatingIfNeeded: code | sign)
+        let clamped = magnitude > 0x43E0_0000 ? 0x43E0_0000 : magnitude          // ±448, also for ±inf
+        let subnormal = (Float(bitPattern: clamped) * 0x1p9 + 0x1p23).bitPattern &- 0x4B00_0000
+        let normal = ((clamped &+ 0x7FFFF &+ ((clamped >> 20) & 1)) >> 20) &- (120 << 3)
+        var code = clamped < 0x3C80_0000 ? subnormal : normal                       // below 2^-6
+        code = magnitude > 0x7F80_0000 ? 0x7F : code                                // NaN
+        return UInt8(truncatingIfNeeded: code | sign)
+    }
+
+    /// E5M2 without branches: finite values saturate at ±57344, ±inf stays inf.
+    @inline(__always)
+    public static func encodeE5M2(_ x: Float) -> UInt8 {
+        let bits = x.bitPattern
+        let sign = (bits >> 24) & 0x80
+        let magnitude = bits & 0x7FFF_FFFF
+        let clamped = magnitude > 0x4760_0000 ? 0x4760_0000 : magnitude          // ±57344
+        let subnormal = (Float(bitPattern: clamped) * 0x1p16 + 0x1p23).bitPattern &- 0x4B00_0000
+        let normal = ((clamped &+ 0xFFFFF &+ ((clamped >> 21) & 1)) >> 21) &- (112 << 2)
+        var code = clamped < 0x3880_0000 ? subnormal : normal                       // below 2^-14
+        code = magnitude == 0x7F80_0000 ? 0x7C : code                               // ±inf
+        code = magnitude > 0x7F80_0000 ? 0x7F : code                                // NaN
+        return UInt8(truncatingIfNeeded: code | sign)
     }
 
     /// The value of every code, for table decoding.

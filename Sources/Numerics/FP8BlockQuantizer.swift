@@ -19,7 +19,8 @@ public struct FP8BlockQuantizer: Sendable {
     /// [ceil(rows/block), ceil(cols/block)]
     public func scaleShape(rows: Int, cols: Int) -> [Int] { [(rows + block - 1) / block, (cols + block - 1) / block] }
 
-    /// Quantizes a row-major matrix; returns the FP8 codes and the row-major scales.
+    /// Quantizes a row-major matrix of finite values (callers check: NaN would poison the block's
+    /// amax); returns the FP8 codes and the row-major scales.
     public func quantize(_ x: UnsafePointer<Float>, rows: Int, cols: Int) -> (codes: [UInt8], scales: [Float]) {
         let shape = scaleShape(rows: rows, cols: cols)
         var codes = [UInt8](repeating: 0, count: rows * cols)
@@ -31,22 +32,20 @@ public struct FP8BlockQuantizer: Sendable {
             Parallel.forEach(shape[0]) { br in
                 for bc in 0..<shape[1] {
                     let r0 = br * block, r1 = min(rows, r0 + block), c0 = bc * block, c1 = min(cols, c0 + block)
-                    var amax: Float = 0
-                    for r in r0..<r1 { for c in c0..<c1 { amax = max(amax, abs(input.pointer[r * cols + c])) } }
+                    // amax as the largest magnitude bit pattern: exact for finite inputs, and it vectorizes.
+                    var largest: UInt32 = 0
+                    for r in r0..<r1 {
+                        let row = UnsafeRawPointer(input.pointer + r * cols).assumingMemoryBound(to: UInt32.self)
+                        for c in c0..<c1 { largest = max(largest, row[c] & 0x7FFF_FFFF) }
+                    }
+                    let amax = Float(bitPattern: largest)
                     let scale = amax == 0 ? 1 : amax / format.maxFinite
                     sc.pointer[br * shape[1] + bc] = scale
-                    let splat = SIMD16<Float>(repeating: scale)
                     for r in r0..<r1 {
-                        var c = c0
-                        let row = input.pointer + r * cols
-                        while c + 16 <= c1 {
-                            let v = UnsafeRawPointer(row + c).loadUnaligned(as: SIMD16<Float>.self)
-                            UnsafeMutableRawPointer(out.pointer + r * cols + c).storeBytes(of: FP8Codec.encode(v / splat, format), as: SIMD16<UInt8>.self)
-                            c += 16
-                        }
-                        while c < c1 {
-                            out.pointer[r * cols + c] = FP8Codec.encode(row[c] / scale, format)
-                            c += 1
+                        let row = input.pointer + r * cols, dst = out.pointer + r * cols
+                        switch format {
+                        case .e4m3: for c in c0..<c1 { dst[c] = FP8Codec.encodeE4M3(row[c] / scale) }
+                        case .e5m2: for c in c0..<c1 { dst[c] = FP8Codec.encodeE5M2(row[c] / scale) }
                         }
                     }
                 }
