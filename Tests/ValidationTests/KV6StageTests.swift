@@ -92,6 +92,26 @@ final class KV6StageTests: XCTestCase {
         XCTAssertLessThan(fp8.logits.klMean, plain.logits.klMean)
     }
 
+    /// The cache codecs run in the absorbed (latent-attention) forms too: absorbed f32 checkpoints through
+    /// each cache against the original. The absorbed cache holds the gain-free latent, so its quantization
+    /// differs from the original form's; measured KL is printed and bounded like the original form's pins.
+    func testCacheFormatsInAbsorbedForms() throws {
+        let heldout = try TokenFile.load(trained.appendingPathComponent("heldout.json"))
+        let reference = try ModelLoader.open(trained)
+        for form in [AttentionForm.split, .fold] {
+            let out = dir.appendingPathComponent("absorbed-\(form.rawValue)")
+            _ = try AbsorbStage.run(input: trained, output: out, options: AbsorbOptions(form: form), dtype: .f32, force: false)
+            for (format, bound) in [(KVCacheCodec.Format.bf16, 4.3e-4), (.fp8DSMLA, 2.8e-3), (.mlaKV6, 7.3e-3)] {
+                var candidate = try ModelLoader.open(out)
+                candidate.kvCache = format
+                let r = try compare(reference, candidate, tokens: heldout)
+                print(String(format: "absorbed %@ kv-cache %@: KL mean %.3e top-1 %.4f", form.rawValue, format.rawValue, r.logits.klMean, r.logits.top1Agreement))
+                XCTAssertLessThanOrEqual(r.logits.klMean, bound, "\(form) \(format)")
+                XCTAssertGreaterThan(r.logits.klMean, 0, "the cache really ran")
+            }
+        }
+    }
+
     func testCombinedWithFP8InOnePass() throws {
         let out = try kv6(trained, calibrated: true, fp8: true, name: "fp8-kv6")
         let config = try DeepSeekV2Config.load(directory: out)
