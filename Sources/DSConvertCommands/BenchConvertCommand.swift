@@ -78,6 +78,8 @@ public enum ConvertBenchCommand: Command {
         let peer = arguments.value("peer") ?? "Tests/bench/torch_fp8_peer.py"
         var jobs: [(String, String, [String])] = [
             ("cp -r (I/O bound)", "/bin/cp", ["-r", input.path, out]),
+            // dsconvert fsyncs every shard (atomic outputs): the durable copy is the like-for-like bound.
+            ("cp -r && sync", "/bin/sh", ["-c", "cp -r \"$0\" \"$1\" && sync", input.path, out]),
             ("quantize --fp8", binary, ["quantize", "--fp8", "--input", input.path, "--output", out]),
             ("absorb (split)", binary, ["absorb", "--input", input.path, "--output", out]),
             ("shard --devices 8", binary, ["shard", "--devices", "8", "--input", input.path, "--output", out]),
