@@ -40,15 +40,21 @@ public final class ConversionOutput {
     /// Copies the input's side files (tokenizer, generation config, …) unchanged; `config.json` is
     /// copied too unless the stage writes its own afterwards.
     public func copySideFiles() throws {
+        try Self.copySideFiles(from: input, to: directory.temporaryURL)
+    }
+
+    /// Copies the top-level files of `input` that no stage rewrites (and none of `excluded`) into
+    /// `directory`, replacing any copy an interrupted run left there.
+    static func copySideFiles(from input: URL, to directory: URL, excluding excluded: Set<String> = []) throws {
         let fm = FileManager.default
         let names = (try? fm.contentsOfDirectory(atPath: input.path)) ?? []
-        for name in names.sorted() where !Self.isRewritten(name) {
+        for name in names.sorted() where !isRewritten(name) && !excluded.contains(name) {
             let source = input.appendingPathComponent(name)
             var isDirectory: ObjCBool = false
             guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
-            try? fm.removeItem(at: directory.temporaryURL.appendingPathComponent(name))  // left by an interrupted run
+            try? fm.removeItem(at: directory.appendingPathComponent(name))
             do {
-                try fm.copyItem(at: source, to: directory.temporaryURL.appendingPathComponent(name))
+                try fm.copyItem(at: source, to: directory.appendingPathComponent(name))
             } catch {
                 throw ConversionError.cannotCopy(file: source.path, reason: (error as NSError).localizedDescription)
             }

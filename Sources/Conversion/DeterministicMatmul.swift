@@ -12,8 +12,8 @@ public enum DeterministicMatmul {
             let chunk = 16
             let chunks = (m + chunk - 1) / chunk
             // Each task writes its own rows only, so sharing the pointers is race-free.
-            let cBase = UnsafeShared(cp.baseAddress!), aBase = UnsafeShared(UnsafeMutablePointer(mutating: ap.baseAddress!))
-            let bBase = UnsafeShared(UnsafeMutablePointer(mutating: bp.baseAddress!))
+            let cBase = SharedPointer(cp.baseAddress!), aBase = SharedPointer(UnsafeMutablePointer(mutating: ap.baseAddress!))
+            let bBase = SharedPointer(UnsafeMutablePointer(mutating: bp.baseAddress!))
             Parallel.forEach(chunks) { part in
                 for i in (part * chunk)..<min(m, (part + 1) * chunk) {
                     let row = cBase.pointer + i * n
@@ -28,10 +28,4 @@ public enum DeterministicMatmul {
         } } }
         return c
     }
-}
-
-/// A pointer handed to concurrent tasks that touch disjoint parts of its memory.
-struct UnsafeShared<T>: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<T>
-    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
 }

@@ -141,7 +141,7 @@ public enum ShardStage {
         for d in 0..<devices {
             try writers[d].finish()
             let directory = writers[d].directory
-            try copySideFiles(from: input, to: directory, replace: root.resumed)
+            try ConversionOutput.copySideFiles(from: input, to: directory, excluding: ["config.json", PlacementManifest.fileName])
             let deviceConfig = try ConfigEditor.setting(rawConfig, key: PlacementRecord.configKey, to: records[d])
             try AtomicFile.write(ConfigEditor.data(deviceConfig), to: directory.appendingPathComponent("config.json"))
             var deviceFiles: [ConversionManifest.FileRecord] = []
@@ -167,19 +167,5 @@ public enum ShardStage {
                              to: root.temporaryURL.appendingPathComponent(ConversionManifest.fileName))
         try root.commit()
         return manifest
-    }
-
-    private static func copySideFiles(from input: URL, to directory: URL, replace: Bool) throws {
-        let fm = FileManager.default
-        for name in ((try? fm.contentsOfDirectory(atPath: input.path)) ?? []).sorted()
-        where !ConversionOutput.isRewritten(name) && name != "config.json" && name != PlacementManifest.fileName {
-            var isDirectory: ObjCBool = false
-            let source = input.appendingPathComponent(name)
-            guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
-            if replace { try? fm.removeItem(at: directory.appendingPathComponent(name)) }
-            do { try fm.copyItem(at: source, to: directory.appendingPathComponent(name)) } catch {
-                throw ConversionError.cannotCopy(file: source.path, reason: (error as NSError).localizedDescription)
-            }
-        }
     }
 }

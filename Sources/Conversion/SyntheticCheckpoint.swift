@@ -41,7 +41,7 @@ public enum SyntheticCheckpoint {
             let isNorm = tensor.shape.count == 1
             let scale = isNorm ? 0 : 1 / Float(tensor.shape[1]).squareRoot()
             values.withUnsafeMutableBufferPointer { buffer in
-                let out = SharedBuffer(buffer.baseAddress!)
+                let out = SharedPointer(buffer.baseAddress!)
                 let chunk = 1 << 16
                 Parallel.forEach((count + chunk - 1) / chunk) { c in
                     var state = seed &+ UInt64(c) &* 0x9E37_79B9_7F4A_7C15
@@ -61,9 +61,4 @@ public enum SyntheticCheckpoint {
         try directory.commit()
         return written
     }
-}
-
-struct SharedBuffer<T>: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<T>
-    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
 }

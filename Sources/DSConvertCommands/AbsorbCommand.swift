@@ -2,6 +2,7 @@ import CLI
 import Conversion
 import DeepSeekModel
 import Foundation
+import SafeTensors
 
 /// `dsconvert absorb` / `dsconvert-absorb`: fold MLA's absorbable projections.
 public enum AbsorbCommand: Command {
@@ -48,7 +49,7 @@ public enum AbsorbCommand: Command {
 /// `--max-shard-size` shared by the stages.
 enum ConversionOutputSize {
     static func parse(_ text: String?) throws -> Int {
-        guard let text else { return 5_000_000_000 }
+        guard let text else { return CheckpointLayout.defaultMaxShardSize }
         return try ConversionOutput.parseSize(text)
     }
 }

@@ -20,7 +20,7 @@ public enum ReshardCommand: Command {
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let maxShardSize = try ConversionOutput.parseSize(arguments.value("max-shard-size") ?? "5GB")
+        let maxShardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
         let checkpoint = try Checkpoint(directory: input)
         let layout = CheckpointLayout(
             tensors: checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) },

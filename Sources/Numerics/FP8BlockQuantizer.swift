@@ -65,8 +65,3 @@ public struct FP8BlockQuantizer: Sendable {
     }
 }
 
-/// A pointer shared by concurrent tasks that touch disjoint memory.
-struct SharedPointer<T>: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<T>
-    init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
-}

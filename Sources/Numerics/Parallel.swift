@@ -34,6 +34,12 @@ public enum Parallel {
     }
 }
 
+/// A pointer handed to concurrent tasks that each touch their own part of its memory.
+public struct SharedPointer<T>: @unchecked Sendable {
+    public let pointer: UnsafeMutablePointer<T>
+    public init(_ pointer: UnsafeMutablePointer<T>) { self.pointer = pointer }
+}
+
 private struct UnsafeSendableClosure: @unchecked Sendable {
     let body: (Int) -> Void
     init(_ body: @escaping (Int) -> Void) { self.body = body }

@@ -121,8 +121,6 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
     private let finisher = DispatchQueue(label: "dsconvert.checkpoint-writer.finisher")
     private var finisherError: Error?
-    /// Called once per finished shard with its file name (for manifests and progress).
-    public var onShardComplete: (@Sendable (String) -> Void)?
 
     /// The journal of finished shards in the work directory (removed before the output is committed).
     public static let journalName = ".dsconvert-journal.jsonl"
@@ -184,7 +182,6 @@ public final class CheckpointWriter: @unchecked Sendable {
                   (attributes[.size] as? Int) == layout.shards[i].fileSize,
                   (try? SHA256.hex(fileAt: path)) == sha else { continue }
             hashes[file] = sha
-            resumedShards += 1
             remaining[i] = 0
             for info in layout.shards[i].tensors { written.insert(info.name) }
         }
@@ -195,9 +192,6 @@ public final class CheckpointWriter: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         return written.contains(name)
     }
-
-    /// Shards kept from an interrupted run.
-    public private(set) var resumedShards = 0
 
     /// SHA-256 of a finished shard.
     public func sha256(of file: String) -> String? {
@@ -328,7 +322,6 @@ public final class CheckpointWriter: @unchecked Sendable {
             close(fd)
         }
         lock.unlock()
-        onShardComplete?(plan.fileName)
     }
 
     public func write(_ name: String, bytes: [UInt8]) throws {

@@ -112,15 +112,3 @@ public enum ForwardBenchmark {
                       sgemmGFLOPS: 2 * Double(m * n * k) / sgemmBest / 1e9, threads: Int(openblas_get_num_threads()))
     }
 }
-
-/// OpenBLAS's thread count, for code whose results are written (calibration statistics): a
-/// single-threaded sgemm reduces in a fixed order, so its output does not depend on the machine's
-/// core count (DESIGN §9).
-public enum BLASThreads {
-    public static func withSingleThread<T>(_ body: () throws -> T) rethrows -> T {
-        let previous = openblas_get_num_threads()
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(previous) }
-        return try body()
-    }
-}

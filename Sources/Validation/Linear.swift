@@ -34,6 +34,18 @@ enum Linear {
     }
 }
 
+/// OpenBLAS's thread count, for code whose results are written (calibration statistics): a
+/// single-threaded sgemm reduces in a fixed order, so its output does not depend on the machine's
+/// core count (DESIGN §9).
+public enum BLASThreads {
+    public static func withSingleThread<T>(_ body: () throws -> T) rethrows -> T {
+        let previous = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(previous) }
+        return try body()
+    }
+}
+
 /// Element-wise pieces of the forward pass.
 enum Elementwise {
     /// RMSNorm over rows of width `width`: x / sqrt(mean(x²) + eps) · γ (fp32, sum of squares in f64).
