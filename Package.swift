@@ -23,7 +23,7 @@ let package = Package(
         // Element codecs and kernels (bf16/f16/f32), no I/O.
         .target(name: "Numerics"),
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
-        .target(name: "DeepSeekModel", dependencies: ["SafeTensors"]),
+        .target(name: "DeepSeekModel", dependencies: ["SafeTensors", "Numerics"]),
         // The conversion stages and what they share: output directories, manifests.
         .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "Validation"]),
         // OpenBLAS, the reference backend of the validation forward pass.

@@ -14,8 +14,12 @@
 ///   and zero codes.
 public enum KVCacheCodec {
     public enum Format: String, CaseIterable, Sendable {
+        /// Latent and rotary key in bf16.
         case bf16
+        /// FlashMLA's layout: E4M3 latent, one fp32 scale per 128 channels, bf16 rotary key.
         case fp8DSMLA = "fp8_ds_mla"
+        /// Ours: int5 latent with an fp16 scale per 32 channels, int8 rotary key with one fp16 scale,
+        /// padded to a 16-byte multiple (432 bytes = 6.000 bits/element for V2's 512 + 64).
         case mlaKV6 = "mla-kv6"
     }
 
