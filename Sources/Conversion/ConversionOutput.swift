@@ -7,7 +7,8 @@ public final class ConversionOutput {
     public let input: URL
     public let directory: AtomicOutputDirectory
     public let writer: CheckpointWriter
-    public let stage: ConversionManifest.Stage
+    /// Every stage the manifest records: the input's, then this run's.
+    public let stages: [ConversionManifest.Stage]
 
     /// Files never copied through: the weights and index (rewritten) and the manifest (appended).
     static func isRewritten(_ name: String) -> Bool {
@@ -17,18 +18,29 @@ public final class ConversionOutput {
 
     /// - Parameter resume: adopt the work directory of an interrupted run of the same conversion
     ///   and keep its finished shards (verified by SHA-256).
-    public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stage: ConversionManifest.Stage, resume: Bool = false) throws {
-        try checkOutputOutsideInput(input: input, output: output)
-        self.input = input
-        self.stage = stage
-        directory = try AtomicOutputDirectory(final: output, force: force, resume: resume)
-        writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL,
-                                  fingerprint: Self.fingerprint(stage: stage, input: input), resume: directory.resumed)
+    public convenience init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stage: ConversionManifest.Stage, resume: Bool = false) throws {
+        let stages = (try ConversionManifest.load(directory: input)?.stages ?? []) + [stage]
+        try self.init(input: input, output: output, force: force, layout: layout, stages: stages, newStages: [stage], resume: resume)
     }
 
-    /// Identifies a conversion for `--resume`: the stage, its options, and the input's files and sizes.
-    public static func fingerprint(stage: ConversionManifest.Stage, input: URL) -> String {
-        var text = stage.stage + "|" + stage.toolVersion + "|" + stage.options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+    /// - Parameters:
+    ///   - stages: what the manifest records (the input's stages and this run's).
+    ///   - newStages: this run's stages, which identify it for `--resume`.
+    public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stages: [ConversionManifest.Stage],
+                newStages: [ConversionManifest.Stage], resume: Bool = false) throws {
+        try checkOutputOutsideInput(input: input, output: output)
+        self.input = input
+        self.stages = stages
+        directory = try AtomicOutputDirectory(final: output, force: force, resume: resume)
+        writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL,
+                                  fingerprint: Self.fingerprint(stages: newStages, input: input), resume: directory.resumed)
+    }
+
+    /// Identifies a conversion for `--resume`: its stages, their options, and the input's files and sizes.
+    public static func fingerprint(stages: [ConversionManifest.Stage], input: URL) -> String {
+        var text = stages.map { stage in
+            stage.stage + "|" + stage.toolVersion + "|" + stage.options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        }.joined(separator: ";")
         let fm = FileManager.default
         for name in ((try? fm.contentsOfDirectory(atPath: input.path)) ?? []).sorted() {
             let size = (try? fm.attributesOfItem(atPath: input.appendingPathComponent(name).path))?[.size] as? Int ?? -1
@@ -71,8 +83,6 @@ public final class ConversionOutput {
     /// Finishes the weights, writes the manifest with this stage appended, and moves the output into place.
     public func commit() throws {
         try writer.finish()
-        var stages = try ConversionManifest.load(directory: input)?.stages ?? []
-        stages.append(stage)
         var files: [ConversionManifest.FileRecord] = []
         for shard in writer.layout.shards {
             let path = directory.temporaryURL.appendingPathComponent(shard.fileName).path

@@ -48,121 +48,12 @@ public enum QuantizeStage {
     public static func run(input: URL, output: URL, fp8: FP8Options?, kv6: KV6Options?, force: Bool,
                            maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> Summary {
-        let config = try DeepSeekV2Config.load(directory: input)
-        guard config.quantization == nil else {
-            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already FP8 (quantization_config present); --dequantize first, or run --kv6 together with --fp8")
-        }
-        if kv6 != nil, config.kvCache != nil {
-            throw ConversionError.unsupportedInput(path: input.path, reason: "the KV-cache format is already declared (\(config.kvCache!.format))")
-        }
-        guard config.placement == nil else {
-            throw ConversionError.unsupportedInput(path: input.path, reason: "quantize a checkpoint before sharding it")
-        }
-        let checkpoint = try Checkpoint(directory: input)
-        if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
-        let options = fp8 ?? FP8Options()
-        let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])
-        let quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
-        let fp8DType: DType = options.format == .e4m3 ? .f8E4M3 : .f8E5M2
-
-        // The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
-        var outConfig = config
-        var equalization: [Int: [Float]] = [:]
-        if let kv6 {
-            let format = KVCacheFormat.mlaKV6
-            var calibration: KVCacheRecord.Calibration?
-            if let tokens = kv6.calibration {
-                let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: nil)
-                let absmax = try KVEqualization.calibrate(config: config, weights: weights, tokens: tokens, progress: progress)
-                equalization = absmax.mapValues(KVEqualization.scales)
-                calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
-            }
-            outConfig.kvCache = KVCacheRecord(format: format.rawValue,
-                                              bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim),
-                                              bitsPerElement: format.bitsPerElement(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim),
-                                              equalized: calibration != nil, calibration: calibration,
-                                              layout: KVCacheRecord.layout(format, latent: config.kvLoraRank, rope: config.qkRopeHeadDim))
-        }
-        /// fp32 values of a tensor of the output, with the equalization applied; a latent gain the
-        /// absorbed input folded away comes back as 1 / s_c.
-        func values(_ name: String, shape: [Int]) throws -> [Float] {
-            let layer = TensorNames.layerIndex(of: name)
-            var v = checkpoint.contains(name) ? try checkpoint.view(name).floats() : [Float](repeating: 1, count: shape.reduce(1, *))
-            if let layer, let s = equalization[layer], let apply = KVEqualization.transform(config: config, name: name, shape: shape, scales: s) { apply(&v) }
-            return v
-        }
-
-        var planned: [PlannedTensor] = []
-        var quantized = Set<String>(), modified = Set<String>()
-        for t in outConfig.expectedTensors() {
-            let inputDType = checkpoint.info(t.name)?.dtype ?? .bf16
-            if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: config, name: t.name, shape: t.shape, scales: s) != nil {
-                modified.insert(t.name)
-            }
-            if !checkpoint.contains(t.name) { modified.insert(t.name) }
-            if policy.shouldQuantize(name: t.name, shape: t.shape) {
-                quantized.insert(t.name)
-                planned.append(PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape))
-                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32,
-                                             shape: QuantizationConfig.scaleShape(of: t.shape, block: options.block)))
-            } else {
-                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
-            }
-        }
-        let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
-        var stageOptions: [String: String] = [:]
-        if fp8 != nil {
-            stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
-            if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
-        }
-        if let kv6 {
-            stageOptions["kv6"] = "mla-kv6"
-            stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
-        }
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
-                                       stage: .init(stage: "quantize", options: stageOptions, input: input.path), resume: resume)
-        let expected = outConfig.expectedTensors()
-        let dtypes = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0.dtype) })
-        for (i, tensor) in expected.enumerated() {
-            let name = tensor.name
-            if out.writer.isWritten(name) { continue }
-            if quantized.contains(name) {
-                let values = try values(name, shape: tensor.shape)
-                guard values.allSatisfy(\.isFinite) else {
-                    throw ConversionError.unsupportedInput(path: checkpoint.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to quantize it")
-                }
-                let shape = tensor.shape
-                let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
-                var codes: [UInt8] = [], scales: [Float] = []
-                values.withUnsafeBufferPointer { vp in
-                    for m in 0..<shape.dropLast(2).reduce(1, *) {
-                        let (c, s) = quantizer.quantize(vp.baseAddress! + m * rows * cols, rows: rows, cols: cols)
-                        codes += c
-                        scales += s
-                    }
-                }
-                try out.writer.write(name, bytes: codes)
-                try out.writer.write(name + QuantizationConfig.scaleSuffix, bytes: scales.withUnsafeBytes { Array($0) })
-            } else if modified.contains(name) {
-                // Power-of-two equalization: exact in the tensor's own dtype.
-                try out.writer.write(name, bytes: encode(try values(name, shape: tensor.shape), as: dtypes[name]!))
-            } else {
-                try out.writer.write(name, view: try checkpoint.view(name))
-            }
-            checkpoint.release(name)
-            if i % 32 == 0 || i == expected.count - 1 { progress?("quantize: \(i + 1)/\(expected.count) tensors") }
-        }
-        try out.copySideFiles()
-        var raw = try ConfigEditor.load(input)
-        if fp8 != nil {
-            raw = try ConfigEditor.setting(raw, key: "quantization_config", to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
-        }
-        if let record = outConfig.kvCache { raw = try ConfigEditor.setting(raw, key: KVCacheRecord.configKey, to: record) }
-        try out.writeFile("config.json", data: ConfigEditor.data(raw))
-
-        try out.commit()
-        return Summary(tensors: planned.count, quantized: quantized.count, files: layout.shards.count,
-                       bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
+        let source = try CheckpointSource(directory: input)
+        let step = try QuantizeStep(source: source, fp8: fp8, kv6: kv6, progress: progress)
+        let layout = try ConversionOutput.write(step, to: output, inputStages: source.stages, force: force, maxShardSize: maxShardSize,
+                                                resume: resume, label: "quantize", progress: progress)
+        return Summary(tensors: step.planned.count, quantized: step.quantizedCount, files: layout.shards.count,
+                       bytesIn: source.checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
     }
 
     static func encode(_ values: [Float], as dtype: DType) -> [UInt8] {
@@ -229,5 +120,157 @@ public enum QuantizeStage {
         try out.commit()
         return Summary(tensors: planned.count, quantized: fp8.count, files: layout.shards.count,
                        bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
+    }
+}
+
+/// The quantize step: FP8 block weights with their `_scale_inv` companions and/or the mla-kv6 cache
+/// declaration with its equalization folded in; tensors it leaves alone pass through unchanged.
+public final class QuantizeStep: TensorSource {
+    public let source: TensorSource
+    public let config: DeepSeekV2Config
+    public let rawConfig: JSONValue
+    public let stages: [ConversionManifest.Stage]
+    public let planned: [PlannedTensor]
+    public var directory: URL { source.directory }
+    public var quantizedCount: Int { quantized.count }
+    private let byName: [String: PlannedTensor]
+    private let quantized: Set<String>
+    private let modified: Set<String>
+    private let equalization: [Int: [Float]]
+    private let quantizer: FP8BlockQuantizer
+    /// Scales of the tensor quantized last, until written.
+    private var pendingScales: [String: [UInt8]] = [:]
+
+    /// - Parameter progress: reports the calibration forward pass (with `kv6.calibration`).
+    public init(source: TensorSource, fp8: QuantizeStage.FP8Options?, kv6: QuantizeStage.KV6Options?,
+                progress: ((String) -> Void)? = nil) throws {
+        let input = source.config
+        let path = source.directory.path
+        guard input.quantization == nil else {
+            throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (quantization_config present); --dequantize first, or run --kv6 together with --fp8")
+        }
+        if kv6 != nil, input.kvCache != nil {
+            throw ConversionError.unsupportedInput(path: path, reason: "the KV-cache format is already declared (\(input.kvCache!.format))")
+        }
+        guard input.placement == nil else {
+            throw ConversionError.unsupportedInput(path: path, reason: "quantize a checkpoint before sharding it")
+        }
+        self.source = source
+        let options = fp8 ?? QuantizeStage.FP8Options()
+        let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])
+        quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
+        let fp8DType: DType = options.format == .e4m3 ? .f8E4M3 : .f8E5M2
+
+        // The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
+        var outConfig = input
+        var equalization: [Int: [Float]] = [:]
+        if let kv6 {
+            let format = KVCacheFormat.mlaKV6
+            var calibration: KVCacheRecord.Calibration?
+            if let tokens = kv6.calibration {
+                let absmax = try KVEqualization.calibrate(config: input, weights: SourceWeights(source), tokens: tokens, progress: progress)
+                equalization = absmax.mapValues(KVEqualization.scales)
+                calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
+            }
+            outConfig.kvCache = KVCacheRecord(format: format.rawValue,
+                                              bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
+                                              bitsPerElement: format.bitsPerElement(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
+                                              equalized: calibration != nil, calibration: calibration,
+                                              layout: KVCacheRecord.layout(format, latent: input.kvLoraRank, rope: input.qkRopeHeadDim))
+        }
+        self.equalization = equalization
+        config = outConfig
+
+        var planned: [PlannedTensor] = []
+        var quantized = Set<String>(), modified = Set<String>()
+        for t in outConfig.expectedTensors() {
+            let inputDType = source.info(t.name)?.dtype ?? .bf16
+            if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: input, name: t.name, shape: t.shape, scales: s) != nil {
+                modified.insert(t.name)
+            }
+            if source.info(t.name) == nil { modified.insert(t.name) }
+            if policy.shouldQuantize(name: t.name, shape: t.shape) {
+                quantized.insert(t.name)
+                planned.append(PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape))
+                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32,
+                                             shape: QuantizationConfig.scaleShape(of: t.shape, block: options.block)))
+            } else {
+                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
+            }
+        }
+        self.planned = planned
+        self.quantized = quantized
+        self.modified = modified
+        byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
+
+        var stageOptions: [String: String] = [:]
+        if fp8 != nil {
+            stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
+            if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
+        }
+        if let kv6 {
+            stageOptions["kv6"] = "mla-kv6"
+            stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
+        }
+        stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
+        var raw = source.rawConfig
+        if fp8 != nil {
+            raw = try ConfigEditor.setting(raw, key: "quantization_config", to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
+        }
+        if let record = outConfig.kvCache { raw = try ConfigEditor.setting(raw, key: KVCacheRecord.configKey, to: record) }
+        rawConfig = raw
+    }
+
+    public func info(_ name: String) -> PlannedTensor? { byName[name] }
+    public func path(of name: String) -> String { source.path(of: name) }
+
+    /// fp32 values of a tensor of the output, with the equalization applied; a latent gain the
+    /// absorbed input folded away comes back as 1 / s_c.
+    private func values(_ name: String, shape: [Int]) throws -> [Float] {
+        var v = source.info(name) != nil ? try source.floats(name) : [Float](repeating: 1, count: shape.reduce(1, *))
+        if let layer = TensorNames.layerIndex(of: name), let s = equalization[layer],
+           let apply = KVEqualization.transform(config: source.config, name: name, shape: shape, scales: s) { apply(&v) }
+        return v
+    }
+
+    public func payload(_ name: String) throws -> TensorPayload {
+        if let scales = pendingScales[name] { return .bytes(scales) }
+        if name.hasSuffix(QuantizationConfig.scaleSuffix), case let weight = String(name.dropLast(QuantizationConfig.scaleSuffix.count)), quantized.contains(weight) {
+            // Asked before (or without) its weight, as when resuming after the weight's shard was kept.
+            _ = try quantize(weight)
+            return .bytes(pendingScales.removeValue(forKey: name)!)
+        }
+        guard let plan = byName[name] else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: []) }
+        if quantized.contains(name) { return .bytes(try quantize(name)) }
+        if modified.contains(name) {
+            // Power-of-two equalization: exact in the tensor's own dtype.
+            return .bytes(QuantizeStage.encode(try values(name, shape: plan.shape), as: plan.dtype))
+        }
+        return try source.payload(name)
+    }
+
+    /// Codes of weight `name`; its scales wait in `pendingScales`.
+    private func quantize(_ name: String) throws -> [UInt8] {
+        let shape = byName[name]!.shape
+        let values = try values(name, shape: shape)
+        source.release(name)
+        guard values.allSatisfy(\.isFinite) else {
+            throw ConversionError.unsupportedInput(path: source.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to quantize it")
+        }
+        let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
+        var codes: [UInt8] = [], scales: [Float] = []
+        values.withUnsafeBufferPointer { vp in
+            for m in 0..<shape.dropLast(2).reduce(1, *) {
+                let (c, s) = quantizer.quantize(vp.baseAddress! + m * rows * cols, rows: rows, cols: cols)
+                codes += c
+                scales += s
+            }
+        }
+        pendingScales = [name + QuantizationConfig.scaleSuffix: scales.withUnsafeBytes { Array($0) }]
+        return codes
+    }
+
+    public func release(_ name: String) {
+        if pendingScales.removeValue(forKey: name) == nil { source.release(name) }
     }
 }

@@ -73,14 +73,26 @@ public enum ShardStage {
     public static func run(input: URL, output: URL, devices: Int, denseOnce: Bool, force: Bool,
                            maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> PlacementManifest {
-        let config = try DeepSeekV2Config.load(directory: input)
-        guard config.placement == nil, try PlacementManifest.load(input) == nil else {
+        guard try PlacementManifest.load(input) == nil else {
             throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
         }
-        let checkpoint = try Checkpoint(directory: input)
-        if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
+        let source = try CheckpointSource(directory: input)
+        return try write(source, to: output, inputStages: source.stages, devices: devices, denseOnce: denseOnce, force: force,
+                         maxShardSize: maxShardSize, resume: resume, progress: progress)
+    }
+
+    /// Writes `source` as one checkpoint per device; the manifest records the source's stages and this one.
+    public static func write(_ source: TensorSource, to output: URL, inputStages: [ConversionManifest.Stage], devices: Int, denseOnce: Bool,
+                             force: Bool, maxShardSize: Int, resume: Bool, progress: ((String) -> Void)?) throws -> PlacementManifest {
+        let input = source.directory
+        let config = source.config
+        guard config.placement == nil else {
+            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
+        }
         let placement = try ExpertPlacement.plan(config: config, devices: devices)
         try checkOutputOutsideInput(input: input, output: output)
+        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
+        let fingerprint = ConversionOutput.fingerprint(stages: source.newStages(after: inputStages) + [stage], input: input)
         let root = try AtomicOutputDirectory(final: output, force: force, resume: resume)
         if root.resumed {
             // Root-level files of the interrupted run (placement.json, a killed write's temp file) are rewritten.
@@ -89,14 +101,12 @@ public enum ShardStage {
                 try? fm.removeItem(at: root.temporaryURL.appendingPathComponent(name))
             }
         }
-        let rawConfig = try ConfigEditor.load(input)
-        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
-        let fingerprint = ConversionOutput.fingerprint(stage: stage, input: input)
+        let rawConfig = source.rawConfig
 
         // Every tensor with its FP8 scale companion, routed to the device(s) that hold it.
         func withScale(_ name: String) -> [String] {
             let scale = name + QuantizationConfig.scaleSuffix
-            return checkpoint.contains(scale) ? [name, scale] : [name]
+            return source.info(scale) != nil ? [name, scale] : [name]
         }
         var writers: [CheckpointWriter] = []
         var records: [PlacementRecord] = []
@@ -109,7 +119,7 @@ public enum ShardStage {
             deviceConfig.placement = record
             let names = deviceConfig.expectedTensors().flatMap { withScale($0.name) }
             let layout = CheckpointLayout(tensors: names.map { n in
-                let info = checkpoint.info(n)!
+                let info = source.info(n)!
                 return PlannedTensor(name: n, dtype: info.dtype, shape: info.shape)
             }, maxShardSize: maxShardSize)
             let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
@@ -123,21 +133,26 @@ public enum ShardStage {
         for (i, tensor) in ordered.enumerated() {
             let targets: [Int] = tensor.expert.map { [placement.device(ofExpert: $0)] } ?? (denseOnce ? [0] : Array(0..<devices))
             for name in withScale(tensor.name) {
-                let size = checkpoint.info(name)!.byteCount
+                let size = source.info(name)!.byteCount
                 for d in targets {
                     if tensor.expert != nil { expertBytes[d] += size } else { denseBytes[d] += size }
                 }
                 let pending = targets.filter { !writers[$0].isWritten(name) }
                 guard !pending.isEmpty else { continue }
-                let view = try checkpoint.view(name)
-                for d in pending { try writers[d].write(name, view: view) }
-                checkpoint.release(name)
+                let payload = try source.payload(name)
+                for d in pending {
+                    switch payload {
+                    case let .view(view): try writers[d].write(name, view: view)
+                    case let .bytes(bytes): try writers[d].write(name, bytes: bytes)
+                    }
+                }
+                source.release(name)
             }
             if i % 64 == 0 || i == ordered.count - 1 { progress?("shard: \(i + 1)/\(ordered.count) tensors") }
         }
 
         var files: [ConversionManifest.FileRecord] = []
-        let inputStages = try ConversionManifest.load(directory: input)?.stages ?? []
+        let stages = source.stages + [stage]
         for d in 0..<devices {
             try writers[d].finish()
             let directory = writers[d].directory
@@ -150,7 +165,7 @@ public enum ShardStage {
                 deviceFiles.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: sha))
                 files.append(.init(name: "\(directoryName(device: d))/\(shard.fileName)", bytes: shard.fileSize, sha256: sha))
             }
-            try AtomicFile.write(try ConversionManifest(stages: inputStages + [stage], files: deviceFiles).encoded(),
+            try AtomicFile.write(try ConversionManifest(stages: stages, files: deviceFiles).encoded(),
                                  to: directory.appendingPathComponent(ConversionManifest.fileName))
         }
         let mean = Double(expertBytes.reduce(0, +)) / Double(devices)
@@ -163,7 +178,7 @@ public enum ShardStage {
                                                expertBytes: expertBytes[$0], denseBytes: denseBytes[$0]) },
             expertBytesSpread: spread, files: files)
         try AtomicFile.write(try manifest.encoded(), to: root.temporaryURL.appendingPathComponent(PlacementManifest.fileName))
-        try AtomicFile.write(try ConversionManifest(stages: inputStages + [stage], files: files).encoded(),
+        try AtomicFile.write(try ConversionManifest(stages: stages, files: files).encoded(),
                              to: root.temporaryURL.appendingPathComponent(ConversionManifest.fileName))
         try root.commit()
         return manifest

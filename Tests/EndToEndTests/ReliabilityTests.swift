@@ -178,6 +178,11 @@ final class BadInputCatalogTests: XCTestCase {
                 try self.poison(ckpt, "model.layers.0.self_attn.q_proj.weight", 0xFF80)
                 return ["absorb", "--input", ckpt.path, "--output", work.appendingPathComponent("out").path]
             }, status: 1, fragment: "tensor 'model.layers.0.self_attn.q_proj.weight' holds NaN or Inf"),
+            Case(name: "NaN weight through the one-pass pipeline", prepare: { work in
+                let ckpt = try self.lite(work)
+                try self.poison(ckpt, "model.layers.1.self_attn.kv_b_proj.weight", 0x7FC0)
+                return ["convert", "--absorb", "--fp8", "--kv6", "--input", ckpt.path, "--output", work.appendingPathComponent("out").path]
+            }, status: 1, fragment: "tensor 'model.layers.1.self_attn.kv_b_proj.weight' holds NaN or Inf"),
             Case(name: "FP8 weight without its scale", prepare: { work in
                 let ckpt = work.appendingPathComponent("in")
                 try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
@@ -318,7 +323,7 @@ final class InterruptionTests: XCTestCase {
         // The journal is gone once a run commits; rebuild it as a killed run leaves it, then damage one shard.
         try FileManager.default.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
         let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
-        var journal = "{\"fingerprint\":\"\(ConversionOutput.fingerprint(stage: stage, input: input))\"}\n"
+        var journal = "{\"fingerprint\":\"\(ConversionOutput.fingerprint(stages: [stage], input: input))\"}\n"
         for shard in shards {
             let data = try Data(contentsOf: dead.appendingPathComponent(shard))
             let length = Int(data.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })

@@ -1,0 +1,137 @@
+import DeepSeekModel
+import Foundation
+import Numerics
+import SafeTensors
+import Validation
+
+/// A tensor's data as a conversion step hands it on.
+public enum TensorPayload {
+    /// Unchanged bytes of an input file (written with an in-kernel copy, never faulted in).
+    case view(TensorView)
+    /// Bytes a step computed.
+    case bytes([UInt8])
+}
+
+/// A checkpoint as a stream of tensors: the input on disk, or a conversion step over another source.
+///
+/// Every stage is a step over a source and one writer at the end, so `dsconvert convert` chains the
+/// same steps in one pass and produces the same bytes as the stages run one after another.
+public protocol TensorSource: AnyObject {
+    /// The input checkpoint directory (side files and messages).
+    var directory: URL { get }
+    /// The model as this step's output declares it.
+    var config: DeepSeekV2Config { get }
+    /// `config.json` of this step's output.
+    var rawConfig: JSONValue { get }
+    /// The manifest's stages up to and including this step.
+    var stages: [ConversionManifest.Stage] { get }
+    /// The output's tensors in production order (which decides how they are split into shards).
+    var planned: [PlannedTensor] { get }
+    func info(_ name: String) -> PlannedTensor?
+    /// The data of tensor `name`; a source may compute it on demand.
+    func payload(_ name: String) throws -> TensorPayload
+    /// Lets go of anything held for `name` after it has been written.
+    func release(_ name: String)
+    /// The input file a tensor comes from, for error messages.
+    func path(of name: String) -> String
+}
+
+extension TensorSource {
+    /// Tensor `name` widened to fp32.
+    public func floats(_ name: String) throws -> [Float] {
+        guard let info = info(name) else { throw DeepSeekModelError.missingTensor(file: directory.path, tensor: name, expectedShape: []) }
+        switch try payload(name) {
+        case let .view(view): return try view.floats()
+        case let .bytes(bytes):
+            let count = info.shape.reduce(1, *)
+            var out = [Float](repeating: 0, count: count)
+            bytes.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { dst in
+                guard count > 0 else { return }
+                switch info.dtype {
+                case .f32: UnsafeMutableRawPointer(dst.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: count * 4)
+                case .f16: for i in 0..<count { dst[i] = FloatConversion.f16ToFloat(raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+                default: FloatConversion.bf16ToFloat(raw.baseAddress!.assumingMemoryBound(to: UInt16.self), dst.baseAddress!, count: count)
+                }
+            } }
+            return out
+        }
+    }
+
+    /// The stages this run adds to those its input already carried.
+    func newStages(after input: [ConversionManifest.Stage]) -> [ConversionManifest.Stage] { Array(stages.dropFirst(input.count)) }
+}
+
+/// A checkpoint directory on disk, validated against its config.
+public final class CheckpointSource: TensorSource {
+    public let checkpoint: Checkpoint
+    public let directory: URL
+    public let config: DeepSeekV2Config
+    public let rawConfig: JSONValue
+    public let stages: [ConversionManifest.Stage]
+    public let planned: [PlannedTensor]
+
+    /// Opens `directory` and runs the checker (shapes, dtypes, names against config.json).
+    public init(directory: URL) throws {
+        self.directory = directory
+        config = try DeepSeekV2Config.load(directory: directory)
+        checkpoint = try Checkpoint(directory: directory)
+        if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
+        rawConfig = try ConfigEditor.load(directory)
+        stages = try ConversionManifest.load(directory: directory)?.stages ?? []
+        planned = checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
+    }
+
+    public func info(_ name: String) -> PlannedTensor? {
+        checkpoint.info(name).map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
+    }
+
+    public func payload(_ name: String) throws -> TensorPayload { .view(try checkpoint.view(name)) }
+    public func release(_ name: String) { checkpoint.release(name) }
+    public func path(of name: String) -> String { checkpoint.path(of: name) }
+}
+
+/// A source's tensors as fp32 weights for a forward pass (calibration over a step's output).
+final class SourceWeights: WeightProvider {
+    let source: TensorSource
+    var label: String { source.directory.path }
+
+    init(_ source: TensorSource) { self.source = source }
+
+    func floats(_ name: String, shape: [Int]) throws -> [Float] {
+        guard let info = source.info(name) else {
+            throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: shape)
+        }
+        guard info.shape == shape else {
+            throw ValidationError.wrongShape(file: source.path(of: name), tensor: name, expected: shape, actual: info.shape)
+        }
+        return try source.floats(name)
+    }
+
+    func release(_ name: String) { source.release(name) }
+}
+
+extension ConversionOutput {
+    /// Writes every tensor of `source` into one checkpoint at `output`, with the source's config,
+    /// the input's side files and a manifest of all its stages.
+    static func write(_ source: TensorSource, to output: URL, inputStages: [ConversionManifest.Stage], force: Bool,
+                      maxShardSize: Int, resume: Bool, label: String, progress: ((String) -> Void)?) throws -> CheckpointLayout {
+        let layout = CheckpointLayout(tensors: source.planned, maxShardSize: maxShardSize)
+        let out = try ConversionOutput(input: source.directory, output: output, force: force, layout: layout,
+                                       stages: source.stages, newStages: source.newStages(after: inputStages), resume: resume)
+        let names = source.planned.map(\.name)
+        for (i, name) in names.enumerated() {
+            if !out.writer.isWritten(name) {
+                switch try source.payload(name) {
+                case let .view(view): try out.writer.write(name, view: view)
+                case let .bytes(bytes): try out.writer.write(name, bytes: bytes)
+                }
+                source.release(name)
+            }
+            if i % 32 == 0 || i == names.count - 1 { progress?("\(label): \(i + 1)/\(names.count) tensors") }
+        }
+        try out.copySideFiles()
+        try out.writeFile("config.json", data: ConfigEditor.data(source.rawConfig))
+        try out.commit()
+        return layout
+    }
+}
