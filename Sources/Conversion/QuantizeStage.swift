@@ -236,12 +236,13 @@ public final class QuantizeStep: TensorSource {
     public func payload(_ name: String) throws -> TensorPayload {
         if let scales = pendingScales[name] { return .bytes(scales) }
         if name.hasSuffix(QuantizationConfig.scaleSuffix), case let weight = String(name.dropLast(QuantizationConfig.scaleSuffix.count)), quantized.contains(weight) {
-            // Asked before (or without) its weight, as when resuming after the weight's shard was kept.
-            _ = try quantize(weight)
+            // Asked before its weight (scales precede codes in a file: F32 sorts before F8), or without
+            // it when resuming after the weight's shard was kept: the block scales alone.
+            _ = try quantize(weight, codes: false)
             return .bytes(pendingScales.removeValue(forKey: name)!)
         }
         guard let plan = byName[name] else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: []) }
-        if quantized.contains(name) { return .bytes(try quantize(name)) }
+        if quantized.contains(name) { return .bytes(try quantize(name, codes: true)) }
         if modified.contains(name) {
             // Power-of-two equalization: exact in the tensor's own dtype.
             return .bytes(QuantizeStage.encode(try values(name, shape: plan.shape), as: plan.dtype))
@@ -249,22 +250,48 @@ public final class QuantizeStep: TensorSource {
         return try source.payload(name)
     }
 
-    /// Codes of weight `name`; its scales wait in `pendingScales`.
-    private func quantize(_ name: String) throws -> [UInt8] {
+    /// Codes of weight `name` (none if `codes` is false); its scales wait in `pendingScales`.
+    private func quantize(_ name: String, codes wantCodes: Bool) throws -> [UInt8] {
         let shape = byName[name]!.shape
-        let values = try values(name, shape: shape)
-        source.release(name)
-        guard values.allSatisfy(\.isFinite) else {
-            throw ConversionError.unsupportedInput(path: source.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to quantize it")
-        }
-        let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
-        var codes: [UInt8] = [], scales: [Float] = []
-        values.withUnsafeBufferPointer { vp in
-            for m in 0..<shape.dropLast(2).reduce(1, *) {
-                let (c, s) = quantizer.quantize(vp.baseAddress! + m * rows * cols, rows: rows, cols: cols)
-                codes += c
-                scales += s
+        let rows = shape[shape.count - 2], cols = shape[shape.count - 1], matrices = shape.dropLast(2).reduce(1, *)
+        let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
+        var codes = [UInt8](repeating: 0, count: wantCodes ? matrices * rows * cols : 0)
+        var scales = [Float](repeating: 1, count: matrices * perMatrix)
+        let layer = TensorNames.layerIndex(of: name)
+        let equalized = layer.flatMap { equalization[$0] }.flatMap { KVEqualization.transform(config: source.config, name: name, shape: shape, scales: $0) } != nil
+        var finite = true
+        if !equalized, source.info(name)?.dtype == .bf16 {
+            // bf16 straight into the kernel: no f32 copy of the tensor.
+            let payload = try source.payload(name)
+            func run(_ raw: UnsafeRawBufferPointer) {
+                let x = raw.baseAddress!.assumingMemoryBound(to: UInt16.self)
+                codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in
+                    for m in 0..<matrices where finite {
+                        finite = quantizer.quantize(bf16: x + m * rows * cols, rows: rows, cols: cols,
+                                                    codes: wantCodes ? cp.baseAddress! + m * rows * cols : nil, scales: sp.baseAddress! + m * perMatrix)
+                    }
+                } }
             }
+            switch payload {
+            case let .view(view) where Int(bitPattern: view.bytes.baseAddress) % 2 == 0: run(view.bytes)
+            case let .view(view): Array(view.bytes).withUnsafeBytes(run)
+            case let .bytes(bytes): bytes.withUnsafeBytes(run)
+            }
+        } else {
+            let values = try values(name, shape: shape)
+            finite = values.allSatisfy(\.isFinite)
+            if finite {
+                values.withUnsafeBufferPointer { vp in codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in
+                    for m in 0..<matrices {
+                        quantizer.quantize(vp.baseAddress! + m * rows * cols, rows: rows, cols: cols,
+                                           codes: wantCodes ? cp.baseAddress! + m * rows * cols : nil, scales: sp.baseAddress! + m * perMatrix)
+                    }
+                } } }
+            }
+        }
+        source.release(name)
+        guard finite else {
+            throw ConversionError.unsupportedInput(path: source.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to quantize it")
         }
         pendingScales = [name + QuantizationConfig.scaleSuffix: scales.withUnsafeBytes { Array($0) }]
         return codes

@@ -117,11 +117,17 @@ public enum ShardStage {
                                          denseLocation: denseOnce && d != 0 ? "../\(directoryName(device: 0))" : ".")
             var deviceConfig = config
             deviceConfig.placement = record
-            let names = deviceConfig.expectedTensors().flatMap { withScale($0.name) }
-            let layout = CheckpointLayout(tensors: names.map { n in
-                let info = source.info(n)!
-                return PlannedTensor(name: n, dtype: info.dtype, shape: info.shape)
-            }, maxShardSize: maxShardSize)
+            func planned(_ tensors: [ExpectedTensor]) -> [PlannedTensor] {
+                tensors.flatMap { withScale($0.name) }.map { n in
+                    let info = source.info(n)!
+                    return PlannedTensor(name: n, dtype: info.dtype, shape: info.shape)
+                }
+            }
+            // Non-expert weights in shards of their own, identical on every device, so devices after
+            // the first hard-link device-0's instead of writing them again.
+            let expected = deviceConfig.expectedTensors()
+            let layout = CheckpointLayout(groups: [planned(expected.filter { $0.expert == nil }), planned(expected.filter { $0.expert != nil })],
+                                          maxShardSize: maxShardSize)
             let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             writers.append(CheckpointWriter(layout: layout, directory: directory, fingerprint: fingerprint, resume: root.resumed))
@@ -129,26 +135,36 @@ public enum ShardStage {
         }
 
         var expertBytes = [Int](repeating: 0, count: devices), denseBytes = [Int](repeating: 0, count: devices)
-        let ordered = config.expectedTensors()
-        for (i, tensor) in ordered.enumerated() {
-            let targets: [Int] = tensor.expert.map { [placement.device(ofExpert: $0)] } ?? (denseOnce ? [0] : Array(0..<devices))
-            for name in withScale(tensor.name) {
-                let size = source.info(name)!.byteCount
-                for d in targets {
-                    if tensor.expert != nil { expertBytes[d] += size } else { denseBytes[d] += size }
+        for d in 0..<devices {
+            for shard in writers[d].layout.shards {
+                for t in shard.tensors {
+                    let isExpert = TensorNames.expertIndex(of: t.name) != nil
+                    if isExpert { expertBytes[d] += t.byteCount } else { denseBytes[d] += t.byteCount }
                 }
-                let pending = targets.filter { !writers[$0].isWritten(name) }
-                guard !pending.isEmpty else { continue }
-                let payload = try source.payload(name)
-                for d in pending {
-                    switch payload {
-                    case let .view(view): try writers[d].write(name, view: view)
-                    case let .bytes(bytes): try writers[d].write(name, bytes: bytes)
-                    }
-                }
-                source.release(name)
             }
-            if i % 64 == 0 || i == ordered.count - 1 { progress?("shard: \(i + 1)/\(ordered.count) tensors") }
+        }
+        // Device by device, shard by shard, in file order: every shard is hashed as it is written,
+        // each input tensor is read once, and a dense shard equal to device-0's is linked to it.
+        let total = writers.reduce(0) { $0 + $1.layout.shards.reduce(0) { $0 + $1.tensors.count } }
+        var done = 0
+        for d in 0..<devices {
+            for (i, shard) in writers[d].layout.shards.enumerated() {
+                defer { done += shard.tensors.count; progress?("shard: \(done)/\(total) tensors (device \(d))") }
+                if d > 0, i < writers[0].layout.shards.count, case let first = writers[0].layout.shards[i],
+                   first.fileName == shard.fileName, first.headerBytes == shard.headerBytes,
+                   shard.tensors.allSatisfy({ TensorNames.expertIndex(of: $0.name) == nil }) {
+                    try writers[d].adoptShard(i, identicalTo: writers[0].directory.appendingPathComponent(first.fileName),
+                                              sha256: try writers[0].waitForSHA256(of: first.fileName))
+                    continue
+                }
+                for t in shard.tensors where !writers[d].isWritten(t.name) {
+                    switch try source.payload(t.name) {
+                    case let .view(view): try writers[d].write(t.name, view: view)
+                    case let .bytes(bytes): try writers[d].write(t.name, bytes: bytes)
+                    }
+                    source.release(t.name)
+                }
+            }
         }
 
         var files: [ConversionManifest.FileRecord] = []

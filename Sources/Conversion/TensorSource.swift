@@ -118,7 +118,9 @@ extension ConversionOutput {
         let layout = CheckpointLayout(tensors: source.planned, maxShardSize: maxShardSize)
         let out = try ConversionOutput(input: source.directory, output: output, force: force, layout: layout,
                                        stages: source.stages, newStages: source.newStages(after: inputStages), resume: resume)
-        let names = source.planned.map(\.name)
+        // File order: each shard's bytes arrive front to back, so the writer hashes them as they
+        // are written instead of reading the finished shard back.
+        let names = layout.shards.flatMap { $0.tensors.map(\.name) }
         for (i, name) in names.enumerated() {
             if !out.writer.isWritten(name) {
                 switch try source.payload(name) {

@@ -84,6 +84,7 @@ public enum ConvertBenchCommand: Command {
             ("absorb (split)", binary, ["absorb", "--input", input.path, "--output", out]),
             ("shard --devices 8", binary, ["shard", "--devices", "8", "--input", input.path, "--output", out]),
             ("quantize --kv6", binary, ["quantize", "--kv6", "--input", input.path, "--output", out]),
+            ("convert (one pass, all 4)", binary, ["convert", "--absorb", "--fp8", "--kv6", "--devices", "8", "--input", input.path, "--output", out]),
         ]
         let python = "/usr/bin/env"
         if FileManager.default.fileExists(atPath: peer), measure(python, ["python3", "-c", "import torch, safetensors"]).status == 0 {

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 
 /// Block-scaled FP8 quantization in the DeepSeek-V3 / Hugging Face convention read by vLLM and SGLang.
 ///
@@ -25,33 +26,74 @@ public struct FP8BlockQuantizer: Sendable {
         let shape = scaleShape(rows: rows, cols: cols)
         var codes = [UInt8](repeating: 0, count: rows * cols)
         var scales = [Float](repeating: 1, count: shape[0] * shape[1])
-        let input = SharedPointer(UnsafeMutablePointer(mutating: x))
         codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in
-            let out = SharedPointer(cp.baseAddress!), sc = SharedPointer(sp.baseAddress!)
-            // Tasks own disjoint block rows: results do not depend on the thread count.
-            Parallel.forEach(shape[0]) { br in
-                for bc in 0..<shape[1] {
-                    let r0 = br * block, r1 = min(rows, r0 + block), c0 = bc * block, c1 = min(cols, c0 + block)
-                    // amax as the largest magnitude bit pattern: exact for finite inputs, and it vectorizes.
-                    var largest: UInt32 = 0
-                    for r in r0..<r1 {
-                        let row = UnsafeRawPointer(input.pointer + r * cols).assumingMemoryBound(to: UInt32.self)
-                        for c in c0..<c1 { largest = max(largest, row[c] & 0x7FFF_FFFF) }
-                    }
-                    let amax = Float(bitPattern: largest)
-                    let scale = amax == 0 ? 1 : amax / format.maxFinite
-                    sc.pointer[br * shape[1] + bc] = scale
-                    for r in r0..<r1 {
-                        let row = input.pointer + r * cols, dst = out.pointer + r * cols
-                        switch format {
-                        case .e4m3: for c in c0..<c1 { dst[c] = FP8Codec.encodeE4M3(row[c] / scale) }
-                        case .e5m2: for c in c0..<c1 { dst[c] = FP8Codec.encodeE5M2(row[c] / scale) }
-                        }
-                    }
-                }
-            }
+            quantize(x, rows: rows, cols: cols, codes: cp.baseAddress!, scales: sp.baseAddress!)
         } }
         return (codes, scales)
+    }
+
+    /// `quantize` into caller-owned buffers of rows·cols codes and scaleShape scales; without
+    /// `codes`, only the scales are computed.
+    public func quantize(_ x: UnsafePointer<Float>, rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>) {
+        let input = SharedPointer(UnsafeMutableRawPointer(mutating: x).assumingMemoryBound(to: UInt32.self))
+        run(rows: rows, cols: cols, codes: codes, scales: scales) { r, c0, c1 in
+            // amax as the largest magnitude bit pattern: exact for finite inputs, and it vectorizes.
+            let row = input.pointer + r * cols
+            var largest: UInt32 = 0
+            for c in c0..<c1 { largest = max(largest, row[c] & 0x7FFF_FFFF) }
+            return largest
+        } encode: { r, c0, c1, scale, dst in
+            let row = UnsafeRawPointer(input.pointer + r * cols).assumingMemoryBound(to: Float.self)
+            switch format {
+            case .e4m3: for c in c0..<c1 { dst[c] = FP8Codec.encodeE4M3(row[c] / scale) }
+            case .e5m2: for c in c0..<c1 { dst[c] = FP8Codec.encodeE5M2(row[c] / scale) }
+            }
+        }
+    }
+
+    /// `quantize` straight from bf16 storage: each element widened exactly to f32 in the kernel, so
+    /// the codes and scales are those of the f32 path without an f32 copy of the tensor. Returns
+    /// false, leaving the outputs unspecified, if the input holds NaN or Inf.
+    public func quantize(bf16 x: UnsafePointer<UInt16>, rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>) -> Bool {
+        let input = SharedPointer(UnsafeMutablePointer(mutating: x))
+        let nonFinite = NonFiniteFlag()
+        run(rows: rows, cols: cols, codes: codes, scales: scales) { r, c0, c1 in
+            let row = input.pointer + r * cols
+            var largest: UInt16 = 0
+            for c in c0..<c1 { largest = max(largest, row[c] & 0x7FFF) }
+            if largest >= 0x7F80 { nonFinite.set() }
+            return UInt32(largest) << 16
+        } encode: { r, c0, c1, scale, dst in
+            let row = input.pointer + r * cols
+            switch format {
+            case .e4m3: for c in c0..<c1 { dst[c] = FP8Codec.encodeE4M3(Float(bitPattern: UInt32(row[c]) << 16) / scale) }
+            case .e5m2: for c in c0..<c1 { dst[c] = FP8Codec.encodeE5M2(Float(bitPattern: UInt32(row[c]) << 16) / scale) }
+            }
+        }
+        return !nonFinite.isSet
+    }
+
+    /// The block loop shared by both input types: per block, the amax over its rows (as a magnitude
+    /// bit pattern), scale = amax / max_finite, then every element encoded.
+    @inline(__always)
+    private func run(rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>,
+                     amaxBits: @escaping @Sendable (_ row: Int, _ c0: Int, _ c1: Int) -> UInt32,
+                     encode: @escaping @Sendable (_ row: Int, _ c0: Int, _ c1: Int, _ scale: Float, _ dst: UnsafeMutablePointer<UInt8>) -> Void) {
+        let shape = scaleShape(rows: rows, cols: cols)
+        let out = codes.map(SharedPointer.init), sc = SharedPointer(scales)
+        let maxFinite = format.maxFinite, block = block
+        // Tasks own disjoint block rows: results do not depend on the thread count.
+        Parallel.forEach(shape[0]) { br in
+            for bc in 0..<shape[1] {
+                let r0 = br * block, r1 = min(rows, r0 + block), c0 = bc * block, c1 = min(cols, c0 + block)
+                var largest: UInt32 = 0
+                for r in r0..<r1 { largest = max(largest, amaxBits(r, c0, c1)) }
+                let amax = Float(bitPattern: largest)
+                let scale = amax == 0 ? 1 : amax / maxFinite
+                sc.pointer[br * shape[1] + bc] = scale
+                if let out { for r in r0..<r1 { encode(r, c0, c1, scale, out.pointer + r * cols) } }
+            }
+        }
     }
 
     /// w = q · scale per block, in f32.
@@ -65,3 +107,11 @@ public struct FP8BlockQuantizer: Sendable {
     }
 }
 
+
+/// Set by any task that meets a non-finite input (a benign race: every writer stores true).
+private final class NonFiniteFlag: @unchecked Sendable {
+    private var flag = false
+    private let lock = NSLock()
+    func set() { lock.lock(); flag = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return flag }
+}

@@ -58,10 +58,21 @@ public struct CheckpointLayout: Sendable {
     /// Splits tensors, in production order, into shards of at most `maxShardSize` bytes of data,
     /// with huggingface_hub's rule: fill greedily, a tensor larger than the limit gets a shard of its own.
     public init(tensors: [PlannedTensor], maxShardSize: Int = defaultMaxShardSize, metadata: [String: String]? = defaultMetadata) {
+        self.init(groups: [tensors], maxShardSize: maxShardSize, metadata: metadata)
+    }
+
+    /// As `init(tensors:)`, with every non-empty group starting a shard of its own.
+    public init(groups tensorGroups: [[PlannedTensor]], maxShardSize: Int = defaultMaxShardSize, metadata: [String: String]? = defaultMetadata) {
         var groups: [[PlannedTensor]] = []
         var current: [PlannedTensor] = []
         var currentSize = 0
-        for tensor in tensors {
+        for (g, group) in tensorGroups.enumerated() {
+        if g > 0, !current.isEmpty {
+            groups.append(current)
+            current = []
+            currentSize = 0
+        }
+        for tensor in group {
             let size = tensor.byteCount
             if size > maxShardSize {
                 groups.append([tensor])
@@ -74,6 +85,7 @@ public struct CheckpointLayout: Sendable {
             }
             current.append(tensor)
             currentSize += size
+        }
         }
         if !current.isEmpty || groups.isEmpty { groups.append(current) }
         if groups.count == 1 {
@@ -121,6 +133,25 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
     private let finisher = DispatchQueue(label: "dsconvert.checkpoint-writer.finisher")
     private var finisherError: Error?
+    /// Running SHA-256 of each open shard, fed while its bytes arrive in file order.
+    private var hashers: [Int: ShardHasher] = [:]
+    /// Bounds the computed buffers waiting to be hashed (each is kept alive until then).
+    private let hashBacklog = DispatchSemaphore(value: 4)
+
+    /// A shard's SHA-256, computed on its own queue from the buffers being written (computed data, or
+    /// the input's mapping for copied tensors), so a finished shard is not read back to be hashed.
+    /// When tensors arrive out of file order it gives up and the finished file is hashed instead.
+    private final class ShardHasher: @unchecked Sendable {
+        var sha = SHA256()
+        var next: Int
+        var inOrder = true
+        let queue: DispatchQueue
+        init(shard: Int, prefix: [UInt8]) {
+            next = prefix.count
+            queue = DispatchQueue(label: "dsconvert.checkpoint-writer.sha256-\(shard)")
+            sha.update(prefix)
+        }
+    }
 
     /// The journal of finished shards in the work directory (removed before the output is committed).
     public static let journalName = ".dsconvert-journal.jsonl"
@@ -211,8 +242,9 @@ public final class CheckpointWriter: @unchecked Sendable {
         let fd = open(path(shard), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.writeFailed(file: path(shard), reason: String(cString: strerror(errno))) }
         descriptors[shard] = fd
-        let prefix = withUnsafeBytes(of: UInt64(plan.headerBytes.count).littleEndian) { Array($0) }
-        try writeAll(fd: fd, bytes: prefix + plan.headerBytes, at: 0, file: path(shard))
+        let prefix = withUnsafeBytes(of: UInt64(plan.headerBytes.count).littleEndian) { Array($0) } + plan.headerBytes
+        try writeAll(fd: fd, bytes: prefix, at: 0, file: path(shard))
+        hashers[shard] = ShardHasher(shard: shard, prefix: prefix)
         return fd
     }
 
@@ -233,8 +265,9 @@ public final class CheckpointWriter: @unchecked Sendable {
         }
     }
 
-    /// Claims tensor `name` for writing `count` bytes: its descriptor, absolute offset and file.
-    private func begin(_ name: String, count: Int) throws -> (shard: Int, fd: Int32, offset: Int, file: String) {
+    /// Claims tensor `name` for writing `count` bytes: its descriptor, absolute offset, file, and the
+    /// shard's hasher when these bytes continue the file in order.
+    private func begin(_ name: String, count: Int) throws -> (shard: Int, fd: Int32, offset: Int, file: String, hasher: ShardHasher?) {
         lock.lock()
         defer { lock.unlock() }
         guard let (shard, info) = placement[name] else {
@@ -248,7 +281,44 @@ public final class CheckpointWriter: @unchecked Sendable {
             throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "written twice")
         }
         let fd = try descriptor(shard)
-        return (shard, fd, layout.shards[shard].dataStart + info.dataOffsets.lowerBound, file)
+        let offset = layout.shards[shard].dataStart + info.dataOffsets.lowerBound
+        var ordered: ShardHasher?
+        if let hasher = hashers[shard], hasher.inOrder {
+            if hasher.next == offset {
+                hasher.next += count
+                ordered = hasher
+            } else {
+                hasher.inOrder = false
+            }
+        }
+        return (shard, fd, offset, file, ordered)
+    }
+
+    /// Hashes `bytes` after everything queued before for the same shard; `owner` keeps the memory
+    /// alive until then.
+    private func hash(_ hasher: ShardHasher?, _ bytes: UnsafeRawBufferPointer, owner: AnyObject) {
+        guard let hasher, !bytes.isEmpty else { return }
+        hashBacklog.wait()
+        let buffer = SendableBuffer(bytes: bytes, owner: owner)
+        hasher.queue.async { [hashBacklog] in
+            withExtendedLifetime(buffer.owner) {
+                // A mapped input is read a window at a time and its pages dropped after, so hashing
+                // a large copied tensor keeps the resident set flat.
+                if let mapping = buffer.owner as? MappedFile, let base = mapping.base {
+                    let start = buffer.bytes.baseAddress! - base
+                    var done = 0
+                    while done < buffer.bytes.count {
+                        let n = min(64 << 20, buffer.bytes.count - done)
+                        hasher.sha.update(UnsafeRawBufferPointer(rebasing: buffer.bytes[done..<(done + n)]))
+                        mapping.release((start + done)..<(start + done + n))
+                        done += n
+                    }
+                } else {
+                    hasher.sha.update(buffer.bytes)
+                }
+            }
+            hashBacklog.signal()
+        }
     }
 
     /// Marks one tensor of `shard` done; the last one hands the shard to the finisher.
@@ -256,6 +326,7 @@ public final class CheckpointWriter: @unchecked Sendable {
         lock.lock()
         remaining[shard] -= 1
         let finished = remaining[shard] == 0
+        let hasher = finished ? hashers.removeValue(forKey: shard) : nil
         if finished { descriptors[shard] = nil }
         lock.unlock()
         guard finished else { return }
@@ -265,7 +336,11 @@ public final class CheckpointWriter: @unchecked Sendable {
                 let reason = String(cString: strerror(errno))
                 close(fd)
                 if !ok { throw SafeTensorsError.writeFailed(file: path(shard), reason: reason) }
-                try recordFinished(shard)
+                var digest: String?
+                if let hasher, hasher.inOrder, hasher.next == layout.shards[shard].fileSize {
+                    digest = hasher.queue.sync { SHA256.hexString(hasher.sha.finalize()) }
+                }
+                try recordFinished(shard, sha: digest)
             } catch {
                 lock.lock()
                 if finisherError == nil { finisherError = error }
@@ -276,8 +351,23 @@ public final class CheckpointWriter: @unchecked Sendable {
 
     /// Writes the complete data of tensor `name`.
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
-        let (shard, fd, offset, file) = try begin(name, count: bytes.count)
+        let (shard, fd, offset, file, hasher) = try begin(name, count: bytes.count)
         if !bytes.isEmpty { try writeAll(fd: fd, buffer: bytes, at: offset, file: file) }
+        startWriteback(fd: fd, offset: offset, count: bytes.count)
+        // The caller's buffer is not ours to keep: hashed before returning.
+        if let hasher, !bytes.isEmpty { hasher.queue.sync { hasher.sha.update(bytes) } }
+        end(shard, fd: fd)
+    }
+
+    /// Writes the complete data of tensor `name` from an array, hashed in the background.
+    public func write(_ name: String, bytes: [UInt8]) throws {
+        let (shard, fd, offset, file, hasher) = try begin(name, count: bytes.count)
+        let owner = ArrayOwner(bytes)
+        try owner.bytes.withUnsafeBytes { buffer in
+            if !buffer.isEmpty { try writeAll(fd: fd, buffer: buffer, at: offset, file: file) }
+            startWriteback(fd: fd, offset: offset, count: buffer.count)
+            hash(hasher, buffer, owner: owner)
+        }
         end(shard, fd: fd)
     }
 
@@ -285,7 +375,7 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// user-space copy, as `cp` does), else 64 MiB at a time from the mapping, dropping each window's
     /// input pages once written, so copying a large tensor (an embedding) keeps memory flat.
     public func write(_ name: String, view: TensorView) throws {
-        let (shard, fd, offset, file) = try begin(name, count: view.bytes.count)
+        let (shard, fd, offset, file, hasher) = try begin(name, count: view.bytes.count)
         let window = 64 << 20
         var done = 0
         let base = view.bytes.baseAddress.map { $0 - view.owner.base! } ?? 0
@@ -305,13 +395,54 @@ public final class CheckpointWriter: @unchecked Sendable {
             view.owner.release((base + done)..<(base + done + n))
             done += n
         }
+        startWriteback(fd: fd, offset: offset, count: view.bytes.count)
+        // Hashed from the input's mapping: the page cache's pages mapped, not copied.
+        hash(hasher, view.bytes, owner: view.owner)
         end(shard, fd: fd)
     }
 
+    /// Starts writeback of a written range without waiting, so the shard's fsync at the end finds
+    /// most of it on disk already instead of flushing the whole file on the critical path.
+    private func startWriteback(fd: Int32, offset: Int, count: Int) {
+        if count >= 1 << 20 { _ = dsconvert_start_writeback(fd, Int64(offset), Int64(count)) }
+    }
+
+    /// Waits for shard `file` to be finished (synced and hashed) and returns its SHA-256.
+    public func waitForSHA256(of file: String) throws -> String {
+        finisher.sync {}
+        if let error = finisherError { throw error }
+        guard let sha = sha256(of: file) else {
+            throw SafeTensorsError.writePlanViolation(file: directory.appendingPathComponent(file).path, tensor: "", reason: "shard not finished")
+        }
+        return sha
+    }
+
+    /// Completes shard `index` as a hard link to `original`, a finished file with the same planned
+    /// header and data (a copy where links are not possible).
+    public func adoptShard(_ index: Int, identicalTo original: URL, sha256 sha: String) throws {
+        let plan = layout.shards[index]
+        let target = directory.appendingPathComponent(plan.fileName)
+        lock.lock()
+        let pending = plan.tensors.filter { !written.contains($0.name) }
+        lock.unlock()
+        guard !pending.isEmpty else { return }
+        try? FileManager.default.removeItem(at: target)
+        if link(original.path, target.path) != 0 {
+            do { try FileManager.default.copyItem(at: original, to: target) } catch {
+                throw SafeTensorsError.writeFailed(file: target.path, reason: (error as NSError).localizedDescription)
+            }
+        }
+        lock.lock()
+        for info in plan.tensors { written.insert(info.name) }
+        remaining[index] = 0
+        lock.unlock()
+        try recordFinished(index, sha: sha)
+    }
+
     /// Hashes a finished shard and appends it to the journal, durably, so `--resume` can keep it.
-    private func recordFinished(_ shard: Int) throws {
+    private func recordFinished(_ shard: Int, sha known: String? = nil) throws {
         let plan = layout.shards[shard]
-        let sha = try SHA256.hex(fileAt: directory.appendingPathComponent(plan.fileName).path)
+        let sha = try known ?? SHA256.hex(fileAt: directory.appendingPathComponent(plan.fileName).path)
         lock.lock()
         hashes[plan.fileName] = sha
         let line = journalLine(plan)
@@ -322,10 +453,6 @@ public final class CheckpointWriter: @unchecked Sendable {
             close(fd)
         }
         lock.unlock()
-    }
-
-    public func write(_ name: String, bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try write(name, bytes: $0) }
     }
 
     /// Checks every planned tensor was written, then writes the index (for a sharded layout).
@@ -344,6 +471,7 @@ public final class CheckpointWriter: @unchecked Sendable {
             fsync(fd)
             close(fd)
             descriptors[i] = nil
+            hashers[i] = nil
             try recordFinished(i)
         }
         if layout.isSharded {
@@ -384,4 +512,16 @@ public enum SafeTensorsFileWriter {
             throw error
         }
     }
+}
+
+/// A buffer handed to a hashing queue, with what keeps its memory alive.
+private struct SendableBuffer: @unchecked Sendable {
+    let bytes: UnsafeRawBufferPointer
+    let owner: AnyObject
+}
+
+/// Holds an array's storage (and so its address) while a queue reads it.
+private final class ArrayOwner: @unchecked Sendable {
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
 }

@@ -35,6 +35,9 @@ public struct SHA256 {
         return out
     }
 
+    /// Lower-case hex of a digest.
+    public static func hexString(_ digest: [UInt8]) -> String { digest.map { String(format: "%02x", $0) }.joined() }
+
     /// Hex digest of `bytes`.
     public static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
         var hasher = SHA256()

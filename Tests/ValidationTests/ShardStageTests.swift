@@ -46,7 +46,14 @@ final class ShardStageTests: XCTestCase {
             let (out, manifest) = try shard(input, n, name: fixture)
             try assertReassembles(input, out, devices: n, once: false)
             XCTAssertLessThan(manifest.expertBytesSpread, 0.01, "expert bytes per device within 1%")
-            XCTAssertEqual(manifest.files.count, n)
+            // Per device: a shard of the non-expert weights, then one of its experts; devices after the
+            // first hard-link device-0's dense shard (same inode) instead of writing it again.
+            XCTAssertEqual(manifest.files.count, 2 * n)
+            let dense0 = try FileManager.default.attributesOfItem(atPath: out.appendingPathComponent("device-0/model-00001-of-00002.safetensors").path)
+            for d in 1..<n {
+                let dense = try FileManager.default.attributesOfItem(atPath: out.appendingPathComponent("device-\(d)/model-00001-of-00002.safetensors").path)
+                XCTAssertEqual(dense[.systemFileNumber] as? Int, dense0[.systemFileNumber] as? Int, "\(fixture): device-\(d) dense shard is a link")
+            }
             // Sharded and unsharded forwards agree within 1e-5 (observed ≤ 4.3e-6: only the order of the fp32 expert sums differs).
             let reference = try ModelLoader.open(input), candidate = try ModelLoader.open(out)
             XCTAssertNotNil(candidate.placement)
