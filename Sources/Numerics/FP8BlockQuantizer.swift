@@ -59,10 +59,11 @@ public struct FP8BlockQuantizer: Sendable {
         let nonFinite = NonFiniteFlag()
         run(rows: rows, cols: cols, codes: codes, scales: scales) { r, c0, c1 in
             let row = input.pointer + r * cols
-            var largest: UInt16 = 0
-            for c in c0..<c1 { largest = max(largest, row[c] & 0x7FFF) }
+            // Signed 16-bit max of the masked (non-negative) patterns: baseline x86-64 has pmaxsw, not pmaxuw.
+            var largest: Int16 = 0
+            for c in c0..<c1 { largest = max(largest, Int16(bitPattern: row[c] & 0x7FFF)) }
             if largest >= 0x7F80 { nonFinite.set() }
-            return UInt32(largest) << 16
+            return UInt32(UInt16(bitPattern: largest)) << 16
         } encode: { r, c0, c1, scale, dst in
             let row = input.pointer + r * cols
             switch format {
