@@ -96,27 +96,32 @@ public enum ConvertBenchCommand: Command {
         // cache and none pays the first read from disk for the others.
         terminal.progress("bench: reading the input once (warm-up)")
         _ = measure("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
-        var results: [(String, Measurement)] = []
-        for (name, path, args) in jobs {
-            var samples: [Measurement] = []
-            for run in 0..<runs {
-                terminal.progress("bench: \(name) run \(run + 1)/\(runs)")
+        // Round-robin: run k of every job before run k+1 of any, so this VM's drifting speed weighs on
+        // all jobs alike; each job's ratio to cp is the median of its per-round ratios.
+        var samples = [[Measurement]](repeating: [], count: jobs.count)
+        for run in 0..<runs {
+            for (j, (name, path, args)) in jobs.enumerated() {
+                terminal.progress("bench: run \(run + 1)/\(runs): \(name)")
                 try? FileManager.default.removeItem(atPath: out)
                 sync()
                 let m = measure(path, args)
                 if m.status != 0 { terminal.note("\(name) exited with \(m.status)") }
-                samples.append(m)
+                samples[j].append(m)
             }
-            try? FileManager.default.removeItem(atPath: out)
-            let sorted = samples.sorted { $0.wall < $1.wall }
-            results.append((name, Measurement(wall: sorted[sorted.count / 2].wall, rssKiB: samples.map(\.rssKiB).max()!, status: samples.map(\.status).max()!)))
+        }
+        try? FileManager.default.removeItem(atPath: out)
+        func median(_ values: [Double]) -> Double { let v = values.sorted(); return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2 }
+        var results: [(String, Measurement, Double)] = []
+        for (j, (name, _, _)) in jobs.enumerated() {
+            let ratio = median((0..<runs).map { samples[j][$0].wall / samples[0][$0].wall })
+            results.append((name, Measurement(wall: median(samples[j].map(\.wall)), rssKiB: samples[j].map(\.rssKiB).max()!,
+                                              status: samples[j].map(\.status).max()!), ratio))
         }
         terminal.endProgress()
-        let cp = results[0].1.wall
         terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; median of %d runs", input.path, Double(bytes) / 1e9, ProcessInfo.processInfo.activeProcessorCount, runs))
-        terminal.out("job                        wall (s)   x cp    GB/s   peak RSS (MiB)")
-        for (name, m) in results {
-            terminal.out(String(format: "%@ %8.2f %7.2f %7.2f %12.0f%@", name.padding(toLength: 26, withPad: " ", startingAt: 0), m.wall, m.wall / cp,
+        terminal.out("job                        wall (s)   x cp    GB/s   peak RSS (MiB)   (wall: median; x cp: median of per-round ratios)")
+        for (name, m, ratio) in results {
+            terminal.out(String(format: "%@ %8.2f %7.2f %7.2f %12.0f%@", name.padding(toLength: 26, withPad: " ", startingAt: 0), m.wall, ratio,
                                 Double(bytes) / m.wall / 1e9, Double(m.rssKiB) / 1024, m.status == 0 ? "" : "  (failed)"))
         }
         return ExitCode.success
