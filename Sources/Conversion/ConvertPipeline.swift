@@ -42,9 +42,7 @@ public enum ConvertPipeline {
         guard options.absorb != nil || options.fp8 != nil || options.kv6 != nil || options.devices != nil else {
             throw ConversionError.unsupportedInput(path: input.path, reason: "nothing to do: give --absorb, --fp8, --kv6 and/or --devices")
         }
-        if options.devices != nil, try PlacementManifest.load(input) != nil {
-            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
-        }
+        if options.devices != nil { try ShardStage.refuseShardedInput(input) }
         let checkpoint = try CheckpointSource(directory: input)
         var source: TensorSource = checkpoint
         if let absorb = options.absorb { source = try AbsorbStep(source: source, options: absorb, dtype: options.absorbDType) }

@@ -257,11 +257,9 @@ public final class QuantizeStep: TensorSource {
         let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
         var codes = [UInt8](repeating: 0, count: wantCodes ? matrices * rows * cols : 0)
         var scales = [Float](repeating: 1, count: matrices * perMatrix)
-        let layer = TensorNames.layerIndex(of: name)
-        let equalized = layer.flatMap { equalization[$0] }.flatMap { KVEqualization.transform(config: source.config, name: name, shape: shape, scales: $0) } != nil
         var finite = true
-        if !equalized, source.info(name)?.dtype == .bf16 {
-            // bf16 straight into the kernel: no f32 copy of the tensor.
+        // Unmodified (not equalized, present in the source) bf16 goes straight into the kernel.
+        if !modified.contains(name), source.info(name)?.dtype == .bf16 {
             let payload = try source.payload(name)
             func run(_ raw: UnsafeRawBufferPointer) {
                 let x = raw.baseAddress!.assumingMemoryBound(to: UInt16.self)

@@ -73,12 +73,17 @@ public enum ShardStage {
     public static func run(input: URL, output: URL, devices: Int, denseOnce: Bool, force: Bool,
                            maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> PlacementManifest {
-        guard try PlacementManifest.load(input) == nil else {
-            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
-        }
+        try refuseShardedInput(input)
         let source = try CheckpointSource(directory: input)
         return try write(source, to: output, inputStages: source.stages, devices: devices, denseOnce: denseOnce, force: force,
                          maxShardSize: maxShardSize, resume: resume, progress: progress)
+    }
+
+    /// Refuses the root of a shard output (it has `placement.json`), before it is opened as a checkpoint.
+    static func refuseShardedInput(_ input: URL) throws {
+        guard try PlacementManifest.load(input) == nil else {
+            throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
+        }
     }
 
     /// Writes `source` as one checkpoint per device; the manifest records the source's stages and this one.
@@ -110,6 +115,7 @@ public enum ShardStage {
         }
         var writers: [CheckpointWriter] = []
         var records: [PlacementRecord] = []
+        var expertBytes: [Int] = [], denseBytes: [Int] = []
         for d in 0..<devices {
             let range = placement.range(device: d)
             let record = PlacementRecord(rank: d, placement: placement, expertRange: [range.lowerBound, range.upperBound],
@@ -126,23 +132,16 @@ public enum ShardStage {
             // Non-expert weights in shards of their own, identical on every device, so devices after
             // the first hard-link device-0's instead of writing them again.
             let expected = deviceConfig.expectedTensors()
-            let layout = CheckpointLayout(groups: [planned(expected.filter { $0.expert == nil }), planned(expected.filter { $0.expert != nil })],
-                                          maxShardSize: maxShardSize)
+            let dense = planned(expected.filter { $0.expert == nil }), experts = planned(expected.filter { $0.expert != nil })
+            denseBytes.append(dense.reduce(0) { $0 + $1.byteCount })
+            expertBytes.append(experts.reduce(0) { $0 + $1.byteCount })
+            let layout = CheckpointLayout(groups: [dense, experts], maxShardSize: maxShardSize)
             let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             writers.append(CheckpointWriter(layout: layout, directory: directory, fingerprint: fingerprint, resume: root.resumed))
             records.append(record)
         }
 
-        var expertBytes = [Int](repeating: 0, count: devices), denseBytes = [Int](repeating: 0, count: devices)
-        for d in 0..<devices {
-            for shard in writers[d].layout.shards {
-                for t in shard.tensors {
-                    let isExpert = TensorNames.expertIndex(of: t.name) != nil
-                    if isExpert { expertBytes[d] += t.byteCount } else { denseBytes[d] += t.byteCount }
-                }
-            }
-        }
         // Device by device, shard by shard, in file order: every shard is hashed as it is written,
         // each input tensor is read once, and a dense shard equal to device-0's is linked to it.
         let total = writers.reduce(0) { $0 + $1.layout.shards.reduce(0) { $0 + $1.tensors.count } }
@@ -157,13 +156,7 @@ public enum ShardStage {
                                               sha256: try writers[0].waitForSHA256(of: first.fileName))
                     continue
                 }
-                for t in shard.tensors where !writers[d].isWritten(t.name) {
-                    switch try source.payload(t.name) {
-                    case let .view(view): try writers[d].write(t.name, view: view)
-                    case let .bytes(bytes): try writers[d].write(t.name, bytes: bytes)
-                    }
-                    source.release(t.name)
-                }
+                for t in shard.tensors where !writers[d].isWritten(t.name) { try source.write(t.name, to: writers[d]) }
             }
         }
 

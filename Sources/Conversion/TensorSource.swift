@@ -1,6 +1,5 @@
 import DeepSeekModel
 import Foundation
-import Numerics
 import SafeTensors
 import Validation
 
@@ -45,16 +44,22 @@ extension TensorSource {
         case let .bytes(bytes):
             let count = info.shape.reduce(1, *)
             var out = [Float](repeating: 0, count: count)
-            bytes.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { dst in
-                guard count > 0 else { return }
-                switch info.dtype {
-                case .f32: UnsafeMutableRawPointer(dst.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: count * 4)
-                case .f16: for i in 0..<count { dst[i] = FloatConversion.f16ToFloat(raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
-                default: FloatConversion.bf16ToFloat(raw.baseAddress!.assumingMemoryBound(to: UInt16.self), dst.baseAddress!, count: count)
-                }
-            } }
+            let widened = bytes.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { TensorView.widen(raw, dtype: info.dtype, count: count, into: $0) } }
+            guard widened else {
+                throw SafeTensorsError.invalidTensorEntry(file: path(of: name), tensor: name, reason: "dtype \(info.dtype.rawValue) cannot be read as real values here")
+            }
             return out
         }
+    }
+
+    /// Reads tensor `name` from this source into `writer` (an in-kernel copy for unchanged bytes),
+    /// then lets go of it.
+    func write(_ name: String, to writer: CheckpointWriter) throws {
+        switch try payload(name) {
+        case let .view(view): try writer.write(name, view: view)
+        case let .bytes(bytes): try writer.write(name, bytes: bytes)
+        }
+        release(name)
     }
 
     /// The stages this run adds to those its input already carried.
@@ -122,13 +127,7 @@ extension ConversionOutput {
         // are written instead of reading the finished shard back.
         let names = layout.shards.flatMap { $0.tensors.map(\.name) }
         for (i, name) in names.enumerated() {
-            if !out.writer.isWritten(name) {
-                switch try source.payload(name) {
-                case let .view(view): try out.writer.write(name, view: view)
-                case let .bytes(bytes): try out.writer.write(name, bytes: bytes)
-                }
-                source.release(name)
-            }
+            if !out.writer.isWritten(name) { try source.write(name, to: out.writer) }
             if i % 32 == 0 || i == names.count - 1 { progress?("\(label): \(i + 1)/\(names.count) tensors") }
         }
         try out.copySideFiles()

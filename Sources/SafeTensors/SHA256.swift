@@ -42,7 +42,7 @@ public struct SHA256 {
     public static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
         var hasher = SHA256()
         hasher.update(bytes)
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hexString(hasher.finalize())
     }
 
     /// Hex digest of a file, read sequentially in 8 MiB blocks (cheaper than faulting in a mapping).
@@ -62,6 +62,6 @@ public struct SHA256 {
             if n == 0 { break }
             buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hexString(hasher.finalize())
     }
 }

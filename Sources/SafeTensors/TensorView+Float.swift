@@ -13,25 +13,32 @@ extension TensorView {
     public func floats(into out: inout [Float]) throws {
         let count = info.elementCount
         precondition(out.count >= count)
-        let path = owner.path
-        try out.withUnsafeMutableBufferPointer { dst in
-            guard let d = dst.baseAddress, count > 0 else { return }
-            switch dtype {
-            case .bf16:
-                if Int(bitPattern: bytes.baseAddress!) % 2 == 0 {
-                    FloatConversion.bf16ToFloat(bytes.baseAddress!.assumingMemoryBound(to: UInt16.self), d, count: count)
-                } else {
-                    for i in 0..<count { d[i] = FloatConversion.bf16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
-                }
-            case .f16:
-                for i in 0..<count { d[i] = FloatConversion.f16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
-            case .f32:
-                UnsafeMutableRawPointer(d).copyMemory(from: bytes.baseAddress!, byteCount: count * 4)
-            case .f64:
-                for i in 0..<count { d[i] = Float(bytes.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
-            default:
-                throw SafeTensorsError.invalidTensorEntry(file: path, tensor: name, reason: "dtype \(dtype.rawValue) cannot be read as real values here")
-            }
+        let widened = out.withUnsafeMutableBufferPointer { Self.widen(bytes, dtype: dtype, count: count, into: $0) }
+        guard widened else {
+            throw SafeTensorsError.invalidTensorEntry(file: owner.path, tensor: name, reason: "dtype \(dtype.rawValue) cannot be read as real values here")
         }
+    }
+
+    /// Widens `count` little-endian elements of `dtype` (BF16, F16, F32, F64) to Float32 into `out`;
+    /// false for any other dtype (nothing to widen, an empty tensor, is never an error).
+    public static func widen(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, into out: UnsafeMutableBufferPointer<Float>) -> Bool {
+        guard let d = out.baseAddress, count > 0 else { return true }
+        switch dtype {
+        case .bf16:
+            if Int(bitPattern: bytes.baseAddress!) % 2 == 0 {
+                FloatConversion.bf16ToFloat(bytes.baseAddress!.assumingMemoryBound(to: UInt16.self), d, count: count)
+            } else {
+                for i in 0..<count { d[i] = FloatConversion.bf16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+            }
+        case .f16:
+            for i in 0..<count { d[i] = FloatConversion.f16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+        case .f32:
+            UnsafeMutableRawPointer(d).copyMemory(from: bytes.baseAddress!, byteCount: count * 4)
+        case .f64:
+            for i in 0..<count { d[i] = Float(bytes.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
+        default:
+            return false
+        }
+        return true
     }
 }
