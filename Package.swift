@@ -21,7 +21,9 @@ let package = Package(
         // libcrypto's SHA-256 (SHA-NI where the CPU has it): every shard written is hashed for the manifest.
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Element codecs and kernels (bf16/f16/f32), no I/O.
-        .target(name: "Numerics"),
+        .target(name: "Numerics", dependencies: ["CKernels"]),
+        // The FP8 block kernel in C, compiled per x86-64 level (baseline, AVX2, AVX-512) and picked at run time.
+        .target(name: "CKernels"),
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors", "Numerics"]),
         // The conversion stages and what they share: output directories, manifests.
@@ -41,7 +43,7 @@ let package = Package(
         .executableTarget(name: "dsconvert-validate", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-bench", dependencies: ["DSConvertCommands", "CLI"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
-        .testTarget(name: "NumericsTests", dependencies: ["Numerics"]),
+        .testTarget(name: "NumericsTests", dependencies: ["Numerics", "CKernels"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
         .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel", "Conversion"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),

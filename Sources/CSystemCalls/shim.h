@@ -14,3 +14,11 @@ static inline long dsconvert_copy_file_range(int fd_in, long long *off_in, int f
 static inline int dsconvert_start_writeback(int fd, long long offset, long long length) {
     return (int)syscall(SYS_sync_file_range, fd, offset, length, 2u /* SYNC_FILE_RANGE_WRITE */);
 }
+
+#include <fcntl.h>
+
+/// Opens an existing file for writing with O_DIRECT (data goes from the caller's aligned buffer to the
+/// device, no page-cache copy); -1 where the file system refuses it (errno says why).
+static inline int dsconvert_open_direct(const char *path) {
+    return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+}

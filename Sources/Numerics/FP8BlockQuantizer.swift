@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 import Foundation
 
@@ -54,25 +55,37 @@ public struct FP8BlockQuantizer: Sendable {
     /// `quantize` straight from bf16 storage: each element widened exactly to f32 in the kernel, so
     /// the codes and scales are those of the f32 path without an f32 copy of the tensor. Returns
     /// false, leaving the outputs unspecified, if the input holds NaN or Inf.
-    public func quantize(bf16 x: UnsafePointer<UInt16>, rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>) -> Bool {
+    ///
+    /// Runs the C kernel at the best instruction-set level of this CPU (`kernelLevel`); every level
+    /// gives the same bytes (tested against the Swift codec and torch's goldens).
+    public func quantize(bf16 x: UnsafePointer<UInt16>, rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>,
+                         level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
         let input = SharedPointer(UnsafeMutablePointer(mutating: x))
+        let out = codes.map(SharedPointer.init), sc = SharedPointer(scales)
         let nonFinite = NonFiniteFlag()
-        run(rows: rows, cols: cols, codes: codes, scales: scales) { r, c0, c1 in
-            let row = input.pointer + r * cols
-            // Signed 16-bit max of the masked (non-negative) patterns: baseline x86-64 has pmaxsw, not pmaxuw.
-            var largest: Int16 = 0
-            for c in c0..<c1 { largest = max(largest, Int16(bitPattern: row[c] & 0x7FFF)) }
-            if largest >= 0x7F80 { nonFinite.set() }
-            return UInt32(UInt16(bitPattern: largest)) << 16
-        } encode: { r, c0, c1, scale, dst in
-            let row = input.pointer + r * cols
-            switch format {
-            case .e4m3: for c in c0..<c1 { dst[c] = FP8Codec.encodeE4M3(Float(bitPattern: UInt32(row[c]) << 16) / scale) }
-            case .e5m2: for c in c0..<c1 { dst[c] = FP8Codec.encodeE5M2(Float(bitPattern: UInt32(row[c]) << 16) / scale) }
+        let block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
+        // Tasks own disjoint block rows: results do not depend on the thread count.
+        Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
+            if dsconvert_fp8_quantize_block_row_bf16(level, input.pointer, rows, cols, block, br, e5m2, out?.pointer, sc.pointer) != 0 {
+                nonFinite.set()
             }
         }
         return !nonFinite.isSet
     }
+
+    /// The instruction-set level the bf16 kernel runs at: the CPU's best, or lower with
+    /// `DSCONVERT_FP8_ISA=baseline|avx2` (for comparing levels).
+    public static let kernelLevel: Int32 = {
+        let best = dsconvert_fp8_best_isa()
+        switch ProcessInfo.processInfo.environment["DSCONVERT_FP8_ISA"] {
+        case "baseline": return Int32(DSCONVERT_ISA_BASELINE)
+        case "avx2": return min(best, Int32(DSCONVERT_ISA_AVX2))
+        default: return best
+        }
+    }()
+
+    /// The levels this CPU runs, lowest first.
+    public static var availableKernelLevels: [Int32] { Array(0...dsconvert_fp8_best_isa()) }
 
     /// The block loop shared by both input types: per block, the amax over its rows (as a magnitude
     /// bit pattern), scale = amax / max_finite, then every element encoded.

@@ -117,41 +117,24 @@ public struct CheckpointLayout: Sendable {
 
 /// Writes a planned checkpoint into a directory, tensor by tensor, in any order and from any thread.
 ///
-/// Every tensor's final offset is known from the plan, so data goes straight from the producer to
-/// its place in the file with `pwrite`: nothing is buffered, and memory stays bounded by the
-/// tensors being produced. A shard is flushed and closed as soon as its last tensor is written.
+/// Every tensor's final offset is known from the plan, so each shard is one `ShardStream`: bytes
+/// that continue the file are staged in reused aligned chunks, hashed and written with direct I/O
+/// in the background; anything else is written in place. Memory stays bounded by the chunk pool
+/// and the tensors being produced. A shard is synced and closed as soon as its last tensor is written.
 public final class CheckpointWriter: @unchecked Sendable {
     public let layout: CheckpointLayout
     public let directory: URL
     private let lock = NSLock()
     private var placement: [String: (shard: Int, info: TensorInfo)] = [:]
     private var remaining: [Int]
-    private var descriptors: [Int: Int32] = [:]
+    private var streams: [Int: ShardStream] = [:]
     private var written = Set<String>()
     private var hashes: [String: String] = [:]
     private let journal: URL
+    private let pool = ChunkPool()
     /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
     private let finisher = DispatchQueue(label: "dsconvert.checkpoint-writer.finisher")
     private var finisherError: Error?
-    /// Running SHA-256 of each open shard, fed while its bytes arrive in file order.
-    private var hashers: [Int: ShardHasher] = [:]
-    /// Bounds the computed buffers waiting to be hashed (each is kept alive until then).
-    private let hashBacklog = DispatchSemaphore(value: 4)
-
-    /// A shard's SHA-256, computed on its own queue from the buffers being written (computed data, or
-    /// the input's mapping for copied tensors), so a finished shard is not read back to be hashed.
-    /// When tensors arrive out of file order it gives up and the finished file is hashed instead.
-    private final class ShardHasher: @unchecked Sendable {
-        var sha = SHA256()
-        var next: Int
-        var inOrder = true
-        let queue: DispatchQueue
-        init(shard: Int, prefix: [UInt8]) {
-            next = prefix.count
-            queue = DispatchQueue(label: "dsconvert.checkpoint-writer.sha256-\(shard)")
-            sha.update(prefix)
-        }
-    }
 
     /// The journal of finished shards in the work directory (removed before the output is committed).
     public static let journalName = ".dsconvert-journal.jsonl"
@@ -230,117 +213,46 @@ public final class CheckpointWriter: @unchecked Sendable {
         return hashes[file]
     }
 
-    deinit {
-        for fd in descriptors.values { close(fd) }
-    }
-
     private func path(_ shard: Int) -> String { directory.appendingPathComponent(layout.shards[shard].fileName).path }
 
-    private func descriptor(_ shard: Int) throws -> Int32 {
-        if let fd = descriptors[shard] { return fd }
+    /// The shard's stream, created (file and header) on first use. Called with `lock` held.
+    private func stream(_ shard: Int) throws -> ShardStream {
+        if let stream = streams[shard] { return stream }
         let plan = layout.shards[shard]
-        let fd = open(path(shard), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SafeTensorsError.writeFailed(file: path(shard), reason: String(cString: strerror(errno))) }
-        descriptors[shard] = fd
         let prefix = withUnsafeBytes(of: UInt64(plan.headerBytes.count).littleEndian) { Array($0) } + plan.headerBytes
-        try writeAll(fd: fd, bytes: prefix, at: 0, file: path(shard))
-        hashers[shard] = ShardHasher(shard: shard, prefix: prefix)
-        return fd
+        let stream = try ShardStream(path: path(shard), prefix: prefix, fileSize: plan.fileSize, pool: pool)
+        streams[shard] = stream
+        return stream
     }
 
-    private func writeAll(fd: Int32, bytes: [UInt8], at offset: Int, file: String) throws {
-        try bytes.withUnsafeBytes { try writeAll(fd: fd, buffer: $0, at: offset, file: file) }
-    }
-
-    private func writeAll(fd: Int32, buffer: UnsafeRawBufferPointer, at offset: Int, file: String) throws {
-        var done = 0
-        while done < buffer.count {
-            let n = pwrite(fd, buffer.baseAddress! + done, min(buffer.count - done, 1 << 30), off_t(offset + done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SafeTensorsError.writeFailed(file: file, reason: String(cString: strerror(errno)))
-            }
-            if n == 0 { throw SafeTensorsError.writeFailed(file: file, reason: "no progress (disk full?)") }
-            done += n
-        }
-    }
-
-    /// Claims tensor `name` for writing `count` bytes: its descriptor, absolute offset, file, and the
-    /// shard's hasher when these bytes continue the file in order.
-    private func begin(_ name: String, count: Int) throws -> (shard: Int, fd: Int32, offset: Int, file: String, hasher: ShardHasher?) {
+    /// Claims tensor `name` for writing `count` bytes: its shard, stream and absolute offset.
+    private func begin(_ name: String, count: Int) throws -> (shard: Int, stream: ShardStream, offset: Int) {
         lock.lock()
         defer { lock.unlock() }
+        if let error = finisherError { throw error }
         guard let (shard, info) = placement[name] else {
             throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: name, reason: "not in the output plan")
         }
-        let file = path(shard)
         guard count == info.byteCount else {
-            throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "produced \(count) bytes, planned \(info.byteCount)")
+            throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "produced \(count) bytes, planned \(info.byteCount)")
         }
         guard written.insert(name).inserted else {
-            throw SafeTensorsError.writePlanViolation(file: file, tensor: name, reason: "written twice")
+            throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "written twice")
         }
-        let fd = try descriptor(shard)
-        let offset = layout.shards[shard].dataStart + info.dataOffsets.lowerBound
-        var ordered: ShardHasher?
-        if let hasher = hashers[shard], hasher.inOrder {
-            if hasher.next == offset {
-                hasher.next += count
-                ordered = hasher
-            } else {
-                hasher.inOrder = false
-            }
-        }
-        return (shard, fd, offset, file, ordered)
-    }
-
-    /// Hashes `bytes` after everything queued before for the same shard; `owner` keeps the memory
-    /// alive until then.
-    private func hash(_ hasher: ShardHasher?, _ bytes: UnsafeRawBufferPointer, owner: AnyObject) {
-        guard let hasher, !bytes.isEmpty else { return }
-        hashBacklog.wait()
-        let buffer = SendableBuffer(bytes: bytes, owner: owner)
-        hasher.queue.async { [hashBacklog] in
-            withExtendedLifetime(buffer.owner) {
-                // A mapped input is read a window at a time and its pages dropped after, so hashing
-                // a large copied tensor keeps the resident set flat.
-                if let mapping = buffer.owner as? MappedFile, let base = mapping.base {
-                    let start = buffer.bytes.baseAddress! - base
-                    var done = 0
-                    while done < buffer.bytes.count {
-                        let n = min(64 << 20, buffer.bytes.count - done)
-                        hasher.sha.update(UnsafeRawBufferPointer(rebasing: buffer.bytes[done..<(done + n)]))
-                        mapping.release((start + done)..<(start + done + n))
-                        done += n
-                    }
-                } else {
-                    hasher.sha.update(buffer.bytes)
-                }
-            }
-            hashBacklog.signal()
-        }
+        return (shard, try stream(shard), layout.shards[shard].dataStart + info.dataOffsets.lowerBound)
     }
 
     /// Marks one tensor of `shard` done; the last one hands the shard to the finisher.
-    private func end(_ shard: Int, fd: Int32) {
+    private func end(_ shard: Int) {
         lock.lock()
         remaining[shard] -= 1
-        let finished = remaining[shard] == 0
-        let hasher = finished ? hashers.removeValue(forKey: shard) : nil
-        if finished { descriptors[shard] = nil }
+        let stream = remaining[shard] == 0 ? streams.removeValue(forKey: shard) : nil
         lock.unlock()
-        guard finished else { return }
+        guard let stream else { return }
+        stream.finishStaging()
         finisher.async { [self] in
             do {
-                let ok = fsync(fd) == 0
-                let reason = String(cString: strerror(errno))
-                close(fd)
-                if !ok { throw SafeTensorsError.writeFailed(file: path(shard), reason: reason) }
-                var digest: String?
-                if let hasher, hasher.inOrder, hasher.next == layout.shards[shard].fileSize {
-                    digest = hasher.queue.sync { SHA256.hexString(hasher.sha.finalize()) }
-                }
-                try recordFinished(shard, sha: digest)
+                try recordFinished(shard, sha: try stream.complete())
             } catch {
                 lock.lock()
                 if finisherError == nil { finisherError = error }
@@ -349,62 +261,27 @@ public final class CheckpointWriter: @unchecked Sendable {
         }
     }
 
-    /// Writes the complete data of tensor `name`.
+    /// Writes the complete data of tensor `name` (copied: the caller keeps its buffer).
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
-        let (shard, fd, offset, file, hasher) = try begin(name, count: bytes.count)
-        if !bytes.isEmpty { try writeAll(fd: fd, buffer: bytes, at: offset, file: file) }
-        startWriteback(fd: fd, offset: offset, count: bytes.count)
-        // The caller's buffer is not ours to keep: hashed before returning.
-        if let hasher, !bytes.isEmpty { hasher.queue.sync { hasher.sha.update(bytes) } }
-        end(shard, fd: fd)
+        let (shard, stream, offset) = try begin(name, count: bytes.count)
+        try stream.write(bytes, at: offset)
+        end(shard)
     }
 
-    /// Writes the complete data of tensor `name` from an array, hashed in the background.
+    /// Writes the complete data of tensor `name` from an array.
     public func write(_ name: String, bytes: [UInt8]) throws {
-        let (shard, fd, offset, file, hasher) = try begin(name, count: bytes.count)
-        let owner = ArrayOwner(bytes)
-        try owner.bytes.withUnsafeBytes { buffer in
-            if !buffer.isEmpty { try writeAll(fd: fd, buffer: buffer, at: offset, file: file) }
-            startWriteback(fd: fd, offset: offset, count: buffer.count)
-            hash(hasher, buffer, owner: owner)
-        }
-        end(shard, fd: fd)
+        try bytes.withUnsafeBytes { try write(name, bytes: $0) }
     }
 
-    /// Copies a tensor from its input file: in the kernel with `copy_file_range` (no page faults, no
-    /// user-space copy, as `cp` does), else 64 MiB at a time from the mapping, dropping each window's
-    /// input pages once written, so copying a large tensor (an embedding) keeps memory flat.
+    /// Copies a tensor from its input file with `pread` into the staged chunks (no page faults on
+    /// the input's mapping, one copy), or in the kernel (`copy_file_range`) when out of file order.
     public func write(_ name: String, view: TensorView) throws {
-        let (shard, fd, offset, file, hasher) = try begin(name, count: view.bytes.count)
-        let window = 64 << 20
-        var done = 0
+        let (shard, stream, offset) = try begin(name, count: view.bytes.count)
         let base = view.bytes.baseAddress.map { $0 - view.owner.base! } ?? 0
-        var inOffset = Int64(base), outOffset = Int64(offset)
-        while done < view.bytes.count {
-            let n = dsconvert_copy_file_range(view.owner.descriptor, &inOffset, fd, &outOffset, view.bytes.count - done)
-            if n > 0 { done += Int(n); continue }
-            if n < 0, errno == EINTR { continue }
-            if n < 0, ![EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) {
-                throw SafeTensorsError.writeFailed(file: file, reason: String(cString: strerror(errno)))
-            }
-            break  // not supported here: fall back to writing from the mapping
+        if !view.bytes.isEmpty {
+            try stream.copy(from: view.owner.descriptor, inputOffset: base, count: view.bytes.count, at: offset)
         }
-        while done < view.bytes.count {
-            let n = min(window, view.bytes.count - done)
-            try writeAll(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: view.bytes[done..<(done + n)]), at: offset + done, file: file)
-            view.owner.release((base + done)..<(base + done + n))
-            done += n
-        }
-        startWriteback(fd: fd, offset: offset, count: view.bytes.count)
-        // Hashed from the input's mapping: the page cache's pages mapped, not copied.
-        hash(hasher, view.bytes, owner: view.owner)
-        end(shard, fd: fd)
-    }
-
-    /// Starts writeback of a written range without waiting, so the shard's fsync at the end finds
-    /// most of it on disk already instead of flushing the whole file on the critical path.
-    private func startWriteback(fd: Int32, offset: Int, count: Int) {
-        if count >= 1 << 20 { _ = dsconvert_start_writeback(fd, Int64(offset), Int64(count)) }
+        end(shard)
     }
 
     /// Waits for shard `file` to be finished (synced and hashed) and returns its SHA-256.
@@ -467,12 +344,13 @@ public final class CheckpointWriter: @unchecked Sendable {
         }
         // A shard with no tensors at all never had a write to create it.
         for (i, shard) in layout.shards.enumerated() where shard.tensors.isEmpty && hashes[shard.fileName] == nil {
-            let fd = try descriptor(i)
-            fsync(fd)
-            close(fd)
-            descriptors[i] = nil
-            hashers[i] = nil
-            try recordFinished(i)
+            lock.lock()
+            let created = Result { try stream(i) }
+            streams[i] = nil
+            lock.unlock()
+            let empty = try created.get()
+            empty.finishStaging()
+            try recordFinished(i, sha: try empty.complete())
         }
         if layout.isSharded {
             try AtomicFile.write(Data(layout.indexJSON().utf8), to: directory.appendingPathComponent(Checkpoint.indexFileName))
@@ -512,16 +390,4 @@ public enum SafeTensorsFileWriter {
             throw error
         }
     }
-}
-
-/// A buffer handed to a hashing queue, with what keeps its memory alive.
-private struct SendableBuffer: @unchecked Sendable {
-    let bytes: UnsafeRawBufferPointer
-    let owner: AnyObject
-}
-
-/// Holds an array's storage (and so its address) while a queue reads it.
-private final class ArrayOwner: @unchecked Sendable {
-    let bytes: [UInt8]
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
 }

@@ -1,0 +1,121 @@
+#include "fp8_kernels.h"
+
+#include <string.h>
+
+// a * 2^k + 2^23 below must round twice, never fuse (it is exact either way for these inputs, but
+// the encoders' bit-exactness should not hang on that argument).
+#pragma STDC FP_CONTRACT OFF
+
+static inline uint32_t bits_of(float v) { uint32_t b; memcpy(&b, &v, 4); return b; }
+static inline float float_of(uint32_t b) { float v; memcpy(&v, &b, 4); return v; }
+
+// Branch-free encoders (integer selects only), identical to Swift's FP8Codec.encodeE4M3/encodeE5M2.
+static inline uint8_t encode_e4m3(float x) {
+    uint32_t bits = bits_of(x);
+    uint32_t sign = (bits >> 24) & 0x80u;
+    uint32_t magnitude = bits & 0x7FFFFFFFu;
+    uint32_t clamped = magnitude > 0x43E00000u ? 0x43E00000u : magnitude;            // ±448, also ±inf
+    uint32_t subnormal = bits_of(float_of(clamped) * 0x1p9f + 0x1p23f) - 0x4B000000u;
+    uint32_t normal = ((clamped + 0x7FFFFu + ((clamped >> 20) & 1u)) >> 20) - (120u << 3);
+    uint32_t code = clamped < 0x3C800000u ? subnormal : normal;                        // below 2^-6
+    code = magnitude > 0x7F800000u ? 0x7Fu : code;                                     // NaN
+    return (uint8_t)(code | sign);
+}
+
+static inline uint8_t encode_e5m2(float x) {
+    uint32_t bits = bits_of(x);
+    uint32_t sign = (bits >> 24) & 0x80u;
+    uint32_t magnitude = bits & 0x7FFFFFFFu;
+    uint32_t clamped = magnitude > 0x47600000u ? 0x47600000u : magnitude;            // ±57344
+    uint32_t subnormal = bits_of(float_of(clamped) * 0x1p16f + 0x1p23f) - 0x4B000000u;
+    uint32_t normal = ((clamped + 0xFFFFFu + ((clamped >> 21) & 1u)) >> 21) - (112u << 2);
+    uint32_t code = clamped < 0x38800000u ? subnormal : normal;                        // below 2^-14
+    code = magnitude == 0x7F800000u ? 0x7Cu : code;                                    // ±inf
+    code = magnitude > 0x7F800000u ? 0x7Fu : code;                                     // NaN
+    return (uint8_t)(code | sign);
+}
+
+// The largest magnitude bit pattern of n bf16 values, at least `m` (a plain reduction, which every
+// level's vectorizer turns into 16-bit vector maxima).
+static inline int16_t strip_max(const uint16_t *p, size_t n, int16_t m) {
+    uint16_t largest = (uint16_t)m;
+    for (size_t c = 0; c < n; c++) {
+        uint16_t v = p[c] & 0x7FFFu;
+        largest = v > largest ? v : largest;
+    }
+    return (int16_t)largest;
+}
+
+// One body, compiled once per level: the loops are written so each level's auto-vectorizer turns
+// them into straight vector code (16-bit max for the amax, f32 division and integer selects for the
+// encode). The division stays a division: torch's cast computes x / scale, and so must we.
+enum { AMAX_STRIPS = 1024 };
+
+#define DEFINE_BLOCK_ROW(NAME, ATTRIBUTES)                                                                   \
+    ATTRIBUTES static int NAME(const uint16_t *x, size_t rows, size_t cols, size_t block, size_t block_row,  \
+                               int e5m2, uint8_t *codes, float *scales) {                                    \
+        size_t per_row = (cols + block - 1) / block;                                                         \
+        size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
+        float max_finite = e5m2 ? 57344.0f : 448.0f;                                                         \
+        /* amax per tile, reading the rows front to back (a tile's rows are a page apart: walking  */ \
+        /* them column strip by column strip defeats the prefetcher); strips beyond the stack array */ \
+        /* are done in further passes.                                                             */ \
+        int16_t amax[AMAX_STRIPS];                                                                            \
+        int16_t largest = 0;                                                                                  \
+        for (size_t first = 0; first < per_row; first += AMAX_STRIPS) {                                     \
+            size_t strips = per_row - first < AMAX_STRIPS ? per_row - first : AMAX_STRIPS;                   \
+            for (size_t s = 0; s < strips; s++) amax[s] = 0;                                                 \
+            for (size_t r = r0; r < r1; r++) {                                                               \
+                const uint16_t *row = x + r * cols;                                                           \
+                for (size_t s = 0; s < strips; s++) {                                                        \
+                    size_t c0 = (first + s) * block, c1 = c0 + block < cols ? c0 + block : cols;             \
+                    amax[s] = strip_max(row + c0, c1 - c0, amax[s]);                                          \
+                }                                                                                             \
+            }                                                                                                 \
+            for (size_t s = 0; s < strips; s++) {                                                            \
+                largest = amax[s] > largest ? amax[s] : largest;                                             \
+                float a = float_of((uint32_t)(uint16_t)amax[s] << 16);                                       \
+                scales[block_row * per_row + first + s] = amax[s] == 0 ? 1.0f : a / max_finite;              \
+            }                                                                                                 \
+        }                                                                                                     \
+        if (largest >= 0x7F80) return 1;                                                                      \
+        if (!codes) return 0;                                                                                 \
+        for (size_t r = r0; r < r1; r++) {                                                                   \
+            const uint16_t *row = x + r * cols;                                                               \
+            uint8_t *out = codes + r * cols;                                                                  \
+            for (size_t bc = 0; bc < per_row; bc++) {                                                        \
+                size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
+                float scale = scales[block_row * per_row + bc];                                               \
+                if (e5m2) {                                                                                   \
+                    for (size_t c = c0; c < c1; c++) out[c] = encode_e5m2(float_of((uint32_t)row[c] << 16) / scale); \
+                } else {                                                                                      \
+                    for (size_t c = c0; c < c1; c++) out[c] = encode_e4m3(float_of((uint32_t)row[c] << 16) / scale); \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+        return 0;                                                                                             \
+    }
+
+DEFINE_BLOCK_ROW(block_row_baseline, )
+#if defined(__x86_64__)
+DEFINE_BLOCK_ROW(block_row_avx2, __attribute__((target("avx2"))))
+DEFINE_BLOCK_ROW(block_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+#endif
+
+int dsconvert_fp8_best_isa(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return DSCONVERT_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2")) return DSCONVERT_ISA_AVX2;
+#endif
+    return DSCONVERT_ISA_BASELINE;
+}
+
+int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
+                                          size_t block_row, int e5m2, uint8_t *codes, float *scales) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) return block_row_avx512(x, rows, cols, block, block_row, e5m2, codes, scales);
+    if (isa == DSCONVERT_ISA_AVX2) return block_row_avx2(x, rows, cols, block, block_row, e5m2, codes, scales);
+#endif
+    return block_row_baseline(x, rows, cols, block, block_row, e5m2, codes, scales);
+}

@@ -1,0 +1,28 @@
+// Block-scaled FP8 quantization kernels, compiled for several x86-64 levels and chosen at run time:
+// Swift compiles for baseline x86-64 (SSE2) only, which leaves 4-8x of this loop on the table.
+#ifndef DSCONVERT_FP8_KERNELS_H
+#define DSCONVERT_FP8_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// Instruction-set levels a kernel is compiled for.
+enum {
+    DSCONVERT_ISA_BASELINE = 0,  // x86-64 SSE2 (or whatever the target's default is)
+    DSCONVERT_ISA_AVX2 = 1,
+    DSCONVERT_ISA_AVX512 = 2,    // AVX-512 F + BW
+};
+
+/// The best level this CPU runs.
+int dsconvert_fp8_best_isa(void);
+
+/// Quantizes block row `block_row` of a row-major [rows, cols] bf16 matrix to FP8 (E4M3FN when
+/// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 for an
+/// all-zero tile) into `scales[block_row * ceil(cols/block) + bc]`, then, when `codes` is not NULL,
+/// each code = fp8(x / scale) rounded to nearest even and saturated, DeepSeek's `weight_quant`.
+/// `isa` must not exceed `dsconvert_fp8_best_isa()`. Returns 1 if the rows hold NaN or Inf (the
+/// outputs are then unspecified), else 0. Every level gives the same bytes.
+int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
+                                          size_t block_row, int e5m2, uint8_t *codes, float *scales);
+
+#endif
