@@ -17,17 +17,23 @@ public enum FloatConversion {
     @inline(__always)
     public static func f16ToFloat(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
 
-    /// Rounds a Double to bf16 once, to nearest even (going through Float would round twice).
+    /// Rounds a Double to bf16 once, to nearest even (going through Float by plain rounding would
+    /// round twice). The Double is first narrowed to Float with round-to-odd, which keeps enough
+    /// information (Float has 16 more bits than bf16, at least 2 are needed) for the final
+    /// round-to-nearest-even to equal a direct one (Boldo and Melquiond, "When double rounding is
+    /// odd", 2005). Finite values at or past the midpoint above bf16's largest finite round to
+    /// infinity, as torch does.
+    @inline(__always)
     public static func doubleToBF16(_ value: Double) -> UInt16 {
         if value.isNaN { return 0x7FC0 }
-        if value == 0 || value.isInfinite { return floatToBF16(Float(value)) }
-        // The bf16 ulp at this magnitude: 8 significant bits, subnormals below 2^-126.
-        let exponent = max(Int(value.exponent), -126)
-        let ulp = Double(sign: .plus, exponent: exponent - 7, significand: 1)
-        let rounded = (value / ulp).rounded(.toNearestOrEven) * ulp
-        // Finite results above bf16's largest finite value (3.3895e38) round to infinity, as torch does.
-        if abs(rounded) > 0x1.FEp127 { return value > 0 ? 0x7F80 : 0xFF80 }
-        return UInt16(truncatingIfNeeded: Float(rounded).bitPattern >> 16)
+        let nearest = Float(value)
+        var bits = nearest.bitPattern
+        let inexact = Double(nearest) != value
+        // Truncate toward zero (one step back when rounding went away from zero), then set the
+        // last bit when anything was dropped: round-to-odd.
+        if inexact && abs(Double(nearest)) > abs(value) { bits &-= 1 }
+        if inexact { bits |= 1 }
+        return floatToBF16(Float(bitPattern: bits))
     }
 
     /// Widens `count` bf16 values to Float32, 16 lanes at a time.

@@ -131,7 +131,7 @@ public final class CheckpointWriter: @unchecked Sendable {
     private var written = Set<String>()
     private var hashes: [String: String] = [:]
     private let journal: URL
-    private let pool = ChunkPool()
+    private let pool: ChunkPool
     /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
     private let finisher = DispatchQueue(label: "dsconvert.checkpoint-writer.finisher")
     private var finisherError: Error?
@@ -143,7 +143,13 @@ public final class CheckpointWriter: @unchecked Sendable {
     ///   - fingerprint: identifies the conversion (stage, options, input); a journal written under
     ///     another fingerprint is discarded.
     ///   - resume: keep the shards an interrupted run finished, verified by their recorded SHA-256.
-    public init(layout: CheckpointLayout, directory: URL, fingerprint: String = "", resume: Bool = false) {
+    public convenience init(layout: CheckpointLayout, directory: URL, fingerprint: String = "", resume: Bool = false) {
+        self.init(layout: layout, directory: directory, fingerprint: fingerprint, resume: resume, pool: .shared)
+    }
+
+    /// - Parameter pool: where the staged chunks come from (tests use small chunks to cross many boundaries).
+    init(layout: CheckpointLayout, directory: URL, fingerprint: String, resume: Bool, pool: ChunkPool) {
+        self.pool = pool
         self.layout = layout
         self.directory = directory
         journal = directory.appendingPathComponent(Self.journalName)

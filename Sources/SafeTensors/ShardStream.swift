@@ -4,44 +4,56 @@ import Foundation
 import Glibc
 #endif
 
-/// Reused page-aligned buffers for shard streams: the writer's memory stays bounded by
-/// `capacity × size` bytes whatever the checkpoint, and no fresh pages are faulted in per tensor.
+/// Reused page-aligned buffers for shard streams, one pool for the whole process, so memory stays
+/// bounded however many writers (a shard run has one per device) and whatever the checkpoint size.
+///
+/// Taking a buffer never waits: every open stream holds one partial chunk, and a writer may have
+/// any number of shards open. The bound comes from `beginFlight`, which caps the chunks handed to
+/// the hash and I/O queues; those always drain, so waiting there cannot deadlock.
 final class ChunkPool: @unchecked Sendable {
     /// Direct I/O needs buffers, lengths and file offsets aligned to the device's logical block
     /// (512 B on virtio, 4 KiB on most NVMe): 4 KiB satisfies both.
     static let alignment = 4096
-    let size: Int
-    private let capacity: Int
-    private var free: [UnsafeMutableRawPointer] = []
-    private var allocated = 0
-    private let condition = NSCondition()
+    static let shared = ChunkPool()
 
-    init(size: Int = 8 << 20, capacity: Int = 6) {
-        precondition(size % Self.alignment == 0)
+    let size: Int
+    private let keep: Int
+    private var free: [UnsafeMutableRawPointer] = []
+    private let lock = NSLock()
+    private let flights: DispatchSemaphore
+
+    /// - Parameters:
+    ///   - size: bytes per chunk, a multiple of `alignment`.
+    ///   - inFlight: chunks being hashed or written at once.
+    init(size: Int = 8 << 20, inFlight: Int = 4) {
+        precondition(size > 0 && size % Self.alignment == 0)
         self.size = size
-        self.capacity = capacity
+        keep = inFlight + 2
+        flights = DispatchSemaphore(value: inFlight)
     }
 
-    /// A free buffer; waits while every buffer is in flight (back-pressure on the producer).
+    /// A free buffer (a reused one when there is one).
     func take() -> UnsafeMutableRawPointer {
-        condition.lock()
-        defer { condition.unlock() }
-        while free.isEmpty && allocated == capacity { condition.wait() }
-        if let buffer = free.popLast() { return buffer }
+        lock.lock()
+        let reused = free.popLast()
+        lock.unlock()
+        if let reused { return reused }
         var pointer: UnsafeMutableRawPointer?
         guard posix_memalign(&pointer, Self.alignment, size) == 0, let pointer else { fatalError("out of memory for a \(size)-byte write buffer") }
-        allocated += 1
         return pointer
     }
 
     func give(_ buffer: UnsafeMutableRawPointer) {
-        condition.lock()
-        free.append(buffer)
-        condition.signal()
-        condition.unlock()
+        lock.lock()
+        let kept = free.count < keep
+        if kept { free.append(buffer) }
+        lock.unlock()
+        if !kept { Glibc.free(buffer) }
     }
 
-    deinit { for buffer in free { Glibc.free(buffer) } }
+    /// Waits for room to hand one more chunk to the background queues.
+    func beginFlight() { flights.wait() }
+    func endFlight() { flights.signal() }
 }
 
 /// One output file written front to back through aligned chunks.
@@ -180,6 +192,7 @@ final class ShardStream: @unchecked Sendable {
         let start = chunkStart, count = filled
         chunk = nil
         filled = 0
+        pool.beginFlight()
         let pending = PendingChunk(buffer: buffer, count: count, pool: pool, uses: inOrder ? 2 : 1)
         let direct = directFD >= 0 && count % ChunkPool.alignment == 0 && start % ChunkPool.alignment == 0
         if inOrder {
@@ -302,6 +315,9 @@ private final class PendingChunk: @unchecked Sendable {
         uses -= 1
         let last = uses == 0
         lock.unlock()
-        if last { pool.give(buffer) }
+        if last {
+            pool.give(buffer)
+            pool.endFlight()
+        }
     }
 }

@@ -101,4 +101,85 @@ final class FP8BlockQuantizerTests: XCTestCase {
         XCTAssertEqual(back[129 * cols + 199], 1000, accuracy: 1e-3)
         for i in 0..<x.count { XCTAssertEqual(back[i], x[i], accuracy: abs(x[i]) / 16 + 1e-6) }
     }
+
+    /// The C kernel's codes and scales at `level`, for a bf16 matrix.
+    private func kernel(_ x: [UInt16], rows: Int, cols: Int, block: Int, format: FP8Format, level: Int32) -> (ok: Bool, codes: [UInt8], scales: [Float], scalesOnly: [Float]) {
+        let q = FP8BlockQuantizer(format: format, block: block)
+        let shape = q.scaleShape(rows: rows, cols: cols)
+        var codes = [UInt8](repeating: 0xAA, count: rows * cols)
+        var scales = [Float](repeating: -1, count: shape[0] * shape[1])
+        var scalesOnly = scales
+        let ok = x.withUnsafeBufferPointer { xp in codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in
+            q.quantize(bf16: xp.baseAddress!, rows: rows, cols: cols, codes: cp.baseAddress!, scales: sp.baseAddress!, level: level)
+        } } }
+        _ = x.withUnsafeBufferPointer { xp in scalesOnly.withUnsafeMutableBufferPointer { sp in
+            q.quantize(bf16: xp.baseAddress!, rows: rows, cols: cols, codes: nil, scales: sp.baseAddress!, level: level)
+        } }
+        return (ok, codes, scales, scalesOnly)
+    }
+
+    /// DeepSeek's block cast written out element by element with the Swift codec: the reference.
+    private func reference(_ x: [UInt16], rows: Int, cols: Int, block: Int, format: FP8Format) -> (codes: [UInt8], scales: [Float]) {
+        let perRow = (cols + block - 1) / block, blockRows = (rows + block - 1) / block
+        var scales = [Float](repeating: 1, count: blockRows * perRow)
+        var codes = [UInt8](repeating: 0, count: rows * cols)
+        for br in 0..<blockRows {
+            for bc in 0..<perRow {
+                var amax: Float = 0
+                for r in (br * block)..<min(rows, (br + 1) * block) {
+                    for c in (bc * block)..<min(cols, (bc + 1) * block) { amax = max(amax, abs(FloatConversion.bf16ToFloat(x[r * cols + c]))) }
+                }
+                let scale = amax == 0 ? 1 : amax / format.maxFinite
+                scales[br * perRow + bc] = scale
+                for r in (br * block)..<min(rows, (br + 1) * block) {
+                    for c in (bc * block)..<min(cols, (bc + 1) * block) { codes[r * cols + c] = FP8Codec.encode(FloatConversion.bf16ToFloat(x[r * cols + c]) / scale, format) }
+                }
+            }
+        }
+        return (codes, scales)
+    }
+
+    func testBF16KernelMatchesTheCodecAtEveryLevel() {
+        var state: UInt64 = 7
+        func random(_ count: Int, magnitude: UInt16 = 0x7F7F) -> [UInt16] {
+            (0..<count).map { _ in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                let bits = UInt16(truncatingIfNeeded: state >> 40)
+                return (bits & 0x8000) | min(bits & 0x7FFF, magnitude)
+            }
+        }
+        // Every finite bf16 pattern once (256 x 256, so tiles mix huge, tiny and subnormal values).
+        let every = (0...0xFFFF).map { UInt16($0) }.map { ($0 & 0x7FFF) >= 0x7F80 ? $0 & 0x8000 : $0 }
+        var cases: [(x: [UInt16], rows: Int, cols: Int, block: Int)] = [(every, 256, 256, 128), (every, 256, 256, 16)]
+        cases.append((random(130 * 200, magnitude: 0x4700), 130, 200, 128))  // partial tiles on both edges
+        cases.append((random(3 * 4100), 3, 4100, 4))                          // 1025 column strips: a second amax pass
+        cases.append((random(1), 1, 1, 128))
+        var zeros = random(129 * 257)
+        for r in 0..<128 { for c in 128..<256 { zeros[r * 257 + c] = r % 2 == 0 ? 0 : 0x8000 } }  // a ±0 tile: scale 1
+        cases.append((zeros, 129, 257, 128))
+        XCTAssertEqual(FP8BlockQuantizer.availableKernelLevels.first, 0)
+        for level in FP8BlockQuantizer.availableKernelLevels {
+            for format in FP8Format.allCases {
+                for (x, rows, cols, block) in cases {
+                    let want = reference(x, rows: rows, cols: cols, block: block, format: format)
+                    let got = kernel(x, rows: rows, cols: cols, block: block, format: format, level: level)
+                    let label = "level \(level) \(format) [\(rows), \(cols)] block \(block)"
+                    XCTAssertTrue(got.ok, label)
+                    XCTAssertEqual(got.scales.map(\.bitPattern), want.scales.map(\.bitPattern), label)
+                    XCTAssertEqual(got.scalesOnly.map(\.bitPattern), want.scales.map(\.bitPattern), label)
+                    XCTAssertEqual(got.codes, want.codes, label)
+                }
+            }
+        }
+    }
+
+    func testBF16KernelReportsNonFiniteInput() {
+        for level in FP8BlockQuantizer.availableKernelLevels {
+            for bad: UInt16 in [0x7F80, 0xFF80, 0x7FC0, 0xFFFF] {
+                var x = [UInt16](repeating: 0x3F80, count: 200 * 300)
+                x[199 * 300 + 299] = bad
+                XCTAssertFalse(kernel(x, rows: 200, cols: 300, block: 128, format: .e4m3, level: level).ok, "level \(level) 0x\(String(bad, radix: 16))")
+            }
+        }
+    }
 }

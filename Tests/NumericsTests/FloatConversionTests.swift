@@ -76,4 +76,41 @@ final class DoubleToBF16Tests: XCTestCase {
             XCTAssertEqual(FloatConversion.doubleToBF16(Double(f)), FloatConversion.floatToBF16(f), "\(f)")
         }
     }
+
+    /// The previous implementation (scale by the bf16 ulp, round the Double, scale back): slow but
+    /// plainly correct, kept as the reference for the round-to-odd one.
+    private func referenceDoubleToBF16(_ value: Double) -> UInt16 {
+        if value.isNaN { return 0x7FC0 }
+        if value == 0 || value.isInfinite { return FloatConversion.floatToBF16(Float(value)) }
+        let exponent = max(Int(value.exponent), -126)
+        let ulp = Double(sign: .plus, exponent: exponent - 7, significand: 1)
+        let rounded = (value / ulp).rounded(.toNearestOrEven) * ulp
+        if abs(rounded) > 0x1.FEp127 { return value > 0 ? 0x7F80 : 0xFF80 }
+        return UInt16(truncatingIfNeeded: Float(rounded).bitPattern >> 16)
+    }
+
+    func testRoundToOddMatchesDirectRounding() {
+        var state: UInt64 = 0xD1B5_4A32_D192_ED03
+        func next() -> UInt64 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return state
+        }
+        var values: [Double] = [0x1.FEp127, 0x1.FFp127, 0x1.FFp127.nextDown, 0x1.FFp127.nextUp, 0x1.FFFFFEp127, 0x1p128,
+                                0x1p-126, 0x1p-133, 0x1p-134, 0x1p-134.nextUp, 0x1p-134.nextDown, 0x3p-134, 0x1p-149, 0x1p-150, 0x1p-151,
+                                .leastNonzeroMagnitude, .greatestFiniteMagnitude, .infinity, 0, -0.0]
+        for _ in 0..<200_000 {
+            // Any sign and mantissa, exponents over bf16's whole range and past both ends.
+            let exponent = UInt64(1023 - 160 + Int(next() % 300))
+            values.append(Double(bitPattern: (next() & 0x8000_0000_0000_0000) | (exponent << 52) | (next() & 0xF_FFFF_FFFF_FFFF)))
+            // Near ties: a bf16 value plus half its ulp, nudged by a few Double ulps either way.
+            let b = Double(Float(bitPattern: UInt32(truncatingIfNeeded: next() >> 32) & 0xFFFF_0000))
+            guard b.isFinite, b != 0 else { continue }
+            let half = Double(sign: .plus, exponent: max(Int(b.exponent), -126) - 8, significand: 1)
+            let tie = b + (b < 0 ? -half : half)
+            values += [tie, tie.nextUp, tie.nextDown, tie.nextUp.nextUp, tie.nextDown.nextDown]
+        }
+        for v in values + values.map({ -$0 }) {
+            XCTAssertEqual(FloatConversion.doubleToBF16(v), referenceDoubleToBF16(v), "\(v)")
+        }
+    }
 }

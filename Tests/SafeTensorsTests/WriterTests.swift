@@ -93,6 +93,76 @@ final class WriterTests: XCTestCase {
                        try Data(contentsOf: parallel.appendingPathComponent(Checkpoint.indexFileName)))
     }
 
+    /// The bytes a shard must hold: length, header, then each tensor's data in file order.
+    private func expectedFile(_ shard: ShardPlan, _ data: [String: [UInt8]]) -> [UInt8] {
+        withUnsafeBytes(of: UInt64(shard.headerBytes.count).littleEndian) { Array($0) } + shard.headerBytes + shard.tensors.flatMap { data[$0.name]! }
+    }
+
+    /// Sizes around the 8 KiB test chunk and the 4 KiB direct-I/O block, in two shards.
+    private func stagedLayout() -> (CheckpointLayout, [PlannedTensor]) {
+        let sizes = [1, 4095, 4096, 4097, 8191, 8192, 8193, 20_000, 0, 3, 65_537, 12_288]
+        let planned = sizes.enumerated().map { PlannedTensor(name: String(format: "t.%02d", $0), dtype: .u8, shape: [$1]) }
+        return (CheckpointLayout(tensors: planned, maxShardSize: 70_000), planned)
+    }
+
+    func testStagedWritesAcrossChunkBoundariesInAndOutOfOrder() throws {
+        let (layout, planned) = stagedLayout()
+        XCTAssertGreaterThan(layout.shards.count, 1)
+        let data = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, bytes(for: $0)) })
+        let fileOrder = layout.shards.flatMap { $0.tensors.map(\.name) }
+        // In file order (the sinks' order), then with one tensor of the first shard late, then reversed.
+        var late = fileOrder
+        late.append(late.remove(at: 2))
+        for (label, order) in [("file order", fileOrder), ("one late", late), ("reversed", fileOrder.reversed())] {
+            let out = dir.appendingPathComponent(label)
+            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+            let writer = CheckpointWriter(layout: layout, directory: out, fingerprint: "", resume: false, pool: ChunkPool(size: 8192, inFlight: 2))
+            for name in order { try writer.write(name, bytes: data[name]!) }
+            try writer.finish()
+            for shard in layout.shards {
+                let path = out.appendingPathComponent(shard.fileName).path
+                XCTAssertEqual([UInt8](try Data(contentsOf: URL(fileURLWithPath: path))), expectedFile(shard, data), "\(label): \(shard.fileName)")
+                XCTAssertEqual(writer.sha256(of: shard.fileName), try SHA256.hex(fileAt: path), "\(label): \(shard.fileName)")
+            }
+        }
+    }
+
+    func testStagedCopiesFromViews() throws {
+        let (layout, planned) = stagedLayout()
+        let data = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, bytes(for: $0)) })
+        let source = dir.appendingPathComponent("source"), copy = dir.appendingPathComponent("copy")
+        for url in [source, copy] { try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true) }
+        let first = CheckpointWriter(layout: layout, directory: source)
+        for t in planned { try first.write(t.name, bytes: data[t.name]!) }
+        try first.finish()
+        let checkpoint = try Checkpoint(directory: source)
+        let writer = CheckpointWriter(layout: layout, directory: copy, fingerprint: "", resume: false, pool: ChunkPool(size: 8192, inFlight: 1))
+        // Views in file order except the last tensor of the first shard, which comes last (kernel copy).
+        var order = layout.shards.flatMap { $0.tensors.map(\.name) }
+        order.append(order.remove(at: layout.shards[0].tensors.count - 1))
+        for name in order { try writer.write(name, view: try checkpoint.view(name)) }
+        try writer.finish()
+        for shard in layout.shards {
+            XCTAssertEqual(try Data(contentsOf: copy.appendingPathComponent(shard.fileName)), try Data(contentsOf: source.appendingPathComponent(shard.fileName)))
+            XCTAssertEqual(writer.sha256(of: shard.fileName), first.sha256(of: shard.fileName))
+        }
+    }
+
+    func testMoreOpenShardsThanChunksInFlight() throws {
+        // Twelve shards written a tensor at a time, round robin, through one chunk in flight: every
+        // open shard holds a partial chunk, which must not starve the others.
+        let planned = (0..<48).map { PlannedTensor(name: String(format: "w.%02d", $0), dtype: .u8, shape: [5000 + $0]) }
+        let layout = CheckpointLayout(tensors: planned, maxShardSize: 21_000)
+        XCTAssertEqual(layout.shards.count, 12)
+        let data = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, bytes(for: $0)) })
+        let writer = CheckpointWriter(layout: layout, directory: dir, fingerprint: "", resume: false, pool: ChunkPool(size: 4096, inFlight: 1))
+        for k in 0..<4 { for shard in layout.shards where k < shard.tensors.count { try writer.write(shard.tensors[k].name, bytes: data[shard.tensors[k].name]!) } }
+        try writer.finish()
+        for shard in layout.shards {
+            XCTAssertEqual([UInt8](try Data(contentsOf: dir.appendingPathComponent(shard.fileName))), expectedFile(shard, data))
+        }
+    }
+
     func testIndexAgreementRules() throws {
         let layout = CheckpointLayout(tensors: [PlannedTensor(name: "a", dtype: .u8, shape: [8]), PlannedTensor(name: "b", dtype: .u8, shape: [8])], maxShardSize: 8)
         let writer = CheckpointWriter(layout: layout, directory: dir)
