@@ -142,22 +142,30 @@ public enum ShardStage {
             records.append(record)
         }
 
-        // Device by device, shard by shard, in file order: every shard is hashed as it is written,
-        // each input tensor is read once, and a dense shard equal to device-0's is linked to it.
-        let total = writers.reduce(0) { $0 + $1.layout.shards.reduce(0) { $0 + $1.tensors.count } }
-        var done = 0
+        // Every shard front to back (hashed as it is written), shards interleaved so their hashes
+        // run side by side, each input tensor read once. A dense shard equal to device-0's is linked
+        // to it once everything is written (linking waits for device-0's shard to be finished).
+        var units: [[(device: Int, tensor: TensorInfo)]] = []
+        var links: [(device: Int, shard: Int, original: ShardPlan)] = []
         for d in 0..<devices {
             for (i, shard) in writers[d].layout.shards.enumerated() {
-                defer { done += shard.tensors.count; progress?("shard: \(done)/\(total) tensors (device \(d))") }
                 if d > 0, i < writers[0].layout.shards.count, case let first = writers[0].layout.shards[i],
                    first.fileName == shard.fileName, first.headerBytes == shard.headerBytes,
                    shard.tensors.allSatisfy({ TensorNames.expertIndex(of: $0.name) == nil }) {
-                    try writers[d].adoptShard(i, identicalTo: writers[0].directory.appendingPathComponent(first.fileName),
-                                              sha256: try writers[0].waitForSHA256(of: first.fileName))
-                    continue
+                    links.append((d, i, first))
+                } else {
+                    units.append(shard.tensors.map { (d, $0) })
                 }
-                for t in shard.tensors where !writers[d].isWritten(t.name) { try source.write(t.name, to: writers[d]) }
             }
+        }
+        let order = WriteSchedule.interleaved(units) { $0.tensor.byteCount }
+        for (k, (d, tensor)) in order.enumerated() {
+            if !writers[d].isWritten(tensor.name) { try source.write(tensor.name, to: writers[d]) }
+            if k % 32 == 0 || k == order.count - 1 { progress?("shard: \(k + 1)/\(order.count) tensors (device \(d))") }
+        }
+        for (d, i, first) in links {
+            try writers[d].adoptShard(i, identicalTo: writers[0].directory.appendingPathComponent(first.fileName),
+                                      sha256: try writers[0].waitForSHA256(of: first.fileName))
         }
 
         var files: [ConversionManifest.FileRecord] = []

@@ -123,9 +123,9 @@ extension ConversionOutput {
         let layout = CheckpointLayout(tensors: source.planned, maxShardSize: maxShardSize)
         let out = try ConversionOutput(input: source.directory, output: output, force: force, layout: layout,
                                        stages: source.stages, newStages: source.newStages(after: inputStages), resume: resume)
-        // File order: each shard's bytes arrive front to back, so the writer hashes them as they
-        // are written instead of reading the finished shard back.
-        let names = layout.shards.flatMap { $0.tensors.map(\.name) }
+        // Each shard front to back, so the writer hashes it as it is written instead of reading it
+        // back; shards interleaved, so their hashes run side by side.
+        let names = WriteSchedule.interleaved(layout.shards.map(\.tensors)) { $0.byteCount }.map(\.name)
         for (i, name) in names.enumerated() {
             if !out.writer.isWritten(name) { try source.write(name, to: out.writer) }
             if i % 32 == 0 || i == names.count - 1 { progress?("\(label): \(i + 1)/\(names.count) tensors") }

@@ -25,7 +25,7 @@ final class ChunkPool: @unchecked Sendable {
     /// - Parameters:
     ///   - size: bytes per chunk, a multiple of `alignment`.
     ///   - inFlight: chunks being hashed or written at once.
-    init(size: Int = 8 << 20, inFlight: Int = 4) {
+    init(size: Int = 8 << 20, inFlight: Int = 8) {
         precondition(size > 0 && size % Self.alignment == 0)
         self.size = size
         keep = inFlight + 2
