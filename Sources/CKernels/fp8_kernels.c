@@ -53,7 +53,7 @@ enum { AMAX_STRIPS = 1024 };
 
 #define DEFINE_BLOCK_ROW(NAME, ATTRIBUTES)                                                                   \
     ATTRIBUTES static int NAME(const uint16_t *x, size_t rows, size_t cols, size_t block, size_t block_row,  \
-                               int e5m2, uint8_t *codes, float *scales) {                                    \
+                               int e5m2, uint8_t *codes, float *scales, int scales_given) {                  \
         size_t per_row = (cols + block - 1) / block;                                                         \
         size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
         float max_finite = e5m2 ? 57344.0f : 448.0f;                                                         \
@@ -62,7 +62,7 @@ enum { AMAX_STRIPS = 1024 };
         /* are done in further passes.                                                             */ \
         int16_t amax[AMAX_STRIPS];                                                                            \
         int16_t largest = 0;                                                                                  \
-        for (size_t first = 0; first < per_row; first += AMAX_STRIPS) {                                     \
+        for (size_t first = 0; !scales_given && first < per_row; first += AMAX_STRIPS) {                    \
             size_t strips = per_row - first < AMAX_STRIPS ? per_row - first : AMAX_STRIPS;                   \
             for (size_t s = 0; s < strips; s++) amax[s] = 0;                                                 \
             for (size_t r = r0; r < r1; r++) {                                                               \
@@ -112,10 +112,10 @@ int dsconvert_fp8_best_isa(void) {
 }
 
 int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
-                                          size_t block_row, int e5m2, uint8_t *codes, float *scales) {
+                                          size_t block_row, int e5m2, uint8_t *codes, float *scales, int scales_given) {
 #if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return block_row_avx512(x, rows, cols, block, block_row, e5m2, codes, scales);
-    if (isa == DSCONVERT_ISA_AVX2) return block_row_avx2(x, rows, cols, block, block_row, e5m2, codes, scales);
+    if (isa >= DSCONVERT_ISA_AVX512) return block_row_avx512(x, rows, cols, block, block_row, e5m2, codes, scales, scales_given);
+    if (isa == DSCONVERT_ISA_AVX2) return block_row_avx2(x, rows, cols, block, block_row, e5m2, codes, scales, scales_given);
 #endif
-    return block_row_baseline(x, rows, cols, block, block_row, e5m2, codes, scales);
+    return block_row_baseline(x, rows, cols, block, block_row, e5m2, codes, scales, scales_given);
 }

@@ -140,6 +140,9 @@ public final class QuantizeStep: TensorSource {
     private let quantizer: FP8BlockQuantizer
     /// Scales of the tensor quantized last, until written.
     private var pendingScales: [String: [UInt8]] = [:]
+    /// Block scales of bf16 weights whose scale tensor was written before their codes (a few KB per
+    /// weight, for the shards being written), so the codes pass skips the amax.
+    private var knownScales: [String: [Float]] = [:]
 
     /// - Parameter progress: reports the calibration forward pass (with `kv6.calibration`).
     public init(source: TensorSource, fp8: QuantizeStage.FP8Options?, kv6: QuantizeStage.KV6Options?,
@@ -255,18 +258,23 @@ public final class QuantizeStep: TensorSource {
         let shape = byName[name]!.shape
         let rows = shape[shape.count - 2], cols = shape[shape.count - 1], matrices = shape.dropLast(2).reduce(1, *)
         let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
-        var codes = [UInt8](repeating: 0, count: wantCodes ? matrices * rows * cols : 0)
-        var scales = [Float](repeating: 1, count: matrices * perMatrix)
+        let count = wantCodes ? matrices * rows * cols : 0
+        var codes = [UInt8](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // every byte is written below
         var finite = true
-        // Unmodified (not equalized, present in the source) bf16 goes straight into the kernel.
-        if !modified.contains(name), source.info(name)?.dtype == .bf16 {
+        // Unmodified (not equalized, present in the source) bf16 goes straight into the kernel; the
+        // scales of a scales-only pass are kept, so the codes pass does not compute them again.
+        let bf16 = !modified.contains(name) && source.info(name)?.dtype == .bf16
+        let known = bf16 && wantCodes ? knownScales.removeValue(forKey: name) : nil
+        var scales = known ?? [Float](repeating: 1, count: matrices * perMatrix)
+        if bf16 {
             let payload = try source.payload(name)
             func run(_ raw: UnsafeRawBufferPointer) {
                 let x = raw.baseAddress!.assumingMemoryBound(to: UInt16.self)
                 codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in
                     for m in 0..<matrices where finite {
                         finite = quantizer.quantize(bf16: x + m * rows * cols, rows: rows, cols: cols,
-                                                    codes: wantCodes ? cp.baseAddress! + m * rows * cols : nil, scales: sp.baseAddress! + m * perMatrix)
+                                                    codes: wantCodes ? cp.baseAddress! + m * rows * cols : nil, scales: sp.baseAddress! + m * perMatrix,
+                                                    scalesGiven: known != nil)
                     }
                 } }
             }
@@ -292,6 +300,7 @@ public final class QuantizeStep: TensorSource {
             throw ConversionError.unsupportedInput(path: source.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to quantize it")
         }
         pendingScales = [name + QuantizationConfig.scaleSuffix: scales.withUnsafeBytes { Array($0) }]
+        if bf16 && !wantCodes { knownScales[name] = scales }
         return codes
     }
 

@@ -58,15 +58,18 @@ public struct FP8BlockQuantizer: Sendable {
     ///
     /// Runs the C kernel at the best instruction-set level of this CPU (`kernelLevel`); every level
     /// gives the same bytes (tested against the Swift codec and torch's goldens).
+    ///
+    /// With `scalesGiven`, `scales` already holds this matrix's scales (from a scales-only call on
+    /// the same data, which also did the finiteness check) and only the codes are computed.
     public func quantize(bf16 x: UnsafePointer<UInt16>, rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>,
-                         level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
+                         scalesGiven: Bool = false, level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
         let input = SharedPointer(UnsafeMutablePointer(mutating: x))
         let out = codes.map(SharedPointer.init), sc = SharedPointer(scales)
         let nonFinite = NonFiniteFlag()
-        let block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
+        let block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0, given: Int32 = scalesGiven ? 1 : 0
         // Tasks own disjoint block rows: results do not depend on the thread count.
         Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
-            if dsconvert_fp8_quantize_block_row_bf16(level, input.pointer, rows, cols, block, br, e5m2, out?.pointer, sc.pointer) != 0 {
+            if dsconvert_fp8_quantize_block_row_bf16(level, input.pointer, rows, cols, block, br, e5m2, out?.pointer, sc.pointer, given) != 0 {
                 nonFinite.set()
             }
         }

@@ -103,7 +103,7 @@ final class FP8BlockQuantizerTests: XCTestCase {
     }
 
     /// The C kernel's codes and scales at `level`, for a bf16 matrix.
-    private func kernel(_ x: [UInt16], rows: Int, cols: Int, block: Int, format: FP8Format, level: Int32) -> (ok: Bool, codes: [UInt8], scales: [Float], scalesOnly: [Float]) {
+    private func kernel(_ x: [UInt16], rows: Int, cols: Int, block: Int, format: FP8Format, level: Int32) -> (ok: Bool, codes: [UInt8], scales: [Float], scalesOnly: [Float], codesFromGivenScales: [UInt8]) {
         let q = FP8BlockQuantizer(format: format, block: block)
         let shape = q.scaleShape(rows: rows, cols: cols)
         var codes = [UInt8](repeating: 0xAA, count: rows * cols)
@@ -115,7 +115,13 @@ final class FP8BlockQuantizerTests: XCTestCase {
         _ = x.withUnsafeBufferPointer { xp in scalesOnly.withUnsafeMutableBufferPointer { sp in
             q.quantize(bf16: xp.baseAddress!, rows: rows, cols: cols, codes: nil, scales: sp.baseAddress!, level: level)
         } }
-        return (ok, codes, scales, scalesOnly)
+        // The two-pass use (scales first, then codes from those scales), as the quantize step does.
+        var given = scalesOnly
+        var codesFromGivenScales = [UInt8](repeating: 0x55, count: rows * cols)
+        _ = x.withUnsafeBufferPointer { xp in codesFromGivenScales.withUnsafeMutableBufferPointer { cp in given.withUnsafeMutableBufferPointer { sp in
+            q.quantize(bf16: xp.baseAddress!, rows: rows, cols: cols, codes: cp.baseAddress!, scales: sp.baseAddress!, scalesGiven: true, level: level)
+        } } }
+        return (ok, codes, scales, scalesOnly, codesFromGivenScales)
     }
 
     /// DeepSeek's block cast written out element by element with the Swift codec: the reference.
@@ -168,6 +174,7 @@ final class FP8BlockQuantizerTests: XCTestCase {
                     XCTAssertEqual(got.scales.map(\.bitPattern), want.scales.map(\.bitPattern), label)
                     XCTAssertEqual(got.scalesOnly.map(\.bitPattern), want.scales.map(\.bitPattern), label)
                     XCTAssertEqual(got.codes, want.codes, label)
+                    XCTAssertEqual(got.codesFromGivenScales, want.codes, label)
                 }
             }
         }

@@ -20,9 +20,11 @@ int dsconvert_fp8_best_isa(void);
 /// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 for an
 /// all-zero tile) into `scales[block_row * ceil(cols/block) + bc]`, then, when `codes` is not NULL,
 /// each code = fp8(x / scale) rounded to nearest even and saturated, DeepSeek's `weight_quant`.
-/// `isa` must not exceed `dsconvert_fp8_best_isa()`. Returns 1 if the rows hold NaN or Inf (the
-/// outputs are then unspecified), else 0. Every level gives the same bytes.
+/// With `scales_given`, `scales` already holds this block row's scales (from an earlier call on the
+/// same data) and only the codes are computed. `isa` must not exceed `dsconvert_fp8_best_isa()`.
+/// Returns 1 if the rows hold NaN or Inf (the outputs are then unspecified; never detected with
+/// `scales_given`), else 0. Every level gives the same bytes.
 int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
-                                          size_t block_row, int e5m2, uint8_t *codes, float *scales);
+                                          size_t block_row, int e5m2, uint8_t *codes, float *scales, int scales_given);
 
 #endif
