@@ -48,9 +48,12 @@ public final class AbsorbStep: TensorSource {
     public var directory: URL { source.directory }
     private let computed: Set<String>
     private let byName: [String: PlannedTensor]
-    /// The absorbed tensors of the layer computed last, until written.
-    private var cache: [String: [UInt8]] = [:]
-    private var cachedLayer: Int?
+    /// Absorbed tensors computed and not yet written, by layer. The writer keeps a shard per core
+    /// open, so requests alternate between as many layers; a few are kept (oldest dropped first: a
+    /// dropped layer is recomputed if asked again, never wrong).
+    private var cache: [Int: [String: [UInt8]]] = [:]
+    private var cacheOrder: [Int] = []
+    private let cachedLayers = 2 * WriteSchedule.defaultLanes
 
     public init(source: TensorSource, options: AbsorbOptions, dtype: AbsorbStage.StorageDType) throws {
         let input = source.config
@@ -92,9 +95,7 @@ public final class AbsorbStep: TensorSource {
 
     public func payload(_ name: String) throws -> TensorPayload {
         guard computed.contains(name), let layer = TensorNames.layerIndex(of: name) else { return try source.payload(name) }
-        if cachedLayer != layer || cache[name] == nil {
-            cache = [:]
-            cachedLayer = layer
+        if cache[layer]?[name] == nil {
             let results = try MLAAbsorber.absorbLayer(source.config, layer: layer, options: options) { name, shape in
                 guard let info = source.info(name), info.shape == shape else {
                     throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: shape)
@@ -106,13 +107,23 @@ public final class AbsorbStep: TensorSource {
                 }
                 return values
             }
-            for (name, values) in results { cache[name] = AbsorbStage.encode(values, as: byName[name]!.dtype) }
+            cacheOrder.removeAll { $0 == layer }
+            cacheOrder.append(layer)
+            if cacheOrder.count > cachedLayers { cache[cacheOrder.removeFirst()] = nil }
+            cache[layer] = Dictionary(uniqueKeysWithValues: results.map { ($0.0, AbsorbStage.encode($0.1, as: byName[$0.0]!.dtype)) })
         }
-        guard let bytes = cache[name] else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: byName[name]?.shape ?? []) }
+        guard let bytes = cache[layer]?[name] else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: byName[name]?.shape ?? []) }
         return .bytes(bytes)
     }
 
     public func release(_ name: String) {
-        if cache.removeValue(forKey: name) == nil { source.release(name) }
+        guard let layer = TensorNames.layerIndex(of: name), cache[layer]?.removeValue(forKey: name) != nil else {
+            source.release(name)
+            return
+        }
+        if cache[layer]?.isEmpty == true {
+            cache[layer] = nil
+            cacheOrder.removeAll { $0 == layer }
+        }
     }
 }
