@@ -43,6 +43,8 @@ public enum ConvertBenchCommand: Command {
             OptionSpec("work", value: "DIR", help: "Scratch directory for outputs (default: next to the input)."),
             OptionSpec("runs", value: "N", help: "Runs per job (default 3)."),
             OptionSpec("peer", value: "SCRIPT", help: "The torch peer script (default Tests/bench/torch_fp8_peer.py; skipped if torch is missing)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, 5GB); e.g. the input's own shard size."),
+            OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
         ]
     )
 
@@ -76,15 +78,17 @@ public enum ConvertBenchCommand: Command {
         let bytes = try Checkpoint(directory: input).totalTensorBytes
         let out = work.appendingPathComponent("out").path
         let peer = arguments.value("peer") ?? "Tests/bench/torch_fp8_peer.py"
+        let cold = arguments.flag("cold")
+        let io = ["--input", input.path, "--output", out] + (arguments.value("max-shard-size").map { ["--max-shard-size", $0] } ?? [])
         var jobs: [(String, String, [String])] = [
             ("cp -r (I/O bound)", "/bin/cp", ["-r", input.path, out]),
             // dsconvert fsyncs every shard (atomic outputs): the durable copy is the like-for-like bound.
             ("cp -r && sync", "/bin/sh", ["-c", "cp -r \"$0\" \"$1\" && sync", input.path, out]),
-            ("quantize --fp8", binary, ["quantize", "--fp8", "--input", input.path, "--output", out]),
-            ("absorb (split)", binary, ["absorb", "--input", input.path, "--output", out]),
-            ("shard --devices 8", binary, ["shard", "--devices", "8", "--input", input.path, "--output", out]),
-            ("quantize --kv6", binary, ["quantize", "--kv6", "--input", input.path, "--output", out]),
-            ("convert (all 4, one pass)", binary, ["convert", "--absorb", "--fp8", "--kv6", "--devices", "8", "--input", input.path, "--output", out]),
+            ("quantize --fp8", binary, ["quantize", "--fp8"] + io),
+            ("absorb (split)", binary, ["absorb"] + io),
+            ("shard --devices 8", binary, ["shard", "--devices", "8"] + io),
+            ("quantize --kv6", binary, ["quantize", "--kv6"] + io),
+            ("convert (all 4, one pass)", binary, ["convert", "--absorb", "--fp8", "--kv6", "--devices", "8"] + io),
         ]
         let python = "/usr/bin/env"
         if FileManager.default.fileExists(atPath: peer), measure(python, ["python3", "-c", "import torch, safetensors"]).status == 0 {
@@ -94,8 +98,10 @@ public enum ConvertBenchCommand: Command {
         }
         // Warm-up: the input is read once before any job, so every job (cp first) finds it in the page
         // cache and none pays the first read from disk for the others.
-        terminal.progress("bench: reading the input once (warm-up)")
-        _ = measure("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
+        if !cold {
+            terminal.progress("bench: reading the input once (warm-up)")
+            _ = measure("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
+        }
         // Round-robin: run k of every job before run k+1 of any, so this VM's drifting speed weighs on
         // all jobs alike; each job's ratio to cp is the median of its per-round ratios.
         var samples = [[Measurement]](repeating: [], count: jobs.count)
@@ -104,6 +110,12 @@ public enum ConvertBenchCommand: Command {
                 terminal.progress("bench: run \(run + 1)/\(runs): \(name)")
                 try? FileManager.default.removeItem(atPath: out)
                 sync()
+                // Cold: every job reads the input from disk, as a checkpoint larger than RAM is read.
+                if cold, measure("/bin/sh", ["-c", "echo 3 > /proc/sys/vm/drop_caches"]).status != 0 {
+                    terminal.endProgress()
+                    terminal.error("dsconvert-bench convert", "--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
+                    return ExitCode.failure
+                }
                 let m = measure(path, args)
                 if m.status != 0 { terminal.note("\(name) exited with \(m.status)") }
                 samples[j].append(m)
@@ -118,7 +130,9 @@ public enum ConvertBenchCommand: Command {
                                               status: samples[j].map(\.status).max()!), ratio))
         }
         terminal.endProgress()
-        terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; median of %d runs", input.path, Double(bytes) / 1e9, ProcessInfo.processInfo.activeProcessorCount, runs))
+        terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; median of %d runs; %@ page cache%@", input.path, Double(bytes) / 1e9,
+                            ProcessInfo.processInfo.activeProcessorCount, runs, cold ? "cold" : "warm",
+                            arguments.value("max-shard-size").map { "; --max-shard-size \($0)" } ?? ""))
         terminal.out("job                        wall (s)   x cp    GB/s   peak RSS (MiB)   (wall: median; x cp: median of per-round ratios)")
         for (name, m, ratio) in results {
             terminal.out(String(format: "%@ %8.2f %7.2f %7.2f %12.0f%@", name.padding(toLength: 26, withPad: " ", startingAt: 0), m.wall, ratio,
