@@ -52,6 +52,7 @@ public final class ConversionOutput {
     /// Copies the input's side files (tokenizer, generation config, …) unchanged; `config.json` is
     /// copied too unless the stage writes its own afterwards.
     public func copySideFiles() throws {
+        try writer.waitForShards()
         try Self.copySideFiles(from: input, to: directory.temporaryURL)
     }
 
@@ -75,6 +76,7 @@ public final class ConversionOutput {
 
     /// Writes a JSON side file (e.g. a rewritten `config.json`).
     public func writeFile(_ name: String, data: Data) throws {
+        try writer.waitForShards()
         let url = directory.temporaryURL.appendingPathComponent(name)
         try? FileManager.default.removeItem(at: url)
         try AtomicFile.write(data, to: url)

@@ -168,6 +168,9 @@ public enum ShardStage {
                                       sha256: try writers[0].waitForSHA256(of: first.fileName))
         }
 
+        // Every device's shards are finished before any side file is written, so a background write
+        // error (a full disk) is the one reported.
+        for writer in writers { try writer.waitForShards() }
         var files: [ConversionManifest.FileRecord] = []
         let stages = source.stages + [stage]
         for d in 0..<devices {

@@ -338,10 +338,20 @@ public final class CheckpointWriter: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Waits until every shard handed over so far is written, synced and hashed, and throws the
+    /// first error met in the background (a full disk shows here, naming its shard). Sinks call it
+    /// before writing anything else, so that error is the one reported, not a later one it caused.
+    public func waitForShards() throws {
+        finisher.sync {}
+        lock.lock()
+        let error = finisherError
+        lock.unlock()
+        if let error { throw error }
+    }
+
     /// Checks every planned tensor was written, then writes the index (for a sharded layout).
     public func finish() throws {
-        finisher.sync {}
-        if let error = finisherError { throw error }
+        try waitForShards()
         lock.lock()
         let missing = placement.keys.filter { !written.contains($0) }.sorted()
         lock.unlock()
