@@ -8,14 +8,18 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}; shift || true
 out=${FUZZ_DIR:-.build/fuzz}
 mkdir -p "$out/work"
-flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I Sources/COpenSSL -I Sources/CSystemCalls)
+root=$(pwd)
+# The C kernels Numerics imports: an ASan object and a module map for swiftc (SwiftPM makes its own).
+mkdir -p "$out/CKernels"
+printf 'module CKernels {\n  header "%s/Sources/CKernels/include/fp8_kernels.h"\n  export *\n}\n' "$root" > "$out/CKernels/module.modulemap"
+clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/fp8_kernels.c -o "$out/fp8_kernels.o"
+flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I "$out/CKernels" -I Sources/COpenSSL -I Sources/CSystemCalls)
 for module in Numerics SafeTensors DeepSeekModel; do
   swiftc "${flags[@]}" -wmo -module-name "$module" -emit-module -emit-module-path "$out/$module.swiftmodule" \
     -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
 done
-swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o \
+swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/fp8_kernels.o \
   -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
-root=$(pwd)
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
   -artifact_prefix=./ "$@" work "$root/Tests/Fuzz/corpus"

@@ -9,7 +9,11 @@ flags=(-c release -Xswiftc -enable-testing)
 swift build "${flags[@]}" --build-tests
 swift test "${flags[@]}" --skip-build
 # A short fuzz run of the header, index and config parsers over the committed corpus (the long run is by hand).
-FUZZ_DIR=.build/fuzz-ci scripts/fuzz.sh "${FUZZ_SECONDS:-45}" 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)" || true
+FUZZ_DIR=.build/fuzz-ci scripts/fuzz.sh "${FUZZ_SECONDS:-45}" > .build/fuzz-ci.log 2>&1 || true
+grep -E "^(Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)" .build/fuzz-ci.log || true
+if ! grep -q "^stat::number_of_executed_units" .build/fuzz-ci.log; then
+  tail -20 .build/fuzz-ci.log >&2; echo "the fuzz run did not run (see .build/fuzz-ci.log)" >&2; exit 1
+fi
 if ls .build/fuzz-ci/crash-* .build/fuzz-ci/leak-* .build/fuzz-ci/timeout-* .build/fuzz-ci/oom-* >/dev/null 2>&1; then
   echo "fuzzing found a failing input in .build/fuzz-ci" >&2; exit 1
 fi
