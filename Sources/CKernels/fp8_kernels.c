@@ -1,40 +1,5 @@
 #include "fp8_kernels.h"
 
-#include <string.h>
-
-// a * 2^k + 2^23 below must round twice, never fuse (it is exact either way for these inputs, but
-// the encoders' bit-exactness should not hang on that argument).
-#pragma STDC FP_CONTRACT OFF
-
-static inline uint32_t bits_of(float v) { uint32_t b; memcpy(&b, &v, 4); return b; }
-static inline float float_of(uint32_t b) { float v; memcpy(&v, &b, 4); return v; }
-
-// Branch-free encoders (integer selects only), identical to Swift's FP8Codec.encodeE4M3/encodeE5M2.
-static inline uint8_t encode_e4m3(float x) {
-    uint32_t bits = bits_of(x);
-    uint32_t sign = (bits >> 24) & 0x80u;
-    uint32_t magnitude = bits & 0x7FFFFFFFu;
-    uint32_t clamped = magnitude > 0x43E00000u ? 0x43E00000u : magnitude;            // ±448, also ±inf
-    uint32_t subnormal = bits_of(float_of(clamped) * 0x1p9f + 0x1p23f) - 0x4B000000u;
-    uint32_t normal = ((clamped + 0x7FFFFu + ((clamped >> 20) & 1u)) >> 20) - (120u << 3);
-    uint32_t code = clamped < 0x3C800000u ? subnormal : normal;                        // below 2^-6
-    code = magnitude > 0x7F800000u ? 0x7Fu : code;                                     // NaN
-    return (uint8_t)(code | sign);
-}
-
-static inline uint8_t encode_e5m2(float x) {
-    uint32_t bits = bits_of(x);
-    uint32_t sign = (bits >> 24) & 0x80u;
-    uint32_t magnitude = bits & 0x7FFFFFFFu;
-    uint32_t clamped = magnitude > 0x47600000u ? 0x47600000u : magnitude;            // ±57344
-    uint32_t subnormal = bits_of(float_of(clamped) * 0x1p16f + 0x1p23f) - 0x4B000000u;
-    uint32_t normal = ((clamped + 0xFFFFFu + ((clamped >> 21) & 1u)) >> 21) - (112u << 2);
-    uint32_t code = clamped < 0x38800000u ? subnormal : normal;                        // below 2^-14
-    code = magnitude == 0x7F800000u ? 0x7Cu : code;                                    // ±inf
-    code = magnitude > 0x7F800000u ? 0x7Fu : code;                                     // NaN
-    return (uint8_t)(code | sign);
-}
-
 // The largest magnitude bit pattern of n bf16 values, at least `m` (a plain reduction, which every
 // level's vectorizer turns into 16-bit vector maxima).
 static inline int16_t strip_max(const uint16_t *p, size_t n, int16_t m) {
@@ -74,7 +39,7 @@ enum { AMAX_STRIPS = 1024 };
             }                                                                                                 \
             for (size_t s = 0; s < strips; s++) {                                                            \
                 largest = amax[s] > largest ? amax[s] : largest;                                             \
-                float a = float_of((uint32_t)(uint16_t)amax[s] << 16);                                       \
+                float a = dsconvert_float_of((uint32_t)(uint16_t)amax[s] << 16);                                       \
                 scales[block_row * per_row + first + s] = amax[s] == 0 ? 1.0f : a / max_finite;              \
             }                                                                                                 \
         }                                                                                                     \
@@ -87,9 +52,9 @@ enum { AMAX_STRIPS = 1024 };
                 size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
                 float scale = scales[block_row * per_row + bc];                                               \
                 if (e5m2) {                                                                                   \
-                    for (size_t c = c0; c < c1; c++) out[c] = encode_e5m2(float_of((uint32_t)row[c] << 16) / scale); \
+                    for (size_t c = c0; c < c1; c++) out[c] = dsconvert_fp8_encode_e5m2(dsconvert_float_of((uint32_t)row[c] << 16) / scale); \
                 } else {                                                                                      \
-                    for (size_t c = c0; c < c1; c++) out[c] = encode_e4m3(float_of((uint32_t)row[c] << 16) / scale); \
+                    for (size_t c = c0; c < c1; c++) out[c] = dsconvert_fp8_encode_e4m3(dsconvert_float_of((uint32_t)row[c] << 16) / scale); \
                 }                                                                                             \
             }                                                                                                 \
         }                                                                                                     \

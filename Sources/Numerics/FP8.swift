@@ -1,3 +1,5 @@
+import CKernels
+
 /// The two OCP FP8 formats of DeepSeek-V3-style checkpoints.
 public enum FP8Format: String, Sendable, CaseIterable {
     /// E4M3FN: bias 7, largest finite ±448, no infinities, NaN only 0x7F/0xFF, subnormals to 2^-9.
@@ -51,34 +53,14 @@ public enum FP8Codec {
         return out
     }
 
-    /// E4M3FN without branches (integer selects only), so loops over it vectorize.
+    /// E4M3FN without branches (integer selects only), so loops over it vectorize: the C encoder
+    /// the block kernel uses, inlined here, so the rounding is written once.
     @inline(__always)
-    public static func encodeE4M3(_ x: Float) -> UInt8 {
-        let bits = x.bitPattern
-        let sign = (bits >> 24) & 0x80
-        let magnitude = bits & 0x7FFF_FFFF
-        let clamped = magnitude > 0x43E0_0000 ? 0x43E0_0000 : magnitude          // ±448, also for ±inf
-        let subnormal = (Float(bitPattern: clamped) * 0x1p9 + 0x1p23).bitPattern &- 0x4B00_0000
-        let normal = ((clamped &+ 0x7FFFF &+ ((clamped >> 20) & 1)) >> 20) &- (120 << 3)
-        var code = clamped < 0x3C80_0000 ? subnormal : normal                       // below 2^-6
-        code = magnitude > 0x7F80_0000 ? 0x7F : code                                // NaN
-        return UInt8(truncatingIfNeeded: code | sign)
-    }
+    public static func encodeE4M3(_ x: Float) -> UInt8 { dsconvert_fp8_encode_e4m3(x) }
 
-    /// E5M2 without branches: finite values saturate at ±57344, ±inf stays inf.
+    /// E5M2 without branches: finite values saturate at ±57344, ±inf stays inf (the kernel's C encoder).
     @inline(__always)
-    public static func encodeE5M2(_ x: Float) -> UInt8 {
-        let bits = x.bitPattern
-        let sign = (bits >> 24) & 0x80
-        let magnitude = bits & 0x7FFF_FFFF
-        let clamped = magnitude > 0x4760_0000 ? 0x4760_0000 : magnitude          // ±57344
-        let subnormal = (Float(bitPattern: clamped) * 0x1p16 + 0x1p23).bitPattern &- 0x4B00_0000
-        let normal = ((clamped &+ 0xFFFFF &+ ((clamped >> 21) & 1)) >> 21) &- (112 << 2)
-        var code = clamped < 0x3880_0000 ? subnormal : normal                       // below 2^-14
-        code = magnitude == 0x7F80_0000 ? 0x7C : code                               // ±inf
-        code = magnitude > 0x7F80_0000 ? 0x7F : code                                // NaN
-        return UInt8(truncatingIfNeeded: code | sign)
-    }
+    public static func encodeE5M2(_ x: Float) -> UInt8 { dsconvert_fp8_encode_e5m2(x) }
 
     /// The value of every code, for table decoding.
     public static func decodeTable(_ format: FP8Format) -> [Float] {

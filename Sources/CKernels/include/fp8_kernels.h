@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fp8_encode.h"
+
 /// Instruction-set levels a kernel is compiled for.
 enum {
     DSCONVERT_ISA_BASELINE = 0,  // x86-64 SSE2 (or whatever the target's default is)
