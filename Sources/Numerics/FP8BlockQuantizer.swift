@@ -90,8 +90,8 @@ public struct FP8BlockQuantizer: Sendable {
     /// The levels this CPU runs, lowest first.
     public static var availableKernelLevels: [Int32] { Array(0...dsconvert_fp8_best_isa()) }
 
-    /// The block loop shared by both input types: per block, the amax over its rows (as a magnitude
-    /// bit pattern), scale = amax / max_finite, then every element encoded.
+    /// The f32 path's block loop (bf16 runs the C kernel): per block, the amax over its rows (as a
+    /// magnitude bit pattern), scale = amax / max_finite, then every element encoded.
     @inline(__always)
     private func run(rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>?, scales: UnsafeMutablePointer<Float>,
                      amaxBits: @escaping @Sendable (_ row: Int, _ c0: Int, _ c1: Int) -> UInt32,

@@ -292,8 +292,7 @@ public final class CheckpointWriter: @unchecked Sendable {
 
     /// Waits for shard `file` to be finished (synced and hashed) and returns its SHA-256.
     public func waitForSHA256(of file: String) throws -> String {
-        finisher.sync {}
-        if let error = finisherError { throw error }
+        try waitForShards()
         guard let sha = sha256(of: file) else {
             throw SafeTensorsError.writePlanViolation(file: directory.appendingPathComponent(file).path, tensor: "", reason: "shard not finished")
         }

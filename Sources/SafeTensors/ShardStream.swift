@@ -131,7 +131,7 @@ final class ShardStream: @unchecked Sendable {
             let target = stage()
             let n = min(pool.size - filled, bytes.count - done)
             target.copyMemory(from: bytes.baseAddress! + done, byteCount: n)
-            try advance(n)
+            advance(n)
             done += n
         }
     }
@@ -154,7 +154,7 @@ final class ShardStream: @unchecked Sendable {
             guard n > 0 else {
                 throw SafeTensorsError.writeFailed(file: path, reason: n < 0 ? "reading the input: \(String(cString: strerror(errno)))" : "the input ended early")
             }
-            try advance(n)
+            advance(n)
             done += n
         }
     }
@@ -180,7 +180,7 @@ final class ShardStream: @unchecked Sendable {
         return chunk! + filled
     }
 
-    private func advance(_ n: Int) throws {
+    private func advance(_ n: Int) {
         filled += n
         next += n
         if filled == pool.size { submit() }
@@ -220,31 +220,30 @@ final class ShardStream: @unchecked Sendable {
         }
     }
 
-    /// Direct write of a whole aligned chunk; a refusal (EINVAL from a file system or device with
-    /// stricter alignment) falls back to the ordinary descriptor for that chunk.
+    /// Direct write of a whole aligned chunk; where direct I/O stops, the ordinary descriptor
+    /// finishes the chunk.
     private func directWrite(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(directFD, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
-            if n < 0, errno == EINTR { continue }
-            if n < 0, errno == EINVAL { break }
-            if n < 0 { throw SafeTensorsError.writeFailed(file: path, reason: String(cString: strerror(errno))) }
-            if n == 0 { throw SafeTensorsError.writeFailed(file: path, reason: "no progress (disk full?)") }
-            done += n
-            if done % ChunkPool.alignment != 0 { break }  // a short write off the block grid: finish it buffered
-        }
+        let done = try pwriteAll(directFD, bytes, at: offset)
         if done < bytes.count { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: bytes[done...]), at: offset + done) }
     }
 
-    private func pwriteAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
+    /// Writes `bytes` at `offset` and returns how many were written: all of them, except through the
+    /// direct descriptor, which stops early on EINVAL (a file system or device with stricter
+    /// alignment) or after a short write off the block grid.
+    @discardableResult
+    private func pwriteAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws -> Int {
+        let direct = descriptor == directFD
         var done = 0
         while done < bytes.count {
             let n = pwrite(descriptor, bytes.baseAddress! + done, min(bytes.count - done, 1 << 30), off_t(offset + done))
             if n < 0, errno == EINTR { continue }
+            if n < 0, direct, errno == EINVAL { break }
             if n < 0 { throw SafeTensorsError.writeFailed(file: path, reason: String(cString: strerror(errno))) }
             if n == 0 { throw SafeTensorsError.writeFailed(file: path, reason: "no progress (disk full?)") }
             done += n
+            if direct, done % ChunkPool.alignment != 0 { break }
         }
+        return done
     }
 
     /// An out-of-order copy in the kernel (`copy_file_range`, as `cp` does), with a read-and-write
