@@ -87,9 +87,18 @@ public struct ParsedArguments: Sendable {
     public func value(_ name: String) -> String? { values[name]?.last }
     public func all(_ name: String) -> [String] { values[name] ?? [] }
 
-    /// The value of a required option.
+    /// The value of a required option. An empty value is refused: `--output ""` would otherwise
+    /// name the current directory.
     public func required(_ name: String) throws -> String {
         guard let v = value(name) else { throw UsageError("missing required option --\(name)") }
+        guard !v.isEmpty else { throw UsageError("--\(name) must not be empty") }
+        return v
+    }
+
+    /// The value of an optional path option; empty is refused as for `required`.
+    public func path(_ name: String) throws -> String? {
+        guard let v = value(name) else { return nil }
+        guard !v.isEmpty else { throw UsageError("--\(name) must not be empty") }
         return v
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,54 +14,88 @@ public enum ExitCode {
 }
 
 /// Results on stdout, diagnostics and progress on stderr.
-public final class Terminal: @unchecked Sendable {
+///
+/// Writes go straight to the descriptors and their errors are ignored: a closed pipe
+/// (`dsconvert … | head -1`) or a full disk behind a redirected stderr must not stop a conversion
+/// half way (SIGPIPE is ignored for the same reason).
+public final class Terminal: Sendable {
     public static let shared = Terminal()
-    private let lock = NSLock()
-    private var progressShown = false
+    private let progressShown = Mutex(false)
     /// True when stderr is a terminal: progress redraws one line; otherwise it prints plain lines.
     public let stderrIsTTY = isatty(STDERR_FILENO) == 1
 
     public func out(_ text: String) {
-        lock.lock(); defer { lock.unlock() }
-        clearProgressLocked()
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        progressShown.withLock { shown in
+            clearProgress(&shown)
+            Self.write(STDOUT_FILENO, text + "\n")
+        }
     }
 
-    /// A one-line diagnostic: embedded newlines are folded so each error stays one line.
+    /// A one-line diagnostic: embedded newlines are folded and control characters escaped, so each
+    /// error stays one line and a name read from a file cannot drive the terminal.
     public func error(_ prefix: String, _ message: String) {
-        let line = message.split(whereSeparator: \.isNewline).joined(separator: " ")
-        lock.lock(); defer { lock.unlock() }
-        clearProgressLocked()
-        FileHandle.standardError.write(Data("\(prefix): error: \(line)\n".utf8))
+        let line = Self.escaped(message.split(whereSeparator: \.isNewline).joined(separator: " "))
+        progressShown.withLock { shown in
+            clearProgress(&shown)
+            Self.write(STDERR_FILENO, "\(prefix): error: \(line)\n")
+        }
     }
 
     public func note(_ text: String) {
-        lock.lock(); defer { lock.unlock() }
-        clearProgressLocked()
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        progressShown.withLock { shown in
+            clearProgress(&shown)
+            Self.write(STDERR_FILENO, Self.escaped(text) + "\n")
+        }
     }
 
     /// Progress of long work: redrawn in place on a TTY, a plain line otherwise.
     public func progress(_ text: String) {
-        lock.lock(); defer { lock.unlock() }
-        if stderrIsTTY {
-            FileHandle.standardError.write(Data("\r\u{1B}[2K\(text)".utf8))
-            progressShown = true
-        } else {
-            FileHandle.standardError.write(Data((text + "\n").utf8))
+        let line = Self.escaped(text)
+        progressShown.withLock { shown in
+            if stderrIsTTY {
+                Self.write(STDERR_FILENO, "\r\u{1B}[2K\(line)")
+                shown = true
+            } else {
+                Self.write(STDERR_FILENO, line + "\n")
+            }
         }
     }
 
     public func endProgress() {
-        lock.lock(); defer { lock.unlock() }
-        clearProgressLocked()
+        progressShown.withLock { clearProgress(&$0) }
     }
 
-    private func clearProgressLocked() {
-        if progressShown {
-            FileHandle.standardError.write(Data("\r\u{1B}[2K".utf8))
-            progressShown = false
+    private func clearProgress(_ shown: inout Bool) {
+        if shown {
+            Self.write(STDERR_FILENO, "\r\u{1B}[2K")
+            shown = false
         }
+    }
+
+    /// Writes all of `text`, retrying short writes and EINTR; any other error drops the rest.
+    static func write(_ descriptor: Int32, _ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+            if written < 0, errno == EINTR { continue }
+            guard written > 0 else { return }
+            bytes = bytes.dropFirst(written)
+        }
+    }
+
+    /// Control characters (ANSI escapes, NUL, DEL, C1, line separators) as `\u{…}`: tensor and
+    /// file names come from files a user did not write.
+    public static func escaped(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0..<0x20, 0x7F..<0xA0, 0x2028, 0x2029:
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            default:
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }
 
@@ -91,7 +126,7 @@ public enum CommandLineTool {
             return lines.joined(separator: "\n") + "\n"
         }
         guard let first = arguments.first else {
-            FileHandle.standardError.write(Data(overview().utf8))
+            Terminal.write(STDERR_FILENO, overview())
             return ExitCode.usage
         }
         if first == "-h" || first == "--help" || first == "help" {
@@ -108,6 +143,8 @@ public enum CommandLineTool {
     private static func execute(_ command: Command.Type, invocation: String, arguments: [String]) -> Int32 {
         // A file-size limit (RLIMIT_FSIZE) must surface as a write error naming the file, not kill the run.
         signal(SIGXFSZ, SIG_IGN)
+        // A reader that goes away (`| head -1`) must not kill a conversion half way: writes to it fail instead.
+        signal(SIGPIPE, SIG_IGN)
         let terminal = Terminal.shared
         do {
             switch try ArgumentParser.parse(arguments, spec: command.spec) {

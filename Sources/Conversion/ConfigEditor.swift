@@ -5,7 +5,7 @@ import SafeTensors
 public enum ConfigEditor {
     public static func load(_ directory: URL) throws -> JSONValue {
         let url = directory.appendingPathComponent("config.json")
-        guard let data = FileManager.default.contents(atPath: url.path) else {
+        guard let data = try? FilePath.readRegularFile(url.path) else {
             throw ConversionError.invalidManifest(path: url.path, reason: "missing config.json")
         }
         return try JSONParser.parse(data)

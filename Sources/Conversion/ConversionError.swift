@@ -2,7 +2,7 @@ import Foundation
 
 /// Failures of a conversion stage that are not about the input's format.
 public enum ConversionError: LocalizedError, Equatable, Sendable {
-    case outputInsideInput(output: String, input: String)
+    case sideFileOutsideInput(file: String, target: String)
     case invalidManifest(path: String, reason: String)
     case cannotCopy(file: String, reason: String)
     case invalidSize(text: String)
@@ -10,8 +10,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
 
     public var errorDescription: String? {
         switch self {
-        case let .outputInsideInput(output, input):
-            return "\(output): output must not be the input directory or inside it (\(input))"
+        case let .sideFileOutsideInput(file, target):
+            return "\(file): side file links outside the input (to \(target)); copy the file in or remove the link"
         case let .invalidManifest(path, reason):
             return "\(path): invalid dsconvert manifest: \(reason)"
         case let .cannotCopy(file, reason):

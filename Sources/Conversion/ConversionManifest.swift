@@ -52,7 +52,7 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
         let url = directory.appendingPathComponent(fileName)
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
-            return try JSONDecoder().decode(ConversionManifest.self, from: Data(contentsOf: url))
+            return try JSONDecoder().decode(ConversionManifest.self, from: FilePath.readRegularFile(url.path))
         } catch {
             throw ConversionError.invalidManifest(path: url.path, reason: "\(error)")
         }

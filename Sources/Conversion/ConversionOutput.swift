@@ -28,25 +28,21 @@ public final class ConversionOutput {
     ///   - newStages: this run's stages, which identify it for `--resume`.
     public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stages: [ConversionManifest.Stage],
                 newStages: [ConversionManifest.Stage], resume: Bool = false) throws {
-        try checkOutputOutsideInput(input: input, output: output)
         self.input = input
         self.stages = stages
-        directory = try AtomicOutputDirectory(final: output, force: force, resume: resume)
+        _ = try Self.sideFiles(in: input)
+        directory = try AtomicOutputDirectory(final: output, inputs: [input], marker: ConversionManifest.fileName, force: force, resume: resume)
         writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL,
-                                  fingerprint: Self.fingerprint(stages: newStages, input: input), resume: directory.resumed)
+                                  key: Self.resumeKey(stages: newStages, input: input), resume: directory.resumed)
     }
 
-    /// Identifies a conversion for `--resume`: its stages, their options, and the input's files and sizes.
-    public static func fingerprint(stages: [ConversionManifest.Stage], input: URL) -> String {
-        var text = stages.map { stage in
+    /// Identifies a conversion for `--resume`: its stages and their options, and the input's identity
+    /// (resolved path; every file's size, inode, times and safetensors header hash).
+    public static func resumeKey(stages: [ConversionManifest.Stage], input: URL) -> ResumeKey {
+        let conversion = stages.map { stage in
             stage.stage + "|" + stage.toolVersion + "|" + stage.options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         }.joined(separator: ";")
-        let fm = FileManager.default
-        for name in ((try? fm.contentsOfDirectory(atPath: input.path)) ?? []).sorted() {
-            let size = (try? fm.attributesOfItem(atPath: input.appendingPathComponent(name).path))?[.size] as? Int ?? -1
-            text += "|\(name):\(size)"
-        }
-        return Array(text.utf8).withUnsafeBytes { SHA256.hex($0) }
+        return ResumeKey(conversion: conversion, input: ResumeKey.identify(directory: input))
     }
 
     /// Copies the input's side files (tokenizer, generation config, …) unchanged; `config.json` is
@@ -57,21 +53,49 @@ public final class ConversionOutput {
     }
 
     /// Copies the top-level files of `input` that no stage rewrites (and none of `excluded`) into
-    /// `directory`, replacing any copy an interrupted run left there.
+    /// `directory` as regular files, replacing any copy an interrupted run left there.
+    ///
+    /// A side file that is a symbolic link is copied from its target, so the output never holds a
+    /// link (a Hugging Face snapshot's relative links into `../../blobs` would dangle). The target
+    /// must lie inside the input directory, or, for a snapshot (`models--ORG--NAME/snapshots/REV`),
+    /// inside that model's cache directory: a link to anything else (`~/.ssh/id_rsa`) is refused,
+    /// since outputs get uploaded. Only regular files are read (a FIFO would hang the copy).
     static func copySideFiles(from input: URL, to directory: URL, excluding excluded: Set<String> = []) throws {
-        let fm = FileManager.default
-        let names = (try? fm.contentsOfDirectory(atPath: input.path)) ?? []
-        for name in names.sorted() where !isRewritten(name) && !excluded.contains(name) {
-            let source = input.appendingPathComponent(name)
-            var isDirectory: ObjCBool = false
-            guard fm.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
-            try? fm.removeItem(at: directory.appendingPathComponent(name))
-            do {
-                try fm.copyItem(at: source, to: directory.appendingPathComponent(name))
-            } catch {
-                throw ConversionError.cannotCopy(file: source.path, reason: (error as NSError).localizedDescription)
+        for file in try sideFiles(in: input, excluding: excluded) {
+            let data: Data
+            do { data = try FilePath.readRegularFile(file.target) } catch {
+                throw ConversionError.cannotCopy(file: file.source.path, reason: (error as NSError).localizedDescription)
             }
+            let destination = directory.appendingPathComponent(file.source.lastPathComponent)
+            try? FileManager.default.removeItem(at: destination)
+            try AtomicFile.write(data, to: destination)
         }
+    }
+
+    /// The side files `copySideFiles` will copy, with their resolved targets; checked before any
+    /// work starts so a refused link costs nothing.
+    static func sideFiles(in input: URL, excluding excluded: Set<String> = []) throws -> [(source: URL, target: String)] {
+        let root = FilePath.resolved(input.path) ?? input.path
+        let allowed = snapshotCacheRoot(root) ?? root
+        var files: [(source: URL, target: String)] = []
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: input.path)) ?? []).sorted() where !isRewritten(name) && !excluded.contains(name) {
+            let source = input.appendingPathComponent(name)
+            guard let entry = FileEntry.following(source.path), entry.kind != .directory else { continue }
+            guard let target = FilePath.resolved(source.path), FilePath.isWithin(target, allowed) else {
+                throw ConversionError.sideFileOutsideInput(file: source.path, target: FilePath.resolved(source.path) ?? "a missing file")
+            }
+            guard entry.kind == .regular else { throw ConversionError.cannotCopy(file: source.path, reason: "not a regular file") }
+            files.append((source, target))
+        }
+        return files
+    }
+
+    /// For a Hugging Face cache snapshot `…/models--ORG--NAME/snapshots/REV`, the model's cache
+    /// directory `…/models--ORG--NAME` (whose `blobs/` the snapshot's links point into).
+    static func snapshotCacheRoot(_ resolvedInput: String) -> String? {
+        let parts = resolvedInput.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count >= 3, parts[parts.count - 2] == "snapshots", parts[parts.count - 3].hasPrefix("models--") else { return nil }
+        return parts.dropLast(2).joined(separator: "/")
     }
 
     /// Writes a JSON side file (e.g. a rewritten `config.json`).
@@ -95,25 +119,14 @@ public final class ConversionOutput {
     }
 
     /// Parses a shard size like Hugging Face's `max_shard_size`: "5GB" (10^9), "5GiB" (2^30), "500MB", or bytes.
+    /// Sizes must be at least one byte and at most 2^50 (1 PiB): anything else (inf, 1e30GB) is a typo.
     public static func parseSize(_ text: String) throws -> Int {
-        let units: [(String, Int)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
+        let units: [(String, Double)] = [("GIB", 0x1p30), ("MIB", 0x1p20), ("KIB", 0x1p10), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)]
         let upper = text.uppercased().trimmingCharacters(in: .whitespaces)
-        for (suffix, factor) in units where upper.hasSuffix(suffix) {
-            guard let value = Double(upper.dropLast(suffix.count)), value > 0 else { throw ConversionError.invalidSize(text: text) }
-            return Int(value * Double(factor))
+        let (number, factor) = units.first { upper.hasSuffix($0.0) }.map { (String(upper.dropLast($0.0.count)), $0.1) } ?? (upper, 1)
+        guard let value = Double(number), value.isFinite, case let bytes = (value * factor).rounded(.down), bytes >= 1, bytes <= 0x1p50 else {
+            throw ConversionError.invalidSize(text: text)
         }
-        guard let value = Int(upper), value > 0 else { throw ConversionError.invalidSize(text: text) }
-        return value
-    }
-}
-
-/// Refuses an output that is the input or inside it (symbolic links resolved).
-func checkOutputOutsideInput(input: URL, output: URL) throws {
-    let inputPath = input.standardizedFileURL.resolvingSymlinksInPath().path
-    let standardized = output.standardizedFileURL
-    let outputParent = standardized.deletingLastPathComponent().resolvingSymlinksInPath().path
-    let resolvedOutput = (outputParent as NSString).appendingPathComponent(standardized.lastPathComponent)
-    if resolvedOutput == inputPath || resolvedOutput.hasPrefix(inputPath + "/") {
-        throw ConversionError.outputInsideInput(output: standardized.path, input: inputPath)
+        return Int(bytes)
     }
 }

@@ -56,7 +56,7 @@ public struct PlacementManifest: Codable, Equatable, Sendable {
     public static func load(_ directory: URL) throws -> PlacementManifest? {
         let url = directory.appendingPathComponent(fileName)
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
-        do { return try JSONDecoder().decode(PlacementManifest.self, from: Data(contentsOf: url)) } catch {
+        do { return try JSONDecoder().decode(PlacementManifest.self, from: FilePath.readRegularFile(url.path)) } catch {
             throw ConversionError.invalidManifest(path: url.path, reason: "\(error)")
         }
     }
@@ -95,14 +95,15 @@ public enum ShardStage {
             throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
         }
         let placement = try ExpertPlacement.plan(config: config, devices: devices)
-        try checkOutputOutsideInput(input: input, output: output)
         let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
-        let fingerprint = ConversionOutput.fingerprint(stages: source.newStages(after: inputStages) + [stage], input: input)
-        let root = try AtomicOutputDirectory(final: output, force: force, resume: resume)
+        let key = ConversionOutput.resumeKey(stages: source.newStages(after: inputStages) + [stage], input: input)
+        _ = try ConversionOutput.sideFiles(in: input)
+        let root = try AtomicOutputDirectory(final: output, inputs: [input], marker: ConversionManifest.fileName, force: force, resume: resume)
         if root.resumed {
             // Root-level files of the interrupted run (placement.json, a killed write's temp file) are rewritten.
             let fm = FileManager.default
-            for name in (try? fm.contentsOfDirectory(atPath: root.temporaryURL.path)) ?? [] where !name.hasPrefix("device-") {
+            for name in (try? fm.contentsOfDirectory(atPath: root.temporaryURL.path)) ?? []
+            where !name.hasPrefix("device-") && name != AtomicOutputDirectory.ownerFileName {
                 try? fm.removeItem(at: root.temporaryURL.appendingPathComponent(name))
             }
         }
@@ -138,7 +139,7 @@ public enum ShardStage {
             let layout = CheckpointLayout(groups: [dense, experts], maxShardSize: maxShardSize)
             let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            writers.append(CheckpointWriter(layout: layout, directory: directory, fingerprint: fingerprint, resume: root.resumed))
+            writers.append(CheckpointWriter(layout: layout, directory: directory, key: key, resume: root.resumed))
             records.append(record)
         }
 

@@ -31,7 +31,7 @@ public enum SyntheticCheckpoint {
         let tensors = config.expectedTensors()
         // 1 GB shards, so the output is sharded with an index like the hub's checkpoints.
         let layout = CheckpointLayout(tensors: tensors.map { PlannedTensor(name: $0.name, dtype: .bf16, shape: $0.shape) }, maxShardSize: 1_000_000_000)
-        let directory = try AtomicOutputDirectory(final: output, force: force)
+        let directory = try AtomicOutputDirectory(final: output, inputs: [], marker: ConversionManifest.fileName, force: force)
         let writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL)
         var written = 0
         for (i, tensor) in tensors.enumerated() {
@@ -58,6 +58,10 @@ public enum SyntheticCheckpoint {
         }
         try writer.finish()
         try AtomicFile.write(ConfigEditor.data(raw), to: directory.temporaryURL.appendingPathComponent("config.json"))
+        // A manifest like every other output's, so `--force` may replace this directory later.
+        let files = try layout.shards.map { ConversionManifest.FileRecord(name: $0.fileName, bytes: $0.fileSize, sha256: try writer.waitForSHA256(of: $0.fileName)) }
+        let stage = ConversionManifest.Stage(stage: "generate", options: ["layers": String(layers)], input: "synthetic")
+        try AtomicFile.write(try ConversionManifest(stages: [stage], files: files).encoded(), to: directory.temporaryURL.appendingPathComponent(ConversionManifest.fileName))
         try directory.commit()
         return written
     }

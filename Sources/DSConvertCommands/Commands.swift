@@ -1,7 +1,22 @@
 import CLI
+import SafeTensors
 
 /// Every `dsconvert` subcommand, in the order `--help` lists them.
 public enum DSConvertCommands {
     public static let all: [Command.Type] = [InspectCommand.self, AbsorbCommand.self, QuantizeCommand.self, ShardCommand.self, ConvertCommand.self, ReshardCommand.self, ForwardCommand.self, ValidateCommand.self]
     public static let abstract = "Convert DeepSeek-V2-family checkpoints for deployment and measure the drift."
+}
+
+/// The executables' entry points: library notes (a work directory left alone, a resume that starts
+/// over) go through the same terminal as the command's own diagnostics.
+public enum Entry {
+    public static func front(tool: String, abstract: String, commands: [Command.Type]) -> Int32 {
+        Diagnostics.install { Terminal.shared.note($0) }
+        return CommandLineTool.runFront(tool: tool, abstract: abstract, commands: commands, arguments: Array(CommandLine.arguments.dropFirst()))
+    }
+
+    public static func single(_ command: Command.Type, invocation: String) -> Int32 {
+        Diagnostics.install { Terminal.shared.note($0) }
+        return CommandLineTool.runSingle(command, invocation: invocation, arguments: Array(CommandLine.arguments.dropFirst()))
+    }
 }

@@ -65,7 +65,7 @@ public enum ConvertCommand: Command {
                                 policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
         }
         if kv6 {
-            let path = arguments.value("calibration")
+            let path = try arguments.path("calibration")
             options.kv6 = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
         }
         if arguments.value("devices") != nil {

@@ -21,13 +21,16 @@ public enum ForwardCommand: Command {
             OptionSpec("output", value: "OUT.safetensors", help: "Where to write the outputs."),
             OptionSpec("hidden-states", help: "Also write every hidden state."),
             OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6 (default: what the config declares, else none)."),
+            OptionSpec("force", help: "Replace an existing OUT.safetensors (a regular file only)."),
         ]
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let modelURL = URL(fileURLWithPath: try arguments.required("model"))
         let tokensURL = URL(fileURLWithPath: try arguments.required("tokens"))
-        let outputURL = URL(fileURLWithPath: try arguments.required("output"))
+        // Checked before the forward pass: never into an input, never over a file without --force.
+        let outputURL = try OutputLocation.checkResultFile(URL(fileURLWithPath: try arguments.required("output")),
+                                                           inputs: [modelURL, tokensURL], force: arguments.flag("force"))
         let tokens = try TokenFile.load(tokensURL)
         var model = try ModelLoader.open(modelURL)
         if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format) }

@@ -60,7 +60,7 @@ public enum QuantizeCommand: Command {
                                                policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
         var kv6Options: QuantizeStage.KV6Options?
         if kv6 {
-            let path = arguments.value("calibration")
+            let path = try arguments.path("calibration")
             kv6Options = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
         }
         summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), maxShardSize: maxShardSize,

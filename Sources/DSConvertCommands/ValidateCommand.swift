@@ -23,6 +23,7 @@ public enum ValidateCommand: Command {
             OptionSpec("tokens", value: "TOKENS.json", help: "Token ids to run ({\"tokens\": [[…], …]})."),
             OptionSpec("kv-cache", value: "FORMAT", help: "Candidate's KV cache: none, bf16, fp8_ds_mla, mla-kv6 (default: what its config declares, else none)."),
             OptionSpec("json", value: "REPORT.json", help: "Also write the report as JSON (Schemas/validate.schema.json)."),
+            OptionSpec("force", help: "Replace an existing REPORT.json (a regular file only)."),
             OptionSpec("max-logit-delta", value: "X", help: "Largest allowed max |Δlogit|."),
             OptionSpec("max-kl-mean", value: "X", help: "Largest allowed mean KL in nats."),
             OptionSpec("max-kl-max", value: "X", help: "Largest allowed per-token KL in nats."),
@@ -36,13 +37,19 @@ public enum ValidateCommand: Command {
         let referenceURL = URL(fileURLWithPath: try arguments.required("reference"))
         let candidateURL = URL(fileURLWithPath: try arguments.required("candidate"))
         let thresholds = try parseThresholds(arguments)
+        let tokensPath = try arguments.path("tokens")
+        // Checked before the comparison: never into an input, never over a file without --force.
+        let jsonURL = try arguments.path("json").map {
+            try OutputLocation.checkResultFile(URL(fileURLWithPath: $0), inputs: [referenceURL, candidateURL] + (tokensPath.map { [URL(fileURLWithPath: $0)] } ?? []),
+                                               force: arguments.flag("force"))
+        }
         let reference = try ModelLoader.open(referenceURL)
         var candidate = try ModelLoader.open(candidateURL)
         if let format = arguments.value("kv-cache") { candidate.kvCache = try KVCacheOption.parse(format) }
 
         let tokens: [[Int]], label: String
         let fixtureTokens = referenceURL.appendingPathComponent("tokens.json")
-        if let path = arguments.value("tokens") {
+        if let path = tokensPath {
             tokens = try TokenFile.load(URL(fileURLWithPath: path)); label = path
         } else if FileManager.default.fileExists(atPath: fixtureTokens.path) {
             tokens = try TokenFile.load(fixtureTokens); label = fixtureTokens.path
@@ -56,8 +63,8 @@ public enum ValidateCommand: Command {
                                            heldout: heldout.map { (tokens: $0.0, label: $0.1) }, thresholds: thresholds) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out(report.table())
-        if let path = arguments.value("json") {
-            try AtomicFile.write(try report.encoded(), to: URL(fileURLWithPath: path))
+        if let jsonURL {
+            try AtomicFile.write(try report.encoded(), to: jsonURL)
         }
         if let worst = report.verdict.failures.first {
             terminal.error("dsconvert validate", "drift over threshold: \(worst)" + (report.verdict.failures.count > 1 ? " (\(report.verdict.failures.count) metrics over)" : ""))

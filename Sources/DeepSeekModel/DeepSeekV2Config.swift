@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// YaRN / RoPE scaling parameters, from either the hub's `rope_scaling` or transformers 5's `rope_parameters`.
 public struct RopeScaling: Codable, Equatable, Sendable {
@@ -244,7 +245,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     public static func load(directory: URL) throws -> DeepSeekV2Config {
         let url = directory.appendingPathComponent("config.json")
         let data: Data
-        do { data = try Data(contentsOf: url) } catch {
+        do { data = try FilePath.readRegularFile(url.path) } catch {
             throw DeepSeekModelError.missingConfig(path: url.path)
         }
         return try decode(data, path: url.path)

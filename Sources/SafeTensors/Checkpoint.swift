@@ -71,7 +71,7 @@ public final class Checkpoint: @unchecked Sendable {
 
     private static func readIndex(_ url: URL) throws -> ([String: String], [String: JSONValue]?) {
         let data: Data
-        do { data = try Data(contentsOf: url) } catch {
+        do { data = try FilePath.readRegularFile(url.path) } catch {
             throw SafeTensorsError.cannotOpen(file: url.path, reason: error.localizedDescription)
         }
         return try parseIndex(data, file: url.path)

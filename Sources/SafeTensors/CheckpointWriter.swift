@@ -140,15 +140,15 @@ public final class CheckpointWriter: @unchecked Sendable {
     public static let journalName = ".dsconvert-journal.jsonl"
 
     /// - Parameters:
-    ///   - fingerprint: identifies the conversion (stage, options, input); a journal written under
-    ///     another fingerprint is discarded.
+    ///   - key: identifies the conversion and its input; a journal written under another key is
+    ///     discarded (and the reason said), so no shard of another input or option set is kept.
     ///   - resume: keep the shards an interrupted run finished, verified by their recorded SHA-256.
-    public convenience init(layout: CheckpointLayout, directory: URL, fingerprint: String = "", resume: Bool = false) {
-        self.init(layout: layout, directory: directory, fingerprint: fingerprint, resume: resume, pool: .shared)
+    public convenience init(layout: CheckpointLayout, directory: URL, key: ResumeKey = ResumeKey(conversion: "", input: [:]), resume: Bool = false) {
+        self.init(layout: layout, directory: directory, key: key, resume: resume, pool: .shared)
     }
 
     /// - Parameter pool: where the staged chunks come from (tests use small chunks to cross many boundaries).
-    init(layout: CheckpointLayout, directory: URL, fingerprint: String, resume: Bool, pool: ChunkPool) {
+    init(layout: CheckpointLayout, directory: URL, key: ResumeKey, resume: Bool, pool: ChunkPool) {
         self.pool = pool
         self.layout = layout
         self.directory = directory
@@ -159,10 +159,9 @@ public final class CheckpointWriter: @unchecked Sendable {
         }
         if resume {
             removeStrayFiles()
-            adoptFinishedShards(fingerprint: fingerprint)
+            adoptFinishedShards(key: key)
         }
-        let header = "{\"fingerprint\":\(CompactJSON.quoted(fingerprint))}\n"
-        var lines = header
+        var lines = key.journalHeader
         for shard in layout.shards where hashes[shard.fileName] != nil {
             lines += journalLine(shard)
         }
@@ -178,28 +177,29 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// Files an interrupted run left that are not its shards or journal (a killed atomic write's temp
     /// file, a half-written config): removed, so they cannot end up in the resumed output.
     private func removeStrayFiles() {
-        let keep = Set(layout.shards.map(\.fileName) + [Self.journalName])
+        let keep = Set(layout.shards.map(\.fileName) + [Self.journalName, AtomicOutputDirectory.ownerFileName])
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where !keep.contains(name) {
-            var isDirectory: ObjCBool = false
             let url = directory.appendingPathComponent(name)
-            if fm.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue { try? fm.removeItem(at: url) }
+            if let entry = FileEntry.lstat(url.path), entry.kind != .directory { try? fm.removeItem(at: url) }
         }
     }
 
-    /// Marks complete every shard the journal lists under the same fingerprint whose header matches
-    /// the plan and whose file still hashes to the recorded value.
-    private func adoptFinishedShards(fingerprint: String) {
-        guard let text = try? String(contentsOf: journal, encoding: .utf8) else { return }
-        let lines = text.split(separator: "\n").compactMap { try? JSONParser.parse(Data($0.utf8)) }
-        guard lines.first?["fingerprint"]?.stringValue == fingerprint else { return }
+    /// Marks complete every shard the journal lists under the same key whose header matches the
+    /// plan and whose file still hashes to the recorded value.
+    private func adoptFinishedShards(key: ResumeKey) {
+        guard let data = try? FilePath.readRegularFile(journal.path) else { return }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { try? JSONParser.parse(Data($0.utf8)) }
+        if let reason = key.mismatch(recorded: lines.first) {
+            Diagnostics.note("note: \(directory.path): resume starts over: \(reason)")
+            return
+        }
         for entry in lines.dropFirst() {
             guard let file = entry["file"]?.stringValue, let sha = entry["sha256"]?.stringValue,
                   let i = layout.shards.firstIndex(where: { $0.fileName == file }),
                   entry["header_sha256"]?.stringValue == headerHash(layout.shards[i]) else { continue }
             let path = directory.appendingPathComponent(file).path
-            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-                  (attributes[.size] as? Int) == layout.shards[i].fileSize,
+            guard FileEntry.lstat(path)?.kind == .regular, FileEntry.lstat(path)?.size == layout.shards[i].fileSize,
                   (try? SHA256.hex(fileAt: path)) == sha else { continue }
             hashes[file] = sha
             remaining[i] = 0

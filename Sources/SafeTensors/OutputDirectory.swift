@@ -5,82 +5,188 @@ import Glibc
 
 /// An output directory that appears under its final name only when complete.
 ///
-/// Work goes into a hidden sibling (same filesystem, so the final `rename` is atomic); an
-/// interrupted run leaves at most that hidden directory, never something that looks finished.
+/// Work goes into a hidden sibling `.dsconvert-partial-NAME-PID` (same filesystem, so the final
+/// `rename` is atomic); an interrupted run leaves at most that hidden directory, never something
+/// that looks finished. What it will touch, and nothing else:
+/// - the output itself, only when it does not exist, or with `force` when it is a previous
+///   dsconvert output (it holds `marker`) or an empty directory — never a symbolic link;
+/// - hidden work directories under the output's name that are real directories owned by this user
+///   and whose recorded process (PID, start time, boot id) is gone: removed, or adopted by `resume`;
+/// - the aside directory of a commit that was killed between its two renames: finished or rolled back.
 public final class AtomicOutputDirectory: @unchecked Sendable {
     public let finalURL: URL
     public let temporaryURL: URL
     /// True when the work directory of an interrupted run was adopted (`--resume`).
     public private(set) var resumed = false
     private let force: Bool
+    private let marker: String
     private var settled = false
 
     /// Prefix of the hidden work directories, so they can be recognized (and cleaned) later.
     public static let workPrefix = ".dsconvert-partial-"
+    /// Prefix of a replaced output moved aside during a commit.
+    public static let replacedPrefix = ".dsconvert-replaced-"
+    /// The record of the process writing a work directory (removed when the commit starts).
+    public static let ownerFileName = ".dsconvert-owner.json"
 
-    public init(final: URL, force: Bool, resume: Bool = false) throws {
-        finalURL = final.standardizedFileURL
+    /// - Parameters:
+    ///   - inputs: what the command reads; the output may not be, contain or lie inside any of them.
+    ///   - marker: the file that marks a directory as a previous output of this tool (the manifest).
+    public init(final: URL, inputs: [URL], marker: String, force: Bool, resume: Bool = false) throws {
+        finalURL = try OutputLocation.check(output: final, inputs: inputs)
         self.force = force
-        let fm = FileManager.default
-        if fm.fileExists(atPath: finalURL.path), !force {
-            throw SafeTensorsError.outputExists(path: finalURL.path)
-        }
+        self.marker = marker
         let parent = finalURL.deletingLastPathComponent()
-        var isDirectory: ObjCBool = false
-        guard fm.fileExists(atPath: parent.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: "parent directory \(parent.path) does not exist")
-        }
-        temporaryURL = parent.appendingPathComponent("\(Self.workPrefix)\(finalURL.lastPathComponent)-\(getpid())")
-        try? fm.removeItem(at: temporaryURL)
-        // Work directories left by runs that died (SIGKILL, power loss): adopt one with --resume,
-        // remove the rest. One whose process still runs is another conversion into the same output.
-        let stalePrefix = "\(Self.workPrefix)\(finalURL.lastPathComponent)-"
-        for name in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where name.hasPrefix(stalePrefix) {
-            guard let pid = Int32(name.dropFirst(stalePrefix.count)), pid != getpid() else { continue }
-            if kill(pid, 0) == 0 || errno == EPERM {
-                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: "another conversion (pid \(pid)) is writing this output")
+        let name = finalURL.lastPathComponent
+        temporaryURL = parent.appendingPathComponent("\(Self.workPrefix)\(name)-\(getpid())")
+        try Self.finishInterruptedCommits(parent: parent, name: name)
+        try checkReplaceable()
+        try adoptOrRemoveStaleWork(parent: parent, name: name, resume: resume)
+        if !resumed {
+            if let entry = FileEntry.lstat(temporaryURL.path) {
+                // Left by an earlier process that had this PID; ours only if we own it.
+                guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: temporaryURL.path) }
+                try FileManager.default.removeItem(at: temporaryURL)
             }
-            let stale = parent.appendingPathComponent(name)
+            do {
+                try systemCall("mkdir", path: temporaryURL.path) { mkdir(temporaryURL.path, 0o755) }
+            } catch let error as SystemCallError {
+                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: String(cString: strerror(error.code)))
+            }
+        }
+        try writeOwnerRecord()
+    }
+
+    deinit { if !settled { discard() } }
+
+    /// Refuses an existing output unless `force` is given and it is ours to replace.
+    private func checkReplaceable() throws {
+        guard let entry = FileEntry.lstat(finalURL.path) else { return }
+        guard force else { throw SafeTensorsError.outputExists(path: finalURL.path) }
+        switch entry.kind {
+        case .symbolicLink: throw OutputSafetyError.symbolicLink(output: finalURL.path)
+        case .regular: throw OutputSafetyError.notReplaceable(output: finalURL.path, holds: "a file, not a directory")
+        case .other: throw OutputSafetyError.notReplaceable(output: finalURL.path, holds: "a special file")
+        case .directory:
+            let names = try FileManager.default.contentsOfDirectory(atPath: finalURL.path).sorted()
+            if names.isEmpty || FileEntry.lstat(finalURL.appendingPathComponent(marker).path)?.kind == .regular { return }
+            let shown = names.prefix(3).map { "'\($0)'" }.joined(separator: ", ")
+            throw OutputSafetyError.notReplaceable(output: finalURL.path, holds: "\(shown)\(names.count > 3 ? " and \(names.count - 3) more" : "") but no \(marker)")
+        }
+    }
+
+    /// Work directories of runs that died: the first adopted with `resume`, the rest removed. One
+    /// whose process still runs is another conversion into the same output; one that is a link or
+    /// belongs to someone else is left alone (and said so).
+    private func adoptOrRemoveStaleWork(parent: URL, name: String, resume: Bool) throws {
+        let prefix = "\(Self.workPrefix)\(name)-"
+        let fm = FileManager.default
+        for entryName in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where entryName.hasPrefix(prefix) {
+            guard let pid = Int32(entryName.dropFirst(prefix.count)), pid != getpid() else { continue }
+            let stale = parent.appendingPathComponent(entryName)
+            guard let entry = FileEntry.lstat(stale.path), entry.isOwnDirectory else {
+                Diagnostics.note("note: leaving \(stale.path) alone: it is a symbolic link or belongs to another user")
+                continue
+            }
+            if Self.isLive(workDirectory: stale, pid: pid) {
+                throw OutputSafetyError.anotherConversion(output: finalURL.path, pid: pid)
+            }
             if resume, !resumed, rename(stale.path, temporaryURL.path) == 0 {
+                // Checked again after the rename: the entry we moved must be the directory we vetted.
+                guard let moved = FileEntry.lstat(temporaryURL.path), moved.isOwnDirectory, moved.inode == entry.inode, moved.device == entry.device else {
+                    throw OutputSafetyError.workDirectoryNotOwn(path: stale.path)
+                }
                 resumed = true
             } else {
                 try? fm.removeItem(at: stale)
             }
         }
-        guard resumed || mkdir(temporaryURL.path, 0o755) == 0 else {
-            throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: String(cString: strerror(errno)))
-        }
     }
 
-    deinit { if !settled { discard() } }
+    /// True when the process that wrote `workDirectory` still runs. The owner record tells it
+    /// exactly; without one (a run killed right after `mkdir`) a live PID counts as live.
+    static func isLive(workDirectory: URL, pid: Int32) -> Bool {
+        let record = workDirectory.appendingPathComponent(ownerFileName).path
+        if let data = try? FilePath.readRegularFile(record), let owner = try? JSONDecoder().decode(ProcessIdentity.self, from: data) {
+            return owner.pid == pid && owner.isRunning
+        }
+        return kill(pid, 0) == 0 || errno == EPERM
+    }
+
+    private func writeOwnerRecord() throws {
+        guard let identity = ProcessIdentity.current else { return }
+        let url = temporaryURL.appendingPathComponent(Self.ownerFileName)
+        try? FileManager.default.removeItem(at: url)
+        try AtomicFile.write(try JSONEncoder().encode(identity), to: url)
+    }
+
+    /// A commit killed between its renames leaves `.dsconvert-replaced-NAME-PID` (the old output)
+    /// and maybe the finished work directory of the same PID: rolled forward when the work directory
+    /// had started committing (its owner record gone), back otherwise; the aside is then removed.
+    static func finishInterruptedCommits(parent: URL, name: String) throws {
+        let prefix = "\(replacedPrefix)\(name)-"
+        let fm = FileManager.default
+        let final = parent.appendingPathComponent(name)
+        for entryName in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where entryName.hasPrefix(prefix) {
+            guard let pid = Int32(entryName.dropFirst(prefix.count)), pid != getpid() else { continue }
+            let aside = parent.appendingPathComponent(entryName)
+            guard FileEntry.lstat(aside.path)?.isOwnDirectory == true, !(kill(pid, 0) == 0 || errno == EPERM) else { continue }
+            if FileEntry.lstat(final.path) == nil {
+                let work = parent.appendingPathComponent("\(workPrefix)\(name)-\(pid)")
+                let committing = FileEntry.lstat(work.path)?.isOwnDirectory == true
+                    && FileEntry.lstat(work.appendingPathComponent(ownerFileName).path) == nil
+                let source = committing ? work : aside
+                try systemCall("rename", path: source.path) { rename(source.path, final.path) }
+                Diagnostics.note("note: \(final.path): finished a replacement that was interrupted (\(committing ? "new output kept" : "old output restored"))")
+            }
+            if FileEntry.lstat(aside.path) != nil { try? fm.removeItem(at: aside) }
+        }
+    }
 
     /// Moves the finished work into place (replacing an existing output only under `force`).
     public func commit() throws {
         let fm = FileManager.default
+        try checkReplaceable()
+        // From here the work directory is complete: without its owner record, a run that finds it
+        // next to the aside of this commit knows to finish the commit rather than undo it.
+        try? fm.removeItem(at: temporaryURL.appendingPathComponent(Self.ownerFileName))
         var old: URL?
-        if fm.fileExists(atPath: finalURL.path) {
-            guard force else { throw SafeTensorsError.outputExists(path: finalURL.path) }
-            let aside = finalURL.deletingLastPathComponent().appendingPathComponent(".dsconvert-replaced-\(finalURL.lastPathComponent)-\(getpid())")
-            try? fm.removeItem(at: aside)
+        if FileEntry.lstat(finalURL.path) != nil {
+            let aside = finalURL.deletingLastPathComponent().appendingPathComponent("\(Self.replacedPrefix)\(finalURL.lastPathComponent)-\(getpid())")
+            if let entry = FileEntry.lstat(aside.path) {
+                guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: aside.path) }
+                try fm.removeItem(at: aside)
+            }
             guard rename(finalURL.path, aside.path) == 0 else {
                 throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: "cannot move the old output aside: \(String(cString: strerror(errno)))")
             }
             old = aside
         }
+        CommitHooks.afterMovingAside()
         guard rename(temporaryURL.path, finalURL.path) == 0 else {
             let reason = String(cString: strerror(errno))
             if let old { rename(old.path, finalURL.path) }
             throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: reason)
         }
         settled = true
-        if let old { try? fm.removeItem(at: old) }
         let parentFD = open(finalURL.deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY)
         if parentFD >= 0 { fsync(parentFD); close(parentFD) }
+        if let old { try? fm.removeItem(at: old) }
     }
 
     /// Removes the unfinished work.
     public func discard() {
         settled = true
+        guard FileEntry.lstat(temporaryURL.path)?.isOwnDirectory == true else { return }
         try? FileManager.default.removeItem(at: temporaryURL)
+    }
+}
+
+/// A seam for the interruption tests: `DSCONVERT_TEST_PAUSE_IN_COMMIT=SECONDS` sleeps between the
+/// two renames of a replacing commit, so a SIGKILL can land exactly there.
+enum CommitHooks {
+    static func afterMovingAside() {
+        guard let text = ProcessInfo.processInfo.environment["DSCONVERT_TEST_PAUSE_IN_COMMIT"], let seconds = Double(text), seconds > 0 else { return }
+        usleep(useconds_t(min(seconds, 60) * 1e6))
     }
 }

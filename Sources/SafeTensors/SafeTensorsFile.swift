@@ -14,15 +14,16 @@ public final class MappedFile: @unchecked Sendable {
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        // Non-blocking, so a FIFO planted as a shard is refused instead of hanging the open.
+        let opened: (descriptor: Int32, entry: FileEntry)
+        do { opened = try FilePath.openRegularFile(path) } catch let error as SystemCallError {
+            throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(error.code)))
+        }
+        let fd = opened.descriptor
         descriptor = fd
         var mapped = false
         defer { if !mapped { close(fd) } }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw SafeTensorsError.cannotOpen(file: path, reason: "not a regular file") }
-        size = Int(info.st_size)
+        size = opened.entry.size
         if size == 0 {
             base = nil
             mapped = true

@@ -4,7 +4,7 @@ import SafeTensors
 /// `{"tokens": [[id, …], …]}`: equal-length token sequences for the forward pass.
 public enum TokenFile {
     public static func load(_ url: URL) throws -> [[Int]] {
-        guard let data = FileManager.default.contents(atPath: url.path) else {
+        guard let data = try? FilePath.readRegularFile(url.path) else {
             throw ValidationError.invalidTokens(path: url.path, reason: "cannot read the file")
         }
         let root: JSONValue

@@ -2,4 +2,4 @@ import CLI
 import DSConvertCommands
 import Foundation
 
-exit(CommandLineTool.runSingle(AbsorbCommand.self, invocation: "dsconvert-absorb", arguments: Array(CommandLine.arguments.dropFirst())))
+exit(Entry.single(AbsorbCommand.self, invocation: "dsconvert-absorb"))

@@ -2,5 +2,5 @@ import CLI
 import DSConvertCommands
 import Foundation
 
-exit(CommandLineTool.runFront(tool: "dsconvert-bench", abstract: "Benchmarks of dsconvert (run from a release build).",
-                              commands: [ForwardBenchCommand.self, GenerateBenchCommand.self, ConvertBenchCommand.self], arguments: Array(CommandLine.arguments.dropFirst())))
+exit(Entry.front(tool: "dsconvert-bench", abstract: "Benchmarks of dsconvert (run from a release build).",
+                              commands: [ForwardBenchCommand.self, GenerateBenchCommand.self, ConvertBenchCommand.self]))

@@ -2,4 +2,4 @@ import CLI
 import DSConvertCommands
 import Foundation
 
-exit(CommandLineTool.runSingle(QuantizeCommand.self, invocation: "dsconvert-quantize", arguments: Array(CommandLine.arguments.dropFirst())))
+exit(Entry.single(QuantizeCommand.self, invocation: "dsconvert-quantize"))

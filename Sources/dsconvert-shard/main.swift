@@ -2,4 +2,4 @@ import CLI
 import DSConvertCommands
 import Foundation
 
-exit(CommandLineTool.runSingle(ShardCommand.self, invocation: "dsconvert-shard", arguments: Array(CommandLine.arguments.dropFirst())))
+exit(Entry.single(ShardCommand.self, invocation: "dsconvert-shard"))

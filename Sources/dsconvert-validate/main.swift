@@ -2,4 +2,4 @@ import CLI
 import DSConvertCommands
 import Foundation
 
-exit(CommandLineTool.runSingle(ValidateCommand.self, invocation: "dsconvert-validate", arguments: Array(CommandLine.arguments.dropFirst())))
+exit(Entry.single(ValidateCommand.self, invocation: "dsconvert-validate"))

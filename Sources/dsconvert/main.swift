@@ -2,5 +2,5 @@ import CLI
 import DSConvertCommands
 import Foundation
 
-exit(CommandLineTool.runFront(tool: "dsconvert", abstract: DSConvertCommands.abstract,
-                              commands: DSConvertCommands.all, arguments: Array(CommandLine.arguments.dropFirst())))
+exit(Entry.front(tool: "dsconvert", abstract: DSConvertCommands.abstract,
+                              commands: DSConvertCommands.all))

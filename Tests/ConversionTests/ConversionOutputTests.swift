@@ -10,7 +10,7 @@ final class ConversionOutputTests: XCTestCase {
         XCTAssertEqual(try ConversionOutput.parseSize("500mb"), 500_000_000)
         XCTAssertEqual(try ConversionOutput.parseSize("1.5KB"), 1500)
         XCTAssertEqual(try ConversionOutput.parseSize("4096"), 4096)
-        for bad in ["", "GB", "-1", "0", "12XB", "five"] { XCTAssertThrowsError(try ConversionOutput.parseSize(bad), bad) }
+        for bad in ["", "GB", "-1", "0", "12XB", "five", "infGB", "nanGB", "1e30GB", "9223372036854775807GB", "0.1B"] { XCTAssertThrowsError(try ConversionOutput.parseSize(bad), bad) }
     }
 
     func testOutputInsideInputIsRefused() throws {
@@ -20,7 +20,7 @@ final class ConversionOutputTests: XCTestCase {
         let layout = CheckpointLayout(tensors: [])
         for output in [input, input.appendingPathComponent("sub"), URL(fileURLWithPath: input.path + "/./x/..")] {
             XCTAssertThrowsError(try ConversionOutput(input: input, output: output, force: true, layout: layout, stage: .init(stage: "reshard", options: [:], input: input.path))) {
-                guard case .outputInsideInput = $0 as? ConversionError else { return XCTFail("\($0)") }
+                guard case .outputInsideInput = $0 as? OutputSafetyError else { return XCTFail("\($0)") }
             }
         }
     }

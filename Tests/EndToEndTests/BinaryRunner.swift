@@ -13,9 +13,10 @@ struct RunResult {
 }
 
 /// Runs a built product (found next to the test bundle), as swift-argument-parser's tests do.
-func runTool(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws -> RunResult {
+func runTool(_ product: String, _ arguments: [String], environment: [String: String] = [:], directory: URL? = nil) throws -> RunResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: toolPath(product))
+    if let directory { process.currentDirectoryURL = directory }
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let out = Pipe(), err = Pipe()

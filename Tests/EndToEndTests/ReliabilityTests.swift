@@ -33,6 +33,8 @@ final class BadInputCatalogTests: XCTestCase {
         let prepare: (URL) throws -> [String]   // builds inputs under the work dir, returns the arguments
         let status: Int32
         let fragment: String
+        /// The working directory to run in (relative to the case's work directory).
+        var directory: String? = nil
     }
 
     private func rawFile(_ header: String, data: Int = 0, length: UInt64? = nil) -> Data {
@@ -235,7 +237,7 @@ final class BadInputCatalogTests: XCTestCase {
             try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
             let arguments = try c.prepare(work)
             let before = try leftovers(in: work)
-            let r = try runTool("dsconvert", arguments)
+            let r = try runTool("dsconvert", arguments, directory: c.directory.map { work.appendingPathComponent($0) })
             XCTAssertEqual(r.status, c.status, "\(c.name): \(r.stderr)")
             let errors = r.stderrLines.filter { $0.contains("error:") }
             XCTAssertEqual(errors.count, 1, "\(c.name): \(r.stderr)")
@@ -323,7 +325,7 @@ final class InterruptionTests: XCTestCase {
         // The journal is gone once a run commits; rebuild it as a killed run leaves it, then damage one shard.
         try FileManager.default.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
         let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
-        var journal = "{\"fingerprint\":\"\(ConversionOutput.fingerprint(stages: [stage], input: input))\"}\n"
+        var journal = ConversionOutput.resumeKey(stages: [stage], input: input).journalHeader
         for shard in shards {
             let data = try Data(contentsOf: dead.appendingPathComponent(shard))
             let length = Int(data.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })

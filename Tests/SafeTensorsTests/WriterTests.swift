@@ -116,7 +116,7 @@ final class WriterTests: XCTestCase {
         for (label, order) in [("file order", fileOrder), ("one late", late), ("reversed", fileOrder.reversed())] {
             let out = dir.appendingPathComponent(label)
             try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
-            let writer = CheckpointWriter(layout: layout, directory: out, fingerprint: "", resume: false, pool: ChunkPool(size: 8192, inFlight: 2))
+            let writer = CheckpointWriter(layout: layout, directory: out, key: ResumeKey(conversion: "", input: [:]), resume: false, pool: ChunkPool(size: 8192, inFlight: 2))
             for name in order { try writer.write(name, bytes: data[name]!) }
             try writer.finish()
             for shard in layout.shards {
@@ -136,7 +136,7 @@ final class WriterTests: XCTestCase {
         for t in planned { try first.write(t.name, bytes: data[t.name]!) }
         try first.finish()
         let checkpoint = try Checkpoint(directory: source)
-        let writer = CheckpointWriter(layout: layout, directory: copy, fingerprint: "", resume: false, pool: ChunkPool(size: 8192, inFlight: 1))
+        let writer = CheckpointWriter(layout: layout, directory: copy, key: ResumeKey(conversion: "", input: [:]), resume: false, pool: ChunkPool(size: 8192, inFlight: 1))
         // Views in file order except the last tensor of the first shard, which comes last (kernel copy).
         var order = layout.shards.flatMap { $0.tensors.map(\.name) }
         order.append(order.remove(at: layout.shards[0].tensors.count - 1))
@@ -155,7 +155,7 @@ final class WriterTests: XCTestCase {
         let layout = CheckpointLayout(tensors: planned, maxShardSize: 21_000)
         XCTAssertEqual(layout.shards.count, 12)
         let data = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, bytes(for: $0)) })
-        let writer = CheckpointWriter(layout: layout, directory: dir, fingerprint: "", resume: false, pool: ChunkPool(size: 4096, inFlight: 1))
+        let writer = CheckpointWriter(layout: layout, directory: dir, key: ResumeKey(conversion: "", input: [:]), resume: false, pool: ChunkPool(size: 4096, inFlight: 1))
         for k in 0..<4 { for shard in layout.shards where k < shard.tensors.count { try writer.write(shard.tensors[k].name, bytes: data[shard.tensors[k].name]!) } }
         try writer.finish()
         for shard in layout.shards {
@@ -192,24 +192,25 @@ final class WriterTests: XCTestCase {
 
     func testAtomicOutputDirectory() throws {
         let final = dir.appendingPathComponent("out")
-        let out = try AtomicOutputDirectory(final: final, force: false)
-        try Data("x".utf8).write(to: out.temporaryURL.appendingPathComponent("f"))
+        func open(force: Bool) throws -> AtomicOutputDirectory { try AtomicOutputDirectory(final: final, inputs: [], marker: "m", force: force) }
+        let out = try open(force: false)
+        try Data("x".utf8).write(to: out.temporaryURL.appendingPathComponent("m"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: final.path))
         try out.commit()
-        XCTAssertTrue(FileManager.default.fileExists(atPath: final.appendingPathComponent("f").path))
-        XCTAssertThrowsError(try AtomicOutputDirectory(final: final, force: false)) {
+        XCTAssertTrue(FileManager.default.fileExists(atPath: final.appendingPathComponent("m").path))
+        XCTAssertThrowsError(try open(force: false)) {
             guard case .outputExists = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
         }
         do {
-            let abandoned = try AtomicOutputDirectory(final: final, force: true)
+            let abandoned = try open(force: true)
             try Data("y".utf8).write(to: abandoned.temporaryURL.appendingPathComponent("g"))
             abandoned.discard()
             XCTAssertFalse(FileManager.default.fileExists(atPath: abandoned.temporaryURL.path))
         }
-        let replaced = try AtomicOutputDirectory(final: final, force: true)
+        let replaced = try open(force: true)
         try Data("z".utf8).write(to: replaced.temporaryURL.appendingPathComponent("h"))
         try replaced.commit()
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: final.path), ["h"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: final.path), ["h"], "no owner record left in the output")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["out"], "no work directories left behind")
     }
 }

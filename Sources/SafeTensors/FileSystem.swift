@@ -1,0 +1,170 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed system call: which call, on which path, and errno (the message is made once, here).
+public struct SystemCallError: LocalizedError, Equatable, Sendable {
+    public let call: String
+    public let path: String
+    public let code: Int32
+
+    public var errorDescription: String? { "\(path): \(call) failed: \(String(cString: strerror(code)))" }
+}
+
+/// Runs a system call that returns -1 and sets errno on failure, retrying on EINTR (as swift-nio's
+/// `syscall` does), and throws a typed error naming the call and the path otherwise.
+@discardableResult
+public func systemCall<T: BinaryInteger>(_ call: String, path: String, _ body: () -> T) throws -> T {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        if errno == EINTR { continue }
+        throw SystemCallError(call: call, path: path, code: errno)
+    }
+}
+
+/// What `lstat` says of a path: the entry itself, never what a symbolic link points to.
+public struct FileEntry: Equatable, Sendable {
+    public enum Kind: Equatable, Sendable { case regular, directory, symbolicLink, other }
+    public let kind: Kind
+    public let owner: uid_t
+    public let size: Int
+    public let device: UInt64
+    public let inode: UInt64
+    /// Modification and status-change times in nanoseconds: a write to the file moves both, and
+    /// the status-change time cannot be set back by a user (`touch -d` only sets the first).
+    public let modified: Int64
+    public let changed: Int64
+
+    /// The entry at `path` without following a final symbolic link; nil when nothing is there.
+    public static func lstat(_ path: String) -> FileEntry? {
+        var info = Glibc.stat()
+        guard Glibc.lstat(path, &info) == 0 else { return nil }
+        return FileEntry(info)
+    }
+
+    /// The entry a path resolves to (symbolic links followed); nil when nothing is there.
+    public static func following(_ path: String) -> FileEntry? {
+        var info = Glibc.stat()
+        guard statFollowingLinks(path, &info) == 0 else { return nil }
+        return FileEntry(info)
+    }
+
+    init(_ info: Glibc.stat) {
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: kind = .regular
+        case S_IFDIR: kind = .directory
+        case S_IFLNK: kind = .symbolicLink
+        default: kind = .other
+        }
+        owner = info.st_uid
+        size = Int(info.st_size)
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        changed = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
+    }
+
+    /// True for a real directory (not a link to one) owned by the user running this process: the
+    /// only kind of work directory a command may adopt, rename or remove.
+    public var isOwnDirectory: Bool { kind == .directory && owner == geteuid() }
+}
+
+/// stat(2); at file scope, where the name resolves to the function rather than the struct.
+private func statFollowingLinks(_ path: String, _ info: inout Glibc.stat) -> Int32 { stat(path, &info) }
+
+/// Path helpers that never guess: symbolic links are resolved by the kernel (`realpath`).
+public enum FilePath {
+    /// The absolute path with every symbolic link resolved; nil when it does not exist.
+    public static func resolved(_ path: String) -> String? {
+        guard let pointer = realpath(path, nil) else { return nil }
+        defer { free(pointer) }
+        return String(cString: pointer)
+    }
+
+    /// True when `path` is `ancestor` or lies below it (both absolute and resolved).
+    public static func isWithin(_ path: String, _ ancestor: String) -> Bool {
+        ancestor == "/" || path == ancestor || path.hasPrefix(ancestor + "/")
+    }
+
+    /// The contents of a small regular file. Opened with O_NONBLOCK so a FIFO or device planted under
+    /// the name cannot hang the command, and refused unless it is a regular file (after links).
+    public static func readRegularFile(_ path: String) throws -> Data {
+        let fd = try systemCall("open", path: path) { open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        defer { close(fd) }
+        var info = stat()
+        try systemCall("fstat", path: path) { fstat(fd, &info) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw SafeTensorsError.cannotOpen(file: path, reason: "not a regular file") }
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = try buffer.withUnsafeMutableBytes { raw in
+                try systemCall("read", path: path) { read(fd, raw.baseAddress, raw.count) }
+            }
+            if count == 0 { return data }
+            data.append(contentsOf: buffer[0..<count])
+        }
+    }
+
+    /// Opens `path` read-only without blocking on a FIFO and checks it is a regular file.
+    public static func openRegularFile(_ path: String) throws -> (descriptor: Int32, entry: FileEntry) {
+        let fd = try systemCall("open", path: path) { open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        var info = stat()
+        do {
+            try systemCall("fstat", path: path) { fstat(fd, &info) }
+        } catch {
+            close(fd)
+            throw error
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw SafeTensorsError.cannotOpen(file: path, reason: "not a regular file")
+        }
+        return (fd, FileEntry(info))
+    }
+}
+
+/// Who a process is, beyond its PID: PIDs are reused, so a work directory records the PID with the
+/// process's start time (`/proc/PID/stat` field 22, clock ticks since boot) and the boot id.
+public struct ProcessIdentity: Codable, Equatable, Sendable {
+    public let pid: Int32
+    public let startTime: UInt64
+    public let bootID: String
+
+    enum CodingKeys: String, CodingKey {
+        case pid
+        case startTime = "start_time"
+        case bootID = "boot_id"
+    }
+
+    /// This process.
+    public static var current: ProcessIdentity? { of(getpid()) }
+
+    /// The process now running as `pid`, if any.
+    public static func of(_ pid: Int32) -> ProcessIdentity? {
+        guard let stat = try? FilePath.readRegularFile("/proc/\(pid)/stat"),
+              let start = startTime(stat: String(decoding: stat, as: UTF8.self)) else { return nil }
+        return ProcessIdentity(pid: pid, startTime: start, bootID: bootID)
+    }
+
+    /// Field 22 of `/proc/PID/stat`. The command name (field 2) is in parentheses and may hold
+    /// spaces or parentheses itself, so fields are counted after the last ')'.
+    static func startTime(stat: String) -> UInt64? {
+        guard let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state), so field 22 is fields[19].
+        return fields.count > 19 ? UInt64(fields[19]) : nil
+    }
+
+    static let bootID: String = {
+        let data = (try? FilePath.readRegularFile("/proc/sys/kernel/random/boot_id")) ?? Data()
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }()
+
+    /// True when the process this identity recorded is still running (same boot, same start time).
+    public var isRunning: Bool {
+        guard bootID == Self.bootID, let now = Self.of(pid) else { return false }
+        return now.startTime == startTime
+    }
+}

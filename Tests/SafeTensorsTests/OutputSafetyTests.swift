@@ -1,0 +1,151 @@
+import Foundation
+@testable import SafeTensors
+import XCTest
+
+/// The rules of what an output may replace, adopt or remove (README "Guarantees").
+final class OutputSafetyTests: XCTestCase {
+    var dir: URL!
+    let fm = FileManager.default
+    override func setUpWithError() throws {
+        dir = fm.temporaryDirectory.appendingPathComponent("dsconvert-safety-\(UUID().uuidString)")
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDownWithError() throws { try? fm.removeItem(at: dir) }
+
+    private func make(_ path: String, file: String? = nil) throws -> URL {
+        let url = dir.appendingPathComponent(path)
+        try fm.createDirectory(at: url, withIntermediateDirectories: true)
+        if let file { try Data("keep".utf8).write(to: url.appendingPathComponent(file)) }
+        return url
+    }
+
+    private func open(_ final: URL, inputs: [URL] = [], force: Bool = true, resume: Bool = false) throws -> AtomicOutputDirectory {
+        try AtomicOutputDirectory(final: final, inputs: inputs, marker: "dsconvert.json", force: force, resume: resume)
+    }
+
+    func testOutputsThatWouldDestroyAnInputOrTheWorkingDirectory() throws {
+        let input = try make("a/in", file: "x")
+        let outer = dir.appendingPathComponent("a")
+        XCTAssertThrowsError(try OutputLocation.check(output: outer, inputs: [input])) {
+            XCTAssertEqual($0 as? OutputSafetyError, .outputContainsInput(output: FilePath.resolved(outer.path)!, input: FilePath.resolved(input.path)!))
+        }
+        for inside in [input, input.appendingPathComponent("o"), URL(fileURLWithPath: input.path + "/x/..")] {
+            XCTAssertThrowsError(try OutputLocation.check(output: inside, inputs: [input])) {
+                guard case .outputInsideInput = $0 as? OutputSafetyError else { return XCTFail("\($0)") }
+            }
+        }
+        let link = dir.appendingPathComponent("link")
+        try fm.createSymbolicLink(at: link, withDestinationURL: input)
+        XCTAssertThrowsError(try OutputLocation.check(output: link.appendingPathComponent("o"), inputs: [input]), "a path through a link to the input")
+        XCTAssertThrowsError(try OutputLocation.check(output: URL(fileURLWithPath: "/"), inputs: []))
+        XCTAssertThrowsError(try OutputLocation.check(output: URL(fileURLWithPath: fm.currentDirectoryPath), inputs: [])) {
+            guard case .outputContainsWorkingDirectory = $0 as? OutputSafetyError else { return XCTFail("\($0)") }
+        }
+        XCTAssertNoThrow(try OutputLocation.check(output: dir.appendingPathComponent("b"), inputs: [input]))
+        XCTAssertNoThrow(try OutputLocation.check(output: dir.appendingPathComponent("in2"), inputs: [input]), "a sibling sharing a name prefix")
+    }
+
+    func testForceReplacesOnlyOwnOutputsAndEmptyDirectories() throws {
+        let foreign = try make("foreign", file: "thesis.tex")
+        XCTAssertThrowsError(try open(foreign)) {
+            guard case let .notReplaceable(_, holds) = $0 as? OutputSafetyError else { return XCTFail("\($0)") }
+            XCTAssertTrue(holds.contains("'thesis.tex'"), holds)
+        }
+        XCTAssertTrue(fm.fileExists(atPath: foreign.appendingPathComponent("thesis.tex").path))
+        let file = dir.appendingPathComponent("file")
+        try Data().write(to: file)
+        XCTAssertThrowsError(try open(file))
+        let link = dir.appendingPathComponent("link")
+        try fm.createSymbolicLink(at: link, withDestinationURL: try make("target", file: "dsconvert.json"))
+        XCTAssertThrowsError(try open(link)) { XCTAssertEqual($0 as? OutputSafetyError, .symbolicLink(output: link.path)) }
+        for (name, file) in [("empty", nil), ("previous", "dsconvert.json")] {
+            let out = try open(try make(name, file: file))
+            try out.commit()
+        }
+        XCTAssertTrue(fm.fileExists(atPath: dir.appendingPathComponent("target/dsconvert.json").path), "a link's target is never touched")
+    }
+
+    /// A symbolic link planted under a work directory's name is never followed, renamed or cleaned.
+    func testPlantedWorkDirectoryLinkIsLeftAlone() throws {
+        let victim = try make("victim", file: "precious")
+        let planted = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        try fm.createSymbolicLink(at: planted, withDestinationURL: victim)
+        let out = try open(dir.appendingPathComponent("out"), resume: true)
+        XCTAssertFalse(out.resumed)
+        try out.commit()
+        XCTAssertEqual(try fm.destinationOfSymbolicLink(atPath: planted.path), victim.path)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: victim.path), ["precious"])
+        XCTAssertEqual(FileEntry.lstat(dir.appendingPathComponent("out").path)?.kind, .directory)
+    }
+
+    /// A work directory whose PID now belongs to another process (same PID, other start time) is stale.
+    func testReusedPIDDoesNotBlockTheOutput() throws {
+        let stale = try make(".dsconvert-partial-out-1")
+        let other = ProcessIdentity(pid: 1, startTime: (ProcessIdentity.of(1)?.startTime ?? 0) + 12345, bootID: ProcessIdentity.current!.bootID)
+        try JSONEncoder().encode(other).write(to: stale.appendingPathComponent(AtomicOutputDirectory.ownerFileName))
+        let out = try open(dir.appendingPathComponent("out"))
+        try out.commit()
+        XCTAssertFalse(fm.fileExists(atPath: stale.path))
+        // The record of a process that runs blocks it.
+        let live = try make(".dsconvert-partial-out2-1")
+        try JSONEncoder().encode(ProcessIdentity.of(1)!).write(to: live.appendingPathComponent(AtomicOutputDirectory.ownerFileName))
+        XCTAssertThrowsError(try open(dir.appendingPathComponent("out2"))) {
+            XCTAssertEqual($0 as? OutputSafetyError, .anotherConversion(output: self.dir.appendingPathComponent("out2").path, pid: 1))
+        }
+    }
+
+    /// A commit killed between its renames is finished (work complete) or rolled back by the next run.
+    func testInterruptedCommitIsFinishedOrRolledBack() throws {
+        for committing in [true, false] {
+            let name = committing ? "forward" : "back"
+            try make(".dsconvert-replaced-\(name)-999999", file: "old")
+            let work = try make(".dsconvert-partial-\(name)-999999", file: "new")
+            if !committing { try Data().write(to: work.appendingPathComponent(AtomicOutputDirectory.ownerFileName)) }
+            try AtomicOutputDirectory.finishInterruptedCommits(parent: dir, name: name)
+            XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir.appendingPathComponent(name).path).filter { !$0.hasPrefix(".") }, [committing ? "new" : "old"])
+            XCTAssertFalse(fm.fileExists(atPath: dir.appendingPathComponent(".dsconvert-replaced-\(name)-999999").path))
+        }
+    }
+
+    func testResumeKeyNamesTheChangedFile() throws {
+        let input = try make("in")
+        let shard = input.appendingPathComponent("model.safetensors")
+        try Data([2, 0, 0, 0, 0, 0, 0, 0, 0x7B, 0x7D, 1, 2]).write(to: shard)
+        let before = ResumeKey(conversion: "c", input: ResumeKey.identify(directory: input))
+        let recorded = try JSONParser.parse(Data(before.journalHeader.utf8))
+        XCTAssertNil(before.mismatch(recorded: recorded))
+        // Same name, same size, same header, other data: the base model and its fine-tune.
+        usleep(10_000)
+        let handle = try FileHandle(forWritingTo: shard)
+        try handle.seek(toOffset: 10)
+        handle.write(Data([9, 9]))
+        try handle.close()
+        let after = ResumeKey(conversion: "c", input: ResumeKey.identify(directory: input))
+        XCTAssertTrue(after.mismatch(recorded: recorded)?.contains("input file model.safetensors changed") == true, "\(String(describing: after.mismatch(recorded: recorded)))")
+        XCTAssertEqual(ResumeKey(conversion: "d", input: before.input).mismatch(recorded: recorded), "the interrupted run used other options or stages")
+    }
+
+    func testStartTimeParsingSurvivesOddCommandNames() {
+        let fields = (3...22).map(String.init).joined(separator: " ")
+        XCTAssertEqual(ProcessIdentity.startTime(stat: "42 (a) (b c) \(fields) 23 24"), 22)
+        XCTAssertNil(ProcessIdentity.startTime(stat: "42 (x) 3 4"))
+        XCTAssertTrue(ProcessIdentity.current!.isRunning)
+    }
+
+    func testResultFileRules() throws {
+        let input = try make("in", file: "config.json")
+        XCTAssertThrowsError(try OutputLocation.checkResultFile(input.appendingPathComponent("config.json"), inputs: [input], force: true))
+        let existing = dir.appendingPathComponent("r.json")
+        try Data().write(to: existing)
+        XCTAssertThrowsError(try OutputLocation.checkResultFile(existing, inputs: [input], force: false))
+        XCTAssertNoThrow(try OutputLocation.checkResultFile(existing, inputs: [input], force: true))
+        XCTAssertThrowsError(try OutputLocation.checkResultFile(input, inputs: [], force: true), "a directory is never replaced by a result file")
+    }
+
+    func testRegularFileReadsRefuseFIFOsWithoutBlocking() throws {
+        let fifo = dir.appendingPathComponent("fifo")
+        XCTAssertEqual(mkfifo(fifo.path, 0o600), 0)
+        XCTAssertThrowsError(try FilePath.readRegularFile(fifo.path))
+        XCTAssertThrowsError(try MappedFile(path: fifo.path))
+    }
+}
