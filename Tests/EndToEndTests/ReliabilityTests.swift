@@ -226,6 +226,89 @@ final class BadInputCatalogTests: XCTestCase {
                 XCTAssertEqual(try runTool("dsconvert", ["absorb", "--input", fixtures.appendingPathComponent("lite").path, "--output", once.path]).status, 0)
                 return ["absorb", "--input", once.path, "--output", work.appendingPathComponent("out").path]
             }, status: 1, fragment: "attention is already absorbed"),
+        ] + safetyCases
+    }
+
+    /// Data safety: what `--force`, result files and side files must never touch or follow.
+    private var safetyCases: [Case] {
+        let lite = fixtures.appendingPathComponent("lite")
+        func quantize(_ input: URL, _ output: URL, _ extra: [String] = []) -> [String] {
+            ["quantize", "--fp8", "--input", input.path, "--output", output.path] + extra
+        }
+        func withSideFile(_ work: URL, _ plant: (URL) throws -> Void) throws -> [String] {
+            let ckpt = try self.lite(work)
+            try plant(ckpt)
+            return quantize(ckpt, work.appendingPathComponent("out"))
+        }
+        return [
+            Case(name: "--force over a directory that holds the input", prepare: { work in
+                let ckpt = try self.lite(work)
+                try Data("unrelated".utf8).write(to: work.appendingPathComponent("notes.txt"))
+                return quantize(ckpt, work, ["--force"])
+            }, status: 1, fragment: "output must not contain the input"),
+            Case(name: "empty --output", prepare: { _ in Array(quantize(lite, URL(fileURLWithPath: "/unused")).dropLast(2)) + ["--output", ""] },
+                 status: 64, fragment: "--output must not be empty"),
+            Case(name: "--force over a directory holding the working directory", prepare: { work in
+                try FileManager.default.createDirectory(at: work.appendingPathComponent("victim/sub"), withIntermediateDirectories: true)
+                try Data("keep".utf8).write(to: work.appendingPathComponent("victim/file"))
+                return quantize(lite, work.appendingPathComponent("victim"), ["--force"])
+            }, status: 1, fragment: "output must not be the current directory or contain it", directory: "victim/sub"),
+            Case(name: "--force over a directory that is not a dsconvert output", prepare: { work in
+                try FileManager.default.createDirectory(at: work.appendingPathComponent("out"), withIntermediateDirectories: true)
+                try Data("keep".utf8).write(to: work.appendingPathComponent("out/thesis.tex"))
+                return quantize(lite, work.appendingPathComponent("out"), ["--force"])
+            }, status: 1, fragment: "--force replaces only a previous dsconvert output (with dsconvert.json) or an empty directory, and this holds 'thesis.tex'"),
+            Case(name: "--force over a file", prepare: { work in
+                try Data("keep".utf8).write(to: work.appendingPathComponent("out"))
+                return quantize(lite, work.appendingPathComponent("out"), ["--force"])
+            }, status: 1, fragment: "this holds a file, not a directory"),
+            Case(name: "--force over a symbolic link", prepare: { work in
+                try FileManager.default.createDirectory(at: work.appendingPathComponent("target"), withIntermediateDirectories: true)
+                try Data("{}".utf8).write(to: work.appendingPathComponent("target/dsconvert.json"))
+                try FileManager.default.createSymbolicLink(at: work.appendingPathComponent("out"), withDestinationURL: work.appendingPathComponent("target"))
+                return quantize(lite, work.appendingPathComponent("out"), ["--force"])
+            }, status: 1, fragment: "output is a symbolic link"),
+            Case(name: "forward writing into its model", prepare: { work in
+                let ckpt = try self.lite(work)
+                return ["forward", "--model", ckpt.path, "--tokens", lite.appendingPathComponent("tokens.json").path,
+                        "--output", ckpt.appendingPathComponent("model-00001-of-00006.safetensors").path, "--force"]
+            }, status: 1, fragment: "output must not be the input directory or inside it"),
+            Case(name: "validate --json over the candidate's config", prepare: { work in
+                let ckpt = try self.lite(work)
+                return ["validate", "--reference", lite.path, "--candidate", ckpt.path, "--json", ckpt.appendingPathComponent("config.json").path, "--force"]
+            }, status: 1, fragment: "output must not be the input directory or inside it"),
+            Case(name: "forward over an existing file without --force", prepare: { work in
+                try Data("keep".utf8).write(to: work.appendingPathComponent("out.safetensors"))
+                return ["forward", "--model", lite.path, "--tokens", lite.appendingPathComponent("tokens.json").path,
+                        "--output", work.appendingPathComponent("out.safetensors").path]
+            }, status: 1, fragment: "output already exists (pass --force to replace it)"),
+            Case(name: "side file linking outside the input", prepare: { work in
+                try Data("secret".utf8).write(to: work.appendingPathComponent("id_rsa"))
+                return try withSideFile(work) { try FileManager.default.createSymbolicLink(at: $0.appendingPathComponent("tokenizer.json"), withDestinationURL: work.appendingPathComponent("id_rsa")) }
+            }, status: 1, fragment: "tokenizer.json: side file links outside the input"),
+            Case(name: "side file that is a FIFO", prepare: { work in
+                try withSideFile(work) { XCTAssertEqual(mkfifo($0.appendingPathComponent("tokenizer.json").path, 0o600), 0) }
+            }, status: 1, fragment: "tokenizer.json: cannot copy: not a regular file"),
+            Case(name: "shard that is a FIFO", prepare: { work in
+                let ckpt = try self.single(work, Data())
+                try FileManager.default.removeItem(at: ckpt.appendingPathComponent("model.safetensors"))
+                XCTAssertEqual(mkfifo(ckpt.appendingPathComponent("model.safetensors").path, 0o600), 0)
+                return quantize(ckpt, work.appendingPathComponent("out"))
+            }, status: 1, fragment: "model.safetensors: cannot open: not a regular file"),
+            Case(name: "config.json that is a FIFO", prepare: { work in
+                try withSideFile(work) { ckpt in
+                    try FileManager.default.removeItem(at: ckpt.appendingPathComponent("config.json"))
+                    XCTAssertEqual(mkfifo(ckpt.appendingPathComponent("config.json").path, 0o600), 0)
+                }
+            }, status: 1, fragment: "config.json"),
+            Case(name: "infinite --max-shard-size", prepare: { work in quantize(lite, work.appendingPathComponent("out"), ["--max-shard-size", "infGB"]) },
+                 status: 1, fragment: "invalid size 'infGB'"),
+            Case(name: "--max-shard-size past Int", prepare: { work in quantize(lite, work.appendingPathComponent("out"), ["--max-shard-size", "9223372036854775807GB"]) },
+                 status: 1, fragment: "invalid size '9223372036854775807GB'"),
+            Case(name: "control characters in a tensor name", prepare: { work in
+                // The JSON escape \u001b puts a raw ESC into the name; the error must print it escaped.
+                try quantize(self.single(work, self.rawFile(#"{"\u001b[2J\u001b[31mw":{"dtype":"Q7","shape":[4],"data_offsets":[0,4]}}"#, data: 4)), work.appendingPathComponent("out"))
+            }, status: 1, fragment: #"tensor '\u{1b}[2J\u{1b}[31mw': unknown dtype"#),
         ]
     }
 

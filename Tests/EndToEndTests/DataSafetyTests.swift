@@ -1,0 +1,111 @@
+import Conversion
+import Foundation
+import SafeTensors
+import XCTest
+
+/// Reproductions of the ways a conversion could cost a user a file, each with the behaviour it must have.
+final class DataSafetyTests: XCTestCase {
+    var dir: URL!
+    let fm = FileManager.default
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? fm.removeItem(at: dir) }
+
+    /// `OUT_PARENT/.dsconvert-partial-out-<dead pid>` planted as a link to a victim directory:
+    /// `--resume` neither deletes the victim's files nor writes into it, and `out` is a real directory.
+    func testResumeNeverFollowsAPlantedLink() throws {
+        let victim = dir.appendingPathComponent("victim")
+        try fm.createDirectory(at: victim, withIntermediateDirectories: true)
+        try Data("precious".utf8).write(to: victim.appendingPathComponent("thesis.tex"))
+        let planted = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        try fm.createSymbolicLink(at: planted, withDestinationURL: victim)
+        let out = dir.appendingPathComponent("out")
+        let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("lite").path, "--output", out.path, "--resume"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("leaving \(planted.path) alone"), r.stderr)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: victim.path), ["thesis.tex"])
+        XCTAssertEqual(try fm.destinationOfSymbolicLink(atPath: planted.path), victim.path)
+        XCTAssertEqual(FileEntry.lstat(out.path)?.kind, .directory)
+    }
+
+    /// A base model and its fine-tune (same names, sizes and headers): a run interrupted on one and
+    /// resumed on the other starts over, says why, and gives exactly the second one's conversion.
+    func testResumeOnAChangedInputStartsOver() throws {
+        let input = try copyFixture("trained", to: dir)
+        let args = ["quantize", "--fp8", "--input", input.path, "--max-shard-size", "100KB"]
+        let out = dir.appendingPathComponent("out"), clean = dir.appendingPathComponent("clean")
+        XCTAssertEqual(try runTool("dsconvert", args + ["--output", out.path]).status, 0)
+        // What a run killed after its last shard leaves: the work directory of a dead PID with its journal.
+        let dead = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        try fm.moveItem(at: out, to: dead)
+        try fm.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
+        let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
+        var journal = ConversionOutput.resumeKey(stages: [stage], input: input).journalHeader
+        for shard in try fm.contentsOfDirectory(atPath: dead.path).filter({ $0.hasSuffix(".safetensors") }).sorted() {
+            let file = try SafeTensorsFile(path: dead.appendingPathComponent(shard).path)
+            let header = Data(UnsafeRawBufferPointer(rebasing: file.mapping.bytes[0..<file.header.dataStart])).dropFirst(8)
+            journal += "{\"file\":\"\(shard)\",\"header_sha256\":\"\(header.withUnsafeBytes { SHA256.hex($0) })\",\"sha256\":\"\(try SHA256.hex(fileAt: file.path))\"}\n"
+        }
+        try Data(journal.utf8).write(to: dead.appendingPathComponent(CheckpointWriter.journalName))
+        // "Fine-tune" every shard in place: same size and header, other weights.
+        usleep(10_000)
+        let checkpoint = try Checkpoint(directory: input)
+        for name in checkpoint.shardNames {
+            let file = checkpoint.shard(name)!
+            let weight = file.tensors.first { $0.dtype == .bf16 && $0.shape.count == 2 }!
+            let handle = try FileHandle(forWritingTo: input.appendingPathComponent(name))
+            try handle.seek(toOffset: UInt64(file.header.dataStart + weight.dataOffsets.lowerBound))
+            handle.write(Data([0x00, 0x3F]))   // bf16 0.5
+            try handle.close()
+        }
+        XCTAssertEqual(try runTool("dsconvert", args + ["--output", clean.path]).status, 0)
+        let resumed = try runTool("dsconvert", args + ["--output", out.path, "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stderr.contains("resume starts over: input file model-0000"), resumed.stderr)
+        XCTAssertTrue(resumed.stderr.contains("changed since the interrupted run"), resumed.stderr)
+        XCTAssertEqual(try treeHashes(out), try treeHashes(clean), "nothing of the other input is kept")
+    }
+
+    /// A Hugging Face cache snapshot (every file a relative link into `../../blobs`): the output's side
+    /// files are regular files with the blobs' bytes, and the shards are read through their links.
+    func testHuggingFaceSnapshotInput() throws {
+        let model = dir.appendingPathComponent("hub/models--deepseek-ai--lite")
+        let blobs = model.appendingPathComponent("blobs"), snapshot = model.appendingPathComponent("snapshots/0123abcd")
+        try fm.createDirectory(at: blobs, withIntermediateDirectories: true)
+        try fm.createDirectory(at: snapshot, withIntermediateDirectories: true)
+        let source = fixtures.appendingPathComponent("lite")
+        var names = try fm.contentsOfDirectory(atPath: source.path)
+        try Data(#"{"bos_token": "<s>"}"#.utf8).write(to: dir.appendingPathComponent("tokenizer_config.json"))
+        names.append("tokenizer_config.json")
+        for name in names {
+            let blob = blobs.appendingPathComponent("blob-\(name.hashValue.magnitude)")
+            let from = name == "tokenizer_config.json" ? dir.appendingPathComponent(name) : source.appendingPathComponent(name)
+            try fm.copyItem(at: from, to: blob)
+            try fm.createSymbolicLink(atPath: snapshot.appendingPathComponent(name).path, withDestinationPath: "../../blobs/\(blob.lastPathComponent)")
+        }
+        let out = dir.appendingPathComponent("out")
+        let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", snapshot.path, "--output", out.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for name in ["tokenizer_config.json", "tokens.json"] {
+            XCTAssertEqual(FileEntry.lstat(out.appendingPathComponent(name).path)?.kind, .regular, name)
+            XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(name)), try Data(contentsOf: snapshot.appendingPathComponent(name)), name)
+        }
+    }
+
+    /// `dsconvert … | head -1`: a reader that goes away does not kill the conversion.
+    func testClosedStdoutDoesNotStopAConversion() throws {
+        let out = dir.appendingPathComponent("out")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: toolPath("dsconvert"))
+        process.arguments = ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("trained").path, "--output", out.path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try pipe.fileHandleForReading.close()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationReason, .exit)
+        XCTAssertEqual(process.terminationStatus, 0)
+        XCTAssertTrue(fm.fileExists(atPath: out.appendingPathComponent("dsconvert.json").path))
+        XCTAssertFalse(try leftovers(in: dir).contains { $0.hasPrefix(".dsconvert-") })
+    }
+}
