@@ -357,40 +357,91 @@ final class InterruptionTests: XCTestCase {
         ("reshard", { ["reshard", "--input", $0.path, "--output", $1.path, "--max-shard-size", "100KB"] }),
     ]
 
-    /// SIGKILL at 20 points across four stages: afterwards no output, or a complete one whose
-    /// manifest checksums hold; the input is untouched; `--resume` then finishes with bytes identical
-    /// to an uninterrupted run.
-    func testKillAtRandomPointsThenResume() throws {
+    /// Safetensors files under `directory` (device subdirectories included).
+    private func shardCount(_ directory: URL) -> Int {
+        guard let walker = FileManager.default.enumerator(atPath: directory.path) else { return 0 }
+        return walker.compactMap { $0 as? String }.filter { $0.hasSuffix(".safetensors") }.count
+    }
+
+    /// Starts a run and kills it once its work directory holds `shards` shard files (observed, not
+    /// timed, so the kill lands mid-write whatever the machine's speed). True when it did land
+    /// mid-write: the process was still running and the output was not yet in place.
+    private func killMidWrite(_ arguments: [String], output: URL, shards: Int, environment: [String: String] = [:]) throws -> Bool {
+        let process = try startTool("dsconvert", arguments, environment: environment)
+        let work = output.deletingLastPathComponent().appendingPathComponent(".dsconvert-partial-\(output.lastPathComponent)-\(process.processIdentifier)")
+        let deadline = Date().addingTimeInterval(60)
+        while process.isRunning, Date() < deadline, shardCount(work) < shards { usleep(500) }
+        let landed = process.isRunning
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return landed && process.terminationReason == .uncaughtSignal && FileManager.default.fileExists(atPath: work.path)
+    }
+
+    /// Replaces an existing output and kills the run between the commit's two renames (the old output
+    /// moved aside, the new one not yet in place). True when the kill landed there.
+    private func killBetweenCommitRenames(_ arguments: [String], output: URL, expected: [String: String]) throws -> Bool {
+        let process = try startTool("dsconvert", arguments + ["--force"], environment: ["DSCONVERT_TEST_PAUSE_IN_COMMIT": "30"])
+        let aside = output.deletingLastPathComponent().appendingPathComponent(".dsconvert-replaced-\(output.lastPathComponent)-\(process.processIdentifier)")
+        let deadline = Date().addingTimeInterval(60)
+        while process.isRunning, Date() < deadline, !FileManager.default.fileExists(atPath: aside.path) { usleep(500) }
+        let landed = process.isRunning && FileManager.default.fileExists(atPath: aside.path) && !FileManager.default.fileExists(atPath: output.path)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        if landed {
+            // Nothing lost: the old output is whole aside, the new one whole in the work directory.
+            let work = output.deletingLastPathComponent().appendingPathComponent(".dsconvert-partial-\(output.lastPathComponent)-\(process.processIdentifier)")
+            XCTAssertEqual(try treeHashes(aside), expected)
+            XCTAssertEqual(try treeHashes(work), expected)
+        }
+        return landed
+    }
+
+    /// SIGKILL at 20 points across four stages: 16 mid-write (observed by the shards on disk, at
+    /// 1/5…4/5 of the output), half of them followed by a `--resume` killed mid-write too, and 4
+    /// between the renames of a commit that replaces an earlier output. Afterwards no output, or a
+    /// complete one; the input is untouched; the next run (`--resume`, or `--force` after a commit
+    /// kill) gives bytes identical to an uninterrupted run and leaves no work directory.
+    func testKillAtEveryPointThenResume() throws {
         let input = try copyFixture("trained", to: dir)
         let inputHashes = try treeHashes(input)
         var outcomes: [String: Int] = [:]
         for (stage, arguments) in stages {
             let clean = dir.appendingPathComponent("\(stage)-clean")
-            let start = Date()
             XCTAssertEqual(try runTool("dsconvert", arguments(input, clean)).status, 0, stage)
-            let duration = Date().timeIntervalSince(start)
             let expected = try treeHashes(clean)
+            let total = shardCount(clean)
+            XCTAssertGreaterThanOrEqual(total, 10, "\(stage): enough shards to kill between")
             for point in 0..<5 {
                 let out = dir.appendingPathComponent("\(stage)-\(point)")
-                let process = try startTool("dsconvert", arguments(input, out))
-                // Kill points spread over the run, from just after start to past its usual end.
-                usleep(useconds_t(duration * 1e6 * Double(point + 1) / 5.5))
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-                let finished = FileManager.default.fileExists(atPath: out.path)
-                outcomes[finished ? "complete" : "no output", default: 0] += 1
-                if finished {
+                let landed: Bool
+                if point == 4 {
+                    XCTAssertEqual(try runTool("dsconvert", arguments(input, out)).status, 0)
+                    landed = try killBetweenCommitRenames(arguments(input, out), output: out, expected: expected)
+                    outcomes[landed ? "between commit renames" : "missed the commit", default: 0] += 1
+                } else {
+                    landed = try killMidWrite(arguments(input, out), output: out, shards: max(1, total * (point + 1) / 5))
+                    outcomes[landed ? "mid-write" : "missed", default: 0] += 1
+                    if point % 2 == 1 {
+                        // The resume itself is killed once it has written more than the first run kept.
+                        let again = try killMidWrite(arguments(input, out) + ["--resume"], output: out, shards: max(1, total * (point + 2) / 5))
+                        outcomes[again ? "resume killed mid-write" : "resume finished first", default: 0] += 1
+                    }
+                }
+                if FileManager.default.fileExists(atPath: out.path), point < 4 {
                     XCTAssertEqual(try treeHashes(out), expected, "\(stage) point \(point): a visible output is complete")
                 }
                 XCTAssertEqual(try treeHashes(input), inputHashes, "the input is never modified")
-                let resumed = try runTool("dsconvert", arguments(input, out) + (finished ? ["--force"] : ["--resume"]))
+                let resumed = try runTool("dsconvert", arguments(input, out) + (point == 4 ? ["--force"] : ["--resume"]))
                 XCTAssertEqual(resumed.status, 0, "\(stage) point \(point): \(resumed.stderr)")
+                if point == 4, landed { XCTAssertTrue(resumed.stderr.contains("finished a replacement that was interrupted (new output kept)"), resumed.stderr) }
                 XCTAssertEqual(try treeHashes(out), expected, "\(stage) point \(point): the resumed output equals an uninterrupted run")
-                XCTAssertFalse(try leftovers(in: dir).contains { $0.hasPrefix(".dsconvert-") }, "no work directories left")
+                XCTAssertFalse(try leftovers(in: dir).contains { $0.hasPrefix(".dsconvert-") }, "no work or aside directories left")
             }
         }
-        print("interruption outcomes: \(outcomes)")
-        XCTAssertGreaterThan(outcomes["no output", default: 0], 0, "some kills landed mid-run")
+        print("interruption outcomes: \(outcomes.sorted { $0.key < $1.key })")
+        XCTAssertGreaterThanOrEqual(outcomes["mid-write", default: 0] + outcomes["between commit renames", default: 0], 19, "kills land where they are aimed")
+        XCTAssertGreaterThanOrEqual(outcomes["mid-write", default: 0], 15, "at least 15 of 20 kills land mid-write")
+        XCTAssertEqual(outcomes["between commit renames", default: 0], 4)
     }
 
     /// A resumed run keeps the shards an interrupted one finished, verified by SHA-256, and rewrites a damaged one.
