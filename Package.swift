@@ -15,7 +15,9 @@ let package = Package(
     ],
     targets: [
         // Format: mmap reader with the reference implementation's validation, streaming writer, index.
-        .target(name: "SafeTensors", dependencies: ["Numerics", "COpenSSL", "CSystemCalls"]),
+        .target(name: "SafeTensors", dependencies: ["Numerics", "COpenSSL", "CSystemCalls", "CMappingGuard"]),
+        // The SIGBUS handler for mapped inputs truncated during a run (in C: it must be async-signal-safe).
+        .target(name: "CMappingGuard"),
         // Linux system calls Swift's Glibc module leaves out (copy_file_range).
         .systemLibrary(name: "CSystemCalls"),
         // libcrypto's SHA-256 (SHA-NI where the CPU has it): every shard written is hashed for the manifest.

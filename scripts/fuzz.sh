@@ -13,12 +13,16 @@ root=$(pwd)
 mkdir -p "$out/CKernels"
 printf 'module CKernels {\n  header "%s/Sources/CKernels/include/fp8_kernels.h"\n  export *\n}\n' "$root" > "$out/CKernels/module.modulemap"
 clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/fp8_kernels.c -o "$out/fp8_kernels.o"
-flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I "$out/CKernels" -I Sources/COpenSSL -I Sources/CSystemCalls)
+# The same for the SIGBUS guard SafeTensors' mapped files register with.
+mkdir -p "$out/CMappingGuard"
+printf 'module CMappingGuard {\n  header "%s/Sources/CMappingGuard/include/mapping_guard.h"\n  export *\n}\n' "$root" > "$out/CMappingGuard/module.modulemap"
+clang -O2 -g -fsanitize=address -I Sources/CMappingGuard/include -c Sources/CMappingGuard/mapping_guard.c -o "$out/mapping_guard.o"
+flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I "$out/CKernels" -I "$out/CMappingGuard" -I Sources/COpenSSL -I Sources/CSystemCalls)
 for module in Numerics SafeTensors DeepSeekModel; do
   swiftc "${flags[@]}" -wmo -module-name "$module" -emit-module -emit-module-path "$out/$module.swiftmodule" \
     -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
 done
-swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/fp8_kernels.o \
+swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/fp8_kernels.o "$out"/mapping_guard.o \
   -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \

@@ -1,3 +1,4 @@
+import CMappingGuard
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -55,6 +56,8 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
             }
         }
         try writeOwnerRecord()
+        // A SIGBUS from an input truncated mid-run removes this directory before the process exits.
+        dsconvert_guard_set_work_directory(temporaryURL.path)
     }
 
     deinit { if !settled { discard() } }
@@ -169,6 +172,7 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
             throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: reason)
         }
         settled = true
+        dsconvert_guard_set_work_directory(nil)
         let parentFD = open(finalURL.deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY)
         if parentFD >= 0 { fsync(parentFD); close(parentFD) }
         if let old { try? fm.removeItem(at: old) }
@@ -177,6 +181,7 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
     /// Removes the unfinished work.
     public func discard() {
         settled = true
+        dsconvert_guard_set_work_directory(nil)
         guard FileEntry.lstat(temporaryURL.path)?.isOwnDirectory == true else { return }
         try? FileManager.default.removeItem(at: temporaryURL)
     }

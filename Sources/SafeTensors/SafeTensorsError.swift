@@ -32,6 +32,7 @@ public enum SafeTensorsError: LocalizedError, Equatable, Sendable {
     case writePlanViolation(file: String, tensor: String, reason: String)
     case outputExists(path: String)
     case cannotCreateOutput(path: String, reason: String)
+    case inputChanged(file: String, openedSize: Int, size: Int)
 
     public var errorDescription: String? {
         switch self {
@@ -89,6 +90,8 @@ public enum SafeTensorsError: LocalizedError, Equatable, Sendable {
             return "\(path): output already exists (pass --force to replace it)"
         case let .cannotCreateOutput(path, reason):
             return "\(path): cannot create output: \(reason)"
+        case let .inputChanged(file, openedSize, size):
+            return "\(file): the file changed while it was being read (\(openedSize) bytes when opened, \(size) now)"
         }
     }
 }

@@ -1,3 +1,4 @@
+import CMappingGuard
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -35,14 +36,26 @@ public final class MappedFile: @unchecked Sendable {
         }
         base = UnsafeRawPointer(mapping)
         mapped = true
+        // A read past the end of a file someone truncates meanwhile faults: say which file, exit 1.
+        dsconvert_guard_install()
+        dsconvert_guard_watch(mapping, Int64(size), fd, path)
     }
 
     deinit {
-        if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+        if let base {
+            dsconvert_guard_unwatch(base)
+            munmap(UnsafeMutableRawPointer(mutating: base), size)
+        }
         close(descriptor)
     }
 
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: size) }
+
+    /// The file's size now (nil if it cannot be read): smaller than `size` when someone truncated it.
+    public var currentSize: Int? {
+        var info = stat()
+        return fstat(descriptor, &info) == 0 ? Int(info.st_size) : nil
+    }
 
     /// Tells the kernel a byte range will be read front to back soon.
     public func adviseSequential(_ range: Range<Int>) { advise(range, MADV_SEQUENTIAL) }

@@ -109,3 +109,39 @@ final class DataSafetyTests: XCTestCase {
         XCTAssertFalse(try leftovers(in: dir).contains { $0.hasPrefix(".dsconvert-") })
     }
 }
+
+final class TruncatedInputTests: XCTestCase {
+    /// An input shard truncated while a conversion reads it: one line naming the file, exit 1, no
+    /// output (not a SIGBUS). The run is stopped once its work directory exists, the shard cut in
+    /// half, and the run continued, so the cut lands after the checkpoint was opened and validated.
+    func testInputTruncatedDuringARun() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let input = try copyFixture("trained", to: dir)
+        let out = dir.appendingPathComponent("out")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: toolPath("dsconvert"))
+        process.arguments = ["quantize", "--fp8", "--input", input.path, "--output", out.path, "--max-shard-size", "100KB"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["DSCONVERT_THREADS": "1"]) { $1 }
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let work = dir.appendingPathComponent(".dsconvert-partial-out-\(process.processIdentifier)")
+        while process.isRunning, !FileManager.default.fileExists(atPath: work.path) { usleep(100) }
+        kill(process.processIdentifier, SIGSTOP)
+        let shards = try FileManager.default.contentsOfDirectory(atPath: input.path).filter { $0.hasSuffix(".safetensors") }.sorted()
+        let victim = input.appendingPathComponent(shards.last!)
+        let size = try FileManager.default.attributesOfItem(atPath: victim.path)[.size] as! Int
+        XCTAssertEqual(truncate(victim.path, off_t(size / 2)), 0)
+        kill(process.processIdentifier, SIGCONT)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationReason, .exit, stderr)
+        XCTAssertEqual(process.terminationStatus, 1, stderr)
+        let errors = stderr.split(separator: "\n").filter { $0.contains("error:") }
+        XCTAssertEqual(errors.count, 1, stderr)
+        XCTAssertTrue(errors.first?.contains("\(shards.last!): the file changed while it was being read") == true, stderr)
+        XCTAssertEqual(try leftovers(in: dir), ["trained"], "no output and no work directory")
+    }
+}
