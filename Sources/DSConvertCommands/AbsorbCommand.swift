@@ -25,7 +25,7 @@ public enum AbsorbCommand: Command {
             OptionSpec("keep-kv-b", help: "Also keep kv_b_proj (γ folded) for engines that prefill in MHA form."),
             OptionSpec("dtype", value: "bf16|f32", help: "Storage of the computed tensors (default bf16; never f16: W_UK overflows it)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
-            OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )

@@ -14,7 +14,7 @@ public enum GenerateBenchCommand: Command {
         options: [
             OptionSpec("layers", value: "K", help: "Decoder layers (default 3: 1 dense + 2 MoE)."),
             OptionSpec("output", value: "DIR", help: "Output directory."),
-            OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
         ]
     )
 

@@ -35,7 +35,7 @@ public enum ConvertCommand: Command {
             OptionSpec("devices", value: "N", help: "Shard routed experts over N devices (as `dsconvert shard`)."),
             OptionSpec("dense", value: "replicate|once", help: "With --devices: non-expert weights on every device (default) or device-0 only."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
-            OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )

@@ -31,7 +31,7 @@ public enum QuantizeCommand: Command {
             OptionSpec("skip", value: "REGEX", repeatable: true, help: "Also keep tensors whose name matches (repeatable)."),
             OptionSpec("fp8-absorbed", help: "Quantize absorbed per-head W_UK/W_UV too (per head, block x block)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
-            OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )

@@ -12,7 +12,7 @@ public enum ReshardCommand: Command {
             OptionSpec("input", value: "DIR", help: "Input checkpoint directory."),
             OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard, like Hugging Face: 5GB (default), 500MB, 2GiB, or bytes."),
-            OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )

@@ -23,7 +23,7 @@ public enum ShardCommand: Command {
             OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("dense", value: "replicate|once", help: "Non-expert weights on every device (default) or on device-0 only."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard within a device (default 5GB)."),
-            OptionSpec("force", help: "Replace an existing output directory."),
+            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
     )
