@@ -73,6 +73,18 @@ public struct JSONParser {
         try data.withUnsafeBytes { try parse($0) }
     }
 
+    /// Parses a JSON object member by member, handing each to `body` as it is read, so only one
+    /// member's tree exists at a time (a 100 MB safetensors header would otherwise take ~1 GB).
+    /// Same rules and errors as `parse`: duplicate keys, depth, trailing characters.
+    public static func forEachMember(ofObject bytes: UnsafeRawBufferPointer, _ body: (String, JSONValue) throws -> Void) throws {
+        var parser = JSONParser(bytes: bytes)
+        parser.skipWhitespace()
+        guard parser.position < bytes.count, bytes[parser.position] == UInt8(ascii: "{") else { throw parser.error("expected an object") }
+        try parser.parseMembers(body)
+        parser.skipWhitespace()
+        if parser.position != bytes.count { throw parser.error("unexpected trailing characters") }
+    }
+
     private init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
     private func error(_ message: String) -> JSONParseError { JSONParseError(message: message, offset: position) }
@@ -113,13 +125,19 @@ public struct JSONParser {
     }
 
     private mutating func parseObject() throws -> JSONValue {
+        var entries: [(String, JSONValue)] = []
+        try parseMembers { entries.append(($0, $1)) }
+        return .object(entries)
+    }
+
+    /// The members of the object at `position` (its opening brace), in order.
+    private mutating func parseMembers(_ body: (String, JSONValue) throws -> Void) throws {
         try enter()
         defer { depth -= 1 }
         position += 1
-        var entries: [(String, JSONValue)] = []
         var seen = Set<String>()
         skipWhitespace()
-        if position < bytes.count, bytes[position] == UInt8(ascii: "}") { position += 1; return .object(entries) }
+        if position < bytes.count, bytes[position] == UInt8(ascii: "}") { position += 1; return }
         while true {
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw error("expected a string key") }
@@ -132,11 +150,11 @@ public struct JSONParser {
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw error("expected ':'") }
             position += 1
             skipWhitespace()
-            entries.append((key, try parseValue()))
+            try body(key, try parseValue())
             skipWhitespace()
             guard position < bytes.count else { throw error("unexpected end of JSON") }
             if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
-            if bytes[position] == UInt8(ascii: "}") { position += 1; return .object(entries) }
+            if bytes[position] == UInt8(ascii: "}") { position += 1; return }
             throw error("expected ',' or '}'")
         }
     }

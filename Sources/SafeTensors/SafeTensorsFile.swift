@@ -98,6 +98,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
         mapping = try MappedFile(path: path)
         self.path = path
         header = try SafeTensorsHeader.parse(prefix: mapping.bytes, fileSize: mapping.size, file: path)
+        // The parsed header is all that is kept of it: its pages (up to 100 MB) leave the resident set.
+        mapping.release(0..<header.dataStart)
         var index: [String: Int] = [:]
         for (i, info) in header.tensors.enumerated() { index[info.name] = i }
         byName = index

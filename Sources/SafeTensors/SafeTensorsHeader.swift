@@ -43,6 +43,34 @@ public struct SafeTensorsHeader: Sendable {
         return bits / 8
     }
 
+    /// `__metadata__`: an object of strings.
+    private static func parseMetadata(_ value: JSONValue, file: String) throws -> [String: String] {
+        guard case let .object(items) = value else {
+            throw SafeTensorsError.invalidHeaderJSON(file: file, reason: "__metadata__ is not an object")
+        }
+        var map: [String: String] = [:]
+        for (key, item) in items {
+            guard let text = item.stringValue else {
+                throw SafeTensorsError.invalidHeaderJSON(file: file, reason: "__metadata__ value for '\(key)' is not a string")
+            }
+            map[key] = text
+        }
+        return map
+    }
+
+    /// UTF-8 validity without copying the bytes (a header may be 100 MB).
+    static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var iterator = bytes.makeIterator()
+        var parser = Unicode.UTF8.ForwardParser()
+        while true {
+            switch parser.parseScalar(from: &iterator) {
+            case .valid: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
+    }
+
     /// Parses and validates a header with every rule of the reference implementation
     /// (safetensors `SafeTensors::read_metadata` and `Metadata::validate`).
     /// - Parameters:
@@ -57,12 +85,27 @@ public struct SafeTensorsHeader: Sendable {
             throw SafeTensorsError.headerPastEndOfFile(file: file, length: length, fileSize: fileSize)
         }
         let headerBytes = UnsafeRawBufferPointer(rebasing: prefix[8..<(8 + Int(length))])
-        if String(validatingUTF8Bytes: Array(headerBytes)) == nil { throw SafeTensorsError.headerNotUTF8(file: file) }
+        if !isValidUTF8(headerBytes) { throw SafeTensorsError.headerNotUTF8(file: file) }
         guard headerBytes.first == UInt8(ascii: "{") else { throw SafeTensorsError.headerDoesNotStartWithBrace(file: file) }
 
-        let root: JSONValue
+        // Member by member, so a 100 MB header never exists as one JSON tree. An entry's error is
+        // kept until the whole header has parsed: a JSON error anywhere is reported first, as before.
+        var metadata: [String: String]?
+        var tensors: [TensorInfo] = []
+        var entryError: Error?
         do {
-            root = try JSONParser.parse(headerBytes)
+            try JSONParser.forEachMember(ofObject: headerBytes) { name, value in
+                guard entryError == nil else { return }
+                do {
+                    if name == "__metadata__" {
+                        metadata = try parseMetadata(value, file: file)
+                    } else {
+                        tensors.append(try parseEntry(name: name, value: value, file: file))
+                    }
+                } catch {
+                    entryError = error
+                }
+            }
         } catch let error as JSONParseError {
             if error.message.hasPrefix("duplicate key") {
                 let name = error.message.dropFirst("duplicate key \"".count).dropLast()
@@ -70,30 +113,7 @@ public struct SafeTensorsHeader: Sendable {
             }
             throw SafeTensorsError.invalidHeaderJSON(file: file, reason: error.description)
         }
-        guard case let .object(entries) = root else {
-            throw SafeTensorsError.invalidHeaderJSON(file: file, reason: "top level is not an object")
-        }
-
-        var metadata: [String: String]?
-        var tensors: [TensorInfo] = []
-        tensors.reserveCapacity(entries.count)
-        for (name, value) in entries {
-            if name == "__metadata__" {
-                guard case let .object(items) = value else {
-                    throw SafeTensorsError.invalidHeaderJSON(file: file, reason: "__metadata__ is not an object")
-                }
-                var map: [String: String] = [:]
-                for (key, item) in items {
-                    guard let text = item.stringValue else {
-                        throw SafeTensorsError.invalidHeaderJSON(file: file, reason: "__metadata__ value for '\(key)' is not a string")
-                    }
-                    map[key] = text
-                }
-                metadata = map
-                continue
-            }
-            tensors.append(try parseEntry(name: name, value: value, file: file))
-        }
+        if let entryError { throw entryError }
 
         // Validation as in the reference: walk tensors in offset order; each must start where the
         // previous ended, and the byte span must equal numel x dtype size.
