@@ -16,11 +16,11 @@ public enum AbsorbStage {
     }
 
     public static func run(input: URL, output: URL, options: AbsorbOptions, dtype: StorageDType, force: Bool,
-                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
+                           shardSize: ShardSize = .likeInput, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> Summary {
         let source = try CheckpointSource(directory: input)
         let step = try AbsorbStep(source: source, options: options, dtype: dtype)
-        let layout = try ConversionOutput.write(step, to: output, inputStages: source.stages, force: force, maxShardSize: maxShardSize,
+        let layout = try ConversionOutput.write(step, to: output, inputStages: source.stages, force: force, shardSize: shardSize,
                                                 resume: resume, label: "absorb", progress: progress)
         return Summary(output: output, tensors: step.planned.count, files: layout.shards.count, config: step.config)
     }

@@ -41,10 +41,18 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
     public var stages: [Stage]
     /// Every safetensors file written, with its checksum (what `--resume` and users verify against).
     public var files: [FileRecord]
+    /// The original checkpoint's layout this output's default shard size followed (carried through stages).
+    public var layoutBasis: ShardSize.Basis?
 
-    public init(stages: [Stage], files: [FileRecord]) {
+    enum CodingKeys: String, CodingKey {
+        case format, version, stages, files
+        case layoutBasis = "layout_basis"
+    }
+
+    public init(stages: [Stage], files: [FileRecord], layoutBasis: ShardSize.Basis? = nil) {
         self.stages = stages
         self.files = files
+        self.layoutBasis = layoutBasis
     }
 
     /// The manifest of a dsconvert output directory, if it has one.

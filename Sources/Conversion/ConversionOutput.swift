@@ -114,7 +114,7 @@ public final class ConversionOutput {
             let path = directory.temporaryURL.appendingPathComponent(shard.fileName).path
             files.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: try writer.sha256(of: shard.fileName) ?? SHA256.hex(fileAt: path)))
         }
-        try writeFile(ConversionManifest.fileName, data: try ConversionManifest(stages: stages, files: files).encoded())
+        try writeFile(ConversionManifest.fileName, data: try ConversionManifest(stages: stages, files: files, layoutBasis: ShardSize.Basis.of(input)).encoded())
         try directory.commit()
     }
 

@@ -37,7 +37,7 @@ public enum ConvertPipeline {
         public let bytesOut: Int
     }
 
-    public static func run(input: URL, output: URL, options: Options, force: Bool, maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+    public static func run(input: URL, output: URL, options: Options, force: Bool, shardSize: ShardSize = .likeInput,
                            resume: Bool = false, progress: ((String) -> Void)? = nil) throws -> Summary {
         guard options.absorb != nil || options.fp8 != nil || options.kv6 != nil || options.devices != nil else {
             throw ConversionError.unsupportedInput(path: input.path, reason: "nothing to do: give --absorb, --fp8, --kv6 and/or --devices")
@@ -50,11 +50,11 @@ public enum ConvertPipeline {
         let bytesIn = checkpoint.checkpoint.totalTensorBytes
         if let devices = options.devices {
             let manifest = try ShardStage.write(source, to: output, inputStages: checkpoint.stages, devices: devices, denseOnce: options.denseOnce,
-                                                force: force, maxShardSize: maxShardSize, resume: resume, progress: progress.map { p in { p("convert: " + $0) } })
+                                                force: force, shardSize: shardSize, resume: resume, progress: progress.map { p in { p("convert: " + $0) } })
             let names = source.newStages(after: checkpoint.stages).map(\.stage) + ["shard"]
             return Summary(stages: names, files: manifest.files.count, bytesIn: bytesIn, bytesOut: manifest.devices.reduce(0) { $0 + $1.totalBytes })
         }
-        let layout = try ConversionOutput.write(source, to: output, inputStages: checkpoint.stages, force: force, maxShardSize: maxShardSize,
+        let layout = try ConversionOutput.write(source, to: output, inputStages: checkpoint.stages, force: force, shardSize: shardSize,
                                                 resume: resume, label: "convert", progress: progress)
         return Summary(stages: source.newStages(after: checkpoint.stages).map(\.stage), files: layout.shards.count,
                        bytesIn: bytesIn, bytesOut: layout.totalTensorBytes)

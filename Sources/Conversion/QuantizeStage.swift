@@ -39,18 +39,18 @@ public enum QuantizeStage {
 
     /// Weights to FP8 with block scales, in the DeepSeek-V3 / Hugging Face convention.
     public static func quantize(input: URL, output: URL, options: FP8Options, force: Bool,
-                                maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
+                                shardSize: ShardSize = .likeInput, resume: Bool = false,
                                 progress: ((String) -> Void)? = nil) throws -> Summary {
-        try run(input: input, output: output, fp8: options, kv6: nil, force: force, maxShardSize: maxShardSize, resume: resume, progress: progress)
+        try run(input: input, output: output, fp8: options, kv6: nil, force: force, shardSize: shardSize, resume: resume, progress: progress)
     }
 
     /// FP8 weights and/or the mla-kv6 cache format (with its calibration folded into the weights), in one pass.
     public static func run(input: URL, output: URL, fp8: FP8Options?, kv6: KV6Options?, force: Bool,
-                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
+                           shardSize: ShardSize = .likeInput, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> Summary {
         let source = try CheckpointSource(directory: input)
         let step = try QuantizeStep(source: source, fp8: fp8, kv6: kv6, progress: progress)
-        let layout = try ConversionOutput.write(step, to: output, inputStages: source.stages, force: force, maxShardSize: maxShardSize,
+        let layout = try ConversionOutput.write(step, to: output, inputStages: source.stages, force: force, shardSize: shardSize,
                                                 resume: resume, label: "quantize", progress: progress)
         return Summary(tensors: step.planned.count, quantized: step.quantizedCount, files: layout.shards.count,
                        bytesIn: source.checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
@@ -70,7 +70,7 @@ public enum QuantizeStage {
     /// FP8 block weights back to bf16 on the CPU (the replacement for DeepSeek's GPU-only
     /// `fp8_cast_bf16.py`): w = q · scale in f32, rounded to bf16, as that script does. Works on any
     /// architecture: every F8 tensor needs its `_scale_inv`; the block size comes from config.json.
-    public static func dequantize(input: URL, output: URL, force: Bool, maxShardSize: Int = CheckpointLayout.defaultMaxShardSize,
+    public static func dequantize(input: URL, output: URL, force: Bool, shardSize: ShardSize = .likeInput,
                                   resume: Bool = false, progress: ((String) -> Void)? = nil) throws -> Summary {
         let checkpoint = try Checkpoint(directory: input)
         let rawConfig = try ConfigEditor.load(input)
@@ -96,7 +96,7 @@ public enum QuantizeStage {
         let fp8Names = Set(fp8.map(\.name))
         let kept = checkpoint.tensors.filter { !scaleNames.contains($0.name) }
         let planned = kept.map { PlannedTensor(name: $0.name, dtype: fp8Names.contains($0.name) ? .bf16 : $0.dtype, shape: $0.shape) }
-        let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
+        let layout = CheckpointLayout(tensors: planned, maxShardSize: shardSize.resolve(input: input, tensors: planned))
         let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
                                        stage: .init(stage: "quantize", options: ["dequantize": "bf16", "block": String(block)], input: input.path), resume: resume)
         let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: block)

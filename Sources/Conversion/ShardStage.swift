@@ -71,12 +71,12 @@ public enum ShardStage {
     public static func directoryName(device: Int) -> String { "device-\(device)" }
 
     public static func run(input: URL, output: URL, devices: Int, denseOnce: Bool, force: Bool,
-                           maxShardSize: Int = CheckpointLayout.defaultMaxShardSize, resume: Bool = false,
+                           shardSize: ShardSize = .likeInput, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> PlacementManifest {
         try refuseShardedInput(input)
         let source = try CheckpointSource(directory: input)
         return try write(source, to: output, inputStages: source.stages, devices: devices, denseOnce: denseOnce, force: force,
-                         maxShardSize: maxShardSize, resume: resume, progress: progress)
+                         shardSize: shardSize, resume: resume, progress: progress)
     }
 
     /// Refuses the root of a shard output (it has `placement.json`), before it is opened as a checkpoint.
@@ -88,7 +88,7 @@ public enum ShardStage {
 
     /// Writes `source` as one checkpoint per device; the manifest records the source's stages and this one.
     public static func write(_ source: TensorSource, to output: URL, inputStages: [ConversionManifest.Stage], devices: Int, denseOnce: Bool,
-                             force: Bool, maxShardSize: Int, resume: Bool, progress: ((String) -> Void)?) throws -> PlacementManifest {
+                             force: Bool, shardSize: ShardSize, resume: Bool, progress: ((String) -> Void)?) throws -> PlacementManifest {
         let input = source.directory
         let config = source.config
         guard config.placement == nil else {
@@ -117,6 +117,8 @@ public enum ShardStage {
         var writers: [CheckpointWriter] = []
         var records: [PlacementRecord] = []
         var expertBytes: [Int] = [], denseBytes: [Int] = []
+        var firstDeviceLimit: Int?
+        let basis = ShardSize.Basis.of(input)
         for d in 0..<devices {
             let range = placement.range(device: d)
             let record = PlacementRecord(rank: d, placement: placement, expertRange: [range.lowerBound, range.upperBound],
@@ -136,6 +138,9 @@ public enum ShardStage {
             let dense = planned(expected.filter { $0.expert == nil }), experts = planned(expected.filter { $0.expert != nil })
             denseBytes.append(dense.reduce(0) { $0 + $1.byteCount })
             expertBytes.append(experts.reduce(0) { $0 + $1.byteCount })
+            // One limit for every device (device 0's), so replicated dense shards stay identical and linkable.
+            let maxShardSize = firstDeviceLimit ?? shardSize.resolve(basis: basis, outputBytes: (dense + experts).reduce(0) { $0 + $1.byteCount })
+            firstDeviceLimit = maxShardSize
             let layout = CheckpointLayout(groups: [dense, experts], maxShardSize: maxShardSize)
             let directory = root.temporaryURL.appendingPathComponent(directoryName(device: d))
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -186,7 +191,7 @@ public enum ShardStage {
                 deviceFiles.append(.init(name: shard.fileName, bytes: shard.fileSize, sha256: sha))
                 files.append(.init(name: "\(directoryName(device: d))/\(shard.fileName)", bytes: shard.fileSize, sha256: sha))
             }
-            try AtomicFile.write(try ConversionManifest(stages: stages, files: deviceFiles).encoded(),
+            try AtomicFile.write(try ConversionManifest(stages: stages, files: deviceFiles, layoutBasis: basis).encoded(),
                                  to: directory.appendingPathComponent(ConversionManifest.fileName))
         }
         let mean = Double(expertBytes.reduce(0, +)) / Double(devices)
@@ -199,7 +204,7 @@ public enum ShardStage {
                                                expertBytes: expertBytes[$0], denseBytes: denseBytes[$0]) },
             expertBytesSpread: spread, files: files)
         try AtomicFile.write(try manifest.encoded(), to: root.temporaryURL.appendingPathComponent(PlacementManifest.fileName))
-        try AtomicFile.write(try ConversionManifest(stages: stages, files: files).encoded(),
+        try AtomicFile.write(try ConversionManifest(stages: stages, files: files, layoutBasis: basis).encoded(),
                              to: root.temporaryURL.appendingPathComponent(ConversionManifest.fileName))
         try root.commit()
         return manifest

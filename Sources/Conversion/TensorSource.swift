@@ -119,8 +119,8 @@ extension ConversionOutput {
     /// Writes every tensor of `source` into one checkpoint at `output`, with the source's config,
     /// the input's side files and a manifest of all its stages.
     static func write(_ source: TensorSource, to output: URL, inputStages: [ConversionManifest.Stage], force: Bool,
-                      maxShardSize: Int, resume: Bool, label: String, progress: ((String) -> Void)?) throws -> CheckpointLayout {
-        let layout = CheckpointLayout(tensors: source.planned, maxShardSize: maxShardSize)
+                      shardSize: ShardSize, resume: Bool, label: String, progress: ((String) -> Void)?) throws -> CheckpointLayout {
+        let layout = CheckpointLayout(tensors: source.planned, maxShardSize: shardSize.resolve(input: source.directory, tensors: source.planned))
         let out = try ConversionOutput(input: source.directory, output: output, force: force, layout: layout,
                                        stages: source.stages, newStages: source.newStages(after: inputStages), resume: resume)
         // Each shard front to back, so the writer hashes it as it is written instead of reading it

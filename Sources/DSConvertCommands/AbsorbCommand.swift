@@ -24,7 +24,7 @@ public enum AbsorbCommand: Command {
             OptionSpec("mode", value: "split|fold", help: "Absorbed form (default split)."),
             OptionSpec("keep-kv-b", help: "Also keep kv_b_proj (γ folded) for engines that prefill in MHA form."),
             OptionSpec("dtype", value: "bf16|f32", help: "Storage of the computed tensors (default bf16; never f16: W_UK overflows it)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
@@ -37,7 +37,7 @@ public enum AbsorbCommand: Command {
         let dtype = AbsorbStage.StorageDType(rawValue: try arguments.choice("dtype", default: "bf16", among: ["bf16", "f32"]))!
         let options = AbsorbOptions(form: mode == "split" ? .split : .fold, keepKVB: arguments.flag("keep-kv-b"))
         let summary = try AbsorbStage.run(input: input, output: output, options: options, dtype: dtype, force: arguments.flag("force"),
-                                          maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
+                                          shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out("\(output.path): \(summary.config.attentionForm.rawValue), \(summary.tensors) tensors in \(summary.files) file(s); folds: \(summary.config.absorption!.folds.joined(separator: ", ")); kernel softmax scale 1.0 (was \(String(format: "%.7f", summary.config.absorption!.originalSoftmaxScale)))")
         terminal.out("")
@@ -46,10 +46,12 @@ public enum AbsorbCommand: Command {
     }
 }
 
-/// `--max-shard-size` shared by the stages.
+/// `--max-shard-size` shared by the stages: a limit, or by default the input's own layout.
 enum ConversionOutputSize {
-    static func parse(_ text: String?) throws -> Int {
-        guard let text else { return CheckpointLayout.defaultMaxShardSize }
-        return try ConversionOutput.parseSize(text)
+    static let help = "Largest output shard: 5GB, 500MB, 2GiB or bytes (default: the input's largest shard file; an output that would be one file over 1 GB from a several-file input keeps the input's file count)."
+
+    static func parse(_ text: String?) throws -> ShardSize {
+        guard let text else { return .likeInput }
+        return .limit(try ConversionOutput.parseSize(text))
     }
 }

@@ -34,7 +34,7 @@ public enum ConvertCommand: Command {
             OptionSpec("calibration", value: "TOKENS.json", help: "Calibration token ids for --kv6."),
             OptionSpec("devices", value: "N", help: "Shard routed experts over N devices (as `dsconvert shard`)."),
             OptionSpec("dense", value: "replicate|once", help: "With --devices: non-expert weights on every device (default) or device-0 only."),
-            OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
@@ -74,7 +74,7 @@ public enum ConvertCommand: Command {
         }
         guard absorb || fp8 || kv6 || options.devices != nil else { throw UsageError("give at least one of --absorb, --fp8, --kv6, --devices") }
         let summary = try ConvertPipeline.run(input: input, output: output, options: options, force: arguments.flag("force"),
-                                              maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")),
+                                              shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")),
                                               resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out(String(format: "%@: %@ in one pass; %d file(s); %.2f MB -> %.2f MB", output.path, summary.stages.joined(separator: " -> "),

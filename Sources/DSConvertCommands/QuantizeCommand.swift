@@ -30,7 +30,7 @@ public enum QuantizeCommand: Command {
             OptionSpec("block", value: "N", help: "Block edge (default 128)."),
             OptionSpec("skip", value: "REGEX", repeatable: true, help: "Also keep tensors whose name matches (repeatable)."),
             OptionSpec("fp8-absorbed", help: "Quantize absorbed per-head W_UK/W_UV too (per head, block x block)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: "Largest output shard (default 5GB)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
@@ -42,10 +42,10 @@ public enum QuantizeCommand: Command {
         if arguments.value("calibration") != nil, !kv6 { throw UsageError("--calibration goes with --kv6") }
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let maxShardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
+        let shardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
         let summary: QuantizeStage.Summary
         if dequantize {
-            summary = try QuantizeStage.dequantize(input: input, output: output, force: arguments.flag("force"), maxShardSize: maxShardSize,
+            summary = try QuantizeStage.dequantize(input: input, output: output, force: arguments.flag("force"), shardSize: shardSize,
                                                    resume: arguments.flag("resume")) { terminal.progress($0) }
             terminal.endProgress()
             terminal.out("\(output.path): \(summary.quantized) FP8 tensors dequantized to bf16; \(summary.tensors) tensors in \(summary.files) file(s)")
@@ -63,7 +63,7 @@ public enum QuantizeCommand: Command {
             let path = try arguments.path("calibration")
             kv6Options = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
         }
-        summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), maxShardSize: maxShardSize,
+        summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), shardSize: shardSize,
                                        resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         if kv6 {

@@ -11,7 +11,7 @@ public enum ReshardCommand: Command {
         options: [
             OptionSpec("input", value: "DIR", help: "Input checkpoint directory."),
             OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard, like Hugging Face: 5GB (default), 500MB, 2GiB, or bytes."),
+            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
@@ -20,11 +20,11 @@ public enum ReshardCommand: Command {
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let maxShardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
+        let shardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
         let checkpoint = try Checkpoint(directory: input)
-        let layout = CheckpointLayout(
-            tensors: checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
-            maxShardSize: maxShardSize)
+        let planned = checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
+        let maxShardSize = shardSize.resolve(input: input, tensors: planned)
+        let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
         let out = try ConversionOutput(input: input, output: output, force: arguments.flag("force"), layout: layout,
                                        stage: .init(stage: "reshard", options: ["max_shard_size": String(maxShardSize)], input: input.path),
                                        resume: arguments.flag("resume"))

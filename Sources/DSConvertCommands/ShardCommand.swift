@@ -22,7 +22,7 @@ public enum ShardCommand: Command {
             OptionSpec("input", value: "DIR", help: "Input checkpoint."),
             OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("dense", value: "replicate|once", help: "Non-expert weights on every device (default) or on device-0 only."),
-            OptionSpec("max-shard-size", value: "SIZE", help: "Largest shard within a device (default 5GB)."),
+            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
         ]
@@ -34,7 +34,7 @@ public enum ShardCommand: Command {
         let manifest = try ShardStage.run(input: URL(fileURLWithPath: try arguments.required("input")),
                                           output: URL(fileURLWithPath: try arguments.required("output")),
                                           devices: devices, denseOnce: dense == "once", force: arguments.flag("force"),
-                                          maxShardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
+                                          shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         let p = manifest.placement
         terminal.out("\(try arguments.required("output")): \(p.experts) experts over \(p.devices) devices, \(p.expertsPerDevice) per device; device bound M = \(p.deviceBoundM); non-expert weights \(manifest.dense)")

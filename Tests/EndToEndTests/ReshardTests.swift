@@ -39,7 +39,7 @@ final class ReshardTests: XCTestCase {
         XCTAssertEqual(refused.status, 1)
         XCTAssertEqual(refused.stderrLines, ["dsconvert reshard: error: \(output.path): output already exists (pass --force to replace it)"])
         XCTAssertEqual(try Checkpoint(directory: output).shardNames.count, 4)
-        let forced = try runTool("dsconvert", ["reshard", "--input", input.path, "--output", output.path, "--force"])
+        let forced = try runTool("dsconvert", ["reshard", "--input", input.path, "--output", output.path, "--force", "--max-shard-size", "5GB"])
         XCTAssertEqual(forced.status, 0, forced.stderr)
         XCTAssertEqual(try Checkpoint(directory: output).shardNames, ["model.safetensors"])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), ["again", "out"], "no work directories left")

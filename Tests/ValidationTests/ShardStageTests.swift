@@ -18,7 +18,8 @@ final class ShardStageTests: XCTestCase {
 
     private func shard(_ input: URL, _ n: Int, once: Bool = false, name: String) throws -> (URL, PlacementManifest) {
         let out = dir.appendingPathComponent(name)
-        return (out, try ShardStage.run(input: input, output: out, devices: n, denseOnce: once, force: false))
+        // Hugging Face's 5 GB limit, so each device has exactly one dense and one expert shard.
+        return (out, try ShardStage.run(input: input, output: out, devices: n, denseOnce: once, force: false, shardSize: .limit(5_000_000_000)))
     }
 
     /// The union of the device checkpoints is the input, tensor for tensor and byte for byte.
