@@ -20,24 +20,10 @@ public enum ReshardCommand: Command {
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let shardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
-        let checkpoint = try Checkpoint(directory: input)
-        let planned = checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
-        let maxShardSize = shardSize.resolve(input: input, tensors: planned)
-        let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
-        let out = try ConversionOutput(input: input, output: output, force: arguments.flag("force"), layout: layout,
-                                       stage: .init(stage: "reshard", options: ["max_shard_size": String(maxShardSize)], input: input.path),
-                                       resume: arguments.flag("resume"))
-        let total = checkpoint.tensors.count
-        for (i, info) in checkpoint.tensors.enumerated() where !out.writer.isWritten(info.name) {
-            try out.writer.write(info.name, view: try checkpoint.view(info.name))
-            checkpoint.release(info.name)
-            if i % 64 == 0 || i == total - 1 { terminal.progress("reshard: \(i + 1)/\(total) tensors") }
-        }
+        let summary = try ReshardStage.run(input: input, output: output, shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")),
+                                           force: arguments.flag("force"), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
-        try out.copySideFiles()
-        try out.commit()
-        terminal.out("\(output.path): \(total) tensors in \(layout.shards.count) file(s)")
+        terminal.out("\(output.path): \(summary.tensors) tensors in \(summary.files) file(s)")
         return ExitCode.success
     }
 }
