@@ -29,6 +29,7 @@ public struct JobSummary: Sendable {
     /// The outcomes of the failed runs, in round order.
     public let failures: [JobOutcome]
 
+    /// Any run failed: the bench then exits 1.
     public var failed: Bool { !failures.isEmpty }
 
     /// "ok", "failed (signal 9)", or "failed (exit 3) in 1 of 3 runs".

@@ -24,6 +24,7 @@ public enum JobOutcome: Equatable, Sendable {
         self = signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal)
     }
 
+    /// Exit code 0 (and, once checked, the expected output): the only outcome that enters the figures.
     public var succeeded: Bool { self == .exited(0) }
 
     /// "ok", or "failed (signal 9)", "failed (exit 3)", "failed (spawn: …)", "failed (output: …)".

@@ -63,9 +63,10 @@ public enum ConvertBenchCommand: Command {
         let work = URL(fileURLWithPath: arguments.value("work") ?? input.deletingLastPathComponent().appendingPathComponent("dsconvert-bench-work").path)
         let runs = try arguments.integer("runs", default: 3, in: 1...20)
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        let checkpoint = try Checkpoint(directory: input)
+        // Sizes only: the input's mappings are not kept open while the jobs run.
+        let (inputBytes, inputTensors) = try { let c = try Checkpoint(directory: input); return (c.totalTensorBytes, c.tensors.count) }()
         let out = work.appendingPathComponent("out")
-        let jobs = try self.jobs(arguments, input: input, output: out, tensors: checkpoint.tensors.count, terminal: terminal)
+        let jobs = try self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal)
         let cold = arguments.flag("cold")
         // Warm-up: the input is read once before any job, so every job finds it in the page cache and
         // none pays the first read from disk for the others.
@@ -81,9 +82,9 @@ public enum ConvertBenchCommand: Command {
         let rows = BenchRounds.summarize(jobs, samples: samples, reference: 0, copy: 1)
         terminal.endProgress()
         terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; %d runs per job, job order rotated each round; %@ page cache%@",
-                            input.path, Double(checkpoint.totalTensorBytes) / 1e9, ProcessInfo.processInfo.activeProcessorCount, runs,
+                            input.path, Double(inputBytes) / 1e9, ProcessInfo.processInfo.activeProcessorCount, runs,
                             cold ? "cold" : "warm", arguments.value("max-shard-size").map { "; --max-shard-size \($0)" } ?? ""))
-        for line in BenchRounds.table(rows, inputBytes: checkpoint.totalTensorBytes, referenceName: referenceName, copyName: copyName) {
+        for line in BenchRounds.table(rows, inputBytes: inputBytes, referenceName: referenceName, copyName: copyName) {
             terminal.out(line)
         }
         let failed = rows.filter(\.failed)

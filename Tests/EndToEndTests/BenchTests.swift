@@ -57,3 +57,19 @@ final class BenchConvertTests: XCTestCase {
         XCTAssertEqual(try bench(["--extra-job", "no-equals-sign"], runs: 1).status, 64)
     }
 }
+
+/// `dsconvert-bench forward` reports the median with min and max, not the best of N.
+final class BenchForwardTests: XCTestCase {
+    func testReportsMedianMinMax() throws {
+        let r = try runTool("dsconvert-bench", ["forward", "--seq", "4", "--repeats", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("times: median (min-max)"), r.stdout)
+        for prefix in ["forward pass", "cblas_sgemm"] {
+            let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.hasPrefix(prefix) }, r.stdout)
+            // "... <median> s (<min>-<max>, 3 runs) ..."
+            let match = try XCTUnwrap(line.firstMatch(of: /([0-9.]+) s \(([0-9.]+)-([0-9.]+), 3 runs\)/), String(line))
+            let (median, low, high) = (Double(match.1)!, Double(match.2)!, Double(match.3)!)
+            XCTAssertTrue(low <= median && median <= high, String(line))
+        }
+    }
+}
