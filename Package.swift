@@ -37,7 +37,9 @@ let package = Package(
         // Argument parsing, diagnostics and terminal output shared by every executable.
         .target(name: "CLI"),
         // The commands themselves; every executable is a thin wrapper over one of these.
-        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation"]),
+        // The convert benchmark's machinery: timed child processes and how they ended, output checks, statistics.
+        .target(name: "Benchmark", dependencies: ["SafeTensors", "Conversion"]),
+        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation", "Benchmark"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-quantize", dependencies: ["DSConvertCommands", "CLI"]),
@@ -49,6 +51,7 @@ let package = Package(
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
         .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel", "Conversion"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
     ]
 )

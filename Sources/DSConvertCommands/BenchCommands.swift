@@ -1,3 +1,4 @@
+import Benchmark
 import CLI
 import Foundation
 import Validation
@@ -11,7 +12,8 @@ public enum ForwardBenchCommand: Command {
         The model has DeepSeek-V2-Lite's widths (hidden 2048, 16 heads, kv_lora 512, 64 experts of 1408,
         top-6, 2 shared) with one dense and one MoE layer and a 2048-token vocabulary; weights are
         generated in memory and kept resident, so the figure is compute, not bf16 conversion or I/O.
-        Best of --repeats runs. FLOPs are counted as executed (2 per multiply-add).
+        Reports the median, min and max of --repeats timed runs (GFLOP/s at the median time). FLOPs are
+        counted as executed (2 per multiply-add).
         """,
         options: [
             OptionSpec("batch", value: "N", help: "Sequences (default 1)."),
@@ -27,10 +29,13 @@ public enum ForwardBenchCommand: Command {
         terminal.progress("benchmark: forward on \(batch)x\(seq) tokens")
         let r = try ForwardBenchmark.run(batch: batch, seq: seq, repeats: repeats)
         terminal.endProgress()
-        terminal.out("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, OpenBLAS threads \(r.threads)")
-        terminal.out(String(format: "forward pass  %5d tokens  %8.3f s  %7.1f GFLOP/s", r.tokens, r.forwardSeconds, r.forwardGFLOPS))
-        terminal.out(String(format: "cblas_sgemm   %dx%dx%d        %7.1f GFLOP/s", r.sgemmShape.m, r.sgemmShape.n, r.sgemmShape.k, r.sgemmGFLOPS))
-        terminal.out(String(format: "ratio         %.2f of sgemm", r.forwardGFLOPS / r.sgemmGFLOPS))
+        terminal.out("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, OpenBLAS threads \(r.threads); times: median (min-max)")
+        let forward = SampleSummary(r.forwardSeconds)!, sgemm = SampleSummary(r.sgemmSeconds)!
+        terminal.out(String(format: "forward pass  %5d tokens  %8.3f s (%.3f-%.3f, %d runs)  %7.1f GFLOP/s", r.tokens, forward.median, forward.min,
+                            forward.max, forward.count, r.forwardFLOPs / forward.median / 1e9))
+        terminal.out(String(format: "cblas_sgemm   %dx%dx%d  %8.4f s (%.4f-%.4f, %d runs)  %7.1f GFLOP/s", r.sgemmShape.m, r.sgemmShape.n, r.sgemmShape.k,
+                            sgemm.median, sgemm.min, sgemm.max, sgemm.count, r.sgemmFLOPs / sgemm.median / 1e9))
+        terminal.out(String(format: "ratio         %.2f of sgemm (at the medians)", (r.forwardFLOPs / forward.median) / (r.sgemmFLOPs / sgemm.median)))
         return ExitCode.success
     }
 }

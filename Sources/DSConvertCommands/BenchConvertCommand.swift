@@ -1,3 +1,4 @@
+import Benchmark
 import CLI
 import Conversion
 import Foundation
@@ -28,116 +29,143 @@ public enum GenerateBenchCommand: Command {
     }
 }
 
-/// `dsconvert-bench convert`: every stage beside `cp -r` of the same input, and the torch peer.
+/// `dsconvert-bench convert`: every stage beside a durable copy of the same input, and the torch peer.
 public enum ConvertBenchCommand: Command {
     public static let spec = CommandSpec(
         name: "convert",
-        abstract: "Time cp -r, each conversion stage and the torch FP8 peer on one checkpoint: wall time, ratio to cp, GB/s, peak RSS.",
+        abstract: "Time cp -r (&& sync), each conversion stage and the torch FP8 peer on one checkpoint: wall time, ratio to the durable copy, GB/s, peak RSS.",
         discussion: """
-        Each job runs as a child process (median of --runs runs, peak RSS from the kernel's rusage); outputs
-        go to --work and are removed after each run. The input stays in the page cache across jobs, so cp
-        measures the write path of this disk.
+        Each job runs as a child process, --runs times, round-robin with the job order rotated each round; outputs
+        go to --work and each run's output is verified (a dsconvert manifest and the files it lists, a copy's
+        files and sizes, a checkpoint's headers; the same size as the job's other runs) before it is removed.
+        The reference column is `cp -r && sync`: dsconvert fsyncs its outputs (O_DIRECT), so the durable copy
+        is the like-for-like bound; `cp -r` alone only fills the page cache. A run that exits non-zero, is
+        killed by a signal, cannot be spawned or leaves a wrong output is marked failed, kept out of the
+        medians, and makes the command exit 1.
         """,
         options: [
             OptionSpec("input", value: "DIR", help: "Checkpoint to convert (see dsconvert-bench generate)."),
             OptionSpec("work", value: "DIR", help: "Scratch directory for outputs (default: next to the input)."),
             OptionSpec("runs", value: "N", help: "Runs per job (default 3)."),
             OptionSpec("peer", value: "SCRIPT", help: "The torch peer script (default Tests/bench/torch_fp8_peer.py; skipped if torch is missing)."),
+            OptionSpec("extra-job", value: "NAME=PROGRAM", repeatable: true,
+                       help: "Also time `PROGRAM INPUT OUTPUT` as job NAME; its output must be a readable checkpoint with at least the input's tensors. Repeatable (another peer; the tests use it for a job that is killed or cannot start)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, 5GB); e.g. the input's own shard size."),
             OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
         ]
     )
 
-    struct Measurement { var wall: Double; var rssKiB: Int; var status: Int32 }
-
-    /// Runs a program to completion and reports its wall time and peak resident set.
-    static func measure(_ path: String, _ arguments: [String]) -> Measurement {
-        var pid: pid_t = 0
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        let start = DispatchTime.now().uptimeNanoseconds
-        guard posix_spawn(&pid, path, &actions, nil, argv, environ) == 0 else { return Measurement(wall: 0, rssKiB: 0, status: -1) }
-        var status: Int32 = 0
-        var usage = rusage()
-        wait4(pid, &status, 0, &usage)
-        let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        return Measurement(wall: wall, rssKiB: Int(usage.ru_maxrss), status: (status >> 8) & 0xFF)
-    }
+    static let referenceName = "cp -r && sync"
+    static let copyName = "cp -r"
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let input = URL(fileURLWithPath: try arguments.required("input")).standardizedFileURL
         let work = URL(fileURLWithPath: arguments.value("work") ?? input.deletingLastPathComponent().appendingPathComponent("dsconvert-bench-work").path)
         let runs = try arguments.integer("runs", default: 3, in: 1...20)
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
-        let bytes = try Checkpoint(directory: input).totalTensorBytes
-        let out = work.appendingPathComponent("out").path
-        let peer = arguments.value("peer") ?? "Tests/bench/torch_fp8_peer.py"
+        // Sizes only: the input's mappings are not kept open while the jobs run.
+        let (inputBytes, inputTensors) = try { let c = try Checkpoint(directory: input); return (c.totalTensorBytes, c.tensors.count) }()
+        let out = work.appendingPathComponent("out")
+        let jobs = try self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal)
         let cold = arguments.flag("cold")
+        // Warm-up: the input is read once before any job, so every job finds it in the page cache and
+        // none pays the first read from disk for the others.
+        if !cold {
+            terminal.progress("bench: reading the input once (warm-up)")
+            _ = ChildProcess.run("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
+        }
+        guard let samples = rounds(jobs, runs: runs, output: out, cold: cold, terminal: terminal) else {
+            terminal.endProgress()
+            terminal.error("dsconvert-bench convert", "--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
+            return ExitCode.failure
+        }
+        let rows = BenchRounds.summarize(jobs, samples: samples, reference: 0, copy: 1)
+        terminal.endProgress()
+        terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; %d runs per job, job order rotated each round; %@ page cache%@",
+                            input.path, Double(inputBytes) / 1e9, ProcessInfo.processInfo.activeProcessorCount, runs,
+                            cold ? "cold" : "warm", arguments.value("max-shard-size").map { "; --max-shard-size \($0)" } ?? ""))
+        for line in BenchRounds.table(rows, inputBytes: inputBytes, referenceName: referenceName, copyName: copyName) {
+            terminal.out(line)
+        }
+        let failed = rows.filter(\.failed)
+        if !failed.isEmpty {
+            terminal.error("dsconvert-bench convert", "\(failed.count) of \(rows.count) jobs failed: \(failed.map(\.name).joined(separator: ", "))")
+            return ExitCode.failure
+        }
+        return ExitCode.success
+    }
+
+    /// The jobs: the durable copy (the reference) first, the page-cache copy second, then the stages,
+    /// the torch peer when torch is installed, and every --extra-job.
+    static func jobs(_ arguments: ParsedArguments, input: URL, output: URL, tensors: Int, terminal: Terminal) throws -> [BenchJob] {
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
+        let out = output.path
         let io = ["--input", input.path, "--output", out] + (arguments.value("max-shard-size").map { ["--max-shard-size", $0] } ?? [])
-        var jobs: [(String, String, [String])] = [
-            ("cp -r (I/O bound)", "/bin/cp", ["-r", input.path, out]),
-            // dsconvert fsyncs every shard (atomic outputs): the durable copy is the like-for-like bound.
-            ("cp -r && sync", "/bin/sh", ["-c", "cp -r \"$0\" \"$1\" && sync", input.path, out]),
-            ("quantize --fp8", binary, ["quantize", "--fp8"] + io),
-            ("absorb (split)", binary, ["absorb"] + io),
-            ("shard --devices 8", binary, ["shard", "--devices", "8"] + io),
-            ("quantize --kv6", binary, ["quantize", "--kv6"] + io),
-            ("convert (all 4, one pass)", binary, ["convert", "--absorb", "--fp8", "--kv6", "--devices", "8"] + io),
+        let copy = OutputExpectation.copy(of: OutputCheck.files(under: input))
+        var jobs = [
+            BenchJob(name: referenceName, program: "/bin/sh", arguments: ["-c", "cp -r \"$0\" \"$1\" && sync", input.path, out], expectation: copy),
+            BenchJob(name: copyName, program: "/bin/cp", arguments: ["-r", input.path, out], expectation: copy),
+            BenchJob(name: "quantize --fp8", program: binary, arguments: ["quantize", "--fp8"] + io, expectation: .manifest),
+            BenchJob(name: "absorb (split)", program: binary, arguments: ["absorb"] + io, expectation: .manifest),
+            BenchJob(name: "shard --devices 8", program: binary, arguments: ["shard", "--devices", "8"] + io, expectation: .manifest),
+            BenchJob(name: "quantize --kv6", program: binary, arguments: ["quantize", "--kv6"] + io, expectation: .manifest),
+            BenchJob(name: "convert (all 4, one pass)", program: binary,
+                     arguments: ["convert", "--absorb", "--fp8", "--kv6", "--devices", "8"] + io, expectation: .manifest),
         ]
+        let peer = arguments.value("peer") ?? "Tests/bench/torch_fp8_peer.py"
         let python = "/usr/bin/env"
-        if FileManager.default.fileExists(atPath: peer), measure(python, ["python3", "-c", "import torch, safetensors"]).status == 0 {
-            jobs.append(("torch FP8 peer (CPU)", python, ["python3", peer, input.path, out]))
+        if FileManager.default.fileExists(atPath: peer), ChildProcess.run(python, ["python3", "-c", "import torch, safetensors"]).outcome.succeeded {
+            jobs.append(BenchJob(name: "torch FP8 peer (CPU)", program: python, arguments: ["python3", peer, input.path, out],
+                                 expectation: .checkpoint(minimumTensors: tensors)))
         } else {
             terminal.note("torch peer skipped: \(peer) or python3 with torch not found")
         }
-        // Warm-up: the input is read once before any job, so every job (cp first) finds it in the page
-        // cache and none pays the first read from disk for the others.
-        if !cold {
-            terminal.progress("bench: reading the input once (warm-up)")
-            _ = measure("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
+        for extra in arguments.all("extra-job") {
+            guard let equals = extra.firstIndex(of: "="), equals != extra.startIndex, extra.index(after: equals) != extra.endIndex else {
+                throw UsageError("--extra-job takes NAME=PROGRAM, got '\(extra)'")
+            }
+            jobs.append(BenchJob(name: String(extra[..<equals]), program: String(extra[extra.index(after: equals)...]),
+                                 arguments: [input.path, out], expectation: .checkpoint(minimumTensors: tensors)))
         }
-        // Round-robin: run k of every job before run k+1 of any, so this VM's drifting speed weighs on
-        // all jobs alike; each job's ratio to cp is the median of its per-round ratios.
-        var samples = [[Measurement]](repeating: [], count: jobs.count)
-        for run in 0..<runs {
-            for (j, (name, path, args)) in jobs.enumerated() {
-                terminal.progress("bench: run \(run + 1)/\(runs): \(name)")
-                try? FileManager.default.removeItem(atPath: out)
+        return jobs
+    }
+
+    /// Runs every job `runs` times, round-robin (run k of every job before run k+1 of any) so this VM's
+    /// drifting speed weighs on all jobs alike; `samples[job][round]`. nil when --cold cannot drop the cache.
+    static func rounds(_ jobs: [BenchJob], runs: Int, output: URL, cold: Bool, terminal: Terminal) -> [[JobRun]]? {
+        var samples = [[JobRun]](repeating: [], count: jobs.count)
+        var sizes = [OutputSize?](repeating: nil, count: jobs.count)
+        for round in 0..<runs {
+            var results = [JobRun?](repeating: nil, count: jobs.count)
+            for j in BenchRounds.order(round: round, jobs: jobs.count) {
+                terminal.progress("bench: run \(round + 1)/\(runs): \(jobs[j].name)")
+                try? FileManager.default.removeItem(at: output)
                 sync()
                 // Cold: every job reads the input from disk, as a checkpoint larger than RAM is read.
-                if cold, measure("/bin/sh", ["-c", "echo 3 > /proc/sys/vm/drop_caches"]).status != 0 {
-                    terminal.endProgress()
-                    terminal.error("dsconvert-bench convert", "--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
-                    return ExitCode.failure
-                }
-                let m = measure(path, args)
-                if m.status != 0 { terminal.note("\(name) exited with \(m.status)") }
-                samples[j].append(m)
+                if cold, !ChildProcess.run("/bin/sh", ["-c", "echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded { return nil }
+                let (run, size) = runOnce(jobs[j], output: output, earlier: sizes[j])
+                sizes[j] = sizes[j] ?? size
+                if !run.outcome.succeeded { terminal.note("bench: \(jobs[j].name), run \(round + 1): \(run.outcome.label)") }
+                results[j] = run
             }
+            for j in jobs.indices { samples[j].append(results[j]!) }
         }
-        try? FileManager.default.removeItem(atPath: out)
-        func median(_ values: [Double]) -> Double { let v = values.sorted(); return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2 }
-        var results: [(String, Measurement, Double)] = []
-        for (j, (name, _, _)) in jobs.enumerated() {
-            let ratio = median((0..<runs).map { samples[j][$0].wall / samples[0][$0].wall })
-            results.append((name, Measurement(wall: median(samples[j].map(\.wall)), rssKiB: samples[j].map(\.rssKiB).max()!,
-                                              status: samples[j].map(\.status).max()!), ratio))
+        try? FileManager.default.removeItem(at: output)
+        return samples
+    }
+
+    /// One timed run, its output verified before anyone deletes it: a job that exits 0 having written
+    /// nothing (or something else than its other runs) is a failed run, not a fast one.
+    static func runOnce(_ job: BenchJob, output: URL, earlier: OutputSize?) -> (JobRun, OutputSize?) {
+        var run = ChildProcess.run(job.program, job.arguments)
+        guard run.outcome.succeeded else { return (run, nil) }
+        do throws(OutputCheckError) {
+            let size = try OutputCheck.verify(output, expecting: job.expectation)
+            if let earlier, earlier != size { throw .differsFromEarlierRun(size, earlier: earlier) }
+            return (run, size)
+        } catch {
+            run.outcome = .badOutput(error.description)
+            return (run, nil)
         }
-        terminal.endProgress()
-        terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; median of %d runs; %@ page cache%@", input.path, Double(bytes) / 1e9,
-                            ProcessInfo.processInfo.activeProcessorCount, runs, cold ? "cold" : "warm",
-                            arguments.value("max-shard-size").map { "; --max-shard-size \($0)" } ?? ""))
-        terminal.out("job                        wall (s)   x cp    GB/s   peak RSS (MiB)   (wall: median; x cp: median of per-round ratios)")
-        for (name, m, ratio) in results {
-            terminal.out(String(format: "%@ %8.2f %7.2f %7.2f %12.0f%@", name.padding(toLength: 26, withPad: " ", startingAt: 0), m.wall, ratio,
-                                Double(bytes) / m.wall / 1e9, Double(m.rssKiB) / 1024, m.status == 0 ? "" : "  (failed)"))
-        }
-        return ExitCode.success
     }
 }

@@ -58,13 +58,19 @@ public enum ForwardCost {
 
 /// The forward pass's throughput next to plain `cblas_sgemm` in the same process.
 public enum ForwardBenchmark {
+    /// Every timed run, so the caller reports the median and spread (a best-of-N hides the spread).
     public struct Result: Sendable {
         public var tokens: Int
-        public var forwardSeconds: Double
-        public var forwardGFLOPS: Double
+        /// Seconds of each timed forward pass.
+        public var forwardSeconds: [Double]
+        /// FLOPs of one forward pass, as executed.
+        public var forwardFLOPs: Double
         public var sgemmShape: (m: Int, n: Int, k: Int)
-        public var sgemmGFLOPS: Double
+        /// Seconds of each timed sgemm of `sgemmShape`.
+        public var sgemmSeconds: [Double]
         public var threads: Int
+
+        public var sgemmFLOPs: Double { 2 * Double(sgemmShape.m * sgemmShape.n * sgemmShape.k) }
     }
 
     /// A V2-Lite-width model of one dense and one MoE layer (64 experts, top-6, 2 shared), vocabulary
@@ -89,26 +95,26 @@ public enum ForwardBenchmark {
         let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: batch, length: seq)
         let warm = try forward.run(tokens: tokens)  // generates and caches the weights
         let routed = warm.routing.reduce(0) { $0 + $1.experts.count }
-        var best = Double.infinity
-        for _ in 0..<repeats {
-            let start = DispatchTime.now().uptimeNanoseconds
-            _ = try forward.run(tokens: tokens)
-            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
-        }
+        let forwardSeconds = try (0..<repeats).map { _ in try time { _ = try forward.run(tokens: tokens) } }
         let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
 
         let (m, n, k) = (batch * seq, 2048, 2048)
         let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: n * k)
         var c = [Float](repeating: 0, count: m * n)
-        var sgemmBest = Double.infinity
-        for _ in 0..<max(repeats, 3) {
-            let start = DispatchTime.now().uptimeNanoseconds
-            a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
-                Linear.forward(ap.baseAddress!, rows: m, inFeatures: k, weight: bp.baseAddress!, outFeatures: n, into: cp.baseAddress!)
-            } } }
-            sgemmBest = min(sgemmBest, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        let sgemmSeconds = (0..<max(repeats, 3)).map { _ in
+            time {
+                a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+                    Linear.forward(ap.baseAddress!, rows: m, inFeatures: k, weight: bp.baseAddress!, outFeatures: n, into: cp.baseAddress!)
+                } } }
+            }
         }
-        return Result(tokens: batch * seq, forwardSeconds: best, forwardGFLOPS: flops / best / 1e9, sgemmShape: (m, n, k),
-                      sgemmGFLOPS: 2 * Double(m * n * k) / sgemmBest / 1e9, threads: Int(openblas_get_num_threads()))
+        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, forwardFLOPs: flops, sgemmShape: (m, n, k),
+                      sgemmSeconds: sgemmSeconds, threads: Int(openblas_get_num_threads()))
+    }
+
+    private static func time(_ body: () throws -> Void) rethrows -> Double {
+        let start = DispatchTime.now().uptimeNanoseconds
+        try body()
+        return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 }

@@ -89,6 +89,11 @@ final class AbsorbAlgebraTests: XCTestCase {
                 let qn = (0..<nope).map { n in (0..<inQ).reduce(0.0) { $0 + q[(head * dq + n) * inQ + $1] * xq[$1] } }
                 let qLat = (0..<kvl).map { cc in (0..<nope).reduce(0.0) { $0 + wUK[(head * nope + $1) * kvl + cc] * qn[$1] } }
                 XCTAssertEqual(dot(qLat, cHat), originalScores[head], accuracy: 1e-12 * max(1, abs(originalScores[head])))
+                // The rope rows carry the softmax scale too (RoPE is linear), so q_pe·k_pe needs no other factor.
+                for r in 0..<rope {
+                    let value = (0..<inQ).reduce(0.0) { $0 + q[(head * dq + nope + r) * inQ + $1] * xq[$1] }
+                    XCTAssertEqual(value, originalRope[head][r], accuracy: 1e-12, "split rope row \(r) of head \(head)")
+                }
                 // kept kv_b_proj expands the gain-free latent to the same keys
                 let kn = (0..<nope).map { n in (0..<kvl).reduce(0.0) { $0 + keptKVB[(head * (nope + dv) + n) * kvl + $1] * cHat[$1] } }
                 XCTAssertEqual(dot(qn, kn), originalScores[head], accuracy: 1e-12 * max(1, abs(originalScores[head])))

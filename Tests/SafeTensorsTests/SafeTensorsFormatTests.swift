@@ -90,6 +90,48 @@ final class SafeTensorsFormatTests: XCTestCase {
         }
     }
 
+    /// One-byte overlaps and gaps, first and last tensor alike, and offsets listed out of order: the
+    /// existing 2-byte cases pass with an off-by-one check. The same cases run against the official
+    /// reader in Tests/crosscheck/crosscheck.py (`offset_cases`), which gives the same verdicts.
+    func testOneByteOverlapsGapsAndOrderAtBothEnds() throws {
+        // (name, [(tensor, begin, end)] in header order, data bytes, expected verdict; nil = accepted)
+        let cases: [(String, [(String, Int, Int)], Int, String?)] = [
+            ("1-byte overlap, first pair", [("a", 0, 4), ("b", 3, 7), ("c", 7, 9)], 9, "overlap b after a"),
+            ("1-byte overlap, last pair", [("a", 0, 4), ("b", 4, 8), ("c", 7, 9)], 9, "overlap c after b"),
+            ("1-byte overlap, listed in reverse", [("b", 3, 7), ("a", 0, 4)], 7, "overlap b after a"),
+            ("empty tensor inside another", [("a", 0, 4), ("e", 3, 3), ("b", 4, 8)], 8, "overlap e after a"),
+            ("1-byte gap at the start", [("a", 1, 5)], 5, "hole before a 0..<1"),
+            ("1-byte gap between", [("a", 0, 4), ("b", 5, 9)], 9, "hole before b 4..<5"),
+            ("1-byte gap at the end", [("a", 0, 4)], 5, "data ends at 4 of 5"),
+            ("1 byte missing at the end", [("a", 0, 4)], 3, "data ends at 4 of 3"),
+            ("out of order, tiling", [("c", 8, 12), ("a", 0, 4), ("b", 4, 8)], 12, nil),
+            ("empty tensor at the start", [("a", 0, 0), ("b", 0, 4)], 4, nil),
+        ]
+        for (label, entries, dataBytes, expected) in cases {
+            let header = "{" + entries.map { #""\#($0.0)":{"dtype":"U8","shape":[\#($0.2 - $0.1)],"data_offsets":[\#($0.1),\#($0.2)]}"# }
+                .joined(separator: ",") + "}"
+            let data = (0..<dataBytes).map { UInt8($0) }
+            do {
+                let f = try open(rawFile(header: header, data: data))
+                XCTAssertNil(expected, "\(label): accepted")
+                for (name, begin, end) in entries {
+                    XCTAssertEqual(Array(try f.view(name).bytes), Array(data[begin..<end]), "\(label): \(name)")
+                }
+            } catch let error as SafeTensorsError {
+                XCTAssertEqual(Self.verdict(error), expected, label)
+            }
+        }
+    }
+
+    private static func verdict(_ error: SafeTensorsError) -> String {
+        switch error {
+        case let .overlappingTensors(_, tensor, previous): return "overlap \(tensor) after \(previous)"
+        case let .holeBeforeTensor(_, tensor, start, end): return "hole before \(tensor) \(start)..<\(end)"
+        case let .dataNotCoveringFile(_, end, size): return "data ends at \(end) of \(size)"
+        default: return error.errorDescription ?? "\(error)"
+        }
+    }
+
     func testHoleBetweenTensors() {
         let header = #"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}"#
         assertRejects(rawFile(header: header, data: Array(repeating: 0, count: 6))) {

@@ -135,6 +135,26 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(Double(route[0].weight), 0.9 / total, accuracy: 1e-6)
     }
 
+    /// V2's group score is the group's best expert; V3's is the sum of its top two (and a plain sum is a
+    /// third rule). Here the rules choose different groups, so a router scoring by either sum fails.
+    func testGroupScoreIsTheBestExpertNotASum() throws {
+        // 8 experts in 2 groups of 4; top-1 group, top-2 experts.
+        // g0: max 0.30, top-2 sum 0.31, sum 0.33; g1: max 0.20, top-2 sum 0.40, sum 0.67.
+        let c = try config { $0.nRoutedExperts = 8; $0.nGroup = 2; $0.topkGroup = 1; $0.numExpertsPerTok = 2; $0.routedScalingFactor = 1 }
+        let probabilities = [0.30, 0.01, 0.01, 0.01, 0.20, 0.20, 0.20, 0.07]
+        let route = MoERouter(config: c).route(logits: probabilities.map { Float(log($0)) })
+        XCTAssertEqual(route.map(\.expert), [0, 1], "max keeps g0 (a sum would keep g1: experts 4, 5)")
+        XCTAssertEqual(Double(route[0].weight), 0.30, accuracy: 1e-6)
+
+        // 12 experts in 4 groups of 3; top-2 groups, top-3 experts. Maxima keep g0 and g2; sums keep g1 and g3.
+        // g0 (0.16, 0.01, 0.01) max 0.16 sum 0.18; g1 (0.12, 0.11, 0.11) max 0.12 sum 0.34;
+        // g2 (0.15, 0.01, 0.01) max 0.15 sum 0.17; g3 (0.10, 0.10, 0.10) max 0.10 sum 0.30.
+        let c2 = try config { $0.nRoutedExperts = 12; $0.nGroup = 4; $0.topkGroup = 2; $0.numExpertsPerTok = 3; $0.routedScalingFactor = 1 }
+        let p2 = [0.16, 0.01, 0.01, 0.12, 0.11, 0.11, 0.15, 0.01, 0.01, 0.10, 0.10, 0.10]
+        XCTAssertEqual(MoERouter(config: c2).route(logits: p2.map { Float(log($0)) }).map(\.expert), [0, 1, 6],
+                       "groups 0 and 2 by their best expert; the third pick is the first 0.01 of g0 (ties go to the lower index)")
+    }
+
     func testGreedyWithScalingAndNormTopkProb() throws {
         let logits: [Float] = [1, 3, 2, 0]
         let scaled = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = "greedy"; $0.numExpertsPerTok = 2; $0.routedScalingFactor = 16 }).route(logits: logits)

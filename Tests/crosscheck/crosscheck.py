@@ -3,7 +3,8 @@
 
 1. safetensors: files dsconvert writes are read by the official `safetensors` library, tensor for
    tensor and bit for bit, for every dtype; a single-file output is byte-identical to what the
-   official serializer writes for the same tensors.
+   official serializer writes for the same tensors; for offset edge cases (one-byte overlaps and gaps,
+   out-of-order offsets) dsconvert accepts and rejects exactly what the official reader does.
 2. JSON Schemas: every JSON dsconvert writes (inspect --json, dsconvert.json) validates against Schemas/.
 3. transformers: random DeepSeek-V2 checkpoints written by transformers' save_pretrained (never seen
    before this run) are inspected; parameter counts must equal the sum of numel over the files.
@@ -112,6 +113,51 @@ def check_safetensors(binary, work):
         check(f"fixture {name}: resharded tensors equal the original bit for bit", original == rewritten)
         manifest = json.load(open(os.path.join(out, "dsconvert.json")))
         check(f"fixture {name}: dsconvert.json validates", validate(manifest, "manifest.schema.json"))
+
+
+# Offset edge cases (tensor, begin, end) in header order, with the data section's size: one-byte overlaps
+# and gaps at the first and last tensor, and out-of-order offsets. SafeTensorsFormatTests holds the same
+# cases with dsconvert's verdicts; here the official reader's verdict must be dsconvert's.
+OFFSET_CASES = {
+    "1-byte overlap, first pair": ([("a", 0, 4), ("b", 3, 7), ("c", 7, 9)], 9),
+    "1-byte overlap, last pair": ([("a", 0, 4), ("b", 4, 8), ("c", 7, 9)], 9),
+    "1-byte overlap, listed in reverse": ([("b", 3, 7), ("a", 0, 4)], 7),
+    "empty tensor inside another": ([("a", 0, 4), ("e", 3, 3), ("b", 4, 8)], 8),
+    "1-byte gap at the start": ([("a", 1, 5)], 5),
+    "1-byte gap between": ([("a", 0, 4), ("b", 5, 9)], 9),
+    "1-byte gap at the end": ([("a", 0, 4)], 5),
+    "1 byte missing at the end": ([("a", 0, 4)], 3),
+    "out of order, tiling": ([("c", 8, 12), ("a", 0, 4), ("b", 4, 8)], 12),
+    "empty tensor at the start": ([("a", 0, 0), ("b", 0, 4)], 4),
+}
+
+
+def offset_case_file(entries, data_size):
+    header = json.dumps({name: {"dtype": "U8", "shape": [end - begin], "data_offsets": [begin, end]}
+                         for name, begin, end in entries}, separators=(",", ":")).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(i % 256 for i in range(data_size))
+
+
+def check_offset_cases(binary, work):
+    """dsconvert accepts exactly the files the official reader accepts (`reshard` reads and validates)."""
+    for i, (label, (entries, data_size)) in enumerate(OFFSET_CASES.items()):
+        source, out = os.path.join(work, f"offsets-{i}"), os.path.join(work, f"offsets-{i}-out")
+        os.makedirs(source)
+        raw = offset_case_file(entries, data_size)
+        with open(os.path.join(source, "model.safetensors"), "wb") as f:
+            f.write(raw)
+        try:
+            official = {name: bytes(info["data"]) for name, info in safetensors.deserialize(raw)}
+        except Exception as error:  # the official reader's rejection is the verdict under test
+            official = None
+            reason = str(error)
+        r = dsconvert(binary, "reshard", "--input", source, "--output", out)
+        if official is None:
+            check(f"offsets, {label}: rejected by both", r.returncode == 1,
+                  f"official: {reason}; dsconvert exit {r.returncode} {r.stderr.strip()}")
+        else:
+            ok = r.returncode == 0 and {n: t[2] for n, t in raw_tensors(os.path.join(out, "model.safetensors")).items()} == official
+            check(f"offsets, {label}: accepted by both, same bytes", ok, f"dsconvert exit {r.returncode} {r.stderr.strip()}")
 
 
 def registry():
@@ -335,6 +381,7 @@ def main():
     work = tempfile.mkdtemp(prefix="dsconvert-crosscheck-")
     try:
         check_safetensors(args.bin, work)
+        check_offset_cases(args.bin, work)
         check_schemas(args.bin)
         check_fp8(args.bin, work)
         check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)

@@ -1,0 +1,75 @@
+import Foundation
+import XCTest
+
+/// `dsconvert-bench convert` on the trained fixture, with jobs that fail the ways a benchmark must not
+/// hide: killed by a signal (as the OOM killer does), impossible to spawn, exiting 0 having written nothing.
+final class BenchConvertTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    private func script(_ name: String, _ body: String) throws -> String {
+        let url = dir.appendingPathComponent(name)
+        try Data("#!/bin/sh\n\(body)\n".utf8).write(to: url)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: url.path)
+        return url.path
+    }
+
+    private func bench(_ extra: [String], runs: Int = 2) throws -> RunResult {
+        // --peer names no file, so the torch peer is skipped: the test needs no Python.
+        try runTool("dsconvert-bench", ["convert", "--input", fixtures.appendingPathComponent("trained").path,
+                                        "--work", dir.appendingPathComponent("work").path, "--runs", "\(runs)",
+                                        "--peer", dir.appendingPathComponent("no-peer.py").path] + extra)
+    }
+
+    private func row(_ result: RunResult, _ job: String) -> String? {
+        result.stdout.split(separator: "\n").map(String.init).first { $0.hasPrefix(job + "  ") }
+    }
+
+    private let builtIn = ["cp -r && sync", "cp -r", "quantize --fp8", "absorb (split)", "shard --devices 8", "quantize --kv6", "convert (all 4, one pass)"]
+
+    func testKilledUnspawnableAndIdleJobsAreFailuresNotWins() throws {
+        let killer = try script("kill-self.sh", "kill -KILL $$")
+        let r = try bench(["--extra-job", "self-killer=\(killer)", "--extra-job", "unspawnable=\(dir.appendingPathComponent("no-such-program").path)",
+                           "--extra-job", "idle=/bin/true"])
+        XCTAssertEqual(r.status, 1, "any failed job fails the bench: \(r.stdout)")
+        XCTAssertEqual(row(r, "self-killer")?.hasSuffix("  failed (signal 9)"), true, r.stdout)
+        XCTAssertEqual(row(r, "unspawnable")?.hasSuffix("  failed (spawn: No such file or directory)"), true, r.stdout)
+        XCTAssertEqual(row(r, "idle")?.hasSuffix("  failed (output: no output directory)"), true, r.stdout)
+        // No figure for a job with no successful run: its wall column is "-", not a short time.
+        XCTAssertEqual(row(r, "self-killer")?.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first, "-")
+        for job in builtIn { XCTAssertEqual(row(r, job)?.hasSuffix("  ok"), true, "\(job): \(r.stdout)") }
+        XCTAssertTrue(r.stderr.contains("3 of 10 jobs failed: self-killer, unspawnable, idle"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("self-killer, run 2: failed (signal 9)"), r.stderr)
+    }
+
+    func testGoodPeerPassesAndTheHeaderNamesTheReference() throws {
+        let copier = try script("copy-peer.sh", #"cp -r "$1" "$2""#)
+        let r = try bench(["--extra-job", "copy peer=\(copier)"], runs: 1)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertEqual(row(r, "copy peer")?.hasSuffix("  ok"), true, r.stdout)
+        XCTAssertTrue(r.stdout.contains("x ref: median of the per-round ratios to 'cp -r && sync' (the reference"), r.stdout)
+        let reference = row(r, "cp -r && sync")!.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        XCTAssertTrue(reference.contains("1.00"), "the reference's own ratio: \(reference)")
+    }
+
+    func testExtraJobNeedsNameAndProgram() throws {
+        XCTAssertEqual(try bench(["--extra-job", "no-equals-sign"], runs: 1).status, 64)
+    }
+}
+
+/// `dsconvert-bench forward` reports the median with min and max, not the best of N.
+final class BenchForwardTests: XCTestCase {
+    func testReportsMedianMinMax() throws {
+        let r = try runTool("dsconvert-bench", ["forward", "--seq", "4", "--repeats", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("times: median (min-max)"), r.stdout)
+        for prefix in ["forward pass", "cblas_sgemm"] {
+            let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.hasPrefix(prefix) }, r.stdout)
+            // "... <median> s (<min>-<max>, 3 runs) ..."
+            let match = try XCTUnwrap(line.firstMatch(of: /([0-9.]+) s \(([0-9.]+)-([0-9.]+), 3 runs\)/), String(line))
+            let (median, low, high) = (Double(match.1)!, Double(match.2)!, Double(match.3)!)
+            XCTAssertTrue(low <= median && median <= high, String(line))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Mutation check: do the tests see the bugs they are named for?
+#
+# Each mutation below re-introduces one such bug with sed. In a scratch copy of the tree (never this
+# tree: a copy of the working tree's tracked and untracked files, or of a commit with --rev), the
+# script first runs every mutation's tests unmutated (they must pass), then per mutation restores the
+# pristine file, applies the mutation, builds, and runs that mutation's test filter:
+#   PASS  the tests fail: the mutation is caught;
+#   FAIL  the tests pass: they are blind to the bug (or the sed no longer applies, or it does not build).
+#
+#   scripts/mutation-check.sh [--rev REV] [--keep] [NAME ...]     (default: every mutation)
+#
+# --rev REV checks a commit instead of the working tree (e.g. one from before a test was added, to see
+# the mutation survive there); --keep leaves the scratch copy (its path is printed). Exit 0 when every
+# mutation is caught. Needs what the build needs; one release build of the copy, then incremental ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+names=() files=() filters=() edits=()
+# Registers a mutation: NAME, FILE (relative to the package root), the XCTest FILTER that must fail,
+# and the sed EXPRESSION applied to FILE.
+mutation() { names+=("$1"); files+=("$2"); filters+=("$3"); edits+=("$4"); }
+
+# A one-byte overlap between two tensors' data_offsets passes the overlap check.
+mutation overlap-off-by-one Sources/SafeTensors/SafeTensorsHeader.swift SafeTensorsFormatTests \
+  's/if info\.dataOffsets\.lowerBound < cursor, let previous {/if info.dataOffsets.lowerBound < cursor - 1, let previous {/'
+# Group-limited routing scores a group by the sum of its experts instead of its best one (V2's rule)...
+mutation group-score-sum Sources/Validation/ReferenceForward.swift RouterTests \
+  '/let groupScores/s/\.max()!/.reduce(0, +)/'
+# ...or by V3's rule, the sum of its top two.
+mutation group-score-top2-sum Sources/Validation/ReferenceForward.swift RouterTests \
+  '/let groupScores/s/\.max()!/.sorted(by: >).prefix(2).reduce(0, +)/'
+# absorb --mode split scales the query's nope rows by the softmax scale but leaves the rope rows unscaled.
+mutation unscaled-split-rope-rows Sources/Conversion/MLAAbsorber.swift AbsorbAlgebraTests \
+  's/query\[r \* inQ + j\] = wq\[r \* inQ + j\] \* gammaQ\[j\] \* scale }/query[r * inQ + j] = wq[r * inQ + j] * gammaQ[j] * (r % dq < nope ? scale : 1) }/'
+# >>> HOOK: the SIGKILL harness's mutation goes here -- a kill that never lands (the interruption
+# >>> tests' child survives its SIGKILL point), caught by InterruptionTests in
+# >>> Tests/EndToEndTests/ReliabilityTests.swift. Add one line of the same form:
+# >>>   mutation kill-never-lands Tests/EndToEndTests/ReliabilityTests.swift InterruptionTests '<sed expression>'
+
+rev="" keep=0 selected=()
+while (($#)); do
+  case "$1" in
+    --rev) rev="$2"; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) selected+=("$1"); shift ;;
+  esac
+done
+if ((${#selected[@]} == 0)); then selected=("${names[@]}"); fi
+index_of() { local i; for i in "${!names[@]}"; do [[ "${names[$i]}" == "$1" ]] && { echo "$i"; return; }; done; echo "unknown mutation '$1' (known: ${names[*]})" >&2; exit 64; }
+picked=(); for name in "${selected[@]}"; do picked+=("$(index_of "$name")"); done
+
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/dsconvert-mutation-XXXXXX")
+cleanup() { if ((keep)); then echo "scratch copy kept: $scratch"; else rm -rf "$scratch"; fi; }
+trap cleanup EXIT
+if [[ -n "$rev" ]]; then
+  git archive "$rev" | tar -x -C "$scratch"
+else
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -x -C "$scratch"
+fi
+mkdir -p "$scratch/.pristine" "$scratch/.mutation-logs"
+flags=(-c release -Xswiftc -enable-testing)
+build() { (cd "$scratch" && swift build "${flags[@]}" --build-tests) >"$scratch/.mutation-logs/$1.build.log" 2>&1; }
+run_tests() { (cd "$scratch" && swift test "${flags[@]}" --skip-build --filter "$2") >"$scratch/.mutation-logs/$1.test.log" 2>&1; }
+
+# The baseline: unmutated, every selected filter must pass, or a failure below would mean nothing.
+baseline_filter=$(for i in "${picked[@]}"; do echo "${filters[$i]}"; done | sort -u | paste -sd'|')
+echo "mutation check of ${rev:-the working tree} in $scratch"
+build baseline || { echo "the unmutated copy does not build (see $scratch/.mutation-logs/baseline.build.log)"; keep=1; exit 1; }
+run_tests baseline "$baseline_filter" || { echo "the unmutated tests fail (see $scratch/.mutation-logs/baseline.test.log)"; keep=1; exit 1; }
+echo "baseline: $baseline_filter pass unmutated"
+
+failed=0
+for i in "${picked[@]}"; do
+  name=${names[$i]} file=${files[$i]}
+  mkdir -p "$scratch/.pristine/$(dirname "$file")"
+  [[ -f "$scratch/.pristine/$file" ]] || cp "$scratch/$file" "$scratch/.pristine/$file"
+  cp "$scratch/.pristine/$file" "$scratch/$file"
+  sed -i -e "${edits[$i]}" "$scratch/$file"
+  if cmp -s "$scratch/$file" "$scratch/.pristine/$file"; then
+    verdict="FAIL (the sed did not apply: the source changed, update the mutation)"
+  elif ! build "$name"; then
+    verdict="FAIL (the mutant does not build; see .mutation-logs/$name.build.log)"
+  elif run_tests "$name" "${filters[$i]}"; then
+    verdict="FAIL (${filters[$i]} pass with the mutation: the tests are blind to it)"
+  else
+    caught=$(grep -E "^Test Case .* failed" "$scratch/.mutation-logs/$name.test.log" | sed -E "s/^Test Case '([^']*)' failed.*/\1/" | sort -u | paste -sd' ' || true)
+    verdict="PASS (caught by ${caught:-${filters[$i]}})"
+  fi
+  cp "$scratch/.pristine/$file" "$scratch/$file"
+  [[ "$verdict" == PASS* ]] || failed=1
+  printf '%-26s %s\n' "$name" "$verdict"
+done
+exit "$failed"
