@@ -34,10 +34,10 @@ mutation group-score-top2-sum Sources/Validation/ReferenceForward.swift RouterTe
 # absorb --mode split scales the query's nope rows by the softmax scale but leaves the rope rows unscaled.
 mutation unscaled-split-rope-rows Sources/Conversion/MLAAbsorber.swift AbsorbAlgebraTests \
   's/query\[r \* inQ + j\] = wq\[r \* inQ + j\] \* gammaQ\[j\] \* scale }/query[r * inQ + j] = wq[r * inQ + j] * gammaQ[j] * (r % dq < nope ? scale : 1) }/'
-# >>> HOOK: the SIGKILL harness's mutation goes here -- a kill that never lands (the interruption
-# >>> tests' child survives its SIGKILL point), caught by InterruptionTests in
-# >>> Tests/EndToEndTests/ReliabilityTests.swift. Add one line of the same form:
-# >>>   mutation kill-never-lands Tests/EndToEndTests/ReliabilityTests.swift InterruptionTests '<sed expression>'
+# The SIGKILL harness waits for the job to end instead of for its shards: every kill lands after the
+# run finished, so it would test nothing.
+mutation kill-never-lands Tests/EndToEndTests/ReliabilityTests.swift InterruptionTests \
+  's/while process.isRunning, Date() < deadline, shardCount(work) < shards {/while process.isRunning, Date() < deadline {/'
 
 rev="" keep=0 selected=()
 while (($#)); do
