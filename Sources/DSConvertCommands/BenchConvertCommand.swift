@@ -65,7 +65,14 @@ public enum ConvertBenchCommand: Command {
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         // Sizes only: the input's mappings are not kept open while the jobs run.
         let (inputBytes, inputTensors) = try { let c = try Checkpoint(directory: input); return (c.totalTensorBytes, c.tensors.count) }()
-        let out = work.appendingPathComponent("out")
+        // Outputs go into a directory of this run's own, so nothing already in --work is ever replaced
+        // or deleted; it is removed when the bench ends.
+        let scratch = work.appendingPathComponent(".dsconvert-bench-\(getpid())")
+        guard mkdir(scratch.path, 0o755) == 0 else {
+            throw UsageError("--work \(work.path): cannot create a scratch directory in it (\(String(cString: strerror(errno))))")
+        }
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let out = scratch.appendingPathComponent("out")
         let jobs = try self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal)
         let cold = arguments.flag("cold")
         // Warm-up: the input is read once before any job, so every job finds it in the page cache and
