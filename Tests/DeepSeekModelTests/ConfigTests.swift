@@ -87,7 +87,7 @@ final class ConfigTests: XCTestCase {
             let checkpoint = try Checkpoint(directory: dir)
             let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
             XCTAssertTrue(report.isValid, "\(name): \(report.problems)")
-            XCTAssertEqual(checkpoint.tensors.reduce(0) { $0 + $1.elementCount }, ModelAccounting(config: config).totalParameters, name)
+            XCTAssertEqual(checkpoint.tensors.reduce(0) { $0 + $1.elementCount }, try ModelAccounting(config: config).totalParameters, name)
         }
     }
 
