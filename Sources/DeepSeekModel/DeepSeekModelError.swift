@@ -24,8 +24,10 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
     case invalidBlockSize(path: String, value: String, limit: Int)
     /// A `dsconvert_placement` record that contradicts itself or the config.
     case inconsistentPlacement(path: String, reason: String)
-    /// An FP8 code that is NaN (E4M3 0x7F/0xFF, E5M2 exponent 31 with a mantissa).
-    case nanCode(file: String, tensor: String, index: Int, code: UInt8)
+    /// An FP8 code that is not a finite number (E4M3FN NaN 0x7F/0xFF; E5M2 Inf or NaN, exponent 31).
+    case nonFiniteCode(file: String, tensor: String, index: Int, code: UInt8)
+    /// A tensor whose bytes could not be read (the reader's reason).
+    case unreadableTensor(file: String, tensor: String, reason: String)
     /// A block scale that is zero, negative, NaN or infinite: w = q · scale cannot be trusted.
     case invalidScale(file: String, tensor: String, index: Int, value: Float)
 
@@ -63,8 +65,10 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
             return "\(path): quantization_config weight_block_size must be [b, b] with b in 1...\(limit), is \(value)"
         case let .inconsistentPlacement(path, reason):
             return "\(path): inconsistent dsconvert_placement: \(reason)"
-        case let .nanCode(file, tensor, index, code):
-            return "\(file): FP8 tensor '\(tensor)' holds a NaN code 0x\(String(code, radix: 16, uppercase: true)) at element \(index)"
+        case let .nonFiniteCode(file, tensor, index, code):
+            return "\(file): FP8 tensor '\(tensor)' holds a NaN or Inf code 0x\(String(code, radix: 16, uppercase: true)) at element \(index)"
+        case let .unreadableTensor(file, tensor, reason):
+            return "\(file): tensor '\(tensor)' cannot be read: \(reason)"
         case let .invalidScale(file, tensor, index, value):
             return "\(file): scale '\(tensor)' element \(index) is \(value); block scales must be positive and finite"
         }
