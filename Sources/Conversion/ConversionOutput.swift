@@ -99,8 +99,10 @@ public final class ConversionOutput {
         let units: [(String, Int)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
         let upper = text.uppercased().trimmingCharacters(in: .whitespaces)
         for (suffix, factor) in units where upper.hasSuffix(suffix) {
-            guard let value = Double(upper.dropLast(suffix.count)), value > 0 else { throw ConversionError.invalidSize(text: text) }
-            return Int(value * Double(factor))
+            // At least one byte and at most 2^62 (far beyond any disk): Int(1e30 * 1e9) would trap.
+            guard let value = Double(upper.dropLast(suffix.count)), case let bytes = value * Double(factor),
+                  bytes >= 1, bytes <= 0x1p62 else { throw ConversionError.invalidSize(text: text) }
+            return Int(bytes)
         }
         guard let value = Int(upper), value > 0 else { throw ConversionError.invalidSize(text: text) }
         return value

@@ -15,3 +15,15 @@ final class AbsorbOverflowTests: XCTestCase {
         }
     }
 }
+
+/// `--max-shard-size` values: a size Int cannot hold, infinity or less than a byte is refused, not trapped on.
+final class ShardSizeParsingTests: XCTestCase {
+    func testSizesOutsideOneByteTo2To62AreRefused() throws {
+        XCTAssertEqual(try ConversionOutput.parseSize("5GB"), 5_000_000_000)
+        XCTAssertEqual(try ConversionOutput.parseSize("0.5KB"), 500)
+        XCTAssertEqual(try ConversionOutput.parseSize("2GiB"), 2 << 30)
+        for text in ["1e30GB", "infGB", "nanMB", "0.1B", "-5GB", "0", "1e300B"] {
+            XCTAssertThrowsError(try ConversionOutput.parseSize(text), text) { XCTAssertEqual($0 as? ConversionError, .invalidSize(text: text)) }
+        }
+    }
+}
