@@ -87,12 +87,14 @@ public enum ForwardBenchmark {
         let weights = SyntheticWeights()
         let forward = ReferenceForward(config: config, weights: weights)
         let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: batch, length: seq)
-        let warm = try forward.run(tokens: tokens)  // generates and caches the weights
+        // The synthetic tokens' label: what the token checks name if --batch/--seq ask too much.
+        let source = "benchmark tokens (--batch \(batch) --seq \(seq))"
+        let warm = try forward.run(tokens: tokens, source: source)  // generates and caches the weights
         let routed = warm.routing.reduce(0) { $0 + $1.experts.count }
         var best = Double.infinity
         for _ in 0..<repeats {
             let start = DispatchTime.now().uptimeNanoseconds
-            _ = try forward.run(tokens: tokens)
+            _ = try forward.run(tokens: tokens, source: source)
             best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
         let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
