@@ -1,5 +1,6 @@
 import XCTest
 @testable import Conversion
+import DeepSeekModel
 import SafeTensors
 
 /// absorb rounds its f64 products once to the storage dtype; products of finite weights can exceed
@@ -24,6 +25,22 @@ final class ShardSizeParsingTests: XCTestCase {
         XCTAssertEqual(try ConversionOutput.parseSize("2GiB"), 2 << 30)
         for text in ["1e30GB", "infGB", "nanMB", "0.1B", "-5GB", "0", "1e300B"] {
             XCTAssertThrowsError(try ConversionOutput.parseSize(text), text) { XCTAssertEqual($0 as? ConversionError, .invalidSize(text: text)) }
+        }
+    }
+}
+
+/// The raw config reader (--dequantize, every stage's config editing) names the file in its errors.
+final class ConfigEditorErrorTests: XCTestCase {
+    func testDuplicateKeysAndBadJSONNameTheFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("config-editor-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("config.json").path
+        try Data(#"{"a": 1, "a": 2}"#.utf8).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try ConfigEditor.load(dir)) { XCTAssertEqual($0 as? DeepSeekModelError, .duplicateKey(path: path, key: "a")) }
+        try Data(#"{"a": "#.utf8).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try ConfigEditor.load(dir)) {
+            XCTAssertTrue(($0 as? DeepSeekModelError)?.errorDescription?.hasPrefix(path + ": invalid config: not valid JSON") == true, "\($0)")
         }
     }
 }
