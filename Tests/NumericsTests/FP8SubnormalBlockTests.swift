@@ -62,3 +62,16 @@ final class FP8SubnormalBlockTests: XCTestCase {
         }
     }
 }
+
+/// fp8_ds_mla's per-tile power-of-two scale had the same hole: a tile of f32 subnormals (amax / 448
+/// rounding to 0) got scale 0, and its zeros became 0/0 NaN codes.
+final class KVCacheSubnormalTileTests: XCTestCase {
+    func testSubnormalLatentTileRoundTripsToFiniteValues() {
+        var latent = [Float](repeating: 0, count: 128), rope = [Float](repeating: 0.5, count: 8)
+        latent[0] = 1e-44
+        latent[1] = -1e-44
+        KVCacheCodec.roundTrip(.fp8DSMLA, latent: &latent, rope: &rope, tokens: 1)
+        XCTAssertTrue(latent.allSatisfy { $0 == 0 }, "flushed to zeros, no NaN: \(latent.prefix(4))")
+        XCTAssertEqual(rope, [Float](repeating: 0.5, count: 8))
+    }
+}
