@@ -11,6 +11,14 @@ static inline int16_t strip_max(const uint16_t *p, size_t n, int16_t m) {
     return (int16_t)largest;
 }
 
+// scale = amax / max_finite, or 1 when that is 0: an all-zero tile, or one whose amax is so small
+// (f32 subnormals below ~6e-43) that the division rounds to 0 and x / scale would be 0/0 = NaN.
+// Scale 1 flushes such a tile to ±0 codes, as an all-zero tile; the Swift f32 path does the same.
+static inline float block_scale(float amax, float max_finite) {
+    float scale = amax / max_finite;
+    return scale == 0.0f ? 1.0f : scale;
+}
+
 // One body, compiled once per level: the loops are written so each level's auto-vectorizer turns
 // them into straight vector code (16-bit max for the amax, f32 division and integer selects for the
 // encode). The division stays a division: torch's cast computes x / scale, and so must we.
@@ -40,7 +48,7 @@ enum { AMAX_STRIPS = 1024 };
             for (size_t s = 0; s < strips; s++) {                                                            \
                 largest = amax[s] > largest ? amax[s] : largest;                                             \
                 float a = dsconvert_float_of((uint32_t)(uint16_t)amax[s] << 16);                                       \
-                scales[block_row * per_row + first + s] = amax[s] == 0 ? 1.0f : a / max_finite;              \
+                scales[block_row * per_row + first + s] = block_scale(a, max_finite);                        \
             }                                                                                                 \
         }                                                                                                     \
         if (largest >= 0x7F80) return 1;                                                                      \

@@ -36,6 +36,20 @@ public enum AbsorbStage {
     }
 }
 
+extension AbsorbStage {
+    /// `encode`, refusing results that round to NaN or Inf in `dtype`: finite inputs can fold into
+    /// products beyond its range (weights of 1e36 and more), which must not be written silently.
+    static func encodeFinite(_ values: [Double], as dtype: DType, tensor: String, path: String) throws -> [UInt8] {
+        let bytes = encode(values, as: dtype)
+        let finite = bytes.withUnsafeBytes { raw in
+            dtype == .f32 ? raw.bindMemory(to: UInt32.self).allSatisfy { $0 & 0x7F80_0000 != 0x7F80_0000 }
+                          : raw.bindMemory(to: UInt16.self).allSatisfy { $0 & 0x7F80 != 0x7F80 }
+        }
+        guard finite else { throw ConversionError.nonFiniteResult(path: path, tensor: tensor, dtype: dtype.rawValue) }
+        return bytes
+    }
+}
+
 /// The absorb step: each layer's attention weights replaced by their absorbed form, computed a
 /// layer at a time when the first of them is asked for; every other tensor passes through unchanged.
 public final class AbsorbStep: TensorSource {
@@ -110,7 +124,12 @@ public final class AbsorbStep: TensorSource {
             cacheOrder.removeAll { $0 == layer }
             cacheOrder.append(layer)
             if cacheOrder.count > cachedLayers { cache[cacheOrder.removeFirst()] = nil }
-            cache[layer] = Dictionary(uniqueKeysWithValues: results.map { ($0.0, AbsorbStage.encode($0.1, as: byName[$0.0]!.dtype)) })
+            // Every layer reads its kv_b_proj: the file named when a product overflows.
+            let path = source.path(of: TensorNames.layer(layer) + "self_attn.kv_b_proj.weight")
+            cache[layer] = Dictionary(uniqueKeysWithValues: try results.map { result in
+                let dtype = byName[result.name]!.dtype
+                return (result.name, try AbsorbStage.encodeFinite(result.values, as: dtype, tensor: result.name, path: path))
+            })
         }
         guard let bytes = cache[layer]?[name] else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: byName[name]?.shape ?? []) }
         return .bytes(bytes)

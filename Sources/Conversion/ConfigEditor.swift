@@ -1,14 +1,20 @@
+import DeepSeekModel
 import Foundation
 import SafeTensors
 
 /// Edits a checkpoint's `config.json` while keeping every other key, its order and its spelling.
 public enum ConfigEditor {
+    /// The `config.json` of `directory` as a JSON tree; errors name the file.
     public static func load(_ directory: URL) throws -> JSONValue {
         let url = directory.appendingPathComponent("config.json")
         guard let data = try? FilePath.readRegularFile(url.path) else {
             throw ConversionError.invalidManifest(path: url.path, reason: "missing config.json")
         }
-        return try JSONParser.parse(data)
+        // The parser's errors know the byte, not the file: name it, as every error must.
+        do { return try JSONParser.parse(data) } catch let error as JSONParseError {
+            if let key = error.duplicateKey { throw DeepSeekModelError.duplicateKey(path: url.path, key: key) }
+            throw DeepSeekModelError.invalidConfig(path: url.path, reason: "not valid JSON (\(error))")
+        }
     }
 
     /// `config` with `key` set to the JSON encoding of `value`.

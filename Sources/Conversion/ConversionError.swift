@@ -7,6 +7,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
     case cannotCopy(file: String, reason: String)
     case invalidSize(text: String)
     case unsupportedInput(path: String, reason: String)
+    /// A computed tensor overflowed its storage dtype (finite inputs whose products do not fit).
+    case nonFiniteResult(path: String, tensor: String, dtype: String)
 
     public var errorDescription: String? {
         switch self {
@@ -18,6 +20,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
             return "\(file): cannot copy: \(reason)"
         case let .unsupportedInput(path, reason):
             return "\(path): cannot convert: \(reason)"
+        case let .nonFiniteResult(path, tensor, dtype):
+            return "\(path): absorbing gives tensor '\(tensor)' values beyond \(dtype)'s finite range (NaN or Inf); the input weights are too large to fold"
         case let .invalidSize(text):
             return "invalid size '\(text)' (examples: 5GB, 500MB, 2GiB, 1000000)"
         }

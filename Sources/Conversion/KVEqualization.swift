@@ -25,14 +25,15 @@ public enum KVEqualization {
         }
     }
 
-    /// Measures the latent per layer on `tokens` (batches of at most 8 sequences).
-    public static func calibrate(config: DeepSeekV2Config, weights: WeightProvider, tokens: [[Int]],
+    /// Measures the latent per layer on `tokens` (batches of at most 8 sequences) from `source`
+    /// (the calibration file its errors name).
+    public static func calibrate(config: DeepSeekV2Config, weights: WeightProvider, tokens: [[Int]], source: String = "calibration tokens",
                                  progress: ((String) -> Void)? = nil) throws -> [Int: [Float]] {
         var absmax: [Int: [Float]] = [:]
         try BLASThreads.withSingleThread {
         for start in stride(from: 0, to: tokens.count, by: 8) {
             let forward = ReferenceForward(config: config, weights: weights, recordLatentAbsmax: true)
-            _ = try forward.run(tokens: Array(tokens[start..<min(tokens.count, start + 8)])) { progress?("calibrate: sequences \(start + 1)-\(min(tokens.count, start + 8)): \($0)") }
+            _ = try forward.run(tokens: Array(tokens[start..<min(tokens.count, start + 8)]), source: source) { progress?("calibrate: sequences \(start + 1)-\(min(tokens.count, start + 8)): \($0)") }
             for (layer, values) in forward.latentAbsmax {
                 absmax[layer] = zip(absmax[layer] ?? values, values).map { max($0, $1) }
             }

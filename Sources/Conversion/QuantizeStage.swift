@@ -74,8 +74,8 @@ public enum QuantizeStage {
                                   resume: Bool = false, progress: ((String) -> Void)? = nil) throws -> Summary {
         let checkpoint = try Checkpoint(directory: input)
         let rawConfig = try ConfigEditor.load(input)
-        var block = 128
-        if case let .array(sizes)? = rawConfig["quantization_config"]?["weight_block_size"], let b = sizes.first?.uint64 { block = Int(b) }
+        let block = try QuantizationConfig.validatedBlock(rawQuantizationConfig: rawConfig["quantization_config"],
+                                                          path: input.appendingPathComponent("config.json").path)
         let fp8 = checkpoint.tensors.filter { FP8Format(dtype: $0.dtype) != nil }
         guard !fp8.isEmpty else { throw ConversionError.unsupportedInput(path: input.path, reason: "no FP8 tensors to dequantize") }
         guard rawConfig["quantization_config"] != nil else {
@@ -171,7 +171,8 @@ public final class QuantizeStep: TensorSource {
             let format = KVCacheFormat.mlaKV6
             var calibration: KVCacheRecord.Calibration?
             if let tokens = kv6.calibration {
-                let absmax = try KVEqualization.calibrate(config: input, weights: SourceWeights(source), tokens: tokens, progress: progress)
+                let absmax = try KVEqualization.calibrate(config: input, weights: SourceWeights(source), tokens: tokens,
+                                                         source: kv6.calibrationSource, progress: progress)
                 equalization = absmax.mapValues(KVEqualization.scales)
                 calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
             }

@@ -35,7 +35,7 @@ public enum SyntheticCheckpoint {
         let writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL)
         var written = 0
         for (i, tensor) in tensors.enumerated() {
-            let count = tensor.elementCount
+            let count = try tensor.elementCount()
             var values = [UInt16](repeating: 0, count: count)
             let seed = tensor.name.utf8.reduce(UInt64(14695981039346656037)) { ($0 ^ UInt64($1)) &* 1099511628211 }
             let isNorm = tensor.shape.count == 1

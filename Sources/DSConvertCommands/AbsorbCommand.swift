@@ -41,7 +41,7 @@ public enum AbsorbCommand: Command {
         terminal.endProgress()
         terminal.out("\(output.path): \(summary.config.attentionForm.rawValue), \(summary.tensors) tensors in \(summary.files) file(s); folds: \(summary.config.absorption!.folds.joined(separator: ", ")); kernel softmax scale 1.0 (was \(String(format: "%.7f", summary.config.absorption!.originalSoftmaxScale)))")
         terminal.out("")
-        terminal.out(AbsorptionCost(config: summary.config).table())
+        terminal.out(try AbsorptionCost(config: summary.config).table())
         return ExitCode.success
     }
 }

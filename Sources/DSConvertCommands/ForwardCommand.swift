@@ -35,7 +35,7 @@ public enum ForwardCommand: Command {
         var model = try ModelLoader.open(modelURL)
         if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format) }
         let result = try model.forward()
-            .run(tokens: tokens, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
+            .run(tokens: tokens, source: tokensURL.path, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
         terminal.endProgress()
 
         let b = result.batch, s = result.sequenceLength

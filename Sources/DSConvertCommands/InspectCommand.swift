@@ -22,14 +22,11 @@ public enum InspectCommand: Command {
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         var url = URL(fileURLWithPath: arguments.positionals[0])
-        var configData: Data
-        if url.lastPathComponent.hasSuffix(".json") {
-            configData = try readConfig(url)
-            url.deleteLastPathComponent()
-        } else {
-            configData = try readConfig(url.appendingPathComponent("config.json"))
-        }
-        let configPath = url.appendingPathComponent("config.json").path
+        // Errors name the config file read, whatever it is called.
+        let configURL = url.lastPathComponent.hasSuffix(".json") ? url : url.appendingPathComponent("config.json")
+        if configURL == url { url.deleteLastPathComponent() }
+        var configData = try readConfig(configURL)
+        let configPath = configURL.path
         let config = try DeepSeekV2Config.decode(configData, path: configPath)
         configData = Data()
 
@@ -37,7 +34,7 @@ public enum InspectCommand: Command {
         let hasWeights = fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.indexFileName).path)
             || fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.singleFileName).path)
         let checkpoint = hasWeights ? try Checkpoint(directory: url) : nil
-        let report = InspectReport(path: url.path, config: config, checkpoint: checkpoint, listTensors: arguments.flag("tensors"))
+        let report = try InspectReport(path: url.path, configPath: configPath, config: config, checkpoint: checkpoint, listTensors: arguments.flag("tensors"))
 
         if arguments.flag("json") {
             terminal.out(String(decoding: try report.encoded(), as: UTF8.self).trimmingCharacters(in: .newlines))

@@ -103,7 +103,9 @@ public struct InspectReport: Encodable {
         case weights, fp8, tensors, check
     }
 
-    public init(path: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) {
+    /// Throws `sizeOverflow` naming `configPath` if a count does not fit (never for a config
+    /// `DeepSeekV2Config.decode` accepted: it runs the same checked accounting).
+    public init(path: String, configPath: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) throws {
         self.path = path
         architecture = config.architectures?.first ?? "DeepseekV2ForCausalLM"
         modelType = config.modelType ?? "deepseek_v2"
@@ -113,8 +115,12 @@ public struct InspectReport: Encodable {
         attention = Attention(form: config.attentionForm.rawValue, heads: config.numAttentionHeads, qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank,
                               qkNopeHeadDim: config.qkNopeHeadDim, qkRopeHeadDim: config.qkRopeHeadDim, vHeadDim: config.vHeadDim,
                               softmaxScale: config.softmaxScale, ropeTheta: config.ropeTheta, ropeScaling: config.ropeScaling)
-        accounting = ModelAccounting(config: config)
-        absorptionCost = AbsorptionCost(config: config)
+        do {
+            accounting = try ModelAccounting(config: config)
+            absorptionCost = try AbsorptionCost(config: config)
+        } catch let overflow as SizeOverflow {
+            throw DeepSeekModelError.sizeOverflow(path: configPath, quantity: overflow.quantity)
+        }
         absorption = config.absorption
         kvCacheDeclared = config.kvCache
         if let checkpoint {
@@ -132,8 +138,11 @@ public struct InspectReport: Encodable {
             if listTensors {
                 tensors = checkpoint.tensors.map { TensorEntry(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, file: checkpoint.shardName(of: $0.name) ?? "") }
             }
-            let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
-            check = Check(status: report.isValid ? "ok" : "invalid", problems: report.problems.map { $0.errorDescription ?? "\($0)" })
+            // Block checkpoints also get their values checked: NaN codes and bad scales are not
+            // visible in the headers, and dequantization would pass them on.
+            let problems = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems
+                + (config.quantization != nil ? FP8Integrity.problems(in: checkpoint) : [])
+            check = Check(status: problems.isEmpty ? "ok" : "invalid", problems: problems.map { $0.errorDescription ?? "\($0)" })
         } else {
             check = Check(status: "config-only", problems: [])
         }
@@ -177,7 +186,8 @@ public struct InspectReport: Encodable {
             row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.equalized ? "per-channel equalization folded (calibrated on \(kv.calibration?.tokens ?? 0) tokens of \(kv.calibration?.source ?? "?"))" : "no equalization"))
         }
         row("absorb cost", "")
-        for line in absorptionCost.table().split(separator: "\n") { lines.append("    " + line) }
+        // AbsorptionCost's init already built this table with checked arithmetic, so it cannot throw here.
+        for line in ((try? absorptionCost.table()) ?? "").split(separator: "\n") { lines.append("    " + line) }
         if let w = weights {
             let dtypes = w.bytesByDType.sorted { $0.key < $1.key }.map { "\($0.key) \(Format.bytes($0.value))" }.joined(separator: ", ")
             row("weights", "\(w.tensorCount) tensors, \(Format.grouped(w.parameters)) parameters in \(w.files.count) file(s); \(dtypes)")

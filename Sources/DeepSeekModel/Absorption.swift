@@ -86,41 +86,51 @@ public struct AbsorptionCost: Codable, Equatable, Sendable {
 
     public var forms: [Form]
 
-    public init(config c: DeepSeekV2Config) {
+    /// The three forms' figures, every product checked: throws `SizeOverflow` naming the figure that
+    /// does not fit (the config validator runs this, so a loaded config never throws here).
+    public init(config c: DeepSeekV2Config) throws {
         let h = c.hiddenSize, heads = c.numAttentionHeads, nope = c.qkNopeHeadDim, rope = c.qkRopeHeadDim
         let v = c.vHeadDim, kvl = c.kvLoraRank, layers = c.numHiddenLayers
+        func p(_ f: Int..., of what: String) throws -> Int { try CheckedSize.product(f, of: "absorb cost table: \(what)") }
+        func s(_ t: Int..., of what: String) throws -> Int {
+            try t.reduce(0) { try CheckedSize.sum($0, $1, of: "absorb cost table: \(what)") }
+        }
         let inQ = c.qLoraRank ?? h
-        let qDown = c.qLoraRank.map { $0 * h } ?? 0
-        let kvA = (kvl + rope) * h
-        let qFull = heads * (nope + rope) * inQ
-        let kvB = heads * (nope + v) * kvl
-        let o = h * heads * v
+        let qDown = try c.qLoraRank.map { try p($0, h, of: "q_a_proj") } ?? 0
+        let kvA = try p(kvl + rope, h, of: "kv_a_proj")
+        let qFull = try p(heads, nope + rope, inQ, of: "q_proj")
+        let kvB = try p(heads, nope + v, kvl, of: "kv_b_proj")
+        let o = try p(h, heads, v, of: "o_proj")
         let qNorm = c.qLoraRank ?? 0
+        let latentKV = try p(layers, 2, kvl + rope, of: "latent KV bytes")
 
         // Original, MHA form: K and V expanded per head and cached (what an engine without MLA does).
+        let originalMACs = try s(qDown, qFull, kvA, kvB, o, of: "mla MACs")
         let original = Form(form: AttentionForm.mla.rawValue,
-                            attentionParameters: layers * (qDown + qNorm + qFull + kvA + kvl + kvB + o),
-                            decodeMACsPerTokenPerLayer: qDown + qFull + kvA + kvB + o,
-                            decodeMACsPerContextTokenPerLayer: heads * (nope + rope) + heads * v,
-                            kvBytesPerToken: layers * 2 * heads * (nope + rope + v))
+                            attentionParameters: try p(layers, s(originalMACs, qNorm, kvl, of: "mla parameters"), of: "mla parameters"),
+                            decodeMACsPerTokenPerLayer: originalMACs,
+                            decodeMACsPerContextTokenPerLayer: try p(heads, nope + rope + v, of: "mla context MACs"),
+                            kvBytesPerToken: try p(layers, 2, heads, nope + rope + v, of: "mla KV bytes"))
         // split: query absorbed at run time (H·nope·kv_lora), output through W_UV then o_proj.
+        let contextMACs = try p(heads, s(kvl, rope, kvl, of: "absorbed context width"), of: "absorbed context MACs")
         let split = Form(form: AttentionForm.split.rawValue,
-                         attentionParameters: layers * (qDown + qFull + kvA + kvB + o),
-                         decodeMACsPerTokenPerLayer: qDown + qFull + kvA + heads * nope * kvl + heads * v * kvl + o,
-                         decodeMACsPerContextTokenPerLayer: heads * (kvl + rope) + heads * kvl,
-                         kvBytesPerToken: layers * 2 * (kvl + rope))
-        let foldQ = heads * kvl * inQ + heads * rope * inQ
-        let foldO = h * heads * kvl
+                         attentionParameters: try p(layers, s(qDown, qFull, kvA, kvB, o, of: "split parameters"), of: "split parameters"),
+                         decodeMACsPerTokenPerLayer: try s(qDown, qFull, kvA, p(heads, nope, kvl, of: "W_UK"), p(heads, v, kvl, of: "W_UV"), o, of: "split MACs"),
+                         decodeMACsPerContextTokenPerLayer: contextMACs, kvBytesPerToken: latentKV)
+        let foldQ = try s(p(heads, kvl, inQ, of: "q_absorbed"), p(heads, rope, inQ, of: "q_rope"), of: "fold query")
+        let foldO = try p(h, heads, kvl, of: "o_absorbed")
+        let foldMACs = try s(qDown, foldQ, kvA, foldO, of: "fold MACs")
         let fold = Form(form: AttentionForm.fold.rawValue,
-                        attentionParameters: layers * (qDown + foldQ + kvA + foldO),
-                        decodeMACsPerTokenPerLayer: qDown + foldQ + kvA + foldO,
-                        decodeMACsPerContextTokenPerLayer: heads * (kvl + rope) + heads * kvl,
-                        kvBytesPerToken: layers * 2 * (kvl + rope))
+                        attentionParameters: try p(layers, foldMACs, of: "fold parameters"),
+                        decodeMACsPerTokenPerLayer: foldMACs,
+                        decodeMACsPerContextTokenPerLayer: contextMACs, kvBytesPerToken: latentKV)
         forms = [original, split, fold]
+        _ = try table()
     }
 
     /// The report `absorb` prints (and `inspect` shows), at a given context length.
-    public func table(contextLength: Int = 4096) -> String {
+    /// Throws `SizeOverflow` if the MACs at `contextLength` do not fit (init checks the default).
+    public func table(contextLength: Int = 4096) throws -> String {
         func cell(_ text: String, _ width: Int, left: Bool = false) -> String {
             let pad = String(repeating: " ", count: max(0, width - text.count))
             return left ? text + pad : pad + text
@@ -129,7 +139,9 @@ public struct AbsorptionCost: Codable, Equatable, Sendable {
             + cell("decode MACs/token/layer @\(contextLength)", 34) + cell("KV bytes/token (bf16)", 23)]
         let base = Double(forms[0].attentionParameters)
         for f in forms {
-            let macs = f.decodeMACsPerTokenPerLayer + contextLength * f.decodeMACsPerContextTokenPerLayer
+            let macs = try CheckedSize.sum(f.decodeMACsPerTokenPerLayer,
+                                           CheckedSize.product(contextLength, f.decodeMACsPerContextTokenPerLayer, of: "decode MACs at \(contextLength) tokens"),
+                                           of: "decode MACs at \(contextLength) tokens")
             lines.append(cell(f.form, 20, left: true) + cell(String(f.attentionParameters), 18)
                 + cell(String(format: "%.2f", Double(f.attentionParameters) / base), 8) + cell(String(macs), 34) + cell(String(f.kvBytesPerToken), 23))
         }

@@ -12,6 +12,24 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
     case missingScale(file: String, tensor: String, expectedShape: [Int])
     case wrongScale(file: String, tensor: String, expected: [Int], actual: [Int], dtype: String)
     case fp8WithoutQuantizationConfig(file: String, tensor: String)
+    /// A key appears twice in one JSON object (JSON leaves the meaning open; we refuse to guess).
+    case duplicateKey(path: String, key: String)
+    /// A number literal too large for a double (e.g. 1e999), which would read as infinity.
+    case nonFiniteNumber(path: String, key: String)
+    /// A value that must be a positive finite number (rope_theta, rms_norm_eps, YaRN factors, …).
+    case notPositive(path: String, key: String, value: Double)
+    /// A size formula (parameters, KV bytes, absorb costs) does not fit in 64 bits.
+    case sizeOverflow(path: String, quantity: String)
+    /// `quantization_config.weight_block_size` is not [b, b] with b in 1...limit.
+    case invalidBlockSize(path: String, value: String, limit: Int)
+    /// A `dsconvert_placement` record that contradicts itself or the config.
+    case inconsistentPlacement(path: String, reason: String)
+    /// An FP8 code that is not a finite number (E4M3FN NaN 0x7F/0xFF; E5M2 Inf or NaN, exponent 31).
+    case nonFiniteCode(file: String, tensor: String, index: Int, code: UInt8)
+    /// A tensor whose bytes could not be read (the reader's reason).
+    case unreadableTensor(file: String, tensor: String, reason: String)
+    /// A block scale that is zero, negative, NaN or infinite: w = q · scale cannot be trusted.
+    case invalidScale(file: String, tensor: String, index: Int, value: Float)
 
     public var errorDescription: String? {
         switch self {
@@ -35,6 +53,24 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
             return "\(file): scale '\(tensor)' is \(dtype) \(actual), the block size implies F32 \(expected)"
         case let .fp8WithoutQuantizationConfig(file, tensor):
             return "\(file): tensor '\(tensor)' is FP8 but config.json has no quantization_config (block size unknown)"
+        case let .duplicateKey(path, key):
+            return "\(path): duplicate key '\(key)'"
+        case let .nonFiniteNumber(path, key):
+            return "\(path): '\(key)' is not a finite number"
+        case let .notPositive(path, key, value):
+            return "\(path): '\(key)' must be a positive finite number, is \(value)"
+        case let .sizeOverflow(path, quantity):
+            return "\(path): sizes overflow: \(quantity) does not fit in 64 bits"
+        case let .invalidBlockSize(path, value, limit):
+            return "\(path): quantization_config weight_block_size must be [b, b] with b in 1...\(limit), is \(value)"
+        case let .inconsistentPlacement(path, reason):
+            return "\(path): inconsistent dsconvert_placement: \(reason)"
+        case let .nonFiniteCode(file, tensor, index, code):
+            return "\(file): FP8 tensor '\(tensor)' holds a NaN or Inf code 0x\(String(code, radix: 16, uppercase: true)) at element \(index)"
+        case let .unreadableTensor(file, tensor, reason):
+            return "\(file): tensor '\(tensor)' cannot be read: \(reason)"
+        case let .invalidScale(file, tensor, index, value):
+            return "\(file): scale '\(tensor)' element \(index) is \(value); block scales must be positive and finite"
         }
     }
 }

@@ -251,7 +251,16 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         return try decode(data, path: url.path)
     }
 
+    /// Parses and checks a `config.json` text; every error names `path`.
     public static func decode(_ data: Data, path: String) throws -> DeepSeekV2Config {
+        // Our own parser first: it refuses duplicate keys (Foundation keeps the last one silently)
+        // and sees number literals Foundation would refuse as "not valid JSON" without a word why.
+        let tree: JSONValue
+        do { tree = try JSONParser.parse(data) } catch let error as JSONParseError {
+            if let key = error.duplicateKey { throw DeepSeekModelError.duplicateKey(path: path, key: key) }
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "not valid JSON (\(error))")
+        }
+        try checkFiniteNumbers(tree, path: path, key: "")
         let config: DeepSeekV2Config
         do {
             config = try JSONDecoder().decode(DeepSeekV2Config.self, from: data)
@@ -267,66 +276,16 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
         return config
     }
 
-    /// Architecture names this toolchain understands.
-    public static let supportedArchitectures: Set<String> = ["DeepseekV2ForCausalLM"]
-    public static let supportedModelTypes: Set<String> = ["deepseek_v2"]
-
-    func validate(path: String) throws {
-        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
-        if let architectures, !architectures.isEmpty, !architectures.contains(where: Self.supportedArchitectures.contains) {
-            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: architectures.joined(separator: ","))
-        }
-        if let modelType, !Self.supportedModelTypes.contains(modelType) {
-            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: "model_type \(modelType)")
-        }
-        let positives: [(String, Int)] = [
-            ("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
-            ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
-            ("kv_lora_rank", kvLoraRank), ("qk_nope_head_dim", qkNopeHeadDim), ("qk_rope_head_dim", qkRopeHeadDim),
-            ("v_head_dim", vHeadDim), ("moe_intermediate_size", moeIntermediateSize), ("moe_layer_freq", moeLayerFreq),
-        ]
-        for (key, value) in positives where value <= 0 { throw bad("'\(key)' must be positive, is \(value)") }
-        // Bounds far above any real model, so a hostile config cannot make the layout overflow or
-        // ask for millions of tensors (found by fuzzing: 4066 layers x 160 experts took seconds to lay
-        // out): every dimension ≤ 2^24, layers ≤ 1024, layers × routed experts ≤ 100,000
-        // (DeepSeek-V2: 60 x 160 = 9,600; V3: 61 x 256 = 15,616).
-        let dimensionLimit = 1 << 24
-        let dimensions = positives + [("q_lora_rank", qLoraRank ?? 1), ("n_routed_experts", nRoutedExperts ?? 0),
-                                      ("n_shared_experts", nSharedExperts ?? 0), ("num_experts_per_tok", numExpertsPerTok ?? 0),
-                                      ("first_k_dense_replace", firstKDenseReplace), ("n_group", nGroup ?? 0), ("topk_group", topkGroup ?? 0)]
-        for (key, value) in dimensions where value > dimensionLimit || value < 0 { throw bad("'\(key)' = \(value) is outside 0...\(dimensionLimit)") }
-        if numHiddenLayers > 1024 { throw bad("num_hidden_layers = \(numHiddenLayers) is outside 1...1024") }
-        if numHiddenLayers * max(nRoutedExperts ?? 1, 1) > 100_000 { throw bad("num_hidden_layers x n_routed_experts = \(numHiddenLayers * max(nRoutedExperts ?? 1, 1)) exceeds 100000") }
-        if let q = qLoraRank, q <= 0 { throw bad("'q_lora_rank' must be positive or null, is \(q)") }
-        if qkRopeHeadDim % 2 != 0 { throw bad("'qk_rope_head_dim' must be even for rotary pairs, is \(qkRopeHeadDim)") }
-        if firstKDenseReplace < 0 { throw bad("'first_k_dense_replace' must not be negative") }
-        if scoringFunc != "softmax" { throw bad("scoring_func '\(scoringFunc)' is not supported (DeepSeek-V2 uses softmax)") }
-        if hiddenAct != "silu" { throw bad("hidden_act '\(hiddenAct)' is not supported (DeepSeek-V2 uses silu)") }
-        if hasMoE {
-            guard let e = nRoutedExperts, e > 0 else { throw bad("'n_routed_experts' must be positive when MoE layers exist") }
-            guard let k = numExpertsPerTok, k > 0, k <= e else { throw bad("'num_experts_per_tok' must be in 1...n_routed_experts") }
-            switch topkMethod {
-            case "greedy": break
-            case "group_limited_greedy":
-                guard let g = nGroup, g > 0, e % g == 0 else { throw bad("'n_group' must divide n_routed_experts for group_limited_greedy") }
-                guard let tg = topkGroup, tg > 0, tg <= g else { throw bad("'topk_group' must be in 1...n_group") }
-                guard tg * (e / g) >= k else { throw bad("topk_group groups hold fewer experts than num_experts_per_tok") }
-            default:
-                throw bad("topk_method '\(topkMethod)' is not supported (greedy or group_limited_greedy)")
-            }
-        }
-        if let q = quantization {
-            guard q.quantMethod == "fp8" else { throw bad("quantization_config quant_method '\(q.quantMethod)' is not supported (fp8 block scaling)") }
-            guard ["e4m3", "e5m2", nil].contains(q.fmt) else { throw bad("quantization_config fmt '\(q.fmt!)' is not supported (e4m3 or e5m2)") }
-            guard let b = q.weightBlockSize, b.count == 2, b[0] == b[1], b[0] > 0 else {
-                throw bad("quantization_config weight_block_size must be [b, b] (per-tensor FP8 is not supported)")
-            }
-        }
-        if let scaling = ropeScaling, scaling.isYaRN {
-            guard let factor = scaling.factor, factor > 0 else { throw bad("yarn rope scaling needs a positive 'factor'") }
-            guard scaling.originalMaxPositionEmbeddings ?? 0 > 0 else { throw bad("yarn rope scaling needs 'original_max_position_embeddings'") }
-        } else if let scaling = ropeScaling {
-            throw bad("rope scaling type '\(scaling.type)' is not supported (DeepSeek-V2 uses yarn)")
+    /// Refuses number literals that overflow a double to infinity (JSON has no NaN or Inf of its own).
+    private static func checkFiniteNumbers(_ value: JSONValue, path: String, key: String) throws {
+        switch value {
+        case let .number(text):
+            if let d = Double(text), !d.isFinite { throw DeepSeekModelError.nonFiniteNumber(path: path, key: key) }
+        case let .array(items):
+            for (i, item) in items.enumerated() { try checkFiniteNumbers(item, path: path, key: "\(key)[\(i)]") }
+        case let .object(entries):
+            for (k, v) in entries { try checkFiniteNumbers(v, path: path, key: key.isEmpty ? k : "\(key).\(k)") }
+        default: break
         }
     }
 

@@ -12,6 +12,14 @@ extension KVCacheCodec.Format {
         KVCacheCodec.bytes(self, latent: kvLoraRank, rope: ropeDim)
     }
 
+    /// `bytesPerTokenPerLayer`, refusing widths whose byte count would not fit in `Int` (the codec's
+    /// formula multiplies the widths by small constants).
+    public func checkedBytesPerTokenPerLayer(kvLoraRank: Int, ropeDim: Int) throws -> Int {
+        // Every format stores at most 2 bytes per element plus a scale per element and 16 bytes of padding.
+        _ = try CheckedSize.product(CheckedSize.sum(kvLoraRank, ropeDim, 16, of: "KV cache elements"), 8, of: "KV cache bytes per token per layer")
+        return bytesPerTokenPerLayer(kvLoraRank: kvLoraRank, ropeDim: ropeDim)
+    }
+
     /// Average bits per cached element.
     public func bitsPerElement(kvLoraRank: Int, ropeDim: Int) -> Double {
         Double(8 * bytesPerTokenPerLayer(kvLoraRank: kvLoraRank, ropeDim: ropeDim)) / Double(kvLoraRank + ropeDim)

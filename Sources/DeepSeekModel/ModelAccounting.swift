@@ -85,45 +85,53 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
         case deepSeek67BKVBytesPerToken = "deepseek_67b_kv_bytes_per_token"
     }
 
-    public init(config: DeepSeekV2Config) {
+    /// Counts everything with checked arithmetic; throws `SizeOverflow` naming the quantity that
+    /// does not fit (the config validator runs this, so a loaded config never throws here).
+    public init(config: DeepSeekV2Config) throws {
         let tensors = config.expectedTensors()
         var byRole: [String: Int] = [:]
-        for t in tensors { byRole[t.role.rawValue, default: 0] += t.elementCount }
-        totalParameters = tensors.reduce(0) { $0 + $1.elementCount }
+        var total = 0
+        for t in tensors {
+            let count = try t.elementCount()
+            byRole[t.role.rawValue] = try CheckedSize.sum(byRole[t.role.rawValue] ?? 0, count, of: "parameters of role \(t.role.rawValue)")
+            total = try CheckedSize.sum(total, count, of: "total parameters")
+        }
+        totalParameters = total
         parametersByRole = byRole
 
+        // Every role's count is part of the total, so the differences below cannot overflow.
         let routedTotal = byRole[TensorRole.routedExpert.rawValue] ?? 0
-        let perExpert = 3 * config.hiddenSize * config.moeIntermediateSize
-        let activeRouted = config.moeLayerCount * (config.numExpertsPerTok ?? 0) * perExpert
-        activeParametersWithEmbedding = totalParameters - routedTotal + activeRouted
+        let perExpert = try CheckedSize.product(3, config.hiddenSize, config.moeIntermediateSize, of: "parameters per routed expert")
+        let activeRouted = try CheckedSize.product(config.moeLayerCount, config.numExpertsPerTok ?? 0, perExpert, of: "active routed parameters")
+        activeParametersWithEmbedding = try CheckedSize.sum(total - routedTotal, activeRouted, of: "active parameters")
         activeParameters = activeParametersWithEmbedding - (byRole[TensorRole.embedding.rawValue] ?? 0)
 
         let layers = 0..<config.numHiddenLayers
         layerKinds = LayerKinds(dense: layers.filter { !config.isMoELayer($0) }, moe: layers.filter(config.isMoELayer))
+        routing = Self.routing(config)
 
-        if config.hasMoE {
-            let e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
-            let grouped = config.topkMethod == "group_limited_greedy"
-            let g = grouped ? (config.nGroup ?? 1) : 1
-            let tg = grouped ? (config.topkGroup ?? 1) : 1
-            routing = Routing(method: config.topkMethod, routedExperts: e, sharedExperts: config.nSharedExperts ?? 0,
-                              expertsPerToken: k, groups: g, topkGroups: tg, expertsPerGroup: e / g,
-                              deviceBoundM: grouped ? tg : k, routedScalingFactor: config.routedScalingFactor,
-                              normTopkProb: config.normTopkProb)
-        } else {
-            routing = nil
-        }
-
-        let mha = config.numHiddenLayers * config.numAttentionHeads * (config.qkHeadDim + config.vHeadDim) * 2
+        let mha = try CheckedSize.product(config.numHiddenLayers, config.numAttentionHeads, config.qkHeadDim + config.vHeadDim, 2, of: "MHA KV bytes per token")
         mhaKVBytesPerToken = mha
         deepSeek67BKVBytesPerToken = Self.deepSeek67BKVBytesPerToken
-        kvCache = KVCacheFormat.allCases.map { format in
-            let perLayer = format.bytesPerTokenPerLayer(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim)
-            let total = perLayer * config.numHiddenLayers
+        kvCache = try KVCacheFormat.allCases.map { format in
+            let perLayer = try format.checkedBytesPerTokenPerLayer(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim)
+            let total = try CheckedSize.product(perLayer, config.numHiddenLayers, of: "\(format.rawValue) KV bytes per token")
             return KVCache(format: format.rawValue, bytesPerTokenPerLayer: perLayer, bytesPerToken: total,
                            bitsPerElement: format.bitsPerElement(kvLoraRank: config.kvLoraRank, ropeDim: config.qkRopeHeadDim),
                            reductionVsDeepSeek67B: 1 - Double(total) / Double(Self.deepSeek67BKVBytesPerToken),
                            reductionVsMHA: 1 - Double(total) / Double(mha))
         }
+    }
+
+    private static func routing(_ config: DeepSeekV2Config) -> Routing? {
+        guard config.hasMoE else { return nil }
+        let e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
+        let grouped = config.topkMethod == "group_limited_greedy"
+        let g = grouped ? (config.nGroup ?? 1) : 1
+        let tg = grouped ? (config.topkGroup ?? 1) : 1
+        return Routing(method: config.topkMethod, routedExperts: e, sharedExperts: config.nSharedExperts ?? 0,
+                       expertsPerToken: k, groups: g, topkGroups: tg, expertsPerGroup: e / g,
+                       deviceBoundM: grouped ? tg : k, routedScalingFactor: config.routedScalingFactor,
+                       normTopkProb: config.normTopkProb)
     }
 }

@@ -22,7 +22,31 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
         weightBlockSize = [block, block]
     }
 
+    /// The block edge; 128 when the config gives none (validated by `validatedBlock` at load).
     public var block: Int { weightBlockSize?.first ?? 128 }
+
+    /// The block edge `weight_block_size` declares: [b, b] with 1 ≤ b ≤ 2^24 (the dimension limit;
+    /// a larger block only repeats one block per matrix, and near `Int.max` the scale-shape formulas
+    /// would overflow), 128 when absent; else `invalidBlockSize` naming `path`.
+    public static func validatedBlock(_ sizes: [Int]?, path: String) throws -> Int {
+        guard let sizes else { return 128 }
+        let limit = DeepSeekV2Config.dimensionLimit
+        guard sizes.count == 2, sizes[0] == sizes[1], (1...limit).contains(sizes[0]) else {
+            throw DeepSeekModelError.invalidBlockSize(path: path, value: "\(sizes)", limit: limit)
+        }
+        return sizes[0]
+    }
+
+    /// `validatedBlock` for a raw `quantization_config` (dequantize reads configs of any
+    /// architecture): every entry must be an integer literal, or the block is refused.
+    public static func validatedBlock(rawQuantizationConfig raw: JSONValue?, path: String) throws -> Int {
+        guard let value = raw?["weight_block_size"], value != .null else { return 128 }
+        guard case let .array(items) = value else {
+            throw DeepSeekModelError.invalidBlockSize(path: path, value: "\(value)", limit: DeepSeekV2Config.dimensionLimit)
+        }
+        let sizes = items.map { $0.uint64.flatMap { $0 <= UInt64(Int.max) ? Int($0) : nil } ?? -1 }
+        return try validatedBlock(sizes, path: path)
+    }
 
     /// Suffix of the scale companion of an FP8 weight (DeepSeek-V3 names it `weight_scale_inv`).
     public static let scaleSuffix = "_scale_inv"
@@ -30,7 +54,7 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
     /// Shape of the scales of a weight: [ceil(rows/b), ceil(cols/b)], per head for 3-D weights.
     public static func scaleShape(of shape: [Int], block: Int) -> [Int] {
         guard shape.count >= 2 else { return [] }
-        return Array(shape.dropLast(2)) + [(shape[shape.count - 2] + block - 1) / block, (shape[shape.count - 1] + block - 1) / block]
+        return Array(shape.dropLast(2)) + [CheckedSize.ceilDiv(shape[shape.count - 2], block), CheckedSize.ceilDiv(shape[shape.count - 1], block)]
     }
 }
 

@@ -13,7 +13,11 @@ public struct ExpectedTensor: Equatable, Sendable {
     /// The routed expert index, for routed expert weights.
     public let expert: Int?
 
-    public var elementCount: Int { shape.reduce(1, *) }
+    /// The number of elements, checked: a config the validator accepted always fits (it computes
+    /// every count through here), anything else throws instead of trapping.
+    public func elementCount() throws -> Int {
+        try CheckedSize.product(shape, of: "the element count of '\(name)' \(shape)")
+    }
 }
 
 /// Hub tensor names of DeepSeek-V2 (`modeling_deepseek.py` and transformers' `DeepseekV2ForCausalLM`).

@@ -9,6 +9,13 @@ import Foundation
 /// fp8(x / scale) computed in f32 — DeepSeek's `weight_quant` kernel, so the bytes match torch's cast.
 /// The stored companion `<name>_scale_inv` holds these scales (the dequantization multipliers,
 /// despite the name): w ≈ q · scale. An all-zero tile gets scale 1 (0/0 would be NaN).
+///
+/// Every finite tile gets a positive, finite scale: when amax / max_finite rounds to zero in f32
+/// (amax below about 6e-43, only reachable from f32 subnormals: bf16's smallest is 9e-41), the tile
+/// is flushed to a zero tile and gets scale 1, the all-zero tile's scale. With scale 1 each code is
+/// fp8(x) = ±0 (|x| is far below FP8's smallest subnormal), so the flush needs no separate code
+/// path and dequantizes to ±0, an absolute error under 6e-43; every tile torch's cast handles
+/// (scale > 0) keeps its bytes. The C kernel applies the same rule (`fp8BlockScale`).
 public struct FP8BlockQuantizer: Sendable {
     public let format: FP8Format
     public let block: Int
@@ -18,8 +25,10 @@ public struct FP8BlockQuantizer: Sendable {
         self.block = block
     }
 
-    /// [ceil(rows/block), ceil(cols/block)]
-    public func scaleShape(rows: Int, cols: Int) -> [Int] { [(rows + block - 1) / block, (cols + block - 1) / block] }
+    /// [ceil(rows/block), ceil(cols/block)], without the `rows + block − 1` that overflows for a block near `Int.max`.
+    public func scaleShape(rows: Int, cols: Int) -> [Int] {
+        [rows / block + (rows % block == 0 ? 0 : 1), cols / block + (cols % block == 0 ? 0 : 1)]
+    }
 
     /// Quantizes a row-major matrix of finite values (callers check: NaN would poison the block's
     /// amax); returns the FP8 codes and the row-major scales.
@@ -106,11 +115,19 @@ public struct FP8BlockQuantizer: Sendable {
                 var largest: UInt32 = 0
                 for r in r0..<r1 { largest = max(largest, amaxBits(r, c0, c1)) }
                 let amax = Float(bitPattern: largest)
-                let scale = amax == 0 ? 1 : amax / maxFinite
+                let scale = Self.blockScale(amax: amax, maxFinite: maxFinite)
                 sc.pointer[br * shape[1] + bc] = scale
                 if let out { for r in r0..<r1 { encode(r, c0, c1, scale, out.pointer + r * cols) } }
             }
         }
+    }
+
+    /// scale = amax / max_finite, or 1 when that is 0 (an all-zero tile, or one of f32 subnormals
+    /// too small for the division): never 0, so codes are never 0/0.
+    @inline(__always)
+    static func blockScale(amax: Float, maxFinite: Float) -> Float {
+        let scale = amax / maxFinite
+        return scale == 0 ? 1 : scale
     }
 
     /// w = q · scale per block, in f32.

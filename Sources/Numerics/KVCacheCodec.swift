@@ -45,7 +45,9 @@ public enum KVCacheCodec {
                 let range = (t * 128)..<min(l, (t + 1) * 128)
                 var amax: Float = 0
                 for i in range { amax = max(amax, abs(latent[i])) }
-                let scale = amax == 0 ? 1 : powerOfTwoAtLeast(amax / 448)
+                // 1 when amax / 448 is 0 (a zero tile, or f32 subnormals below ~6e-43): a zero scale
+                // would make 0/0 NaN codes; with 1 the tile's codes are ±0, as for a zero tile.
+                let scale = amax / 448 == 0 ? 1 : powerOfTwoAtLeast(amax / 448)
                 out.storeBytes(of: scale, toByteOffset: l + 4 * t, as: Float.self)
                 for i in range { out[i] = FP8Codec.encode(latent[i] / scale, .e4m3) }
             }

@@ -49,6 +49,8 @@ public enum JSONValue: Equatable, Sendable {
 public struct JSONParseError: Error, CustomStringConvertible, Sendable {
     public let message: String
     public let offset: Int
+    /// The key, when the error is a duplicate key (callers name it in their own errors).
+    public var duplicateKey: String? = nil
     public var description: String { "\(message) at byte \(offset)" }
 }
 
@@ -144,7 +146,7 @@ public struct JSONParser {
             let keyOffset = position
             let key = try parseString()
             if !seen.insert(key).inserted {
-                throw JSONParseError(message: "duplicate key \"\(key)\"", offset: keyOffset)
+                throw JSONParseError(message: "duplicate key \"\(key)\"", offset: keyOffset, duplicateKey: key)
             }
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw error("expected ':'") }

@@ -200,8 +200,8 @@ public enum Validator {
         guard rc.vocabSize == cc.vocabSize, rc.hiddenSize == cc.hiddenSize, rc.numHiddenLayers == cc.numHiddenLayers else {
             throw ValidationError.incompatibleModels(reason: "vocab, hidden size or layer count differ")
         }
-        let r = try reference.forward().run(tokens: tokens, recordHiddenStates: true) { progress?("reference \($0)") }
-        let c = try candidate.forward().run(tokens: tokens, recordHiddenStates: true) { progress?("candidate \($0)") }
+        let r = try reference.forward().run(tokens: tokens, source: tokensLabel, recordHiddenStates: true) { progress?("reference \($0)") }
+        let c = try candidate.forward().run(tokens: tokens, source: tokensLabel, recordHiddenStates: true) { progress?("candidate \($0)") }
 
         let layers = zip(r.hiddenStates, c.hiddenStates).enumerated().map { i, pair in
             let cos = DriftMetrics.rowCosines(reference: pair.0, candidate: pair.1, width: rc.hiddenSize)
@@ -227,9 +227,9 @@ public enum Validator {
         var perplexity: DriftReport.Perplexity?
         if let heldout {
             progress?("perplexity on \(heldout.label)")
-            let rp = DriftMetrics.perplexity(logits: try reference.forward().run(tokens: heldout.tokens).logits,
+            let rp = DriftMetrics.perplexity(logits: try reference.forward().run(tokens: heldout.tokens, source: heldout.label).logits,
                                              tokens: heldout.tokens, vocab: rc.vocabSize)
-            let cp = DriftMetrics.perplexity(logits: try candidate.forward().run(tokens: heldout.tokens).logits,
+            let cp = DriftMetrics.perplexity(logits: try candidate.forward().run(tokens: heldout.tokens, source: heldout.label).logits,
                                              tokens: heldout.tokens, vocab: cc.vocabSize)
             perplexity = DriftReport.Perplexity(source: heldout.label, tokens: heldout.tokens.count * (heldout.tokens[0].count - 1),
                                                 reference: rp, candidate: cp, ratio: cp / rp)

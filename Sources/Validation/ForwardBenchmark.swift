@@ -93,9 +93,11 @@ public enum ForwardBenchmark {
         let weights = SyntheticWeights()
         let forward = ReferenceForward(config: config, weights: weights)
         let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: batch, length: seq)
-        let warm = try forward.run(tokens: tokens)  // generates and caches the weights
+        // The synthetic tokens' label: what the token checks name if --batch/--seq ask too much.
+        let source = "benchmark tokens (--batch \(batch) --seq \(seq))"
+        let warm = try forward.run(tokens: tokens, source: source)  // generates and caches the weights
         let routed = warm.routing.reduce(0) { $0 + $1.experts.count }
-        let forwardSeconds = try (0..<repeats).map { _ in try time { _ = try forward.run(tokens: tokens) } }
+        let forwardSeconds = try (0..<repeats).map { _ in try time { _ = try forward.run(tokens: tokens, source: source) } }
         let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
 
         let (m, n, k) = (batch * seq, 2048, 2048)

@@ -35,6 +35,10 @@ public enum ModelLoader {
             let checkpoint = try Checkpoint(directory: url)
             if let first = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw first }
             devices.append(CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
+            // Experts are looked up with one placement: every device must state the same one.
+            if let first = placement, first != record.placement {
+                throw DeepSeekModelError.inconsistentPlacement(path: url.appendingPathComponent("config.json").path, reason: "placement differs from device-0's")
+            }
             placement = record.placement
             if d == 0 {
                 var g = config

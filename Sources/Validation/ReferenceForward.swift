@@ -63,17 +63,12 @@ public final class ReferenceForward {
         return values
     }
 
-    /// Runs `tokens` ([batch][seq], equal lengths) through the model.
-    public func run(tokens: [[Int]], recordHiddenStates: Bool = false, progress: ((String) -> Void)? = nil) throws -> ForwardResult {
-        let batch = tokens.count
-        let seq = tokens.first?.count ?? 0
-        guard batch > 0, seq > 0, tokens.allSatisfy({ $0.count == seq }) else {
-            throw ValidationError.invalidTokens(path: "tokens", reason: "need at least one sequence, all of the same non-zero length")
-        }
+    /// Runs `tokens` ([batch][seq], equal lengths) through the model, after `TokenFile.check`
+    /// (vocabulary, positions, memory); `source` (the tokens file) is what its errors name.
+    public func run(tokens: [[Int]], source: String = "tokens", recordHiddenStates: Bool = false, progress: ((String) -> Void)? = nil) throws -> ForwardResult {
+        try TokenFile.check(tokens, path: source, config: config)
+        let batch = tokens.count, seq = tokens[0].count
         let h = config.hiddenSize, vocab = config.vocabSize, t = batch * seq
-        for row in tokens { for id in row where id < 0 || id >= vocab {
-            throw ValidationError.invalidTokens(path: "tokens", reason: "token id \(id) outside the vocabulary 0..<\(vocab)")
-        } }
 
         var hidden = [Float](repeating: 0, count: t * h)
         do {

@@ -8,6 +8,14 @@ public enum ValidationError: LocalizedError, Equatable, Sendable {
     case wrongShape(file: String, tensor: String, expected: [Int], actual: [Int])
     case unreadableTensor(file: String, tensor: String, reason: String)
     case invalidTokens(path: String, reason: String)
+    /// A key twice in one object of a tokens file.
+    case duplicateTokensKey(path: String, key: String)
+    /// A token id the model's vocabulary does not have.
+    case tokenOutOfVocabulary(path: String, id: Int, vocabSize: Int)
+    /// Sequences longer than the model's `max_position_embeddings`.
+    case sequenceTooLong(path: String, length: Int, maxPositions: Int)
+    /// Tokens whose forward pass would need more memory than `TokenFile.memoryBudget`.
+    case tokensTooLarge(path: String, what: String, bytes: String, budget: Int)
     case incompatibleModels(reason: String)
     case nonFiniteOutput(model: String, what: String)
 
@@ -19,6 +27,14 @@ public enum ValidationError: LocalizedError, Equatable, Sendable {
             return "\(file): tensor '\(tensor)': \(reason)"
         case let .invalidTokens(path, reason):
             return "\(path): invalid tokens: \(reason)"
+        case let .duplicateTokensKey(path, key):
+            return "\(path): invalid tokens: duplicate key '\(key)'"
+        case let .tokenOutOfVocabulary(path, id, vocabSize):
+            return "\(path): token id \(id) is outside the vocabulary 0..<\(vocabSize)"
+        case let .sequenceTooLong(path, length, maxPositions):
+            return "\(path): sequences of \(length) tokens exceed max_position_embeddings \(maxPositions)"
+        case let .tokensTooLarge(path, what, bytes, budget):
+            return "\(path): \(what) would take \(bytes) bytes, over the forward pass's budget of \(budget) bytes"
         case let .incompatibleModels(reason):
             return "reference and candidate cannot be compared: \(reason)"
         case let .nonFiniteOutput(model, what):
@@ -89,6 +105,10 @@ public final class CheckpointWeights: WeightProvider {
         let matrices = shape.dropLast(2).reduce(1, *)
         let quantizer = FP8BlockQuantizer(format: format, block: block)
         let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
+        try scales.withUnsafeBufferPointer { sp in
+            try FP8Integrity.check(codes: view.bytes, format: format, codesFile: checkpoint.path(of: name), weight: name,
+                                   scales: sp, scalesFile: checkpoint.path(of: scaleName))
+        }
         var out = [Float](repeating: 0, count: matrices * rows * cols)
         let codes = view.bytes.bindMemory(to: UInt8.self)
         scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in

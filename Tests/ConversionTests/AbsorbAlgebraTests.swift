@@ -107,7 +107,7 @@ final class AbsorbAlgebraTests: XCTestCase {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         for (name, ratio, extra) in [("DeepSeek-V2", 3.08, 18_622_586_880), ("DeepSeek-V2-Lite", 2.68, 622_840_320)] {
             let config = try DeepSeekV2Config.load(directory: root.appendingPathComponent("Fixtures/configs/\(name)"))
-            let forms = AbsorptionCost(config: config).forms
+            let forms = try AbsorptionCost(config: config).forms
             XCTAssertEqual((Double(forms[2].attentionParameters) / Double(forms[0].attentionParameters) * 100).rounded() / 100, ratio, name)
             XCTAssertEqual(forms[2].attentionParameters - forms[0].attentionParameters, extra, name)
             XCTAssertEqual(forms[1].kvBytesPerToken, 1152 * config.numHiddenLayers)

@@ -10,7 +10,7 @@ final class ConversionOutputTests: XCTestCase {
         XCTAssertEqual(try ConversionOutput.parseSize("500mb"), 500_000_000)
         XCTAssertEqual(try ConversionOutput.parseSize("1.5KB"), 1500)
         XCTAssertEqual(try ConversionOutput.parseSize("4096"), 4096)
-        for bad in ["", "GB", "-1", "0", "12XB", "five", "infGB", "nanGB", "1e30GB", "9223372036854775807GB", "0.1B"] { XCTAssertThrowsError(try ConversionOutput.parseSize(bad), bad) }
+        for bad in ["", "GB", "-1", "0", "12XB", "five", "infGB", "nanGB", "nanMB", "1e30GB", "1e300B", "-5GB", "9223372036854775807GB", "0.1B"] { XCTAssertThrowsError(try ConversionOutput.parseSize(bad), bad) }
     }
 
     func testOutputInsideInputIsRefused() throws {

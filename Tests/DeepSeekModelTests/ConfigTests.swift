@@ -9,7 +9,7 @@ let fixtures = packageRoot.appendingPathComponent("Fixtures")
 final class ConfigTests: XCTestCase {
     func testRealDeepSeekV2Accounting() throws {
         let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
-        let a = ModelAccounting(config: config)
+        let a = try ModelAccounting(config: config)
         XCTAssertEqual(a.totalParameters, 235_741_434_880, "236B in the paper")
         XCTAssertEqual(a.activeParameters, 20_851_512_320, "21B activated in the paper")
         XCTAssertEqual(config.softmaxScale, 0.1147214, accuracy: 5e-8, "192^-0.5 * m(40, 0.707)^2 (DESIGN §3)")
@@ -23,7 +23,7 @@ final class ConfigTests: XCTestCase {
 
     func testRealDeepSeekV2LiteAccounting() throws {
         let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
-        let a = ModelAccounting(config: config)
+        let a = try ModelAccounting(config: config)
         XCTAssertEqual(a.totalParameters, 15_706_484_224, "15.7B in the paper")
         XCTAssertEqual(a.activeParameters, 2_451_435_008, "2.4B activated in the paper")
         XCTAssertFalse(config.hasQueryCompression)
@@ -87,7 +87,7 @@ final class ConfigTests: XCTestCase {
             let checkpoint = try Checkpoint(directory: dir)
             let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
             XCTAssertTrue(report.isValid, "\(name): \(report.problems)")
-            XCTAssertEqual(checkpoint.tensors.reduce(0) { $0 + $1.elementCount }, ModelAccounting(config: config).totalParameters, name)
+            XCTAssertEqual(checkpoint.tensors.reduce(0) { $0 + $1.elementCount }, try ModelAccounting(config: config).totalParameters, name)
         }
     }
 

@@ -37,13 +37,13 @@ final class BadInputCatalogTests: XCTestCase {
         var directory: String? = nil
     }
 
-    private func rawFile(_ header: String, data: Int = 0, length: UInt64? = nil) -> Data {
+    func rawFile(_ header: String, data: Int = 0, length: UInt64? = nil) -> Data {
         let h = Array(header.utf8)
         return Data(withUnsafeBytes(of: (length ?? UInt64(h.count)).littleEndian) { Array($0) } + h + [UInt8](repeating: 0, count: data))
     }
 
     /// A checkpoint dir with lite's config and the given model.safetensors bytes.
-    private func single(_ work: URL, _ bytes: Data) throws -> URL {
+    func single(_ work: URL, _ bytes: Data) throws -> URL {
         let ckpt = work.appendingPathComponent("in")
         try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: fixtures.appendingPathComponent("lite/config.json"), to: ckpt.appendingPathComponent("config.json"))
@@ -51,14 +51,14 @@ final class BadInputCatalogTests: XCTestCase {
         return ckpt
     }
 
-    private func lite(_ work: URL) throws -> URL { try copyFixture("lite", to: work) }
+    func lite(_ work: URL) throws -> URL { try copyFixture("lite", to: work) }
 
-    private func editIndex(_ ckpt: URL, _ edit: (String) -> String) throws {
+    func editIndex(_ ckpt: URL, _ edit: (String) -> String) throws {
         let url = ckpt.appendingPathComponent("model.safetensors.index.json")
         try edit(try String(contentsOf: url, encoding: .utf8)).write(to: url, atomically: true, encoding: .utf8)
     }
 
-    private func editConfig(_ ckpt: URL, _ edit: (inout [String: Any]) -> Void) throws {
+    func editConfig(_ ckpt: URL, _ edit: (inout [String: Any]) -> Void) throws {
         let url = ckpt.appendingPathComponent("config.json")
         var config = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
         edit(&config)
@@ -66,7 +66,7 @@ final class BadInputCatalogTests: XCTestCase {
     }
 
     /// Overwrites the first element of `tensor` in its shard with `bits` (bf16).
-    private func poison(_ ckpt: URL, _ tensor: String, _ bits: UInt16) throws {
+    func poison(_ ckpt: URL, _ tensor: String, _ bits: UInt16) throws {
         let checkpoint = try Checkpoint(directory: ckpt)
         let shard = checkpoint.shardName(of: tensor)!
         let file = checkpoint.shard(shard)!
@@ -313,7 +313,7 @@ final class BadInputCatalogTests: XCTestCase {
     }
 
     func testCatalog() throws {
-        let all = cases
+        let all = cases + numberCases
         XCTAssertGreaterThanOrEqual(all.count, 25)
         for (i, c) in all.enumerated() {
             let work = dir.appendingPathComponent("case-\(i)")

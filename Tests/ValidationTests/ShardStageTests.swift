@@ -117,7 +117,7 @@ final class ShardStageTests: XCTestCase {
         let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         let placement = try ExpertPlacement.plan(config: config, devices: 8)
         var bytes = [Int](repeating: 0, count: 8)
-        for t in config.expectedTensors() { if let e = t.expert { bytes[placement.device(ofExpert: e)] += 2 * t.elementCount } }
+        for t in config.expectedTensors() { if let e = t.expert { bytes[placement.device(ofExpert: e)] += 2 * (try t.elementCount()) } }
         XCTAssertEqual(Set(bytes).count, 1)
         XCTAssertEqual(bytes[0], 59 * 20 * 3 * 5120 * 1536 * 2)
     }

@@ -19,8 +19,8 @@ enum {
 int dsconvert_fp8_best_isa(void);
 
 /// Quantizes block row `block_row` of a row-major [rows, cols] bf16 matrix to FP8 (E4M3FN when
-/// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 for an
-/// all-zero tile) into `scales[block_row * ceil(cols/block) + bc]`, then, when `codes` is not NULL,
+/// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 when that
+/// is 0: an all-zero tile, so never a zero scale) into `scales[block_row * ceil(cols/block) + bc]`, then, when `codes` is not NULL,
 /// each code = fp8(x / scale) rounded to nearest even and saturated, DeepSeek's `weight_quant`.
 /// With `scales_given`, `scales` already holds this block row's scales (from an earlier call on the
 /// same data) and only the codes are computed. `isa` must not exceed `dsconvert_fp8_best_isa()`.

@@ -1,0 +1,133 @@
+import Foundation
+
+/// The checks `DeepSeekV2Config.decode` runs on every config before anything computes with it: a
+/// config that passes can be laid out, counted and accounted without overflow, and every number the
+/// forward pass divides by or takes a logarithm of is positive and finite.
+extension DeepSeekV2Config {
+    /// Architecture names this toolchain understands.
+    public static let supportedArchitectures: Set<String> = ["DeepseekV2ForCausalLM"]
+    public static let supportedModelTypes: Set<String> = ["deepseek_v2"]
+
+    /// Bound on every dimension, far above any real model (DeepSeek-V3's largest is 129,280), so a
+    /// hostile config cannot make shapes overflow; products of dimensions are checked separately.
+    public static let dimensionLimit = 1 << 24
+
+    func validate(path: String) throws {
+        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
+        if let architectures, !architectures.isEmpty, !architectures.contains(where: Self.supportedArchitectures.contains) {
+            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: architectures.joined(separator: ","))
+        }
+        if let modelType, !Self.supportedModelTypes.contains(modelType) {
+            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: "model_type \(modelType)")
+        }
+        try validateDimensions(path: path)
+        if scoringFunc != "softmax" { throw bad("scoring_func '\(scoringFunc)' is not supported (DeepSeek-V2 uses softmax)") }
+        if hiddenAct != "silu" { throw bad("hidden_act '\(hiddenAct)' is not supported (DeepSeek-V2 uses silu)") }
+        if hasMoE { try validateRouting(path: path) }
+        try validateReals(path: path)
+        if let q = quantization {
+            guard q.quantMethod == "fp8" else { throw bad("quantization_config quant_method '\(q.quantMethod)' is not supported (fp8 block scaling)") }
+            guard ["e4m3", "e5m2", nil].contains(q.fmt) else { throw bad("quantization_config fmt '\(q.fmt!)' is not supported (e4m3 or e5m2)") }
+            _ = try QuantizationConfig.validatedBlock(q.weightBlockSize, path: path)
+        }
+        if let record = placement { try validatePlacement(record, path: path) }
+        try validateSizes(path: path)
+    }
+
+    private func validateDimensions(path: String) throws {
+        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
+        let positives: [(String, Int)] = [
+            ("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+            ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
+            ("kv_lora_rank", kvLoraRank), ("qk_nope_head_dim", qkNopeHeadDim), ("qk_rope_head_dim", qkRopeHeadDim),
+            ("v_head_dim", vHeadDim), ("moe_intermediate_size", moeIntermediateSize), ("moe_layer_freq", moeLayerFreq),
+        ]
+        for (key, value) in positives where value <= 0 { throw bad("'\(key)' must be positive, is \(value)") }
+        // Layers ≤ 1024 and layers × routed experts ≤ 100,000 (DeepSeek-V2: 60 x 160 = 9,600; V3:
+        // 61 x 256 = 15,616), so laying out the tensor names stays fast (found by fuzzing: 4066
+        // layers x 160 experts took seconds).
+        let limit = Self.dimensionLimit
+        let dimensions = positives + [("q_lora_rank", qLoraRank ?? 1), ("n_routed_experts", nRoutedExperts ?? 0),
+                                      ("n_shared_experts", nSharedExperts ?? 0), ("num_experts_per_tok", numExpertsPerTok ?? 0),
+                                      ("first_k_dense_replace", firstKDenseReplace), ("n_group", nGroup ?? 0), ("topk_group", topkGroup ?? 0),
+                                      ("max_position_embeddings", maxPositionEmbeddings ?? 1),
+                                      ("original_max_position_embeddings", ropeScaling?.originalMaxPositionEmbeddings ?? 1)]
+        for (key, value) in dimensions where value > limit || value < 0 { throw bad("'\(key)' = \(value) is outside 0...\(limit)") }
+        if numHiddenLayers > 1024 { throw bad("num_hidden_layers = \(numHiddenLayers) is outside 1...1024") }
+        if numHiddenLayers * max(nRoutedExperts ?? 1, 1) > 100_000 { throw bad("num_hidden_layers x n_routed_experts = \(numHiddenLayers * max(nRoutedExperts ?? 1, 1)) exceeds 100000") }
+        if let q = qLoraRank, q <= 0 { throw bad("'q_lora_rank' must be positive or null, is \(q)") }
+        if let m = maxPositionEmbeddings, m <= 0 { throw bad("'max_position_embeddings' must be positive, is \(m)") }
+        if qkRopeHeadDim % 2 != 0 { throw bad("'qk_rope_head_dim' must be even for rotary pairs, is \(qkRopeHeadDim)") }
+    }
+
+    private func validateRouting(path: String) throws {
+        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
+        guard let e = nRoutedExperts, e > 0 else { throw bad("'n_routed_experts' must be positive when MoE layers exist") }
+        guard let k = numExpertsPerTok, k > 0, k <= e else { throw bad("'num_experts_per_tok' must be in 1...n_routed_experts") }
+        switch topkMethod {
+        case "greedy": break
+        case "group_limited_greedy":
+            guard let g = nGroup, g > 0, e % g == 0 else { throw bad("'n_group' must divide n_routed_experts for group_limited_greedy") }
+            guard let tg = topkGroup, tg > 0, tg <= g else { throw bad("'topk_group' must be in 1...n_group") }
+            guard tg * (e / g) >= k else { throw bad("topk_group groups hold fewer experts than num_experts_per_tok") }
+        default:
+            throw bad("topk_method '\(topkMethod)' is not supported (greedy or group_limited_greedy)")
+        }
+    }
+
+    /// Real numbers the forward pass divides by, takes roots or logarithms of: positive and finite.
+    /// YaRN's mscale and mscale_all_dim are checked when present (absent, transformers uses 1 and 0).
+    private func validateReals(path: String) throws {
+        var positives: [(String, Double?)] = [("rope_theta", ropeTheta), ("rms_norm_eps", rmsNormEps),
+                                              ("routed_scaling_factor", routedScalingFactor)]
+        if let scaling = ropeScaling {
+            guard scaling.isYaRN else {
+                throw DeepSeekModelError.invalidConfig(path: path, reason: "rope scaling type '\(scaling.type)' is not supported (DeepSeek-V2 uses yarn)")
+            }
+            guard scaling.factor != nil, scaling.originalMaxPositionEmbeddings ?? 0 > 0 else {
+                throw DeepSeekModelError.invalidConfig(path: path, reason: "yarn rope scaling needs a positive 'factor' and 'original_max_position_embeddings'")
+            }
+            positives += [("rope_scaling.factor", scaling.factor), ("rope_scaling.mscale", scaling.mscale),
+                          ("rope_scaling.mscale_all_dim", scaling.mscaleAllDim)]
+            for (key, value) in [("rope_scaling.beta_fast", scaling.betaFast), ("rope_scaling.beta_slow", scaling.betaSlow)] {
+                if let value, !value.isFinite { throw DeepSeekModelError.nonFiniteNumber(path: path, key: key) }
+            }
+        }
+        for case let (key, value?) in positives where !(value > 0 && value.isFinite) {
+            throw DeepSeekModelError.notPositive(path: path, key: key, value: value)
+        }
+    }
+
+    /// A device checkpoint's placement must describe this model and this device exactly: the
+    /// forward pass divides by its device count and indexes experts by its ranges.
+    private func validatePlacement(_ record: PlacementRecord, path: String) throws {
+        func bad(_ reason: String) -> DeepSeekModelError { .inconsistentPlacement(path: path, reason: reason) }
+        let p = record.placement
+        guard p.experts == nRoutedExperts ?? 0, p.experts > 0 else {
+            throw bad("placement.experts = \(p.experts), the config has \(nRoutedExperts ?? 0) routed experts")
+        }
+        guard p.devices >= 1, p.devices <= p.experts, p.experts % p.devices == 0 else {
+            throw bad("placement.devices = \(p.devices) does not split \(p.experts) experts evenly")
+        }
+        guard p.groups >= 1, p.deviceBoundM >= 1, p.deviceBoundM <= p.devices else {
+            throw bad("groups = \(p.groups) and device_bound_m = \(p.deviceBoundM) must be positive, M at most \(p.devices)")
+        }
+        guard (0..<p.devices).contains(record.rank) else { throw bad("rank \(record.rank) is outside 0..<\(p.devices)") }
+        let range = p.range(device: record.rank)
+        guard record.expertRange == [range.lowerBound, range.upperBound] else {
+            throw bad("expert_range \(record.expertRange) is not rank \(record.rank)'s [\(range.lowerBound), \(range.upperBound)]")
+        }
+        guard ["replicated", "once"].contains(record.dense) else { throw bad("dense '\(record.dense)' is neither replicated nor once") }
+    }
+
+    /// Every count the layout and the accounting compute, with checked arithmetic: what `inspect`,
+    /// `absorb` and the stages later print or allocate fits in 64 bits.
+    private func validateSizes(path: String) throws {
+        do {
+            _ = try ModelAccounting(config: self)
+            _ = try AbsorptionCost(config: self)
+        } catch let overflow as SizeOverflow {
+            throw DeepSeekModelError.sizeOverflow(path: path, quantity: overflow.quantity)
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import Numerics
+import SafeTensors
+
+/// The values of an FP8 block checkpoint that no quantizer writes and no dequantization survives:
+/// NaN or infinite codes, and block scales that are zero, negative, NaN or infinite (w = q · scale
+/// would pass them on as NaN, Inf or silent zeros). `--dequantize`, the forward pass and `inspect`
+/// refuse them, naming the file and tensor.
+public enum FP8Integrity {
+    /// The index of the first code that is not a finite number: E4M3FN's NaN (0x7F/0xFF), E5M2's
+    /// infinities and NaNs (exponent 31), or nil.
+    public static func firstNonFiniteCode(_ codes: UnsafeRawBufferPointer, format: FP8Format) -> Int? {
+        // Magnitudes at or above the first non-finite pattern; checked per chunk with a max
+        // reduction (which vectorizes), then located in the one chunk that has one.
+        let threshold: UInt8 = format == .e4m3 ? 0x7F : 0x7C
+        let bytes = codes.bindMemory(to: UInt8.self)
+        let chunk = 1 << 14
+        for start in stride(from: 0, to: bytes.count, by: chunk) {
+            let end = min(bytes.count, start + chunk)
+            var largest: UInt8 = 0
+            for i in start..<end { largest = max(largest, bytes[i] & 0x7F) }
+            if largest >= threshold { return (start..<end).first { bytes[$0] & 0x7F >= threshold } }
+        }
+        return nil
+    }
+
+    /// The index of the first scale that is not positive and finite, or nil.
+    public static func firstInvalidScale(_ scales: UnsafeBufferPointer<Float>) -> Int? {
+        scales.firstIndex { !($0 > 0 && $0.isFinite) }
+    }
+
+    /// Checks an FP8 weight's codes and its scales (already read as f32), throwing `nonFiniteCode`
+    /// or `invalidScale` naming their files.
+    public static func check(codes: UnsafeRawBufferPointer, format: FP8Format, codesFile: String, weight: String,
+                             scales: UnsafeBufferPointer<Float>, scalesFile: String) throws {
+        if let i = firstInvalidScale(scales) {
+            throw DeepSeekModelError.invalidScale(file: scalesFile, tensor: weight + QuantizationConfig.scaleSuffix, index: i, value: scales[i])
+        }
+        if let i = firstNonFiniteCode(codes, format: format) {
+            throw DeepSeekModelError.nonFiniteCode(file: codesFile, tensor: weight, index: i, code: codes[i])
+        }
+    }
+
+    /// Every FP8 weight of `checkpoint` whose scale tensor is present as F32 (the checker reports
+    /// missing or misshapen ones): the first problem of each, in checkpoint order.
+    public static func problems(in checkpoint: Checkpoint) -> [DeepSeekModelError] {
+        var problems: [DeepSeekModelError] = []
+        for info in checkpoint.tensors {
+            let format: FP8Format
+            switch info.dtype {
+            case .f8E4M3: format = .e4m3
+            case .f8E5M2: format = .e5m2
+            default: continue
+            }
+            let scaleName = info.name + QuantizationConfig.scaleSuffix
+            guard checkpoint.info(scaleName)?.dtype == .f32 else { continue }
+            do {
+                let scales = try checkpoint.view(scaleName).floats()
+                let codes = try checkpoint.view(info.name)
+                try scales.withUnsafeBufferPointer { sp in
+                    try check(codes: codes.bytes, format: format, codesFile: checkpoint.path(of: info.name), weight: info.name,
+                              scales: sp, scalesFile: checkpoint.path(of: scaleName))
+                }
+            } catch let problem as DeepSeekModelError {
+                problems.append(problem)
+            } catch {
+                problems.append(.unreadableTensor(file: checkpoint.path(of: info.name), tensor: info.name, reason: "\(error)"))
+            }
+            checkpoint.release(info.name)
+            checkpoint.release(scaleName)
+        }
+        return problems
+    }
+}
