@@ -81,6 +81,42 @@ public enum QuantizeStage {
         guard rawConfig["quantization_config"] != nil else {
             throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: fp8[0].name), tensor: fp8[0].name)
         }
+        let scaleNames = try checkedScaleNames(of: fp8, in: checkpoint, block: block)
+        let fp8Names = Set(fp8.map(\.name))
+        let kept = checkpoint.tensors.filter { !scaleNames.contains($0.name) }
+        let planned = kept.map { PlannedTensor(name: $0.name, dtype: fp8Names.contains($0.name) ? .bf16 : $0.dtype, shape: $0.shape) }
+        let layout = CheckpointLayout(tensors: planned, maxShardSize: shardSize.resolve(input: input, tensors: planned))
+        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
+                                       stage: .init(stage: "quantize", options: ["dequantize": "bf16", "block": String(block)], input: input.path), resume: resume)
+        let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: block)
+        // Each shard front to back (hashed as it is written, no read-back), shards interleaved so
+        // their hashes run side by side.
+        let order = WriteSchedule.interleaved(layout.shards.map(\.tensors)) { $0.byteCount }
+        for (i, t) in order.enumerated() where !out.writer.isWritten(t.name) {
+            if fp8Names.contains(t.name) {
+                let values = try weights.floats(t.name, shape: t.shape)
+                var bf16 = [UInt16](repeating: 0, count: values.count)
+                values.withUnsafeBufferPointer { src in bf16.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
+                try out.writer.write(t.name, bytes: bf16.withUnsafeBytes { Array($0) })
+                weights.release(t.name)
+            } else {
+                try out.writer.write(t.name, view: try checkpoint.view(t.name))
+                checkpoint.release(t.name)
+            }
+            if i % 32 == 0 || i == order.count - 1 { progress?("dequantize: \(i + 1)/\(order.count) tensors") }
+        }
+        try out.copySideFiles()
+        guard case let .object(entries) = rawConfig else { throw ConversionError.unsupportedInput(path: input.path, reason: "config.json is not an object") }
+        try out.writeFile("config.json", data: ConfigEditor.data(.object(entries.filter { $0.0 != "quantization_config" })))
+        try out.commit()
+        return Summary(tensors: planned.count, quantized: fp8.count, files: layout.shards.count,
+                       bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
+    }
+}
+
+extension QuantizeStage {
+    /// The `_scale_inv` companion of every FP8 tensor, each present with the shape `block` implies.
+    static func checkedScaleNames(of fp8: [TensorInfo], in checkpoint: Checkpoint, block: Int) throws -> Set<String> {
         var scaleNames = Set<String>()
         for t in fp8 {
             let scaleName = t.name + QuantizationConfig.scaleSuffix
@@ -93,33 +129,7 @@ public enum QuantizeStage {
             }
             scaleNames.insert(scaleName)
         }
-        let fp8Names = Set(fp8.map(\.name))
-        let kept = checkpoint.tensors.filter { !scaleNames.contains($0.name) }
-        let planned = kept.map { PlannedTensor(name: $0.name, dtype: fp8Names.contains($0.name) ? .bf16 : $0.dtype, shape: $0.shape) }
-        let layout = CheckpointLayout(tensors: planned, maxShardSize: shardSize.resolve(input: input, tensors: planned))
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
-                                       stage: .init(stage: "quantize", options: ["dequantize": "bf16", "block": String(block)], input: input.path), resume: resume)
-        let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: block)
-        for (i, t) in kept.enumerated() {
-            if out.writer.isWritten(t.name) { continue }
-            if fp8Names.contains(t.name) {
-                let values = try weights.floats(t.name, shape: t.shape)
-                var bf16 = [UInt16](repeating: 0, count: values.count)
-                values.withUnsafeBufferPointer { src in bf16.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
-                try out.writer.write(t.name, bytes: bf16.withUnsafeBytes { Array($0) })
-                weights.release(t.name)
-            } else {
-                try out.writer.write(t.name, view: try checkpoint.view(t.name))
-                checkpoint.release(t.name)
-            }
-            if i % 32 == 0 || i == kept.count - 1 { progress?("dequantize: \(i + 1)/\(kept.count) tensors") }
-        }
-        try out.copySideFiles()
-        guard case let .object(entries) = rawConfig else { throw ConversionError.unsupportedInput(path: input.path, reason: "config.json is not an object") }
-        try out.writeFile("config.json", data: ConfigEditor.data(.object(entries.filter { $0.0 != "quantization_config" })))
-        try out.commit()
-        return Summary(tensors: planned.count, quantized: fp8.count, files: layout.shards.count,
-                       bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
+        return scaleNames
     }
 }
 
