@@ -50,7 +50,7 @@ public enum ConvertBenchCommand: Command {
             OptionSpec("peer", value: "SCRIPT", help: "The torch peer script (default Tests/bench/torch_fp8_peer.py; skipped if torch is missing)."),
             OptionSpec("extra-job", value: "NAME=PROGRAM", repeatable: true,
                        help: "Also time `PROGRAM INPUT OUTPUT` as job NAME; its output must be a readable checkpoint with at least the input's tensors. Repeatable (another peer; the tests use it for a job that is killed or cannot start)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, 5GB); e.g. the input's own shard size."),
+            OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, laid out like the input)."),
             OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
         ]
     )
