@@ -71,8 +71,11 @@ public enum ChildProcess {
         guard spawned == 0 else { return JobRun(wall: 0, peakRSSKiB: 0, outcome: .spawnFailed(spawned)) }
         var status: Int32 = 0
         var usage = rusage()
-        while wait4(pid, &status, 0, &usage) == -1 && errno == EINTR {}
+        var waited: Int32
+        repeat { waited = wait4(pid, &status, 0, &usage) } while waited == -1 && errno == EINTR
         let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        // No status to decode (ECHILD when SIGCHLD is ignored): a failed run, never a zero status.
+        guard waited == pid else { return JobRun(wall: wall, peakRSSKiB: 0, outcome: .spawnFailed(errno)) }
         return JobRun(wall: wall, peakRSSKiB: Int(usage.ru_maxrss), outcome: JobOutcome(waitStatus: status))
     }
 }

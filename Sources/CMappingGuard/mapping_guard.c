@@ -2,6 +2,7 @@
 #include "mapping_guard.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/syscall.h>
@@ -26,15 +27,44 @@ struct slot {
 
 static struct slot slots[SLOTS];
 static atomic_int installed;
-static char work_directory[PATH_BYTES];
-static atomic_int has_work_directory;
+// The work directory to remove: its parent, opened once when it is set, and its bare name, so the
+// handler touches no shared path string and cannot be misled by a long or edited path.
+static atomic_int work_parent = -1;
+static char work_name[256];
+static atomic_int handling;
 
 void dsconvert_guard_set_work_directory(const char *path) {
-    atomic_store(&has_work_directory, 0);
+    int old = atomic_exchange(&work_parent, -1);
+    if (old >= 0) close(old);
     if (!path) return;
-    strncpy(work_directory, path, PATH_BYTES - 1);
-    work_directory[PATH_BYTES - 1] = 0;
-    atomic_store(&has_work_directory, 1);
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path || strlen(slash + 1) >= sizeof work_name || slash - path >= PATH_MAX) return;
+    char parent[PATH_MAX];
+    memcpy(parent, path, (size_t)(slash - path));
+    parent[slash - path] = 0;
+    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    strcpy(work_name, slash + 1);
+    atomic_store(&work_parent, fd);
+}
+
+static void put(const char *text) {
+    size_t left = strlen(text);
+    while (left > 0) {
+        ssize_t n = write(STDERR_FILENO, text, left);
+        if (n <= 0) return;
+        text += n;
+        left -= (size_t)n;
+    }
+}
+
+static void put_number(long long value) {
+    char digits[24];
+    int i = (int)sizeof digits;
+    digits[--i] = 0;
+    if (value == 0) digits[--i] = '0';
+    while (value > 0 && i > 0) { digits[--i] = (char)('0' + value % 10); value /= 10; }
+    put(digits + i);
 }
 
 // getdents64's record (the libc wrapper and opendir allocate, which a signal handler must not).
@@ -58,7 +88,9 @@ static void remove_tree(int parent, const char *name, int depth) {
             struct dirent64_record *entry = (struct dirent64_record *)(buffer + at);
             at += entry->length;
             if (!strcmp(entry->name, ".") || !strcmp(entry->name, "..")) continue;
-            if (entry->type == 4 /* DT_DIR */ && depth < 4) remove_tree(fd, entry->name, depth + 1);
+            // A directory (or an entry whose type the file system does not report) is descended into;
+            // remove_tree falls back to unlinking whatever is not a directory.
+            if ((entry->type == 4 /* DT_DIR */ || entry->type == 0 /* DT_UNKNOWN */) && depth < 4) remove_tree(fd, entry->name, depth + 1);
             else unlinkat(fd, entry->name, 0);
         }
     }
@@ -67,52 +99,30 @@ static void remove_tree(int parent, const char *name, int depth) {
 }
 
 static void remove_work_directory(void) {
-    if (!atomic_load(&has_work_directory)) return;
-    char *slash = strrchr(work_directory, '/');
-    if (!slash || slash == work_directory) return;
-    *slash = 0;
-    int parent = open(work_directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    *slash = '/';
+    int parent = atomic_load(&work_parent);
     if (parent < 0) return;
     // Other threads run on while this one handles the signal: a background writer may still finish
     // a shard and append to the journal. Repeat until the directory is gone (50 ms at most).
     struct stat gone;
-    for (int attempt = 0; attempt < 50 && fstatat(parent, slash + 1, &gone, AT_SYMLINK_NOFOLLOW) == 0; attempt++) {
-        remove_tree(parent, slash + 1, 0);
-        struct timespec pause = {0, 1000000};
-        nanosleep(&pause, NULL);
+    for (int attempt = 0; attempt < 50 && fstatat(parent, work_name, &gone, AT_SYMLINK_NOFOLLOW) == 0; attempt++) {
+        remove_tree(parent, work_name, 0);
+        struct timespec pause_for = {0, 1000000};
+        nanosleep(&pause_for, NULL);
     }
-    close(parent);
-}
-
-static void put(const char *text) {
-    size_t left = strlen(text);
-    while (left > 0) {
-        ssize_t n = write(STDERR_FILENO, text, left);
-        if (n <= 0) return;
-        text += n;
-        left -= (size_t)n;
-    }
-}
-
-static void put_number(long long value) {
-    char digits[24];
-    int i = (int)sizeof digits;
-    digits[--i] = 0;
-    if (value == 0) digits[--i] = '0';
-    while (value > 0 && i > 0) { digits[--i] = (char)('0' + value % 10); value /= 10; }
-    put(digits + i);
 }
 
 static void on_sigbus(int signal_number, siginfo_t *info, void *context) {
     (void)context;
+    // One thread reports and cleans up; any other thread faulting meanwhile waits for its _exit.
+    if (atomic_exchange(&handling, 1)) { for (;;) pause(); }
     const char *address = (const char *)info->si_addr;
     for (int i = 0; i < SLOTS; i++) {
         const char *base = atomic_load(&slots[i].base);
         if (!base || !atomic_load(&slots[i].ready)) continue;
         struct stat now;
+        // The mapping the fault is in, when that file shrank (a fault elsewhere is not ours to explain).
         int inside = address >= base && address < base + slots[i].size;
-        if (fstat(slots[i].fd, &now) != 0 || (now.st_size >= slots[i].size && !inside)) continue;
+        if (!inside || fstat(slots[i].fd, &now) != 0 || now.st_size >= slots[i].size) continue;
         put("dsconvert: error: ");
         put(slots[i].path);
         put(": the file changed while it was being read (");
@@ -124,6 +134,7 @@ static void on_sigbus(int signal_number, siginfo_t *info, void *context) {
         _exit(1);
     }
     // Not one of our mappings: the default action, as if no handler were installed.
+    atomic_store(&handling, 0);
     signal(signal_number, SIG_DFL);
     raise(signal_number);
 }

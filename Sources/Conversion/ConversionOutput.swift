@@ -61,22 +61,28 @@ public final class ConversionOutput {
     /// inside that model's cache directory: a link to anything else (`~/.ssh/id_rsa`) is refused,
     /// since outputs get uploaded. Only regular files are read (a FIFO would hang the copy).
     static func copySideFiles(from input: URL, to directory: URL, excluding excluded: Set<String> = []) throws {
+        let allowed = allowedSideFileRoot(input)
         for file in try sideFiles(in: input, excluding: excluded) {
-            let data: Data
-            do { data = try FilePath.readRegularFile(file.target) } catch {
-                throw ConversionError.cannotCopy(file: file.source.path, reason: (error as NSError).localizedDescription)
-            }
             let destination = directory.appendingPathComponent(file.source.lastPathComponent)
             try? FileManager.default.removeItem(at: destination)
-            try AtomicFile.write(data, to: destination)
+            do {
+                try FilePath.copyRegularFile(from: file.source.path, to: destination.path, allowedRoot: allowed)
+            } catch {
+                throw ConversionError.cannotCopy(file: file.source.path, reason: (error as? LocalizedError)?.errorDescription ?? "\(error)")
+            }
         }
+    }
+
+    /// Where a side file may resolve to: the input directory, or a snapshot's model cache directory.
+    static func allowedSideFileRoot(_ input: URL) -> String {
+        let root = FilePath.resolved(input.path) ?? input.path
+        return snapshotCacheRoot(root) ?? root
     }
 
     /// The side files `copySideFiles` will copy, with their resolved targets; checked before any
     /// work starts so a refused link costs nothing.
     static func sideFiles(in input: URL, excluding excluded: Set<String> = []) throws -> [(source: URL, target: String)] {
-        let root = FilePath.resolved(input.path) ?? input.path
-        let allowed = snapshotCacheRoot(root) ?? root
+        let allowed = allowedSideFileRoot(input)
         var files: [(source: URL, target: String)] = []
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: input.path)) ?? []).sorted() where !isRewritten(name) && !excluded.contains(name) {
             let source = input.appendingPathComponent(name)

@@ -225,6 +225,11 @@ public final class QuantizeStep: TensorSource {
         if let kv6 {
             stageOptions["kv6"] = "mla-kv6"
             stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
+            // The ids themselves, not just the file's name: a resumed run must not keep shards
+            // equalized on other tokens, and the manifest should say what was used.
+            if let tokens = kv6.calibration {
+                stageOptions["calibration_sha256"] = tokens.flatMap { $0.map { Int64($0).littleEndian } }.withUnsafeBytes { SHA256.hex($0) }
+            }
         }
         stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
         var raw = source.rawConfig

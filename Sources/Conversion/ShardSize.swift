@@ -36,9 +36,12 @@ public enum ShardSize: Equatable, Sendable {
             self.files = files
         }
 
-        /// The basis of `input`: the one its manifest records, else its own shard files.
+        /// True for numbers a real checkpoint can have (a manifest is input like any other file).
+        var isPlausible: Bool { (1...(1 << 50)).contains(largestShardBytes) && (1...1_000_000).contains(files) }
+
+        /// The basis of `input`: the one its manifest records (when plausible), else its own shard files.
         public static func of(_ input: URL) -> Basis? {
-            if let recorded = (try? ConversionManifest.load(directory: input))??.layoutBasis { return recorded }
+            if let recorded = (try? ConversionManifest.load(directory: input))??.layoutBasis, recorded.isPlausible { return recorded }
             let sizes = ShardSize.shardFileBytes(input)
             guard let largest = sizes.max() else { return nil }
             return Basis(largestShardBytes: largest, files: sizes.count)
@@ -56,10 +59,10 @@ public enum ShardSize: Equatable, Sendable {
         case let .limit(bytes):
             return bytes
         case .likeInput:
-            guard let basis, basis.largestShardBytes > 0, basis.files > 0 else { return CheckpointLayout.defaultMaxShardSize }
+            guard let basis, basis.isPlausible else { return CheckpointLayout.defaultMaxShardSize }
             let largest = basis.largestShardBytes, files = basis.files
             if files > 1, outputBytes <= largest, outputBytes > Self.singleFileLimit {
-                return (outputBytes + files - 1) / files
+                return outputBytes / files + (outputBytes % files == 0 ? 0 : 1)
             }
             return largest
         }

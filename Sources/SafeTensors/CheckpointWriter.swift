@@ -389,24 +389,25 @@ public enum AtomicFile {
     }
 }
 
-/// Writes small complete tensor sets (forward outputs, goldens) to one safetensors file atomically:
-/// into a hidden sibling first, renamed over `url` when complete.
+/// Writes small complete tensor sets (forward outputs, goldens) to one safetensors file atomically.
+///
+/// The file is written in a fresh private directory beside `url` (so the writer's journal and
+/// temporary file never meet a name someone else planted in the parent) and renamed over `url`
+/// when complete; the directory is removed either way.
 public enum SafeTensorsFileWriter {
     public static func write(_ tensors: [(PlannedTensor, [UInt8])], to url: URL, metadata: [String: String]? = CheckpointLayout.defaultMetadata) throws {
-        let directory = url.deletingLastPathComponent()
-        let temporary = ".\(url.lastPathComponent).partial-\(getpid())"
-        let layout = CheckpointLayout(singleFile: temporary, tensors: tensors.map(\.0), metadata: metadata)
-        let writer = CheckpointWriter(layout: layout, directory: directory)
-        let temporaryURL = directory.appendingPathComponent(temporary)
-        do {
-            for (tensor, bytes) in tensors { try writer.write(tensor.name, bytes: bytes) }
-            try writer.finish()
-            guard rename(temporaryURL.path, url.path) == 0 else {
-                throw SafeTensorsError.writeFailed(file: url.path, reason: String(cString: strerror(errno)))
-            }
-        } catch {
-            try? FileManager.default.removeItem(at: temporaryURL)
-            throw error
+        let work = url.deletingLastPathComponent().appendingPathComponent("\(AtomicOutputDirectory.workPrefix)\(url.lastPathComponent)-\(getpid())")
+        guard mkdir(work.path, 0o700) == 0 else {
+            throw SafeTensorsError.cannotCreateOutput(path: url.path, reason: "\(work.path): \(String(cString: strerror(errno)))")
+        }
+        defer { try? FileManager.default.removeItem(at: work) }
+        let layout = CheckpointLayout(singleFile: url.lastPathComponent, tensors: tensors.map(\.0), metadata: metadata)
+        let writer = CheckpointWriter(layout: layout, directory: work)
+        for (tensor, bytes) in tensors { try writer.write(tensor.name, bytes: bytes) }
+        try writer.finish()
+        let written = work.appendingPathComponent(url.lastPathComponent)
+        guard rename(written.path, url.path) == 0 else {
+            throw SafeTensorsError.writeFailed(file: url.path, reason: String(cString: strerror(errno)))
         }
     }
 }

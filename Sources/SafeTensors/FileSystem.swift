@@ -1,3 +1,4 @@
+import CSystemCalls
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -125,18 +126,80 @@ public enum FilePath {
     }
 }
 
+extension FilePath {
+    /// Copies the regular file at `source` to a new file `destination` (which must not exist; it is
+    /// created with O_EXCL|O_NOFOLLOW), streaming in the kernel (`copy_file_range`) or by reads, so
+    /// a large side file costs no memory. `allowedRoot`, when given, is checked against the file
+    /// actually opened (`/proc/self/fd`), so a link swapped after an earlier check cannot redirect it.
+    /// Returns the path the opened file resolves to.
+    @discardableResult
+    public static func copyRegularFile(from source: String, to destination: String, allowedRoot: String? = nil) throws -> String {
+        let (input, entry) = try openRegularFile(source)
+        defer { close(input) }
+        let opened = resolved("/proc/self/fd/\(input)") ?? source
+        if let allowedRoot, !isWithin(opened, allowedRoot) {
+            throw SafeTensorsError.cannotOpen(file: source, reason: "links outside the input (to \(opened))")
+        }
+        let output = try systemCall("open", path: destination) { open(destination, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644) }
+        defer { close(output) }
+        var done = 0
+        while done < entry.size {
+            let n = dsconvert_copy_file_range(input, nil, output, nil, entry.size - done)
+            if n > 0 { done += n; continue }
+            if n < 0, errno == EINTR { continue }
+            if n == 0 { break }
+            guard [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) else { throw SystemCallError(call: "copy_file_range", path: destination, code: errno) }
+            try copyByReading(input, to: output, path: destination)
+            return opened
+        }
+        guard done == entry.size else { throw SafeTensorsError.inputChanged(file: source, openedSize: entry.size, size: done) }
+        try systemCall("fsync", path: destination) { fsync(output) }
+        return opened
+    }
+
+    /// The fallback where the kernel cannot copy between the two files (from the current offsets on).
+    private static func copyByReading(_ input: Int32, to output: Int32, path: String) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = try buffer.withUnsafeMutableBytes { raw in try systemCall("read", path: path) { read(input, raw.baseAddress, raw.count) } }
+            if count == 0 { break }
+            var written = 0
+            while written < count {
+                written += try buffer.withUnsafeBytes { raw in
+                    try systemCall("write", path: path) { write(output, raw.baseAddress! + written, count - written) }
+                }
+            }
+        }
+        try systemCall("fsync", path: path) { fsync(output) }
+    }
+}
+
 /// Who a process is, beyond its PID: PIDs are reused, so a work directory records the PID with the
 /// process's start time (`/proc/PID/stat` field 22, clock ticks since boot) and the boot id.
+/// The host and PID namespace are recorded too: a record written elsewhere (another machine on a
+/// shared disk, another container) cannot be checked from here, so its process counts as running.
 public struct ProcessIdentity: Codable, Equatable, Sendable {
     public let pid: Int32
     public let startTime: UInt64
     public let bootID: String
+    public var host: String = ProcessIdentity.host
+    public var pidNamespace: UInt64 = ProcessIdentity.pidNamespace
 
     enum CodingKeys: String, CodingKey {
         case pid
         case startTime = "start_time"
         case bootID = "boot_id"
+        case host
+        case pidNamespace = "pid_namespace"
     }
+
+    static let host: String = {
+        var name = [CChar](repeating: 0, count: 256)
+        return gethostname(&name, name.count - 1) == 0 ? String(cString: name) : ""
+    }()
+
+    /// The inode of `/proc/self/ns/pid`: equal for processes that see the same PIDs.
+    static let pidNamespace: UInt64 = FileEntry.following("/proc/self/ns/pid")?.inode ?? 0
 
     /// This process.
     public static var current: ProcessIdentity? { of(getpid()) }
@@ -162,8 +225,10 @@ public struct ProcessIdentity: Codable, Equatable, Sendable {
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }()
 
-    /// True when the process this identity recorded is still running (same boot, same start time).
+    /// True when the process this identity recorded may still be running: the same process (same
+    /// boot, same start time) runs, or the record comes from another host or PID namespace.
     public var isRunning: Bool {
+        guard host == Self.host, pidNamespace == Self.pidNamespace else { return true }
         guard bootID == Self.bootID, let now = Self.of(pid) else { return false }
         return now.startTime == startTime
     }

@@ -44,11 +44,9 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         try checkReplaceable()
         try adoptOrRemoveStaleWork(parent: parent, name: name, resume: resume)
         if !resumed {
-            if let entry = FileEntry.lstat(temporaryURL.path) {
-                // Left by an earlier process that had this PID; ours only if we own it.
-                guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: temporaryURL.path) }
-                try FileManager.default.removeItem(at: temporaryURL)
-            }
+            // The scan above removed a stale directory of an earlier process with our PID; anything
+            // still here is not ours to touch.
+            if FileEntry.lstat(temporaryURL.path) != nil { throw OutputSafetyError.workDirectoryNotOwn(path: temporaryURL.path) }
             do {
                 try systemCall("mkdir", path: temporaryURL.path) { mkdir(temporaryURL.path, 0o755) }
             } catch let error as SystemCallError {
@@ -71,6 +69,7 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         case .regular: throw OutputSafetyError.notReplaceable(output: finalURL.path, holds: "a file, not a directory")
         case .other: throw OutputSafetyError.notReplaceable(output: finalURL.path, holds: "a special file")
         case .directory:
+            guard entry.owner == geteuid() else { throw OutputSafetyError.notReplaceable(output: finalURL.path, holds: "a directory of another user") }
             let names = try FileManager.default.contentsOfDirectory(atPath: finalURL.path).sorted()
             if names.isEmpty || FileEntry.lstat(finalURL.appendingPathComponent(marker).path)?.kind == .regular { return }
             let shown = names.prefix(3).map { "'\($0)'" }.joined(separator: ", ")
@@ -85,7 +84,7 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         let prefix = "\(Self.workPrefix)\(name)-"
         let fm = FileManager.default
         for entryName in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where entryName.hasPrefix(prefix) {
-            guard let pid = Int32(entryName.dropFirst(prefix.count)), pid != getpid() else { continue }
+            guard let pid = Self.pid(entryName.dropFirst(prefix.count)) else { continue }
             let stale = parent.appendingPathComponent(entryName)
             guard let entry = FileEntry.lstat(stale.path), entry.isOwnDirectory else {
                 Diagnostics.note("note: leaving \(stale.path) alone: it is a symbolic link or belongs to another user")
@@ -94,7 +93,9 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
             if Self.isLive(workDirectory: stale, pid: pid) {
                 throw OutputSafetyError.anotherConversion(output: finalURL.path, pid: pid)
             }
-            if resume, !resumed, rename(stale.path, temporaryURL.path) == 0 {
+            if resume, !resumed {
+                // The run the user asked to continue: never removed because it could not be moved.
+                try systemCall("rename", path: stale.path) { rename(stale.path, temporaryURL.path) }
                 // Checked again after the rename: the entry we moved must be the directory we vetted.
                 guard let moved = FileEntry.lstat(temporaryURL.path), moved.isOwnDirectory, moved.inode == entry.inode, moved.device == entry.device else {
                     throw OutputSafetyError.workDirectoryNotOwn(path: stale.path)
@@ -106,14 +107,23 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         }
     }
 
-    /// True when the process that wrote `workDirectory` still runs. The owner record tells it
-    /// exactly; without one (a run killed right after `mkdir`) a live PID counts as live.
+    /// True when the process that wrote `workDirectory` may still run. The owner record tells it
+    /// exactly on this host and PID namespace (and a record from another one counts as live: it
+    /// cannot be checked from here). Without a record (a run killed right after `mkdir`) a live PID
+    /// counts as live, except our own: we have not created ours yet.
     static func isLive(workDirectory: URL, pid: Int32) -> Bool {
         let record = workDirectory.appendingPathComponent(ownerFileName).path
         if let data = try? FilePath.readRegularFile(record), let owner = try? JSONDecoder().decode(ProcessIdentity.self, from: data) {
-            return owner.pid == pid && owner.isRunning
+            return owner.pid != pid || owner.isRunning
         }
-        return kill(pid, 0) == 0 || errno == EPERM
+        return pid != getpid() && (kill(pid, 0) == 0 || errno == EPERM)
+    }
+
+    /// The PID at the end of a work or aside directory's name: ASCII digits only, above 0 (so the
+    /// work directory of an output named `out-` is not read as PID -1234 of output `out`).
+    static func pid(_ text: Substring) -> Int32? {
+        guard !text.isEmpty, text.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let pid = Int32(text), pid > 0 else { return nil }
+        return pid
     }
 
     private func writeOwnerRecord() throws {
@@ -131,7 +141,7 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         let fm = FileManager.default
         let final = parent.appendingPathComponent(name)
         for entryName in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where entryName.hasPrefix(prefix) {
-            guard let pid = Int32(entryName.dropFirst(prefix.count)), pid != getpid() else { continue }
+            guard let pid = pid(entryName.dropFirst(prefix.count)), pid != getpid() else { continue }
             let aside = parent.appendingPathComponent(entryName)
             guard FileEntry.lstat(aside.path)?.isOwnDirectory == true, !(kill(pid, 0) == 0 || errno == EPERM) else { continue }
             if FileEntry.lstat(final.path) == nil {

@@ -34,3 +34,17 @@ extension ShardSizeTests {
         XCTAssertEqual(ShardSize.Basis.of(dir), ShardSize.Basis(largestShardBytes: 1000, files: 1))
     }
 }
+
+extension ShardSizeTests {
+    /// A manifest is input too: absurd recorded numbers fall back to the files, never trap.
+    func testImplausibleBasisIsIgnored() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-basis-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let absurd = ShardSize.Basis(largestShardBytes: Int.max, files: Int.max)
+        try ConversionManifest(stages: [], files: [], layoutBasis: absurd).encoded().write(to: dir.appendingPathComponent(ConversionManifest.fileName))
+        try Data(count: 1000).write(to: dir.appendingPathComponent("model.safetensors"))
+        XCTAssertEqual(ShardSize.Basis.of(dir), ShardSize.Basis(largestShardBytes: 1000, files: 1))
+        XCTAssertEqual(ShardSize.likeInput.resolve(basis: absurd, outputBytes: Int.max), 5_000_000_000)
+    }
+}

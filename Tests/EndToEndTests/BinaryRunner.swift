@@ -32,7 +32,9 @@ func runTool(_ product: String, _ arguments: [String], environment: [String: Str
     let errData = err.fileHandleForReading.readDataToEndOfFile()
     group.wait()
     process.waitUntilExit()
-    return RunResult(status: process.terminationStatus, stdout: String(decoding: outBox.data, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+    // Killed by signal N reads as 128 + N (as a shell reports it), never as exit status N.
+    let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+    return RunResult(status: status, stdout: String(decoding: outBox.data, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
 }
 
 func makeTemporaryDirectory() throws -> URL {

@@ -16,7 +16,7 @@ final class DataSafetyTests: XCTestCase {
         let victim = dir.appendingPathComponent("victim")
         try fm.createDirectory(at: victim, withIntermediateDirectories: true)
         try Data("precious".utf8).write(to: victim.appendingPathComponent("thesis.tex"))
-        let planted = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        let planted = dir.appendingPathComponent(".dsconvert-partial-out-4194399")
         try fm.createSymbolicLink(at: planted, withDestinationURL: victim)
         let out = dir.appendingPathComponent("out")
         let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("lite").path, "--output", out.path, "--resume"])
@@ -35,7 +35,7 @@ final class DataSafetyTests: XCTestCase {
         let out = dir.appendingPathComponent("out"), clean = dir.appendingPathComponent("clean")
         XCTAssertEqual(try runTool("dsconvert", args + ["--output", out.path]).status, 0)
         // What a run killed after its last shard leaves: the work directory of a dead PID with its journal.
-        let dead = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        let dead = dir.appendingPathComponent(".dsconvert-partial-out-4194399")
         try fm.moveItem(at: out, to: dead)
         try fm.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
         let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
@@ -91,17 +91,20 @@ final class DataSafetyTests: XCTestCase {
         }
     }
 
-    /// `dsconvert … | head -1`: a reader that goes away does not kill the conversion.
-    func testClosedStdoutDoesNotStopAConversion() throws {
+    /// `dsconvert … | head -1`: a reader that goes away (of results or of progress) does not kill
+    /// the conversion. Progress goes to stderr from the first tensor on, so closing that pipe tests
+    /// the middle of the run; closing stdout tests the result line after the commit.
+    func testClosedStdoutAndStderrDoNotStopAConversion() throws {
         let out = dir.appendingPathComponent("out")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: toolPath("dsconvert"))
         process.arguments = ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("trained").path, "--output", out.path]
-        let pipe = Pipe()
+        let pipe = Pipe(), progress = Pipe()
         process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
+        process.standardError = progress
         try process.run()
         try pipe.fileHandleForReading.close()
+        try progress.fileHandleForReading.close()
         process.waitUntilExit()
         XCTAssertEqual(process.terminationReason, .exit)
         XCTAssertEqual(process.terminationStatus, 0)

@@ -8,15 +8,18 @@ func leftovers(in parent: URL, except keep: Set<String> = []) throws -> [String]
     try FileManager.default.contentsOfDirectory(atPath: parent.path).filter { !keep.contains($0) }
 }
 
-/// Every file of a directory tree with its SHA-256, for "input untouched" and byte-identity checks.
+/// Every entry of a directory tree (links not followed) with the SHA-256 of each regular file, the
+/// target of each link and the kind of anything else (a FIFO is never opened), for "untouched" and
+/// byte-identity checks.
 func treeHashes(_ root: URL) throws -> [String: String] {
     var out: [String: String] = [:]
-    let fm = FileManager.default
-    for case let path as String in fm.enumerator(atPath: root.path)! {
-        var isDirectory: ObjCBool = false
+    for case let path as String in FileManager.default.enumerator(atPath: root.path)! where path != "dsconvert.json" {
         let url = root.appendingPathComponent(path)
-        if fm.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue, path != "dsconvert.json" {
-            out[path] = try SHA256.hex(fileAt: url.path)
+        switch FileEntry.lstat(url.path)?.kind {
+        case .regular?: out[path] = try SHA256.hex(fileAt: url.path)
+        case .symbolicLink?: out[path] = "link to " + (try FileManager.default.destinationOfSymbolicLink(atPath: url.path))
+        case .other?: out[path] = "special file"
+        case .directory?, nil: continue
         }
     }
     return out
@@ -319,15 +322,16 @@ final class BadInputCatalogTests: XCTestCase {
             let work = dir.appendingPathComponent("case-\(i)")
             try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
             let arguments = try c.prepare(work)
-            let before = try leftovers(in: work)
+            let before = try leftovers(in: work), contents = try treeHashes(work)
             let r = try runTool("dsconvert", arguments, directory: c.directory.map { work.appendingPathComponent($0) })
             XCTAssertEqual(r.status, c.status, "\(c.name): \(r.stderr)")
             let errors = r.stderrLines.filter { $0.contains("error:") }
             XCTAssertEqual(errors.count, 1, "\(c.name): \(r.stderr)")
             XCTAssertEqual(r.stderrLines.filter { !$0.contains(":") && !$0.isEmpty }, [], "\(c.name): only diagnostics and progress on stderr")
             XCTAssertTrue(errors.first?.contains(c.fragment) == true, "\(c.name): expected '\(c.fragment)' in: \(r.stderr)")
-            // Nothing new in the output's parent: no output, no hidden work directory.
+            // Nothing new in the output's parent (no output, no hidden work directory), nothing changed below it.
             XCTAssertEqual(try leftovers(in: work).sorted(), before.sorted(), c.name)
+            XCTAssertEqual(try treeHashes(work), contents, "\(c.name): every file as it was")
         }
     }
 }
@@ -452,7 +456,7 @@ final class InterruptionTests: XCTestCase {
         XCTAssertEqual(try runTool("dsconvert", args + ["--output", clean.path]).status, 0)
         // Simulate a run that died after finishing its shards: a work directory of a dead pid with the journal.
         XCTAssertEqual(try runTool("dsconvert", args + ["--output", out.path]).status, 0)
-        let dead = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        let dead = dir.appendingPathComponent(".dsconvert-partial-out-4194399")
         try FileManager.default.moveItem(at: out, to: dead)
         let shards = try FileManager.default.contentsOfDirectory(atPath: dead.path).filter { $0.hasSuffix(".safetensors") }.sorted()
         XCTAssertGreaterThan(shards.count, 3)

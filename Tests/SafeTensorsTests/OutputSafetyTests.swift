@@ -12,6 +12,8 @@ final class OutputSafetyTests: XCTestCase {
     }
     override func tearDownWithError() throws { try? fm.removeItem(at: dir) }
 
+    // 4194399 is above Linux's PID_MAX_LIMIT (2^22): a PID no process can have.
+    @discardableResult
     private func make(_ path: String, file: String? = nil) throws -> URL {
         let url = dir.appendingPathComponent(path)
         try fm.createDirectory(at: url, withIntermediateDirectories: true)
@@ -68,7 +70,7 @@ final class OutputSafetyTests: XCTestCase {
     /// A symbolic link planted under a work directory's name is never followed, renamed or cleaned.
     func testPlantedWorkDirectoryLinkIsLeftAlone() throws {
         let victim = try make("victim", file: "precious")
-        let planted = dir.appendingPathComponent(".dsconvert-partial-out-999999")
+        let planted = dir.appendingPathComponent(".dsconvert-partial-out-4194399")
         try fm.createSymbolicLink(at: planted, withDestinationURL: victim)
         let out = try open(dir.appendingPathComponent("out"), resume: true)
         XCTAssertFalse(out.resumed)
@@ -98,12 +100,12 @@ final class OutputSafetyTests: XCTestCase {
     func testInterruptedCommitIsFinishedOrRolledBack() throws {
         for committing in [true, false] {
             let name = committing ? "forward" : "back"
-            try make(".dsconvert-replaced-\(name)-999999", file: "old")
-            let work = try make(".dsconvert-partial-\(name)-999999", file: "new")
+            try make(".dsconvert-replaced-\(name)-4194399", file: "old")
+            let work = try make(".dsconvert-partial-\(name)-4194399", file: "new")
             if !committing { try Data().write(to: work.appendingPathComponent(AtomicOutputDirectory.ownerFileName)) }
             try AtomicOutputDirectory.finishInterruptedCommits(parent: dir, name: name)
             XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir.appendingPathComponent(name).path).filter { !$0.hasPrefix(".") }, [committing ? "new" : "old"])
-            XCTAssertFalse(fm.fileExists(atPath: dir.appendingPathComponent(".dsconvert-replaced-\(name)-999999").path))
+            XCTAssertFalse(fm.fileExists(atPath: dir.appendingPathComponent(".dsconvert-replaced-\(name)-4194399").path))
         }
     }
 
@@ -123,6 +125,35 @@ final class OutputSafetyTests: XCTestCase {
         let after = ResumeKey(conversion: "c", input: ResumeKey.identify(directory: input))
         XCTAssertTrue(after.mismatch(recorded: recorded)?.contains("input file model.safetensors changed") == true, "\(String(describing: after.mismatch(recorded: recorded)))")
         XCTAssertEqual(ResumeKey(conversion: "d", input: before.input).mismatch(recorded: recorded), "the interrupted run used other options or stages")
+    }
+
+    /// A record written on another host (a shared disk) or in another PID namespace (a container)
+    /// cannot be checked from here: its run counts as live and its directory is left alone.
+    func testRecordFromElsewhereCountsAsLive() throws {
+        var elsewhere = ProcessIdentity.current!
+        elsewhere.host = "another-host"
+        let work = try make(".dsconvert-partial-out-4194399")
+        try JSONEncoder().encode(elsewhere).write(to: work.appendingPathComponent(AtomicOutputDirectory.ownerFileName))
+        XCTAssertTrue(AtomicOutputDirectory.isLive(workDirectory: work, pid: elsewhere.pid))
+        XCTAssertThrowsError(try open(dir.appendingPathComponent("out")))
+        XCTAssertTrue(fm.fileExists(atPath: work.path))
+    }
+
+    /// A dead run that had our PID (containers reuse low PIDs) is resumed, not deleted as ours.
+    func testResumeAdoptsADeadRunWithOurPID() throws {
+        let work = try make(".dsconvert-partial-out-\(getpid())", file: "shard")
+        var earlier = ProcessIdentity.current!
+        earlier = ProcessIdentity(pid: earlier.pid, startTime: earlier.startTime + 1, bootID: earlier.bootID)
+        try JSONEncoder().encode(earlier).write(to: work.appendingPathComponent(AtomicOutputDirectory.ownerFileName))
+        let out = try open(dir.appendingPathComponent("out"), resume: true)
+        XCTAssertTrue(out.resumed)
+        XCTAssertTrue(fm.fileExists(atPath: out.temporaryURL.appendingPathComponent("shard").path))
+        out.discard()
+    }
+
+    func testWorkDirectoryPIDsAreDigitsOnly() {
+        XCTAssertEqual(AtomicOutputDirectory.pid("1234"), 1234)
+        for bad in ["-1234", "+5", "", "0", "12a", "99999999999"] { XCTAssertNil(AtomicOutputDirectory.pid(Substring(bad)), bad) }
     }
 
     func testStartTimeParsingSurvivesOddCommandNames() {
