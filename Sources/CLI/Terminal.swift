@@ -27,9 +27,16 @@ public final class Terminal: Sendable {
     public func out(_ text: String) {
         progressShown.withLock { shown in
             clearProgress(&shown)
-            Self.write(STDOUT_FILENO, text + "\n")
+            let error = Self.write(STDOUT_FILENO, text + "\n")
+            // A reader that left (EPIPE) wanted no more; any other failure loses results.
+            if let error, error != EPIPE { lostResults.withLock { $0 = $0 ?? error } }
         }
     }
+
+    /// The first error (other than EPIPE) that lost part of the results on stdout, e.g. a full disk
+    /// behind `inspect --json > report.json`: the command then fails instead of exiting 0.
+    public var resultsLost: Int32? { lostResults.withLock { $0 } }
+    private let lostResults = Mutex<Int32?>(nil)
 
     /// A one-line diagnostic: embedded newlines are folded and control characters escaped, so each
     /// error stays one line and a name read from a file cannot drive the terminal.
@@ -72,15 +79,17 @@ public final class Terminal: Sendable {
         }
     }
 
-    /// Writes all of `text`, retrying short writes and EINTR; any other error drops the rest.
-    static func write(_ descriptor: Int32, _ text: String) {
+    /// Writes all of `text`, retrying short writes and EINTR; any other error drops the rest and is returned.
+    @discardableResult
+    static func write(_ descriptor: Int32, _ text: String) -> Int32? {
         var bytes = Array(text.utf8)[...]
         while !bytes.isEmpty {
             let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
             if written < 0, errno == EINTR { continue }
-            guard written > 0 else { return }
+            guard written > 0 else { return written < 0 ? errno : EIO }
             bytes = bytes.dropFirst(written)
         }
+        return nil
     }
 
     /// Control characters (ANSI escapes, NUL, DEL, C1, line separators) as `\u{…}`: tensor and
@@ -152,7 +161,12 @@ public enum CommandLineTool {
                 terminal.out(command.spec.helpText(invocation: invocation).trimmingCharacters(in: .newlines))
                 return ExitCode.success
             case let .arguments(parsed):
-                return try command.run(parsed, terminal: terminal)
+                let status = try command.run(parsed, terminal: terminal)
+                if status == ExitCode.success, let lost = terminal.resultsLost {
+                    terminal.error(invocation, "standard output: results could not be written (\(String(cString: strerror(lost))))")
+                    return ExitCode.failure
+                }
+                return status
             }
         } catch let error as UsageError {
             terminal.error(invocation, "\(error.message) (see '\(invocation) --help')")

@@ -138,12 +138,13 @@ final class ShardStream: @unchecked Sendable {
 
     /// Writes `count` bytes of file `input` (from `inputOffset`) at `offset`: read straight into
     /// the staged chunks when they continue the file, else copied in the kernel.
-    func copy(from input: Int32, inputOffset: Int, count: Int, at offset: Int) throws {
+    func copy(from source: MappedFile, inputOffset: Int, count: Int, at offset: Int) throws {
+        let input = source.descriptor
         lock.lock()
         defer { lock.unlock() }
         if let error { throw error }
         guard continues(at: offset) else {
-            try copyFileRange(from: input, inputOffset: inputOffset, count: count, at: offset)
+            try copyFileRange(from: source, inputOffset: inputOffset, count: count, at: offset)
             return
         }
         var done = 0
@@ -152,7 +153,9 @@ final class ShardStream: @unchecked Sendable {
             let n = pread(input, target, min(pool.size - filled, count - done), off_t(inputOffset + done))
             if n < 0, errno == EINTR { continue }
             guard n > 0 else {
-                throw SafeTensorsError.writeFailed(file: path, reason: n < 0 ? "reading the input: \(String(cString: strerror(errno)))" : "the input ended early")
+                // The input ends before its header said: someone truncated it during the run.
+                if n == 0 { throw SafeTensorsError.inputChanged(file: source.path, openedSize: source.size, size: source.currentSize ?? 0) }
+                throw SafeTensorsError.writeFailed(file: path, reason: "reading \(source.path): \(String(cString: strerror(errno)))")
             }
             advance(n)
             done += n
@@ -248,7 +251,8 @@ final class ShardStream: @unchecked Sendable {
 
     /// An out-of-order copy in the kernel (`copy_file_range`, as `cp` does), with a read-and-write
     /// fallback where the kernel cannot copy between these files.
-    private func copyFileRange(from input: Int32, inputOffset: Int, count: Int, at offset: Int) throws {
+    private func copyFileRange(from source: MappedFile, inputOffset: Int, count: Int, at offset: Int) throws {
+        let input = source.descriptor
         var inOffset = Int64(inputOffset), outOffset = Int64(offset)
         var done = 0
         while done < count {
@@ -266,7 +270,8 @@ final class ShardStream: @unchecked Sendable {
             while done < count {
                 let n = pread(input, buffer, min(pool.size, count - done), off_t(inputOffset + done))
                 if n < 0, errno == EINTR { continue }
-                guard n > 0 else { throw SafeTensorsError.writeFailed(file: path, reason: "reading the input failed or ended early") }
+                if n == 0 { throw SafeTensorsError.inputChanged(file: source.path, openedSize: source.size, size: source.currentSize ?? 0) }
+                guard n > 0 else { throw SafeTensorsError.writeFailed(file: path, reason: "reading \(source.path): \(String(cString: strerror(errno)))") }
                 try pwriteAll(fd, UnsafeRawBufferPointer(start: buffer, count: n), at: offset + done)
                 done += n
             }

@@ -113,6 +113,24 @@ final class DataSafetyTests: XCTestCase {
     }
 }
 
+final class LostResultsTests: XCTestCase {
+    /// `inspect --json > report.json` on a full disk: the lost results are an error, not exit 0
+    /// (a closed pipe, by contrast, is a reader that wanted no more).
+    func testResultsToAFullDiskFail() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: toolPath("dsconvert"))
+        process.arguments = ["inspect", fixtures.appendingPathComponent("lite").path]
+        process.standardOutput = FileHandle(forWritingAtPath: "/dev/full")!
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 1, stderr)
+        XCTAssertTrue(stderr.contains("error: standard output: results could not be written (No space left on device)"), stderr)
+    }
+}
+
 final class TruncatedInputTests: XCTestCase {
     /// An input shard truncated while a conversion reads it: one line naming the file, exit 1, no
     /// output (not a SIGBUS). The run is stopped once its work directory exists, the shard cut in
