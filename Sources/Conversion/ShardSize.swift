@@ -4,10 +4,11 @@ import SafeTensors
 /// How large an output's shards may be: the limit `--max-shard-size` gave, or (its default) the
 /// input's own layout.
 ///
-/// Laid out like the input because that is what a user expects (DeepSeek's own FP8 → bf16 cast keeps
-/// the input's files) and because shards are hashed side by side as they are written, so one large
-/// file would make its SHA-256 a serial stream. The rule, for an output of T bytes from an input
-/// whose largest shard file is S bytes among N files:
+/// Laid out like the input because that is what a user expects (shards of the size they gave; an
+/// output twice as large, as from `--dequantize`, has about twice the files) and because shards are
+/// hashed side by side as they are written, so one large file would make its SHA-256 a serial
+/// stream. The rule, for an output of T bytes from an input whose largest shard file is S bytes among
+/// N files (for a dsconvert output, the S and N its manifest recorded from the original checkpoint):
 /// - the limit is S;
 /// - unless N > 1 and the whole output would fit one file above 1 GB (T ≤ S, T > 1 GB): then the
 ///   output keeps the input's file count, with a limit of ⌈T / N⌉;

@@ -69,7 +69,7 @@ public enum ConvertBenchCommand: Command {
         // or deleted; it is removed when the bench ends.
         let scratch = work.appendingPathComponent(".dsconvert-bench-\(getpid())")
         guard mkdir(scratch.path, 0o755) == 0 else {
-            throw UsageError("--work \(work.path): cannot create a scratch directory in it (\(String(cString: strerror(errno))))")
+            throw SafeTensorsError.cannotCreateOutput(path: scratch.path, reason: String(cString: strerror(errno)))
         }
         defer { try? FileManager.default.removeItem(at: scratch) }
         let out = scratch.appendingPathComponent("out")

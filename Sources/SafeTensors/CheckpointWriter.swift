@@ -199,7 +199,7 @@ public final class CheckpointWriter: @unchecked Sendable {
                   let i = layout.shards.firstIndex(where: { $0.fileName == file }),
                   entry["header_sha256"]?.stringValue == headerHash(layout.shards[i]) else { continue }
             let path = directory.appendingPathComponent(file).path
-            guard FileEntry.lstat(path)?.kind == .regular, FileEntry.lstat(path)?.size == layout.shards[i].fileSize,
+            guard let entry = FileEntry.lstat(path), entry.kind == .regular, entry.size == layout.shards[i].fileSize,
                   (try? SHA256.hex(fileAt: path)) == sha else { continue }
             hashes[file] = sha
             remaining[i] = 0

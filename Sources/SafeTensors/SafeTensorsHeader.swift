@@ -115,8 +115,13 @@ public struct SafeTensorsHeader: Sendable {
         }
         if let entryError { throw entryError }
 
-        // Validation as in the reference: walk tensors in offset order; each must start where the
-        // previous ended, and the byte span must equal numel x dtype size.
+        try checkTiling(&tensors, dataSize: fileSize - 8 - Int(length), file: file)
+        return SafeTensorsHeader(tensors: tensors, metadata: metadata, dataStart: 8 + Int(length))
+    }
+
+    /// Validation as in the reference: sorts `tensors` by offset and checks that each starts where
+    /// the previous ended, spans numel x dtype size, and that together they cover the data exactly.
+    static func checkTiling(_ tensors: inout [TensorInfo], dataSize: Int, file: String) throws {
         tensors.sort { ($0.dataOffsets.lowerBound, $0.dataOffsets.upperBound, $0.name) < ($1.dataOffsets.lowerBound, $1.dataOffsets.upperBound, $1.name) }
         var cursor = 0
         var previous: String?
@@ -139,11 +144,9 @@ public struct SafeTensorsHeader: Sendable {
             cursor = info.dataOffsets.upperBound
             previous = info.name
         }
-        let dataSize = fileSize - 8 - Int(length)
         if cursor != dataSize {
             throw SafeTensorsError.dataNotCoveringFile(file: file, tensorEnd: UInt64(cursor), dataSize: UInt64(dataSize))
         }
-        return SafeTensorsHeader(tensors: tensors, metadata: metadata, dataStart: 8 + Int(length))
     }
 
     static func elementCountChecked(_ shape: [Int]) -> Int? {
