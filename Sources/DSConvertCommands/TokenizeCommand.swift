@@ -46,7 +46,7 @@ public enum TokenizeCommand: Command {
             let ids = try TokenFile.load(URL(fileURLWithPath: inputPath)).flatMap { $0 }
             result = Data(try tokenizer.decode(ids).utf8)
         } else {
-            result = Data(try encode(tokenizer, textPath: inputPath, arguments: arguments, terminal: terminal).utf8)
+            result = Data(try encode(tokenizer, textPath: inputPath, arguments: arguments, terminal: terminal))
         }
         if let output {
             try result.write(to: output, options: .atomic)
@@ -56,7 +56,7 @@ public enum TokenizeCommand: Command {
         return ExitCode.success
     }
 
-    private static func encode(_ tokenizer: Tokenizer, textPath: String, arguments: ParsedArguments, terminal: Terminal) throws -> String {
+    private static func encode(_ tokenizer: Tokenizer, textPath: String, arguments: ParsedArguments, terminal: Terminal) throws -> [UInt8] {
         let seqLen = try arguments.value("seq-len").map { _ in try arguments.integer("seq-len", default: 0, in: 1...(1 << 24)) }
         var bos: Int?
         if arguments.flag("add-bos") {

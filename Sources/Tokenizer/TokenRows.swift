@@ -21,9 +21,22 @@ public enum TokenRows {
         return Cut(rows: rows, droppedTail: ids.count - rowCount * perRow)
     }
 
-    /// `{"tokens": [[…], …]}` on one line per row.
-    public static func json(_ rows: [[Int]]) -> String {
-        let body = rows.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" }.joined(separator: ",\n  ")
-        return "{\"tokens\": [\n  " + body + "\n]}\n"
+    /// `{"tokens": [[…], …]}` with one line per row, written digit by digit (millions of ids).
+    public static func json(_ rows: [[Int]]) -> [UInt8] {
+        var out = Array("{\"tokens\": [\n".utf8)
+        var digits = [UInt8](repeating: 0, count: 20)
+        for (r, row) in rows.enumerated() {
+            out += Array((r == 0 ? "  [" : ",\n  [").utf8)
+            for (i, id) in row.enumerated() {
+                if i > 0 { out += [0x2C, 0x20] }
+                var value = id.magnitude, count = 0
+                repeat { digits[count] = UInt8(48 + value % 10); value /= 10; count += 1 } while value > 0
+                if id < 0 { out.append(0x2D) }
+                for k in stride(from: count - 1, through: 0, by: -1) { out.append(digits[k]) }
+            }
+            out.append(0x5D)
+        }
+        out += Array("\n]}\n".utf8)
+        return out
     }
 }
