@@ -40,7 +40,6 @@ enum TextTokens {
         if cut.droppedTail > 0, let seqLen {
             terminal.note("\(textPath): dropped the last \(cut.droppedTail) of \(ids.count) tokens (shorter than one row of --seq-len \(seqLen))")
         }
-        guard !cut.rows.isEmpty, !cut.rows[0].isEmpty else { throw TokenizerError.textShorterThanRow(file: textPath, tokens: 0, sequenceLength: seqLen ?? 1) }
         return (cut.rows, "\(textPath) via \(tokenizer.file)")
     }
 }

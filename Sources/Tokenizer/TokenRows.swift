@@ -11,6 +11,8 @@ public enum TokenRows {
     /// `name` (the text file) is what the error for a text shorter than one row names.
     public static func cut(_ ids: [Int], sequenceLength: Int?, bos: Int?, name: String) throws -> Cut {
         let prefix = bos.map { [$0] } ?? []
+        // A tokens file holds no empty row (the forward pass has nothing to run).
+        guard !ids.isEmpty else { throw TokenizerError.emptyText(file: name) }
         guard let length = sequenceLength else { return Cut(rows: [prefix + ids], droppedTail: 0) }
         let perRow = length - prefix.count
         guard perRow > 0, ids.count >= perRow else {

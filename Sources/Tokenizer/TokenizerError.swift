@@ -17,6 +17,7 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
     case idOutsideVocabulary(file: String, id: Int, vocabularySize: Int)
     case noBOSToken(file: String)
     case textShorterThanRow(file: String, tokens: Int, sequenceLength: Int)
+    case emptyText(file: String)
 
     public var errorDescription: String? {
         switch self {
@@ -35,6 +36,7 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
         case let .idOutsideVocabulary(file, id, size):
             return "\(file): token id \(id) is outside the vocabulary (0..<\(size) and the added tokens)"
         case let .noBOSToken(file): return "\(file): --add-bos needs a bos_token in tokenizer_config.json that the vocabulary holds"
+        case let .emptyText(file): return "\(file): the text gives no tokens"
         case let .textShorterThanRow(file, tokens, length):
             return "\(file): the text gives \(tokens) tokens, fewer than one row of --seq-len \(length)"
         }

@@ -47,6 +47,9 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(cut.droppedTail, 1)
         XCTAssertEqual(try TokenRows.cut(ids, sequenceLength: 5, bos: nil, name: "t").rows, [Array(10..<15), Array(15..<20)])
         XCTAssertEqual(String(decoding: TokenRows.json([[1, 20], [300, 0]]), as: UTF8.self), "{\"tokens\": [\n  [1, 20],\n  [300, 0]\n]}\n")
+        XCTAssertThrowsError(try TokenRows.cut([], sequenceLength: nil, bos: 7, name: "e.txt")) { error in
+            XCTAssertEqual(error as? TokenizerError, .emptyText(file: "e.txt"))
+        }
         XCTAssertThrowsError(try TokenRows.cut(ids, sequenceLength: 11, bos: nil, name: "t.txt")) { error in
             XCTAssertEqual(error as? TokenizerError, .textShorterThanRow(file: "t.txt", tokens: 10, sequenceLength: 11))
         }
