@@ -99,6 +99,9 @@ struct EncodeWorker {
     var runner: PreTokenizerRunner
     var workspace = BPEWorkspace()
     var cache: [[UInt32]: [Int32]] = [:]
+    /// Buffers reused from word to word.
+    var symbols: [Int32] = []
+    var bytes: [UInt8] = []
     static let cacheLimit = 1 << 17
 
     init(model: BPEModel, runner: PreTokenizerRunner) {
@@ -129,9 +132,9 @@ struct EncodeWorker {
     private mutating func merge(_ piece: Piece, into output: inout [Int32]) {
         let scalars = runner.withScalars(piece) { Array($0[piece.range]) }
         if let hit = cache[scalars] { output += hit; return }
-        var symbols: [Int32] = []
+        symbols.removeAll(keepingCapacity: true)
         if piece.byteLevel {
-            var bytes: [UInt8] = []
+            bytes.removeAll(keepingCapacity: true)
             for v in scalars { UTF8Text.append(v, to: &bytes) }
             for b in bytes where model.byteIDs[Int(b)] >= 0 { symbols.append(model.byteIDs[Int(b)]) }
         } else {

@@ -37,33 +37,33 @@ struct PreTokenizerRunner {
         let piece = original.byteLevel ? materializeByteLevel(original) : original
         switch step {
         case let .split(regex, behavior, invert):
-            var matches: [(Range<Int>, Bool)] = []
             // The backtracking stack is moved out so the closure below does not overlap `self`.
             var regexStack: [ScalarRegex.Backtrack] = []
             swap(&regexStack, &stack)
             defer { swap(&regexStack, &stack) }
             withScalars(piece) { buffer in
-                var previous = piece.range.lowerBound
-                regex.forEachMatch(buffer, start: piece.range.lowerBound, end: piece.range.upperBound, stack: &regexStack) { s, e in
-                    if previous != s { matches.append((previous..<s, invert)) }
-                    matches.append((s..<e, !invert))
-                    previous = e
+                Self.segments(of: piece, behavior, into: &output) { segment in
+                    var previous = piece.range.lowerBound
+                    regex.forEachMatch(buffer, start: piece.range.lowerBound, end: piece.range.upperBound, stack: &regexStack) { s, e in
+                        if previous != s { segment(previous..<s, invert) }
+                        segment(s..<e, !invert)
+                        previous = e
+                    }
+                    if previous != piece.range.upperBound { segment(previous..<piece.range.upperBound, invert) }
                 }
-                if previous != piece.range.upperBound { matches.append((previous..<piece.range.upperBound, invert)) }
             }
-            emit(Self.combine(matches, behavior), from: piece, into: &output)
         case let .digits(individual):
-            var matches: [(Range<Int>, Bool)] = []
             withScalars(piece) { buffer in
-                var last = piece.range.lowerBound
-                for i in piece.range where Self.isNumeric(buffer[i]) {
-                    if last < i { matches.append((last..<i, false)) }
-                    matches.append((i..<(i + 1), true))
-                    last = i + 1
+                Self.segments(of: piece, individual ? .isolated : .contiguous, into: &output) { segment in
+                    var last = piece.range.lowerBound
+                    for i in piece.range where Self.isNumeric(buffer[i]) {
+                        if last < i { segment(last..<i, false) }
+                        segment(i..<(i + 1), true)
+                        last = i + 1
+                    }
+                    if last < piece.range.upperBound { segment(last..<piece.range.upperBound, false) }
                 }
-                if last < piece.range.upperBound { matches.append((last..<piece.range.upperBound, false)) }
             }
-            emit(Self.combine(matches, individual ? .isolated : .contiguous), from: piece, into: &output)
         case let .byteLevel(addPrefixSpace, useRegex):
             var prefixed = piece
             if addPrefixSpace, withScalars(piece, { $0[piece.range.lowerBound] }) != 0x20 { prefixed = prependSpace(piece) }
@@ -71,6 +71,24 @@ struct PreTokenizerRunner {
             var split: [Piece] = []
             apply(.split(Self.gpt2, behavior: .isolated, invert: false), to: prefixed, into: &split)
             for var p in split { p.byteLevel = true; output.append(p) }
+        }
+    }
+
+    /// Runs `produce`, which reports (range, is-match) pairs covering `piece` in order, and appends
+    /// the non-empty pieces `behavior` makes of them. `Isolated` and `Removed` append as the pairs
+    /// come (most steps are these); the merging behaviours need the whole list first.
+    private static func segments(of piece: Piece, _ behavior: SplitBehavior, into output: inout [Piece],
+                                 _ produce: (_ segment: (Range<Int>, Bool) -> Void) -> Void) {
+        func append(_ range: Range<Int>) {
+            if !range.isEmpty { output.append(Piece(range: range, inScratch: piece.inScratch, byteLevel: false)) }
+        }
+        switch behavior {
+        case .isolated: produce { range, _ in append(range) }
+        case .removed: produce { range, isMatch in if !isMatch { append(range) } }
+        case .contiguous, .mergedWithPrevious, .mergedWithNext:
+            var matches: [(Range<Int>, Bool)] = []
+            produce { matches.append(($0, $1)) }
+            for range in combine(matches, behavior) { append(range) }
         }
     }
 
@@ -107,10 +125,6 @@ struct PreTokenizerRunner {
             }
             return result.reversed()
         }
-    }
-
-    private func emit(_ ranges: [Range<Int>], from piece: Piece, into output: inout [Piece]) {
-        for range in ranges where !range.isEmpty { output.append(Piece(range: range, inScratch: piece.inScratch, byteLevel: false)) }
     }
 
     func withScalars<R>(_ piece: Piece, _ body: (UnsafeBufferPointer<UInt32>) -> R) -> R {
