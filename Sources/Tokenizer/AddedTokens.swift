@@ -1,11 +1,15 @@
 /// One entry of `added_tokens`.
 public struct AddedToken: Sendable, Equatable {
+    /// The token's id and text.
     public let id: Int
     public let content: String
+    /// Skipped by `decode(skip_special_tokens=True)` (kept here); matched in text like the others.
     public let special: Bool
+    /// Whether the match takes the whitespace before / after it, and must stand alone as a word.
     public let lstrip: Bool
     public let rstrip: Bool
     public let singleWord: Bool
+    /// Matched in the normalized text (true) or the raw text (false).
     public let normalized: Bool
 }
 

@@ -12,6 +12,8 @@ extension Tokenizer {
         case piece(Piece)
     }
 
+    /// Ids of a text given as Unicode scalar values, on up to `threads` threads (the ids do not
+    /// depend on how many).
     public func encode(scalars input: [UInt32], threads: Int = Parallel.threads) -> [Int] {
         let (text, segments) = addedTokenSegments(input)
         return text.withUnsafeBufferPointer { buffer -> [Int] in
@@ -43,7 +45,7 @@ extension Tokenizer {
             text = []
             pieces = raw.map { split in
                 let normalized = definition.normalizers.reduce(Array(input[split.range])) { $1.apply($0[...]) }
-                let start = split.token == nil ? text.count : text.count
+                let start = text.count
                 if split.token == nil { text += normalized } else { text += input[split.range] }
                 return AddedTokenMatcher.Split(token: split.token, range: start..<text.count)
             }

@@ -2,6 +2,7 @@
 /// choice order (alternatives left to right, greedy repeats longest first), so the leftmost match
 /// it finds is the one `tokenizers` finds.
 public final class ScalarRegex: Sendable {
+    /// The pattern as the tokenizer file spells it.
     public let pattern: String
     private let programs: [[RegexInstruction]]
     private let bits: [UInt64]

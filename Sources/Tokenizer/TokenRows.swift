@@ -2,7 +2,9 @@
 public enum TokenRows {
     /// The rows, and how many ids at the end were left out (shorter than one row).
     public struct Cut: Equatable, Sendable {
+        /// The rows, each of the same length.
         public let rows: [[Int]]
+        /// Ids at the end left out because they did not fill a row.
         public let droppedTail: Int
     }
 

@@ -88,7 +88,9 @@ public final class Tokenizer: Sendable {
 
 /// `tokenizer_config.json`'s settings for the BOS/EOS tokens (absent file: none).
 public struct TokenizerSettings: Sendable, Equatable {
+    /// `add_bos_token`: the model was trained with BOS at the start of every sequence.
     public var addBOSToken: Bool
+    /// The contents of `bos_token` and `eos_token` (a string or an object with `content`).
     public var bosToken: String?
     public var eosToken: String?
 

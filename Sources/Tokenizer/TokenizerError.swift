@@ -19,6 +19,7 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
     case textShorterThanRow(file: String, tokens: Int, sequenceLength: Int)
     case emptyText(file: String)
 
+    /// One line naming the file and what is wrong with it.
     public var errorDescription: String? {
         switch self {
         case let .cannotRead(file, reason): return "\(file): cannot read: \(reason)"

@@ -56,6 +56,7 @@ public enum UTF8Text {
 
     /// Where a byte sequence stops being valid UTF-8.
     public struct InvalidOffset: Error, Equatable, Sendable {
+        /// Byte offset of the first byte of the bad sequence.
         public let offset: Int
     }
 }
