@@ -49,7 +49,7 @@ public enum TokenizeCommand: Command {
             result = Data(try encode(tokenizer, textPath: inputPath, arguments: arguments, terminal: terminal))
         }
         if let output {
-            try result.write(to: output, options: .atomic)
+            try AtomicFile.write(result, to: output)
         } else {
             FileHandle.standardOutput.write(result)
         }
