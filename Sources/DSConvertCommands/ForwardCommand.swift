@@ -17,25 +17,25 @@ public enum ForwardCommand: Command {
         """,
         options: [
             OptionSpec("model", value: "DIR", help: "Checkpoint directory."),
-            OptionSpec("tokens", value: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths."),
+            OptionSpec("tokens", value: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths (or --text)."),
             OptionSpec("output", value: "OUT.safetensors", help: "Where to write the outputs."),
             OptionSpec("hidden-states", help: "Also write every hidden state."),
             OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6 (default: what the config declares, else none)."),
             OptionSpec("force", help: "Replace an existing OUT.safetensors (a regular file only)."),
-        ]
+        ] + TextTokens.options
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let modelURL = URL(fileURLWithPath: try arguments.required("model"))
-        let tokensURL = URL(fileURLWithPath: try arguments.required("tokens"))
+        let inputURL = URL(fileURLWithPath: try arguments.path("text") ?? arguments.required("tokens"))
         // Checked before the forward pass: never into an input, never over a file without --force.
         let outputURL = try OutputLocation.checkResultFile(URL(fileURLWithPath: try arguments.required("output")),
-                                                           inputs: [modelURL, tokensURL], force: arguments.flag("force"))
-        let tokens = try TokenFile.load(tokensURL)
+                                                           inputs: [modelURL, inputURL], force: arguments.flag("force"))
+        let tokens = try TextTokens.load(arguments, model: modelURL, terminal: terminal)?.rows ?? TokenFile.load(inputURL)
         var model = try ModelLoader.open(modelURL)
         if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format) }
         let result = try model.forward()
-            .run(tokens: tokens, source: tokensURL.path, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
+            .run(tokens: tokens, source: inputURL.path, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
         terminal.endProgress()
 
         let b = result.batch, s = result.sequenceLength

@@ -13,7 +13,8 @@ public enum ValidateCommand: Command {
         Prints a table (per hidden state: relative error and cosine; logits: max |Δ|, KL(reference‖candidate)
         mean and max in nats, top-1 agreement; routing agreement; perplexity on the reference's held-out
         text when it has heldout.json). Exit 0 within thresholds, 1 naming the worst metric otherwise.
-        Tokens default to the reference's tokens.json, else a deterministic sample.
+        Tokens default to the reference's tokens.json, else a deterministic sample; --text encodes a
+        text file with the reference's tokenizer.json (or --tokenizer) instead.
         Default thresholds: --max-kl-mean 0.01 --max-kl-max 0.5 --min-top1 0.9 --min-routing 0.8
         --max-ppl-ratio 1.05 (no logit limit); give 'none' to drop one.
         """,
@@ -30,14 +31,14 @@ public enum ValidateCommand: Command {
             OptionSpec("min-top1", value: "X", help: "Smallest allowed top-1 agreement (0-1)."),
             OptionSpec("min-routing", value: "X", help: "Smallest allowed routing agreement (0-1)."),
             OptionSpec("max-ppl-ratio", value: "X", help: "Largest allowed candidate/reference perplexity ratio."),
-        ]
+        ] + TextTokens.options
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let referenceURL = URL(fileURLWithPath: try arguments.required("reference"))
         let candidateURL = URL(fileURLWithPath: try arguments.required("candidate"))
         let thresholds = try parseThresholds(arguments)
-        let tokensPath = try arguments.path("tokens")
+        let tokensPath = try arguments.path("text") ?? arguments.path("tokens")
         // Checked before the comparison: never into an input, never over a file without --force.
         let jsonURL = try arguments.path("json").map {
             try OutputLocation.checkResultFile(URL(fileURLWithPath: $0), inputs: [referenceURL, candidateURL] + (tokensPath.map { [URL(fileURLWithPath: $0)] } ?? []),
@@ -49,7 +50,9 @@ public enum ValidateCommand: Command {
 
         let tokens: [[Int]], label: String
         let fixtureTokens = referenceURL.appendingPathComponent("tokens.json")
-        if let path = tokensPath {
+        if let text = try TextTokens.load(arguments, model: referenceURL, terminal: terminal) {
+            (tokens, label) = text
+        } else if let path = tokensPath {
             tokens = try TokenFile.load(URL(fileURLWithPath: path)); label = path
         } else if FileManager.default.fileExists(atPath: fixtureTokens.path) {
             tokens = try TokenFile.load(fixtureTokens); label = fixtureTokens.path

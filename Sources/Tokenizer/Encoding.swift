@@ -1,0 +1,163 @@
+import Numerics
+
+/// The encode pipeline: added tokens, normalization, pre-tokenizer steps, BPE.
+///
+/// Parallel without changing a single id: after the first pre-tokenizer step, `tokenizers` hands
+/// every piece to the later steps and to the model as a string of its own, so the pieces can be
+/// shared out to threads in contiguous blocks and their ids concatenated in order.
+extension Tokenizer {
+    /// An added token, or a piece still to be pre-tokenized and merged.
+    enum Item {
+        case token(Int32)
+        case piece(Piece)
+    }
+
+    /// Ids of a text given as Unicode scalar values, on up to `threads` threads (the ids do not
+    /// depend on how many).
+    public func encode(scalars input: [UInt32], threads: Int = Parallel.threads) -> [Int] {
+        let (text, segments) = addedTokenSegments(input)
+        return text.withUnsafeBufferPointer { buffer -> [Int] in
+            var runner = PreTokenizerRunner(text: buffer)
+            let items = firstStep(segments, runner: &runner)
+            let blocks = Self.blocks(items, count: max(1, threads))
+            var results = [[Int32]](repeating: [], count: blocks.count)
+            let laterSteps = Array(definition.preTokenizers.dropFirst())
+            results.withUnsafeMutableBufferPointer { out in
+                let shared = SharedPointer(out.baseAddress!)
+                Parallel.forEach(blocks.count) { b in
+                    var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: buffer))
+                    worker.runner.scratch = runner.scratch
+                    shared.pointer[b] = worker.encode(items[blocks[b]], steps: laterSteps)
+                }
+            }
+            return results.flatMap { $0.map(Int.init) }
+        }
+    }
+
+    /// Text with the added tokens taken out: first those matched on the raw text, then (after the
+    /// normalizer) those matched on normalized text, as `AddedVocabulary::extract_and_normalize`.
+    func addedTokenSegments(_ input: [UInt32]) -> ([UInt32], [AddedTokenMatcher.Split]) {
+        let whole = [AddedTokenMatcher.Split(token: nil, range: 0..<input.count)]
+        let raw = rawMatcher.isEmpty || input.isEmpty ? whole : input.withUnsafeBufferPointer { rawMatcher.splits($0, 0..<input.count) }
+        var text = input
+        var pieces = raw
+        if !definition.normalizers.isEmpty {
+            text = []
+            pieces = raw.map { split in
+                let normalized = definition.normalizers.reduce(Array(input[split.range])) { $1.apply($0[...]) }
+                let start = text.count
+                if split.token == nil { text += normalized } else { text += input[split.range] }
+                return AddedTokenMatcher.Split(token: split.token, range: start..<text.count)
+            }
+        }
+        guard !normalizedMatcher.isEmpty else { return (text, pieces) }
+        let segments = text.withUnsafeBufferPointer { buffer in
+            pieces.flatMap { $0.token != nil ? [$0] : normalizedMatcher.splits(buffer, $0.range) }
+        }
+        return (text, segments)
+    }
+
+    /// The first pre-tokenizer step over every text segment (one thread: it decides the pieces).
+    private func firstStep(_ segments: [AddedTokenMatcher.Split], runner: inout PreTokenizerRunner) -> [Item] {
+        var items: [Item] = []
+        for segment in segments {
+            if let id = segment.token { items.append(.token(Int32(id))); continue }
+            if segment.range.isEmpty { continue }
+            let piece = Piece(range: segment.range, inScratch: false, byteLevel: false)
+            guard let first = definition.preTokenizers.first else { items.append(.piece(piece)); continue }
+            var pieces: [Piece] = []
+            runner.apply(first, to: piece, into: &pieces)
+            items += pieces.map(Item.piece)
+        }
+        return items
+    }
+
+    /// Contiguous ranges of `items` with about the same number of scalars each.
+    static func blocks(_ items: [Item], count: Int) -> [Range<Int>] {
+        let sizes = items.map { item -> Int in
+            if case let .piece(p) = item { return p.range.count }
+            return 1
+        }
+        let total = sizes.reduce(0, +)
+        guard count > 1, items.count > 1 else { return [0..<items.count] }
+        var blocks: [Range<Int>] = []
+        var start = 0, accumulated = 0
+        for (i, size) in sizes.enumerated() {
+            accumulated += size
+            if accumulated * count >= total * (blocks.count + 1), blocks.count < count - 1 {
+                blocks.append(start..<(i + 1))
+                start = i + 1
+            }
+        }
+        blocks.append(start..<items.count)
+        return blocks.filter { !$0.isEmpty }
+    }
+}
+
+/// One thread's share: the later pre-tokenizer steps and the BPE merges of its pieces, with a
+/// cache of words already merged (repeated words are most of a text).
+struct EncodeWorker {
+    let model: BPEModel
+    var runner: PreTokenizerRunner
+    var workspace = BPEWorkspace()
+    var cache: [[UInt32]: [Int32]] = [:]
+    /// Buffers reused from word to word.
+    var symbols: [Int32] = []
+    var bytes: [UInt8] = []
+    static let cacheLimit = 1 << 17
+
+    init(model: BPEModel, runner: PreTokenizerRunner) {
+        self.model = model
+        self.runner = runner
+    }
+
+    mutating func encode(_ items: ArraySlice<Tokenizer.Item>, steps: [PreTokenizerStep]) -> [Int32] {
+        var output: [Int32] = []
+        var current: [Piece] = [], next: [Piece] = []
+        for item in items {
+            switch item {
+            case let .token(id): output.append(id)
+            case let .piece(piece):
+                current.removeAll(keepingCapacity: true)
+                current.append(piece)
+                for step in steps {
+                    next.removeAll(keepingCapacity: true)
+                    runner.apply(step, to: current, into: &next)
+                    swap(&current, &next)
+                }
+                for p in current { merge(p, into: &output) }
+            }
+        }
+        return output
+    }
+
+    private mutating func merge(_ piece: Piece, into output: inout [Int32]) {
+        let scalars = runner.withScalars(piece) { Array($0[piece.range]) }
+        if let hit = cache[scalars] { output += hit; return }
+        symbols.removeAll(keepingCapacity: true)
+        if piece.byteLevel {
+            bytes.removeAll(keepingCapacity: true)
+            for v in scalars { UTF8Text.append(v, to: &bytes) }
+            for b in bytes where model.byteIDs[Int(b)] >= 0 { symbols.append(model.byteIDs[Int(b)]) }
+        } else {
+            for v in scalars { if let id = model.id(ofScalar: v) { symbols.append(id) } }
+        }
+        var ids: [Int32] = []
+        if model.ignoreMerges, let whole = model.vocab[word(scalars, byteLevel: piece.byteLevel)] {
+            ids = [whole]
+        } else {
+            model.merge(symbols, workspace: &workspace, into: &ids)
+        }
+        if cache.count >= Self.cacheLimit { cache.removeAll(keepingCapacity: true) }
+        cache[scalars] = ids
+        output += ids
+    }
+
+    /// The piece as the model's vocabulary spells it (byte-level characters where mapped).
+    private func word(_ scalars: [UInt32], byteLevel: Bool) -> String {
+        var bytes: [UInt8] = []
+        for v in scalars { UTF8Text.append(v, to: &bytes) }
+        guard byteLevel else { return String(decoding: bytes, as: UTF8.self) }
+        return String(String.UnicodeScalarView(bytes.map { Unicode.Scalar(ByteLevel.scalarOfByte[Int($0)])! }))
+    }
+}

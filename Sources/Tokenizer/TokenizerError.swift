@@ -1,0 +1,63 @@
+import Foundation
+
+/// Why a tokenizer file, a text or a token id was refused. One case per rule; every message names
+/// the file it is about.
+public enum TokenizerError: LocalizedError, Equatable, Sendable {
+    case cannotRead(file: String, reason: String)
+    case invalidJSON(file: String, reason: String)
+    case missingField(file: String, field: String)
+    case unsupportedModel(file: String, type: String)
+    case unsupportedNormalizer(file: String, type: String)
+    case unsupportedPreTokenizer(file: String, type: String)
+    case unsupportedDecoder(file: String, type: String)
+    case unsupportedOption(file: String, option: String)
+    case unsupportedRegex(file: String, pattern: String, construct: String)
+    case mergeOutOfVocabulary(file: String, merge: String)
+    case invalidUTF8(file: String, offset: Int)
+    case idOutsideVocabulary(file: String, id: Int, vocabularySize: Int)
+    case noBOSToken(file: String)
+    case textShorterThanRow(file: String, tokens: Int, sequenceLength: Int)
+    case emptyText(file: String)
+
+    /// One line naming the file and what is wrong with it.
+    public var errorDescription: String? {
+        switch self {
+        case let .cannotRead(file, reason): return "\(file): cannot read: \(reason)"
+        case let .invalidJSON(file, reason): return "\(file): not a valid tokenizer file: \(reason)"
+        case let .missingField(file, field): return "\(file): missing or malformed field \(field)"
+        case let .unsupportedModel(file, type): return "\(file): unsupported model type '\(type)' (only BPE is implemented)"
+        case let .unsupportedNormalizer(file, type): return "\(file): unsupported normalizer '\(type)'"
+        case let .unsupportedPreTokenizer(file, type): return "\(file): unsupported pre-tokenizer '\(type)'"
+        case let .unsupportedDecoder(file, type): return "\(file): unsupported decoder '\(type)'"
+        case let .unsupportedOption(file, option): return "\(file): unsupported setting \(option)"
+        case let .unsupportedRegex(file, pattern, construct):
+            return "\(file): unsupported regex construct \(construct) in \(CompactQuote.quote(pattern))"
+        case let .mergeOutOfVocabulary(file, merge): return "\(file): merge '\(merge)' produces a token outside the vocabulary"
+        case let .invalidUTF8(file, offset): return "\(file): not valid UTF-8 at byte offset \(offset)"
+        case let .idOutsideVocabulary(file, id, size):
+            return "\(file): token id \(id) is outside the vocabulary (0..<\(size) and the added tokens)"
+        case let .noBOSToken(file): return "\(file): --add-bos needs a bos_token in tokenizer_config.json that the vocabulary holds"
+        case let .emptyText(file): return "\(file): the text gives no tokens"
+        case let .textShorterThanRow(file, tokens, length):
+            return "\(file): the text gives \(tokens) tokens, fewer than one row of --seq-len \(length)"
+        }
+    }
+}
+
+/// A pattern shown in one line: control characters escaped so the message stays on one line.
+enum CompactQuote {
+    static func quote(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\"": out += "\\\""
+            default:
+                if scalar.value < 0x20 { out += String(format: "\\u%04X", scalar.value) } else { out.unicodeScalars.append(scalar) }
+            }
+        }
+        return out + "\""
+    }
+}

@@ -1,0 +1,44 @@
+import SafeTensors
+
+extension TokenizerDefinition {
+    /// The `model` object: BPE only, with the options DeepSeek's files use; any option that would
+    /// change the result (dropout, byte fallback, an unknown token, subword affixes) is refused.
+    static func model(_ json: JSONValue?, file: String) throws -> BPEModel {
+        guard let json, case .object = json else { throw TokenizerError.missingField(file: file, field: "model") }
+        let type = json["type"]?.stringValue ?? "BPE"
+        guard type == "BPE" else { throw TokenizerError.unsupportedModel(file: file, type: type) }
+        for option in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
+            if let value = json[option], value != .null { throw TokenizerError.unsupportedOption(file: file, option: "model.\(option)") }
+        }
+        if try flag(json, "byte_fallback", default: false, file: file) {
+            throw TokenizerError.unsupportedOption(file: file, option: "model.byte_fallback")
+        }
+        guard case let .object(entries)? = json["vocab"] else { throw TokenizerError.missingField(file: file, field: "model.vocab") }
+        var vocab: [String: Int32] = [:]
+        vocab.reserveCapacity(entries.count)
+        for (token, value) in entries {
+            guard let id = value.uint64, id <= UInt64(Int32.max) else { throw TokenizerError.missingField(file: file, field: "model.vocab[\(token)]") }
+            vocab[token] = Int32(id)
+        }
+        guard case let .array(list)? = json["merges"] else { throw TokenizerError.missingField(file: file, field: "model.merges") }
+        let merges = try list.enumerated().map { rank, item in try mergePair(item, rank: rank, file: file) }
+        return try BPEModel(vocab: vocab, merges: merges, ignoreMerges: try flag(json, "ignore_merges", default: false, file: file), file: file)
+    }
+
+    /// A merge as `"a b"` (exactly two parts) or `["a", "b"]`.
+    private static func mergePair(_ item: JSONValue, rank: Int, file: String) throws -> (String, String) {
+        switch item {
+        case let .string(line):
+            let parts = line.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2 else { throw TokenizerError.missingField(file: file, field: "model.merges[\(rank)]") }
+            return (String(parts[0]), String(parts[1]))
+        case let .array(pair):
+            guard pair.count == 2, let a = pair[0].stringValue, let b = pair[1].stringValue else {
+                throw TokenizerError.missingField(file: file, field: "model.merges[\(rank)]")
+            }
+            return (a, b)
+        default:
+            throw TokenizerError.missingField(file: file, field: "model.merges[\(rank)]")
+        }
+    }
+}

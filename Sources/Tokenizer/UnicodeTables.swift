@@ -1,0 +1,166 @@
+/// Per-scalar Unicode facts the regex classes and the added-token rules need, looked up once.
+///
+/// The general category of every code point is read from the Swift runtime's Unicode data into
+/// one byte per code point (1.1 MB) the first time a tokenizer is built; classes are then bitsets.
+enum UnicodeTables {
+    /// General category code of every code point (surrogates: `.surrogate`).
+    static let categories: [UInt8] = {
+        var table = [UInt8](repeating: Category.unassigned.rawValue, count: 0x110000)
+        for value in 0..<UInt32(0x110000) {
+            guard let scalar = Unicode.Scalar(value) else { table[Int(value)] = Category.surrogate.rawValue; continue }
+            table[Int(value)] = Category(scalar.properties.generalCategory).rawValue
+        }
+        return table
+    }()
+
+    /// Unicode White_Space: Oniguruma's `\s`, Rust's `char::is_whitespace` and `regex`'s `\s`.
+    static func isWhitespace(_ v: UInt32) -> Bool {
+        switch v {
+        case 0x09...0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000: return true
+        default: return false
+        }
+    }
+
+    /// Rust `regex`'s Unicode `\w` (Alphabetic, marks, decimal digits, connector punctuation,
+    /// Join_Control): what an added token's `single_word` rule looks at.
+    static func isWordCharacter(_ v: UInt32) -> Bool {
+        if v == 0x200C || v == 0x200D { return true }
+        guard let scalar = Unicode.Scalar(v) else { return false }
+        if scalar.properties.isAlphabetic { return true }
+        switch Category(rawValue: categories[Int(v)]) {
+        case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation: return true
+        default: return false
+        }
+    }
+
+    /// Unicode general categories, in one byte.
+    enum Category: UInt8, CaseIterable {
+        case uppercaseLetter, lowercaseLetter, titlecaseLetter, modifierLetter, otherLetter
+        case nonspacingMark, spacingMark, enclosingMark
+        case decimalNumber, letterNumber, otherNumber
+        case connectorPunctuation, dashPunctuation, openPunctuation, closePunctuation
+        case initialPunctuation, finalPunctuation, otherPunctuation
+        case mathSymbol, currencySymbol, modifierSymbol, otherSymbol
+        case spaceSeparator, lineSeparator, paragraphSeparator
+        case control, format, surrogate, privateUse, unassigned
+
+        init(_ category: Unicode.GeneralCategory) {
+            switch category {
+            case .uppercaseLetter: self = .uppercaseLetter
+            case .lowercaseLetter: self = .lowercaseLetter
+            case .titlecaseLetter: self = .titlecaseLetter
+            case .modifierLetter: self = .modifierLetter
+            case .otherLetter: self = .otherLetter
+            case .nonspacingMark: self = .nonspacingMark
+            case .spacingMark: self = .spacingMark
+            case .enclosingMark: self = .enclosingMark
+            case .decimalNumber: self = .decimalNumber
+            case .letterNumber: self = .letterNumber
+            case .otherNumber: self = .otherNumber
+            case .connectorPunctuation: self = .connectorPunctuation
+            case .dashPunctuation: self = .dashPunctuation
+            case .openPunctuation: self = .openPunctuation
+            case .closePunctuation: self = .closePunctuation
+            case .initialPunctuation: self = .initialPunctuation
+            case .finalPunctuation: self = .finalPunctuation
+            case .otherPunctuation: self = .otherPunctuation
+            case .mathSymbol: self = .mathSymbol
+            case .currencySymbol: self = .currencySymbol
+            case .modifierSymbol: self = .modifierSymbol
+            case .otherSymbol: self = .otherSymbol
+            case .spaceSeparator: self = .spaceSeparator
+            case .lineSeparator: self = .lineSeparator
+            case .paragraphSeparator: self = .paragraphSeparator
+            case .control: self = .control
+            case .format: self = .format
+            case .surrogate: self = .surrogate
+            case .privateUse: self = .privateUse
+            case .unassigned: self = .unassigned
+            @unknown default: self = .unassigned
+            }
+        }
+
+        /// The categories a `\p{NAME}` property name stands for, or nil for a name not supported.
+        static func named(_ name: String) -> [Category]? {
+            switch name {
+            case "L", "Letter": return [.uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter]
+            case "Lu": return [.uppercaseLetter]
+            case "Ll": return [.lowercaseLetter]
+            case "Lt": return [.titlecaseLetter]
+            case "Lm": return [.modifierLetter]
+            case "Lo": return [.otherLetter]
+            case "M", "Mark": return [.nonspacingMark, .spacingMark, .enclosingMark]
+            case "Mn": return [.nonspacingMark]
+            case "Mc": return [.spacingMark]
+            case "Me": return [.enclosingMark]
+            case "N", "Number": return [.decimalNumber, .letterNumber, .otherNumber]
+            case "Nd": return [.decimalNumber]
+            case "Nl": return [.letterNumber]
+            case "No": return [.otherNumber]
+            case "P", "Punctuation":
+                return [.connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation, .initialPunctuation, .finalPunctuation, .otherPunctuation]
+            case "Pc": return [.connectorPunctuation]
+            case "Pd": return [.dashPunctuation]
+            case "Ps": return [.openPunctuation]
+            case "Pe": return [.closePunctuation]
+            case "Pi": return [.initialPunctuation]
+            case "Pf": return [.finalPunctuation]
+            case "Po": return [.otherPunctuation]
+            case "S", "Symbol": return [.mathSymbol, .currencySymbol, .modifierSymbol, .otherSymbol]
+            case "Sm": return [.mathSymbol]
+            case "Sc": return [.currencySymbol]
+            case "Sk": return [.modifierSymbol]
+            case "So": return [.otherSymbol]
+            case "Z", "Separator": return [.spaceSeparator, .lineSeparator, .paragraphSeparator]
+            case "Zs": return [.spaceSeparator]
+            case "Zl": return [.lineSeparator]
+            case "Zp": return [.paragraphSeparator]
+            case "C", "Other": return [.control, .format, .surrogate, .privateUse, .unassigned]
+            case "Cc": return [.control]
+            case "Cf": return [.format]
+            case "Cs": return [.surrogate]
+            case "Co": return [.privateUse]
+            case "Cn": return [.unassigned]
+            default: return nil
+            }
+        }
+    }
+}
+
+/// A set of code points as a bitset over the whole code space (136 KB): one load per test.
+struct ScalarSet: Sendable {
+    private(set) var words: [UInt64]
+
+    init() { words = [UInt64](repeating: 0, count: 0x110000 / 64) }
+
+    @inline(__always)
+    func contains(_ v: UInt32) -> Bool {
+        v < 0x110000 && words[Int(v >> 6)] >> UInt64(v & 63) & 1 != 0
+    }
+
+    mutating func insert(_ v: UInt32) { words[Int(v >> 6)] |= 1 << UInt64(v & 63) }
+
+    mutating func insert(_ range: ClosedRange<UInt32>) { for v in range { insert(v) } }
+
+    mutating func insert(categories: [UnicodeTables.Category]) {
+        var wanted = [Bool](repeating: false, count: 256)
+        for category in categories { wanted[Int(category.rawValue)] = true }
+        let table = UnicodeTables.categories
+        for v in 0..<table.count where wanted[Int(table[v])] { insert(UInt32(v)) }
+    }
+
+    mutating func insertWhitespace() {
+        for v in [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000] as [UInt32] { insert(v) }
+        insert(0x2000...0x200A)
+    }
+
+    mutating func formUnion(_ other: ScalarSet) { for i in words.indices { words[i] |= other.words[i] } }
+
+    mutating func invert() { for i in words.indices { words[i] = ~words[i] } }
+
+    var isEmpty: Bool { words.allSatisfy { $0 == 0 } }
+}
+
+extension ScalarSet {
+    mutating func remove(_ v: UInt32) { words[Int(v >> 6)] &= ~(1 << UInt64(v & 63)) }
+}

@@ -1,0 +1,59 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+/// `forward`/`validate --text FILE [--tokenizer PATH] [--seq-len N] [--max-tokens M]`.
+final class TextInputTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    let model = fixtures.appendingPathComponent("v2") // vocabulary 384 holds the fixture tokenizer's 336 ids
+    let tokenizer = fixtures.appendingPathComponent("tokenizers/split-isolated.json").path
+
+    func testForwardTextEqualsForwardOfItsTokens() throws {
+        let text = dir.appendingPathComponent("t.txt")
+        try Data("the theory then thereafter, the quick brown fox jumps over the lazy dog 123 456".utf8).write(to: text)
+        let tokens = dir.appendingPathComponent("tokens.json")
+        let encoded = try runTool("dsconvert", ["tokenize", "--tokenizer", tokenizer, "--text", text.path, "--seq-len", "8", "--output", tokens.path])
+        XCTAssertEqual(encoded.status, 0, encoded.stderr)
+
+        let viaText = dir.appendingPathComponent("a.safetensors"), viaTokens = dir.appendingPathComponent("b.safetensors")
+        let a = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokenizer", tokenizer, "--seq-len", "8",
+                                          "--output", viaText.path])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        let b = try runTool("dsconvert", ["forward", "--model", model.path, "--tokens", tokens.path, "--output", viaTokens.path])
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertEqual(try Data(contentsOf: viaText), try Data(contentsOf: viaTokens))
+
+        let capped = dir.appendingPathComponent("c.safetensors")
+        let c = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokenizer", tokenizer, "--seq-len", "5",
+                                          "--max-tokens", "12", "--output", capped.path])
+        XCTAssertEqual(c.status, 0, c.stderr)
+        XCTAssertEqual(try SafeTensorsFile(path: capped.path).info("logits")?.shape, [2, 5, 384])
+        XCTAssertTrue(c.stderr.contains("dropped the last 2 of 12 tokens"), c.stderr)
+    }
+
+    func testValidateTextAndUsage() throws {
+        let text = dir.appendingPathComponent("t.txt")
+        try Data(String(repeating: "tokens and tokenizers merge the most frequent pairs. ", count: 4).utf8).write(to: text)
+        let r = try runTool("dsconvert", ["validate", "--reference", model.path, "--candidate", model.path, "--text", text.path,
+                                          "--tokenizer", tokenizer, "--seq-len", "16", "--max-tokens", "32"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("\(text.path) via \(tokenizer) (2 x 16)"), r.stdout)
+
+        let both = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokens", text.path,
+                                             "--output", dir.appendingPathComponent("x.safetensors").path])
+        XCTAssertEqual(both.status, 64, both.stderr)
+        let alone = try runTool("dsconvert", ["validate", "--reference", model.path, "--candidate", model.path, "--seq-len", "4"])
+        XCTAssertEqual(alone.status, 64, alone.stderr)
+        let short = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokenizer", tokenizer,
+                                              "--seq-len", "100000", "--output", dir.appendingPathComponent("y.safetensors").path])
+        XCTAssertEqual(short.status, 1)
+        XCTAssertTrue(short.stderr.contains("fewer than one row of --seq-len 100000"), short.stderr)
+        let noTokenizer = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path,
+                                                    "--output", dir.appendingPathComponent("z.safetensors").path])
+        XCTAssertEqual(noTokenizer.status, 1)
+        XCTAssertTrue(noTokenizer.stderr.contains("tokenizer.json: cannot read"), noTokenizer.stderr)
+    }
+}

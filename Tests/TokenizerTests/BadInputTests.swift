@@ -1,0 +1,57 @@
+import Foundation
+import XCTest
+@testable import Tokenizer
+
+final class BadInputTests: XCTestCase {
+    func path(_ name: String) -> String { tokenizerFixtures.appendingPathComponent(name).path }
+
+    func testUnsupportedFilesAreRefusedNamingWhat() {
+        let cases: [(String, TokenizerError)] = [
+            ("bad-model.json", .unsupportedModel(file: path("bad-model.json"), type: "WordPiece")),
+            ("bad-pre-tokenizer.json", .unsupportedPreTokenizer(file: path("bad-pre-tokenizer.json"), type: "Whitespace")),
+            ("bad-regex.json", .unsupportedRegex(file: path("bad-regex.json"), pattern: "(?<=a)b", construct: "group '(?<'")),
+            ("bad-merge.json", .mergeOutOfVocabulary(file: path("bad-merge.json"), merge: "Ġ zz")),
+        ]
+        for (name, expected) in cases {
+            XCTAssertThrowsError(try Tokenizer.load(path: path(name)), name) { error in
+                XCTAssertEqual(error as? TokenizerError, expected)
+                XCTAssertTrue((error as? TokenizerError)?.errorDescription?.contains(path(name)) ?? false)
+            }
+        }
+    }
+
+    func testInvalidUTF8NamesTheByteOffset() throws {
+        let tokenizer = try Tokenizer.load(path: path("v3-style.json"))
+        for (bytes, offset) in [([0x61, 0x62, 0xFF], 2), ([0x61, 0xC0, 0x80], 1), ([0xED, 0xA0, 0x80], 0), ([0x61, 0xE4, 0xB8], 1),
+                                ([0xF4, 0x90, 0x80, 0x80], 0)] as [([UInt8], Int)] {
+            XCTAssertThrowsError(try tokenizer.encode(utf8: bytes, name: "t.txt")) { error in
+                XCTAssertEqual(error as? TokenizerError, .invalidUTF8(file: "t.txt", offset: offset))
+            }
+        }
+    }
+
+    func testDecodeRefusesAnIDOutsideTheVocabulary() throws {
+        let tokenizer = try Tokenizer.load(path: path("added-tokens.json"))
+        XCTAssertThrowsError(try tokenizer.decode([1, 99_999])) { error in
+            guard case let .idOutsideVocabulary(_, id, _)? = error as? TokenizerError else { return XCTFail("\(error)") }
+            XCTAssertEqual(id, 99_999)
+        }
+        XCTAssertThrowsError(try tokenizer.decode([-1]))
+    }
+
+    func testRows() throws {
+        let ids = Array(10..<20)
+        XCTAssertEqual(try TokenRows.cut(ids, sequenceLength: nil, bos: 7, name: "t").rows, [[7] + ids])
+        let cut = try TokenRows.cut(ids, sequenceLength: 4, bos: 7, name: "t")
+        XCTAssertEqual(cut.rows, [[7, 10, 11, 12], [7, 13, 14, 15], [7, 16, 17, 18]])
+        XCTAssertEqual(cut.droppedTail, 1)
+        XCTAssertEqual(try TokenRows.cut(ids, sequenceLength: 5, bos: nil, name: "t").rows, [Array(10..<15), Array(15..<20)])
+        XCTAssertEqual(String(decoding: TokenRows.json([[1, 20], [300, 0]]), as: UTF8.self), "{\"tokens\": [\n  [1, 20],\n  [300, 0]\n]}\n")
+        XCTAssertThrowsError(try TokenRows.cut([], sequenceLength: nil, bos: 7, name: "e.txt")) { error in
+            XCTAssertEqual(error as? TokenizerError, .emptyText(file: "e.txt"))
+        }
+        XCTAssertThrowsError(try TokenRows.cut(ids, sequenceLength: 11, bos: nil, name: "t.txt")) { error in
+            XCTAssertEqual(error as? TokenizerError, .textShorterThanRow(file: "t.txt", tokens: 10, sequenceLength: 11))
+        }
+    }
+}

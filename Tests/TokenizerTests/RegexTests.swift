@@ -1,0 +1,52 @@
+import XCTest
+@testable import Tokenizer
+
+final class RegexTests: XCTestCase {
+    func matches(_ pattern: String, _ text: String) throws -> [String] {
+        let regex = try ScalarRegex(pattern)
+        let scalars = UTF8Text.scalars(of: text)
+        var stack: [ScalarRegex.Backtrack] = []
+        var found: [String] = []
+        scalars.withUnsafeBufferPointer { buffer in
+            regex.forEachMatch(buffer, start: 0, end: scalars.count, stack: &stack) { s, e in
+                found.append(String(String.UnicodeScalarView(scalars[s..<e].map { Unicode.Scalar($0)! })))
+            }
+        }
+        return found
+    }
+
+    func testGreedyRepeatsAndAlternationOrder() throws {
+        XCTAssertEqual(try matches("\\p{N}{1,3}", "1234567 89"), ["123", "456", "7", "89"])
+        // The lookahead leaves the last space of a run for the word after it.
+        XCTAssertEqual(try matches("\\s+(?!\\S)|\\s+", "a   b  "), ["  ", " ", "  "])
+        XCTAssertEqual(try matches("ab|a", "aab"), ["a", "ab"])
+        XCTAssertEqual(try matches("x{2,}?y|x", "xxxy"), ["xxxy"])
+    }
+
+    func testUnicodeClassesAndRanges() throws {
+        XCTAssertEqual(try matches("[\\p{L}\\p{M}]+", "e\u{301}té 中文 ٣"), ["e\u{301}té", "中文"])
+        XCTAssertEqual(try matches("[^\\r\\n\\p{L}\\p{P}\\p{S}]?\\p{L}+", " word\nnext"), [" word", "next"])
+        XCTAssertEqual(try matches("[一-龥]+", "ab中文cd"), ["中文"])
+        XCTAssertEqual(try matches("\\p{S}+", "a+b=c€"), ["+", "=", "€"])
+    }
+
+    func testAnchorsAreLineAnchors() throws {
+        XCTAssertEqual(try matches("\\s+$", "a  \nb  "), ["  ", "  "])
+        XCTAssertEqual(try matches("^x", "x\nx"), ["x", "x"])
+    }
+
+    func testEmptyMatchesFollowOnigFindIter() throws {
+        XCTAssertEqual(try matches("a*", "baa"), ["", "aa"])
+        XCTAssertEqual(try matches("x*", "ab"), ["", "", ""])
+    }
+
+    func testUnsupportedConstructsAreNamed() {
+        for (pattern, construct) in [("(?<=a)b", "group '(?<'"), ("\\w+", "escape '\\w'"), ("a++", "possessive quantifier '+'"),
+                                     ("[[:alpha:]]", "nested class or POSIX bracket '[' inside a class"), ("\\p{Greek}", "property \\p{Greek}"),
+                                     ("(a*)*", "unbounded quantifier on an expression that can match empty"), ("\\1", "escape '\\1'")] {
+            XCTAssertThrowsError(try ScalarRegex(pattern), pattern) { error in
+                XCTAssertEqual((error as? UnsupportedRegex)?.construct, construct, pattern)
+            }
+        }
+    }
+}

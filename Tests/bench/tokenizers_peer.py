@@ -1,0 +1,21 @@
+#!/usr/bin/env python3
+"""The tokenizers peer of `dsconvert-bench tokenize`: times Tokenizer.encode of TEXT (median of RUNS,
+load excluded) and writes {"seconds": [...], "ids": [...]} to OUT so the bench can check the ids.
+Thread count comes from RAYON_NUM_THREADS, which the bench sets."""
+import json
+import sys
+import time
+
+from tokenizers import Tokenizer
+
+tokenizer_path, text_path, runs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+tokenizer = Tokenizer.from_file(tokenizer_path)
+with open(text_path, encoding="utf-8", newline="") as f:
+    text = f.read()
+seconds, ids = [], None
+for _ in range(runs):
+    start = time.perf_counter()
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    seconds.append(time.perf_counter() - start)
+with open(out, "w") as f:
+    json.dump({"seconds": seconds, "ids": ids}, f)
