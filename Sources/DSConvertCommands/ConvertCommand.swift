@@ -37,7 +37,7 @@ public enum ConvertCommand: Command {
             OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
-        ]
+        ] + CalibrationInput.options
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
@@ -49,7 +49,7 @@ public enum ConvertCommand: Command {
         if arguments.flag("keep-kv-b"), !absorb { throw UsageError("--keep-kv-b goes with --absorb") }
         for name in ["fp8-format", "block"] where arguments.value(name) != nil && !fp8 { throw UsageError("--\(name) goes with --fp8") }
         if (!arguments.all("skip").isEmpty || arguments.flag("fp8-absorbed")), !fp8 { throw UsageError("--skip and --fp8-absorbed go with --fp8") }
-        if arguments.value("calibration") != nil, !kv6 { throw UsageError("--calibration goes with --kv6") }
+        if arguments.value("calibration") != nil || arguments.value("calibration-text") != nil, !kv6 { throw UsageError("--calibration and --calibration-text go with --kv6") }
         if arguments.value("dense") != nil, arguments.value("devices") == nil { throw UsageError("--dense goes with --devices") }
         if absorb {
             let mode = try arguments.choice("mode", default: "split", among: ["split", "fold"])
@@ -65,8 +65,7 @@ public enum ConvertCommand: Command {
                                 policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
         }
         if kv6 {
-            let path = try arguments.path("calibration")
-            options.kv6 = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
+            options.kv6 = try CalibrationInput.load(arguments, model: input, terminal: terminal)
         }
         if arguments.value("devices") != nil {
             options.devices = try arguments.integer("devices", default: 8, in: 1...4096)

@@ -33,13 +33,13 @@ public enum QuantizeCommand: Command {
             OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
             OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
-        ]
+        ] + CalibrationInput.options
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let fp8 = arguments.flag("fp8"), dequantize = arguments.flag("dequantize"), kv6 = arguments.flag("kv6")
         guard (fp8 || kv6) != dequantize else { throw UsageError("give --fp8 and/or --kv6, or --dequantize alone") }
-        if arguments.value("calibration") != nil, !kv6 { throw UsageError("--calibration goes with --kv6") }
+        if arguments.value("calibration") != nil || arguments.value("calibration-text") != nil, !kv6 { throw UsageError("--calibration and --calibration-text go with --kv6") }
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
         let shardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
@@ -60,8 +60,7 @@ public enum QuantizeCommand: Command {
                                                policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
         var kv6Options: QuantizeStage.KV6Options?
         if kv6 {
-            let path = try arguments.path("calibration")
-            kv6Options = .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
+            kv6Options = try CalibrationInput.load(arguments, model: input, terminal: terminal)
         }
         summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), shardSize: shardSize,
                                        resume: arguments.flag("resume")) { terminal.progress($0) }

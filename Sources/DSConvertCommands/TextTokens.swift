@@ -1,27 +1,35 @@
 import CLI
+import Conversion
+import Validation
 import Foundation
 import Tokenizer
 
 /// `--text FILE [--tokenizer PATH] [--seq-len N] [--max-tokens M]`: the token rows of a text, for
-/// the commands that otherwise read a tokens file (`forward`, `validate`).
+/// the commands that otherwise read a tokens file (`forward`, `validate`; `quantize`/`convert`
+/// as `--calibration-text` beside `--calibration`).
 enum TextTokens {
-    static let options: [OptionSpec] = [
-        OptionSpec("text", value: "FILE", help: "UTF-8 text to run instead of --tokens, encoded with the model's tokenizer.json."),
-        OptionSpec("tokenizer", value: "PATH", help: "With --text: tokenizer.json or its directory (default: the model directory)."),
-        OptionSpec("seq-len", value: "N", help: "With --text: rows of N tokens (default: one row of the whole text)."),
-        OptionSpec("max-tokens", value: "M", help: "With --text: use only the first M tokens of the text."),
-    ]
+    static let options: [OptionSpec] = options(text: "text", tokens: "tokens")
 
-    /// The text's rows, or nil without `--text`. Rows start with BOS when the tokenizer's
+    /// The options for a text given as `--TEXT` in place of a tokens file given as `--TOKENS`.
+    static func options(text: String, tokens: String) -> [OptionSpec] {
+        [
+            OptionSpec(text, value: "FILE", help: "UTF-8 text to run instead of --\(tokens), encoded with the model's tokenizer.json."),
+            OptionSpec("tokenizer", value: "PATH", help: "With --\(text): tokenizer.json or its directory (default: the model directory)."),
+            OptionSpec("seq-len", value: "N", help: "With --\(text): rows of N tokens (default: one row of the whole text)."),
+            OptionSpec("max-tokens", value: "M", help: "With --\(text): use only the first M tokens of the text."),
+        ]
+    }
+
+    /// The text's rows, or nil without `--TEXT`. Rows start with BOS when the tokenizer's
     /// `tokenizer_config.json` says `add_bos_token`, as the model saw its training text.
-    static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal) throws -> (rows: [[Int]], label: String)? {
-        guard let textPath = try arguments.path("text") else {
+    static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal, text: String = "text", tokens: String = "tokens") throws -> (rows: [[Int]], label: String)? {
+        guard let textPath = try arguments.path(text) else {
             for option in ["tokenizer", "seq-len", "max-tokens"] where arguments.value(option) != nil {
-                throw UsageError("--\(option) goes with --text")
+                throw UsageError("--\(option) goes with --\(text)")
             }
             return nil
         }
-        if arguments.value("tokens") != nil { throw UsageError("give either --tokens or --text") }
+        if arguments.value(tokens) != nil { throw UsageError("give either --\(tokens) or --\(text)") }
         let tokenizer = try Tokenizer.load(path: try arguments.path("tokenizer") ?? model.path)
         let seqLen = try arguments.value("seq-len").map { _ in try arguments.integer("seq-len", default: 0, in: 1...(1 << 20)) }
         let maxTokens = try arguments.value("max-tokens").map { _ in try arguments.integer("max-tokens", default: 0, in: 1...(1 << 30)) }
@@ -41,5 +49,18 @@ enum TextTokens {
             terminal.note("\(textPath): dropped the last \(cut.droppedTail) of \(ids.count) tokens (shorter than one row of --seq-len \(seqLen))")
         }
         return (cut.rows, "\(textPath) via \(tokenizer.file)")
+    }
+}
+
+/// `--calibration TOKENS.json` or `--calibration-text FILE` (with the text options) for `--kv6`.
+enum CalibrationInput {
+    static let options = TextTokens.options(text: "calibration-text", tokens: "calibration")
+
+    static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal) throws -> QuantizeStage.KV6Options {
+        if let text = try TextTokens.load(arguments, model: model, terminal: terminal, text: "calibration-text", tokens: "calibration") {
+            return .init(calibration: text.rows, calibrationSource: text.label)
+        }
+        let path = try arguments.path("calibration")
+        return .init(calibration: try path.map { try TokenFile.load(URL(fileURLWithPath: $0)) }, calibrationSource: path ?? "none")
     }
 }

@@ -14,7 +14,9 @@ public enum ValidateCommand: Command {
         mean and max in nats, top-1 agreement; routing agreement; perplexity on the reference's held-out
         text when it has heldout.json). Exit 0 within thresholds, 1 naming the worst metric otherwise.
         Tokens default to the reference's tokens.json, else a deterministic sample; --text encodes a
-        text file with the reference's tokenizer.json (or --tokenizer) instead.
+        text file with the reference's tokenizer.json (or --tokenizer) instead, and the perplexity is
+        then that text's own (as llama-perplexity --kl-divergence reports it, with KL mean, max and
+        99th percentile and top-1 agreement).
         Default thresholds: --max-kl-mean 0.01 --max-kl-max 0.5 --min-top1 0.9 --min-routing 0.8
         --max-ppl-ratio 1.05 (no logit limit); give 'none' to drop one.
         """,
@@ -50,7 +52,10 @@ public enum ValidateCommand: Command {
 
         let tokens: [[Int]], label: String
         let fixtureTokens = referenceURL.appendingPathComponent("tokens.json")
-        if let text = try TextTokens.load(arguments, model: referenceURL, terminal: terminal) {
+        // A text is measured as llama-perplexity --kl-divergence does: perplexity on the text itself.
+        let text = try TextTokens.load(arguments, model: referenceURL, terminal: terminal)
+        let fromText = text != nil
+        if let text {
             (tokens, label) = text
         } else if let path = tokensPath {
             tokens = try TokenFile.load(URL(fileURLWithPath: path)); label = path
@@ -60,10 +65,11 @@ public enum ValidateCommand: Command {
             tokens = TokenFile.deterministicSample(vocabSize: reference.config.vocabSize); label = "deterministic sample"
         }
         let heldoutURL = referenceURL.appendingPathComponent("heldout.json")
-        let heldout = FileManager.default.fileExists(atPath: heldoutURL.path) ? (try TokenFile.load(heldoutURL), heldoutURL.path) : nil
+        let heldout = !fromText && FileManager.default.fileExists(atPath: heldoutURL.path) ? (try TokenFile.load(heldoutURL), heldoutURL.path) : nil
 
         let report = try Validator.compare(reference: reference, candidate: candidate, tokens: tokens, tokensLabel: label,
-                                           heldout: heldout.map { (tokens: $0.0, label: $0.1) }, thresholds: thresholds) { terminal.progress($0) }
+                                           heldout: heldout.map { (tokens: $0.0, label: $0.1) }, thresholds: thresholds,
+                                           perplexityOnTokens: fromText) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out(report.table())
         if let jsonURL {

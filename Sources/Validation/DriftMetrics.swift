@@ -67,6 +67,15 @@ public enum DriftMetrics {
     }
 
     /// Perplexity of next-token prediction: exp(mean −log p(token[i+1] | ≤ i)) over every sequence.
+    /// The `q` quantile of `values` by nearest rank (the smallest value at or above a share q of
+    /// them); 0 for no values.
+    public static func percentile(_ values: [Double], _ q: Double) -> Double {
+        guard !values.isEmpty else { return 0 }
+        let sorted = values.sorted()
+        let rank = Int((q * Double(sorted.count)).rounded(.up))
+        return sorted[min(max(rank, 1), sorted.count) - 1]
+    }
+
     public static func perplexity(logits: [Float], tokens: [[Int]], vocab: Int) -> Double {
         var nll = 0.0, count = 0
         let seq = tokens[0].count

@@ -57,12 +57,15 @@ public struct DriftReport: Codable, Sendable {
         public var maxAbsDelta: Double
         public var klMean: Double
         public var klMax: Double
+        /// The 99th percentile of the per-token KL (nearest rank), as `llama-perplexity --kl-divergence` reports it.
+        public var klP99: Double
         public var top1Agreement: Double
 
         enum CodingKeys: String, CodingKey {
             case maxAbsDelta = "max_abs_delta"
             case klMean = "kl_mean"
             case klMax = "kl_max"
+            case klP99 = "kl_p99"
             case top1Agreement = "top1_agreement"
         }
     }
@@ -151,8 +154,8 @@ public struct DriftReport: Codable, Sendable {
             lines.append(String(format: "%12d  %10.3e  %11.8f  %10.8f", l.index, l.relativeError, l.cosineMean, l.cosineMin))
         }
         lines.append("")
-        lines.append(String(format: "logits       max |Δ| %.3e   KL mean %.3e nats   KL max %.3e nats   top-1 %.4f",
-                            logits.maxAbsDelta, logits.klMean, logits.klMax, logits.top1Agreement))
+        lines.append(String(format: "logits       max |Δ| %.3e   KL mean %.3e nats   KL max %.3e nats   KL 99%% %.3e nats   top-1 %.4f",
+                            logits.maxAbsDelta, logits.klMean, logits.klMax, logits.klP99, logits.top1Agreement))
         if let routing {
             let layers = routing.perLayer.sorted { Int($0.key)! < Int($1.key)! }.map { String(format: "%@: %.4f", $0.key, $0.value) }.joined(separator: ", ")
             lines.append(String(format: "routing      agreement %.4f  (per layer %@)", routing.agreement, layers))
@@ -195,7 +198,7 @@ public enum Validator {
 
     public static func compare(reference: Model, candidate: Model, tokens: [[Int]], tokensLabel: String,
                                heldout: (tokens: [[Int]], label: String)?, thresholds: DriftThresholds,
-                               progress: ((String) -> Void)? = nil) throws -> DriftReport {
+                               perplexityOnTokens: Bool = false, progress: ((String) -> Void)? = nil) throws -> DriftReport {
         let rc = reference.config, cc = candidate.config
         guard rc.vocabSize == cc.vocabSize, rc.hiddenSize == cc.hiddenSize, rc.numHiddenLayers == cc.numHiddenLayers else {
             throw ValidationError.incompatibleModels(reason: "vocab, hidden size or layer count differ")
@@ -211,6 +214,7 @@ public enum Validator {
         let (kl, top1) = DriftMetrics.klAndTop1(reference: r.logits, candidate: c.logits, vocab: rc.vocabSize)
         let logits = DriftReport.Logits(maxAbsDelta: DriftMetrics.maxAbsDifference(r.logits, c.logits),
                                         klMean: kl.reduce(0, +) / Double(kl.count), klMax: kl.max() ?? 0,
+                                        klP99: DriftMetrics.percentile(kl, 0.99),
                                         top1Agreement: Double(top1.filter { $0 }.count) / Double(top1.count))
         var routing: DriftReport.Routing?
         if !r.routing.isEmpty, r.routing.count == c.routing.count {
@@ -225,7 +229,13 @@ public enum Validator {
             routing = DriftReport.Routing(agreement: total == 0 ? 1 : kept / total, perLayer: perLayer)
         }
         var perplexity: DriftReport.Perplexity?
-        if let heldout {
+        if perplexityOnTokens, tokens[0].count > 1 {
+            // A text: its own next-token perplexity, from the logits already computed.
+            let rp = DriftMetrics.perplexity(logits: r.logits, tokens: tokens, vocab: rc.vocabSize)
+            let cp = DriftMetrics.perplexity(logits: c.logits, tokens: tokens, vocab: cc.vocabSize)
+            perplexity = DriftReport.Perplexity(source: tokensLabel, tokens: tokens.count * (tokens[0].count - 1),
+                                                reference: rp, candidate: cp, ratio: cp / rp)
+        } else if let heldout {
             progress?("perplexity on \(heldout.label)")
             let rp = DriftMetrics.perplexity(logits: try reference.forward().run(tokens: heldout.tokens, source: heldout.label).logits,
                                              tokens: heldout.tokens, vocab: rc.vocabSize)

@@ -41,6 +41,9 @@ final class TextInputTests: XCTestCase {
                                           "--tokenizer", tokenizer, "--seq-len", "16", "--max-tokens", "32"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("\(text.path) via \(tokenizer) (2 x 16)"), r.stdout)
+        // The text's own perplexity (2 rows x 15 predicted tokens) and the KL's 99th percentile.
+        XCTAssertTrue(r.stdout.contains("ratio 1.00000   (30 tokens of \(text.path) via \(tokenizer))"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("KL 99% 0.000e+00 nats"), r.stdout)
 
         let both = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokens", text.path,
                                              "--output", dir.appendingPathComponent("x.safetensors").path])
@@ -55,5 +58,27 @@ final class TextInputTests: XCTestCase {
                                                     "--output", dir.appendingPathComponent("z.safetensors").path])
         XCTAssertEqual(noTokenizer.status, 1)
         XCTAssertTrue(noTokenizer.stderr.contains("tokenizer.json: cannot read"), noTokenizer.stderr)
+    }
+
+    /// `--calibration-text` is `--calibration` of the text's tokens: the same bytes out.
+    func testCalibrationTextEqualsCalibrationOfItsTokens() throws {
+        let text = dir.appendingPathComponent("t.txt")
+        try Data(String(repeating: "the theory then thereafter, the quick brown fox 123. ", count: 3).utf8).write(to: text)
+        let tokens = dir.appendingPathComponent("tokens.json")
+        XCTAssertEqual(try runTool("dsconvert", ["tokenize", "--tokenizer", tokenizer, "--text", text.path, "--seq-len", "16", "--output", tokens.path]).status, 0)
+        let viaText = dir.appendingPathComponent("a"), viaTokens = dir.appendingPathComponent("b")
+        let a = try runTool("dsconvert", ["quantize", "--kv6", "--input", model.path, "--output", viaText.path,
+                                          "--calibration-text", text.path, "--tokenizer", tokenizer, "--seq-len", "16"])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        let b = try runTool("dsconvert", ["quantize", "--kv6", "--input", model.path, "--output", viaTokens.path, "--calibration", tokens.path])
+        XCTAssertEqual(b.status, 0, b.stderr)
+        // The same weights and index; config.json differs only in the calibration source it names.
+        XCTAssertEqual(try treeHashes(viaText).filter { $0.key != "config.json" }, try treeHashes(viaTokens).filter { $0.key != "config.json" })
+        let config = try String(contentsOf: viaText.appendingPathComponent("config.json"), encoding: .utf8)
+        let other = try String(contentsOf: viaTokens.appendingPathComponent("config.json"), encoding: .utf8)
+        XCTAssertEqual(config.replacingOccurrences(of: "\(text.path) via \(tokenizer)", with: tokens.path), other)
+        let both = try runTool("dsconvert", ["convert", "--kv6", "--input", model.path, "--output", dir.appendingPathComponent("c").path,
+                                             "--calibration", tokens.path, "--calibration-text", text.path])
+        XCTAssertEqual(both.status, 64, both.stderr)
     }
 }

@@ -108,3 +108,14 @@ final class FP8StageTests: XCTestCase {
         XCTAssertEqual(FP8Partitioning.supportedDegrees(fp8Tensors: tensors, block: 128, expertParallel: true), [1, 2])
     }
 }
+
+final class PercentileTests: XCTestCase {
+    /// Nearest rank, as llama-perplexity's "99.0%" KL: the smallest value with at least 99% at or below it.
+    func testNearestRank() {
+        let values = (1...200).map(Double.init).shuffled()
+        XCTAssertEqual(DriftMetrics.percentile(values, 0.99), 198)
+        XCTAssertEqual(DriftMetrics.percentile([5], 0.99), 5)
+        XCTAssertEqual(DriftMetrics.percentile([], 0.99), 0)
+        XCTAssertEqual(DriftMetrics.percentile([3, 1, 2], 0.5), 2)
+    }
+}
