@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// Why a tokenizer file, a text or a token id was refused. One case per rule; every message names
 /// the file it is about.
@@ -31,7 +32,7 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
         case let .unsupportedDecoder(file, type): return "\(file): unsupported decoder '\(type)'"
         case let .unsupportedOption(file, option): return "\(file): unsupported setting \(option)"
         case let .unsupportedRegex(file, pattern, construct):
-            return "\(file): unsupported regex construct \(construct) in \(CompactQuote.quote(pattern))"
+            return "\(file): unsupported regex construct \(construct) in \(CompactJSON.quoted(pattern))"  // as the pattern is written in tokenizer.json
         case let .mergeOutOfVocabulary(file, merge): return "\(file): merge '\(merge)' produces a token outside the vocabulary"
         case let .invalidUTF8(file, offset): return "\(file): not valid UTF-8 at byte offset \(offset)"
         case let .idOutsideVocabulary(file, id, size):
@@ -41,23 +42,5 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
         case let .textShorterThanRow(file, tokens, length):
             return "\(file): the text gives \(tokens) tokens, fewer than one row of --seq-len \(length)"
         }
-    }
-}
-
-/// A pattern shown in one line: control characters escaped so the message stays on one line.
-enum CompactQuote {
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\"": out += "\\\""
-            default:
-                if scalar.value < 0x20 { out += String(format: "\\u%04X", scalar.value) } else { out.unicodeScalars.append(scalar) }
-            }
-        }
-        return out + "\""
     }
 }
