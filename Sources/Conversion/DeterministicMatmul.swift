@@ -3,7 +3,7 @@ import Numerics
 
 /// C[m, n] = A[m, k] · B[k, n] in f64 with a fixed summation order (k ascending for every element).
 ///
-/// Bytes that conversion writes must not depend on thread count or BLAS build (DESIGN §9), so folds
+/// Bytes that conversion writes must not depend on thread count or BLAS build (README "Guarantees", deterministic bytes), so folds
 /// use this instead of OpenBLAS; rows are split across cores, which does not change any sum.
 public enum DeterministicMatmul {
     public static func multiply(_ a: [Double], _ b: [Double], m: Int, k: Int, n: Int) -> [Double] {

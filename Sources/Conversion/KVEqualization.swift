@@ -3,7 +3,7 @@ import Foundation
 import Numerics
 import Validation
 
-/// Per-channel equalization of the cached latent for `quantize --kv6` (DESIGN §6).
+/// Per-channel equalization of the cached latent for `quantize --kv6` (README "The 6-bit KV cache").
 ///
 /// The forward pass over calibration tokens measures each latent channel's absmax a_c per layer;
 /// s_c = 2^round(log2 √(a_c / geomean(a))) flattens the channels' ranges (square-root equalization,

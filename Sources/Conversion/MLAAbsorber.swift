@@ -16,7 +16,7 @@ public struct AbsorbOptions: Sendable {
     }
 }
 
-/// MLA weight absorption (DESIGN §4) as pure functions over one layer's weights.
+/// MLA weight absorption (README "Absorption") as pure functions over one layer's weights.
 ///
 /// Per head h: q_nope·k_nope = (W_UQ_h c_q)ᵀ(W_UK_h c) = (W_UK_hᵀ W_UQ_h c_q)ᵀ c, and
 /// o = Σ_h W_O_h W_UV_h (Σ_t a_t c_t), so attention runs MQA-style on the cached latent.

@@ -1,6 +1,6 @@
 import Numerics
 
-/// The per-token MLA cache formats (DESIGN §6): what one layer stores for one token. The codecs
+/// The per-token MLA cache formats (README "The 6-bit KV cache"): what one layer stores for one token. The codecs
 /// and the one size formula live in `KVCacheCodec`; this is the model's accounting view of them.
 public typealias KVCacheFormat = KVCacheCodec.Format
 

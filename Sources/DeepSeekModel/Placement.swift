@@ -1,6 +1,6 @@
 import Foundation
 
-/// Contiguous expert placement over devices (DESIGN §7): device d holds experts
+/// Contiguous expert placement over devices (README "Expert placement"): device d holds experts
 /// [d·E/N, (d+1)·E/N) of every MoE layer. With n_group == N each routing group sits on one device,
 /// so DeepSeek-V2's bound of M = topk_group devices per token holds (vLLM's linear placement,
 /// SGLang and DeepSeek's convert.py use the same ranges).

@@ -58,7 +58,7 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
     }
 }
 
-/// Which tensors `quantize --fp8` turns into FP8 (DESIGN §5): every 2-D linear weight except the
+/// Which tensors `quantize --fp8` turns into FP8 (README "FP8 weights"): every 2-D linear weight except the
 /// embeddings, lm_head, the norms, the router and `e_score_correction_bias`; 3-D per-head W_UK/W_UV
 /// of absorbed checkpoints only on request (engines use them in bf16).
 public struct FP8Policy: Sendable {

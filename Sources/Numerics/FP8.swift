@@ -21,7 +21,7 @@ public enum FP8Format: String, Sendable, CaseIterable {
 }
 
 /// FP8 encoding and decoding: round to nearest even, saturating finite values to ±max (never NaN
-/// from a finite input, DESIGN §5). E4M3FN also saturates ±inf (as torch's cast does); E5M2 keeps
+/// from a finite input, README "FP8 weights"). E4M3FN also saturates ±inf (as torch's cast does); E5M2 keeps
 /// ±inf. NaN encodes as 0x7F with the input's sign.
 public enum FP8Codec {
     @inline(__always)

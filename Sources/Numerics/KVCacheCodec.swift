@@ -1,4 +1,4 @@
-/// Per-token MLA cache codecs (DESIGN §6): what one layer stores for one token, the latent c
+/// Per-token MLA cache codecs (README "The 6-bit KV cache"): what one layer stores for one token, the latent c
 /// (kv_lora channels) and the rotated k_pe (rope channels).
 ///
 /// Layouts, for latent width L and rope width R (V2: L = 512, R = 64):

@@ -36,7 +36,7 @@ enum Linear {
 
 /// OpenBLAS's thread count, for code whose results are written (calibration statistics): a
 /// single-threaded sgemm reduces in a fixed order, so its output does not depend on the machine's
-/// core count (DESIGN §9).
+/// core count (README "Guarantees", deterministic bytes).
 public enum BLASThreads {
     public static func withSingleThread<T>(_ body: () throws -> T) rethrows -> T {
         let previous = openblas_get_num_threads()

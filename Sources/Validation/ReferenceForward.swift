@@ -27,7 +27,7 @@ public struct ForwardResult: Sendable {
     public let routing: [RoutingRecord]
 }
 
-/// The DeepSeek-V2 forward pass (DESIGN §3) in fp32 on OpenBLAS, for batches of equal-length
+/// The DeepSeek-V2 forward pass (README "The reference forward pass") in fp32 on OpenBLAS, for batches of equal-length
 /// sequences with a causal mask, matching transformers' native `DeepseekV2ForCausalLM`.
 ///
 /// Memory is bounded by one layer: a layer's weights are converted to fp32, used and released
