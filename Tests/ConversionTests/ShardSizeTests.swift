@@ -1,7 +1,7 @@
 import Conversion
 import XCTest
 
-/// The default `--max-shard-size`: laid out like the input (README "Performance").
+/// The default `--max-shard-size`: laid out like the input (README "Formats and conventions").
 final class ShardSizeTests: XCTestCase {
     func testLikeInput() {
         let policy = ShardSize.likeInput

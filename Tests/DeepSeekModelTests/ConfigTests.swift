@@ -12,7 +12,7 @@ final class ConfigTests: XCTestCase {
         let a = try ModelAccounting(config: config)
         XCTAssertEqual(a.totalParameters, 235_741_434_880, "236B in the paper")
         XCTAssertEqual(a.activeParameters, 20_851_512_320, "21B activated in the paper")
-        XCTAssertEqual(config.softmaxScale, 0.1147214, accuracy: 5e-8, "192^-0.5 * m(40, 0.707)^2 (README "The reference forward pass")")
+        XCTAssertEqual(config.softmaxScale, 0.1147214, accuracy: 5e-8, "192^-0.5 * m(40, 0.707)^2 (README, the reference forward pass)")
         XCTAssertEqual(a.kvCache.map(\.bytesPerTokenPerLayer), [1152, 656, 432])
         XCTAssertEqual(a.kvCache[2].bitsPerElement, 6.0)
         XCTAssertEqual(a.routing?.deviceBoundM, 3)
