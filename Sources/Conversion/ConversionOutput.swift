@@ -30,8 +30,7 @@ public final class ConversionOutput {
                 newStages: [ConversionManifest.Stage], resume: Bool = false) throws {
         self.input = input
         self.stages = stages
-        _ = try Self.sideFiles(in: input)
-        directory = try AtomicOutputDirectory(final: output, inputs: [input], marker: ConversionManifest.fileName, force: force, resume: resume)
+        directory = try Self.openDirectory(input: input, output: output, force: force, resume: resume)
         writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL,
                                   key: Self.resumeKey(stages: newStages, input: input), resume: directory.resumed)
     }
@@ -63,12 +62,12 @@ public final class ConversionOutput {
     static func copySideFiles(from input: URL, to directory: URL, excluding excluded: Set<String> = []) throws {
         let allowed = allowedSideFileRoot(input)
         for file in try sideFiles(in: input, excluding: excluded) {
-            let destination = directory.appendingPathComponent(file.source.lastPathComponent)
+            let destination = directory.appendingPathComponent(file.lastPathComponent)
             try? FileManager.default.removeItem(at: destination)
             do {
-                try FilePath.copyRegularFile(from: file.source.path, to: destination.path, allowedRoot: allowed)
+                try FilePath.copyRegularFile(from: file.path, to: destination.path, allowedRoot: allowed)
             } catch {
-                throw ConversionError.cannotCopy(file: file.source.path, reason: (error as? LocalizedError)?.errorDescription ?? "\(error)")
+                throw ConversionError.cannotCopy(file: file.path, reason: (error as? LocalizedError)?.errorDescription ?? "\(error)")
             }
         }
     }
@@ -79,11 +78,18 @@ public final class ConversionOutput {
         return snapshotCacheRoot(root) ?? root
     }
 
-    /// The side files `copySideFiles` will copy, with their resolved targets; checked before any
-    /// work starts so a refused link costs nothing.
-    static func sideFiles(in input: URL, excluding excluded: Set<String> = []) throws -> [(source: URL, target: String)] {
+    /// The atomic output directory of a conversion of `input`, once its side files are known to be
+    /// copyable (a refused link costs nothing); shared by every stage's sink.
+    static func openDirectory(input: URL, output: URL, force: Bool, resume: Bool) throws -> AtomicOutputDirectory {
+        _ = try sideFiles(in: input)
+        return try AtomicOutputDirectory(final: output, inputs: [input], marker: ConversionManifest.fileName, force: force, resume: resume)
+    }
+
+    /// The side files `copySideFiles` will copy, their link targets checked before any work starts
+    /// so a refused link costs nothing (and again on the opened file when copied).
+    static func sideFiles(in input: URL, excluding excluded: Set<String> = []) throws -> [URL] {
         let allowed = allowedSideFileRoot(input)
-        var files: [(source: URL, target: String)] = []
+        var files: [URL] = []
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: input.path)) ?? []).sorted() where !isRewritten(name) && !excluded.contains(name) {
             let source = input.appendingPathComponent(name)
             guard let entry = FileEntry.following(source.path), entry.kind != .directory else { continue }
@@ -91,7 +97,7 @@ public final class ConversionOutput {
                 throw ConversionError.sideFileOutsideInput(file: source.path, target: FilePath.resolved(source.path) ?? "a missing file")
             }
             guard entry.kind == .regular else { throw ConversionError.cannotCopy(file: source.path, reason: "not a regular file") }
-            files.append((source, target))
+            files.append(source)
         }
         return files
     }

@@ -97,8 +97,7 @@ public enum ShardStage {
         let placement = try ExpertPlacement.plan(config: config, devices: devices)
         let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
         let key = ConversionOutput.resumeKey(stages: source.newStages(after: inputStages) + [stage], input: input)
-        _ = try ConversionOutput.sideFiles(in: input)
-        let root = try AtomicOutputDirectory(final: output, inputs: [input], marker: ConversionManifest.fileName, force: force, resume: resume)
+        let root = try ConversionOutput.openDirectory(input: input, output: output, force: force, resume: resume)
         if root.resumed {
             // Root-level files of the interrupted run (placement.json, a killed write's temp file) are rewritten.
             let fm = FileManager.default

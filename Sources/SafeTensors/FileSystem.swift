@@ -92,11 +92,8 @@ public enum FilePath {
     /// The contents of a small regular file. Opened with O_NONBLOCK so a FIFO or device planted under
     /// the name cannot hang the command, and refused unless it is a regular file (after links).
     public static func readRegularFile(_ path: String) throws -> Data {
-        let fd = try systemCall("open", path: path) { open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        let fd = try openRegularFile(path).descriptor
         defer { close(fd) }
-        var info = stat()
-        try systemCall("fstat", path: path) { fstat(fd, &info) }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw SafeTensorsError.cannotOpen(file: path, reason: "not a regular file") }
         var data = Data()
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         while true {

@@ -143,7 +143,8 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
         for entryName in ((try? fm.contentsOfDirectory(atPath: parent.path)) ?? []).sorted() where entryName.hasPrefix(prefix) {
             guard let pid = pid(entryName.dropFirst(prefix.count)), pid != getpid() else { continue }
             let aside = parent.appendingPathComponent(entryName)
-            guard FileEntry.lstat(aside.path)?.isOwnDirectory == true, !(kill(pid, 0) == 0 || errno == EPERM) else { continue }
+            // The aside is an old output (no owner record), so its writer's PID is what tells.
+            guard FileEntry.lstat(aside.path)?.isOwnDirectory == true, !isLive(workDirectory: aside, pid: pid) else { continue }
             if FileEntry.lstat(final.path) == nil {
                 let work = parent.appendingPathComponent("\(workPrefix)\(name)-\(pid)")
                 let committing = FileEntry.lstat(work.path)?.isOwnDirectory == true
