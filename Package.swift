@@ -29,11 +29,13 @@ let package = Package(
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors", "Numerics"]),
         // The conversion stages and what they share: output directories, manifests.
-        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "Validation"]),
+        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "ReferenceModel"]),
         // OpenBLAS, the reference backend of the validation forward pass.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        // Reference forward pass (fp32, OpenBLAS), drift metrics and reports.
-        .target(name: "Validation", dependencies: ["COpenBLAS", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        // The reference forward pass (fp32, OpenBLAS): weight providers, attention, router, rotary embedding.
+        .target(name: "ReferenceModel", dependencies: ["COpenBLAS", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        // Drift of a candidate against a reference: metrics and reports.
+        .target(name: "Validation", dependencies: ["ReferenceModel", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // Hugging Face tokenizer.json (BPE, DeepSeek's pre-tokenizers) encoding and decoding as `tokenizers` does.
         .target(name: "Tokenizer", dependencies: ["SafeTensors", "Numerics"]),
         // Argument parsing, diagnostics and terminal output shared by every executable.
@@ -41,7 +43,7 @@ let package = Package(
         // The commands themselves; every executable is a thin wrapper over one of these.
         // The convert benchmark's machinery: timed child processes and how they ended, output checks, statistics.
         .target(name: "Benchmark", dependencies: ["SafeTensors", "Conversion"]),
-        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "Validation", "Benchmark", "Tokenizer"]),
+        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "ReferenceModel", "Validation", "Benchmark", "Tokenizer"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-quantize", dependencies: ["DSConvertCommands", "CLI"]),
@@ -51,7 +53,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics", "CKernels"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
-        .testTarget(name: "ValidationTests", dependencies: ["Validation", "SafeTensors", "DeepSeekModel", "Conversion"]),
+        .testTarget(name: "ValidationTests", dependencies: ["Validation", "ReferenceModel", "SafeTensors", "DeepSeekModel", "Conversion"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),

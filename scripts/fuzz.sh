@@ -18,15 +18,15 @@ clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/
 mkdir -p "$out/CMappingGuard"
 printf 'module CMappingGuard {\n  header "%s/Sources/CMappingGuard/include/mapping_guard.h"\n  export *\n}\n' "$root" > "$out/CMappingGuard/module.modulemap"
 clang -O2 -g -fsanitize=address -I Sources/CMappingGuard/include -c Sources/CMappingGuard/mapping_guard.c -o "$out/mapping_guard.o"
-# Validation (the token loader and checks) imports OpenBLAS: its headers and library from pkg-config.
+# ReferenceModel (the token loader and checks) imports OpenBLAS: its headers and library from pkg-config.
 blas_include=$(pkg-config --variable=includedir openblas); blas_lib=$(pkg-config --variable=libdir openblas)
 flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I "$out/CKernels" -I "$out/CMappingGuard" -I Sources/COpenSSL -I Sources/CSystemCalls
        -I Sources/COpenBLAS -Xcc -I"$blas_include")
-for module in Numerics SafeTensors DeepSeekModel Validation; do
+for module in Numerics SafeTensors DeepSeekModel ReferenceModel; do
   swiftc "${flags[@]}" -wmo -module-name "$module" -emit-module -emit-module-path "$out/$module.swiftmodule" \
     -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
 done
-swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/Validation.o \
+swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/ReferenceModel.o \
   "$out"/fp8_kernels.o "$out"/mapping_guard.o -L"$blas_lib" -lopenblas -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \

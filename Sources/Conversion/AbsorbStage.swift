@@ -12,7 +12,7 @@ public enum AbsorbStage {
         public let output: URL
         public let tensors: Int
         public let files: Int
-        public let config: DeepSeekV2Config
+        public let config: DeepSeekConfig
     }
 
     public static func run(input: URL, output: URL, options: AbsorbOptions, dtype: StorageDType, force: Bool,
@@ -55,7 +55,7 @@ extension AbsorbStage {
 public final class AbsorbStep: TensorSource {
     public let source: TensorSource
     public let options: AbsorbOptions
-    public let config: DeepSeekV2Config
+    public let config: DeepSeekConfig
     public let rawConfig: JSONValue
     public let stages: [ConversionManifest.Stage]
     public let planned: [PlannedTensor]

@@ -1,7 +1,7 @@
 import DeepSeekModel
 import Foundation
 import Numerics
-import Validation
+import ReferenceModel
 
 /// Per-channel equalization of the cached latent for `quantize --kv6` (README "The 6-bit KV cache").
 ///
@@ -27,7 +27,7 @@ public enum KVEqualization {
 
     /// Measures the latent per layer on `tokens` (batches of at most 8 sequences) from `source`
     /// (the calibration file its errors name).
-    public static func calibrate(config: DeepSeekV2Config, weights: WeightProvider, tokens: [[Int]], source: String = "calibration tokens",
+    public static func calibrate(config: DeepSeekConfig, weights: WeightProvider, tokens: [[Int]], source: String = "calibration tokens",
                                  progress: ((String) -> Void)? = nil) throws -> [Int: [Float]] {
         var absmax: [Int: [Float]] = [:]
         try BLASThreads.withSingleThread {
@@ -44,7 +44,7 @@ public enum KVEqualization {
 
     /// The tensors of layer `layer` the fold changes, as a function from the original values.
     /// Returns nil for tensors it leaves alone.
-    public static func transform(config: DeepSeekV2Config, name: String, shape: [Int], scales s: [Float]) -> ((inout [Float]) -> Void)? {
+    public static func transform(config: DeepSeekConfig, name: String, shape: [Int], scales s: [Float]) -> ((inout [Float]) -> Void)? {
         let kvl = config.kvLoraRank, heads = config.numAttentionHeads
         let suffix = name.split(separator: ".", maxSplits: 3).dropFirst(3).joined(separator: ".")
         switch suffix {

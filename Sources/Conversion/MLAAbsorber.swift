@@ -26,13 +26,13 @@ public struct AbsorbOptions: Sendable {
 /// Every product is taken in f64 in a fixed order and rounded once to the storage dtype.
 public enum MLAAbsorber {
     /// The config of the absorbed checkpoint.
-    public static func outputConfig(_ config: DeepSeekV2Config, options: AbsorbOptions, dtype: String) -> DeepSeekV2Config {
+    public static func outputConfig(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: String) -> DeepSeekConfig {
         var out = config
         out.absorption = record(config, options: options, dtype: dtype)
         return out
     }
 
-    public static func record(_ config: DeepSeekV2Config, options: AbsorbOptions, dtype: String) -> AbsorptionRecord {
+    public static func record(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: String) -> AbsorptionRecord {
         var folds = ["kv_a_layernorm_gamma"]
         if config.qLoraRank != nil { folds.append("q_a_layernorm_gamma") }
         folds.append("softmax_scale")
@@ -61,7 +61,7 @@ public enum MLAAbsorber {
     }
 
     /// Input tensors of layer `i` that absorb replaces (everything else is copied through).
-    public static func consumedNames(_ config: DeepSeekV2Config, layer i: Int, options: AbsorbOptions) -> [String] {
+    public static func consumedNames(_ config: DeepSeekConfig, layer i: Int, options: AbsorbOptions) -> [String] {
         let p = TensorNames.layer(i) + "self_attn."
         var names = [p + "kv_a_layernorm.weight", p + "kv_b_proj.weight"]
         if config.qLoraRank != nil { names += [p + "q_a_layernorm.weight", p + "q_b_proj.weight"] } else { names.append(p + "q_proj.weight") }
@@ -71,7 +71,7 @@ public enum MLAAbsorber {
 
     /// The tensors absorb computes for layer `i`, as f64 (rounded once by the writer), with their names.
     /// - Parameter load: fp32 values of an input tensor of the given shape.
-    public static func absorbLayer(_ config: DeepSeekV2Config, layer i: Int, options: AbsorbOptions,
+    public static func absorbLayer(_ config: DeepSeekConfig, layer i: Int, options: AbsorbOptions,
                                    load: (String, [Int]) throws -> [Float]) throws -> [(name: String, values: [Double])] {
         let p = TensorNames.layer(i) + "self_attn."
         let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, rope = config.qkRopeHeadDim

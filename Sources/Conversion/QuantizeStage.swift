@@ -2,7 +2,7 @@ import DeepSeekModel
 import Foundation
 import Numerics
 import SafeTensors
-import Validation
+import ReferenceModel
 
 /// `dsconvert quantize --fp8` and `--dequantize`: tensor by tensor, streaming.
 public enum QuantizeStage {
@@ -137,7 +137,7 @@ extension QuantizeStage {
 /// declaration with its equalization folded in; tensors it leaves alone pass through unchanged.
 public final class QuantizeStep: TensorSource {
     public let source: TensorSource
-    public let config: DeepSeekV2Config
+    public let config: DeepSeekConfig
     public let rawConfig: JSONValue
     public let stages: [ConversionManifest.Stage]
     public let planned: [PlannedTensor]

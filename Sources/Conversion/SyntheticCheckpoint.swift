@@ -9,7 +9,7 @@ import SafeTensors
 /// `layers` 3 ("the lite slice": embed + 1 dense + 2 MoE + lm_head) it is about 3.3 GB; with 27 it
 /// is the full 31 GB model. Values are deterministic (a counter-based generator per tensor).
 public enum SyntheticCheckpoint {
-    public static func liteConfig(layers: Int) throws -> (DeepSeekV2Config, JSONValue) {
+    public static func liteConfig(layers: Int) throws -> (DeepSeekConfig, JSONValue) {
         let json = """
         {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "attention_bias": false, "bos_token_id": 100000,
          "eos_token_id": 100001, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 10944,
@@ -23,7 +23,7 @@ public enum SyntheticCheckpoint {
          "topk_method": "greedy", "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 102400}
         """
         let data = Data(json.utf8)
-        return (try DeepSeekV2Config.decode(data, path: "synthetic config"), try JSONParser.parse(data))
+        return (try DeepSeekConfig.decode(data, path: "synthetic config"), try JSONParser.parse(data))
     }
 
     public static func write(layers: Int, output: URL, force: Bool, progress: ((String) -> Void)? = nil) throws -> Int {

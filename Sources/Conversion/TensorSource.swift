@@ -1,7 +1,7 @@
 import DeepSeekModel
 import Foundation
 import SafeTensors
-import Validation
+import ReferenceModel
 
 /// A tensor's data as a conversion step hands it on.
 public enum TensorPayload {
@@ -19,7 +19,7 @@ public protocol TensorSource: AnyObject {
     /// The input checkpoint directory (side files and messages).
     var directory: URL { get }
     /// The model as this step's output declares it.
-    var config: DeepSeekV2Config { get }
+    var config: DeepSeekConfig { get }
     /// `config.json` of this step's output.
     var rawConfig: JSONValue { get }
     /// The manifest's stages up to and including this step.
@@ -70,7 +70,7 @@ extension TensorSource {
 public final class CheckpointSource: TensorSource {
     public let checkpoint: Checkpoint
     public let directory: URL
-    public let config: DeepSeekV2Config
+    public let config: DeepSeekConfig
     public let rawConfig: JSONValue
     public let stages: [ConversionManifest.Stage]
     public let planned: [PlannedTensor]
@@ -78,7 +78,7 @@ public final class CheckpointSource: TensorSource {
     /// Opens `directory` and runs the checker (shapes, dtypes, names against config.json).
     public init(directory: URL) throws {
         self.directory = directory
-        config = try DeepSeekV2Config.load(directory: directory)
+        config = try DeepSeekConfig.load(directory: directory)
         checkpoint = try Checkpoint(directory: directory)
         if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
         rawConfig = try ConfigEditor.load(directory)
@@ -107,7 +107,7 @@ final class SourceWeights: WeightProvider {
             throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: shape)
         }
         guard info.shape == shape else {
-            throw ValidationError.wrongShape(file: source.path(of: name), tensor: name, expected: shape, actual: info.shape)
+            throw ReferenceModelError.wrongShape(file: source.path(of: name), tensor: name, expected: shape, actual: info.shape)
         }
         return try source.floats(name)
     }

@@ -1,6 +1,7 @@
 import Benchmark
 import CLI
 import Foundation
+import ReferenceModel
 import Validation
 
 /// `dsconvert-bench forward`: the reference forward pass's GFLOP/s beside plain sgemm's.

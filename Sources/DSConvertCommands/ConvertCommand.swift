@@ -3,6 +3,7 @@ import Conversion
 import DeepSeekModel
 import Foundation
 import Numerics
+import ReferenceModel
 import Validation
 
 /// `dsconvert convert`: the whole pipeline in one pass.

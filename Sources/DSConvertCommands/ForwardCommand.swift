@@ -1,6 +1,7 @@
 import CLI
 import Foundation
 import SafeTensors
+import ReferenceModel
 import Validation
 
 /// `dsconvert forward`: the reference forward pass of a checkpoint, written as safetensors.

@@ -27,7 +27,7 @@ public enum InspectCommand: Command {
         if configURL == url { url.deleteLastPathComponent() }
         var configData = try readConfig(configURL)
         let configPath = configURL.path
-        let config = try DeepSeekV2Config.decode(configData, path: configPath)
+        let config = try DeepSeekConfig.decode(configData, path: configPath)
         configData = Data()
 
         let fm = FileManager.default

@@ -104,8 +104,8 @@ public struct InspectReport: Encodable {
     }
 
     /// Throws `sizeOverflow` naming `configPath` if a count does not fit (never for a config
-    /// `DeepSeekV2Config.decode` accepted: it runs the same checked accounting).
-    public init(path: String, configPath: String, config: DeepSeekV2Config, checkpoint: Checkpoint?, listTensors: Bool) throws {
+    /// `DeepSeekConfig.decode` accepted: it runs the same checked accounting).
+    public init(path: String, configPath: String, config: DeepSeekConfig, checkpoint: Checkpoint?, listTensors: Bool) throws {
         self.path = path
         architecture = config.architectures?.first ?? "DeepseekV2ForCausalLM"
         modelType = config.modelType ?? "deepseek_v2"

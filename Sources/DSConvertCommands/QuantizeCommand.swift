@@ -3,6 +3,7 @@ import Conversion
 import DeepSeekModel
 import Foundation
 import Numerics
+import ReferenceModel
 import Validation
 
 /// `dsconvert quantize` / `dsconvert-quantize`: FP8 block weights, and back.

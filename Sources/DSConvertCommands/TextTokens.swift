@@ -1,5 +1,6 @@
 import CLI
 import Conversion
+import ReferenceModel
 import Validation
 import Foundation
 import Tokenizer

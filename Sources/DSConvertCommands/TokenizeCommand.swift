@@ -2,6 +2,7 @@ import CLI
 import Foundation
 import SafeTensors
 import Tokenizer
+import ReferenceModel
 import Validation
 
 /// `dsconvert tokenize`: a text file to the `{"tokens": [[…]]}` file the other commands read, and back.

@@ -1,6 +1,7 @@
 import CLI
 import Foundation
 import SafeTensors
+import ReferenceModel
 import Validation
 import Numerics
 

@@ -88,7 +88,7 @@ public struct AbsorptionCost: Codable, Equatable, Sendable {
 
     /// The three forms' figures, every product checked: throws `SizeOverflow` naming the figure that
     /// does not fit (the config validator runs this, so a loaded config never throws here).
-    public init(config c: DeepSeekV2Config) throws {
+    public init(config c: DeepSeekConfig) throws {
         let h = c.hiddenSize, heads = c.numAttentionHeads, nope = c.qkNopeHeadDim, rope = c.qkRopeHeadDim
         let v = c.vHeadDim, kvl = c.kvLoraRank, layers = c.numHiddenLayers
         func p(_ f: Int..., of what: String) throws -> Int { try CheckedSize.product(f, of: "absorb cost table: \(what)") }

@@ -10,7 +10,7 @@ public struct CheckReport: Sendable {
 /// Checks that every tensor the config implies is present with the right shape and a real-valued
 /// dtype, and that nothing unexpected is there.
 public enum CheckpointChecker {
-    public static func check(config: DeepSeekV2Config, checkpoint: Checkpoint) -> CheckReport {
+    public static func check(config: DeepSeekConfig, checkpoint: Checkpoint) -> CheckReport {
         var problems: [DeepSeekModelError] = []
         let expected = config.expectedTensors()
         var expectedNames = Set<String>()

@@ -87,7 +87,7 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
 
     /// Counts everything with checked arithmetic; throws `SizeOverflow` naming the quantity that
     /// does not fit (the config validator runs this, so a loaded config never throws here).
-    public init(config: DeepSeekV2Config) throws {
+    public init(config: DeepSeekConfig) throws {
         let tensors = config.expectedTensors()
         var byRole: [String: Int] = [:]
         var total = 0
@@ -123,7 +123,7 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
         }
     }
 
-    private static func routing(_ config: DeepSeekV2Config) -> Routing? {
+    private static func routing(_ config: DeepSeekConfig) -> Routing? {
         guard config.hasMoE else { return nil }
         let e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
         let grouped = config.topkMethod == "group_limited_greedy"

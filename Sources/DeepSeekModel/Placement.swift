@@ -22,7 +22,7 @@ public struct ExpertPlacement: Codable, Equatable, Sendable {
     public func device(ofExpert e: Int) -> Int { e / expertsPerDevice }
 
     /// Plans N devices, or says why groups would not stay whole.
-    public static func plan(config: DeepSeekV2Config, devices: Int) throws -> ExpertPlacement {
+    public static func plan(config: DeepSeekConfig, devices: Int) throws -> ExpertPlacement {
         guard devices >= 1 else { throw DeepSeekModelError.invalidPlacement(reason: "--devices must be at least 1") }
         guard let e = config.nRoutedExperts, e > 0, config.hasMoE else {
             throw DeepSeekModelError.invalidPlacement(reason: "the model has no routed experts to place")

@@ -30,7 +30,7 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
     /// would overflow), 128 when absent; else `invalidBlockSize` naming `path`.
     public static func validatedBlock(_ sizes: [Int]?, path: String) throws -> Int {
         guard let sizes else { return 128 }
-        let limit = DeepSeekV2Config.dimensionLimit
+        let limit = DeepSeekConfig.dimensionLimit
         guard sizes.count == 2, sizes[0] == sizes[1], (1...limit).contains(sizes[0]) else {
             throw DeepSeekModelError.invalidBlockSize(path: path, value: "\(sizes)", limit: limit)
         }
@@ -42,7 +42,7 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
     public static func validatedBlock(rawQuantizationConfig raw: JSONValue?, path: String) throws -> Int {
         guard let value = raw?["weight_block_size"], value != .null else { return 128 }
         guard case let .array(items) = value else {
-            throw DeepSeekModelError.invalidBlockSize(path: path, value: "\(value)", limit: DeepSeekV2Config.dimensionLimit)
+            throw DeepSeekModelError.invalidBlockSize(path: path, value: "\(value)", limit: DeepSeekConfig.dimensionLimit)
         }
         let sizes = items.map { $0.uint64.flatMap { $0 <= UInt64(Int.max) ? Int($0) : nil } ?? -1 }
         return try validatedBlock(sizes, path: path)

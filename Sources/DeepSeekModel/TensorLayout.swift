@@ -48,7 +48,7 @@ public enum TensorNames {
     }
 }
 
-extension DeepSeekV2Config {
+extension DeepSeekConfig {
     /// Every tensor this config implies, in model order (embeddings, layers, final norm, lm_head);
     /// on a device checkpoint of a sharded output, the ones that device holds.
     public func expectedTensors() -> [ExpectedTensor] {

@@ -1,3 +1,4 @@
+import ReferenceModel
 import Foundation
 
 /// Drift measures between a reference and a candidate forward pass (all reductions in f64).

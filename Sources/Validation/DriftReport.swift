@@ -1,3 +1,4 @@
+import ReferenceModel
 import DeepSeekModel
 import Foundation
 import Numerics
@@ -175,28 +176,7 @@ public struct DriftReport: Codable, Sendable {
 
 /// Runs reference and candidate side by side and measures the drift.
 public enum Validator {
-    /// A model to run: its config and where its weights come from.
-    public struct Model {
-        public let label: String
-        public let config: DeepSeekV2Config
-        public let weights: WeightProvider
-        /// Set for a sharded output: the forward runs its MoE layers as expert parallelism.
-        public let placement: ExpertPlacement?
-        /// The cache the forward pass runs through: the checkpoint's declared format unless overridden.
-        public var kvCache: KVCacheCodec.Format?
-
-        public init(label: String, config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil) {
-            self.label = label
-            self.config = config
-            self.weights = weights
-            self.placement = placement
-            kvCache = config.kvCache.flatMap { KVCacheCodec.Format(rawValue: $0.format) }
-        }
-
-        public func forward() -> ReferenceForward { ReferenceForward(config: config, weights: weights, placement: placement, kvCache: kvCache) }
-    }
-
-    public static func compare(reference: Model, candidate: Model, tokens: [[Int]], tokensLabel: String,
+    public static func compare(reference: LoadedModel, candidate: LoadedModel, tokens: [[Int]], tokensLabel: String,
                                heldout: (tokens: [[Int]], label: String)?, thresholds: DriftThresholds,
                                perplexityOnTokens: Bool = false, progress: ((String) -> Void)? = nil) throws -> DriftReport {
         let rc = reference.config, cc = candidate.config

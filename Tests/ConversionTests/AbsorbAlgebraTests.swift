@@ -14,14 +14,14 @@ final class AbsorbAlgebraTests: XCTestCase {
         mutating func floats(_ n: Int) -> [Float] { (0..<n).map { _ in Float(next()) } }
     }
 
-    private func config(qLora: Int?) throws -> DeepSeekV2Config {
+    private func config(qLora: Int?) throws -> DeepSeekConfig {
         let json = """
         {"vocab_size": 10, "hidden_size": 12, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 3,
          "q_lora_rank": \(qLora.map(String.init) ?? "null"), "kv_lora_rank": 5, "qk_nope_head_dim": 4, "qk_rope_head_dim": 2, "v_head_dim": 3,
          "rope_theta": 10000, "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
          "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
         """
-        return try DeepSeekV2Config.decode(Data(json.utf8), path: "test")
+        return try DeepSeekConfig.decode(Data(json.utf8), path: "test")
     }
 
     func testFoldAndSplitIdentities() throws {
@@ -106,7 +106,7 @@ final class AbsorbAlgebraTests: XCTestCase {
     func testAbsorptionCostOnRealConfigs() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         for (name, ratio, extra) in [("DeepSeek-V2", 3.08, 18_622_586_880), ("DeepSeek-V2-Lite", 2.68, 622_840_320)] {
-            let config = try DeepSeekV2Config.load(directory: root.appendingPathComponent("Fixtures/configs/\(name)"))
+            let config = try DeepSeekConfig.load(directory: root.appendingPathComponent("Fixtures/configs/\(name)"))
             let forms = try AbsorptionCost(config: config).forms
             XCTAssertEqual((Double(forms[2].attentionParameters) / Double(forms[0].attentionParameters) * 100).rounded() / 100, ratio, name)
             XCTAssertEqual(forms[2].attentionParameters - forms[0].attentionParameters, extra, name)

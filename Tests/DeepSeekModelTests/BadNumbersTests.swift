@@ -15,7 +15,7 @@ final class BadNumbersTests: XCTestCase {
     }
 
     private func assertRefused(_ data: Data, _ expected: DeepSeekModelError, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertThrowsError(try DeepSeekV2Config.decode(data, path: path), file: file, line: line) { error in
+        XCTAssertThrowsError(try DeepSeekConfig.decode(data, path: path), file: file, line: line) { error in
             XCTAssertEqual(error as? DeepSeekModelError, expected, file: file, line: line)
             XCTAssertTrue((error as? DeepSeekModelError)?.errorDescription?.hasPrefix(self.path + ": ") == true, "names the file", file: file, line: line)
         }
@@ -23,7 +23,7 @@ final class BadNumbersTests: XCTestCase {
 
     func testProductsOfAcceptedDimensionsOverflowIntoOneError() throws {
         let data = try lite { for key in ["hidden_size", "num_attention_heads", "qk_nope_head_dim"] { $0[key] = 1 << 24 } }
-        XCTAssertThrowsError(try DeepSeekV2Config.decode(data, path: path)) { error in
+        XCTAssertThrowsError(try DeepSeekConfig.decode(data, path: path)) { error in
             guard case let .sizeOverflow(p, quantity)? = error as? DeepSeekModelError else { return XCTFail("\(error)") }
             XCTAssertEqual(p, self.path)
             XCTAssertTrue(quantity.contains("q_proj"), quantity)
@@ -31,13 +31,13 @@ final class BadNumbersTests: XCTestCase {
     }
 
     func testAccountingAndCostTableThrowInsteadOfTrapping() throws {
-        var config = try DeepSeekV2Config.decode(try lite(), path: path)
+        var config = try DeepSeekConfig.decode(try lite(), path: path)
         config.hiddenSize = 1 << 24
         config.numAttentionHeads = 1 << 24
         config.qkNopeHeadDim = 1 << 24
         XCTAssertThrowsError(try ModelAccounting(config: config)) { XCTAssertTrue($0 is SizeOverflow) }
         XCTAssertThrowsError(try AbsorptionCost(config: config)) { XCTAssertTrue($0 is SizeOverflow) }
-        let fine = try AbsorptionCost(config: try DeepSeekV2Config.decode(try lite(), path: path))
+        let fine = try AbsorptionCost(config: try DeepSeekConfig.decode(try lite(), path: path))
         XCTAssertThrowsError(try fine.table(contextLength: Int.max)) { XCTAssertTrue($0 is SizeOverflow) }
         XCTAssertEqual(CheckedSize.ceilDiv(Int.max, Int.max), 1)
         XCTAssertEqual(CheckedSize.ceilDiv(129, 128), 2)
@@ -51,7 +51,7 @@ final class BadNumbersTests: XCTestCase {
         for sizes in [[0, 0], [Int.max, Int.max], [Int.max, 128], [-128, -128], [(1 << 24) + 1, (1 << 24) + 1]] {
             assertRefused(try quantized(sizes), .invalidBlockSize(path: path, value: "\(sizes)", limit: 1 << 24))
         }
-        XCTAssertEqual(try DeepSeekV2Config.decode(try quantized([1 << 24, 1 << 24]), path: path).quantization?.block, 1 << 24)
+        XCTAssertEqual(try DeepSeekConfig.decode(try quantized([1 << 24, 1 << 24]), path: path).quantization?.block, 1 << 24)
         XCTAssertEqual(QuantizationConfig.scaleShape(of: [3, 300, 200], block: Int.max), [3, 1, 1], "no n + b - 1 overflow")
         XCTAssertEqual(FP8BlockQuantizer(block: Int.max).scaleShape(rows: 300, cols: 200), [1, 1])
 
@@ -75,7 +75,7 @@ final class BadNumbersTests: XCTestCase {
         for (key, value) in [("factor", 0.0), ("factor", -40.0), ("mscale", -0.707), ("mscale_all_dim", 0.0)] {
             assertRefused(try lite { $0["rope_scaling"] = yarn.merging([key: value]) { $1 } }, .notPositive(path: path, key: "rope_scaling.\(key)", value: value))
         }
-        XCTAssertNoThrow(try DeepSeekV2Config.decode(try lite { $0["rope_scaling"] = yarn }, path: path))
+        XCTAssertNoThrow(try DeepSeekConfig.decode(try lite { $0["rope_scaling"] = yarn }, path: path))
         let text = try fixtureText()
         XCTAssertTrue(text.contains("\"rms_norm_eps\": 1e-06"))
         assertRefused(Data(text.replacingOccurrences(of: "\"rms_norm_eps\": 1e-06", with: "\"rms_norm_eps\": -1e999").utf8),
@@ -102,7 +102,7 @@ final class BadNumbersTests: XCTestCase {
             record["placement"] = placement
             return try JSONSerialization.data(withJSONObject: v2.merging(["dsconvert_placement": record]) { $1 })
         }
-        XCTAssertNoThrow(try DeepSeekV2Config.decode(try device { _, _ in }, path: path))
+        XCTAssertNoThrow(try DeepSeekConfig.decode(try device { _, _ in }, path: path))
         let bad: [(String, (inout [String: Any], inout [String: Any]) -> Void)] = [
             ("experts 1", { $1["experts"] = 1 }), ("experts -8", { $1["experts"] = -8 }), ("devices 0", { $1["devices"] = 0 }),
             ("devices 3", { $1["devices"] = 3 }), ("rank 2", { r, _ in r["rank"] = 2 }), ("rank -1", { r, _ in r["rank"] = -1 }),
@@ -110,7 +110,7 @@ final class BadNumbersTests: XCTestCase {
             ("groups 0", { $1["groups"] = 0 }), ("dense", { r, _ in r["dense"] = "sometimes" }),
         ]
         for (name, edit) in bad {
-            XCTAssertThrowsError(try DeepSeekV2Config.decode(try device(edit), path: path), name) { error in
+            XCTAssertThrowsError(try DeepSeekConfig.decode(try device(edit), path: path), name) { error in
                 guard case .inconsistentPlacement(self.path, _)? = error as? DeepSeekModelError else { return XCTFail("\(name): \(error)") }
             }
         }

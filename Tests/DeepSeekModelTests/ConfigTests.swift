@@ -8,7 +8,7 @@ let fixtures = packageRoot.appendingPathComponent("Fixtures")
 
 final class ConfigTests: XCTestCase {
     func testRealDeepSeekV2Accounting() throws {
-        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         let a = try ModelAccounting(config: config)
         XCTAssertEqual(a.totalParameters, 235_741_434_880, "236B in the paper")
         XCTAssertEqual(a.activeParameters, 20_851_512_320, "21B activated in the paper")
@@ -22,7 +22,7 @@ final class ConfigTests: XCTestCase {
     }
 
     func testRealDeepSeekV2LiteAccounting() throws {
-        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
         let a = try ModelAccounting(config: config)
         XCTAssertEqual(a.totalParameters, 15_706_484_224, "15.7B in the paper")
         XCTAssertEqual(a.activeParameters, 2_451_435_008, "2.4B activated in the paper")
@@ -44,35 +44,35 @@ final class ConfigTests: XCTestCase {
          "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
          "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
         """#
-        let a = try DeepSeekV2Config.decode(Data(hub.utf8), path: "hub.json")
-        let b = try DeepSeekV2Config.decode(Data(v5.utf8), path: "v5.json")
+        let a = try DeepSeekConfig.decode(Data(hub.utf8), path: "hub.json")
+        let b = try DeepSeekConfig.decode(Data(v5.utf8), path: "v5.json")
         XCTAssertEqual(a, b)
         XCTAssertEqual(a.ropeScaling?.factor, 40)
-        let plain = try DeepSeekV2Config.decode(Data(v5.replacingOccurrences(of: "\"rope_type\": \"yarn\"", with: "\"rope_type\": \"default\"").utf8), path: "p.json")
+        let plain = try DeepSeekConfig.decode(Data(v5.replacingOccurrences(of: "\"rope_type\": \"yarn\"", with: "\"rope_type\": \"default\"").utf8), path: "p.json")
         XCTAssertNil(plain.ropeScaling)
         XCTAssertEqual(plain.softmaxScale, 0.5, accuracy: 1e-12)
         // Re-encoding writes the hub layout and decodes to the same config.
-        XCTAssertEqual(try DeepSeekV2Config.decode(JSONEncoder().encode(b), path: "re.json"), b)
+        XCTAssertEqual(try DeepSeekConfig.decode(JSONEncoder().encode(b), path: "re.json"), b)
     }
 
     func testConfigErrorsNameFileAndKey() {
-        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data(#"{"hidden_size": 8}"#.utf8), path: "/x/config.json")) {
+        XCTAssertThrowsError(try DeepSeekConfig.decode(Data(#"{"hidden_size": 8}"#.utf8), path: "/x/config.json")) {
             XCTAssertEqual(($0 as? LocalizedError)?.errorDescription, "/x/config.json: invalid config: missing key 'vocab_size'")
         }
-        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data(#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 1, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "kv_lora_rank": 4, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2}"#.utf8), path: "c.json")) {
+        XCTAssertThrowsError(try DeepSeekConfig.decode(Data(#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 1, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "kv_lora_rank": 4, "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2}"#.utf8), path: "c.json")) {
             guard case .unsupportedArchitecture = $0 as? DeepSeekModelError else { return XCTFail("\($0)") }
         }
-        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data("{not json".utf8), path: "c.json"))
+        XCTAssertThrowsError(try DeepSeekConfig.decode(Data("{not json".utf8), path: "c.json"))
     }
 
     /// Found by fuzzing: a config asking for 4066 layers of 160 experts made the layout build ~2M tensor names.
     func testHostileSizesAreRefusedBeforeLayout() throws {
         let corpus = packageRoot.appendingPathComponent("Tests/Fuzz/corpus/regression-config-4066-layers")
         let data = try Data(contentsOf: corpus).dropFirst()
-        XCTAssertThrowsError(try DeepSeekV2Config.decode(Data(data), path: "c.json")) {
+        XCTAssertThrowsError(try DeepSeekConfig.decode(Data(data), path: "c.json")) {
             XCTAssertTrue(($0 as? LocalizedError)?.errorDescription?.contains("num_hidden_layers = 4066 is outside 1...1024") == true, "\($0)")
         }
-        var config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        var config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         config.numHiddenLayers = 700
         XCTAssertThrowsError(try config.validate(path: "c.json"), "700 x 160 experts exceeds 100,000")
         config.numHiddenLayers = 61
@@ -83,7 +83,7 @@ final class ConfigTests: XCTestCase {
     func testCheckerOnEveryFixture() throws {
         for name in ["lite", "v2", "fp8", "trained"] {
             let dir = fixtures.appendingPathComponent(name)
-            let config = try DeepSeekV2Config.load(directory: dir)
+            let config = try DeepSeekConfig.load(directory: dir)
             let checkpoint = try Checkpoint(directory: dir)
             let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
             XCTAssertTrue(report.isValid, "\(name): \(report.problems)")
@@ -93,7 +93,7 @@ final class ConfigTests: XCTestCase {
 
     func testCheckerFindsMissingWrongAndUnexpected() throws {
         let dir = fixtures.appendingPathComponent("lite")
-        var config = try DeepSeekV2Config.load(directory: dir)
+        var config = try DeepSeekConfig.load(directory: dir)
         let checkpoint = try Checkpoint(directory: dir)
         config.vHeadDim += 1
         let wrong = CheckpointChecker.check(config: config, checkpoint: checkpoint)
@@ -110,7 +110,7 @@ final class ConfigTests: XCTestCase {
     }
 
     func testMoELayerRule() throws {
-        var config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        var config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         config.numHiddenLayers = 6
         config.firstKDenseReplace = 1
         config.moeLayerFreq = 2

@@ -8,7 +8,7 @@ import DeepSeekModel
 import Foundation
 import Numerics
 import SafeTensors
-import Validation
+import ReferenceModel
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzParsers(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
@@ -28,7 +28,7 @@ public func fuzzParsers(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
     case 1:
         _ = try? Checkpoint.parseIndex(Data(body), file: "fuzz/model.safetensors.index.json")
     case 2:
-        if let config = try? DeepSeekV2Config.decode(Data(body), path: "fuzz/config.json") { exerciseSizes(config) }
+        if let config = try? DeepSeekConfig.decode(Data(body), path: "fuzz/config.json") { exerciseSizes(config) }
     default:
         if let tokens = try? TokenFile.parse(Data(body), path: "fuzz/tokens.json") { exerciseTokens(tokens) }
     }
@@ -36,7 +36,7 @@ public func fuzzParsers(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
 }
 
 /// Everything computed from an accepted config's numbers: the validator promises none of it traps.
-private func exerciseSizes(_ config: DeepSeekV2Config) {
+private func exerciseSizes(_ config: DeepSeekConfig) {
     // The validator ran these with checked arithmetic; accepted configs must not throw here.
     precondition((try? ModelAccounting(config: config)) != nil, "accounting overflowed on an accepted config")
     let cost = try? AbsorptionCost(config: config)
@@ -72,13 +72,13 @@ private func exerciseTokens(_ tokens: [[Int]]) {
 
 private enum FuzzModels {
     /// A V2-Lite-like config and one with a short context, so the position limit is reachable.
-    static let configs: [DeepSeekV2Config] = [163_840, 64].map { positions in
+    static let configs: [DeepSeekConfig] = [163_840, 64].map { positions in
         let json = """
         {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 160, "moe_intermediate_size": 32, "num_hidden_layers": 2,
          "num_attention_heads": 4, "q_lora_rank": null, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
          "v_head_dim": 12, "n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
          "max_position_embeddings": \(positions)}
         """
-        return try! DeepSeekV2Config.decode(Data(json.utf8), path: "fuzz model")
+        return try! DeepSeekConfig.decode(Data(json.utf8), path: "fuzz model")
     }
 }

@@ -3,6 +3,7 @@ import DeepSeekModel
 import Foundation
 import SafeTensors
 import XCTest
+@testable import ReferenceModel
 @testable import Validation
 
 /// Absorbed checkpoints run through the latent-attention forward and are compared with the original.
@@ -55,7 +56,7 @@ final class AbsorbValidationTests: XCTestCase {
 
     /// The softmax scale is right by construction: folding the scales engines get wrong fails validation.
     func testWrongSoftmaxScaleFailsValidation() throws {
-        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("trained"))
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("trained"))
         let withoutMscale = 1 / Double(config.qkHeadDim).squareRoot()  // YaRN mscale² forgotten
         let absorbedWidth = 1 / Double(config.kvLoraRank + config.qkRopeHeadDim).squareRoot()  // the 576^-0.5 bug
         XCTAssertNotEqual(config.softmaxScale, withoutMscale)

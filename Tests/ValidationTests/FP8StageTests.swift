@@ -4,6 +4,7 @@ import Foundation
 import Numerics
 import SafeTensors
 import XCTest
+@testable import ReferenceModel
 @testable import Validation
 
 final class FP8StageTests: XCTestCase {
@@ -95,14 +96,14 @@ final class FP8StageTests: XCTestCase {
 
     func testTensorParallelDegreesOnRealConfigs() throws {
         for (name, split, ep) in [("DeepSeek-V2", [1, 2, 4], [1, 2, 4, 8]), ("DeepSeek-V2-Lite", [1], [1])] {
-            let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/\(name)"))
+            let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/\(name)"))
             let policy = FP8Policy()
             let tensors = config.expectedTensors().filter { policy.shouldQuantize(name: $0.name, shape: $0.shape) }.map { (name: $0.name, shape: $0.shape) }
             XCTAssertEqual(FP8Partitioning.supportedDegrees(fp8Tensors: tensors, block: 128, expertParallel: false), split, name)
             XCTAssertEqual(FP8Partitioning.supportedDegrees(fp8Tensors: tensors, block: 128, expertParallel: true), ep, name)
         }
         // V2-Lite's dense intermediate_size 10944 is not a multiple of 128: keeping layer 0's MLP in bf16 opens TP 2 under EP.
-        let lite = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
+        let lite = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
         let skipDense = FP8Policy(skip: [#"^model\.layers\.0\.mlp\."#])
         let tensors = lite.expectedTensors().filter { skipDense.shouldQuantize(name: $0.name, shape: $0.shape) }.map { (name: $0.name, shape: $0.shape) }
         XCTAssertEqual(FP8Partitioning.supportedDegrees(fp8Tensors: tensors, block: 128, expertParallel: true), [1, 2])

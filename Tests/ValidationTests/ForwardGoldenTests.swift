@@ -2,6 +2,7 @@ import DeepSeekModel
 import Foundation
 import SafeTensors
 import XCTest
+@testable import ReferenceModel
 @testable import Validation
 
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -93,7 +94,7 @@ final class ValidatorTests: XCTestCase {
         XCTAssertTrue(same.verdict.passed)
 
         // A wrong kv_a_layernorm gain (the kind of scale a bad fold loses) is caught and named.
-        let broken = Validator.Model(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+        let broken = LoadedModel(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
             if name == "model.layers.1.self_attn.kv_a_layernorm.weight" { values = values.map { $0 * 3 } }
         })
         let report = try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t",
@@ -118,8 +119,8 @@ final class ValidatorTests: XCTestCase {
 }
 
 final class RouterTests: XCTestCase {
-    private func config(_ edit: (inout DeepSeekV2Config) -> Void) throws -> DeepSeekV2Config {
-        var c = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("v2"))
+    private func config(_ edit: (inout DeepSeekConfig) -> Void) throws -> DeepSeekConfig {
+        var c = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("v2"))
         edit(&c)
         return c
     }
@@ -194,7 +195,7 @@ final class MetricsTests: XCTestCase {
     }
 
     func testYaRNSoftmaxScaleAndRopeTable() throws {
-        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         let rope = RotaryEmbedding(config: config)
         XCTAssertEqual(rope.attentionScaling, 1, "mscale == mscale_all_dim")
         XCTAssertEqual(rope.invFreq.count, 32)

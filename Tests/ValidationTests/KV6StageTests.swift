@@ -4,6 +4,7 @@ import Foundation
 import Numerics
 import SafeTensors
 import XCTest
+@testable import ReferenceModel
 @testable import Validation
 
 final class KV6StageTests: XCTestCase {
@@ -23,7 +24,7 @@ final class KV6StageTests: XCTestCase {
         return out
     }
 
-    private func compare(_ reference: Validator.Model, _ candidate: Validator.Model, tokens: [[Int]]) throws -> DriftReport {
+    private func compare(_ reference: LoadedModel, _ candidate: LoadedModel, tokens: [[Int]]) throws -> DriftReport {
         try Validator.compare(reference: reference, candidate: candidate, tokens: tokens, tokensLabel: "t", heldout: nil,
                               thresholds: DriftThresholds())
     }
@@ -40,7 +41,7 @@ final class KV6StageTests: XCTestCase {
             let report = try compare(try ModelLoader.open(input), candidate, tokens: tokens)
             XCTAssertLessThanOrEqual(report.logits.maxAbsDelta, 1e-5, input.lastPathComponent)
             // The scales really are not all one (the fold did something) and are powers of two.
-            let config = try DeepSeekV2Config.load(directory: equalized)
+            let config = try DeepSeekConfig.load(directory: equalized)
             XCTAssertTrue(config.kvCache!.equalized)
             // Across layers (a layer whose channel ranges span < ~2.8x rounds every s_c to 1).
             var ratios: [Float] = []
@@ -69,7 +70,7 @@ final class KV6StageTests: XCTestCase {
     func testCacheFormatDriftTable() throws {
         let heldout = try TokenFile.load(trained.appendingPathComponent("heldout.json"))
         let reference = try ModelLoader.open(trained)
-        func kl(_ model: Validator.Model, _ format: KVCacheCodec.Format) throws -> DriftReport {
+        func kl(_ model: LoadedModel, _ format: KVCacheCodec.Format) throws -> DriftReport {
             var m = model
             m.kvCache = format
             return try compare(reference, m, tokens: heldout)
@@ -114,7 +115,7 @@ final class KV6StageTests: XCTestCase {
 
     func testCombinedWithFP8InOnePass() throws {
         let out = try kv6(trained, calibrated: true, fp8: true, name: "fp8-kv6")
-        let config = try DeepSeekV2Config.load(directory: out)
+        let config = try DeepSeekConfig.load(directory: out)
         XCTAssertNotNil(config.quantization)
         XCTAssertEqual(config.kvCache?.format, "mla-kv6")
         XCTAssertEqual(config.kvCache?.bytesPerTokenPerLayer, 64)

@@ -3,6 +3,7 @@ import DeepSeekModel
 import Foundation
 import SafeTensors
 import XCTest
+@testable import ReferenceModel
 @testable import Validation
 
 final class ShardStageTests: XCTestCase {
@@ -75,7 +76,7 @@ final class ShardStageTests: XCTestCase {
         let trained = fixtures.appendingPathComponent("trained")
         let (once, _) = try shard(trained, 8, once: true, name: "once")
         try assertReassembles(trained, once, devices: 8, once: true)
-        let device3 = try DeepSeekV2Config.load(directory: once.appendingPathComponent("device-3"))
+        let device3 = try DeepSeekConfig.load(directory: once.appendingPathComponent("device-3"))
         XCTAssertEqual(device3.placement?.denseLocation, "../device-0")
         XCTAssertEqual(try Checkpoint(directory: once.appendingPathComponent("device-3")).tensors.count, 3 * 2 * 3, "3 MoE layers x 2 experts x 3 projections")
 
@@ -99,7 +100,7 @@ final class ShardStageTests: XCTestCase {
     }
 
     func testPlacementRules() throws {
-        var config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        var config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         let eight = try ExpertPlacement.plan(config: config, devices: 8)
         XCTAssertEqual(eight.range(device: 7), 140..<160)
         XCTAssertEqual(eight.deviceBoundM, 3)
@@ -108,13 +109,13 @@ final class ShardStageTests: XCTestCase {
         XCTAssertThrowsError(try ExpertPlacement.plan(config: config, devices: 3)) { XCTAssertTrue("\($0.localizedDescription)".contains("do not split evenly")) }
         config.nRoutedExperts = 24
         XCTAssertThrowsError(try ExpertPlacement.plan(config: config, devices: 3)) { XCTAssertTrue("\($0.localizedDescription)".contains("routing groups unevenly")) }
-        let lite = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
+        let lite = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2-Lite"))
         XCTAssertEqual(try ExpertPlacement.plan(config: lite, devices: 8).deviceBoundM, 6, "greedy routing: up to k devices")
     }
 
     /// The V2-shaped real config: bytes per device for the expert part are equal (contiguous equal ranges of equal shapes).
     func testRealV2ExpertBytesBalance() throws {
-        let config = try DeepSeekV2Config.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V2"))
         let placement = try ExpertPlacement.plan(config: config, devices: 8)
         var bytes = [Int](repeating: 0, count: 8)
         for t in config.expectedTensors() { if let e = t.expert { bytes[placement.device(ofExpert: e)] += 2 * (try t.elementCount()) } }

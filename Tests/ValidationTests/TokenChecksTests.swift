@@ -1,6 +1,7 @@
 import DeepSeekModel
 import Foundation
 import XCTest
+@testable import ReferenceModel
 @testable import Validation
 
 /// Tokens checked against the model before the forward pass allocates anything: every error names
@@ -8,8 +9,8 @@ import XCTest
 final class TokenChecksTests: XCTestCase {
     private let lite = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/lite")
-    private func config(_ edit: (inout DeepSeekV2Config) -> Void = { _ in }) throws -> DeepSeekV2Config {
-        var c = try DeepSeekV2Config.load(directory: lite)
+    private func config(_ edit: (inout DeepSeekConfig) -> Void = { _ in }) throws -> DeepSeekConfig {
+        var c = try DeepSeekConfig.load(directory: lite)
         edit(&c)
         return c
     }
@@ -17,7 +18,7 @@ final class TokenChecksTests: XCTestCase {
     func testLongSequenceIsRefusedBeforeItsAttentionIsAllocated() throws {
         let tokens = [[Int](repeating: 1, count: 40_000)]
         XCTAssertThrowsError(try TokenFile.check(tokens, path: "/t/long.json", config: try config())) { error in
-            guard case let .tokensTooLarge(path, what, bytes, budget)? = error as? ValidationError else { return XCTFail("\(error)") }
+            guard case let .tokensTooLarge(path, what, bytes, budget)? = error as? ReferenceModelError else { return XCTFail("\(error)") }
             XCTAssertEqual(path, "/t/long.json")
             XCTAssertTrue(what.hasPrefix("attention scores"), what)
             XCTAssertEqual(bytes, "25600000000")
@@ -25,19 +26,19 @@ final class TokenChecksTests: XCTestCase {
         }
         // The forward pass runs the same check first (no weights are read: the provider would fail).
         let forward = ReferenceForward(config: try config(), weights: NoWeights())
-        XCTAssertThrowsError(try forward.run(tokens: tokens, source: "/t/long.json")) { XCTAssertTrue(($0 as? ValidationError)?.errorDescription?.hasPrefix("/t/long.json: ") == true, "\($0)") }
+        XCTAssertThrowsError(try forward.run(tokens: tokens, source: "/t/long.json")) { XCTAssertTrue(($0 as? ReferenceModelError)?.errorDescription?.hasPrefix("/t/long.json: ") == true, "\($0)") }
     }
 
     func testLogitsBudgetAndOverflow() throws {
         let wide = try config { $0.vocabSize = 1 << 24 }
         let tokens = [[Int]](repeating: [Int](repeating: 1, count: 200), count: 1000)
         XCTAssertThrowsError(try TokenFile.check(tokens, path: "t.json", config: wide)) { error in
-            guard case let .tokensTooLarge(_, what, _, _)? = error as? ValidationError else { return XCTFail("\(error)") }
+            guard case let .tokensTooLarge(_, what, _, _)? = error as? ReferenceModelError else { return XCTFail("\(error)") }
             XCTAssertTrue(what.hasPrefix("logits"), what)
         }
         let huge = try config { $0.numAttentionHeads = 1 << 24; $0.maxPositionEmbeddings = nil }
         XCTAssertThrowsError(try TokenFile.check([[Int](repeating: 1, count: 1 << 20)], path: "t.json", config: huge)) { error in
-            guard case let .tokensTooLarge(_, _, bytes, _)? = error as? ValidationError else { return XCTFail("\(error)") }
+            guard case let .tokensTooLarge(_, _, bytes, _)? = error as? ReferenceModelError else { return XCTFail("\(error)") }
             XCTAssertEqual(bytes, "more than 2^63")
         }
     }
@@ -45,24 +46,24 @@ final class TokenChecksTests: XCTestCase {
     func testSequenceLongerThanThePositionsIsRefused() throws {
         let short = try config { $0.maxPositionEmbeddings = 16 }
         XCTAssertThrowsError(try TokenFile.check([[Int](repeating: 3, count: 17)], path: "t.json", config: short)) {
-            XCTAssertEqual($0 as? ValidationError, .sequenceTooLong(path: "t.json", length: 17, maxPositions: 16))
+            XCTAssertEqual($0 as? ReferenceModelError, .sequenceTooLong(path: "t.json", length: 17, maxPositions: 16))
         }
         XCTAssertNoThrow(try TokenFile.check([[Int](repeating: 3, count: 16)], path: "t.json", config: short))
     }
 
     func testOutOfVocabularyNamesTheFile() throws {
         XCTAssertThrowsError(try TokenFile.check([[1, 320]], path: "/t/tokens.json", config: try config())) {
-            XCTAssertEqual($0 as? ValidationError, .tokenOutOfVocabulary(path: "/t/tokens.json", id: 320, vocabSize: 320))
-            XCTAssertEqual(($0 as? ValidationError)?.errorDescription, "/t/tokens.json: token id 320 is outside the vocabulary 0..<320")
+            XCTAssertEqual($0 as? ReferenceModelError, .tokenOutOfVocabulary(path: "/t/tokens.json", id: 320, vocabSize: 320))
+            XCTAssertEqual(($0 as? ReferenceModelError)?.errorDescription, "/t/tokens.json: token id 320 is outside the vocabulary 0..<320")
         }
     }
 
     func testDuplicateKeysNameTheFile() {
         XCTAssertThrowsError(try TokenFile.parse(Data(#"{"tokens": [[1]], "tokens": [[2]]}"#.utf8), path: "/t/tokens.json")) {
-            XCTAssertEqual($0 as? ValidationError, .duplicateTokensKey(path: "/t/tokens.json", key: "tokens"))
+            XCTAssertEqual($0 as? ReferenceModelError, .duplicateTokensKey(path: "/t/tokens.json", key: "tokens"))
         }
         XCTAssertThrowsError(try TokenFile.parse(Data(#"{"tokens": [[1]], "meta": {"a": 1, "a": 2}}"#.utf8), path: "/t/tokens.json")) {
-            XCTAssertEqual($0 as? ValidationError, .duplicateTokensKey(path: "/t/tokens.json", key: "a"))
+            XCTAssertEqual($0 as? ReferenceModelError, .duplicateTokensKey(path: "/t/tokens.json", key: "a"))
         }
         XCTAssertEqual(try TokenFile.parse(Data(#"{"tokens": [[1, 2], [3, 4]]}"#.utf8), path: "t"), [[1, 2], [3, 4]])
     }

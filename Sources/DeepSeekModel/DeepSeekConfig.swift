@@ -63,7 +63,7 @@ public struct RopeScaling: Codable, Equatable, Sendable {
 ///
 /// Keys follow the hub files; `rope_theta`/`rope_scaling` (hub) and `rope_parameters`
 /// (transformers 5) are both accepted and normalized into `ropeTheta` and `ropeScaling`.
-public struct DeepSeekV2Config: Codable, Equatable, Sendable {
+public struct DeepSeekConfig: Codable, Equatable, Sendable {
     public var architectures: [String]?
     public var modelType: String?
     public var vocabSize: Int
@@ -242,7 +242,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.
-    public static func load(directory: URL) throws -> DeepSeekV2Config {
+    public static func load(directory: URL) throws -> DeepSeekConfig {
         let url = directory.appendingPathComponent("config.json")
         let data: Data
         do { data = try FilePath.readRegularFile(url.path) } catch {
@@ -252,7 +252,7 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
     }
 
     /// Parses and checks a `config.json` text; every error names `path`.
-    public static func decode(_ data: Data, path: String) throws -> DeepSeekV2Config {
+    public static func decode(_ data: Data, path: String) throws -> DeepSeekConfig {
         // Our own parser first: it refuses duplicate keys (Foundation keeps the last one silently)
         // and sees number literals Foundation would refuse as "not valid JSON" without a word why.
         let tree: JSONValue
@@ -261,9 +261,9 @@ public struct DeepSeekV2Config: Codable, Equatable, Sendable {
             throw DeepSeekModelError.invalidConfig(path: path, reason: "not valid JSON (\(error))")
         }
         try checkFiniteNumbers(tree, path: path, key: "")
-        let config: DeepSeekV2Config
+        let config: DeepSeekConfig
         do {
-            config = try JSONDecoder().decode(DeepSeekV2Config.self, from: data)
+            config = try JSONDecoder().decode(DeepSeekConfig.self, from: data)
         } catch let DecodingError.keyNotFound(key, _) {
             throw DeepSeekModelError.invalidConfig(path: path, reason: "missing key '\(key.stringValue)'")
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {

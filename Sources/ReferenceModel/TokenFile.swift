@@ -10,7 +10,7 @@ public enum TokenFile {
 
     public static func load(_ url: URL) throws -> [[Int]] {
         guard let data = try? FilePath.readRegularFile(url.path) else {
-            throw ValidationError.invalidTokens(path: url.path, reason: "cannot read the file")
+            throw ReferenceModelError.invalidTokens(path: url.path, reason: "cannot read the file")
         }
         return try parse(data, path: url.path)
     }
@@ -19,28 +19,28 @@ public enum TokenFile {
     public static func parse(_ data: Data, path: String) throws -> [[Int]] {
         let root: JSONValue
         do { root = try JSONParser.parse(data) } catch let error as JSONParseError {
-            if let key = error.duplicateKey { throw ValidationError.duplicateTokensKey(path: path, key: key) }
-            throw ValidationError.invalidTokens(path: path, reason: "not valid JSON (\(error))")
+            if let key = error.duplicateKey { throw ReferenceModelError.duplicateTokensKey(path: path, key: key) }
+            throw ReferenceModelError.invalidTokens(path: path, reason: "not valid JSON (\(error))")
         }
         guard case let .array(rows)? = root["tokens"], !rows.isEmpty else {
-            throw ValidationError.invalidTokens(path: path, reason: "expected {\"tokens\": [[id, …], …]} with at least one sequence")
+            throw ReferenceModelError.invalidTokens(path: path, reason: "expected {\"tokens\": [[id, …], …]} with at least one sequence")
         }
         var tokens: [[Int]] = []
         for row in rows {
             guard case let .array(ids) = row, !ids.isEmpty else {
-                throw ValidationError.invalidTokens(path: path, reason: "each sequence must be a non-empty array of token ids")
+                throw ReferenceModelError.invalidTokens(path: path, reason: "each sequence must be a non-empty array of token ids")
             }
             var sequence: [Int] = []
             for id in ids {
                 guard let value = id.uint64, value <= UInt64(Int32.max) else {
-                    throw ValidationError.invalidTokens(path: path, reason: "token ids must be non-negative integers")
+                    throw ReferenceModelError.invalidTokens(path: path, reason: "token ids must be non-negative integers")
                 }
                 sequence.append(Int(value))
             }
             tokens.append(sequence)
         }
         guard tokens.allSatisfy({ $0.count == tokens[0].count }) else {
-            throw ValidationError.invalidTokens(path: path, reason: "sequences must all have the same length")
+            throw ReferenceModelError.invalidTokens(path: path, reason: "sequences must all have the same length")
         }
         return tokens
     }
@@ -49,24 +49,24 @@ public enum TokenFile {
     /// every id in the vocabulary, no sequence past `max_position_embeddings`, and attention scores
     /// (batch × heads × seq² f32, what an engine holds for full attention; we hold one head's) and
     /// logits (batch × seq × vocab f32) each within `memoryBudget`.
-    public static func check(_ tokens: [[Int]], path: String, config: DeepSeekV2Config) throws {
+    public static func check(_ tokens: [[Int]], path: String, config: DeepSeekConfig) throws {
         let batch = tokens.count, seq = tokens.first?.count ?? 0
         guard batch > 0, seq > 0, tokens.allSatisfy({ $0.count == seq }) else {
-            throw ValidationError.invalidTokens(path: path, reason: "need at least one sequence, all of the same non-zero length")
+            throw ReferenceModelError.invalidTokens(path: path, reason: "need at least one sequence, all of the same non-zero length")
         }
         if let limit = config.maxPositionEmbeddings, seq > limit {
-            throw ValidationError.sequenceTooLong(path: path, length: seq, maxPositions: limit)
+            throw ReferenceModelError.sequenceTooLong(path: path, length: seq, maxPositions: limit)
         }
         let sizes = [("attention scores (\(batch) x \(config.numAttentionHeads) heads x \(seq)² f32)", [batch, config.numAttentionHeads, seq, seq, 4]),
                      ("logits (\(batch) x \(seq) x \(config.vocabSize) f32)", [batch, seq, config.vocabSize, 4])]
         for (what, factors) in sizes {
             let bytes = try? CheckedSize.product(factors, of: what)
             if bytes.map({ $0 > memoryBudget }) ?? true {
-                throw ValidationError.tokensTooLarge(path: path, what: what, bytes: bytes.map(String.init) ?? "more than 2^63", budget: memoryBudget)
+                throw ReferenceModelError.tokensTooLarge(path: path, what: what, bytes: bytes.map(String.init) ?? "more than 2^63", budget: memoryBudget)
             }
         }
         for row in tokens { for id in row where id < 0 || id >= config.vocabSize {
-            throw ValidationError.tokenOutOfVocabulary(path: path, id: id, vocabSize: config.vocabSize)
+            throw ReferenceModelError.tokenOutOfVocabulary(path: path, id: id, vocabSize: config.vocabSize)
         } }
     }
 

@@ -1,9 +1,9 @@
 import Foundation
 
-/// The checks `DeepSeekV2Config.decode` runs on every config before anything computes with it: a
+/// The checks `DeepSeekConfig.decode` runs on every config before anything computes with it: a
 /// config that passes can be laid out, counted and accounted without overflow, and every number the
 /// forward pass divides by or takes a logarithm of is positive and finite.
-extension DeepSeekV2Config {
+extension DeepSeekConfig {
     /// Architecture names this toolchain understands.
     public static let supportedArchitectures: Set<String> = ["DeepseekV2ForCausalLM"]
     public static let supportedModelTypes: Set<String> = ["deepseek_v2"]

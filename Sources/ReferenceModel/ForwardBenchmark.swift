@@ -33,7 +33,7 @@ public final class SyntheticWeights: WeightProvider {
 /// Multiply-adds of one forward pass as `ReferenceForward` executes it (full S×S score products).
 public enum ForwardCost {
     /// - Parameter routedTokenExperts: (token, expert) selections summed over all MoE layers.
-    public static func flops(config c: DeepSeekV2Config, batch: Int, seq: Int, routedTokenExperts: Int) -> Double {
+    public static func flops(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> Double {
         let t = Double(batch * seq), h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads)
         let dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim), kvl = Double(c.kvLoraRank), rope = Double(c.qkRopeHeadDim)
         var macs = 0.0
@@ -75,7 +75,7 @@ public enum ForwardBenchmark {
 
     /// A V2-Lite-width model of one dense and one MoE layer (64 experts, top-6, 2 shared), vocabulary
     /// 2048 so the lm_head does not dominate the count.
-    public static func liteWidthConfig() throws -> DeepSeekV2Config {
+    public static func liteWidthConfig() throws -> DeepSeekConfig {
         let json = """
         {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "vocab_size": 2048, "hidden_size": 2048,
          "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 2, "num_attention_heads": 16,
@@ -85,7 +85,7 @@ public enum ForwardBenchmark {
          "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
                           "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
         """
-        return try DeepSeekV2Config.decode(Data(json.utf8), path: "synthetic V2-Lite-width config")
+        return try DeepSeekConfig.decode(Data(json.utf8), path: "synthetic V2-Lite-width config")
     }
 
     public static func run(batch: Int, seq: Int, repeats: Int) throws -> Result {

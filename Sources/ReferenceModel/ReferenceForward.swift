@@ -34,7 +34,7 @@ public struct ForwardResult: Sendable {
 /// before the next is touched, and routed experts are converted one at a time, only when a token
 /// chose them.
 public final class ReferenceForward {
-    public let config: DeepSeekV2Config
+    public let config: DeepSeekConfig
     public let weights: WeightProvider
     /// With a placement, each MoE layer runs as expert parallelism: every device sums its own
     /// experts' outputs and the partial sums are added in device order.
@@ -47,7 +47,7 @@ public final class ReferenceForward {
     private let recordLatent: Bool
     private let rope: RotaryEmbedding
 
-    public init(config: DeepSeekV2Config, weights: WeightProvider, placement: ExpertPlacement? = nil,
+    public init(config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil,
                 kvCache: KVCacheCodec.Format? = nil, recordLatentAbsmax: Bool = false) {
         self.config = config
         self.weights = weights
@@ -104,7 +104,7 @@ public final class ReferenceForward {
         if recordHiddenStates { hiddenStates[hiddenStates.count - 1] = final }
         let headName = config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead
         let logits = Linear.forward(final, rows: t, weight: try load(headName, [vocab, h]), inFeatures: h, outFeatures: vocab)
-        guard logits.allSatisfy(\.isFinite) else { throw ValidationError.nonFiniteOutput(model: weights.label, what: "logits") }
+        guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "logits") }
         return ForwardResult(batch: batch, sequenceLength: seq, vocabSize: vocab, hiddenSize: h, logits: logits,
                              hiddenStates: hiddenStates, routing: routing)
     }
@@ -325,7 +325,7 @@ public struct MoERouter: Sendable {
     public let normTopkProb: Bool
     public let routedScalingFactor: Float
 
-    public init(config: DeepSeekV2Config) {
+    public init(config: DeepSeekConfig) {
         experts = config.nRoutedExperts ?? 0
         k = config.numExpertsPerTok ?? 0
         groupLimited = config.topkMethod == "group_limited_greedy"

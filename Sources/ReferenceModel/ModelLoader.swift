@@ -7,28 +7,28 @@ import SafeTensors
 /// A `dsconvert shard` output (device-*/ beside placement.json) opens as one model whose routed
 /// experts are read from the device that holds them (expert parallelism).
 public enum ModelLoader {
-    public static func open(_ directory: URL) throws -> Validator.Model {
+    public static func open(_ directory: URL) throws -> LoadedModel {
         let fm = FileManager.default
         let firstDevice = directory.appendingPathComponent("device-0")
         if fm.fileExists(atPath: directory.appendingPathComponent("placement.json").path), fm.fileExists(atPath: firstDevice.path) {
             return try openSharded(directory)
         }
-        let config = try DeepSeekV2Config.load(directory: directory)
+        let config = try DeepSeekConfig.load(directory: directory)
         let checkpoint = try Checkpoint(directory: directory)
         let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
         if let first = report.problems.first { throw first }
-        return Validator.Model(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
+        return LoadedModel(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
     }
 
-    private static func openSharded(_ directory: URL) throws -> Validator.Model {
+    private static func openSharded(_ directory: URL) throws -> LoadedModel {
         var devices: [CheckpointWeights] = []
-        var global: DeepSeekV2Config?
+        var global: DeepSeekConfig?
         var placement: ExpertPlacement?
         var d = 0
         while true {
             let url = directory.appendingPathComponent("device-\(d)")
             guard FileManager.default.fileExists(atPath: url.path) else { break }
-            let config = try DeepSeekV2Config.load(directory: url)
+            let config = try DeepSeekConfig.load(directory: url)
             guard let record = config.placement, record.rank == d else {
                 throw DeepSeekModelError.invalidConfig(path: url.appendingPathComponent("config.json").path, reason: "no dsconvert_placement record for rank \(d)")
             }
@@ -50,7 +50,7 @@ public enum ModelLoader {
         guard let config = global, let placement, placement.devices == devices.count else {
             throw DeepSeekModelError.invalidConfig(path: directory.path, reason: "device directories do not match placement.json")
         }
-        return Validator.Model(label: directory.path, config: config,
+        return LoadedModel(label: directory.path, config: config,
                                weights: ExpertParallelWeights(devices: devices, placement: placement, label: directory.path), placement: placement)
     }
 }

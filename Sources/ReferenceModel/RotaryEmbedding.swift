@@ -11,7 +11,7 @@ public struct RotaryEmbedding: Sendable {
     public let invFreq: [Float]
     public let attentionScaling: Float
 
-    public init(config: DeepSeekV2Config) {
+    public init(config: DeepSeekConfig) {
         let dim = config.qkRopeHeadDim
         let base = config.ropeTheta
         let half = dim / 2
@@ -40,9 +40,9 @@ public struct RotaryEmbedding: Sendable {
             return interpolation * (1 - extrapolationFactor) + extrapolation * extrapolationFactor
         }
         if let m = s.mscale, let all = s.mscaleAllDim, m != 0, all != 0 {
-            attentionScaling = Float(DeepSeekV2Config.yarnMscale(scale: factor, mscale: m) / DeepSeekV2Config.yarnMscale(scale: factor, mscale: all))
+            attentionScaling = Float(DeepSeekConfig.yarnMscale(scale: factor, mscale: m) / DeepSeekConfig.yarnMscale(scale: factor, mscale: all))
         } else {
-            attentionScaling = Float(DeepSeekV2Config.yarnMscale(scale: factor, mscale: 1))
+            attentionScaling = Float(DeepSeekConfig.yarnMscale(scale: factor, mscale: 1))
         }
     }
 

@@ -3,8 +3,8 @@ import Foundation
 import Numerics
 import SafeTensors
 
-/// Errors of the reference forward pass and validation.
-public enum ValidationError: LocalizedError, Equatable, Sendable {
+/// Errors of the reference forward pass: its weights, its tokens, its outputs.
+public enum ReferenceModelError: LocalizedError, Equatable, Sendable {
     case wrongShape(file: String, tensor: String, expected: [Int], actual: [Int])
     case unreadableTensor(file: String, tensor: String, reason: String)
     case invalidTokens(path: String, reason: String)
@@ -16,7 +16,6 @@ public enum ValidationError: LocalizedError, Equatable, Sendable {
     case sequenceTooLong(path: String, length: Int, maxPositions: Int)
     /// Tokens whose forward pass would need more memory than `TokenFile.memoryBudget`.
     case tokensTooLarge(path: String, what: String, bytes: String, budget: Int)
-    case incompatibleModels(reason: String)
     case nonFiniteOutput(model: String, what: String)
 
     public var errorDescription: String? {
@@ -35,8 +34,6 @@ public enum ValidationError: LocalizedError, Equatable, Sendable {
             return "\(path): sequences of \(length) tokens exceed max_position_embeddings \(maxPositions)"
         case let .tokensTooLarge(path, what, bytes, budget):
             return "\(path): \(what) would take \(bytes) bytes, over the forward pass's budget of \(budget) bytes"
-        case let .incompatibleModels(reason):
-            return "reference and candidate cannot be compared: \(reason)"
         case let .nonFiniteOutput(model, what):
             return "\(model): the forward pass produced NaN or Inf in \(what)"
         }
@@ -73,7 +70,7 @@ public final class CheckpointWeights: WeightProvider {
             throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
         }
         guard info.shape == shape else {
-            throw ValidationError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
+            throw ReferenceModelError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
         }
         do {
             let view = try checkpoint.view(name)
@@ -82,7 +79,7 @@ public final class CheckpointWeights: WeightProvider {
             }
             return try view.floats()
         } catch let error as SafeTensorsError {
-            throw ValidationError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
+            throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
     }
 

@@ -1,0 +1,23 @@
+import DeepSeekModel
+import Numerics
+
+/// A model to run: its config and where its weights come from.
+public struct LoadedModel {
+    public let label: String
+    public let config: DeepSeekConfig
+    public let weights: WeightProvider
+    /// Set for a sharded output: the forward runs its MoE layers as expert parallelism.
+    public let placement: ExpertPlacement?
+    /// The cache the forward pass runs through: the checkpoint's declared format unless overridden.
+    public var kvCache: KVCacheCodec.Format?
+
+    public init(label: String, config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil) {
+        self.label = label
+        self.config = config
+        self.weights = weights
+        self.placement = placement
+        kvCache = config.kvCache.flatMap { KVCacheCodec.Format(rawValue: $0.format) }
+    }
+
+    public func forward() -> ReferenceForward { ReferenceForward(config: config, weights: weights, placement: placement, kvCache: kvCache) }
+}
