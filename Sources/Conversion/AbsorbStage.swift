@@ -55,8 +55,7 @@ extension AbsorbStage {
 public final class AbsorbStep: TensorSource {
     public let source: TensorSource
     public let options: AbsorbOptions
-    public let config: DeepSeekConfig
-    public let rawConfig: JSONValue
+    public let document: ConfigDocument
     public let stages: [ConversionManifest.Stage]
     public let planned: [PlannedTensor]
     public var directory: URL { source.directory }
@@ -76,32 +75,38 @@ public final class AbsorbStep: TensorSource {
         }
         self.source = source
         self.options = options
-        config = MLAAbsorber.outputConfig(input, options: options, dtype: dtype.rawValue)
+        document = try source.document.setting(AbsorptionRecord.configKey, to: MLAAbsorber.record(input, options: options, dtype: dtype.rawValue))
+        let config = document.model
         let storage: DType = dtype == .bf16 ? .bf16 : .f32
         // Tensors absorb computes take the storage dtype, the rest keep theirs.
         var computed = Set<String>()
-        for layer in 0..<input.numHiddenLayers {
-            let p = TensorNames.layer(layer) + "self_attn."
+        // The multi-token-prediction layers' attention is absorbed like any other layer's.
+        for layer in input.allLayers {
+            var weights: [LayerWeight]
             switch options.form {
-            case .split: computed.formUnion([p + TensorNames.wUK, p + TensorNames.wUV, p + (input.qLoraRank == nil ? "q_proj.weight" : "q_b_proj.weight")])
-            case .fold: computed.formUnion([p + TensorNames.qAbsorbed, p + TensorNames.qRope, p + TensorNames.oAbsorbed])
-            case .mla: break
+            case .split: weights = [.wUK, .wUV, input.queryProjection]
+            case .fold: weights = [.qAbsorbed, .qRope, .oAbsorbed]
+            case .mla: weights = []
             }
-            if options.keepKVB { computed.insert(p + "kv_b_proj.weight") }
+            if options.keepKVB { weights.append(.kvBProj) }
+            computed.formUnion(weights.map { TensorNames.name($0, layer: layer) })
         }
         self.computed = computed
-        planned = try config.expectedTensors().map { t in
-            if computed.contains(t.name) { return PlannedTensor(name: t.name, dtype: storage, shape: t.shape) }
+        // Weights absorb leaves alone keep their dtype; FP8 ones keep their scales (an FP8 input stays
+        // FP8 where absorb does not compute; what it computes, from the exact dequantized values, is
+        // stored in the storage dtype).
+        planned = try config.expectedTensors().flatMap { t -> [PlannedTensor] in
+            if computed.contains(t.name) { return [PlannedTensor(name: t.name, dtype: storage, shape: t.shape)] }
             guard let info = source.info(t.name) else {
                 throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: t.name, expectedShape: t.shape)
             }
-            return PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape)
+            let scale = source.info(t.name + QuantizationConfig.scaleSuffix)
+            return [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape)] + (info.dtype.isBlockFP8 ? [scale].compactMap { $0 } : [])
         }
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
         var stageOptions = ["mode": options.form == .split ? "split" : "fold", "keep_kv_b": String(options.keepKVB), "dtype": dtype.rawValue]
         if let scale = options.softmaxScaleOverride { stageOptions["softmax_scale_override"] = String(scale) }
         stages = source.stages + [.init(stage: "absorb", options: stageOptions, input: source.directory.path)]
-        rawConfig = try ConfigEditor.setting(source.rawConfig, key: AbsorptionRecord.configKey, to: config.absorption!)
     }
 
     public func info(_ name: String) -> PlannedTensor? { byName[name] }
@@ -125,7 +130,7 @@ public final class AbsorbStep: TensorSource {
             cacheOrder.append(layer)
             if cacheOrder.count > cachedLayers { cache[cacheOrder.removeFirst()] = nil }
             // Every layer reads its kv_b_proj: the file named when a product overflows.
-            let path = source.path(of: TensorNames.layer(layer) + "self_attn.kv_b_proj.weight")
+            let path = source.path(of: TensorNames.name(.kvBProj, layer: layer))
             cache[layer] = Dictionary(uniqueKeysWithValues: try results.map { result in
                 let dtype = byName[result.name]!.dtype
                 return (result.name, try AbsorbStage.encodeFinite(result.values, as: dtype, tensor: result.name, path: path))

@@ -46,17 +46,17 @@ public enum KVEqualization {
     /// Returns nil for tensors it leaves alone.
     public static func transform(config: DeepSeekConfig, name: String, shape: [Int], scales s: [Float]) -> ((inout [Float]) -> Void)? {
         let kvl = config.kvLoraRank, heads = config.numAttentionHeads
-        let suffix = name.split(separator: ".", maxSplits: 3).dropFirst(3).joined(separator: ".")
-        switch suffix {
-        case "self_attn.kv_a_layernorm.weight":
+        guard case let .layer(_, weight)? = TensorNames.parse(name) else { return nil }
+        switch weight {
+        case .kvANorm:
             return { values in for c in 0..<kvl { values[c] /= s[c] } }
-        case "self_attn.kv_b_proj.weight", "self_attn." + TensorNames.wUK, "self_attn." + TensorNames.wUV:
+        case .kvBProj, .wUK, .wUV:
             // Latent channels are the last dimension.
             return { values in for i in 0..<values.count { values[i] *= s[i % kvl] } }
-        case "self_attn." + TensorNames.qAbsorbed:
+        case .qAbsorbed:
             let cols = shape[1]
             return { values in for row in 0..<(heads * kvl) { for j in 0..<cols { values[row * cols + j] *= s[row % kvl] } } }
-        case "self_attn." + TensorNames.oAbsorbed:
+        case .oAbsorbed:
             return { values in for i in 0..<values.count { values[i] *= s[(i % (heads * kvl)) % kvl] } }
         default:
             return nil

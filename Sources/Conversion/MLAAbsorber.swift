@@ -41,54 +41,54 @@ public enum MLAAbsorber {
         switch options.form {
         case .split:
             layouts = [
-                "self_attn." + TensorNames.wUK: "[heads, qk_nope_head_dim, kv_lora_rank]: per head, k_nope = W_UK[h] · c; absorbed query q_lat[h] = W_UK[h]ᵀ · q_nope[h] (vLLM W_UK_T; llama.cpp attn_k_b transposed)",
-                "self_attn." + TensorNames.wUV: "[heads, v_head_dim, kv_lora_rank]: per head, v = W_UV[h] · c; output of head h = W_UV[h] · (Σ_t a_t c_t) (llama.cpp attn_v_b)",
+                LayerWeight.wUK.rawValue: "[heads, qk_nope_head_dim, kv_lora_rank]: per head, k_nope = W_UK[h] · c; absorbed query q_lat[h] = W_UK[h]ᵀ · q_nope[h] (vLLM W_UK_T; llama.cpp attn_k_b transposed)",
+                LayerWeight.wUV.rawValue: "[heads, v_head_dim, kv_lora_rank]: per head, v = W_UV[h] · c; output of head h = W_UV[h] · (Σ_t a_t c_t) (llama.cpp attn_v_b)",
                 "q_proj/q_b_proj": "rows scaled by the softmax scale (nope and rope parts); q_b_proj columns carry q_a_layernorm γ",
             ]
         case .fold:
             layouts = [
-                "self_attn." + TensorNames.qAbsorbed: "[heads·kv_lora_rank, \(inQ)]: rows h·kv_lora..<(h+1)·kv_lora are W_UK[h]ᵀ·W_UQ[h] (softmax scale and γ folded); gives the query in latent space",
-                "self_attn." + TensorNames.qRope: "[heads·qk_rope_head_dim, \(inQ)]: the rope rows of W_UQ (softmax scale and γ folded), rotated as before",
-                "self_attn." + TensorNames.oAbsorbed: "[hidden, heads·kv_lora_rank]: columns h·kv_lora..<(h+1)·kv_lora are W_O[h]·W_UV[h]; applied to the per-head attention-weighted latent",
+                LayerWeight.qAbsorbed.rawValue: "[heads·kv_lora_rank, \(inQ)]: rows h·kv_lora..<(h+1)·kv_lora are W_UK[h]ᵀ·W_UQ[h] (softmax scale and γ folded); gives the query in latent space",
+                LayerWeight.qRope.rawValue: "[heads·qk_rope_head_dim, \(inQ)]: the rope rows of W_UQ (softmax scale and γ folded), rotated as before",
+                LayerWeight.oAbsorbed.rawValue: "[hidden, heads·kv_lora_rank]: columns h·kv_lora..<(h+1)·kv_lora are W_O[h]·W_UV[h]; applied to the per-head attention-weighted latent",
             ]
         case .mla:
             layouts = [:]
         }
         layouts["cache"] = "per token: c = RMSNorm(c_kv) without gain [kv_lora_rank] and the rotated k_pe [qk_rope_head_dim]; scores = q_lat·c + q_pe·k_pe times softmax_scale"
-        if options.keepKVB { layouts["self_attn.kv_b_proj.weight"] = "kept, kv_a_layernorm γ folded into its columns: expands the gain-free cached latent to per-head k_nope, v for MHA prefill" }
+        if options.keepKVB { layouts[LayerWeight.kvBProj.rawValue] = "kept, kv_a_layernorm γ folded into its columns: expands the gain-free cached latent to per-head k_nope, v for MHA prefill" }
         return AbsorptionRecord(attentionForm: options.form, folds: folds, softmaxScale: 1.0, originalSoftmaxScale: config.softmaxScale,
                                 keepsKVB: options.keepKVB, dtype: dtype, layouts: layouts)
     }
 
     /// Input tensors of layer `i` that absorb replaces (everything else is copied through).
     public static func consumedNames(_ config: DeepSeekConfig, layer i: Int, options: AbsorbOptions) -> [String] {
-        let p = TensorNames.layer(i) + "self_attn."
-        var names = [p + "kv_a_layernorm.weight", p + "kv_b_proj.weight"]
-        if config.qLoraRank != nil { names += [p + "q_a_layernorm.weight", p + "q_b_proj.weight"] } else { names.append(p + "q_proj.weight") }
-        if options.form == .fold { names.append(p + "o_proj.weight") }
-        return names
+        var weights: [LayerWeight] = [.kvANorm, .kvBProj]
+        if config.qLoraRank != nil { weights.append(.qANorm) }
+        weights.append(config.queryProjection)
+        if options.form == .fold { weights.append(.oProj) }
+        return weights.map { TensorNames.name($0, layer: i) }
     }
 
     /// The tensors absorb computes for layer `i`, as f64 (rounded once by the writer), with their names.
     /// - Parameter load: fp32 values of an input tensor of the given shape.
     public static func absorbLayer(_ config: DeepSeekConfig, layer i: Int, options: AbsorbOptions,
                                    load: (String, [Int]) throws -> [Float]) throws -> [(name: String, values: [Double])] {
-        let p = TensorNames.layer(i) + "self_attn."
+        func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: i) }
         let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, rope = config.qkRopeHeadDim
         let dq = config.qkHeadDim, dv = config.vHeadDim, kvl = config.kvLoraRank, h = config.hiddenSize
         let scale = options.softmaxScaleOverride ?? config.softmaxScale
-        let gammaKV = try load(p + "kv_a_layernorm.weight", [kvl]).map(Double.init)
-        let kvB = try load(p + "kv_b_proj.weight", [heads * (nope + dv), kvl]).map(Double.init)
+        let gammaKV = try load(name(.kvANorm), [kvl]).map(Double.init)
+        let kvB = try load(name(.kvBProj), [heads * (nope + dv), kvl]).map(Double.init)
         let inQ = config.qLoraRank ?? h
-        let gammaQ: [Double] = try config.qLoraRank.map { try load(p + "q_a_layernorm.weight", [$0]).map(Double.init) } ?? [Double](repeating: 1, count: inQ)
-        let qName = config.qLoraRank != nil ? p + "q_b_proj.weight" : p + "q_proj.weight"
+        let gammaQ: [Double] = try config.qLoraRank.map { try load(name(.qANorm), [$0]).map(Double.init) } ?? [Double](repeating: 1, count: inQ)
+        let qName = name(config.queryProjection)
         let wq = try load(qName, [heads * dq, inQ]).map(Double.init)
 
         var out: [(name: String, values: [Double])] = []
         if options.keepKVB {
             var kept = kvB
             for r in 0..<(heads * (nope + dv)) { for c in 0..<kvl { kept[r * kvl + c] *= gammaKV[c] } }
-            out.append((p + "kv_b_proj.weight", kept))
+            out.append((name(.kvBProj), kept))
         }
 
         switch options.form {
@@ -102,11 +102,11 @@ public enum MLAAbsorber {
                 for n in 0..<nope { for c in 0..<kvl { wUK[(head * nope + n) * kvl + c] = kvB[(head * (nope + dv) + n) * kvl + c] * gammaKV[c] } }
                 for v in 0..<dv { for c in 0..<kvl { wUV[(head * dv + v) * kvl + c] = kvB[(head * (nope + dv) + nope + v) * kvl + c] * gammaKV[c] } }
             }
-            out.append((p + TensorNames.wUK, wUK))
-            out.append((p + TensorNames.wUV, wUV))
+            out.append((name(.wUK), wUK))
+            out.append((name(.wUV), wUV))
 
         case .fold:
-            let o = try load(p + "o_proj.weight", [h, heads * dv]).map(Double.init)
+            let o = try load(name(.oProj), [h, heads * dv]).map(Double.init)
             var qAbsorbed = [Double](repeating: 0, count: heads * kvl * inQ)
             var qRope = [Double](repeating: 0, count: heads * rope * inQ)
             var oAbsorbed = [Double](repeating: 0, count: h * heads * kvl)
@@ -131,9 +131,9 @@ public enum MLAAbsorber {
                     oAbsorbed[row * heads * kvl + head * kvl + c] = folded[row * kvl + c] * gammaKV[c]
                 } }
             }
-            out.append((p + TensorNames.qAbsorbed, qAbsorbed))
-            out.append((p + TensorNames.qRope, qRope))
-            out.append((p + TensorNames.oAbsorbed, oAbsorbed))
+            out.append((name(.qAbsorbed), qAbsorbed))
+            out.append((name(.qRope), qRope))
+            out.append((name(.oAbsorbed), oAbsorbed))
         case .mla:
             break
         }

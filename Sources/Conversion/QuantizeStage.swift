@@ -68,68 +68,16 @@ public enum QuantizeStage {
     }
 
     /// FP8 block weights back to bf16 on the CPU (the replacement for DeepSeek's GPU-only
-    /// `fp8_cast_bf16.py`): w = q · scale in f32, rounded to bf16, as that script does. Works on any
-    /// architecture: every F8 tensor needs its `_scale_inv`; the block size comes from config.json.
+    /// `fp8_cast_bf16.py`): w = q · scale in f32, rounded to bf16, as that script does. Every F8 tensor
+    /// needs its `_scale_inv`; the block size comes from config.json.
     public static func dequantize(input: URL, output: URL, force: Bool, shardSize: ShardSize = .likeInput,
                                   resume: Bool = false, progress: ((String) -> Void)? = nil) throws -> Summary {
-        let checkpoint = try Checkpoint(directory: input)
-        let rawConfig = try ConfigEditor.load(input)
-        let block = try QuantizationConfig.validatedBlock(rawQuantizationConfig: rawConfig["quantization_config"],
-                                                          path: input.appendingPathComponent("config.json").path)
-        let fp8 = checkpoint.tensors.filter { FP8Format(dtype: $0.dtype) != nil }
-        guard !fp8.isEmpty else { throw ConversionError.unsupportedInput(path: input.path, reason: "no FP8 tensors to dequantize") }
-        guard rawConfig["quantization_config"] != nil else {
-            throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: fp8[0].name), tensor: fp8[0].name)
-        }
-        let scaleNames = try checkedScaleNames(of: fp8, in: checkpoint, block: block)
-        let fp8Names = Set(fp8.map(\.name))
-        let kept = checkpoint.tensors.filter { !scaleNames.contains($0.name) }
-        let planned = kept.map { PlannedTensor(name: $0.name, dtype: fp8Names.contains($0.name) ? .bf16 : $0.dtype, shape: $0.shape) }
-        let layout = CheckpointLayout(tensors: planned, maxShardSize: shardSize.resolve(input: input, tensors: planned))
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
-                                       stage: .init(stage: "quantize", options: ["dequantize": "bf16", "block": String(block)], input: input.path), resume: resume)
-        let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: block)
-        // Each shard front to back (hashed as it is written, no read-back), shards interleaved so
-        // their hashes run side by side.
-        let order = WriteSchedule.interleaved(layout.shards.map(\.tensors)) { $0.byteCount }
-        for (i, t) in order.enumerated() where !out.writer.isWritten(t.name) {
-            if fp8Names.contains(t.name) {
-                let values = try weights.floats(t.name, shape: t.shape)
-                var bf16 = [UInt16](repeating: 0, count: values.count)
-                values.withUnsafeBufferPointer { src in bf16.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
-                try out.writer.write(t.name, bytes: bf16.withUnsafeBytes { Array($0) })
-                weights.release(t.name)
-            } else {
-                try out.writer.write(t.name, view: try checkpoint.view(t.name))
-                checkpoint.release(t.name)
-            }
-            if i % 32 == 0 || i == order.count - 1 { progress?("dequantize: \(i + 1)/\(order.count) tensors") }
-        }
-        try out.copySideFiles()
-        guard case let .object(entries) = rawConfig else { throw ConversionError.unsupportedInput(path: input.path, reason: "config.json is not an object") }
-        try out.writeFile("config.json", data: ConfigEditor.data(.object(entries.filter { $0.0 != "quantization_config" })))
-        try out.commit()
-        return Summary(tensors: planned.count, quantized: fp8.count, files: layout.shards.count,
-                       bytesIn: checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
-    }
-}
-
-extension QuantizeStage {
-    /// The `_scale_inv` companion of every FP8 tensor, each present with the shape `block` implies.
-    static func checkedScaleNames(of fp8: [TensorInfo], in checkpoint: Checkpoint, block: Int) throws -> Set<String> {
-        var scaleNames = Set<String>()
-        for t in fp8 {
-            let scaleName = t.name + QuantizationConfig.scaleSuffix
-            let expected = QuantizationConfig.scaleShape(of: t.shape, block: block)
-            guard let scale = checkpoint.info(scaleName) else {
-                throw DeepSeekModelError.missingScale(file: checkpoint.path(of: t.name), tensor: t.name, expectedShape: expected)
-            }
-            guard scale.shape == expected, scale.dtype == .f32 else {
-                throw DeepSeekModelError.wrongScale(file: checkpoint.path(of: scaleName), tensor: scaleName, expected: expected, actual: scale.shape, dtype: scale.dtype.rawValue)
-            }
-            scaleNames.insert(scaleName)
-        }
-        return scaleNames
+        let source = try CheckpointSource(directory: input)
+        let step = try DequantizeStep(source: source)
+        let layout = try ConversionOutput.write(step, to: output, inputStages: source.stages, force: force, shardSize: shardSize,
+                                                resume: resume, label: "dequantize", progress: progress)
+        return Summary(tensors: step.planned.count, quantized: step.dequantized.count, files: layout.shards.count,
+                       bytesIn: source.checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
     }
 }
 
@@ -137,8 +85,7 @@ extension QuantizeStage {
 /// declaration with its equalization folded in; tensors it leaves alone pass through unchanged.
 public final class QuantizeStep: TensorSource {
     public let source: TensorSource
-    public let config: DeepSeekConfig
-    public let rawConfig: JSONValue
+    public let document: ConfigDocument
     public let stages: [ConversionManifest.Stage]
     public let planned: [PlannedTensor]
     public var directory: URL { source.directory }
@@ -159,9 +106,7 @@ public final class QuantizeStep: TensorSource {
                 progress: ((String) -> Void)? = nil) throws {
         let input = source.config
         let path = source.directory.path
-        guard input.quantization == nil else {
-            throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (quantization_config present); --dequantize first, or run --kv6 together with --fp8")
-        }
+        if let fp8, let existing = input.quantization { try Self.checkSameBlocks(fp8, existing: existing, path: path) }
         if kv6 != nil, input.kvCache != nil {
             throw ConversionError.unsupportedInput(path: path, reason: "the KV-cache format is already declared (\(input.kvCache!.format))")
         }
@@ -169,10 +114,13 @@ public final class QuantizeStep: TensorSource {
             throw ConversionError.unsupportedInput(path: path, reason: "quantize a checkpoint before sharding it")
         }
         self.source = source
-        let options = fp8 ?? QuantizeStage.FP8Options()
+        // An FP8 input keeps its blocks: weights already FP8 pass through (codes and scales), and
+        // those a fold changes are quantized again in the input's format and block.
+        let options = fp8 ?? input.quantization.map { QuantizeStage.FP8Options(format: FP8Format(rawValue: $0.fmt ?? "e4m3") ?? .e4m3, block: $0.block) }
+            ?? QuantizeStage.FP8Options()
         let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])
         quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
-        let fp8DType: DType = options.format == .e4m3 ? .f8E4M3 : .f8E5M2
+        let fp8DType = options.format.dtype
 
         // The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
         var outConfig = input
@@ -193,24 +141,32 @@ public final class QuantizeStep: TensorSource {
                                               layout: KVCacheRecord.layout(format, latent: input.kvLoraRank, rope: input.qkRopeHeadDim))
         }
         self.equalization = equalization
-        config = outConfig
 
         var planned: [PlannedTensor] = []
         var quantized = Set<String>(), modified = Set<String>()
+        let scaleShape = { (shape: [Int]) in QuantizationConfig.scaleShape(of: shape, block: options.block) }
+        var fresh = 0
         for t in outConfig.expectedTensors() {
             let inputDType = source.info(t.name)?.dtype ?? .bf16
             if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: input, name: t.name, shape: t.shape, scales: s) != nil {
                 modified.insert(t.name)
             }
             if source.info(t.name) == nil { modified.insert(t.name) }
-            if policy.shouldQuantize(name: t.name, shape: t.shape) {
+            if inputDType.isBlockFP8 {
+                if modified.contains(t.name) { quantized.insert(t.name) }
+                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
+                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: scaleShape(t.shape)))
+            } else if policy.shouldQuantize(name: t.name, shape: t.shape) {
+                fresh += 1
                 quantized.insert(t.name)
                 planned.append(PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape))
-                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32,
-                                             shape: QuantizationConfig.scaleShape(of: t.shape, block: options.block)))
+                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: scaleShape(t.shape)))
             } else {
                 planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
             }
+        }
+        if fp8 != nil, input.quantization != nil, fresh == 0 {
+            throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (quantization_config present): nothing left to quantize")
         }
         self.planned = planned
         self.quantized = quantized
@@ -232,12 +188,21 @@ public final class QuantizeStep: TensorSource {
             }
         }
         stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
-        var raw = source.rawConfig
-        if fp8 != nil {
-            raw = try ConfigEditor.setting(raw, key: "quantization_config", to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
+        var document = source.document
+        if fp8 != nil, input.quantization == nil {
+            document = try document.setting("quantization_config", to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
         }
-        if let record = outConfig.kvCache { raw = try ConfigEditor.setting(raw, key: KVCacheRecord.configKey, to: record) }
-        rawConfig = raw
+        if let record = outConfig.kvCache { document = try document.setting(KVCacheRecord.configKey, to: record) }
+        self.document = document
+    }
+
+    /// `quantize --fp8` over an FP8 input (the tensors a fold left in bf16) must keep the input's
+    /// blocks: one checkpoint has one `quantization_config`. Re-blocking means `--dequantize` first.
+    private static func checkSameBlocks(_ fp8: QuantizeStage.FP8Options, existing: QuantizationConfig, path: String) throws {
+        let format = existing.fmt ?? "e4m3"
+        guard fp8.block == existing.block, fp8.format.rawValue == format else {
+            throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (\(format), \(existing.block)x\(existing.block) blocks); --dequantize first to quantize it with other blocks")
+        }
     }
 
     public func info(_ name: String) -> PlannedTensor? { byName[name] }

@@ -106,7 +106,7 @@ public enum ShardStage {
                 try? fm.removeItem(at: root.temporaryURL.appendingPathComponent(name))
             }
         }
-        let rawConfig = source.rawConfig
+        let document = source.document
 
         // Every tensor with its FP8 scale companion, routed to the device(s) that hold it.
         func withScale(_ name: String) -> [String] {
@@ -182,8 +182,8 @@ public enum ShardStage {
             try writers[d].finish()
             let directory = writers[d].directory
             try ConversionOutput.copySideFiles(from: input, to: directory, excluding: ["config.json", PlacementManifest.fileName])
-            let deviceConfig = try ConfigEditor.setting(rawConfig, key: PlacementRecord.configKey, to: records[d])
-            try AtomicFile.write(ConfigEditor.data(deviceConfig), to: directory.appendingPathComponent("config.json"))
+            let deviceConfig = try document.setting(PlacementRecord.configKey, to: records[d])
+            try AtomicFile.write(deviceConfig.data, to: directory.appendingPathComponent("config.json"))
             var deviceFiles: [ConversionManifest.FileRecord] = []
             for shard in writers[d].layout.shards {
                 let sha = try writers[d].sha256(of: shard.fileName) ?? SHA256.hex(fileAt: directory.appendingPathComponent(shard.fileName).path)
@@ -195,7 +195,7 @@ public enum ShardStage {
         }
         let mean = Double(expertBytes.reduce(0, +)) / Double(devices)
         let spread = mean == 0 ? 0 : Double(expertBytes.max()! - expertBytes.min()!) / mean
-        let moeLayers = (0..<config.numHiddenLayers).filter(config.isMoELayer)
+        let moeLayers = config.allLayers.filter(config.isMoELayer)
         let manifest = PlacementManifest(
             placement: placement, dense: denseOnce ? "once" : "replicated",
             layers: moeLayers.map { layer in .init(layer: layer, experts: (0..<devices).map { [placement.range(device: $0).lowerBound, placement.range(device: $0).upperBound] }) },

@@ -57,7 +57,7 @@ public enum SyntheticCheckpoint {
             if i % 64 == 0 || i == tensors.count - 1 { progress?("generate: \(i + 1)/\(tensors.count) tensors, \(written / 1_000_000) MB") }
         }
         try writer.finish()
-        try AtomicFile.write(ConfigEditor.data(raw), to: directory.temporaryURL.appendingPathComponent("config.json"))
+        try AtomicFile.write(ConfigDocument.data(raw), to: directory.temporaryURL.appendingPathComponent("config.json"))
         // A manifest like every other output's, so `--force` may replace this directory later.
         let files = try layout.shards.map { ConversionManifest.FileRecord(name: $0.fileName, bytes: $0.fileSize, sha256: try writer.waitForSHA256(of: $0.fileName)) }
         let stage = ConversionManifest.Stage(stage: "generate", options: ["layers": String(layers)], input: "synthetic")

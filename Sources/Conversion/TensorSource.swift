@@ -1,5 +1,6 @@
 import DeepSeekModel
 import Foundation
+import Numerics
 import SafeTensors
 import ReferenceModel
 
@@ -18,10 +19,8 @@ public enum TensorPayload {
 public protocol TensorSource: AnyObject {
     /// The input checkpoint directory (side files and messages).
     var directory: URL { get }
-    /// The model as this step's output declares it.
-    var config: DeepSeekConfig { get }
-    /// `config.json` of this step's output.
-    var rawConfig: JSONValue { get }
+    /// `config.json` of this step's output: its JSON and its typed view.
+    var document: ConfigDocument { get }
     /// The manifest's stages up to and including this step.
     var stages: [ConversionManifest.Stage] { get }
     /// The output's tensors in production order (which decides how they are split into shards).
@@ -29,6 +28,9 @@ public protocol TensorSource: AnyObject {
     func info(_ name: String) -> PlannedTensor?
     /// The data of tensor `name`; a source may compute it on demand.
     func payload(_ name: String) throws -> TensorPayload
+    /// Tensor `name` as fp32 (a default reads `payload`; a step that holds more precise values than
+    /// it writes, as dequantization does, gives those).
+    func floats(_ name: String) throws -> [Float]
     /// Lets go of anything held for `name` after it has been written.
     func release(_ name: String)
     /// The input file a tensor comes from, for error messages.
@@ -36,9 +38,14 @@ public protocol TensorSource: AnyObject {
 }
 
 extension TensorSource {
-    /// Tensor `name` widened to fp32.
+    /// The model as this step's output declares it.
+    public var config: DeepSeekConfig { document.model }
+
+    /// Tensor `name` as fp32: widened, or for an FP8 block weight the exact f32 product of each code
+    /// and its block's scale (the companion `_scale_inv` from this same source).
     public func floats(_ name: String) throws -> [Float] {
         guard let info = info(name) else { throw DeepSeekModelError.missingTensor(file: directory.path, tensor: name, expectedShape: []) }
+        if let format = FP8Format(dtype: info.dtype) { return try dequantized(name, shape: info.shape, format: format) }
         switch try payload(name) {
         case let .view(view): return try view.floats()
         case let .bytes(bytes):
@@ -49,6 +56,26 @@ extension TensorSource {
                 throw SafeTensorsError.invalidTensorEntry(file: path(of: name), tensor: name, reason: "dtype \(info.dtype.rawValue) cannot be read as real values here")
             }
             return out
+        }
+    }
+
+    private func dequantized(_ name: String, shape: [Int], format: FP8Format) throws -> [Float] {
+        let scaleName = name + QuantizationConfig.scaleSuffix
+        guard let block = config.quantization?.block, shape.count >= 2 else {
+            throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: path(of: name), tensor: name)
+        }
+        guard info(scaleName) != nil else {
+            throw DeepSeekModelError.missingScale(file: path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: shape, block: block))
+        }
+        let scales = try floats(scaleName)
+        release(scaleName)
+        func run(_ codes: UnsafeRawBufferPointer) throws -> [Float] {
+            try FP8BlockWeights.dequantize(codes: codes, shape: shape, format: format, scales: scales, block: block,
+                                           weight: name, codesFile: path(of: name), scalesFile: path(of: scaleName))
+        }
+        switch try payload(name) {
+        case let .view(view): return try run(view.bytes)
+        case let .bytes(bytes): return try bytes.withUnsafeBytes(run)
         }
     }
 
@@ -70,18 +97,16 @@ extension TensorSource {
 public final class CheckpointSource: TensorSource {
     public let checkpoint: Checkpoint
     public let directory: URL
-    public let config: DeepSeekConfig
-    public let rawConfig: JSONValue
+    public let document: ConfigDocument
     public let stages: [ConversionManifest.Stage]
     public let planned: [PlannedTensor]
 
     /// Opens `directory` and runs the checker (shapes, dtypes, names against config.json).
     public init(directory: URL) throws {
         self.directory = directory
-        config = try DeepSeekConfig.load(directory: directory)
+        document = try ConfigDocument.load(directory: directory)
         checkpoint = try Checkpoint(directory: directory)
-        if let problem = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw problem }
-        rawConfig = try ConfigEditor.load(directory)
+        if let problem = CheckpointChecker.check(config: document.model, checkpoint: checkpoint).problems.first { throw problem }
         stages = try ConversionManifest.load(directory: directory)?.stages ?? []
         planned = checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
     }
@@ -131,7 +156,7 @@ extension ConversionOutput {
             if i % 32 == 0 || i == names.count - 1 { progress?("\(label): \(i + 1)/\(names.count) tensors") }
         }
         try out.copySideFiles()
-        try out.writeFile("config.json", data: ConfigEditor.data(source.rawConfig))
+        try out.writeFile("config.json", data: source.document.data)
         try out.commit()
         return layout
     }

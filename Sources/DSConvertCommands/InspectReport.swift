@@ -81,6 +81,8 @@ public struct InspectReport: Encodable {
     var hiddenSize: Int
     var vocabSize: Int
     var layers: Int
+    /// Multi-token-prediction layers after the main stack.
+    var mtpLayers: Int
     var attention: Attention
     var accounting: ModelAccounting
     var absorptionCost: AbsorptionCost
@@ -96,7 +98,9 @@ public struct InspectReport: Encodable {
         case modelType = "model_type"
         case hiddenSize = "hidden_size"
         case vocabSize = "vocab_size"
-        case layers, attention, accounting
+        case layers
+        case mtpLayers = "mtp_layers"
+        case attention, accounting
         case absorptionCost = "absorption_cost"
         case absorption
         case kvCacheDeclared = "kv_cache_declared"
@@ -107,11 +111,12 @@ public struct InspectReport: Encodable {
     /// `DeepSeekConfig.decode` accepted: it runs the same checked accounting).
     public init(path: String, configPath: String, config: DeepSeekConfig, checkpoint: Checkpoint?, listTensors: Bool) throws {
         self.path = path
-        architecture = config.architectures?.first ?? "DeepseekV2ForCausalLM"
-        modelType = config.modelType ?? "deepseek_v2"
+        architecture = config.architecture.rawValue
+        modelType = config.modelType ?? (config.architecture == .deepseekV2 ? "deepseek_v2" : "deepseek_v3")
         hiddenSize = config.hiddenSize
         vocabSize = config.vocabSize
         layers = config.numHiddenLayers
+        mtpLayers = config.mtpLayerCount
         attention = Attention(form: config.attentionForm.rawValue, heads: config.numAttentionHeads, qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank,
                               qkNopeHeadDim: config.qkNopeHeadDim, qkRopeHeadDim: config.qkRopeHeadDim, vHeadDim: config.vHeadDim,
                               softmaxScale: config.softmaxScale, ropeTheta: config.ropeTheta, ropeScaling: config.ropeScaling)
@@ -130,7 +135,7 @@ public struct InspectReport: Encodable {
                               parameters: checkpoint.tensors.reduce(0) { $0 + $1.elementCount },
                               bytes: checkpoint.totalTensorBytes, bytesByDType: byDType)
             if let q = config.quantization {
-                let fp8Tensors = checkpoint.tensors.filter { $0.dtype == .f8E4M3 || $0.dtype == .f8E5M2 }.map { (name: $0.name, shape: $0.shape) }
+                let fp8Tensors = checkpoint.tensors.filter { $0.dtype.isBlockFP8 }.map { (name: $0.name, shape: $0.shape) }
                 fp8 = FP8(format: q.fmt ?? "e4m3", blockSize: q.block, tensors: fp8Tensors.count,
                           tpDegrees: FP8Partitioning.supportedDegrees(fp8Tensors: fp8Tensors, block: q.block, expertParallel: false),
                           tpDegreesWithExpertParallelism: FP8Partitioning.supportedDegrees(fp8Tensors: fp8Tensors, block: q.block, expertParallel: true))
@@ -170,6 +175,9 @@ public struct InspectReport: Encodable {
             row("absorbed", "folds \(ab.folds.joined(separator: ", ")); kernel softmax scale \(Format.number(ab.softmaxScale)) (was \(String(format: "%.7f", ab.originalSoftmaxScale))); \(ab.dtype) storage\(ab.keepsKVB ? "; kv_b_proj kept" : "")")
         }
         row("parameters", "\(Format.grouped(accounting.totalParameters)) total, \(Format.grouped(accounting.activeParameters)) active per token (\(Format.grouped(accounting.activeParametersWithEmbedding)) with the embedding table)")
+        if accounting.mtpParameters > 0 {
+            row("MTP layers", "\(Format.ranges(Array(layers..<(layers + mtpLayers)))): \(Format.grouped(accounting.mtpParameters)) parameters beyond the main model (speculative decoding; not in its logits)")
+        }
         if let r = accounting.routing {
             var text = "\(r.method): \(r.routedExperts) routed + \(r.sharedExperts) shared experts, top-\(r.expertsPerToken)"
             if r.groups > 1 { text += ", \(r.groups) groups of \(r.expertsPerGroup), top-\(r.topkGroups) groups" }

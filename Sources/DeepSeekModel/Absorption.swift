@@ -53,15 +53,6 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     public static let configKey = "dsconvert_absorption"
 }
 
-/// Names of the tensors absorb writes, relative to `model.layers.{i}.self_attn.`.
-extension TensorNames {
-    public static let wUK = "w_uk.weight"
-    public static let wUV = "w_uv.weight"
-    public static let qAbsorbed = "q_absorbed.weight"
-    public static let qRope = "q_rope.weight"
-    public static let oAbsorbed = "o_absorbed.weight"
-}
-
 /// Parameters, decode cost and KV bytes of the three attention forms, from the config alone.
 public struct AbsorptionCost: Codable, Equatable, Sendable {
     public struct Form: Codable, Equatable, Sendable {

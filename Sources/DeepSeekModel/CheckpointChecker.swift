@@ -23,7 +23,7 @@ public enum CheckpointChecker {
             let file = checkpoint.path(of: tensor.name)
             if info.shape != tensor.shape {
                 problems.append(.wrongShape(file: file, tensor: tensor.name, expected: tensor.shape, actual: info.shape))
-            } else if info.dtype == .f8E4M3 || info.dtype == .f8E5M2 {
+            } else if info.dtype.isBlockFP8 {
                 // FP8 weights need their block scales, of the shape the block size implies.
                 guard let q = config.quantization, tensor.shape.count >= 2 else {
                     problems.append(.fp8WithoutQuantizationConfig(file: file, tensor: tensor.name))

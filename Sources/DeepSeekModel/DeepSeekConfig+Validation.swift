@@ -4,25 +4,18 @@ import Foundation
 /// config that passes can be laid out, counted and accounted without overflow, and every number the
 /// forward pass divides by or takes a logarithm of is positive and finite.
 extension DeepSeekConfig {
-    /// Architecture names this toolchain understands.
-    public static let supportedArchitectures: Set<String> = ["DeepseekV2ForCausalLM"]
-    public static let supportedModelTypes: Set<String> = ["deepseek_v2"]
-
     /// Bound on every dimension, far above any real model (DeepSeek-V3's largest is 129,280), so a
     /// hostile config cannot make shapes overflow; products of dimensions are checked separately.
     public static let dimensionLimit = 1 << 24
 
     func validate(path: String) throws {
         func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
-        if let architectures, !architectures.isEmpty, !architectures.contains(where: Self.supportedArchitectures.contains) {
-            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: architectures.joined(separator: ","))
-        }
-        if let modelType, !Self.supportedModelTypes.contains(modelType) {
-            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: "model_type \(modelType)")
+        // A model_type of the other family is a mislabelled file: its routing would be misread.
+        if let modelType, let family = ModelArchitecture(modelType: modelType), family != architecture {
+            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: "model_type \(modelType) with \(architecture.rawValue)")
         }
         try validateDimensions(path: path)
-        if scoringFunc != "softmax" { throw bad("scoring_func '\(scoringFunc)' is not supported (DeepSeek-V2 uses softmax)") }
-        if hiddenAct != "silu" { throw bad("hidden_act '\(hiddenAct)' is not supported (DeepSeek-V2 uses silu)") }
+        try validateFamily(path: path)
         if hasMoE { try validateRouting(path: path) }
         try validateReals(path: path)
         if let q = quantization {
@@ -65,13 +58,31 @@ extension DeepSeekConfig {
         guard let e = nRoutedExperts, e > 0 else { throw bad("'n_routed_experts' must be positive when MoE layers exist") }
         guard let k = numExpertsPerTok, k > 0, k <= e else { throw bad("'num_experts_per_tok' must be in 1...n_routed_experts") }
         switch topkMethod {
-        case "greedy": break
-        case "group_limited_greedy":
-            guard let g = nGroup, g > 0, e % g == 0 else { throw bad("'n_group' must divide n_routed_experts for group_limited_greedy") }
+        case .greedy: break
+        case .groupLimitedGreedy, .noauxTC:
+            let method = topkMethod.rawValue
+            guard let g = nGroup, g > 0, e % g == 0 else { throw bad("'n_group' must divide n_routed_experts for \(method)") }
             guard let tg = topkGroup, tg > 0, tg <= g else { throw bad("'topk_group' must be in 1...n_group") }
             guard tg * (e / g) >= k else { throw bad("topk_group groups hold fewer experts than num_experts_per_tok") }
-        default:
-            throw bad("topk_method '\(topkMethod)' is not supported (greedy or group_limited_greedy)")
+            // A group scores the sum of its two best experts.
+            if topkMethod == .noauxTC, e / g < 2 { throw bad("noaux_tc needs at least 2 experts per group, n_group \(g) leaves \(e / g)") }
+        }
+    }
+
+    /// What each class computes: V2 routes with softmax (greedy or group-limited) and has no MTP
+    /// layers; the V3 family routes with sigmoid scores and `noaux_tc` (the only routing transformers'
+    /// `DeepseekV3ForCausalLM` implements, whatever the config says).
+    private func validateFamily(path: String) throws {
+        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
+        if hiddenAct != "silu" { throw bad("hidden_act '\(hiddenAct)' is not supported (DeepSeek models use silu)") }
+        switch architecture {
+        case .deepseekV2:
+            if scoringFunc != .softmax { throw bad("scoring_func '\(scoringFunc.rawValue)' is not supported by DeepseekV2ForCausalLM (softmax)") }
+            if topkMethod == .noauxTC { throw bad("topk_method 'noaux_tc' is not supported by DeepseekV2ForCausalLM (greedy or group_limited_greedy)") }
+        case .deepseekV3:
+            if hasMoE, scoringFunc != .sigmoid { throw bad("scoring_func '\(scoringFunc.rawValue)' is not supported by DeepseekV3ForCausalLM (sigmoid)") }
+            if hasMoE, topkMethod != .noauxTC { throw bad("topk_method '\(topkMethod.rawValue)' is not supported by DeepseekV3ForCausalLM (noaux_tc)") }
+            if let n = numNextnPredictLayers, !(0...8).contains(n) { throw bad("'num_nextn_predict_layers' = \(n) is outside 0...8") }
         }
     }
 

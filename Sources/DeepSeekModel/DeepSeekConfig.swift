@@ -59,13 +59,16 @@ public struct RopeScaling: Codable, Equatable, Sendable {
     public var isYaRN: Bool { type == "yarn" }
 }
 
-/// The `config.json` of a DeepSeek-V2-family checkpoint (DeepSeek-V2, V2-Lite, V2-Chat, V2.5).
+/// The `config.json` of a DeepSeek-V2- or V3-family checkpoint (V2, V2-Lite, V2.5; V3, R1, V3.1,
+/// Kimi-K2, Moonlight), its behaviour decoded into enums once, here.
 ///
 /// Keys follow the hub files; `rope_theta`/`rope_scaling` (hub) and `rope_parameters`
 /// (transformers 5) are both accepted and normalized into `ropeTheta` and `ropeScaling`.
 public struct DeepSeekConfig: Codable, Equatable, Sendable {
     public var architectures: [String]?
     public var modelType: String?
+    /// The model class, from `architectures` or `model_type`.
+    public var architecture: ModelArchitecture
     public var vocabSize: Int
     public var hiddenSize: Int
     public var intermediateSize: Int
@@ -82,12 +85,14 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
     public var numExpertsPerTok: Int?
     public var firstKDenseReplace: Int
     public var moeLayerFreq: Int
-    public var topkMethod: String
+    public var topkMethod: TopkMethod
     public var nGroup: Int?
     public var topkGroup: Int?
     public var routedScalingFactor: Double
     public var normTopkProb: Bool
-    public var scoringFunc: String
+    public var scoringFunc: ScoringFunction
+    /// Multi-token-prediction layers after the main stack (V3: 1, `model.layers.61`); nil when absent.
+    public var numNextnPredictLayers: Int?
     public var rmsNormEps: Double
     public var ropeTheta: Double
     public var ropeScaling: RopeScaling?
@@ -130,6 +135,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         case routedScalingFactor = "routed_scaling_factor"
         case normTopkProb = "norm_topk_prob"
         case scoringFunc = "scoring_func"
+        case numNextnPredictLayers = "num_nextn_predict_layers"
         case rmsNormEps = "rms_norm_eps"
         case ropeTheta = "rope_theta"
         case ropeScaling = "rope_scaling"
@@ -155,6 +161,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
         modelType = try c.decodeIfPresent(String.self, forKey: .modelType)
+        architecture = try ModelArchitecture.decode(architectures: architectures, modelType: modelType)
         vocabSize = try c.decode(Int.self, forKey: .vocabSize)
         hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
         intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
@@ -171,12 +178,13 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         numExpertsPerTok = try c.decodeIfPresent(Int.self, forKey: .numExpertsPerTok)
         firstKDenseReplace = try c.decodeIfPresent(Int.self, forKey: .firstKDenseReplace) ?? 0
         moeLayerFreq = try c.decodeIfPresent(Int.self, forKey: .moeLayerFreq) ?? 1
-        topkMethod = try c.decodeIfPresent(String.self, forKey: .topkMethod) ?? "greedy"
+        topkMethod = try Self.decodeEnum(c, .topkMethod, default: .greedy)
         nGroup = try c.decodeIfPresent(Int.self, forKey: .nGroup)
         topkGroup = try c.decodeIfPresent(Int.self, forKey: .topkGroup)
         routedScalingFactor = try c.decodeIfPresent(Double.self, forKey: .routedScalingFactor) ?? 1.0
         normTopkProb = try c.decodeIfPresent(Bool.self, forKey: .normTopkProb) ?? false
-        scoringFunc = try c.decodeIfPresent(String.self, forKey: .scoringFunc) ?? "softmax"
+        scoringFunc = try Self.decodeEnum(c, .scoringFunc, default: .softmax)
+        numNextnPredictLayers = try c.decodeIfPresent(Int.self, forKey: .numNextnPredictLayers)
         rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings)
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
@@ -227,6 +235,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         try c.encode(routedScalingFactor, forKey: .routedScalingFactor)
         try c.encode(normTopkProb, forKey: .normTopkProb)
         try c.encode(scoringFunc, forKey: .scoringFunc)
+        try c.encodeIfPresent(numNextnPredictLayers, forKey: .numNextnPredictLayers)
         try c.encode(rmsNormEps, forKey: .rmsNormEps)
         try c.encode(ropeTheta, forKey: .ropeTheta)
         try c.encode(ropeScaling, forKey: .ropeScaling)
@@ -239,6 +248,16 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         try c.encodeIfPresent(quantization, forKey: .quantization)
         try c.encodeIfPresent(placement, forKey: .placement)
         try c.encodeIfPresent(kvCache, forKey: .kvCache)
+    }
+
+    /// A string-valued key decoded into its enum, or `UnsupportedValue` naming the key and the choices.
+    private static func decodeEnum<E: RawRepresentable & CaseIterable>(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys,
+                                                                       default value: E) throws -> E where E.RawValue == String {
+        guard let text = try c.decodeIfPresent(String.self, forKey: key) else { return value }
+        guard let decoded = E(rawValue: text) else {
+            throw UnsupportedValue(key: key.stringValue, value: text, supported: E.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return decoded
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.
@@ -264,6 +283,10 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         let config: DeepSeekConfig
         do {
             config = try JSONDecoder().decode(DeepSeekConfig.self, from: data)
+        } catch let unsupported as UnsupportedArchitecture {
+            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: unsupported.name)
+        } catch let unsupported as UnsupportedValue {
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "\(unsupported.key) '\(unsupported.value)' is not supported (\(unsupported.supported))")
         } catch let DecodingError.keyNotFound(key, _) {
             throw DeepSeekModelError.invalidConfig(path: path, reason: "missing key '\(key.stringValue)'")
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
@@ -310,6 +333,18 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
 
     public var hasMoE: Bool { (0..<numHiddenLayers).contains(where: isMoELayer) }
     public var moeLayerCount: Int { (0..<numHiddenLayers).filter(isMoELayer).count }
+
+    /// The multi-token-prediction layers' count (0 for the V2 family, which has none).
+    public var mtpLayerCount: Int { architecture == .deepseekV3 ? (numNextnPredictLayers ?? 0) : 0 }
+    /// Layers `num_hidden_layers ..< num_hidden_layers + mtpLayerCount`: each a full decoder layer plus
+    /// its own embedding, norms, `eh_proj` and head. Serving engines use them for speculative
+    /// decoding; every stage carries them; the main model's logits do not use them.
+    public var mtpLayers: Range<Int> { numHiddenLayers..<(numHiddenLayers + mtpLayerCount) }
+    /// The main stack and the MTP layers: every layer a stage converts.
+    public var allLayers: Range<Int> { 0..<(numHiddenLayers + mtpLayerCount) }
+    public func isMTPLayer(_ i: Int) -> Bool { mtpLayers.contains(i) }
+    /// The router adds `e_score_correction_bias` to choose experts (`noaux_tc`).
+    public var hasRouterBias: Bool { topkMethod == .noauxTC }
 
     /// m(s, k) = 0.1·k·ln(s) + 1 for s > 1 (YaRN's attention temperature).
     public static func yarnMscale(scale: Double, mscale: Double) -> Double {

@@ -38,7 +38,7 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
         case let .invalidConfig(path, reason):
             return "\(path): invalid config: \(reason)"
         case let .unsupportedArchitecture(path, name):
-            return "\(path): unsupported architecture \(name) (expected DeepseekV2ForCausalLM / deepseek_v2)"
+            return "\(path): unsupported architecture \(name) (supported: DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)"
         case let .missingTensor(file, tensor, shape):
             return "\(file): missing tensor '\(tensor)' (config implies shape \(shape))"
         case let .unexpectedTensor(file, tensor):

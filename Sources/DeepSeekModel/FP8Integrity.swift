@@ -45,12 +45,7 @@ public enum FP8Integrity {
     public static func problems(in checkpoint: Checkpoint) -> [DeepSeekModelError] {
         var problems: [DeepSeekModelError] = []
         for info in checkpoint.tensors {
-            let format: FP8Format
-            switch info.dtype {
-            case .f8E4M3: format = .e4m3
-            case .f8E5M2: format = .e5m2
-            default: continue
-            }
+            guard let format = FP8Format(dtype: info.dtype) else { continue }
             let scaleName = info.name + QuantizationConfig.scaleSuffix
             guard checkpoint.info(scaleName)?.dtype == .f32 else { continue }
             do {
@@ -69,5 +64,31 @@ public enum FP8Integrity {
             checkpoint.release(scaleName)
         }
         return problems
+    }
+}
+
+/// FP8 block weights back to real values (README "FP8 weights"): w = code · scale of its block,
+/// the f32 product, as DeepSeek's `weight_dequant` computes it before any rounding.
+public enum FP8BlockWeights {
+    /// The f32 values of `codes` ([…, rows, cols], one matrix after another) with their block scales,
+    /// after `FP8Integrity.check` (no NaN codes, finite positive scales); errors name the files.
+    public static func dequantize(codes: UnsafeRawBufferPointer, shape: [Int], format: FP8Format, scales: [Float], block: Int,
+                                  weight: String, codesFile: String, scalesFile: String) throws -> [Float] {
+        let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
+        let matrices = shape.dropLast(2).reduce(1, *)
+        let quantizer = FP8BlockQuantizer(format: format, block: block)
+        let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
+        try scales.withUnsafeBufferPointer { sp in
+            try FP8Integrity.check(codes: codes, format: format, codesFile: codesFile, weight: weight, scales: sp, scalesFile: scalesFile)
+        }
+        var out = [Float](repeating: 0, count: matrices * rows * cols)
+        let bytes = codes.bindMemory(to: UInt8.self)
+        scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in
+            for m in 0..<matrices {
+                quantizer.dequantize(codes: bytes.baseAddress! + m * rows * cols, scales: sp.baseAddress! + m * perMatrix,
+                                     rows: rows, cols: cols, into: op.baseAddress! + m * rows * cols)
+            }
+        } }
+        return out
     }
 }

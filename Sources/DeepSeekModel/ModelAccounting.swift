@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// Parameter, byte and cache accounting of a DeepSeek-V2 checkpoint.
+/// Parameter, byte and cache accounting of a DeepSeek-V2/V3-family checkpoint.
 public struct ModelAccounting: Codable, Equatable, Sendable {
     public struct LayerKinds: Codable, Equatable, Sendable {
         public var dense: [Int]
@@ -58,8 +58,10 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
     /// DeepSeek LLM 67B's KV cache per token: 95 layers, 8 KV heads of 128 (GQA), K and V in bf16.
     public static let deepSeek67BKVBytesPerToken = 95 * 8 * 128 * 2 * 2
 
-    /// Parameters implied by the config.
+    /// Parameters of the main model implied by the config (the multi-token-prediction layers apart).
     public var totalParameters: Int
+    /// Parameters of the multi-token-prediction layers (V3: one layer, ~14B), 0 when there are none.
+    public var mtpParameters: Int
     /// Parameters a token's forward pass uses, excluding the embedding table (a lookup, not a
     /// product). This is the convention of DeepSeek's "21B activated" (V2) and "2.4B" (V2-Lite).
     public var activeParameters: Int
@@ -75,6 +77,7 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case totalParameters = "total_parameters"
+        case mtpParameters = "mtp_parameters"
         case activeParameters = "active_parameters"
         case activeParametersWithEmbedding = "active_parameters_with_embedding"
         case parametersByRole = "parameters_by_role"
@@ -90,13 +93,18 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
     public init(config: DeepSeekConfig) throws {
         let tensors = config.expectedTensors()
         var byRole: [String: Int] = [:]
-        var total = 0
+        var total = 0, mtp = 0
         for t in tensors {
             let count = try t.elementCount()
+            if let layer = t.layer, config.isMTPLayer(layer) {
+                mtp = try CheckedSize.sum(mtp, count, of: "MTP parameters")
+                continue
+            }
             byRole[t.role.rawValue] = try CheckedSize.sum(byRole[t.role.rawValue] ?? 0, count, of: "parameters of role \(t.role.rawValue)")
             total = try CheckedSize.sum(total, count, of: "total parameters")
         }
         totalParameters = total
+        mtpParameters = mtp
         parametersByRole = byRole
 
         // Every role's count is part of the total, so the differences below cannot overflow.
@@ -126,12 +134,12 @@ public struct ModelAccounting: Codable, Equatable, Sendable {
     private static func routing(_ config: DeepSeekConfig) -> Routing? {
         guard config.hasMoE else { return nil }
         let e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
-        let grouped = config.topkMethod == "group_limited_greedy"
+        let grouped = config.topkMethod.isGroupLimited
         let g = grouped ? (config.nGroup ?? 1) : 1
         let tg = grouped ? (config.topkGroup ?? 1) : 1
-        return Routing(method: config.topkMethod, routedExperts: e, sharedExperts: config.nSharedExperts ?? 0,
+        return Routing(method: config.topkMethod.rawValue, routedExperts: e, sharedExperts: config.nSharedExperts ?? 0,
                        expertsPerToken: k, groups: g, topkGroups: tg, expertsPerGroup: e / g,
-                       deviceBoundM: grouped ? tg : k, routedScalingFactor: config.routedScalingFactor,
+                       deviceBoundM: grouped && g > 1 ? min(tg, k) : k, routedScalingFactor: config.routedScalingFactor,
                        normTopkProb: config.normTopkProb)
     }
 }

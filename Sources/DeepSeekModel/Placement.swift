@@ -31,7 +31,10 @@ public struct ExpertPlacement: Codable, Equatable, Sendable {
             throw DeepSeekModelError.invalidPlacement(reason: "\(e) routed experts do not split evenly over \(devices) devices")
         }
         let k = config.numExpertsPerTok ?? 1
-        guard config.topkMethod == "group_limited_greedy", let g = config.nGroup, g > 1 else {
+        // Routing groups bound the devices a token reaches: DeepSeek-V2's group-limited routing and
+        // the V3 family's noaux_tc (V3: 8 groups of 32, topk_group 4). Ungrouped routing (V2-Lite's
+        // greedy, Kimi-K2's and Moonlight's n_group 1) reaches at most k devices.
+        guard config.topkMethod.isGroupLimited, let g = config.nGroup, g > 1 else {
             return ExpertPlacement(devices: devices, experts: e, groups: 1, deviceBoundM: min(k, devices))
         }
         let topkGroups = config.topkGroup ?? g

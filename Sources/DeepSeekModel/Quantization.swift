@@ -49,7 +49,7 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
     }
 
     /// Suffix of the scale companion of an FP8 weight (DeepSeek-V3 names it `weight_scale_inv`).
-    public static let scaleSuffix = "_scale_inv"
+    public static let scaleSuffix = TensorNames.scaleSuffix
 
     /// Shape of the scales of a weight: [ceil(rows/b), ceil(cols/b)], per head for 3-D weights.
     public static func scaleShape(of shape: [Int], block: Int) -> [Int] {
@@ -71,26 +71,32 @@ public struct FP8Policy: Sendable {
     }
 
     public func shouldQuantize(name: String, shape: [Int]) -> Bool {
-        if name == TensorNames.embedding || name == TensorNames.lmHead { return false }
-        if name.hasSuffix("norm.weight") || name.hasSuffix(".mlp.gate.weight") || name.contains("e_score_correction_bias") { return false }
         for pattern in skip where name.range(of: pattern, options: .regularExpression) != nil { return false }
-        if shape.count == 3, name.hasSuffix(TensorNames.wUK) || name.hasSuffix(TensorNames.wUV) { return quantizeAbsorbed }
-        return shape.count == 2
+        switch TensorNames.parse(name) {
+        case .expert?: return shape.count == 2
+        case let .layer(_, weight)?:
+            guard weight.isBlockQuantizable else { return false }
+            switch weight {
+            case .wUK, .wUV: return shape.count == 3 && quantizeAbsorbed
+            default: return shape.count == 2
+            }
+        case .embedding?, .finalNorm?, .lmHead?, nil:
+            return false
+        }
     }
 }
 
 /// Tensor-parallel degrees vLLM can load an FP8 block checkpoint with: every partition of a
 /// column-parallel (output) or row-parallel (input) dimension must be a whole number of blocks.
 public enum FP8Partitioning {
-    public enum Split { case columns, rows, replicated }
 
-    /// How vLLM's DeepseekV2 model shards each linear weight under tensor parallelism.
-    public static func split(of name: String) -> Split {
-        let rowParallel = ["o_proj.weight", "down_proj.weight", TensorNames.oAbsorbed]
-        let replicated = ["q_a_proj.weight", "kv_a_proj_with_mqa.weight", ".mlp.gate.weight"]
-        if replicated.contains(where: name.hasSuffix) { return .replicated }
-        if rowParallel.contains(where: name.hasSuffix) { return .rows }
-        return .columns
+    /// How vLLM's DeepSeek models shard each linear weight under tensor parallelism.
+    public static func split(of name: String) -> TensorParallelSplit {
+        switch TensorNames.parse(name) {
+        case let .layer(_, weight)?: return weight.tensorParallelSplit
+        case let .expert(_, _, projection)?: return projection.tensorParallelSplit
+        case .embedding?, .finalNorm?, .lmHead?, nil: return .columns
+        }
     }
 
     /// Degrees among 1, 2, 4, … 64 that every FP8 tensor allows; with `expertParallel` routed

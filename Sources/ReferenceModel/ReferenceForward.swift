@@ -82,18 +82,17 @@ public final class ReferenceForward {
 
         for layer in 0..<config.numHiddenLayers {
             progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
-            let prefix = TensorNames.layer(layer)
-            let normed = Elementwise.rmsNorm(hidden, width: h, gamma: try load(prefix + "input_layernorm.weight", [h]), eps: config.rmsNormEps)
+            let normed = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
             let attention = try attentionBlock(normed, layer: layer, batch: batch, seq: seq)
             for i in 0..<hidden.count { hidden[i] += attention[i] }
-            let normed2 = Elementwise.rmsNorm(hidden, width: h, gamma: try load(prefix + "post_attention_layernorm.weight", [h]), eps: config.rmsNormEps)
+            let normed2 = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
             let mlp: [Float]
             if config.isMoELayer(layer) {
                 let (out, record) = try moeBlock(normed2, layer: layer, tokens: t)
                 mlp = out
                 routing.append(record)
             } else {
-                mlp = try denseMLP(normed2, rows: t, prefix: prefix + "mlp.", intermediate: config.intermediateSize)
+                mlp = try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize)
             }
             for i in 0..<hidden.count { hidden[i] += mlp[i] }
             if recordHiddenStates { hiddenStates.append(hidden) }
@@ -112,25 +111,25 @@ public final class ReferenceForward {
     // MARK: Attention (MLA in its original, MHA-expanded form)
 
     private func attentionBlock(_ x: [Float], layer: Int, batch: Int, seq: Int) throws -> [Float] {
-        let p = TensorNames.layer(layer) + "self_attn."
+        func weight(_ w: LayerWeight, _ shape: [Int]) throws -> [Float] { try load(TensorNames.name(w, layer: layer), shape) }
         let h = config.hiddenSize, heads = config.numAttentionHeads, t = batch * seq
         let nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim, dq = config.qkHeadDim, dv = config.vHeadDim
         let kvl = config.kvLoraRank
         let form = config.attentionForm
         // absorb folds the norm gains into the weights; RMSNorm then runs with a gain of one.
-        func gain(_ name: String, _ width: Int) throws -> [Float] {
-            form == .mla ? try load(p + name, [width]) : [Float](repeating: 1, count: width)
+        func gain(_ norm: LayerWeight, _ width: Int) throws -> [Float] {
+            form == .mla ? try weight(norm, [width]) : [Float](repeating: 1, count: width)
         }
-        let latentGain = config.hasLatentGain ? try load(p + "kv_a_layernorm.weight", [kvl]) : [Float](repeating: 1, count: kvl)
+        let latentGain = config.hasLatentGain ? try weight(.kvANorm, [kvl]) : [Float](repeating: 1, count: kvl)
 
         // Query input: the hidden state, or the normalized compressed query.
         var queryInput = x
         let inQ = config.qLoraRank ?? h
         if let ql = config.qLoraRank {
-            let qa = Linear.forward(x, rows: t, weight: try load(p + "q_a_proj.weight", [ql, h]), inFeatures: h, outFeatures: ql)
-            queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: try gain("q_a_layernorm.weight", ql), eps: config.rmsNormEps)
+            let qa = Linear.forward(x, rows: t, weight: try weight(.qAProj, [ql, h]), inFeatures: h, outFeatures: ql)
+            queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: try gain(.qANorm, ql), eps: config.rmsNormEps)
         }
-        let ckv = Linear.forward(x, rows: t, weight: try load(p + "kv_a_proj_with_mqa.weight", [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
+        let ckv = Linear.forward(x, rows: t, weight: try weight(.kvAProj, [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
         var latent = [Float](repeating: 0, count: t * kvl)
         var kpe = [Float](repeating: 0, count: t * ropeDim)
         for i in 0..<t {
@@ -153,10 +152,10 @@ public final class ReferenceForward {
 
         switch form {
         case .mla:
-            var q = Linear.forward(queryInput, rows: t, weight: try load(p + (config.qLoraRank == nil ? "q_proj.weight" : "q_b_proj.weight"), [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
+            var q = Linear.forward(queryInput, rows: t, weight: try weight(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
             Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
             // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
-            let kv = Linear.forward(latent, rows: t, weight: try load(p + "kv_b_proj.weight", [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
+            let kv = Linear.forward(latent, rows: t, weight: try weight(.kvBProj, [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
             var keys = [Float](repeating: 0, count: t * heads * dq)
             var values = [Float](repeating: 0, count: t * heads * dv)
             for i in 0..<t {
@@ -170,7 +169,7 @@ public final class ReferenceForward {
             }
             let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
                                                qkDim: dq, vDim: dv, scale: scale)
-            return Linear.forward(context, rows: t, weight: try load(p + "o_proj.weight", [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+            return Linear.forward(context, rows: t, weight: try weight(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
 
         case .split, .fold:
             // Latent (MQA-form) attention: per head, the query lives in latent space [kv_lora | rope]
@@ -178,9 +177,9 @@ public final class ReferenceForward {
             let width = kvl + ropeDim
             var queries = [Float](repeating: 0, count: t * heads * width)
             if form == .split {
-                var q = Linear.forward(queryInput, rows: t, weight: try load(p + (config.qLoraRank == nil ? "q_proj.weight" : "q_b_proj.weight"), [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
+                var q = Linear.forward(queryInput, rows: t, weight: try weight(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
                 Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
-                let wUK = try load(p + TensorNames.wUK, [heads, nope, kvl])
+                let wUK = try weight(.wUK, [heads, nope, kvl])
                 q.withUnsafeBufferPointer { qp in wUK.withUnsafeBufferPointer { wp in queries.withUnsafeMutableBufferPointer { op in
                     for head in 0..<heads {
                         // q_lat[h] = q_nope[h] · W_UK[h]  ([t, nope] · [nope, kv_lora])
@@ -190,8 +189,8 @@ public final class ReferenceForward {
                     }
                 } } }
             } else {
-                let qLatent = Linear.forward(queryInput, rows: t, weight: try load(p + TensorNames.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
-                var qRope = Linear.forward(queryInput, rows: t, weight: try load(p + TensorNames.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
+                let qLatent = Linear.forward(queryInput, rows: t, weight: try weight(.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
+                var qRope = Linear.forward(queryInput, rows: t, weight: try weight(.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
                 Self.rotateQueries(&qRope, rows: t, seq: seq, heads: heads, stride: ropeDim, offset: 0, tables: tables)
                 for i in 0..<t { for head in 0..<heads {
                     for j in 0..<kvl { queries[(i * heads + head) * width + j] = qLatent[(i * heads + head) * kvl + j] }
@@ -208,9 +207,9 @@ public final class ReferenceForward {
             let context = Self.causalAttention(queries: queries, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
                                                qkDim: width, vDim: kvl, scale: scale)
             if form == .fold {
-                return Linear.forward(context, rows: t, weight: try load(p + TensorNames.oAbsorbed, [h, heads * kvl]), inFeatures: heads * kvl, outFeatures: h)
+                return Linear.forward(context, rows: t, weight: try weight(.oAbsorbed, [h, heads * kvl]), inFeatures: heads * kvl, outFeatures: h)
             }
-            let wUV = try load(p + TensorNames.wUV, [heads, dv, kvl])
+            let wUV = try weight(.wUV, [heads, dv, kvl])
             var perHead = [Float](repeating: 0, count: t * heads * dv)
             context.withUnsafeBufferPointer { cp in wUV.withUnsafeBufferPointer { wp in perHead.withUnsafeMutableBufferPointer { op in
                 for head in 0..<heads {
@@ -219,7 +218,7 @@ public final class ReferenceForward {
                                 b: wp.baseAddress! + head * dv * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * dv, ldc: heads * dv)
                 }
             } } }
-            return Linear.forward(perHead, rows: t, weight: try load(p + "o_proj.weight", [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+            return Linear.forward(perHead, rows: t, weight: try weight(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
         }
     }
 
@@ -265,20 +264,22 @@ public final class ReferenceForward {
 
     // MARK: MLPs
 
-    private func denseMLP(_ x: [Float], rows: Int, prefix: String, intermediate: Int) throws -> [Float] {
+    /// SiLU(gate·x) ⊙ (up·x), then down: the dense MLP, the shared experts or one routed expert.
+    private func mlpBlock(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int) throws -> [Float] {
         let h = config.hiddenSize
-        let gate = Linear.forward(x, rows: rows, weight: try load(prefix + "gate_proj.weight", [intermediate, h]), inFeatures: h, outFeatures: intermediate)
-        let up = Linear.forward(x, rows: rows, weight: try load(prefix + "up_proj.weight", [intermediate, h]), inFeatures: h, outFeatures: intermediate)
+        func weight(_ projection: MLPProjection, _ shape: [Int]) throws -> [Float] { try load(TensorNames.mlp(block, projection, layer: layer), shape) }
+        let gate = Linear.forward(x, rows: rows, weight: try weight(.gate, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
+        let up = Linear.forward(x, rows: rows, weight: try weight(.up, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
         var act = [Float](repeating: 0, count: gate.count)
         for i in 0..<act.count { act[i] = Elementwise.silu(gate[i]) * up[i] }
-        return Linear.forward(act, rows: rows, weight: try load(prefix + "down_proj.weight", [h, intermediate]), inFeatures: intermediate, outFeatures: h)
+        return Linear.forward(act, rows: rows, weight: try weight(.down, [h, intermediate]), inFeatures: intermediate, outFeatures: h)
     }
 
     private func moeBlock(_ x: [Float], layer: Int, tokens t: Int) throws -> ([Float], RoutingRecord) {
-        let prefix = TensorNames.layer(layer) + "mlp."
         let h = config.hiddenSize, e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
-        let routerLogits = Linear.forward(x, rows: t, weight: try load(prefix + "gate.weight", [e, h]), inFeatures: h, outFeatures: e)
-        let router = MoERouter(config: config)
+        let routerLogits = Linear.forward(x, rows: t, weight: try load(TensorNames.name(.router, layer: layer), [e, h]), inFeatures: h, outFeatures: e)
+        let bias = config.hasRouterBias ? try load(TensorNames.name(.routerBias, layer: layer), [e]) : nil
+        let router = MoERouter(config: config, bias: bias)
         var experts = [Int32](repeating: 0, count: t * k)
         var routeWeights = [Float](repeating: 0, count: t * k)
         var assigned: [[(token: Int, weight: Float)]] = Array(repeating: [], count: e)
@@ -300,7 +301,7 @@ public final class ReferenceForward {
                 let rows = assigned[expert]
                 var gathered = [Float](repeating: 0, count: rows.count * h)
                 for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
-                let y = try denseMLP(gathered, rows: rows.count, prefix: prefix + "experts.\(expert).", intermediate: m)
+                let y = try mlpBlock(gathered, rows: rows.count, layer: layer, block: .expert(expert), intermediate: m)
                 for (r, entry) in rows.enumerated() {
                     for j in 0..<h { partial[entry.token * h + j] += y[r * h + j] * entry.weight }
                 }
@@ -308,62 +309,9 @@ public final class ReferenceForward {
             for i in 0..<out.count { out[i] += partial[i] }
         }
         if let shared = config.nSharedExperts {
-            let y = try denseMLP(x, rows: t, prefix: prefix + "shared_experts.", intermediate: m * shared)
+            let y = try mlpBlock(x, rows: t, layer: layer, block: .shared, intermediate: m * shared)
             for i in 0..<out.count { out[i] += y[i] }
         }
         return (out, RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights))
-    }
-}
-
-/// DeepSeek-V2's router: softmax over experts in fp32, then greedy or group-limited top-k.
-public struct MoERouter: Sendable {
-    public let experts: Int
-    public let k: Int
-    public let groupLimited: Bool
-    public let groups: Int
-    public let topkGroups: Int
-    public let normTopkProb: Bool
-    public let routedScalingFactor: Float
-
-    public init(config: DeepSeekConfig) {
-        experts = config.nRoutedExperts ?? 0
-        k = config.numExpertsPerTok ?? 0
-        groupLimited = config.topkMethod == "group_limited_greedy"
-        groups = groupLimited ? (config.nGroup ?? 1) : 1
-        topkGroups = groupLimited ? (config.topkGroup ?? 1) : 1
-        normTopkProb = config.normTopkProb
-        routedScalingFactor = Float(config.routedScalingFactor)
-    }
-
-    /// The chosen experts, ascending, with their weights.
-    ///
-    /// DeepSeek-V2's own code: if norm_topk_prob and k > 1 the k weights are renormalized, otherwise
-    /// they are multiplied by routed_scaling_factor (one or the other; transformers' native class
-    /// always scales, which agrees on every published V2 config, where norm_topk_prob is false).
-    public func route(logits: [Float]) -> [(expert: Int, weight: Float)] {
-        var scores = logits
-        scores.withUnsafeMutableBufferPointer { Elementwise.softmax($0.baseAddress!, count: experts) }
-        var candidates = scores
-        if groupLimited {
-            let size = experts / groups
-            let groupScores = (0..<groups).map { g in scores[(g * size)..<((g + 1) * size)].max()! }
-            let keep = Set(Self.topIndices(groupScores, count: topkGroups))
-            for g in 0..<groups where !keep.contains(g) {
-                for j in (g * size)..<((g + 1) * size) { candidates[j] = 0 }
-            }
-        }
-        var chosen = Self.topIndices(candidates, count: k).map { ($0, candidates[$0]) }
-        if normTopkProb, k > 1 {
-            let sum = chosen.reduce(Float(0)) { $0 + $1.1 } + 1e-20
-            chosen = chosen.map { ($0.0, $0.1 / sum) }
-        } else {
-            chosen = chosen.map { ($0.0, $0.1 * routedScalingFactor) }
-        }
-        return chosen.sorted { $0.0 < $1.0 }.map { (expert: $0.0, weight: $0.1) }
-    }
-
-    /// Indices of the `count` largest values; ties go to the lower index (torch.topk's order on CPU).
-    static func topIndices(_ values: [Float], count: Int) -> [Int] {
-        Array(values.indices.sorted { values[$0] != values[$1] ? values[$0] > values[$1] : $0 < $1 }.prefix(count))
     }
 }

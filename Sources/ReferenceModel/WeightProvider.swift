@@ -89,42 +89,15 @@ public final class CheckpointWeights: WeightProvider {
     }
 
     private func dequantize(_ view: TensorView, format: FP8Format) throws -> [Float] {
-        let name = view.name, shape = view.shape
+        let name = view.name
         let scaleName = name + QuantizationConfig.scaleSuffix
-        guard let block = fp8Block, shape.count >= 2 else {
+        guard let block = fp8Block, view.shape.count >= 2 else {
             throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: name), tensor: name)
         }
         guard checkpoint.contains(scaleName) else {
-            throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: shape, block: block))
+            throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: view.shape, block: block))
         }
-        let scales = try checkpoint.view(scaleName).floats()
-        let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
-        let matrices = shape.dropLast(2).reduce(1, *)
-        let quantizer = FP8BlockQuantizer(format: format, block: block)
-        let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
-        try scales.withUnsafeBufferPointer { sp in
-            try FP8Integrity.check(codes: view.bytes, format: format, codesFile: checkpoint.path(of: name), weight: name,
-                                   scales: sp, scalesFile: checkpoint.path(of: scaleName))
-        }
-        var out = [Float](repeating: 0, count: matrices * rows * cols)
-        let codes = view.bytes.bindMemory(to: UInt8.self)
-        scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in
-            for m in 0..<matrices {
-                quantizer.dequantize(codes: codes.baseAddress! + m * rows * cols, scales: sp.baseAddress! + m * perMatrix,
-                                     rows: rows, cols: cols, into: op.baseAddress! + m * rows * cols)
-            }
-        } }
-        return out
-    }
-}
-
-extension FP8Format {
-    /// The format of an FP8 safetensors dtype.
-    public init?(dtype: DType) {
-        switch dtype {
-        case .f8E4M3: self = .e4m3
-        case .f8E5M2: self = .e5m2
-        default: return nil
-        }
+        return try FP8BlockWeights.dequantize(codes: view.bytes, shape: view.shape, format: format, scales: try checkpoint.view(scaleName).floats(),
+                                              block: block, weight: name, codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName))
     }
 }

@@ -17,17 +17,17 @@ final class AbsorbOverflowTests: XCTestCase {
     }
 }
 
-/// The raw config reader (--dequantize, every stage's config editing) names the file in its errors.
-final class ConfigEditorErrorTests: XCTestCase {
+/// The config document every stage edits names the file in its errors.
+final class ConfigDocumentErrorTests: XCTestCase {
     func testDuplicateKeysAndBadJSONNameTheFile() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("config-editor-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("config.json").path
         try Data(#"{"a": 1, "a": 2}"#.utf8).write(to: URL(fileURLWithPath: path))
-        XCTAssertThrowsError(try ConfigEditor.load(dir)) { XCTAssertEqual($0 as? DeepSeekModelError, .duplicateKey(path: path, key: "a")) }
+        XCTAssertThrowsError(try ConfigDocument.load(directory: dir)) { XCTAssertEqual($0 as? DeepSeekModelError, .duplicateKey(path: path, key: "a")) }
         try Data(#"{"a": "#.utf8).write(to: URL(fileURLWithPath: path))
-        XCTAssertThrowsError(try ConfigEditor.load(dir)) {
+        XCTAssertThrowsError(try ConfigDocument.load(directory: dir)) {
             XCTAssertTrue(($0 as? DeepSeekModelError)?.errorDescription?.hasPrefix(path + ": invalid config: not valid JSON") == true, "\($0)")
         }
     }

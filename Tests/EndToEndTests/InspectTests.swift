@@ -73,7 +73,16 @@ final class InspectTests: XCTestCase {
         var r = try runTool("dsconvert", ["inspect", ckpt.path])
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderrLines.count, 1)
-        XCTAssertTrue(r.stderr.contains("config.json: invalid config: missing key"), r.stderr)
+        // The class is decoded first: a config of another model is named as such, not as a missing key.
+        XCTAssertTrue(r.stderr.contains("config.json: unsupported architecture LlamaForCausalLM (supported: DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)"), r.stderr)
+        for name in ["DeepseekV32ForCausalLM", "Qwen3MoeForCausalLM"] {
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("lite/config.json"))) as! [String: Any]
+            config["architectures"] = [name]
+            try JSONSerialization.data(withJSONObject: config).write(to: ckpt.appendingPathComponent("config.json"))
+            r = try runTool("dsconvert", ["inspect", ckpt.path])
+            XCTAssertEqual(r.status, 1)
+            XCTAssertEqual(r.stderrLines, ["dsconvert inspect: error: \(ckpt.path)/config.json: unsupported architecture \(name) (supported: DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)"])
+        }
         try FileManager.default.removeItem(at: ckpt.appendingPathComponent("config.json"))
         r = try runTool("dsconvert", ["inspect", ckpt.path])
         XCTAssertEqual(r.status, 1)

@@ -31,9 +31,21 @@ final class QuantizeTests: XCTestCase {
         XCTAssertEqual(v.status, 0, v.stderr)
         XCTAssertTrue(v.stdout.contains("routing      agreement"), v.stdout)
 
-        let again = try runTool("dsconvert", ["quantize", "--fp8", "--input", fp8.path, "--output", dir.appendingPathComponent("x").path])
+        // FP8 in, FP8 blocks kept: with the same --skip nothing is left to quantize; without it, only
+        // the shared experts it skipped are quantized and every FP8 weight passes through untouched.
+        let again = try runTool("dsconvert", ["quantize", "--fp8", "--skip", "shared_experts", "--input", fp8.path, "--output", dir.appendingPathComponent("x").path])
         XCTAssertEqual(again.status, 1)
         XCTAssertTrue(again.stderr.contains("already FP8"), again.stderr)
+        let reblock = try runTool("dsconvert", ["quantize", "--fp8", "--block", "64", "--input", fp8.path, "--output", dir.appendingPathComponent("x").path])
+        XCTAssertEqual(reblock.status, 1)
+        XCTAssertTrue(reblock.stderr.contains("already FP8 (e4m3, 128x128 blocks); --dequantize first"), reblock.stderr)
+        let rest = dir.appendingPathComponent("rest")
+        XCTAssertEqual(try runTool("dsconvert", ["quantize", "--fp8", "--input", fp8.path, "--output", rest.path]).status, 0)
+        let restCheckpoint = try Checkpoint(directory: rest)
+        XCTAssertEqual(restCheckpoint.info("model.layers.1.mlp.shared_experts.up_proj.weight")?.dtype, .f8E4M3)
+        for name in ["model.layers.1.mlp.experts.0.up_proj.weight", "model.layers.1.mlp.experts.0.up_proj.weight_scale_inv"] {
+            XCTAssertEqual(Array(try restCheckpoint.view(name).bytes), Array(try c.view(name).bytes), name)
+        }
 
         let e5m2 = dir.appendingPathComponent("e5m2")
         XCTAssertEqual(try runTool("dsconvert", ["quantize", "--fp8", "--fp8-format", "e5m2", "--input", input.path, "--output", e5m2.path]).status, 0)

@@ -188,13 +188,13 @@ final class BadInputCatalogTests: XCTestCase {
                 try self.poison(ckpt, "model.layers.1.self_attn.kv_b_proj.weight", 0x7FC0)
                 return ["convert", "--absorb", "--fp8", "--kv6", "--input", ckpt.path, "--output", work.appendingPathComponent("out").path]
             }, status: 1, fragment: "tensor 'model.layers.1.self_attn.kv_b_proj.weight' holds NaN or Inf"),
-            Case(name: "FP8 weight without its scale", prepare: { work in
+            Case(name: "FP8 checkpoint of another architecture", prepare: { work in
                 let ckpt = work.appendingPathComponent("in")
                 try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)
-                try Data(#"{"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}"#.utf8).write(to: ckpt.appendingPathComponent("config.json"))
+                try Data(#"{"architectures": ["Qwen3ForCausalLM"], "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}"#.utf8).write(to: ckpt.appendingPathComponent("config.json"))
                 try self.rawFile(#"{"w.weight":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]}}"#, data: 4).write(to: ckpt.appendingPathComponent("model.safetensors"))
                 return ["quantize", "--dequantize", "--input", ckpt.path, "--output", work.appendingPathComponent("out").path]
-            }, status: 1, fragment: "FP8 tensor 'w.weight' has no scale"),
+            }, status: 1, fragment: "config.json: unsupported architecture Qwen3ForCausalLM"),
             Case(name: "integer weight", prepare: { work in
                 let ckpt = work.appendingPathComponent("in")
                 try FileManager.default.createDirectory(at: ckpt, withIntermediateDirectories: true)

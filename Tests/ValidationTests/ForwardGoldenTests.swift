@@ -158,17 +158,17 @@ final class RouterTests: XCTestCase {
 
     func testGreedyWithScalingAndNormTopkProb() throws {
         let logits: [Float] = [1, 3, 2, 0]
-        let scaled = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = "greedy"; $0.numExpertsPerTok = 2; $0.routedScalingFactor = 16 }).route(logits: logits)
+        let scaled = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = .greedy; $0.numExpertsPerTok = 2; $0.routedScalingFactor = 16 }).route(logits: logits)
         let p = logits.map { exp(Double($0)) }
         let z = p.reduce(0, +)
         XCTAssertEqual(scaled.map(\.expert), [1, 2])
         XCTAssertEqual(Double(scaled[0].weight), 16 * p[1] / z, accuracy: 1e-5)
         // DeepSeek-V2's code: with norm_topk_prob the weights are renormalized and NOT scaled.
-        let normalized = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = "greedy"; $0.numExpertsPerTok = 2; $0.routedScalingFactor = 16; $0.normTopkProb = true }).route(logits: logits)
+        let normalized = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = .greedy; $0.numExpertsPerTok = 2; $0.routedScalingFactor = 16; $0.normTopkProb = true }).route(logits: logits)
         XCTAssertEqual(Double(normalized[0].weight), p[1] / (p[1] + p[2]), accuracy: 1e-6)
         XCTAssertEqual(Double(normalized[0].weight + normalized[1].weight), 1, accuracy: 1e-6)
         // k = 1 never renormalizes (it would always give 1).
-        let single = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = "greedy"; $0.numExpertsPerTok = 1; $0.routedScalingFactor = 2; $0.normTopkProb = true }).route(logits: logits)
+        let single = MoERouter(config: try config { $0.nRoutedExperts = 4; $0.topkMethod = .greedy; $0.numExpertsPerTok = 1; $0.routedScalingFactor = 2; $0.normTopkProb = true }).route(logits: logits)
         XCTAssertEqual(Double(single[0].weight), 2 * p[1] / z, accuracy: 1e-5)
     }
 }

@@ -65,7 +65,7 @@ final class ShardStageTests: XCTestCase {
             XCTAssertEqual(report.routing?.agreement, 1)
             let fanOut = try XCTUnwrap(report.fanOut)
             XCTAssertLessThanOrEqual(fanOut.max, manifest.placement.deviceBoundM, fixture)
-            if reference.config.topkMethod == "group_limited_greedy" {
+            if reference.config.topkMethod == .groupLimitedGreedy {
                 XCTAssertEqual(reference.config.nGroup, n)
                 XCTAssertLessThanOrEqual(fanOut.max, reference.config.topkGroup!, "\(fixture): fan-out never exceeds topk_group")
             }

@@ -1,0 +1,161 @@
+import Conversion
+import DeepSeekModel
+import Foundation
+import SafeTensors
+import XCTest
+@testable import ReferenceModel
+@testable import Validation
+
+/// The V3 family (Fixtures/generate_v3.py, transformers 5.23.0's DeepseekV3ForCausalLM): `v3` (8 groups
+/// of 2 experts, noaux_tc with a non-zero bias, an MTP layer), `v3-fp8` (the same model FP8-native, as
+/// DeepSeek publishes V3) and `kimi` (Kimi-K2-style: 24 ungrouped experts, no query compression).
+///
+/// Tolerances are those of the V2 goldens (ForwardGoldenTests): logits max |Δ| ≤ 1e-3, hidden states
+/// ≤ 2e-4 of the layer's max |value|, routing exact, weights within 1e-4 · routed_scaling_factor.
+final class V3FamilyTests: XCTestCase {
+    static let names = ["v3", "v3-fp8", "kimi"]
+    var dir: URL!
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-v3-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    /// Runs `model` on the fixture's tokens and checks it against the fixture's transformers golden.
+    private func assertMatchesGolden(_ fixture: String, _ model: LoadedModel, logitTolerance: Double = 1e-3,
+                                     file: StaticString = #filePath, line: UInt = #line) throws {
+        let input = fixtures.appendingPathComponent(fixture)
+        let result = try model.forward().run(tokens: try TokenFile.load(input.appendingPathComponent("tokens.json")), recordHiddenStates: true)
+        let golden = try SafeTensorsFile(path: input.appendingPathComponent("golden.safetensors").path)
+        XCTAssertLessThanOrEqual(DriftMetrics.maxAbsDifference(try golden.view("logits").floats(), result.logits), logitTolerance, fixture, file: file, line: line)
+        XCTAssertEqual(result.hiddenStates.count, model.config.numHiddenLayers + 1, file: file, line: line)
+        for (i, hidden) in result.hiddenStates.enumerated() {
+            let expected = try golden.view("hidden_states.\(i)").floats()
+            let scale = Double(expected.map { abs($0) }.max()!)
+            XCTAssertLessThanOrEqual(DriftMetrics.maxAbsDifference(expected, hidden) / scale, 2e-4, "\(fixture) hidden_states.\(i)", file: file, line: line)
+        }
+        XCTAssertEqual(result.routing.map(\.layer), (0..<model.config.numHiddenLayers).filter(model.config.isMoELayer), file: file, line: line)
+        for record in result.routing {
+            let experts = try golden.view("routing.\(record.layer).experts")
+            let expected = (0..<(experts.bytes.count / 4)).map { experts.bytes.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self) }
+            XCTAssertEqual(record.experts, expected, "\(fixture) layer \(record.layer): routing must match exactly", file: file, line: line)
+            let weights = try golden.view("routing.\(record.layer).weights").floats()
+            XCTAssertLessThanOrEqual(DriftMetrics.maxAbsDifference(weights, record.weights), 1e-4 * model.config.routedScalingFactor, fixture, file: file, line: line)
+        }
+    }
+
+    /// bf16, FP8-native (dequantized on the fly) and ungrouped: the forward pass is transformers'.
+    func testForwardMatchesTransformers() throws {
+        for name in Self.names {
+            let model = try ModelLoader.open(fixtures.appendingPathComponent(name))
+            XCTAssertEqual(model.config.architecture, .deepseekV3)
+            try assertMatchesGolden(name, model)
+        }
+    }
+
+    /// The bias only chooses: without it the same scores pick other experts (so the goldens test it).
+    func testRouterBiasChoosesButDoesNotWeigh() throws {
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("v3"))
+        let logits: [Float] = (0..<16).map { Float($0 % 5) * 0.3 - 0.6 }
+        var bias = [Float](repeating: 0, count: 16)
+        bias[15] = 5  // expert 15's group now wins and expert 15 is chosen, weighted by its unbiased score
+        let plain = MoERouter(config: config, bias: [Float](repeating: 0, count: 16)).route(logits: logits)
+        let biased = MoERouter(config: config, bias: bias).route(logits: logits)
+        XCTAssertFalse(plain.contains { $0.expert == 15 })
+        let chosen = try XCTUnwrap(biased.first { $0.expert == 15 })
+        let scores = biased.map { 1 / (1 + exp(-logits[$0.expert])) }
+        XCTAssertEqual(chosen.weight, 1 / (1 + exp(-logits[15])) / scores.reduce(0, +) * 2.5, accuracy: 1e-6)
+        XCTAssertEqual(biased.reduce(0) { $0 + $1.weight }, 2.5, accuracy: 1e-5, "normalized, then scaled by routed_scaling_factor")
+    }
+
+    /// `shard --devices 8`: one routing group per device on V3 (M = topk_group = 4), 3 experts per
+    /// device on Kimi-style (M = k); the union of the devices is the input byte for byte (FP8 codes and
+    /// scales together, the MTP layer's experts placed like any other); forward agrees within 1e-5.
+    func testShardEightWays() throws {
+        for (name, bound) in [("v3", 4), ("v3-fp8", 4), ("kimi", 6)] {
+            let input = fixtures.appendingPathComponent(name), out = dir.appendingPathComponent(name)
+            let manifest = try ShardStage.run(input: input, output: out, devices: 8, denseOnce: false, force: false, shardSize: .limit(5_000_000_000))
+            XCTAssertEqual(manifest.placement.deviceBoundM, bound, name)
+            let config = try DeepSeekConfig.load(directory: input)
+            XCTAssertEqual(manifest.layers.map(\.layer), config.allLayers.filter(config.isMoELayer), "\(name): MTP layers placed too")
+            let original = try Checkpoint(directory: input)
+            var seen = Set<String>()
+            for d in 0..<8 {
+                let part = try Checkpoint(directory: out.appendingPathComponent("device-\(d)"))
+                for info in part.tensors {
+                    seen.insert(info.name)
+                    XCTAssertTrue(try part.view(info.name).bytes.elementsEqual(try original.view(info.name).bytes), "\(name) \(info.name)")
+                    if let e = TensorNames.expertIndex(of: info.name) { XCTAssertTrue(manifest.placement.range(device: d).contains(e)) }
+                }
+            }
+            XCTAssertEqual(seen, Set(original.tensors.map(\.name)), name)
+            let report = try Validator.compare(reference: try ModelLoader.open(input), candidate: try ModelLoader.open(out),
+                                               tokens: try TokenFile.load(input.appendingPathComponent("tokens.json")), tokensLabel: "t",
+                                               heldout: nil, thresholds: DriftThresholds(maxLogitDelta: 1e-5))
+            XCTAssertTrue(report.verdict.passed, "\(name): \(report.verdict.failures)")
+            XCTAssertLessThanOrEqual(try XCTUnwrap(report.fanOut).max, bound, name)
+        }
+    }
+
+    /// `quantize --dequantize` of the FP8-native copy is DeepSeek's fp8_cast_bf16.py byte for byte.
+    func testDequantizeIsDeepSeeksCast() throws {
+        let out = dir.appendingPathComponent("bf16")
+        let summary = try QuantizeStage.dequantize(input: fixtures.appendingPathComponent("v3-fp8"), output: out, force: false)
+        let golden = try SafeTensorsFile(path: fixtures.appendingPathComponent("v3-fp8/dequantized-golden.safetensors").path)
+        XCTAssertEqual(summary.quantized, golden.tensors.count)
+        let result = try Checkpoint(directory: out)
+        for info in golden.tensors {
+            XCTAssertTrue(try result.view(info.name).bytes.elementsEqual(try golden.view(info.name).bytes), info.name)
+        }
+        XCTAssertFalse(result.tensors.contains { $0.name.hasSuffix(QuantizationConfig.scaleSuffix) })
+        XCTAssertNil(try DeepSeekConfig.load(directory: out).quantization)
+    }
+
+    /// absorb on the FP8-native input folds the exact dequantized values: with f32 storage the result
+    /// is the FP8 model's own (its golden within 1e-3); FP8 weights absorb does not touch pass through
+    /// with their scales, and the MTP layer is absorbed like the others.
+    func testAbsorbFromFP8Input() throws {
+        let input = fixtures.appendingPathComponent("v3-fp8")
+        for form in [AttentionForm.split, .fold] {
+            let out = dir.appendingPathComponent("absorbed-\(form.rawValue)")
+            _ = try AbsorbStage.run(input: input, output: out, options: AbsorbOptions(form: form), dtype: .f32, force: false)
+            try assertMatchesGolden("v3-fp8", try ModelLoader.open(out))
+            let original = try Checkpoint(directory: input), absorbed = try Checkpoint(directory: out)
+            for name in ["model.layers.1.mlp.experts.3.down_proj.weight", "model.layers.1.mlp.experts.3.down_proj.weight_scale_inv",
+                         "model.layers.3.self_attn.kv_a_proj_with_mqa.weight", "model.layers.3.eh_proj.weight"] {
+                XCTAssertTrue(try absorbed.view(name).bytes.elementsEqual(try original.view(name).bytes), name)
+            }
+            let mtpAbsorbed = form == .split ? "model.layers.3.self_attn.w_uk.weight" : "model.layers.3.self_attn.q_absorbed.weight"
+            XCTAssertEqual(absorbed.info(mtpAbsorbed)?.dtype, .f32)
+            XCTAssertNil(absorbed.info("model.layers.3.self_attn.kv_b_proj.weight_scale_inv"))
+        }
+    }
+
+    /// `convert --absorb --fp8` on the FP8-native input: the absorbed weights are quantized again in the
+    /// input's blocks, every FP8 weight absorb leaves alone keeps its codes and scales, and the result
+    /// runs; `quantize --kv6` calibrates on the FP8 input and keeps it FP8.
+    func testConvertAndKV6OnFP8Input() throws {
+        let input = fixtures.appendingPathComponent("v3-fp8")
+        let out = dir.appendingPathComponent("converted")
+        _ = try ConvertPipeline.run(input: input, output: out, options: .init(absorb: AbsorbOptions(form: .split), fp8: .init()), force: false)
+        let converted = try Checkpoint(directory: out), original = try Checkpoint(directory: input)
+        XCTAssertEqual(converted.info("model.layers.2.self_attn.q_b_proj.weight")?.dtype, .f8E4M3)
+        XCTAssertNotNil(converted.info("model.layers.2.self_attn.q_b_proj.weight_scale_inv"))
+        for name in ["model.layers.2.mlp.experts.0.up_proj.weight", "model.layers.2.mlp.experts.0.up_proj.weight_scale_inv"] {
+            XCTAssertTrue(try converted.view(name).bytes.elementsEqual(try original.view(name).bytes), name)
+        }
+        let tokens = try TokenFile.load(input.appendingPathComponent("tokens.json"))
+        _ = try ModelLoader.open(out).forward().run(tokens: tokens)
+
+        let kv6 = dir.appendingPathComponent("kv6")
+        _ = try QuantizeStage.run(input: input, output: kv6, fp8: nil, kv6: .init(calibration: tokens, calibrationSource: "tokens.json"), force: false)
+        let declared = try DeepSeekConfig.load(directory: kv6)
+        XCTAssertEqual(declared.kvCache?.equalized, true)
+        XCTAssertEqual(declared.quantization, try DeepSeekConfig.load(directory: input).quantization)
+        let equalized = try Checkpoint(directory: kv6)
+        XCTAssertEqual(equalized.info("model.layers.0.self_attn.kv_b_proj.weight")?.dtype, .f8E4M3, "an FP8 input stays FP8")
+        XCTAssertTrue(try equalized.view("model.layers.1.mlp.experts.5.gate_proj.weight").bytes.elementsEqual(
+            try original.view("model.layers.1.mlp.experts.5.gate_proj.weight").bytes))
+        _ = try ModelLoader.open(kv6).forward().run(tokens: tokens)
+    }
+}
