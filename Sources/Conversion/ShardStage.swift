@@ -28,7 +28,7 @@ public struct PlacementManifest: Codable, Equatable, Sendable {
     public var format = "dsconvert-placement"
     public var version = 1
     public var placement: ExpertPlacement
-    public var dense: String
+    public var dense: DenseReplication
     public var layers: [LayerDevices]
     public var devices: [DeviceBytes]
     /// (max − min) / mean of the expert bytes per device.
@@ -43,7 +43,7 @@ public struct PlacementManifest: Codable, Equatable, Sendable {
 
     public static let fileName = "placement.json"
 
-    public init(placement: ExpertPlacement, dense: String, layers: [LayerDevices], devices: [DeviceBytes],
+    public init(placement: ExpertPlacement, dense: DenseReplication, layers: [LayerDevices], devices: [DeviceBytes],
                 expertBytesSpread: Double, files: [ConversionManifest.FileRecord]) {
         self.placement = placement
         self.dense = dense
@@ -95,7 +95,7 @@ public enum ShardStage {
             throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
         }
         let placement = try ExpertPlacement.plan(config: config, devices: devices)
-        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": denseOnce ? "once" : "replicated"], input: input.path)
+        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": (denseOnce ? DenseReplication.once : .replicated).rawValue], input: input.path)
         let key = ConversionOutput.resumeKey(stages: source.newStages(after: inputStages) + [stage], input: input)
         let root = try ConversionOutput.openDirectory(input: input, output: output, force: force, resume: resume)
         if root.resumed {
@@ -121,7 +121,7 @@ public enum ShardStage {
         for d in 0..<devices {
             let range = placement.range(device: d)
             let record = PlacementRecord(rank: d, placement: placement, expertRange: [range.lowerBound, range.upperBound],
-                                         dense: denseOnce ? "once" : "replicated",
+                                         dense: denseOnce ? .once : .replicated,
                                          denseLocation: denseOnce && d != 0 ? "../\(directoryName(device: 0))" : ".")
             var deviceConfig = config
             deviceConfig.placement = record
@@ -197,7 +197,7 @@ public enum ShardStage {
         let spread = mean == 0 ? 0 : Double(expertBytes.max()! - expertBytes.min()!) / mean
         let moeLayers = config.allLayers.filter(config.isMoELayer)
         let manifest = PlacementManifest(
-            placement: placement, dense: denseOnce ? "once" : "replicated",
+            placement: placement, dense: denseOnce ? .once : .replicated,
             layers: moeLayers.map { layer in .init(layer: layer, experts: (0..<devices).map { [placement.range(device: $0).lowerBound, placement.range(device: $0).upperBound] }) },
             devices: (0..<devices).map { .init(device: $0, directory: directoryName(device: $0), totalBytes: expertBytes[$0] + denseBytes[$0],
                                                expertBytes: expertBytes[$0], denseBytes: denseBytes[$0]) },

@@ -12,7 +12,7 @@ extension DeepSeekConfig {
         func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
         // A model_type of the other family is a mislabelled file: its routing would be misread.
         if let modelType, let family = ModelArchitecture(modelType: modelType), family != architecture {
-            throw DeepSeekModelError.unsupportedArchitecture(path: path, name: "model_type \(modelType) with \(architecture.rawValue)")
+            throw bad("model_type '\(modelType)' contradicts architectures \(architecture.rawValue)")
         }
         try validateDimensions(path: path)
         try validateFamily(path: path)
@@ -128,7 +128,6 @@ extension DeepSeekConfig {
         guard record.expertRange == [range.lowerBound, range.upperBound] else {
             throw bad("expert_range \(record.expertRange) is not rank \(record.rank)'s [\(range.lowerBound), \(range.upperBound)]")
         }
-        guard ["replicated", "once"].contains(record.dense) else { throw bad("dense '\(record.dense)' is neither replicated nor once") }
     }
 
     /// Every count the layout and the accounting compute, with checked arithmetic: what `inspect`,

@@ -289,7 +289,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
             throw DeepSeekModelError.invalidConfig(path: path, reason: "\(unsupported.key) '\(unsupported.value)' is not supported (\(unsupported.supported))")
         } catch let DecodingError.keyNotFound(key, _) {
             throw DeepSeekModelError.invalidConfig(path: path, reason: "missing key '\(key.stringValue)'")
-        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context), let DecodingError.dataCorrupted(context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw DeepSeekModelError.invalidConfig(path: path, reason: "key '\(key)': \(context.debugDescription)")
         } catch {

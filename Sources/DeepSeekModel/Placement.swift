@@ -50,14 +50,21 @@ public struct ExpertPlacement: Codable, Equatable, Sendable {
     }
 }
 
+/// Where a sharded output keeps the non-expert weights (attention, norms, dense MLPs, embeddings).
+public enum DenseReplication: String, Codable, Sendable {
+    /// Every device holds them: each device directory loads on its own.
+    case replicated
+    /// Only device-0 holds them (`--dense-once`); the others point there.
+    case once
+}
+
 /// A device checkpoint's record of its place, in its `config.json` under `dsconvert_placement`.
 public struct PlacementRecord: Codable, Equatable, Sendable {
     public var rank: Int
     public var placement: ExpertPlacement
     /// Routed experts [start, end) this device holds in every MoE layer.
     public var expertRange: [Int]
-    /// "replicated": every device holds the non-expert weights; "once": only device-0 does.
-    public var dense: String
+    public var dense: DenseReplication
     /// Where this rank finds the non-expert weights (relative to its own directory).
     public var denseLocation: String
 
@@ -68,7 +75,7 @@ public struct PlacementRecord: Codable, Equatable, Sendable {
         case denseLocation = "dense_location"
     }
 
-    public init(rank: Int, placement: ExpertPlacement, expertRange: [Int], dense: String, denseLocation: String) {
+    public init(rank: Int, placement: ExpertPlacement, expertRange: [Int], dense: DenseReplication, denseLocation: String) {
         self.rank = rank
         self.placement = placement
         self.expertRange = expertRange
@@ -77,7 +84,12 @@ public struct PlacementRecord: Codable, Equatable, Sendable {
     }
 
     public static let configKey = "dsconvert_placement"
-    public var holdsDense: Bool { dense == "replicated" || rank == 0 }
+    public var holdsDense: Bool {
+        switch dense {
+        case .replicated: return true
+        case .once: return rank == 0
+        }
+    }
 }
 
 extension DeepSeekModelError {

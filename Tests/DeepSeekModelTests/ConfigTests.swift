@@ -31,6 +31,83 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(a.kvCache[0].bytesPerToken, 1152 * 27)
     }
 
+    /// Every published config in Fixtures/configs against the counts transformers computes for it
+    /// (Fixtures/configs/param-counts.json: the model built on the meta device, numel summed; the MTP
+    /// layer by its tensors; active = DeepSeek's definition, no embedding lookup).
+    func testPublishedConfigsMatchTransformersCounts() throws {
+        let counts = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("configs/param-counts.json"))) as! [String: Any]
+        let names = try FileManager.default.contentsOfDirectory(atPath: fixtures.appendingPathComponent("configs").path).filter { !$0.hasSuffix(".json") }.sorted()
+        XCTAssertEqual(names, ["DeepSeek-R1", "DeepSeek-V2", "DeepSeek-V2-Lite", "DeepSeek-V3", "Kimi-K2-Instruct", "Moonlight-16B-A3B-Instruct"])
+        for name in names {
+            let expected = try XCTUnwrap(counts[name] as? [String: Any], name)
+            let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/\(name)"))
+            let a = try ModelAccounting(config: config)
+            XCTAssertEqual(a.totalParameters, expected["total_main"] as? Int, name)
+            XCTAssertEqual(a.mtpParameters, expected["mtp"] as? Int, name)
+            XCTAssertEqual(a.activeParameters, expected["active_main"] as? Int, name)
+            XCTAssertEqual(a.activeParametersWithEmbedding, expected["active_main_with_embedding"] as? Int, name)
+            XCTAssertEqual(a.kvCache[0].bytesPerToken, expected["kv_cache_bf16_bytes_per_token"] as? Int, name)
+            XCTAssertEqual(a.layerKinds.moe.count, expected["moe_layers"] as? Int, name)
+        }
+    }
+
+    /// DeepSeek-V3 as published: 671B + the 14B MTP layer, ~37B active, node-limited routing M = 4,
+    /// bf16 MLA cache 61 × 576 × 2 bytes per token; the YaRN softmax-scale correction is applied even
+    /// with mscale = mscale_all_dim = 1 (m(40, 1)² = 1.8754).
+    func testRealDeepSeekV3Accounting() throws {
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/DeepSeek-V3"))
+        XCTAssertEqual(config.architecture, .deepseekV3)
+        XCTAssertEqual(config.topkMethod, .noauxTC)
+        XCTAssertEqual(config.scoringFunc, .sigmoid)
+        XCTAssertEqual(config.mtpLayers, 61..<62)
+        XCTAssertEqual(config.quantization?.block, 128)
+        let a = try ModelAccounting(config: config)
+        XCTAssertEqual(a.totalParameters, 671_026_419_200)
+        XCTAssertEqual(a.mtpParameters, 13_463_426_304)
+        XCTAssertEqual(a.activeParametersWithEmbedding, 37_552_297_472)
+        XCTAssertEqual(a.kvCache[0].bytesPerToken, 70_272)
+        XCTAssertEqual(a.routing?.deviceBoundM, 4)
+        XCTAssertEqual(a.routing?.method, "noaux_tc")
+        let m = 0.1 * log(40.0) + 1
+        XCTAssertEqual(config.softmaxScale, m * m / 192.0.squareRoot(), accuracy: 1e-12)
+        let mtp = config.layerTensors(61).map(\.name)
+        for name in ["model.layers.61.embed_tokens.weight", "model.layers.61.enorm.weight", "model.layers.61.hnorm.weight",
+                     "model.layers.61.eh_proj.weight", "model.layers.61.shared_head.norm.weight", "model.layers.61.shared_head.head.weight",
+                     "model.layers.61.mlp.gate.e_score_correction_bias", "model.layers.61.mlp.experts.255.down_proj.weight"] {
+            XCTAssertTrue(mtp.contains(name), name)
+        }
+        XCTAssertEqual(try ExpertPlacement.plan(config: config, devices: 8).deviceBoundM, 4, "one routing group per device")
+        let kimi = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("configs/Kimi-K2-Instruct"))
+        let kimiPlacement = try ExpertPlacement.plan(config: kimi, devices: 8)
+        XCTAssertEqual(kimiPlacement.expertsPerDevice, 48)
+        XCTAssertEqual(kimiPlacement.deviceBoundM, 8, "ungrouped: M = min(k, devices)")
+        XCTAssertEqual(kimi.mtpLayerCount, 0)
+    }
+
+    /// Classes and routing a config may not combine are refused at the boundary, by name.
+    func testFamilyRulesAreCheckedAtDecode() throws {
+        let base = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("configs/DeepSeek-V3/config.json"))) as! [String: Any]
+        func decode(_ edit: ([String: Any]) -> [String: Any]) -> String {
+            do {
+                _ = try DeepSeekConfig.decode(try JSONSerialization.data(withJSONObject: edit(base)), path: "c.json")
+                return "accepted"
+            } catch { return (error as? DeepSeekModelError)?.errorDescription ?? "\(error)" }
+        }
+        XCTAssertEqual(decode { $0 }, "accepted")
+        XCTAssertEqual(decode { var c = $0; c["architectures"] = ["DeepseekV32ForCausalLM"]; return c },
+                       "c.json: unsupported architecture DeepseekV32ForCausalLM (supported: DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)")
+        XCTAssertEqual(decode { var c = $0; c["scoring_func"] = "softmax"; return c },
+                       "c.json: invalid config: scoring_func 'softmax' is not supported by DeepseekV3ForCausalLM (sigmoid)")
+        XCTAssertEqual(decode { var c = $0; c["topk_method"] = "top2"; return c },
+                       "c.json: invalid config: topk_method 'top2' is not supported (greedy, group_limited_greedy, noaux_tc)")
+        XCTAssertEqual(decode { var c = $0; c["architectures"] = ["DeepseekV2ForCausalLM"]; c["model_type"] = "deepseek_v2"; return c },
+                       "c.json: invalid config: scoring_func 'sigmoid' is not supported by DeepseekV2ForCausalLM (softmax)")
+        XCTAssertEqual(decode { var c = $0; c["model_type"] = "deepseek_v2"; return c },
+                       "c.json: invalid config: model_type 'deepseek_v2' contradicts architectures DeepseekV3ForCausalLM")
+        XCTAssertEqual(decode { var c = $0; c["n_group"] = 256; c["topk_group"] = 8; return c },
+                       "c.json: invalid config: noaux_tc needs at least 2 experts per group, n_group 256 leaves 1")
+    }
+
     func testHubAndTransformers5RopeLayoutsAgree() throws {
         let hub = #"""
         {"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
