@@ -26,11 +26,17 @@ mutation() { names+=("$1"); files+=("$2"); filters+=("$3"); edits+=("$4"); }
 mutation overlap-off-by-one Sources/SafeTensors/SafeTensorsHeader.swift SafeTensorsFormatTests \
   's/if info\.dataOffsets\.lowerBound < cursor, let previous {/if info.dataOffsets.lowerBound < cursor - 1, let previous {/'
 # Group-limited routing scores a group by the sum of its experts instead of its best one (V2's rule)...
-mutation group-score-sum Sources/Validation/ReferenceForward.swift RouterTests \
-  '/let groupScores/s/\.max()!/.reduce(0, +)/'
+mutation group-score-sum Sources/ReferenceModel/MoERouter.swift RouterTests \
+  's/return members\.max()!/return members.reduce(0, +)/'
 # ...or by V3's rule, the sum of its top two.
-mutation group-score-top2-sum Sources/Validation/ReferenceForward.swift RouterTests \
-  '/let groupScores/s/\.max()!/.sorted(by: >).prefix(2).reduce(0, +)/'
+mutation group-score-top2-sum Sources/ReferenceModel/MoERouter.swift RouterTests \
+  's/return members\.max()!/return members.sorted(by: >).prefix(2).reduce(0, +)/'
+# noaux_tc weighs the chosen experts by their biased scores (the bias must only choose).
+mutation noaux-biased-weights Sources/ReferenceModel/MoERouter.swift V3FamilyTests \
+  's/method == \.noauxTC ? scores\[\$0\] : choice\[\$0\]/choice[$0]/'
+# noaux_tc masks dropped groups with 0 (the hub's old remote code) instead of -inf (transformers 5).
+mutation noaux-zero-mask Sources/ReferenceModel/MoERouter.swift V3FamilyTests \
+  's/case \.noauxTC: masked = -\.infinity/case .noauxTC: masked = 0/'
 # absorb --mode split scales the query's nope rows by the softmax scale but leaves the rope rows unscaled.
 mutation unscaled-split-rope-rows Sources/Conversion/MLAAbsorber.swift AbsorbAlgebraTests \
   's/query\[r \* inQ + j\] = wq\[r \* inQ + j\] \* gammaQ\[j\] \* scale }/query[r * inQ + j] = wq[r * inQ + j] * gammaQ[j] * (r % dq < nope ? scale : 1) }/'

@@ -68,6 +68,18 @@ final class V3FamilyTests: XCTestCase {
         XCTAssertEqual(biased.reduce(0) { $0 + $1.weight }, 2.5, accuracy: 1e-5, "normalized, then scaled by routed_scaling_factor")
     }
 
+    /// Dropped groups are masked with −inf (transformers 5): when every biased score is negative, an
+    /// expert of a dropped group must still never be chosen (a 0 mask would pick them first). The
+    /// fixtures' biases cannot tell the two apart, so this case is built by hand.
+    func testDroppedGroupsAreNeverChosen() throws {
+        let config = try DeepSeekConfig.load(directory: fixtures.appendingPathComponent("v3"))  // 8 groups of 2, top-4 groups, top-4
+        let logits = [Float](repeating: -8, count: 16)
+        let bias: [Float] = (0..<16).map { -1 + Float($0 / 2) * 0.01 }  // groups 4...7 score best, every c < 0
+        let chosen = MoERouter(config: config, bias: bias).route(logits: logits).map(\.expert)
+        XCTAssertEqual(chosen.count, 4)
+        XCTAssertTrue(chosen.allSatisfy { $0 >= 8 }, "\(chosen): only experts of the kept groups 4...7")
+    }
+
     /// `shard --devices 8`: one routing group per device on V3 (M = topk_group = 4), 3 experts per
     /// device on Kimi-style (M = k); the union of the devices is the input byte for byte (FP8 codes and
     /// scales together, the MTP layer's experts placed like any other); forward agrees within 1e-5.
