@@ -1,30 +1,41 @@
 import Benchmark
 import CLI
 import Conversion
+import DeepSeekModel
 import Foundation
 import SafeTensors
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// `dsconvert-bench generate`: a V2-Lite-shaped synthetic checkpoint.
+/// `dsconvert-bench generate`: a V2-Lite-shaped or V3-shaped synthetic checkpoint.
 public enum GenerateBenchCommand: Command {
     public static let spec = CommandSpec(
         name: "generate",
-        abstract: "Write a DeepSeek-V2-Lite-shaped checkpoint of random bf16 weights (3 layers: the 3.3 GB lite slice; 27: the full 31 GB).",
+        abstract: "Write a checkpoint of random weights with a real model's names and shapes: DeepSeek-V2-Lite in bf16 (3 layers: the 3.3 GB lite slice; 27: the full 31 GB), or a DeepSeek-V3 slice in FP8 as published (3 dense + 1 MoE layer: 17 GB; +11.5 GB per MoE layer).",
         options: [
-            OptionSpec("layers", value: "K", help: "Decoder layers (default 3: 1 dense + 2 MoE)."),
+            OptionSpec("shape", value: "v2-lite|v3", help: "Model shape (default v2-lite)."),
+            OptionSpec("layers", value: "K", help: "v2-lite: decoder layers (default 3: 1 dense + 2 MoE)."),
+            OptionSpec("dense-layers", value: "K", help: "v3: dense layers (default 3, as V3)."),
+            OptionSpec("moe-layers", value: "K", help: "v3: MoE layers of 256 experts (default 2)."),
             OptionSpec("output", value: "DIR", help: "Output directory."),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
         ]
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
-        let layers = try arguments.integer("layers", default: 3, in: 1...27)
+        let shape: SyntheticCheckpoint.Shape
+        switch try arguments.choice("shape", default: "v2-lite", among: ["v2-lite", "v3"]) {
+        case "v3":
+            shape = .v3(dense: try arguments.integer("dense-layers", default: 3, in: 0...3),
+                        moe: try arguments.integer("moe-layers", default: 2, in: 1...58))
+        default:
+            shape = .v2Lite(layers: try arguments.integer("layers", default: 3, in: 1...27))
+        }
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let bytes = try SyntheticCheckpoint.write(layers: layers, output: output, force: arguments.flag("force")) { terminal.progress($0) }
+        let bytes = try SyntheticCheckpoint.write(shape, output: output, force: arguments.flag("force")) { terminal.progress($0) }
         terminal.endProgress()
-        terminal.out(String(format: "%@: %d layers, %.2f GB of bf16 weights", output.path, layers, Double(bytes) / 1e9))
+        terminal.out(String(format: "%@: %@, %.2f GB of weights", output.path, shape.label, Double(bytes) / 1e9))
         return ExitCode.success
     }
 }
@@ -109,6 +120,19 @@ public enum ConvertBenchCommand: Command {
         let out = output.path
         let io = ["--input", input.path, "--output", out] + (arguments.value("max-shard-size").map { ["--max-shard-size", $0] } ?? [])
         let copy = OutputExpectation.copy(of: OutputCheck.files(under: input))
+        // An FP8 checkpoint (V3 as published) has nothing for --fp8 or the bf16 torch peer to do:
+        // its jobs are the cast back to bf16, expert placement, absorb and the whole pipeline.
+        if try ConfigDocument.load(directory: input).model.quantization != nil {
+            return [
+                BenchJob(name: referenceName, program: "/bin/sh", arguments: ["-c", "cp -r \"$0\" \"$1\" && sync", input.path, out], expectation: copy),
+                BenchJob(name: copyName, program: "/bin/cp", arguments: ["-r", input.path, out], expectation: copy),
+                BenchJob(name: "quantize --dequantize", program: binary, arguments: ["quantize", "--dequantize"] + io, expectation: .manifest),
+                BenchJob(name: "shard --devices 8", program: binary, arguments: ["shard", "--devices", "8"] + io, expectation: .manifest),
+                BenchJob(name: "absorb (split)", program: binary, arguments: ["absorb"] + io, expectation: .manifest),
+                BenchJob(name: "convert (absorb, fp8, ep8)", program: binary,
+                         arguments: ["convert", "--absorb", "--fp8", "--devices", "8"] + io, expectation: .manifest),
+            ]
+        }
         var jobs = [
             BenchJob(name: referenceName, program: "/bin/sh", arguments: ["-c", "cp -r \"$0\" \"$1\" && sync", input.path, out], expectation: copy),
             BenchJob(name: copyName, program: "/bin/cp", arguments: ["-r", input.path, out], expectation: copy),

@@ -107,12 +107,16 @@ final class BadNumbersTests: XCTestCase {
             ("experts 1", { $1["experts"] = 1 }), ("experts -8", { $1["experts"] = -8 }), ("devices 0", { $1["devices"] = 0 }),
             ("devices 3", { $1["devices"] = 3 }), ("rank 2", { r, _ in r["rank"] = 2 }), ("rank -1", { r, _ in r["rank"] = -1 }),
             ("range", { r, _ in r["expert_range"] = [0, 16] }), ("short range", { r, _ in r["expert_range"] = [8] }),
-            ("groups 0", { $1["groups"] = 0 }), ("dense", { r, _ in r["dense"] = "sometimes" }),
+            ("groups 0", { $1["groups"] = 0 }),
         ]
         for (name, edit) in bad {
             XCTAssertThrowsError(try DeepSeekConfig.decode(try device(edit), path: path), name) { error in
                 guard case .inconsistentPlacement(self.path, _)? = error as? DeepSeekModelError else { return XCTFail("\(name): \(error)") }
             }
+        }
+        // `dense` is an enum decoded at the boundary: another value is refused there, naming the key.
+        XCTAssertThrowsError(try DeepSeekConfig.decode(try device { r, _ in r["dense"] = "sometimes" }, path: path)) { error in
+            XCTAssertTrue((error as? DeepSeekModelError)?.errorDescription?.contains("key 'dsconvert_placement.dense'") == true, "\(error)")
         }
     }
 
