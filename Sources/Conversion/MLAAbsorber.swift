@@ -25,13 +25,6 @@ public struct AbsorbOptions: Sendable {
 /// softmax scale (with YaRN mscale²) moves into the query rows, nope and rope alike (RoPE is linear).
 /// Every product is taken in f64 in a fixed order and rounded once to the storage dtype.
 public enum MLAAbsorber {
-    /// The config of the absorbed checkpoint.
-    public static func outputConfig(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: String) -> DeepSeekConfig {
-        var out = config
-        out.absorption = record(config, options: options, dtype: dtype)
-        return out
-    }
-
     public static func record(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: String) -> AbsorptionRecord {
         var folds = ["kv_a_layernorm_gamma"]
         if config.qLoraRank != nil { folds.append("q_a_layernorm_gamma") }

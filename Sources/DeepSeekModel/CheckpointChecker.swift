@@ -46,6 +46,7 @@ public enum CheckpointChecker {
         for info in checkpoint.tensors where !expectedNames.contains(info.name) {
             // transformers drops a tied lm_head on load; a stray copy is not an error.
             if info.name == TensorNames.lmHead, config.tieWordEmbeddings { continue }
+            if TensorNames.isIgnoredBuffer(info.name) { continue }
             problems.append(.unexpectedTensor(file: checkpoint.path(of: info.name), tensor: info.name))
         }
         return CheckReport(problems: problems)

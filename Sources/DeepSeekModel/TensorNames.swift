@@ -166,6 +166,14 @@ public enum TensorNames {
         return .expert(layer: i, expert: j, projection)
     }
 
+    /// A rotary-embedding buffer some exports save (`self_attn.rotary_emb.inv_freq`): computed from
+    /// the config, never a weight; engines (vLLM's loaders, llama.cpp's converter) skip it, the checker
+    /// accepts it and the stages, which write what the config implies, leave it out.
+    public static func isIgnoredBuffer(_ name: String) -> Bool {
+        guard let i = layerIndex(of: name) else { return false }
+        return name == layer(i) + "self_attn.rotary_emb.inv_freq"
+    }
+
     /// The decoder layer a tensor name belongs to, if any.
     public static func layerIndex(of name: String) -> Int? {
         guard name.hasPrefix("model.layers.") else { return nil }

@@ -109,6 +109,31 @@ final class V3FamilyTests: XCTestCase {
         }
     }
 
+    /// Kimi-K2's files carry `self_attn.rotary_emb.inv_freq` buffers: accepted, ignored by the forward
+    /// pass and left out by stages, as engines do.
+    func testRotaryBuffersAreAcceptedAndLeftOut() throws {
+        let input = fixtures.appendingPathComponent("kimi"), copy = dir.appendingPathComponent("kimi-inv-freq")
+        let source = try Checkpoint(directory: input)
+        let buffers = (0..<3).map { "model.layers.\($0).self_attn.rotary_emb.inv_freq" }
+        let planned = source.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) } + buffers.map { PlannedTensor(name: $0, dtype: .f32, shape: [4]) }
+        try FileManager.default.createDirectory(at: copy, withIntermediateDirectories: true)
+        let writer = CheckpointWriter(layout: CheckpointLayout(tensors: planned), directory: copy)
+        for t in source.tensors { try writer.write(t.name, bytes: try source.view(t.name).bytes) }
+        for name in buffers { try writer.write(name, bytes: [Float](repeating: 0.5, count: 4).withUnsafeBytes { Array($0) }) }
+        try writer.finish()
+        for file in ["config.json", "tokens.json", "golden.safetensors"] {
+            try FileManager.default.copyItem(at: input.appendingPathComponent(file), to: copy.appendingPathComponent(file))
+        }
+        XCTAssertTrue(CheckpointChecker.check(config: try DeepSeekConfig.load(directory: copy), checkpoint: try Checkpoint(directory: copy)).isValid)
+        let model = try ModelLoader.open(copy)
+        let result = try model.forward().run(tokens: try TokenFile.load(copy.appendingPathComponent("tokens.json")))
+        let golden = try SafeTensorsFile(path: copy.appendingPathComponent("golden.safetensors").path)
+        XCTAssertLessThanOrEqual(DriftMetrics.maxAbsDifference(try golden.view("logits").floats(), result.logits), 1e-3)
+        let out = dir.appendingPathComponent("kimi-ep8")
+        _ = try ShardStage.run(input: copy, output: out, devices: 8, denseOnce: false, force: false, shardSize: .limit(5_000_000_000))
+        XCTAssertNil(try Checkpoint(directory: out.appendingPathComponent("device-0")).info(buffers[0]))
+    }
+
     /// `quantize --dequantize` of the FP8-native copy is DeepSeek's fp8_cast_bf16.py byte for byte.
     func testDequantizeIsDeepSeeksCast() throws {
         let out = dir.appendingPathComponent("bf16")
