@@ -74,4 +74,5 @@ public final class ExpertParallelWeights: WeightProvider {
 
     public func floats(_ name: String, shape: [Int]) throws -> [Float] { try owner(name).floats(name, shape: shape) }
     public func release(_ name: String) { owner(name).release(name) }
+    public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] { try owner(name).rows(name, shape: shape, range: range) }
 }
