@@ -178,12 +178,15 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         numExpertsPerTok = try c.decodeIfPresent(Int.self, forKey: .numExpertsPerTok)
         firstKDenseReplace = try c.decodeIfPresent(Int.self, forKey: .firstKDenseReplace) ?? 0
         moeLayerFreq = try c.decodeIfPresent(Int.self, forKey: .moeLayerFreq) ?? 1
-        topkMethod = try Self.decodeEnum(c, .topkMethod, default: .greedy)
+        // Absent keys take the defaults of the class's own configuration code: DeepSeek's V3
+        // `configuration_deepseek.py` (and transformers' saves, which omit them) mean noaux_tc/sigmoid.
+        let isV3 = architecture == .deepseekV3
+        topkMethod = try Self.decodeEnum(c, .topkMethod, default: isV3 ? .noauxTC : .greedy)
         nGroup = try c.decodeIfPresent(Int.self, forKey: .nGroup)
         topkGroup = try c.decodeIfPresent(Int.self, forKey: .topkGroup)
         routedScalingFactor = try c.decodeIfPresent(Double.self, forKey: .routedScalingFactor) ?? 1.0
         normTopkProb = try c.decodeIfPresent(Bool.self, forKey: .normTopkProb) ?? false
-        scoringFunc = try Self.decodeEnum(c, .scoringFunc, default: .softmax)
+        scoringFunc = try Self.decodeEnum(c, .scoringFunc, default: isV3 ? .sigmoid : .softmax)
         numNextnPredictLayers = try c.decodeIfPresent(Int.self, forKey: .numNextnPredictLayers)
         rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings)

@@ -94,6 +94,8 @@ final class ConfigTests: XCTestCase {
             } catch { return (error as? DeepSeekModelError)?.errorDescription ?? "\(error)" }
         }
         XCTAssertEqual(decode { $0 }, "accepted")
+        // transformers' save_pretrained writes neither key: the class's own defaults apply.
+        XCTAssertEqual(decode { var c = $0; c["topk_method"] = nil; c["scoring_func"] = nil; return c }, "accepted")
         XCTAssertEqual(decode { var c = $0; c["architectures"] = ["DeepseekV32ForCausalLM"]; return c },
                        "c.json: unsupported architecture DeepseekV32ForCausalLM (supported: DeepseekV2ForCausalLM, DeepseekV3ForCausalLM)")
         XCTAssertEqual(decode { var c = $0; c["scoring_func"] = "softmax"; return c },
