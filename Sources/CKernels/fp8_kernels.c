@@ -92,3 +92,45 @@ int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t row
 #endif
     return block_row_baseline(x, rows, cols, block, block_row, e5m2, codes, scales, scales_given);
 }
+
+// FP8 -> bf16 for one block row: a table lookup, one f32 multiply and bf16's round-to-nearest-even
+// on the bit pattern (finite products; a NaN or infinite product, from a NaN/Inf code or an
+// overflowing scale, is flagged).
+// Written as straight loops over a tile's columns so each level's vectorizer uses gathers and
+// vector integer arithmetic.
+#define DEFINE_DEQUANT_ROW(NAME, ATTRIBUTES)                                                                  \
+    ATTRIBUTES static int NAME(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, \
+                               const float *table, const float *scales, uint16_t *out) {                      \
+        size_t per_row = (cols + block - 1) / block;                                                         \
+        size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
+        uint32_t nan = 0;                                                                                     \
+        for (size_t r = r0; r < r1; r++) {                                                                   \
+            const uint8_t *row = codes + r * cols;                                                            \
+            uint16_t *dst = out + r * cols;                                                                   \
+            for (size_t bc = 0; bc < per_row; bc++) {                                                        \
+                size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
+                float scale = scales[block_row * per_row + bc];                                               \
+                for (size_t c = c0; c < c1; c++) {                                                           \
+                    uint32_t bits = dsconvert_bits_of(table[row[c]] * scale);                                 \
+                    nan |= (bits & 0x7FFFFFFFu) >= 0x7F800000u;                                               \
+                    dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                        \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+        return nan != 0;                                                                                      \
+    }
+
+DEFINE_DEQUANT_ROW(dequant_row_baseline, )
+#if defined(__x86_64__)
+DEFINE_DEQUANT_ROW(dequant_row_avx2, __attribute__((target("avx2"))))
+DEFINE_DEQUANT_ROW(dequant_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+#endif
+
+int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
+                                            size_t block_row, const float *table, const float *scales, uint16_t *out) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) return dequant_row_avx512(codes, rows, cols, block, block_row, table, scales, out);
+    if (isa == DSCONVERT_ISA_AVX2) return dequant_row_avx2(codes, rows, cols, block, block_row, table, scales, out);
+#endif
+    return dequant_row_baseline(codes, rows, cols, block, block_row, table, scales, out);
+}

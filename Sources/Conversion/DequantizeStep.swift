@@ -37,12 +37,47 @@ public final class DequantizeStep: TensorSource {
     public func info(_ name: String) -> PlannedTensor? { byName[name] }
     public func path(of name: String) -> String { source.path(of: name) }
 
+    /// The bf16 bytes of a dequantized weight, straight from its codes and scales (no f32 copy: at
+    /// V3's shapes a dense MLP weight would take 528 MB in f32).
     public func payload(_ name: String) throws -> TensorPayload {
-        guard dequantized.contains(name) else { return try source.payload(name) }
-        let values = try source.floats(name)
-        var bf16 = [UInt16](repeating: 0, count: values.count)
-        values.withUnsafeBufferPointer { src in bf16.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
-        return .bytes(bf16.withUnsafeBytes { Array($0) })
+        guard dequantized.contains(name), let info = source.info(name), let format = FP8Format(dtype: info.dtype),
+              let block = source.config.quantization?.block else { return try source.payload(name) }
+        let shape = info.shape, scaleName = name + QuantizationConfig.scaleSuffix
+        let scales = try source.floats(scaleName)
+        source.release(scaleName)
+        if let i = scales.withUnsafeBufferPointer(FP8Integrity.firstInvalidScale) {
+            throw DeepSeekModelError.invalidScale(file: source.path(of: scaleName), tensor: scaleName, index: i, value: scales[i])
+        }
+        let rows = shape[shape.count - 2], cols = shape[shape.count - 1], count = shape.reduce(1, *)
+        let quantizer = FP8BlockQuantizer(format: format, block: block)
+        let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
+        guard scales.count == perMatrix * (count / max(rows * cols, 1)) else {
+            throw DeepSeekModelError.wrongScale(file: source.path(of: scaleName), tensor: scaleName, expected: QuantizationConfig.scaleShape(of: shape, block: block),
+                                                actual: source.info(scaleName)?.shape ?? [], dtype: "F32")
+        }
+        var out = [UInt8](unsafeUninitializedCapacity: 2 * count) { _, initialized in initialized = 2 * count }  // every element is written below
+        func run(_ codes: UnsafeRawBufferPointer) throws {
+            let finite = out.withUnsafeMutableBytes { raw in scales.withUnsafeBufferPointer { sp in
+                let dst = raw.baseAddress!.assumingMemoryBound(to: UInt16.self), src = codes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                return stride(from: 0, to: count, by: max(rows * cols, 1)).allSatisfy { start in
+                    quantizer.dequantizeToBF16(codes: src + start, scales: sp.baseAddress! + start / (rows * cols) * perMatrix, rows: rows, cols: cols, into: dst + start)
+                }
+            } }
+            if !finite {
+                try scales.withUnsafeBufferPointer { sp in
+                    try FP8Integrity.check(codes: codes, format: format, codesFile: source.path(of: name), weight: name, scales: sp, scalesFile: source.path(of: scaleName))
+                }
+                // Finite codes and scales whose product overflows f32.
+                throw ConversionError.nonFiniteResult(path: source.path(of: name), tensor: name, dtype: "bf16")
+            }
+        }
+        if count > 0 {
+            switch try source.payload(name) {
+            case let .view(view): try run(view.bytes)
+            case let .bytes(bytes): try bytes.withUnsafeBytes(run)
+            }
+        }
+        return .bytes(out)
     }
 
     /// The exact f32 product for dequantized weights (a later fold rounds once, from these).

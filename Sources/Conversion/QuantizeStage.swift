@@ -116,7 +116,7 @@ public final class QuantizeStep: TensorSource {
         self.source = source
         // An FP8 input keeps its blocks: weights already FP8 pass through (codes and scales), and
         // those a fold changes are quantized again in the input's format and block.
-        let options = fp8 ?? input.quantization.map { QuantizeStage.FP8Options(format: FP8Format(rawValue: $0.fmt ?? "e4m3") ?? .e4m3, block: $0.block) }
+        let options = fp8 ?? input.quantization.map { QuantizeStage.FP8Options(format: $0.format, block: $0.block) }
             ?? QuantizeStage.FP8Options()
         let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])
         quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
@@ -190,7 +190,7 @@ public final class QuantizeStep: TensorSource {
         stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
         var document = source.document
         if fp8 != nil, input.quantization == nil {
-            document = try document.setting("quantization_config", to: QuantizationConfig(fmt: options.format.rawValue, block: options.block))
+            document = try document.setting("quantization_config", to: QuantizationConfig(format: options.format, block: options.block))
         }
         if let record = outConfig.kvCache { document = try document.setting(KVCacheRecord.configKey, to: record) }
         self.document = document
@@ -199,9 +199,8 @@ public final class QuantizeStep: TensorSource {
     /// `quantize --fp8` over an FP8 input (the tensors a fold left in bf16) must keep the input's
     /// blocks: one checkpoint has one `quantization_config`. Re-blocking means `--dequantize` first.
     private static func checkSameBlocks(_ fp8: QuantizeStage.FP8Options, existing: QuantizationConfig, path: String) throws {
-        let format = existing.fmt ?? "e4m3"
-        guard fp8.block == existing.block, fp8.format.rawValue == format else {
-            throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (\(format), \(existing.block)x\(existing.block) blocks); --dequantize first to quantize it with other blocks")
+        guard fp8.block == existing.block, fp8.format == existing.format else {
+            throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (\(existing.format.rawValue), \(existing.block)x\(existing.block) blocks); --dequantize first to quantize it with other blocks")
         }
     }
 

@@ -136,7 +136,7 @@ public struct InspectReport: Encodable {
                               bytes: checkpoint.totalTensorBytes, bytesByDType: byDType)
             if let q = config.quantization {
                 let fp8Tensors = checkpoint.tensors.filter { $0.dtype.isBlockFP8 }.map { (name: $0.name, shape: $0.shape) }
-                fp8 = FP8(format: q.fmt ?? "e4m3", blockSize: q.block, tensors: fp8Tensors.count,
+                fp8 = FP8(format: q.format.rawValue, blockSize: q.block, tensors: fp8Tensors.count,
                           tpDegrees: FP8Partitioning.supportedDegrees(fp8Tensors: fp8Tensors, block: q.block, expertParallel: false),
                           tpDegreesWithExpertParallelism: FP8Partitioning.supportedDegrees(fp8Tensors: fp8Tensors, block: q.block, expertParallel: true))
             }

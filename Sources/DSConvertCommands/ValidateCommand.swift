@@ -72,6 +72,11 @@ public enum ValidateCommand: Command {
                                            heldout: heldout.map { (tokens: $0.0, label: $0.1) }, thresholds: thresholds,
                                            perplexityOnTokens: fromText) { terminal.progress($0) }
         terminal.endProgress()
+        if let t = report.timing {
+            // A measurement, not a result: on stderr, so the drift table on stdout stays reproducible.
+            terminal.note(String(format: "timing: %.2f s wall; weights %.2f s, compute %.2f s; prefetched %.2f GB in %.2f s alongside",
+                                 t.wallSeconds, t.weightSeconds, t.computeSeconds, Double(t.prefetchedBytes) / 1e9, t.prefetchSeconds))
+        }
         terminal.out(report.table())
         if let jsonURL {
             try AtomicFile.write(try report.encoded(), to: jsonURL)

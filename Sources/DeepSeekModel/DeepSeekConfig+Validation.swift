@@ -1,4 +1,5 @@
 import Foundation
+import Numerics
 
 /// The checks `DeepSeekConfig.decode` runs on every config before anything computes with it: a
 /// config that passes can be laid out, counted and accounted without overflow, and every number the
@@ -20,7 +21,7 @@ extension DeepSeekConfig {
         try validateReals(path: path)
         if let q = quantization {
             guard q.quantMethod == "fp8" else { throw bad("quantization_config quant_method '\(q.quantMethod)' is not supported (fp8 block scaling)") }
-            guard ["e4m3", "e5m2", nil].contains(q.fmt) else { throw bad("quantization_config fmt '\(q.fmt!)' is not supported (e4m3 or e5m2)") }
+            guard q.fmt == nil || q.fmt.flatMap(FP8Format.init(rawValue:)) != nil else { throw bad("quantization_config fmt '\(q.fmt!)' is not supported (e4m3 or e5m2)") }
             _ = try QuantizationConfig.validatedBlock(q.weightBlockSize, path: path)
         }
         if let record = placement { try validatePlacement(record, path: path) }

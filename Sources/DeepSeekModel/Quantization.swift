@@ -1,4 +1,5 @@
 import Foundation
+import Numerics
 import SafeTensors
 
 /// `quantization_config` of an FP8 block-scaled checkpoint (DeepSeek-V3 / Hugging Face convention).
@@ -15,12 +16,16 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
         case weightBlockSize = "weight_block_size"
     }
 
-    public init(fmt: String, block: Int) {
+    public init(format: FP8Format, block: Int) {
         quantMethod = "fp8"
-        self.fmt = fmt
+        fmt = format.rawValue
         activationScheme = "dynamic"
         weightBlockSize = [block, block]
     }
+
+    /// The element format of the FP8 weights (`fmt`, E4M3 when absent; decode refuses anything but
+    /// e4m3 and e5m2, so the fallback never hides a value).
+    public var format: FP8Format { fmt.flatMap(FP8Format.init(rawValue:)) ?? .e4m3 }
 
     /// The block edge; 128 when the config gives none (validated by `validatedBlock` at load).
     public var block: Int { weightBlockSize?.first ?? 128 }

@@ -1,6 +1,7 @@
 import CKernels
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Block-scaled FP8 quantization in the DeepSeek-V3 / Hugging Face convention read by vLLM and SGLang.
 ///
@@ -130,6 +131,28 @@ public struct FP8BlockQuantizer: Sendable {
         return scale == 0 ? 1 : scale
     }
 
+    /// w = q · scale per block rounded once to bf16 (to nearest even), straight from the codes: the
+    /// f32 product, then torch's `.to(torch.bfloat16)`, which is DeepSeek's `fp8_cast_bf16.py` (its
+    /// `weight_dequant` then the cast). Runs the C kernel at `level` over block rows in parallel;
+    /// every level and thread count gives the same bytes. Returns false if a product is not finite
+    /// (the output is then unspecified; the caller names the code or the scale).
+    public func dequantizeToBF16(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
+                                 into out: UnsafeMutablePointer<UInt16>, level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
+        let table = FP8Codec.decodeTable(format)
+        let nan = NonFiniteFlag()
+        let input = SharedPointer(UnsafeMutablePointer(mutating: codes)), sc = SharedPointer(UnsafeMutablePointer(mutating: scales))
+        let dst = SharedPointer(out), block = block
+        table.withUnsafeBufferPointer { tp in
+            let values = SharedPointer(UnsafeMutablePointer(mutating: tp.baseAddress!))
+            Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
+                if dsconvert_fp8_dequantize_block_row_bf16(level, input.pointer, rows, cols, block, br, values.pointer, sc.pointer, dst.pointer) != 0 {
+                    nan.set()
+                }
+            }
+        }
+        return !nan.isSet
+    }
+
     /// w = q · scale per block, in f32.
     public func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
         let table = FP8Codec.decodeTable(format)
@@ -143,9 +166,8 @@ public struct FP8BlockQuantizer: Sendable {
 
 
 /// Set by any task that meets a non-finite input (a benign race: every writer stores true).
-private final class NonFiniteFlag: @unchecked Sendable {
-    private var flag = false
-    private let lock = NSLock()
-    func set() { lock.lock(); flag = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return flag }
+private final class NonFiniteFlag: Sendable {
+    private let flag = Mutex(false)
+    func set() { flag.withLock { $0 = true } }
+    var isSet: Bool { flag.withLock { $0 } }
 }

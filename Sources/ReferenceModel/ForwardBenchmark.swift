@@ -1,30 +1,32 @@
 import COpenBLAS
 import DeepSeekModel
 import Foundation
+import Synchronization
 
 /// Weights held in memory, generated deterministically from each tensor's name: for benchmarks and
 /// tests that need a model of real width without a checkpoint on disk.
 public final class SyntheticWeights: WeightProvider {
-    private var cache: [String: [Float]] = [:]
-    private let lock = NSLock()
+    /// Generated once per name and kept, so timed runs measure compute, not generation.
+    private let cache = Mutex<[String: [Float]]>([:])
     public var label: String { "synthetic" }
     public init() {}
 
     public func floats(_ name: String, shape: [Int]) throws -> [Float] {
-        lock.lock(); defer { lock.unlock() }
-        if let values = cache[name] { return values }
-        var state = name.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 }
-        let count = shape.reduce(1, *)
-        // Uniform with the variance of N(0, 1/fan_in) for matrices; gains around 1 for norms.
-        let scale: Float = shape.count == 2 ? Float(3.0 / Double(max(shape[1], 1))).squareRoot() : 0.5
-        let offset: Float = shape.count == 2 ? 0 : 1
-        let values = (0..<count).map { _ -> Float in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            let unit = Float(state >> 40) / Float(1 << 24) * 2 - 1
-            return offset + scale * unit
+        cache.withLock { cache in
+            if let values = cache[name] { return values }
+            var state = name.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 }
+            let count = shape.reduce(1, *)
+            // Uniform with the variance of N(0, 1/fan_in) for matrices; gains around 1 for norms.
+            let scale: Float = shape.count == 2 ? Float(3.0 / Double(max(shape[1], 1))).squareRoot() : 0.5
+            let offset: Float = shape.count == 2 ? 0 : 1
+            let values = (0..<count).map { _ -> Float in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                let unit = Float(state >> 40) / Float(1 << 24) * 2 - 1
+                return offset + scale * unit
+            }
+            cache[name] = values
+            return values
         }
-        cache[name] = values
-        return values
     }
 
     public func release(_ name: String) {}

@@ -75,4 +75,13 @@ public final class ExpertParallelWeights: WeightProvider {
     public func floats(_ name: String, shape: [Int]) throws -> [Float] { try owner(name).floats(name, shape: shape) }
     public func release(_ name: String) { owner(name).release(name) }
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] { try owner(name).rows(name, shape: shape, range: range) }
+
+    /// Each device's share of `names`, read by that device's prefetcher.
+    public func prefetch(_ names: [String]) {
+        for (d, device) in devices.enumerated() { device.prefetch(names.filter { owner($0) === devices[d] }) }
+    }
+
+    public func prefetchTotals() -> WeightPrefetcher.Totals {
+        devices.map { $0.prefetchTotals() }.reduce(into: WeightPrefetcher.Totals()) { $0.bytes += $1.bytes; $0.seconds += $1.seconds }
+    }
 }

@@ -57,56 +57,125 @@ public final class ReferenceForward {
         rope = RotaryEmbedding(config: config)
     }
 
+    /// Where the forward pass's time went: reading and widening (or dequantizing) weights, and the
+    /// whole pass; the difference is compute.
+    public struct Timing: Sendable, Equatable {
+        public var weightSeconds = 0.0
+        public var totalSeconds = 0.0
+        public var computeSeconds: Double { totalSeconds - weightSeconds }
+    }
+    public private(set) var timing = Timing()
+
+    private func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+        let start = DispatchTime.now()
+        let value = try body()
+        return (value, Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9)
+    }
+
     private func load(_ name: String, _ shape: [Int]) throws -> [Float] {
-        let values = try weights.floats(name, shape: shape)
+        let (values, seconds) = try timed { try weights.floats(name, shape: shape) }
+        timing.weightSeconds += seconds
         weights.release(name)
         return values
+    }
+
+    private func loadRows(_ name: String, _ shape: [Int], _ range: Range<Int>) throws -> [Float] {
+        let (values, seconds) = try timed { try weights.rows(name, shape: shape, range: range) }
+        timing.weightSeconds += seconds
+        return values
+    }
+
+    /// Starts reading the weights of layer `layer` (`numHiddenLayers`: the final norm and the head)
+    /// in the order they will be used, while the current layer computes.
+    public func prefetch(layer: Int) {
+        if layer < config.numHiddenLayers {
+            weights.prefetch(config.layerTensors(layer).map(\.name))
+        } else if layer == config.numHiddenLayers {
+            weights.prefetch([TensorNames.finalNorm, config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead])
+        }
+    }
+
+    /// A forward pass in progress: the residual stream after the layers run so far, and the routing
+    /// decisions taken. `start`, then `runLayer` for each layer in order, then `finish`; `run` does all
+    /// three, and `validate` steps two models side by side so it never keeps every layer's states.
+    public struct State: Sendable {
+        public let batch: Int
+        public let sequenceLength: Int
+        /// [batch · seq, hidden]: the embedding output, then the output of each layer run.
+        public fileprivate(set) var hidden: [Float]
+        public fileprivate(set) var routing: [RoutingRecord] = []
+        /// Layers run so far.
+        public fileprivate(set) var layers = 0
+    }
+
+    /// Checks `tokens` ([batch][seq], equal lengths; `TokenFile.check`: vocabulary, positions,
+    /// memory; its errors name `source`) and looks their embedding rows up.
+    public func start(tokens: [[Int]], source: String = "tokens") throws -> State {
+        let began = DispatchTime.now()
+        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        try TokenFile.check(tokens, path: source, config: config)
+        let h = config.hiddenSize, vocab = config.vocabSize
+        // The embedding is a row lookup: only the rows of the batch's distinct ids are read.
+        var hidden = [Float](repeating: 0, count: tokens.count * tokens[0].count * h)
+        let positions = Dictionary(grouping: Array(tokens.joined()).enumerated(), by: \.element).mapValues { $0.map(\.offset) }
+        for id in positions.keys.sorted() {
+            let row = try loadRows(TensorNames.embedding, [vocab, h], id..<(id + 1))
+            for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: row) }
+        }
+        weights.release(TensorNames.embedding)
+        return State(batch: tokens.count, sequenceLength: tokens[0].count, hidden: hidden)
+    }
+
+    /// Runs the next decoder layer of the main stack on `state`.
+    public func runLayer(_ state: inout State) throws {
+        let began = DispatchTime.now()
+        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        let layer = state.layers, h = config.hiddenSize, t = state.batch * state.sequenceLength
+        let normed = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
+        let attention = try attentionBlock(normed, layer: layer, batch: state.batch, seq: state.sequenceLength)
+        for i in 0..<state.hidden.count { state.hidden[i] += attention[i] }
+        let normed2 = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
+        let mlp: [Float]
+        if config.isMoELayer(layer) {
+            let (out, record) = try moeBlock(normed2, layer: layer, tokens: t)
+            mlp = out
+            state.routing.append(record)
+        } else {
+            mlp = try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize)
+        }
+        for i in 0..<state.hidden.count { state.hidden[i] += mlp[i] }
+        state.layers += 1
+    }
+
+    /// The final norm (the last hidden state transformers reports) and the logits, after every layer.
+    public func finish(_ state: State) throws -> (final: [Float], logits: [Float]) {
+        precondition(state.layers == config.numHiddenLayers, "finish after every layer")
+        let began = DispatchTime.now()
+        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        let h = config.hiddenSize, t = state.batch * state.sequenceLength
+        let final = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.finalNorm, [h]), eps: config.rmsNormEps)
+        let headName = config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead
+        let logits = try vocabularyProjection(final, rows: t, head: headName)
+        guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "logits") }
+        return (final, logits)
     }
 
     /// Runs `tokens` ([batch][seq], equal lengths) through the model, after `TokenFile.check`
     /// (vocabulary, positions, memory); `source` (the tokens file) is what its errors name.
     public func run(tokens: [[Int]], source: String = "tokens", recordHiddenStates: Bool = false, progress: ((String) -> Void)? = nil) throws -> ForwardResult {
-        try TokenFile.check(tokens, path: source, config: config)
-        let batch = tokens.count, seq = tokens[0].count
-        let h = config.hiddenSize, vocab = config.vocabSize, t = batch * seq
-
-        // The embedding is a row lookup: only the rows of the batch's distinct ids are read.
-        var hidden = [Float](repeating: 0, count: t * h)
-        let positions = Dictionary(grouping: Array(tokens.joined()).enumerated(), by: \.element).mapValues { $0.map(\.offset) }
-        for id in positions.keys.sorted() {
-            let row = try weights.rows(TensorNames.embedding, shape: [vocab, h], range: id..<(id + 1))
-            for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: row) }
-        }
-        weights.release(TensorNames.embedding)
-        var hiddenStates: [[Float]] = recordHiddenStates ? [hidden] : []
-        var routing: [RoutingRecord] = []
-
+        var state = try start(tokens: tokens, source: source)
+        var hiddenStates: [[Float]] = recordHiddenStates ? [state.hidden] : []
         for layer in 0..<config.numHiddenLayers {
             progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
-            let normed = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
-            let attention = try attentionBlock(normed, layer: layer, batch: batch, seq: seq)
-            for i in 0..<hidden.count { hidden[i] += attention[i] }
-            let normed2 = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
-            let mlp: [Float]
-            if config.isMoELayer(layer) {
-                let (out, record) = try moeBlock(normed2, layer: layer, tokens: t)
-                mlp = out
-                routing.append(record)
-            } else {
-                mlp = try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize)
-            }
-            for i in 0..<hidden.count { hidden[i] += mlp[i] }
-            if recordHiddenStates { hiddenStates.append(hidden) }
+            prefetch(layer: layer + 1)
+            try runLayer(&state)
+            if recordHiddenStates { hiddenStates.append(state.hidden) }
         }
-
-        let final = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.finalNorm, [h]), eps: config.rmsNormEps)
+        let (final, logits) = try finish(state)
         // transformers reports the last hidden state after the final norm.
         if recordHiddenStates { hiddenStates[hiddenStates.count - 1] = final }
-        let headName = config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead
-        let logits = try vocabularyProjection(final, rows: t, head: headName)
-        guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "logits") }
-        return ForwardResult(batch: batch, sequenceLength: seq, vocabSize: vocab, hiddenSize: h, logits: logits,
-                             hiddenStates: hiddenStates, routing: routing)
+        return ForwardResult(batch: state.batch, sequenceLength: state.sequenceLength, vocabSize: config.vocabSize, hiddenSize: config.hiddenSize,
+                             logits: logits, hiddenStates: hiddenStates, routing: state.routing)
     }
 
     /// Rows of the head read per product: 16,384 x hidden fp32 (470 MB at V3's 7,168) at a time.
@@ -118,7 +187,7 @@ public final class ReferenceForward {
         var logits = [Float](repeating: 0, count: t * vocab)
         for start in stride(from: 0, to: vocab, by: Self.vocabularyChunk) {
             let range = start..<min(vocab, start + Self.vocabularyChunk)
-            let w = try weights.rows(head, shape: [vocab, h], range: range)
+            let w = try loadRows(head, [vocab, h], range)
             x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in logits.withUnsafeMutableBufferPointer { lp in
                 Linear.gemm(transposeB: true, m: t, n: range.count, k: h, alpha: 1, a: xp.baseAddress!, lda: h,
                             b: wp.baseAddress!, ldb: h, beta: 0, c: lp.baseAddress! + start, ldc: vocab)

@@ -55,9 +55,17 @@ public protocol WeightProvider: AnyObject {
     /// batch looks up and `lm_head` in vocabulary chunks, so a vocabulary-sized matrix (V3: 129,280 x
     /// 7,168, 3.7 GB in fp32) is never widened whole.
     func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float]
+    /// Starts reading `names` (in the order they will be used) into memory ahead of their use.
+    func prefetch(_ names: [String])
+    /// What the prefetch reads did so far (after waiting for the queued ones).
+    func prefetchTotals() -> WeightPrefetcher.Totals
 }
 
 extension WeightProvider {
+    /// Nothing to read ahead for weights in memory.
+    public func prefetch(_ names: [String]) {}
+    public func prefetchTotals() -> WeightPrefetcher.Totals { .init() }
+
     /// The whole matrix, then the rows: for providers whose weights are in memory anyway.
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
         let all = try floats(name, shape: shape)
@@ -71,6 +79,10 @@ public final class CheckpointWeights: WeightProvider {
     public let checkpoint: Checkpoint
     public let fp8Block: Int?
     public var label: String { checkpoint.directory.path }
+    private let prefetcher = WeightPrefetcher()
+
+    public func prefetch(_ names: [String]) { prefetcher.enqueue(names, in: checkpoint) }
+    public func prefetchTotals() -> WeightPrefetcher.Totals { prefetcher.drain() }
 
     public init(checkpoint: Checkpoint, fp8Block: Int? = nil) {
         self.checkpoint = checkpoint

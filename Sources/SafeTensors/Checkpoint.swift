@@ -110,6 +110,13 @@ public final class Checkpoint: @unchecked Sendable {
         return try file.view(name)
     }
 
+    /// Reads tensor `name` into the page cache ahead of its use; returns the bytes read.
+    @discardableResult
+    public func prefetch(_ name: String) -> Int {
+        guard let shard = location[name] else { return 0 }
+        return shards[shard]?.prefetch(name) ?? 0
+    }
+
     /// Drops tensor `name`'s pages from the resident set once it has been used.
     public func release(_ name: String) {
         if let shard = location[name] { shards[shard]?.release(name) }

@@ -110,6 +110,25 @@ public struct DriftReport: Codable, Sendable {
         }
     }
 
+    /// Where the side-by-side forward passes' time went (both models together): reading weights
+    /// (page faults, widening and FP8 dequantization included) and computing, and what the prefetch
+    /// thread read meanwhile. Measurements of this run: not part of the verdict, never printed on stdout.
+    public struct Timing: Codable, Sendable {
+        public var wallSeconds: Double
+        public var weightSeconds: Double
+        public var computeSeconds: Double
+        public var prefetchedBytes: Int
+        public var prefetchSeconds: Double
+
+        enum CodingKeys: String, CodingKey {
+            case wallSeconds = "wall_seconds"
+            case weightSeconds = "weight_seconds"
+            case computeSeconds = "compute_seconds"
+            case prefetchedBytes = "prefetched_bytes"
+            case prefetchSeconds = "prefetch_seconds"
+        }
+    }
+
     public struct Verdict: Codable, Sendable {
         public var passed: Bool
         /// One line per exceeded threshold, worst (by how far past its limit) first.
@@ -131,6 +150,7 @@ public struct DriftReport: Codable, Sendable {
     public var fanOut: FanOut?
     public var thresholds: DriftThresholds
     public var verdict: Verdict
+    public var timing: Timing?
 
     enum CodingKeys: String, CodingKey {
         case reference, candidate, tokens
@@ -140,7 +160,7 @@ public struct DriftReport: Codable, Sendable {
         case hiddenStates = "hidden_states"
         case logits, routing, perplexity
         case fanOut = "fan_out"
-        case thresholds, verdict
+        case thresholds, verdict, timing
     }
 
     public func encoded() throws -> Data {
@@ -176,6 +196,17 @@ public struct DriftReport: Codable, Sendable {
 
 /// Runs reference and candidate side by side and measures the drift.
 public enum Validator {
+    /// The two forward passes, stepped layer by layer together: each hidden state is compared as soon
+    /// as both models have produced it, so memory holds two residual streams, not every layer's.
+    struct SideBySide {
+        var referenceLogits: [Float]
+        var candidateLogits: [Float]
+        var referenceRouting: [RoutingRecord]
+        var candidateRouting: [RoutingRecord]
+        var layers: [DriftReport.Layer]
+        var timing: DriftReport.Timing
+    }
+
     public static func compare(reference: LoadedModel, candidate: LoadedModel, tokens: [[Int]], tokensLabel: String,
                                heldout: (tokens: [[Int]], label: String)?, thresholds: DriftThresholds,
                                perplexityOnTokens: Bool = false, progress: ((String) -> Void)? = nil) throws -> DriftReport {
@@ -183,36 +214,14 @@ public enum Validator {
         guard rc.vocabSize == cc.vocabSize, rc.hiddenSize == cc.hiddenSize, rc.numHiddenLayers == cc.numHiddenLayers else {
             throw ValidationError.incompatibleModels(reason: "vocab, hidden size or layer count differ")
         }
-        let r = try reference.forward().run(tokens: tokens, source: tokensLabel, recordHiddenStates: true) { progress?("reference \($0)") }
-        let c = try candidate.forward().run(tokens: tokens, source: tokensLabel, recordHiddenStates: true) { progress?("candidate \($0)") }
-
-        let layers = zip(r.hiddenStates, c.hiddenStates).enumerated().map { i, pair in
-            let cos = DriftMetrics.rowCosines(reference: pair.0, candidate: pair.1, width: rc.hiddenSize)
-            return DriftReport.Layer(index: i, relativeError: DriftMetrics.relativeError(reference: pair.0, candidate: pair.1),
-                                     cosineMean: cos.mean, cosineMin: cos.min)
-        }
-        let (kl, top1) = DriftMetrics.klAndTop1(reference: r.logits, candidate: c.logits, vocab: rc.vocabSize)
-        let logits = DriftReport.Logits(maxAbsDelta: DriftMetrics.maxAbsDifference(r.logits, c.logits),
-                                        klMean: kl.reduce(0, +) / Double(kl.count), klMax: kl.max() ?? 0,
-                                        klP99: DriftMetrics.percentile(kl, 0.99),
-                                        top1Agreement: Double(top1.filter { $0 }.count) / Double(top1.count))
-        var routing: DriftReport.Routing?
-        if !r.routing.isEmpty, r.routing.count == c.routing.count {
-            var perLayer: [String: Double] = [:]
-            var kept = 0.0, total = 0.0
-            for (a, b) in zip(r.routing, c.routing) {
-                let agreement = DriftMetrics.routingAgreement(reference: a, candidate: b)
-                perLayer[String(a.layer)] = agreement
-                kept += agreement * Double(a.experts.count)
-                total += Double(a.experts.count)
-            }
-            routing = DriftReport.Routing(agreement: total == 0 ? 1 : kept / total, perLayer: perLayer)
-        }
+        let run = try sideBySide(reference, candidate, tokens: tokens, label: tokensLabel, progress: progress)
+        let logits = logitDrift(run.referenceLogits, run.candidateLogits, vocab: rc.vocabSize)
+        let routing = routingDrift(run.referenceRouting, run.candidateRouting)
         var perplexity: DriftReport.Perplexity?
         if perplexityOnTokens, tokens[0].count > 1 {
             // A text: its own next-token perplexity, from the logits already computed.
-            let rp = DriftMetrics.perplexity(logits: r.logits, tokens: tokens, vocab: rc.vocabSize)
-            let cp = DriftMetrics.perplexity(logits: c.logits, tokens: tokens, vocab: cc.vocabSize)
+            let rp = DriftMetrics.perplexity(logits: run.referenceLogits, tokens: tokens, vocab: rc.vocabSize)
+            let cp = DriftMetrics.perplexity(logits: run.candidateLogits, tokens: tokens, vocab: cc.vocabSize)
             perplexity = DriftReport.Perplexity(source: tokensLabel, tokens: tokens.count * (tokens[0].count - 1),
                                                 reference: rp, candidate: cp, ratio: cp / rp)
         } else if let heldout {
@@ -224,19 +233,86 @@ public enum Validator {
             perplexity = DriftReport.Perplexity(source: heldout.label, tokens: heldout.tokens.count * (heldout.tokens[0].count - 1),
                                                 reference: rp, candidate: cp, ratio: cp / rp)
         }
+        return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel,
+                           candidateKVCache: candidate.kvCache?.rawValue ?? "none", batch: tokens.count,
+                           sequenceLength: tokens[0].count, hiddenStates: run.layers, logits: logits, routing: routing,
+                           perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, thresholds: thresholds,
+                           verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity), timing: run.timing)
+    }
 
-        var fanOut: DriftReport.FanOut?
-        if let placement = candidate.placement {
-            let layers = c.routing.map { record -> DriftReport.FanOut.Layer in
-                let tokens = record.experts.count / max(record.k, 1)
-                let counts = (0..<tokens).map { i in Set(record.experts[(i * record.k)..<((i + 1) * record.k)].map { placement.device(ofExpert: Int($0)) }).count }
-                return .init(layer: record.layer, max: counts.max() ?? 0, mean: Double(counts.reduce(0, +)) / Double(max(tokens, 1)))
-            }
-            fanOut = .init(devices: placement.devices, deviceBoundM: placement.deviceBoundM, max: layers.map(\.max).max() ?? 0,
-                           mean: layers.isEmpty ? 0 : layers.map(\.mean).reduce(0, +) / Double(layers.count), perLayer: layers)
+    /// Both forward passes, layer by layer in lockstep; hidden state i compared when both have it
+    /// (the last one after the final norm, as transformers reports it).
+    static func sideBySide(_ reference: LoadedModel, _ candidate: LoadedModel, tokens: [[Int]], label: String,
+                           progress: ((String) -> Void)?) throws -> SideBySide {
+        let width = reference.config.hiddenSize, count = reference.config.numHiddenLayers
+        func drift(_ index: Int, _ a: [Float], _ b: [Float]) -> DriftReport.Layer {
+            let cos = DriftMetrics.rowCosines(reference: a, candidate: b, width: width)
+            return DriftReport.Layer(index: index, relativeError: DriftMetrics.relativeError(reference: a, candidate: b),
+                                     cosineMean: cos.mean, cosineMin: cos.min)
         }
+        let began = DispatchTime.now()
+        let rf = reference.forward(), cf = candidate.forward()
+        var r = try rf.start(tokens: tokens, source: label), c = try cf.start(tokens: tokens, source: label)
+        var layers = [drift(0, r.hidden, c.hidden)]
+        rf.prefetch(layer: 0)
+        for layer in 0..<count {
+            // Each model's next weights are read while the other computes.
+            cf.prefetch(layer: layer)
+            progress?("validate: layer \(layer + 1)/\(count) (reference)")
+            try rf.runLayer(&r)
+            rf.prefetch(layer: layer + 1)
+            progress?("validate: layer \(layer + 1)/\(count) (candidate)")
+            try cf.runLayer(&c)
+            if layer < count - 1 { layers.append(drift(layer + 1, r.hidden, c.hidden)) }
+        }
+        cf.prefetch(layer: count)
+        let (rFinal, rLogits) = try rf.finish(r), (cFinal, cLogits) = try cf.finish(c)
+        layers.append(drift(count, rFinal, cFinal))
+        let prefetched = [reference.weights.prefetchTotals(), candidate.weights.prefetchTotals()]
+        let timing = DriftReport.Timing(wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9,
+                                        weightSeconds: rf.timing.weightSeconds + cf.timing.weightSeconds,
+                                        computeSeconds: rf.timing.computeSeconds + cf.timing.computeSeconds,
+                                        prefetchedBytes: prefetched.reduce(0) { $0 + $1.bytes }, prefetchSeconds: prefetched.reduce(0) { $0 + $1.seconds })
+        return SideBySide(referenceLogits: rLogits, candidateLogits: cLogits, referenceRouting: r.routing, candidateRouting: c.routing,
+                          layers: layers, timing: timing)
+    }
 
-        // Each failure with how far past its limit it is, so the worst can be named first.
+    static func logitDrift(_ reference: [Float], _ candidate: [Float], vocab: Int) -> DriftReport.Logits {
+        let (kl, top1) = DriftMetrics.klAndTop1(reference: reference, candidate: candidate, vocab: vocab)
+        return DriftReport.Logits(maxAbsDelta: DriftMetrics.maxAbsDifference(reference, candidate),
+                                  klMean: kl.reduce(0, +) / Double(kl.count), klMax: kl.max() ?? 0,
+                                  klP99: DriftMetrics.percentile(kl, 0.99),
+                                  top1Agreement: Double(top1.filter { $0 }.count) / Double(top1.count))
+    }
+
+    /// The share of (token, expert) selections kept, overall and per MoE layer.
+    static func routingDrift(_ reference: [RoutingRecord], _ candidate: [RoutingRecord]) -> DriftReport.Routing? {
+        guard !reference.isEmpty, reference.count == candidate.count else { return nil }
+        var perLayer: [String: Double] = [:]
+        var kept = 0.0, total = 0.0
+        for (a, b) in zip(reference, candidate) {
+            let agreement = DriftMetrics.routingAgreement(reference: a, candidate: b)
+            perLayer[String(a.layer)] = agreement
+            kept += agreement * Double(a.experts.count)
+            total += Double(a.experts.count)
+        }
+        return DriftReport.Routing(agreement: total == 0 ? 1 : kept / total, perLayer: perLayer)
+    }
+
+    /// How many devices each token's experts sit on, for a sharded candidate.
+    static func fanOut(_ placement: ExpertPlacement, _ routing: [RoutingRecord]) -> DriftReport.FanOut {
+        let layers = routing.map { record -> DriftReport.FanOut.Layer in
+            let tokens = record.experts.count / max(record.k, 1)
+            let counts = (0..<tokens).map { i in Set(record.experts[(i * record.k)..<((i + 1) * record.k)].map { placement.device(ofExpert: Int($0)) }).count }
+            return .init(layer: record.layer, max: counts.max() ?? 0, mean: Double(counts.reduce(0, +)) / Double(max(tokens, 1)))
+        }
+        return .init(devices: placement.devices, deviceBoundM: placement.deviceBoundM, max: layers.map(\.max).max() ?? 0,
+                     mean: layers.isEmpty ? 0 : layers.map(\.mean).reduce(0, +) / Double(layers.count), perLayer: layers)
+    }
+
+    /// Each failure with how far past its limit it is, the worst named first.
+    static func verdict(_ thresholds: DriftThresholds, logits: DriftReport.Logits, routing: DriftReport.Routing?,
+                        perplexity: DriftReport.Perplexity?) -> DriftReport.Verdict {
         var failures: [(Double, String)] = []
         func over(_ value: Double, _ limit: Double?, _ text: String) {
             if let limit, !(value <= limit) { failures.append((limit == 0 ? .infinity : value / limit, String(format: "%@ %.4g > %.4g", text, value, limit))) }
@@ -251,11 +327,6 @@ public enum Validator {
         if let routing { under(routing.agreement, thresholds.minRoutingAgreement, "routing agreement") }
         if let perplexity { over(perplexity.ratio, thresholds.maxPerplexityRatio, "perplexity ratio") }
         failures.sort { $0.0 > $1.0 }
-
-        return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel,
-                           candidateKVCache: candidate.kvCache?.rawValue ?? "none", batch: tokens.count,
-                           sequenceLength: tokens[0].count, hiddenStates: layers, logits: logits, routing: routing,
-                           perplexity: perplexity, fanOut: fanOut, thresholds: thresholds,
-                           verdict: .init(passed: failures.isEmpty, failures: failures.map(\.1)))
+        return .init(passed: failures.isEmpty, failures: failures.map(\.1))
     }
 }
