@@ -15,8 +15,11 @@ public final class DequantizeStep: TensorSource {
     /// The FP8 weights this step turns into bf16.
     public let dequantized: Set<String>
     private let byName: [String: PlannedTensor]
+    /// About this many bytes of bf16 are produced at a time (whole block rows, at least one).
+    private let pieceBytes: Int
 
-    public init(source: TensorSource) throws {
+    public init(source: TensorSource, pieceBytes: Int = 32 << 20) throws {
+        self.pieceBytes = pieceBytes
         let fp8 = source.planned.filter { $0.dtype.isBlockFP8 }
         guard let first = fp8.first else { throw ConversionError.unsupportedInput(path: source.directory.path, reason: "no FP8 tensors to dequantize") }
         guard let quantization = source.config.quantization else {
@@ -37,8 +40,10 @@ public final class DequantizeStep: TensorSource {
     public func info(_ name: String) -> PlannedTensor? { byName[name] }
     public func path(of name: String) -> String { source.path(of: name) }
 
-    /// The bf16 bytes of a dequantized weight, straight from its codes and scales (no f32 copy: at
-    /// V3's shapes a dense MLP weight would take 528 MB in f32).
+
+    /// The bf16 bytes of a dequantized weight, straight from its codes and scales, in pieces of whole
+    /// block rows as the writer takes them (no f32 copy, no whole bf16 copy: at V3's shapes a dense
+    /// MLP weight would take 528 MB in f32, 264 MB in bf16).
     public func payload(_ name: String) throws -> TensorPayload {
         guard dequantized.contains(name), let info = source.info(name), let format = FP8Format(dtype: info.dtype),
               let block = source.config.quantization?.block else { return try source.payload(name) }
@@ -55,29 +60,36 @@ public final class DequantizeStep: TensorSource {
             throw DeepSeekModelError.wrongScale(file: source.path(of: scaleName), tensor: scaleName, expected: QuantizationConfig.scaleShape(of: shape, block: block),
                                                 actual: source.info(scaleName)?.shape ?? [], dtype: "F32")
         }
-        var out = [UInt8](unsafeUninitializedCapacity: 2 * count) { _, initialized in initialized = 2 * count }  // every element is written below
-        func run(_ codes: UnsafeRawBufferPointer) throws {
-            let finite = out.withUnsafeMutableBytes { raw in scales.withUnsafeBufferPointer { sp in
-                let dst = raw.baseAddress!.assumingMemoryBound(to: UInt16.self), src = codes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                return stride(from: 0, to: count, by: max(rows * cols, 1)).allSatisfy { start in
-                    quantizer.dequantizeToBF16(codes: src + start, scales: sp.baseAddress! + start / (rows * cols) * perMatrix, rows: rows, cols: cols, into: dst + start)
+        let codes = try source.payload(name)
+        let codesFile = source.path(of: name), scalesFile = source.path(of: scaleName)
+        // A 2-D weight in pieces of whole block rows (each a matrix of its own with its scale rows);
+        // a 3-D one (per-head weights, small) in one piece.
+        let rowsPerPiece = shape.count == 2 ? max(block, self.pieceBytes / max(2 * cols, 1) / block * block) : rows * (count / max(rows * cols, 1))
+        let pieceBytes = shape.count == 2 ? 2 * cols * rowsPerPiece : 2 * count
+        return .pieces(TensorPieces(count: 2 * count, pieceBytes: pieceBytes) { offset, buffer in
+            let first = offset / 2, elements = buffer.count / 2
+            try codes.withBytes { raw in
+                let finite = scales.withUnsafeBufferPointer { sp in
+                    let src = raw.baseAddress!.assumingMemoryBound(to: UInt8.self), dst = buffer.baseAddress!.assumingMemoryBound(to: UInt16.self)
+                    if shape.count == 2 {
+                        let r0 = first / cols
+                        // Rows r0… start a block row: they are a matrix of their own, with its scale rows.
+                        let scaleRow = sp.baseAddress! + (r0 / block) * quantizer.scaleShape(rows: rows, cols: cols)[1]
+                        return quantizer.dequantizeToBF16(codes: src + first, scales: scaleRow, rows: elements / cols, cols: cols, into: dst)
+                    }
+                    return stride(from: 0, to: elements, by: max(rows * cols, 1)).allSatisfy { start in
+                        quantizer.dequantizeToBF16(codes: src + start, scales: sp.baseAddress! + start / (rows * cols) * perMatrix, rows: rows, cols: cols, into: dst + start)
+                    }
                 }
-            } }
-            if !finite {
-                try scales.withUnsafeBufferPointer { sp in
-                    try FP8Integrity.check(codes: codes, format: format, codesFile: source.path(of: name), weight: name, scales: sp, scalesFile: source.path(of: scaleName))
+                guard finite else {
+                    try scales.withUnsafeBufferPointer { sp in
+                        try FP8Integrity.check(codes: raw, format: format, codesFile: codesFile, weight: name, scales: sp, scalesFile: scalesFile)
+                    }
+                    // Finite codes and scales whose product overflows f32.
+                    throw ConversionError.nonFiniteResult(path: codesFile, tensor: name, dtype: "bf16")
                 }
-                // Finite codes and scales whose product overflows f32.
-                throw ConversionError.nonFiniteResult(path: source.path(of: name), tensor: name, dtype: "bf16")
             }
-        }
-        if count > 0 {
-            switch try source.payload(name) {
-            case let .view(view): try run(view.bytes)
-            case let .bytes(bytes): try bytes.withUnsafeBytes(run)
-            }
-        }
-        return .bytes(out)
+        })
     }
 
     /// The exact f32 product for dequantized weights (a later fold rounds once, from these).

@@ -261,7 +261,7 @@ public final class QuantizeStep: TensorSource {
             switch payload {
             case let .view(view) where Int(bitPattern: view.bytes.baseAddress) % 2 == 0: run(view.bytes)
             case let .view(view): Array(view.bytes).withUnsafeBytes(run)
-            case let .bytes(bytes): bytes.withUnsafeBytes(run)
+            case .bytes, .pieces: try payload.withBytes(run)
             }
         } else {
             let values = try values(name, shape: shape)

@@ -10,6 +10,42 @@ public enum TensorPayload {
     case view(TensorView)
     /// Bytes a step computed.
     case bytes([UInt8])
+    /// Bytes a step computes piece by piece as the writer takes them, so a large computed tensor is
+    /// never whole in memory.
+    case pieces(TensorPieces)
+
+    /// The whole tensor's bytes (for steps that need all of it at once).
+    func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        switch self {
+        case let .view(view): return try body(view.bytes)
+        case let .bytes(bytes): return try bytes.withUnsafeBytes(body)
+        case let .pieces(pieces): return try pieces.materialize().withUnsafeBytes(body)
+        }
+    }
+}
+
+/// A computed tensor's bytes in consecutive pieces of at most `pieceBytes`.
+public struct TensorPieces {
+    public let count: Int
+    public let pieceBytes: Int
+    /// Fills `buffer` with the tensor's bytes from `offset` on (`offset` a multiple of `pieceBytes`).
+    public let produce: (_ offset: Int, _ buffer: UnsafeMutableRawBufferPointer) throws -> Void
+
+    public init(count: Int, pieceBytes: Int, produce: @escaping (Int, UnsafeMutableRawBufferPointer) throws -> Void) {
+        self.count = count
+        self.pieceBytes = max(1, pieceBytes)
+        self.produce = produce
+    }
+
+    func materialize() throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { raw in
+            for offset in stride(from: 0, to: count, by: pieceBytes) {
+                try produce(offset, UnsafeMutableRawBufferPointer(rebasing: raw[offset..<min(count, offset + pieceBytes)]))
+            }
+        }
+        return out
+    }
 }
 
 /// A checkpoint as a stream of tensors: the input on disk, or a conversion step over another source.
@@ -46,12 +82,12 @@ extension TensorSource {
     public func floats(_ name: String) throws -> [Float] {
         guard let info = info(name) else { throw DeepSeekModelError.missingTensor(file: directory.path, tensor: name, expectedShape: []) }
         if let format = FP8Format(dtype: info.dtype) { return try dequantized(name, shape: info.shape, format: format) }
-        switch try payload(name) {
-        case let .view(view): return try view.floats()
-        case let .bytes(bytes):
+        let payload = try payload(name)
+        if case let .view(view) = payload { return try view.floats() }
+        do {
             let count = info.shape.reduce(1, *)
             var out = [Float](repeating: 0, count: count)
-            let widened = bytes.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { TensorView.widen(raw, dtype: info.dtype, count: count, into: $0) } }
+            let widened = try payload.withBytes { raw in out.withUnsafeMutableBufferPointer { TensorView.widen(raw, dtype: info.dtype, count: count, into: $0) } }
             guard widened else {
                 throw SafeTensorsError.invalidTensorEntry(file: path(of: name), tensor: name, reason: "dtype \(info.dtype.rawValue) cannot be read as real values here")
             }
@@ -73,10 +109,7 @@ extension TensorSource {
             try FP8BlockWeights.dequantize(codes: codes, shape: shape, format: format, scales: scales, block: block,
                                            weight: name, codesFile: path(of: name), scalesFile: path(of: scaleName))
         }
-        switch try payload(name) {
-        case let .view(view): return try run(view.bytes)
-        case let .bytes(bytes): return try bytes.withUnsafeBytes(run)
-        }
+        return try payload(name).withBytes(run)
     }
 
     /// Reads tensor `name` from this source into `writer` (an in-kernel copy for unchanged bytes),
@@ -85,6 +118,7 @@ extension TensorSource {
         switch try payload(name) {
         case let .view(view): try writer.write(name, view: view)
         case let .bytes(bytes): try writer.write(name, bytes: bytes)
+        case let .pieces(pieces): try writer.write(name, count: pieces.count, pieceBytes: pieces.pieceBytes, produce: pieces.produce)
         }
         release(name)
     }

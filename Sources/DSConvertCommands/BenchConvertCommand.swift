@@ -62,6 +62,7 @@ public enum ConvertBenchCommand: Command {
             OptionSpec("extra-job", value: "NAME=PROGRAM", repeatable: true,
                        help: "Also time `PROGRAM INPUT OUTPUT` as job NAME; its output must be a readable checkpoint with at least the input's tensors. Repeatable (another peer; the tests use it for a job that is killed or cannot start)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, laid out like the input)."),
+            OptionSpec("only", value: "TEXT", repeatable: true, help: "Time only the stages whose name contains TEXT (repeatable), beside the two copies."),
             OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
         ]
     )
@@ -84,7 +85,9 @@ public enum ConvertBenchCommand: Command {
         }
         defer { try? FileManager.default.removeItem(at: scratch) }
         let out = scratch.appendingPathComponent("out")
-        let jobs = try self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal)
+        let only = arguments.all("only")
+        let jobs = try self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal).enumerated()
+            .filter { $0.offset < 2 || only.isEmpty || only.contains(where: $0.element.name.contains) }.map(\.element)
         let cold = arguments.flag("cold")
         // Warm-up: the input is read once before any job, so every job finds it in the page cache and
         // none pays the first read from disk for the others.

@@ -274,6 +274,20 @@ public final class CheckpointWriter: @unchecked Sendable {
         end(shard)
     }
 
+    /// Writes tensor `name` piece by piece: `produce` fills each consecutive piece of at most
+    /// `pieceBytes` (given its offset in the tensor), so a large computed tensor never exists whole.
+    public func write(_ name: String, count: Int, pieceBytes: Int, produce: (Int, UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        let (shard, stream, offset) = try begin(name, count: count)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(pieceBytes, count)), alignment: 64)
+        defer { buffer.deallocate() }
+        for start in stride(from: 0, to: count, by: max(1, pieceBytes)) {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(pieceBytes, count - start)])
+            try produce(start, piece)
+            try stream.write(UnsafeRawBufferPointer(piece), at: offset + start)
+        }
+        end(shard)
+    }
+
     /// Writes the complete data of tensor `name` from an array.
     public func write(_ name: String, bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { try write(name, bytes: $0) }

@@ -148,6 +148,26 @@ final class V3FamilyTests: XCTestCase {
         XCTAssertNil(try DeepSeekConfig.load(directory: out).quantization)
     }
 
+    /// The dequantize step hands large weights to the writer in pieces of whole block rows: cut into
+    /// the smallest pieces (one 128-row block row each), every weight is still DeepSeek's cast.
+    func testDequantizePiecesAreWholeBlockRows() throws {
+        let step = try DequantizeStep(source: try CheckpointSource(directory: fixtures.appendingPathComponent("v3-fp8")), pieceBytes: 1)
+        let golden = try SafeTensorsFile(path: fixtures.appendingPathComponent("v3-fp8/dequantized-golden.safetensors").path)
+        var multiPiece = 0
+        for info in golden.tensors {
+            guard case let .pieces(pieces) = try step.payload(info.name) else { return XCTFail("\(info.name): not in pieces") }
+            var bytes = [UInt8](repeating: 0, count: pieces.count)
+            try bytes.withUnsafeMutableBytes { raw in
+                for offset in stride(from: 0, to: pieces.count, by: pieces.pieceBytes) {
+                    try pieces.produce(offset, UnsafeMutableRawBufferPointer(rebasing: raw[offset..<min(pieces.count, offset + pieces.pieceBytes)]))
+                }
+            }
+            if pieces.pieceBytes < pieces.count { multiPiece += 1 }
+            XCTAssertTrue(bytes.elementsEqual(try golden.view(info.name).bytes), info.name)
+        }
+        XCTAssertGreaterThan(multiPiece, 10, "weights of more than 128 rows come in several pieces")
+    }
+
     /// absorb on the FP8-native input folds the exact dequantized values: with f32 storage the result
     /// is the FP8 model's own (its golden within 1e-3); FP8 weights absorb does not touch pass through
     /// with their scales, and the MTP layer is absorbed like the others.
