@@ -93,31 +93,49 @@ int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t row
     return block_row_baseline(x, rows, cols, block, block_row, e5m2, codes, scales, scales_given);
 }
 
-// FP8 -> bf16 for one block row: a table lookup, one f32 multiply and bf16's round-to-nearest-even
-// on the bit pattern (finite products; a NaN or infinite product, from a NaN/Inf code or an
-// overflowing scale, is flagged).
-// Written as straight loops over a tile's columns so each level's vectorizer uses gathers and
-// vector integer arithmetic.
+// FP8 -> bf16 for one block row: each code decoded arithmetically (no table: a lookup is a gather,
+// which keeps the loop scalar), one f32 multiply, and bf16's round-to-nearest-even on the bit
+// pattern. Finite codes decode exactly: normal ones by placing exponent and mantissa into f32 bits,
+// subnormal ones as mantissa * 2^-9 (E4M3) or 2^-16 (E5M2). NaN/Inf codes and non-finite products
+// are flagged (the caller names the code). Branch-free so each level's vectorizer widens it.
+static inline float fp8_value(uint32_t c, int e5m2) {
+    uint32_t sign = (c & 0x80u) << 24;
+    uint32_t e = e5m2 ? (c >> 2) & 0x1Fu : (c >> 3) & 0xFu;
+    uint32_t m = e5m2 ? c & 3u : c & 7u;
+    uint32_t normal = sign | ((e + (e5m2 ? 112u : 120u)) << 23) | (m << (e5m2 ? 21 : 20));
+    uint32_t subnormal = sign | dsconvert_bits_of((float)m * (e5m2 ? 0x1p-16f : 0x1p-9f));
+    return dsconvert_float_of(e ? normal : subnormal);
+}
+
 #define DEFINE_DEQUANT_ROW(NAME, ATTRIBUTES)                                                                  \
     ATTRIBUTES static int NAME(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, \
-                               const float *table, const float *scales, uint16_t *out) {                      \
+                               int e5m2, const float *scales, uint16_t *out) {                                \
         size_t per_row = (cols + block - 1) / block;                                                         \
         size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
-        uint32_t nan = 0;                                                                                     \
+        uint32_t special = e5m2 ? 0x7Cu : 0x7Fu;                                                              \
+        uint32_t bad = 0;                                                                                     \
         for (size_t r = r0; r < r1; r++) {                                                                   \
             const uint8_t *row = codes + r * cols;                                                            \
             uint16_t *dst = out + r * cols;                                                                   \
             for (size_t bc = 0; bc < per_row; bc++) {                                                        \
                 size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
                 float scale = scales[block_row * per_row + bc];                                               \
-                for (size_t c = c0; c < c1; c++) {                                                           \
-                    uint32_t bits = dsconvert_bits_of(table[row[c]] * scale);                                 \
-                    nan |= (bits & 0x7FFFFFFFu) >= 0x7F800000u;                                               \
-                    dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                        \
+                if (e5m2) {                                                                                   \
+                    for (size_t c = c0; c < c1; c++) {                                                       \
+                        uint32_t bits = dsconvert_bits_of(fp8_value(row[c], 1) * scale);                      \
+                        bad |= ((row[c] & 0x7Fu) >= special) | ((bits & 0x7FFFFFFFu) >= 0x7F800000u);         \
+                        dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                    \
+                    }                                                                                         \
+                } else {                                                                                      \
+                    for (size_t c = c0; c < c1; c++) {                                                       \
+                        uint32_t bits = dsconvert_bits_of(fp8_value(row[c], 0) * scale);                      \
+                        bad |= ((row[c] & 0x7Fu) >= special) | ((bits & 0x7FFFFFFFu) >= 0x7F800000u);         \
+                        dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                    \
+                    }                                                                                         \
                 }                                                                                             \
             }                                                                                                 \
         }                                                                                                     \
-        return nan != 0;                                                                                      \
+        return bad != 0;                                                                                      \
     }
 
 DEFINE_DEQUANT_ROW(dequant_row_baseline, )
@@ -127,10 +145,10 @@ DEFINE_DEQUANT_ROW(dequant_row_avx512, __attribute__((target("avx512f,avx512bw,a
 #endif
 
 int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
-                                            size_t block_row, const float *table, const float *scales, uint16_t *out) {
+                                            size_t block_row, int e5m2, const float *scales, uint16_t *out) {
 #if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return dequant_row_avx512(codes, rows, cols, block, block_row, table, scales, out);
-    if (isa == DSCONVERT_ISA_AVX2) return dequant_row_avx2(codes, rows, cols, block, block_row, table, scales, out);
+    if (isa >= DSCONVERT_ISA_AVX512) return dequant_row_avx512(codes, rows, cols, block, block_row, e5m2, scales, out);
+    if (isa == DSCONVERT_ISA_AVX2) return dequant_row_avx2(codes, rows, cols, block, block_row, e5m2, scales, out);
 #endif
-    return dequant_row_baseline(codes, rows, cols, block, block_row, table, scales, out);
+    return dequant_row_baseline(codes, rows, cols, block, block_row, e5m2, scales, out);
 }

@@ -138,19 +138,16 @@ public struct FP8BlockQuantizer: Sendable {
     /// (the output is then unspecified; the caller names the code or the scale).
     public func dequantizeToBF16(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
                                  into out: UnsafeMutablePointer<UInt16>, level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
-        let table = FP8Codec.decodeTable(format)
-        let nan = NonFiniteFlag()
+        let nonFinite = NonFiniteFlag()
         let input = SharedPointer(UnsafeMutablePointer(mutating: codes)), sc = SharedPointer(UnsafeMutablePointer(mutating: scales))
-        let dst = SharedPointer(out), block = block
-        table.withUnsafeBufferPointer { tp in
-            let values = SharedPointer(UnsafeMutablePointer(mutating: tp.baseAddress!))
-            Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
-                if dsconvert_fp8_dequantize_block_row_bf16(level, input.pointer, rows, cols, block, br, values.pointer, sc.pointer, dst.pointer) != 0 {
-                    nan.set()
-                }
+        let dst = SharedPointer(out), block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
+        // Tasks own disjoint block rows: results do not depend on the thread count.
+        Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
+            if dsconvert_fp8_dequantize_block_row_bf16(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer) != 0 {
+                nonFinite.set()
             }
         }
-        return !nan.isSet
+        return !nonFinite.isSet
     }
 
     /// w = q · scale per block, in f32.

@@ -134,6 +134,12 @@ public final class CheckpointWriter: @unchecked Sendable {
     private let pool: ChunkPool
     /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
     private let finisher = DispatchQueue(label: "dsconvert.checkpoint-writer.finisher")
+    /// The buffer piece-by-piece writes fill, kept for the writer's life: allocating one per tensor
+    /// (tens of MB each) let malloc's heap grow by gigabytes over a checkpoint (its mmap threshold
+    /// rises to the freed size, so later buffers come from fragmenting arenas).
+    private var pieceBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+
+    deinit { pieceBuffer.deallocate() }
     private var finisherError: Error?
 
     /// The journal of finished shards in the work directory (removed before the output is committed).
@@ -278,10 +284,13 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// `pieceBytes` (given its offset in the tensor), so a large computed tensor never exists whole.
     public func write(_ name: String, count: Int, pieceBytes: Int, produce: (Int, UnsafeMutableRawBufferPointer) throws -> Void) throws {
         let (shard, stream, offset) = try begin(name, count: count)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(pieceBytes, count)), alignment: 64)
-        defer { buffer.deallocate() }
+        let needed = max(1, min(pieceBytes, count))
+        if pieceBuffer.count < needed {
+            pieceBuffer.deallocate()
+            pieceBuffer = .allocate(byteCount: needed, alignment: 4096)
+        }
         for start in stride(from: 0, to: count, by: max(1, pieceBytes)) {
-            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(pieceBytes, count - start)])
+            let piece = UnsafeMutableRawBufferPointer(rebasing: pieceBuffer[0..<min(pieceBytes, count - start)])
             try produce(start, piece)
             try stream.write(UnsafeRawBufferPointer(piece), at: offset + start)
         }

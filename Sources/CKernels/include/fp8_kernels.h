@@ -29,12 +29,13 @@ int dsconvert_fp8_best_isa(void);
 int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
                                           size_t block_row, int e5m2, uint8_t *codes, float *scales, int scales_given);
 
-/// Dequantizes block row `block_row` of row-major [rows, cols] FP8 codes to bf16: each value is the
-/// f32 product table[code] * scale of its tile (`scales[block_row * ceil(cols/block) + bc]`), rounded
-/// to nearest even into bf16 — DeepSeek's `weight_dequant` followed by torch's `.to(torch.bfloat16)`.
-/// `table` holds the 256 codes' f32 values. Returns 1 if a product is not finite (a NaN or Inf code,
-/// or a scale that overflows: the caller reports which), else 0. `isa` must not exceed `dsconvert_fp8_best_isa()`; every level gives the same bytes.
+/// Dequantizes block row `block_row` of row-major [rows, cols] FP8 codes (E4M3FN when `e5m2` is 0,
+/// else E5M2) to bf16: each value is the f32 product of the code's value and its tile's scale
+/// (`scales[block_row * ceil(cols/block) + bc]`), rounded to nearest even into bf16 — DeepSeek's
+/// `weight_dequant` followed by torch's `.to(torch.bfloat16)`. Returns 1 if a code is NaN or Inf or
+/// a product is not finite (the caller reports which), else 0. `isa` must not exceed
+/// `dsconvert_fp8_best_isa()`; every level gives the same bytes.
 int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
-                                            size_t block_row, const float *table, const float *scales, uint16_t *out);
+                                            size_t block_row, int e5m2, const float *scales, uint16_t *out);
 
 #endif
