@@ -8,7 +8,7 @@ import Validation
 public enum ForwardBenchCommand: Command {
     public static let spec = CommandSpec(
         name: "forward",
-        abstract: "Time the reference forward pass on a V2-Lite-width synthetic model and compare with cblas_sgemm.",
+        abstract: "Time the reference forward pass on a V2-Lite- or V3-width synthetic model and compare with cblas_sgemm.",
         discussion: """
         The model has DeepSeek-V2-Lite's widths (hidden 2048, 16 heads, kv_lora 512, 64 experts of 1408,
         top-6, 2 shared) with one dense and one MoE layer and a 2048-token vocabulary; weights are
@@ -20,6 +20,7 @@ public enum ForwardBenchCommand: Command {
             OptionSpec("batch", value: "N", help: "Sequences (default 1)."),
             OptionSpec("seq", value: "N", help: "Tokens per sequence (default 512)."),
             OptionSpec("repeats", value: "N", help: "Timed runs (default 3)."),
+            OptionSpec("shape", value: "v2-lite|v3", help: "Model widths (default v2-lite; v3: DeepSeek-V3's, 256 experts of 2048, top-8, one dense and one MoE layer)."),
         ]
     )
 
@@ -28,7 +29,8 @@ public enum ForwardBenchCommand: Command {
         let seq = try arguments.integer("seq", default: 512, in: 1...8192)
         let repeats = try arguments.integer("repeats", default: 3, in: 1...100)
         terminal.progress("benchmark: forward on \(batch)x\(seq) tokens")
-        let r = try ForwardBenchmark.run(batch: batch, seq: seq, repeats: repeats)
+        let shape = ForwardBenchmark.Shape(rawValue: try arguments.choice("shape", default: "v2-lite", among: ["v2-lite", "v3"]))!
+        let r = try ForwardBenchmark.run(batch: batch, seq: seq, repeats: repeats, shape: shape)
         terminal.endProgress()
         terminal.out("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, OpenBLAS threads \(r.threads); times: median (min-max)")
         let forward = SampleSummary(r.forwardSeconds)!, sgemm = SampleSummary(r.sgemmSeconds)!

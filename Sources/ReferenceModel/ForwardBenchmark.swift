@@ -8,11 +8,19 @@ import Synchronization
 public final class SyntheticWeights: WeightProvider {
     /// Generated once per name and kept, so timed runs measure compute, not generation.
     private let cache = Mutex<[String: [Float]]>([:])
+    /// With a pool of P, routed expert j of every layer uses the values of expert j % P: the same
+    /// products (shapes and FLOPs) as distinct experts, in the memory of P (V3's 256 experts of
+    /// 2048 x 7168 would take 45 GB per layer in fp32).
+    private let expertPool: Int?
     public var label: String { "synthetic" }
-    public init() {}
+    public init(expertPool: Int? = nil) { self.expertPool = expertPool }
 
     public func floats(_ name: String, shape: [Int]) throws -> [Float] {
-        cache.withLock { cache in
+        var name = name
+        if let pool = expertPool, case let .expert(_, j, projection)? = TensorNames.parse(name) {
+            name = "pooled expert \(j % pool) \(projection.rawValue)"
+        }
+        return cache.withLock { cache in
             if let values = cache[name] { return values }
             var state = name.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 }
             let count = shape.reduce(1, *)
@@ -90,9 +98,33 @@ public enum ForwardBenchmark {
         return try DeepSeekConfig.decode(Data(json.utf8), path: "synthetic V2-Lite-width config")
     }
 
-    public static func run(batch: Int, seq: Int, repeats: Int) throws -> Result {
-        let config = try liteWidthConfig()
-        let weights = SyntheticWeights()
+    /// A DeepSeek-V3-width model of one dense and one MoE layer: hidden 7168, 128 heads, q_lora 1536,
+    /// kv_lora 512, 256 experts of 2048 in 8 groups (top-4 groups, top-8, noaux_tc), 1 shared; vocabulary
+    /// 2048. At 512 tokens each expert sees ~16 tokens: the small products of a V3 check.
+    public static func v3WidthConfig() throws -> DeepSeekConfig {
+        let json = """
+        {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 2048, "hidden_size": 7168,
+         "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_hidden_layers": 2, "num_attention_heads": 128,
+         "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+         "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 1,
+         "topk_method": "noaux_tc", "scoring_func": "sigmoid", "n_group": 8, "topk_group": 4, "norm_topk_prob": true,
+         "routed_scaling_factor": 2.5, "rope_theta": 10000, "num_nextn_predict_layers": 0,
+         "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                          "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
+        """
+        return try DeepSeekConfig.decode(Data(json.utf8), path: "synthetic V3-width config")
+    }
+
+    /// The model shapes the benchmark runs.
+    public enum Shape: String, Sendable { case v2Lite = "v2-lite", v3 }
+
+    public static func run(batch: Int, seq: Int, repeats: Int, shape: Shape = .v2Lite) throws -> Result {
+        let config: DeepSeekConfig
+        let weights: SyntheticWeights
+        switch shape {
+        case .v2Lite: (config, weights) = (try liteWidthConfig(), SyntheticWeights())
+        case .v3: (config, weights) = (try v3WidthConfig(), SyntheticWeights(expertPool: 8))
+        }
         let forward = ReferenceForward(config: config, weights: weights)
         let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: batch, length: seq)
         // The synthetic tokens' label: what the token checks name if --batch/--seq ask too much.
@@ -102,7 +134,7 @@ public enum ForwardBenchmark {
         let forwardSeconds = try (0..<repeats).map { _ in try time { _ = try forward.run(tokens: tokens, source: source) } }
         let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
 
-        let (m, n, k) = (batch * seq, 2048, 2048)
+        let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
         let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: n * k)
         var c = [Float](repeating: 0, count: m * n)
         let sgemmSeconds = (0..<max(repeats, 3)).map { _ in

@@ -1,0 +1,90 @@
+import Benchmark
+import CLI
+import DeepSeekModel
+import Foundation
+import ReferenceModel
+import SafeTensors
+
+/// `dsconvert-bench validate`: `dsconvert validate` of two checkpoints timed as a user runs it, beside
+/// the time it takes only to read their weights, so the overlap of reading and computing shows.
+public enum ValidateBenchCommand: Command {
+    public static let spec = CommandSpec(
+        name: "validate",
+        abstract: "Time `dsconvert validate` of two checkpoints (wall, peak RSS) beside a plain read of their weights: read time, compute time, overlap, GB/s, GFLOP/s.",
+        discussion: """
+        Tokens: one deterministic sequence of --tokens ids. Read time R: `cat` of every safetensors file of
+        both checkpoints to /dev/null (after dropping the page cache with --cold). Compute time C: the
+        forward passes' time outside weight reading, from validate's own timing (validate --json). Wall
+        W: the validate child, after dropping the page cache again with --cold. Overlap = (R + C - W) /
+        min(R, C): 1 when the shorter one is hidden entirely behind the longer. GFLOP/s: both forward
+        passes' FLOPs as executed over C. The reference's architecture gives the FLOP count.
+        """,
+        options: [
+            OptionSpec("reference", value: "DIR", help: "Reference checkpoint."),
+            OptionSpec("candidate", value: "DIR", help: "Candidate checkpoint (a shard output too)."),
+            OptionSpec("tokens", value: "N", help: "Tokens in the one sequence (default 512)."),
+            OptionSpec("cold", help: "Drop the page cache before the read and before validate (root only)."),
+        ]
+    )
+
+    public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let reference = URL(fileURLWithPath: try arguments.required("reference")), candidate = URL(fileURLWithPath: try arguments.required("candidate"))
+        let count = try arguments.integer("tokens", default: 512, in: 2...8192)
+        let cold = arguments.flag("cold")
+        let config = try ConfigDocument.load(directory: reference).model
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-bench-validate-\(getpid())")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: 1, length: count)
+        let tokensURL = scratch.appendingPathComponent("tokens.json"), report = scratch.appendingPathComponent("report.json")
+        try JSONSerialization.data(withJSONObject: ["tokens": tokens]).write(to: tokensURL)
+
+        let files = shardFiles(reference) + shardFiles(candidate)
+        let bytes = files.reduce(0) { total, file in total + (FileEntry.following(file.path)?.size ?? 0) }
+        func dropCaches() throws {
+            guard !cold || ChildProcess.run("/bin/sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded else {
+                throw UsageError("--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
+            }
+        }
+        try dropCaches()
+        terminal.progress("bench: reading both checkpoints")
+        let read = ChildProcess.run("/bin/sh", ["-c", "cat \"$@\" > /dev/null", "sh"] + files.map(\.path))
+        try dropCaches()
+        terminal.progress("bench: validate")
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
+        let run = ChildProcess.run(binary, ["validate", "--reference", reference.path, "--candidate", candidate.path, "--tokens", tokensURL.path,
+                                            "--json", report.path, "--max-kl-mean", "none", "--max-kl-max", "none", "--min-top1", "none",
+                                            "--min-routing", "none", "--max-ppl-ratio", "none"])
+        terminal.endProgress()
+        guard read.outcome.succeeded, run.outcome.succeeded,
+              let json = try? JSONSerialization.jsonObject(with: Data(contentsOf: report)) as? [String: Any],
+              let timing = json["timing"] as? [String: Any], let compute = timing["compute_seconds"] as? Double,
+              let weightSeconds = timing["weight_seconds"] as? Double, let prefetched = timing["prefetched_bytes"] as? Int else {
+            terminal.error("dsconvert-bench validate", "read \(read.outcome.label), validate \(run.outcome.label)")
+            return ExitCode.failure
+        }
+        let routed = count * (config.numExpertsPerTok ?? 0) * config.moeLayerCount
+        let flops = 2 * ForwardCost.flops(config: config, batch: 1, seq: count, routedTokenExperts: routed)
+        let r = read.wall, w = run.wall
+        terminal.out(String(format: "reference %@, candidate %@: %.2f GB of safetensors; %d tokens; %@ page cache; %d cores",
+                            reference.path, candidate.path, Double(bytes) / 1e9, count, cold ? "cold" : "warm", ProcessInfo.processInfo.activeProcessorCount))
+        terminal.out(String(format: "read (cat)        %8.2f s   %6.2f GB/s", r, Double(bytes) / 1e9 / r))
+        terminal.out(String(format: "validate wall     %8.2f s   %6.2f GB/s   peak RSS %d MiB", w, Double(bytes) / 1e9 / w, run.peakRSSKiB / 1024))
+        terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes)", compute, flops / compute / 1e9))
+        terminal.out(String(format: "  weight reading  %8.2f s   (page faults, widening, FP8 dequantization; prefetched %.2f GB alongside)", weightSeconds, Double(prefetched) / 1e9))
+        terminal.out(String(format: "wall / max(read, compute)  %.2f   overlap %.2f", w / max(r, compute), (r + compute - w) / min(r, compute)))
+        return ExitCode.success
+    }
+
+    /// The safetensors files of a checkpoint, or of every device of a shard output.
+    static func shardFiles(_ directory: URL) -> [URL] {
+        let fm = FileManager.default
+        let names = ((try? fm.contentsOfDirectory(atPath: directory.path)) ?? []).sorted()
+        return names.flatMap { name -> [URL] in
+            let url = directory.appendingPathComponent(name)
+            if name.hasSuffix(".safetensors") { return [url] }
+            if name.hasPrefix("device-") { return shardFiles(url) }
+            return []
+        }
+    }
+}
