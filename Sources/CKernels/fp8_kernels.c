@@ -152,3 +152,50 @@ int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_
 #endif
     return dequant_row_baseline(codes, rows, cols, block, block_row, e5m2, scales, out);
 }
+
+// FP8 -> f32 for one block row: the product itself, no rounding (the forward pass's weights).
+#define DEFINE_DEQUANT_ROW_F32(NAME, ATTRIBUTES)                                                              \
+    ATTRIBUTES static int NAME(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, \
+                               int e5m2, const float *scales, float *out) {                                   \
+        size_t per_row = (cols + block - 1) / block;                                                         \
+        size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
+        uint32_t special = e5m2 ? 0x7Cu : 0x7Fu;                                                              \
+        uint32_t bad = 0;                                                                                     \
+        for (size_t r = r0; r < r1; r++) {                                                                   \
+            const uint8_t *row = codes + r * cols;                                                            \
+            float *dst = out + r * cols;                                                                      \
+            for (size_t bc = 0; bc < per_row; bc++) {                                                        \
+                size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
+                float scale = scales[block_row * per_row + bc];                                               \
+                if (e5m2) {                                                                                   \
+                    for (size_t c = c0; c < c1; c++) {                                                       \
+                        float v = fp8_value(row[c], 1) * scale;                                               \
+                        bad |= ((row[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u); \
+                        dst[c] = v;                                                                           \
+                    }                                                                                         \
+                } else {                                                                                      \
+                    for (size_t c = c0; c < c1; c++) {                                                       \
+                        float v = fp8_value(row[c], 0) * scale;                                               \
+                        bad |= ((row[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u); \
+                        dst[c] = v;                                                                           \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+        return bad != 0;                                                                                      \
+    }
+
+DEFINE_DEQUANT_ROW_F32(dequant_row_f32_baseline, )
+#if defined(__x86_64__)
+DEFINE_DEQUANT_ROW_F32(dequant_row_f32_avx2, __attribute__((target("avx2"))))
+DEFINE_DEQUANT_ROW_F32(dequant_row_f32_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+#endif
+
+int dsconvert_fp8_dequantize_block_row_f32(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
+                                           size_t block_row, int e5m2, const float *scales, float *out) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) return dequant_row_f32_avx512(codes, rows, cols, block, block_row, e5m2, scales, out);
+    if (isa == DSCONVERT_ISA_AVX2) return dequant_row_f32_avx2(codes, rows, cols, block, block_row, e5m2, scales, out);
+#endif
+    return dequant_row_f32_baseline(codes, rows, cols, block, block_row, e5m2, scales, out);
+}

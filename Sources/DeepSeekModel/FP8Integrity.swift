@@ -78,17 +78,26 @@ public enum FP8BlockWeights {
         let matrices = shape.dropLast(2).reduce(1, *)
         let quantizer = FP8BlockQuantizer(format: format, block: block)
         let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
-        try scales.withUnsafeBufferPointer { sp in
-            try FP8Integrity.check(codes: codes, format: format, codesFile: codesFile, weight: weight, scales: sp, scalesFile: scalesFile)
-        }
-        var out = [Float](repeating: 0, count: matrices * rows * cols)
+        let count = matrices * rows * cols
+        // The kernel flags NaN/Inf codes and overflowing products itself; the full check runs only
+        // then, to name the code or scale (a separate scan of every code would read them twice).
+        var out = [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // every element is written below
         let bytes = codes.bindMemory(to: UInt8.self)
-        scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in
-            for m in 0..<matrices {
+        let finite = count == 0 || scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in
+            (0..<matrices).allSatisfy { m in
                 quantizer.dequantize(codes: bytes.baseAddress! + m * rows * cols, scales: sp.baseAddress! + m * perMatrix,
                                      rows: rows, cols: cols, into: op.baseAddress! + m * rows * cols)
             }
         } }
+        try scales.withUnsafeBufferPointer { sp in
+            if let i = FP8Integrity.firstInvalidScale(sp) {
+                throw DeepSeekModelError.invalidScale(file: scalesFile, tensor: weight + QuantizationConfig.scaleSuffix, index: i, value: sp[i])
+            }
+            if !finite {
+                try FP8Integrity.check(codes: codes, format: format, codesFile: codesFile, weight: weight, scales: sp, scalesFile: scalesFile)
+                throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: weight, reason: "code x scale overflows f32")
+            }
+        }
         return out
     }
 }

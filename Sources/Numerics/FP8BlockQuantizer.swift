@@ -150,14 +150,21 @@ public struct FP8BlockQuantizer: Sendable {
         return !nonFinite.isSet
     }
 
-    /// w = q · scale per block, in f32.
-    public func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
-        let table = FP8Codec.decodeTable(format)
-        let perRow = (cols + block - 1) / block
-        for r in 0..<rows {
-            let scaleRow = scales + (r / block) * perRow
-            for c in 0..<cols { out[r * cols + c] = table[Int(codes[r * cols + c])] * scaleRow[c / block] }
+    /// w = q · scale per block, in f32: the C kernel at `level` over block rows in parallel (the same
+    /// values at every level and thread count). Returns false if a code is NaN/Inf or a product is not
+    /// finite (the output is then unspecified; the caller names the code or the scale).
+    @discardableResult
+    public func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>,
+                           level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
+        let nonFinite = NonFiniteFlag()
+        let input = SharedPointer(UnsafeMutablePointer(mutating: codes)), sc = SharedPointer(UnsafeMutablePointer(mutating: scales))
+        let dst = SharedPointer(out), block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
+        Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
+            if dsconvert_fp8_dequantize_block_row_f32(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer) != 0 {
+                nonFinite.set()
+            }
         }
+        return !nonFinite.isSet
     }
 }
 

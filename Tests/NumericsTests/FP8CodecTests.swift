@@ -218,6 +218,13 @@ final class FP8DequantizeKernelTests: XCTestCase {
                 } } }
                 XCTAssertEqual(ok, allFinite, "\(format) level \(level)")
                 if allFinite { XCTAssertEqual(out, expected, "\(format) level \(level)") }
+                // The f32 kernel (the forward pass's weights): the products themselves, bit for bit.
+                var wide = [Float](repeating: 0, count: rows * cols)
+                _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in wide.withUnsafeMutableBufferPointer { op in
+                    quantizer.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: rows, cols: cols, into: op.baseAddress!, level: level)
+                } } }
+                let products = (0..<(rows * cols)).map { i in table[Int(codes[i])] * scales[(i / cols / block) * perRow + (i % cols) / block] }
+                XCTAssertEqual(wide.map(\.bitPattern), products.map(\.bitPattern), "\(format) f32 level \(level)")
             }
         }
     }

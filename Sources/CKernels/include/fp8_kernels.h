@@ -38,4 +38,8 @@ int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t row
 int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
                                             size_t block_row, int e5m2, const float *scales, uint16_t *out);
 
+/// The same as `dsconvert_fp8_dequantize_block_row_bf16` without the rounding: the f32 products.
+int dsconvert_fp8_dequantize_block_row_f32(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
+                                           size_t block_row, int e5m2, const float *scales, float *out);
+
 #endif
