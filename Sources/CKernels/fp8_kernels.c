@@ -107,41 +107,47 @@ static inline float fp8_value(uint32_t c, int e5m2) {
     return dsconvert_float_of(e ? normal : subnormal);
 }
 
-#define DEFINE_DEQUANT_ROW(NAME, ATTRIBUTES)                                                                  \
+// One tile's columns: decode, multiply, flag what is not finite, store (E5M2 a constant, so each
+// branch of the row loop gets its own specialized, vectorized loop).
+#define DEQUANT_TILE(E5M2, STORE)                                                                             \
+    for (size_t c = c0; c < c1; c++) {                                                                       \
+        float v = fp8_value(row[c], E5M2) * scale;                                                            \
+        uint32_t bits = dsconvert_bits_of(v);                                                                 \
+        bad |= ((row[c] & 0x7Fu) >= special) | ((bits & 0x7FFFFFFFu) >= 0x7F800000u);                         \
+        STORE;                                                                                                \
+    }
+
+// A block row of codes to OUT_T, each value stored by STORE (from `v`, its f32 product, and `bits`).
+#define DEFINE_DEQUANT_ROW(NAME, ATTRIBUTES, OUT_T, STORE)                                                    \
     ATTRIBUTES static int NAME(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, \
-                               int e5m2, const float *scales, uint16_t *out) {                                \
+                               int e5m2, const float *scales, OUT_T *out) {                                   \
         size_t per_row = (cols + block - 1) / block;                                                         \
         size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
         uint32_t special = e5m2 ? 0x7Cu : 0x7Fu;                                                              \
         uint32_t bad = 0;                                                                                     \
         for (size_t r = r0; r < r1; r++) {                                                                   \
             const uint8_t *row = codes + r * cols;                                                            \
-            uint16_t *dst = out + r * cols;                                                                   \
+            OUT_T *dst = out + r * cols;                                                                      \
             for (size_t bc = 0; bc < per_row; bc++) {                                                        \
                 size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
                 float scale = scales[block_row * per_row + bc];                                               \
-                if (e5m2) {                                                                                   \
-                    for (size_t c = c0; c < c1; c++) {                                                       \
-                        uint32_t bits = dsconvert_bits_of(fp8_value(row[c], 1) * scale);                      \
-                        bad |= ((row[c] & 0x7Fu) >= special) | ((bits & 0x7FFFFFFFu) >= 0x7F800000u);         \
-                        dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                    \
-                    }                                                                                         \
-                } else {                                                                                      \
-                    for (size_t c = c0; c < c1; c++) {                                                       \
-                        uint32_t bits = dsconvert_bits_of(fp8_value(row[c], 0) * scale);                      \
-                        bad |= ((row[c] & 0x7Fu) >= special) | ((bits & 0x7FFFFFFFu) >= 0x7F800000u);         \
-                        dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                    \
-                    }                                                                                         \
-                }                                                                                             \
+                if (e5m2) { DEQUANT_TILE(1, STORE) } else { DEQUANT_TILE(0, STORE) }                          \
             }                                                                                                 \
         }                                                                                                     \
         return bad != 0;                                                                                      \
     }
 
-DEFINE_DEQUANT_ROW(dequant_row_baseline, )
+// bf16: round to nearest even on the bit pattern (finite values; the non-finite are flagged).
+#define STORE_BF16 dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16)
+#define STORE_F32 dst[c] = v
+
+DEFINE_DEQUANT_ROW(dequant_row_baseline, , uint16_t, STORE_BF16)
+DEFINE_DEQUANT_ROW(dequant_row_f32_baseline, , float, STORE_F32)
 #if defined(__x86_64__)
-DEFINE_DEQUANT_ROW(dequant_row_avx2, __attribute__((target("avx2"))))
-DEFINE_DEQUANT_ROW(dequant_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+DEFINE_DEQUANT_ROW(dequant_row_avx2, __attribute__((target("avx2"))), uint16_t, STORE_BF16)
+DEFINE_DEQUANT_ROW(dequant_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))), uint16_t, STORE_BF16)
+DEFINE_DEQUANT_ROW(dequant_row_f32_avx2, __attribute__((target("avx2"))), float, STORE_F32)
+DEFINE_DEQUANT_ROW(dequant_row_f32_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))), float, STORE_F32)
 #endif
 
 int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
@@ -152,44 +158,6 @@ int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_
 #endif
     return dequant_row_baseline(codes, rows, cols, block, block_row, e5m2, scales, out);
 }
-
-// FP8 -> f32 for one block row: the product itself, no rounding (the forward pass's weights).
-#define DEFINE_DEQUANT_ROW_F32(NAME, ATTRIBUTES)                                                              \
-    ATTRIBUTES static int NAME(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, \
-                               int e5m2, const float *scales, float *out) {                                   \
-        size_t per_row = (cols + block - 1) / block;                                                         \
-        size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;                            \
-        uint32_t special = e5m2 ? 0x7Cu : 0x7Fu;                                                              \
-        uint32_t bad = 0;                                                                                     \
-        for (size_t r = r0; r < r1; r++) {                                                                   \
-            const uint8_t *row = codes + r * cols;                                                            \
-            float *dst = out + r * cols;                                                                      \
-            for (size_t bc = 0; bc < per_row; bc++) {                                                        \
-                size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;                          \
-                float scale = scales[block_row * per_row + bc];                                               \
-                if (e5m2) {                                                                                   \
-                    for (size_t c = c0; c < c1; c++) {                                                       \
-                        float v = fp8_value(row[c], 1) * scale;                                               \
-                        bad |= ((row[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u); \
-                        dst[c] = v;                                                                           \
-                    }                                                                                         \
-                } else {                                                                                      \
-                    for (size_t c = c0; c < c1; c++) {                                                       \
-                        float v = fp8_value(row[c], 0) * scale;                                               \
-                        bad |= ((row[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u); \
-                        dst[c] = v;                                                                           \
-                    }                                                                                         \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
-        return bad != 0;                                                                                      \
-    }
-
-DEFINE_DEQUANT_ROW_F32(dequant_row_f32_baseline, )
-#if defined(__x86_64__)
-DEFINE_DEQUANT_ROW_F32(dequant_row_f32_avx2, __attribute__((target("avx2"))))
-DEFINE_DEQUANT_ROW_F32(dequant_row_f32_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
-#endif
 
 int dsconvert_fp8_dequantize_block_row_f32(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
                                            size_t block_row, int e5m2, const float *scales, float *out) {
