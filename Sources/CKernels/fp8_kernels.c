@@ -138,7 +138,11 @@ static inline float fp8_value(uint32_t c, int e5m2) {
     }
 
 // bf16: round to nearest even on the bit pattern (finite values; the non-finite are flagged).
-#define STORE_BF16 dst[c] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16)
+// A finite product above bf16's largest finite value rounds to Inf: flagged too.
+#define STORE_BF16                                                                                            \
+    uint16_t rounded = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);                              \
+    bad |= (rounded & 0x7FFFu) >= 0x7F80u;                                                                    \
+    dst[c] = rounded
 #define STORE_F32 dst[c] = v
 
 DEFINE_DEQUANT_ROW(dequant_row_baseline, , uint16_t, STORE_BF16)

@@ -100,8 +100,11 @@ public final class AbsorbStep: TensorSource {
             guard let info = source.info(t.name) else {
                 throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: t.name, expectedShape: t.shape)
             }
-            let scale = source.info(t.name + QuantizationConfig.scaleSuffix)
-            return [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape)] + (info.dtype.isBlockFP8 ? [scale].compactMap { $0 } : [])
+            guard info.dtype.isBlockFP8 else { return [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape)] }
+            guard let scale = source.info(t.name + QuantizationConfig.scaleSuffix) else {
+                throw DeepSeekModelError.missingScale(file: source.path(of: t.name), tensor: t.name, expectedShape: [])
+            }
+            return [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape), scale]
         }
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
         var stageOptions = ["mode": options.form == .split ? "split" : "fold", "keep_kv_b": String(options.keepKVB), "dtype": dtype.rawValue]

@@ -122,50 +122,14 @@ public final class QuantizeStep: TensorSource {
         quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
         let fp8DType = options.format.dtype
 
-        // The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
         var outConfig = input
-        var equalization: [Int: [Float]] = [:]
-        if let kv6 {
-            let format = KVCacheFormat.mlaKV6
-            var calibration: KVCacheRecord.Calibration?
-            if let tokens = kv6.calibration {
-                let absmax = try KVEqualization.calibrate(config: input, weights: SourceWeights(source), tokens: tokens,
-                                                         source: kv6.calibrationSource, progress: progress)
-                equalization = absmax.mapValues(KVEqualization.scales)
-                calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
-            }
-            outConfig.kvCache = KVCacheRecord(format: format.rawValue,
-                                              bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
-                                              bitsPerElement: format.bitsPerElement(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
-                                              equalized: calibration != nil, calibration: calibration,
-                                              layout: KVCacheRecord.layout(format, latent: input.kvLoraRank, rope: input.qkRopeHeadDim))
-        }
+        let (kvCache, equalization) = try Self.kvCacheDeclaration(kv6, input: input, source: source, progress: progress)
+        outConfig.kvCache = kvCache
         self.equalization = equalization
-
-        var planned: [PlannedTensor] = []
-        var quantized = Set<String>(), modified = Set<String>()
-        let scaleShape = { (shape: [Int]) in QuantizationConfig.scaleShape(of: shape, block: options.block) }
-        var fresh = 0
-        for t in outConfig.expectedTensors() {
-            let inputDType = source.info(t.name)?.dtype ?? .bf16
-            if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: input, name: t.name, shape: t.shape, scales: s) != nil {
-                modified.insert(t.name)
-            }
-            if source.info(t.name) == nil { modified.insert(t.name) }
-            if inputDType.isBlockFP8 {
-                if modified.contains(t.name) { quantized.insert(t.name) }
-                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
-                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: scaleShape(t.shape)))
-            } else if policy.shouldQuantize(name: t.name, shape: t.shape) {
-                fresh += 1
-                quantized.insert(t.name)
-                planned.append(PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape))
-                planned.append(PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: scaleShape(t.shape)))
-            } else {
-                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
-            }
-        }
-        if fp8 != nil, input.quantization != nil, fresh == 0 {
+        let plan = Self.plan(outConfig.expectedTensors(), source: source, input: input, equalization: equalization, policy: policy,
+                             fp8DType: fp8DType, block: options.block)
+        let (planned, quantized, modified, fresh) = (plan.planned, plan.quantized, plan.modified, plan.fresh)
+        if fp8 != nil, kv6 == nil, input.quantization != nil, fresh == 0 {
             throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (quantization_config present): nothing left to quantize")
         }
         self.planned = planned
@@ -173,8 +137,72 @@ public final class QuantizeStep: TensorSource {
         self.modified = modified
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
 
+        let stageOptions = Self.stageOptions(fp8: fp8 != nil ? options : nil, kv6: kv6)
+        stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
+        var document = source.document
+        if fp8 != nil, input.quantization == nil {
+            document = try document.setting("quantization_config", to: QuantizationConfig(format: options.format, block: options.block))
+        }
+        if let record = outConfig.kvCache { document = try document.setting(KVCacheRecord.configKey, to: record) }
+        self.document = document
+    }
+
+    /// The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
+    private static func kvCacheDeclaration(_ kv6: QuantizeStage.KV6Options?, input: DeepSeekConfig, source: TensorSource,
+                                           progress: ((String) -> Void)?) throws -> (KVCacheRecord?, [Int: [Float]]) {
+        guard let kv6 else { return (nil, [:]) }
+        let format = KVCacheFormat.mlaKV6
+        var calibration: KVCacheRecord.Calibration?
+        var equalization: [Int: [Float]] = [:]
+        if let tokens = kv6.calibration {
+            let absmax = try KVEqualization.calibrate(config: input, weights: SourceWeights(source), tokens: tokens,
+                                                     source: kv6.calibrationSource, progress: progress)
+            equalization = absmax.mapValues(KVEqualization.scales)
+            calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
+        }
+        let record = KVCacheRecord(format: format.rawValue,
+                                   bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
+                                   bitsPerElement: format.bitsPerElement(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
+                                   equalized: calibration != nil, calibration: calibration,
+                                   layout: KVCacheRecord.layout(format, latent: input.kvLoraRank, rope: input.qkRopeHeadDim))
+        return (record, equalization)
+    }
+
+    /// What the step writes, tensor by tensor: FP8 input weights keep their dtype and scales (quantized
+    /// again only when the equalization changes them), bf16 ones the policy picks become FP8 (`fresh`
+    /// counts them), the rest keep their dtype; `modified` are those the equalization changes or
+    /// that the input lacks (an absorbed input's latent gain, back as 1 / s_c).
+    private static func plan(_ tensors: [ExpectedTensor], source: TensorSource, input: DeepSeekConfig, equalization: [Int: [Float]],
+                             policy: FP8Policy, fp8DType: DType, block: Int)
+        -> (planned: [PlannedTensor], quantized: Set<String>, modified: Set<String>, fresh: Int) {
+        var planned: [PlannedTensor] = []
+        var quantized = Set<String>(), modified = Set<String>()
+        var fresh = 0
+        for t in tensors {
+            let inputDType = source.info(t.name)?.dtype ?? .bf16
+            if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: input, name: t.name, shape: t.shape, scales: s) != nil {
+                modified.insert(t.name)
+            }
+            if source.info(t.name) == nil { modified.insert(t.name) }
+            let scale = PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: QuantizationConfig.scaleShape(of: t.shape, block: block))
+            if inputDType.isBlockFP8 {
+                if modified.contains(t.name) { quantized.insert(t.name) }
+                planned += [PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape), scale]
+            } else if policy.shouldQuantize(name: t.name, shape: t.shape) {
+                fresh += 1
+                quantized.insert(t.name)
+                planned += [PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape), scale]
+            } else {
+                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
+            }
+        }
+        return (planned, quantized, modified, fresh)
+    }
+
+    /// The manifest's record of the options (`--resume` keys on them).
+    private static func stageOptions(fp8 options: QuantizeStage.FP8Options?, kv6: QuantizeStage.KV6Options?) -> [String: String] {
         var stageOptions: [String: String] = [:]
-        if fp8 != nil {
+        if let options {
             stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
             if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
         }
@@ -187,13 +215,7 @@ public final class QuantizeStep: TensorSource {
                 stageOptions["calibration_sha256"] = tokens.flatMap { $0.map { Int64($0).littleEndian } }.withUnsafeBytes { SHA256.hex($0) }
             }
         }
-        stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
-        var document = source.document
-        if fp8 != nil, input.quantization == nil {
-            document = try document.setting("quantization_config", to: QuantizationConfig(format: options.format, block: options.block))
-        }
-        if let record = outConfig.kvCache { document = try document.setting(KVCacheRecord.configKey, to: record) }
-        self.document = document
+        return stageOptions
     }
 
     /// `quantize --fp8` over an FP8 input (the tensors a fold left in bf16) must keep the input's

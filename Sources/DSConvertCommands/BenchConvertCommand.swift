@@ -10,6 +10,9 @@ import Glibc
 
 /// `dsconvert-bench generate`: a V2-Lite-shaped or V3-shaped synthetic checkpoint.
 public enum GenerateBenchCommand: Command {
+    /// `--shape`, decoded once.
+    enum ShapeOption: String, CaseIterable { case v2Lite = "v2-lite", v3 }
+
     public static let spec = CommandSpec(
         name: "generate",
         abstract: "Write a checkpoint of random weights with a real model's names and shapes: DeepSeek-V2-Lite in bf16 (3 layers: the 3.3 GB lite slice; 27: the full 31 GB), or a DeepSeek-V3 slice in FP8 as published (3 dense + 1 MoE layer: 17 GB; +11.5 GB per MoE layer).",
@@ -25,11 +28,11 @@ public enum GenerateBenchCommand: Command {
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let shape: SyntheticCheckpoint.Shape
-        switch try arguments.choice("shape", default: "v2-lite", among: ["v2-lite", "v3"]) {
-        case "v3":
+        switch ShapeOption(rawValue: try arguments.choice("shape", default: ShapeOption.v2Lite.rawValue, among: ShapeOption.allCases.map(\.rawValue)))! {
+        case .v3:
             shape = .v3(dense: try arguments.integer("dense-layers", default: 3, in: 0...3),
                         moe: try arguments.integer("moe-layers", default: 2, in: 1...58))
-        default:
+        case .v2Lite:
             shape = .v2Lite(layers: try arguments.integer("layers", default: 3, in: 1...27))
         }
         let output = URL(fileURLWithPath: try arguments.required("output"))

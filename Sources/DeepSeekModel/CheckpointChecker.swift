@@ -29,6 +29,9 @@ public enum CheckpointChecker {
                     problems.append(.fp8WithoutQuantizationConfig(file: file, tensor: tensor.name))
                     continue
                 }
+                if info.dtype != q.format.dtype {
+                    problems.append(.fp8FormatMismatch(file: file, tensor: tensor.name, dtype: info.dtype.rawValue, fmt: q.format.rawValue))
+                }
                 let scaleName = tensor.name + QuantizationConfig.scaleSuffix
                 let scaleShape = QuantizationConfig.scaleShape(of: tensor.shape, block: q.block)
                 expectedNames.insert(scaleName)

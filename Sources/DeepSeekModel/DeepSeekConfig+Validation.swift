@@ -48,7 +48,8 @@ extension DeepSeekConfig {
                                       ("original_max_position_embeddings", ropeScaling?.originalMaxPositionEmbeddings ?? 1)]
         for (key, value) in dimensions where value > limit || value < 0 { throw bad("'\(key)' = \(value) is outside 0...\(limit)") }
         if numHiddenLayers > 1024 { throw bad("num_hidden_layers = \(numHiddenLayers) is outside 1...1024") }
-        if numHiddenLayers * max(nRoutedExperts ?? 1, 1) > 100_000 { throw bad("num_hidden_layers x n_routed_experts = \(numHiddenLayers * max(nRoutedExperts ?? 1, 1)) exceeds 100000") }
+        let layers = numHiddenLayers + min(max(numNextnPredictLayers ?? 0, 0), 8)  // more than 8 is refused below
+        if layers * max(nRoutedExperts ?? 1, 1) > 100_000 { throw bad("num_hidden_layers (+ MTP layers) x n_routed_experts = \(layers * max(nRoutedExperts ?? 1, 1)) exceeds 100000") }
         if let q = qLoraRank, q <= 0 { throw bad("'q_lora_rank' must be positive or null, is \(q)") }
         if let m = maxPositionEmbeddings, m <= 0 { throw bad("'max_position_embeddings' must be positive, is \(m)") }
         if qkRopeHeadDim % 2 != 0 { throw bad("'qk_rope_head_dim' must be even for rotary pairs, is \(qkRopeHeadDim)") }

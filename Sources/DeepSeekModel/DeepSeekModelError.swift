@@ -12,6 +12,8 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
     case missingScale(file: String, tensor: String, expectedShape: [Int])
     case wrongScale(file: String, tensor: String, expected: [Int], actual: [Int], dtype: String)
     case fp8WithoutQuantizationConfig(file: String, tensor: String)
+    /// An FP8 weight in another format than `quantization_config.fmt` declares (codes would be read in the wrong format).
+    case fp8FormatMismatch(file: String, tensor: String, dtype: String, fmt: String)
     /// A key appears twice in one JSON object (JSON leaves the meaning open; we refuse to guess).
     case duplicateKey(path: String, key: String)
     /// A number literal too large for a double (e.g. 1e999), which would read as infinity.
@@ -53,6 +55,8 @@ public enum DeepSeekModelError: LocalizedError, Equatable, Sendable {
             return "\(file): scale '\(tensor)' is \(dtype) \(actual), the block size implies F32 \(expected)"
         case let .fp8WithoutQuantizationConfig(file, tensor):
             return "\(file): tensor '\(tensor)' is FP8 but config.json has no quantization_config (block size unknown)"
+        case let .fp8FormatMismatch(file, tensor, dtype, fmt):
+            return "\(file): FP8 tensor '\(tensor)' is \(dtype), but quantization_config declares fmt \(fmt)"
         case let .duplicateKey(path, key):
             return "\(path): duplicate key '\(key)'"
         case let .nonFiniteNumber(path, key):

@@ -79,6 +79,14 @@ public enum FP8BlockWeights {
         let quantizer = FP8BlockQuantizer(format: format, block: block)
         let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
         let count = matrices * rows * cols
+        // The kernel reads raw pointers: the sizes must be what the shape and block imply.
+        guard shape.count >= 2, codes.count == count else {
+            throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: weight, reason: "\(codes.count) bytes of codes for shape \(shape)")
+        }
+        guard scales.count == matrices * perMatrix else {
+            throw DeepSeekModelError.wrongScale(file: scalesFile, tensor: weight + QuantizationConfig.scaleSuffix,
+                                                expected: QuantizationConfig.scaleShape(of: shape, block: block), actual: [scales.count], dtype: "F32")
+        }
         // The kernel flags NaN/Inf codes and overflowing products itself; the full check runs only
         // then, to name the code or scale (a separate scan of every code would read them twice).
         var out = [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // every element is written below

@@ -153,7 +153,6 @@ public struct FP8BlockQuantizer: Sendable {
     /// w = q · scale per block, in f32: the C kernel at `level` over block rows in parallel (the same
     /// values at every level and thread count). Returns false if a code is NaN/Inf or a product is not
     /// finite (the output is then unspecified; the caller names the code or the scale).
-    @discardableResult
     public func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>,
                            level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
         let nonFinite = NonFiniteFlag()

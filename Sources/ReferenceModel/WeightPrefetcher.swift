@@ -21,19 +21,28 @@ public final class WeightPrefetcher: Sendable {
 
     private let queue = DispatchQueue(label: "dsconvert.weight-prefetch", qos: .utility)
     private let totals = Mutex(Totals())
+    /// Bytes queued and not yet read, over every prefetcher of the process (one per device of a
+    /// sharded model, one per model of a comparison): the budget bounds them all together.
+    private static let outstanding = Mutex(0)
 
     public init() {}
 
-    /// Queues the tensors of `checkpoint` named in `names` (with their FP8 scales), in order, until
-    /// `budget` bytes; names it does not hold are skipped.
+    /// Queues the tensors of `checkpoint` named in `names` (with their FP8 scales), in order, while
+    /// the bytes queued and not yet read, process-wide, stay within `budget`; names it does not hold
+    /// are skipped.
     public func enqueue(_ names: [String], in checkpoint: Checkpoint, budget: Int = WeightPrefetcher.budget) {
-        var queued = 0, batch: [String] = []
-        for name in names {
-            guard let info = checkpoint.info(name) else { continue }
-            if queued + info.byteCount > budget { break }
-            queued += info.byteCount
-            batch.append(name)
-            if checkpoint.contains(name + QuantizationConfig.scaleSuffix) { batch.append(name + QuantizationConfig.scaleSuffix) }
+        var batch: [String] = []
+        let queued = Self.outstanding.withLock { outstanding -> Int in
+            var queued = 0
+            for name in names where checkpoint.contains(name) {
+                let companions = [name, name + QuantizationConfig.scaleSuffix].filter(checkpoint.contains)
+                let bytes = companions.reduce(0) { $0 + (checkpoint.info($1)?.byteCount ?? 0) }
+                if outstanding + queued + bytes > budget { break }
+                queued += bytes
+                batch += companions
+            }
+            outstanding += queued
+            return queued
         }
         guard !batch.isEmpty else { return }
         let names = batch
@@ -42,6 +51,7 @@ public final class WeightPrefetcher: Sendable {
             let bytes = names.reduce(0) { $0 + checkpoint.prefetch($1) }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
             totals.withLock { $0.bytes += bytes; $0.seconds += seconds }
+            Self.outstanding.withLock { $0 -= queued }
         }
     }
 

@@ -284,13 +284,23 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// `pieceBytes` (given its offset in the tensor), so a large computed tensor never exists whole.
     public func write(_ name: String, count: Int, pieceBytes: Int, produce: (Int, UnsafeMutableRawBufferPointer) throws -> Void) throws {
         let (shard, stream, offset) = try begin(name, count: count)
+        // One piece-by-piece write at a time owns the buffer (taken and given back under the lock).
         let needed = max(1, min(pieceBytes, count))
-        if pieceBuffer.count < needed {
-            pieceBuffer.deallocate()
-            pieceBuffer = .allocate(byteCount: needed, alignment: 4096)
+        lock.lock()
+        var buffer = pieceBuffer
+        pieceBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        lock.unlock()
+        if buffer.count < needed {
+            buffer.deallocate()
+            buffer = .allocate(byteCount: needed, alignment: 4096)
+        }
+        defer {
+            lock.lock()
+            if pieceBuffer.count == 0 { pieceBuffer = buffer } else { buffer.deallocate() }
+            lock.unlock()
         }
         for start in stride(from: 0, to: count, by: max(1, pieceBytes)) {
-            let piece = UnsafeMutableRawBufferPointer(rebasing: pieceBuffer[0..<min(pieceBytes, count - start)])
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(pieceBytes, count - start)])
             try produce(start, piece)
             try stream.write(UnsafeRawBufferPointer(piece), at: offset + start)
         }

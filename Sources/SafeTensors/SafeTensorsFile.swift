@@ -141,7 +141,6 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return TensorView(info: info, bytes: bytes, owner: mapping)
     }
 
-    /// Drops the pages of `name` from this process's resident set after it has been consumed.
     /// Reads tensor `name`'s bytes into the page cache (see `MappedFile.prefetch`); returns the bytes read.
     @discardableResult
     public func prefetch(_ name: String) -> Int {
@@ -150,6 +149,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return mapping.prefetch(start..<(start + info.byteCount))
     }
 
+    /// Drops the pages of `name` from this process's resident set after it has been consumed.
     public func release(_ name: String) {
         guard let info = info(name) else { return }
         let start = header.dataStart + info.dataOffsets.lowerBound

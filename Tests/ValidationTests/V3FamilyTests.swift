@@ -134,6 +134,19 @@ final class V3FamilyTests: XCTestCase {
         XCTAssertNil(try Checkpoint(directory: out.appendingPathComponent("device-0")).info(buffers[0]))
     }
 
+    /// Codes in another format than `quantization_config.fmt` declares would be read wrongly: refused.
+    func testFP8FormatMustMatchTheConfig() throws {
+        let input = fixtures.appendingPathComponent("v3-fp8")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: input.appendingPathComponent("config.json"))) as! [String: Any]
+        var q = config["quantization_config"] as! [String: Any]
+        q["fmt"] = "e5m2"
+        config["quantization_config"] = q
+        let model = try DeepSeekConfig.decode(try JSONSerialization.data(withJSONObject: config), path: "c.json")
+        let problems = CheckpointChecker.check(config: model, checkpoint: try Checkpoint(directory: input)).problems
+        XCTAssertEqual(problems.count, 176, "every FP8 weight")
+        XCTAssertTrue(problems[0].errorDescription!.contains("is F8_E4M3, but quantization_config declares fmt e5m2"), "\(problems[0])")
+    }
+
     /// `quantize --dequantize` of the FP8-native copy is DeepSeek's fp8_cast_bf16.py byte for byte.
     func testDequantizeIsDeepSeeksCast() throws {
         let out = dir.appendingPathComponent("bf16")
