@@ -12,7 +12,8 @@ public enum ValidateBenchCommand: Command {
         name: "validate",
         abstract: "Time `dsconvert validate` of two checkpoints (wall, peak RSS) beside a plain read of their weights: read time, compute time, overlap, GB/s, GFLOP/s.",
         discussion: """
-        Tokens: one deterministic sequence of --tokens ids. Read time R: `cat` of every safetensors file of
+        Tokens: one deterministic sequence of --tokens ids. Share of sgemm: against plain cblas_sgemm
+        [tokens, hidden] x [hidden, hidden] in the same run (median of 3). Read time R: `cat` of every safetensors file of
         both checkpoints to /dev/null (after dropping the page cache with --cold). Compute time C: the
         forward passes' time outside weight reading, from validate's own timing (validate --json). Wall
         W: the validate child, after dropping the page cache again with --cold. Overlap = (R + C - W) /
@@ -66,11 +67,16 @@ public enum ValidateBenchCommand: Command {
         let routed = count * (config.numExpertsPerTok ?? 0) * config.moeLayerCount
         let flops = 2 * ForwardCost.flops(config: config, batch: 1, seq: count, routedTokenExperts: routed)
         let r = read.wall, w = run.wall
+        // Plain sgemm of the model's width at this many tokens, in this process after the child: the
+        // share of it the forward passes reach.
+        let sgemm = ForwardBenchmark.sgemm(m: count, n: config.hiddenSize, k: config.hiddenSize, repeats: 3).sorted()[1]
+        let sgemmRate = 2 * Double(count * config.hiddenSize * config.hiddenSize) / sgemm / 1e9
         terminal.out(String(format: "reference %@, candidate %@: %.2f GB of safetensors; %d tokens; %@ page cache; %d cores",
                             reference.path, candidate.path, Double(bytes) / 1e9, count, cold ? "cold" : "warm", ProcessInfo.processInfo.activeProcessorCount))
         terminal.out(String(format: "read (cat)        %8.2f s   %6.2f GB/s", r, Double(bytes) / 1e9 / r))
         terminal.out(String(format: "validate wall     %8.2f s   %6.2f GB/s   peak RSS %d MiB", w, Double(bytes) / 1e9 / w, run.peakRSSKiB / 1024))
-        terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes)", compute, flops / compute / 1e9))
+        terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes), %.2f of cblas_sgemm's %.1f GFLOP/s at %dx%dx%d",
+                            compute, flops / compute / 1e9, flops / compute / 1e9 / sgemmRate, sgemmRate, count, config.hiddenSize, config.hiddenSize))
         terminal.out(String(format: "  weight reading  %8.2f s   (page faults, widening, FP8 dequantization; prefetched %.2f GB alongside)", weightSeconds, Double(prefetched) / 1e9))
         terminal.out(String(format: "wall / max(read, compute)  %.2f   overlap %.2f", w / max(r, compute), (r + compute - w) / min(r, compute)))
         return ExitCode.success

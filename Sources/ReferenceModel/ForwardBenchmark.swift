@@ -135,17 +135,23 @@ public enum ForwardBenchmark {
         let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
 
         let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
+        let sgemmSeconds = sgemm(m: m, n: n, k: k, repeats: max(repeats, 3))
+        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, forwardFLOPs: flops, sgemmShape: (m, n, k),
+                      sgemmSeconds: sgemmSeconds, threads: Int(openblas_get_num_threads()))
+    }
+
+    /// Seconds of each of `repeats` plain `cblas_sgemm` products [m, k] · [n, k]ᵀ, the reference the
+    /// benchmarks put the forward pass's GFLOP/s beside.
+    public static func sgemm(m: Int, n: Int, k: Int, repeats: Int) -> [Double] {
         let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: n * k)
         var c = [Float](repeating: 0, count: m * n)
-        let sgemmSeconds = (0..<max(repeats, 3)).map { _ in
+        return (0..<repeats).map { _ in
             time {
                 a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
                     Linear.forward(ap.baseAddress!, rows: m, inFeatures: k, weight: bp.baseAddress!, outFeatures: n, into: cp.baseAddress!)
                 } } }
             }
         }
-        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmSeconds: sgemmSeconds, threads: Int(openblas_get_num_threads()))
     }
 
     private static func time(_ body: () throws -> Void) rethrows -> Double {
