@@ -56,6 +56,12 @@ public struct JobRun: Sendable {
 
 /// Runs programs as child processes, timed, with their stdout and stderr sent to /dev/null.
 public enum ChildProcess {
+    /// Writes dirty pages back and drops the page cache (root only), so the next job reads from
+    /// disk as a checkpoint larger than RAM is read; false when it could not.
+    public static func dropPageCache() -> Bool {
+        run("/bin/sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded
+    }
+
     /// Spawns `path` with `arguments`, waits for it, and reports wall time, peak RSS and how it ended.
     public static func run(_ path: String, _ arguments: [String]) -> JobRun {
         let argv = ([path] + arguments).map { strdup($0) } + [nil]

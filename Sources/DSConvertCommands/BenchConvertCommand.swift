@@ -179,7 +179,7 @@ public enum ConvertBenchCommand: Command {
                 try? FileManager.default.removeItem(at: output)
                 sync()
                 // Cold: every job reads the input from disk, as a checkpoint larger than RAM is read.
-                if cold, !ChildProcess.run("/bin/sh", ["-c", "echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded { return nil }
+                if cold, !ChildProcess.dropPageCache() { return nil }
                 let (run, size) = runOnce(jobs[j], output: output, earlier: sizes[j])
                 sizes[j] = sizes[j] ?? size
                 if !run.outcome.succeeded { terminal.note("bench: \(jobs[j].name), run \(round + 1): \(run.outcome.label)") }

@@ -40,10 +40,14 @@ public enum ValidateBenchCommand: Command {
         let tokensURL = scratch.appendingPathComponent("tokens.json"), report = scratch.appendingPathComponent("report.json")
         try JSONSerialization.data(withJSONObject: ["tokens": tokens]).write(to: tokensURL)
 
-        let files = shardFiles(reference) + shardFiles(candidate)
-        let bytes = files.reduce(0) { total, file in total + (FileEntry.following(file.path)?.size ?? 0) }
+        // Every safetensors file of both, a shard output's device directories included.
+        let listings = [reference, candidate].map { directory in
+            (directory, OutputCheck.files(under: directory).filter { $0.key.hasSuffix(".safetensors") })
+        }
+        let files = listings.flatMap { directory, listing in listing.keys.sorted().map { directory.appendingPathComponent($0) } }
+        let bytes = listings.reduce(0) { $0 + $1.1.values.reduce(0, +) }
         func dropCaches() throws {
-            guard !cold || ChildProcess.run("/bin/sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded else {
+            guard !cold || ChildProcess.dropPageCache() else {
                 throw UsageError("--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
             }
         }
@@ -80,17 +84,5 @@ public enum ValidateBenchCommand: Command {
         terminal.out(String(format: "  weight reading  %8.2f s   (page faults, widening, FP8 dequantization; prefetched %.2f GB alongside)", weightSeconds, Double(prefetched) / 1e9))
         terminal.out(String(format: "wall / max(read, compute)  %.2f   overlap %.2f", w / max(r, compute), (r + compute - w) / min(r, compute)))
         return ExitCode.success
-    }
-
-    /// The safetensors files of a checkpoint, or of every device of a shard output.
-    static func shardFiles(_ directory: URL) -> [URL] {
-        let fm = FileManager.default
-        let names = ((try? fm.contentsOfDirectory(atPath: directory.path)) ?? []).sorted()
-        return names.flatMap { name -> [URL] in
-            let url = directory.appendingPathComponent(name)
-            if name.hasSuffix(".safetensors") { return [url] }
-            if name.hasPrefix("device-") { return shardFiles(url) }
-            return []
-        }
     }
 }

@@ -68,6 +68,11 @@ extension WeightProvider {
 
     /// The whole matrix, then the rows: for providers whose weights are in memory anyway.
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
+        try wholeRows(name, shape: shape, range: range)
+    }
+
+    /// Rows `range` cut from the whole matrix.
+    func wholeRows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
         let all = try floats(name, shape: shape)
         return Array(all[(range.lowerBound * shape[1])..<(range.upperBound * shape[1])])
     }
@@ -111,8 +116,7 @@ public final class CheckpointWeights: WeightProvider {
     /// by rows is FP8 in the published files).
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
         guard let info = checkpoint.info(name), info.shape == shape, shape.count == 2, let size = info.dtype.byteSize, info.dtype.isFloatingPoint else {
-            let all = try floats(name, shape: shape)
-            return Array(all[(range.lowerBound * shape[1])..<(range.upperBound * shape[1])])
+            return try wholeRows(name, shape: shape, range: range)
         }
         do {
             let view = try checkpoint.view(name)

@@ -1,5 +1,6 @@
 import CSystemCalls
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -137,9 +138,7 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// The buffer piece-by-piece writes fill, kept for the writer's life: allocating one per tensor
     /// (tens of MB each) let malloc's heap grow by gigabytes over a checkpoint (its mmap threshold
     /// rises to the freed size, so later buffers come from fragmenting arenas).
-    private var pieceBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-
-    deinit { pieceBuffer.deallocate() }
+    private let pieceBuffer = Mutex<[UInt8]>([])
     private var finisherError: Error?
 
     /// The journal of finished shards in the work directory (removed before the output is committed).
@@ -284,25 +283,21 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// `pieceBytes` (given its offset in the tensor), so a large computed tensor never exists whole.
     public func write(_ name: String, count: Int, pieceBytes: Int, produce: (Int, UnsafeMutableRawBufferPointer) throws -> Void) throws {
         let (shard, stream, offset) = try begin(name, count: count)
-        // One piece-by-piece write at a time owns the buffer (taken and given back under the lock).
+        // One piece-by-piece write at a time owns the buffer: taken out, and given back when done.
         let needed = max(1, min(pieceBytes, count))
-        lock.lock()
-        var buffer = pieceBuffer
-        pieceBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-        lock.unlock()
-        if buffer.count < needed {
-            buffer.deallocate()
-            buffer = .allocate(byteCount: needed, alignment: 4096)
+        var buffer = pieceBuffer.withLock { kept in
+            let taken = kept
+            kept = []
+            return taken
         }
-        defer {
-            lock.lock()
-            if pieceBuffer.count == 0 { pieceBuffer = buffer } else { buffer.deallocate() }
-            lock.unlock()
-        }
-        for start in stride(from: 0, to: count, by: max(1, pieceBytes)) {
-            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(pieceBytes, count - start)])
-            try produce(start, piece)
-            try stream.write(UnsafeRawBufferPointer(piece), at: offset + start)
+        if buffer.count < needed { buffer = [UInt8](repeating: 0, count: needed) }
+        defer { pieceBuffer.withLock { kept in if kept.isEmpty { kept = buffer } } }
+        try buffer.withUnsafeMutableBytes { raw in
+            for start in stride(from: 0, to: count, by: max(1, pieceBytes)) {
+                let piece = UnsafeMutableRawBufferPointer(rebasing: raw[0..<min(pieceBytes, count - start)])
+                try produce(start, piece)
+                try stream.write(UnsafeRawBufferPointer(piece), at: offset + start)
+            }
         }
         end(shard)
     }
