@@ -33,7 +33,7 @@ let package = Package(
         // OpenBLAS, the reference backend of the validation forward pass.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The reference forward pass (fp32, OpenBLAS): weight providers, attention, router, rotary embedding.
-        .target(name: "ReferenceModel", dependencies: ["COpenBLAS", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        .target(name: "ReferenceModel", dependencies: ["COpenBLAS", "CKernels", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // Drift of a candidate against a reference: metrics and reports.
         .target(name: "Validation", dependencies: ["ReferenceModel", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // Hugging Face tokenizer.json (BPE, DeepSeek's pre-tokenizers) encoding and decoding as `tokenizers` does.

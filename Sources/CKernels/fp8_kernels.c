@@ -99,12 +99,12 @@ int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t row
 // subnormal ones as mantissa * 2^-9 (E4M3) or 2^-16 (E5M2). NaN/Inf codes and non-finite products
 // are flagged (the caller names the code). Branch-free so each level's vectorizer widens it.
 static inline float fp8_value(uint32_t c, int e5m2) {
-    uint32_t sign = (c & 0x80u) << 24;
-    uint32_t e = e5m2 ? (c >> 2) & 0x1Fu : (c >> 3) & 0xFu;
-    uint32_t m = e5m2 ? c & 3u : c & 7u;
-    uint32_t normal = sign | ((e + (e5m2 ? 112u : 120u)) << 23) | (m << (e5m2 ? 21 : 20));
-    uint32_t subnormal = sign | dsconvert_bits_of((float)m * (e5m2 ? 0x1p-16f : 0x1p-9f));
-    return dsconvert_float_of(e ? normal : subnormal);
+    // The code's exponent and mantissa bits placed at the top of f32's exponent and mantissa fields
+    // read as an f32 worth code x 2^-(127 - bias) exactly, subnormal codes included (they land in
+    // f32's subnormal range, which this multiply reads exactly: nothing here sets DAZ); the power of
+    // two restores the value exactly. No branch or select: every level vectorizes it.
+    uint32_t bits = ((c & 0x80u) << 24) | ((c & 0x7Fu) << (e5m2 ? 21 : 20));
+    return dsconvert_float_of(bits) * (e5m2 ? 0x1p112f : 0x1p120f);
 }
 
 // One tile's columns: decode, multiply, flag what is not finite, store (E5M2 a constant, so each

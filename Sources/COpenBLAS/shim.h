@@ -1,1 +1,17 @@
 #include <cblas.h>
+#include <dlfcn.h>
+#include <stdlib.h>
+
+/// Re-runs OpenBLAS's kernel selection as if the process had started with OPENBLAS_CORETYPE=`core`.
+/// A DYNAMIC_ARCH OpenBLAS (Debian's) picks its kernels by CPU model in a load-time constructor; one
+/// older than the CPU falls back to its SSE3 "Prescott" kernels. Must run before any BLAS call.
+/// Returns 1 if this OpenBLAS has the dynamic selection entry points, else 0 (nothing changed).
+static inline int dsconvert_openblas_select_core(const char *core) {
+    void (*quit)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit");
+    void (*init)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init");
+    if (!quit || !init) return 0;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    quit();
+    init();
+    return 1;
+}

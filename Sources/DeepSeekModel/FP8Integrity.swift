@@ -74,13 +74,26 @@ public enum FP8BlockWeights {
     /// after `FP8Integrity.check` (no NaN codes, finite positive scales); errors name the files.
     public static func dequantize(codes: UnsafeRawBufferPointer, shape: [Int], format: FP8Format, scales: [Float], block: Int,
                                   weight: String, codesFile: String, scalesFile: String) throws -> [Float] {
+        let count = shape.reduce(1, *)
+        var out = [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // every element is written below
+        try out.withUnsafeMutableBufferPointer {
+            try dequantize(codes: codes, shape: shape, format: format, scales: scales, block: block, weight: weight,
+                           codesFile: codesFile, scalesFile: scalesFile, into: $0)
+        }
+        return out
+    }
+
+    /// The same values written into `destination` (at least the shape's element count): the forward
+    /// pass dequantizes into buffers it reuses, so no weight costs fresh pages.
+    public static func dequantize(codes: UnsafeRawBufferPointer, shape: [Int], format: FP8Format, scales: [Float], block: Int,
+                                  weight: String, codesFile: String, scalesFile: String, into destination: UnsafeMutableBufferPointer<Float>) throws {
         let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
         let matrices = shape.dropLast(2).reduce(1, *)
         let quantizer = FP8BlockQuantizer(format: format, block: block)
         let perMatrix = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
         let count = matrices * rows * cols
         // The kernel reads raw pointers: the sizes must be what the shape and block imply.
-        guard shape.count >= 2, codes.count == count else {
+        guard shape.count >= 2, codes.count == count, destination.count >= count else {
             throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: weight, reason: "\(codes.count) bytes of codes for shape \(shape)")
         }
         guard scales.count == matrices * perMatrix else {
@@ -89,14 +102,13 @@ public enum FP8BlockWeights {
         }
         // The kernel flags NaN/Inf codes and overflowing products itself; the full check runs only
         // then, to name the code or scale (a separate scan of every code would read them twice).
-        var out = [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // every element is written below
         let bytes = codes.bindMemory(to: UInt8.self)
-        let finite = count == 0 || scales.withUnsafeBufferPointer { sp in out.withUnsafeMutableBufferPointer { op in
+        let finite = count == 0 || scales.withUnsafeBufferPointer { sp in
             (0..<matrices).allSatisfy { m in
                 quantizer.dequantize(codes: bytes.baseAddress! + m * rows * cols, scales: sp.baseAddress! + m * perMatrix,
-                                     rows: rows, cols: cols, into: op.baseAddress! + m * rows * cols)
+                                     rows: rows, cols: cols, into: destination.baseAddress! + m * rows * cols)
             }
-        } }
+        }
         try scales.withUnsafeBufferPointer { sp in
             if let i = FP8Integrity.firstInvalidScale(sp) {
                 throw DeepSeekModelError.invalidScale(file: scalesFile, tensor: weight + QuantizationConfig.scaleSuffix, index: i, value: sp[i])
@@ -106,6 +118,5 @@ public enum FP8BlockWeights {
                 throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: weight, reason: "code x scale overflows f32")
             }
         }
-        return out
     }
 }

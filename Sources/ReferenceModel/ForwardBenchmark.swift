@@ -79,6 +79,8 @@ public enum ForwardBenchmark {
         /// Seconds of each timed sgemm of `sgemmShape`.
         public var sgemmSeconds: [Double]
         public var threads: Int
+        /// OpenBLAS's build and the kernels it runs (`BLASCore`).
+        public var blas: String
 
         public var sgemmFLOPs: Double { 2 * Double(sgemmShape.m * sgemmShape.n * sgemmShape.k) }
     }
@@ -137,7 +139,7 @@ public enum ForwardBenchmark {
         let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
         let sgemmSeconds = sgemm(m: m, n: n, k: k, repeats: max(repeats, 3))
         return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmSeconds: sgemmSeconds, threads: Int(openblas_get_num_threads()))
+                      sgemmSeconds: sgemmSeconds, threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
     }
 
     /// Seconds of each of `repeats` plain `cblas_sgemm` products [m, k] · [n, k]ᵀ, the reference the

@@ -7,6 +7,7 @@ enum Linear {
                         weight: UnsafePointer<Float>, outFeatures: Int,
                         into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
         guard rows > 0, outFeatures > 0 else { return }
+        _ = BLASCore.selection
         if inFeatures == 0 {
             if !accumulate { y.update(repeating: 0, count: rows * outFeatures) }
             return
@@ -24,11 +25,22 @@ enum Linear {
         return y
     }
 
+    /// y = x · wᵀ with w widened into an arena buffer.
+    static func forward(_ x: [Float], rows: Int, weight: WeightMatrix, inFeatures: Int, outFeatures: Int) -> [Float] {
+        precondition(weight.count == inFeatures * outFeatures, "weight of \(weight.count) values for \(outFeatures)x\(inFeatures)")
+        var y = [Float](repeating: 0, count: rows * outFeatures)
+        x.withUnsafeBufferPointer { xp in weight.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
+            forward(xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: wp.baseAddress!, outFeatures: outFeatures, into: yp.baseAddress!)
+        } } }
+        return y
+    }
+
     /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions.
     static func gemm(transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0 else { return }
+        _ = BLASCore.selection
         cblas_sgemm(CblasRowMajor, CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
                     alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
@@ -39,6 +51,7 @@ enum Linear {
 /// core count (README "Guarantees", deterministic bytes).
 public enum BLASThreads {
     public static func withSingleThread<T>(_ body: () throws -> T) rethrows -> T {
+        _ = BLASCore.selection
         let previous = openblas_get_num_threads()
         openblas_set_num_threads(1)
         defer { openblas_set_num_threads(previous) }

@@ -75,6 +75,12 @@ public final class ExpertParallelWeights: WeightProvider {
     public func floats(_ name: String, shape: [Int]) throws -> [Float] { try owner(name).floats(name, shape: shape) }
     public func release(_ name: String) { owner(name).release(name) }
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] { try owner(name).rows(name, shape: shape, range: range) }
+    public func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws {
+        try owner(name).floats(name, shape: shape, into: destination)
+    }
+    public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        try owner(name).rows(name, shape: shape, range: range, into: destination)
+    }
 
     /// Each device's share of `names`, read by that device's prefetcher.
     public func prefetch(_ names: [String]) {

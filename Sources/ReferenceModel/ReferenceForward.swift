@@ -46,6 +46,8 @@ public final class ReferenceForward {
     public private(set) var latentAbsmax: [Int: [Float]] = [:]
     private let recordLatent: Bool
     private let rope: RotaryEmbedding
+    /// The buffers weights are widened into, reused from weight to weight.
+    private let arena = WeightArena()
 
     public init(config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil,
                 kvCache: KVCacheCodec.Format? = nil, recordLatentAbsmax: Bool = false) {
@@ -79,10 +81,20 @@ public final class ReferenceForward {
         return values
     }
 
-    private func loadRows(_ name: String, _ shape: [Int], _ range: Range<Int>) throws -> [Float] {
-        let (values, seconds) = try timed { try weights.rows(name, shape: shape, range: range) }
+    /// A matrix weight widened into a buffer of the arena (released from the checkpoint at once).
+    private func matrix(_ name: String, _ shape: [Int]) throws -> WeightMatrix {
+        let m = WeightMatrix(count: shape.reduce(1, *), arena: arena)
+        let ((), seconds) = try timed { try weights.floats(name, shape: shape, into: m.destination) }
         timing.weightSeconds += seconds
-        return values
+        weights.release(name)
+        return m
+    }
+
+    private func loadRows(_ name: String, _ shape: [Int], _ range: Range<Int>) throws -> WeightMatrix {
+        let m = WeightMatrix(count: range.count * shape[1], arena: arena)
+        let ((), seconds) = try timed { try weights.rows(name, shape: shape, range: range, into: m.destination) }
+        timing.weightSeconds += seconds
+        return m
     }
 
     /// Starts reading the weights of layer `layer` (`numHiddenLayers`: the final norm and the head)
@@ -120,7 +132,7 @@ public final class ReferenceForward {
         let positions = Dictionary(grouping: Array(tokens.joined()).enumerated(), by: \.element).mapValues { $0.map(\.offset) }
         for id in positions.keys.sorted() {
             let row = try loadRows(TensorNames.embedding, [vocab, h], id..<(id + 1))
-            for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: row) }
+            row.withUnsafeBufferPointer { rp in for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: rp) } }
         }
         weights.release(TensorNames.embedding)
         return State(batch: tokens.count, sequenceLength: tokens[0].count, hidden: hidden)
@@ -201,6 +213,7 @@ public final class ReferenceForward {
 
     private func attentionBlock(_ x: [Float], layer: Int, batch: Int, seq: Int) throws -> [Float] {
         func weight(_ w: LayerWeight, _ shape: [Int]) throws -> [Float] { try load(TensorNames.name(w, layer: layer), shape) }
+        func matrix(_ w: LayerWeight, _ shape: [Int]) throws -> WeightMatrix { try self.matrix(TensorNames.name(w, layer: layer), shape) }
         let h = config.hiddenSize, heads = config.numAttentionHeads, t = batch * seq
         let nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim, dq = config.qkHeadDim, dv = config.vHeadDim
         let kvl = config.kvLoraRank
@@ -215,10 +228,10 @@ public final class ReferenceForward {
         var queryInput = x
         let inQ = config.qLoraRank ?? h
         if let ql = config.qLoraRank {
-            let qa = Linear.forward(x, rows: t, weight: try weight(.qAProj, [ql, h]), inFeatures: h, outFeatures: ql)
+            let qa = Linear.forward(x, rows: t, weight: try matrix(.qAProj, [ql, h]), inFeatures: h, outFeatures: ql)
             queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: try gain(.qANorm, ql), eps: config.rmsNormEps)
         }
-        let ckv = Linear.forward(x, rows: t, weight: try weight(.kvAProj, [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
+        let ckv = Linear.forward(x, rows: t, weight: try matrix(.kvAProj, [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
         var latent = [Float](repeating: 0, count: t * kvl)
         var kpe = [Float](repeating: 0, count: t * ropeDim)
         for i in 0..<t {
@@ -241,10 +254,10 @@ public final class ReferenceForward {
 
         switch form {
         case .mla:
-            var q = Linear.forward(queryInput, rows: t, weight: try weight(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
+            var q = Linear.forward(queryInput, rows: t, weight: try matrix(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
             Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
             // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
-            let kv = Linear.forward(latent, rows: t, weight: try weight(.kvBProj, [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
+            let kv = Linear.forward(latent, rows: t, weight: try matrix(.kvBProj, [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
             var keys = [Float](repeating: 0, count: t * heads * dq)
             var values = [Float](repeating: 0, count: t * heads * dv)
             for i in 0..<t {
@@ -258,7 +271,7 @@ public final class ReferenceForward {
             }
             let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
                                                qkDim: dq, vDim: dv, scale: scale)
-            return Linear.forward(context, rows: t, weight: try weight(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+            return Linear.forward(context, rows: t, weight: try matrix(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
 
         case .split, .fold:
             // Latent (MQA-form) attention: per head, the query lives in latent space [kv_lora | rope]
@@ -266,9 +279,9 @@ public final class ReferenceForward {
             let width = kvl + ropeDim
             var queries = [Float](repeating: 0, count: t * heads * width)
             if form == .split {
-                var q = Linear.forward(queryInput, rows: t, weight: try weight(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
+                var q = Linear.forward(queryInput, rows: t, weight: try matrix(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
                 Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
-                let wUK = try weight(.wUK, [heads, nope, kvl])
+                let wUK = try matrix(.wUK, [heads, nope, kvl])
                 q.withUnsafeBufferPointer { qp in wUK.withUnsafeBufferPointer { wp in queries.withUnsafeMutableBufferPointer { op in
                     for head in 0..<heads {
                         // q_lat[h] = q_nope[h] · W_UK[h]  ([t, nope] · [nope, kv_lora])
@@ -278,8 +291,8 @@ public final class ReferenceForward {
                     }
                 } } }
             } else {
-                let qLatent = Linear.forward(queryInput, rows: t, weight: try weight(.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
-                var qRope = Linear.forward(queryInput, rows: t, weight: try weight(.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
+                let qLatent = Linear.forward(queryInput, rows: t, weight: try matrix(.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
+                var qRope = Linear.forward(queryInput, rows: t, weight: try matrix(.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
                 Self.rotateQueries(&qRope, rows: t, seq: seq, heads: heads, stride: ropeDim, offset: 0, tables: tables)
                 for i in 0..<t { for head in 0..<heads {
                     for j in 0..<kvl { queries[(i * heads + head) * width + j] = qLatent[(i * heads + head) * kvl + j] }
@@ -296,9 +309,9 @@ public final class ReferenceForward {
             let context = Self.causalAttention(queries: queries, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
                                                qkDim: width, vDim: kvl, scale: scale)
             if form == .fold {
-                return Linear.forward(context, rows: t, weight: try weight(.oAbsorbed, [h, heads * kvl]), inFeatures: heads * kvl, outFeatures: h)
+                return Linear.forward(context, rows: t, weight: try matrix(.oAbsorbed, [h, heads * kvl]), inFeatures: heads * kvl, outFeatures: h)
             }
-            let wUV = try weight(.wUV, [heads, dv, kvl])
+            let wUV = try matrix(.wUV, [heads, dv, kvl])
             var perHead = [Float](repeating: 0, count: t * heads * dv)
             context.withUnsafeBufferPointer { cp in wUV.withUnsafeBufferPointer { wp in perHead.withUnsafeMutableBufferPointer { op in
                 for head in 0..<heads {
@@ -307,7 +320,7 @@ public final class ReferenceForward {
                                 b: wp.baseAddress! + head * dv * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * dv, ldc: heads * dv)
                 }
             } } }
-            return Linear.forward(perHead, rows: t, weight: try weight(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+            return Linear.forward(perHead, rows: t, weight: try matrix(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
         }
     }
 
@@ -356,7 +369,7 @@ public final class ReferenceForward {
     /// SiLU(gate·x) ⊙ (up·x), then down: the dense MLP, the shared experts or one routed expert.
     private func mlpBlock(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int) throws -> [Float] {
         let h = config.hiddenSize
-        func weight(_ projection: MLPProjection, _ shape: [Int]) throws -> [Float] { try load(TensorNames.mlp(block, projection, layer: layer), shape) }
+        func weight(_ projection: MLPProjection, _ shape: [Int]) throws -> WeightMatrix { try matrix(TensorNames.mlp(block, projection, layer: layer), shape) }
         let gate = Linear.forward(x, rows: rows, weight: try weight(.gate, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
         let up = Linear.forward(x, rows: rows, weight: try weight(.up, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
         var act = [Float](repeating: 0, count: gate.count)
@@ -366,7 +379,7 @@ public final class ReferenceForward {
 
     private func moeBlock(_ x: [Float], layer: Int, tokens t: Int) throws -> ([Float], RoutingRecord) {
         let h = config.hiddenSize, e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
-        let routerLogits = Linear.forward(x, rows: t, weight: try load(TensorNames.name(.router, layer: layer), [e, h]), inFeatures: h, outFeatures: e)
+        let routerLogits = Linear.forward(x, rows: t, weight: try matrix(TensorNames.name(.router, layer: layer), [e, h]), inFeatures: h, outFeatures: e)
         let bias = config.hasRouterBias ? try load(TensorNames.name(.routerBias, layer: layer), [e]) : nil
         let router = MoERouter(config: config, bias: bias)
         var experts = [Int32](repeating: 0, count: t * k)

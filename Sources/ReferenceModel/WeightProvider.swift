@@ -55,6 +55,11 @@ public protocol WeightProvider: AnyObject {
     /// batch looks up and `lm_head` in vocabulary chunks, so a vocabulary-sized matrix (V3: 129,280 x
     /// 7,168, 3.7 GB in fp32) is never widened whole.
     func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float]
+    /// The weight `name` (checked to have `shape`) as fp32 written into `destination`, which holds
+    /// at least its element count: the forward pass widens into buffers it reuses.
+    func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws
+    /// Rows `range` of the 2-D weight `name` written into `destination` (at least range.count x shape[1]).
+    func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws
     /// Starts reading `names` (in the order they will be used) into memory ahead of their use.
     func prefetch(_ names: [String])
     /// What the prefetch reads did so far (after waiting for the queued ones).
@@ -69,6 +74,19 @@ extension WeightProvider {
     /// The whole matrix, then the rows: for providers whose weights are in memory anyway.
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
         try wholeRows(name, shape: shape, range: range)
+    }
+
+    /// Copies the array the provider returns: for providers whose weights are in memory anyway.
+    public func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws {
+        let values = try floats(name, shape: shape)
+        precondition(destination.count >= values.count, "destination smaller than \(name)")
+        _ = destination.initialize(from: values)
+    }
+
+    public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        let values = try rows(name, shape: shape, range: range)
+        precondition(destination.count >= values.count, "destination smaller than rows of \(name)")
+        _ = destination.initialize(from: values)
     }
 
     /// Rows `range` cut from the whole matrix.
@@ -95,41 +113,59 @@ public final class CheckpointWeights: WeightProvider {
     }
 
     public func floats(_ name: String, shape: [Int]) throws -> [Float] {
+        let count = shape.reduce(1, *)
+        var out = [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // written whole below
+        try out.withUnsafeMutableBufferPointer { try floats(name, shape: shape, into: $0) }
+        return out
+    }
+
+    public func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws {
         guard let info = checkpoint.info(name) else {
             throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
         }
         guard info.shape == shape else {
             throw ReferenceModelError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
         }
+        precondition(destination.count >= info.elementCount, "destination smaller than \(name)")
         do {
             let view = try checkpoint.view(name)
             if let format = FP8Format(dtype: view.dtype) {
-                return try dequantize(view, format: format)
+                return try dequantize(view, format: format, into: destination)
             }
-            return try view.floats()
+            guard TensorView.widen(view.bytes, dtype: view.dtype, count: info.elementCount, into: destination) else {
+                throw SafeTensorsError.invalidTensorEntry(file: view.owner.path, tensor: name, reason: "dtype \(view.dtype.rawValue) cannot be read as real values here")
+            }
         } catch let error as SafeTensorsError {
             throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
     }
 
+    public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
+        let count = range.count * (shape.count == 2 ? shape[1] : 0)
+        var out = [Float](repeating: 0, count: count)
+        try out.withUnsafeMutableBufferPointer { try rows(name, shape: shape, range: range, into: $0) }
+        return out
+    }
+
     /// Only the rows' bytes are touched (an FP8 weight is dequantized whole: none of the tensors read
     /// by rows is FP8 in the published files).
-    public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
+    public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
         guard let info = checkpoint.info(name), info.shape == shape, shape.count == 2, let size = info.dtype.byteSize, info.dtype.isFloatingPoint else {
-            return try wholeRows(name, shape: shape, range: range)
+            let values = try wholeRows(name, shape: shape, range: range)
+            _ = destination.initialize(from: values)
+            return
         }
+        precondition(destination.count >= range.count * shape[1], "destination smaller than rows of \(name)")
         do {
             let view = try checkpoint.view(name)
             let rowBytes = shape[1] * size
             let bytes = UnsafeRawBufferPointer(rebasing: view.bytes[(range.lowerBound * rowBytes)..<(range.upperBound * rowBytes)])
-            var out = [Float](repeating: 0, count: range.count * shape[1])
-            _ = out.withUnsafeMutableBufferPointer { TensorView.widen(bytes, dtype: info.dtype, count: range.count * shape[1], into: $0) }
+            _ = TensorView.widen(bytes, dtype: info.dtype, count: range.count * shape[1], into: destination)
             // The rows' pages leave the resident set now: lm_head is read in chunks, and keeping the
             // chunks mapped until the end held its whole 1.85 GB (V3) in RSS.
             if let start = bytes.baseAddress, let base = view.owner.base, !bytes.isEmpty {
                 view.owner.release((start - base)..<(start - base + bytes.count))
             }
-            return out
         } catch let error as SafeTensorsError {
             throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
@@ -140,7 +176,7 @@ public final class CheckpointWeights: WeightProvider {
         checkpoint.release(name + QuantizationConfig.scaleSuffix)
     }
 
-    private func dequantize(_ view: TensorView, format: FP8Format) throws -> [Float] {
+    private func dequantize(_ view: TensorView, format: FP8Format, into destination: UnsafeMutableBufferPointer<Float>) throws {
         let name = view.name
         let scaleName = name + QuantizationConfig.scaleSuffix
         guard let block = fp8Block, view.shape.count >= 2 else {
@@ -149,7 +185,8 @@ public final class CheckpointWeights: WeightProvider {
         guard checkpoint.contains(scaleName) else {
             throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: view.shape, block: block))
         }
-        return try FP8BlockWeights.dequantize(codes: view.bytes, shape: view.shape, format: format, scales: try checkpoint.view(scaleName).floats(),
-                                              block: block, weight: name, codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName))
+        try FP8BlockWeights.dequantize(codes: view.bytes, shape: view.shape, format: format, scales: try checkpoint.view(scaleName).floats(),
+                                       block: block, weight: name, codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName),
+                                       into: destination)
     }
 }

@@ -1,0 +1,56 @@
+/// Buffers the forward pass widens weights into, lent and taken back so a weight never costs fresh pages.
+///
+/// A weight read as a fresh array is fresh anonymous memory: the kernel maps and zeroes every page
+/// on first touch, and the allocator returns the pages on release (blocks over 32 MB are always
+/// their own mapping). At V3 scale that is 4 bytes of faulted, zeroed memory per parameter, twice per
+/// comparison: 228 GB and most of `validate`'s weight-reading time. Lending the same few buffers back
+/// keeps their pages mapped, so widening writes into memory that is already there.
+final class WeightArena {
+    private var free: [UnsafeMutableBufferPointer<Float>] = []
+    /// Buffers kept for reuse; a layer holds at most two weights at once (a product's weight and the
+    /// split form's per-head matrix), so the largest few cover every request after the first layers.
+    private let retained: Int
+
+    init(retained: Int = 3) { self.retained = retained }
+
+    deinit { for buffer in free { buffer.deallocate() } }
+
+    /// A buffer of at least `count` floats: the smallest kept one that is large enough, else a new one.
+    func lend(count: Int) -> UnsafeMutableBufferPointer<Float> {
+        if let i = free.indices.filter({ free[$0].count >= count }).min(by: { free[$0].count < free[$1].count }) {
+            return free.remove(at: i)
+        }
+        return .allocate(capacity: max(count, 1))
+    }
+
+    /// Takes `buffer` back; past `retained` buffers the smallest is freed (the large ones are the
+    /// ones whose pages are expensive to fault again).
+    func takeBack(_ buffer: UnsafeMutableBufferPointer<Float>) {
+        free.append(buffer)
+        if free.count > retained, let i = free.indices.min(by: { free[$0].count < free[$1].count }) {
+            free.remove(at: i).deallocate()
+        }
+    }
+}
+
+/// One weight widened to fp32 in a buffer lent by a `WeightArena`, given back when dropped.
+final class WeightMatrix {
+    let count: Int
+    private let buffer: UnsafeMutableBufferPointer<Float>
+    private let arena: WeightArena
+
+    init(count: Int, arena: WeightArena) {
+        self.count = count
+        self.arena = arena
+        buffer = arena.lend(count: count)
+    }
+
+    deinit { arena.takeBack(buffer) }
+
+    /// The destination to widen into: exactly `count` floats.
+    var destination: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(rebasing: buffer[0..<count]) }
+
+    func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        try body(UnsafeBufferPointer(destination))
+    }
+}
