@@ -1,46 +1,128 @@
 import COpenBLAS
 import DeepSeekModel
+import Numerics
 import Foundation
 import Synchronization
 
 /// Weights held in memory, generated deterministically from each tensor's name: for benchmarks and
 /// tests that need a model of real width without a checkpoint on disk.
+///
+/// Matrices are kept in the dtype a published checkpoint stores them in (`Storage`) and widened on
+/// every use into the forward pass's buffers, as `validate` widens a mapped checkpoint's weights: the
+/// benchmark times that work too, not only the products.
 public final class SyntheticWeights: WeightProvider {
-    /// Generated once per name and kept, so timed runs measure compute, not generation.
-    private let cache = Mutex<[String: [Float]]>([:])
+    /// How matrices are stored: fp32, bf16 (DeepSeek-V2's files) or FP8 E4M3 with 128 x 128 block
+    /// scales (DeepSeek-V3's). Vectors (norm gains, the router bias) are fp32.
+    public enum Storage: Sendable { case f32, bf16, fp8 }
+
+    private enum Stored {
+        case f32([Float])
+        case bf16([UInt16])
+        case fp8(codes: [UInt8], scales: [Float])
+    }
+
+    /// Generated once per name and kept, so timed runs measure the forward pass, not generation.
+    private let cache = Mutex<[String: Stored]>([:])
     /// With a pool of P, routed expert j of every layer uses the values of expert j % P: the same
     /// products (shapes and FLOPs) as distinct experts, in the memory of P (V3's 256 experts of
-    /// 2048 x 7168 would take 45 GB per layer in fp32).
+    /// 2048 x 7168 would take 11 GB per layer even in FP8).
     private let expertPool: Int?
+    private let storage: Storage
+    private static let quantizer = FP8BlockQuantizer(format: .e4m3, block: 128)
     public var label: String { "synthetic" }
-    public init(expertPool: Int? = nil) { self.expertPool = expertPool }
+    public init(expertPool: Int? = nil, storage: Storage = .f32) {
+        self.expertPool = expertPool
+        self.storage = storage
+    }
 
     public func floats(_ name: String, shape: [Int]) throws -> [Float] {
-        var name = name
-        if let pool = expertPool, case let .expert(_, j, projection)? = TensorNames.parse(name) {
-            name = "pooled expert \(j % pool) \(projection.rawValue)"
+        let count = shape.reduce(1, *)
+        var out = [Float](repeating: 0, count: count)
+        try out.withUnsafeMutableBufferPointer { try floats(name, shape: shape, into: $0) }
+        return out
+    }
+
+    public func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws {
+        let count = shape.reduce(1, *)
+        precondition(destination.count >= count, "destination smaller than \(name)")
+        switch stored(name, shape: shape) {
+        case let .f32(values):
+            _ = destination.initialize(from: values)
+        case let .bf16(bits):
+            bits.withUnsafeBufferPointer { FloatConversion.bf16ToFloat($0.baseAddress!, destination.baseAddress!, count: count) }
+        case let .fp8(codes, scales):
+            _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
+                Self.quantizer.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: shape[0], cols: count / shape[0],
+                                          into: destination.baseAddress!)
+            } }
         }
-        return cache.withLock { cache in
-            if let values = cache[name] { return values }
-            var state = name.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 }
-            let count = shape.reduce(1, *)
-            // Uniform with the variance of N(0, 1/fan_in) for matrices; gains around 1 for norms.
-            let scale: Float = shape.count == 2 ? Float(3.0 / Double(max(shape[1], 1))).squareRoot() : 0.5
-            let offset: Float = shape.count == 2 ? 0 : 1
-            let values = (0..<count).map { _ -> Float in
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                let unit = Float(state >> 40) / Float(1 << 24) * 2 - 1
-                return offset + scale * unit
-            }
-            cache[name] = values
-            return values
+    }
+
+    /// Rows of the embedding or the head: only those rows are widened (both are bf16 under FP8
+    /// storage, as in DeepSeek-V3's files).
+    public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        let width = shape[1], count = range.count * width
+        precondition(destination.count >= count, "destination smaller than rows of \(name)")
+        switch stored(name, shape: shape) {
+        case let .f32(values):
+            _ = destination.initialize(from: values[(range.lowerBound * width)..<(range.upperBound * width)])
+        case let .bf16(bits):
+            bits.withUnsafeBufferPointer { FloatConversion.bf16ToFloat($0.baseAddress! + range.lowerBound * width, destination.baseAddress!, count: count) }
+        case .fp8:
+            let whole = try floats(name, shape: shape)
+            _ = destination.initialize(from: whole[(range.lowerBound * width)..<(range.upperBound * width)])
+        }
+    }
+
+    public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
+        var out = [Float](repeating: 0, count: range.count * shape[1])
+        try out.withUnsafeMutableBufferPointer { try rows(name, shape: shape, range: range, into: $0) }
+        return out
+    }
+
+    private func stored(_ name: String, shape: [Int]) -> Stored {
+        var key = name
+        if let pool = expertPool, case let .expert(_, j, projection)? = TensorNames.parse(name) {
+            key = "pooled expert \(j % pool) \(projection.rawValue)"
+        }
+        if let hit = cache.withLock({ $0[key] }) { return hit }
+        let values = Self.generate(key, shape: shape)
+        let stored: Stored
+        // DeepSeek-V3's FP8 files keep the embedding and the head in bf16.
+        let vocabularySized = name == TensorNames.embedding || name == TensorNames.lmHead
+        switch (shape.count, storage) {
+        case (2, .bf16), (2, .fp8) where vocabularySized:
+            var bits = [UInt16](repeating: 0, count: values.count)
+            values.withUnsafeBufferPointer { vp in bits.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(vp.baseAddress!, $0.baseAddress!, count: values.count) } }
+            stored = .bf16(bits)
+        case (2, .fp8):
+            let (codes, scales) = values.withUnsafeBufferPointer { Self.quantizer.quantize($0.baseAddress!, rows: shape[0], cols: shape[1]) }
+            stored = .fp8(codes: codes, scales: scales)
+        default:
+            stored = .f32(values)
+        }
+        cache.withLock { $0[key] = stored }
+        return stored
+    }
+
+    /// Uniform with the variance of N(0, 1/fan_in) for matrices; gains around 1 for vectors.
+    private static func generate(_ key: String, shape: [Int]) -> [Float] {
+        var state = key.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 }
+        let count = shape.reduce(1, *)
+        let scale: Float = shape.count == 2 ? Float(3.0 / Double(max(shape[1], 1))).squareRoot() : 0.5
+        let offset: Float = shape.count == 2 ? 0 : 1
+        return (0..<count).map { _ -> Float in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            let unit = Float(state >> 40) / Float(1 << 24) * 2 - 1
+            return offset + scale * unit
         }
     }
 
     public func release(_ name: String) {}
 }
 
-/// Multiply-adds of one forward pass as `ReferenceForward` executes it (full S×S score products).
+/// Multiply-adds of one forward pass as `ReferenceForward` executes it (causal attention in query
+/// blocks: each block's scores against the keys up to its last query).
 public enum ForwardCost {
     /// - Parameter routedTokenExperts: (token, expert) selections summed over all MoE layers.
     public static func flops(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> Double {
@@ -50,7 +132,8 @@ public enum ForwardCost {
         for layer in 0..<c.numHiddenLayers {
             if let ql = c.qLoraRank { macs += t * (h * Double(ql) + Double(ql) * heads * dq) } else { macs += t * h * heads * dq }
             macs += t * h * (kvl + rope) + t * kvl * heads * (Double(c.qkNopeHeadDim) + dv) + t * heads * dv * h
-            macs += Double(batch) * heads * Double(seq * seq) * (dq + dv)
+            let scored = ReferenceForward.causalBlocks(seq: seq).reduce(0) { $0 + $1.queries.count * $1.keys }
+            macs += Double(batch) * heads * Double(scored) * (dq + dv)
             if c.isMoELayer(layer) {
                 let m = Double(c.moeIntermediateSize)
                 macs += t * h * Double(c.nRoutedExperts ?? 0)
@@ -73,11 +156,18 @@ public enum ForwardBenchmark {
         public var tokens: Int
         /// Seconds of each timed forward pass.
         public var forwardSeconds: [Double]
+        /// Of each, the seconds spent widening stored weights (bf16 or FP8) to fp32.
+        public var wideningSeconds: [Double]
         /// FLOPs of one forward pass, as executed.
         public var forwardFLOPs: Double
         public var sgemmShape: (m: Int, n: Int, k: Int)
         /// Seconds of each timed sgemm of `sgemmShape`.
         public var sgemmSeconds: [Double]
+        /// A routed expert's product (its average tokens x moe_intermediate x hidden) and the seconds
+        /// of each timed sgemm of it with weights read from memory, not cache: the ceiling the
+        /// products of experts that see few tokens run against.
+        public var expertShape: (m: Int, n: Int, k: Int)
+        public var expertSgemmSeconds: [Double]
         public var threads: Int
         /// OpenBLAS's build and the kernels it runs (`BLASCore`).
         public var blas: String
@@ -124,8 +214,8 @@ public enum ForwardBenchmark {
         let config: DeepSeekConfig
         let weights: SyntheticWeights
         switch shape {
-        case .v2Lite: (config, weights) = (try liteWidthConfig(), SyntheticWeights())
-        case .v3: (config, weights) = (try v3WidthConfig(), SyntheticWeights(expertPool: 8))
+        case .v2Lite: (config, weights) = (try liteWidthConfig(), SyntheticWeights(storage: .bf16))
+        case .v3: (config, weights) = (try v3WidthConfig(), SyntheticWeights(expertPool: 8, storage: .fp8))
         }
         let forward = ReferenceForward(config: config, weights: weights)
         let tokens = TokenFile.deterministicSample(vocabSize: config.vocabSize, batch: batch, length: seq)
@@ -133,13 +223,22 @@ public enum ForwardBenchmark {
         let source = "benchmark tokens (--batch \(batch) --seq \(seq))"
         let warm = try forward.run(tokens: tokens, source: source)  // generates and caches the weights
         let routed = warm.routing.reduce(0) { $0 + $1.experts.count }
-        let forwardSeconds = try (0..<repeats).map { _ in try time { _ = try forward.run(tokens: tokens, source: source) } }
+        var widening: [Double] = []
+        let forwardSeconds = try (0..<repeats).map { _ in
+            let before = forward.timing.weightSeconds
+            defer { widening.append(forward.timing.weightSeconds - before) }
+            return try time { _ = try forward.run(tokens: tokens, source: source) }
+        }
         let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
 
         let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
         let sgemmSeconds = sgemm(m: m, n: n, k: k, repeats: max(repeats, 3))
-        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmSeconds: sgemmSeconds, threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
+        // A routed expert's product at the tokens it sees on average, its weight fresh from memory.
+        let expertRows = max(1, routed / max(1, config.moeLayerCount * (config.nRoutedExperts ?? 1)))
+        let expert = (m: expertRows, n: config.moeIntermediateSize, k: config.hiddenSize)
+        let expertSeconds = sgemmFromMemory(m: expert.m, n: expert.n, k: expert.k, repeats: max(repeats, 3))
+        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, wideningSeconds: widening, forwardFLOPs: flops, sgemmShape: (m, n, k),
+                      sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
     }
 
     /// Seconds of each of `repeats` plain `cblas_sgemm` products [m, k] · [n, k]ᵀ, the reference the
@@ -153,6 +252,25 @@ public enum ForwardBenchmark {
                     Linear.forward(ap.baseAddress!, rows: m, inFeatures: k, weight: bp.baseAddress!, outFeatures: n, into: cp.baseAddress!)
                 } } }
             }
+        }
+    }
+
+    /// Seconds of each of `repeats` rounds of plain `cblas_sgemm` [m, k] · [n, k]ᵀ, each round cycling
+    /// through enough distinct weights (at least 512 MB) that every one comes from memory, as a
+    /// routed expert's weight does in the forward pass; one round is 8 products or more.
+    public static func sgemmFromMemory(m: Int, n: Int, k: Int, repeats: Int) -> [Double] {
+        let count = max(8, (512 << 20) / max(1, n * k * 4))
+        let a = [Float](repeating: 0.5, count: m * k)
+        let weights = (0..<count).map { [Float](repeating: 0.25 + Float($0) / 1024, count: n * k) }
+        var c = [Float](repeating: 0, count: m * n)
+        return (0..<repeats).map { _ in
+            time {
+                for b in weights {
+                    a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+                        Linear.forward(ap.baseAddress!, rows: m, inFeatures: k, weight: bp.baseAddress!, outFeatures: n, into: cp.baseAddress!)
+                    } } }
+                }
+            } / Double(count)
         }
     }
 

@@ -335,28 +335,46 @@ public final class ReferenceForward {
         }
     }
 
+    /// Queries per block of `causalAttention`: scores take block x seq floats, not seq x seq.
+    static let queryBlock = 128
+
+    /// The query blocks of a causal pass over `seq` positions, each with the keys it sees (0 through
+    /// its last query): the work `causalAttention` does and `ForwardCost` counts.
+    static func causalBlocks(seq: Int) -> [(queries: Range<Int>, keys: Int)] {
+        stride(from: 0, to: seq, by: queryBlock).map { q0 in
+            let q1 = min(seq, q0 + queryBlock)
+            return (q0..<q1, q1)
+        }
+    }
+
     /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head); Q, K [T, H, qkDim], V [T, H, vDim]; returns [T, H·vDim].
+    /// Queries run in blocks of `queryBlock`, each against the keys up to its last query only (what
+    /// the mask leaves), so memory is O(block x seq) and masked products are not computed.
     static func causalAttention(queries: [Float], keys: [Float], values: [Float], batch: Int, seq: Int, heads: Int,
                                 qkDim: Int, vDim: Int, scale: Float) -> [Float] {
         var out = [Float](repeating: 0, count: batch * seq * heads * vDim)
-        var scores = [Float](repeating: 0, count: seq * seq)
+        var scores = [Float](repeating: 0, count: min(seq, queryBlock) * seq)
+        let blocks = causalBlocks(seq: seq)
         queries.withUnsafeBufferPointer { qp in keys.withUnsafeBufferPointer { kp in values.withUnsafeBufferPointer { vp in
             out.withUnsafeMutableBufferPointer { op in scores.withUnsafeMutableBufferPointer { sp in
                 for b in 0..<batch {
                     for head in 0..<heads {
                         let qBase = qp.baseAddress! + b * seq * heads * qkDim + head * qkDim
                         let kBase = kp.baseAddress! + b * seq * heads * qkDim + head * qkDim
-                        Linear.gemm(transposeB: true, m: seq, n: seq, k: qkDim, alpha: scale, a: qBase, lda: heads * qkDim,
-                                    b: kBase, ldb: heads * qkDim, beta: 0, c: sp.baseAddress!, ldc: seq)
-                        for i in 0..<seq {
-                            let row = sp.baseAddress! + i * seq
-                            Elementwise.softmax(row, count: i + 1)
-                            for j in (i + 1)..<max(seq, i + 1) { row[j] = 0 }
-                        }
                         let vBase = vp.baseAddress! + b * seq * heads * vDim + head * vDim
                         let oBase = op.baseAddress! + b * seq * heads * vDim + head * vDim
-                        Linear.gemm(transposeB: false, m: seq, n: vDim, k: seq, alpha: 1, a: sp.baseAddress!, lda: seq,
-                                    b: vBase, ldb: heads * vDim, beta: 0, c: oBase, ldc: heads * vDim)
+                        for (range, seen) in blocks {
+                            Linear.gemm(transposeB: true, m: range.count, n: seen, k: qkDim, alpha: scale,
+                                        a: qBase + range.lowerBound * heads * qkDim, lda: heads * qkDim,
+                                        b: kBase, ldb: heads * qkDim, beta: 0, c: sp.baseAddress!, ldc: seen)
+                            for (r, i) in range.enumerated() {
+                                let row = sp.baseAddress! + r * seen
+                                Elementwise.softmax(row, count: i + 1)
+                                for j in (i + 1)..<max(seen, i + 1) { row[j] = 0 }
+                            }
+                            Linear.gemm(transposeB: false, m: range.count, n: vDim, k: seen, alpha: 1, a: sp.baseAddress!, lda: seen,
+                                        b: vBase, ldb: heads * vDim, beta: 0, c: oBase + range.lowerBound * heads * vDim, ldc: heads * vDim)
+                        }
                     }
                 }
             } }

@@ -21,7 +21,23 @@ extension TensorView {
 
     /// Widens `count` little-endian elements of `dtype` (BF16, F16, F32, F64) to Float32 into `out`;
     /// false for any other dtype (nothing to widen, an empty tensor, is never an error).
+    /// Large tensors are widened in chunks on every core (each chunk writes its own slice: the same
+    /// values at any thread count).
     public static func widen(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, into out: UnsafeMutableBufferPointer<Float>) -> Bool {
+        let chunk = 1 << 18
+        guard count >= 4 * chunk, let size = dtype.byteSize, [.bf16, .f16, .f32, .f64].contains(dtype), let d = out.baseAddress else {
+            return widenSerially(bytes, dtype: dtype, count: count, into: out)
+        }
+        let source = SharedPointer(UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: UInt8.self))), destination = SharedPointer(d)
+        Parallel.forEach((count + chunk - 1) / chunk) { c in
+            let n = min(chunk, count - c * chunk)
+            _ = widenSerially(UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer + c * chunk * size), count: n * size), dtype: dtype, count: n,
+                              into: UnsafeMutableBufferPointer(start: destination.pointer + c * chunk, count: n))
+        }
+        return true
+    }
+
+    private static func widenSerially(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int, into out: UnsafeMutableBufferPointer<Float>) -> Bool {
         guard let d = out.baseAddress, count > 0 else { return true }
         switch dtype {
         case .bf16:
