@@ -87,6 +87,10 @@ public final class ExpertParallelWeights: WeightProvider {
         for (d, device) in devices.enumerated() { device.prefetch(names.filter { owner($0) === devices[d] }) }
     }
 
+    public func retire(_ names: [String]) {
+        for (d, device) in devices.enumerated() { device.retire(names.filter { owner($0) === devices[d] }) }
+    }
+
     public func prefetchTotals() -> WeightPrefetcher.Totals {
         devices.map { $0.prefetchTotals() }.reduce(into: WeightPrefetcher.Totals()) { $0.bytes += $1.bytes; $0.seconds += $1.seconds }
     }

@@ -46,8 +46,8 @@ public final class ReferenceForward {
     public private(set) var latentAbsmax: [Int: [Float]] = [:]
     private let recordLatent: Bool
     private let rope: RotaryEmbedding
-    /// The buffers weights are widened into, reused from weight to weight.
-    private let arena = WeightArena()
+    /// The buffers weights are widened into, reused from weight to weight (and model to model).
+    private let arena = WeightArena.shared
 
     public init(config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil,
                 kvCache: KVCacheCodec.Format? = nil, recordLatentAbsmax: Bool = false) {
@@ -156,6 +156,8 @@ public final class ReferenceForward {
             mlp = try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize)
         }
         for i in 0..<state.hidden.count { state.hidden[i] += mlp[i] }
+        // Experts no token chose are not read ahead any more.
+        weights.retire(config.layerTensors(layer).map(\.name))
         state.layers += 1
     }
 

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Buffers the forward pass widens weights into, lent and taken back so a weight never costs fresh pages.
 ///
 /// A weight read as a fresh array is fresh anonymous memory: the kernel maps and zeroes every page
@@ -5,31 +7,45 @@
 /// their own mapping). At V3 scale that is 4 bytes of faulted, zeroed memory per parameter, twice per
 /// comparison: 228 GB and most of `validate`'s weight-reading time. Lending the same few buffers back
 /// keeps their pages mapped, so widening writes into memory that is already there.
-final class WeightArena {
-    private var free: [UnsafeMutableBufferPointer<Float>] = []
+final class WeightArena: Sendable {
+    /// One arena for the process: the two models of a comparison run one after the other, so they
+    /// share it, and its retained memory is counted once.
+    static let shared = WeightArena()
+
+    /// Addresses and capacities of the buffers kept (a Sendable form of the pointers).
+    private let free = Mutex<[(address: Int, count: Int)]>([])
     /// Buffers kept for reuse; a layer holds at most two weights at once (a product's weight and the
-    /// split form's per-head matrix), so the largest few cover every request after the first layers.
+    /// split form's per-head matrix), so the largest two cover every request after the first layers
+    /// (at V3: two of 528 MB, the dense MLP's, which every other weight fits in).
     private let retained: Int
 
-    init(retained: Int = 3) { self.retained = retained }
+    init(retained: Int = 2) { self.retained = retained }
 
-    deinit { for buffer in free { buffer.deallocate() } }
+    deinit { for buffer in free.withLock({ $0 }) { Self.pointer(buffer).deallocate() } }
+
+    private static func pointer(_ buffer: (address: Int, count: Int)) -> UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: UnsafeMutablePointer<Float>(bitPattern: buffer.address), count: buffer.count)
+    }
 
     /// A buffer of at least `count` floats: the smallest kept one that is large enough, else a new one.
     func lend(count: Int) -> UnsafeMutableBufferPointer<Float> {
-        if let i = free.indices.filter({ free[$0].count >= count }).min(by: { free[$0].count < free[$1].count }) {
+        let kept = free.withLock { free -> (address: Int, count: Int)? in
+            guard let i = free.indices.filter({ free[$0].count >= count }).min(by: { free[$0].count < free[$1].count }) else { return nil }
             return free.remove(at: i)
         }
+        if let kept { return Self.pointer(kept) }
         return .allocate(capacity: max(count, 1))
     }
 
     /// Takes `buffer` back; past `retained` buffers the smallest is freed (the large ones are the
     /// ones whose pages are expensive to fault again).
     func takeBack(_ buffer: UnsafeMutableBufferPointer<Float>) {
-        free.append(buffer)
-        if free.count > retained, let i = free.indices.min(by: { free[$0].count < free[$1].count }) {
-            free.remove(at: i).deallocate()
+        let dropped = free.withLock { free -> (address: Int, count: Int)? in
+            free.append((Int(bitPattern: buffer.baseAddress), buffer.count))
+            guard free.count > retained, let i = free.indices.min(by: { free[$0].count < free[$1].count }) else { return nil }
+            return free.remove(at: i)
         }
+        if let dropped { Self.pointer(dropped).deallocate() }
     }
 }
 
@@ -39,7 +55,7 @@ final class WeightMatrix {
     private let buffer: UnsafeMutableBufferPointer<Float>
     private let arena: WeightArena
 
-    init(count: Int, arena: WeightArena) {
+    init(count: Int, arena: WeightArena = .shared) {
         self.count = count
         self.arena = arena
         buffer = arena.lend(count: count)

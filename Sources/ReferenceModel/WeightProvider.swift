@@ -62,13 +62,17 @@ public protocol WeightProvider: AnyObject {
     func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws
     /// Starts reading `names` (in the order they will be used) into memory ahead of their use.
     func prefetch(_ names: [String])
-    /// What the prefetch reads did so far (after waiting for the queued ones).
+    /// The forward pass is done with `names` (a layer's tensors, used or not): nothing more of them
+    /// needs reading ahead.
+    func retire(_ names: [String])
+    /// Stops reading ahead and returns what the prefetch reads did.
     func prefetchTotals() -> WeightPrefetcher.Totals
 }
 
 extension WeightProvider {
     /// Nothing to read ahead for weights in memory.
     public func prefetch(_ names: [String]) {}
+    public func retire(_ names: [String]) {}
     public func prefetchTotals() -> WeightPrefetcher.Totals { .init() }
 
     /// The whole matrix, then the rows: for providers whose weights are in memory anyway.
@@ -105,6 +109,7 @@ public final class CheckpointWeights: WeightProvider {
     private let prefetcher = WeightPrefetcher()
 
     public func prefetch(_ names: [String]) { prefetcher.enqueue(names, in: checkpoint) }
+    public func retire(_ names: [String]) { prefetcher.retire(names) }
     public func prefetchTotals() -> WeightPrefetcher.Totals { prefetcher.drain() }
 
     public init(checkpoint: Checkpoint, fp8Block: Int? = nil) {
@@ -172,6 +177,7 @@ public final class CheckpointWeights: WeightProvider {
     }
 
     public func release(_ name: String) {
+        prefetcher.retire([name, name + QuantizationConfig.scaleSuffix])
         checkpoint.release(name)
         checkpoint.release(name + QuantizationConfig.scaleSuffix)
     }

@@ -112,9 +112,9 @@ public final class Checkpoint: @unchecked Sendable {
 
     /// Reads tensor `name` into the page cache ahead of its use; returns the bytes read.
     @discardableResult
-    public func prefetch(_ name: String) -> Int {
+    public func prefetch(_ name: String, scratch: UnsafeMutableRawPointer) -> Int {
         guard let shard = location[name] else { return 0 }
-        return shards[shard]?.prefetch(name) ?? 0
+        return shards[shard]?.prefetch(name, scratch: scratch) ?? 0
     }
 
     /// Drops tensor `name`'s pages from the resident set once it has been used.

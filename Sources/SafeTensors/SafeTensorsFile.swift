@@ -57,19 +57,20 @@ public final class MappedFile: @unchecked Sendable {
         return fstat(descriptor, &info) == 0 ? Int(info.st_size) : nil
     }
 
-    /// Reads a byte range into the page cache with `pread` (through a scratch buffer, so the pages are
-    /// cached but not mapped into this process: its RSS does not grow), for a later read through the
-    /// mapping to find them there. Returns the bytes read; stops early at a read error or end of file.
+    /// Bytes `prefetch` reads per call: its scratch buffer's size.
+    public static let prefetchChunk = 8 << 20
+
+    /// Reads a byte range into the page cache with `pread` (through `scratch`, of `prefetchChunk`
+    /// bytes, so the pages are cached but not mapped into this process: its RSS does not grow), for a
+    /// later read through the mapping to find them there. Returns the bytes read; stops early at a
+    /// read error or end of file.
     @discardableResult
-    public func prefetch(_ range: Range<Int>) -> Int {
-        let chunk = 8 << 20
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { buffer.deallocate() }
+    public func prefetch(_ range: Range<Int>, scratch: UnsafeMutableRawPointer) -> Int {
         var offset = max(0, range.lowerBound), total = 0
         let end = min(size, range.upperBound)
         while offset < end {
-            let count = min(chunk, end - offset)
-            guard let read = try? systemCall("pread", path: path, { pread(descriptor, buffer, count, off_t(offset)) }), read > 0 else { break }
+            let count = min(MappedFile.prefetchChunk, end - offset)
+            guard let read = try? systemCall("pread", path: path, { pread(descriptor, scratch, count, off_t(offset)) }), read > 0 else { break }
             offset += read
             total += read
         }
@@ -143,10 +144,10 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     /// Reads tensor `name`'s bytes into the page cache (see `MappedFile.prefetch`); returns the bytes read.
     @discardableResult
-    public func prefetch(_ name: String) -> Int {
+    public func prefetch(_ name: String, scratch: UnsafeMutableRawPointer) -> Int {
         guard let info = info(name) else { return 0 }
         let start = header.dataStart + info.dataOffsets.lowerBound
-        return mapping.prefetch(start..<(start + info.byteCount))
+        return mapping.prefetch(start..<(start + info.byteCount), scratch: scratch)
     }
 
     /// Drops the pages of `name` from this process's resident set after it has been consumed.
