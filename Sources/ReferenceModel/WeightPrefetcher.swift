@@ -9,11 +9,14 @@ import Synchronization
 /// sum). It reads with `pread` into a scratch buffer: the pages are cached, not mapped into this
 /// process, so the resident set does not grow; the forward pass then finds them when it maps them.
 ///
-/// It keeps a window, not a fixed batch: tensors are read in the order they were queued while the
-/// bytes read and not yet used, over every prefetcher of the process, stay within `budget`; each use
-/// (`retire`) frees its bytes from the window, so reading runs ahead of the forward pass through a
-/// whole MoE layer's experts (11 GB at V3) without holding more than the window in the page cache.
-/// A tensor retired before it was read (an expert no token chose) is skipped.
+/// One reader serves the whole process, in the order tensors were queued over every prefetcher (one
+/// per model of a comparison, one per device of a sharded model): the order the forward passes use
+/// them, reference layer i, candidate layer i, reference layer i + 1. It keeps a window, not a fixed
+/// batch: it reads while the bytes read and not yet used stay within `budget`, and each use
+/// (`retire`) frees its bytes, so reading runs ahead through a whole MoE layer's experts (11 GB at
+/// V3) without holding more than the window in the page cache. A tensor retired before its turn (an
+/// expert no token chose) is skipped. (With a reader per model, the candidate's reader filled the
+/// window with its next layer while the reference's was starved: 24 of 57 GB were faulted in cold.)
 public final class WeightPrefetcher: Sendable {
     /// What the reader did: bytes read and seconds spent reading.
     public struct Totals: Sendable, Equatable {
@@ -27,28 +30,38 @@ public final class WeightPrefetcher: Sendable {
 
     private enum Phase { case queued, read, retired }
     private struct Entry {
+        let owner: ObjectIdentifier
+        let checkpoint: Checkpoint
         let names: [String]
         let bytes: Int
+        let budget: Int
         var phase = Phase.queued
     }
-    private struct State {
+    private struct Key: Hashable {
+        let owner: ObjectIdentifier
+        let name: String
+    }
+    /// The process's one queue of reads.
+    private struct Queue {
         var entries: [Entry] = []
-        /// Entry of each queued tensor name (and of its FP8 scale).
-        var index: [String: Int] = [:]
+        var index: [Key: Int] = [:]
         /// The next entry the reader looks at.
         var next = 0
+        /// Bytes read and not yet retired.
+        var ahead = 0
         var readerRunning = false
-        var cancelled = false
-        var totals = Totals()
+        /// The owner whose entry is being read, if any.
+        var reading: ObjectIdentifier?
+        var totals: [ObjectIdentifier: Totals] = [:]
     }
 
-    private let queue = DispatchQueue(label: "dsconvert.weight-prefetch", qos: .utility)
-    private let state = Mutex(State())
+    private static let queue = Mutex(Queue())
+    private static let reader = DispatchQueue(label: "dsconvert.weight-prefetch", qos: .utility)
     private let budget: Int
-    /// Bytes read and not yet retired, over every prefetcher of the process (one per device of a
-    /// sharded model, one per model of a comparison): the budget bounds them all together.
-    private static let ahead = Mutex(0)
+    private var id: ObjectIdentifier { ObjectIdentifier(self) }
 
+    /// - Parameter budget: the window this prefetcher's tensors are read in (the process-wide
+    ///   window is whatever the entry being considered allows).
     public init(budget: Int = WeightPrefetcher.budget) { self.budget = budget }
 
     deinit { cancel() }
@@ -56,96 +69,94 @@ public final class WeightPrefetcher: Sendable {
     /// Queues the tensors of `checkpoint` named in `names` (each with its FP8 scale), in the order
     /// they will be used; names it does not hold, or already queued, are skipped.
     public func enqueue(_ names: [String], in checkpoint: Checkpoint) {
-        let start = state.withLock { s -> Bool in
-            for name in names where checkpoint.contains(name) && s.index[name] == nil {
+        let id = id, budget = budget
+        let start = Self.queue.withLock { q -> Bool in
+            for name in names where checkpoint.contains(name) && q.index[Key(owner: id, name: name)] == nil {
                 let companions = [name, name + QuantizationConfig.scaleSuffix].filter(checkpoint.contains)
                 let bytes = companions.reduce(0) { $0 + (checkpoint.info($1)?.byteCount ?? 0) }
-                for c in companions { s.index[c] = s.entries.count }
-                s.entries.append(Entry(names: companions, bytes: bytes))
+                for c in companions { q.index[Key(owner: id, name: c)] = q.entries.count }
+                q.entries.append(Entry(owner: id, checkpoint: checkpoint, names: companions, bytes: bytes, budget: budget))
             }
-            guard !s.readerRunning, !s.cancelled, s.next < s.entries.count else { return false }
-            s.readerRunning = true
+            guard !q.readerRunning, q.next < q.entries.count else { return false }
+            q.readerRunning = true
             return true
         }
-        if start { queue.async { [self] in readLoop(checkpoint) } }
+        if start { Self.reader.async { Self.readLoop() } }
     }
 
     /// The forward pass is done with `names`: their bytes leave the window, and any not read yet
     /// will not be.
     public func retire(_ names: [String]) {
-        let freed = state.withLock { s -> Int in
-            var freed = 0
+        let id = id
+        Self.queue.withLock { q in
             for name in names {
-                guard let i = s.index[name], s.entries[i].phase != .retired else { continue }
-                if s.entries[i].phase == .read { freed += s.entries[i].bytes }
-                s.entries[i].phase = .retired
+                guard let i = q.index[Key(owner: id, name: name)] else { continue }
+                Self.retire(&q, i)
             }
-            return freed
         }
-        if freed > 0 { Self.ahead.withLock { $0 -= freed } }
     }
 
-    /// Stops reading: nothing queued is read after this.
+    private static func retire(_ q: inout Queue, _ i: Int) {
+        if q.entries[i].phase == .read { q.ahead -= q.entries[i].bytes }
+        q.entries[i].phase = .retired
+    }
+
+    /// Stops reading for this prefetcher: nothing of it queued is read after this.
     public func cancel() {
-        let freed = state.withLock { s -> Int in
-            s.cancelled = true
-            var freed = 0
-            for i in s.entries.indices where s.entries[i].phase == .read {
-                freed += s.entries[i].bytes
-                s.entries[i].phase = .retired
-            }
-            return freed
+        let id = id
+        Self.queue.withLock { q in
+            for i in q.entries.indices where q.entries[i].owner == id && q.entries[i].phase != .retired { Self.retire(&q, i) }
         }
-        if freed > 0 { Self.ahead.withLock { $0 -= freed } }
     }
 
     /// What was read so far, without waiting or stopping.
-    public func totalsSoFar() -> Totals { state.withLock { $0.totals } }
+    public func totalsSoFar() -> Totals { Self.queue.withLock { $0.totals[id] ?? Totals() } }
 
-    /// Stops reading, waits for the read in progress, and returns what was read.
+    /// Stops reading for this prefetcher, waits for its read in progress, and returns what was read.
     public func drain() -> Totals {
         cancel()
-        queue.sync {}
-        return state.withLock { $0.totals }
+        let id = id
+        while Self.queue.withLock({ $0.reading == id }) { usleep(1000) }
+        return totalsSoFar()
     }
 
     /// Reads queued entries in order while the window has room; waits (polling every millisecond)
-    /// while it is full, since only the forward pass's progress frees it.
-    private func readLoop(_ checkpoint: Checkpoint) {
+    /// while it is full, since only the forward passes' progress frees it. Ends when nothing is left.
+    private static func readLoop() {
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: MappedFile.prefetchChunk, alignment: 4096)
         defer { scratch.deallocate() }
         while true {
-            let pick = state.withLock { s -> (Int, Entry)? in
-                while s.next < s.entries.count, s.entries[s.next].phase == .retired { s.next += 1 }
-                guard !s.cancelled, s.next < s.entries.count else {
-                    s.readerRunning = false
-                    return nil
+            enum Step { case done, wait, read(Entry) }
+            let step = queue.withLock { q -> Step in
+                while q.next < q.entries.count, q.entries[q.next].phase == .retired { q.next += 1 }
+                guard q.next < q.entries.count else {
+                    // Every entry is read or retired: the list is dropped once nothing of it is ahead.
+                    if q.ahead == 0 { q.entries = []; q.index = [:]; q.next = 0 }
+                    q.readerRunning = false
+                    return .done
                 }
-                return (s.next, s.entries[s.next])
+                let entry = q.entries[q.next]
+                // Room in the window, or nothing ahead at all (a tensor larger than the window is still read).
+                guard q.ahead == 0 || q.ahead + entry.bytes <= entry.budget else { return .wait }
+                q.ahead += entry.bytes
+                q.entries[q.next].phase = .read
+                q.reading = entry.owner
+                q.next += 1
+                return .read(entry)
             }
-            guard let (i, entry) = pick else { return }
-            // Room in the window, or nothing ahead at all (a tensor larger than the window is still read).
-            let admitted = Self.ahead.withLock { ahead -> Bool in
-                guard ahead == 0 || ahead + entry.bytes <= budget else { return false }
-                ahead += entry.bytes
-                return true
+            switch step {
+            case .done: return
+            case .wait: usleep(1000)
+            case let .read(entry):
+                let began = DispatchTime.now()
+                let bytes = entry.names.reduce(0) { $0 + entry.checkpoint.prefetch($1, scratch: scratch) }
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
+                queue.withLock { q in
+                    q.totals[entry.owner, default: Totals()].bytes += bytes
+                    q.totals[entry.owner, default: Totals()].seconds += seconds
+                    q.reading = nil
+                }
             }
-            guard admitted else {
-                usleep(1000)
-                continue
-            }
-            let began = DispatchTime.now()
-            let bytes = entry.names.reduce(0) { $0 + checkpoint.prefetch($1, scratch: scratch) }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
-            let unused = state.withLock { s -> Bool in
-                s.totals.bytes += bytes
-                s.totals.seconds += seconds
-                s.next = max(s.next, i + 1)
-                guard s.entries[i].phase == .queued else { return true }  // retired while being read
-                s.entries[i].phase = .read
-                return false
-            }
-            if unused { Self.ahead.withLock { $0 -= entry.bytes } }
         }
     }
 }
