@@ -46,11 +46,17 @@ public struct JobRun: Sendable {
     /// Peak resident set of the child, from the kernel's rusage.
     public var peakRSSKiB: Int
     public var outcome: JobOutcome
+    /// CPU seconds of the child's every thread, user and system.
+    public var cpuSeconds: Double
+    /// Page faults that waited for the disk (a mapped page not in the page cache).
+    public var majorFaults: Int
 
-    public init(wall: Double, peakRSSKiB: Int, outcome: JobOutcome) {
+    public init(wall: Double, peakRSSKiB: Int, outcome: JobOutcome, cpuSeconds: Double = 0, majorFaults: Int = 0) {
         self.wall = wall
         self.peakRSSKiB = peakRSSKiB
         self.outcome = outcome
+        self.cpuSeconds = cpuSeconds
+        self.majorFaults = majorFaults
     }
 }
 
@@ -82,6 +88,8 @@ public enum ChildProcess {
         let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         // No status to decode (ECHILD when SIGCHLD is ignored): a failed run, never a zero status.
         guard waited == pid else { return JobRun(wall: wall, peakRSSKiB: 0, outcome: .spawnFailed(errno)) }
-        return JobRun(wall: wall, peakRSSKiB: Int(usage.ru_maxrss), outcome: JobOutcome(waitStatus: status))
+        func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+        return JobRun(wall: wall, peakRSSKiB: Int(usage.ru_maxrss), outcome: JobOutcome(waitStatus: status),
+                      cpuSeconds: seconds(usage.ru_utime) + seconds(usage.ru_stime), majorFaults: Int(usage.ru_majflt))
     }
 }

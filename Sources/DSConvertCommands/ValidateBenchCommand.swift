@@ -83,7 +83,13 @@ public enum ValidateBenchCommand: Command {
         terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes), %.2f of cblas_sgemm's %.1f GFLOP/s at %dx%dx%d",
                             compute, flops / compute / 1e9, flops / compute / 1e9 / sgemmRate, sgemmRate, count, config.hiddenSize, config.hiddenSize))
         terminal.out(String(format: "  weight reading  %8.2f s   (page faults, widening, FP8 dequantization; prefetched %.2f GB alongside)", weightSeconds, Double(prefetched) / 1e9))
+        terminal.out(String(format: "  CPU             %8.2f s   of all threads (%.2f cores busy); %d page faults waited for the disk",
+                            run.cpuSeconds, run.cpuSeconds / w, run.majorFaults))
+        // Widening and dequantizing weights is CPU work on the same cores as the products: what
+        // reading can hide behind is both together.
+        let busy = compute + weightSeconds
         terminal.out(String(format: "wall / max(read, compute)  %.2f   overlap %.2f", w / max(r, compute), (r + compute - w) / min(r, compute)))
+        terminal.out(String(format: "wall / max(read, compute + weight handling)  %.2f", w / max(r, busy)))
         return ExitCode.success
     }
 }

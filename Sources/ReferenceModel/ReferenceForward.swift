@@ -1,6 +1,7 @@
 import DeepSeekModel
 import Foundation
 import Numerics
+import Synchronization
 
 /// Each MoE layer's routing decisions for every token.
 public struct RoutingRecord: Sendable {
@@ -83,11 +84,18 @@ public final class ReferenceForward {
 
     /// A matrix weight widened into a buffer of the arena (released from the checkpoint at once).
     private func matrix(_ name: String, _ shape: [Int]) throws -> WeightMatrix {
+        let (m, seconds) = try timedMatrix(name, shape)
+        timing.weightSeconds += seconds
+        return m
+    }
+
+    /// `matrix` with its reading time returned rather than counted: safe to call from concurrent
+    /// tasks (the providers, the arena and the prefetcher take their own locks).
+    private func timedMatrix(_ name: String, _ shape: [Int]) throws -> (WeightMatrix, Double) {
         let m = WeightMatrix(count: shape.reduce(1, *), arena: arena)
         let ((), seconds) = try timed { try weights.floats(name, shape: shape, into: m.destination) }
-        timing.weightSeconds += seconds
         weights.release(name)
-        return m
+        return (m, seconds)
     }
 
     private func loadRows(_ name: String, _ shape: [Int], _ range: Range<Int>) throws -> WeightMatrix {
@@ -388,13 +396,26 @@ public final class ReferenceForward {
 
     /// SiLU(gate·x) ⊙ (up·x), then down: the dense MLP, the shared experts or one routed expert.
     private func mlpBlock(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int) throws -> [Float] {
+        let (y, seconds) = try mlpProducts(x, rows: rows, layer: layer, block: block, intermediate: intermediate)
+        timing.weightSeconds += seconds
+        return y
+    }
+
+    /// `mlpBlock` with its weight-reading time returned: what the routed experts run concurrently.
+    private func mlpProducts(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int) throws -> ([Float], Double) {
         let h = config.hiddenSize
-        func weight(_ projection: MLPProjection, _ shape: [Int]) throws -> WeightMatrix { try matrix(TensorNames.mlp(block, projection, layer: layer), shape) }
+        var seconds = 0.0
+        func weight(_ projection: MLPProjection, _ shape: [Int]) throws -> WeightMatrix {
+            let (m, s) = try timedMatrix(TensorNames.mlp(block, projection, layer: layer), shape)
+            seconds += s
+            return m
+        }
         let gate = Linear.forward(x, rows: rows, weight: try weight(.gate, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
         let up = Linear.forward(x, rows: rows, weight: try weight(.up, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
         var act = [Float](repeating: 0, count: gate.count)
         for i in 0..<act.count { act[i] = Elementwise.silu(gate[i]) * up[i] }
-        return Linear.forward(act, rows: rows, weight: try weight(.down, [h, intermediate]), inFeatures: intermediate, outFeatures: h)
+        let y = Linear.forward(act, rows: rows, weight: try weight(.down, [h, intermediate]), inFeatures: intermediate, outFeatures: h)
+        return (y, seconds)
     }
 
     private func moeBlock(_ x: [Float], layer: Int, tokens t: Int) throws -> ([Float], RoutingRecord) {
@@ -419,13 +440,17 @@ public final class ReferenceForward {
         let groups: [Range<Int>] = placement.map { p in (0..<p.devices).map { p.range(device: $0) } } ?? [0..<e]
         for experts in groups {
             var partial = [Float](repeating: 0, count: t * h)
-            for expert in experts where !assigned[expert].isEmpty {
-                let rows = assigned[expert]
-                var gathered = [Float](repeating: 0, count: rows.count * h)
-                for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
-                let y = try mlpBlock(gathered, rows: rows.count, layer: layer, block: .expert(expert), intermediate: m)
-                for (r, entry) in rows.enumerated() {
-                    for j in 0..<h { partial[entry.token * h + j] += y[r * h + j] * entry.weight }
+            let chosen = experts.filter { !assigned[$0].isEmpty }
+            // Experts run a few at a time, one per core with single-threaded BLAS inside: an expert
+            // sees few tokens (V3 at 512 tokens: ~16), so its products are too small to share out
+            // across cores, and one core widens its next weight while the other multiplies. Their
+            // outputs are added in expert order, so the sums do not depend on the thread count.
+            for batch in stride(from: 0, to: chosen.count, by: Self.expertBatch).map({ Array(chosen[$0..<min(chosen.count, $0 + Self.expertBatch)]) }) {
+                let outputs = try routedExperts(batch, x: x, assigned: assigned, layer: layer, intermediate: m)
+                for (expert, y) in zip(batch, outputs) {
+                    for (r, entry) in assigned[expert].enumerated() {
+                        for j in 0..<h { partial[entry.token * h + j] += y[r * h + j] * entry.weight }
+                    }
                 }
             }
             for i in 0..<out.count { out[i] += partial[i] }
@@ -435,5 +460,27 @@ public final class ReferenceForward {
             for i in 0..<out.count { out[i] += y[i] }
         }
         return (out, RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights))
+    }
+
+    /// Routed experts computed per `moeBlock` step: 8 outputs of at most tokens x hidden floats.
+    static let expertBatch = 8
+
+    /// Each expert's MLP on the rows routed to it, the experts spread over the cores; the reading
+    /// time counted is the tasks' total over the cores used (its share of the wall time).
+    private func routedExperts(_ experts: [Int], x: [Float], assigned: [[(token: Int, weight: Float)]], layer: Int, intermediate m: Int) throws -> [[Float]] {
+        let h = config.hiddenSize
+        let results = Mutex<[Int: Result<([Float], Double), Error>]>([:])
+        BLASThreads.withSingleThread {
+            Parallel.forEach(experts.count) { i in
+                let rows = assigned[experts[i]]
+                var gathered = [Float](repeating: 0, count: rows.count * h)
+                for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
+                let result = Result { try mlpProducts(gathered, rows: rows.count, layer: layer, block: .expert(experts[i]), intermediate: m) }
+                results.withLock { $0[i] = result }
+            }
+        }
+        let done = try results.withLock { r in try experts.indices.map { try r[$0]!.get() } }
+        timing.weightSeconds += done.reduce(0) { $0 + $1.1 } / Double(min(Parallel.threads, max(1, experts.count)))
+        return done.map(\.0)
     }
 }
