@@ -16,12 +16,15 @@ public enum SyntheticCheckpoint {
         /// V3's real shapes (hidden 7168, 128 heads, q_lora 1536, kv_lora 512, 256 experts of 2048 in 8
         /// groups): embed, `dense` dense layers, `moe` MoE layers, lm_head, in FP8. 3 dense + 1 MoE is
         /// about 17 GB; each further MoE layer adds 11.5 GB (the full V3 has 3 + 58, and one MTP layer).
-        case v3(dense: Int, moe: Int)
+        /// `mtp` multi-token-prediction layers follow, each a MoE layer with its own embedding, head,
+        /// norms and `eh_proj` (bf16, as published; 15.3 GB each), as `num_nextn_predict_layers` declares.
+        case v3(dense: Int, moe: Int, mtp: Int)
 
         public var label: String {
             switch self {
             case let .v2Lite(layers): return "DeepSeek-V2-Lite-shaped, \(layers) layers, bf16"
-            case let .v3(dense, moe): return "DeepSeek-V3-shaped, \(dense) dense + \(moe) MoE layers, FP8 as published"
+            case let .v3(dense, moe, mtp):
+                return "DeepSeek-V3-shaped, \(dense) dense + \(moe) MoE layers\(mtp > 0 ? " + \(mtp) MTP" : ""), FP8 as published"
             }
         }
     }
@@ -43,13 +46,13 @@ public enum SyntheticCheckpoint {
              "routed_scaling_factor": 1.0, "scoring_func": "softmax", "tie_word_embeddings": false, "topk_group": 1,
              "topk_method": "greedy", "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 102400}
             """
-        case let .v3(dense, moe):
+        case let .v3(dense, moe, mtp):
             json = """
             {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "attention_bias": false, "bos_token_id": 0,
              "eos_token_id": 1, "first_k_dense_replace": \(dense), "hidden_act": "silu", "hidden_size": 7168, "intermediate_size": 18432,
              "kv_lora_rank": 512, "max_position_embeddings": 163840, "moe_intermediate_size": 2048, "moe_layer_freq": 1,
              "n_group": 8, "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true, "num_attention_heads": 128,
-             "num_experts_per_tok": 8, "num_hidden_layers": \(dense + moe), "num_key_value_heads": 128, "num_nextn_predict_layers": 0,
+             "num_experts_per_tok": 8, "num_hidden_layers": \(dense + moe), "num_key_value_heads": 128, "num_nextn_predict_layers": \(mtp),
              "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_theta": 10000,
              "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
                               "original_max_position_embeddings": 4096, "type": "yarn"},
@@ -69,6 +72,11 @@ public enum SyntheticCheckpoint {
         let isScale: Bool
         var name: String { isScale ? tensor.name + QuantizationConfig.scaleSuffix : tensor.name }
         var shape: [Int] { isScale ? QuantizationConfig.scaleShape(of: tensor.shape, block: 128) : tensor.shape }
+    }
+
+    /// Every tensor the slice stores, in the order written, with its dtype and shape.
+    static func plan(_ shape: Shape) throws -> [PlannedTensor] {
+        try stored(config(shape).model).map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
     }
 
     private static func stored(_ config: DeepSeekConfig) -> [Stored] {
@@ -109,7 +117,7 @@ public enum SyntheticCheckpoint {
         var options: [String: String]
         switch shape {
         case let .v2Lite(layers): options = ["layers": String(layers)]
-        case let .v3(dense, moe): options = ["shape": "v3", "dense_layers": String(dense), "moe_layers": String(moe)]
+        case let .v3(dense, moe, mtp): options = ["shape": "v3", "dense_layers": String(dense), "moe_layers": String(moe), "mtp_layers": String(mtp)]
         }
         let stage = ConversionManifest.Stage(stage: "generate", options: options, input: "synthetic")
         try AtomicFile.write(try ConversionManifest(stages: [stage], files: files).encoded(), to: directory.temporaryURL.appendingPathComponent(ConversionManifest.fileName))

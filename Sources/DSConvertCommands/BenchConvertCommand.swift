@@ -21,6 +21,7 @@ public enum GenerateBenchCommand: Command {
             OptionSpec("layers", value: "K", help: "v2-lite: decoder layers (default 3: 1 dense + 2 MoE)."),
             OptionSpec("dense-layers", value: "K", help: "v3: dense layers (default 3, as V3)."),
             OptionSpec("moe-layers", value: "K", help: "v3: MoE layers of 256 experts (default 2)."),
+            OptionSpec("mtp-layers", value: "K", help: "v3: multi-token-prediction layers after them (default 0; V3 has 1: 15.3 GB)."),
             OptionSpec("output", value: "DIR", help: "Output directory."),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
         ]
@@ -31,7 +32,8 @@ public enum GenerateBenchCommand: Command {
         switch ShapeOption(rawValue: try arguments.choice("shape", default: ShapeOption.v2Lite.rawValue, among: ShapeOption.allCases.map(\.rawValue)))! {
         case .v3:
             shape = .v3(dense: try arguments.integer("dense-layers", default: 3, in: 0...3),
-                        moe: try arguments.integer("moe-layers", default: 2, in: 1...58))
+                        moe: try arguments.integer("moe-layers", default: 2, in: 1...58),
+                        mtp: try arguments.integer("mtp-layers", default: 0, in: 0...1))
         case .v2Lite:
             shape = .v2Lite(layers: try arguments.integer("layers", default: 3, in: 1...27))
         }
