@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import DeepSeekModel
 import Numerics
@@ -45,7 +46,7 @@ public final class SyntheticWeights: WeightProvider {
     public func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws {
         let count = shape.reduce(1, *)
         precondition(destination.count >= count, "destination smaller than \(name)")
-        switch stored(name, shape: shape) {
+        switch storedForm(name, shape: shape) {
         case let .f32(values):
             _ = destination.initialize(from: values)
         case let .bf16(bits):
@@ -58,12 +59,35 @@ public final class SyntheticWeights: WeightProvider {
         }
     }
 
+    /// Matrices as stored, so the routed experts widen them a panel at a time as they do from a checkpoint.
+    public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? {
+        guard shape.count == 2 else { return nil }
+        let rows = shape[0], cols = shape[1]
+        switch storedForm(name, shape: shape) {
+        case .f32: return nil
+        case let .bf16(bits):
+            return StoredWeight(rows: rows, cols: cols, panel: 128) { range, destination in
+                bits.withUnsafeBufferPointer { FloatConversion.bf16ToFloat($0.baseAddress! + range.lowerBound * cols, destination, count: range.count * cols) }
+            }
+        case let .fp8(codes, scales):
+            let block = Self.quantizer.block
+            return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
+                codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
+                    for blockRow in (range.lowerBound / block)..<((range.upperBound + block - 1) / block) {
+                        _ = dsconvert_fp8_dequantize_block_row_f32(FP8BlockQuantizer.kernelLevel, cp.baseAddress!, rows, cols, block, blockRow, 0,
+                                                                   sp.baseAddress!, destination - range.lowerBound * cols)
+                    }
+                } }
+            }
+        }
+    }
+
     /// Rows of the embedding or the head: only those rows are widened (both are bf16 under FP8
     /// storage, as in DeepSeek-V3's files).
     public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
         let width = shape[1], count = range.count * width
         precondition(destination.count >= count, "destination smaller than rows of \(name)")
-        switch stored(name, shape: shape) {
+        switch storedForm(name, shape: shape) {
         case let .f32(values):
             _ = destination.initialize(from: values[(range.lowerBound * width)..<(range.upperBound * width)])
         case let .bf16(bits):
@@ -80,7 +104,7 @@ public final class SyntheticWeights: WeightProvider {
         return out
     }
 
-    private func stored(_ name: String, shape: [Int]) -> Stored {
+    private func storedForm(_ name: String, shape: [Int]) -> Stored {
         var key = name
         if let pool = expertPool, case let .expert(_, j, projection)? = TensorNames.parse(name) {
             key = "pooled expert \(j % pool) \(projection.rawValue)"

@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 
 /// Matrix products of the reference forward, all through `cblas_sgemm` (row-major, fp32).
 enum Linear {
@@ -33,6 +34,28 @@ enum Linear {
             forward(xp.baseAddress!, rows: rows, inFeatures: inFeatures, weight: wp.baseAddress!, outFeatures: outFeatures, into: yp.baseAddress!)
         } } }
         return y
+    }
+
+    /// y = x · wᵀ with w widened a panel of rows at a time into a buffer of `WeightArena.shared` that
+    /// stays in cache, each panel multiplied at once (`StoredWeight`); returns y and the seconds spent
+    /// widening.
+    static func forward(_ x: [Float], rows: Int, stored w: StoredWeight, inFeatures: Int, outFeatures: Int) throws -> ([Float], Double) {
+        precondition(w.rows == outFeatures && w.cols == inFeatures, "stored weight \(w.rows)x\(w.cols) for \(outFeatures)x\(inFeatures)")
+        var y = [Float](repeating: 0, count: rows * outFeatures)
+        let panel = WeightMatrix(count: w.panel * inFeatures)
+        var seconds = 0.0
+        try x.withUnsafeBufferPointer { xp in try y.withUnsafeMutableBufferPointer { yp in
+            let buffer = panel.destination.baseAddress!
+            for p0 in stride(from: 0, to: outFeatures, by: w.panel) {
+                let p1 = min(outFeatures, p0 + w.panel)
+                let began = DispatchTime.now().uptimeNanoseconds
+                try w.widen(p0..<p1, into: buffer)
+                seconds += Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
+                gemm(transposeB: true, m: rows, n: p1 - p0, k: inFeatures, alpha: 1, a: xp.baseAddress!, lda: inFeatures,
+                     b: buffer, ldb: inFeatures, beta: 0, c: yp.baseAddress! + p0, ldc: outFeatures)
+            }
+        } }
+        return (y, seconds)
     }
 
     /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions.

@@ -87,6 +87,8 @@ public final class ExpertParallelWeights: WeightProvider {
         for (d, device) in devices.enumerated() { device.prefetch(names.filter { owner($0) === devices[d] }) }
     }
 
+    public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? { try owner(name).stored(name, shape: shape) }
+
     public func retire(_ names: [String]) {
         for (d, device) in devices.enumerated() { device.retire(names.filter { owner($0) === devices[d] }) }
     }

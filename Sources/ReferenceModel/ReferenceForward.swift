@@ -402,19 +402,32 @@ public final class ReferenceForward {
     }
 
     /// `mlpBlock` with its weight-reading time returned: what the routed experts run concurrently.
-    private func mlpProducts(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int) throws -> ([Float], Double) {
+    /// With `panels`, weights the provider holds as stored are widened a panel at a time inside the
+    /// products (`StoredWeight`: for a routed expert's few rows).
+    private func mlpProducts(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int, panels: Bool = false) throws -> ([Float], Double) {
         let h = config.hiddenSize
         var seconds = 0.0
-        func weight(_ projection: MLPProjection, _ shape: [Int]) throws -> WeightMatrix {
-            let (m, s) = try timedMatrix(TensorNames.mlp(block, projection, layer: layer), shape)
+        func product(_ input: [Float], _ projection: MLPProjection, out: Int, in: Int) throws -> [Float] {
+            let name = TensorNames.mlp(block, projection, layer: layer)
+            if panels {
+                let began = DispatchTime.now().uptimeNanoseconds
+                if let stored = try weights.stored(name, shape: [out, `in`]) {
+                    seconds += Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
+                    defer { weights.release(name) }
+                    let (y, widening) = try Linear.forward(input, rows: rows, stored: stored, inFeatures: `in`, outFeatures: out)
+                    seconds += widening
+                    return y
+                }
+            }
+            let (m, s) = try timedMatrix(name, [out, `in`])
             seconds += s
-            return m
+            return Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
         }
-        let gate = Linear.forward(x, rows: rows, weight: try weight(.gate, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
-        let up = Linear.forward(x, rows: rows, weight: try weight(.up, [intermediate, h]), inFeatures: h, outFeatures: intermediate)
+        let gate = try product(x, .gate, out: intermediate, in: h)
+        let up = try product(x, .up, out: intermediate, in: h)
         var act = [Float](repeating: 0, count: gate.count)
         for i in 0..<act.count { act[i] = Elementwise.silu(gate[i]) * up[i] }
-        let y = Linear.forward(act, rows: rows, weight: try weight(.down, [h, intermediate]), inFeatures: intermediate, outFeatures: h)
+        let y = try product(act, .down, out: h, in: intermediate)
         return (y, seconds)
     }
 
@@ -475,7 +488,7 @@ public final class ReferenceForward {
                 let rows = assigned[experts[i]]
                 var gathered = [Float](repeating: 0, count: rows.count * h)
                 for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
-                let result = Result { try mlpProducts(gathered, rows: rows.count, layer: layer, block: .expert(experts[i]), intermediate: m) }
+                let result = Result { try mlpProducts(gathered, rows: rows.count, layer: layer, block: .expert(experts[i]), intermediate: m, panels: true) }
                 results.withLock { $0[i] = result }
             }
         }

@@ -15,11 +15,12 @@ final class WeightArena: Sendable {
     /// Addresses and capacities of the buffers kept (a Sendable form of the pointers).
     private let free = Mutex<[(address: Int, count: Int)]>([])
     /// Buffers kept for reuse; a layer holds at most two weights at once (a product's weight and the
-    /// split form's per-head matrix), so the largest two cover every request after the first layers
-    /// (at V3: two of 528 MB, the dense MLP's, which every other weight fits in).
+    /// split form's per-head matrix) and each core one expert panel (128 rows), so four cover every
+    /// request after the first layers (at V3: two of 528 MB, the dense MLP's, which every other
+    /// weight fits in, and two of 3.7 MB).
     private let retained: Int
 
-    init(retained: Int = 2) { self.retained = retained }
+    init(retained: Int = 4) { self.retained = retained }
 
     deinit { for buffer in free.withLock({ $0 }) { Self.pointer(buffer).deallocate() } }
 

@@ -30,7 +30,7 @@ public final class WeightPrefetcher: Sendable {
 
     private enum Phase { case queued, read, retired }
     private struct Entry {
-        let owner: ObjectIdentifier
+        let owner: Int
         let checkpoint: Checkpoint
         let names: [String]
         let bytes: Int
@@ -38,7 +38,7 @@ public final class WeightPrefetcher: Sendable {
         var phase = Phase.queued
     }
     private struct Key: Hashable {
-        let owner: ObjectIdentifier
+        let owner: Int
         let name: String
     }
     /// The process's one queue of reads.
@@ -51,20 +51,30 @@ public final class WeightPrefetcher: Sendable {
         var ahead = 0
         var readerRunning = false
         /// The owner whose entry is being read, if any.
-        var reading: ObjectIdentifier?
-        var totals: [ObjectIdentifier: Totals] = [:]
+        var reading: Int?
+        var totals: [Int: Totals] = [:]
     }
 
     private static let queue = Mutex(Queue())
     private static let reader = DispatchQueue(label: "dsconvert.weight-prefetch", qos: .utility)
     private let budget: Int
-    private var id: ObjectIdentifier { ObjectIdentifier(self) }
+    /// This prefetcher's key in the queue: a number never reused (an object's address is, by the
+    /// next prefetcher allocated there, which then found the old one's entries and totals).
+    private let id: Int
+    private static let ids = Atomic<Int>(0)
 
     /// - Parameter budget: the window this prefetcher's tensors are read in (the process-wide
     ///   window is whatever the entry being considered allows).
-    public init(budget: Int = WeightPrefetcher.budget) { self.budget = budget }
+    public init(budget: Int = WeightPrefetcher.budget) {
+        self.budget = budget
+        id = Self.ids.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
 
-    deinit { cancel() }
+    deinit {
+        cancel()
+        let id = id
+        Self.queue.withLock { q in q.totals[id] = nil }
+    }
 
     /// Queues the tensors of `checkpoint` named in `names` (each with its FP8 scale), in the order
     /// they will be used; names it does not hold, or already queued, are skipped.
@@ -108,6 +118,9 @@ public final class WeightPrefetcher: Sendable {
             for i in q.entries.indices where q.entries[i].owner == id && q.entries[i].phase != .retired { Self.retire(&q, i) }
         }
     }
+
+    /// Bytes read ahead and not yet used, over the whole process.
+    public static var bytesAhead: Int { queue.withLock { $0.ahead } }
 
     /// What was read so far, without waiting or stopping.
     public func totalsSoFar() -> Totals { Self.queue.withLock { $0.totals[id] ?? Totals() } }

@@ -60,6 +60,10 @@ public protocol WeightProvider: AnyObject {
     func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws
     /// Rows `range` of the 2-D weight `name` written into `destination` (at least range.count x shape[1]).
     func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws
+    /// The 2-D weight `name` (checked to have `shape`) as stored, for products that widen it a panel
+    /// of rows at a time; nil when the provider has it only as fp32 (the caller widens it whole).
+    /// Valid until `release(name)`.
+    func stored(_ name: String, shape: [Int]) throws -> StoredWeight?
     /// Starts reading `names` (in the order they will be used) into memory ahead of their use.
     func prefetch(_ names: [String])
     /// The forward pass is done with `names` (a layer's tensors, used or not): nothing more of them
@@ -73,6 +77,7 @@ extension WeightProvider {
     /// Nothing to read ahead for weights in memory.
     public func prefetch(_ names: [String]) {}
     public func retire(_ names: [String]) {}
+    public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? { nil }
     public func prefetchTotals() -> WeightPrefetcher.Totals { .init() }
 
     /// The whole matrix, then the rows: for providers whose weights are in memory anyway.
@@ -150,6 +155,31 @@ public final class CheckpointWeights: WeightProvider {
         var out = [Float](repeating: 0, count: count)
         try out.withUnsafeMutableBufferPointer { try rows(name, shape: shape, range: range, into: $0) }
         return out
+    }
+
+    public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? {
+        guard let info = checkpoint.info(name) else {
+            throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
+        }
+        guard info.shape == shape else {
+            throw ReferenceModelError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
+        }
+        guard shape.count == 2 else { return nil }
+        do {
+            let view = try checkpoint.view(name)
+            guard let format = FP8Format(dtype: view.dtype) else { return StoredWeight.floating(view) }
+            let scaleName = name + QuantizationConfig.scaleSuffix
+            guard let block = fp8Block else {
+                throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: name), tensor: name)
+            }
+            guard checkpoint.contains(scaleName) else {
+                throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: shape, block: block))
+            }
+            return try StoredWeight.fp8(view, format: format, scales: try checkpoint.view(scaleName).floats(), block: block,
+                                        codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName))
+        } catch let error as SafeTensorsError {
+            throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
+        }
     }
 
     /// Only the rows' bytes are touched (an FP8 weight is dequantized whole: none of the tensors read
