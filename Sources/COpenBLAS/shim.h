@@ -10,8 +10,11 @@ static inline int dsconvert_openblas_select_core(const char *core) {
     void (*quit)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit");
     void (*init)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init");
     if (!quit || !init) return 0;
+    // Called only when the variable is unset; unset again after, so child processes choose for
+    // themselves as this process did.
     setenv("OPENBLAS_CORETYPE", core, 1);
     quit();
     init();
+    unsetenv("OPENBLAS_CORETYPE");
     return 1;
 }

@@ -73,9 +73,10 @@ public final class SyntheticWeights: WeightProvider {
             let block = Self.quantizer.block
             return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
                 codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
-                    for blockRow in (range.lowerBound / block)..<((range.upperBound + block - 1) / block) {
-                        _ = dsconvert_fp8_dequantize_block_row_f32(FP8BlockQuantizer.kernelLevel, cp.baseAddress!, rows, cols, block, blockRow, 0,
-                                                                   sp.baseAddress!, destination - range.lowerBound * cols)
+                    let perRow = (cols + block - 1) / block
+                    for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {
+                        _ = dsconvert_fp8_dequantize_block_row_f32(FP8BlockQuantizer.kernelLevel, cp.baseAddress! + r0 * cols, min(block, rows - r0), cols,
+                                                                   block, 0, 0, sp.baseAddress! + (r0 / block) * perRow, destination + (r0 - range.lowerBound) * cols)
                     }
                 } }
             }

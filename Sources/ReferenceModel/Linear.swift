@@ -44,7 +44,8 @@ enum Linear {
         var y = [Float](repeating: 0, count: rows * outFeatures)
         let panel = WeightMatrix(count: w.panel * inFeatures)
         var seconds = 0.0
-        try x.withUnsafeBufferPointer { xp in try y.withUnsafeMutableBufferPointer { yp in
+        // The panel's buffer goes back to the arena when `panel` ends: keep it alive through the loop.
+        try withExtendedLifetime(panel) { try x.withUnsafeBufferPointer { xp in try y.withUnsafeMutableBufferPointer { yp in
             let buffer = panel.destination.baseAddress!
             for p0 in stride(from: 0, to: outFeatures, by: w.panel) {
                 let p1 = min(outFeatures, p0 + w.panel)
@@ -54,8 +55,22 @@ enum Linear {
                 gemm(transposeB: true, m: rows, n: p1 - p0, k: inFeatures, alpha: 1, a: xp.baseAddress!, lda: inFeatures,
                      b: buffer, ldb: inFeatures, beta: 0, c: yp.baseAddress! + p0, ldc: outFeatures)
             }
-        } }
+        } } }
         return (y, seconds)
+    }
+
+    /// y = x · wᵀ computed 128 output columns at a time, as `forward(_:rows:stored:…)` computes them:
+    /// the same products, bit for bit, whether a provider lends the weight as stored or only as fp32.
+    static func forward(_ x: [Float], rows: Int, weight: WeightMatrix, inFeatures: Int, outFeatures: Int, panel: Int) -> [Float] {
+        precondition(weight.count == inFeatures * outFeatures && panel > 0, "weight of \(weight.count) values for \(outFeatures)x\(inFeatures)")
+        var y = [Float](repeating: 0, count: rows * outFeatures)
+        x.withUnsafeBufferPointer { xp in weight.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
+            for p0 in stride(from: 0, to: outFeatures, by: panel) {
+                gemm(transposeB: true, m: rows, n: min(outFeatures, p0 + panel) - p0, k: inFeatures, alpha: 1, a: xp.baseAddress!, lda: inFeatures,
+                     b: wp.baseAddress! + p0 * inFeatures, ldb: inFeatures, beta: 0, c: yp.baseAddress! + p0, ldc: outFeatures)
+            }
+        } } }
+        return y
     }
 
     /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions.

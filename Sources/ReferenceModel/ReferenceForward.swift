@@ -151,6 +151,8 @@ public final class ReferenceForward {
         let began = DispatchTime.now()
         defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
         let layer = state.layers, h = config.hiddenSize, t = state.batch * state.sequenceLength
+        // Experts no token chose, and everything of a layer that throws, are not read ahead any more.
+        defer { weights.retire(config.layerTensors(layer).map(\.name)) }
         let normed = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
         let attention = try attentionBlock(normed, layer: layer, batch: state.batch, seq: state.sequenceLength)
         for i in 0..<state.hidden.count { state.hidden[i] += attention[i] }
@@ -164,8 +166,6 @@ public final class ReferenceForward {
             mlp = try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize)
         }
         for i in 0..<state.hidden.count { state.hidden[i] += mlp[i] }
-        // Experts no token chose are not read ahead any more.
-        weights.retire(config.layerTensors(layer).map(\.name))
         state.layers += 1
     }
 
@@ -421,7 +421,9 @@ public final class ReferenceForward {
             }
             let (m, s) = try timedMatrix(name, [out, `in`])
             seconds += s
-            return Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
+            // A routed expert's products are the same panels whether the weight came as stored or as fp32.
+            return panels ? Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out, panel: 128)
+                          : Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
         }
         let gate = try product(x, .gate, out: intermediate, in: h)
         let up = try product(x, .up, out: intermediate, in: h)
@@ -475,8 +477,9 @@ public final class ReferenceForward {
         return (out, RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights))
     }
 
-    /// Routed experts computed per `moeBlock` step: 8 outputs of at most tokens x hidden floats.
-    static let expertBatch = 8
+    /// Routed experts computed per `moeBlock` step (at least one per core): outputs of at most
+    /// tokens x hidden floats each.
+    static let expertBatch = max(8, Parallel.threads)
 
     /// Each expert's MLP on the rows routed to it, the experts spread over the cores; the reading
     /// time counted is the tasks' total over the cores used (its share of the wall time).

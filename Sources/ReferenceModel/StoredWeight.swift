@@ -35,9 +35,15 @@ public struct StoredWeight {
     /// The FP8 weight `view` with its block scales, after the scales' check; a code that is NaN or a
     /// product that is not finite is reported by `FP8Integrity` naming the file and the code.
     static func fp8(_ view: TensorView, format: FP8Format, scales: [Float], block: Int, codesFile: String, scalesFile: String) throws -> StoredWeight {
+        guard view.shape.count == 2 else {
+            throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: view.name, reason: "FP8 weight of shape \(view.shape) is not a matrix")
+        }
         let rows = view.shape[0], cols = view.shape[1]
         let perRow = (cols + block - 1) / block
-        guard view.shape.count == 2, view.bytes.count == rows * cols, scales.count == ((rows + block - 1) / block) * perRow else {
+        guard view.bytes.count == rows * cols else {
+            throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: view.name, reason: "\(view.bytes.count) bytes of codes for shape \(view.shape)")
+        }
+        guard scales.count == ((rows + block - 1) / block) * perRow else {
             throw DeepSeekModelError.wrongScale(file: scalesFile, tensor: view.name + QuantizationConfig.scaleSuffix,
                                                 expected: QuantizationConfig.scaleShape(of: view.shape, block: block), actual: [scales.count], dtype: "F32")
         }
@@ -46,12 +52,14 @@ public struct StoredWeight {
         }
         let e5m2: Int32 = format == .e5m2 ? 1 : 0, level = FP8BlockQuantizer.kernelLevel
         return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
+            precondition(range.lowerBound % block == 0 && range.upperBound <= rows, "panels are whole block rows")
             let codes = view.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            for blockRow in (range.lowerBound / block)..<((range.upperBound + block - 1) / block) {
-                // The kernel writes row r at out + r * cols: shift the base so the range's first row lands at `destination`.
-                let base = destination - range.lowerBound * cols
+            for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {
+                // The block row as a matrix of its own (its codes, its scales, block row 0), written at
+                // its place in `destination`: no pointer ever points outside its buffer.
                 let bad = scales.withUnsafeBufferPointer {
-                    dsconvert_fp8_dequantize_block_row_f32(level, codes, rows, cols, block, blockRow, e5m2, $0.baseAddress!, base)
+                    dsconvert_fp8_dequantize_block_row_f32(level, codes + r0 * cols, min(block, rows - r0), cols, block, 0, e5m2,
+                                                           $0.baseAddress! + (r0 / block) * perRow, destination + (r0 - range.lowerBound) * cols)
                 }
                 if bad != 0 {
                     try scales.withUnsafeBufferPointer {

@@ -31,7 +31,8 @@ public final class WeightPrefetcher: Sendable {
     private enum Phase { case queued, read, retired }
     private struct Entry {
         let owner: Int
-        let checkpoint: Checkpoint
+        /// Dropped once the entry is retired, so the queue never keeps a model's files open.
+        var checkpoint: Checkpoint?
         let names: [String]
         let bytes: Int
         let budget: Int
@@ -81,7 +82,8 @@ public final class WeightPrefetcher: Sendable {
     public func enqueue(_ names: [String], in checkpoint: Checkpoint) {
         let id = id, budget = budget
         let start = Self.queue.withLock { q -> Bool in
-            for name in names where checkpoint.contains(name) && q.index[Key(owner: id, name: name)] == nil {
+            // A name queued before and retired since (a second pass over the same model) is queued again.
+            for name in names where checkpoint.contains(name) && q.index[Key(owner: id, name: name)].map({ q.entries[$0].phase == .retired }) ?? true {
                 let companions = [name, name + QuantizationConfig.scaleSuffix].filter(checkpoint.contains)
                 let bytes = companions.reduce(0) { $0 + (checkpoint.info($1)?.byteCount ?? 0) }
                 for c in companions { q.index[Key(owner: id, name: c)] = q.entries.count }
@@ -103,12 +105,23 @@ public final class WeightPrefetcher: Sendable {
                 guard let i = q.index[Key(owner: id, name: name)] else { continue }
                 Self.retire(&q, i)
             }
+            Self.compact(&q)
         }
     }
 
     private static func retire(_ q: inout Queue, _ i: Int) {
         if q.entries[i].phase == .read { q.ahead -= q.entries[i].bytes }
         q.entries[i].phase = .retired
+        q.entries[i].checkpoint = nil
+    }
+
+    /// Drops the lists once every entry is retired and the reader is idle (they would otherwise
+    /// grow by a model's tensors every pass).
+    private static func compact(_ q: inout Queue) {
+        guard !q.readerRunning, q.ahead == 0, q.entries.allSatisfy({ $0.phase == .retired }) else { return }
+        q.entries = []
+        q.index = [:]
+        q.next = 0
     }
 
     /// Stops reading for this prefetcher: nothing of it queued is read after this.
@@ -116,6 +129,7 @@ public final class WeightPrefetcher: Sendable {
         let id = id
         Self.queue.withLock { q in
             for i in q.entries.indices where q.entries[i].owner == id && q.entries[i].phase != .retired { Self.retire(&q, i) }
+            Self.compact(&q)
         }
     }
 
@@ -143,9 +157,8 @@ public final class WeightPrefetcher: Sendable {
             let step = queue.withLock { q -> Step in
                 while q.next < q.entries.count, q.entries[q.next].phase == .retired { q.next += 1 }
                 guard q.next < q.entries.count else {
-                    // Every entry is read or retired: the list is dropped once nothing of it is ahead.
-                    if q.ahead == 0 { q.entries = []; q.index = [:]; q.next = 0 }
                     q.readerRunning = false
+                    compact(&q)
                     return .done
                 }
                 let entry = q.entries[q.next]
@@ -162,7 +175,7 @@ public final class WeightPrefetcher: Sendable {
             case .wait: usleep(1000)
             case let .read(entry):
                 let began = DispatchTime.now()
-                let bytes = entry.names.reduce(0) { $0 + entry.checkpoint.prefetch($1, scratch: scratch) }
+                let bytes = entry.checkpoint.map { checkpoint in entry.names.reduce(0) { $0 + checkpoint.prefetch($1, scratch: scratch) } } ?? 0
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
                 queue.withLock { q in
                     q.totals[entry.owner, default: Totals()].bytes += bytes

@@ -86,4 +86,37 @@ final class WeightPrefetcherTests: XCTestCase {
         let totals = prefetcher.drain()
         XCTAssertEqual(totals.bytes, 5 * sizes[0], "tensors 1-3, 5 and 6, each once; nothing after drain")
     }
+
+    /// A second pass over the same model is read ahead again, and the queue lets go of the checkpoint.
+    func testASecondPassIsReadAgain() throws {
+        let checkpoint = try Checkpoint(directory: fixtures.appendingPathComponent("v3"))
+        let names = Array(checkpoint.tensors.map(\.name).prefix(3))
+        let bytes = names.reduce(0) { $0 + checkpoint.info($1)!.byteCount }
+        let prefetcher = WeightPrefetcher()
+        for pass in 1...2 {
+            prefetcher.enqueue(names, in: checkpoint)
+            waitFor("pass \(pass) read") { prefetcher.totalsSoFar().bytes == pass * bytes }
+            prefetcher.retire(names)
+        }
+        waitFor("nothing left ahead") { WeightPrefetcher.bytesAhead == 0 }
+    }
+}
+
+/// A routed expert's product from the stored weight, a panel at a time, is the product from the
+/// weight widened whole, bit for bit: FP8 with partial block rows and columns, and bf16.
+final class StoredWeightTests: XCTestCase {
+    func testPanelProductsEqualTheWholeWeightsProducts() throws {
+        for storage in [SyntheticWeights.Storage.fp8, .bf16] {
+            let weights = SyntheticWeights(storage: storage)
+            let (out, inFeatures, rows) = (300, 260, 5)
+            let name = "model.layers.0.mlp.experts.0.up_proj.weight"
+            let stored = try XCTUnwrap(try weights.stored(name, shape: [out, inFeatures]))
+            let whole = WeightMatrix(count: out * inFeatures)
+            try weights.floats(name, shape: [out, inFeatures], into: whole.destination)
+            let x = (0..<(rows * inFeatures)).map { Float(($0 * 37) % 101) / 50 - 1 }
+            let (panelled, _) = try Linear.forward(x, rows: rows, stored: stored, inFeatures: inFeatures, outFeatures: out)
+            let reference = Linear.forward(x, rows: rows, weight: whole, inFeatures: inFeatures, outFeatures: out, panel: 128)
+            XCTAssertEqual(panelled.map(\.bitPattern), reference.map(\.bitPattern), "\(storage)")
+        }
+    }
 }
