@@ -84,6 +84,15 @@ int dsconvert_fp8_best_isa(void) {
     return DSCONVERT_ISA_BASELINE;
 }
 
+int dsconvert_cpu_has_fma(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("fma") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
                                           size_t block_row, int e5m2, uint8_t *codes, float *scales, int scales_given) {
 #if defined(__x86_64__)

@@ -46,7 +46,8 @@ public enum ForwardBenchCommand: Command {
         terminal.out(String(format: "cblas_sgemm   %dx%dx%d  %8.4f s (%.4f-%.4f, %d runs)  %7.1f GFLOP/s  a routed expert's product, weight from memory",
                             r.expertShape.m, r.expertShape.n, r.expertShape.k, expert.median, expert.min, expert.max, expert.count, expertFLOPs / expert.median / 1e9))
         let widening = SampleSummary(r.wideningSeconds)!
-        let computeRate = r.forwardFLOPs / (forward.median - widening.median)
+        // The products alone: the forward pass's time less its widening (never below a microsecond).
+        let computeRate = r.forwardFLOPs / max(forward.median - widening.median, 1e-6)
         terminal.out(String(format: "  widening    %5d tokens  %8.3f s (%.3f-%.3f)  weights to fp32; the rest at %.1f GFLOP/s", r.tokens, widening.median,
                             widening.min, widening.max, computeRate / 1e9))
         terminal.out(String(format: "ratio         %.2f of sgemm (at the medians); without widening %.2f",

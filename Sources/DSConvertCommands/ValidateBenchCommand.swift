@@ -68,6 +68,30 @@ public enum ValidateBenchCommand: Command {
             terminal.error("dsconvert-bench validate", "read \(read.outcome.label), validate \(run.outcome.label)")
             return ExitCode.failure
         }
+        printFigures(Figures(config: config, tokens: count, bytes: bytes, read: read, run: run, compute: compute, weightSeconds: weightSeconds,
+                       prefetched: prefetched, reference: reference, candidate: candidate, cold: cold), terminal: terminal)
+        return ExitCode.success
+    }
+
+    /// What one benchmark run measured.
+    private struct Figures {
+        let config: DeepSeekConfig
+        let tokens: Int
+        let bytes: Int
+        let read: JobRun
+        let run: JobRun
+        let compute: Double
+        let weightSeconds: Double
+        let prefetched: Int
+        let reference: URL
+        let candidate: URL
+        let cold: Bool
+    }
+
+    /// Prints the figures beside plain sgemm at the model's width, timed here after the child.
+    private static func printFigures(_ f: Figures, terminal: Terminal) {
+        let (config, count, bytes, read, run, compute, weightSeconds, prefetched, reference, candidate, cold) =
+            (f.config, f.tokens, f.bytes, f.read, f.run, f.compute, f.weightSeconds, f.prefetched, f.reference, f.candidate, f.cold)
         let routed = count * (config.numExpertsPerTok ?? 0) * config.moeLayerCount
         let flops = 2 * ForwardCost.flops(config: config, batch: 1, seq: count, routedTokenExperts: routed)
         let r = read.wall, w = run.wall
@@ -90,6 +114,5 @@ public enum ValidateBenchCommand: Command {
         let busy = compute + weightSeconds
         terminal.out(String(format: "wall / max(read, compute)  %.2f   overlap %.2f", w / max(r, compute), (r + compute - w) / min(r, compute)))
         terminal.out(String(format: "wall / max(read, compute + weight handling)  %.2f", w / max(r, busy)))
-        return ExitCode.success
     }
 }

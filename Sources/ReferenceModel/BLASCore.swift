@@ -16,7 +16,8 @@ import Foundation
 /// are the same at any thread count for a given core.
 public enum BLASCore {
     /// The core OpenBLAS runs, and whether dsconvert chose it.
-    public struct Selection: Sendable, Equatable {
+    public struct Selection: Sendable, Equatable, CustomStringConvertible {
+        /// OpenBLAS's name of the kernels that run ("SkylakeX", "Haswell", "Prescott", …).
         public let core: String
         /// The core OpenBLAS had chosen itself, when dsconvert replaced it.
         public let replaced: String?
@@ -36,7 +37,7 @@ public enum BLASCore {
     static func coreForThisCPU() -> String? {
         switch dsconvert_fp8_best_isa() {
         case Int32(DSCONVERT_ISA_AVX512): return "SkylakeX"
-        case Int32(DSCONVERT_ISA_AVX2): return "Haswell"
+        case Int32(DSCONVERT_ISA_AVX2): return dsconvert_cpu_has_fma() == 1 ? "Haswell" : nil
         default: return nil
         }
     }

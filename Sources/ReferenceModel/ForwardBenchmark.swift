@@ -31,6 +31,9 @@ public final class SyntheticWeights: WeightProvider {
     private let storage: Storage
     private static let quantizer = FP8BlockQuantizer(format: .e4m3, block: 128)
     public var label: String { "synthetic" }
+    /// - Parameters:
+    ///   - expertPool: routed expert j uses expert j % pool's values (nil: every expert its own).
+    ///   - storage: the dtype matrices are kept in and widened from on every use.
     public init(expertPool: Int? = nil, storage: Storage = .f32) {
         self.expertPool = expertPool
         self.storage = storage

@@ -87,8 +87,10 @@ public final class ExpertParallelWeights: WeightProvider {
         for (d, device) in devices.enumerated() { device.prefetch(names.filter { owner($0) === devices[d] }) }
     }
 
+    /// The stored form of `name` from the device that holds it.
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? { try owner(name).stored(name, shape: shape) }
 
+    /// Each device's share of `names`, retired from that device's prefetcher.
     public func retire(_ names: [String]) {
         for (d, device) in devices.enumerated() { device.retire(names.filter { owner($0) === devices[d] }) }
     }

@@ -13,12 +13,14 @@ import SafeTensors
 /// cache and multiplying them at once reads only the stored bytes from memory: 1.7-2x faster at 16
 /// and 48 rows on this machine, dequantization included.
 public struct StoredWeight {
+    /// The matrix's rows (output features) and columns (input features).
     public let rows: Int
     public let cols: Int
     /// Rows per call of `widen` (an FP8 weight's scale block, so each call is whole block rows).
     public let panel: Int
     private let widenRows: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void
 
+    /// A weight whose `widen` writes rows of a range (whole panels, or the last partial one) as fp32.
     public init(rows: Int, cols: Int, panel: Int, widen: @escaping (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) {
         self.rows = rows
         self.cols = cols

@@ -44,6 +44,10 @@ public enum ReferenceModelError: LocalizedError, Equatable, Sendable {
 ///
 /// Each conversion stage's output gets its own provider (FP8 dequantizes per block, a sharded
 /// output gathers experts from their devices); the forward pass only sees fp32 matrices.
+///
+/// Concurrency: the forward pass runs routed experts on several threads at once, so `floats(_:shape:into:)`,
+/// `stored`, `release` and `retire` must be safe to call concurrently for different names (every
+/// provider here is immutable after creation or guards its state with a `Mutex`).
 public protocol WeightProvider: AnyObject {
     /// The weight `name` as fp32, row-major, checked to have `shape`.
     func floats(_ name: String, shape: [Int]) throws -> [Float]

@@ -18,6 +18,9 @@ enum {
 /// The best level this CPU runs.
 int dsconvert_fp8_best_isa(void);
 
+/// 1 if the CPU has FMA (with AVX2, what OpenBLAS's Haswell kernels need), else 0.
+int dsconvert_cpu_has_fma(void);
+
 /// Quantizes block row `block_row` of a row-major [rows, cols] bf16 matrix to FP8 (E4M3FN when
 /// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 when that
 /// is 0: an all-zero tile, so never a zero scale) into `scales[block_row * ceil(cols/block) + bc]`, then, when `codes` is not NULL,
