@@ -39,6 +39,7 @@ public enum KVEqualization {
             }
         }
         }
+        ReferenceForward.releaseBuffers()
         return absmax
     }
 

@@ -105,6 +105,10 @@ public final class ReferenceForward {
         return m
     }
 
+    /// Frees the buffers forward passes keep for widening weights (up to ~1 GB at V3), once no pass
+    /// is running: what `validate` and `quantize --kv6`'s calibration call when they are done.
+    public static func releaseBuffers() { WeightArena.shared.trim() }
+
     /// Starts reading the weights of layer `layer` (`numHiddenLayers`: the final norm and the head)
     /// in the order they will be used, while the current layer computes.
     public func prefetch(layer: Int) {

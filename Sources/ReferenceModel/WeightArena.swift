@@ -28,6 +28,14 @@ final class WeightArena: Sendable {
         UnsafeMutableBufferPointer(start: UnsafeMutablePointer<Float>(bitPattern: buffer.address), count: buffer.count)
     }
 
+    /// Buffers kept now.
+    var kept: Int { free.withLock { $0.count } }
+
+    /// Frees every kept buffer (after a run: a later stage need not carry a forward pass's memory).
+    func trim() {
+        for buffer in free.withLock({ free in defer { free = [] }; return free }) { Self.pointer(buffer).deallocate() }
+    }
+
     /// A buffer of at least `count` floats: the smallest kept one that is large enough, else a new one.
     func lend(count: Int) -> UnsafeMutableBufferPointer<Float> {
         let kept = free.withLock { free -> (address: Int, count: Int)? in

@@ -269,6 +269,7 @@ public enum Validator {
         let (rFinal, rLogits) = try rf.finish(r), (cFinal, cLogits) = try cf.finish(c)
         layers.append(drift(count, rFinal, cFinal))
         let prefetched = [reference.weights.prefetchTotals(), candidate.weights.prefetchTotals()]
+        ReferenceForward.releaseBuffers()
         let timing = DriftReport.Timing(wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9,
                                         weightSeconds: rf.timing.weightSeconds + cf.timing.weightSeconds,
                                         computeSeconds: rf.timing.computeSeconds + cf.timing.computeSeconds,

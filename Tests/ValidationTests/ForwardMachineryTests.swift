@@ -40,9 +40,15 @@ final class ForwardMachineryTests: XCTestCase {
             let larger = WeightMatrix(count: 2000, arena: arena)
             XCTAssertNotEqual(larger.destination.baseAddress, first)
         }
-        let a = WeightMatrix(count: 5, arena: arena), b = WeightMatrix(count: 1500, arena: arena)
-        XCTAssertEqual(a.destination.baseAddress, first, "the smallest large-enough buffer is chosen")
-        XCTAssertNotEqual(b.destination.baseAddress, first)
+        do {
+            let a = WeightMatrix(count: 5, arena: arena), b = WeightMatrix(count: 1500, arena: arena)
+            XCTAssertEqual(a.destination.baseAddress, first, "the smallest large-enough buffer is chosen")
+            XCTAssertNotEqual(b.destination.baseAddress, first)
+            XCTAssertEqual(arena.kept, 0, "both kept buffers are lent")
+        }
+        XCTAssertEqual(arena.kept, 2)
+        arena.trim()
+        XCTAssertEqual(arena.kept, 0)
     }
 }
 
