@@ -54,10 +54,19 @@ public final class WeightPrefetcher: Sendable {
         /// The owner whose entry is being read, if any.
         var reading: Int?
         var totals: [Int: Totals] = [:]
+        /// The reader is waiting for room (a retire or cancel signals `roomOpened` once).
+        var readerWaiting = false
+        /// `drain` calls waiting for a read in flight (the read's end signals `readEnded` for each).
+        var drainers = 0
     }
 
     private static let queue = Mutex(Queue())
     private static let reader = DispatchQueue(label: "dsconvert.weight-prefetch", qos: .utility)
+    /// Signalled whenever room may have opened in the window (a retire or cancel) and whenever a read
+    /// ends: the reader waits on it while the window is full, `drain` while its read is in flight.
+    /// Waits also end after 100 ms, so a lost wake-up costs a moment, never a hang.
+    private static let roomOpened = DispatchSemaphore(value: 0)
+    private static let readEnded = DispatchSemaphore(value: 0)
     private let budget: Int
     /// This prefetcher's key in the queue: a number never reused (an object's address is, by the
     /// next prefetcher allocated there, which then found the old one's entries and totals).
@@ -100,13 +109,21 @@ public final class WeightPrefetcher: Sendable {
     /// will not be.
     public func retire(_ names: [String]) {
         let id = id
-        Self.queue.withLock { q in
+        let wake = Self.queue.withLock { q -> Bool in
             for name in names {
                 guard let i = q.index[Key(owner: id, name: name)] else { continue }
                 Self.retire(&q, i)
             }
             Self.compact(&q)
+            return Self.takeReaderWaiting(&q)
         }
+        if wake { Self.roomOpened.signal() }
+    }
+
+    /// Whether the reader waits for room, clearing the mark: one signal per wait.
+    private static func takeReaderWaiting(_ q: inout Queue) -> Bool {
+        defer { q.readerWaiting = false }
+        return q.readerWaiting
     }
 
     private static func retire(_ q: inout Queue, _ i: Int) {
@@ -127,10 +144,12 @@ public final class WeightPrefetcher: Sendable {
     /// Stops reading for this prefetcher: nothing of it queued is read after this.
     public func cancel() {
         let id = id
-        Self.queue.withLock { q in
+        let wake = Self.queue.withLock { q -> Bool in
             for i in q.entries.indices where q.entries[i].owner == id && q.entries[i].phase != .retired { Self.retire(&q, i) }
             Self.compact(&q)
+            return Self.takeReaderWaiting(&q)
         }
+        if wake { Self.roomOpened.signal() }
     }
 
     /// Bytes read ahead and not yet used, over the whole process.
@@ -143,12 +162,18 @@ public final class WeightPrefetcher: Sendable {
     public func drain() -> Totals {
         cancel()
         let id = id
-        while Self.queue.withLock({ $0.reading == id }) { usleep(1000) }
+        while Self.queue.withLock({ q -> Bool in
+            guard q.reading == id else { return false }
+            q.drainers += 1
+            return true
+        }) {
+            _ = Self.readEnded.wait(timeout: .now() + .milliseconds(100))
+        }
         return totalsSoFar()
     }
 
-    /// Reads queued entries in order while the window has room; waits (polling every millisecond)
-    /// while it is full, since only the forward passes' progress frees it. Ends when nothing is left.
+    /// Reads queued entries in order while the window has room; waits for a retire or cancel while
+    /// it is full, since only the forward passes' progress frees it. Ends when nothing is left.
     private static func readLoop() {
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: MappedFile.prefetchChunk, alignment: 4096)
         defer { scratch.deallocate() }
@@ -163,7 +188,10 @@ public final class WeightPrefetcher: Sendable {
                 }
                 let entry = q.entries[q.next]
                 // Room in the window, or nothing ahead at all (a tensor larger than the window is still read).
-                guard q.ahead == 0 || q.ahead + entry.bytes <= entry.budget else { return .wait }
+                guard q.ahead == 0 || q.ahead + entry.bytes <= entry.budget else {
+                    q.readerWaiting = true
+                    return .wait
+                }
                 q.ahead += entry.bytes
                 q.entries[q.next].phase = .read
                 q.reading = entry.owner
@@ -172,16 +200,19 @@ public final class WeightPrefetcher: Sendable {
             }
             switch step {
             case .done: return
-            case .wait: usleep(1000)
+            case .wait: _ = roomOpened.wait(timeout: .now() + .milliseconds(100))
             case let .read(entry):
                 let began = DispatchTime.now()
                 let bytes = entry.checkpoint.map { checkpoint in entry.names.reduce(0) { $0 + checkpoint.prefetch($1, scratch: scratch) } } ?? 0
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
-                queue.withLock { q in
+                let drainers = queue.withLock { q -> Int in
                     q.totals[entry.owner, default: Totals()].bytes += bytes
                     q.totals[entry.owner, default: Totals()].seconds += seconds
                     q.reading = nil
+                    defer { q.drainers = 0 }
+                    return q.drainers
                 }
+                for _ in 0..<drainers { readEnded.signal() }
             }
         }
     }
