@@ -169,20 +169,20 @@ DEFINE_DEQUANT_ROW(dequant_row_f32_avx2, __attribute__((target("avx2"))), float,
 DEFINE_DEQUANT_ROW(dequant_row_f32_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))), float, STORE_F32)
 #endif
 
-int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
-                                            size_t block_row, int e5m2, const float *scales, uint16_t *out) {
+// The entry point of one output type: the widest level `isa` allows.
+#define DEFINE_DEQUANT_ENTRY(NAME, OUT_T, BASELINE, AVX2, AVX512)                                             \
+    int NAME(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, int e5m2, \
+             const float *scales, OUT_T *out) {                                                               \
+        DISPATCH_LEVEL(isa, AVX2, AVX512, codes, rows, cols, block, block_row, e5m2, scales, out)              \
+        return BASELINE(codes, rows, cols, block, block_row, e5m2, scales, out);                              \
+    }
 #if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return dequant_row_avx512(codes, rows, cols, block, block_row, e5m2, scales, out);
-    if (isa == DSCONVERT_ISA_AVX2) return dequant_row_avx2(codes, rows, cols, block, block_row, e5m2, scales, out);
+#define DISPATCH_LEVEL(isa, AVX2, AVX512, ...)                                                                \
+    if ((isa) >= DSCONVERT_ISA_AVX512) return AVX512(__VA_ARGS__);                                            \
+    if ((isa) == DSCONVERT_ISA_AVX2) return AVX2(__VA_ARGS__);
+#else
+#define DISPATCH_LEVEL(isa, AVX2, AVX512, ...) (void)(isa);
 #endif
-    return dequant_row_baseline(codes, rows, cols, block, block_row, e5m2, scales, out);
-}
 
-int dsconvert_fp8_dequantize_block_row_f32(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
-                                           size_t block_row, int e5m2, const float *scales, float *out) {
-#if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return dequant_row_f32_avx512(codes, rows, cols, block, block_row, e5m2, scales, out);
-    if (isa == DSCONVERT_ISA_AVX2) return dequant_row_f32_avx2(codes, rows, cols, block, block_row, e5m2, scales, out);
-#endif
-    return dequant_row_f32_baseline(codes, rows, cols, block, block_row, e5m2, scales, out);
-}
+DEFINE_DEQUANT_ENTRY(dsconvert_fp8_dequantize_block_row_bf16, uint16_t, dequant_row_baseline, dequant_row_avx2, dequant_row_avx512)
+DEFINE_DEQUANT_ENTRY(dsconvert_fp8_dequantize_block_row_f32, float, dequant_row_f32_baseline, dequant_row_f32_avx2, dequant_row_f32_avx512)

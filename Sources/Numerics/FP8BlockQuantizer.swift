@@ -138,16 +138,11 @@ public struct FP8BlockQuantizer: Sendable {
     /// (the output is then unspecified; the caller names the code or the scale).
     public func dequantizeToBF16(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
                                  into out: UnsafeMutablePointer<UInt16>, level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
-        let nonFinite = NonFiniteFlag()
         let input = SharedPointer(UnsafeMutablePointer(mutating: codes)), sc = SharedPointer(UnsafeMutablePointer(mutating: scales))
         let dst = SharedPointer(out), block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
-        // Tasks own disjoint block rows: results do not depend on the thread count.
-        Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
-            if dsconvert_fp8_dequantize_block_row_bf16(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer) != 0 {
-                nonFinite.set()
-            }
+        return allBlockRowsFinite(rows: rows, cols: cols) { br in
+            dsconvert_fp8_dequantize_block_row_bf16(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer)
         }
-        return !nonFinite.isSet
     }
 
     /// w = q · scale per block, in f32: the C kernel at `level` over block rows in parallel (the same
@@ -155,13 +150,19 @@ public struct FP8BlockQuantizer: Sendable {
     /// finite (the output is then unspecified; the caller names the code or the scale).
     public func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>,
                            level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
-        let nonFinite = NonFiniteFlag()
         let input = SharedPointer(UnsafeMutablePointer(mutating: codes)), sc = SharedPointer(UnsafeMutablePointer(mutating: scales))
         let dst = SharedPointer(out), block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
+        return allBlockRowsFinite(rows: rows, cols: cols) { br in
+            dsconvert_fp8_dequantize_block_row_f32(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer)
+        }
+    }
+
+    /// Runs `kernel` (non-zero when it met a non-finite value) on every block row in parallel; tasks
+    /// own disjoint block rows, so results do not depend on the thread count. True if none did.
+    private func allBlockRowsFinite(rows: Int, cols: Int, _ kernel: @escaping (Int) -> Int32) -> Bool {
+        let nonFinite = NonFiniteFlag()
         Parallel.forEach(scaleShape(rows: rows, cols: cols)[0]) { br in
-            if dsconvert_fp8_dequantize_block_row_f32(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer) != 0 {
-                nonFinite.set()
-            }
+            if kernel(br) != 0 { nonFinite.set() }
         }
         return !nonFinite.isSet
     }

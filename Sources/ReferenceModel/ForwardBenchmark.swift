@@ -1,8 +1,7 @@
-import CKernels
 import COpenBLAS
 import DeepSeekModel
-import Numerics
 import Foundation
+import Numerics
 import Synchronization
 
 /// Weights held in memory, generated deterministically from each tensor's name: for benchmarks and
@@ -75,12 +74,9 @@ public final class SyntheticWeights: WeightProvider {
         case let .fp8(codes, scales):
             let block = Self.quantizer.block
             return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
-                codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
-                    let perRow = (cols + block - 1) / block
-                    for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {
-                        _ = dsconvert_fp8_dequantize_block_row_f32(FP8BlockQuantizer.kernelLevel, cp.baseAddress! + r0 * cols, min(block, rows - r0), cols,
-                                                                   block, 0, 0, sp.baseAddress! + (r0 / block) * perRow, destination + (r0 - range.lowerBound) * cols)
-                    }
+                _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
+                    StoredWeight.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: rows, cols: cols, block: block,
+                                            format: Self.quantizer.format, range: range, into: destination)
                 } }
             }
         }

@@ -52,25 +52,34 @@ public struct StoredWeight {
         if let i = scales.withUnsafeBufferPointer(FP8Integrity.firstInvalidScale) {
             throw DeepSeekModelError.invalidScale(file: scalesFile, tensor: view.name + QuantizationConfig.scaleSuffix, index: i, value: scales[i])
         }
-        let e5m2: Int32 = format == .e5m2 ? 1 : 0, level = FP8BlockQuantizer.kernelLevel
         return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
-            precondition(range.lowerBound % block == 0 && range.upperBound <= rows, "panels are whole block rows")
             let codes = view.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {
-                // The block row as a matrix of its own (its codes, its scales, block row 0), written at
-                // its place in `destination`: no pointer ever points outside its buffer.
-                let bad = scales.withUnsafeBufferPointer {
-                    dsconvert_fp8_dequantize_block_row_f32(level, codes + r0 * cols, min(block, rows - r0), cols, block, 0, e5m2,
-                                                           $0.baseAddress! + (r0 / block) * perRow, destination + (r0 - range.lowerBound) * cols)
+            let finite = scales.withUnsafeBufferPointer {
+                dequantize(codes: codes, scales: $0.baseAddress!, rows: rows, cols: cols, block: block, format: format, range: range, into: destination)
+            }
+            if !finite {
+                try scales.withUnsafeBufferPointer {
+                    try FP8Integrity.check(codes: view.bytes, format: format, codesFile: codesFile, weight: view.name, scales: $0, scalesFile: scalesFile)
                 }
-                if bad != 0 {
-                    try scales.withUnsafeBufferPointer {
-                        try FP8Integrity.check(codes: view.bytes, format: format, codesFile: codesFile, weight: view.name, scales: $0, scalesFile: scalesFile)
-                    }
-                    throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: view.name, reason: "code x scale overflows f32")
-                }
+                throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: view.name, reason: "code x scale overflows f32")
             }
         }
+    }
+
+    /// Dequantizes rows `range` (whole block rows, or the last partial one) of [rows, cols] FP8 codes
+    /// with their block scales into `destination`; false if a code is NaN or a product not finite.
+    /// Each block row is handed to the kernel as a matrix of its own (its codes, its scales, block
+    /// row 0), written at its place in `destination`: no pointer ever points outside its buffer.
+    static func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, block: Int, format: FP8Format,
+                           range: Range<Int>, into destination: UnsafeMutablePointer<Float>) -> Bool {
+        precondition(range.lowerBound % block == 0 && range.upperBound <= rows, "panels are whole block rows")
+        let perRow = (cols + block - 1) / block, e5m2: Int32 = format == .e5m2 ? 1 : 0
+        var finite = true
+        for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {
+            finite = dsconvert_fp8_dequantize_block_row_f32(FP8BlockQuantizer.kernelLevel, codes + r0 * cols, min(block, rows - r0), cols, block, 0, e5m2,
+                                                            scales + (r0 / block) * perRow, destination + (r0 - range.lowerBound) * cols) == 0 && finite
+        }
+        return finite
     }
 
     /// A bf16, f16 or f32 weight, widened 128 rows at a time.

@@ -134,24 +134,51 @@ public final class CheckpointWeights: WeightProvider {
     }
 
     public func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws {
+        let info = try checkedInfo(name, shape: shape)
+        precondition(destination.count >= info.elementCount, "destination smaller than \(name)")
+        try readable(name) {
+            let view = try checkpoint.view(name)
+            if let format = FP8Format(dtype: view.dtype) {
+                let (block, scales, scaleName) = try fp8Scales(of: view)
+                return try FP8BlockWeights.dequantize(codes: view.bytes, shape: view.shape, format: format, scales: scales, block: block, weight: name,
+                                                      codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName), into: destination)
+            }
+            guard TensorView.widen(view.bytes, dtype: view.dtype, count: info.elementCount, into: destination) else {
+                throw SafeTensorsError.invalidTensorEntry(file: view.owner.path, tensor: name, reason: "dtype \(view.dtype.rawValue) cannot be read as real values here")
+            }
+        }
+    }
+
+    /// The entry of `name`, checked to exist with `shape`.
+    private func checkedInfo(_ name: String, shape: [Int]) throws -> TensorInfo {
         guard let info = checkpoint.info(name) else {
             throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
         }
         guard info.shape == shape else {
             throw ReferenceModelError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
         }
-        precondition(destination.count >= info.elementCount, "destination smaller than \(name)")
+        return info
+    }
+
+    /// Runs `body`, a read of `name`, reporting the reader's errors as the forward pass's, naming the file.
+    private func readable<T>(_ name: String, _ body: () throws -> T) throws -> T {
         do {
-            let view = try checkpoint.view(name)
-            if let format = FP8Format(dtype: view.dtype) {
-                return try dequantize(view, format: format, into: destination)
-            }
-            guard TensorView.widen(view.bytes, dtype: view.dtype, count: info.elementCount, into: destination) else {
-                throw SafeTensorsError.invalidTensorEntry(file: view.owner.path, tensor: name, reason: "dtype \(view.dtype.rawValue) cannot be read as real values here")
-            }
+            return try body()
         } catch let error as SafeTensorsError {
             throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
+    }
+
+    /// An FP8 weight's block size and scales, after the checks that it has both.
+    private func fp8Scales(of view: TensorView) throws -> (block: Int, scales: [Float], scaleName: String) {
+        let name = view.name, scaleName = name + QuantizationConfig.scaleSuffix
+        guard let block = fp8Block, view.shape.count >= 2 else {
+            throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: name), tensor: name)
+        }
+        guard checkpoint.contains(scaleName) else {
+            throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: view.shape, block: block))
+        }
+        return (block, try checkpoint.view(scaleName).floats(), scaleName)
     }
 
     public func rows(_ name: String, shape: [Int], range: Range<Int>) throws -> [Float] {
@@ -162,27 +189,14 @@ public final class CheckpointWeights: WeightProvider {
     }
 
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? {
-        guard let info = checkpoint.info(name) else {
-            throw DeepSeekModelError.missingTensor(file: checkpoint.directory.path, tensor: name, expectedShape: shape)
-        }
-        guard info.shape == shape else {
-            throw ReferenceModelError.wrongShape(file: checkpoint.path(of: name), tensor: name, expected: shape, actual: info.shape)
-        }
+        _ = try checkedInfo(name, shape: shape)
         guard shape.count == 2 else { return nil }
-        do {
+        return try readable(name) {
             let view = try checkpoint.view(name)
             guard let format = FP8Format(dtype: view.dtype) else { return StoredWeight.floating(view) }
-            let scaleName = name + QuantizationConfig.scaleSuffix
-            guard let block = fp8Block else {
-                throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: name), tensor: name)
-            }
-            guard checkpoint.contains(scaleName) else {
-                throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: shape, block: block))
-            }
-            return try StoredWeight.fp8(view, format: format, scales: try checkpoint.view(scaleName).floats(), block: block,
+            let (block, scales, scaleName) = try fp8Scales(of: view)
+            return try StoredWeight.fp8(view, format: format, scales: scales, block: block,
                                         codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName))
-        } catch let error as SafeTensorsError {
-            throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
     }
 
@@ -195,7 +209,7 @@ public final class CheckpointWeights: WeightProvider {
             return
         }
         precondition(destination.count >= range.count * shape[1], "destination smaller than rows of \(name)")
-        do {
+        try readable(name) {
             let view = try checkpoint.view(name)
             let rowBytes = shape[1] * size
             let bytes = UnsafeRawBufferPointer(rebasing: view.bytes[(range.lowerBound * rowBytes)..<(range.upperBound * rowBytes)])
@@ -205,8 +219,6 @@ public final class CheckpointWeights: WeightProvider {
             if let start = bytes.baseAddress, let base = view.owner.base, !bytes.isEmpty {
                 view.owner.release((start - base)..<(start - base + bytes.count))
             }
-        } catch let error as SafeTensorsError {
-            throw ReferenceModelError.unreadableTensor(file: checkpoint.path(of: name), tensor: name, reason: error.errorDescription ?? "\(error)")
         }
     }
 
@@ -214,19 +226,5 @@ public final class CheckpointWeights: WeightProvider {
         prefetcher.retire([name, name + QuantizationConfig.scaleSuffix])
         checkpoint.release(name)
         checkpoint.release(name + QuantizationConfig.scaleSuffix)
-    }
-
-    private func dequantize(_ view: TensorView, format: FP8Format, into destination: UnsafeMutableBufferPointer<Float>) throws {
-        let name = view.name
-        let scaleName = name + QuantizationConfig.scaleSuffix
-        guard let block = fp8Block, view.shape.count >= 2 else {
-            throw DeepSeekModelError.fp8WithoutQuantizationConfig(file: checkpoint.path(of: name), tensor: name)
-        }
-        guard checkpoint.contains(scaleName) else {
-            throw DeepSeekModelError.missingScale(file: checkpoint.path(of: name), tensor: name, expectedShape: QuantizationConfig.scaleShape(of: view.shape, block: block))
-        }
-        try FP8BlockWeights.dequantize(codes: view.bytes, shape: view.shape, format: format, scales: try checkpoint.view(scaleName).floats(),
-                                       block: block, weight: name, codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName),
-                                       into: destination)
     }
 }
