@@ -76,11 +76,23 @@ FIXTURES = {
                           n_shared_experts=2, num_experts_per_tok=4, first_k_dense_replace=1,
                           topk_method="group_limited_greedy", n_group=8, topk_group=3,
                           routed_scaling_factor=1.0, rope_scaling=YARN),
+    # Trained like "trained", with DeepSeek-V2-Lite's MLA proportions: no query compression, a latent
+    # half the hidden size (L = 128 >= 128), R = L/8 (k_pe 11% of a cache entry, as in V2 and V2-Lite),
+    # heads x qk_nope = hidden, greedy routing. The KV-cache formats are measured on both.
+    "trained-wide": hub_config(vocab_size=256, hidden_size=256, intermediate_size=512, moe_intermediate_size=32,
+                               num_hidden_layers=4, num_attention_heads=4, q_lora_rank=None, kv_lora_rank=128,
+                               qk_nope_head_dim=64, qk_rope_head_dim=16, v_head_dim=64, n_routed_experts=16,
+                               n_shared_experts=2, num_experts_per_tok=4, first_k_dense_replace=1,
+                               topk_method="greedy", n_group=1, topk_group=1,
+                               routed_scaling_factor=1.0, rope_scaling=YARN),
 }
-SHARD_SIZE = {"lite": "100KB", "v2": "100KB", "fp8": "1MB", "trained": "1MB"}
+SHARD_SIZE = {"lite": "100KB", "v2": "100KB", "fp8": "1MB", "trained": "1MB", "trained-wide": "2MB"}
+TRAINED = ("trained", "trained-wide")
 
 LICENSES = "/usr/share/common-licenses"
 HELDOUT_FILE = "MPL-2.0"
+# Calibration text for quantize --kv6: 8 x 256 bytes of the GPL-3 (part of the training text), every 4 KiB from 2000.
+CALIBRATION_FILE, CALIBRATION_START, CALIBRATION_STRIDE = "GPL-3", 2000, 4096
 
 
 def transformers_config(hub):
@@ -143,9 +155,9 @@ def write(name):
     hub = FIXTURES[name]
     out = os.path.join(HERE, name)
     shutil.rmtree(out, ignore_errors=True)
-    torch.manual_seed({"lite": 11, "v2": 22, "fp8": 33, "trained": 44}[name])
+    torch.manual_seed({"lite": 11, "v2": 22, "fp8": 33, "trained": 44, "trained-wide": 55}[name])
     model = DeepseekV2ForCausalLM(transformers_config(hub)).float()
-    if name == "trained":
+    if name in TRAINED:
         steps = train(model, float(os.environ.get("TRAIN_SECONDS", "240")))
         print(f"  trained {steps} steps")
     else:
@@ -170,13 +182,18 @@ def write(name):
     # Goldens: transformers loads the bf16 files we just wrote (hub config) and runs in fp32.
     reloaded = DeepseekV2ForCausalLM.from_pretrained(out, dtype=torch.float32)
     reloaded.eval()
-    if name == "trained":
+    if name in TRAINED:
         held = open(os.path.join(LICENSES, HELDOUT_FILE), "rb").read()[:4096]
         with open(os.path.join(out, "heldout.txt"), "wb") as f:
             f.write(held)
         tokens = [list(held[0:64]), list(held[1024:1088])]
         with open(os.path.join(out, "heldout.json"), "w") as f:
             json.dump({"tokens": [list(held[i:i + 256]) for i in range(0, 4096, 256)]}, f)
+            f.write("\n")
+        calibration = open(os.path.join(LICENSES, CALIBRATION_FILE), "rb").read()
+        with open(os.path.join(out, "calibration.json"), "w") as f:
+            starts = [CALIBRATION_START + CALIBRATION_STRIDE * i for i in range(8)]
+            json.dump({"tokens": [list(calibration[s:s + 256]) for s in starts]}, f)
             f.write("\n")
     else:
         g = torch.Generator().manual_seed(7)
@@ -197,7 +214,7 @@ def write(name):
         golden[f"routing.{layer}.experts"] = experts.view(b, s, -1).to(torch.int32).contiguous()
         golden[f"routing.{layer}.weights"] = weights.view(b, s, -1).float().contiguous()
     save_file(golden, os.path.join(out, "golden.safetensors"), metadata={"format": "pt", "transformers": "5.23.0"})
-    if name == "trained":
+    if name in TRAINED:
         held_tokens = json.load(open(os.path.join(out, "heldout.json")))["tokens"]
         with torch.no_grad():
             loss = reloaded(torch.tensor(held_tokens), labels=torch.tensor(held_tokens)).loss.item()
@@ -232,7 +249,7 @@ def write_real_configs():
 
 if __name__ == "__main__":
     torch.set_num_threads(os.cpu_count() or 1)
-    names = sys.argv[1:] or ["lite", "v2", "fp8", "trained"]
+    names = sys.argv[1:] or ["lite", "v2", "fp8", "trained", "trained-wide"]
     write_real_configs()
     for n in names:
         print(f"writing {n}", flush=True)

@@ -75,7 +75,14 @@ public final class AbsorbStep: TensorSource {
         }
         self.source = source
         self.options = options
-        document = try source.document.setting(AbsorptionRecord.configKey, to: MLAAbsorber.record(input, options: options, dtype: dtype.rawValue))
+        var document = try source.document.setting(AbsorptionRecord.configKey, to: MLAAbsorber.record(input, options: options, dtype: dtype.rawValue))
+        if let record = input.kvCache, record.format == KVCacheFormat.mlaKV6C.rawValue {
+            // The absorbed cache holds the latent without kv_a_layernorm's gain γ (folded into W_UK/W_UV):
+            // each latent channel's calibrated step is divided by its γ, so the codes stay the same.
+            let gains = try input.allLayers.prefix(input.numHiddenLayers).map { try source.floats(TensorNames.name(.kvANorm, layer: $0)) }
+            document = try document.setting(KVCacheRecord.configKey, to: KVChannelCalibration.withoutLatentGain(record, gains: gains, path: source.directory.path))
+        }
+        self.document = document
         let config = document.model
         let storage: DType = dtype == .bf16 ? .bf16 : .f32
         // Tensors absorb computes take the storage dtype, the rest keep theirs.

@@ -19,7 +19,7 @@ public enum QuantizeStage {
     }
 
     public struct KV6Options: Sendable {
-        /// Calibration sequences; nil declares mla-kv6 without equalization.
+        /// Calibration sequences: they declare the calibrated mla-kv6c cache; nil declares mla-kv6.
         public var calibration: [[Int]]?
         public var calibrationSource: String
 
@@ -81,8 +81,9 @@ public enum QuantizeStage {
     }
 }
 
-/// The quantize step: FP8 block weights with their `_scale_inv` companions and/or the mla-kv6 cache
-/// declaration with its equalization folded in; tensors it leaves alone pass through unchanged.
+/// The quantize step: FP8 block weights with their `_scale_inv` companions and/or the declaration of a
+/// 6-bit KV cache (mla-kv6, or with calibration tokens mla-kv6c and its per-channel parameters); tensors
+/// it leaves alone pass through unchanged.
 public final class QuantizeStep: TensorSource {
     public let source: TensorSource
     public let document: ConfigDocument
@@ -92,8 +93,6 @@ public final class QuantizeStep: TensorSource {
     public var quantizedCount: Int { quantized.count }
     private let byName: [String: PlannedTensor]
     private let quantized: Set<String>
-    private let modified: Set<String>
-    private let equalization: [Int: [Float]]
     private let quantizer: FP8BlockQuantizer
     /// Scales of the tensor quantized last, until written.
     private var pendingScales: [String: [UInt8]] = [:]
@@ -123,18 +122,14 @@ public final class QuantizeStep: TensorSource {
         let fp8DType = options.format.dtype
 
         var outConfig = input
-        let (kvCache, equalization) = try Self.kvCacheDeclaration(kv6, input: input, source: source, progress: progress)
-        outConfig.kvCache = kvCache
-        self.equalization = equalization
-        let plan = Self.plan(outConfig.expectedTensors(), source: source, input: input, equalization: equalization, policy: policy,
-                             fp8DType: fp8DType, block: options.block)
-        let (planned, quantized, modified, fresh) = (plan.planned, plan.quantized, plan.modified, plan.fresh)
+        outConfig.kvCache = try Self.kvCacheDeclaration(kv6, input: input, source: source, progress: progress)
+        let plan = try Self.plan(outConfig.expectedTensors(), source: source, policy: policy, fp8DType: fp8DType, block: options.block)
+        let (planned, quantized, fresh) = (plan.planned, plan.quantized, plan.fresh)
         if fp8 != nil, kv6 == nil, input.quantization != nil, fresh == 0 {
             throw ConversionError.unsupportedInput(path: path, reason: "the checkpoint is already FP8 (quantization_config present): nothing left to quantize")
         }
         self.planned = planned
         self.quantized = quantized
-        self.modified = modified
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
 
         let stageOptions = Self.stageOptions(fp8: fp8 != nil ? options : nil, kv6: kv6)
@@ -147,56 +142,50 @@ public final class QuantizeStep: TensorSource {
         self.document = document
     }
 
-    /// The mla-kv6 declaration and, with calibration tokens, the per-channel equalization per layer.
+    /// The KV-cache declaration: mla-kv6, or with calibration tokens mla-kv6c with every layer's
+    /// calibrated channels (no weight changes: its parameters live in `config.json`).
     private static func kvCacheDeclaration(_ kv6: QuantizeStage.KV6Options?, input: DeepSeekConfig, source: TensorSource,
-                                           progress: ((String) -> Void)?) throws -> (KVCacheRecord?, [Int: [Float]]) {
-        guard let kv6 else { return (nil, [:]) }
-        let format = KVCacheFormat.mlaKV6
+                                           progress: ((String) -> Void)?) throws -> KVCacheRecord? {
+        guard let kv6 else { return nil }
+        var format = KVCacheFormat.mlaKV6
         var calibration: KVCacheRecord.Calibration?
-        var equalization: [Int: [Float]] = [:]
+        var channels: [KVCacheRecord.LayerChannels]?
         if let tokens = kv6.calibration {
-            let absmax = try KVEqualization.calibrate(config: input, weights: SourceWeights(source), tokens: tokens,
-                                                     source: kv6.calibrationSource, progress: progress)
-            equalization = absmax.mapValues(KVEqualization.scales)
-            calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVEqualization.rule)
+            format = .mlaKV6C
+            let codecs = try KVChannelCalibration.calibrate(config: input, weights: SourceWeights(source), tokens: tokens,
+                                                            source: kv6.calibrationSource, progress: progress)
+            channels = codecs.enumerated().map { KVCacheRecord.LayerChannels(layer: $0.offset, codec: $0.element) }
+            calibration = .init(source: kv6.calibrationSource, tokens: tokens.reduce(0) { $0 + $1.count }, rule: KVChannelCalibration.rule)
         }
-        let record = KVCacheRecord(format: format.rawValue,
-                                   bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
-                                   bitsPerElement: format.bitsPerElement(kvLoraRank: input.kvLoraRank, ropeDim: input.qkRopeHeadDim),
-                                   equalized: calibration != nil, calibration: calibration,
-                                   layout: KVCacheRecord.layout(format, latent: input.kvLoraRank, rope: input.qkRopeHeadDim))
-        return (record, equalization)
+        let l = input.kvLoraRank, r = input.qkRopeHeadDim
+        return KVCacheRecord(format: format.rawValue, bytesPerTokenPerLayer: format.bytesPerTokenPerLayer(kvLoraRank: l, ropeDim: r),
+                             bitsPerElement: format.bitsPerElement(kvLoraRank: l, ropeDim: r), equalized: false, calibration: calibration,
+                             layout: KVCacheRecord.layout(format, latent: l, rope: r), channels: channels)
     }
 
-    /// What the step writes, tensor by tensor: FP8 input weights keep their dtype and scales (quantized
-    /// again only when the equalization changes them), bf16 ones the policy picks become FP8 (`fresh`
-    /// counts them), the rest keep their dtype; `modified` are those the equalization changes or
-    /// that the input lacks (an absorbed input's latent gain, back as 1 / s_c).
-    private static func plan(_ tensors: [ExpectedTensor], source: TensorSource, input: DeepSeekConfig, equalization: [Int: [Float]],
-                             policy: FP8Policy, fp8DType: DType, block: Int)
-        -> (planned: [PlannedTensor], quantized: Set<String>, modified: Set<String>, fresh: Int) {
+    /// What the step writes, tensor by tensor: FP8 input weights keep their dtype and scales, bf16 ones
+    /// the policy picks become FP8 (`fresh` counts them), the rest keep their dtype.
+    private static func plan(_ tensors: [ExpectedTensor], source: TensorSource, policy: FP8Policy, fp8DType: DType, block: Int) throws
+        -> (planned: [PlannedTensor], quantized: Set<String>, fresh: Int) {
         var planned: [PlannedTensor] = []
-        var quantized = Set<String>(), modified = Set<String>()
+        var quantized = Set<String>()
         var fresh = 0
         for t in tensors {
-            let inputDType = source.info(t.name)?.dtype ?? .bf16
-            if let layer = t.layer, let s = equalization[layer], KVEqualization.transform(config: input, name: t.name, shape: t.shape, scales: s) != nil {
-                modified.insert(t.name)
+            guard let info = source.info(t.name) else {
+                throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: t.name, expectedShape: t.shape)
             }
-            if source.info(t.name) == nil { modified.insert(t.name) }
             let scale = PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: QuantizationConfig.scaleShape(of: t.shape, block: block))
-            if inputDType.isBlockFP8 {
-                if modified.contains(t.name) { quantized.insert(t.name) }
-                planned += [PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape), scale]
+            if info.dtype.isBlockFP8 {
+                planned += [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape), scale]
             } else if policy.shouldQuantize(name: t.name, shape: t.shape) {
                 fresh += 1
                 quantized.insert(t.name)
                 planned += [PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape), scale]
             } else {
-                planned.append(PlannedTensor(name: t.name, dtype: inputDType, shape: t.shape))
+                planned.append(PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape))
             }
         }
-        return (planned, quantized, modified, fresh)
+        return (planned, quantized, fresh)
     }
 
     /// The manifest's record of the options (`--resume` keys on them).
@@ -207,10 +196,10 @@ public final class QuantizeStep: TensorSource {
             if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
         }
         if let kv6 {
-            stageOptions["kv6"] = "mla-kv6"
+            stageOptions["kv6"] = kv6.calibration == nil ? KVCacheFormat.mlaKV6.rawValue : KVCacheFormat.mlaKV6C.rawValue
             stageOptions["calibration"] = kv6.calibration == nil ? "none" : kv6.calibrationSource
-            // The ids themselves, not just the file's name: a resumed run must not keep shards
-            // equalized on other tokens, and the manifest should say what was used.
+            // The ids themselves, not just the file's name: a resumed run must not keep a declaration
+            // calibrated on other tokens, and the manifest should say what was used.
             if let tokens = kv6.calibration {
                 stageOptions["calibration_sha256"] = tokens.flatMap { $0.map { Int64($0).littleEndian } }.withUnsafeBytes { SHA256.hex($0) }
             }
@@ -229,15 +218,6 @@ public final class QuantizeStep: TensorSource {
     public func info(_ name: String) -> PlannedTensor? { byName[name] }
     public func path(of name: String) -> String { source.path(of: name) }
 
-    /// fp32 values of a tensor of the output, with the equalization applied; a latent gain the
-    /// absorbed input folded away comes back as 1 / s_c.
-    private func values(_ name: String, shape: [Int]) throws -> [Float] {
-        var v = source.info(name) != nil ? try source.floats(name) : [Float](repeating: 1, count: shape.reduce(1, *))
-        if let layer = TensorNames.layerIndex(of: name), let s = equalization[layer],
-           let apply = KVEqualization.transform(config: source.config, name: name, shape: shape, scales: s) { apply(&v) }
-        return v
-    }
-
     public func payload(_ name: String) throws -> TensorPayload {
         if let scales = pendingScales[name] { return .bytes(scales) }
         if name.hasSuffix(QuantizationConfig.scaleSuffix), case let weight = String(name.dropLast(QuantizationConfig.scaleSuffix.count)), quantized.contains(weight) {
@@ -246,12 +226,8 @@ public final class QuantizeStep: TensorSource {
             _ = try quantize(weight, codes: false)
             return .bytes(pendingScales.removeValue(forKey: name)!)
         }
-        guard let plan = byName[name] else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: []) }
+        guard byName[name] != nil else { throw DeepSeekModelError.missingTensor(file: source.directory.path, tensor: name, expectedShape: []) }
         if quantized.contains(name) { return .bytes(try quantize(name, codes: true)) }
-        if modified.contains(name) {
-            // Power-of-two equalization: exact in the tensor's own dtype.
-            return .bytes(QuantizeStage.encode(try values(name, shape: plan.shape), as: plan.dtype))
-        }
         return try source.payload(name)
     }
 
@@ -263,9 +239,9 @@ public final class QuantizeStep: TensorSource {
         let count = wantCodes ? matrices * rows * cols : 0
         var codes = [UInt8](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }  // every byte is written below
         var finite = true
-        // Unmodified (not equalized, present in the source) bf16 goes straight into the kernel; the
-        // scales of a scales-only pass are kept, so the codes pass does not compute them again.
-        let bf16 = !modified.contains(name) && source.info(name)?.dtype == .bf16
+        // bf16 goes straight into the kernel; the scales of a scales-only pass are kept, so the codes
+        // pass does not compute them again.
+        let bf16 = source.info(name)?.dtype == .bf16
         let known = bf16 && wantCodes ? knownScales.removeValue(forKey: name) : nil
         var scales = known ?? [Float](repeating: 1, count: matrices * perMatrix)
         if bf16 {
@@ -286,7 +262,7 @@ public final class QuantizeStep: TensorSource {
             case .bytes, .pieces: try payload.withBytes(run)
             }
         } else {
-            let values = try values(name, shape: shape)
+            let values = try source.floats(name)
             finite = values.allSatisfy(\.isFinite)
             if finite {
                 values.withUnsafeBufferPointer { vp in codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in

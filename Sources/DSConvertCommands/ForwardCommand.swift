@@ -21,7 +21,7 @@ public enum ForwardCommand: Command {
             OptionSpec("tokens", value: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths (or --text)."),
             OptionSpec("output", value: "OUT.safetensors", help: "Where to write the outputs."),
             OptionSpec("hidden-states", help: "Also write every hidden state."),
-            OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6 (default: what the config declares, else none)."),
+            OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6, mla-kv6c (declared only; default: what the config declares, else none)."),
             OptionSpec("force", help: "Replace an existing OUT.safetensors (a regular file only)."),
         ] + TextTokens.options
     )
@@ -34,7 +34,7 @@ public enum ForwardCommand: Command {
                                                            inputs: [modelURL, inputURL], force: arguments.flag("force"))
         let tokens = try TextTokens.load(arguments, model: modelURL, terminal: terminal)?.rows ?? TokenFile.load(inputURL)
         var model = try ModelLoader.open(modelURL)
-        if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format) }
+        if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format, for: model) }
         let result = try model.forward()
             .run(tokens: tokens, source: inputURL.path, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
         terminal.endProgress()

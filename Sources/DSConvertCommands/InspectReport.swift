@@ -191,7 +191,7 @@ public struct InspectReport: Encodable {
         }
         row("", "MHA of these dimensions \(Format.grouped(accounting.mhaKVBytesPerToken)) B/token; DeepSeek 67B (GQA, 95 layers) \(Format.grouped(accounting.deepSeek67BKVBytesPerToken)) B/token")
         if let kv = kvCacheDeclared {
-            row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.equalized ? "per-channel equalization folded (calibrated on \(kv.calibration?.tokens ?? 0) tokens of \(kv.calibration?.source ?? "?"))" : "no equalization"))
+            row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \($0.source)" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration"))
         }
         row("absorb cost", "")
         // AbsorptionCost's init already built this table with checked arithmetic, so it cannot throw here.

@@ -22,7 +22,7 @@ public enum QuantizeCommand: Command {
         """,
         options: [
             OptionSpec("fp8", help: "Quantize weights to FP8."),
-            OptionSpec("kv6", help: "Declare the mla-kv6 KV cache (6 bits/element); with --calibration, fold a per-channel equalization into the weights."),
+            OptionSpec("kv6", help: "Declare a 6-bit KV cache (6.000 bits/element): mla-kv6; with --calibration, mla-kv6c (per-channel widths and steps calibrated, stored in config.json)."),
             OptionSpec("calibration", value: "TOKENS.json", help: "Calibration token ids for --kv6 ({\"tokens\": [[…], …]})."),
             OptionSpec("dequantize", help: "Turn FP8 block weights back into bf16."),
             OptionSpec("input", value: "DIR", help: "Input checkpoint."),
@@ -67,7 +67,7 @@ public enum QuantizeCommand: Command {
                                        resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         if kv6 {
-            terminal.out("\(output.path): KV cache mla-kv6 declared\(kv6Options?.calibration != nil ? ", per-channel equalization folded into the weights" : " (no calibration: no equalization)")")
+            terminal.out("\(output.path): KV cache " + (kv6Options?.calibration != nil ? "mla-kv6c declared, per-channel widths and steps calibrated" : "mla-kv6 declared (no calibration: per-token scales)"))
             if !fp8 { return ExitCode.success }
         }
         terminal.out(String(format: "%@: %d tensors quantized to %@ (block %d), %d tensors in %d file(s); %.2f MB -> %.2f MB",

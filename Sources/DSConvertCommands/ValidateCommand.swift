@@ -4,6 +4,7 @@ import SafeTensors
 import ReferenceModel
 import Validation
 import Numerics
+import DeepSeekModel
 
 /// `dsconvert validate` / `dsconvert-validate`: drift of a converted checkpoint against its original.
 public enum ValidateCommand: Command {
@@ -25,7 +26,7 @@ public enum ValidateCommand: Command {
             OptionSpec("reference", value: "DIR", help: "The original checkpoint."),
             OptionSpec("candidate", value: "DIR", help: "The converted checkpoint."),
             OptionSpec("tokens", value: "TOKENS.json", help: "Token ids to run ({\"tokens\": [[…], …]})."),
-            OptionSpec("kv-cache", value: "FORMAT", help: "Candidate's KV cache: none, bf16, fp8_ds_mla, mla-kv6 (default: what its config declares, else none)."),
+            OptionSpec("kv-cache", value: "FORMAT", help: "Candidate's KV cache: none, bf16, fp8_ds_mla, mla-kv6, mla-kv6c (declared only; default: what its config declares, else none)."),
             OptionSpec("json", value: "REPORT.json", help: "Also write the report as JSON (Schemas/validate.schema.json)."),
             OptionSpec("force", help: "Replace an existing REPORT.json (a regular file only)."),
             OptionSpec("max-logit-delta", value: "X", help: "Largest allowed max |Δlogit|."),
@@ -49,7 +50,7 @@ public enum ValidateCommand: Command {
         }
         let reference = try ModelLoader.open(referenceURL)
         var candidate = try ModelLoader.open(candidateURL)
-        if let format = arguments.value("kv-cache") { candidate.kvCache = try KVCacheOption.parse(format) }
+        if let format = arguments.value("kv-cache") { candidate.kvCache = try KVCacheOption.parse(format, for: candidate) }
 
         let tokens: [[Int]], label: String
         let fixtureTokens = referenceURL.appendingPathComponent("tokens.json")
@@ -110,11 +111,17 @@ public enum ValidateCommand: Command {
 
 /// `--kv-cache` shared by forward and validate.
 enum KVCacheOption {
-    static func parse(_ text: String) throws -> KVCacheCodec.Format? {
+    /// The cache `text` names for `model`: none, a fixed format, or mla-kv6c when the model declares it
+    /// (its per-channel parameters come from the checkpoint's calibration).
+    static func parse(_ text: String, for model: LoadedModel) throws -> KVCacheSetting? {
         if text == "none" { return nil }
         guard let format = KVCacheCodec.Format(rawValue: text) else {
-            throw UsageError("--kv-cache takes none, bf16, fp8_ds_mla or mla-kv6, got '\(text)'")
+            throw UsageError("--kv-cache takes none, \(KVCacheCodec.Format.allCases.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
         }
-        return format
+        if let fixed = KVCacheSetting(fixed: format) { return fixed }
+        guard let declared = model.kvCache, declared.format == format else {
+            throw UsageError("--kv-cache \(text) needs a checkpoint that declares it (quantize --kv6 --calibration): its per-channel widths and steps are calibrated")
+        }
+        return declared
     }
 }

@@ -26,6 +26,7 @@ extension DeepSeekConfig {
         }
         if let record = placement { try validatePlacement(record, path: path) }
         try validateSizes(path: path)
+        if kvCache != nil { _ = try KVCacheSetting(declaredBy: self, path: path) }
     }
 
     private func validateDimensions(path: String) throws {

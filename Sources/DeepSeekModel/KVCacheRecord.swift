@@ -1,4 +1,5 @@
 import Foundation
+import Numerics
 
 /// What `quantize --kv6` declared, in `config.json` under `dsconvert_kv_cache`
 /// (Schemas/kv-cache.schema.json).
@@ -23,6 +24,27 @@ public struct KVCacheRecord: Codable, Equatable, Sendable {
         }
     }
 
+    /// One layer's mla-kv6c parameters: per cached channel (the latent's, then k_pe's before rotation) its
+    /// bit width and its step (an f32 value, written as the JSON number of that value so it reads back exactly).
+    public struct LayerChannels: Codable, Equatable, Sendable {
+        public var layer: Int
+        public var bits: [Int]
+        public var steps: [Double]
+
+        public init(layer: Int, codec: KVChannelCodec) {
+            self.layer = layer
+            bits = codec.bits.map(Int.init)
+            steps = codec.steps.map(Double.init)
+        }
+
+        /// The codec these parameters describe; nil when a width, a step or the counts are not a codec's.
+        public var codec: KVChannelCodec? {
+            guard bits.allSatisfy({ (0...KVChannelCodec.maxBits).contains($0) }),
+                  steps.allSatisfy({ Double(Float($0)) == $0 }) else { return nil }
+            return try? KVChannelCodec(bits: bits.map { UInt8($0) }, steps: steps.map { Float($0) })
+        }
+    }
+
     public var format: String
     public var bytesPerTokenPerLayer: Int
     public var bitsPerElement: Double
@@ -30,21 +52,25 @@ public struct KVCacheRecord: Codable, Equatable, Sendable {
     public var equalized: Bool
     public var calibration: Calibration?
     public var layout: [Field]
+    /// mla-kv6c: every layer's channel widths and steps (absent for the other formats).
+    public var channels: [LayerChannels]?
 
     enum CodingKeys: String, CodingKey {
         case format
         case bytesPerTokenPerLayer = "bytes_per_token_per_layer"
         case bitsPerElement = "bits_per_element"
-        case equalized, calibration, layout
+        case equalized, calibration, layout, channels
     }
 
-    public init(format: String, bytesPerTokenPerLayer: Int, bitsPerElement: Double, equalized: Bool, calibration: Calibration?, layout: [Field]) {
+    public init(format: String, bytesPerTokenPerLayer: Int, bitsPerElement: Double, equalized: Bool, calibration: Calibration?, layout: [Field],
+                channels: [LayerChannels]? = nil) {
         self.format = format
         self.bytesPerTokenPerLayer = bytesPerTokenPerLayer
         self.bitsPerElement = bitsPerElement
         self.equalized = equalized
         self.calibration = calibration
         self.layout = layout
+        self.channels = channels
     }
 
     public static let configKey = "dsconvert_kv_cache"
@@ -68,6 +94,10 @@ public struct KVCacheRecord: Codable, Equatable, Sendable {
                     Field(field: "k_pe_codes", offset: codes + 2 * groups, bytes: r, encoding: "int8 -127..127 x \(r), after rotation"),
                     Field(field: "k_pe_scale", offset: codes + 2 * groups + r, bytes: 2, encoding: "fp16, absmax/127 rounded up"),
                     Field(field: "padding", offset: codes + 2 * groups + r + 2, bytes: total - (codes + 2 * groups + r + 2), encoding: "zero bytes to a 16-byte multiple")]
+        case .mlaKV6C:
+            return [Field(field: "codes", offset: 0, bytes: format.bytesPerTokenPerLayer(kvLoraRank: l, ropeDim: r),
+                          encoding: "per channel (\(l) latent, then \(r) k_pe before rotation) round-half-even(x / step) clamped to +-(2^(bits-1) - 1), bits-bit two's complement, packed little-endian from bit 0 in channel order; bits and step per layer under channels"),
+            ]
         }
     }
 }

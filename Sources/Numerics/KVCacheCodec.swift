@@ -12,6 +12,8 @@
 ///   five bytes, value i at bits 5i…5i+4 of the little-endian 40-bit word (the last word zero-padded);
 ///   k_pe has one scale absmax/127 (rounded up to fp16) and int8 codes clamped to −127…127. A zero group has scale 0
 ///   and zero codes.
+/// - mla-kv6c (ours, calibrated): ⌈6(L+R)/8⌉ bytes of codes, each channel with its own bit width and static
+///   step from the checkpoint, k_pe before rotation (`KVChannelCodec`); 432 bytes for V2.
 public enum KVCacheCodec {
     public enum Format: String, CaseIterable, Sendable {
         /// Latent and rotary key in bf16.
@@ -21,6 +23,46 @@ public enum KVCacheCodec {
         /// Ours: int5 latent with an fp16 scale per 32 channels, int8 rotary key with one fp16 scale,
         /// padded to a 16-byte multiple (432 bytes = 6.000 bits/element for V2's 512 + 64).
         case mlaKV6 = "mla-kv6"
+        /// Ours, calibrated: per-channel bit widths and static steps stored in the checkpoint, no per-token
+        /// scales, k_pe cached before rotation; 6 bits per element on average (`KVChannelCodec`).
+        case mlaKV6C = "mla-kv6c"
+
+        /// The codec of a format that needs no calibrated parameters; nil for mla-kv6c.
+        public var fixedCodec: Codec? {
+            switch self {
+            case .bf16: return .bf16
+            case .fp8DSMLA: return .fp8DSMLA
+            case .mlaKV6: return .mlaKV6
+            case .mlaKV6C: return nil
+            }
+        }
+    }
+
+    /// A format with everything it needs to encode one layer's entries.
+    public enum Codec: Sendable, Equatable {
+        case bf16, fp8DSMLA, mlaKV6
+        case channelwise(KVChannelCodec)
+
+        public var format: Format {
+            switch self {
+            case .bf16: return .bf16
+            case .fp8DSMLA: return .fp8DSMLA
+            case .mlaKV6: return .mlaKV6
+            case .channelwise: return .mlaKV6C
+            }
+        }
+
+        /// Bytes of one token's entry (a declared mla-kv6c codec has exactly `bytes(.mlaKV6C, …)`).
+        public func entryBytes(latent l: Int, rope r: Int) -> Int {
+            if case .channelwise(let channels) = self { return channels.byteCount }
+            return KVCacheCodec.bytes(format, latent: l, rope: r)
+        }
+
+        /// Whether k_pe is cached before the rotary embedding (the reader rotates after decoding).
+        public var cachesRopeBeforeRotation: Bool {
+            if case .channelwise = self { return true }
+            return false
+        }
     }
 
     public static func bytes(_ format: Format, latent l: Int, rope r: Int) -> Int {
@@ -28,14 +70,17 @@ public enum KVCacheCodec {
         case .bf16: return 2 * (l + r)
         case .fp8DSMLA: return l + 4 * ((l + 127) / 128) + 2 * r
         case .mlaKV6: return ((5 * l + 7) / 8 + 2 * ((l + 31) / 32) + r + 2 + 15) / 16 * 16
+        case .mlaKV6C: return (6 * (l + r) + 7) / 8
         }
     }
 
     /// Encodes one token's latent and rope into `out` (which must hold `bytes(format, …)` bytes).
-    public static func encode(_ format: Format, latent: UnsafeBufferPointer<Float>, rope: UnsafeBufferPointer<Float>, into out: UnsafeMutableRawBufferPointer) {
+    public static func encode(_ codec: Codec, latent: UnsafeBufferPointer<Float>, rope: UnsafeBufferPointer<Float>, into out: UnsafeMutableRawBufferPointer) {
         let l = latent.count, r = rope.count
         for i in 0..<out.count { out[i] = 0 }
-        switch format {
+        switch codec {
+        case .channelwise(let channels):
+            channels.encode(latent: latent, rope: rope, into: out)
         case .bf16:
             for i in 0..<l { out.storeBytes(of: FloatConversion.floatToBF16(latent[i]), toByteOffset: 2 * i, as: UInt16.self) }
             for i in 0..<r { out.storeBytes(of: FloatConversion.floatToBF16(rope[i]), toByteOffset: 2 * (l + i), as: UInt16.self) }
@@ -80,9 +125,11 @@ public enum KVCacheCodec {
     }
 
     /// Decodes one token's cache entry back into latent and rope.
-    public static func decode(_ format: Format, _ bytes: UnsafeRawBufferPointer, latent: UnsafeMutableBufferPointer<Float>, rope: UnsafeMutableBufferPointer<Float>) {
+    public static func decode(_ codec: Codec, _ bytes: UnsafeRawBufferPointer, latent: UnsafeMutableBufferPointer<Float>, rope: UnsafeMutableBufferPointer<Float>) {
         let l = latent.count, r = rope.count
-        switch format {
+        switch codec {
+        case .channelwise(let channels):
+            channels.decode(bytes, latent: latent, rope: rope)
         case .bf16:
             for i in 0..<l { latent[i] = FloatConversion.bf16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
             for i in 0..<r { rope[i] = FloatConversion.bf16ToFloat(bytes.loadUnaligned(fromByteOffset: 2 * (l + i), as: UInt16.self)) }
@@ -109,15 +156,15 @@ public enum KVCacheCodec {
     }
 
     /// Encodes then decodes every token's entry in place: what a kernel reading the cache sees.
-    public static func roundTrip(_ format: Format, latent: inout [Float], rope: inout [Float], tokens: Int) {
+    public static func roundTrip(_ codec: Codec, latent: inout [Float], rope: inout [Float], tokens: Int) {
         let l = latent.count / max(tokens, 1), r = rope.count / max(tokens, 1)
-        var buffer = [UInt8](repeating: 0, count: bytes(format, latent: l, rope: r))
+        var buffer = [UInt8](repeating: 0, count: codec.entryBytes(latent: l, rope: r))
         latent.withUnsafeMutableBufferPointer { lp in rope.withUnsafeMutableBufferPointer { rp in buffer.withUnsafeMutableBytes { bp in
             for t in 0..<tokens {
                 let lat = UnsafeMutableBufferPointer(rebasing: lp[(t * l)..<((t + 1) * l)])
                 let ro = UnsafeMutableBufferPointer(rebasing: rp[(t * r)..<((t + 1) * r)])
-                encode(format, latent: UnsafeBufferPointer(lat), rope: UnsafeBufferPointer(ro), into: bp)
-                decode(format, UnsafeRawBufferPointer(bp), latent: lat, rope: ro)
+                encode(codec, latent: UnsafeBufferPointer(lat), rope: UnsafeBufferPointer(ro), into: bp)
+                decode(codec, UnsafeRawBufferPointer(bp), latent: lat, rope: ro)
             }
         } } }
     }

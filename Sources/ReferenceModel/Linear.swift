@@ -2,7 +2,7 @@ import COpenBLAS
 import Foundation
 
 /// Matrix products of the reference forward, all through `cblas_sgemm` (row-major, fp32).
-enum Linear {
+public enum Linear {
     /// y[rows, out] (+)= x[rows, in] · wᵀ, with w stored [out, in] as every checkpoint linear weight is.
     static func forward(_ x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
                         weight: UnsafePointer<Float>, outFeatures: Int,
@@ -73,8 +73,9 @@ enum Linear {
         return y
     }
 
-    /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions.
-    static func gemm(transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+    /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions
+    /// (row-major; op(b) is b[k, n], or bᵀ for b[n, k] with `transposeB`).
+    public static func gemm(transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0 else { return }

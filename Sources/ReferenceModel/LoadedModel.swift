@@ -9,14 +9,15 @@ public struct LoadedModel {
     /// Set for a sharded output: the forward runs its MoE layers as expert parallelism.
     public let placement: ExpertPlacement?
     /// The cache the forward pass runs through: the checkpoint's declared format unless overridden.
-    public var kvCache: KVCacheCodec.Format?
+    public var kvCache: KVCacheSetting?
 
-    public init(label: String, config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil) {
+    /// - Throws: when `config.json` declares a KV cache that is not valid for this model.
+    public init(label: String, config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil) throws {
         self.label = label
         self.config = config
         self.weights = weights
         self.placement = placement
-        kvCache = config.kvCache.flatMap { KVCacheCodec.Format(rawValue: $0.format) }
+        kvCache = try config.kvCache.map { _ in try KVCacheSetting(declaredBy: config, path: label) }
     }
 
     public func forward() -> ReferenceForward { ReferenceForward(config: config, weights: weights, placement: placement, kvCache: kvCache) }

@@ -17,7 +17,7 @@ public enum ModelLoader {
         let checkpoint = try Checkpoint(directory: directory)
         let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
         if let first = report.problems.first { throw first }
-        return LoadedModel(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
+        return try LoadedModel(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
     }
 
     private static func openSharded(_ directory: URL) throws -> LoadedModel {
@@ -50,7 +50,7 @@ public enum ModelLoader {
         guard let config = global, let placement, placement.devices == devices.count else {
             throw DeepSeekModelError.invalidConfig(path: directory.path, reason: "device directories do not match placement.json")
         }
-        return LoadedModel(label: directory.path, config: config,
+        return try LoadedModel(label: directory.path, config: config,
                                weights: ExpertParallelWeights(devices: devices, placement: placement, label: directory.path), placement: placement)
     }
 }

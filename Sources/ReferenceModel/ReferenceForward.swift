@@ -40,23 +40,23 @@ public final class ReferenceForward {
     /// With a placement, each MoE layer runs as expert parallelism: every device sums its own
     /// experts' outputs and the partial sums are added in device order.
     public let placement: ExpertPlacement?
-    /// The KV-cache format: every token's [latent | k_pe] is encoded when written and decoded when
-    /// read, as an engine with that cache would see it; nil keeps fp32.
-    public let kvCache: KVCacheCodec.Format?
-    /// Per layer, the largest |value| of each latent channel as cached (for `quantize --kv6` calibration).
-    public private(set) var latentAbsmax: [Int: [Float]] = [:]
-    private let recordLatent: Bool
+    /// The KV cache: every token's [latent | k_pe] is encoded when written and decoded when read, as an
+    /// engine with that cache would see it; nil keeps fp32.
+    public let kvCache: KVCacheSetting?
+    /// Called once per layer with what the layer caches and its queries in latent space (the calibration
+    /// of `quantize --kv6`); the forward pass then runs on, its values unchanged.
+    private let cacheObserver: ((KVCacheObservation) throws -> Void)?
     private let rope: RotaryEmbedding
     /// The buffers weights are widened into, reused from weight to weight (and model to model).
     private let arena = WeightArena.shared
 
     public init(config: DeepSeekConfig, weights: WeightProvider, placement: ExpertPlacement? = nil,
-                kvCache: KVCacheCodec.Format? = nil, recordLatentAbsmax: Bool = false) {
+                kvCache: KVCacheSetting? = nil, cacheObserver: ((KVCacheObservation) throws -> Void)? = nil) {
         self.config = config
         self.weights = weights
         self.placement = placement
         self.kvCache = kvCache
-        recordLatent = recordLatentAbsmax
+        self.cacheObserver = cacheObserver
         rope = RotaryEmbedding(config: config)
     }
 
@@ -245,25 +245,8 @@ public final class ReferenceForward {
             let qa = Linear.forward(x, rows: t, weight: try matrix(.qAProj, [ql, h]), inFeatures: h, outFeatures: ql)
             queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: try gain(.qANorm, ql), eps: config.rmsNormEps)
         }
-        let ckv = Linear.forward(x, rows: t, weight: try matrix(.kvAProj, [kvl + ropeDim, h]), inFeatures: h, outFeatures: kvl + ropeDim)
-        var latent = [Float](repeating: 0, count: t * kvl)
-        var kpe = [Float](repeating: 0, count: t * ropeDim)
-        for i in 0..<t {
-            for j in 0..<kvl { latent[i * kvl + j] = ckv[i * (kvl + ropeDim) + j] }
-            for j in 0..<ropeDim { kpe[i * ropeDim + j] = ckv[i * (kvl + ropeDim) + kvl + j] }
-        }
-        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: latentGain, eps: config.rmsNormEps)
         let tables = (0..<seq).map { rope.table(position: $0) }
-        kpe.withUnsafeMutableBufferPointer { kp in
-            for i in 0..<t { let (c, s) = tables[i % seq]; RotaryEmbedding.rotate(kp.baseAddress! + i * ropeDim, cos: c, sin: s) }
-        }
-        // What the cache holds: the latent and the rotated k_pe, through the cache's codec.
-        if recordLatent {
-            var absmax = latentAbsmax[layer] ?? [Float](repeating: 0, count: kvl)
-            for i in 0..<t { for c in 0..<kvl { absmax[c] = max(absmax[c], abs(latent[i * kvl + c])) } }
-            latentAbsmax[layer] = absmax
-        }
-        if let kvCache { KVCacheCodec.roundTrip(kvCache, latent: &latent, rope: &kpe, tokens: t) }
+        let (latent, kpe, kpeBeforeRotation) = try cacheEntries(x, layer: layer, rows: t, seq: seq, gain: latentGain, tables: tables)
         let scale = Float(config.kernelSoftmaxScale)
 
         switch form {
@@ -271,7 +254,12 @@ public final class ReferenceForward {
             var q = Linear.forward(queryInput, rows: t, weight: try matrix(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
             Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
             // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
-            let kv = Linear.forward(latent, rows: t, weight: try matrix(.kvBProj, [heads * (nope + dv), kvl]), inFeatures: kvl, outFeatures: heads * (nope + dv))
+            let kvB = try matrix(.kvBProj, [heads * (nope + dv), kvl])
+            if let cacheObserver {
+                try cacheObserver(KVCacheObservation(layer: layer, batch: batch, seq: seq, latent: latent, ropeBeforeRotation: kpeBeforeRotation, rope: kpe,
+                                                     queries: latentQueries(q, rows: t, wUK: kvB, headStride: (nope + dv) * kvl), softmaxScale: scale))
+            }
+            let kv = Linear.forward(latent, rows: t, weight: kvB, inFeatures: kvl, outFeatures: heads * (nope + dv))
             var keys = [Float](repeating: 0, count: t * heads * dq)
             var values = [Float](repeating: 0, count: t * heads * dv)
             for i in 0..<t {
@@ -295,15 +283,7 @@ public final class ReferenceForward {
             if form == .split {
                 var q = Linear.forward(queryInput, rows: t, weight: try matrix(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
                 Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
-                let wUK = try matrix(.wUK, [heads, nope, kvl])
-                q.withUnsafeBufferPointer { qp in wUK.withUnsafeBufferPointer { wp in queries.withUnsafeMutableBufferPointer { op in
-                    for head in 0..<heads {
-                        // q_lat[h] = q_nope[h] · W_UK[h]  ([t, nope] · [nope, kv_lora])
-                        Linear.gemm(transposeB: false, m: t, n: kvl, k: nope, alpha: 1, a: qp.baseAddress! + head * dq, lda: heads * dq,
-                                    b: wp.baseAddress! + head * nope * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * width, ldc: heads * width)
-                        for i in 0..<t { for j in 0..<ropeDim { op[(i * heads + head) * width + kvl + j] = qp[i * heads * dq + head * dq + nope + j] } }
-                    }
-                } } }
+                queries = latentQueries(q, rows: t, wUK: try matrix(.wUK, [heads, nope, kvl]), headStride: nope * kvl)
             } else {
                 let qLatent = Linear.forward(queryInput, rows: t, weight: try matrix(.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
                 var qRope = Linear.forward(queryInput, rows: t, weight: try matrix(.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
@@ -312,6 +292,10 @@ public final class ReferenceForward {
                     for j in 0..<kvl { queries[(i * heads + head) * width + j] = qLatent[(i * heads + head) * kvl + j] }
                     for j in 0..<ropeDim { queries[(i * heads + head) * width + kvl + j] = qRope[(i * heads + head) * ropeDim + j] }
                 } }
+            }
+            if let cacheObserver {
+                try cacheObserver(KVCacheObservation(layer: layer, batch: batch, seq: seq, latent: latent, ropeBeforeRotation: kpeBeforeRotation, rope: kpe,
+                                                     queries: queries, softmaxScale: scale))
             }
             // The shared cache, presented to every head.
             var keys = [Float](repeating: 0, count: t * heads * width)
@@ -336,6 +320,50 @@ public final class ReferenceForward {
             } } }
             return Linear.forward(perHead, rows: t, weight: try matrix(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
         }
+    }
+
+    /// What one layer caches per token, through the cache's codec: the latent RMSNorm(c_kv)·gain and the
+    /// rotated k_pe. Also returns k_pe before rotation (as cached, when the codec caches it so) when an
+    /// observer will read it, else an empty array.
+    private func cacheEntries(_ x: [Float], layer: Int, rows t: Int, seq: Int, gain: [Float],
+                              tables: [(cos: [Float], sin: [Float])]) throws -> (latent: [Float], rope: [Float], ropeBeforeRotation: [Float]) {
+        let h = config.hiddenSize, kvl = config.kvLoraRank, ropeDim = config.qkRopeHeadDim
+        let ckv = Linear.forward(x, rows: t, weight: try matrix(TensorNames.name(.kvAProj, layer: layer), [kvl + ropeDim, h]),
+                                 inFeatures: h, outFeatures: kvl + ropeDim)
+        var latent = [Float](repeating: 0, count: t * kvl)
+        var kpe = [Float](repeating: 0, count: t * ropeDim)
+        for i in 0..<t {
+            for j in 0..<kvl { latent[i * kvl + j] = ckv[i * (kvl + ropeDim) + j] }
+            for j in 0..<ropeDim { kpe[i * ropeDim + j] = ckv[i * (kvl + ropeDim) + kvl + j] }
+        }
+        latent = Elementwise.rmsNorm(latent, width: kvl, gamma: gain, eps: config.rmsNormEps)
+        let codec = kvCache?.codec(layer: layer)
+        // mla-kv6c caches k_pe before the rotation; the reader rotates what it decodes.
+        if let codec, codec.cachesRopeBeforeRotation { KVCacheCodec.roundTrip(codec, latent: &latent, rope: &kpe, tokens: t) }
+        let beforeRotation = cacheObserver != nil ? kpe : []
+        kpe.withUnsafeMutableBufferPointer { kp in
+            for i in 0..<t { let (c, s) = tables[i % seq]; RotaryEmbedding.rotate(kp.baseAddress! + i * ropeDim, cos: c, sin: s) }
+        }
+        if let codec, !codec.cachesRopeBeforeRotation { KVCacheCodec.roundTrip(codec, latent: &latent, rope: &kpe, tokens: t) }
+        return (latent, kpe, beforeRotation)
+    }
+
+    /// Queries in the cache's space, [t, heads, kv_lora + rope]: q_lat[h] = q_nope[h] · W_UK[h] and the
+    /// rotated q_pe[h]. `q` is [t, heads, qk_head_dim]; W_UK[h] is the [nope, kv_lora] block at
+    /// `head · headStride` of `wUK` (the per-head tensor, or kv_b_proj's rows).
+    private func latentQueries(_ q: [Float], rows t: Int, wUK: WeightMatrix, headStride: Int) -> [Float] {
+        let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim
+        let dq = config.qkHeadDim, kvl = config.kvLoraRank, width = kvl + ropeDim
+        var queries = [Float](repeating: 0, count: t * heads * width)
+        q.withUnsafeBufferPointer { qp in wUK.withUnsafeBufferPointer { wp in queries.withUnsafeMutableBufferPointer { op in
+            for head in 0..<heads {
+                // q_lat[h] = q_nope[h] · W_UK[h]  ([t, nope] · [nope, kv_lora])
+                Linear.gemm(transposeB: false, m: t, n: kvl, k: nope, alpha: 1, a: qp.baseAddress! + head * dq, lda: heads * dq,
+                            b: wp.baseAddress! + head * headStride, ldb: kvl, beta: 0, c: op.baseAddress! + head * width, ldc: heads * width)
+                for i in 0..<t { for j in 0..<ropeDim { op[(i * heads + head) * width + kvl + j] = qp[i * heads * dq + head * dq + nope + j] } }
+            }
+        } } }
+        return queries
     }
 
     /// Rotates the rope part (at `offset`, width rope) of every head's query, row i at position i % seq.

@@ -234,7 +234,7 @@ public enum Validator {
                                                 reference: rp, candidate: cp, ratio: cp / rp)
         }
         return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel,
-                           candidateKVCache: candidate.kvCache?.rawValue ?? "none", batch: tokens.count,
+                           candidateKVCache: candidate.kvCache?.format.rawValue ?? "none", batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: run.layers, logits: logits, routing: routing,
                            perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, thresholds: thresholds,
                            verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity), timing: run.timing)

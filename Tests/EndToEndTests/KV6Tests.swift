@@ -12,22 +12,27 @@ final class KV6Tests: XCTestCase {
         let r = try runTool("dsconvert-quantize", ["--kv6", "--calibration", trained.appendingPathComponent("calibration.json").path,
                                                    "--input", trained.path, "--output", out.path])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("per-channel equalization folded into the weights"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("mla-kv6c"), r.stdout)
         let config = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("config.json"))) as! [String: Any]
         let kv = config["dsconvert_kv_cache"] as! [String: Any]
-        XCTAssertEqual(kv["format"] as? String, "mla-kv6")
-        XCTAssertEqual(kv["bytes_per_token_per_layer"] as? Int, 64)
-        XCTAssertEqual((kv["layout"] as! [[String: Any]]).map { $0["field"] as! String }, ["latent_codes", "latent_scales", "k_pe_codes", "k_pe_scale", "padding"])
+        XCTAssertEqual(kv["format"] as? String, "mla-kv6c")
+        XCTAssertEqual(kv["bytes_per_token_per_layer"] as? Int, 60)
+        XCTAssertEqual((kv["layout"] as! [[String: Any]]).map { $0["field"] as! String }, ["codes"])
+        XCTAssertEqual((kv["channels"] as! [[String: Any]]).count, 4)
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("dsconvert.json"))) as! [String: Any]
         let options = (manifest["stages"] as! [[String: Any]]).last!["options"] as! [String: String]
-        XCTAssertEqual(options["kv6"], "mla-kv6")
+        XCTAssertEqual(options["kv6"], "mla-kv6c")
 
         // The declared format is what validate runs by default; --kv-cache overrides it.
         let v = try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path])
         XCTAssertEqual(v.status, 0, v.stderr)
-        XCTAssertTrue(v.stdout.contains("(KV cache: mla-kv6)"), v.stdout)
-        let v2 = try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path, "--kv-cache", "none", "--max-logit-delta", "1e-5"])
-        XCTAssertEqual(v2.status, 0, "equalization alone is exact: \(v2.stdout)")
+        XCTAssertTrue(v.stdout.contains("(KV cache: mla-kv6c)"), v.stdout)
+        let v2 = try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path, "--kv-cache", "none", "--max-logit-delta", "0"])
+        XCTAssertEqual(v2.status, 0, "the declaration changes no weight: \(v2.stdout)")
+        // mla-kv6c needs a checkpoint's calibration: a usage error on one that does not declare it.
+        let v3 = try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", trained.path, "--kv-cache", "mla-kv6c"])
+        XCTAssertEqual(v3.status, 64, v3.stderr)
+        XCTAssertTrue(v3.stderr.contains("quantize --kv6 --calibration"), v3.stderr)
         let fwd = try runTool("dsconvert", ["forward", "--model", trained.path, "--tokens", trained.appendingPathComponent("tokens.json").path,
                                             "--output", dir.appendingPathComponent("f.safetensors").path, "--kv-cache", "fp8_ds_mla"])
         XCTAssertEqual(fwd.status, 0, fwd.stderr)

@@ -94,7 +94,7 @@ final class ValidatorTests: XCTestCase {
         XCTAssertTrue(same.verdict.passed)
 
         // A wrong kv_a_layernorm gain (the kind of scale a bad fold loses) is caught and named.
-        let broken = LoadedModel(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+        let broken = try LoadedModel(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
             if name == "model.layers.1.self_attn.kv_a_layernorm.weight" { values = values.map { $0 * 3 } }
         })
         let report = try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t",

@@ -16,9 +16,9 @@ final class KV6StageTests: XCTestCase {
     }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
-    private func kv6(_ input: URL, calibrated: Bool, fp8: Bool = false, name: String) throws -> URL {
+    private func kv6(_ input: URL, calibrated: Bool, fp8: Bool = false, name: String, calibration: URL? = nil) throws -> URL {
         let out = dir.appendingPathComponent(name)
-        let tokens = calibrated ? try TokenFile.load(trained.appendingPathComponent("calibration.json")) : nil
+        let tokens = calibrated ? try TokenFile.load(calibration ?? trained.appendingPathComponent("calibration.json")) : nil
         _ = try QuantizeStage.run(input: input, output: out, fp8: fp8 ? .init() : nil,
                                   kv6: .init(calibration: tokens, calibrationSource: "calibration.json"), force: false)
         return out
@@ -29,87 +29,99 @@ final class KV6StageTests: XCTestCase {
                               thresholds: DriftThresholds())
     }
 
-    /// Power-of-two equalization is exact: with an fp32 cache the equalized checkpoint computes the
-    /// same logits as the original (every product (c_i/s_i)·(W s_i) is the same float).
-    func testEqualizationFoldIsExact() throws {
+    /// `quantize --kv6 --calibration` declares mla-kv6c and changes no weight: every tensor is the input's,
+    /// so with an fp32 cache the logits are the original's. Every layer's widths sum to 6 bits per element.
+    func testCalibrationDeclaresChannelsAndChangesNoWeight() throws {
         let tokens = try TokenFile.load(trained.appendingPathComponent("tokens.json"))
-        for input in [trained, try absorbed()] {
-            let equalized = try kv6(input, calibrated: true, name: "eq-\(input.lastPathComponent)")
-            var candidate = try ModelLoader.open(equalized)
-            XCTAssertEqual(candidate.kvCache, .mlaKV6, "the declared format is the default")
-            candidate.kvCache = nil
-            let report = try compare(try ModelLoader.open(input), candidate, tokens: tokens)
-            XCTAssertLessThanOrEqual(report.logits.maxAbsDelta, 1e-5, input.lastPathComponent)
-            // The scales really are not all one (the fold did something) and are powers of two.
-            let config = try DeepSeekConfig.load(directory: equalized)
-            XCTAssertTrue(config.kvCache!.equalized)
-            // Across layers (a layer whose channel ranges span < ~2.8x rounds every s_c to 1).
-            var ratios: [Float] = []
-            let out = try Checkpoint(directory: equalized), source = try Checkpoint(directory: input)
-            for layer in 0..<config.numHiddenLayers {
-                let name = "model.layers.\(layer).self_attn.kv_a_layernorm.weight"
-                let gain = try out.view(name).floats()
-                let original = source.contains(name) ? try source.view(name).floats() : [Float](repeating: 1, count: gain.count)
-                ratios += zip(original, gain).map { $0 / $1 }
-            }
-            XCTAssertTrue(ratios.allSatisfy { $0 > 0 && $0.significandBitPattern == 0 }, "s_c powers of two")
-            XCTAssertTrue(ratios.contains { $0 != 1 }, "the fold changed something")
+        let out = try kv6(trained, calibrated: true, name: "kv6c")
+        let config = try DeepSeekConfig.load(directory: out)
+        let record = try XCTUnwrap(config.kvCache)
+        XCTAssertEqual(record.format, "mla-kv6c")
+        XCTAssertEqual(record.bytesPerTokenPerLayer, 60, "6 x (64 + 16) / 8")
+        XCTAssertEqual(record.bitsPerElement, 6.0)
+        XCTAssertEqual(record.channels?.map(\.layer), Array(0..<config.numHiddenLayers))
+        for entry in record.channels ?? [] {
+            XCTAssertEqual(entry.bits.reduce(0, +), 6 * 80, "layer \(entry.layer)")
+            XCTAssertTrue(entry.bits.allSatisfy { (2...12).contains($0) })
+            XCTAssertTrue(entry.steps.allSatisfy { $0 > 0 })
+            XCTAssertGreaterThan(Set(entry.bits).count, 2, "widths follow the channels' sensitivity")
         }
+        let written = try Checkpoint(directory: out), original = try Checkpoint(directory: trained)
+        for name in original.tensors.map(\.name) { XCTAssertTrue(try written.view(name).bytes.elementsEqual(try original.view(name).bytes), name) }
+        var candidate = try ModelLoader.open(out)
+        XCTAssertEqual(candidate.kvCache?.format, .mlaKV6C, "the declared format is the default")
+        candidate.kvCache = nil
+        XCTAssertEqual(try compare(try ModelLoader.open(trained), candidate, tokens: tokens).logits.maxAbsDelta, 0)
     }
 
-    private func absorbed() throws -> URL {
-        let out = dir.appendingPathComponent("absorbed")
+    private func absorbed(_ input: URL, form: AttentionForm = .split, dtype: AbsorbStage.StorageDType = .bf16, name: String) throws -> URL {
+        let out = dir.appendingPathComponent(name)
         if !FileManager.default.fileExists(atPath: out.path) {
-            _ = try AbsorbStage.run(input: trained, output: out, options: AbsorbOptions(form: .split), dtype: .bf16, force: false)
+            _ = try AbsorbStage.run(input: input, output: out, options: AbsorbOptions(form: form), dtype: dtype, force: false)
         }
         return out
     }
 
-    /// Drift of each cache format on the trained fixture's held-out text (16 x 256 tokens), pinned.
-    /// mla-kv6 reaches 2.6x fp8_ds_mla's KL here, and equalization does not help (README, "6-bit KV cache").
+    /// Drift of each cache format on both trained fixtures' held-out text (16 x 256 tokens), and the
+    /// issue's criterion: mla-kv6c, at 6.000 bits per element, within 1.25x fp8_ds_mla's KL mean (9.1 bits).
+    /// Measured (README "The 6-bit KV cache"): trained bf16 2.1e-4, fp8_ds_mla 1.40e-3, mla-kv6 3.64e-3,
+    /// mla-kv6c 1.28e-3 (0.92x); trained-wide bf16 1.6e-4, fp8_ds_mla 4.68e-3, mla-kv6 1.00e-2, mla-kv6c 2.71e-3 (0.58x).
     func testCacheFormatDriftTable() throws {
-        let heldout = try TokenFile.load(trained.appendingPathComponent("heldout.json"))
-        let reference = try ModelLoader.open(trained)
-        func kl(_ model: LoadedModel, _ format: KVCacheCodec.Format) throws -> DriftReport {
-            var m = model
-            m.kvCache = format
-            return try compare(reference, m, tokens: heldout)
+        for fixture in ["trained", "trained-wide"] {
+            let input = fixtures.appendingPathComponent(fixture)
+            let heldout = try TokenFile.load(input.appendingPathComponent("heldout.json"))
+            let reference = try ModelLoader.open(input)
+            func kl(_ model: LoadedModel, _ format: KVCacheCodec.Format) throws -> DriftReport {
+                var m = model
+                m.kvCache = KVCacheSetting(fixed: format)
+                return try compare(reference, m, tokens: heldout)
+            }
+            let bf16 = try kl(reference, .bf16), fp8 = try kl(reference, .fp8DSMLA), plain = try kl(reference, .mlaKV6)
+            let declared = try ModelLoader.open(try kv6(input, calibrated: true, name: "kv6c-\(fixture)",
+                                                        calibration: input.appendingPathComponent("calibration.json")))
+            let kv6c = try compare(reference, declared, tokens: heldout)
+            for (name, r) in [("bf16", bf16), ("fp8_ds_mla", fp8), ("mla-kv6", plain), ("mla-kv6c", kv6c)] {
+                print(String(format: "%@ kv-cache %-11@ KL mean %.3e (%.2fx fp8) max %.3e top-1 %.4f", fixture, name, r.logits.klMean,
+                             r.logits.klMean / fp8.logits.klMean, r.logits.klMax, r.logits.top1Agreement))
+            }
+            XCTAssertLessThan(bf16.logits.klMean, fp8.logits.klMean, fixture)
+            XCTAssertLessThan(fp8.logits.klMean, plain.logits.klMean, fixture)
+            // The target, not a pin: a change that loses it fails here.
+            XCTAssertLessThanOrEqual(kv6c.logits.klMean, 1.25 * fp8.logits.klMean, fixture)
+            XCTAssertGreaterThanOrEqual(kv6c.logits.top1Agreement, 0.98, fixture)
         }
-        let bf16 = try kl(reference, .bf16), fp8 = try kl(reference, .fp8DSMLA)
-        let plain = try kl(try ModelLoader.open(try kv6(trained, calibrated: false, name: "plain")), .mlaKV6)
-        let equalized = try kl(try ModelLoader.open(try kv6(trained, calibrated: true, name: "equalized")), .mlaKV6)
-        let table = [("bf16", bf16), ("fp8_ds_mla", fp8), ("mla-kv6", plain), ("mla-kv6+eq", equalized)]
-        for (name, r) in table { print(String(format: "kv-cache %-11@ KL mean %.3e max %.3e top-1 %.4f", name, r.logits.klMean, r.logits.klMax, r.logits.top1Agreement)) }
-        // Pinned at 2x the measured values (deterministic up to BLAS summation order):
-        // bf16 2.1e-4, fp8_ds_mla 1.40e-3, mla-kv6 3.64e-3, mla-kv6 with equalization 4.08e-3 nats.
-        XCTAssertLessThanOrEqual(bf16.logits.klMean, 4.3e-4)
-        XCTAssertLessThanOrEqual(fp8.logits.klMean, 2.8e-3)
-        XCTAssertLessThanOrEqual(plain.logits.klMean, 7.3e-3)
-        XCTAssertLessThanOrEqual(equalized.logits.klMean, 8.2e-3)
-        XCTAssertGreaterThanOrEqual(plain.logits.top1Agreement, 0.95)
-        XCTAssertGreaterThanOrEqual(equalized.logits.top1Agreement, 0.95)
-        // The ordering the measurements show: bf16 < fp8_ds_mla < mla-kv6.
-        XCTAssertLessThan(bf16.logits.klMean, fp8.logits.klMean)
-        XCTAssertLessThan(fp8.logits.klMean, plain.logits.klMean)
     }
 
-    /// The cache codecs run in the absorbed (latent-attention) forms too: absorbed f32 checkpoints through
-    /// each cache against the original. The absorbed cache holds the gain-free latent, so its quantization
-    /// differs from the original form's; measured KL is printed and bounded like the original form's pins.
+    /// The codecs run in the absorbed (latent-attention) forms too. Absorbed f32 checkpoints through the
+    /// fixed caches, bounded like the original form's: the absorbed cache holds the gain-free latent, so
+    /// its quantization differs. mla-kv6c carries over: absorbing a declared checkpoint divides the latent
+    /// steps by kv_a_layernorm's gain (same codes), and calibrating an absorbed checkpoint works in its form.
     func testCacheFormatsInAbsorbedForms() throws {
         let heldout = try TokenFile.load(trained.appendingPathComponent("heldout.json"))
         let reference = try ModelLoader.open(trained)
+        let declared = try kv6(trained, calibrated: true, name: "kv6c")
+        let original = try compare(reference, try ModelLoader.open(declared), tokens: heldout).logits.klMean
+        let fp8 = try compare(reference, { var m = reference; m.kvCache = KVCacheSetting(fixed: .fp8DSMLA); return m }(), tokens: heldout).logits.klMean
         for form in [AttentionForm.split, .fold] {
-            let out = dir.appendingPathComponent("absorbed-\(form.rawValue)")
-            _ = try AbsorbStage.run(input: trained, output: out, options: AbsorbOptions(form: form), dtype: .f32, force: false)
+            let out = try absorbed(trained, form: form, dtype: .f32, name: "absorbed-\(form.rawValue)")
             for (format, bound) in [(KVCacheCodec.Format.bf16, 4.3e-4), (.fp8DSMLA, 2.8e-3), (.mlaKV6, 7.3e-3)] {
                 var candidate = try ModelLoader.open(out)
-                candidate.kvCache = format
+                candidate.kvCache = KVCacheSetting(fixed: format)
                 let r = try compare(reference, candidate, tokens: heldout)
                 print(String(format: "absorbed %@ kv-cache %@: KL mean %.3e top-1 %.4f", form.rawValue, format.rawValue, r.logits.klMean, r.logits.top1Agreement))
                 XCTAssertLessThanOrEqual(r.logits.klMean, bound, "\(form) \(format)")
                 XCTAssertGreaterThan(r.logits.klMean, 0, "the cache really ran")
             }
+            // Absorbing after the declaration: the same codes, so the same drift up to f32 rounding of the folds.
+            let carried = try compare(reference, try ModelLoader.open(try absorbed(declared, form: form, dtype: .f32, name: "kv6c-absorbed-\(form.rawValue)")),
+                                      tokens: heldout).logits.klMean
+            // Calibrating the absorbed checkpoint itself.
+            let calibrated = try compare(reference, try ModelLoader.open(try kv6(out, calibrated: true, name: "absorbed-kv6c-\(form.rawValue)")),
+                                         tokens: heldout).logits.klMean
+            print(String(format: "absorbed %@ mla-kv6c: absorbed after %.3e, calibrated absorbed %.3e (original form %.3e, fp8_ds_mla %.3e)",
+                         form.rawValue, carried, calibrated, original, fp8))
+            XCTAssertEqual(carried, original, accuracy: 0.05 * original, "\(form)")
+            XCTAssertLessThanOrEqual(calibrated, 1.25 * fp8, "\(form)")
         }
     }
 
@@ -117,8 +129,8 @@ final class KV6StageTests: XCTestCase {
         let out = try kv6(trained, calibrated: true, fp8: true, name: "fp8-kv6")
         let config = try DeepSeekConfig.load(directory: out)
         XCTAssertNotNil(config.quantization)
-        XCTAssertEqual(config.kvCache?.format, "mla-kv6")
-        XCTAssertEqual(config.kvCache?.bytesPerTokenPerLayer, 64)
+        XCTAssertEqual(config.kvCache?.format, "mla-kv6c")
+        XCTAssertEqual(config.kvCache?.bytesPerTokenPerLayer, 60)
         let report = try compare(try ModelLoader.open(trained), try ModelLoader.open(out), tokens: try TokenFile.load(trained.appendingPathComponent("tokens.json")))
         XCTAssertLessThanOrEqual(report.logits.klMean, 1e-2)
         XCTAssertGreaterThanOrEqual(report.logits.top1Agreement, 0.95)

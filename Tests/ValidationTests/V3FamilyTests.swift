@@ -220,11 +220,11 @@ final class V3FamilyTests: XCTestCase {
         let kv6 = dir.appendingPathComponent("kv6")
         _ = try QuantizeStage.run(input: input, output: kv6, fp8: nil, kv6: .init(calibration: tokens, calibrationSource: "tokens.json"), force: false)
         let declared = try DeepSeekConfig.load(directory: kv6)
-        XCTAssertEqual(declared.kvCache?.equalized, true)
+        XCTAssertEqual(declared.kvCache?.format, "mla-kv6c")
         XCTAssertEqual(declared.quantization, try DeepSeekConfig.load(directory: input).quantization)
-        let equalized = try Checkpoint(directory: kv6)
-        XCTAssertEqual(equalized.info("model.layers.0.self_attn.kv_b_proj.weight")?.dtype, .f8E4M3, "an FP8 input stays FP8")
-        XCTAssertTrue(try equalized.view("model.layers.1.mlp.experts.5.gate_proj.weight").bytes.elementsEqual(
+        let calibrated = try Checkpoint(directory: kv6)
+        XCTAssertEqual(calibrated.info("model.layers.0.self_attn.kv_b_proj.weight")?.dtype, .f8E4M3, "an FP8 input stays FP8")
+        XCTAssertTrue(try calibrated.view("model.layers.1.mlp.experts.5.gate_proj.weight").bytes.elementsEqual(
             try original.view("model.layers.1.mlp.experts.5.gate_proj.weight").bytes))
         _ = try ModelLoader.open(kv6).forward().run(tokens: tokens)
     }

@@ -1,0 +1,64 @@
+import Numerics
+
+/// The KV cache a forward pass runs through: a format and, for mla-kv6c, every layer's calibrated codec.
+///
+/// Built once from `config.json`'s `dsconvert_kv_cache` (or from `--kv-cache`), checked there, so the
+/// forward pass only asks for a layer's codec.
+public struct KVCacheSetting: Sendable, Equatable {
+    public let format: KVCacheFormat
+    /// mla-kv6c only: the codec of layer i at index i.
+    private let layerCodecs: [KVChannelCodec]
+
+    /// A format that needs no calibrated parameters; nil for mla-kv6c, which only a checkpoint can declare.
+    public init?(fixed format: KVCacheFormat) {
+        guard format.fixedCodec != nil else { return nil }
+        self.format = format
+        layerCodecs = []
+    }
+
+    /// The format `config` declares, checked against its dimensions: a known format, its byte count, and
+    /// for mla-kv6c one valid codec per layer whose entry has exactly the declared bytes.
+    public init(declaredBy config: DeepSeekConfig, path: String) throws {
+        guard let record = config.kvCache else { throw Self.bad(path, "no dsconvert_kv_cache") }
+        guard let format = KVCacheFormat(rawValue: record.format) else {
+            throw Self.bad(path, "format '\(record.format)' is not one of \(KVCacheFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let l = config.kvLoraRank, r = config.qkRopeHeadDim
+        let bytes = format.bytesPerTokenPerLayer(kvLoraRank: l, ropeDim: r)
+        guard record.bytesPerTokenPerLayer == bytes else {
+            throw Self.bad(path, "bytes_per_token_per_layer is \(record.bytesPerTokenPerLayer), \(format.rawValue) of \(l) + \(r) channels takes \(bytes)")
+        }
+        self.format = format
+        guard format == .mlaKV6C else {
+            if record.channels != nil { throw Self.bad(path, "channels are only read for mla-kv6c") }
+            layerCodecs = []
+            return
+        }
+        let channels = record.channels ?? []
+        guard channels.map(\.layer) == Array(0..<config.numHiddenLayers) else {
+            throw Self.bad(path, "mla-kv6c needs channels for layers 0..<\(config.numHiddenLayers) in order")
+        }
+        layerCodecs = try channels.map { entry in
+            guard entry.bits.count == l + r, entry.steps.count == l + r else {
+                throw Self.bad(path, "layer \(entry.layer): \(entry.bits.count) widths and \(entry.steps.count) steps for \(l + r) channels")
+            }
+            guard let codec = entry.codec else {
+                throw Self.bad(path, "layer \(entry.layer): widths must be 0 or 2...\(KVChannelCodec.maxBits) and steps non-negative finite f32 values")
+            }
+            guard codec.byteCount == bytes else {
+                throw Self.bad(path, "layer \(entry.layer): widths sum to \(codec.totalBits) bits, not the \(bytes) bytes declared")
+            }
+            return codec
+        }
+    }
+
+    /// The codec of `layer`'s cache entries.
+    public func codec(layer: Int) -> KVCacheCodec.Codec {
+        if let fixed = format.fixedCodec { return fixed }
+        return .channelwise(layerCodecs[layer])
+    }
+
+    private static func bad(_ path: String, _ reason: String) -> DeepSeekModelError {
+        .invalidConfig(path: path, reason: "dsconvert_kv_cache: \(reason)")
+    }
+}
