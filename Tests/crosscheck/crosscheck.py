@@ -775,6 +775,62 @@ def check_v3_fixtures(binary, work):
           f"({len(untouched)}: {kinds}) byte for byte", not changed and all(kinds.values()), f"changed {changed[:4]} ({len(changed)})")
 
 
+def check_kv6c(binary, work):
+    """mla-kv6c as config.json declares it, decoded by an independent torch implementation inside
+    transformers' forward pass (the latent after kv_a_layernorm and k_pe before the rotary embedding, each
+    channel round-half-even(x / step) clamped to its width's range, times the step), gives the KL that
+    dsconvert's validate reports on the held-out text. The two forward passes differ by f32 rounding (logits
+    ~1e-6), which can move a code sitting on a rounding boundary; measured agreement is within 0.1%, so 2%."""
+    try:
+        import torch
+        from transformers import DeepseekV2ForCausalLM
+    except ImportError as e:
+        check("mla-kv6c through transformers (torch not installed)", False, str(e))
+        return
+    for fixture in ("trained", "trained-wide"):
+        src = os.path.join(FIXTURES, fixture)
+        out = os.path.join(work, f"kv6c-{fixture}")
+        r = dsconvert(binary, "quantize", "--kv6", "--calibration", os.path.join(src, "calibration.json"), "--input", src, "--output", out)
+        report = os.path.join(work, f"kv6c-{fixture}.json")
+        r2 = dsconvert(binary, "validate", "--reference", src, "--candidate", out, "--tokens", os.path.join(src, "heldout.json"), "--json", report)
+        if r.returncode != 0 or not os.path.exists(report):
+            check(f"mla-kv6c on {fixture}: quantize and validate run", False, r.stderr + r2.stderr)
+            continue
+        swift_kl = json.load(open(report))["logits"]["kl_mean"]
+        declared = json.load(open(os.path.join(out, "config.json")))["dsconvert_kv_cache"]
+        ok = validate(declared, "kv-cache.schema.json")
+        model = DeepseekV2ForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        L, R = model.config.kv_lora_rank, model.config.qk_rope_head_dim
+        def codec(channels, x):
+            bits = torch.tensor(channels["bits"], dtype=torch.float64)
+            steps = torch.tensor(channels["steps"], dtype=torch.float32)
+            limit = (2.0 ** (bits - 1) - 1).clamp(min=0).float()
+            q = torch.where(steps > 0, torch.round(x / torch.where(steps > 0, steps, torch.ones_like(steps))), torch.zeros_like(x))
+            q = torch.where(bits > 0, torch.maximum(torch.minimum(q, limit), -limit), torch.zeros_like(q))
+            return q * steps
+        handles = []
+        for layer, attention in enumerate(m.self_attn for m in model.model.layers):
+            channels = declared["channels"][layer]
+            latent_part = {"bits": channels["bits"][:L], "steps": channels["steps"][:L]}
+            rope_part = {"bits": channels["bits"][L:], "steps": channels["steps"][L:]}
+            handles.append(attention.kv_a_layernorm.register_forward_hook(lambda _m, _i, y, c=latent_part: codec(c, y)))
+            def rope_hook(_m, _i, y, c=rope_part):
+                return torch.cat([y[..., :L], codec(c, y[..., L:])], dim=-1)
+            handles.append(attention.kv_a_proj_with_mqa.register_forward_hook(rope_hook))
+        tokens = torch.tensor(json.load(open(os.path.join(src, "heldout.json")))["tokens"])
+        with torch.no_grad():
+            quantized = model(tokens).logits.double()
+            for h in handles:
+                h.remove()
+            reference = model(tokens).logits.double()
+        lp, lq = torch.log_softmax(reference, -1), torch.log_softmax(quantized, -1)
+        torch_kl = (lp.exp() * (lp - lq)).sum(-1).clamp(min=0).mean().item()
+        check(f"mla-kv6c on {fixture}: torch decoding of the declared channels gives validate's KL "
+              f"({torch_kl:.4e} vs {swift_kl:.4e}); 6.000 bits/element, schema valid",
+              ok and abs(torch_kl - swift_kl) <= 0.02 * swift_kl and declared["bits_per_element"] == 6.0,
+              f"torch {torch_kl} dsconvert {swift_kl}")
+
+
 def check_fp8(binary, work):
     """FP8 outputs against torch, read through the official safetensors torch API (as vLLM loads them)."""
     try:
@@ -980,6 +1036,7 @@ def main():
         check_offset_cases(args.bin, work)
         check_schemas(args.bin)
         check_fp8(args.bin, work)
+        check_kv6c(args.bin, work)
         check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)
         check_transformers_v3_checkpoints(args.bin, work, args.transformers_v3_checkpoints)
         check_v3_fixtures(args.bin, work)
