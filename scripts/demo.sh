@@ -15,7 +15,7 @@ trap 'rm -rf "$work"' EXIT
 $bin/dsconvert inspect Fixtures/trained
 echo
 # The main path: absorb (split form, bf16), FP8 weights with 128x128 block scales and the calibrated
-# 6-bit KV cache in one pass, 8-device expert placement. validate runs the declared mla-kv6 cache.
+# 6-bit KV cache (mla-kv6c) in one pass, 8-device expert placement. validate runs the declared cache.
 $bin/dsconvert-absorb --input Fixtures/trained --output "$work/absorbed" --mode split
 echo
 $bin/dsconvert-quantize --fp8 --kv6 --calibration Fixtures/trained/calibration.json --input "$work/absorbed" --output "$work/absorbed-fp8"
