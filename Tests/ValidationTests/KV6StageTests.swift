@@ -55,6 +55,39 @@ final class KV6StageTests: XCTestCase {
         XCTAssertEqual(try compare(try ModelLoader.open(trained), candidate, tokens: tokens).logits.maxAbsDelta, 0)
     }
 
+    /// A declaration that does not describe a codec for this model is refused when the config is read, with
+    /// one line naming config.json's dsconvert_kv_cache and the layer.
+    func testBrokenChannelsAreRefused() throws {
+        let out = try kv6(trained, calibrated: true, name: "kv6c")
+        let path = out.appendingPathComponent("config.json")
+        let original = try Data(contentsOf: path)
+        func broken(_ edit: (inout [String: Any]) -> Void) throws {
+            var json = try JSONSerialization.jsonObject(with: original) as! [String: Any]
+            var kv = json["dsconvert_kv_cache"] as! [String: Any]
+            edit(&kv)
+            json["dsconvert_kv_cache"] = kv
+            try JSONSerialization.data(withJSONObject: json).write(to: path)
+            defer { try? original.write(to: path) }
+            XCTAssertThrowsError(try DeepSeekConfig.load(directory: out)) { error in
+                XCTAssertTrue("\(error.localizedDescription)".contains("dsconvert_kv_cache"), "\(error)")
+            }
+        }
+        func editLayer(_ kv: inout [String: Any], _ body: (inout [String: Any]) -> Void) {
+            var channels = kv["channels"] as! [[String: Any]]
+            body(&channels[2])
+            kv["channels"] = channels
+        }
+        try broken { kv in editLayer(&kv) { layer in var b = layer["bits"] as! [Int]; b[0] += 1; layer["bits"] = b } }   // 481 bits
+        try broken { kv in editLayer(&kv) { layer in var b = layer["bits"] as! [Int]; b[0] = 1; b[1] += (layer["bits"] as! [Int])[0] - 1; layer["bits"] = b } }  // width 1
+        try broken { kv in editLayer(&kv) { layer in var s = layer["steps"] as! [Double]; s[3] = -0.5; layer["steps"] = s } }
+        try broken { kv in editLayer(&kv) { layer in var s = layer["steps"] as! [Double]; s[3] = 0.1; layer["steps"] = s } }  // not an f32 value
+        try broken { kv in var channels = kv["channels"] as! [[String: Any]]; channels.removeLast(); kv["channels"] = channels }
+        try broken { kv in kv["bytes_per_token_per_layer"] = 64 }
+        try broken { kv in kv["format"] = "mla-kv5" }
+        try broken { kv in kv["format"] = "mla-kv6" }  // channels only belong to mla-kv6c
+        XCTAssertNoThrow(try DeepSeekConfig.load(directory: out), "restored")
+    }
+
     private func absorbed(_ input: URL, form: AttentionForm = .split, dtype: AbsorbStage.StorageDType = .bf16, name: String) throws -> URL {
         let out = dir.appendingPathComponent(name)
         if !FileManager.default.fileExists(atPath: out.path) {
