@@ -21,9 +21,11 @@ final class FP8StageTests: XCTestCase {
         return out
     }
 
-    /// Codes and scales bit-identical to torch's (Fixtures/*/fp8-golden.safetensors, DeepSeek's weight_quant logic).
+    /// Codes and scales bit-identical to torch's (Fixtures/*/fp8-golden.safetensors, DeepSeek's weight_quant logic),
+    /// on the fixtures Fixtures/generate_fp8_goldens.py covers (trained-wide, added for the KV cache, repeats
+    /// trained's shapes at twice the width and has no FP8 golden, to keep the repository small).
     func testEveryFixtureTensorMatchesTorchBitForBit() throws {
-        for fixture in fixtureNames {
+        for fixture in fixtureNames where fixture != "trained-wide" {
             let out = try Checkpoint(directory: try quantize(fixture))
             let golden = try SafeTensorsFile(path: fixtures.appendingPathComponent("\(fixture)/fp8-golden.safetensors").path)
             XCTAssertEqual(out.tensors.filter { $0.dtype == .f8E4M3 }.count, golden.tensors.count / 2, fixture)

@@ -7,7 +7,7 @@ import XCTest
 
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let fixtures = packageRoot.appendingPathComponent("Fixtures")
-let fixtureNames = ["lite", "v2", "fp8", "trained"]
+let fixtureNames = ["lite", "v2", "fp8", "trained", "trained-wide"]
 
 /// The reference forward pass against transformers 5.23.0's DeepseekV2ForCausalLM (golden.safetensors).
 ///

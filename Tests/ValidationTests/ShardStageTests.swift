@@ -15,7 +15,7 @@ final class ShardStageTests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
     /// Fixture → devices: 8 where the experts divide (lite 8, v2 and trained 16), 4 for fp8's 4 experts.
-    let devices = ["lite": 8, "v2": 8, "fp8": 4, "trained": 8]
+    let devices = ["lite": 8, "v2": 8, "fp8": 4, "trained": 8, "trained-wide": 8]
 
     private func shard(_ input: URL, _ n: Int, once: Bool = false, name: String) throws -> (URL, PlacementManifest) {
         let out = dir.appendingPathComponent(name)

@@ -108,7 +108,7 @@ def check_safetensors(binary, work):
           f"{len(seen)} vs {len(tensors)} tensors")
     check("index total_size equals tensor bytes", index["metadata"]["total_size"] == sum(len(t[2]) for t in tensors.values()))
 
-    for name in ("lite", "v2", "fp8", "trained"):
+    for name in ("lite", "v2", "fp8", "trained", "trained-wide"):
         out = os.path.join(work, f"fixture-{name}")
         r = dsconvert(binary, "reshard", "--input", os.path.join(FIXTURES, name), "--output", out, "--max-shard-size", "200KB")
         if r.returncode != 0:
@@ -201,7 +201,7 @@ def check_schemas(binary):
             check(f"schema {schema} is a valid JSON Schema", True)
         except jsonschema.SchemaError as e:
             check(f"schema {schema} is a valid JSON Schema", False, e.message)
-    targets = [os.path.join(FIXTURES, n) for n in ("lite", "v2", "fp8", "trained", "v3", "v3-fp8", "kimi")]
+    targets = [os.path.join(FIXTURES, n) for n in ("lite", "v2", "fp8", "trained", "trained-wide", "v3", "v3-fp8", "kimi")]
     targets += [os.path.join(FIXTURES, "configs", n) for n in ("DeepSeek-V2", "DeepSeek-V2-Lite")]
     targets += [os.path.join(FIXTURES, "configs", n, "config.json") for n in PUBLISHED_V3_FAMILY]
     for target in targets:
