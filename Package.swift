@@ -36,6 +36,8 @@ let package = Package(
         .target(name: "ReferenceModel", dependencies: ["COpenBLAS", "CKernels", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // Drift of a candidate against a reference: metrics and reports.
         .target(name: "Validation", dependencies: ["ReferenceModel", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        // llama.cpp's GGUF container (writer and checked reader) and its block types, quantized bit-exactly.
+        .target(name: "GGUF", dependencies: ["CKernels", "Numerics"]),
         // Hugging Face tokenizer.json (BPE, DeepSeek's pre-tokenizers) encoding and decoding as `tokenizers` does.
         .target(name: "Tokenizer", dependencies: ["SafeTensors", "Numerics"]),
         // Argument parsing, diagnostics and terminal output shared by every executable.
@@ -57,6 +59,7 @@ let package = Package(
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
     ]
 )

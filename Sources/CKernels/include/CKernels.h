@@ -1,0 +1,3 @@
+// The C kernels' umbrella header: FP8 block kernels and encoders, llama.cpp block quantizers.
+#include "fp8_kernels.h"
+#include "ggml_quants.h"

@@ -1,0 +1,77 @@
+import Foundation
+import XCTest
+@testable import GGUF
+
+let ggufFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("Fixtures/ggml-quants")
+
+final class GGUFTests: XCTestCase {
+    /// Every block type against ggml's own reference quantizers (Fixtures/generate_ggml_quants.py: llama.cpp from
+    /// llama-cpp-python 0.3.36, built for the x86-64 baseline), byte for byte, on 20 rows of 2048 values: four
+    /// distributions at four scales, a spike, a constant, zeros, holes, bf16-exact values.
+    func testQuantizersMatchGGMLByteForByte() throws {
+        let input = try Data(contentsOf: ggufFixtures.appendingPathComponent("input.f32"))
+        let rows = input.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        XCTAssertEqual(rows.count, 20 * 2048)
+        for (type, file) in [(GGMLType.q8_0, "q8_0"), (.q5_0, "q5_0"), (.q4K, "q4_K"), (.q6K, "q6_K")] {
+            let expected = [UInt8](try Data(contentsOf: ggufFixtures.appendingPathComponent("\(file).bin")))
+            let perRow = type.bytes(elements: 2048)
+            XCTAssertEqual(expected.count, 20 * perRow, file)
+            for row in 0..<20 {
+                let got = type.encode(Array(rows[(row * 2048)..<((row + 1) * 2048)]))
+                XCTAssertEqual(got, Array(expected[(row * perRow)..<((row + 1) * perRow)]), "\(file) row \(row)")
+            }
+        }
+    }
+
+    /// f16 and bf16 round to nearest even, with ggml's NaN and overflow rules.
+    func testHalfPrecisionEncodings() {
+        let values: [Float] = [0, -0.0, 1, 65504, 65520, 1e-8, 6e-8, -2.5e-5, .infinity, .nan, 3.14159]
+        let f16 = GGMLType.f16.encode(values)
+        let expectedF16: [UInt16] = values.map { $0.isNaN ? 0x7E00 : Float16($0).bitPattern }
+        XCTAssertEqual((0..<values.count).map { UInt16(f16[2 * $0]) | UInt16(f16[2 * $0 + 1]) << 8 }, expectedF16)
+        let bf16 = GGMLType.bf16.encode([1.00390625, 1.01171875, -3.0e38])
+        XCTAssertEqual(bf16, [0x80, 0x3F, 0x82, 0x3F, 0x62, 0xFF], "ties to even; rounding up a large value")
+    }
+
+    /// The container round-trips through the checked reader, with the layout llama.cpp requires.
+    func testHeaderRoundTripAndLayout() throws {
+        let metadata = [GGUFMetadata("general.architecture", .string("deepseek2")), GGUFMetadata("deepseek2.block_count", .uint32(4)),
+                        GGUFMetadata("deepseek2.rope.scaling.factor", .float32(40)), GGUFMetadata("deepseek2.expert_weights_norm", .bool(true)),
+                        GGUFMetadata("tokenizer.ggml.tokens", .strings(["a", "é", ""])), GGUFMetadata("tokenizer.ggml.token_type", .int32s([1, 3, 5]))]
+        let tensors = GGUFEncoder.layout([GGUFTensorInfo(name: "token_embd.weight", dimensions: [64, 3], type: .f16),
+                                          GGUFTensorInfo(name: "blk.0.attn_q.weight", dimensions: [256, 2], type: .q4K),
+                                          GGUFTensorInfo(name: "output_norm.weight", dimensions: [5], type: .f32)])
+        XCTAssertEqual(tensors.map(\.offset), [0, 384, 672], "each tensor padded to 32 bytes")
+        var file = GGUFEncoder.header(metadata: metadata, tensors: tensors)
+        XCTAssertEqual(file.count % 32, 0)
+        XCTAssertEqual(Array(file[0..<8]), [0x47, 0x47, 0x55, 0x46, 3, 0, 0, 0])
+        for t in tensors { file += [UInt8](repeating: 7, count: t.byteCount) + [UInt8](repeating: 0, count: GGUFEncoder.padded(t.byteCount) - t.byteCount) }
+        let parsed = try file.withUnsafeBytes { try GGUFFile(bytes: $0) }
+        XCTAssertEqual(parsed.metadata, metadata)
+        XCTAssertEqual(parsed.tensors, tensors)
+        XCTAssertEqual(parsed.dataOffset, GGUFEncoder.header(metadata: metadata, tensors: tensors).count)
+    }
+
+    /// One typed error per rule.
+    func testReaderRefusesBadFiles() throws {
+        let tensors = GGUFEncoder.layout([GGUFTensorInfo(name: "a", dimensions: [32], type: .q8_0)])
+        let good = GGUFEncoder.header(metadata: [GGUFMetadata("k", .uint32(1))], tensors: tensors) + [UInt8](repeating: 0, count: 64)
+        func error(_ bytes: [UInt8]) -> GGUFError? {
+            do { _ = try bytes.withUnsafeBytes { try GGUFFile(bytes: $0) }; return nil } catch { return error as? GGUFError }
+        }
+        XCTAssertNil(error(good))
+        XCTAssertEqual(error(Array(good.prefix(20))).map { if case .truncated = $0 { true } else { false } }, true)
+        var bad = good; bad[0] = 0x48
+        XCTAssertEqual(error(bad), .badMagic)
+        bad = good; bad[4] = 2
+        XCTAssertEqual(error(bad), .unsupportedVersion(2))
+        XCTAssertEqual(error(Array(good.prefix(good.count - 64))), .dataBeyondFile(tensor: "a", end: good.count - 64 + 34, fileSize: good.count - 64))
+        let twice = GGUFEncoder.header(metadata: [GGUFMetadata("k", .uint32(1)), GGUFMetadata("k", .uint32(2))], tensors: [])
+        XCTAssertEqual(error(twice), .duplicateKey("k"))
+        let misplaced = GGUFEncoder.header(metadata: [], tensors: [GGUFTensorInfo(name: "a", dimensions: [32], type: .q8_0, offset: 32)]) + [UInt8](repeating: 0, count: 128)
+        XCTAssertEqual(error(misplaced), .misplacedTensor(tensor: "a", expected: 0, actual: 32))
+        let ragged = GGUFEncoder.header(metadata: [], tensors: [GGUFTensorInfo(name: "a", dimensions: [33], type: .q8_0)]) + [UInt8](repeating: 0, count: 128)
+        XCTAssertEqual(error(ragged), .badDimensions(tensor: "a", dimensions: [33]))
+    }
+}
