@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "dsconvert-shard", targets: ["dsconvert-shard"]),
         .executable(name: "dsconvert-validate", targets: ["dsconvert-validate"]),
         .executable(name: "dsconvert-bench", targets: ["dsconvert-bench"]),
+        .executable(name: "dsconvert-export", targets: ["dsconvert-export"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
         .library(name: "DeepSeekModel", targets: ["DeepSeekModel"]),
     ],
@@ -29,7 +30,7 @@ let package = Package(
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors", "Numerics"]),
         // The conversion stages and what they share: output directories, manifests.
-        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "ReferenceModel"]),
+        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "ReferenceModel", "GGUF"]),
         // OpenBLAS, the reference backend of the validation forward pass.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The reference forward pass (fp32, OpenBLAS): weight providers, attention, router, rotary embedding.
@@ -45,13 +46,14 @@ let package = Package(
         // The commands themselves; every executable is a thin wrapper over one of these.
         // The convert benchmark's machinery: timed child processes and how they ended, output checks, statistics.
         .target(name: "Benchmark", dependencies: ["SafeTensors", "Conversion"]),
-        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "ReferenceModel", "Validation", "Benchmark", "Tokenizer"]),
+        .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "ReferenceModel", "Validation", "Benchmark", "Tokenizer", "GGUF"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-quantize", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-shard", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-validate", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-bench", dependencies: ["DSConvertCommands", "CLI"]),
+        .executableTarget(name: "dsconvert-export", dependencies: ["DSConvertCommands", "CLI"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics", "CKernels"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),

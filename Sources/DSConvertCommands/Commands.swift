@@ -3,7 +3,7 @@ import SafeTensors
 
 /// Every `dsconvert` subcommand, in the order `--help` lists them.
 public enum DSConvertCommands {
-    public static let all: [Command.Type] = [InspectCommand.self, AbsorbCommand.self, QuantizeCommand.self, ShardCommand.self, ConvertCommand.self, ReshardCommand.self, ForwardCommand.self, ValidateCommand.self, TokenizeCommand.self]
+    public static let all: [Command.Type] = [InspectCommand.self, AbsorbCommand.self, QuantizeCommand.self, ShardCommand.self, ConvertCommand.self, ReshardCommand.self, ForwardCommand.self, ValidateCommand.self, TokenizeCommand.self, ExportCommand.self]
     public static let abstract = "Convert DeepSeek-V2-family checkpoints for deployment and measure the drift."
 }
 

@@ -1,0 +1,161 @@
+import DeepSeekModel
+import Foundation
+import GGUF
+import SafeTensors
+
+/// `dsconvert export --gguf`: one streaming pass from a checkpoint (bf16 or FP8, which is dequantized
+/// block by block as it is read) to llama.cpp's GGUF for its `deepseek2` architecture.
+///
+/// Tensors as llama.cpp's own converter names and shapes them (kv_b_proj split per head into attn_k_b,
+/// transposed, and attn_v_b; each layer's routed experts stacked into one 3-D tensor per projection; the
+/// MTP layers left out), each encoded by `GGUFTypeRule`'s choice for the file type; metadata as its
+/// converter writes it; the vocabulary from the checkpoint's tokenizer.json. Memory holds one tensor
+/// (one expert of a stacked tensor) at a time.
+public enum GGUFExport {
+    public struct Options: Sendable {
+        public var type: GGUFFileType
+        /// llama.cpp's name for the pre-tokenizer (its converter finds it by hashing the tokenizer's output).
+        public var tokenizerPre: String?
+        /// Where tokenizer.json (and tokenizer_config.json) are; default: the checkpoint directory.
+        public var tokenizer: URL?
+        /// `general.name` (default: the checkpoint directory's name) and `general.size_label` (default: none).
+        public var name: String?
+        public var sizeLabel: String?
+
+        public init(type: GGUFFileType, tokenizerPre: String? = nil, tokenizer: URL? = nil, name: String? = nil, sizeLabel: String? = nil) {
+            self.type = type
+            self.tokenizerPre = tokenizerPre
+            self.tokenizer = tokenizer
+            self.name = name
+            self.sizeLabel = sizeLabel
+        }
+    }
+
+    public struct Summary: Sendable {
+        public let tensors: Int
+        public let bytes: Int
+        public let types: [String: Int]
+    }
+
+    public static func run(input: URL, output: URL, options: Options, force: Bool, progress: ((String) -> Void)? = nil) throws -> Summary {
+        let source = try CheckpointSource(directory: input)
+        let config = source.config
+        let path = input.path
+        guard config.attentionForm == .mla else {
+            throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before absorb (attention is \(config.attentionForm.rawValue))")
+        }
+        guard config.placement == nil else { throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before shard") }
+        try checkOutput(output, input: input, force: force)
+        let planned = try GGUFNames.tensors(config).map { t -> GGUFPlannedTensor in
+            do {
+                return GGUFPlannedTensor(name: t.name, shape: t.shape, type: try GGUFTypeRule.type(t.name, shape: t.shape, fileType: options.type, config: config), recipe: t.recipe)
+            } catch let e as GGUFTypeRule.Unsupported {
+                throw ConversionError.unsupportedInput(path: path, reason: "\(t.name): \(e.reason)")
+            }
+        }
+        let infos = GGUFEncoder.layout(planned.map(\.info))
+        let metadata = self.metadata(config: config, fileType: options.type, name: options.name ?? input.lastPathComponent,
+                                     sizeLabel: options.sizeLabel, vocabulary: try vocabulary(source: source, options: options))
+        let header = GGUFEncoder.header(metadata: metadata, tensors: infos)
+
+        let temporary = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).partial-\(getpid())")
+        guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
+            throw ConversionError.unsupportedInput(path: temporary.path, reason: "cannot create the output file")
+        }
+        var finished = false
+        defer { if !finished { try? FileManager.default.removeItem(at: temporary) } }
+        let handle = try FileHandle(forWritingTo: temporary)
+        defer { try? handle.close() }
+        try handle.write(contentsOf: header)
+        var written = header.count
+        for (index, (tensor, info)) in zip(planned, infos).enumerated() {
+            progress?("export: \(index + 1)/\(planned.count) tensors (\(tensor.name), \(tensor.type.name))")
+            let bytes = try write(tensor, from: source, config: config, to: handle)
+            precondition(bytes == info.byteCount, "\(tensor.name): wrote \(bytes) bytes, the layout has \(info.byteCount)")
+            let padding = GGUFEncoder.padded(bytes) - bytes
+            if padding > 0 { try handle.write(contentsOf: [UInt8](repeating: 0, count: padding)) }
+            written += bytes + padding
+        }
+        try handle.synchronize()
+        try handle.close()
+        try systemCall("rename", path: output.path) { rename(temporary.path, output.path) }
+        finished = true
+        return Summary(tensors: planned.count, bytes: written, types: Dictionary(planned.map { ($0.type.name, 1) }, uniquingKeysWith: +))
+    }
+
+    /// The output must be a new file (or, with `force`, a regular file to replace) outside the input.
+    static func checkOutput(_ output: URL, input: URL, force: Bool) throws {
+        let parent = output.deletingLastPathComponent().path
+        guard let entry = FileEntry.following(parent), entry.kind == .directory else {
+            throw ConversionError.unsupportedInput(path: parent, reason: "the output's directory does not exist")
+        }
+        if let resolvedParent = FilePath.resolved(parent), let resolvedInput = FilePath.resolved(input.path),
+           FilePath.isWithin(resolvedParent, resolvedInput) {
+            throw ConversionError.unsupportedInput(path: output.path, reason: "the GGUF output is inside the input checkpoint")
+        }
+        if let existing = FileEntry.lstat(output.path) {
+            guard force, existing.kind == .regular else {
+                throw ConversionError.unsupportedInput(path: output.path, reason: existing.kind == .regular ? "exists (give --force to replace it)" : "exists and is not a regular file")
+            }
+        }
+    }
+
+    /// Encodes one tensor from its recipe and writes it; returns the bytes written.
+    static func write(_ tensor: GGUFPlannedTensor, from source: TensorSource, config: DeepSeekConfig, to handle: FileHandle) throws -> Int {
+        func emit(_ values: [Float]) throws -> Int {
+            let bytes = tensor.type.encode(values)
+            try handle.write(contentsOf: bytes)
+            return bytes.count
+        }
+        switch tensor.recipe {
+        case .tensor(let name):
+            defer { source.release(name) }
+            return try emit(try finite(source.floats(name), name: name, source: source))
+        case .keyAbsorb(let layer), .valueAbsorb(let layer):
+            let name = TensorNames.name(.kvBProj, layer: layer)
+            let w = try finite(source.floats(name), name: name, source: source)
+            let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, dv = config.vHeadDim, kvl = config.kvLoraRank
+            var out = [Float](repeating: 0, count: w.count / (nope + dv) * (tensor.recipe == .keyAbsorb(layer: layer) ? nope : dv))
+            if case .keyAbsorb = tensor.recipe {
+                // attn_k_b[h][r][c] = kv_b_proj[h·(nope+v) + c][r]: each head's key rows, transposed.
+                for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * (nope + dv) + c) * kvl + r] } } }
+            } else {
+                // attn_v_b[h][j][r] = kv_b_proj[h·(nope+v) + nope + j][r].
+                for h in 0..<heads { for j in 0..<dv { for r in 0..<kvl { out[(h * dv + j) * kvl + r] = w[(h * (nope + dv) + nope + j) * kvl + r] } } }
+            }
+            if case .valueAbsorb = tensor.recipe { source.release(name) }
+            return try emit(out)
+        case .experts(let layer, let projection):
+            var total = 0
+            for e in 0..<(config.nRoutedExperts ?? 0) {
+                let name = TensorNames.expert(layer, e, projection)
+                total += try emit(try finite(source.floats(name), name: name, source: source))
+                source.release(name)
+            }
+            return total
+        }
+    }
+
+    static func finite(_ values: [Float], name: String, source: TensorSource) throws -> [Float] {
+        guard values.allSatisfy(\.isFinite) else {
+            throw ConversionError.unsupportedInput(path: source.path(of: name), reason: "tensor '\(name)' holds NaN or Inf; refusing to export it")
+        }
+        return values
+    }
+
+    static func vocabulary(source: TensorSource, options: Options) throws -> [GGUFMetadata] {
+        let directory = options.tokenizer ?? source.directory
+        guard FileEntry.lstat(directory.appendingPathComponent("tokenizer.json").path) != nil else {
+            throw ConversionError.unsupportedInput(path: directory.appendingPathComponent("tokenizer.json").path,
+                                                   reason: "missing: llama.cpp needs the vocabulary (give --tokenizer DIR)")
+        }
+        let config = source.config
+        let pre = options.tokenizerPre ?? (config.architecture == .deepseekV3 ? "deepseek-v3" : "deepseek-llm")
+        let json = (try? JSONSerialization.jsonObject(with: FilePath.readRegularFile(source.directory.appendingPathComponent("config.json").path))) as? [String: Any] ?? [:]
+        do {
+            return try GGUFVocabulary(tokenizer: directory, config: config, configJSON: json, pre: pre).metadata
+        } catch let e as GGUFVocabulary.Invalid {
+            throw ConversionError.unsupportedInput(path: e.path, reason: e.reason)
+        }
+    }
+}

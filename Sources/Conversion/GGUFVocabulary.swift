@@ -1,0 +1,83 @@
+import DeepSeekModel
+import Foundation
+import GGUF
+import SafeTensors
+
+/// The `tokenizer.ggml.*` metadata of a byte-level BPE `tokenizer.json` (DeepSeek's), as llama.cpp's
+/// converter writes it for its "gpt2" tokenizer model.
+///
+/// Tokens 0..<vocab_size in id order (an id the tokenizer lacks is `[PAD<id>]`, UNUSED); added tokens
+/// CONTROL when marked special or when they look like control tokens (`<|…|>`, `<｜…｜>`, `<pad>`),
+/// else USER_DEFINED; the rest NORMAL. Merges as "left right". Special ids from
+/// tokenizer_config.json's `*_token` (looked up among the added tokens), then config.json's `*_token_id`;
+/// add-BOS/EOS and the chat template from tokenizer_config.json.
+struct GGUFVocabulary {
+    enum TokenType: Int32 { case normal = 1, control = 3, userDefined = 4, unused = 5 }
+
+    let metadata: [GGUFMetadata]
+
+    struct Invalid: Error, CustomStringConvertible {
+        let path: String, reason: String
+        var description: String { "\(path): \(reason)" }
+    }
+
+    init(tokenizer: URL, config: DeepSeekConfig, configJSON: [String: Any], pre: String) throws {
+        let path = tokenizer.appendingPathComponent("tokenizer.json").path
+        guard let json = try JSONSerialization.jsonObject(with: FilePath.readRegularFile(path)) as? [String: Any],
+              let model = json["model"] as? [String: Any], model["type"] as? String == "BPE",
+              let vocab = model["vocab"] as? [String: Int] else {
+            throw Invalid(path: path, reason: "not a BPE tokenizer.json (model.type BPE with a vocab)")
+        }
+        let merges: [String] = try (model["merges"] as? [Any] ?? []).map { entry in
+            if let s = entry as? String { return s }
+            if let pair = entry as? [String], pair.count == 2 { return pair.map { $0.replacingOccurrences(of: " ", with: "\u{0120}") }.joined(separator: " ") }
+            throw Invalid(path: path, reason: "a merge is neither \"a b\" nor [a, b]")
+        }
+        let added = (json["added_tokens"] as? [[String: Any]] ?? []).compactMap { t -> (id: Int, content: String, special: Bool)? in
+            guard let id = t["id"] as? Int, let content = t["content"] as? String else { return nil }
+            return (id, content, t["special"] as? Bool ?? false)
+        }
+        let n = config.vocabSize
+        var tokens = (0..<n).map { "[PAD\($0)]" }
+        var types = [TokenType](repeating: .unused, count: n)
+        for (token, id) in vocab {
+            guard id >= 0, id < n else { throw Invalid(path: path, reason: "token id \(id) is not below the model's vocab_size \(n)") }
+            tokens[id] = token
+            types[id] = .normal
+        }
+        for t in added {
+            guard t.id >= 0, t.id < n else { throw Invalid(path: path, reason: "added token id \(t.id) is not below the model's vocab_size \(n)") }
+            tokens[t.id] = t.content
+            types[t.id] = t.special || Self.looksSpecial(t.content) ? .control : .userDefined
+        }
+        var entries = [GGUFMetadata("tokenizer.ggml.model", .string("gpt2")), GGUFMetadata("tokenizer.ggml.pre", .string(pre)),
+                       GGUFMetadata("tokenizer.ggml.tokens", .strings(tokens)),
+                       GGUFMetadata("tokenizer.ggml.token_type", .int32s(types.map(\.rawValue)))]
+        // gguf-py leaves out an empty array (a tokenizer without merges has no merges key).
+        if !merges.isEmpty { entries.append(GGUFMetadata("tokenizer.ggml.merges", .strings(merges))) }
+        let tokenizerConfigPath = tokenizer.appendingPathComponent("tokenizer_config.json").path
+        let tokenizerConfig = FileEntry.lstat(tokenizerConfigPath) != nil
+            ? (try JSONSerialization.jsonObject(with: FilePath.readRegularFile(tokenizerConfigPath)) as? [String: Any] ?? [:]) : [:]
+        let ids = Dictionary(added.map { ($0.content, $0.id) }, uniquingKeysWith: { a, _ in a })
+        for (kind, key) in [("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("sep", "seperator_token_id"), ("pad", "padding_token_id")] {
+            let declared = tokenizerConfig["\(kind)_token"]
+            let content = (declared as? String) ?? ((declared as? [String: Any])?["content"] as? String)
+            if let id = content.flatMap({ ids[$0] ?? vocab[$0] }) ?? configJSON["\(kind)_token_id"] as? Int {
+                entries.append(GGUFMetadata("tokenizer.ggml.\(key)", .uint32(UInt32(id))))
+            }
+        }
+        for key in ["add_bos_token", "add_eos_token"] {
+            if let flag = tokenizerConfig[key] as? Bool { entries.append(GGUFMetadata("tokenizer.ggml.\(key)", .bool(flag))) }
+        }
+        if let template = tokenizerConfig["chat_template"] as? String, !template.isEmpty {
+            entries.append(GGUFMetadata("tokenizer.chat_template", .string(template)))
+        }
+        metadata = entries
+    }
+
+    /// llama.cpp's converter treats these added tokens as control tokens even when not marked special.
+    static func looksSpecial(_ token: String) -> Bool {
+        ["<pad>", "<mask>", "<2mass>", "[@BOS@]"].contains(token) || (token.hasPrefix("<|") && token.hasSuffix("|>"))
+            || (token.hasPrefix("<｜") && token.hasSuffix("｜>")) || (token.hasPrefix("<unused") && token.hasSuffix(">"))
+    }
+}

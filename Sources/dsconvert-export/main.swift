@@ -1,0 +1,5 @@
+import CLI
+import DSConvertCommands
+import Foundation
+
+exit(Entry.single(ExportCommand.self, invocation: "dsconvert-export"))
