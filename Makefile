@@ -13,7 +13,7 @@ demo:
 	scripts/demo.sh
 
 crosscheck: build
-	python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert
+	python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert --llama-cpp "$$(scripts/llama-cpp.sh)"
 
 # Fuzzes the header, index and config parsers for FUZZ_SECONDS (default 1800) with libFuzzer.
 fuzz:

@@ -17,4 +17,6 @@ fi
 if ls .build/fuzz-ci/crash-* .build/fuzz-ci/leak-* .build/fuzz-ci/timeout-* .build/fuzz-ci/oom-* >/dev/null 2>&1; then
   echo "fuzzing found a failing input in .build/fuzz-ci" >&2; exit 1
 fi
-python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert
+# llama.cpp for the GGUF cross-check: built once from the pinned llama-cpp-python source, cached outside the checkout.
+llama_cpp=$(scripts/llama-cpp.sh)
+python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert --llama-cpp "$llama_cpp"

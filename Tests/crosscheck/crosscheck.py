@@ -20,6 +20,11 @@
    package, unzipped into a temporary directory) and on every fixture tokenizer gives the ids of
    `Tokenizer.encode(text, add_special_tokens=False)` for every committed text, a generated mixed
    text and a seeded random text, one thread and all; `--decode` gives `decode(ids, skip_special_tokens=False)`, the original text.
+5. mla-kv6c: the channels a calibrated checkpoint declares, decoded inside transformers' forward pass, give the
+   KL `validate` reports.
+6. llama.cpp (llama-cpp-python 0.3.36's source, built by scripts/llama-cpp.sh): `export --gguf` f32/q8_0 files
+   carry every metadata entry and tensor byte of convert_hf_to_gguf.py's; q6_k/q4_k_m files are byte-identical
+   to llama-quantize's; llama.cpp loads each and its logits agree with dsconvert's forward pass.
 
 Prints 'N passed, N failed' last; exits 1 on any failure.
 """
@@ -831,6 +836,163 @@ def check_kv6c(binary, work):
               f"torch {torch_kl} dsconvert {swift_kl}")
 
 
+GGUF_TYPES = ("f32", "q8_0", "q6_k", "q4_k_m")
+
+
+def gguf_fixture(directory):
+    """A DeepSeek-V2-shaped checkpoint llama.cpp can load (query compression: its deepseek2 loader requires
+    q_lora_rank except for V2-Lite's layer counts; rows of 256 so the k-quants apply; 16 experts, since
+    llama-quantize's Q4_K_M asks Q5_K of 8-expert models), random weights from a seed, bf16, with a
+    byte-level BPE tokenizer of 320 tokens trained on the GPL-3 text (llama.cpp's gpt2 vocabulary needs merges)."""
+    import math
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import DeepseekV2ForCausalLM
+    sys.path.insert(0, FIXTURES)
+    from generate import YARN, hub_config, transformers_config
+    hub = hub_config(vocab_size=320, hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=4,
+                     num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=32,
+                     v_head_dim=32, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, first_k_dense_replace=1,
+                     topk_method="greedy", n_group=1, topk_group=1, routed_scaling_factor=1.0, rope_scaling=YARN)
+    torch.manual_seed(77)
+    model = DeepseekV2ForCausalLM(transformers_config(hub)).float()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1.0 / math.sqrt(p.shape[1]))
+            else:
+                p.uniform_(0.5, 1.5)
+    model.to(torch.bfloat16).save_pretrained(directory, max_shard_size="4MB")
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    if os.path.exists(os.path.join(directory, "generation_config.json")):
+        os.remove(os.path.join(directory, "generation_config.json"))
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator([open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()], vocab_size=320,
+                                  min_frequency=2, show_progress=False)
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": False, "add_eos_token": False, "model_max_length": 4096, "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+
+
+def gguf_contents(path, llama):
+    """(metadata {key: (types, raw parts)}, tensors {name: (type, shape, bytes)}) through gguf-py (llama.cpp's reader)."""
+    sys.path.insert(0, os.path.join(llama, "src", "vendor", "llama.cpp", "gguf-py"))
+    import gguf
+    import numpy as np
+    reader = gguf.GGUFReader(path)
+    metadata = {k: (f.types, [bytes(f.parts[i]) for i in f.data]) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    tensors = {t.name: (t.tensor_type.name, [int(x) for x in t.shape], np.asarray(t.data).tobytes()) for t in reader.tensors}
+    return metadata, tensors
+
+
+LLAMA_LOGITS = """
+import json, os, sys
+import numpy as np
+sys.path.insert(0, os.path.join(sys.argv[1], "src"))
+os.environ["LLAMA_CPP_LIB_PATH"] = os.path.join(sys.argv[1], "build", "bin")
+import llama_cpp
+tokens = json.loads(sys.argv[3])
+# An f32 KV cache (llama.cpp's default is f16, which alone moves these logits by ~5e-3).
+model = llama_cpp.Llama(model_path=sys.argv[2], n_ctx=512, n_batch=512, n_threads=2, logits_all=True, verbose=False, type_k=0, type_v=0)
+model.eval(tokens)
+print(json.dumps(np.asarray(model.scores[:len(tokens)]).tolist()))
+"""
+
+
+def check_gguf(binary, work, llama):
+    """export --gguf against llama.cpp itself (llama-cpp-python 0.3.36's source, built by scripts/llama-cpp.sh):
+    f32 and q8_0 against convert_hf_to_gguf.py's output (every metadata entry and every tensor's type, shape and
+    bytes; the converter orders tensors as its input files do, dsconvert as llama.cpp's loader does), q6_k and
+    q4_k_m against llama-quantize run on the converter's f32 file (the whole file, byte for byte); then llama.cpp's
+    logits from each file against dsconvert's reference forward pass on the same tokens."""
+    if not llama:
+        check("GGUF: llama.cpp is built (scripts/llama-cpp.sh)", False, "give --llama-cpp DIR")
+        return
+    import numpy as np
+    # (A plain directory name: the converter derives general.name and general.size_label from it and the
+    # parameter counts, and a name like "x-v2" would add general.basename and general.version.)
+    source = os.path.join(work, "mla")
+    gguf_fixture(source)
+    converter = os.path.join(llama, "src", "vendor", "llama.cpp")
+    # The converter finds the pre-tokenizer's name by hashing the tokenizer's output on a check text; this
+    # tokenizer is not in its table, so it is given the name dsconvert writes by default for V2.
+    run_converter = ("import runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py']; import conversion.base as b; "
+                     "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'deepseek-llm'; "
+                     "sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    reference = {}
+    for outtype in ("f32", "q8_0"):
+        reference[outtype] = os.path.join(work, f"converter-{outtype}.gguf")
+        r = subprocess.run([sys.executable, "-c", run_converter, converter, source, "--outtype", outtype, "--outfile", reference[outtype]],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            check(f"GGUF: convert_hf_to_gguf.py --outtype {outtype} runs", False, r.stderr[-2000:])
+            return
+    for ftype, name in (("q6_k", "Q6_K"), ("q4_k_m", "Q4_K_M")):
+        reference[ftype] = os.path.join(work, f"llama-quantize-{ftype}.gguf")
+        r = subprocess.run([os.path.join(llama, "build", "bin", "llama-quantize"), reference["f32"], reference[ftype], name], capture_output=True, text=True)
+        if r.returncode != 0:
+            check(f"GGUF: llama-quantize {name} runs", False, r.stderr[-2000:])
+            return
+    # general.name and general.size_label are the converter's heuristics on the directory name and parameter
+    # counts; dsconvert writes what it is given.
+    converted, _ = gguf_contents(reference["f32"], llama)
+    label = [bytes(converted["general.name"][1][0]).decode(), bytes(converted["general.size_label"][1][0]).decode()]
+    ours = {}
+    for ftype in GGUF_TYPES:
+        ours[ftype] = os.path.join(work, f"dsconvert-{ftype}.gguf")
+        r = dsconvert(binary, "export", "--gguf", "--type", ftype, "--input", source, "--output", ours[ftype], "--name", label[0], "--size-label", label[1])
+        if r.returncode != 0:
+            check(f"GGUF: export --gguf --type {ftype} runs", False, r.stderr)
+            return
+    for ftype in ("f32", "q8_0"):
+        (ma, ta), (mb, tb) = gguf_contents(ours[ftype], llama), gguf_contents(reference[ftype], llama)
+        differ = sorted(k for k in set(ma) | set(mb) if ma.get(k) != mb.get(k)) + sorted(n for n in set(ta) | set(tb) if ta.get(n) != tb.get(n))
+        check(f"GGUF {ftype}: every metadata entry ({len(ma)}) and tensor ({len(ta)}: type, shape, bytes) as convert_hf_to_gguf.py writes them",
+              not differ and list(ma) == list(mb), f"differ: {differ[:10]}")
+    for ftype in ("q6_k", "q4_k_m"):
+        same = open(ours[ftype], "rb").read() == open(reference[ftype], "rb").read()
+        check(f"GGUF {ftype}: the file is byte-identical to llama-quantize's ({os.path.getsize(ours[ftype])} bytes)", same)
+    # Logits: llama.cpp on dsconvert's files against dsconvert's reference forward pass.
+    tokens = json.load(open(os.path.join(FIXTURES, "trained", "heldout.json")))["tokens"][0][:64]
+    tokens = [t % 320 for t in tokens]
+    with open(os.path.join(work, "gguf-tokens.json"), "w") as f:
+        json.dump({"tokens": [tokens]}, f)
+    forward = os.path.join(work, "gguf-forward.safetensors")
+    r = dsconvert(binary, "forward", "--model", source, "--tokens", os.path.join(work, "gguf-tokens.json"), "--output", forward)
+    if r.returncode != 0:
+        check("GGUF: dsconvert forward on the fixture", False, r.stderr)
+        return
+    from safetensors.numpy import load_file
+    expected = load_file(forward)["logits"][0].astype(np.float64)
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    # The fixture's weights are random, which amplifies any perturbation (its logits move far more than a
+    # trained model's would), so the quantized files are held to what their bits imply relative to each other:
+    # llama.cpp runs each, and KL grows as bits per weight fall (q8_0 8.5, q6_k 6.56, q4_k_m ~4.8). That the
+    # quantized bytes are llama.cpp's own is checked above, byte for byte.
+    kls = {}
+    for ftype in GGUF_TYPES:
+        r = subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, ours[ftype], json.dumps(tokens)], capture_output=True, text=True)
+        if r.returncode != 0:
+            check(f"GGUF {ftype}: llama.cpp loads and runs it", False, r.stderr[-2000:])
+            continue
+        got = np.array(json.loads(r.stdout))
+        delta = float(np.abs(got - expected).max())
+        lp, lq = log_softmax(expected), log_softmax(got)
+        kls[ftype] = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+        top1 = float((expected.argmax(-1) == got.argmax(-1)).mean())
+        if ftype == "f32":
+            check(f"GGUF f32: llama.cpp's logits within 1e-3 of dsconvert's forward pass (max |delta| {delta:.2e})", delta <= 1e-3)
+        else:
+            check(f"GGUF {ftype}: llama.cpp loads and runs it: KL(reference || llama.cpp) mean {kls[ftype]:.2e}, top-1 {top1:.3f}",
+                  np.isfinite(kls[ftype]) and top1 >= 0.5)
+    if all(t in kls for t in GGUF_TYPES):
+        check("GGUF: drift grows as bits fall (f32 < q8_0 < q6_k < q4_k_m)", kls["f32"] < kls["q8_0"] < kls["q6_k"] < kls["q4_k_m"],
+              str(kls))
+
+
 def check_fp8(binary, work):
     """FP8 outputs against torch, read through the official safetensors torch API (as vLLM loads them)."""
     try:
@@ -1029,6 +1191,7 @@ def main():
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build", "release", "dsconvert"))
     parser.add_argument("--transformers-checkpoints", type=int, default=12)
     parser.add_argument("--transformers-v3-checkpoints", type=int, default=8)
+    parser.add_argument("--llama-cpp", help="llama.cpp built by scripts/llama-cpp.sh (its cache directory)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="dsconvert-crosscheck-")
     try:
@@ -1041,6 +1204,7 @@ def main():
         check_transformers_v3_checkpoints(args.bin, work, args.transformers_v3_checkpoints)
         check_v3_fixtures(args.bin, work)
         check_tokenizers(args.bin, work)
+        check_gguf(args.bin, work, args.llama_cpp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"crosscheck: {len(PASSED)} passed, {len(FAILED)} failed")
