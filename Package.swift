@@ -62,6 +62,6 @@ let package = Package(
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion", "GGUF"]),
     ]
 )

@@ -12,8 +12,10 @@ public enum InspectCommand: Command {
         DIR is a Hugging Face checkpoint directory (sharded with model.safetensors.index.json, or a
         single model.safetensors), or a directory or config.json with no weights, which is
         described from the config alone. Exit 0 when the checkpoint is complete and consistent, 1 otherwise.
+        A FILE.gguf (llama.cpp's format, as export --gguf writes it) is described from its header, which is
+        checked as llama.cpp checks it (JSON: Schemas/inspect-gguf.schema.json).
         """,
-        positionals: [PositionalSpec("DIR", help: "Checkpoint directory, or a config.json.")],
+        positionals: [PositionalSpec("DIR", help: "Checkpoint directory, a config.json, or a .gguf file.")],
         options: [
             OptionSpec("json", help: "Print the report as JSON (Schemas/inspect.schema.json)."),
             OptionSpec("tensors", help: "Also list every tensor: name, dtype, shape, shard."),
@@ -21,6 +23,17 @@ public enum InspectCommand: Command {
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        if arguments.positionals[0].hasSuffix(".gguf") {
+            let report = try GGUFInspectReport.load(path: arguments.positionals[0], listTensors: arguments.flag("tensors"))
+            if arguments.flag("json") {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                terminal.out(String(decoding: try encoder.encode(report), as: UTF8.self))
+            } else {
+                terminal.out(report.text())
+            }
+            return ExitCode.success
+        }
         var url = URL(fileURLWithPath: arguments.positionals[0])
         // Errors name the config file read, whatever it is called.
         let configURL = url.lastPathComponent.hasSuffix(".json") ? url : url.appendingPathComponent("config.json")

@@ -1,0 +1,140 @@
+import Conversion
+import Foundation
+import GGUF
+import SafeTensors
+import XCTest
+
+/// `dsconvert export --gguf` run as a user runs it. What llama.cpp itself says of these files (its converter's
+/// metadata and tensors, llama-quantize's bytes, its logits) is the cross-check's (Tests/crosscheck).
+final class ExportTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    /// A byte-level BPE tokenizer of the 256 byte tokens (GPT-2's byte-to-character map, id = byte), below
+    /// every fixture's vocabulary: the trained fixtures' text is bytes.
+    private func tokenizer() throws -> URL {
+        let t = dir.appendingPathComponent("tokenizer")
+        try FileManager.default.createDirectory(at: t, withIntermediateDirectories: true)
+        let printable = Array(33...126) + Array(161...172) + Array(174...255)
+        var characters: [Int: Int] = [:]
+        var next = 256
+        for b in 0..<256 { if printable.contains(b) { characters[b] = b } else { characters[b] = next; next += 1 } }
+        let vocab = Dictionary(uniqueKeysWithValues: (0..<256).map { (String(UnicodeScalar(UInt32(characters[$0]!))!), $0) })
+        let json: [String: Any] = ["model": ["type": "BPE", "vocab": vocab, "merges": [String]()], "added_tokens": [[String: Any]]()]
+        try JSONSerialization.data(withJSONObject: json).write(to: t.appendingPathComponent("tokenizer.json"))
+        return t
+    }
+
+    private func read(_ url: URL) throws -> (GGUFFile, Data) {
+        let data = try Data(contentsOf: url)
+        return (try data.withUnsafeBytes { try GGUFFile(bytes: $0) }, data)
+    }
+
+    private func floats(_ file: GGUFFile, _ data: Data, _ name: String) throws -> [Float] {
+        let t = try XCTUnwrap(file.tensors.first { $0.name == name }, name)
+        XCTAssertEqual(t.type, .f32)
+        let start = file.dataOffset + t.offset
+        return data[start..<(start + t.byteCount)].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+
+    /// The f32 file of the FP8-native V3 fixture: llama.cpp's names, shapes in ggml order, every value the exact
+    /// dequantized weight, kv_b_proj split per head (attn_k_b transposed), experts stacked, MTP layer left out.
+    func testF32ExportOfFP8V3Fixture() throws {
+        let input = fixtures.appendingPathComponent("v3-fp8"), out = dir.appendingPathComponent("v3.gguf")
+        let r = try runTool("dsconvert-export", ["--gguf", "--type", "f32", "--input", input.path, "--output", out.path, "--tokenizer", try tokenizer().path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let (file, data) = try read(out)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: input.appendingPathComponent("config.json"))) as! [String: Any]
+        let layers = config["num_hidden_layers"] as! Int, heads = config["num_attention_heads"] as! Int
+        let nope = config["qk_nope_head_dim"] as! Int, dv = config["v_head_dim"] as! Int, kvl = config["kv_lora_rank"] as! Int
+        XCTAssertEqual(file.value("general.architecture"), .string("deepseek2"))
+        XCTAssertEqual(file.value("deepseek2.block_count"), .uint32(UInt32(layers)))
+        XCTAssertEqual(file.value("deepseek2.expert_gating_func"), .uint32(2), "sigmoid routing")
+        XCTAssertEqual(file.value("tokenizer.ggml.pre"), .string("deepseek-v3"))
+        XCTAssertFalse(file.tensors.contains { $0.name.hasPrefix("blk.\(layers).") }, "the MTP layer is left out")
+        XCTAssertTrue(file.tensors.contains { $0.name.hasSuffix("exp_probs_b.bias") })
+
+        // The exact dequantized values (code · block scale), as every stage reads FP8.
+        let checkpoint = try CheckpointSource(directory: input)
+        let kvB = try checkpoint.floats("model.layers.1.self_attn.kv_b_proj.weight")
+        let kB = try floats(file, data, "blk.1.attn_k_b.weight"), vB = try floats(file, data, "blk.1.attn_v_b.weight")
+        XCTAssertEqual(file.tensors.first { $0.name == "blk.1.attn_k_b.weight" }?.dimensions, [nope, kvl, heads])
+        for h in 0..<heads { for r in stride(from: 0, to: kvl, by: 7) { for c in 0..<nope {
+            XCTAssertEqual(kB[(h * kvl + r) * nope + c], kvB[(h * (nope + dv) + c) * kvl + r])
+        } } }
+        for h in 0..<heads { for j in 0..<dv { for r in stride(from: 0, to: kvl, by: 5) {
+            XCTAssertEqual(vB[(h * dv + j) * kvl + r], kvB[(h * (nope + dv) + nope + j) * kvl + r])
+        } } }
+        let experts = try floats(file, data, "blk.2.ffn_up_exps.weight")
+        let e1 = try checkpoint.floats("model.layers.2.mlp.experts.1.up_proj.weight")
+        XCTAssertEqual(Array(experts[e1.count..<(2 * e1.count)]), e1, "expert 1 follows expert 0")
+    }
+
+    /// Every file type writes and reads back; the quantized types follow llama-quantize's mix and its fallbacks
+    /// for rows that do not fill a block (trained-wide: rows of 256 and 512, and narrower ones).
+    func testEveryTypeAndItsMix() throws {
+        let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
+        for type in ["f32", "f16", "bf16", "q8_0", "q6_k", "q4_k_m"] {
+            let out = dir.appendingPathComponent("\(type).gguf")
+            let r = try runTool("dsconvert", ["export", "--gguf", "--type", type, "--input", input.path, "--output", out.path, "--tokenizer", t.path])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let (file, _) = try read(out)
+            let byName = Dictionary(uniqueKeysWithValues: file.tensors.map { ($0.name, $0.type) })
+            XCTAssertEqual(byName["output_norm.weight"], .f32, type)
+            XCTAssertEqual(byName["blk.1.ffn_gate_inp.weight"], .f32, "\(type): the router stays f32")
+            switch type {
+            case "f16": XCTAssertEqual(byName["blk.0.attn_q.weight"], .f16)
+            case "q8_0": XCTAssertEqual(byName["blk.0.attn_kv_a_mqa.weight"], .q8_0)
+            case "q6_k":
+                XCTAssertEqual(byName["blk.0.attn_kv_a_mqa.weight"], .q6K)
+                XCTAssertEqual(byName["blk.0.attn_k_b.weight"], .q8_0, "rows of 64: Q6_K falls back to Q8_0")
+            case "q4_k_m":
+                XCTAssertEqual(byName["output.weight"], .q6K)
+                XCTAssertEqual(byName["token_embd.weight"], .q4K)
+                XCTAssertEqual(byName["blk.0.attn_kv_a_mqa.weight"], .q4K)
+                XCTAssertEqual(byName["blk.0.ffn_down.weight"], .q4K, "layer 0 of 4 is not a more-bits layer")
+                XCTAssertEqual(byName["blk.2.ffn_down_exps.weight"], .q8_0, "layer 2 uses more bits: Q6_K, rows of 32: Q8_0")
+                XCTAssertEqual(byName["blk.1.ffn_down_exps.weight"], .q5_0, "layer 1: Q4_K, rows of 32: Q5_0")
+                XCTAssertEqual(byName["blk.0.attn_k_b.weight"], .q5_0)
+            default: break
+            }
+            let inspect = try runTool("dsconvert", ["inspect", out.path])
+            XCTAssertEqual(inspect.status, 0, inspect.stderr)
+            XCTAssertTrue(inspect.stdout.contains("GGUF v3, deepseek2"), inspect.stdout)
+        }
+    }
+
+    /// Bad input: one line, non-zero exit, no output file.
+    func testRefusals() throws {
+        let input = fixtures.appendingPathComponent("fp8"), t = try tokenizer(), out = dir.appendingPathComponent("x.gguf")
+        func refused(_ args: [String], _ text: String, status: Int32 = 1) throws {
+            let r = try runTool("dsconvert", ["export"] + args)
+            XCTAssertEqual(r.status, status, r.stderr)
+            XCTAssertTrue(r.stderr.contains(text), r.stderr)
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+        }
+        try refused(["--gguf", "--input", input.path, "--output", out.path], "tokenizer.json")
+        try refused(["--input", input.path, "--output", out.path, "--tokenizer", t.path], "--gguf", status: 64)
+        try refused(["--gguf", "--type", "q2_k", "--input", input.path, "--output", out.path, "--tokenizer", t.path], "q2_k", status: 64)
+        let absorbed = dir.appendingPathComponent("absorbed")
+        XCTAssertEqual(try runTool("dsconvert", ["absorb", "--input", input.path, "--output", absorbed.path]).status, 0)
+        try refused(["--gguf", "--input", absorbed.path, "--output", out.path, "--tokenizer", t.path], "before absorb")
+        try refused(["--gguf", "--input", absorbed.path, "--output", absorbed.appendingPathComponent("x.gguf").path, "--tokenizer", t.path], "before absorb")
+        // Inside the input, and an existing file without --force.
+        let copy = dir.appendingPathComponent("copy")
+        try FileManager.default.copyItem(at: input, to: copy)
+        let inside = copy.appendingPathComponent("model.gguf")
+        let r = try runTool("dsconvert", ["export", "--gguf", "--input", copy.path, "--output", inside.path, "--tokenizer", t.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("inside the input"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: inside.path))
+        try Data("keep".utf8).write(to: out)
+        let again = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", out.path, "--tokenizer", t.path])
+        XCTAssertEqual(again.status, 1)
+        XCTAssertEqual(try String(contentsOf: out, encoding: .utf8), "keep", "not overwritten without --force")
+        XCTAssertEqual(try runTool("dsconvert", ["export", "--gguf", "--force", "--input", input.path, "--output", out.path, "--tokenizer", t.path]).status, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains("partial") }, [], "no temporary left")
+    }
+}
