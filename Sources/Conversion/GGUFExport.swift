@@ -1,6 +1,7 @@
 import DeepSeekModel
 import Foundation
 import GGUF
+import ReferenceModel
 import SafeTensors
 
 /// `dsconvert export --gguf`: one streaming pass from a checkpoint (bf16 or FP8, which is dequantized
@@ -21,6 +22,8 @@ public enum GGUFExport {
         /// `general.name` (default: the checkpoint directory's name) and `general.size_label` (default: none).
         public var name: String?
         public var sizeLabel: String?
+        /// Values per chunk of rows when a large matrix is read (memory holds one chunk, not the tensor).
+        public var chunkElements = 16 << 20
 
         public init(type: GGUFFileType, tokenizerPre: String? = nil, tokenizer: URL? = nil, name: String? = nil, sizeLabel: String? = nil) {
             self.type = type
@@ -57,6 +60,7 @@ public enum GGUFExport {
         let metadata = self.metadata(config: config, fileType: options.type, name: options.name ?? input.lastPathComponent,
                                      sizeLabel: options.sizeLabel, vocabulary: try vocabulary(source: source, options: options))
         let header = GGUFEncoder.header(metadata: metadata, tensors: infos)
+        let weights = CheckpointWeights(checkpoint: source.checkpoint, fp8Block: config.quantization?.block)
 
         let temporary = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).partial-\(getpid())")
         guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
@@ -70,7 +74,7 @@ public enum GGUFExport {
         var written = header.count
         for (index, (tensor, info)) in zip(planned, infos).enumerated() {
             progress?("export: \(index + 1)/\(planned.count) tensors (\(tensor.name), \(tensor.type.name))")
-            let bytes = try write(tensor, from: source, config: config, to: handle)
+            let bytes = try write(tensor, from: source, weights: weights, config: config, chunkElements: options.chunkElements, to: handle)
             precondition(bytes == info.byteCount, "\(tensor.name): wrote \(bytes) bytes, the layout has \(info.byteCount)")
             let padding = GGUFEncoder.padded(bytes) - bytes
             if padding > 0 { try handle.write(contentsOf: [UInt8](repeating: 0, count: padding)) }
@@ -100,8 +104,9 @@ public enum GGUFExport {
         }
     }
 
-    /// Encodes one tensor from its recipe and writes it; returns the bytes written.
-    static func write(_ tensor: GGUFPlannedTensor, from source: TensorSource, config: DeepSeekConfig, to handle: FileHandle) throws -> Int {
+    /// Encodes one tensor from its recipe and writes it; returns the bytes written. `weights` reads row ranges.
+    static func write(_ tensor: GGUFPlannedTensor, from source: TensorSource, weights: CheckpointWeights?, config: DeepSeekConfig,
+                      chunkElements: Int, to handle: FileHandle) throws -> Int {
         func emit(_ values: [Float]) throws -> Int {
             let bytes = tensor.type.encode(values)
             try handle.write(contentsOf: bytes)
@@ -110,7 +115,19 @@ public enum GGUFExport {
         switch tensor.recipe {
         case .tensor(let name):
             defer { source.release(name) }
-            return try emit(try finite(source.floats(name), name: name, source: source))
+            // A large matrix (the embedding, the output head) goes through in chunks of rows, so memory holds a
+            // chunk, not the tensor.
+            guard tensor.shape.count == 2, tensor.shape[0] * tensor.shape[1] > chunkElements, let weights else {
+                return try emit(try finite(source.floats(name), name: name, source: source))
+            }
+            let (rows, columns) = (tensor.shape[0], tensor.shape[1])
+            let step = max(1, chunkElements / columns)
+            var total = 0
+            for start in stride(from: 0, to: rows, by: step) {
+                total += try emit(try finite(weights.rows(name, shape: tensor.shape, range: start..<min(rows, start + step)), name: name, source: source))
+            }
+            weights.release(name)
+            return total
         case .keyAbsorb(let layer), .valueAbsorb(let layer):
             let name = TensorNames.name(.kvBProj, layer: layer)
             let w = try finite(source.floats(name), name: name, source: source)

@@ -65,10 +65,21 @@ public enum GGMLType: UInt32, CaseIterable, Sendable {
         }
     }
 
-    /// `encode` into a new array.
+    /// `encode` into a new array, split into runs of whole blocks over `Parallel.threads` threads (blocks are
+    /// encoded independently, so the bytes are the same at any thread count).
     public func encode(_ values: [Float]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: bytes(elements: values.count))
-        values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { encode(v, into: $0) } }
+        let blocks = values.count / blockSize
+        let runs = blocks < 4096 ? 1 : min(Parallel.threads * 4, blocks)
+        values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { o in
+            let input = UnsafeBufferPointer(start: v.baseAddress, count: v.count)
+            let output = o
+            Parallel.forEach(runs) { run in
+                let range = (blocks * run / runs)..<(blocks * (run + 1) / runs)
+                encode(UnsafeBufferPointer(rebasing: input[(range.lowerBound * blockSize)..<(range.upperBound * blockSize)]),
+                       into: UnsafeMutableRawBufferPointer(rebasing: output[(range.lowerBound * blockBytes)..<(range.upperBound * blockBytes)]))
+            }
+        } }
         return out
     }
 }

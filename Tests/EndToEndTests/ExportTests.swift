@@ -105,6 +105,20 @@ final class ExportTests: XCTestCase {
         }
     }
 
+    /// Reading large matrices in chunks of rows changes no byte (chunks of 1000 values against whole tensors).
+    func testChunkedRowsGiveTheSameFile() throws {
+        let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
+        var files: [Data] = []
+        for chunk in [1000, 1 << 30] {
+            var options = GGUFExport.Options(type: .q4_k_m, tokenizer: t)
+            options.chunkElements = chunk
+            let out = dir.appendingPathComponent("chunk-\(chunk).gguf")
+            _ = try GGUFExport.run(input: input, output: out, options: options, force: false)
+            files.append(try Data(contentsOf: out))
+        }
+        XCTAssertEqual(files[0], files[1])
+    }
+
     /// Bad input: one line, non-zero exit, no output file.
     func testRefusals() throws {
         let input = fixtures.appendingPathComponent("fp8"), t = try tokenizer(), out = dir.appendingPathComponent("x.gguf")
