@@ -135,6 +135,17 @@ def train(model, seconds):
     return step
 
 
+def randomize(model):
+    """Random weights larger than the 0.02 init, so activations are not all near zero, still stable:
+    matrices N(0, 1/fan_in), vectors (norm gains) U(0.5, 1.5)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1.0 / math.sqrt(p.shape[1]))
+            else:
+                p.uniform_(0.5, 1.5)
+
+
 def capture_routing(model):
     records = {}
     def hook(layer):
@@ -161,13 +172,7 @@ def write(name):
         steps = train(model, float(os.environ.get("TRAIN_SECONDS", "240")))
         print(f"  trained {steps} steps")
     else:
-        # Larger than the 0.02 init so activations are not all near zero, still stable.
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() == 2:
-                    p.normal_(0, 1.0 / math.sqrt(p.shape[1]))
-                else:
-                    p.uniform_(0.5, 1.5)
+        randomize(model)
     model = model.to(torch.bfloat16)
     model.save_pretrained(out, max_shard_size=SHARD_SIZE[name])
     # Replace transformers' config with the hub layout real DeepSeek checkpoints ship.

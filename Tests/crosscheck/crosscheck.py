@@ -844,24 +844,18 @@ def gguf_fixture(directory):
     q_lora_rank except for V2-Lite's layer counts; rows of 256 so the k-quants apply; 16 experts, since
     llama-quantize's Q4_K_M asks Q5_K of 8-expert models), random weights from a seed, bf16, with a
     byte-level BPE tokenizer of 320 tokens trained on the GPL-3 text (llama.cpp's gpt2 vocabulary needs merges)."""
-    import math
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import DeepseekV2ForCausalLM
     sys.path.insert(0, FIXTURES)
-    from generate import YARN, hub_config, transformers_config
+    from generate import YARN, hub_config, randomize, transformers_config
     hub = hub_config(vocab_size=320, hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=4,
                      num_attention_heads=4, q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=32,
                      v_head_dim=32, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, first_k_dense_replace=1,
                      topk_method="greedy", n_group=1, topk_group=1, routed_scaling_factor=1.0, rope_scaling=YARN)
     torch.manual_seed(77)
     model = DeepseekV2ForCausalLM(transformers_config(hub)).float()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 1.0 / math.sqrt(p.shape[1]))
-            else:
-                p.uniform_(0.5, 1.5)
+    randomize(model)
     model.to(torch.bfloat16).save_pretrained(directory, max_shard_size="4MB")
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hub, f, indent=2)
