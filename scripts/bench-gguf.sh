@@ -3,16 +3,17 @@
 # one-pass `export --gguf --type TYPE` and llama.cpp's own path to the same file (convert_hf_to_gguf.py
 # --outtype f32, then llama-quantize; built by scripts/llama-cpp.sh), printing wall seconds, the ratio to the
 # copy and peak RSS of each (GNU time). Usage:
-#   scripts/bench-gguf.sh CHECKPOINT TOKENIZER_DIR [TYPE (q4_k_m)] [WORK_DIR (next to the checkpoint)]
+#   scripts/bench-gguf.sh CHECKPOINT TOKENIZER_DIR [TYPE (q4_k_m)] [PARENT_DIR for scratch (next to the checkpoint)]
 # TOKENIZER_DIR holds tokenizer.json and tokenizer_config.json (dsconvert reads them with --tokenizer; the
 # converter needs them in the checkpoint, so the peer converts a copy with them added).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-input=$(realpath "$1"); tokenizer=$(realpath "$2"); type=${3:-q4_k_m}; work=${4:-$(dirname "$input")/bench-gguf-work}
+input=$(realpath "$1"); tokenizer=$(realpath "$2"); type=${3:-q4_k_m}; parent=${4:-$(dirname "$input")}
 case $type in q4_k_m) qtype=Q4_K_M ;; q6_k) qtype=Q6_K ;; q8_0) qtype=Q8_0 ;; *) echo "type: q4_k_m, q6_k or q8_0" >&2; exit 64 ;; esac
 llama=$(scripts/llama-cpp.sh)
 swift build -c release --product dsconvert >/dev/null
-mkdir -p "$work"
+# A fresh directory of its own under PARENT (its outputs are several GB): only that is removed at the end.
+work=$(mktemp -d "$parent/bench-gguf.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # Read the input once so every job starts from the page cache.
 cat "$input"/*.safetensors > /dev/null

@@ -80,7 +80,8 @@ public final class AbsorbStep: TensorSource {
             // The absorbed cache holds the latent without kv_a_layernorm's gain γ (folded into W_UK/W_UV):
             // each latent channel's calibrated step is divided by its γ, so the codes stay the same.
             let gains = try input.allLayers.prefix(input.numHiddenLayers).map { try source.floats(TensorNames.name(.kvANorm, layer: $0)) }
-            document = try document.setting(KVCacheRecord.configKey, to: KVChannelCalibration.withoutLatentGain(record, gains: gains, path: source.directory.path))
+            document = try document.setting(KVCacheRecord.configKey, to: KVChannelCalibration.withoutLatentGain(record, gains: gains,
+                                                                                                           path: source.directory.appendingPathComponent("config.json").path))
         }
         self.document = document
         let config = document.model

@@ -63,6 +63,9 @@ struct GGUFVocabulary {
             let declared = tokenizerConfig["\(kind)_token"]
             let content = (declared as? String) ?? ((declared as? [String: Any])?["content"] as? String)
             if let id = content.flatMap({ ids[$0] ?? vocab[$0] }) ?? configJSON["\(kind)_token_id"] as? Int {
+                guard (0..<n).contains(id) else {
+                    throw Invalid(path: path, reason: "\(kind) token id \(id) (tokenizer_config.json or config.json) is not a token of the model's \(n)")
+                }
                 entries.append(GGUFMetadata("tokenizer.ggml.\(key)", .uint32(UInt32(id))))
             }
         }

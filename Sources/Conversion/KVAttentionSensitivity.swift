@@ -91,12 +91,12 @@ extension KVChannelCalibration {
             var gDiag = [Double](repeating: 0, count: l)
             for c in 0..<l { gDiag[c] = Double(g[c * l + c]) }
             let scale2 = Double(o.softmaxScale) * Double(o.softmaxScale)
+            // c_jᵀ·G·c_j once per key.
+            let cgc = (0..<seq).map { j in (0..<l).reduce(0.0) { $0 + Double(latent[j * l + $1]) * Double(y[j * l + $1]) } }
             for i in 0..<seq {
                 var term1 = 0.0, term2 = 0.0, term3 = 0.0, b2 = 0.0
                 for j in 0...i {
-                    var gj = 0.0
-                    for c in 0..<l { gj += Double(latent[j * l + c]) * Double(y[j * l + c]) }
-                    term1 += Double(p2[i * seq + j]) * gj
+                    term1 += Double(p2[i * seq + j]) * cgc[j]
                     b2 += Double(p2[i * seq + j])
                 }
                 for c in 0..<l {

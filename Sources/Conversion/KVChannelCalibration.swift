@@ -36,6 +36,8 @@ public enum KVChannelCalibration {
                                  progress: ((String) -> Void)? = nil) throws -> [KVChannelCodec] {
         var layers = (0..<config.numHiddenLayers).map { _ in LayerStatistics(config: config) }
         let metrics = ValueMetrics(config: config, weights: weights)
+        // With one batch (up to 8 sequences) each layer's metric is needed once; with more, it is computed
+        // again per batch rather than kept for every layer (heads × L² floats each: 134 MB per layer for V2).
         try BLASThreads.withSingleThread {
             for start in stride(from: 0, to: tokens.count, by: 8) {
                 let batch = Array(tokens[start..<min(tokens.count, start + 8)])
@@ -46,7 +48,11 @@ public enum KVChannelCalibration {
             }
         }
         ReferenceForward.releaseBuffers()
-        return try layers.map { try $0.codec() }
+        return try layers.enumerated().map { layer, statistics in
+            do { return try statistics.codec() } catch {
+                throw ConversionError.unsupportedInput(path: source, reason: "layer \(layer)'s cache values on these tokens give no valid codec (\(error)): a NaN or Inf activation?")
+            }
+        }
     }
 
     /// `record`'s mla-kv6c parameters for the cache of the absorbed model, whose latent is the original's
@@ -59,9 +65,12 @@ public enum KVChannelCalibration {
             }
             let gain = gains[entry.layer]
             let steps = codec.steps.enumerated().map { c, s in
-                c < gain.count && gain[c] != 0 ? Float(Double(s) / Double(gain[c])) : s
+                abs(c < gain.count && gain[c] != 0 ? Float(Double(s) / Double(gain[c])) : s)
             }
-            return KVCacheRecord.LayerChannels(layer: entry.layer, codec: try KVChannelCodec(bits: codec.bits, steps: steps.map { $0.isFinite ? abs($0) : 0 }))
+            if let bad = steps.firstIndex(where: { !$0.isFinite }) {
+                throw DeepSeekModelError.invalidConfig(path: path, reason: "dsconvert_kv_cache: layer \(entry.layer) channel \(bad): its step divided by kv_a_layernorm's gain is not finite")
+            }
+            return KVCacheRecord.LayerChannels(layer: entry.layer, codec: try KVChannelCodec(bits: codec.bits, steps: steps))
         }
         return out
     }

@@ -56,17 +56,6 @@ public enum QuantizeStage {
                        bytesIn: source.checkpoint.totalTensorBytes, bytesOut: layout.totalTensorBytes)
     }
 
-    static func encode(_ values: [Float], as dtype: DType) -> [UInt8] {
-        switch dtype {
-        case .f32: return values.withUnsafeBytes { Array($0) }
-        case .f16: return values.map { Float16($0).bitPattern }.withUnsafeBytes { Array($0) }
-        default:
-            var out = [UInt16](repeating: 0, count: values.count)
-            values.withUnsafeBufferPointer { src in out.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(src.baseAddress!, $0.baseAddress!, count: values.count) } }
-            return out.withUnsafeBytes { Array($0) }
-        }
-    }
-
     /// FP8 block weights back to bf16 on the CPU (the replacement for DeepSeek's GPU-only
     /// `fp8_cast_bf16.py`): w = q · scale in f32, rounded to bf16, as that script does. Every F8 tensor
     /// needs its `_scale_inv`; the block size comes from config.json.
@@ -113,8 +102,8 @@ public final class QuantizeStep: TensorSource {
             throw ConversionError.unsupportedInput(path: path, reason: "quantize a checkpoint before sharding it")
         }
         self.source = source
-        // An FP8 input keeps its blocks: weights already FP8 pass through (codes and scales), and
-        // those a fold changes are quantized again in the input's format and block.
+        // An FP8 input keeps its blocks: weights already FP8 pass through (codes and scales), and the
+        // bf16 ones the policy picks are quantized in the input's format and block.
         let options = fp8 ?? input.quantization.map { QuantizeStage.FP8Options(format: $0.format, block: $0.block) }
             ?? QuantizeStage.FP8Options()
         let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])

@@ -45,8 +45,8 @@ public struct KVCacheSetting: Sendable, Equatable {
             guard let codec = entry.codec else {
                 throw Self.bad(path, "layer \(entry.layer): widths must be 0 or 2...\(KVChannelCodec.maxBits) and steps non-negative finite f32 values")
             }
-            guard codec.byteCount == bytes else {
-                throw Self.bad(path, "layer \(entry.layer): widths sum to \(codec.totalBits) bits, not the \(bytes) bytes declared")
+            guard codec.totalBits == 6 * (l + r), codec.byteCount == bytes else {
+                throw Self.bad(path, "layer \(entry.layer): widths sum to \(codec.totalBits) bits, mla-kv6c's are 6 x \(l + r) = \(6 * (l + r))")
             }
             return codec
         }

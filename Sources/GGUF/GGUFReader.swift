@@ -15,6 +15,7 @@ public enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
     case badDimensions(tensor: String, dimensions: [UInt64])
     case misplacedTensor(tensor: String, expected: Int, actual: Int)
     case dataBeyondFile(tensor: String, end: Int, fileSize: Int)
+    case badAlignment
 
     public var description: String {
         switch self {
@@ -31,6 +32,7 @@ public enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .badDimensions(name, dims): return "tensor '\(name)' has dimensions \(dims) (1 to 4, positive, the first a multiple of its type's block)"
         case let .misplacedTensor(name, expected, actual): return "tensor '\(name)' is at data offset \(actual), the layout puts it at \(expected)"
         case let .dataBeyondFile(name, end, size): return "tensor '\(name)' ends at byte \(end), past the file's \(size)"
+        case .badAlignment: return "general.alignment is not a u32 power of two"
         }
     }
 }
@@ -73,18 +75,31 @@ public struct GGUFFile: Sendable {
             for _ in 0..<n { dims.append(try r.integer()) }
             let rawType: UInt32 = try r.integer()
             guard let type = GGMLType(rawValue: rawType) else { throw .unknownTensorType(tensor: name, type: rawType) }
-            guard dims.allSatisfy({ $0 > 0 && $0 < 1 << 40 }), dims.reduce(1, { $0.multipliedReportingOverflow(by: $1).partialValue }) < 1 << 48,
-                  Int(dims[0]) % type.blockSize == 0 else { throw .badDimensions(tensor: name, dimensions: dims) }
+            // The element count must not overflow: multiply step by step under a bound of 2^48.
+            var elements: UInt64 = 1
+            for d in dims {
+                let (product, overflow) = elements.multipliedReportingOverflow(by: d)
+                guard d > 0, !overflow, product < 1 << 48 else { throw .badDimensions(tensor: name, dimensions: dims) }
+                elements = product
+            }
+            guard Int(dims[0]) % type.blockSize == 0 else { throw .badDimensions(tensor: name, dimensions: dims) }
             let offset: UInt64 = try r.integer()
             tensors.append(GGUFTensorInfo(name: name, dimensions: dims.map { Int($0) }, type: type, offset: Int(clamping: offset)))
         }
-        dataOffset = GGUFEncoder.padded(r.offset)
+        // general.alignment (a power of two) replaces the default 32, as llama.cpp reads it.
+        var alignment = GGUFEncoder.alignment
+        if let entry = metadata.first(where: { $0.key == "general.alignment" }) {
+            guard case .uint32(let value) = entry.value, value > 0, value & (value - 1) == 0 else { throw .badAlignment }
+            alignment = Int(value)
+        }
+        func padded(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
+        dataOffset = padded(r.offset)
         var expected = 0
         for t in tensors {
             guard t.offset == expected else { throw .misplacedTensor(tensor: t.name, expected: expected, actual: t.offset) }
             let end = dataOffset + t.offset + t.byteCount
             guard end <= bytes.count else { throw .dataBeyondFile(tensor: t.name, end: end, fileSize: bytes.count) }
-            expected += GGUFEncoder.padded(t.byteCount)
+            expected += padded(t.byteCount)
         }
         self.metadata = metadata
         self.tensors = tensors
@@ -138,7 +153,9 @@ public struct GGUFFile: Sendable {
                 let count: UInt64 = try integer()
                 guard count <= UInt64(bytes.count - offset) else { throw .implausibleCount(what: "elements of '\(key)'", count: count) }
                 var elements: [GGUFValue] = []
-                elements.reserveCapacity(Int(count))
+                // Every element takes at least one byte, so the count is bounded by the file; reserve no more
+                // than a modest amount up front all the same (a value is ~20 bytes in memory).
+                elements.reserveCapacity(Int(min(count, 1 << 16)))
                 for _ in 0..<count { elements.append(try value(elementType, key: key)) }
                 return .array(elementType: elementType, elements)
             }

@@ -73,5 +73,12 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(error(misplaced), .misplacedTensor(tensor: "a", expected: 0, actual: 32))
         let ragged = GGUFEncoder.header(metadata: [], tensors: [GGUFTensorInfo(name: "a", dimensions: [33], type: .q8_0)]) + [UInt8](repeating: 0, count: 128)
         XCTAssertEqual(error(ragged), .badDimensions(tensor: "a", dimensions: [33]))
+        // Dimensions whose product overflows 64 bits are refused, not multiplied.
+        let huge = GGUFEncoder.header(metadata: [], tensors: [GGUFTensorInfo(name: "a", dimensions: [1 << 32, 1 << 32], type: .f32)])
+        XCTAssertEqual(error(huge), .badDimensions(tensor: "a", dimensions: [1 << 32, 1 << 32]))
+        // general.alignment replaces 32 (llama.cpp reads it); one that is not a power of two is refused.
+        let aligned = GGUFEncoder.header(metadata: [GGUFMetadata("general.alignment", .uint32(64))], tensors: [])
+        XCTAssertNil(error(aligned + [UInt8](repeating: 0, count: 64 - aligned.count % 64)))
+        XCTAssertEqual(error(GGUFEncoder.header(metadata: [GGUFMetadata("general.alignment", .uint32(48))], tensors: [])), .badAlignment)
     }
 }
