@@ -894,6 +894,32 @@ print(json.dumps(np.asarray(model.scores[:len(tokens)]).tolist()))
 """
 
 
+def llama_cpp_files(source, work, llama):
+    """{type: path} of llama.cpp's own files for `source`: convert_hf_to_gguf.py --outtype f32 and q8_0, then
+    llama-quantize Q6_K and Q4_K_M from the f32 file; None after reporting a failure."""
+    converter = os.path.join(llama, "src", "vendor", "llama.cpp")
+    # The converter finds the pre-tokenizer's name by hashing the tokenizer's output on a check text; this
+    # tokenizer is not in its table, so it is given the name dsconvert writes by default for V2.
+    run_converter = ("import runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py']; import conversion.base as b; "
+                     "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'deepseek-llm'; "
+                     "sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    files = {}
+    for outtype in ("f32", "q8_0"):
+        files[outtype] = os.path.join(work, f"converter-{outtype}.gguf")
+        r = subprocess.run([sys.executable, "-c", run_converter, converter, source, "--outtype", outtype, "--outfile", files[outtype]],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            check(f"GGUF: convert_hf_to_gguf.py --outtype {outtype} runs", False, r.stderr[-2000:])
+            return None
+    for ftype, name in (("q6_k", "Q6_K"), ("q4_k_m", "Q4_K_M")):
+        files[ftype] = os.path.join(work, f"llama-quantize-{ftype}.gguf")
+        r = subprocess.run([os.path.join(llama, "build", "bin", "llama-quantize"), files["f32"], files[ftype], name], capture_output=True, text=True)
+        if r.returncode != 0:
+            check(f"GGUF: llama-quantize {name} runs", False, r.stderr[-2000:])
+            return None
+    return files
+
+
 def check_gguf(binary, work, llama):
     """export --gguf against llama.cpp itself (llama-cpp-python 0.3.36's source, built by scripts/llama-cpp.sh):
     f32 and q8_0 against convert_hf_to_gguf.py's output (every metadata entry and every tensor's type, shape and
@@ -903,31 +929,13 @@ def check_gguf(binary, work, llama):
     if not llama:
         check("GGUF: llama.cpp is built (scripts/llama-cpp.sh)", False, "give --llama-cpp DIR")
         return
-    import numpy as np
     # (A plain directory name: the converter derives general.name and general.size_label from it and the
     # parameter counts, and a name like "x-v2" would add general.basename and general.version.)
     source = os.path.join(work, "mla")
     gguf_fixture(source)
-    converter = os.path.join(llama, "src", "vendor", "llama.cpp")
-    # The converter finds the pre-tokenizer's name by hashing the tokenizer's output on a check text; this
-    # tokenizer is not in its table, so it is given the name dsconvert writes by default for V2.
-    run_converter = ("import runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py']; import conversion.base as b; "
-                     "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'deepseek-llm'; "
-                     "sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
-    reference = {}
-    for outtype in ("f32", "q8_0"):
-        reference[outtype] = os.path.join(work, f"converter-{outtype}.gguf")
-        r = subprocess.run([sys.executable, "-c", run_converter, converter, source, "--outtype", outtype, "--outfile", reference[outtype]],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            check(f"GGUF: convert_hf_to_gguf.py --outtype {outtype} runs", False, r.stderr[-2000:])
-            return
-    for ftype, name in (("q6_k", "Q6_K"), ("q4_k_m", "Q4_K_M")):
-        reference[ftype] = os.path.join(work, f"llama-quantize-{ftype}.gguf")
-        r = subprocess.run([os.path.join(llama, "build", "bin", "llama-quantize"), reference["f32"], reference[ftype], name], capture_output=True, text=True)
-        if r.returncode != 0:
-            check(f"GGUF: llama-quantize {name} runs", False, r.stderr[-2000:])
-            return
+    reference = llama_cpp_files(source, work, llama)
+    if reference is None:
+        return
     # general.name and general.size_label are the converter's heuristics on the directory name and parameter
     # counts; dsconvert writes what it is given.
     converted, _ = gguf_contents(reference["f32"], llama)
@@ -947,9 +955,14 @@ def check_gguf(binary, work, llama):
     for ftype in ("q6_k", "q4_k_m"):
         same = open(ours[ftype], "rb").read() == open(reference[ftype], "rb").read()
         check(f"GGUF {ftype}: the file is byte-identical to llama-quantize's ({os.path.getsize(ours[ftype])} bytes)", same)
-    # Logits: llama.cpp on dsconvert's files against dsconvert's reference forward pass.
-    tokens = json.load(open(os.path.join(FIXTURES, "trained", "heldout.json")))["tokens"][0][:64]
-    tokens = [t % 320 for t in tokens]
+    check_gguf_logits(binary, work, llama, source, ours)
+
+
+def check_gguf_logits(binary, work, llama, source, files):
+    """llama.cpp's logits from each of dsconvert's files against dsconvert's reference forward pass."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    tokens = [t % 320 for t in json.load(open(os.path.join(FIXTURES, "trained", "heldout.json")))["tokens"][0][:64]]
     with open(os.path.join(work, "gguf-tokens.json"), "w") as f:
         json.dump({"tokens": [tokens]}, f)
     forward = os.path.join(work, "gguf-forward.safetensors")
@@ -957,7 +970,6 @@ def check_gguf(binary, work, llama):
     if r.returncode != 0:
         check("GGUF: dsconvert forward on the fixture", False, r.stderr)
         return
-    from safetensors.numpy import load_file
     expected = load_file(forward)["logits"][0].astype(np.float64)
     def log_softmax(x):
         x = x - x.max(-1, keepdims=True)
@@ -965,19 +977,19 @@ def check_gguf(binary, work, llama):
     # The fixture's weights are random, which amplifies any perturbation (its logits move far more than a
     # trained model's would), so the quantized files are held to what their bits imply relative to each other:
     # llama.cpp runs each, and KL grows as bits per weight fall (q8_0 8.5, q6_k 6.56, q4_k_m ~4.8). That the
-    # quantized bytes are llama.cpp's own is checked above, byte for byte.
+    # quantized bytes are llama.cpp's own is checked by check_gguf, byte for byte.
     kls = {}
     for ftype in GGUF_TYPES:
-        r = subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, ours[ftype], json.dumps(tokens)], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, files[ftype], json.dumps(tokens)], capture_output=True, text=True)
         if r.returncode != 0:
             check(f"GGUF {ftype}: llama.cpp loads and runs it", False, r.stderr[-2000:])
             continue
         got = np.array(json.loads(r.stdout))
-        delta = float(np.abs(got - expected).max())
         lp, lq = log_softmax(expected), log_softmax(got)
         kls[ftype] = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
         top1 = float((expected.argmax(-1) == got.argmax(-1)).mean())
         if ftype == "f32":
+            delta = float(np.abs(got - expected).max())
             check(f"GGUF f32: llama.cpp's logits within 1e-3 of dsconvert's forward pass (max |delta| {delta:.2e})", delta <= 1e-3)
         else:
             check(f"GGUF {ftype}: llama.cpp loads and runs it: KL(reference || llama.cpp) mean {kls[ftype]:.2e}, top-1 {top1:.3f}",
