@@ -4,6 +4,7 @@
 #include "ggml_quants.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #pragma STDC FP_CONTRACT OFF
@@ -160,20 +161,124 @@ static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
     }
 }
 
+// The 8 sub-blocks' scales and mins of a q4_K super-block (weights av_x + |x|), their codes in L.
+static void q4k_search_scalar(const float *x, uint8_t *L, float *scales, float *mins) {
+    uint8_t Laux[32];
+    float weights[32];
+    for (int j = 0; j < 8; ++j) {
+        const float *xs = x + 32 * j;
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(xs[l]);
+        scales[j] = qkx2(32, 15, xs, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// `q4k_search_scalar` with the 8 sub-blocks in the 8 lanes of AVX2 vectors: every lane performs the scalar
+// search's f32 operations in the same order (separate multiplies and adds, IEEE division and square root,
+// selects for its branches), so the results are the same bits.
+__attribute__((target("avx2")))
+static void q4k_search_avx2(const float *x, uint8_t *L, float *scales, float *mins) {
+    __m256 X[32], W[32];
+    __m256i Lv[32], La[32];
+    const __m256i lane_offsets = _mm256_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224);
+    const __m256 zero = _mm256_setzero_ps(), magic = _mm256_set1_ps(12582912.0f);
+    const __m256i mantissa = _mm256_set1_epi32(0x007FFFFF), bias = _mm256_set1_epi32(0x00400000);
+    const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(15);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < 32; ++i) X[i] = _mm256_i32gather_ps(x + i, lane_offsets, 4);
+    __m256 sum_x2 = zero;
+    for (int i = 0; i < 32; ++i) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(X[i], X[i]));
+    __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0f)));
+    for (int i = 0; i < 32; ++i) W[i] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, X[i]));
+    #define NEAREST(f) _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps((f), magic)), mantissa), bias)
+    #define CLAMP(v) _mm256_min_epi32(_mm256_max_epi32((v), lo), hi)
+    __m256 min = X[0], max = X[0], sum_w = W[0], sum_x = _mm256_mul_ps(W[0], X[0]);
+    for (int i = 1; i < 32; ++i) {
+        min = _mm256_blendv_ps(min, X[i], _mm256_cmp_ps(X[i], min, _CMP_LT_OQ));
+        max = _mm256_blendv_ps(max, X[i], _mm256_cmp_ps(X[i], max, _CMP_GT_OQ));
+        sum_w = _mm256_add_ps(sum_w, W[i]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(W[i], X[i]));
+    }
+    min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps(min, zero, _CMP_GT_OQ));
+    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps(15.0f), _mm256_sub_ps(max, min));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
+    __m256 best_error = zero;
+    for (int i = 0; i < 32; ++i) {
+        Lv[i] = CLAMP(NEAREST(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))));
+        __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(Lv[i])), min), X[i]);
+        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
+    }
+    for (int is = 0; is <= 20; ++is) {
+        // As in the scalar search, the grid uses the min of the best fit so far.
+        const float step = -1.0f + 0.1f * is + 15;
+        iscale = _mm256_div_ps(_mm256_set1_ps(step), _mm256_sub_ps(max, min));
+        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < 32; ++i) {
+            La[i] = CLAMP(NEAREST(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))));
+            __m256 l = _mm256_cvtepi32_ps(La[i]);
+            __m256 wl = _mm256_mul_ps(W[i], l);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, l));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, X[i]));
+        }
+        __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        __m256 positive = _mm256_cmp_ps(D, zero, _CMP_GT_OQ);
+        if (_mm256_movemask_ps(positive) == 0) continue;
+        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
+        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
+        __m256 clamp_min = _mm256_cmp_ps(this_min, zero, _CMP_GT_OQ);
+        this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), clamp_min);
+        this_min = _mm256_blendv_ps(this_min, zero, clamp_min);
+        __m256 cur_error = zero;
+        for (int i = 0; i < 32; ++i) {
+            __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, _mm256_cvtepi32_ps(La[i])), this_min), X[i]);
+            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
+        }
+        __m256 better = _mm256_and_ps(positive, _mm256_cmp_ps(cur_error, best_error, _CMP_LT_OQ));
+        if (_mm256_movemask_ps(better) == 0) continue;
+        __m256i take = _mm256_castps_si256(better);
+        for (int i = 0; i < 32; ++i) Lv[i] = _mm256_blendv_epi8(Lv[i], La[i], take);
+        best_error = _mm256_blendv_ps(best_error, cur_error, better);
+        scale = _mm256_blendv_ps(scale, this_scale, better);
+        min = _mm256_blendv_ps(min, this_min, better);
+    }
+    #undef NEAREST
+    #undef CLAMP
+    // A flat sub-block (max == min): codes 0, scale 0, min −min, as the scalar search returns early.
+    __m256i flat_i = _mm256_castps_si256(flat);
+    for (int i = 0; i < 32; ++i) Lv[i] = _mm256_andnot_si256(flat_i, Lv[i]);
+    scale = _mm256_blendv_ps(scale, zero, flat);
+    float s8[8], m8[8];
+    int32_t l8[8];
+    _mm256_storeu_ps(s8, scale);
+    _mm256_storeu_ps(m8, min);
+    for (int j = 0; j < 8; ++j) { scales[j] = s8[j]; mins[j] = -m8[j]; }
+    for (int i = 0; i < 32; ++i) {
+        _mm256_storeu_si256((__m256i *)l8, Lv[i]);
+        for (int j = 0; j < 8; ++j) L[32 * j + i] = (uint8_t)l8[j];
+    }
+}
+#endif
+
 // q4_K: 8 sub-blocks of 32 with a 6-bit scale and min each (weights av_x + |x|), super-block d and
 // dmin in fp16, 4-bit codes recomputed from the quantized scales.
 void dsconvert_quantize_q4_k(const float *x, uint8_t *out, int64_t n) {
-    uint8_t L[256], Laux[32];
-    float weights[32], mins[8], scales[8];
+    uint8_t L[256];
+    float mins[8], scales[8];
+    void (*search)(const float *, uint8_t *, float *, float *) = q4k_search_scalar;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && !getenv("DSCONVERT_NO_SIMD")) search = q4k_search_avx2;
+#endif
     for (int64_t b = 0; b < n / 256; ++b, x += 256, out += 144) {
         float max_scale = 0, max_min = 0;
+        search(x, L, scales, mins);
         for (int j = 0; j < 8; ++j) {
-            const float *xs = x + 32 * j;
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
-            float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(xs[l]);
-            scales[j] = qkx2(32, 15, xs, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
