@@ -82,6 +82,8 @@ void dsconvert_quantize_q5_0(const float *x, uint8_t *out, int64_t n) {
     }
 }
 
+static int use_avx2(void);
+
 static inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // Scale and min (x ≈ scale · l − min, l in 0…nmax) of least weighted squared error: the plain
@@ -273,7 +275,7 @@ void dsconvert_quantize_q4_k(const float *x, uint8_t *out, int64_t n) {
     float mins[8], scales[8];
     void (*search)(const float *, uint8_t *, float *, float *) = q4k_search_scalar;
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2") && !getenv("DSCONVERT_NO_SIMD")) search = q4k_search_avx2;
+    if (use_avx2()) search = q4k_search_avx2;
 #endif
     for (int64_t b = 0; b < n / 256; ++b, x += 256, out += 144) {
         float max_scale = 0, max_min = 0;
@@ -361,18 +363,110 @@ static float qx_quants(int n, int nmax, const float *x, uint8_t *L) {
     return scale;
 }
 
+// The 16 sub-blocks' scales of a q6_K super-block, their codes (+32) in L.
+static void q6k_search_scalar(const float *x, uint8_t *L, float *scales) {
+    for (int ib = 0; ib < 16; ++ib) scales[ib] = qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+}
+
+#if defined(__x86_64__)
+// `qx_quants(16, 32, …)` for 8 sub-blocks at once in AVX2 lanes, each lane the scalar f32 operations in order.
+__attribute__((target("avx2")))
+static void q6k_search8_avx2(const float *x, uint8_t *L, float *scales) {
+    __m256 X[16];
+    __m256i Lv[16], La[16];
+    const __m256i offsets = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+    const __m256 zero = _mm256_setzero_ps(), magic = _mm256_set1_ps(12582912.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256i mantissa = _mm256_set1_epi32(0x007FFFFF), bias = _mm256_set1_epi32(0x00400000);
+    const __m256i lo = _mm256_set1_epi32(-32), hi = _mm256_set1_epi32(31), nmax = _mm256_set1_epi32(32);
+    #define NEAREST(f) _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps((f), magic)), mantissa), bias)
+    #define CLAMP(v) _mm256_min_epi32(_mm256_max_epi32((v), lo), hi)
+    __m256 max = zero, amax = zero;
+    for (int i = 0; i < 16; ++i) {
+        X[i] = _mm256_i32gather_ps(x + i, offsets, 4);
+        __m256 ax = _mm256_andnot_ps(sign, X[i]);
+        __m256 larger = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+        amax = _mm256_blendv_ps(amax, ax, larger);
+        max = _mm256_blendv_ps(max, X[i], larger);
+    }
+    const __m256 flat = _mm256_cmp_ps(amax, _mm256_set1_ps(1e-15f), _CMP_LT_OQ);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps(-32.0f), max);
+    __m256 sumlx = zero, suml2 = zero;
+    for (int i = 0; i < 16; ++i) {
+        __m256i l = CLAMP(NEAREST(_mm256_mul_ps(iscale, X[i])));
+        Lv[i] = _mm256_add_epi32(l, nmax);
+        __m256 lf = _mm256_cvtepi32_ps(l), w = _mm256_mul_ps(X[i], X[i]);
+        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, X[i]), lf));
+        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
+    }
+    __m256 scale = _mm256_blendv_ps(_mm256_div_ps(sumlx, suml2), zero, _mm256_cmp_ps(suml2, zero, _CMP_EQ_OQ));
+    __m256 best = _mm256_mul_ps(scale, sumlx);
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        const float grid = -(32 + 0.1f * is);
+        iscale = _mm256_div_ps(_mm256_set1_ps(grid), max);
+        sumlx = zero;
+        suml2 = zero;
+        for (int i = 0; i < 16; ++i) {
+            __m256i l = CLAMP(NEAREST(_mm256_mul_ps(iscale, X[i])));
+            La[i] = _mm256_add_epi32(l, nmax);
+            __m256 lf = _mm256_cvtepi32_ps(l), w = _mm256_mul_ps(X[i], X[i]);
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, X[i]), lf));
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
+        }
+        __m256 better = _mm256_and_ps(_mm256_cmp_ps(suml2, zero, _CMP_GT_OQ),
+                                      _mm256_cmp_ps(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2), _CMP_GT_OQ));
+        if (_mm256_movemask_ps(better) == 0) continue;
+        __m256i take = _mm256_castps_si256(better);
+        for (int i = 0; i < 16; ++i) Lv[i] = _mm256_blendv_epi8(Lv[i], La[i], take);
+        __m256 this_scale = _mm256_div_ps(sumlx, suml2);
+        scale = _mm256_blendv_ps(scale, this_scale, better);
+        best = _mm256_blendv_ps(best, _mm256_mul_ps(this_scale, sumlx), better);
+    }
+    #undef NEAREST
+    #undef CLAMP
+    // A sub-block below 1e-15 in magnitude: codes 0 (stored as 0, not 32) and scale 0, as the scalar search.
+    __m256i flat_i = _mm256_castps_si256(flat);
+    for (int i = 0; i < 16; ++i) Lv[i] = _mm256_andnot_si256(flat_i, Lv[i]);
+    scale = _mm256_blendv_ps(scale, zero, flat);
+    _mm256_storeu_ps(scales, scale);
+    int32_t l8[8];
+    for (int i = 0; i < 16; ++i) {
+        _mm256_storeu_si256((__m256i *)l8, Lv[i]);
+        for (int j = 0; j < 8; ++j) L[16 * j + i] = (uint8_t)l8[j];
+    }
+}
+
+__attribute__((target("avx2")))
+static void q6k_search_avx2(const float *x, uint8_t *L, float *scales) {
+    q6k_search8_avx2(x, L, scales);
+    q6k_search8_avx2(x + 128, L + 128, scales + 8);
+}
+#endif
+
+// Whether the AVX2 searches may run (DSCONVERT_NO_SIMD set keeps the scalar ones: the tests compare both).
+static int use_avx2(void) {
+#if defined(__x86_64__)
+    return __builtin_cpu_supports("avx2") && !getenv("DSCONVERT_NO_SIMD");
+#else
+    return 0;
+#endif
+}
+
 // q6_K: 16 sub-blocks of 16 with an int8 scale each, super-block d in fp16, 6-bit codes (low 4 bits
 // in ql, high 2 in qh) recomputed from the quantized scales.
 void dsconvert_quantize_q6_k(const float *x, uint8_t *out, int64_t n) {
     uint8_t L[256];
     float scales[16];
+    void (*search)(const float *, uint8_t *, float *) = q6k_search_scalar;
+#if defined(__x86_64__)
+    if (use_avx2()) search = q6k_search_avx2;
+#endif
     for (int64_t b = 0; b < n / 256; ++b, x += 256, out += 210) {
         float max_scale = 0, max_abs_scale = 0;
+        search(x, L, scales);
         for (int ib = 0; ib < 16; ++ib) {
-            float s = qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-            scales[ib] = s;
-            float as = fabsf(s);
-            if (as > max_abs_scale) { max_abs_scale = as; max_scale = s; }
+            float as = fabsf(scales[ib]);
+            if (as > max_abs_scale) { max_abs_scale = as; max_scale = scales[ib]; }
         }
         if (max_abs_scale < 1e-15f) {
             memset(out, 0, 210);

@@ -10,6 +10,17 @@ final class GGUFTests: XCTestCase {
     /// llama-cpp-python 0.3.36, built for the x86-64 baseline), byte for byte, on 20 rows of 2048 values: four
     /// distributions at four scales, a spike, a constant, zeros, holes, bf16-exact values.
     func testQuantizersMatchGGMLByteForByte() throws {
+        try compareWithGoldens()
+    }
+
+    /// The same with the AVX2 searches of q4_K and q6_K turned off (`DSCONVERT_NO_SIMD`): both paths are ggml's bytes.
+    func testScalarQuantizersMatchGGMLByteForByte() throws {
+        setenv("DSCONVERT_NO_SIMD", "1", 1)
+        defer { unsetenv("DSCONVERT_NO_SIMD") }
+        try compareWithGoldens()
+    }
+
+    private func compareWithGoldens() throws {
         let input = try Data(contentsOf: ggufFixtures.appendingPathComponent("input.f32"))
         let rows = input.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         XCTAssertEqual(rows.count, 20 * 2048)
