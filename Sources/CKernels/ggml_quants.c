@@ -389,30 +389,25 @@ static void q6k_search8_avx2(const float *x, uint8_t *L, float *scales) {
         max = _mm256_blendv_ps(max, X[i], larger);
     }
     const __m256 flat = _mm256_cmp_ps(amax, _mm256_set1_ps(1e-15f), _CMP_LT_OQ);
-    __m256 iscale = _mm256_div_ps(_mm256_set1_ps(-32.0f), max);
-    __m256 sumlx = zero, suml2 = zero;
-    for (int i = 0; i < 16; ++i) {
-        __m256i l = CLAMP(NEAREST(_mm256_mul_ps(iscale, X[i])));
-        Lv[i] = _mm256_add_epi32(l, nmax);
-        __m256 lf = _mm256_cvtepi32_ps(l), w = _mm256_mul_ps(X[i], X[i]);
-        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, X[i]), lf));
-        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
-    }
+    // One grid: codes clamp(nearest(iscale · x), −32, 31) (+32 into codes) and the x²-weighted sums.
+    #define GRID(iscale, codes) \
+        sumlx = zero; \
+        suml2 = zero; \
+        for (int i = 0; i < 16; ++i) { \
+            __m256i l = CLAMP(NEAREST(_mm256_mul_ps((iscale), X[i]))); \
+            (codes)[i] = _mm256_add_epi32(l, nmax); \
+            __m256 lf = _mm256_cvtepi32_ps(l), w = _mm256_mul_ps(X[i], X[i]); \
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, X[i]), lf)); \
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf)); \
+        }
+    __m256 sumlx, suml2;
+    GRID(_mm256_div_ps(_mm256_set1_ps(-32.0f), max), Lv)
     __m256 scale = _mm256_blendv_ps(_mm256_div_ps(sumlx, suml2), zero, _mm256_cmp_ps(suml2, zero, _CMP_EQ_OQ));
     __m256 best = _mm256_mul_ps(scale, sumlx);
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
         const float grid = -(32 + 0.1f * is);
-        iscale = _mm256_div_ps(_mm256_set1_ps(grid), max);
-        sumlx = zero;
-        suml2 = zero;
-        for (int i = 0; i < 16; ++i) {
-            __m256i l = CLAMP(NEAREST(_mm256_mul_ps(iscale, X[i])));
-            La[i] = _mm256_add_epi32(l, nmax);
-            __m256 lf = _mm256_cvtepi32_ps(l), w = _mm256_mul_ps(X[i], X[i]);
-            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, X[i]), lf));
-            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
-        }
+        GRID(_mm256_div_ps(_mm256_set1_ps(grid), max), La)
         __m256 better = _mm256_and_ps(_mm256_cmp_ps(suml2, zero, _CMP_GT_OQ),
                                       _mm256_cmp_ps(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2), _CMP_GT_OQ));
         if (_mm256_movemask_ps(better) == 0) continue;
@@ -422,6 +417,7 @@ static void q6k_search8_avx2(const float *x, uint8_t *L, float *scales) {
         scale = _mm256_blendv_ps(scale, this_scale, better);
         best = _mm256_blendv_ps(best, _mm256_mul_ps(this_scale, sumlx), better);
     }
+    #undef GRID
     #undef NEAREST
     #undef CLAMP
     // A sub-block below 1e-15 in magnitude: codes 0 (stored as 0, not 32) and scale 0, as the scalar search.
