@@ -24,6 +24,8 @@ public enum GGUFExport {
         public var sizeLabel: String?
         /// Values per chunk of rows when a large matrix is read (memory holds one chunk, not the tensor).
         public var chunkElements = 16 << 20
+        /// Split the output as llama.cpp's gguf-split --split-max-size does (nil: one file).
+        public var splitMaxSize: Int?
 
         public init(type: GGUFFileType, tokenizerPre: String? = nil, tokenizer: URL? = nil, name: String? = nil, sizeLabel: String? = nil) {
             self.type = type
@@ -38,6 +40,8 @@ public enum GGUFExport {
         public let tensors: Int
         public let bytes: Int
         public let types: [String: Int]
+        /// The files written (one, or gguf-split's `-0000i-of-0000N.gguf` names).
+        public let files: [String]
     }
 
     public static func run(input: URL, output: URL, options: Options, force: Bool, progress: ((String) -> Void)? = nil) throws -> Summary {
@@ -48,7 +52,6 @@ public enum GGUFExport {
             throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before absorb (attention is \(config.attentionForm.rawValue))")
         }
         guard config.placement == nil else { throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before shard") }
-        try checkOutput(output, input: input, force: force)
         let planned = try GGUFNames.tensors(config).map { t -> GGUFPlannedTensor in
             do {
                 return GGUFPlannedTensor(name: t.name, shape: t.shape, type: try GGUFTypeRule.type(t.name, shape: t.shape, fileType: options.type, config: config), recipe: t.recipe)
@@ -56,35 +59,51 @@ public enum GGUFExport {
                 throw ConversionError.unsupportedInput(path: path, reason: "\(t.name): \(e.reason)")
             }
         }
-        let infos = GGUFEncoder.layout(planned.map(\.info))
         let metadata = self.metadata(config: config, fileType: options.type, name: options.name ?? input.lastPathComponent,
                                      sizeLabel: options.sizeLabel, vocabulary: try vocabulary(source: source, options: options))
-        let header = GGUFEncoder.header(metadata: metadata, tensors: infos)
+        let files = try GGUFSplit.files(planned, metadata: metadata, output: output, maxBytes: options.splitMaxSize)
+        for file in files { try checkOutput(file.url, input: input, force: force) }
         let weights = CheckpointWeights(checkpoint: source.checkpoint, fp8Block: config.quantization?.block)
-
-        let temporary = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).partial-\(getpid())")
-        guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
-            throw ConversionError.unsupportedInput(path: temporary.path, reason: "cannot create the output file")
-        }
+        var temporaries: [URL] = []
         var finished = false
-        defer { if !finished { try? FileManager.default.removeItem(at: temporary) } }
-        let handle = try FileHandle(forWritingTo: temporary)
+        defer { if !finished { for t in temporaries { try? FileManager.default.removeItem(at: t) } } }
+        var written = 0, done = 0
+        for file in files {
+            let temporary = file.url.deletingLastPathComponent().appendingPathComponent(".\(file.url.lastPathComponent).partial-\(getpid())")
+            guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
+                throw ConversionError.unsupportedInput(path: temporary.path, reason: "cannot create the output file")
+            }
+            temporaries.append(temporary)
+            written += try write(file, to: temporary) { tensor, handle in
+                done += 1
+                progress?("export: \(done)/\(planned.count) tensors (\(tensor.name), \(tensor.type.name))")
+                return try write(tensor, from: source, weights: weights, config: config, chunkElements: options.chunkElements, to: handle)
+            }
+        }
+        for (file, temporary) in zip(files, temporaries) {
+            try systemCall("rename", path: file.url.path) { rename(temporary.path, file.url.path) }
+        }
+        finished = true
+        return Summary(tensors: planned.count, bytes: written, types: Dictionary(planned.map { ($0.type.name, 1) }, uniquingKeysWith: +),
+                       files: files.map(\.url.lastPathComponent))
+    }
+
+    /// Writes one file: its header, then each tensor (by `tensor`) padded to the alignment; returns the bytes written.
+    static func write(_ file: GGUFSplit.File, to url: URL, tensor: (GGUFPlannedTensor, FileHandle) throws -> Int) throws -> Int {
+        let handle = try FileHandle(forWritingTo: url)
         defer { try? handle.close() }
+        let header = GGUFEncoder.header(metadata: file.metadata, tensors: file.infos)
         try handle.write(contentsOf: header)
         var written = header.count
-        for (index, (tensor, info)) in zip(planned, infos).enumerated() {
-            progress?("export: \(index + 1)/\(planned.count) tensors (\(tensor.name), \(tensor.type.name))")
-            let bytes = try write(tensor, from: source, weights: weights, config: config, chunkElements: options.chunkElements, to: handle)
-            precondition(bytes == info.byteCount, "\(tensor.name): wrote \(bytes) bytes, the layout has \(info.byteCount)")
+        for (planned, info) in zip(file.tensors, file.infos) {
+            let bytes = try tensor(planned, handle)
+            precondition(bytes == info.byteCount, "\(planned.name): wrote \(bytes) bytes, the layout has \(info.byteCount)")
             let padding = GGUFEncoder.padded(bytes) - bytes
             if padding > 0 { try handle.write(contentsOf: [UInt8](repeating: 0, count: padding)) }
             written += bytes + padding
         }
         try handle.synchronize()
-        try handle.close()
-        try systemCall("rename", path: output.path) { rename(temporary.path, output.path) }
-        finished = true
-        return Summary(tensors: planned.count, bytes: written, types: Dictionary(planned.map { ($0.type.name, 1) }, uniquingKeysWith: +))
+        return written
     }
 
     /// The output must be a new file (or, with `force`, a regular file to replace) outside the input.

@@ -119,6 +119,43 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(files[0], files[1])
     }
 
+    /// --split-max-size: gguf-split's names and split keys (byte identity with gguf-split is the cross-check's);
+    /// the parts hold every tensor once, in order; a first tensor over the limit is refused.
+    func testSplitOutput() throws {
+        let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
+        let r = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", dir.appendingPathComponent("m.gguf").path,
+                                          "--tokenizer", t.path, "--split-max-size", "1MB"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("m-") }.sorted()
+        XCTAssertGreaterThan(names.count, 1)
+        XCTAssertEqual(names, (1...names.count).map { String(format: "m-%05d-of-%05d.gguf", $0, names.count) })
+        var tensors: [String] = []
+        for (i, name) in names.enumerated() {
+            let (file, data) = try read(dir.appendingPathComponent(name))
+            XCTAssertEqual(Array(file.metadata.suffix(3).map(\.key)), ["split.no", "split.tensors.count", "split.count"], name)
+            XCTAssertEqual(file.value("split.no"), .uint16(UInt16(i)))
+            XCTAssertEqual(file.value("split.count"), .uint16(UInt16(names.count)))
+            XCTAssertEqual(file.value("general.architecture") != nil, i == 0, "only the first part has the model's metadata")
+            XCTAssertLessThanOrEqual(file.tensors.reduce(0) { $0 + GGUFEncoder.padded($1.byteCount) }, 1_000_000, name)
+            XCTAssertEqual(data.count, file.dataOffset + file.tensors.reduce(0) { $0 + GGUFEncoder.padded($1.byteCount) })
+            tensors += file.tensors.map(\.name)
+        }
+        let (whole, _) = try read(try {
+            let out = dir.appendingPathComponent("whole.gguf")
+            _ = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", out.path, "--tokenizer", t.path])
+            return out
+        }())
+        XCTAssertEqual(tensors, whole.tensors.map(\.name))
+        let tooSmall = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", dir.appendingPathComponent("s.gguf").path,
+                                                 "--tokenizer", t.path, "--split-max-size", "1000"])
+        XCTAssertEqual(tooSmall.status, 1)
+        XCTAssertTrue(tooSmall.stderr.contains("larger than --split-max-size"), tooSmall.stderr)
+        // Existing parts are not overwritten without --force.
+        let again = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", dir.appendingPathComponent("m.gguf").path,
+                                              "--tokenizer", t.path, "--split-max-size", "1MB"])
+        XCTAssertEqual(again.status, 1, again.stderr)
+    }
+
     /// Bad input: one line, non-zero exit, no output file.
     func testRefusals() throws {
         let input = fixtures.appendingPathComponent("fp8"), t = try tokenizer(), out = dir.appendingPathComponent("x.gguf")

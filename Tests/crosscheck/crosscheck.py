@@ -24,7 +24,8 @@
    KL `validate` reports.
 6. llama.cpp (llama-cpp-python 0.3.36's source, built by scripts/llama-cpp.sh): `export --gguf` f32/q8_0 files
    carry every metadata entry and tensor byte of convert_hf_to_gguf.py's; q6_k/q4_k_m files are byte-identical
-   to llama-quantize's; llama.cpp loads each and its logits agree with dsconvert's forward pass.
+   to llama-quantize's, split files to gguf-split's; llama.cpp loads each and its logits agree with dsconvert's
+   forward pass.
 
 Prints 'N passed, N failed' last; exits 1 on any failure.
 """
@@ -955,7 +956,29 @@ def check_gguf(binary, work, llama):
     for ftype in ("q6_k", "q4_k_m"):
         same = open(ours[ftype], "rb").read() == open(reference[ftype], "rb").read()
         check(f"GGUF {ftype}: the file is byte-identical to llama-quantize's ({os.path.getsize(ours[ftype])} bytes)", same)
+    check_gguf_split(binary, work, llama, source, ours["q4_k_m"], label)
     check_gguf_logits(binary, work, llama, source, ours)
+
+
+def check_gguf_split(binary, work, llama, source, single, label):
+    """export --split-max-size against llama.cpp's gguf-split of the single file, file for file and byte for
+    byte; llama.cpp loads the parts as one model, with the single file's logits."""
+    split_dir = os.path.join(work, "split")
+    os.makedirs(split_dir)
+    r = dsconvert(binary, "export", "--gguf", "--type", "q4_k_m", "--input", source, "--output", os.path.join(split_dir, "ours.gguf"),
+                  "--name", label[0], "--size-label", label[1], "--split-max-size", "2MB")
+    subprocess.run([os.path.join(llama, "build", "bin", "llama-gguf-split"), "--split", "--split-max-size", "2M", single,
+                    os.path.join(split_dir, "theirs")], capture_output=True, text=True)
+    ours = sorted(f for f in os.listdir(split_dir) if f.startswith("ours-"))
+    theirs = sorted(f for f in os.listdir(split_dir) if f.startswith("theirs-"))
+    same = r.returncode == 0 and len(ours) > 1 and [f[len("ours"):] for f in ours] == [f[len("theirs"):] for f in theirs] and all(
+        open(os.path.join(split_dir, a), "rb").read() == open(os.path.join(split_dir, b), "rb").read() for a, b in zip(ours, theirs))
+    check(f"GGUF split: {len(ours)} files, each byte-identical to llama.cpp's gguf-split of the single file", same, r.stderr + str(ours) + str(theirs))
+    tokens = list(range(1, 17))
+    runs = [subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, path, json.dumps(tokens)], capture_output=True, text=True)
+            for path in (os.path.join(split_dir, ours[0]) if ours else single, single)]
+    check("GGUF split: llama.cpp loads the parts as one model, with the single file's logits",
+          all(x.returncode == 0 for x in runs) and runs[0].stdout == runs[1].stdout, runs[0].stderr[-1000:])
 
 
 def check_gguf_logits(binary, work, llama, source, files):
