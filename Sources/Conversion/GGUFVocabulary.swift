@@ -69,13 +69,61 @@ struct GGUFVocabulary {
                 entries.append(GGUFMetadata("tokenizer.ggml.\(key)", .uint32(UInt32(id))))
             }
         }
-        for key in ["add_bos_token", "add_eos_token"] {
-            if let flag = tokenizerConfig[key] as? Bool { entries.append(GGUFMetadata("tokenizer.ggml.\(key)", .bool(flag))) }
+        for (kind, flag) in Self.addSpecial(postProcessor: json["post_processor"] as? [String: Any], tokenizerConfig: tokenizerConfig) {
+            entries.append(GGUFMetadata("tokenizer.ggml.add_\(kind)_token", .bool(flag)))
         }
         if let template = tokenizerConfig["chat_template"] as? String, !template.isEmpty {
             entries.append(GGUFMetadata("tokenizer.chat_template", .string(template)))
         }
         metadata = entries
+    }
+
+    /// Whether llama.cpp adds BOS / EOS, decided as llama.cpp's converter (gguf-py's SpecialVocab) decides it: the
+    /// tokenizer's post-processor first — ByteLevel says neither (unless a later processor says otherwise),
+    /// Roberta both, a template whose single-sequence form starts with the BOS (or CLS) token or ends with the EOS
+    /// token says so — then tokenizer_config.json's `add_bos_token` / `add_eos_token` for what is still open.
+    /// (DeepSeek-V2's tokenizer has a ByteLevel post-processor: its GGUF says no BOS although
+    /// tokenizer_config.json says add_bos_token, as the converter's files do.)
+    static func addSpecial(postProcessor: [String: Any]?, tokenizerConfig: [String: Any]) -> [(String, Bool)] {
+        var flags: [(String, Bool)] = []
+        func set(_ kind: String, _ value: Bool, onlyIfUnset: Bool = false) {
+            if let i = flags.firstIndex(where: { $0.0 == kind }) {
+                if !onlyIfUnset { flags[i].1 = value }
+            } else {
+                flags.append((kind, value))
+            }
+        }
+        func content(_ kind: String) -> String? {
+            let entry = tokenizerConfig["\(kind)_token"]
+            return (entry as? String) ?? ((entry as? [String: Any])?["content"] as? String)
+        }
+        let processors = (postProcessor?["processors"] as? [[String: Any]]) ?? postProcessor.map { [$0] } ?? []
+        for processor in processors {
+            switch processor["type"] as? String {
+            case "ByteLevel":
+                set("bos", false, onlyIfUnset: true)
+                set("eos", false, onlyIfUnset: true)
+            case "RobertaProcessing":
+                set("bos", true)
+                set("eos", true)
+                set("sep", true)
+            case "TemplateProcessing":
+                guard let single = processor["single"] as? [[String: Any]], single.count > 1 else { continue }
+                if let first = (single.first?["SpecialToken"] as? [String: Any])?["id"] as? String {
+                    set("bos", first == content("bos") || first == content("cls"))
+                }
+                if let last = (single.last?["SpecialToken"] as? [String: Any])?["id"] as? String {
+                    set("eos", last == content("eos"))
+                }
+            default:
+                continue
+            }
+        }
+        for kind in ["bos", "eos", "unk", "sep", "pad", "cls", "mask"] {
+            if let flag = tokenizerConfig["add_\(kind)_token"] as? Bool { set(kind, flag, onlyIfUnset: true) }
+        }
+        // llama.cpp's GGUF writer has keys for these only.
+        return flags.filter { ["bos", "eos", "sep"].contains($0.0) }
     }
 
     /// llama.cpp's converter treats these added tokens as control tokens even when not marked special.

