@@ -62,7 +62,8 @@ public enum GGUFExport {
         let metadata = self.metadata(config: config, fileType: options.type, name: options.name ?? input.lastPathComponent,
                                      sizeLabel: options.sizeLabel, vocabulary: try vocabulary(source: source, options: options))
         let files = try GGUFSplit.files(planned, metadata: metadata, output: output, maxBytes: options.splitMaxSize)
-        for file in files { try checkOutput(file.url, input: input, force: force) }
+        // Each file outside the input, replaced only with --force and only if it is a regular file.
+        for file in files { _ = try OutputLocation.checkResultFile(file.url, inputs: [input], force: force) }
         let weights = CheckpointWeights(checkpoint: source.checkpoint, fp8Block: config.quantization?.block)
         var temporaries: [URL] = []
         var finished = false
@@ -104,23 +105,6 @@ public enum GGUFExport {
         }
         try handle.synchronize()
         return written
-    }
-
-    /// The output must be a new file (or, with `force`, a regular file to replace) outside the input.
-    static func checkOutput(_ output: URL, input: URL, force: Bool) throws {
-        let parent = output.deletingLastPathComponent().path
-        guard let entry = FileEntry.following(parent), entry.kind == .directory else {
-            throw ConversionError.unsupportedInput(path: parent, reason: "the output's directory does not exist")
-        }
-        if let resolvedParent = FilePath.resolved(parent), let resolvedInput = FilePath.resolved(input.path),
-           FilePath.isWithin(resolvedParent, resolvedInput) {
-            throw ConversionError.unsupportedInput(path: output.path, reason: "the GGUF output is inside the input checkpoint")
-        }
-        if let existing = FileEntry.lstat(output.path) {
-            guard force, existing.kind == .regular else {
-                throw ConversionError.unsupportedInput(path: output.path, reason: existing.kind == .regular ? "exists (give --force to replace it)" : "exists and is not a regular file")
-            }
-        }
     }
 
     /// Encodes one tensor from its recipe and writes it; returns the bytes written. `weights` reads row ranges.
@@ -187,9 +171,8 @@ public enum GGUFExport {
         }
         let config = source.config
         let pre = options.tokenizerPre ?? (config.architecture == .deepseekV3 ? "deepseek-v3" : "deepseek-llm")
-        let json = (try? JSONSerialization.jsonObject(with: FilePath.readRegularFile(source.directory.appendingPathComponent("config.json").path))) as? [String: Any] ?? [:]
         do {
-            return try GGUFVocabulary(tokenizer: directory, config: config, configJSON: json, pre: pre).metadata
+            return try GGUFVocabulary(tokenizer: directory, config: config, configJSON: source.document.json, pre: pre).metadata
         } catch let e as GGUFVocabulary.Invalid {
             throw ConversionError.unsupportedInput(path: e.path, reason: e.reason)
         }

@@ -21,7 +21,8 @@ struct GGUFVocabulary {
         var description: String { "\(path): \(reason)" }
     }
 
-    init(tokenizer: URL, config: DeepSeekConfig, configJSON: [String: Any], pre: String) throws {
+    /// `configJSON`: the checkpoint's `config.json` as read (its `*_token_id` fill what tokenizer_config.json leaves open).
+    init(tokenizer: URL, config: DeepSeekConfig, configJSON: JSONValue, pre: String) throws {
         let path = tokenizer.appendingPathComponent("tokenizer.json").path
         guard let json = try JSONSerialization.jsonObject(with: FilePath.readRegularFile(path)) as? [String: Any],
               let model = json["model"] as? [String: Any], model["type"] as? String == "BPE",
@@ -62,7 +63,9 @@ struct GGUFVocabulary {
         for (kind, key) in [("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("sep", "seperator_token_id"), ("pad", "padding_token_id")] {
             let declared = tokenizerConfig["\(kind)_token"]
             let content = (declared as? String) ?? ((declared as? [String: Any])?["content"] as? String)
-            if let id = content.flatMap({ ids[$0] ?? vocab[$0] }) ?? configJSON["\(kind)_token_id"] as? Int {
+            var configured: Int?
+            if case .number(let text)? = configJSON["\(kind)_token_id"] { configured = Int(text) }
+            if let id = content.flatMap({ ids[$0] ?? vocab[$0] }) ?? configured {
                 guard (0..<n).contains(id) else {
                     throw Invalid(path: path, reason: "\(kind) token id \(id) (tokenizer_config.json or config.json) is not a token of the model's \(n)")
                 }

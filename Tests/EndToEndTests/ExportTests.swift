@@ -179,7 +179,7 @@ final class ExportTests: XCTestCase {
         let inside = copy.appendingPathComponent("model.gguf")
         let r = try runTool("dsconvert", ["export", "--gguf", "--input", copy.path, "--output", inside.path, "--tokenizer", t.path])
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("inside the input"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("must not be the input directory or inside it"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: inside.path))
         try Data("keep".utf8).write(to: out)
         let again = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", out.path, "--tokenizer", t.path])
