@@ -28,8 +28,8 @@ measure() {  # NAME COMMAND...: prints "NAME seconds rss_kib", or nothing when t
 results=()
 results+=("$(measure "cp -r && sync" sh -c "cp -r '$input' '$work/copy' && sync")")
 rm -rf "$work/copy"
-results+=("$(measure "dsconvert export --gguf --type $type" .build/release/dsconvert export --gguf --type "$type" --input "$input" --tokenizer "$tokenizer" --output "$work/dsconvert.gguf")")
-rm -f "$work/dsconvert.gguf"
+results+=("$(measure "dsconvert export --gguf --type $type" .build/release/dsconvert export --gguf --type "$type" --input "$input" --tokenizer "$tokenizer" --output "$work/dsconvert")")
+rm -rf "$work/dsconvert"
 cp -r "$input" "$work/with-tokenizer" && cp "$tokenizer"/tokenizer.json "$tokenizer"/tokenizer_config.json "$work/with-tokenizer/"
 converter="import runpy, sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/gguf-py']; import conversion.base as b; b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'deepseek-llm'; sys.argv = [sys.argv[1] + '/convert_hf_to_gguf.py'] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 results+=("$(measure "convert_hf_to_gguf.py --outtype f32" python3 -c "$converter" "$llama/src/vendor/llama.cpp" "$work/with-tokenizer" --outtype f32 --outfile "$work/f32.gguf")")

@@ -39,7 +39,7 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
     public var format: String = ConversionManifest.formatName
     public var version: Int = 1
     public var stages: [Stage]
-    /// Every safetensors file written, with its checksum (what `--resume` and users verify against).
+    /// Every weight file written (safetensors, or GGUF for export), with its checksum (what `--resume` and users verify against).
     public var files: [FileRecord]
     /// The original checkpoint's layout this output's default shard size followed (carried through stages).
     public var layoutBasis: ShardSize.Basis?

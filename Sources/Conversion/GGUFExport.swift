@@ -44,7 +44,11 @@ public enum GGUFExport {
         public let files: [String]
     }
 
-    public static func run(input: URL, output: URL, options: Options, force: Bool, progress: ((String) -> Void)? = nil) throws -> Summary {
+    /// Writes the GGUF file(s) and `dsconvert.json` into the directory `output`, through the checkpoint
+    /// writer: written in order with direct I/O and hashed as they go, committed by renaming the whole
+    /// directory, and with `resume` a file an interrupted run finished is kept (verified by its SHA-256).
+    public static func run(input: URL, output: URL, options: Options, force: Bool, resume: Bool = false,
+                           progress: ((String) -> Void)? = nil) throws -> Summary {
         let source = try CheckpointSource(directory: input)
         let config = source.config
         let path = input.path
@@ -59,72 +63,74 @@ public enum GGUFExport {
                 throw ConversionError.unsupportedInput(path: path, reason: "\(t.name): \(e.reason)")
             }
         }
-        let metadata = self.metadata(config: config, fileType: options.type, name: options.name ?? input.lastPathComponent,
+        let name = options.name ?? input.lastPathComponent
+        let metadata = self.metadata(config: config, fileType: options.type, name: name,
                                      sizeLabel: options.sizeLabel, vocabulary: try vocabulary(source: source, options: options))
-        let files = try GGUFSplit.files(planned, metadata: metadata, output: output, maxBytes: options.splitMaxSize)
-        // Each file outside the input, replaced only with --force and only if it is a regular file.
-        for file in files { _ = try OutputLocation.checkResultFile(file.url, inputs: [input], force: force) }
+        let files = try GGUFSplit.files(planned, metadata: metadata, base: fileBase(name: name, type: options.type),
+                                        maxBytes: options.splitMaxSize, output: output)
+        let out = try ConversionOutput(input: input, output: output, force: force, layout: CheckpointLayout(files: files.map(\.plan)),
+                                       stage: stage(options, input: input), resume: resume)
         let weights = CheckpointWeights(checkpoint: source.checkpoint, fp8Block: config.quantization?.block)
-        var temporaries: [URL] = []
-        var finished = false
-        defer { if !finished { for t in temporaries { try? FileManager.default.removeItem(at: t) } } }
-        var written = 0, done = 0
+        var done = 0
         for file in files {
-            let temporary = file.url.deletingLastPathComponent().appendingPathComponent(".\(file.url.lastPathComponent).partial-\(getpid())")
-            guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
-                throw ConversionError.unsupportedInput(path: temporary.path, reason: "cannot create the output file")
-            }
-            temporaries.append(temporary)
-            written += try write(file, to: temporary) { tensor, handle in
+            for (tensor, info) in zip(file.tensors, file.infos) {
                 done += 1
+                guard !out.writer.isWritten(tensor.name) else { continue }
                 progress?("export: \(done)/\(planned.count) tensors (\(tensor.name), \(tensor.type.name))")
-                return try write(tensor, from: source, weights: weights, config: config, chunkElements: options.chunkElements, to: handle)
+                try out.writer.write(tensor.name, count: GGUFEncoder.padded(info.byteCount)) { append in
+                    let bytes = try write(tensor, from: source, weights: weights, config: config, chunkElements: options.chunkElements, to: append)
+                    precondition(bytes == info.byteCount, "\(tensor.name): encoded \(bytes) bytes, the layout has \(info.byteCount)")
+                    let padding = [UInt8](repeating: 0, count: GGUFEncoder.padded(bytes) - bytes)
+                    try padding.withUnsafeBytes { try append($0) }
+                }
             }
         }
-        for (file, temporary) in zip(files, temporaries) {
-            try systemCall("rename", path: file.url.path) { rename(temporary.path, file.url.path) }
-        }
-        finished = true
-        return Summary(tensors: planned.count, bytes: written, types: Dictionary(planned.map { ($0.type.name, 1) }, uniquingKeysWith: +),
-                       files: files.map(\.url.lastPathComponent))
+        try out.commit()
+        return Summary(tensors: planned.count, bytes: files.reduce(0) { $0 + $1.plan.fileSize },
+                       types: Dictionary(planned.map { ($0.type.name, 1) }, uniquingKeysWith: +), files: files.map(\.name))
     }
 
-    /// Writes one file: its header, then each tensor (by `tensor`) padded to the alignment; returns the bytes written.
-    static func write(_ file: GGUFSplit.File, to url: URL, tensor: (GGUFPlannedTensor, FileHandle) throws -> Int) throws -> Int {
-        let handle = try FileHandle(forWritingTo: url)
-        defer { try? handle.close() }
-        let header = GGUFEncoder.header(metadata: file.metadata, tensors: file.infos)
-        try handle.write(contentsOf: header)
-        var written = header.count
-        for (planned, info) in zip(file.tensors, file.infos) {
-            let bytes = try tensor(planned, handle)
-            precondition(bytes == info.byteCount, "\(planned.name): wrote \(bytes) bytes, the layout has \(info.byteCount)")
-            let padding = GGUFEncoder.padded(bytes) - bytes
-            if padding > 0 { try handle.write(contentsOf: [UInt8](repeating: 0, count: padding)) }
-            written += bytes + padding
-        }
-        try handle.synchronize()
-        return written
+    /// The file name before `.gguf` (or the split suffix): llama.cpp's convention, `NAME-TYPE`, with any
+    /// character a file name should not carry (a `/` in `--name`, spaces) replaced by `-`.
+    static func fileBase(name: String, type: GGUFFileType) -> String {
+        let safe = String(name.unicodeScalars.map { c -> Character in
+            (c.properties.isAlphabetic || ("0"..."9").contains(c) || c == "." || c == "_" || c == "-") && c.isASCII ? Character(c) : "-"
+        })
+        let trimmed = safe.drop { $0 == "." || $0 == "-" }
+        return (trimmed.isEmpty ? "model" : String(trimmed)) + "-" + type.fileLabel
     }
 
-    /// Encodes one tensor from its recipe and writes it; returns the bytes written. `weights` reads row ranges.
-    static func write(_ tensor: GGUFPlannedTensor, from source: TensorSource, weights: CheckpointWeights?, config: DeepSeekConfig,
-                      chunkElements: Int, to handle: FileHandle) throws -> Int {
+    /// What the manifest records of this run (and what identifies it for `--resume`).
+    static func stage(_ options: Options, input: URL) -> ConversionManifest.Stage {
+        var recorded = ["format": "gguf", "type": options.type.rawValue]
+        recorded["tokenizer_pre"] = options.tokenizerPre
+        recorded["tokenizer"] = options.tokenizer?.path
+        recorded["name"] = options.name
+        recorded["size_label"] = options.sizeLabel
+        recorded["split_max_size"] = options.splitMaxSize.map(String.init)
+        return ConversionManifest.Stage(stage: "export", options: recorded, input: input.path)
+    }
+
+    /// Encodes one tensor from its recipe and hands the bytes to `append`; returns the bytes produced.
+    static func write(_ tensor: GGUFPlannedTensor, from source: TensorSource, weights: CheckpointWeights, config: DeepSeekConfig,
+                      chunkElements: Int, to append: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
         func emit(_ values: [Float]) throws -> Int {
             let bytes = tensor.type.encode(values)
-            try handle.write(contentsOf: bytes)
+            try bytes.withUnsafeBytes { try append($0) }
             return bytes.count
         }
         switch tensor.recipe {
         case .tensor(let name):
             defer { source.release(name) }
-            // A large matrix (the embedding, the output head) goes through in chunks of rows, so memory holds a
-            // chunk, not the tensor.
-            guard tensor.shape.count == 2, tensor.shape[0] * tensor.shape[1] > chunkElements, let weights else {
+            // A large matrix (the embedding, the output head, an FP8 dense MLP) goes through in chunks of
+            // rows, so memory holds a chunk, not the tensor; chunks are whole FP8 scale blocks of rows.
+            guard tensor.shape.count == 2, tensor.shape[0] * tensor.shape[1] > chunkElements else {
                 return try emit(try finite(source.floats(name), name: name, source: source))
             }
             let (rows, columns) = (tensor.shape[0], tensor.shape[1])
-            let step = max(1, chunkElements / columns)
+            let block = config.quantization?.block ?? 128
+            let fit = max(1, chunkElements / columns)
+            let step = fit >= block ? fit / block * block : fit
             var total = 0
             for start in stride(from: 0, to: rows, by: step) {
                 total += try emit(try finite(weights.rows(name, shape: tensor.shape, range: start..<min(rows, start + step)), name: name, source: source))

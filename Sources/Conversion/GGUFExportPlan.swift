@@ -19,6 +19,9 @@ public enum GGUFFileType: String, CaseIterable, Sendable {
         case .q4_k_m: return 15
         }
     }
+
+    /// The type in llama.cpp's file names (`DeepSeek-V3-Q4_K_M.gguf`).
+    public var fileLabel: String { rawValue.uppercased() }
 }
 
 /// Where an exported tensor's values come from in the checkpoint.

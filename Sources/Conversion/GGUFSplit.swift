@@ -1,22 +1,29 @@
 import Foundation
 import GGUF
+import SafeTensors
 
 /// Split output as llama.cpp's `gguf-split --split --split-max-size` writes it, so llama.cpp loads the
 /// parts as one model: tensors in order, a new file when the next tensor (padded) would take the current
 /// file's tensor bytes past the limit; every file carries `split.no` (u16), `split.tensors.count` (i32,
 /// all files' tensors) and `split.count` (u16), in that order after the rest of the metadata, which only
-/// the first file has; names `PREFIX-0000i-of-0000N.gguf`, PREFIX the output without `.gguf`.
+/// the first file has; names `BASE-0000i-of-0000N.gguf` (one file: `BASE.gguf`).
 enum GGUFSplit {
     struct File {
-        let url: URL
+        let name: String
         let metadata: [GGUFMetadata]
         let tensors: [GGUFPlannedTensor]
         let infos: [GGUFTensorInfo]
+
+        /// The file as the checkpoint writer lays it out: the GGUF header, then each tensor padded to the alignment.
+        var plan: ShardPlan {
+            ShardPlan(fileName: name, prefix: GGUFEncoder.header(metadata: metadata, tensors: infos),
+                      extents: infos.map { ($0.name, GGUFEncoder.padded($0.byteCount)) })
+        }
     }
 
-    static func files(_ tensors: [GGUFPlannedTensor], metadata: [GGUFMetadata], output: URL, maxBytes: Int?) throws -> [File] {
+    static func files(_ tensors: [GGUFPlannedTensor], metadata: [GGUFMetadata], base: String, maxBytes: Int?, output: URL) throws -> [File] {
         guard let maxBytes else {
-            return [File(url: output, metadata: metadata, tensors: tensors, infos: GGUFEncoder.layout(tensors.map(\.info)))]
+            return [File(name: base + ".gguf", metadata: metadata, tensors: tensors, infos: GGUFEncoder.layout(tensors.map(\.info)))]
         }
         var groups: [[GGUFPlannedTensor]] = [[]]
         var size = 0
@@ -33,13 +40,11 @@ enum GGUFSplit {
             groups[groups.count - 1].append(t)
             size += bytes
         }
-        let prefix = output.lastPathComponent.hasSuffix(".gguf") ? String(output.lastPathComponent.dropLast(5)) : output.lastPathComponent
-        let directory = output.deletingLastPathComponent()
         return groups.enumerated().map { i, group in
             let split = [GGUFMetadata("split.no", .uint16(UInt16(i))), GGUFMetadata("split.tensors.count", .int32(Int32(tensors.count))),
                          GGUFMetadata("split.count", .uint16(UInt16(groups.count)))]
-            let name = String(format: "%@-%05d-of-%05d.gguf", prefix, i + 1, groups.count)
-            return File(url: directory.appendingPathComponent(name), metadata: (i == 0 ? metadata : []) + split, tensors: group,
+            let name = String(format: "%@-%05d-of-%05d.gguf", base, i + 1, groups.count)
+            return File(name: name, metadata: (i == 0 ? metadata : []) + split, tensors: group,
                         infos: GGUFEncoder.layout(group.map(\.info)))
         }
     }

@@ -8,26 +8,31 @@ public enum ExportCommand: Command {
         name: "export",
         abstract: "Write llama.cpp's GGUF (deepseek2) from a checkpoint in one streaming pass.",
         discussion: """
-        Reads a bf16 or FP8 checkpoint (FP8 dequantized block by block) and writes one GGUF file as llama.cpp's
+        Reads a bf16 or FP8 checkpoint (FP8 dequantized block by block) and writes GGUF as llama.cpp's
         convert_hf_to_gguf.py names and lays it out: kv_b_proj split into attn_k_b (transposed per head) and
         attn_v_b, routed experts stacked per layer, MTP layers left out, deepseek2 metadata and the vocabulary
         of tokenizer.json. --type f32|f16|bf16|q8_0 is what the converter writes for its --outtype; q6_k and
         q4_k_m are what llama-quantize then writes from the f32 file (its Q6_K and Q4_K_M mixes and row
         fallbacks, no importance matrix), each block byte-identical to ggml's reference quantizers.
-        Memory holds one tensor at a time. The file is written under a temporary name and renamed when
-        complete; an existing output is replaced only with --force and only if it is a regular file.
+        Memory holds a chunk of one tensor at a time.
+
+        The output is a directory, like every dsconvert output: NAME-TYPE.gguf (or its split parts,
+        NAME-TYPE-0000i-of-0000N.gguf, which llama.cpp loads from the first) and dsconvert.json, which records the
+        stages and each file's SHA-256. It is written in a hidden sibling directory and renamed into place
+        when complete; an existing output is replaced only with --force and only if it is a dsconvert output.
         """,
         options: [
             OptionSpec("gguf", help: "Write GGUF (the only export format)."),
             OptionSpec("input", value: "DIR", help: "Input checkpoint (before absorb and shard)."),
-            OptionSpec("output", value: "FILE.gguf", help: "Output file."),
+            OptionSpec("output", value: "DIR", help: "Output directory (the .gguf file(s) and dsconvert.json)."),
             OptionSpec("type", value: "TYPE", help: "f32, f16, bf16, q8_0, q6_k or q4_k_m (default bf16)."),
             OptionSpec("tokenizer", value: "DIR", help: "Directory with tokenizer.json (and tokenizer_config.json); default: the input."),
             OptionSpec("tokenizer-pre", value: "NAME", help: "llama.cpp's pre-tokenizer name (default deepseek-llm for V2, deepseek-v3 for the V3 family)."),
             OptionSpec("split-max-size", value: "SIZE", help: "Split the output as gguf-split --split-max-size does: FILE-00001-of-0000N.gguf … (5GB, 500MB or bytes)."),
             OptionSpec("name", value: "NAME", help: "general.name (default: the input directory's name)."),
             OptionSpec("size-label", value: "LABEL", help: "general.size_label, e.g. 671B or 256x20B (default: none)."),
-            OptionSpec("force", help: "Replace an existing output file."),
+            OptionSpec("force", help: "Replace an existing output (a previous dsconvert output)."),
+            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified files."),
         ]
     )
 
@@ -40,10 +45,10 @@ public enum ExportCommand: Command {
                                          name: arguments.value("name"), sizeLabel: arguments.value("size-label"))
         options.splitMaxSize = try arguments.value("split-max-size").map(ConversionOutput.parseSize)
         let summary = try GGUFExport.run(input: URL(fileURLWithPath: try arguments.required("input")), output: URL(fileURLWithPath: output),
-                                         options: options, force: arguments.flag("force")) { terminal.progress($0) }
+                                         options: options, force: arguments.flag("force"), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         let types = summary.types.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
-        terminal.out("\(summary.files.joined(separator: ", ")): \(summary.tensors) tensors (\(types)), \(summary.bytes) bytes, \(type)")
+        terminal.out("\(output): \(summary.files.joined(separator: ", ")): \(summary.tensors) tensors (\(types)), \(summary.bytes) bytes, \(type)")
         return ExitCode.success
     }
 }

@@ -200,9 +200,21 @@ public final class CheckpointWeights: WeightProvider {
         }
     }
 
-    /// Only the rows' bytes are touched (an FP8 weight is dequantized whole: none of the tensors read
-    /// by rows is FP8 in the published files).
+    /// Only the rows' bytes are touched. An FP8 weight read from a whole scale block of rows is
+    /// dequantized for those rows alone (the GGUF export reads V3's 7168×18432 dense projections so);
+    /// from any other row it is dequantized whole.
     public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        if let info = checkpoint.info(name), FP8Format(dtype: info.dtype) != nil, let block = fp8Block, shape.count == 2, range.lowerBound % block == 0,
+           let stored = try stored(name, shape: shape) {
+            precondition(destination.count >= range.count * shape[1], "destination smaller than rows of \(name)")
+            try readable(name) { try stored.widen(range, into: destination.baseAddress!) }
+            let view = try checkpoint.view(name)
+            if let base = view.owner.base, let start = view.bytes.baseAddress {
+                let from = start - base + range.lowerBound * shape[1]
+                view.owner.release(from..<(from + range.count * shape[1]))
+            }
+            return
+        }
         guard let info = checkpoint.info(name), info.shape == shape, shape.count == 2, let size = info.dtype.byteSize, info.dtype.isFloatingPoint else {
             let values = try wholeRows(name, shape: shape, range: range)
             _ = destination.initialize(from: values)

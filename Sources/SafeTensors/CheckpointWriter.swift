@@ -20,13 +20,20 @@ public struct PlannedTensor: Equatable, Sendable {
     public var byteCount: Int { SafeTensorsHeader.byteCount(shape: shape, dtype: dtype) ?? 0 }
 }
 
-/// One output file: its header bytes and every tensor's final position.
+/// One output file: the bytes before its data section and every tensor's final position.
+///
+/// The writer only needs those two, so any container whose header can be computed before its data
+/// plugs in: safetensors (`init(fileName:tensors:metadata:)`), or a format laid out elsewhere
+/// (`init(fileName:prefix:extents:)`, which GGUF's export uses).
 public struct ShardPlan: Sendable {
     public let fileName: String
-    /// Tensors in file order (dtype descending, then name), with their data offsets.
+    /// Tensors in file order, with their data offsets (for safetensors: dtype descending, then name).
     public let tensors: [TensorInfo]
+    /// The format's header: for safetensors the JSON after the 8-byte length; otherwise the prefix.
     public let headerBytes: [UInt8]
-    public var dataStart: Int { 8 + headerBytes.count }
+    /// Everything before the data section, written first.
+    public let prefix: [UInt8]
+    public var dataStart: Int { prefix.count }
     public var fileSize: Int { dataStart + (tensors.last?.dataOffsets.upperBound ?? 0) }
 
     /// Lays out one file exactly as the reference serializer would for the same tensors.
@@ -41,13 +48,29 @@ public struct ShardPlan: Sendable {
         }
         tensors = infos
         headerBytes = SafeTensorsHeader.serialize(tensors: infos, metadata: metadata)
+        prefix = withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { Array($0) } + headerBytes
+    }
+
+    /// A file of another format: `prefix` (its complete header), then each extent's bytes in order,
+    /// back to back. An extent is what its producer writes for one named item, padding included;
+    /// it is recorded as a `U8` vector of that many bytes.
+    public init(fileName: String, prefix: [UInt8], extents: [(name: String, bytes: Int)]) {
+        self.fileName = fileName
+        self.prefix = prefix
+        headerBytes = prefix
+        var offset = 0
+        tensors = extents.map { extent in
+            defer { offset += extent.bytes }
+            return TensorInfo(name: extent.name, dtype: .u8, shape: [extent.bytes], dataOffsets: offset..<(offset + extent.bytes))
+        }
     }
 }
 
 /// The files of an output checkpoint, split like Hugging Face's `save_pretrained`.
 public struct CheckpointLayout: Sendable {
     public let shards: [ShardPlan]
-    /// True when an index file is written (more than one shard).
+    /// True when `model.safetensors.index.json` is written (a safetensors layout of more than one shard).
+    public let hasIndex: Bool
     public var isSharded: Bool { shards.count > 1 }
     public var totalTensorBytes: Int { shards.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
 
@@ -89,6 +112,7 @@ public struct CheckpointLayout: Sendable {
         }
         }
         if !current.isEmpty || groups.isEmpty { groups.append(current) }
+        hasIndex = groups.count > 1
         if groups.count == 1 {
             shards = [ShardPlan(fileName: Checkpoint.singleFileName, tensors: groups[0], metadata: metadata)]
         } else {
@@ -102,6 +126,13 @@ public struct CheckpointLayout: Sendable {
     /// One file named `fileName`, whatever its size.
     public init(singleFile fileName: String, tensors: [PlannedTensor], metadata: [String: String]? = defaultMetadata) {
         shards = [ShardPlan(fileName: fileName, tensors: tensors, metadata: metadata)]
+        hasIndex = false
+    }
+
+    /// Files laid out by another format (no index is written; the files are the whole output).
+    public init(files: [ShardPlan]) {
+        shards = files
+        hasIndex = false
     }
 
     /// `model.safetensors.index.json` as transformers writes it (`json.dumps(indent=2, sort_keys=True)`).
@@ -230,8 +261,7 @@ public final class CheckpointWriter: @unchecked Sendable {
     private func stream(_ shard: Int) throws -> ShardStream {
         if let stream = streams[shard] { return stream }
         let plan = layout.shards[shard]
-        let prefix = withUnsafeBytes(of: UInt64(plan.headerBytes.count).littleEndian) { Array($0) } + plan.headerBytes
-        let stream = try ShardStream(path: path(shard), prefix: prefix, fileSize: plan.fileSize, pool: pool)
+        let stream = try ShardStream(path: path(shard), prefix: plan.prefix, fileSize: plan.fileSize, pool: pool)
         streams[shard] = stream
         return stream
     }
@@ -298,6 +328,25 @@ public final class CheckpointWriter: @unchecked Sendable {
                 try produce(start, piece)
                 try stream.write(UnsafeRawBufferPointer(piece), at: offset + start)
             }
+        }
+        end(shard)
+    }
+
+    /// Writes tensor `name` as its producer makes it: `produce` hands consecutive byte ranges to
+    /// `append`, which stages them in file order (no piece size is imposed, and the producer's buffer
+    /// is copied before `append` returns). The pieces must add up to the planned size exactly.
+    public func write(_ name: String, count: Int, appending produce: (_ append: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        let (shard, stream, offset) = try begin(name, count: count)
+        var done = 0
+        try produce { bytes in
+            guard done + bytes.count <= count else {
+                throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "produced more than the planned \(count) bytes")
+            }
+            try stream.write(bytes, at: offset + done)
+            done += bytes.count
+        }
+        guard done == count else {
+            throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "produced \(done) bytes, planned \(count)")
         }
         end(shard)
     }
@@ -395,7 +444,7 @@ public final class CheckpointWriter: @unchecked Sendable {
             empty.finishStaging()
             try recordFinished(i, sha: try empty.complete())
         }
-        if layout.isSharded {
+        if layout.hasIndex {
             try AtomicFile.write(Data(layout.indexJSON().utf8), to: directory.appendingPathComponent(Checkpoint.indexFileName))
         }
         try? FileManager.default.removeItem(at: journal)

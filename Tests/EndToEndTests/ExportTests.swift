@@ -11,19 +11,17 @@ final class ExportTests: XCTestCase {
     override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
-    /// A byte-level BPE tokenizer of the 256 byte tokens (GPT-2's byte-to-character map, id = byte), below
-    /// every fixture's vocabulary: the trained fixtures' text is bytes.
     private func tokenizer() throws -> URL {
         let t = dir.appendingPathComponent("tokenizer")
-        try FileManager.default.createDirectory(at: t, withIntermediateDirectories: true)
-        let printable = Array(33...126) + Array(161...172) + Array(174...255)
-        var characters: [Int: Int] = [:]
-        var next = 256
-        for b in 0..<256 { if printable.contains(b) { characters[b] = b } else { characters[b] = next; next += 1 } }
-        let vocab = Dictionary(uniqueKeysWithValues: (0..<256).map { (String(UnicodeScalar(UInt32(characters[$0]!))!), $0) })
-        let json: [String: Any] = ["model": ["type": "BPE", "vocab": vocab, "merges": [String]()], "added_tokens": [[String: Any]]()]
-        try JSONSerialization.data(withJSONObject: json).write(to: t.appendingPathComponent("tokenizer.json"))
+        try writeByteTokenizer(into: t)
         return t
+    }
+
+    /// The one GGUF file of an export's output directory.
+    private func gguf(_ output: URL) throws -> URL {
+        let names = try FileManager.default.contentsOfDirectory(atPath: output.path).filter { $0.hasSuffix(".gguf") }
+        XCTAssertEqual(names.count, 1, "\(names)")
+        return output.appendingPathComponent(try XCTUnwrap(names.first))
     }
 
     private func read(_ url: URL) throws -> (GGUFFile, Data) {
@@ -41,10 +39,10 @@ final class ExportTests: XCTestCase {
     /// The f32 file of the FP8-native V3 fixture: llama.cpp's names, shapes in ggml order, every value the exact
     /// dequantized weight, kv_b_proj split per head (attn_k_b transposed), experts stacked, MTP layer left out.
     func testF32ExportOfFP8V3Fixture() throws {
-        let input = fixtures.appendingPathComponent("v3-fp8"), out = dir.appendingPathComponent("v3.gguf")
+        let input = fixtures.appendingPathComponent("v3-fp8"), out = dir.appendingPathComponent("v3")
         let r = try runTool("dsconvert-export", ["--gguf", "--type", "f32", "--input", input.path, "--output", out.path, "--tokenizer", try tokenizer().path])
         XCTAssertEqual(r.status, 0, r.stderr)
-        let (file, data) = try read(out)
+        let (file, data) = try read(out.appendingPathComponent("v3-fp8-F32.gguf"))
         let config = try JSONSerialization.jsonObject(with: Data(contentsOf: input.appendingPathComponent("config.json"))) as! [String: Any]
         let layers = config["num_hidden_layers"] as! Int, heads = config["num_attention_heads"] as! Int
         let nope = config["qk_nope_head_dim"] as! Int, dv = config["v_head_dim"] as! Int, kvl = config["kv_lora_rank"] as! Int
@@ -76,10 +74,10 @@ final class ExportTests: XCTestCase {
     func testEveryTypeAndItsMix() throws {
         let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
         for type in ["f32", "f16", "bf16", "q8_0", "q6_k", "q4_k_m"] {
-            let out = dir.appendingPathComponent("\(type).gguf")
+            let out = dir.appendingPathComponent(type)
             let r = try runTool("dsconvert", ["export", "--gguf", "--type", type, "--input", input.path, "--output", out.path, "--tokenizer", t.path])
             XCTAssertEqual(r.status, 0, r.stderr)
-            let (file, _) = try read(out)
+            let (file, _) = try read(try gguf(out))
             let byName = Dictionary(uniqueKeysWithValues: file.tensors.map { ($0.name, $0.type) })
             XCTAssertEqual(byName["output_norm.weight"], .f32, type)
             XCTAssertEqual(byName["blk.1.ffn_gate_inp.weight"], .f32, "\(type): the router stays f32")
@@ -99,7 +97,7 @@ final class ExportTests: XCTestCase {
                 XCTAssertEqual(byName["blk.0.attn_k_b.weight"], .q5_0)
             default: break
             }
-            let inspect = try runTool("dsconvert", ["inspect", out.path])
+            let inspect = try runTool("dsconvert", ["inspect", try gguf(out).path])
             XCTAssertEqual(inspect.status, 0, inspect.stderr)
             XCTAssertTrue(inspect.stdout.contains("GGUF v3, deepseek2"), inspect.stdout)
         }
@@ -112,9 +110,9 @@ final class ExportTests: XCTestCase {
         for chunk in [1000, 1 << 30] {
             var options = GGUFExport.Options(type: .q4_k_m, tokenizer: t)
             options.chunkElements = chunk
-            let out = dir.appendingPathComponent("chunk-\(chunk).gguf")
+            let out = dir.appendingPathComponent("chunk-\(chunk)")
             _ = try GGUFExport.run(input: input, output: out, options: options, force: false)
-            files.append(try Data(contentsOf: out))
+            files.append(try Data(contentsOf: try gguf(out)))
         }
         XCTAssertEqual(files[0], files[1])
     }
@@ -123,15 +121,16 @@ final class ExportTests: XCTestCase {
     /// the parts hold every tensor once, in order; a first tensor over the limit is refused.
     func testSplitOutput() throws {
         let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
-        let r = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", dir.appendingPathComponent("m.gguf").path,
+        let parts = dir.appendingPathComponent("parts")
+        let r = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", parts.path, "--name", "m",
                                           "--tokenizer", t.path, "--split-max-size", "1MB"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        let names = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("m-") }.sorted()
+        let names = try FileManager.default.contentsOfDirectory(atPath: parts.path).filter { $0.hasSuffix(".gguf") }.sorted()
         XCTAssertGreaterThan(names.count, 1)
-        XCTAssertEqual(names, (1...names.count).map { String(format: "m-%05d-of-%05d.gguf", $0, names.count) })
+        XCTAssertEqual(names, (1...names.count).map { String(format: "m-Q8_0-%05d-of-%05d.gguf", $0, names.count) })
         var tensors: [String] = []
         for (i, name) in names.enumerated() {
-            let (file, data) = try read(dir.appendingPathComponent(name))
+            let (file, data) = try read(parts.appendingPathComponent(name))
             XCTAssertEqual(Array(file.metadata.suffix(3).map(\.key)), ["split.no", "split.tensors.count", "split.count"], name)
             XCTAssertEqual(file.value("split.no"), .uint16(UInt16(i)))
             XCTAssertEqual(file.value("split.count"), .uint16(UInt16(names.count)))
@@ -141,24 +140,49 @@ final class ExportTests: XCTestCase {
             tensors += file.tensors.map(\.name)
         }
         let (whole, _) = try read(try {
-            let out = dir.appendingPathComponent("whole.gguf")
+            let out = dir.appendingPathComponent("whole")
             _ = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", out.path, "--tokenizer", t.path])
-            return out
+            return try gguf(out)
         }())
         XCTAssertEqual(tensors, whole.tensors.map(\.name))
-        let tooSmall = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", dir.appendingPathComponent("s.gguf").path,
+        let tooSmall = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", dir.appendingPathComponent("s").path,
                                                  "--tokenizer", t.path, "--split-max-size", "1000"])
         XCTAssertEqual(tooSmall.status, 1)
         XCTAssertTrue(tooSmall.stderr.contains("larger than --split-max-size"), tooSmall.stderr)
-        // Existing parts are not overwritten without --force.
-        let again = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", dir.appendingPathComponent("m.gguf").path,
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("s").path))
+        // An existing output is not replaced without --force.
+        let again = try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", parts.path,
                                               "--tokenizer", t.path, "--split-max-size", "1MB"])
         XCTAssertEqual(again.status, 1, again.stderr)
     }
 
-    /// Bad input: one line, non-zero exit, no output file.
+    /// The output carries dsconvert.json like every dsconvert output: the input's stages and this one, and each
+    /// GGUF file with its size and SHA-256 (computed as it was written); the same run gives the same bytes.
+    func testManifestRecordsTheFiles() throws {
+        let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
+        let out = dir.appendingPathComponent("q6"), again = dir.appendingPathComponent("q6-again")
+        for target in [out, again] {
+            let r = try runTool("dsconvert", ["export", "--gguf", "--type", "q6_k", "--input", input.path, "--output", target.path, "--tokenizer", t.path,
+                                              "--split-max-size", "2MB"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let manifest = try XCTUnwrap(try ConversionManifest.load(directory: out))
+        XCTAssertEqual(manifest.stages.last?.stage, "export")
+        XCTAssertEqual(manifest.stages.last?.options["type"], "q6_k")
+        let names = try FileManager.default.contentsOfDirectory(atPath: out.path).filter { $0.hasSuffix(".gguf") }.sorted()
+        XCTAssertEqual(manifest.files.map(\.name).sorted(), names)
+        for file in manifest.files {
+            let path = out.appendingPathComponent(file.name).path
+            XCTAssertEqual(file.sha256, try SHA256.hex(fileAt: path), file.name)
+            XCTAssertEqual(file.bytes, FileEntry.lstat(path)?.size, file.name)
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), try Data(contentsOf: again.appendingPathComponent(file.name)), "deterministic")
+        }
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: out.path)), Set(names + ["dsconvert.json"]), "nothing else")
+    }
+
+    /// Bad input: one line, non-zero exit, no output.
     func testRefusals() throws {
-        let input = fixtures.appendingPathComponent("fp8"), t = try tokenizer(), out = dir.appendingPathComponent("x.gguf")
+        let input = fixtures.appendingPathComponent("fp8"), t = try tokenizer(), out = dir.appendingPathComponent("x")
         func refused(_ args: [String], _ text: String, status: Int32 = 1) throws {
             let r = try runTool("dsconvert", ["export"] + args)
             XCTAssertEqual(r.status, status, r.stderr)
@@ -172,20 +196,39 @@ final class ExportTests: XCTestCase {
         let absorbed = dir.appendingPathComponent("absorbed")
         XCTAssertEqual(try runTool("dsconvert", ["absorb", "--input", input.path, "--output", absorbed.path]).status, 0)
         try refused(["--gguf", "--input", absorbed.path, "--output", out.path, "--tokenizer", t.path], "before absorb")
-        try refused(["--gguf", "--input", absorbed.path, "--output", absorbed.appendingPathComponent("x.gguf").path, "--tokenizer", t.path], "before absorb")
-        // Inside the input, and an existing file without --force.
+        // Inside the input, and an existing directory that is not a dsconvert output, with or without --force.
         let copy = dir.appendingPathComponent("copy")
         try FileManager.default.copyItem(at: input, to: copy)
-        let inside = copy.appendingPathComponent("model.gguf")
+        let inside = copy.appendingPathComponent("gguf")
         let r = try runTool("dsconvert", ["export", "--gguf", "--input", copy.path, "--output", inside.path, "--tokenizer", t.path])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("must not be the input directory or inside it"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: inside.path))
-        try Data("keep".utf8).write(to: out)
-        let again = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", out.path, "--tokenizer", t.path])
-        XCTAssertEqual(again.status, 1)
-        XCTAssertEqual(try String(contentsOf: out, encoding: .utf8), "keep", "not overwritten without --force")
-        XCTAssertEqual(try runTool("dsconvert", ["export", "--gguf", "--force", "--input", input.path, "--output", out.path, "--tokenizer", t.path]).status, 0)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains("partial") }, [], "no temporary left")
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: false)
+        try Data("keep".utf8).write(to: out.appendingPathComponent("notes.txt"))
+        for force in [[], ["--force"]] {
+            let again = try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", out.path, "--tokenizer", t.path] + force)
+            XCTAssertEqual(again.status, 1, again.stderr)
+            XCTAssertEqual(try String(contentsOf: out.appendingPathComponent("notes.txt"), encoding: .utf8), "keep", "not someone else's directory")
+        }
+        // A previous export is replaced with --force only.
+        let previous = dir.appendingPathComponent("previous")
+        XCTAssertEqual(try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", previous.path, "--tokenizer", t.path]).status, 0)
+        XCTAssertEqual(try runTool("dsconvert", ["export", "--gguf", "--input", input.path, "--output", previous.path, "--tokenizer", t.path]).status, 1)
+        XCTAssertEqual(try runTool("dsconvert", ["export", "--gguf", "--force", "--input", input.path, "--output", previous.path, "--tokenizer", t.path]).status, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".dsconvert") }, [], "no work directory left")
     }
+}
+
+/// A byte-level BPE tokenizer of the 256 byte tokens (GPT-2's byte-to-character map, id = byte), below every
+/// fixture's vocabulary: the trained fixtures' text is bytes. Written as `DIR/tokenizer.json`.
+func writeByteTokenizer(into directory: URL) throws {
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let printable = Array(33...126) + Array(161...172) + Array(174...255)
+    var characters: [Int: Int] = [:]
+    var next = 256
+    for b in 0..<256 { if printable.contains(b) { characters[b] = b } else { characters[b] = next; next += 1 } }
+    let vocab = Dictionary(uniqueKeysWithValues: (0..<256).map { (String(UnicodeScalar(UInt32(characters[$0]!))!), $0) })
+    let json: [String: Any] = ["model": ["type": "BPE", "vocab": vocab, "merges": [String]()], "added_tokens": [[String: Any]]()]
+    try JSONSerialization.data(withJSONObject: json, options: .sortedKeys).write(to: directory.appendingPathComponent("tokenizer.json"))
 }

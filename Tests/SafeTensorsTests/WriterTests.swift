@@ -72,6 +72,44 @@ final class WriterTests: XCTestCase {
         XCTAssertThrowsError(try writer.finish()) { XCTAssertTrue("\($0)".contains("\"b\"") || ($0 as? SafeTensorsError)?.errorDescription?.contains("'b'") == true) }
     }
 
+    /// A layout of another format (a prefix, then named extents back to back) written piece by piece through
+    /// `write(_:count:appending:)`, pieces of any size crossing the chunks: exactly the prefix and the pieces, no
+    /// index; a producer that makes more or fewer bytes than planned is refused, naming the file and item.
+    func testOtherFormatLayoutWrittenInPieces() throws {
+        let prefix = [UInt8]("HEAD".utf8) + [UInt8](repeating: 7, count: 5000)
+        let extents = [(name: "x", bytes: 10_000), (name: "y", bytes: 3), (name: "z", bytes: 20_000)]
+        let layout = CheckpointLayout(files: [ShardPlan(fileName: "m.bin", prefix: prefix, extents: extents)])
+        let writer = CheckpointWriter(layout: layout, directory: dir, key: ResumeKey(conversion: "", input: [:]), resume: false, pool: ChunkPool(size: 4096, inFlight: 2))
+        var expected = prefix
+        for (i, extent) in extents.enumerated() {
+            let data = (0..<extent.bytes).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }
+            expected += data
+            try writer.write(extent.name, count: extent.bytes) { append in
+                var at = 0, piece = 1
+                while at < data.count {
+                    let n = min(piece, data.count - at)
+                    try data[at..<(at + n)].withUnsafeBytes { try append($0) }
+                    at += n
+                    piece = piece * 3 + 1
+                }
+            }
+        }
+        try writer.finish()
+        XCTAssertEqual([UInt8](try Data(contentsOf: dir.appendingPathComponent("m.bin"))), expected)
+        XCTAssertEqual(try writer.sha256(of: "m.bin"), expected.withUnsafeBytes { SHA256.hex($0) })
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir.path)), ["m.bin"], "no index, no journal")
+
+        let other = dir.appendingPathComponent("other")
+        try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
+        let short = CheckpointWriter(layout: layout, directory: other)
+        XCTAssertThrowsError(try short.write("x", count: 10_000) { append in try [UInt8](repeating: 0, count: 9_999).withUnsafeBytes { try append($0) } }) {
+            XCTAssertTrue("\($0)".contains("produced 9999 bytes"), "\($0)")
+        }
+        XCTAssertThrowsError(try short.write("y", count: 3) { append in try [UInt8](repeating: 0, count: 4).withUnsafeBytes { try append($0) } }) {
+            XCTAssertTrue("\($0)".contains("more than the planned 3"), "\($0)")
+        }
+    }
+
     func testConcurrentWritesProduceIdenticalBytes() throws {
         let planned = (0..<64).map { PlannedTensor(name: "w.\($0)", dtype: .bf16, shape: [17, $0 + 1]) }
         let layout = CheckpointLayout(tensors: planned, maxShardSize: 4000)

@@ -31,6 +31,7 @@ Prints 'N passed, N failed' last; exits 1 on any failure.
 """
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import random
@@ -895,6 +896,13 @@ print(json.dumps(np.asarray(model.scores[:len(tokens)]).tolist()))
 """
 
 
+def export_gguf(binary, output, *args):
+    """dsconvert export --gguf into the directory `output`: (the run, its .gguf files in order)."""
+    r = dsconvert(binary, "export", "--gguf", "--output", output, *args)
+    files = sorted(os.path.join(output, f) for f in os.listdir(output) if f.endswith(".gguf")) if r.returncode == 0 else []
+    return r, files
+
+
 def run_converter(llama, source, outtype, outfile, pre="deepseek-llm"):
     """llama.cpp's convert_hf_to_gguf.py on `source`. It finds the pre-tokenizer's name by hashing the tokenizer's
     output on a check text, which under transformers 5 matches no DeepSeek entry of its table (and the fixture's
@@ -948,11 +956,15 @@ def check_gguf(binary, work, llama):
     label = [bytes(converted["general.name"][1][0]).decode(), bytes(converted["general.size_label"][1][0]).decode()]
     ours = {}
     for ftype in GGUF_TYPES:
-        ours[ftype] = os.path.join(work, f"dsconvert-{ftype}.gguf")
-        r = dsconvert(binary, "export", "--gguf", "--type", ftype, "--input", source, "--output", ours[ftype], "--name", label[0], "--size-label", label[1])
-        if r.returncode != 0:
+        r, files = export_gguf(binary, os.path.join(work, f"dsconvert-{ftype}"), "--type", ftype, "--input", source, "--name", label[0], "--size-label", label[1])
+        if r.returncode != 0 or len(files) != 1:
             check(f"GGUF: export --gguf --type {ftype} runs", False, r.stderr)
             return
+        ours[ftype] = files[0]
+        manifest = json.load(open(os.path.join(work, f"dsconvert-{ftype}", "dsconvert.json")))
+        recorded = {f["name"]: f["sha256"] for f in manifest["files"]}
+        check(f"GGUF {ftype}: the output's dsconvert.json validates and records the file's SHA-256 (hashlib's)",
+              validate(manifest, "manifest.schema.json") and recorded == {os.path.basename(files[0]): hashlib.sha256(open(files[0], "rb").read()).hexdigest()})
     for ftype in ("f32", "q8_0"):
         (ma, ta), (mb, tb) = gguf_contents(ours[ftype], llama), gguf_contents(reference[ftype], llama)
         differ = sorted(k for k in set(ma) | set(mb) if ma.get(k) != mb.get(k)) + sorted(n for n in set(ta) | set(tb) if ta.get(n) != tb.get(n))
@@ -992,19 +1004,59 @@ def check_gguf_real_tokenizers(binary, work, llama):
         with zipfile.ZipFile(os.path.join(data, name, "tokenizer.json.zip")) as z:
             z.extract("tokenizer.json", source)
         shutil.copy(os.path.join(data, name, "tokenizer_config.json"), source)
-        reference, ours = os.path.join(work, f"{name}-converter.gguf"), os.path.join(work, f"{name}-dsconvert.gguf")
+        reference = os.path.join(work, f"{name}-converter.gguf")
         r = run_converter(llama, source, "f32", reference, pre)
         if r.returncode != 0:
             check(f"GGUF vocabulary of {name}: convert_hf_to_gguf.py runs", False, r.stderr[-2000:])
             continue
         converted, _ = gguf_contents(reference, llama)
         label = [bytes(converted[k][1][0]).decode() for k in ("general.name", "general.size_label")]
-        r = dsconvert(binary, "export", "--gguf", "--type", "f32", "--input", source, "--output", ours, "--tokenizer-pre", pre,
-                      "--name", label[0], "--size-label", label[1])
-        mine, _ = gguf_contents(ours, llama) if r.returncode == 0 else ({}, {})
+        r, files = export_gguf(binary, os.path.join(work, f"{name}-dsconvert"), "--type", "f32", "--input", source, "--tokenizer-pre", pre,
+                               "--name", label[0], "--size-label", label[1])
+        mine, _ = gguf_contents(files[0], llama) if files else ({}, {})
         differ = sorted(k for k in set(mine) | set(converted) if mine.get(k) != converted.get(k))
         check(f"GGUF vocabulary of {name} ({vocab} tokens): all {len(converted)} metadata entries as convert_hf_to_gguf.py writes them, in its order",
               r.returncode == 0 and not differ and list(mine) == list(converted), r.stderr + f" differ: {differ}")
+        if files:
+            check_gguf_real_vocabulary_run(binary, work, llama, source, files[0], name)
+
+
+LLAMA_TOKENIZE = """
+import json, os, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "src"))
+os.environ["LLAMA_CPP_LIB_PATH"] = os.path.join(sys.argv[1], "build", "bin")
+import llama_cpp
+model = llama_cpp.Llama(model_path=sys.argv[2], n_ctx=64, vocab_only=True, verbose=False)
+print(json.dumps(model.tokenize(sys.argv[3].encode(), add_bos=False, special=True)))
+"""
+
+
+def check_gguf_real_vocabulary_run(binary, work, llama, source, gguf_file, name):
+    """llama.cpp runs a model with DeepSeek's real vocabulary from dsconvert's GGUF: its own tokenizer, reading
+    the vocabulary dsconvert wrote, gives the `tokenizers` library's ids for mixed text (English, Chinese, code,
+    digits, the chat markers), and its logits on those ids agree with dsconvert's forward pass within 1e-3."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+    text = ("<｜User｜>Convert the 671B checkpoint: 中文分词测试，然后 def f(x):\n    return x**2 + 12345 "
+            "<｜Assistant｜>好的。 Numbers 3.14159, 2026-11-30; emoji-free ASCII art ->")
+    expected_ids = Tokenizer.from_file(os.path.join(source, "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    r = subprocess.run([sys.executable, "-c", LLAMA_TOKENIZE, llama, gguf_file, text], capture_output=True, text=True)
+    ids = json.loads(r.stdout) if r.returncode == 0 else None
+    check(f"GGUF vocabulary of {name}: llama.cpp's tokenizer on dsconvert's file gives tokenizers' {len(expected_ids)} ids for mixed text",
+          ids == expected_ids, r.stderr[-1000:] + f" llama.cpp {ids} tokenizers {expected_ids}")
+    with open(os.path.join(work, f"{name}-tokens.json"), "w") as f:
+        json.dump({"tokens": [expected_ids]}, f)
+    forward = os.path.join(work, f"{name}-forward.safetensors")
+    r = dsconvert(binary, "forward", "--model", source, "--tokens", os.path.join(work, f"{name}-tokens.json"), "--output", forward)
+    run = subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, gguf_file, json.dumps(expected_ids)], capture_output=True, text=True)
+    if r.returncode != 0 or run.returncode != 0:
+        check(f"GGUF vocabulary of {name}: llama.cpp runs dsconvert's f32 file", False, r.stderr + run.stderr[-2000:])
+        return
+    expected, got = load_file(forward)["logits"][0].astype(np.float64), np.array(json.loads(run.stdout))
+    worst = float(np.abs(expected - got).max())
+    check(f"GGUF vocabulary of {name}: llama.cpp's logits on dsconvert's f32 file within 1e-3 of dsconvert's forward pass "
+          f"({len(expected_ids)} tokens x {expected.shape[-1]}; max |diff| {worst:.2e})", worst <= 1e-3)
 
 
 def check_gguf_split(binary, work, llama, source, single, label):
@@ -1012,18 +1064,19 @@ def check_gguf_split(binary, work, llama, source, single, label):
     byte; llama.cpp loads the parts as one model, with the single file's logits."""
     split_dir = os.path.join(work, "split")
     os.makedirs(split_dir)
-    r = dsconvert(binary, "export", "--gguf", "--type", "q4_k_m", "--input", source, "--output", os.path.join(split_dir, "ours.gguf"),
-                  "--name", label[0], "--size-label", label[1], "--split-max-size", "2MB")
+    r, parts = export_gguf(binary, os.path.join(split_dir, "ours"), "--type", "q4_k_m", "--input", source,
+                           "--name", label[0], "--size-label", label[1], "--split-max-size", "2MB")
     subprocess.run([os.path.join(llama, "build", "bin", "llama-gguf-split"), "--split", "--split-max-size", "2M", single,
                     os.path.join(split_dir, "theirs")], capture_output=True, text=True)
-    ours = sorted(f for f in os.listdir(split_dir) if f.startswith("ours-"))
+    ours = [os.path.basename(p) for p in parts]
     theirs = sorted(f for f in os.listdir(split_dir) if f.startswith("theirs-"))
-    same = r.returncode == 0 and len(ours) > 1 and [f[len("ours"):] for f in ours] == [f[len("theirs"):] for f in theirs] and all(
-        open(os.path.join(split_dir, a), "rb").read() == open(os.path.join(split_dir, b), "rb").read() for a, b in zip(ours, theirs))
+    # dsconvert names the parts NAME-TYPE-0000i-of-0000N.gguf; gguf-split PREFIX-0000i-of-0000N.gguf.
+    same = r.returncode == 0 and len(ours) > 1 and [f[-len("-00001-of-00005.gguf"):] for f in ours] == [f[len("theirs"):] for f in theirs] and all(
+        open(a, "rb").read() == open(os.path.join(split_dir, b), "rb").read() for a, b in zip(parts, theirs))
     check(f"GGUF split: {len(ours)} files, each byte-identical to llama.cpp's gguf-split of the single file", same, r.stderr + str(ours) + str(theirs))
     tokens = list(range(1, 17))
     runs = [subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, path, json.dumps(tokens)], capture_output=True, text=True)
-            for path in (os.path.join(split_dir, ours[0]) if ours else single, single)]
+            for path in (parts[0] if parts else single, single)]
     check("GGUF split: llama.cpp loads the parts as one model, with the single file's logits",
           all(x.returncode == 0 for x in runs) and runs[0].stdout == runs[1].stdout, runs[0].stderr[-1000:])
 
