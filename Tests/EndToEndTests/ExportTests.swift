@@ -103,18 +103,22 @@ final class ExportTests: XCTestCase {
         }
     }
 
-    /// Reading large matrices in chunks of rows changes no byte (chunks of 1000 values against whole tensors).
+    /// Reading large matrices in chunks of rows changes no byte: bf16 (chunks of 1000 values) and FP8 (chunks of
+    /// 128·288 values, whole 128-row scale blocks of the dense MLP's 288×144 and 144×288, dequantized alone)
+    /// against whole tensors.
     func testChunkedRowsGiveTheSameFile() throws {
-        let input = fixtures.appendingPathComponent("trained-wide"), t = try tokenizer()
-        var files: [Data] = []
-        for chunk in [1000, 1 << 30] {
-            var options = GGUFExport.Options(type: .q4_k_m, tokenizer: t)
-            options.chunkElements = chunk
-            let out = dir.appendingPathComponent("chunk-\(chunk)")
-            _ = try GGUFExport.run(input: input, output: out, options: options, force: false)
-            files.append(try Data(contentsOf: try gguf(out)))
+        let t = try tokenizer()
+        for (fixture, type, chunk) in [("trained-wide", GGUFFileType.q4_k_m, 1000), ("v3-fp8", .f32, 128 * 288)] {
+            var files: [Data] = []
+            for elements in [chunk, 1 << 30] {
+                var options = GGUFExport.Options(type: type, tokenizer: t)
+                options.chunkElements = elements
+                let out = dir.appendingPathComponent("\(fixture)-chunk-\(elements)")
+                _ = try GGUFExport.run(input: fixtures.appendingPathComponent(fixture), output: out, options: options, force: false)
+                files.append(try Data(contentsOf: try gguf(out)))
+            }
+            XCTAssertEqual(files[0], files[1], fixture)
         }
-        XCTAssertEqual(files[0], files[1])
     }
 
     /// --split-max-size: gguf-split's names and split keys (byte identity with gguf-split is the cross-check's);
