@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "CLI"),
         // The commands themselves; every executable is a thin wrapper over one of these.
         // The convert benchmark's machinery: timed child processes and how they ended, output checks, statistics.
-        .target(name: "Benchmark", dependencies: ["SafeTensors", "Conversion"]),
+        .target(name: "Benchmark", dependencies: ["SafeTensors", "Conversion", "GGUF"]),
         .target(name: "DSConvertCommands", dependencies: ["CLI", "SafeTensors", "DeepSeekModel", "Numerics", "Conversion", "ReferenceModel", "Validation", "Benchmark", "Tokenizer", "GGUF"]),
         .executableTarget(name: "dsconvert", dependencies: ["DSConvertCommands", "CLI"]),
         .executableTarget(name: "dsconvert-absorb", dependencies: ["DSConvertCommands", "CLI"]),

@@ -1,14 +1,18 @@
 import Conversion
 import Foundation
+import GGUF
 import SafeTensors
 
 /// What a benchmarked job must leave in its output directory.
 public enum OutputExpectation: Sendable {
     /// The same files as this listing (the input's), at the same sizes: `cp -r`.
     case copy(of: [String: Int])
-    /// A dsconvert output: `dsconvert.json` present, and the safetensors files on disk exactly the ones it
-    /// lists, at the sizes it records.
+    /// A dsconvert output: `dsconvert.json` present, and the weight files (safetensors or GGUF) on disk
+    /// exactly the ones it lists, at the sizes it records.
     case manifest
+    /// GGUF written by another tool (llama.cpp's peer): at least one `.gguf` file, each of which the
+    /// checked reader opens (header, tensor infos, data within the file) with at least one tensor.
+    case gguf
     /// A checkpoint written by another tool (the torch peer, `--extra-job`): it opens (index, every
     /// shard's header tiling its file) and holds at least this many tensors.
     case checkpoint(minimumTensors: Int)
@@ -32,6 +36,7 @@ public enum OutputCheckError: Error, Equatable, Sendable, CustomStringConvertibl
     case notACopy(OutputSize, input: OutputSize)
     case unreadableCheckpoint(String)
     case tooFewTensors(found: Int, expected: Int)
+    case unreadableGGUF(String)
     case differsFromEarlierRun(OutputSize, earlier: OutputSize)
 
     public var description: String {
@@ -41,10 +46,11 @@ public enum OutputCheckError: Error, Equatable, Sendable, CustomStringConvertibl
         case let .invalidManifest(reason): return "unreadable \(ConversionManifest.fileName): \(reason)"
         case let .listedFileMissing(file): return "\(file), listed in the manifest, is missing"
         case let .sizeDiffers(file, onDisk, recorded): return "\(file) has \(onDisk) bytes, the manifest says \(recorded)"
-        case let .unlistedFiles(onDisk, listed): return "\(onDisk) safetensors files on disk, the manifest lists \(listed)"
+        case let .unlistedFiles(onDisk, listed): return "\(onDisk) weight files on disk, the manifest lists \(listed)"
         case let .notACopy(size, input): return "\(size), the input has \(input)"
         case let .unreadableCheckpoint(reason): return "not a readable checkpoint: \(reason)"
         case let .tooFewTensors(found, expected): return "\(found) tensors, expected at least \(expected)"
+        case let .unreadableGGUF(reason): return "not a readable GGUF: \(reason)"
         case let .differsFromEarlierRun(size, earlier): return "\(size), an earlier run wrote \(earlier)"
         }
     }
@@ -79,6 +85,8 @@ public enum OutputCheck {
             guard listing == input else { throw .notACopy(size(listing), input: size(input)) }
         case .manifest:
             try verifyManifest(output, listing: listing)
+        case .gguf:
+            try verifyGGUF(output, listing: listing)
         case let .checkpoint(minimumTensors):
             let tensors: Int
             do { tensors = try Checkpoint(directory: output).tensors.count } catch { throw .unreadableCheckpoint("\(error)") }
@@ -95,7 +103,24 @@ public enum OutputCheck {
             guard let onDisk = listing[record.name] else { throw .listedFileMissing(record.name) }
             guard onDisk == record.bytes else { throw .sizeDiffers(file: record.name, onDisk: onDisk, recorded: record.bytes) }
         }
-        let shards = listing.keys.filter { $0.hasSuffix(".safetensors") }.count
+        let shards = listing.keys.filter { $0.hasSuffix(".safetensors") || $0.hasSuffix(".gguf") }.count
         guard shards == manifest.files.count, shards > 0 else { throw .unlistedFiles(onDisk: shards, listed: manifest.files.count) }
+    }
+
+    private static func verifyGGUF(_ output: URL, listing: [String: Int]) throws(OutputCheckError) {
+        let files = listing.keys.filter { $0.hasSuffix(".gguf") }.sorted()
+        guard !files.isEmpty else { throw .unreadableGGUF("no .gguf file") }
+        for name in files {
+            do {
+                let mapped = try MappedFile(path: output.appendingPathComponent(name).path)
+                guard let base = mapped.base else { throw OutputCheckError.unreadableGGUF("\(name) is empty") }
+                let file = try GGUFFile(bytes: UnsafeRawBufferPointer(start: base, count: mapped.size))
+                guard !file.tensors.isEmpty else { throw OutputCheckError.tooFewTensors(found: 0, expected: 1) }
+            } catch let error as OutputCheckError {
+                throw error
+            } catch {
+                throw .unreadableGGUF("\(name): \(error)")
+            }
+        }
     }
 }

@@ -82,7 +82,7 @@ void dsconvert_quantize_q5_0(const float *x, uint8_t *out, int64_t n) {
     }
 }
 
-static int use_avx2(void);
+static int simd_level(void);
 
 static inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
@@ -266,20 +266,115 @@ static void q4k_search_avx2(const float *x, uint8_t *L, float *scales, float *mi
         for (int j = 0; j < 8; ++j) L[32 * j + i] = (uint8_t)l8[j];
     }
 }
+
+// `q4k_search_avx2` on two consecutive super-blocks at once, their 16 sub-blocks in the 16 lanes of AVX-512
+// vectors: the same f32 operations per lane in the same order, with mask registers for the selects.
+__attribute__((target("avx512f")))
+static void q4k_search2_avx512(const float *x, uint8_t *L, float *scales, float *mins) {
+    __m512 X[32], W[32];
+    __m512i Lv[32], La[32];
+    const __m512i lane_offsets = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480);
+    const __m512 zero = _mm512_setzero_ps(), magic = _mm512_set1_ps(12582912.0f);
+    const __m512i mantissa = _mm512_set1_epi32(0x007FFFFF), bias = _mm512_set1_epi32(0x00400000);
+    const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(15);
+    for (int i = 0; i < 32; ++i) X[i] = _mm512_i32gather_ps(lane_offsets, x + i, 4);
+    __m512 sum_x2 = zero;
+    for (int i = 0; i < 32; ++i) sum_x2 = _mm512_add_ps(sum_x2, _mm512_mul_ps(X[i], X[i]));
+    __m512 av_x = _mm512_sqrt_ps(_mm512_div_ps(sum_x2, _mm512_set1_ps(32.0f)));
+    for (int i = 0; i < 32; ++i) W[i] = _mm512_add_ps(av_x, _mm512_abs_ps(X[i]));
+    #define NEAREST(f) _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(_mm512_add_ps((f), magic)), mantissa), bias)
+    #define CLAMP(v) _mm512_min_epi32(_mm512_max_epi32((v), lo), hi)
+    __m512 min = X[0], max = X[0], sum_w = W[0], sum_x = _mm512_mul_ps(W[0], X[0]);
+    for (int i = 1; i < 32; ++i) {
+        min = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(X[i], min, _CMP_LT_OQ), min, X[i]);
+        max = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(X[i], max, _CMP_GT_OQ), max, X[i]);
+        sum_w = _mm512_add_ps(sum_w, W[i]);
+        sum_x = _mm512_add_ps(sum_x, _mm512_mul_ps(W[i], X[i]));
+    }
+    min = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(min, zero, _CMP_GT_OQ), min, zero);
+    const __mmask16 flat = _mm512_cmp_ps_mask(max, min, _CMP_EQ_OQ);
+    __m512 iscale = _mm512_div_ps(_mm512_set1_ps(15.0f), _mm512_sub_ps(max, min));
+    __m512 scale = _mm512_div_ps(_mm512_set1_ps(1.0f), iscale);
+    __m512 best_error = zero;
+    for (int i = 0; i < 32; ++i) {
+        Lv[i] = CLAMP(NEAREST(_mm512_mul_ps(iscale, _mm512_sub_ps(X[i], min))));
+        __m512 diff = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(Lv[i])), min), X[i]);
+        best_error = _mm512_add_ps(best_error, _mm512_mul_ps(W[i], _mm512_mul_ps(diff, diff)));
+    }
+    for (int is = 0; is <= 20; ++is) {
+        const float step = -1.0f + 0.1f * is + 15;
+        iscale = _mm512_div_ps(_mm512_set1_ps(step), _mm512_sub_ps(max, min));
+        __m512 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < 32; ++i) {
+            La[i] = CLAMP(NEAREST(_mm512_mul_ps(iscale, _mm512_sub_ps(X[i], min))));
+            __m512 l = _mm512_cvtepi32_ps(La[i]);
+            __m512 wl = _mm512_mul_ps(W[i], l);
+            sum_l = _mm512_add_ps(sum_l, wl);
+            sum_l2 = _mm512_add_ps(sum_l2, _mm512_mul_ps(wl, l));
+            sum_xl = _mm512_add_ps(sum_xl, _mm512_mul_ps(wl, X[i]));
+        }
+        __m512 D = _mm512_sub_ps(_mm512_mul_ps(sum_w, sum_l2), _mm512_mul_ps(sum_l, sum_l));
+        __mmask16 positive = _mm512_cmp_ps_mask(D, zero, _CMP_GT_OQ);
+        if (positive == 0) continue;
+        __m512 this_scale = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sum_w, sum_xl), _mm512_mul_ps(sum_x, sum_l)), D);
+        __m512 this_min = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sum_l2, sum_x), _mm512_mul_ps(sum_l, sum_xl)), D);
+        __mmask16 clamp_min = _mm512_cmp_ps_mask(this_min, zero, _CMP_GT_OQ);
+        this_scale = _mm512_mask_blend_ps(clamp_min, this_scale, _mm512_div_ps(sum_xl, sum_l2));
+        this_min = _mm512_mask_blend_ps(clamp_min, this_min, zero);
+        __m512 cur_error = zero;
+        for (int i = 0; i < 32; ++i) {
+            __m512 diff = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(this_scale, _mm512_cvtepi32_ps(La[i])), this_min), X[i]);
+            cur_error = _mm512_add_ps(cur_error, _mm512_mul_ps(W[i], _mm512_mul_ps(diff, diff)));
+        }
+        __mmask16 better = positive & _mm512_cmp_ps_mask(cur_error, best_error, _CMP_LT_OQ);
+        if (better == 0) continue;
+        for (int i = 0; i < 32; ++i) Lv[i] = _mm512_mask_blend_epi32(better, Lv[i], La[i]);
+        best_error = _mm512_mask_blend_ps(better, best_error, cur_error);
+        scale = _mm512_mask_blend_ps(better, scale, this_scale);
+        min = _mm512_mask_blend_ps(better, min, this_min);
+    }
+    #undef NEAREST
+    #undef CLAMP
+    for (int i = 0; i < 32; ++i) Lv[i] = _mm512_mask_blend_epi32(flat, Lv[i], lo);
+    scale = _mm512_mask_blend_ps(flat, scale, zero);
+    float s16[16], m16[16];
+    int32_t l16[16];
+    _mm512_storeu_ps(s16, scale);
+    _mm512_storeu_ps(m16, min);
+    for (int j = 0; j < 16; ++j) { scales[j] = s16[j]; mins[j] = -m16[j]; }
+    for (int i = 0; i < 32; ++i) {
+        _mm512_storeu_si512(l16, Lv[i]);
+        for (int j = 0; j < 16; ++j) L[32 * j + i] = (uint8_t)l16[j];
+    }
+}
 #endif
 
 // q4_K: 8 sub-blocks of 32 with a 6-bit scale and min each (weights av_x + |x|), super-block d and
 // dmin in fp16, 4-bit codes recomputed from the quantized scales.
 void dsconvert_quantize_q4_k(const float *x, uint8_t *out, int64_t n) {
-    uint8_t L[256];
-    float mins[8], scales[8];
+    uint8_t Ls[512];
+    float mins_s[16], scales_s[16];
     void (*search)(const float *, uint8_t *, float *, float *) = q4k_search_scalar;
+    int level = simd_level();
 #if defined(__x86_64__)
-    if (use_avx2()) search = q4k_search_avx2;
+    if (level >= 1) search = q4k_search_avx2;
 #endif
     for (int64_t b = 0; b < n / 256; ++b, x += 256, out += 144) {
+        // Searches run ahead, one super-block or (AVX-512) two at a time; block b uses the results at (b % 2).
+        int slot = (int)(b % 2);
+        if (slot == 0) {
+#if defined(__x86_64__)
+            if (level >= 2 && b + 1 < n / 256) q4k_search2_avx512(x, Ls, scales_s, mins_s);
+            else
+#endif
+            {
+                search(x, Ls, scales_s, mins_s);
+                if (b + 1 < n / 256) search(x + 256, Ls + 256, scales_s + 8, mins_s + 8);
+            }
+        }
+        uint8_t *L = Ls + 256 * slot;
+        const float *scales = scales_s + 8 * slot, *mins = mins_s + 8 * slot;
         float max_scale = 0, max_min = 0;
-        search(x, L, scales, mins);
         for (int j = 0; j < 8; ++j) {
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
@@ -439,10 +534,12 @@ static void q6k_search_avx2(const float *x, uint8_t *L, float *scales) {
 }
 #endif
 
-// Whether the AVX2 searches may run (DSCONVERT_NO_SIMD set keeps the scalar ones: the tests compare both).
-static int use_avx2(void) {
+// Which searches may run: 0 scalar, 1 AVX2, 2 AVX-512 (q4_K), as the CPU allows; DSCONVERT_NO_SIMD keeps
+// the scalar ones and DSCONVERT_NO_AVX512 stops at AVX2 (the tests compare every path with ggml's bytes).
+static int simd_level(void) {
 #if defined(__x86_64__)
-    return __builtin_cpu_supports("avx2") && !getenv("DSCONVERT_NO_SIMD");
+    if (!__builtin_cpu_supports("avx2") || getenv("DSCONVERT_NO_SIMD")) return 0;
+    return __builtin_cpu_supports("avx512f") && !getenv("DSCONVERT_NO_AVX512") ? 2 : 1;
 #else
     return 0;
 #endif
@@ -455,7 +552,7 @@ void dsconvert_quantize_q6_k(const float *x, uint8_t *out, int64_t n) {
     float scales[16];
     void (*search)(const float *, uint8_t *, float *) = q6k_search_scalar;
 #if defined(__x86_64__)
-    if (use_avx2()) search = q6k_search_avx2;
+    if (simd_level() >= 1) search = q6k_search_avx2;
 #endif
     for (int64_t b = 0; b < n / 256; ++b, x += 256, out += 210) {
         float max_scale = 0, max_abs_scale = 0;

@@ -52,8 +52,10 @@ public enum GGUFExport {
         let source = try CheckpointSource(directory: input)
         let config = source.config
         let path = input.path
-        guard config.attentionForm == .mla else {
-            throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before absorb (attention is \(config.attentionForm.rawValue))")
+        switch config.attentionForm {
+        case .mla, .split: break
+        case .fold:
+            throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads the published or the absorbed split form; llama.cpp has no tensor for absorb --mode fold's products (attention is \(config.attentionForm.rawValue))")
         }
         guard config.placement == nil else { throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before shard") }
         let planned = try GGUFNames.tensors(config).map { t -> GGUFPlannedTensor in
@@ -137,6 +139,19 @@ public enum GGUFExport {
             }
             weights.release(name)
             return total
+        case .divided(let name, let divisor):
+            defer { source.release(name) }
+            return try emit(try finite(source.floats(name), name: name, source: source).map { Float(Double($0) / divisor) })
+        case .ones:
+            return try emit([Float](repeating: 1, count: tensor.shape.reduce(1, *)))
+        case .transposedHeads(let name):
+            defer { source.release(name) }
+            // attn_k_b[h][r][c] = W_UK[h][c][r].
+            let w = try finite(source.floats(name), name: name, source: source)
+            let (heads, kvl, nope) = (tensor.shape[0], tensor.shape[1], tensor.shape[2])
+            var out = [Float](repeating: 0, count: w.count)
+            for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * nope + c) * kvl + r] } } }
+            return try emit(out)
         case .keyAbsorb(let layer), .valueAbsorb(let layer):
             let name = TensorNames.name(.kvBProj, layer: layer)
             let w = try finite(source.floats(name), name: name, source: source)

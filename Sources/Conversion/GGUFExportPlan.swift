@@ -28,10 +28,17 @@ public enum GGUFFileType: String, CaseIterable, Sendable {
 enum GGUFRecipe: Equatable {
     /// A checkpoint tensor as it is.
     case tensor(String)
+    /// A checkpoint tensor with every value divided by `divisor`: the query rows of an absorbed checkpoint,
+    /// which carry the softmax scale llama.cpp applies itself.
+    case divided(String, divisor: Double)
+    /// Ones: a norm whose gain absorb folded into the next projection (llama.cpp still applies the norm).
+    case ones
     /// kv_b_proj's key rows of every head, transposed per head: [heads, kv_lora, nope] (llama.cpp's attn_k_b).
     case keyAbsorb(layer: Int)
     /// kv_b_proj's value rows of every head: [heads, v, kv_lora] (attn_v_b).
     case valueAbsorb(layer: Int)
+    /// An absorbed checkpoint's W_UK [heads, nope, kv_lora], transposed per head (attn_k_b).
+    case transposedHeads(String)
     /// A layer's routed experts' projection, stacked: [experts, out, in] (ffn_*_exps).
     case experts(layer: Int, MLPProjection)
 }
@@ -61,22 +68,31 @@ enum GGUFNames {
                                                      ("output_norm.weight", [h], .tensor(TensorNames.finalNorm))]
         if !c.tieWordEmbeddings { global.append(("output.weight", [c.vocabSize, h], .tensor(TensorNames.lmHead))) }
         var out = global.sorted { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
+        // The absorbed split form (`absorb --mode split`) holds what llama.cpp's attn_k_b/attn_v_b hold, with three
+        // exact folds undone or kept: the norms' gains stay in W_UK/W_UV and q_b_proj (the norms become ones), and
+        // the softmax scale is divided out of the query rows (llama.cpp applies its own).
+        let absorbed = c.attentionForm == .split ? c.absorption : nil
+        let queryDivisor = absorbed.map { $0.applied(.softmaxScale) ? $0.originalSoftmaxScale / $0.softmaxScale : 1 } ?? 1
         for i in 0..<c.numHiddenLayers {
             func w(_ weight: LayerWeight) -> GGUFRecipe { .tensor(TensorNames.name(weight, layer: i)) }
+            func query(_ weight: LayerWeight) -> GGUFRecipe {
+                queryDivisor == 1 ? w(weight) : .divided(TensorNames.name(weight, layer: i), divisor: queryDivisor)
+            }
             var block: [(String, [Int], GGUFRecipe)] = [
                 ("attn_norm.weight", [h], w(.inputNorm)),
                 ("attn_kv_a_mqa.weight", [kvl + rope, h], w(.kvAProj)),
-                ("attn_kv_a_norm.weight", [kvl], w(.kvANorm)),
-                ("attn_k_b.weight", [heads, kvl, nope], .keyAbsorb(layer: i)),
-                ("attn_v_b.weight", [heads, dv, kvl], .valueAbsorb(layer: i)),
+                ("attn_kv_a_norm.weight", [kvl], absorbed != nil && !c.hasLatentGain ? .ones : w(.kvANorm)),
+                ("attn_k_b.weight", [heads, kvl, nope], absorbed != nil ? .transposedHeads(TensorNames.name(.wUK, layer: i)) : .keyAbsorb(layer: i)),
+                ("attn_v_b.weight", [heads, dv, kvl], absorbed != nil ? w(.wUV) : .valueAbsorb(layer: i)),
                 ("attn_output.weight", [h, heads * dv], w(.oProj)),
                 ("ffn_norm.weight", [h], w(.postAttentionNorm)),
             ]
             if let ql = c.qLoraRank {
-                block += [("attn_q_a.weight", [ql, h], w(.qAProj)), ("attn_q_a_norm.weight", [ql], w(.qANorm)),
-                          ("attn_q_b.weight", [heads * c.qkHeadDim, ql], w(.qBProj))]
+                block += [("attn_q_a.weight", [ql, h], w(.qAProj)),
+                          ("attn_q_a_norm.weight", [ql], absorbed?.applied(.qALayernormGamma) == true ? .ones : w(.qANorm)),
+                          ("attn_q_b.weight", [heads * c.qkHeadDim, ql], query(.qBProj))]
             } else {
-                block.append(("attn_q.weight", [heads * c.qkHeadDim, h], w(.qProj)))
+                block.append(("attn_q.weight", [heads * c.qkHeadDim, h], query(.qProj)))
             }
             if c.isMoELayer(i), let experts = c.nRoutedExperts {
                 let f = c.moeIntermediateSize

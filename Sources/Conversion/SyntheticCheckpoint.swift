@@ -13,6 +13,12 @@ public enum SyntheticCheckpoint {
         /// V2-Lite: layer 0 dense, the rest MoE with 64 experts. 3 layers ("the lite slice": embed +
         /// 1 dense + 2 MoE + lm_head) is about 3.3 GB; 27 is the full 31 GB model.
         case v2Lite(layers: Int)
+        /// V2's real shapes (hidden 5120, 128 heads, q_lora 1536, kv_lora 512, experts of 1536 in 8 groups,
+        /// vocab 102400) with `experts` of its 160 routed experts per layer (a multiple of 8): layer 0 dense,
+        /// the rest MoE, in bf16. 2 layers with 16 experts is about 3.9 GB: a V2-Lite-sized slice with
+        /// query compression, which llama.cpp's deepseek2 loader (and so llama-quantize) requires of every
+        /// model but V2-Lite's 26/27 layers.
+        case v2(layers: Int, experts: Int)
         /// V3's real shapes (hidden 7168, 128 heads, q_lora 1536, kv_lora 512, 256 experts of 2048 in 8
         /// groups): embed, `dense` dense layers, `moe` MoE layers, lm_head, in FP8. 3 dense + 1 MoE is
         /// about 17 GB; each further MoE layer adds 11.5 GB (the full V3 has 3 + 58, and one MTP layer).
@@ -23,13 +29,14 @@ public enum SyntheticCheckpoint {
         public var label: String {
             switch self {
             case let .v2Lite(layers): return "DeepSeek-V2-Lite-shaped, \(layers) layers, bf16"
+            case let .v2(layers, experts): return "DeepSeek-V2-shaped, \(layers) layers, \(experts) of 160 experts, bf16"
             case let .v3(dense, moe, mtp):
                 return "DeepSeek-V3-shaped, \(dense) dense + \(moe) MoE layers\(mtp > 0 ? " + \(mtp) MTP" : ""), FP8 as published"
             }
         }
     }
 
-    /// The slice's `config.json`: the published V2-Lite or V3 values with the layer count cut.
+    /// The slice's `config.json`: the published V2-Lite, V2 or V3 values with the layer (and V2's expert) count cut.
     public static func config(_ shape: Shape) throws -> ConfigDocument {
         let json: String
         switch shape {
@@ -45,6 +52,19 @@ public enum SyntheticCheckpoint {
                               "original_max_position_embeddings": 4096, "type": "yarn"},
              "routed_scaling_factor": 1.0, "scoring_func": "softmax", "tie_word_embeddings": false, "topk_group": 1,
              "topk_method": "greedy", "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 102400}
+            """
+        case let .v2(layers, experts):
+            json = """
+            {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "attention_bias": false, "bos_token_id": 100000,
+             "eos_token_id": 100001, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 5120, "intermediate_size": 12288,
+             "kv_lora_rank": 512, "max_position_embeddings": 163840, "moe_intermediate_size": 1536, "moe_layer_freq": 1,
+             "n_group": 8, "n_routed_experts": \(experts), "n_shared_experts": 2, "norm_topk_prob": false, "num_attention_heads": 128,
+             "num_experts_per_tok": 6, "num_hidden_layers": \(layers), "num_key_value_heads": 128, "q_lora_rank": 1536,
+             "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+             "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                              "original_max_position_embeddings": 4096, "type": "yarn"},
+             "routed_scaling_factor": 16.0, "scoring_func": "softmax", "tie_word_embeddings": false, "topk_group": 3,
+             "topk_method": "group_limited_greedy", "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 102400}
             """
         case let .v3(dense, moe, mtp):
             json = """
@@ -97,7 +117,7 @@ public enum SyntheticCheckpoint {
         // Shards of at most 1 GB (V2-Lite) or 5 GB (V3; the published files are ~4.3 GB each), with an index.
         let limit: Int
         switch shape {
-        case .v2Lite: limit = 1_000_000_000
+        case .v2Lite, .v2: limit = 1_000_000_000
         case .v3: limit = 5_000_000_000
         }
         let layout = CheckpointLayout(tensors: tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }, maxShardSize: limit)
@@ -117,6 +137,7 @@ public enum SyntheticCheckpoint {
         var options: [String: String]
         switch shape {
         case let .v2Lite(layers): options = ["layers": String(layers)]
+        case let .v2(layers, experts): options = ["shape": "v2", "layers": String(layers), "experts": String(experts)]
         case let .v3(dense, moe, mtp): options = ["shape": "v3", "dense_layers": String(dense), "moe_layers": String(moe), "mtp_layers": String(mtp)]
         }
         let stage = ConversionManifest.Stage(stage: "generate", options: options, input: "synthetic")

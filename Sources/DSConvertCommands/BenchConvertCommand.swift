@@ -11,14 +11,15 @@ import Glibc
 /// `dsconvert-bench generate`: a V2-Lite-shaped or V3-shaped synthetic checkpoint.
 public enum GenerateBenchCommand: Command {
     /// `--shape`, decoded once.
-    enum ShapeOption: String, CaseIterable { case v2Lite = "v2-lite", v3 }
+    enum ShapeOption: String, CaseIterable { case v2Lite = "v2-lite", v2, v3 }
 
     public static let spec = CommandSpec(
         name: "generate",
-        abstract: "Write a checkpoint of random weights with a real model's names and shapes: DeepSeek-V2-Lite in bf16 (3 layers: the 3.3 GB lite slice; 27: the full 31 GB), or a DeepSeek-V3 slice in FP8 as published (3 dense + 1 MoE layer: 17 GB; +11.5 GB per MoE layer).",
+        abstract: "Write a checkpoint of random weights with a real model's names and shapes: DeepSeek-V2-Lite in bf16 (3 layers: the 3.3 GB lite slice; 27: the full 31 GB), a DeepSeek-V2 slice in bf16 (2 layers, 16 of its 160 experts: 3.9 GB), or a DeepSeek-V3 slice in FP8 as published (3 dense + 1 MoE layer: 17 GB; +11.5 GB per MoE layer).",
         options: [
-            OptionSpec("shape", value: "v2-lite|v3", help: "Model shape (default v2-lite)."),
-            OptionSpec("layers", value: "K", help: "v2-lite: decoder layers (default 3: 1 dense + 2 MoE)."),
+            OptionSpec("shape", value: "v2-lite|v2|v3", help: "Model shape (default v2-lite)."),
+            OptionSpec("layers", value: "K", help: "v2-lite: decoder layers (default 3: 1 dense + 2 MoE); v2: (default 2: 1 dense + 1 MoE)."),
+            OptionSpec("experts", value: "N", help: "v2: routed experts per MoE layer, a multiple of 8 up to V2's 160 (default 16: 3.9 GB for 2 layers, V2-Lite's size, with V2's query compression, which llama.cpp's loader requires)."),
             OptionSpec("dense-layers", value: "K", help: "v3: dense layers (default 3, as V3)."),
             OptionSpec("moe-layers", value: "K", help: "v3: MoE layers of 256 experts (default 2)."),
             OptionSpec("mtp-layers", value: "K", help: "v3: multi-token-prediction layers after them (default 0; V3 has 1: 15.3 GB)."),
@@ -36,6 +37,10 @@ public enum GenerateBenchCommand: Command {
                         mtp: try arguments.integer("mtp-layers", default: 0, in: 0...1))
         case .v2Lite:
             shape = .v2Lite(layers: try arguments.integer("layers", default: 3, in: 1...27))
+        case .v2:
+            let experts = try arguments.integer("experts", default: 16, in: 8...160)
+            guard experts % 8 == 0 else { throw UsageError("--experts must be a multiple of 8 (V2's 8 expert groups), got \(experts)") }
+            shape = .v2(layers: try arguments.integer("layers", default: 2, in: 1...60), experts: experts)
         }
         let output = URL(fileURLWithPath: try arguments.required("output"))
         let bytes = try SyntheticCheckpoint.write(shape, output: output, force: arguments.flag("force")) { terminal.progress($0) }
@@ -69,10 +74,15 @@ public enum ConvertBenchCommand: Command {
             OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, laid out like the input)."),
             OptionSpec("only", value: "TEXT", repeatable: true, help: "Time only the stages whose name contains TEXT (repeatable), beside the two copies."),
             OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
+            OptionSpec("tokenizer", value: "DIR", help: "Also time `export --gguf` (tokenizer.json and tokenizer_config.json from DIR)."),
+            OptionSpec("gguf-type", value: "TYPE", help: "The export's --type: q4_k_m (default), q6_k or q8_0."),
+            OptionSpec("llama-cpp", value: "DIR", help: "With --tokenizer on a bf16 input: also time llama.cpp's own path to the same type (convert_hf_to_gguf.py --outtype bf16, then llama-quantize; Tests/bench/llama_cpp_gguf_peer.sh), llama.cpp built by scripts/llama-cpp.sh."),
         ]
     )
 
     static let referenceName = "cp -r && sync"
+    static let exportName = "export --gguf"
+    static let llamaCppName = "llama.cpp gguf: convert + quantize"
     static let copyName = "cp -r"
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
@@ -91,7 +101,8 @@ public enum ConvertBenchCommand: Command {
         defer { try? FileManager.default.removeItem(at: scratch) }
         let out = scratch.appendingPathComponent("out")
         let only = arguments.all("only")
-        let jobs = try self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal).enumerated()
+        let jobs = try (self.jobs(arguments, input: input, output: out, tensors: inputTensors, terminal: terminal)
+                        + ggufJobs(arguments, input: input, output: out, scratch: scratch, terminal: terminal)).enumerated()
             .filter { $0.offset < 2 || only.isEmpty || only.contains(where: $0.element.name.contains) }.map(\.element)
         let cold = arguments.flag("cold")
         // Warm-up: the input is read once before any job, so every job finds it in the page cache and
@@ -112,6 +123,10 @@ public enum ConvertBenchCommand: Command {
                             cold ? "cold" : "warm", arguments.value("max-shard-size").map { "; --max-shard-size \($0)" } ?? ""))
         for line in BenchRounds.table(rows, inputBytes: inputBytes, referenceName: referenceName, copyName: copyName) {
             terminal.out(line)
+        }
+        if let ours = rows.first(where: { $0.name.hasPrefix(exportName) })?.wall?.median,
+           let peer = rows.first(where: { $0.name == llamaCppName })?.wall?.median {
+            terminal.out(String(format: "export --gguf is %.2fx faster than llama.cpp's two passes (medians %.2f s and %.2f s)", peer / ours, ours, peer))
         }
         let failed = rows.filter(\.failed)
         if !failed.isEmpty {
@@ -166,6 +181,40 @@ public enum ConvertBenchCommand: Command {
             jobs.append(BenchJob(name: String(extra[..<equals]), program: String(extra[extra.index(after: equals)...]),
                                  arguments: [input.path, out], expectation: .checkpoint(minimumTensors: tensors)))
         }
+        return jobs
+    }
+
+    /// With --tokenizer: `export --gguf`; with --llama-cpp too, on a bf16 input, llama.cpp's two passes to the same
+    /// type, reading a directory of links to the input's files beside copies of the tokenizer's (its converter reads
+    /// the vocabulary from the checkpoint directory).
+    static func ggufJobs(_ arguments: ParsedArguments, input: URL, output: URL, scratch: URL, terminal: Terminal) throws -> [BenchJob] {
+        guard let tokenizer = arguments.value("tokenizer") else { return [] }
+        let type = try arguments.choice("gguf-type", default: "q4_k_m", among: ["q4_k_m", "q6_k", "q8_0"])
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
+        var jobs = [BenchJob(name: "\(exportName) \(type)", program: binary,
+                             arguments: ["export", "--gguf", "--type", type, "--tokenizer", tokenizer, "--input", input.path, "--output", output.path],
+                             expectation: .manifest)]
+        guard let llama = arguments.value("llama-cpp") else { return jobs }
+        let config = try ConfigDocument.load(directory: input).model
+        guard config.quantization == nil else {
+            terminal.note("llama.cpp peer skipped: the input is FP8 (its converter's path for FP8 is a GPU cast first)")
+            return jobs
+        }
+        let withTokenizer = scratch.appendingPathComponent("with-tokenizer")
+        try FileManager.default.createDirectory(at: withTokenizer, withIntermediateDirectories: false)
+        for name in try FileManager.default.contentsOfDirectory(atPath: input.path) where !name.hasPrefix(".") && !name.hasPrefix("tokenizer") {
+            try FileManager.default.createSymbolicLink(at: withTokenizer.appendingPathComponent(name), withDestinationURL: input.appendingPathComponent(name))
+        }
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            let source = URL(fileURLWithPath: tokenizer).appendingPathComponent(name)
+            if FileManager.default.fileExists(atPath: source.path) {
+                try FileManager.default.copyItem(at: source, to: withTokenizer.appendingPathComponent(name))
+            }
+        }
+        let pre = config.architecture == .deepseekV3 ? "deepseek-v3" : "deepseek-llm"
+        jobs.append(BenchJob(name: llamaCppName, program: "/bin/sh",
+                             arguments: ["Tests/bench/llama_cpp_gguf_peer.sh", llama, withTokenizer.path, output.path, type.uppercased(), pre],
+                             expectation: .gguf))
         return jobs
     }
 

@@ -51,6 +51,19 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     }
 
     public static let configKey = "dsconvert_absorption"
+
+    /// The exact folds `folds` names.
+    public enum Fold: String, Sendable, CaseIterable {
+        /// kv_a_layernorm's γ moved into the latent columns of W_UK/W_UV (the norm's weight is dropped).
+        case kvALayernormGamma = "kv_a_layernorm_gamma"
+        /// q_a_layernorm's γ moved into the columns of q_b_proj (the norm's weight is dropped).
+        case qALayernormGamma = "q_a_layernorm_gamma"
+        /// The softmax scale moved into the query rows (the kernel then applies `softmaxScale`).
+        case softmaxScale = "softmax_scale"
+    }
+
+    /// True when `fold` was applied.
+    public func applied(_ fold: Fold) -> Bool { folds.contains(fold.rawValue) }
 }
 
 /// Parameters, decode cost and KV bytes of the three attention forms, from the config alone.

@@ -160,6 +160,55 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(again.status, 1, again.stderr)
     }
 
+    /// The absorbed split form as input: llama.cpp's tensors hold the same function. W_UK/W_UV carry kv_a_layernorm's
+    /// γ (so attn_kv_a_norm is ones), q_b_proj carries q_a_layernorm's (attn_q_a_norm ones), and the softmax scale
+    /// is divided back out of the query rows; every other tensor is the published form's, byte for byte. Checked
+    /// on the FP8 V3 fixture (query compression) absorbed in f32: each folded value within one f32 rounding of
+    /// the published tensor times its gain (1e-6 relative). llama.cpp's logits on such a file are the cross-check's.
+    func testAbsorbedSplitFormExportsTheSameFunction() throws {
+        let input = fixtures.appendingPathComponent("v3-fp8"), t = try tokenizer()
+        let absorbed = dir.appendingPathComponent("absorbed")
+        XCTAssertEqual(try runTool("dsconvert", ["absorb", "--mode", "split", "--dtype", "f32", "--input", input.path, "--output", absorbed.path]).status, 0)
+        var files: [(GGUFFile, Data)] = []
+        for (source, name) in [(input, "published"), (absorbed, "split")] {
+            let out = dir.appendingPathComponent("gguf-\(name)")
+            let r = try runTool("dsconvert", ["export", "--gguf", "--type", "f32", "--input", source.path, "--output", out.path, "--tokenizer", t.path, "--name", "m"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            files.append(try read(try gguf(out)))
+        }
+        let (published, pData) = files[0], (split, sData) = files[1]
+        XCTAssertEqual(published.tensors.map(\.name), split.tensors.map(\.name))
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: absorbed.appendingPathComponent("config.json"))) as! [String: Any]
+        let record = config["dsconvert_absorption"] as! [String: Any]
+        let scale = (record["original_softmax_scale"] as! Double) / (record["softmax_scale"] as! Double)
+        XCTAssertNotEqual(scale, 1)
+        func close(_ a: Float, _ b: Double, _ what: String) {
+            XCTAssertLessThanOrEqual(abs(Double(a) - b), 1e-6 * max(abs(b), 1e-30), what)
+        }
+        for t in published.tensors {
+            let p = try floats(published, pData, t.name), s = try floats(split, sData, t.name)
+            let layer = t.name.hasPrefix("blk.") ? Int(t.name.split(separator: ".")[1])! : -1
+            switch t.name.split(separator: ".").dropFirst(2).first.map(String.init) ?? "" {
+            case "attn_kv_a_norm", "attn_q_a_norm":
+                XCTAssertEqual(s, [Float](repeating: 1, count: p.count), t.name)
+            case "attn_k_b", "attn_v_b":
+                // The latent dimension r carries γ_kv: attn_k_b is [heads][r][c], attn_v_b [heads][j][r].
+                let gamma = try floats(published, pData, "blk.\(layer).attn_kv_a_norm.weight")
+                let kvl = gamma.count
+                for i in p.indices {
+                    let r = t.name.contains("attn_k_b") ? i / t.dimensions[0] % kvl : i % kvl
+                    close(s[i], Double(p[i]) * Double(gamma[r]), "\(t.name)[\(i)]")
+                }
+            case "attn_q_b":
+                // Columns carry γ_q; the scale is divided back out of every row.
+                let gamma = try floats(published, pData, "blk.\(layer).attn_q_a_norm.weight")
+                for i in p.indices { close(s[i], Double(p[i]) * Double(gamma[i % gamma.count]), "\(t.name)[\(i)]") }
+            default:
+                XCTAssertEqual(s, p, "\(t.name): copied")
+            }
+        }
+    }
+
     /// The output carries dsconvert.json like every dsconvert output: the input's stages and this one, and each
     /// GGUF file with its size and SHA-256 (computed as it was written); the same run gives the same bytes.
     func testManifestRecordsTheFiles() throws {
@@ -197,9 +246,9 @@ final class ExportTests: XCTestCase {
         try refused(["--gguf", "--input", input.path, "--output", out.path], "tokenizer.json")
         try refused(["--input", input.path, "--output", out.path, "--tokenizer", t.path], "--gguf", status: 64)
         try refused(["--gguf", "--type", "q2_k", "--input", input.path, "--output", out.path, "--tokenizer", t.path], "q2_k", status: 64)
-        let absorbed = dir.appendingPathComponent("absorbed")
-        XCTAssertEqual(try runTool("dsconvert", ["absorb", "--input", input.path, "--output", absorbed.path]).status, 0)
-        try refused(["--gguf", "--input", absorbed.path, "--output", out.path, "--tokenizer", t.path], "before absorb")
+        let folded = dir.appendingPathComponent("folded")
+        XCTAssertEqual(try runTool("dsconvert", ["absorb", "--mode", "fold", "--input", input.path, "--output", folded.path]).status, 0)
+        try refused(["--gguf", "--input", folded.path, "--output", out.path, "--tokenizer", t.path], "absorb --mode fold")
         // Inside the input, and an existing directory that is not a dsconvert output, with or without --force.
         let copy = dir.appendingPathComponent("copy")
         try FileManager.default.copyItem(at: input, to: copy)

@@ -13,11 +13,56 @@ final class GGUFTests: XCTestCase {
         try compareWithGoldens()
     }
 
-    /// The same with the AVX2 searches of q4_K and q6_K turned off (`DSCONVERT_NO_SIMD`): both paths are ggml's bytes.
+    /// The same with the SIMD searches turned off (`DSCONVERT_NO_SIMD`: scalar), and with AVX-512's two-super-block
+    /// q4_K search turned off (`DSCONVERT_NO_AVX512`: AVX2): every path gives ggml's bytes.
     func testScalarQuantizersMatchGGMLByteForByte() throws {
         setenv("DSCONVERT_NO_SIMD", "1", 1)
         defer { unsetenv("DSCONVERT_NO_SIMD") }
         try compareWithGoldens()
+    }
+
+    func testAVX2QuantizersMatchGGMLByteForByte() throws {
+        setenv("DSCONVERT_NO_AVX512", "1", 1)
+        defer { unsetenv("DSCONVERT_NO_AVX512") }
+        try compareWithGoldens()
+    }
+
+    /// Beyond the goldens: each SIMD path against the scalar one (itself ggml's bytes, above) on 4,096 random
+    /// super-blocks of varied shapes (Gaussian, heavy-tailed, one-signed, spiky, coarse-grid, tiny and flat
+    /// sub-blocks), so a lane or mask slip that the 20 golden rows happen to miss still shows.
+    func testSIMDPathsEqualScalarOnRandomBlocks() {
+        var state: UInt64 = 0x9E3779B97F4A7C15
+        func uniform() -> Float {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(state >> 40) / Float(1 << 24)
+        }
+        var values: [Float] = []
+        for block in 0..<4096 {
+            let scale = Float(pow(10.0, Double(block % 9) - 4))
+            for i in 0..<256 {
+                let u = uniform(), g = (uniform() + uniform() + uniform() - 1.5) * 2
+                switch block % 7 {
+                case 0: values.append(g * scale)
+                case 1: values.append(g * g * g * scale)
+                case 2: values.append(u * scale)
+                case 3: values.append(i % 37 == 0 ? 50 * scale : g * scale * 0.01)
+                case 4: values.append((u * 8).rounded() * scale)
+                case 5: values.append(i / 32 % 2 == 0 ? 0.25 * scale : g * scale)
+                default: values.append(-u * scale)
+                }
+            }
+        }
+        for type in [GGMLType.q4K, .q6K] {
+            setenv("DSCONVERT_NO_SIMD", "1", 1)
+            let scalar = type.encode(values)
+            unsetenv("DSCONVERT_NO_SIMD")
+            setenv("DSCONVERT_NO_AVX512", "1", 1)
+            let avx2 = type.encode(values)
+            unsetenv("DSCONVERT_NO_AVX512")
+            let best = type.encode(values)
+            XCTAssertEqual(avx2, scalar, "\(type) AVX2")
+            XCTAssertEqual(best, scalar, "\(type) widest SIMD")
+        }
     }
 
     private func compareWithGoldens() throws {
@@ -31,6 +76,10 @@ final class GGUFTests: XCTestCase {
             for row in 0..<20 {
                 let got = type.encode(Array(rows[(row * 2048)..<((row + 1) * 2048)]))
                 XCTAssertEqual(got, Array(expected[(row * perRow)..<((row + 1) * perRow)]), "\(file) row \(row)")
+                // An odd number of blocks (7 of 256, or 63 of 32): the last one is searched alone.
+                let part = type.bytes(elements: 1792)
+                XCTAssertEqual(type.encode(Array(rows[(row * 2048)..<(row * 2048 + 1792)])), Array(expected[(row * perRow)..<(row * perRow + part)]),
+                               "\(file) row \(row), first 1792 values")
             }
         }
     }

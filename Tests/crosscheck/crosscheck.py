@@ -1120,6 +1120,17 @@ def check_gguf_logits(binary, work, llama, source, files):
     if all(t in kls for t in GGUF_TYPES):
         check("GGUF: drift grows as bits fall (f32 < q8_0 < q6_k < q4_k_m)", kls["f32"] < kls["q8_0"] < kls["q6_k"] < kls["q4_k_m"],
               str(kls))
+    # dsconvert's absorbed split form as the export's input (absorbed in f32): llama.cpp runs the same function.
+    absorbed = os.path.join(work, "gguf-absorbed-split")
+    r = dsconvert(binary, "absorb", "--mode", "split", "--dtype", "f32", "--input", source, "--output", absorbed)
+    r2, exported = export_gguf(binary, os.path.join(work, "gguf-absorbed-export"), "--type", "f32", "--input", absorbed) if r.returncode == 0 else (r, [])
+    run = subprocess.run([sys.executable, "-c", LLAMA_LOGITS, llama, exported[0], json.dumps(tokens)], capture_output=True, text=True) if exported else None
+    if run is None or run.returncode != 0:
+        check("GGUF from the absorbed split form: llama.cpp runs it", False, r.stderr + r2.stderr + (run.stderr[-2000:] if run else ""))
+        return
+    delta = float(np.abs(np.array(json.loads(run.stdout)) - expected).max())
+    check(f"GGUF from the absorbed split form (f32): llama.cpp's logits within 1e-3 of dsconvert's forward pass on the published form "
+          f"(max |delta| {delta:.2e})", delta <= 1e-3)
 
 
 def check_fp8(binary, work):
