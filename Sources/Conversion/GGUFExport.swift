@@ -116,64 +116,17 @@ public enum GGUFExport {
     /// Encodes one tensor from its recipe and hands the bytes to `append`; returns the bytes produced.
     static func write(_ tensor: GGUFPlannedTensor, from source: TensorSource, weights: CheckpointWeights, config: DeepSeekConfig,
                       chunkElements: Int, to append: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
-        func emit(_ values: [Float]) throws -> Int {
-            let bytes = tensor.type.encode(values)
-            try bytes.withUnsafeBytes { try append($0) }
-            return bytes.count
-        }
-        switch tensor.recipe {
-        case .tensor(let name):
-            defer { source.release(name) }
-            // A large matrix (the embedding, the output head, an FP8 dense MLP) goes through in chunks of
-            // rows, so memory holds a chunk, not the tensor; chunks are whole FP8 scale blocks of rows.
-            guard tensor.shape.count == 2, tensor.shape[0] * tensor.shape[1] > chunkElements else {
-                return try emit(try finite(source.floats(name), name: name, source: source))
+        try withoutActuallyEscaping(append) { append in
+            let encoder = GGUFTensorEncoder(tensor: tensor, source: source, weights: weights, config: config, chunkElements: chunkElements, append: append)
+            switch tensor.recipe {
+            case .tensor(let name): return try encoder.rows(name, divisor: 1)
+            case .divided(let name, let divisor): return try encoder.rows(name, divisor: divisor)
+            case .ones: return try encoder.emit([Float](repeating: 1, count: tensor.shape.reduce(1, *)))
+            case .transposedHeads(let name): return try encoder.transposedHeads(name)
+            case .keyAbsorb(let layer): return try encoder.kvB(layer, keys: true)
+            case .valueAbsorb(let layer): return try encoder.kvB(layer, keys: false)
+            case .experts(let layer, let projection): return try encoder.experts(layer, projection)
             }
-            let (rows, columns) = (tensor.shape[0], tensor.shape[1])
-            let block = config.quantization?.block ?? 128
-            let fit = max(1, chunkElements / columns)
-            let step = fit >= block ? fit / block * block : fit
-            var total = 0
-            for start in stride(from: 0, to: rows, by: step) {
-                total += try emit(try finite(weights.rows(name, shape: tensor.shape, range: start..<min(rows, start + step)), name: name, source: source))
-            }
-            weights.release(name)
-            return total
-        case .divided(let name, let divisor):
-            defer { source.release(name) }
-            return try emit(try finite(source.floats(name), name: name, source: source).map { Float(Double($0) / divisor) })
-        case .ones:
-            return try emit([Float](repeating: 1, count: tensor.shape.reduce(1, *)))
-        case .transposedHeads(let name):
-            defer { source.release(name) }
-            // attn_k_b[h][r][c] = W_UK[h][c][r].
-            let w = try finite(source.floats(name), name: name, source: source)
-            let (heads, kvl, nope) = (tensor.shape[0], tensor.shape[1], tensor.shape[2])
-            var out = [Float](repeating: 0, count: w.count)
-            for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * nope + c) * kvl + r] } } }
-            return try emit(out)
-        case .keyAbsorb(let layer), .valueAbsorb(let layer):
-            let name = TensorNames.name(.kvBProj, layer: layer)
-            let w = try finite(source.floats(name), name: name, source: source)
-            let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, dv = config.vHeadDim, kvl = config.kvLoraRank
-            var out = [Float](repeating: 0, count: w.count / (nope + dv) * (tensor.recipe == .keyAbsorb(layer: layer) ? nope : dv))
-            if case .keyAbsorb = tensor.recipe {
-                // attn_k_b[h][r][c] = kv_b_proj[h·(nope+v) + c][r]: each head's key rows, transposed.
-                for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * (nope + dv) + c) * kvl + r] } } }
-            } else {
-                // attn_v_b[h][j][r] = kv_b_proj[h·(nope+v) + nope + j][r].
-                for h in 0..<heads { for j in 0..<dv { for r in 0..<kvl { out[(h * dv + j) * kvl + r] = w[(h * (nope + dv) + nope + j) * kvl + r] } } }
-            }
-            if case .valueAbsorb = tensor.recipe { source.release(name) }
-            return try emit(out)
-        case .experts(let layer, let projection):
-            var total = 0
-            for e in 0..<(config.nRoutedExperts ?? 0) {
-                let name = TensorNames.expert(layer, e, projection)
-                total += try emit(try finite(source.floats(name), name: name, source: source))
-                source.release(name)
-            }
-            return total
         }
     }
 
@@ -197,5 +150,83 @@ public enum GGUFExport {
         } catch let e as GGUFVocabulary.Invalid {
             throw ConversionError.unsupportedInput(path: e.path, reason: e.reason)
         }
+    }
+}
+
+/// Produces one exported tensor's bytes from its recipe, a piece at a time (see `GGUFExport.write`).
+struct GGUFTensorEncoder {
+    let tensor: GGUFPlannedTensor
+    let source: TensorSource
+    let weights: CheckpointWeights
+    let config: DeepSeekConfig
+    let chunkElements: Int
+    let append: (UnsafeRawBufferPointer) throws -> Void
+
+    /// Encodes `values` (whole blocks) and appends them; returns the bytes.
+    func emit(_ values: [Float]) throws -> Int {
+        let bytes = tensor.type.encode(values)
+        try bytes.withUnsafeBytes { try append($0) }
+        return bytes.count
+    }
+
+    private func checked(_ name: String) throws -> [Float] { try GGUFExport.finite(source.floats(name), name: name, source: source) }
+
+    /// A checkpoint tensor, each value divided by `divisor` (in f64, rounded once) unless it is 1. A large matrix
+    /// (the embedding, the output head, an FP8 dense MLP) goes through in chunks of rows, so memory holds a chunk,
+    /// not the tensor; chunks are whole FP8 scale blocks of rows.
+    func rows(_ name: String, divisor: Double) throws -> Int {
+        defer { source.release(name) }
+        func divided(_ values: [Float]) -> [Float] { divisor == 1 ? values : values.map { Float(Double($0) / divisor) } }
+        guard tensor.shape.count == 2, tensor.shape[0] * tensor.shape[1] > chunkElements else { return try emit(divided(checked(name))) }
+        let (rows, columns) = (tensor.shape[0], tensor.shape[1])
+        let block = config.quantization?.block ?? 128
+        let fit = max(1, chunkElements / columns)
+        let step = fit >= block ? fit / block * block : fit
+        var total = 0
+        for start in stride(from: 0, to: rows, by: step) {
+            let chunk = try weights.rows(name, shape: tensor.shape, range: start..<min(rows, start + step))
+            total += try emit(divided(try GGUFExport.finite(chunk, name: name, source: source)))
+        }
+        weights.release(name)
+        return total
+    }
+
+    /// An absorbed checkpoint's W_UK [heads, nope, kv_lora] as attn_k_b: attn_k_b[h][r][c] = W_UK[h][c][r].
+    func transposedHeads(_ name: String) throws -> Int {
+        defer { source.release(name) }
+        let w = try checked(name)
+        let (heads, kvl, nope) = (tensor.shape[0], tensor.shape[1], tensor.shape[2])
+        var out = [Float](repeating: 0, count: w.count)
+        for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * nope + c) * kvl + r] } } }
+        return try emit(out)
+    }
+
+    /// kv_b_proj's key rows of every head, transposed per head (attn_k_b), or its value rows (attn_v_b). The
+    /// value tensor comes second in llama.cpp's order, so it releases kv_b_proj's pages.
+    func kvB(_ layer: Int, keys: Bool) throws -> Int {
+        let name = TensorNames.name(.kvBProj, layer: layer)
+        let w = try checked(name)
+        let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, dv = config.vHeadDim, kvl = config.kvLoraRank
+        var out = [Float](repeating: 0, count: w.count / (nope + dv) * (keys ? nope : dv))
+        if keys {
+            // attn_k_b[h][r][c] = kv_b_proj[h·(nope+v) + c][r]: each head's key rows, transposed.
+            for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * (nope + dv) + c) * kvl + r] } } }
+        } else {
+            // attn_v_b[h][j][r] = kv_b_proj[h·(nope+v) + nope + j][r].
+            for h in 0..<heads { for j in 0..<dv { for r in 0..<kvl { out[(h * dv + j) * kvl + r] = w[(h * (nope + dv) + nope + j) * kvl + r] } } }
+            source.release(name)
+        }
+        return try emit(out)
+    }
+
+    /// A layer's routed experts' projection, stacked: each expert read, encoded and released in turn.
+    func experts(_ layer: Int, _ projection: MLPProjection) throws -> Int {
+        var total = 0
+        for e in 0..<(config.nRoutedExperts ?? 0) {
+            let name = TensorNames.expert(layer, e, projection)
+            total += try emit(try checked(name))
+            source.release(name)
+        }
+        return total
     }
 }
