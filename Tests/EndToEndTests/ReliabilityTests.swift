@@ -495,10 +495,23 @@ final class InterruptionTests: XCTestCase {
 final class FullDiskTests: XCTestCase {
     /// A conversion into a filesystem too small for it fails with one clear line and leaves nothing.
     func testConversionIntoSmallFilesystem() throws {
+        try fillTheDisk(["quantize", "--fp8", "--input", fixtures.appendingPathComponent("trained").path], file: ".safetensors")
+    }
+
+    /// The same for a GGUF export (the same writer, so the same behaviour).
+    func testGGUFExportIntoSmallFilesystem() throws {
+        let tokenizer = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: tokenizer) }
+        try writeByteTokenizer(into: tokenizer)
+        try fillTheDisk(["export", "--gguf", "--type", "f32", "--tokenizer", tokenizer.path, "--input", fixtures.appendingPathComponent("trained").path],
+                        file: ".gguf")
+    }
+
+    private func fillTheDisk(_ command: [String], file suffix: String) throws {
         let mountPoint = try makeTemporaryDirectory()
         defer { _ = try? runCommand("/bin/umount", [mountPoint.path]); try? FileManager.default.removeItem(at: mountPoint) }
         let out = mountPoint.appendingPathComponent("out")
-        let args = ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("trained").path, "--output", out.path]
+        let args = command + ["--output", out.path]
         let mounted = (try? runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint.path]))?.status == 0
         let r: RunResult
         if mounted {
@@ -511,7 +524,7 @@ final class FullDiskTests: XCTestCase {
         let errors = r.stderrLines.filter { $0.contains("error:") }
         XCTAssertEqual(errors.count, 1, r.stderr)
         XCTAssertTrue(errors[0].contains(mounted ? "No space left on device" : "too large"), r.stderr)
-        XCTAssertTrue(errors[0].contains(".safetensors"), "names the file: \(r.stderr)")
+        XCTAssertTrue(errors[0].contains(suffix), "names the file: \(r.stderr)")
         XCTAssertEqual(try leftovers(in: mountPoint), [], "partial output removed")
     }
 }
@@ -522,10 +535,13 @@ final class DeterminismTests: XCTestCase {
         let dir = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let trained = fixtures.appendingPathComponent("trained")
+        let tokenizer = dir.appendingPathComponent("tokenizer")
+        try writeByteTokenizer(into: tokenizer)
         let conversions: [(String, [String])] = [
             ("fp8-kv6", ["quantize", "--fp8", "--kv6", "--calibration", trained.appendingPathComponent("calibration.json").path, "--input", trained.path]),
             ("fold", ["absorb", "--mode", "fold", "--input", trained.path]),
             ("shard", ["shard", "--devices", "8", "--input", trained.path]),
+            ("gguf-q6_k", ["export", "--gguf", "--type", "q6_k", "--tokenizer", tokenizer.path, "--input", fixtures.appendingPathComponent("trained-wide").path]),
         ]
         for (name, args) in conversions {
             var hashes: [[String: String]] = []
