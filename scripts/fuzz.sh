@@ -12,8 +12,9 @@ mkdir -p "$out/work"
 root=$(pwd)
 # The C kernels Numerics imports: an ASan object and a module map for swiftc (SwiftPM makes its own).
 mkdir -p "$out/CKernels"
-printf 'module CKernels {\n  header "%s/Sources/CKernels/include/fp8_kernels.h"\n  export *\n}\n' "$root" > "$out/CKernels/module.modulemap"
+printf 'module CKernels {\n  header "%s/Sources/CKernels/include/fp8_kernels.h"\n  header "%s/Sources/CKernels/include/ggml_quants.h"\n  export *\n}\n' "$root" "$root" > "$out/CKernels/module.modulemap"
 clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/fp8_kernels.c -o "$out/fp8_kernels.o"
+clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/ggml_quants.c -o "$out/ggml_quants.o"
 # The same for the SIGBUS guard SafeTensors' mapped files register with.
 mkdir -p "$out/CMappingGuard"
 printf 'module CMappingGuard {\n  header "%s/Sources/CMappingGuard/include/mapping_guard.h"\n  export *\n}\n' "$root" > "$out/CMappingGuard/module.modulemap"
@@ -22,12 +23,12 @@ clang -O2 -g -fsanitize=address -I Sources/CMappingGuard/include -c Sources/CMap
 blas_include=$(pkg-config --variable=includedir openblas); blas_lib=$(pkg-config --variable=libdir openblas)
 flags=(-sanitize=fuzzer,address -parse-as-library -O -g -I "$out" -I "$out/CKernels" -I "$out/CMappingGuard" -I Sources/COpenSSL -I Sources/CSystemCalls
        -I Sources/COpenBLAS -Xcc -I"$blas_include")
-for module in Numerics SafeTensors DeepSeekModel ReferenceModel; do
+for module in Numerics SafeTensors DeepSeekModel ReferenceModel GGUF; do
   swiftc "${flags[@]}" -wmo -module-name "$module" -emit-module -emit-module-path "$out/$module.swiftmodule" \
     -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
 done
-swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/ReferenceModel.o \
-  "$out"/fp8_kernels.o "$out"/mapping_guard.o -L"$blas_lib" -lopenblas -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
+swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/ReferenceModel.o "$out"/GGUF.o \
+  "$out"/fp8_kernels.o "$out"/ggml_quants.o "$out"/mapping_guard.o -L"$blas_lib" -lopenblas -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
   -artifact_prefix=./ "$@" work "$root/Tests/Fuzz/corpus"

@@ -1,11 +1,13 @@
 // libFuzzer entry point for the parsers that read untrusted bytes and for what is computed from
 // their numbers: the safetensors header, the sharded index, config.json (decoder, validator, and
 // every size the accounting, the absorb cost table, the FP8 block scales and the placement derive
-// from it) and tokens.json (loader and the length, vocabulary and memory checks). Built by
+// from it), tokens.json (loader and the length, vocabulary and memory checks) and a GGUF file (the
+// checked reader `inspect FILE.gguf` uses, and every tensor's extent it accepts). Built by
 // scripts/fuzz.sh (swiftc -sanitize=fuzzer,address); the first byte selects the target, the rest is
 // its input (see `selector`). Every input must end in a value or a thrown error, never a trap, a leak or a hang.
 import DeepSeekModel
 import Foundation
+import GGUF
 import Numerics
 import SafeTensors
 import ReferenceModel
@@ -13,10 +15,10 @@ import ReferenceModel
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzParsers(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
     guard let start, count > 0 else { return 0 }
-    // 3 selects tokens.json; every other first byte keeps its earlier meaning (modulo 3), so the
-    // committed corpus still drives the parsers it was found for.
+    // 3 selects tokens.json and 4 a GGUF file; every other first byte keeps its earlier meaning
+    // (modulo 3), so the committed corpus still drives the parsers it was found for.
     let first = start.load(as: UInt8.self)
-    let selector = first == 3 ? 3 : first % 3
+    let selector = first == 3 || first == 4 ? Int(first) : Int(first % 3)
     let body = UnsafeRawBufferPointer(start: start + 1, count: count - 1)
     switch selector {
     case 0:
@@ -29,8 +31,12 @@ public func fuzzParsers(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
         _ = try? Checkpoint.parseIndex(Data(body), file: "fuzz/model.safetensors.index.json")
     case 2:
         if let config = try? DeepSeekConfig.decode(Data(body), path: "fuzz/config.json") { exerciseSizes(config) }
-    default:
+    case 3:
         if let tokens = try? TokenFile.parse(Data(body), path: "fuzz/tokens.json") { exerciseTokens(tokens) }
+    default:
+        if let file = try? GGUFFile(bytes: body) {
+            for t in file.tensors { precondition(file.dataOffset + t.offset + t.byteCount <= body.count, "\(t.name) beyond the file") }
+        }
     }
     return 0
 }
