@@ -180,173 +180,73 @@ static void q4k_search_scalar(const float *x, uint8_t *L, float *scales, float *
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-// `q4k_search_scalar` with the 8 sub-blocks in the 8 lanes of AVX2 vectors: every lane performs the scalar
-// search's f32 operations in the same order (separate multiplies and adds, IEEE division and square root,
-// selects for its branches), so the results are the same bits.
-__attribute__((target("avx2")))
-static void q4k_search_avx2(const float *x, uint8_t *L, float *scales, float *mins) {
-    __m256 X[32], W[32];
-    __m256i Lv[32], La[32];
-    const __m256i lane_offsets = _mm256_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224);
-    const __m256 zero = _mm256_setzero_ps(), magic = _mm256_set1_ps(12582912.0f);
-    const __m256i mantissa = _mm256_set1_epi32(0x007FFFFF), bias = _mm256_set1_epi32(0x00400000);
-    const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(15);
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (int i = 0; i < 32; ++i) X[i] = _mm256_i32gather_ps(x + i, lane_offsets, 4);
-    __m256 sum_x2 = zero;
-    for (int i = 0; i < 32; ++i) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(X[i], X[i]));
-    __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0f)));
-    for (int i = 0; i < 32; ++i) W[i] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, X[i]));
-    #define NEAREST(f) _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps((f), magic)), mantissa), bias)
-    #define CLAMP(v) _mm256_min_epi32(_mm256_max_epi32((v), lo), hi)
-    __m256 min = X[0], max = X[0], sum_w = W[0], sum_x = _mm256_mul_ps(W[0], X[0]);
-    for (int i = 1; i < 32; ++i) {
-        min = _mm256_blendv_ps(min, X[i], _mm256_cmp_ps(X[i], min, _CMP_LT_OQ));
-        max = _mm256_blendv_ps(max, X[i], _mm256_cmp_ps(X[i], max, _CMP_GT_OQ));
-        sum_w = _mm256_add_ps(sum_w, W[i]);
-        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(W[i], X[i]));
-    }
-    min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps(min, zero, _CMP_GT_OQ));
-    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
-    __m256 iscale = _mm256_div_ps(_mm256_set1_ps(15.0f), _mm256_sub_ps(max, min));
-    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
-    __m256 best_error = zero;
-    for (int i = 0; i < 32; ++i) {
-        Lv[i] = CLAMP(NEAREST(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))));
-        __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(Lv[i])), min), X[i]);
-        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
-    }
-    for (int is = 0; is <= 20; ++is) {
-        // As in the scalar search, the grid uses the min of the best fit so far.
-        const float step = -1.0f + 0.1f * is + 15;
-        iscale = _mm256_div_ps(_mm256_set1_ps(step), _mm256_sub_ps(max, min));
-        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
-        for (int i = 0; i < 32; ++i) {
-            La[i] = CLAMP(NEAREST(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))));
-            __m256 l = _mm256_cvtepi32_ps(La[i]);
-            __m256 wl = _mm256_mul_ps(W[i], l);
-            sum_l = _mm256_add_ps(sum_l, wl);
-            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, l));
-            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, X[i]));
-        }
-        __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-        __m256 positive = _mm256_cmp_ps(D, zero, _CMP_GT_OQ);
-        if (_mm256_movemask_ps(positive) == 0) continue;
-        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
-        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
-        __m256 clamp_min = _mm256_cmp_ps(this_min, zero, _CMP_GT_OQ);
-        this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), clamp_min);
-        this_min = _mm256_blendv_ps(this_min, zero, clamp_min);
-        __m256 cur_error = zero;
-        for (int i = 0; i < 32; ++i) {
-            __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, _mm256_cvtepi32_ps(La[i])), this_min), X[i]);
-            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
-        }
-        __m256 better = _mm256_and_ps(positive, _mm256_cmp_ps(cur_error, best_error, _CMP_LT_OQ));
-        if (_mm256_movemask_ps(better) == 0) continue;
-        __m256i take = _mm256_castps_si256(better);
-        for (int i = 0; i < 32; ++i) Lv[i] = _mm256_blendv_epi8(Lv[i], La[i], take);
-        best_error = _mm256_blendv_ps(best_error, cur_error, better);
-        scale = _mm256_blendv_ps(scale, this_scale, better);
-        min = _mm256_blendv_ps(min, this_min, better);
-    }
-    #undef NEAREST
-    #undef CLAMP
-    // A flat sub-block (max == min): codes 0, scale 0, min −min, as the scalar search returns early.
-    __m256i flat_i = _mm256_castps_si256(flat);
-    for (int i = 0; i < 32; ++i) Lv[i] = _mm256_andnot_si256(flat_i, Lv[i]);
-    scale = _mm256_blendv_ps(scale, zero, flat);
-    float s8[8], m8[8];
-    int32_t l8[8];
-    _mm256_storeu_ps(s8, scale);
-    _mm256_storeu_ps(m8, min);
-    for (int j = 0; j < 8; ++j) { scales[j] = s8[j]; mins[j] = -m8[j]; }
-    for (int i = 0; i < 32; ++i) {
-        _mm256_storeu_si256((__m256i *)l8, Lv[i]);
-        for (int j = 0; j < 8; ++j) L[32 * j + i] = (uint8_t)l8[j];
-    }
-}
+// The vectorized q4_K searches, from one template (q4k_search_simd.inc): `q4k_search_avx2` (8 sub-blocks, one
+// super-block, in AVX2 lanes) and `q4k_search2_avx512` (16 sub-blocks, two consecutive super-blocks).
+#define Q4K_NAME q4k_search_avx2
+#define Q4K_TARGET "avx2"
+#define LANES 8
+#define VF __m256
+#define VI __m256i
+#define VM __m256
+#define LANE_OFFSETS _mm256_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224)
+#define GATHER(p, offsets) _mm256_i32gather_ps((p), (offsets), 4)
+#define F_SET1 _mm256_set1_ps
+#define F_ADD _mm256_add_ps
+#define F_SUB _mm256_sub_ps
+#define F_MUL _mm256_mul_ps
+#define F_DIV _mm256_div_ps
+#define F_SQRT _mm256_sqrt_ps
+#define F_ABS(v) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (v))
+#define F_LT(a, b) _mm256_cmp_ps((a), (b), _CMP_LT_OQ)
+#define F_GT(a, b) _mm256_cmp_ps((a), (b), _CMP_GT_OQ)
+#define F_EQ(a, b) _mm256_cmp_ps((a), (b), _CMP_EQ_OQ)
+#define F_SELECT(m, a, b) _mm256_blendv_ps((a), (b), (m))
+#define F_AS_I _mm256_castps_si256
+#define F_STORE _mm256_storeu_ps
+#define I_SET1 _mm256_set1_epi32
+#define I_SUB _mm256_sub_epi32
+#define I_AND _mm256_and_si256
+#define I_MIN _mm256_min_epi32
+#define I_MAX _mm256_max_epi32
+#define I_TO_F _mm256_cvtepi32_ps
+#define I_SELECT(m, a, b) _mm256_blendv_epi8((a), (b), _mm256_castps_si256(m))
+#define I_STORE(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+#define M_NONE(m) (_mm256_movemask_ps(m) == 0)
+#define M_AND _mm256_and_ps
+#include "q4k_search_simd.inc"
 
-// `q4k_search_avx2` on two consecutive super-blocks at once, their 16 sub-blocks in the 16 lanes of AVX-512
-// vectors: the same f32 operations per lane in the same order, with mask registers for the selects.
-__attribute__((target("avx512f")))
-static void q4k_search2_avx512(const float *x, uint8_t *L, float *scales, float *mins) {
-    __m512 X[32], W[32];
-    __m512i Lv[32], La[32];
-    const __m512i lane_offsets = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480);
-    const __m512 zero = _mm512_setzero_ps(), magic = _mm512_set1_ps(12582912.0f);
-    const __m512i mantissa = _mm512_set1_epi32(0x007FFFFF), bias = _mm512_set1_epi32(0x00400000);
-    const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(15);
-    for (int i = 0; i < 32; ++i) X[i] = _mm512_i32gather_ps(lane_offsets, x + i, 4);
-    __m512 sum_x2 = zero;
-    for (int i = 0; i < 32; ++i) sum_x2 = _mm512_add_ps(sum_x2, _mm512_mul_ps(X[i], X[i]));
-    __m512 av_x = _mm512_sqrt_ps(_mm512_div_ps(sum_x2, _mm512_set1_ps(32.0f)));
-    for (int i = 0; i < 32; ++i) W[i] = _mm512_add_ps(av_x, _mm512_abs_ps(X[i]));
-    #define NEAREST(f) _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(_mm512_add_ps((f), magic)), mantissa), bias)
-    #define CLAMP(v) _mm512_min_epi32(_mm512_max_epi32((v), lo), hi)
-    __m512 min = X[0], max = X[0], sum_w = W[0], sum_x = _mm512_mul_ps(W[0], X[0]);
-    for (int i = 1; i < 32; ++i) {
-        min = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(X[i], min, _CMP_LT_OQ), min, X[i]);
-        max = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(X[i], max, _CMP_GT_OQ), max, X[i]);
-        sum_w = _mm512_add_ps(sum_w, W[i]);
-        sum_x = _mm512_add_ps(sum_x, _mm512_mul_ps(W[i], X[i]));
-    }
-    min = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(min, zero, _CMP_GT_OQ), min, zero);
-    const __mmask16 flat = _mm512_cmp_ps_mask(max, min, _CMP_EQ_OQ);
-    __m512 iscale = _mm512_div_ps(_mm512_set1_ps(15.0f), _mm512_sub_ps(max, min));
-    __m512 scale = _mm512_div_ps(_mm512_set1_ps(1.0f), iscale);
-    __m512 best_error = zero;
-    for (int i = 0; i < 32; ++i) {
-        Lv[i] = CLAMP(NEAREST(_mm512_mul_ps(iscale, _mm512_sub_ps(X[i], min))));
-        __m512 diff = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(Lv[i])), min), X[i]);
-        best_error = _mm512_add_ps(best_error, _mm512_mul_ps(W[i], _mm512_mul_ps(diff, diff)));
-    }
-    for (int is = 0; is <= 20; ++is) {
-        const float step = -1.0f + 0.1f * is + 15;
-        iscale = _mm512_div_ps(_mm512_set1_ps(step), _mm512_sub_ps(max, min));
-        __m512 sum_l = zero, sum_l2 = zero, sum_xl = zero;
-        for (int i = 0; i < 32; ++i) {
-            La[i] = CLAMP(NEAREST(_mm512_mul_ps(iscale, _mm512_sub_ps(X[i], min))));
-            __m512 l = _mm512_cvtepi32_ps(La[i]);
-            __m512 wl = _mm512_mul_ps(W[i], l);
-            sum_l = _mm512_add_ps(sum_l, wl);
-            sum_l2 = _mm512_add_ps(sum_l2, _mm512_mul_ps(wl, l));
-            sum_xl = _mm512_add_ps(sum_xl, _mm512_mul_ps(wl, X[i]));
-        }
-        __m512 D = _mm512_sub_ps(_mm512_mul_ps(sum_w, sum_l2), _mm512_mul_ps(sum_l, sum_l));
-        __mmask16 positive = _mm512_cmp_ps_mask(D, zero, _CMP_GT_OQ);
-        if (positive == 0) continue;
-        __m512 this_scale = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sum_w, sum_xl), _mm512_mul_ps(sum_x, sum_l)), D);
-        __m512 this_min = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sum_l2, sum_x), _mm512_mul_ps(sum_l, sum_xl)), D);
-        __mmask16 clamp_min = _mm512_cmp_ps_mask(this_min, zero, _CMP_GT_OQ);
-        this_scale = _mm512_mask_blend_ps(clamp_min, this_scale, _mm512_div_ps(sum_xl, sum_l2));
-        this_min = _mm512_mask_blend_ps(clamp_min, this_min, zero);
-        __m512 cur_error = zero;
-        for (int i = 0; i < 32; ++i) {
-            __m512 diff = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(this_scale, _mm512_cvtepi32_ps(La[i])), this_min), X[i]);
-            cur_error = _mm512_add_ps(cur_error, _mm512_mul_ps(W[i], _mm512_mul_ps(diff, diff)));
-        }
-        __mmask16 better = positive & _mm512_cmp_ps_mask(cur_error, best_error, _CMP_LT_OQ);
-        if (better == 0) continue;
-        for (int i = 0; i < 32; ++i) Lv[i] = _mm512_mask_blend_epi32(better, Lv[i], La[i]);
-        best_error = _mm512_mask_blend_ps(better, best_error, cur_error);
-        scale = _mm512_mask_blend_ps(better, scale, this_scale);
-        min = _mm512_mask_blend_ps(better, min, this_min);
-    }
-    #undef NEAREST
-    #undef CLAMP
-    for (int i = 0; i < 32; ++i) Lv[i] = _mm512_mask_blend_epi32(flat, Lv[i], lo);
-    scale = _mm512_mask_blend_ps(flat, scale, zero);
-    float s16[16], m16[16];
-    int32_t l16[16];
-    _mm512_storeu_ps(s16, scale);
-    _mm512_storeu_ps(m16, min);
-    for (int j = 0; j < 16; ++j) { scales[j] = s16[j]; mins[j] = -m16[j]; }
-    for (int i = 0; i < 32; ++i) {
-        _mm512_storeu_si512(l16, Lv[i]);
-        for (int j = 0; j < 16; ++j) L[32 * j + i] = (uint8_t)l16[j];
-    }
-}
+#define Q4K_NAME q4k_search2_avx512
+#define Q4K_TARGET "avx512f"
+#define LANES 16
+#define VF __m512
+#define VI __m512i
+#define VM __mmask16
+#define LANE_OFFSETS _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480)
+#define GATHER(p, offsets) _mm512_i32gather_ps((offsets), (p), 4)
+#define F_SET1 _mm512_set1_ps
+#define F_ADD _mm512_add_ps
+#define F_SUB _mm512_sub_ps
+#define F_MUL _mm512_mul_ps
+#define F_DIV _mm512_div_ps
+#define F_SQRT _mm512_sqrt_ps
+#define F_ABS _mm512_abs_ps
+#define F_LT(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ)
+#define F_GT(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ)
+#define F_EQ(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_EQ_OQ)
+#define F_SELECT(m, a, b) _mm512_mask_blend_ps((m), (a), (b))
+#define F_AS_I _mm512_castps_si512
+#define F_STORE _mm512_storeu_ps
+#define I_SET1 _mm512_set1_epi32
+#define I_SUB _mm512_sub_epi32
+#define I_AND _mm512_and_si512
+#define I_MIN _mm512_min_epi32
+#define I_MAX _mm512_max_epi32
+#define I_TO_F _mm512_cvtepi32_ps
+#define I_SELECT(m, a, b) _mm512_mask_blend_epi32((m), (a), (b))
+#define I_STORE(p, v) _mm512_storeu_si512((p), (v))
+#define M_NONE(m) ((m) == 0)
+#define M_AND(a, b) ((__mmask16)((a) & (b)))
+#include "q4k_search_simd.inc"
 #endif
 
 // q4_K: 8 sub-blocks of 32 with a 6-bit scale and min each (weights av_x + |x|), super-block d and
