@@ -115,7 +115,7 @@ public enum OutputCheck {
                 let mapped = try MappedFile(path: output.appendingPathComponent(name).path)
                 guard let base = mapped.base else { throw OutputCheckError.unreadableGGUF("\(name) is empty") }
                 let file = try GGUFFile(bytes: UnsafeRawBufferPointer(start: base, count: mapped.size))
-                guard !file.tensors.isEmpty else { throw OutputCheckError.tooFewTensors(found: 0, expected: 1) }
+                guard !file.tensors.isEmpty else { throw OutputCheckError.unreadableGGUF("\(name) holds no tensor") }
             } catch let error as OutputCheckError {
                 throw error
             } catch {

@@ -445,6 +445,8 @@ static int simd_level(void) {
 #endif
 }
 
+int dsconvert_ggml_simd_level(void) { return simd_level(); }
+
 // q6_K: 16 sub-blocks of 16 with an int8 scale each, super-block d in fp16, 6-bit codes (low 4 bits
 // in ql, high 2 in qh) recomputed from the quantized scales.
 void dsconvert_quantize_q6_k(const float *x, uint8_t *out, int64_t n) {

@@ -18,19 +18,23 @@ public final class ConversionOutput {
 
     /// - Parameter resume: adopt the work directory of an interrupted run of the same conversion
     ///   and keep its finished shards (verified by SHA-256).
-    public convenience init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stage: ConversionManifest.Stage, resume: Bool = false) throws {
+    /// - Parameter otherInputs: further directories the run reads (a tokenizer's), which the output may not
+    ///   be, contain or lie inside either.
+    public convenience init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stage: ConversionManifest.Stage, resume: Bool = false,
+                            otherInputs: [URL] = []) throws {
         let stages = (try ConversionManifest.load(directory: input)?.stages ?? []) + [stage]
-        try self.init(input: input, output: output, force: force, layout: layout, stages: stages, newStages: [stage], resume: resume)
+        try self.init(input: input, output: output, force: force, layout: layout, stages: stages, newStages: [stage], resume: resume,
+                      otherInputs: otherInputs)
     }
 
     /// - Parameters:
     ///   - stages: what the manifest records (the input's stages and this run's).
     ///   - newStages: this run's stages, which identify it for `--resume`.
     public init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stages: [ConversionManifest.Stage],
-                newStages: [ConversionManifest.Stage], resume: Bool = false) throws {
+                newStages: [ConversionManifest.Stage], resume: Bool = false, otherInputs: [URL] = []) throws {
         self.input = input
         self.stages = stages
-        directory = try Self.openDirectory(input: input, output: output, force: force, resume: resume)
+        directory = try Self.openDirectory(input: input, output: output, force: force, resume: resume, otherInputs: otherInputs)
         writer = CheckpointWriter(layout: layout, directory: directory.temporaryURL,
                                   key: Self.resumeKey(stages: newStages, input: input), resume: directory.resumed)
     }
@@ -80,9 +84,9 @@ public final class ConversionOutput {
 
     /// The atomic output directory of a conversion of `input`, once its side files are known to be
     /// copyable (a refused link costs nothing); shared by every stage's sink.
-    static func openDirectory(input: URL, output: URL, force: Bool, resume: Bool) throws -> AtomicOutputDirectory {
+    static func openDirectory(input: URL, output: URL, force: Bool, resume: Bool, otherInputs: [URL] = []) throws -> AtomicOutputDirectory {
         _ = try sideFiles(in: input)
-        return try AtomicOutputDirectory(final: output, inputs: [input], marker: ConversionManifest.fileName, force: force, resume: resume)
+        return try AtomicOutputDirectory(final: output, inputs: [input] + otherInputs, marker: ConversionManifest.fileName, force: force, resume: resume)
     }
 
     /// The side files `copySideFiles` will copy, their link targets checked before any work starts

@@ -11,7 +11,7 @@ import SafeTensors
 /// transposed, and attn_v_b; each layer's routed experts stacked into one 3-D tensor per projection; the
 /// MTP layers left out), each encoded by `GGUFTypeRule`'s choice for the file type; metadata as its
 /// converter writes it; the vocabulary from the checkpoint's tokenizer.json. Memory holds one tensor
-/// (one expert of a stacked tensor) at a time.
+/// (one expert of a stacked tensor, a chunk of rows of a large matrix) at a time.
 public enum GGUFExport {
     public struct Options: Sendable {
         public var type: GGUFFileType
@@ -58,6 +58,9 @@ public enum GGUFExport {
             throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads the published or the absorbed split form; llama.cpp has no tensor for absorb --mode fold's products (attention is \(config.attentionForm.rawValue))")
         }
         guard config.placement == nil else { throw ConversionError.unsupportedInput(path: path, reason: "export --gguf reads a checkpoint before shard") }
+        if let reason = GGUFNames.invalidAbsorption(config) {
+            throw ConversionError.unsupportedInput(path: input.appendingPathComponent("config.json").path, reason: reason)
+        }
         let planned = try GGUFNames.tensors(config).map { t -> GGUFPlannedTensor in
             do {
                 return GGUFPlannedTensor(name: t.name, shape: t.shape, type: try GGUFTypeRule.type(t.name, shape: t.shape, fileType: options.type, config: config), recipe: t.recipe)
@@ -70,8 +73,9 @@ public enum GGUFExport {
                                      sizeLabel: options.sizeLabel, vocabulary: try vocabulary(source: source, options: options))
         let files = try GGUFSplit.files(planned, metadata: metadata, base: fileBase(name: name, type: options.type),
                                         maxBytes: options.splitMaxSize, output: output)
-        let out = try ConversionOutput(input: input, output: output, force: force, layout: CheckpointLayout(files: files.map(\.plan)),
-                                       stage: stage(options, input: input), resume: resume)
+        let plans = files.map(\.plan)
+        let out = try ConversionOutput(input: input, output: output, force: force, layout: CheckpointLayout(files: plans),
+                                       stage: stage(options, input: input), resume: resume, otherInputs: options.tokenizer.map { [$0] } ?? [])
         let weights = CheckpointWeights(checkpoint: source.checkpoint, fp8Block: config.quantization?.block)
         var done = 0
         for file in files {
@@ -88,7 +92,7 @@ public enum GGUFExport {
             }
         }
         try out.commit()
-        return Summary(tensors: planned.count, bytes: files.reduce(0) { $0 + $1.plan.fileSize },
+        return Summary(tensors: planned.count, bytes: plans.reduce(0) { $0 + $1.fileSize },
                        types: Dictionary(planned.map { ($0.type.name, 1) }, uniquingKeysWith: +), files: files.map(\.name))
     }
 
@@ -176,16 +180,19 @@ struct GGUFTensorEncoder {
     /// not the tensor; chunks are whole FP8 scale blocks of rows.
     func rows(_ name: String, divisor: Double) throws -> Int {
         defer { source.release(name) }
-        func divided(_ values: [Float]) -> [Float] { divisor == 1 ? values : values.map { Float(Double($0) / divisor) } }
+        // Checked again after the division: a value near f32's largest can overflow when the scale is divided out.
+        func divided(_ values: [Float]) throws -> [Float] {
+            divisor == 1 ? values : try GGUFExport.finite(values.map { Float(Double($0) / divisor) }, name: name, source: source)
+        }
         guard tensor.shape.count == 2, tensor.shape[0] * tensor.shape[1] > chunkElements else { return try emit(divided(checked(name))) }
         let (rows, columns) = (tensor.shape[0], tensor.shape[1])
-        let block = config.quantization?.block ?? 128
+        // An FP8 matrix is read in whole scale blocks of rows (at least one), so each chunk dequantizes only its rows.
         let fit = max(1, chunkElements / columns)
-        let step = fit >= block ? fit / block * block : fit
+        let step = config.quantization.map { max($0.block, fit / $0.block * $0.block) } ?? fit
         var total = 0
         for start in stride(from: 0, to: rows, by: step) {
             let chunk = try weights.rows(name, shape: tensor.shape, range: start..<min(rows, start + step))
-            total += try emit(divided(try GGUFExport.finite(chunk, name: name, source: source)))
+            total += try emit(try divided(try GGUFExport.finite(chunk, name: name, source: source)))
         }
         weights.release(name)
         return total

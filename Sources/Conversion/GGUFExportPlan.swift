@@ -72,7 +72,7 @@ enum GGUFNames {
         // exact folds undone or kept: the norms' gains stay in W_UK/W_UV and q_b_proj (the norms become ones), and
         // the softmax scale is divided out of the query rows (llama.cpp applies its own).
         let absorbed = c.attentionForm == .split ? c.absorption : nil
-        let queryDivisor = absorbed.map { $0.applied(.softmaxScale) ? $0.originalSoftmaxScale / $0.softmaxScale : 1 } ?? 1
+        let queryDivisor = absorbed.map(GGUFNames.queryDivisor) ?? 1
         for i in 0..<c.numHiddenLayers {
             func w(_ weight: LayerWeight) -> GGUFRecipe { .tensor(TensorNames.name(weight, layer: i)) }
             func query(_ weight: LayerWeight) -> GGUFRecipe {
@@ -81,7 +81,7 @@ enum GGUFNames {
             var block: [(String, [Int], GGUFRecipe)] = [
                 ("attn_norm.weight", [h], w(.inputNorm)),
                 ("attn_kv_a_mqa.weight", [kvl + rope, h], w(.kvAProj)),
-                ("attn_kv_a_norm.weight", [kvl], absorbed != nil && !c.hasLatentGain ? .ones : w(.kvANorm)),
+                ("attn_kv_a_norm.weight", [kvl], absorbed?.applied(.kvALayernormGamma) == true && !c.hasLatentGain ? .ones : w(.kvANorm)),
                 ("attn_k_b.weight", [heads, kvl, nope], absorbed != nil ? .transposedHeads(TensorNames.name(.wUK, layer: i)) : .keyAbsorb(layer: i)),
                 ("attn_v_b.weight", [heads, dv, kvl], absorbed != nil ? w(.wUV) : .valueAbsorb(layer: i)),
                 ("attn_output.weight", [h, heads * dv], w(.oProj)),
@@ -112,6 +112,26 @@ enum GGUFNames {
             out += block.map { (layer(i, $0.0), $0.1, $0.2) }.sorted { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
         }
         return out.map { (name: $0.0, shape: $0.1, recipe: $0.2) }
+    }
+
+    /// What the query rows of an absorbed checkpoint were multiplied by: the original softmax scale over the
+    /// kernel's (1 when the scale was not folded).
+    static func queryDivisor(_ record: AbsorptionRecord) -> Double {
+        record.applied(.softmaxScale) ? record.originalSoftmaxScale / record.softmaxScale : 1
+    }
+
+    /// Why an absorbed checkpoint's record cannot be undone for llama.cpp (which applies the model's own scale),
+    /// or nil: the folded scale must be the model's, and the divisor finite and positive.
+    static func invalidAbsorption(_ c: DeepSeekConfig) -> String? {
+        guard c.attentionForm == .split, let record = c.absorption else { return nil }
+        let divisor = queryDivisor(record)
+        guard divisor.isFinite, divisor > 0 else {
+            return "dsconvert_absorption's softmax_scale \(record.softmaxScale) and original_softmax_scale \(record.originalSoftmaxScale) give no finite positive factor to divide out of the query rows"
+        }
+        guard !record.applied(.softmaxScale) || abs(record.originalSoftmaxScale - c.softmaxScale) <= 1e-12 * c.softmaxScale else {
+            return "dsconvert_absorption's original_softmax_scale \(record.originalSoftmaxScale) is not the model's softmax scale \(c.softmaxScale)"
+        }
+        return nil
     }
 }
 

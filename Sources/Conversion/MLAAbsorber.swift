@@ -26,9 +26,9 @@ public struct AbsorbOptions: Sendable {
 /// Every product is taken in f64 in a fixed order and rounded once to the storage dtype.
 public enum MLAAbsorber {
     public static func record(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: String) -> AbsorptionRecord {
-        var folds = [AbsorptionRecord.Fold.kvALayernormGamma.rawValue]
-        if config.qLoraRank != nil { folds.append(AbsorptionRecord.Fold.qALayernormGamma.rawValue) }
-        folds.append(AbsorptionRecord.Fold.softmaxScale.rawValue)
+        var folds: [AbsorptionRecord.Fold] = [.kvALayernormGamma]
+        if config.qLoraRank != nil { folds.append(.qALayernormGamma) }
+        folds.append(.softmaxScale)
         let inQ = config.qLoraRank != nil ? "q_lora_rank (input of q_b_proj, after the un-gained q_a RMSNorm)" : "hidden"
         var layouts: [String: String]
         switch options.form {

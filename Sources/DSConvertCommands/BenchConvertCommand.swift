@@ -76,7 +76,8 @@ public enum ConvertBenchCommand: Command {
             OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
             OptionSpec("tokenizer", value: "DIR", help: "Also time `export --gguf` (tokenizer.json and tokenizer_config.json from DIR)."),
             OptionSpec("gguf-type", value: "TYPE", help: "The export's --type: q4_k_m (default), q6_k or q8_0."),
-            OptionSpec("llama-cpp", value: "DIR", help: "With --tokenizer on a bf16 input: also time llama.cpp's own path to the same type (convert_hf_to_gguf.py --outtype bf16, then llama-quantize; Tests/bench/llama_cpp_gguf_peer.sh), llama.cpp built by scripts/llama-cpp.sh."),
+            OptionSpec("llama-cpp", value: "DIR", help: "With --tokenizer on a bf16 input: also time llama.cpp's own path to the same type (convert_hf_to_gguf.py --outtype bf16, then llama-quantize), llama.cpp built by scripts/llama-cpp.sh."),
+            OptionSpec("llama-cpp-peer", value: "SCRIPT", help: "The script of llama.cpp's path (default Tests/bench/llama_cpp_gguf_peer.sh; skipped if missing)."),
         ]
     )
 
@@ -138,8 +139,13 @@ public enum ConvertBenchCommand: Command {
 
     /// The jobs: the durable copy (the reference) first, the page-cache copy second, then the stages,
     /// the torch peer when torch is installed, and every --extra-job.
+    /// The `dsconvert` binary beside this one (the jobs time the build being benchmarked).
+    static var dsconvertBinary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
+    }
+
     static func jobs(_ arguments: ParsedArguments, input: URL, output: URL, tensors: Int, terminal: Terminal) throws -> [BenchJob] {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
+        let binary = dsconvertBinary
         let out = output.path
         let io = ["--input", input.path, "--output", out] + (arguments.value("max-shard-size").map { ["--max-shard-size", $0] } ?? [])
         let copy = OutputExpectation.copy(of: OutputCheck.files(under: input))
@@ -189,12 +195,18 @@ public enum ConvertBenchCommand: Command {
     /// the vocabulary from the checkpoint directory).
     static func ggufJobs(_ arguments: ParsedArguments, input: URL, output: URL, scratch: URL, terminal: Terminal) throws -> [BenchJob] {
         guard let tokenizer = arguments.value("tokenizer") else { return [] }
-        let type = try arguments.choice("gguf-type", default: "q4_k_m", among: ["q4_k_m", "q6_k", "q8_0"])
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
-        var jobs = [BenchJob(name: "\(exportName) \(type)", program: binary,
-                             arguments: ["export", "--gguf", "--type", type, "--tokenizer", tokenizer, "--input", input.path, "--output", output.path],
+        // The types llama-quantize writes (the peer's second pass), named as llama-quantize names them.
+        let quantized: [GGUFFileType] = [.q4_k_m, .q6_k, .q8_0]
+        let type = GGUFFileType(rawValue: try arguments.choice("gguf-type", default: GGUFFileType.q4_k_m.rawValue, among: quantized.map(\.rawValue)))!
+        var jobs = [BenchJob(name: "\(exportName) \(type.rawValue)", program: dsconvertBinary,
+                             arguments: ["export", "--gguf", "--type", type.rawValue, "--tokenizer", tokenizer, "--input", input.path, "--output", output.path],
                              expectation: .manifest)]
         guard let llama = arguments.value("llama-cpp") else { return jobs }
+        let peer = arguments.value("llama-cpp-peer") ?? "Tests/bench/llama_cpp_gguf_peer.sh"
+        guard FileManager.default.fileExists(atPath: peer) else {
+            terminal.note("llama.cpp peer skipped: \(peer) not found (run from the repository, or give --llama-cpp-peer)")
+            return jobs
+        }
         let config = try ConfigDocument.load(directory: input).model
         guard config.quantization == nil else {
             terminal.note("llama.cpp peer skipped: the input is FP8 (its converter's path for FP8 is a GPU cast first)")
@@ -213,7 +225,7 @@ public enum ConvertBenchCommand: Command {
         }
         let pre = config.architecture == .deepseekV3 ? "deepseek-v3" : "deepseek-llm"
         jobs.append(BenchJob(name: llamaCppName, program: "/bin/sh",
-                             arguments: ["Tests/bench/llama_cpp_gguf_peer.sh", llama, withTokenizer.path, output.path, type.uppercased(), pre],
+                             arguments: [peer, llama, withTokenizer.path, output.path, type.fileLabel, pre],
                              expectation: .gguf))
         return jobs
     }

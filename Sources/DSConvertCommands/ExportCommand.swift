@@ -28,7 +28,7 @@ public enum ExportCommand: Command {
             OptionSpec("type", value: "TYPE", help: "f32, f16, bf16, q8_0, q6_k or q4_k_m (default bf16)."),
             OptionSpec("tokenizer", value: "DIR", help: "Directory with tokenizer.json (and tokenizer_config.json); default: the input."),
             OptionSpec("tokenizer-pre", value: "NAME", help: "llama.cpp's pre-tokenizer name (default deepseek-llm for V2, deepseek-v3 for the V3 family)."),
-            OptionSpec("split-max-size", value: "SIZE", help: "Split the output as gguf-split --split-max-size does: FILE-00001-of-0000N.gguf … (5GB, 500MB or bytes)."),
+            OptionSpec("split-max-size", value: "SIZE", help: "Split the output as gguf-split --split-max-size does: NAME-TYPE-00001-of-0000N.gguf … (5GB, 500MB or bytes)."),
             OptionSpec("name", value: "NAME", help: "general.name (default: the input directory's name)."),
             OptionSpec("size-label", value: "LABEL", help: "general.size_label, e.g. 671B or 256x20B (default: none)."),
             OptionSpec("force", help: "Replace an existing output (a previous dsconvert output)."),
@@ -40,6 +40,10 @@ public enum ExportCommand: Command {
         guard arguments.flag("gguf") else { throw UsageError("give --gguf (the only export format)") }
         let type = try arguments.choice("type", default: "bf16", among: GGUFFileType.allCases.map(\.rawValue))
         let output = try arguments.required("output")
+        // The output is a directory; a .gguf name is what a llama-quantize user would type, and would get a directory by that name.
+        guard !output.lowercased().hasSuffix(".gguf") else {
+            throw UsageError("--output is a directory (it receives NAME-TYPE.gguf and dsconvert.json), not a .gguf file: give e.g. '\(String(output.dropLast(5)))'")
+        }
         var options = GGUFExport.Options(type: GGUFFileType(rawValue: type)!, tokenizerPre: arguments.value("tokenizer-pre"),
                                          tokenizer: arguments.value("tokenizer").map { URL(fileURLWithPath: $0) },
                                          name: arguments.value("name"), sizeLabel: arguments.value("size-label"))

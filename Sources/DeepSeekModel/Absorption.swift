@@ -16,8 +16,8 @@ public enum AttentionForm: String, Codable, Sendable, CaseIterable {
 /// What `dsconvert absorb` did, recorded in the output `config.json` under `dsconvert_absorption`.
 public struct AbsorptionRecord: Codable, Equatable, Sendable {
     public var attentionForm: AttentionForm
-    /// Every exact fold applied: "kv_a_layernorm_gamma", "q_a_layernorm_gamma", "softmax_scale".
-    public var folds: [String]
+    /// Every exact fold applied (an unknown name in config.json is refused when it is decoded).
+    public var folds: [Fold]
     /// The scale a kernel must now apply to q·k (1 when the scale is folded into the query weights).
     public var softmaxScale: Double
     /// The checkpoint's scale before folding: (nope+rope)^-0.5 · m(factor, mscale_all_dim)².
@@ -39,7 +39,7 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
         case layouts
     }
 
-    public init(attentionForm: AttentionForm, folds: [String], softmaxScale: Double, originalSoftmaxScale: Double,
+    public init(attentionForm: AttentionForm, folds: [Fold], softmaxScale: Double, originalSoftmaxScale: Double,
                 keepsKVB: Bool, dtype: String, layouts: [String: String]) {
         self.attentionForm = attentionForm
         self.folds = folds
@@ -53,7 +53,7 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     public static let configKey = "dsconvert_absorption"
 
     /// The exact folds `folds` names.
-    public enum Fold: String, Sendable, CaseIterable {
+    public enum Fold: String, Codable, Sendable, CaseIterable {
         /// kv_a_layernorm's γ moved into the latent columns of W_UK/W_UV (the norm's weight is dropped).
         case kvALayernormGamma = "kv_a_layernorm_gamma"
         /// q_a_layernorm's γ moved into the columns of q_b_proj (the norm's weight is dropped).
@@ -63,7 +63,7 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     }
 
     /// True when `fold` was applied.
-    public func applied(_ fold: Fold) -> Bool { folds.contains(fold.rawValue) }
+    public func applied(_ fold: Fold) -> Bool { folds.contains(fold) }
 }
 
 /// Parameters, decode cost and KV bytes of the three attention forms, from the config alone.

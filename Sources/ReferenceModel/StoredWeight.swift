@@ -72,7 +72,8 @@ public struct StoredWeight {
     /// row 0), written at its place in `destination`: no pointer ever points outside its buffer.
     static func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, block: Int, format: FP8Format,
                            range: Range<Int>, into destination: UnsafeMutablePointer<Float>) -> Bool {
-        precondition(range.lowerBound % block == 0 && range.upperBound <= rows, "panels are whole block rows")
+        precondition(range.lowerBound % block == 0 && (range.upperBound % block == 0 || range.upperBound == rows) && range.upperBound <= rows,
+                     "panels are whole block rows")
         let perRow = (cols + block - 1) / block, e5m2: Int32 = format == .e5m2 ? 1 : 0
         var finite = true
         for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {

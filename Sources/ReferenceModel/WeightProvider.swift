@@ -200,11 +200,13 @@ public final class CheckpointWeights: WeightProvider {
         }
     }
 
-    /// Only the rows' bytes are touched. An FP8 weight read from a whole scale block of rows is
-    /// dequantized for those rows alone (the GGUF export reads V3's 7168×18432 dense projections so);
-    /// from any other row it is dequantized whole.
+    /// Only the rows' bytes are touched. An FP8 weight read in whole scale blocks of rows (the range starts
+    /// on a block and ends on one, or at the last row) is dequantized for those rows alone (the GGUF export
+    /// reads V3's 7168×18432 dense projections so); any other range dequantizes the whole weight, since a
+    /// block is dequantized whole.
     public func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
-        if let info = checkpoint.info(name), FP8Format(dtype: info.dtype) != nil, let block = fp8Block, shape.count == 2, range.lowerBound % block == 0,
+        if let info = checkpoint.info(name), FP8Format(dtype: info.dtype) != nil, let block = fp8Block, shape.count == 2, info.shape == shape,
+           range.lowerBound % block == 0, range.upperBound % block == 0 || range.upperBound == shape[0],
            let stored = try stored(name, shape: shape) {
             precondition(destination.count >= range.count * shape[1], "destination smaller than rows of \(name)")
             try readable(name) { try stored.widen(range, into: destination.baseAddress!) }

@@ -71,7 +71,6 @@ public struct CheckpointLayout: Sendable {
     public let shards: [ShardPlan]
     /// True when `model.safetensors.index.json` is written (a safetensors layout of more than one shard).
     public let hasIndex: Bool
-    public var isSharded: Bool { shards.count > 1 }
     public var totalTensorBytes: Int { shards.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
 
     /// Hugging Face's default `max_shard_size` ("5GB").

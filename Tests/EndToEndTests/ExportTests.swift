@@ -108,12 +108,13 @@ final class ExportTests: XCTestCase {
     /// against whole tensors.
     func testChunkedRowsGiveTheSameFile() throws {
         let t = try tokenizer()
-        for (fixture, type, chunk) in [("trained-wide", GGUFFileType.q4_k_m, 1000), ("v3-fp8", .f32, 128 * 288)] {
+        // v3-fp8 at 1000 values: fewer rows than a 128-row scale block fit, so each chunk is one whole block.
+        for (fixture, type, chunk) in [("trained-wide", GGUFFileType.q4_k_m, 1000), ("v3-fp8", .f32, 128 * 288), ("v3-fp8", .f32, 1000)] {
             var files: [Data] = []
             for elements in [chunk, 1 << 30] {
                 var options = GGUFExport.Options(type: type, tokenizer: t)
                 options.chunkElements = elements
-                let out = dir.appendingPathComponent("\(fixture)-chunk-\(elements)")
+                let out = dir.appendingPathComponent("\(fixture)-\(chunk)-chunk-\(elements)")
                 _ = try GGUFExport.run(input: fixtures.appendingPathComponent(fixture), output: out, options: options, force: false)
                 files.append(try Data(contentsOf: try gguf(out)))
             }
@@ -246,9 +247,25 @@ final class ExportTests: XCTestCase {
         try refused(["--gguf", "--input", input.path, "--output", out.path], "tokenizer.json")
         try refused(["--input", input.path, "--output", out.path, "--tokenizer", t.path], "--gguf", status: 64)
         try refused(["--gguf", "--type", "q2_k", "--input", input.path, "--output", out.path, "--tokenizer", t.path], "q2_k", status: 64)
+        try refused(["--gguf", "--input", input.path, "--output", dir.appendingPathComponent("m.gguf").path, "--tokenizer", t.path],
+                    "--output is a directory", status: 64)
+        // The tokenizer's directory is an input too: an output that would contain it is refused.
+        try refused(["--gguf", "--input", input.path, "--output", dir.path, "--tokenizer", t.path, "--force"], "output must not contain the input (\(t.path))")
         let folded = dir.appendingPathComponent("folded")
         XCTAssertEqual(try runTool("dsconvert", ["absorb", "--mode", "fold", "--input", input.path, "--output", folded.path]).status, 0)
         try refused(["--gguf", "--input", folded.path, "--output", out.path, "--tokenizer", t.path], "absorb --mode fold")
+        // A split-form record whose scale is not the model's cannot be divided back out: refused, naming config.json.
+        let split = dir.appendingPathComponent("split")
+        XCTAssertEqual(try runTool("dsconvert", ["absorb", "--input", input.path, "--output", split.path]).status, 0)
+        let configURL = split.appendingPathComponent("config.json")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as! [String: Any]
+        var record = config["dsconvert_absorption"] as! [String: Any]
+        for bad in [0.0, -0.1, 0.5] {
+            record["original_softmax_scale"] = bad
+            config["dsconvert_absorption"] = record
+            try JSONSerialization.data(withJSONObject: config).write(to: configURL)
+            try refused(["--gguf", "--input", split.path, "--output", out.path, "--tokenizer", t.path], "config.json")
+        }
         // Inside the input, and an existing directory that is not a dsconvert output, with or without --force.
         let copy = dir.appendingPathComponent("copy")
         try FileManager.default.copyItem(at: input, to: copy)

@@ -451,6 +451,39 @@ final class InterruptionTests: XCTestCase {
         XCTAssertEqual(outcomes["between commit renames", default: 0], 5)
     }
 
+    /// An export killed after some of its split GGUF files are finished: `--resume` keeps those files (the same
+    /// inodes in the output: adopted, not rewritten) and the output equals an uninterrupted run's.
+    func testExportResumeKeepsFinishedFiles() throws {
+        let input = try copyFixture("trained", to: dir)
+        try writeByteTokenizer(into: input)
+        func args(_ out: URL) -> [String] { ["export", "--gguf", "--type", "q8_0", "--input", input.path, "--output", out.path, "--split-max-size", "100KB"] }
+        let clean = dir.appendingPathComponent("clean"), out = dir.appendingPathComponent("out")
+        XCTAssertEqual(try runTool("dsconvert", args(clean)).status, 0)
+        let total = shardCount(clean)
+        XCTAssertGreaterThanOrEqual(total, 10)
+        var kept: [String: UInt64] = [:]
+        for attempt in 0..<5 where kept.isEmpty {
+            _ = try killMidWrite(args(out), output: out, shards: total / 2 + attempt)
+            // The killed run's work directory and the files its journal lists as finished.
+            guard let work = try FileManager.default.contentsOfDirectory(atPath: dir.path).first(where: { $0.hasPrefix(".dsconvert-partial-out-") }) else { continue }
+            let journal = dir.appendingPathComponent(work).appendingPathComponent(CheckpointWriter.journalName)
+            let lines = (try? String(contentsOf: journal, encoding: .utf8))?.split(separator: "\n").dropFirst() ?? []
+            for line in lines {
+                guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let file = object["file"] as? String else { continue }
+                let attributes = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent(work).appendingPathComponent(file).path)
+                kept[file] = (attributes[.systemFileNumber] as? NSNumber)?.uint64Value
+            }
+        }
+        XCTAssertFalse(kept.isEmpty, "a kill landed after some files were finished")
+        let resumed = try runTool("dsconvert", args(out) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try treeHashes(out), try treeHashes(clean))
+        for (file, inode) in kept {
+            let attributes = try FileManager.default.attributesOfItem(atPath: out.appendingPathComponent(file).path)
+            XCTAssertEqual((attributes[.systemFileNumber] as? NSNumber)?.uint64Value, inode, "\(file) was kept, not rewritten")
+        }
+    }
+
     /// A resumed run keeps the shards an interrupted one finished, verified by SHA-256, and rewrites a damaged one.
     func testResumeKeepsVerifiedShardsAndRewritesDamagedOnes() throws {
         let input = fixtures.appendingPathComponent("trained")

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import XCTest
 @testable import GGUF
@@ -48,15 +49,21 @@ final class GGUFTests: XCTestCase {
                 case 3: values.append(i % 37 == 0 ? 50 * scale : g * scale * 0.01)
                 case 4: values.append((u * 8).rounded() * scale)
                 case 5: values.append(i / 32 % 2 == 0 ? 0.25 * scale : g * scale)
+                // Flat sub-blocks (all 32 values equal and ≤ 0: max == min), zeros and negative, beside normal ones.
+                case 6 where block % 2 == 0: values.append(i / 32 % 3 == 0 ? 0 : (i / 32 % 3 == 1 ? -scale : g * scale))
                 default: values.append(-u * scale)
                 }
             }
         }
+        // The widest path is the one the CPU has: AVX-512 where /proc/cpuinfo lists avx512f.
+        let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        XCTAssertEqual(dsconvert_ggml_simd_level(), cpu.contains(" avx512f") ? 2 : (cpu.contains(" avx2") ? 1 : 0))
         for type in [GGMLType.q4K, .q6K] {
             setenv("DSCONVERT_NO_SIMD", "1", 1)
             let scalar = type.encode(values)
             unsetenv("DSCONVERT_NO_SIMD")
             setenv("DSCONVERT_NO_AVX512", "1", 1)
+            XCTAssertLessThanOrEqual(dsconvert_ggml_simd_level(), 1)
             let avx2 = type.encode(values)
             unsetenv("DSCONVERT_NO_AVX512")
             let best = type.encode(values)

@@ -126,3 +126,23 @@ final class StoredWeightTests: XCTestCase {
         }
     }
 }
+
+/// Rows read from an FP8 checkpoint weight equal the same rows of the weight read whole, whatever the range:
+/// whole scale blocks (dequantized alone), and ranges that start or end inside a block (which dequantize the
+/// whole weight rather than a block into a buffer sized for fewer rows).
+final class CheckpointRowsTests: XCTestCase {
+    func testFP8RowsAtAnyRange() throws {
+        let directory = fixtures.appendingPathComponent("v3-fp8")
+        let config = try ConfigDocument.load(directory: directory).model
+        let checkpoint = try Checkpoint(directory: directory)
+        let weights = CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block)
+        let name = "model.layers.0.mlp.gate_proj.weight", shape = [config.intermediateSize, config.hiddenSize]
+        XCTAssertEqual(checkpoint.info(name)?.dtype, .f8E4M3)
+        XCTAssertEqual(shape[0], 288, "three blocks of rows, the last partial")
+        let whole = try weights.floats(name, shape: shape)
+        for range in [0..<128, 128..<256, 256..<288, 0..<288, 0..<100, 0..<130, 130..<131, 250..<288, 128..<200] {
+            let got = try weights.rows(name, shape: shape, range: range)
+            XCTAssertEqual(got, Array(whole[(range.lowerBound * shape[1])..<(range.upperBound * shape[1])]), "\(range)")
+        }
+    }
+}

@@ -22,6 +22,10 @@ void dsconvert_quantize_q5_0(const float *x, uint8_t *out, int64_t n);
 void dsconvert_quantize_q4_k(const float *x, uint8_t *out, int64_t n);
 void dsconvert_quantize_q6_k(const float *x, uint8_t *out, int64_t n);
 
+/// The searches the quantizers use now: 0 scalar, 1 AVX2, 2 AVX-512 for q4_K (the CPU's, less what
+/// DSCONVERT_NO_SIMD / DSCONVERT_NO_AVX512 turn off).
+int dsconvert_ggml_simd_level(void);
+
 /// IEEE binary16 of x, round to nearest even (subnormals, ±inf on overflow, quiet NaN).
 uint16_t dsconvert_f32_to_f16(float x);
 /// The f32 value of a binary16 (exact).
