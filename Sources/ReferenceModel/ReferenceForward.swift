@@ -225,101 +225,137 @@ public final class ReferenceForward {
 
     // MARK: Attention (MLA in its original, MHA-expanded form)
 
-    private func attentionBlock(_ x: [Float], layer: Int, batch: Int, seq: Int) throws -> [Float] {
-        func weight(_ w: LayerWeight, _ shape: [Int]) throws -> [Float] { try load(TensorNames.name(w, layer: layer), shape) }
-        func matrix(_ w: LayerWeight, _ shape: [Int]) throws -> WeightMatrix { try self.matrix(TensorNames.name(w, layer: layer), shape) }
-        let h = config.hiddenSize, heads = config.numAttentionHeads, t = batch * seq
-        let nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim, dq = config.qkHeadDim, dv = config.vHeadDim
-        let kvl = config.kvLoraRank
-        let form = config.attentionForm
-        // absorb folds the norm gains into the weights; RMSNorm then runs with a gain of one.
-        func gain(_ norm: LayerWeight, _ width: Int) throws -> [Float] {
-            form == .mla ? try weight(norm, [width]) : [Float](repeating: 1, count: width)
-        }
-        let latentGain = config.hasLatentGain ? try weight(.kvANorm, [kvl]) : [Float](repeating: 1, count: kvl)
+    /// One layer's attention input, shared by every attention form: the query input (the hidden state or the
+    /// normalized compressed query), RoPE tables, and the cache entries (latent, rotated k_pe, k_pe before rotation).
+    private struct AttentionInput {
+        let layer: Int, batch: Int, seq: Int
+        var rows: Int { batch * seq }
+        let queryInput: [Float]
+        let tables: [(cos: [Float], sin: [Float])]
+        let latent: [Float], kpe: [Float], kpeBeforeRotation: [Float]
+        let scale: Float
+    }
 
-        // Query input: the hidden state, or the normalized compressed query.
+    private func attentionBlock(_ x: [Float], layer: Int, batch: Int, seq: Int) throws -> [Float] {
+        let h = config.hiddenSize, t = batch * seq, kvl = config.kvLoraRank
+        // absorb folds the norm gains into the weights; RMSNorm then runs with a gain of one.
+        let latentGain = config.hasLatentGain ? try load(TensorNames.name(.kvANorm, layer: layer), [kvl]) : [Float](repeating: 1, count: kvl)
         var queryInput = x
-        let inQ = config.qLoraRank ?? h
         if let ql = config.qLoraRank {
-            let qa = Linear.forward(x, rows: t, weight: try matrix(.qAProj, [ql, h]), inFeatures: h, outFeatures: ql)
-            queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: try gain(.qANorm, ql), eps: config.rmsNormEps)
+            let qa = Linear.forward(x, rows: t, weight: try matrix(TensorNames.name(.qAProj, layer: layer), [ql, h]), inFeatures: h, outFeatures: ql)
+            let gamma = config.attentionForm == .mla ? try load(TensorNames.name(.qANorm, layer: layer), [ql]) : [Float](repeating: 1, count: ql)
+            queryInput = Elementwise.rmsNorm(qa, width: ql, gamma: gamma, eps: config.rmsNormEps)
         }
         let tables = (0..<seq).map { rope.table(position: $0) }
         let (latent, kpe, kpeBeforeRotation) = try cacheEntries(x, layer: layer, rows: t, seq: seq, gain: latentGain, tables: tables)
-        let scale = Float(config.kernelSoftmaxScale)
-
-        switch form {
-        case .mla:
-            var q = Linear.forward(queryInput, rows: t, weight: try matrix(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
-            Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
-            // Per-head keys and values from the latent: kv_b_proj rows are, per head, nope rows then v rows.
-            let kvB = try matrix(.kvBProj, [heads * (nope + dv), kvl])
-            if let cacheObserver {
-                try cacheObserver(KVCacheObservation(layer: layer, batch: batch, seq: seq, latent: latent, ropeBeforeRotation: kpeBeforeRotation, rope: kpe,
-                                                     queries: latentQueries(q, rows: t, wUK: kvB, headStride: (nope + dv) * kvl), softmaxScale: scale))
-            }
-            let kv = Linear.forward(latent, rows: t, weight: kvB, inFeatures: kvl, outFeatures: heads * (nope + dv))
-            var keys = [Float](repeating: 0, count: t * heads * dq)
-            var values = [Float](repeating: 0, count: t * heads * dv)
-            for i in 0..<t {
-                for head in 0..<heads {
-                    let src = i * heads * (nope + dv) + head * (nope + dv)
-                    let kDst = i * heads * dq + head * dq
-                    for j in 0..<nope { keys[kDst + j] = kv[src + j] }
-                    for j in 0..<ropeDim { keys[kDst + nope + j] = kpe[i * ropeDim + j] }
-                    for j in 0..<dv { values[i * heads * dv + head * dv + j] = kv[src + nope + j] }
-                }
-            }
-            let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
-                                               qkDim: dq, vDim: dv, scale: scale)
-            return Linear.forward(context, rows: t, weight: try matrix(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
-
-        case .split, .fold:
-            // Latent (MQA-form) attention: per head, the query lives in latent space [kv_lora | rope]
-            // and attends over the shared cache [c | k_pe]; the context is a latent vector per head.
-            let width = kvl + ropeDim
-            var queries = [Float](repeating: 0, count: t * heads * width)
-            if form == .split {
-                var q = Linear.forward(queryInput, rows: t, weight: try matrix(config.queryProjection, [heads * dq, inQ]), inFeatures: inQ, outFeatures: heads * dq)
-                Self.rotateQueries(&q, rows: t, seq: seq, heads: heads, stride: dq, offset: nope, tables: tables)
-                queries = latentQueries(q, rows: t, wUK: try matrix(.wUK, [heads, nope, kvl]), headStride: nope * kvl)
-            } else {
-                let qLatent = Linear.forward(queryInput, rows: t, weight: try matrix(.qAbsorbed, [heads * kvl, inQ]), inFeatures: inQ, outFeatures: heads * kvl)
-                var qRope = Linear.forward(queryInput, rows: t, weight: try matrix(.qRope, [heads * ropeDim, inQ]), inFeatures: inQ, outFeatures: heads * ropeDim)
-                Self.rotateQueries(&qRope, rows: t, seq: seq, heads: heads, stride: ropeDim, offset: 0, tables: tables)
-                for i in 0..<t { for head in 0..<heads {
-                    for j in 0..<kvl { queries[(i * heads + head) * width + j] = qLatent[(i * heads + head) * kvl + j] }
-                    for j in 0..<ropeDim { queries[(i * heads + head) * width + kvl + j] = qRope[(i * heads + head) * ropeDim + j] }
-                } }
-            }
-            if let cacheObserver {
-                try cacheObserver(KVCacheObservation(layer: layer, batch: batch, seq: seq, latent: latent, ropeBeforeRotation: kpeBeforeRotation, rope: kpe,
-                                                     queries: queries, softmaxScale: scale))
-            }
-            // The shared cache, presented to every head.
-            var keys = [Float](repeating: 0, count: t * heads * width)
-            var values = [Float](repeating: 0, count: t * heads * kvl)
-            for i in 0..<t { for head in 0..<heads {
-                for j in 0..<kvl { keys[(i * heads + head) * width + j] = latent[i * kvl + j]; values[(i * heads + head) * kvl + j] = latent[i * kvl + j] }
-                for j in 0..<ropeDim { keys[(i * heads + head) * width + kvl + j] = kpe[i * ropeDim + j] }
-            } }
-            let context = Self.causalAttention(queries: queries, keys: keys, values: values, batch: batch, seq: seq, heads: heads,
-                                               qkDim: width, vDim: kvl, scale: scale)
-            if form == .fold {
-                return Linear.forward(context, rows: t, weight: try matrix(.oAbsorbed, [h, heads * kvl]), inFeatures: heads * kvl, outFeatures: h)
-            }
-            let wUV = try matrix(.wUV, [heads, dv, kvl])
-            var perHead = [Float](repeating: 0, count: t * heads * dv)
-            context.withUnsafeBufferPointer { cp in wUV.withUnsafeBufferPointer { wp in perHead.withUnsafeMutableBufferPointer { op in
-                for head in 0..<heads {
-                    // v[h] = ctx_lat[h] · W_UV[h]ᵀ  ([t, kv_lora] · [kv_lora, v])
-                    Linear.gemm(transposeB: true, m: t, n: dv, k: kvl, alpha: 1, a: cp.baseAddress! + head * kvl, lda: heads * kvl,
-                                b: wp.baseAddress! + head * dv * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * dv, ldc: heads * dv)
-                }
-            } } }
-            return Linear.forward(perHead, rows: t, weight: try matrix(.oProj, [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
+        let input = AttentionInput(layer: layer, batch: batch, seq: seq, queryInput: queryInput, tables: tables, latent: latent, kpe: kpe,
+                                   kpeBeforeRotation: kpeBeforeRotation, scale: Float(config.kernelSoftmaxScale))
+        switch config.attentionForm {
+        case .mla: return try expandedAttention(input)
+        case .split, .fold: return try latentAttention(input)
         }
+    }
+
+    /// The query projection's output, RoPE applied to each head's rope part: [rows, heads·(nope+rope)].
+    private func rotatedQueries(_ input: AttentionInput) throws -> [Float] {
+        let heads = config.numAttentionHeads, dq = config.qkHeadDim, inQ = config.qLoraRank ?? config.hiddenSize
+        let weight = try matrix(TensorNames.name(config.queryProjection, layer: input.layer), [heads * dq, inQ])
+        var q = Linear.forward(input.queryInput, rows: input.rows, weight: weight, inFeatures: inQ, outFeatures: heads * dq)
+        Self.rotateQueries(&q, rows: input.rows, seq: input.seq, heads: heads, stride: dq, offset: config.qkNopeHeadDim, tables: input.tables)
+        return q
+    }
+
+    /// MLA in its original form: per-head keys and values expanded from the latent by kv_b_proj.
+    private func expandedAttention(_ input: AttentionInput) throws -> [Float] {
+        let h = config.hiddenSize, heads = config.numAttentionHeads, t = input.rows, kvl = config.kvLoraRank
+        let nope = config.qkNopeHeadDim, ropeDim = config.qkRopeHeadDim, dq = config.qkHeadDim, dv = config.vHeadDim
+        let q = try rotatedQueries(input)
+        // kv_b_proj rows are, per head, nope rows then v rows.
+        let kvB = try matrix(TensorNames.name(.kvBProj, layer: input.layer), [heads * (nope + dv), kvl])
+        if let cacheObserver {
+            try cacheObserver(KVCacheObservation(layer: input.layer, batch: input.batch, seq: input.seq, latent: input.latent,
+                                                 ropeBeforeRotation: input.kpeBeforeRotation, rope: input.kpe,
+                                                 queries: latentQueries(q, rows: t, wUK: kvB, headStride: (nope + dv) * kvl), softmaxScale: input.scale))
+        }
+        let kv = Linear.forward(input.latent, rows: t, weight: kvB, inFeatures: kvl, outFeatures: heads * (nope + dv))
+        var keys = [Float](repeating: 0, count: t * heads * dq)
+        var values = [Float](repeating: 0, count: t * heads * dv)
+        for i in 0..<t {
+            for head in 0..<heads {
+                let src = i * heads * (nope + dv) + head * (nope + dv)
+                let kDst = i * heads * dq + head * dq
+                for j in 0..<nope { keys[kDst + j] = kv[src + j] }
+                for j in 0..<ropeDim { keys[kDst + nope + j] = input.kpe[i * ropeDim + j] }
+                for j in 0..<dv { values[i * heads * dv + head * dv + j] = kv[src + nope + j] }
+            }
+        }
+        let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: input.batch, seq: input.seq, heads: heads,
+                                           qkDim: dq, vDim: dv, scale: input.scale)
+        return Linear.forward(context, rows: t, weight: try matrix(TensorNames.name(.oProj, layer: input.layer), [h, heads * dv]),
+                              inFeatures: heads * dv, outFeatures: h)
+    }
+
+    /// Latent (MQA-form) attention of the absorbed forms: per head, the query lives in latent space
+    /// [kv_lora | rope] and attends over the shared cache [c | k_pe]; the context is a latent vector per head.
+    private func latentAttention(_ input: AttentionInput) throws -> [Float] {
+        let heads = config.numAttentionHeads, t = input.rows, kvl = config.kvLoraRank, ropeDim = config.qkRopeHeadDim
+        let width = kvl + ropeDim
+        let queries = try absorbedQueries(input)
+        if let cacheObserver {
+            try cacheObserver(KVCacheObservation(layer: input.layer, batch: input.batch, seq: input.seq, latent: input.latent,
+                                                 ropeBeforeRotation: input.kpeBeforeRotation, rope: input.kpe, queries: queries, softmaxScale: input.scale))
+        }
+        // The shared cache, presented to every head.
+        var keys = [Float](repeating: 0, count: t * heads * width)
+        var values = [Float](repeating: 0, count: t * heads * kvl)
+        for i in 0..<t { for head in 0..<heads {
+            for j in 0..<kvl { keys[(i * heads + head) * width + j] = input.latent[i * kvl + j]; values[(i * heads + head) * kvl + j] = input.latent[i * kvl + j] }
+            for j in 0..<ropeDim { keys[(i * heads + head) * width + kvl + j] = input.kpe[i * ropeDim + j] }
+        } }
+        let context = Self.causalAttention(queries: queries, keys: keys, values: values, batch: input.batch, seq: input.seq, heads: heads,
+                                           qkDim: width, vDim: kvl, scale: input.scale)
+        return try latentOutput(context, layer: input.layer, rows: t)
+    }
+
+    /// Every head's query in latent space [kv_lora | rope]: W_UK[h]ᵀ·q_nope[h] beside the rotated rope part
+    /// (split), or the folded products W_UKᵀW_UQ and the rope rows of W_UQ (fold).
+    private func absorbedQueries(_ input: AttentionInput) throws -> [Float] {
+        let heads = config.numAttentionHeads, t = input.rows, kvl = config.kvLoraRank, ropeDim = config.qkRopeHeadDim
+        let nope = config.qkNopeHeadDim, width = kvl + ropeDim, inQ = config.qLoraRank ?? config.hiddenSize
+        if config.attentionForm == .split {
+            return latentQueries(try rotatedQueries(input), rows: t, wUK: try matrix(TensorNames.name(.wUK, layer: input.layer), [heads, nope, kvl]),
+                                 headStride: nope * kvl)
+        }
+        let qLatent = Linear.forward(input.queryInput, rows: t, weight: try matrix(TensorNames.name(.qAbsorbed, layer: input.layer), [heads * kvl, inQ]),
+                                     inFeatures: inQ, outFeatures: heads * kvl)
+        var qRope = Linear.forward(input.queryInput, rows: t, weight: try matrix(TensorNames.name(.qRope, layer: input.layer), [heads * ropeDim, inQ]),
+                                   inFeatures: inQ, outFeatures: heads * ropeDim)
+        Self.rotateQueries(&qRope, rows: t, seq: input.seq, heads: heads, stride: ropeDim, offset: 0, tables: input.tables)
+        var queries = [Float](repeating: 0, count: t * heads * width)
+        for i in 0..<t { for head in 0..<heads {
+            for j in 0..<kvl { queries[(i * heads + head) * width + j] = qLatent[(i * heads + head) * kvl + j] }
+            for j in 0..<ropeDim { queries[(i * heads + head) * width + kvl + j] = qRope[(i * heads + head) * ropeDim + j] }
+        } }
+        return queries
+    }
+
+    /// The attention output from each head's latent context: W_O·W_UV folded (fold), or W_UV per head then o_proj (split).
+    private func latentOutput(_ context: [Float], layer: Int, rows t: Int) throws -> [Float] {
+        let h = config.hiddenSize, heads = config.numAttentionHeads, kvl = config.kvLoraRank, dv = config.vHeadDim
+        if config.attentionForm == .fold {
+            return Linear.forward(context, rows: t, weight: try matrix(TensorNames.name(.oAbsorbed, layer: layer), [h, heads * kvl]),
+                                  inFeatures: heads * kvl, outFeatures: h)
+        }
+        let wUV = try matrix(TensorNames.name(.wUV, layer: layer), [heads, dv, kvl])
+        var perHead = [Float](repeating: 0, count: t * heads * dv)
+        context.withUnsafeBufferPointer { cp in wUV.withUnsafeBufferPointer { wp in perHead.withUnsafeMutableBufferPointer { op in
+            for head in 0..<heads {
+                // v[h] = ctx_lat[h] · W_UV[h]ᵀ  ([t, kv_lora] · [kv_lora, v])
+                Linear.gemm(transposeB: true, m: t, n: dv, k: kvl, alpha: 1, a: cp.baseAddress! + head * kvl, lda: heads * kvl,
+                            b: wp.baseAddress! + head * dv * kvl, ldb: kvl, beta: 0, c: op.baseAddress! + head * dv, ldc: heads * dv)
+            }
+        } } }
+        return Linear.forward(perHead, rows: t, weight: try matrix(TensorNames.name(.oProj, layer: layer), [h, heads * dv]), inFeatures: heads * dv, outFeatures: h)
     }
 
     /// What one layer caches per token, through the cache's codec: the latent RMSNorm(c_kv)·gain and the
