@@ -138,8 +138,9 @@ public final class CheckpointSource: TensorSource {
     /// Opens `directory` and runs the checker (shapes, dtypes, names against config.json).
     public init(directory: URL) throws {
         self.directory = directory
-        document = try ConfigDocument.load(directory: directory)
-        checkpoint = try Checkpoint(directory: directory)
+        let checkpoint = try Checkpoint(directory: directory)
+        document = try ConfigDocument.load(directory: directory).matching(checkpoint)
+        self.checkpoint = checkpoint
         if let problem = CheckpointChecker.check(config: document.model, checkpoint: checkpoint).problems.first { throw problem }
         stages = try ConversionManifest.load(directory: directory)?.stages ?? []
         planned = checkpoint.tensors.map { PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape) }

@@ -47,7 +47,9 @@ public enum InspectCommand: Command {
         let hasWeights = fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.indexFileName).path)
             || fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.singleFileName).path)
         let checkpoint = hasWeights ? try Checkpoint(directory: url) : nil
-        let report = try InspectReport(path: url.path, configPath: configPath, config: config, checkpoint: checkpoint, listTensors: arguments.flag("tensors"))
+        // A transformers-saved V3 declares an MTP layer it does not hold: described (and checked) as the main model it is.
+        let held = checkpoint.map { config.matching($0) } ?? config
+        let report = try InspectReport(path: url.path, configPath: configPath, config: held, checkpoint: checkpoint, listTensors: arguments.flag("tensors"))
 
         if arguments.flag("json") {
             terminal.out(String(decoding: try report.encoded(), as: UTF8.self).trimmingCharacters(in: .newlines))

@@ -11,9 +11,12 @@ public struct ConfigDocument: Sendable {
     /// The JSON as it will be written.
     public private(set) var json: JSONValue
     /// The typed view of `json`.
-    public private(set) var model: DeepSeekConfig
+    public internal(set) var model: DeepSeekConfig
     /// The file it came from, for messages.
     public let path: String
+    /// The checkpoint holds none of the MTP layers the JSON declares (`matching`): the typed view, after
+    /// every edit too, expects none.
+    var withoutMTPWeights = false
 
     /// Reads and checks `config.json` in a checkpoint directory; errors name the file.
     public static func load(directory: URL) throws -> ConfigDocument {
@@ -48,7 +51,12 @@ public struct ConfigDocument: Sendable {
     }
 
     private func replacing(_ edited: JSONValue) throws -> ConfigDocument {
-        try ConfigDocument(data: Self.data(edited), path: path)
+        var document = try ConfigDocument(data: Self.data(edited), path: path)
+        if withoutMTPWeights {
+            document.withoutMTPWeights = true
+            document.model.numNextnPredictLayers = 0
+        }
+        return document
     }
 
     /// The file's bytes: the JSON pretty-printed, with a final newline.

@@ -13,8 +13,8 @@ public enum ModelLoader {
         if fm.fileExists(atPath: directory.appendingPathComponent("placement.json").path), fm.fileExists(atPath: firstDevice.path) {
             return try openSharded(directory)
         }
-        let config = try DeepSeekConfig.load(directory: directory)
         let checkpoint = try Checkpoint(directory: directory)
+        let config = try DeepSeekConfig.load(directory: directory).matching(checkpoint)
         let report = CheckpointChecker.check(config: config, checkpoint: checkpoint)
         if let first = report.problems.first { throw first }
         return try LoadedModel(label: directory.path, config: config, weights: CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
@@ -28,11 +28,11 @@ public enum ModelLoader {
         while true {
             let url = directory.appendingPathComponent("device-\(d)")
             guard FileManager.default.fileExists(atPath: url.path) else { break }
-            let config = try DeepSeekConfig.load(directory: url)
+            let checkpoint = try Checkpoint(directory: url)
+            let config = try DeepSeekConfig.load(directory: url).matching(checkpoint)
             guard let record = config.placement, record.rank == d else {
                 throw DeepSeekModelError.invalidConfig(path: url.appendingPathComponent("config.json").path, reason: "no dsconvert_placement record for rank \(d)")
             }
-            let checkpoint = try Checkpoint(directory: url)
             if let first = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw first }
             devices.append(CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
             // Experts are looked up with one placement: every device must state the same one.

@@ -615,6 +615,23 @@ def check_v3_mtp(binary, work, out, config, rng, bias_range, bias_f32, main_tota
     delta = (got - expected).abs().max().item()
     check(f"V3 checkpoint 0 + MTP layer: logits identical to without it, max |delta| {delta:.2e} from transformers",
           torch.equal(got, logits) and delta <= 1e-3, f"max |with - without| {(got - logits).abs().max().item():.3e}")
+    # As transformers saves it: config.json says num_nextn_predict_layers 1 and no MTP weight is in the files.
+    as_saved = os.path.join(work, "v3-as-saved")
+    os.makedirs(as_saved)
+    for f in checkpoint_files(out) + ["model.safetensors.index.json"]:
+        if os.path.exists(os.path.join(out, f)):
+            shutil.copy(os.path.join(out, f), as_saved)
+    hub["num_nextn_predict_layers"] = 1
+    with open(os.path.join(as_saved, "config.json"), "w") as f:
+        json.dump(hub, f, indent=2)
+    r = dsconvert(binary, "inspect", as_saved, "--json")
+    report = json.loads(r.stdout) if r.returncode == 0 else {}
+    got, err = forward_logits(binary, as_saved, tokens_path, os.path.join(work, "forward-v3-as-saved.safetensors"))
+    fp8 = dsconvert(binary, "quantize", "--fp8", "--input", as_saved, "--output", os.path.join(work, "v3-as-saved-fp8"))
+    check("V3 checkpoint 0 as transformers saves it (num_nextn_predict_layers 1, no MTP weights): inspect checks it as the main model, "
+          "forward's logits identical, quantize --fp8 converts it",
+          r.returncode == 0 and report.get("mtp_layers") == 0 and report.get("check", {}).get("status") == "ok"
+          and got is not None and torch.equal(got, logits) and fp8.returncode == 0, r.stderr + err + fp8.stderr)
 
 
 V3_FIXTURES = {"v3": 4, "v3-fp8": 4, "kimi": 6}  # fixture -> device bound M of an 8-device placement

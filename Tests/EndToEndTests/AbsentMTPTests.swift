@@ -1,0 +1,65 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+/// A V3 checkpoint as transformers' save_pretrained writes it: config.json declares an MTP layer
+/// (num_nextn_predict_layers 1) and the files hold none of its weights. It is the main model, whole: every
+/// command takes it as such (one note), and the main model's logits are the published checkpoint's. A
+/// checkpoint missing only some MTP tensors is still refused, naming the tensor. (transformers' own logits
+/// on such a file are the cross-check's.)
+final class AbsentMTPTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    /// The v3 fixture (MTP layer 3) without the tensors `dropped` selects, config.json unchanged.
+    private func v3(without dropped: (String) -> Bool, name: String) throws -> URL {
+        let source = fixtures.appendingPathComponent("v3"), out = dir.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        let checkpoint = try Checkpoint(directory: source)
+        let kept = try checkpoint.tensors.filter { !dropped($0.name) }.map { info -> (PlannedTensor, [UInt8]) in
+            (PlannedTensor(name: info.name, dtype: info.dtype, shape: info.shape), Array(try checkpoint.view(info.name).bytes))
+        }
+        try SafeTensorsFileWriter.write(kept, to: out.appendingPathComponent(Checkpoint.singleFileName))
+        try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: out.appendingPathComponent("config.json"))
+        return out
+    }
+
+    func testTransformersSavedV3IsTheMainModel() throws {
+        let input = try v3(without: { $0.hasPrefix("model.layers.3.") }, name: "as-saved")
+        let inspect = try runTool("dsconvert", ["inspect", input.path, "--json"])
+        XCTAssertEqual(inspect.status, 0, inspect.stderr)
+        XCTAssertTrue(inspect.stdout.contains("\"mtp_layers\" : 0") || inspect.stdout.contains("\"mtp_layers\":0"), inspect.stdout)
+        XCTAssertTrue(inspect.stderr.contains("declares 1 MTP layer(s)"), inspect.stderr)
+
+        let quantized = dir.appendingPathComponent("fp8")
+        let q = try runTool("dsconvert", ["quantize", "--fp8", "--input", input.path, "--output", quantized.path])
+        XCTAssertEqual(q.status, 0, q.stderr)
+        XCTAssertEqual(q.stderr.components(separatedBy: "declares 1 MTP layer(s)").count - 1, 1, "one note: \(q.stderr)")
+        XCTAssertFalse(try Checkpoint(directory: quantized).tensors.contains { $0.name.hasPrefix("model.layers.3.") })
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: quantized.appendingPathComponent("config.json"))) as! [String: Any]
+        XCTAssertEqual(config["num_nextn_predict_layers"] as? Int, 1, "config.json is the input's")
+
+        // The main model's logits: the same bytes as the published checkpoint's (which has the MTP layer).
+        var outputs: [Data] = []
+        for model in [fixtures.appendingPathComponent("v3"), input] {
+            let out = dir.appendingPathComponent("forward-\(outputs.count).safetensors")
+            let r = try runTool("dsconvert", ["forward", "--model", model.path, "--tokens", fixtures.appendingPathComponent("v3/tokens.json").path, "--output", out.path])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outputs.append(try Data(contentsOf: out))
+        }
+        XCTAssertEqual(outputs[0], outputs[1])
+        // validate pairs the two forms layer by layer: no drift, although one declares weights the other lacks.
+        let validate = try runTool("dsconvert", ["validate", "--reference", fixtures.appendingPathComponent("v3").path, "--candidate", input.path,
+                                                 "--max-logit-delta", "0"])
+        XCTAssertEqual(validate.status, 0, validate.stderr)
+    }
+
+    func testPartlyMissingMTPLayerIsRefused() throws {
+        let input = try v3(without: { $0 == "model.layers.3.eh_proj.weight" }, name: "partial")
+        let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", input.path, "--output", dir.appendingPathComponent("out").path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("missing tensor 'model.layers.3.eh_proj.weight'"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("out").path))
+    }
+}
