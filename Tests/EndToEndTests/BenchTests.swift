@@ -53,6 +53,32 @@ final class BenchConvertTests: XCTestCase {
         XCTAssertTrue(reference.contains("1.00"), "the reference's own ratio: \(reference)")
     }
 
+    /// --tokenizer times export --gguf; --llama-cpp adds llama.cpp's path (here a stand-in script given by
+    /// --llama-cpp-peer), whose output must be GGUF the checked reader opens: a peer writing junk is a failure.
+    func testGGUFExportAndLlamaCppPeer() throws {
+        let tokenizer = dir.appendingPathComponent("tokenizer")
+        try writeByteTokenizer(into: tokenizer)
+        let premade = dir.appendingPathComponent("premade")
+        XCTAssertEqual(try runTool("dsconvert", ["export", "--gguf", "--type", "q8_0", "--input", fixtures.appendingPathComponent("trained").path,
+                                                 "--tokenizer", tokenizer.path, "--output", premade.path]).status, 0)
+        let file = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: premade.path).first { $0.hasSuffix(".gguf") })
+        let good = try script("good-peer.sh", #"mkdir "$3" && cp "\#(premade.appendingPathComponent(file).path)" "$3/model-$4.gguf""#)
+        let junk = try script("junk-peer.sh", #"mkdir "$3" && echo junk > "$3/model-$4.gguf""#)
+        let peerRow = "llama.cpp gguf: convert + quantize"
+        for (peer, ok) in [(good, true), (junk, false)] {
+            let r = try bench(["--only", "gguf", "--tokenizer", tokenizer.path, "--gguf-type", "q8_0", "--llama-cpp", dir.path, "--llama-cpp-peer", peer], runs: 1)
+            XCTAssertEqual(r.status, ok ? 0 : 1, r.stdout + r.stderr)
+            XCTAssertEqual(row(r, "export --gguf q8_0")?.hasSuffix("  ok"), true, r.stdout)
+            XCTAssertNil(row(r, "quantize --fp8"), "--only gguf keeps the copies and the GGUF jobs")
+            if ok {
+                XCTAssertEqual(row(r, peerRow)?.hasSuffix("  ok"), true, r.stdout)
+                XCTAssertTrue(r.stdout.contains("faster than llama.cpp's two passes"), r.stdout)
+            } else {
+                XCTAssertEqual(row(r, peerRow)?.contains("failed (output: not a readable GGUF: model-Q8_0.gguf"), true, r.stdout)
+            }
+        }
+    }
+
     func testExtraJobNeedsNameAndProgram() throws {
         XCTAssertEqual(try bench(["--extra-job", "no-equals-sign"], runs: 1).status, 64)
     }
