@@ -25,8 +25,9 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Element codecs and kernels (bf16/f16/f32), no I/O.
         .target(name: "Numerics", dependencies: ["CKernels"]),
-        // The FP8 block kernel in C, compiled per x86-64 level (baseline, AVX2, AVX-512) and picked at run time.
-        .target(name: "CKernels"),
+        // The FP8 block kernel and ggml's block quantizers in C, compiled per x86-64 level (baseline, AVX2, AVX-512)
+        // and picked at run time; q4k_search_simd.inc is a template ggml_quants.c includes once per level.
+        .target(name: "CKernels", exclude: ["q4k_search_simd.inc"]),
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors", "Numerics"]),
         // The conversion stages and what they share: output directories, manifests.

@@ -23,13 +23,18 @@ extension DeepSeekConfig {
     }
 
     /// This config as `checkpoint` holds it: without MTP layers when it holds none of their weights (a note
-    /// says so, naming the directory), else unchanged.
-    public func matching(_ checkpoint: Checkpoint) -> DeepSeekConfig {
-        let absent = declaredMTPLayersWithoutWeights(in: checkpoint)
-        guard absent > 0 else { return self }
-        if notedWithoutMTP.withLock({ $0.insert(checkpoint.directory.path).inserted }) {
-            Diagnostics.note("note: \(checkpoint.directory.path): config.json declares \(absent) MTP layer(s) (num_nextn_predict_layers) "
-                             + "but no weights of them (as transformers saves V3): converting the main model, which is whole")
+    /// says so once per process, naming `model`, the checkpoint's directory by default), else unchanged.
+    public func matching(_ checkpoint: Checkpoint, model: String? = nil) -> DeepSeekConfig {
+        withoutMTPLayers(declaredMTPLayersWithoutWeights(in: checkpoint) > 0, model: model ?? checkpoint.directory.path)
+    }
+
+    /// Without its MTP layers when `absent` (noting it once per process for `model`), else unchanged: for a
+    /// sharded output, decided once from the device that holds the dense weights and applied to every device.
+    public func withoutMTPLayers(_ absent: Bool, model: String) -> DeepSeekConfig {
+        guard absent, mtpLayerCount > 0 else { return self }
+        if notedWithoutMTP.withLock({ $0.insert(model).inserted }) {
+            Diagnostics.note("note: \(model): config.json declares \(mtpLayerCount) MTP layer(s) (num_nextn_predict_layers) "
+                             + "but no weights of them (as transformers saves V3): taking it as the main model, which is whole")
         }
         var adapted = self
         adapted.numNextnPredictLayers = 0

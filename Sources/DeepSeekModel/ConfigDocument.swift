@@ -2,7 +2,9 @@ import Foundation
 import SafeTensors
 
 /// A checkpoint's `config.json`: the verbatim JSON (every key as written, in its order, including the
-/// ones this toolchain does not read) and its typed view, edited together so they never disagree.
+/// ones this toolchain does not read) and its typed view, edited together so they never disagree — with
+/// one exception, `matching`: a checkpoint holding none of the MTP layers the JSON declares has a typed
+/// view without them, while the JSON (which stages write through) keeps its count.
 ///
 /// Stages change a model by setting keys here (`quantization_config`, `dsconvert_absorption`, …):
 /// the typed view is decoded again from the edited JSON, so what a stage writes is what the next

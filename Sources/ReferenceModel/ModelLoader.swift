@@ -24,12 +24,16 @@ public enum ModelLoader {
         var devices: [CheckpointWeights] = []
         var global: DeepSeekConfig?
         var placement: ExpertPlacement?
+        var mtpAbsent = false
         var d = 0
         while true {
             let url = directory.appendingPathComponent("device-\(d)")
             guard FileManager.default.fileExists(atPath: url.path) else { break }
             let checkpoint = try Checkpoint(directory: url)
-            let config = try DeepSeekConfig.load(directory: url).matching(checkpoint)
+            var config = try DeepSeekConfig.load(directory: url)
+            // Device 0 holds the dense weights, MTP's among them: whether the MTP layers are absent is decided there.
+            if d == 0 { mtpAbsent = config.declaredMTPLayersWithoutWeights(in: checkpoint) > 0 }
+            config = config.withoutMTPLayers(mtpAbsent, model: directory.path)
             guard let record = config.placement, record.rank == d else {
                 throw DeepSeekModelError.invalidConfig(path: url.appendingPathComponent("config.json").path, reason: "no dsconvert_placement record for rank \(d)")
             }

@@ -55,6 +55,28 @@ final class AbsentMTPTests: XCTestCase {
         XCTAssertEqual(validate.status, 0, validate.stderr)
     }
 
+    /// Every stage takes it, and a run that opens it (or its sharded output) several times notes it once.
+    func testStagesAndOneNotePerRun() throws {
+        let input = try v3(without: { $0.hasPrefix("model.layers.3.") }, name: "as-saved")
+        func notes(_ r: RunResult) -> Int { r.stderr.components(separatedBy: "declares 1 MTP layer(s)").count - 1 }
+        let converted = dir.appendingPathComponent("converted")
+        let c = try runTool("dsconvert", ["convert", "--absorb", "--fp8", "--devices", "2", "--input", input.path, "--output", converted.path])
+        XCTAssertEqual(c.status, 0, c.stderr)
+        XCTAssertEqual(notes(c), 1, c.stderr)
+        let tokens = fixtures.appendingPathComponent("v3/tokens.json").path
+        let f = try runTool("dsconvert", ["forward", "--model", converted.path, "--tokens", tokens, "--output", dir.appendingPathComponent("f.safetensors").path])
+        XCTAssertEqual(f.status, 0, f.stderr)
+        XCTAssertEqual(notes(f), 1, "one note for the 2 devices: \(f.stderr)")
+        let v = try runTool("dsconvert", ["validate", "--reference", input.path, "--candidate", input.path, "--max-logit-delta", "0"])
+        XCTAssertEqual(v.status, 0, v.stderr)
+        XCTAssertEqual(notes(v), 1, v.stderr)
+        let tokenizer = dir.appendingPathComponent("tokenizer")
+        try writeByteTokenizer(into: tokenizer)
+        let e = try runTool("dsconvert", ["export", "--gguf", "--type", "f32", "--input", input.path, "--tokenizer", tokenizer.path,
+                                          "--output", dir.appendingPathComponent("gguf").path])
+        XCTAssertEqual(e.status, 0, e.stderr)
+    }
+
     func testPartlyMissingMTPLayerIsRefused() throws {
         let input = try v3(without: { $0 == "model.layers.3.eh_proj.weight" }, name: "partial")
         let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", input.path, "--output", dir.appendingPathComponent("out").path])

@@ -475,12 +475,20 @@ final class InterruptionTests: XCTestCase {
             }
         }
         XCTAssertFalse(kept.isEmpty, "a kill landed after some files were finished")
+        // A rewrite in place keeps the inode: the finished files also get a past modification time, which only
+        // adoption keeps.
+        let past = Date(timeIntervalSince1970: 1_000_000_000)
+        let work = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasPrefix(".dsconvert-partial-out-") })
+        for file in kept.keys {
+            try FileManager.default.setAttributes([.modificationDate: past], ofItemAtPath: dir.appendingPathComponent(work).appendingPathComponent(file).path)
+        }
         let resumed = try runTool("dsconvert", args(out) + ["--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertEqual(try treeHashes(out), try treeHashes(clean))
         for (file, inode) in kept {
             let attributes = try FileManager.default.attributesOfItem(atPath: out.appendingPathComponent(file).path)
             XCTAssertEqual((attributes[.systemFileNumber] as? NSNumber)?.uint64Value, inode, "\(file) was kept, not rewritten")
+            XCTAssertEqual(attributes[.modificationDate] as? Date, past, "\(file) was kept, not rewritten")
         }
     }
 

@@ -56,6 +56,8 @@ final class GGUFTests: XCTestCase {
             }
         }
         // The widest path is the one the CPU has: AVX-512 where /proc/cpuinfo lists avx512f.
+        unsetenv("DSCONVERT_NO_SIMD")
+        unsetenv("DSCONVERT_NO_AVX512")
         let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
         XCTAssertEqual(dsconvert_ggml_simd_level(), cpu.contains(" avx512f") ? 2 : (cpu.contains(" avx2") ? 1 : 0))
         for type in [GGMLType.q4K, .q6K] {
