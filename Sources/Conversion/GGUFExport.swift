@@ -198,14 +198,19 @@ struct GGUFTensorEncoder {
         return total
     }
 
-    /// An absorbed checkpoint's W_UK [heads, nope, kv_lora] as attn_k_b: attn_k_b[h][r][c] = W_UK[h][c][r].
+    /// attn_k_b [heads, kv_lora, nope] from `w`, whose head h starts at row h·`rowsPerHead` with its `nope` key rows
+    /// of kv_lora columns: attn_k_b[h][r][c] = w[h·rowsPerHead + c][r], each head's key rows transposed.
+    private func keysTransposed(_ w: [Float], rowsPerHead: Int) -> [Float] {
+        let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, kvl = config.kvLoraRank
+        var out = [Float](repeating: 0, count: heads * kvl * nope)
+        for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * rowsPerHead + c) * kvl + r] } } }
+        return out
+    }
+
+    /// An absorbed checkpoint's W_UK [heads, nope, kv_lora] as attn_k_b.
     func transposedHeads(_ name: String) throws -> Int {
         defer { source.release(name) }
-        let w = try checked(name)
-        let (heads, kvl, nope) = (tensor.shape[0], tensor.shape[1], tensor.shape[2])
-        var out = [Float](repeating: 0, count: w.count)
-        for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * nope + c) * kvl + r] } } }
-        return try emit(out)
+        return try emit(keysTransposed(try checked(name), rowsPerHead: config.qkNopeHeadDim))
     }
 
     /// kv_b_proj's key rows of every head, transposed per head (attn_k_b), or its value rows (attn_v_b). The
@@ -214,15 +219,11 @@ struct GGUFTensorEncoder {
         let name = TensorNames.name(.kvBProj, layer: layer)
         let w = try checked(name)
         let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, dv = config.vHeadDim, kvl = config.kvLoraRank
-        var out = [Float](repeating: 0, count: w.count / (nope + dv) * (keys ? nope : dv))
-        if keys {
-            // attn_k_b[h][r][c] = kv_b_proj[h·(nope+v) + c][r]: each head's key rows, transposed.
-            for h in 0..<heads { for r in 0..<kvl { for c in 0..<nope { out[(h * kvl + r) * nope + c] = w[(h * (nope + dv) + c) * kvl + r] } } }
-        } else {
-            // attn_v_b[h][j][r] = kv_b_proj[h·(nope+v) + nope + j][r].
-            for h in 0..<heads { for j in 0..<dv { for r in 0..<kvl { out[(h * dv + j) * kvl + r] = w[(h * (nope + dv) + nope + j) * kvl + r] } } }
-            source.release(name)
-        }
+        if keys { return try emit(keysTransposed(w, rowsPerHead: nope + dv)) }
+        // attn_v_b[h][j][r] = kv_b_proj[h·(nope+v) + nope + j][r].
+        var out = [Float](repeating: 0, count: heads * dv * kvl)
+        for h in 0..<heads { for j in 0..<dv { for r in 0..<kvl { out[(h * dv + j) * kvl + r] = w[(h * (nope + dv) + nope + j) * kvl + r] } } }
+        source.release(name)
         return try emit(out)
     }
 

@@ -137,13 +137,13 @@ public enum ConvertBenchCommand: Command {
         return ExitCode.success
     }
 
-    /// The jobs: the durable copy (the reference) first, the page-cache copy second, then the stages,
-    /// the torch peer when torch is installed, and every --extra-job.
     /// The `dsconvert` binary beside this one (the jobs time the build being benchmarked).
     static var dsconvertBinary: String {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("dsconvert").path
     }
 
+    /// The jobs: the durable copy (the reference) first, the page-cache copy second, then the stages,
+    /// the torch peer when torch is installed, and every --extra-job.
     static func jobs(_ arguments: ParsedArguments, input: URL, output: URL, tensors: Int, terminal: Terminal) throws -> [BenchJob] {
         let binary = dsconvertBinary
         let out = output.path

@@ -49,7 +49,7 @@ extension ConfigDocument {
         guard model.declaredMTPLayersWithoutWeights(in: checkpoint) > 0 else { return self }
         var adapted = self
         adapted.withoutMTPWeights = true
-        adapted.model = model.matching(checkpoint)
+        adapted.model = model.withoutMTPLayers(true, model: checkpoint.directory.path)
         return adapted
     }
 }
