@@ -106,27 +106,12 @@ int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t row
 // which keeps the loop scalar), one f32 multiply, and bf16's round-to-nearest-even on the bit
 // pattern. Finite codes decode exactly: normal ones by placing exponent and mantissa into f32 bits,
 // subnormal ones as mantissa * 2^-9 (E4M3) or 2^-16 (E5M2). NaN/Inf codes and non-finite products
-// are flagged (the caller names the code). Branch-free so each level's vectorizer widens it.
-static inline float fp8_value(uint32_t c, int e5m2) {
-    // Normal codes: exponent and mantissa bits moved into f32's fields with the exponent rebiased
-    // (120 = 127 - 7 for E4M3, 112 = 127 - 15 for E5M2): the exact value, no arithmetic. Subnormal
-    // codes (exponent 0): read as if their exponent were 1, which adds the implicit 2^(1 - bias),
-    // then subtract it again, exactly (Sterbenz). No f32 subnormal is ever an operand (they cost a
-    // microcode assist per vector on Intel cores: random codes, 1 in 16 subnormal, ran 10x slower),
-    // and no branch: every level vectorizes the select.
-    uint32_t u = c & 0x7Fu, sign = (c & 0x80u) << 24;
-    uint32_t shift = e5m2 ? 21 : 20, rebias = e5m2 ? 112u : 120u;
-    float normal = dsconvert_float_of((u << shift) + (rebias << 23));
-    float subnormal = dsconvert_float_of((u << shift) + ((rebias + 1) << 23)) - (e5m2 ? 0x1p-14f : 0x1p-6f);
-    float magnitude = (u >> (e5m2 ? 2 : 3)) ? normal : subnormal;
-    return dsconvert_float_of(dsconvert_bits_of(magnitude) | sign);
-}
-
+// are flagged (the caller names the code). The decoding is `dsconvert_fp8_value` (fp8_encode.h).
 // One tile's columns: decode, multiply, flag what is not finite, store (E5M2 a constant, so each
 // branch of the row loop gets its own specialized, vectorized loop).
 #define DEQUANT_TILE(E5M2, STORE)                                                                             \
     for (size_t c = c0; c < c1; c++) {                                                                       \
-        float v = fp8_value(row[c], E5M2) * scale;                                                            \
+        float v = dsconvert_fp8_value(row[c], E5M2) * scale;                                                            \
         uint32_t bits = dsconvert_bits_of(v);                                                                 \
         bad |= ((row[c] & 0x7Fu) >= special) | ((bits & 0x7FFFFFFFu) >= 0x7F800000u);                         \
         STORE;                                                                                                \

@@ -61,24 +61,22 @@ public final class SyntheticWeights: WeightProvider {
         }
     }
 
-    /// Matrices as stored, so the routed experts widen them a panel at a time as they do from a checkpoint.
+    /// Matrices as stored, so the routed experts multiply them as they do a checkpoint's.
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? {
         guard shape.count == 2 else { return nil }
         let rows = shape[0], cols = shape[1]
+        // The quantizer never writes a NaN code, so a flag here is a defect of this class.
+        let flagged: () throws -> Never = { throw ReferenceModelError.unreadableTensor(file: "synthetic", tensor: name, reason: "a NaN code") }
         switch storedForm(name, shape: shape) {
         case .f32: return nil
         case let .bf16(bits):
-            return StoredWeight(rows: rows, cols: cols, panel: 128) { range, destination in
-                bits.withUnsafeBufferPointer { FloatConversion.bf16ToFloat($0.baseAddress! + range.lowerBound * cols, destination, count: range.count * cols) }
-            }
+            return StoredWeight(rows: rows, cols: cols, elements: .bf16, lend: { body in
+                bits.withUnsafeBytes { body($0.baseAddress!, nil) }
+            }, flagged: flagged)
         case let .fp8(codes, scales):
-            let block = Self.quantizer.block
-            return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
-                _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
-                    StoredWeight.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: rows, cols: cols, block: block,
-                                            format: Self.quantizer.format, range: range, into: destination)
-                } }
-            }
+            return StoredWeight(rows: rows, cols: cols, elements: .fp8(Self.quantizer.format), block: Self.quantizer.block, lend: { body in
+                codes.withUnsafeBytes { cp in scales.withUnsafeBufferPointer { body(cp.baseAddress!, $0.baseAddress!) } }
+            }, flagged: flagged)
         }
     }
 

@@ -36,41 +36,26 @@ public enum Linear {
         return y
     }
 
-    /// y = x · wᵀ with w widened a panel of rows at a time into a buffer of `WeightArena.shared` that
-    /// stays in cache, each panel multiplied at once (`StoredWeight`); returns y and the seconds spent
-    /// widening.
-    static func forward(_ x: [Float], rows: Int, stored w: StoredWeight, inFeatures: Int, outFeatures: Int) throws -> ([Float], Double) {
-        precondition(w.rows == outFeatures && w.cols == inFeatures, "stored weight \(w.rows)x\(w.cols) for \(outFeatures)x\(inFeatures)")
+    /// y = x · wᵀ with w as stored, converted a few rows at a time inside the product
+    /// (`StoredWeight.product`, one thread: the routed experts run one per core).
+    static func forward(_ x: [Float], rows: Int, stored w: StoredWeight, inFeatures: Int, outFeatures: Int) throws -> [Float] {
+        precondition(w.rows == outFeatures && w.cols == inFeatures && x.count >= rows * inFeatures,
+                     "stored weight \(w.rows)x\(w.cols) for \(outFeatures)x\(inFeatures)")
         var y = [Float](repeating: 0, count: rows * outFeatures)
-        let panel = WeightMatrix(count: w.panel * inFeatures)
-        var seconds = 0.0
-        // The panel's buffer goes back to the arena when `panel` ends: keep it alive through the loop.
-        try withExtendedLifetime(panel) { try x.withUnsafeBufferPointer { xp in try y.withUnsafeMutableBufferPointer { yp in
-            let buffer = panel.destination.baseAddress!
-            for p0 in stride(from: 0, to: outFeatures, by: w.panel) {
-                let p1 = min(outFeatures, p0 + w.panel)
-                let began = DispatchTime.now().uptimeNanoseconds
-                try w.widen(p0..<p1, into: buffer)
-                seconds += Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
-                gemm(transposeB: true, m: rows, n: p1 - p0, k: inFeatures, alpha: 1, a: xp.baseAddress!, lda: inFeatures,
-                     b: buffer, ldb: inFeatures, beta: 0, c: yp.baseAddress! + p0, ldc: outFeatures)
-            }
-        } } }
-        return (y, seconds)
+        try x.withUnsafeBufferPointer { xp in try y.withUnsafeMutableBufferPointer { yp in
+            try w.product(xp.baseAddress!, rows: rows, columns: 0..<outFeatures, into: yp.baseAddress!, ldy: outFeatures)
+        } }
+        return y
     }
 
-    /// y = x · wᵀ computed 128 output columns at a time, as `forward(_:rows:stored:…)` computes them:
+    /// y = x · wᵀ for an fp32 weight in memory, computed as `forward(_:rows:stored:…)` computes it:
     /// the same products, bit for bit, whether a provider lends the weight as stored or only as fp32.
-    static func forward(_ x: [Float], rows: Int, weight: WeightMatrix, inFeatures: Int, outFeatures: Int, panel: Int) -> [Float] {
-        precondition(weight.count == inFeatures * outFeatures && panel > 0, "weight of \(weight.count) values for \(outFeatures)x\(inFeatures)")
-        var y = [Float](repeating: 0, count: rows * outFeatures)
-        x.withUnsafeBufferPointer { xp in weight.withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
-            for p0 in stride(from: 0, to: outFeatures, by: panel) {
-                gemm(transposeB: true, m: rows, n: min(outFeatures, p0 + panel) - p0, k: inFeatures, alpha: 1, a: xp.baseAddress!, lda: inFeatures,
-                     b: wp.baseAddress! + p0 * inFeatures, ldb: inFeatures, beta: 0, c: yp.baseAddress! + p0, ldc: outFeatures)
-            }
-        } } }
-        return y
+    static func forwardAsStored(_ x: [Float], rows: Int, weight: WeightMatrix, inFeatures: Int, outFeatures: Int) -> [Float] {
+        precondition(weight.count == inFeatures * outFeatures, "weight of \(weight.count) values for \(outFeatures)x\(inFeatures)")
+        return weight.withUnsafeBufferPointer { wp in
+            // An fp32 weight is never flagged: only FP8 codes are.
+            try! forward(x, rows: rows, stored: .floats(wp, rows: outFeatures, cols: inFeatures), inFeatures: inFeatures, outFeatures: outFeatures)
+        }
     }
 
     /// General strided product c[m, n] = alpha · a[m, k] · op(b) + beta · c, with leading dimensions

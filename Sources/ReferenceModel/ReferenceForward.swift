@@ -470,28 +470,26 @@ public final class ReferenceForward {
     }
 
     /// `mlpBlock` with its weight-reading time returned: what the routed experts run concurrently.
-    /// With `panels`, weights the provider holds as stored are widened a panel at a time inside the
-    /// products (`StoredWeight`: for a routed expert's few rows).
-    private func mlpProducts(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int, panels: Bool = false) throws -> ([Float], Double) {
+    /// With `asStored`, weights the provider holds as stored are multiplied as stored
+    /// (`StoredWeight.product`: for a routed expert's few rows), and the others in the same order.
+    private func mlpProducts(_ x: [Float], rows: Int, layer: Int, block: MLPBlock, intermediate: Int, asStored: Bool = false) throws -> ([Float], Double) {
         let h = config.hiddenSize
         var seconds = 0.0
         func product(_ input: [Float], _ projection: MLPProjection, out: Int, in: Int) throws -> [Float] {
             let name = TensorNames.mlp(block, projection, layer: layer)
-            if panels {
+            if asStored {
                 let began = DispatchTime.now().uptimeNanoseconds
                 if let stored = try weights.stored(name, shape: [out, `in`]) {
                     seconds += Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
                     defer { weights.release(name) }
-                    let (y, widening) = try Linear.forward(input, rows: rows, stored: stored, inFeatures: `in`, outFeatures: out)
-                    seconds += widening
-                    return y
+                    return try Linear.forward(input, rows: rows, stored: stored, inFeatures: `in`, outFeatures: out)
                 }
             }
             let (m, s) = try timedMatrix(name, [out, `in`])
             seconds += s
-            // A routed expert's products are the same panels whether the weight came as stored or as fp32.
-            return panels ? Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out, panel: 128)
-                          : Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
+            // A routed expert's products are the same bits whether the weight came as stored or as fp32.
+            return asStored ? Linear.forwardAsStored(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
+                            : Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
         }
         let gate = try product(x, .gate, out: intermediate, in: h)
         let up = try product(x, .up, out: intermediate, in: h)
@@ -524,10 +522,10 @@ public final class ReferenceForward {
         for experts in groups {
             var partial = [Float](repeating: 0, count: t * h)
             let chosen = experts.filter { !assigned[$0].isEmpty }
-            // Experts run a few at a time, one per core with single-threaded BLAS inside: an expert
-            // sees few tokens (V3 at 512 tokens: ~16), so its products are too small to share out
-            // across cores, and one core widens its next weight while the other multiplies. Their
-            // outputs are added in expert order, so the sums do not depend on the thread count.
+            // Experts run a few at a time, one per core, each product in one thread: an expert sees
+            // few tokens (V3 at 512 tokens: ~16), so its products are too small to share out across
+            // cores. Their outputs are added in expert order, so the sums do not depend on the
+            // thread count.
             for batch in stride(from: 0, to: chosen.count, by: Self.expertBatch).map({ Array(chosen[$0..<min(chosen.count, $0 + Self.expertBatch)]) }) {
                 let outputs = try routedExperts(batch, x: x, assigned: assigned, layer: layer, intermediate: m)
                 for (expert, y) in zip(batch, outputs) {
@@ -559,7 +557,7 @@ public final class ReferenceForward {
                 let rows = assigned[experts[i]]
                 var gathered = [Float](repeating: 0, count: rows.count * h)
                 for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
-                let result = Result { try mlpProducts(gathered, rows: rows.count, layer: layer, block: .expert(experts[i]), intermediate: m, panels: true) }
+                let result = Result { try mlpProducts(gathered, rows: rows.count, layer: layer, block: .expert(experts[i]), intermediate: m, asStored: true) }
                 results.withLock { $0[i] = result }
             }
         }

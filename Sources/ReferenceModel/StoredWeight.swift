@@ -5,33 +5,80 @@ import Numerics
 import SafeTensors
 
 /// A matrix weight as its checkpoint stores it (mapped bf16, f16, f32, or FP8 with block scales),
-/// widened to fp32 a panel of rows at a time by products that never hold it whole in fp32.
+/// multiplied without ever being held whole in fp32.
 ///
-/// A routed expert sees few tokens (V3 at 512 tokens: ~16), so widening its weight whole and then
-/// multiplying moves 4 bytes per parameter through memory twice (written, then packed by sgemm) for
-/// 32 FLOPs: the product waits on memory. Widening 128 rows into a buffer that stays in the core's
-/// cache and multiplying them at once reads only the stored bytes from memory: 1.7-2x faster at 16
-/// and 48 rows on this machine, dequantization included.
+/// A routed expert sees few tokens (V3 at 512 tokens: ~16), so widening its weight first moves 4
+/// bytes per parameter through memory (written, then read by the product) for as little as 32
+/// FLOPs: the product waits on memory. `product` converts 6 rows x 256 columns at a time inside the
+/// product (`dsconvert_stored_gemm`), so only the stored bytes come from memory: 1 per parameter in
+/// FP8.
 public struct StoredWeight {
+    /// How the elements are stored; FP8 with block scales.
+    public enum Elements: Sendable {
+        case f32, bf16, f16
+        case fp8(FP8Format)
+    }
+
     /// The matrix's rows (output features) and columns (input features).
     public let rows: Int
     public let cols: Int
-    /// Rows per call of `widen` (an FP8 weight's scale block, so each call is whole block rows).
+    public let elements: Elements
+    /// An FP8 weight's scale block (rows of `widen` start on one); 128 for the others.
     public let panel: Int
-    private let widenRows: (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void
+    /// Lends the stored bytes and (FP8) the scales, valid during `body`.
+    private let lend: ((UnsafeRawPointer, UnsafePointer<Float>?) -> Int32) -> Int32
+    /// Throws the error that names what a kernel flagged (an FP8 code that is NaN or Inf, or a
+    /// product that is not finite).
+    private let flagged: () throws -> Never
 
-    /// A weight whose `widen` writes rows of a range (whole panels, or the last partial one) as fp32.
-    public init(rows: Int, cols: Int, panel: Int, widen: @escaping (Range<Int>, UnsafeMutablePointer<Float>) throws -> Void) {
+    /// A weight whose bytes (row-major, `rows` x `cols` elements, and for FP8 the scales, row-major
+    /// ceil(rows / block) x ceil(cols / block)) `lend` passes to its body. `flagged` throws the error
+    /// naming a NaN/Inf code or a product that overflows.
+    public init(rows: Int, cols: Int, elements: Elements, block: Int = 128,
+                lend: @escaping ((UnsafeRawPointer, UnsafePointer<Float>?) -> Int32) -> Int32, flagged: @escaping () throws -> Never) {
         self.rows = rows
         self.cols = cols
-        self.panel = panel
-        widenRows = widen
+        self.elements = elements
+        panel = block
+        self.lend = lend
+        self.flagged = flagged
     }
 
     /// Writes rows `range` (whole panels, or the last partial one) as fp32 into `destination`,
     /// row-major, `range.count` x `cols`.
     public func widen(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) throws {
-        try widenRows(range, destination)
+        let (rows, cols, block, elements) = (rows, cols, panel, elements)
+        let status = lend { bytes, scales in
+            let count = range.count * cols
+            switch elements {
+            case let .fp8(format):
+                return Self.dequantize(codes: bytes.assumingMemoryBound(to: UInt8.self), scales: scales!, rows: rows, cols: cols, block: block,
+                                       format: format, range: range, into: destination) ? 0 : 1
+            case .f32, .bf16, .f16:
+                let size = elements.byteSize
+                let source = UnsafeRawBufferPointer(start: bytes + range.lowerBound * cols * size, count: count * size)
+                _ = TensorView.widen(source, dtype: elements.dtype, count: count, into: UnsafeMutableBufferPointer(start: destination, count: count))
+                return 0
+            }
+        }
+        if status != 0 { try flagged() }
+    }
+
+    /// y[i * ldy + n] = Σ_k x[i, k] · w[n, k] for rows i < `rows` of x ([rows, cols], row-major) and
+    /// output columns n in `columns`, in one thread, in the fixed order `dsconvert_stored_gemm`
+    /// defines: the same bits at every instruction-set level and for any split of the columns.
+    public func product(_ x: UnsafePointer<Float>, rows m: Int, columns: Range<Int>, into y: UnsafeMutablePointer<Float>, ldy: Int,
+                        level: Int32 = FP8BlockQuantizer.kernelLevel) throws {
+        let (rows, cols, block, kind) = (rows, cols, panel, elements.kernelKind)
+        let status = lend { bytes, scales in
+            var matrix = dsconvert_stored_matrix(kind: kind, data: bytes, rows: rows, cols: cols, scales: scales, block: block)
+            return dsconvert_stored_gemm(level, &matrix, x, m, columns.lowerBound, columns.upperBound, y, ldy)
+        }
+        switch status {
+        case 0: return
+        case 1: try flagged()
+        default: preconditionFailure("no memory for a product's \(m) x 96 working floats")  // as Swift's own allocations fail
+        }
     }
 
     /// The FP8 weight `view` with its block scales, after the scales' check; a code that is NaN or a
@@ -52,17 +99,13 @@ public struct StoredWeight {
         if let i = scales.withUnsafeBufferPointer(FP8Integrity.firstInvalidScale) {
             throw DeepSeekModelError.invalidScale(file: scalesFile, tensor: view.name + QuantizationConfig.scaleSuffix, index: i, value: scales[i])
         }
-        return StoredWeight(rows: rows, cols: cols, panel: block) { range, destination in
-            let codes = view.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            let finite = scales.withUnsafeBufferPointer {
-                dequantize(codes: codes, scales: $0.baseAddress!, rows: rows, cols: cols, block: block, format: format, range: range, into: destination)
+        return StoredWeight(rows: rows, cols: cols, elements: .fp8(format), block: block) { body in
+            scales.withUnsafeBufferPointer { body(view.bytes.baseAddress!, $0.baseAddress!) }
+        } flagged: {
+            try scales.withUnsafeBufferPointer {
+                try FP8Integrity.check(codes: view.bytes, format: format, codesFile: codesFile, weight: view.name, scales: $0, scalesFile: scalesFile)
             }
-            if !finite {
-                try scales.withUnsafeBufferPointer {
-                    try FP8Integrity.check(codes: view.bytes, format: format, codesFile: codesFile, weight: view.name, scales: $0, scalesFile: scalesFile)
-                }
-                throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: view.name, reason: "code x scale overflows f32")
-            }
+            throw DeepSeekModelError.unreadableTensor(file: codesFile, tensor: view.name, reason: "code x scale overflows f32")
         }
     }
 
@@ -83,13 +126,62 @@ public struct StoredWeight {
         return finite
     }
 
-    /// A bf16, f16 or f32 weight, widened 128 rows at a time.
+    /// A bf16, f16 or f32 weight as mapped.
     static func floating(_ view: TensorView) -> StoredWeight? {
-        guard view.shape.count == 2, let size = view.dtype.byteSize, [.bf16, .f16, .f32].contains(view.dtype) else { return nil }
-        let rows = view.shape[0], cols = view.shape[1]
-        return StoredWeight(rows: rows, cols: cols, panel: 128) { range, destination in
-            let bytes = UnsafeRawBufferPointer(rebasing: view.bytes[(range.lowerBound * cols * size)..<(range.upperBound * cols * size)])
-            _ = TensorView.widen(bytes, dtype: view.dtype, count: range.count * cols, into: UnsafeMutableBufferPointer(start: destination, count: range.count * cols))
+        guard view.shape.count == 2, let elements = Elements(dtype: view.dtype), elements.byteSize > 1, let base = view.bytes.baseAddress else { return nil }
+        return StoredWeight(rows: view.shape[0], cols: view.shape[1], elements: elements) { body in
+            withExtendedLifetime(view) { body(base, nil) }
+        } flagged: {
+            preconditionFailure("only FP8 codes are flagged")
+        }
+    }
+
+    /// An fp32 matrix in memory, for products that must give the bits a stored weight's would.
+    static func floats(_ values: UnsafeBufferPointer<Float>, rows: Int, cols: Int) -> StoredWeight {
+        precondition(values.count >= rows * cols, "\(values.count) values for \(rows)x\(cols)")
+        return StoredWeight(rows: rows, cols: cols, elements: .f32) { body in body(UnsafeRawPointer(values.baseAddress!), nil) } flagged: {
+            preconditionFailure("only FP8 codes are flagged")
+        }
+    }
+}
+
+extension StoredWeight.Elements {
+    /// The widened dtypes (nil for any other).
+    init?(dtype: DType) {
+        switch dtype {
+        case .f32: self = .f32
+        case .bf16: self = .bf16
+        case .f16: self = .f16
+        default:
+            guard let format = FP8Format(dtype: dtype) else { return nil }
+            self = .fp8(format)
+        }
+    }
+
+    var dtype: DType {
+        switch self {
+        case .f32: return .f32
+        case .bf16: return .bf16
+        case .f16: return .f16
+        case let .fp8(format): return format.dtype
+        }
+    }
+
+    var byteSize: Int {
+        switch self {
+        case .f32: return 4
+        case .bf16, .f16: return 2
+        case .fp8: return 1
+        }
+    }
+
+    /// The C kernel's constant for this storage.
+    var kernelKind: Int32 {
+        switch self {
+        case .f32: return Int32(DSCONVERT_STORED_F32)
+        case .bf16: return Int32(DSCONVERT_STORED_BF16)
+        case .f16: return Int32(DSCONVERT_STORED_F16)
+        case let .fp8(format): return Int32(format == .e5m2 ? DSCONVERT_STORED_FP8_E5M2 : DSCONVERT_STORED_FP8_E4M3)
         }
     }
 }

@@ -108,10 +108,10 @@ final class WeightPrefetcherTests: XCTestCase {
     }
 }
 
-/// A routed expert's product from the stored weight, a panel at a time, is the product from the
-/// weight widened whole, bit for bit: FP8 with partial block rows and columns, and bf16.
+/// A routed expert's product from the stored weight equals the product from the weight widened
+/// whole and multiplied as stored, bit for bit: FP8 with partial block rows and columns, and bf16.
 final class StoredWeightTests: XCTestCase {
-    func testPanelProductsEqualTheWholeWeightsProducts() throws {
+    func testStoredProductsEqualTheWideWeightsProducts() throws {
         for storage in [SyntheticWeights.Storage.fp8, .bf16] {
             let weights = SyntheticWeights(storage: storage)
             let (out, inFeatures, rows) = (300, 260, 5)
@@ -120,9 +120,51 @@ final class StoredWeightTests: XCTestCase {
             let whole = WeightMatrix(count: out * inFeatures)
             try weights.floats(name, shape: [out, inFeatures], into: whole.destination)
             let x = (0..<(rows * inFeatures)).map { Float(($0 * 37) % 101) / 50 - 1 }
-            let (panelled, _) = try Linear.forward(x, rows: rows, stored: stored, inFeatures: inFeatures, outFeatures: out)
-            let reference = Linear.forward(x, rows: rows, weight: whole, inFeatures: inFeatures, outFeatures: out, panel: 128)
-            XCTAssertEqual(panelled.map(\.bitPattern), reference.map(\.bitPattern), "\(storage)")
+            let product = try Linear.forward(x, rows: rows, stored: stored, inFeatures: inFeatures, outFeatures: out)
+            let reference = Linear.forwardAsStored(x, rows: rows, weight: whole, inFeatures: inFeatures, outFeatures: out)
+            XCTAssertEqual(product.map(\.bitPattern), reference.map(\.bitPattern), "\(storage)")
+            // And the widening itself: every panel of rows is the whole weight's rows.
+            let panel = UnsafeMutablePointer<Float>.allocate(capacity: 128 * inFeatures)
+            defer { panel.deallocate() }
+            for p0 in stride(from: 0, to: out, by: 128) {
+                let p1 = min(out, p0 + 128)
+                try stored.widen(p0..<p1, into: panel)
+                whole.withUnsafeBufferPointer { w in
+                    XCTAssertTrue((0..<((p1 - p0) * inFeatures)).allSatisfy { panel[$0].bitPattern == w[p0 * inFeatures + $0].bitPattern }, "\(storage) rows \(p0)")
+                }
+            }
+        }
+    }
+
+    /// An FP8 checkpoint weight with a NaN code: the product throws the error naming the code, as
+    /// reading the weight whole does.
+    func testNaNCodeIsNamed() throws {
+        let directory = try FileManager.default.url(for: .itemReplacementDirectory, in: .userDomainMask,
+                                                    appropriateFor: FileManager.default.temporaryDirectory, create: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let source = fixtures.appendingPathComponent("v3-fp8")
+        for file in try FileManager.default.contentsOfDirectory(atPath: source.path) {
+            try FileManager.default.copyItem(at: source.appendingPathComponent(file), to: directory.appendingPathComponent(file))
+        }
+        let config = try ConfigDocument.load(directory: directory).model
+        let name = "model.layers.0.mlp.gate_proj.weight", shape = [config.intermediateSize, config.hiddenSize]
+        let clean = CheckpointWeights(checkpoint: try Checkpoint(directory: directory), fp8Block: config.quantization?.block)
+        let x = [Float](repeating: 0.5, count: 3 * shape[1])
+        let good = try Linear.forward(x, rows: 3, stored: XCTUnwrap(try clean.stored(name, shape: shape)), inFeatures: shape[1], outFeatures: shape[0])
+        XCTAssertTrue(good.allSatisfy(\.isFinite))
+        // Code 200 of the weight becomes 0x7F, E4M3FN's NaN, in place in its shard.
+        let info = try XCTUnwrap(clean.checkpoint.info(name))
+        let file = clean.checkpoint.path(of: name)
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: file))
+        let length = try XCTUnwrap(handle.read(upToCount: 8)).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        try handle.seek(toOffset: UInt64(8 + length + info.dataOffsets.lowerBound + 200))
+        try handle.write(contentsOf: Data([0x7F]))
+        try handle.close()
+        XCTAssertEqual(info.dtype, .f8E4M3)
+        let broken = CheckpointWeights(checkpoint: try Checkpoint(directory: directory), fp8Block: config.quantization?.block)
+        XCTAssertThrowsError(try Linear.forward(x, rows: 3, stored: XCTUnwrap(try broken.stored(name, shape: shape)), inFeatures: shape[1], outFeatures: shape[0])) { error in
+            let message = (error as? LocalizedError)?.errorDescription ?? "\(error)"
+            XCTAssertTrue(message.contains(name) && message.contains(file), message)
         }
     }
 }

@@ -1,3 +1,5 @@
-// The C kernels' umbrella header: FP8 block kernels and encoders, llama.cpp block quantizers.
+// The C kernels' umbrella header: FP8 block kernels and encoders, llama.cpp block quantizers,
+// products with stored weights.
 #include "fp8_kernels.h"
 #include "ggml_quants.h"
+#include "stored_gemm.h"

@@ -1,0 +1,407 @@
+#include "stored_gemm.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#include "fp8_encode.h"
+#include "fp8_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+// The product is blocked so that everything a micro-kernel touches stays in the core's first-level
+// cache: a panel of NR weight rows converted to f32 over KC columns (6 KB), and the rows of x over
+// the same columns (16 rows: 16 KB). Each (row of x, weight row) pair keeps sixteen lane sums in
+// `acc` between column blocks; a micro-kernel holds MR x NR of them in registers (24 of 32 zmm).
+enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, MR = 4, LANES = 16 };
+
+// f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
+// subnormal ones read with exponent 1 and the implicit bit subtracted again, Inf/NaN kept).
+static inline float f16_value(uint32_t h) {
+    uint32_t u = h & 0x7FFFu, sign = (h & 0x8000u) << 16;
+    float normal = dsconvert_float_of((u << 13) + (112u << 23));
+    float subnormal = dsconvert_float_of((u << 13) + (113u << 23)) - 0x1p-14f;
+    float special = dsconvert_float_of((u << 13) | 0x7F800000u);
+    uint32_t exponent = u >> 10;
+    float magnitude = exponent == 0 ? subnormal : (exponent == 31 ? special : normal);
+    return dsconvert_float_of(dsconvert_bits_of(magnitude) | sign);
+}
+
+// A stored 16-bit value at any address: a checkpoint's tensor data need not be aligned.
+static inline uint16_t load_u16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+// Weight rows [r0, r0 + nr) over columns [k0, k0 + len) as f32 into p (row j at p + j * KC), rows
+// nr..<NR zero. Returns 1 if an FP8 code is NaN/Inf or a product not finite. Written so each level's
+// vectorizer widens the column loops.
+#define DEFINE_PACK(NAME, ATTRIBUTES)                                                                        \
+    ATTRIBUTES static int NAME(const dsconvert_stored_matrix *w, size_t r0, size_t nr, size_t k0, size_t len, \
+                               float *p) {                                                                    \
+        size_t cols = w->cols;                                                                                \
+        uint32_t bad = 0;                                                                                     \
+        for (size_t j = 0; j < NR; j++) {                                                                    \
+            float *dst = p + j * KC;                                                                          \
+            size_t row = r0 + j;                                                                              \
+            if (j >= nr) {                                                                                    \
+                for (size_t c = 0; c < len; c++) dst[c] = 0.0f;                                               \
+                continue;                                                                                     \
+            }                                                                                                 \
+            switch (w->kind) {                                                                                \
+            case DSCONVERT_STORED_F32:                                                                        \
+                memcpy(dst, (const uint8_t *)w->data + (row * cols + k0) * 4, len * sizeof(float));           \
+                break;                                                                                        \
+            case DSCONVERT_STORED_BF16: {                                                                     \
+                const uint8_t *src = (const uint8_t *)w->data + (row * cols + k0) * 2;                        \
+                for (size_t c = 0; c < len; c++) dst[c] = dsconvert_float_of((uint32_t)load_u16(src + 2 * c) << 16); \
+                break;                                                                                        \
+            }                                                                                                 \
+            case DSCONVERT_STORED_F16: {                                                                      \
+                const uint8_t *src = (const uint8_t *)w->data + (row * cols + k0) * 2;                        \
+                for (size_t c = 0; c < len; c++) dst[c] = f16_value(load_u16(src + 2 * c));                   \
+                break;                                                                                        \
+            }                                                                                                 \
+            default: {                                                                                        \
+                int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2;                                              \
+                uint32_t special = e5m2 ? 0x7Cu : 0x7Fu;                                                      \
+                const uint8_t *codes = (const uint8_t *)w->data + row * cols;                                 \
+                size_t block = w->block, per_row = (cols + block - 1) / block;                                \
+                for (size_t c0 = k0; c0 < k0 + len;) {                                                        \
+                    size_t end = (c0 / block + 1) * block, c1 = end < k0 + len ? end : k0 + len;              \
+                    float scale = w->scales[(row / block) * per_row + c0 / block];                            \
+                    if (e5m2) {                                                                               \
+                        PACK_FP8_SEGMENT(1)                                                                   \
+                    } else {                                                                                  \
+                        PACK_FP8_SEGMENT(0)                                                                   \
+                    }                                                                                         \
+                    c0 = c1;                                                                                  \
+                }                                                                                             \
+            }                                                                                                 \
+            }                                                                                                 \
+        }                                                                                                     \
+        return bad != 0;                                                                                      \
+    }
+#define PACK_FP8_SEGMENT(E5M2)                                                                                \
+    for (size_t c = c0; c < c1; c++) {                                                                       \
+        float v = dsconvert_fp8_value(codes[c], E5M2) * scale;                                                \
+        bad |= ((codes[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u);      \
+        dst[c - k0] = v;                                                                                      \
+    }
+
+// The sixteen lane sums of one (row of x, weight row) pair, added in the order the header defines.
+static float reduce_lanes(const float *s) {
+    float s8[8], s4[4], s2[2];
+    for (int l = 0; l < 8; l++) s8[l] = s[l] + s[l + 8];
+    for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
+    for (int l = 0; l < 2; l++) s2[l] = s4[l] + s4[l + 2];
+    return s2[0] + s2[1];
+}
+
+// Lane sums of rows [0, mr) of x (stride ldx) against the NR packed rows over len columns, in plain
+// C: acc[(i * NR + j) * 16 + l] (zeroed first when `first`). Each level's vectorizer widens the lane
+// loop into fused multiply-adds (fmaf is one instruction wherever the level has FMA).
+#define DEFINE_MICRO(NAME, ATTRIBUTES)                                                                       \
+    ATTRIBUTES static void NAME(size_t mr, const float *x, size_t ldx, const float *p, size_t len,            \
+                                float *acc, int first) {                                                      \
+        if (first) memset(acc, 0, mr * NR * LANES * sizeof(float));                                           \
+        for (size_t k = 0; k < len; k += LANES) {                                                             \
+            size_t n = len - k < LANES ? len - k : LANES;                                                     \
+            for (size_t i = 0; i < mr; i++) {                                                                 \
+                float xs[LANES];                                                                              \
+                for (size_t l = 0; l < LANES; l++) xs[l] = l < n ? x[i * ldx + k + l] : 0.0f;                 \
+                for (size_t j = 0; j < NR; j++) {                                                             \
+                    float *s = acc + (i * NR + j) * LANES;                                                    \
+                    const float *pj = p + j * KC + k;                                                         \
+                    for (size_t l = 0; l < LANES; l++) s[l] = fmaf(xs[l], l < n ? pj[l] : 0.0f, s[l]);        \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }
+
+DEFINE_PACK(pack_baseline, )
+DEFINE_MICRO(micro_baseline, )
+#if defined(__x86_64__)
+DEFINE_PACK(pack_avx2, __attribute__((target("avx2,fma"))))
+
+// The AVX2 micro-kernel: sixteen lanes are two ymm registers, and with 16 of them one row of x
+// against the NR weight rows (12 sums) is what fits; missing columns load as zeros.
+__attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const float *x, size_t ldx, const float *p, size_t len,
+                                                           float *acc, int first) {
+    for (size_t i = 0; i < mr; i++) {
+        float *sums = acc + i * NR * LANES;
+        __m256 s[NR][2];
+        for (size_t j = 0; j < NR; j++)
+            for (size_t h = 0; h < 2; h++) s[j][h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(sums + j * LANES + 8 * h);
+        const float *row = x + i * ldx;
+        size_t k = 0;
+        for (; k + LANES <= len; k += LANES) {
+            __m256 a0 = _mm256_loadu_ps(row + k), a1 = _mm256_loadu_ps(row + k + 8);
+            for (size_t j = 0; j < NR; j++) {
+                s[j][0] = _mm256_fmadd_ps(a0, _mm256_load_ps(p + j * KC + k), s[j][0]);
+                s[j][1] = _mm256_fmadd_ps(a1, _mm256_load_ps(p + j * KC + k + 8), s[j][1]);
+            }
+        }
+        if (k < len) {
+            __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), left = _mm256_set1_epi32((int)(len - k));
+            __m256i m0 = _mm256_cmpgt_epi32(left, iota), m1 = _mm256_cmpgt_epi32(left, _mm256_add_epi32(iota, _mm256_set1_epi32(8)));
+            __m256 a0 = _mm256_maskload_ps(row + k, m0), a1 = _mm256_maskload_ps(row + k + 8, m1);
+            for (size_t j = 0; j < NR; j++) {
+                s[j][0] = _mm256_fmadd_ps(a0, _mm256_maskload_ps(p + j * KC + k, m0), s[j][0]);
+                s[j][1] = _mm256_fmadd_ps(a1, _mm256_maskload_ps(p + j * KC + k + 8, m1), s[j][1]);
+            }
+        }
+        for (size_t j = 0; j < NR; j++)
+            for (size_t h = 0; h < 2; h++) _mm256_storeu_ps(sums + j * LANES + 8 * h, s[j][h]);
+    }
+}
+DEFINE_PACK(pack_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
+
+// FP8 codes to f32 with AVX-512 VBMI byte permutes: every finite E4M3 and E5M2 value is exactly a
+// bf16, so two 128-entry byte tables (its bf16's high and low byte, indexed by the code's low seven
+// bits) decode 64 codes in two permutes, the sign bit is or-ed in, and one permute per 16 codes
+// places the two bytes as the high half of each f32 (the low half zero). Then the f32 product with
+// the block's scale, as the generic pack computes it: about 4 vector operations per 16 weights
+// instead of ~14, which at 16 rows of x is the difference between the pack and the products
+// sharing the core evenly and the products taking 80% of it.
+typedef struct {
+    uint8_t high[128], low[128];
+    // The low and high bytes of 32 codes side by side (bytes 0-31 low, 32-63 high): output byte
+    // 4j + 2 of quarter q is the low byte of code 16q + j, 4j + 3 its high byte; bytes 4j and 4j + 1
+    // are zeroed by the permute's mask. (A one-source byte permute takes one cycle here, a
+    // two-source one two: six of those per 64 codes made the pack as slow as the products.)
+    uint8_t places[2][64];
+} fp8_tables;
+
+static void fp8_tables_fill(fp8_tables *t, int e5m2) {
+    for (uint32_t u = 0; u < 128; u++) {
+        uint32_t bits = dsconvert_bits_of(dsconvert_fp8_value(u, e5m2));
+        t->high[u] = (uint8_t)(bits >> 24);
+        t->low[u] = (uint8_t)(bits >> 16);
+    }
+    for (int q = 0; q < 2; q++)
+        for (int b = 0; b < 64; b++) t->places[q][b] = (uint8_t)((b % 4 == 3 ? 32 : 0) + 16 * q + b / 4);
+}
+
+#define VBMI_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vbmi")))
+
+// The decoder's constants, loaded into registers once per pack.
+typedef struct {
+    __m512i high0, high1, low0, low1, places[2], seven, sign, special;
+} fp8_registers;
+
+// One segment [c0, c1) of one row, all under one scale whose products cannot overflow.
+VBMI_TARGET __attribute__((always_inline)) static inline __mmask64 pack_fp8_segment_vbmi(const uint8_t *codes, size_t c0, size_t c1, float scale,
+                                                                                       const fp8_registers *r, float *dst) {
+    const __mmask64 halves = 0xCCCCCCCCCCCCCCCCull;
+    __m512 scales = _mm512_set1_ps(scale);
+    __mmask64 bad = 0;
+    for (size_t c = c0; c < c1; c += 64) {
+        // The row's codes two column blocks on are requested now: rows are read a block at a time,
+        // six at once, too little of each for the hardware's prefetchers to run ahead.
+        _mm_prefetch((const char *)(codes + c + 2 * KC), _MM_HINT_T0);
+        size_t n = c1 - c < 64 ? c1 - c : 64;
+        __m512i v;
+        if (n == 64) {
+            v = _mm512_loadu_si512(codes + c);
+        } else {
+            v = _mm512_maskz_loadu_epi8(((__mmask64)1 << n) - 1, codes + c);
+        }
+        bad |= _mm512_cmpge_epu8_mask(_mm512_and_si512(v, r->seven), r->special);
+        __m512i high = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(r->high0, v, r->high1), v, r->sign, 0xF8);  // high | (v & sign)
+        __m512i low = _mm512_permutex2var_epi8(r->low0, v, r->low1);
+        __m512i sides[2] = {_mm512_inserti64x4(low, _mm512_castsi512_si256(high), 1), _mm512_shuffle_i64x2(low, high, 0xEE)};
+        if (n == 64) {
+            for (size_t q = 0; q < 4; q++) {
+                __m512i bits = _mm512_maskz_permutexvar_epi8(halves, r->places[q % 2], sides[q / 2]);
+                _mm512_storeu_ps(dst + (c - c0) + q * 16, _mm512_mul_ps(_mm512_castsi512_ps(bits), scales));
+            }
+        } else {
+            for (size_t q = 0; q * 16 < n; q++) {
+                __m512i bits = _mm512_maskz_permutexvar_epi8(halves, r->places[q % 2], sides[q / 2]);
+                size_t left = n - q * 16;
+                _mm512_mask_storeu_ps(dst + (c - c0) + q * 16, left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u),
+                                      _mm512_mul_ps(_mm512_castsi512_ps(bits), scales));
+            }
+        }
+    }
+    return bad;
+}
+
+// One segment in plain C, each product checked: for scales whose products could overflow.
+static int pack_fp8_segment_checked(const uint8_t *codes, size_t c0, size_t c1, float scale, int e5m2, float *dst) {
+    uint32_t bad = 0, special = e5m2 ? 0x7Cu : 0x7Fu;
+    for (size_t c = c0; c < c1; c++) {
+        float v = dsconvert_fp8_value(codes[c], e5m2) * scale;
+        bad |= ((codes[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u);
+        dst[c - c0] = v;
+    }
+    return bad != 0;
+}
+
+// The FP8 pack with the VBMI decoder (the generic pack's contract); a segment whose scale could
+// overflow f32 with the format's largest code goes through the generic pack, which flags exactly.
+VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8_tables *t, size_t r0, size_t nr, size_t k0,
+                                     size_t len, float *p) {
+    int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2, bad = 0;
+    float largest = e5m2 ? 57344.0f : 448.0f;
+    size_t cols = w->cols, block = w->block, per_row = (cols + block - 1) / block;
+    fp8_registers r = {
+        .high0 = _mm512_loadu_si512(t->high), .high1 = _mm512_loadu_si512(t->high + 64),
+        .low0 = _mm512_loadu_si512(t->low), .low1 = _mm512_loadu_si512(t->low + 64),
+        .seven = _mm512_set1_epi8(0x7F), .sign = _mm512_set1_epi8((char)0x80), .special = _mm512_set1_epi8(e5m2 ? 0x7C : 0x7F),
+    };
+    for (int q = 0; q < 2; q++) r.places[q] = _mm512_loadu_si512(t->places[q]);
+    __mmask64 flagged = 0;
+    for (size_t j = 0; j < NR; j++) {
+        float *dst = p + j * KC;
+        if (j >= nr) {
+            memset(dst, 0, len * sizeof(float));
+            continue;
+        }
+        size_t row = r0 + j;
+        const uint8_t *codes = (const uint8_t *)w->data + row * cols;
+        for (size_t c0 = k0; c0 < k0 + len;) {
+            size_t end = (c0 / block + 1) * block, c1 = end < k0 + len ? end : k0 + len;
+            float scale = w->scales[(row / block) * per_row + c0 / block];
+            if ((dsconvert_bits_of(scale * largest) & 0x7FFFFFFFu) < 0x7F800000u) {
+                flagged |= pack_fp8_segment_vbmi(codes, c0, c1, scale, &r, dst + (c0 - k0));
+            } else {
+                bad |= pack_fp8_segment_checked(codes, c0, c1, scale, e5m2, dst + (c0 - k0));
+            }
+            c0 = c1;
+        }
+    }
+    return bad | (flagged != 0);
+}
+
+// The AVX-512 micro-kernel: MR_ rows of x by NR weight rows, 16 columns per step, MR_ x NR sums in
+// registers; the last step's missing columns load as zeros (fma(0, 0, s), as the definition says).
+// Inlined with a constant MR_ so the loops unroll and the sums stay in registers.
+__attribute__((target("avx512f"), always_inline)) static inline void micro512(const size_t MR_, const float *x, size_t ldx,
+                                                                               const float *p, size_t len, float *acc, int first) {
+    __m512 s[MR][NR];
+    for (size_t i = 0; i < MR_; i++)
+        for (size_t j = 0; j < NR; j++) s[i][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + (i * NR + j) * LANES);
+    size_t k = 0;
+    for (; k + LANES <= len; k += LANES) {
+        __m512 a[MR];
+        for (size_t i = 0; i < MR_; i++) a[i] = _mm512_loadu_ps(x + i * ldx + k);
+        for (size_t j = 0; j < NR; j++) {
+            __m512 b = _mm512_load_ps(p + j * KC + k);
+            for (size_t i = 0; i < MR_; i++) s[i][j] = _mm512_fmadd_ps(a[i], b, s[i][j]);
+        }
+    }
+    if (k < len) {
+        __mmask16 mask = (__mmask16)((1u << (len - k)) - 1u);
+        __m512 a[MR];
+        for (size_t i = 0; i < MR_; i++) a[i] = _mm512_maskz_loadu_ps(mask, x + i * ldx + k);
+        for (size_t j = 0; j < NR; j++) {
+            __m512 b = _mm512_maskz_loadu_ps(mask, p + j * KC + k);
+            for (size_t i = 0; i < MR_; i++) s[i][j] = _mm512_fmadd_ps(a[i], b, s[i][j]);
+        }
+    }
+    for (size_t i = 0; i < MR_; i++)
+        for (size_t j = 0; j < NR; j++) _mm512_storeu_ps(acc + (i * NR + j) * LANES, s[i][j]);
+}
+
+__attribute__((target("avx512f"))) static void micro_avx512(size_t mr, const float *x, size_t ldx, const float *p, size_t len,
+                                                             float *acc, int first) {
+    switch (mr) {
+    case 4: micro512(4, x, ldx, p, len, acc, first); break;
+    case 3: micro512(3, x, ldx, p, len, acc, first); break;
+    case 2: micro512(2, x, ldx, p, len, acc, first); break;
+    default: micro512(1, x, ldx, p, len, acc, first); break;
+    }
+}
+#endif
+
+typedef int (*pack_fn)(const dsconvert_stored_matrix *, size_t, size_t, size_t, size_t, float *);
+typedef void (*micro_fn)(size_t, const float *, size_t, const float *, size_t, float *, int);
+
+int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float *x, size_t m,
+                          size_t n0, size_t n1, float *y, size_t ldy) {
+    if (m == 0 || n1 <= n0) return 0;
+    pack_fn pack = pack_baseline;
+    micro_fn micro = micro_baseline;
+    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0;
+    fp8_tables tables;
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) {
+        pack = pack_avx512;
+        micro = micro_avx512;
+        __builtin_cpu_init();
+        vbmi = fp8 && __builtin_cpu_supports("avx512vbmi") && !getenv("DSCONVERT_NO_VBMI");
+        if (vbmi) fp8_tables_fill(&tables, w->kind == DSCONVERT_STORED_FP8_E5M2);
+    } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
+        pack = pack_avx2;
+        micro = micro_avx2;
+    }
+#else
+    (void)isa;
+#endif
+    size_t cols = w->cols;
+    // x is copied once, column block by column block ([k0, k0 + len) of every row together, rows
+    // len apart): a checkpoint's rows are a multiple of 4 KB apart (V3: 28 KB), so the 16 rows of a
+    // block would otherwise share one set of the first-level cache and evict each other.
+    float *acc = aligned_alloc(64, (m * NR * LANES * sizeof(float) + 63) / 64 * 64);
+    float *xp = aligned_alloc(64, (m * cols * sizeof(float) + 63) / 64 * 64 + 64);
+    if (!acc || !xp) {
+        free(acc);
+        free(xp);
+        return 2;
+    }
+    for (size_t k0 = 0; k0 < cols; k0 += KC) {
+        size_t len = cols - k0 < KC ? cols - k0 : KC;
+        for (size_t i = 0; i < m; i++) memcpy(xp + k0 * m + i * len, x + i * cols + k0, len * sizeof(float));
+    }
+    float panel[NR * KC] __attribute__((aligned(64)));
+    int bad = 0;
+    for (size_t g = n0; g < n1; g += NR) {
+        size_t nr = n1 - g < NR ? n1 - g : NR;
+        if (cols == 0) memset(acc, 0, m * NR * LANES * sizeof(float));
+        for (size_t k0 = 0; k0 < cols; k0 += KC) {
+            size_t len = cols - k0 < KC ? cols - k0 : KC;
+#if defined(__x86_64__)
+            bad |= vbmi ? pack_fp8_vbmi(w, &tables, g, nr, k0, len, panel) : pack(w, g, nr, k0, len, panel);
+#else
+            bad |= pack(w, g, nr, k0, len, panel);
+#endif
+            for (size_t i0 = 0; i0 < m; i0 += MR) {
+                size_t mr = m - i0 < MR ? m - i0 : MR;
+                micro(mr, xp + k0 * m + i0 * len, len, panel, len, acc + i0 * NR * LANES, k0 == 0);
+            }
+        }
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < nr; j++) y[i * ldy + g + j] = reduce_lanes(acc + (i * NR + j) * LANES);
+    }
+    free(acc);
+    free(xp);
+    return bad;
+}
+
+int dsconvert_stored_gemm_reference(const dsconvert_stored_matrix *w, const float *x, size_t m,
+                                    size_t n0, size_t n1, float *y, size_t ldy) {
+    size_t cols = w->cols;
+    float panel[NR * KC];
+    int bad = 0;
+    for (size_t n = n0; n < n1; n++) {
+        for (size_t i = 0; i < m; i++) {
+            float s[LANES] = {0};
+            for (size_t k0 = 0; k0 < cols; k0 += KC) {
+                size_t len = cols - k0 < KC ? cols - k0 : KC;
+                bad |= pack_baseline(w, n, 1, k0, len, panel);
+                size_t steps = (len + LANES - 1) / LANES * LANES;
+                for (size_t c = 0; c < steps; c++) {
+                    float xv = c < len ? x[i * cols + k0 + c] : 0.0f, wv = c < len ? panel[c] : 0.0f;
+                    s[c % LANES] = fmaf(xv, wv, s[c % LANES]);
+                }
+            }
+            y[i * ldy + n] = reduce_lanes(s);
+        }
+    }
+    return bad;
+}

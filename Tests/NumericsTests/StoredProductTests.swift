@@ -1,0 +1,146 @@
+import CKernels
+import Foundation
+import XCTest
+
+/// `dsconvert_stored_gemm`: every instruction-set level and every split of the output columns gives
+/// the sums its definition spells out (`dsconvert_stored_gemm_reference`), bit for bit; those sums are
+/// the dot products within the f32 error bound; NaN codes and overflowing products are flagged.
+final class StoredProductTests: XCTestCase {
+    private struct Case {
+        var kind: Int32, m: Int, n: Int, k: Int, block: Int
+        var data: [UInt8], scales: [Float], x: [Float]
+        /// Each weight as the kernel must read it, widened independently (Float16 for f16, the
+        /// E4M3/E5M2 formulas for FP8).
+        var widened: [Double]
+    }
+
+    private var generator = SystemRandomNumberGenerator()
+
+    /// Finite weights of every storage: f32, bf16 and f16 bit patterns with finite values, FP8 codes
+    /// except NaN/Inf (subnormal ones included), block scales of 128 or 32, shapes with partial
+    /// blocks and tails of the 16-column steps.
+    private func randomCase(kind: Int32) -> Case {
+        let m = Int.random(in: 1...21, using: &generator), n = Int.random(in: 1...40, using: &generator)
+        let k = [1, 15, 16, 17, 255, 256, 257, 300, 700][Int.random(in: 0..<9, using: &generator)]
+        let block = Bool.random(using: &generator) ? 128 : 32
+        var data: [UInt8] = [], widened: [Double] = []
+        for _ in 0..<(n * k) {
+            switch Int(kind) {
+            case Int(DSCONVERT_STORED_F32):
+                let v = Float.random(in: -2...2, using: &generator)
+                withUnsafeBytes(of: v.bitPattern.littleEndian) { data += $0 }
+                widened.append(Double(v))
+            case Int(DSCONVERT_STORED_BF16), Int(DSCONVERT_STORED_F16):
+                // Any finite f16; bf16 with exponents 2^-30...2^10 or subnormal (wider would overflow the sums).
+                var bits: UInt16
+                repeat { bits = UInt16.random(in: 0...UInt16.max, using: &generator) } while
+                    kind == DSCONVERT_STORED_BF16 ? !((97...137).contains((bits >> 7) & 0xFF) || (bits >> 7) & 0xFF == 0) : (bits & 0x7C00) == 0x7C00
+                withUnsafeBytes(of: bits.littleEndian) { data += $0 }
+                widened.append(kind == DSCONVERT_STORED_BF16 ? Double(Float(bitPattern: UInt32(bits) << 16)) : Double(Float16(bitPattern: bits)))
+            default:
+                let e5m2 = kind == DSCONVERT_STORED_FP8_E5M2
+                var code: UInt8
+                repeat { code = UInt8.random(in: 0...255, using: &generator) } while (code & 0x7F) >= (e5m2 ? 0x7C : 0x7F)
+                data.append(code)
+                widened.append(Self.fp8Value(code, e5m2: e5m2))
+            }
+        }
+        let blocks = ((n + block - 1) / block) * ((k + block - 1) / block)
+        let scales = (0..<blocks).map { _ in Float.random(in: 1e-4...2, using: &generator) }
+        if kind == DSCONVERT_STORED_FP8_E4M3 || kind == DSCONVERT_STORED_FP8_E5M2 {
+            let perRow = (k + block - 1) / block
+            for r in 0..<n { for c in 0..<k { widened[r * k + c] = Double(Float(widened[r * k + c]) * scales[(r / block) * perRow + c / block]) } }
+        }
+        let x = (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &generator) }
+        return Case(kind: kind, m: m, n: n, k: k, block: block, data: data, scales: scales, x: x, widened: widened)
+    }
+
+    /// An FP8 code's value from its fields: (-1)^s 2^(e - bias) (1 + f), or 2^(1 - bias) f subnormal.
+    private static func fp8Value(_ code: UInt8, e5m2: Bool) -> Double {
+        let mantissaBits = e5m2 ? 2 : 3, bias = e5m2 ? 15 : 7
+        let e = Int(code & 0x7F) >> mantissaBits, f = Double(Int(code) & ((1 << mantissaBits) - 1)) / Double(1 << mantissaBits)
+        let magnitude = e == 0 ? pow(2, Double(1 - bias)) * f : pow(2, Double(e - bias)) * (1 + f)
+        return code & 0x80 != 0 ? -magnitude : magnitude
+    }
+
+    /// Runs the kernel on `c` with its data placed `misalign` bytes past an aligned address.
+    private func product(_ c: Case, level: Int32?, columns: [Range<Int>], misalign: Int = 0) -> ([Float], Int32) {
+        var y = [Float](repeating: .nan, count: c.m * c.n)
+        var status: Int32 = 0
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: c.data.count + 64, alignment: 64)
+        defer { buffer.deallocate() }
+        buffer.advanced(by: misalign).copyMemory(from: c.data, byteCount: c.data.count)
+        c.scales.withUnsafeBufferPointer { sp in c.x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
+            var w = dsconvert_stored_matrix(kind: c.kind, data: buffer.advanced(by: misalign), rows: c.n, cols: c.k, scales: sp.baseAddress, block: c.block)
+            for range in columns {
+                status |= level.map { dsconvert_stored_gemm($0, &w, xp.baseAddress, c.m, range.lowerBound, range.upperBound, yp.baseAddress, c.n) }
+                    ?? dsconvert_stored_gemm_reference(&w, xp.baseAddress, c.m, range.lowerBound, range.upperBound, yp.baseAddress, c.n)
+            }
+        } } }
+        return (y, status)
+    }
+
+    private static let kinds = [DSCONVERT_STORED_F32, DSCONVERT_STORED_BF16, DSCONVERT_STORED_F16, DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map { Int32($0) }
+
+    func testEveryLevelAndSplitGivesTheDefinedSums() {
+        let best = dsconvert_fp8_best_isa()
+        for kind in Self.kinds {
+            for trial in 0..<24 {
+                let c = randomCase(kind: kind)
+                let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
+                XCTAssertEqual(flagged, 0)
+                let cut = Int.random(in: 0...c.n, using: &generator)
+                for level in 0...best {
+                    for columns in [[0..<c.n], [0..<cut, cut..<c.n]] {
+                        let (y, status) = product(c, level: level, columns: columns, misalign: trial % 3)
+                        XCTAssertEqual(status, 0)
+                        XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern),
+                                       "kind \(kind) level \(level) m \(c.m) n \(c.n) k \(c.k) block \(c.block) columns \(columns)")
+                    }
+                }
+                // The sums are the dot products: within K·2⁻²⁴·Σ|x·w| (each of K roundings at most half
+                // an ulp of a partial sum bounded by Σ|x·w|; f32 products of f32 values are exact in f64).
+                for i in 0..<c.m {
+                    for j in 0..<c.n {
+                        var exact = 0.0, magnitude = 0.0
+                        for t in 0..<c.k {
+                            let term = Double(c.x[i * c.k + t]) * c.widened[j * c.k + t]
+                            exact += term
+                            magnitude += abs(term)
+                        }
+                        let bound = Double(c.k + 1) * 0x1p-24 * magnitude + 1e-38
+                        XCTAssertLessThanOrEqual(abs(Double(reference[i * c.n + j]) - exact), bound, "kind \(kind) (\(i), \(j)) k \(c.k)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testNaNCodesAndOverflowingProductsAreFlagged() {
+        let best = dsconvert_fp8_best_isa()
+        for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
+            var c = randomCase(kind: kind)
+            c.n = 7
+            c.k = 300
+            c.m = 2
+            c.data = [UInt8](repeating: 0x38, count: c.n * c.k)
+            c.x = [Float](repeating: 1, count: c.m * c.k)
+            let perRow = (c.k + c.block - 1) / c.block
+            c.scales = [Float](repeating: 1, count: ((c.n + c.block - 1) / c.block) * perRow)
+            for level in [nil] + (0...best).map(Optional.some) {
+                XCTAssertEqual(product(c, level: level, columns: [0..<c.n]).1, 0, "clean, level \(String(describing: level))")
+                var nan = c
+                nan.data[5 * c.k + 299] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0xFF : 0x7D
+                XCTAssertEqual(product(nan, level: level, columns: [0..<c.n]).1, 1, "NaN code, level \(String(describing: level))")
+                var overflow = c  // the format's largest code under a scale of 3e38
+                overflow.scales[0] = 3e38
+                overflow.data[0] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0x7E : 0x7B
+                XCTAssertEqual(product(overflow, level: level, columns: [0..<c.n]).1, 1, "overflow, level \(String(describing: level))")
+                // The same huge scale on a block of zero codes overflows nothing.
+                var zeros = overflow
+                for r in 0..<min(c.n, c.block) { for col in 0..<min(c.k, c.block) { zeros.data[r * c.k + col] = 0 } }
+                XCTAssertEqual(product(zeros, level: level, columns: [0..<c.n]).1, 0, "zero codes, level \(String(describing: level))")
+            }
+        }
+    }
+}
