@@ -101,22 +101,21 @@ static float reduce_lanes(const float *s) {
     return s2[0] + s2[1];
 }
 
-// Lane sums of rows [0, mr) of x (stride ldx) against the NR packed rows over len columns, in plain
-// C: acc[(i * NR + j) * 16 + l] (zeroed first when `first`). Each level's vectorizer widens the lane
-// loop into fused multiply-adds (fmaf is one instruction wherever the level has FMA).
+// Lane sums of a tile of mr rows of x against the NR packed rows over `steps` steps of 16 columns,
+// in plain C: acc[(i * NR + j) * 16 + l] (zeroed first when `first`). The tile is laid out step by
+// step (`x_tile_index`) and, like the panel, zero past the last column, so the last step's missing
+// terms are fma(0, 0, s) as the definition says. Each level's vectorizer widens the lane loop into
+// fused multiply-adds (fmaf is one instruction wherever the level has FMA).
 #define DEFINE_MICRO(NAME, ATTRIBUTES)                                                                       \
-    ATTRIBUTES static void NAME(size_t mr, const float *x, size_t ldx, const float *p, size_t len,            \
-                                float *acc, int first) {                                                      \
+    ATTRIBUTES static void NAME(size_t mr, const float *x, const float *p, size_t steps, float *acc, int first) { \
         if (first) memset(acc, 0, mr * NR * LANES * sizeof(float));                                           \
-        for (size_t k = 0; k < len; k += LANES) {                                                             \
-            size_t n = len - k < LANES ? len - k : LANES;                                                     \
+        for (size_t step = 0; step < steps; step++) {                                                         \
             for (size_t i = 0; i < mr; i++) {                                                                 \
-                float xs[LANES];                                                                              \
-                for (size_t l = 0; l < LANES; l++) xs[l] = l < n ? x[i * ldx + k + l] : 0.0f;                 \
+                const float *xs = x + (step * mr + i) * LANES;                                                \
                 for (size_t j = 0; j < NR; j++) {                                                             \
                     float *s = acc + (i * NR + j) * LANES;                                                    \
-                    const float *pj = p + j * KC + k;                                                         \
-                    for (size_t l = 0; l < LANES; l++) s[l] = fmaf(xs[l], l < n ? pj[l] : 0.0f, s[l]);        \
+                    const float *pj = p + j * KC + step * LANES;                                              \
+                    for (size_t l = 0; l < LANES; l++) s[l] = fmaf(xs[l], pj[l], s[l]);                       \
                 }                                                                                             \
             }                                                                                                 \
         }                                                                                                     \
@@ -129,35 +128,26 @@ DEFINE_PACK(pack_avx2, __attribute__((target("avx2,fma"))))
 
 // The AVX2 micro-kernel: sixteen lanes are two ymm registers, and with 16 of them one row of x
 // against the NR weight rows (12 sums) is what fits; missing columns load as zeros.
-__attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const float *x, size_t ldx, const float *p, size_t len,
-                                                           float *acc, int first) {
+__attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const float *x, const float *p, size_t steps, float *acc,
+                                                           int first) {
     for (size_t i = 0; i < mr; i++) {
         float *sums = acc + i * NR * LANES;
         __m256 s[NR][2];
         for (size_t j = 0; j < NR; j++)
             for (size_t h = 0; h < 2; h++) s[j][h] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(sums + j * LANES + 8 * h);
-        const float *row = x + i * ldx;
-        size_t k = 0;
-        for (; k + LANES <= len; k += LANES) {
-            __m256 a0 = _mm256_loadu_ps(row + k), a1 = _mm256_loadu_ps(row + k + 8);
+        for (size_t step = 0; step < steps; step++) {
+            const float *row = x + (step * mr + i) * LANES;
+            __m256 a0 = _mm256_load_ps(row), a1 = _mm256_load_ps(row + 8);
             for (size_t j = 0; j < NR; j++) {
-                s[j][0] = _mm256_fmadd_ps(a0, _mm256_load_ps(p + j * KC + k), s[j][0]);
-                s[j][1] = _mm256_fmadd_ps(a1, _mm256_load_ps(p + j * KC + k + 8), s[j][1]);
-            }
-        }
-        if (k < len) {
-            __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), left = _mm256_set1_epi32((int)(len - k));
-            __m256i m0 = _mm256_cmpgt_epi32(left, iota), m1 = _mm256_cmpgt_epi32(left, _mm256_add_epi32(iota, _mm256_set1_epi32(8)));
-            __m256 a0 = _mm256_maskload_ps(row + k, m0), a1 = _mm256_maskload_ps(row + k + 8, m1);
-            for (size_t j = 0; j < NR; j++) {
-                s[j][0] = _mm256_fmadd_ps(a0, _mm256_maskload_ps(p + j * KC + k, m0), s[j][0]);
-                s[j][1] = _mm256_fmadd_ps(a1, _mm256_maskload_ps(p + j * KC + k + 8, m1), s[j][1]);
+                s[j][0] = _mm256_fmadd_ps(a0, _mm256_load_ps(p + j * KC + step * LANES), s[j][0]);
+                s[j][1] = _mm256_fmadd_ps(a1, _mm256_load_ps(p + j * KC + step * LANES + 8), s[j][1]);
             }
         }
         for (size_t j = 0; j < NR; j++)
             for (size_t h = 0; h < 2; h++) _mm256_storeu_ps(sums + j * LANES + 8 * h, s[j][h]);
     }
 }
+
 DEFINE_PACK(pack_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
 
 // FP8 codes to f32 with AVX-512 VBMI byte permutes: every finite E4M3 and E5M2 value is exactly a
@@ -279,28 +269,18 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
 }
 
 // The AVX-512 micro-kernel: MR_ rows of x by NR weight rows, 16 columns per step, MR_ x NR sums in
-// registers; the last step's missing columns load as zeros (fma(0, 0, s), as the definition says).
-// Inlined with a constant MR_ so the loops unroll and the sums stay in registers.
-__attribute__((target("avx512f"), always_inline)) static inline void micro512(const size_t MR_, const float *x, size_t ldx,
-                                                                               const float *p, size_t len, float *acc, int first) {
+// registers; x's tile is one contiguous stream (step by step, row by row). Inlined with a constant
+// MR_ so the loops unroll and the sums stay in registers.
+__attribute__((target("avx512f"), always_inline)) static inline void micro512(const size_t MR_, const float *x, const float *p,
+                                                                               size_t steps, float *acc, int first) {
     __m512 s[MR][NR];
     for (size_t i = 0; i < MR_; i++)
         for (size_t j = 0; j < NR; j++) s[i][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + (i * NR + j) * LANES);
-    size_t k = 0;
-    for (; k + LANES <= len; k += LANES) {
+    for (size_t step = 0; step < steps; step++) {
         __m512 a[MR];
-        for (size_t i = 0; i < MR_; i++) a[i] = _mm512_loadu_ps(x + i * ldx + k);
+        for (size_t i = 0; i < MR_; i++) a[i] = _mm512_load_ps(x + (step * MR_ + i) * LANES);
         for (size_t j = 0; j < NR; j++) {
-            __m512 b = _mm512_load_ps(p + j * KC + k);
-            for (size_t i = 0; i < MR_; i++) s[i][j] = _mm512_fmadd_ps(a[i], b, s[i][j]);
-        }
-    }
-    if (k < len) {
-        __mmask16 mask = (__mmask16)((1u << (len - k)) - 1u);
-        __m512 a[MR];
-        for (size_t i = 0; i < MR_; i++) a[i] = _mm512_maskz_loadu_ps(mask, x + i * ldx + k);
-        for (size_t j = 0; j < NR; j++) {
-            __m512 b = _mm512_maskz_loadu_ps(mask, p + j * KC + k);
+            __m512 b = _mm512_load_ps(p + j * KC + step * LANES);
             for (size_t i = 0; i < MR_; i++) s[i][j] = _mm512_fmadd_ps(a[i], b, s[i][j]);
         }
     }
@@ -308,19 +288,27 @@ __attribute__((target("avx512f"), always_inline)) static inline void micro512(co
         for (size_t j = 0; j < NR; j++) _mm512_storeu_ps(acc + (i * NR + j) * LANES, s[i][j]);
 }
 
-__attribute__((target("avx512f"))) static void micro_avx512(size_t mr, const float *x, size_t ldx, const float *p, size_t len,
-                                                             float *acc, int first) {
+__attribute__((target("avx512f"))) static void micro_avx512(size_t mr, const float *x, const float *p, size_t steps, float *acc,
+                                                             int first) {
     switch (mr) {
-    case 4: micro512(4, x, ldx, p, len, acc, first); break;
-    case 3: micro512(3, x, ldx, p, len, acc, first); break;
-    case 2: micro512(2, x, ldx, p, len, acc, first); break;
-    default: micro512(1, x, ldx, p, len, acc, first); break;
+    case 4: micro512(4, x, p, steps, acc, first); break;
+    case 3: micro512(3, x, p, steps, acc, first); break;
+    case 2: micro512(2, x, p, steps, acc, first); break;
+    default: micro512(1, x, p, steps, acc, first); break;
     }
 }
 #endif
 
 typedef int (*pack_fn)(const dsconvert_stored_matrix *, size_t, size_t, size_t, size_t, float *);
-typedef void (*micro_fn)(size_t, const float *, size_t, const float *, size_t, float *, int);
+typedef void (*micro_fn)(size_t, const float *, const float *, size_t, float *, int);
+
+// Rows of x are taken this many bytes at a time (as copied): a chunk is read once per panel of
+// weight rows, so it must stay in the core's second-level cache (2 MB here) beside the panel's
+// work; larger (V3's 512 tokens x 7168 columns: 14.7 MB) it came from the shared cache every time.
+enum { X_CHUNK_BYTES = 1 << 20 };
+
+static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables, const dsconvert_stored_matrix *w,
+                     const float *x, size_t m, size_t n0, size_t n1, float *y, size_t ldy, float *acc, float *xp);
 
 int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float *x, size_t m,
                           size_t n0, size_t n1, float *y, size_t ldy) {
@@ -343,20 +331,47 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
-    size_t cols = w->cols;
-    // x is copied once, column block by column block ([k0, k0 + len) of every row together, rows
-    // len apart): a checkpoint's rows are a multiple of 4 KB apart (V3: 28 KB), so the 16 rows of a
-    // block would otherwise share one set of the first-level cache and evict each other.
-    float *acc = aligned_alloc(64, (m * NR * LANES * sizeof(float) + 63) / 64 * 64);
-    float *xp = aligned_alloc(64, (m * cols * sizeof(float) + 63) / 64 * 64 + 64);
+    size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
+    size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
+    chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
+    float *acc = aligned_alloc(64, (chunk * NR * LANES * sizeof(float) + 63) / 64 * 64);
+    float *xp = aligned_alloc(64, (chunk * padded_cols * sizeof(float) + 63) / 64 * 64 + 64);
     if (!acc || !xp) {
         free(acc);
         free(xp);
         return 2;
     }
+    // Each row's sums are its own: taking the rows a chunk at a time changes no bit.
+    int bad = 0;
+    for (size_t r0 = 0; r0 < m; r0 += chunk) {
+        size_t rows = m - r0 < chunk ? m - r0 : chunk;
+#if defined(__x86_64__)
+        bad |= gemm_rows(pack, micro, vbmi, &tables, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, acc, xp);
+#else
+        bad |= gemm_rows(pack, micro, vbmi, NULL, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, acc, xp);
+#endif
+    }
+    free(acc);
+    free(xp);
+    return bad;
+}
+
+// The product for m rows of x (at most a chunk), with the working memory given.
+static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables, const dsconvert_stored_matrix *w,
+                     const float *x, size_t m, size_t n0, size_t n1, float *y, size_t ldy, float *acc, float *xp) {
+    size_t cols = w->cols;
+    // x is copied once into the order the micro-kernels read it: column block by column block, tile
+    // of MR rows by tile, and within a tile 16 columns of each row in turn, zero past the last
+    // column. A tile is then one contiguous stream; read in place, a checkpoint's rows are a multiple
+    // of 4 KB apart (V3: 28 KB), so a block's rows shared one set of the first-level cache.
     for (size_t k0 = 0; k0 < cols; k0 += KC) {
-        size_t len = cols - k0 < KC ? cols - k0 : KC;
-        for (size_t i = 0; i < m; i++) memcpy(xp + k0 * m + i * len, x + i * cols + k0, len * sizeof(float));
+        size_t len = cols - k0 < KC ? cols - k0 : KC, width = (len + LANES - 1) / LANES * LANES;
+        for (size_t i0 = 0; i0 < m; i0 += MR) {
+            size_t mr = m - i0 < MR ? m - i0 : MR;
+            float *tile = xp + k0 * m + i0 * width;
+            for (size_t i = 0; i < mr; i++)
+                for (size_t c = 0; c < width; c++) tile[(c / LANES * mr + i) * LANES + c % LANES] = c < len ? x[(i0 + i) * cols + k0 + c] : 0.0f;
+        }
     }
     float panel[NR * KC] __attribute__((aligned(64)));
     int bad = 0;
@@ -364,22 +379,24 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
         size_t nr = n1 - g < NR ? n1 - g : NR;
         if (cols == 0) memset(acc, 0, m * NR * LANES * sizeof(float));
         for (size_t k0 = 0; k0 < cols; k0 += KC) {
-            size_t len = cols - k0 < KC ? cols - k0 : KC;
+            size_t len = cols - k0 < KC ? cols - k0 : KC, width = (len + LANES - 1) / LANES * LANES;
 #if defined(__x86_64__)
-            bad |= vbmi ? pack_fp8_vbmi(w, &tables, g, nr, k0, len, panel) : pack(w, g, nr, k0, len, panel);
+            bad |= vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)tables, g, nr, k0, len, panel) : pack(w, g, nr, k0, len, panel);
 #else
+            (void)vbmi;
+            (void)tables;
             bad |= pack(w, g, nr, k0, len, panel);
 #endif
+            for (size_t j = 0; j < NR; j++)
+                for (size_t c = len; c < width; c++) panel[j * KC + c] = 0.0f;
             for (size_t i0 = 0; i0 < m; i0 += MR) {
                 size_t mr = m - i0 < MR ? m - i0 : MR;
-                micro(mr, xp + k0 * m + i0 * len, len, panel, len, acc + i0 * NR * LANES, k0 == 0);
+                micro(mr, xp + k0 * m + i0 * width, panel, width / LANES, acc + i0 * NR * LANES, k0 == 0);
             }
         }
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < nr; j++) y[i * ldy + g + j] = reduce_lanes(acc + (i * NR + j) * LANES);
     }
-    free(acc);
-    free(xp);
     return bad;
 }
 

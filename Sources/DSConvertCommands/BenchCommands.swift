@@ -14,9 +14,10 @@ public enum ForwardBenchCommand: Command {
         top-6, 2 shared) with one dense and one MoE layer and a 2048-token vocabulary; --shape v3 has
         DeepSeek-V3's (hidden 7168, 128 heads, 256 experts of 2048, top-8). Weights are generated in
         memory in the dtype the published checkpoints store (bf16 for V2-Lite, FP8 with 128x128 block
-        scales for V3) and widened to fp32 on every use, as validate does; no I/O. Reports the median,
-        min and max of --repeats timed runs (GFLOP/s at the median time), the part of it spent widening,
-        and the rate of the products alone. FLOPs are counted as executed (2 per multiply-add).
+        scales for V3) and used as validate uses a checkpoint's: widened to fp32 on every use, except the
+        routed experts', which are multiplied as stored; no I/O. Reports the median, min and max of
+        --repeats timed runs (GFLOP/s at the median time), the part of it spent widening, and the rate of
+        the rest. FLOPs are counted as executed (2 per multiply-add).
         """,
         options: [
             OptionSpec("batch", value: "N", help: "Sequences (default 1)."),

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Data-parallel loops for the conversion kernels.
 ///
@@ -28,6 +29,30 @@ public enum Parallel {
                 while i < count {
                     shared.body(i)
                     i += workers
+                }
+            }
+        }
+    }
+}
+
+extension Parallel {
+    /// Runs `body(i)` for i in 0..<count on up to `threads` threads, each taking the next index as
+    /// it finishes one: for tasks of uneven size, given largest first (a routed expert's work grows
+    /// with the tokens that chose it). Each index still writes its own output only.
+    public static func forEachBalanced(_ count: Int, _ body: (Int) -> Void) {
+        guard count > 0 else { return }
+        if threads <= 1 || count == 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        let next = Atomic<Int>(0)
+        withoutActuallyEscaping(body) { body in
+            let shared = UnsafeSendableClosure(body)
+            DispatchQueue.concurrentPerform(iterations: min(threads, count)) { _ in
+                while true {
+                    let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard i < count else { return }
+                    shared.body(i)
                 }
             }
         }

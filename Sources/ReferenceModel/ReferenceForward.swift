@@ -522,17 +522,22 @@ public final class ReferenceForward {
         for experts in groups {
             var partial = [Float](repeating: 0, count: t * h)
             let chosen = experts.filter { !assigned[$0].isEmpty }
-            // Experts run a few at a time, one per core, each product in one thread: an expert sees
-            // few tokens (V3 at 512 tokens: ~16), so its products are too small to share out across
-            // cores. Their outputs are added in expert order, so the sums do not depend on the
-            // thread count.
-            for batch in stride(from: 0, to: chosen.count, by: Self.expertBatch).map({ Array(chosen[$0..<min(chosen.count, $0 + Self.expertBatch)]) }) {
-                let outputs = try routedExperts(batch, x: x, assigned: assigned, layer: layer, intermediate: m)
-                for (expert, y) in zip(batch, outputs) {
-                    for (r, entry) in assigned[expert].enumerated() {
-                        for j in 0..<h { partial[entry.token * h + j] += y[r * h + j] * entry.weight }
-                    }
+            // Experts run in batches of consecutive experts holding up to 4 x tokens rows, largest
+            // first, each core taking the next when done, each product in one thread: an expert
+            // sees few tokens (V3 at 512 tokens: ~16), so its products are too small to share out
+            // across cores. Outputs are added in expert order, so the sums depend neither on the
+            // thread count nor on where batches end.
+            var start = 0
+            while start < chosen.count {
+                var end = start, rows = 0
+                while end < chosen.count, end == start || rows + assigned[chosen[end]].count <= 4 * t {
+                    rows += assigned[chosen[end]].count
+                    end += 1
                 }
+                let batch = Array(chosen[start..<end])
+                let outputs = try routedExperts(batch, x: x, assigned: assigned, layer: layer, intermediate: m)
+                Self.addExpertOutputs(outputs, of: batch, assigned: assigned, width: h, into: &partial)
+                start = end
             }
             for i in 0..<out.count { out[i] += partial[i] }
         }
@@ -543,17 +548,38 @@ public final class ReferenceForward {
         return (out, RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights))
     }
 
-    /// Routed experts computed per `moeBlock` step (at least one per core): outputs of at most
-    /// tokens x hidden floats each.
-    static let expertBatch = max(8, Parallel.threads)
+    /// partial[token] += weight · y[row] for each expert of `batch` in order and each of its rows:
+    /// tokens on every core, each token's terms added in expert order.
+    private static func addExpertOutputs(_ outputs: [[Float]], of batch: [Int], assigned: [[(token: Int, weight: Float)]], width h: Int,
+                                         into partial: inout [Float]) {
+        var byToken: [Int: [(output: Int, row: Int, weight: Float)]] = [:]
+        for (index, expert) in batch.enumerated() {
+            for (row, entry) in assigned[expert].enumerated() { byToken[entry.token, default: []].append((index, row, entry.weight)) }
+        }
+        let terms = byToken, tokens = Array(byToken.keys)
+        partial.withUnsafeMutableBufferPointer { pp in
+            let target = SharedPointer(pp.baseAddress!)
+            Parallel.forEach(tokens.count) { i in
+                let token = tokens[i], destination = target.pointer + token * h
+                for term in terms[token]! {
+                    outputs[term.output].withUnsafeBufferPointer { y in
+                        for j in 0..<h { destination[j] += y[term.row * h + j] * term.weight }
+                    }
+                }
+            }
+        }
+    }
 
     /// Each expert's MLP on the rows routed to it, the experts spread over the cores; the reading
     /// time counted is the tasks' total over the cores used (its share of the wall time).
     private func routedExperts(_ experts: [Int], x: [Float], assigned: [[(token: Int, weight: Float)]], layer: Int, intermediate m: Int) throws -> [[Float]] {
         let h = config.hiddenSize
         let results = Mutex<[Int: Result<([Float], Double), Error>]>([:])
+        // Largest first, so the last expert to finish is a small one.
+        let order = experts.indices.sorted { (assigned[experts[$0]].count, $1) > (assigned[experts[$1]].count, $0) }
         BLASThreads.withSingleThread {
-            Parallel.forEach(experts.count) { i in
+            Parallel.forEachBalanced(experts.count) { n in
+                let i = order[n]
                 let rows = assigned[experts[i]]
                 var gathered = [Float](repeating: 0, count: rows.count * h)
                 for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
