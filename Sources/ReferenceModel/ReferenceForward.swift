@@ -427,37 +427,49 @@ public final class ReferenceForward {
 
     /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head); Q, K [T, H, qkDim], V [T, H, vDim]; returns [T, H·vDim].
     /// Queries run in blocks of `queryBlock`, each against the keys up to its last query only (what
-    /// the mask leaves), so memory is O(block x seq) and masked products are not computed.
+    /// the mask leaves), so memory is O(block x seq) per core and masked products are not computed.
+    /// The (sequence, head) pairs run on every core, each with single-threaded BLAS and its own
+    /// scores: a head's products (128 x 192 by 192 x up to seq at V3) are too small to share out, and
+    /// its softmax rows are then computed in parallel too. Each pair writes its own columns of the
+    /// output, so the result does not depend on the thread count.
     static func causalAttention(queries: [Float], keys: [Float], values: [Float], batch: Int, seq: Int, heads: Int,
                                 qkDim: Int, vDim: Int, scale: Float) -> [Float] {
         var out = [Float](repeating: 0, count: batch * seq * heads * vDim)
-        var scores = [Float](repeating: 0, count: min(seq, queryBlock) * seq)
         let blocks = causalBlocks(seq: seq)
         queries.withUnsafeBufferPointer { qp in keys.withUnsafeBufferPointer { kp in values.withUnsafeBufferPointer { vp in
-            out.withUnsafeMutableBufferPointer { op in scores.withUnsafeMutableBufferPointer { sp in
-                for b in 0..<batch {
-                    for head in 0..<heads {
-                        let qBase = qp.baseAddress! + b * seq * heads * qkDim + head * qkDim
-                        let kBase = kp.baseAddress! + b * seq * heads * qkDim + head * qkDim
-                        let vBase = vp.baseAddress! + b * seq * heads * vDim + head * vDim
-                        let oBase = op.baseAddress! + b * seq * heads * vDim + head * vDim
-                        for (range, seen) in blocks {
-                            Linear.gemm(transposeB: true, m: range.count, n: seen, k: qkDim, alpha: scale,
-                                        a: qBase + range.lowerBound * heads * qkDim, lda: heads * qkDim,
-                                        b: kBase, ldb: heads * qkDim, beta: 0, c: sp.baseAddress!, ldc: seen)
-                            for (r, i) in range.enumerated() {
-                                let row = sp.baseAddress! + r * seen
-                                Elementwise.softmax(row, count: i + 1)
-                                for j in (i + 1)..<max(seen, i + 1) { row[j] = 0 }
-                            }
-                            Linear.gemm(transposeB: false, m: range.count, n: vDim, k: seen, alpha: 1, a: sp.baseAddress!, lda: seen,
-                                        b: vBase, ldb: heads * vDim, beta: 0, c: oBase + range.lowerBound * heads * vDim, ldc: heads * vDim)
+            out.withUnsafeMutableBufferPointer { op in
+                let output = SharedPointer(op.baseAddress!)
+                BLASThreads.withSingleThread {
+                    Parallel.forEach(batch * heads) { pair in
+                        let (b, head) = pair.quotientAndRemainder(dividingBy: heads)
+                        var scores = [Float](repeating: 0, count: min(seq, queryBlock) * seq)
+                        scores.withUnsafeMutableBufferPointer { sp in
+                            attendOneHead(q: qp.baseAddress! + b * seq * heads * qkDim + head * qkDim, k: kp.baseAddress! + b * seq * heads * qkDim + head * qkDim,
+                                          v: vp.baseAddress! + b * seq * heads * vDim + head * vDim, out: output.pointer + b * seq * heads * vDim + head * vDim,
+                                          heads: heads, qkDim: qkDim, vDim: vDim, scale: scale, blocks: blocks, scores: sp.baseAddress!)
                         }
                     }
                 }
-            } }
+            }
         } } }
         return out
+    }
+
+    /// One (sequence, head) pair of `causalAttention`, its rows `heads` x dim apart.
+    private static func attendOneHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                      heads: Int, qkDim: Int, vDim: Int, scale: Float, blocks: [(queries: Range<Int>, keys: Int)],
+                                      scores: UnsafeMutablePointer<Float>) {
+        for (range, seen) in blocks {
+            Linear.gemm(transposeB: true, m: range.count, n: seen, k: qkDim, alpha: scale, a: q + range.lowerBound * heads * qkDim, lda: heads * qkDim,
+                        b: k, ldb: heads * qkDim, beta: 0, c: scores, ldc: seen)
+            for (r, i) in range.enumerated() {
+                let row = scores + r * seen
+                Elementwise.softmax(row, count: i + 1)
+                for j in (i + 1)..<max(seen, i + 1) { row[j] = 0 }
+            }
+            Linear.gemm(transposeB: false, m: range.count, n: vDim, k: seen, alpha: 1, a: scores, lda: seen,
+                        b: v, ldb: heads * vDim, beta: 0, c: out + range.lowerBound * heads * vDim, ldc: heads * vDim)
+        }
     }
 
     // MARK: MLPs
