@@ -46,6 +46,9 @@ public enum ForwardBenchCommand: Command {
         let expertFLOPs = 2 * Double(r.expertShape.m * r.expertShape.n * r.expertShape.k)
         terminal.out(String(format: "cblas_sgemm   %dx%dx%d  %8.4f s (%.4f-%.4f, %d runs)  %7.1f GFLOP/s  a routed expert's product, weight from memory",
                             r.expertShape.m, r.expertShape.n, r.expertShape.k, expert.median, expert.min, expert.max, expert.count, expertFLOPs / expert.median / 1e9))
+        let stored = SampleSummary(r.expertStoredSeconds)!
+        terminal.out(String(format: "stored        %dx%dx%d  %8.4f s (%.4f-%.4f, %d runs)  %7.1f GFLOP/s  the same product as stored, two at once (one per core)",
+                            r.expertShape.m, r.expertShape.n, r.expertShape.k, stored.median, stored.min, stored.max, stored.count, expertFLOPs / stored.median / 1e9))
         let widening = SampleSummary(r.wideningSeconds)!
         // The products alone: the forward pass's time less its widening (never below a microsecond).
         let computeRate = r.forwardFLOPs / max(forward.median - widening.median, 1e-6)

@@ -190,6 +190,10 @@ public enum ForwardBenchmark {
         /// products of experts that see few tokens run against.
         public var expertShape: (m: Int, n: Int, k: Int)
         public var expertSgemmSeconds: [Double]
+        /// Seconds per product of the same shape multiplied as stored (`StoredWeight.product`, the
+        /// storage of the shape's experts), two at a time, one per core, as the forward pass runs
+        /// them; weights from memory.
+        public var expertStoredSeconds: [Double]
         public var threads: Int
         /// OpenBLAS's build and the kernels it runs (`BLASCore`).
         public var blas: String
@@ -259,8 +263,10 @@ public enum ForwardBenchmark {
         let expertRows = max(1, routed / max(1, config.moeLayerCount * (config.nRoutedExperts ?? 1)))
         let expert = (m: expertRows, n: config.moeIntermediateSize, k: config.hiddenSize)
         let expertSeconds = sgemmFromMemory(m: expert.m, n: expert.n, k: expert.k, repeats: max(repeats, 3))
+        let storedSeconds = try storedFromMemory(m: expert.m, n: expert.n, k: expert.k, storage: shape == .v3 ? .fp8 : .bf16, repeats: max(repeats, 3))
         return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, wideningSeconds: widening, forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
+                      sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds,
+                      threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
     }
 
     /// Seconds of each of `repeats` plain `cblas_sgemm` products [m, k] · [n, k]ᵀ, the reference the
@@ -293,6 +299,28 @@ public enum ForwardBenchmark {
                     } } }
                 }
             } / Double(count)
+        }
+    }
+
+    /// Seconds per product of [m, k] · [n, k]ᵀ with the weight stored (bf16 or FP8), over rounds of
+    /// distinct weights (at least 512 MB of them, so each comes from memory) multiplied one per core.
+    public static func storedFromMemory(m: Int, n: Int, k: Int, storage: SyntheticWeights.Storage, repeats: Int) throws -> [Double] {
+        let provider = SyntheticWeights(storage: storage)
+        let bytes = storage == .fp8 ? 1 : 2
+        let count = max(8, (512 << 20) / max(1, n * k * bytes))
+        let weights = try (0..<count).map { try provider.stored("model.layers.0.mlp.experts.\($0).up_proj.weight", shape: [n, k])! }
+        let x = [Float](repeating: 0.5, count: m * k)
+        return try (0..<repeats).map { _ in
+            let failure = Mutex<Error?>(nil)
+            let seconds = time {
+                BLASThreads.withSingleThread {
+                    Parallel.forEachBalanced(count) { i in
+                        do { _ = try Linear.forward(x, rows: m, stored: weights[i], inFeatures: k, outFeatures: n) } catch { failure.withLock { $0 = error } }
+                    }
+                }
+            }
+            if let error = failure.withLock({ $0 }) { throw error }
+            return seconds / Double(count)
         }
     }
 

@@ -90,7 +90,7 @@ final class BenchForwardTests: XCTestCase {
         let r = try runTool("dsconvert-bench", ["forward", "--seq", "4", "--repeats", "3"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("times: median (min-max)"), r.stdout)
-        for prefix in ["forward pass", "cblas_sgemm"] {
+        for prefix in ["forward pass", "cblas_sgemm", "stored"] {
             let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.hasPrefix(prefix) }, r.stdout)
             // "... <median> s (<min>-<max>, 3 runs) ..."
             let match = try XCTUnwrap(line.firstMatch(of: /([0-9.]+) s \(([0-9.]+)-([0-9.]+), 3 runs\)/), String(line))
