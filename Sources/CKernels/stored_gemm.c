@@ -11,10 +11,11 @@
 #include <immintrin.h>
 #endif
 
-// The product is blocked so that everything a micro-kernel touches stays in the core's first-level
-// cache: a panel of NR weight rows converted to f32 over KC columns (6 KB), and the rows of x over
-// the same columns (16 rows: 16 KB). Each (row of x, weight row) pair keeps sixteen lane sums in
-// `acc` between column blocks; a micro-kernel holds MR x NR of them in registers (24 of 32 zmm).
+// The product is blocked so that what a micro-kernel touches stays in the core's caches: a panel of
+// NR weight rows converted to f32 over KC columns (6 KB, first level), and x taken a chunk of rows
+// (up to 1 MB, second level) at a time, copied into tiles of MR rows that the micro-kernel reads as
+// one stream (a tile over KC columns: 4 KB). Each (row of x, weight row) pair keeps sixteen lane sums
+// in `acc` between column blocks; a micro-kernel holds MR x NR of them in registers (24 of 32 zmm).
 enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, MR = 4, LANES = 16 };
 
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
@@ -313,6 +314,8 @@ static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables,
 int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float *x, size_t m,
                           size_t n0, size_t n1, float *y, size_t ldy) {
     if (m == 0 || n1 <= n0) return 0;
+    if (w->kind < DSCONVERT_STORED_F32 || w->kind > DSCONVERT_STORED_FP8_E5M2) return 3;
+    if ((w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2) && (!w->scales || w->block == 0)) return 3;
     pack_fn pack = pack_baseline;
     micro_fn micro = micro_baseline;
     int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0;

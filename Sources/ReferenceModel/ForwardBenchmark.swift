@@ -65,8 +65,10 @@ public final class SyntheticWeights: WeightProvider {
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? {
         guard shape.count == 2 else { return nil }
         let rows = shape[0], cols = shape[1]
-        // The quantizer never writes a NaN code, so a flag here is a defect of this class.
-        let flagged: () throws -> Never = { throw ReferenceModelError.unreadableTensor(file: "synthetic", tensor: name, reason: "a NaN code") }
+        // The quantizer never writes a NaN code nor a scale that overflows, so a flag here is a defect of this class.
+        let flagged: () throws -> Never = {
+            throw ReferenceModelError.unreadableTensor(file: "synthetic", tensor: name, reason: "a NaN code or a product that overflows f32")
+        }
         switch storedForm(name, shape: shape) {
         case .f32: return nil
         case let .bf16(bits):

@@ -534,15 +534,16 @@ public final class ReferenceForward {
         for experts in groups {
             var partial = [Float](repeating: 0, count: t * h)
             let chosen = experts.filter { !assigned[$0].isEmpty }
-            // Experts run in batches of consecutive experts holding up to 4 x tokens rows, largest
-            // first, each core taking the next when done, each product in one thread: an expert
-            // sees few tokens (V3 at 512 tokens: ~16), so its products are too small to share out
-            // across cores. Outputs are added in expert order, so the sums depend neither on the
-            // thread count nor on where batches end.
+            // Experts run in batches of consecutive experts (at least 8 and one per core, then up to
+            // 4 x tokens rows), largest first, each core taking the next when done, each product in
+            // one thread: an expert sees few tokens (V3 at 512 tokens: ~16), so its products are
+            // too small to share out across cores. Outputs are added in expert order, so the sums
+            // depend neither on the thread count nor on where batches end.
+            let fewest = max(8, Parallel.threads)
             var start = 0
             while start < chosen.count {
                 var end = start, rows = 0
-                while end < chosen.count, end == start || rows + assigned[chosen[end]].count <= 4 * t {
+                while end < chosen.count, end - start < fewest || rows + assigned[chosen[end]].count <= 4 * t {
                     rows += assigned[chosen[end]].count
                     end += 1
                 }

@@ -24,7 +24,7 @@ public struct StoredWeight {
     public let cols: Int
     public let elements: Elements
     /// An FP8 weight's scale block (rows of `widen` start on one); 128 for the others.
-    public let panel: Int
+    public let block: Int
     /// Lends the stored bytes and (FP8) the scales, valid during `body`.
     private let lend: ((UnsafeRawPointer, UnsafePointer<Float>?) -> Int32) -> Int32
     /// Throws the error that names what a kernel flagged (an FP8 code that is NaN or Inf, or a
@@ -38,16 +38,17 @@ public struct StoredWeight {
                 lend: @escaping ((UnsafeRawPointer, UnsafePointer<Float>?) -> Int32) -> Int32, flagged: @escaping () throws -> Never) {
         self.rows = rows
         self.cols = cols
+        precondition(rows >= 0 && cols >= 0 && block > 0, "a \(rows)x\(cols) weight in blocks of \(block)")
         self.elements = elements
-        panel = block
+        self.block = block
         self.lend = lend
         self.flagged = flagged
     }
 
-    /// Writes rows `range` (whole panels, or the last partial one) as fp32 into `destination`,
+    /// Writes rows `range` (whole scale blocks of rows, or the last partial one) as fp32 into `destination`,
     /// row-major, `range.count` x `cols`.
     public func widen(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) throws {
-        let (rows, cols, block, elements) = (rows, cols, panel, elements)
+        let (rows, cols, block, elements) = (rows, cols, block, elements)
         let status = lend { bytes, scales in
             let count = range.count * cols
             switch elements {
@@ -69,7 +70,9 @@ public struct StoredWeight {
     /// defines: the same bits at every instruction-set level and for any split of the columns.
     public func product(_ x: UnsafePointer<Float>, rows m: Int, columns: Range<Int>, into y: UnsafeMutablePointer<Float>, ldy: Int,
                         level: Int32 = FP8BlockQuantizer.kernelLevel) throws {
-        let (rows, cols, block, kind) = (rows, cols, panel, elements.kernelKind)
+        precondition(m >= 0 && columns.lowerBound >= 0 && columns.upperBound <= rows && ldy >= columns.upperBound,
+                     "rows \(m), columns \(columns) of a \(rows)x\(cols) weight into rows \(ldy) apart")
+        let (rows, cols, block, kind) = (rows, cols, block, elements.kernelKind)
         let status = lend { bytes, scales in
             var matrix = dsconvert_stored_matrix(kind: kind, data: bytes, rows: rows, cols: cols, scales: scales, block: block)
             return dsconvert_stored_gemm(level, &matrix, x, m, columns.lowerBound, columns.upperBound, y, ldy)
@@ -77,7 +80,8 @@ public struct StoredWeight {
         switch status {
         case 0: return
         case 1: try flagged()
-        default: preconditionFailure("no memory for a product's \(m) x 96 working floats")  // as Swift's own allocations fail
+        case 2: preconditionFailure("no memory for a product's working floats (up to 1 MB of x and its sums)")  // as Swift's own allocations fail
+        default: preconditionFailure("stored product refused its weight's description (FP8 without scales?)")
         }
     }
 
@@ -116,7 +120,7 @@ public struct StoredWeight {
     static func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, block: Int, format: FP8Format,
                            range: Range<Int>, into destination: UnsafeMutablePointer<Float>) -> Bool {
         precondition(range.lowerBound % block == 0 && (range.upperBound % block == 0 || range.upperBound == rows) && range.upperBound <= rows,
-                     "panels are whole block rows")
+                     "ranges are whole block rows")
         let perRow = (cols + block - 1) / block, e5m2: Int32 = format == .e5m2 ? 1 : 0
         var finite = true
         for r0 in stride(from: range.lowerBound, to: range.upperBound, by: block) {

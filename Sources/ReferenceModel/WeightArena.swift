@@ -15,9 +15,9 @@ final class WeightArena: Sendable {
     /// Addresses and capacities of the buffers kept (a Sendable form of the pointers).
     private let free = Mutex<[(address: Int, count: Int)]>([])
     /// Buffers kept for reuse; a layer holds at most two weights at once (a product's weight and the
-    /// split form's per-head matrix) and each core one expert panel (128 rows), so four cover every
-    /// request after the first layers (at V3: two of 528 MB, the dense MLP's, which every other
-    /// weight fits in, and two of 3.7 MB).
+    /// split form's per-head matrix), plus, from a provider that holds weights only as fp32, one
+    /// routed expert's weight per core: four cover most requests after the first layers (at V3: two
+    /// of 528 MB, the dense MLP's, which every other weight fits in).
     private let retained: Int
 
     init(retained: Int = 4) { self.retained = retained }

@@ -64,8 +64,9 @@ public protocol WeightProvider: AnyObject {
     func floats(_ name: String, shape: [Int], into destination: UnsafeMutableBufferPointer<Float>) throws
     /// Rows `range` of the 2-D weight `name` written into `destination` (at least range.count x shape[1]).
     func rows(_ name: String, shape: [Int], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws
-    /// The 2-D weight `name` (checked to have `shape`) as stored, for products that widen it a panel
-    /// of rows at a time; nil when the provider has it only as fp32 (the caller widens it whole).
+    /// The 2-D weight `name` (checked to have `shape`) as stored, for products that convert it a few
+    /// rows at a time inside the product (`StoredWeight.product`); nil when the provider has it only
+    /// as fp32 (the caller widens it whole).
     /// Valid until `release(name)`.
     func stored(_ name: String, shape: [Int]) throws -> StoredWeight?
     /// Starts reading `names` (in the order they will be used) into memory ahead of their use.

@@ -90,12 +90,12 @@ final class StoredProductTests: XCTestCase {
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
                 XCTAssertEqual(flagged, 0)
                 let cut = Int.random(in: 0...c.n, using: &generator)
-                for level in 0...best {
+                for (level, vbmi) in Self.paths(best) {
                     for columns in [[0..<c.n], [0..<cut, cut..<c.n]] {
-                        let (y, status) = product(c, level: level, columns: columns, misalign: trial % 3)
+                        let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: columns, misalign: trial % 3) }
                         XCTAssertEqual(status, 0)
                         XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern),
-                                       "kind \(kind) level \(level) m \(c.m) n \(c.n) k \(c.k) block \(c.block) columns \(columns)")
+                                       "kind \(kind) level \(level) vbmi \(vbmi) m \(c.m) n \(c.n) k \(c.k) block \(c.block) columns \(columns)")
                     }
                 }
                 // The sums are the dot products: within K·2⁻²⁴·Σ|x·w| (each of K roundings at most half
@@ -116,6 +116,50 @@ final class StoredProductTests: XCTestCase {
         }
     }
 
+    /// Every instruction-set level, and at AVX-512 the FP8 decoder with VBMI and without.
+    private static func paths(_ best: Int32) -> [(Int32, Bool)] {
+        (0...best).map { ($0, true) } + (best >= Int32(DSCONVERT_ISA_AVX512) ? [(best, false)] : [])
+    }
+
+    /// Runs `body` with the VBMI decoder allowed or turned off (`DSCONVERT_NO_VBMI`).
+    private func withVBMI<T>(_ allowed: Bool, _ body: () -> T) -> T {
+        if !allowed { setenv("DSCONVERT_NO_VBMI", "1", 1) }
+        defer { unsetenv("DSCONVERT_NO_VBMI") }
+        return body()
+    }
+
+    /// Rows of x beyond one chunk (1 MB of them: 36 rows at V3's 7168 columns) give the same sums.
+    func testRowsBeyondOneChunk() {
+        let best = dsconvert_fp8_best_isa()
+        let (m, n, k, block) = (40, 13, 7168, 128)
+        for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_BF16].map({ Int32($0) }) {
+            let size = kind == DSCONVERT_STORED_BF16 ? 2 : 1
+            // Bytes below 0x40: finite FP8 codes, and bf16 values of magnitude below 2^-63 or so.
+            let c = Case(kind: kind, m: m, n: n, k: k, block: block, data: (0..<(n * k * size)).map { _ in UInt8.random(in: 0...0x3F) },
+                         scales: [Float](repeating: 0.01, count: ((n + block - 1) / block) * ((k + block - 1) / block)),
+                         x: (0..<(m * k)).map { _ in Float.random(in: -1...1) }, widened: [])
+            let (reference, _) = product(c, level: nil, columns: [0..<n])
+            for (level, vbmi) in Self.paths(best) {
+                let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: [0..<n]) }
+                XCTAssertEqual(status, 0)
+                XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern), "kind \(kind) level \(level) vbmi \(vbmi)")
+            }
+        }
+    }
+
+    /// An unknown kind, or FP8 without scales or with a block of 0, is refused (3), never read.
+    func testInvalidDescriptionsAreRefused() {
+        var x: [Float] = [1, 2], y: [Float] = [0]
+        let codes: [UInt8] = [0x38, 0x38], scales: [Float] = [1]
+        codes.withUnsafeBytes { cp in scales.withUnsafeBufferPointer { sp in
+            for (kind, scalePointer, block) in [(Int32(7), sp.baseAddress, 128), (Int32(DSCONVERT_STORED_FP8_E4M3), nil, 128),
+                                               (Int32(DSCONVERT_STORED_FP8_E4M3), sp.baseAddress, 0)] {
+                var w = dsconvert_stored_matrix(kind: kind, data: cp.baseAddress, rows: 1, cols: 2, scales: scalePointer, block: block)
+                XCTAssertEqual(dsconvert_stored_gemm(dsconvert_fp8_best_isa(), &w, &x, 1, 0, 1, &y, 1), 3, "kind \(kind) block \(block)")
+            }
+        } }
+    }
+
     func testNaNCodesAndOverflowingProductsAreFlagged() {
         let best = dsconvert_fp8_best_isa()
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
@@ -127,19 +171,23 @@ final class StoredProductTests: XCTestCase {
             c.x = [Float](repeating: 1, count: c.m * c.k)
             let perRow = (c.k + c.block - 1) / c.block
             c.scales = [Float](repeating: 1, count: ((c.n + c.block - 1) / c.block) * perRow)
-            for level in [nil] + (0...best).map(Optional.some) {
-                XCTAssertEqual(product(c, level: level, columns: [0..<c.n]).1, 0, "clean, level \(String(describing: level))")
-                var nan = c
-                nan.data[5 * c.k + 299] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0xFF : 0x7D
-                XCTAssertEqual(product(nan, level: level, columns: [0..<c.n]).1, 1, "NaN code, level \(String(describing: level))")
+            for (level, vbmi) in [(nil, true)] + Self.paths(best).map({ (Optional($0.0), $0.1) }) {
+                let label = "level \(String(describing: level)) vbmi \(vbmi)"
+                XCTAssertEqual(withVBMI(vbmi) { product(c, level: level, columns: [0..<c.n]).1 }, 0, "clean, \(label)")
+                // A NaN code in a tail of 44 codes and one inside a whole run of 64.
+                for column in [299, 10] {
+                    var nan = c
+                    nan.data[5 * c.k + column] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0xFF : 0x7D
+                    XCTAssertEqual(withVBMI(vbmi) { product(nan, level: level, columns: [0..<c.n]).1 }, 1, "NaN code at \(column), \(label)")
+                }
                 var overflow = c  // the format's largest code under a scale of 3e38
                 overflow.scales[0] = 3e38
                 overflow.data[0] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0x7E : 0x7B
-                XCTAssertEqual(product(overflow, level: level, columns: [0..<c.n]).1, 1, "overflow, level \(String(describing: level))")
+                XCTAssertEqual(withVBMI(vbmi) { product(overflow, level: level, columns: [0..<c.n]).1 }, 1, "overflow, \(label)")
                 // The same huge scale on a block of zero codes overflows nothing.
                 var zeros = overflow
                 for r in 0..<min(c.n, c.block) { for col in 0..<min(c.k, c.block) { zeros.data[r * c.k + col] = 0 } }
-                XCTAssertEqual(product(zeros, level: level, columns: [0..<c.n]).1, 0, "zero codes, level \(String(describing: level))")
+                XCTAssertEqual(withVBMI(vbmi) { product(zeros, level: level, columns: [0..<c.n]).1 }, 0, "zero codes, \(label)")
             }
         }
     }
