@@ -10,11 +10,15 @@ seconds=${1:-60}; shift || true
 out=${FUZZ_DIR:-.build/fuzz}
 mkdir -p "$out/work"
 root=$(pwd)
-# The C kernels Numerics imports: an ASan object and a module map for swiftc (SwiftPM makes its own).
+# The C kernels Numerics imports: ASan objects of every source and a module map for swiftc over the
+# umbrella header SwiftPM uses (SwiftPM makes its own map), so a new kernel needs no change here.
 mkdir -p "$out/CKernels"
-printf 'module CKernels {\n  header "%s/Sources/CKernels/include/fp8_kernels.h"\n  header "%s/Sources/CKernels/include/ggml_quants.h"\n  export *\n}\n' "$root" "$root" > "$out/CKernels/module.modulemap"
-clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/fp8_kernels.c -o "$out/fp8_kernels.o"
-clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c Sources/CKernels/ggml_quants.c -o "$out/ggml_quants.o"
+printf 'module CKernels {\n  header "%s/Sources/CKernels/include/CKernels.h"\n  export *\n}\n' "$root" > "$out/CKernels/module.modulemap"
+kernels=()
+for source in Sources/CKernels/*.c; do
+  clang -O2 -g -fsanitize=address -I Sources/CKernels/include -c "$source" -o "$out/$(basename "$source" .c).o"
+  kernels+=("$out/$(basename "$source" .c).o")
+done
 # The same for the SIGBUS guard SafeTensors' mapped files register with.
 mkdir -p "$out/CMappingGuard"
 printf 'module CMappingGuard {\n  header "%s/Sources/CMappingGuard/include/mapping_guard.h"\n  export *\n}\n' "$root" > "$out/CMappingGuard/module.modulemap"
@@ -28,7 +32,7 @@ for module in Numerics SafeTensors DeepSeekModel ReferenceModel GGUF; do
     -c Sources/$module/*.swift -o "$out/$module.o" 2>&1 | grep -v "warning: Cannot export" || true
 done
 swiftc "${flags[@]}" Tests/Fuzz/FuzzParsers.swift "$out"/Numerics.o "$out"/SafeTensors.o "$out"/DeepSeekModel.o "$out"/ReferenceModel.o "$out"/GGUF.o \
-  "$out"/fp8_kernels.o "$out"/ggml_quants.o "$out"/mapping_guard.o -L"$blas_lib" -lopenblas -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
+  "${kernels[@]}" "$out"/mapping_guard.o -L"$blas_lib" -lopenblas -lcrypto -o "$out/dsconvert-fuzz" 2>&1 | grep -v "warning: Cannot export" || true
 cd "$out"
 ./dsconvert-fuzz -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
   -artifact_prefix=./ "$@" work "$root/Tests/Fuzz/corpus"
