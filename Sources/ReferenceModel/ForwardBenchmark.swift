@@ -115,7 +115,8 @@ public final class SyntheticWeights: WeightProvider {
         // DeepSeek-V3's FP8 files keep the embedding and the head in bf16.
         let vocabularySized = name == TensorNames.embedding || name == TensorNames.lmHead
         switch (shape.count, storage) {
-        case (2, .bf16), (2, .fp8) where vocabularySized:
+        case (2, .bf16),
+             (2, .fp8) where vocabularySized:
             var bits = [UInt16](repeating: 0, count: values.count)
             values.withUnsafeBufferPointer { vp in bits.withUnsafeMutableBufferPointer { FloatConversion.floatToBF16(vp.baseAddress!, $0.baseAddress!, count: values.count) } }
             stored = .bf16(bits)
