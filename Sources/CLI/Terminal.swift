@@ -55,7 +55,8 @@ public final class Terminal: Sendable {
         }
     }
 
-    /// Progress of long work: redrawn in place on a TTY, a plain line otherwise.
+    /// Progress of long work: redrawn in place on a TTY; otherwise a plain line, at most one a second
+    /// (a log of a V3 export would otherwise hold a line per tensor), the first one at once.
     public func progress(_ text: String) {
         let line = Self.escaped(text)
         progressShown.withLock { shown in
@@ -63,10 +64,19 @@ public final class Terminal: Sendable {
                 Self.write(STDERR_FILENO, "\r\u{1B}[2K\(line)")
                 shown = true
             } else {
-                Self.write(STDERR_FILENO, line + "\n")
+                let now = DispatchTime.now().uptimeNanoseconds
+                let due = lastPlainProgress.withLock { last in
+                    guard last.map({ now - $0 >= 1_000_000_000 }) ?? true else { return false }
+                    last = now
+                    return true
+                }
+                if due { Self.write(STDERR_FILENO, line + "\n") }
             }
         }
     }
+
+    /// When the last plain progress line was written (uptime nanoseconds), off a TTY.
+    private let lastPlainProgress = Mutex<UInt64?>(nil)
 
     public func endProgress() {
         progressShown.withLock { clearProgress(&$0) }
