@@ -225,16 +225,14 @@ VBMI_TARGET __attribute__((always_inline)) static inline __mmask64 pack_fp8_segm
 // One segment in plain C, each product checked: for scales whose products could overflow.
 static int pack_fp8_segment_checked(const uint8_t *codes, size_t c0, size_t c1, float scale, int e5m2, float *dst) {
     uint32_t bad = 0, special = e5m2 ? 0x7Cu : 0x7Fu;
-    for (size_t c = c0; c < c1; c++) {
-        float v = dsconvert_fp8_value(codes[c], e5m2) * scale;
-        bad |= ((codes[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u);
-        dst[c - c0] = v;
-    }
+    size_t k0 = c0;  // the generic pack's segment body writes dst[c - k0]
+    PACK_FP8_SEGMENT(e5m2)
     return bad != 0;
 }
 
 // The FP8 pack with the VBMI decoder (the generic pack's contract); a segment whose scale could
-// overflow f32 with the format's largest code goes through the generic pack, which flags exactly.
+// overflow f32 with the format's largest code goes through the generic pack's segment body, which
+// checks each product.
 VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8_tables *t, size_t r0, size_t nr, size_t k0,
                                      size_t len, float *p) {
     int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2, bad = 0;

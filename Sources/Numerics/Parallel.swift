@@ -14,32 +14,10 @@ public enum Parallel {
         return ProcessInfo.processInfo.activeProcessorCount
     }()
 
-    /// Runs `body(i)` for i in 0..<count on up to `threads` threads.
-    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        guard count > 0 else { return }
-        if threads <= 1 || count == 1 {
-            for i in 0..<count { body(i) }
-            return
-        }
-        let workers = min(threads, count)
-        withoutActuallyEscaping(body) { body in
-            let shared = UnsafeSendableClosure(body)
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                var i = w
-                while i < count {
-                    shared.body(i)
-                    i += workers
-                }
-            }
-        }
-    }
-}
-
-extension Parallel {
     /// Runs `body(i)` for i in 0..<count on up to `threads` threads, each taking the next index as
-    /// it finishes one: for tasks of uneven size, given largest first (a routed expert's work grows
-    /// with the tokens that chose it). Each index still writes its own output only.
-    public static func forEachBalanced(_ count: Int, _ body: (Int) -> Void) {
+    /// it finishes one, so tasks of uneven size balance when given largest first (a routed expert's
+    /// work grows with the tokens that chose it). Each index writes its own output only.
+    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
         guard count > 0 else { return }
         if threads <= 1 || count == 1 {
             for i in 0..<count { body(i) }

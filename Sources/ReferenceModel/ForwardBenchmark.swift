@@ -290,7 +290,7 @@ public enum ForwardBenchmark {
     /// through enough distinct weights (at least 512 MB) that every one comes from memory, as a
     /// routed expert's weight does in the forward pass; one round is 8 products or more.
     public static func sgemmFromMemory(m: Int, n: Int, k: Int, repeats: Int) -> [Double] {
-        let count = max(8, (512 << 20) / max(1, n * k * 4))
+        let count = fromMemoryCount(bytesEach: n * k * 4)
         let a = [Float](repeating: 0.5, count: m * k)
         let weights = (0..<count).map { [Float](repeating: 0.25 + Float($0) / 1024, count: n * k) }
         var c = [Float](repeating: 0, count: m * n)
@@ -310,14 +310,14 @@ public enum ForwardBenchmark {
     public static func storedFromMemory(m: Int, n: Int, k: Int, storage: SyntheticWeights.Storage, repeats: Int) throws -> [Double] {
         let provider = SyntheticWeights(storage: storage)
         let bytes = storage == .fp8 ? 1 : 2
-        let count = max(8, (512 << 20) / max(1, n * k * bytes))
+        let count = fromMemoryCount(bytesEach: n * k * bytes)
         let weights = try (0..<count).map { try provider.stored("model.layers.0.mlp.experts.\($0).up_proj.weight", shape: [n, k])! }
         let x = [Float](repeating: 0.5, count: m * k)
         return try (0..<repeats).map { _ in
             let failure = Mutex<Error?>(nil)
             let seconds = time {
                 BLASThreads.withSingleThread {
-                    Parallel.forEachBalanced(count) { i in
+                    Parallel.forEach(count) { i in
                         do { _ = try Linear.forward(x, rows: m, stored: weights[i], inFeatures: k, outFeatures: n) } catch { failure.withLock { $0 = error } }
                     }
                 }
@@ -326,6 +326,10 @@ public enum ForwardBenchmark {
             return seconds / Double(count)
         }
     }
+
+    /// Distinct weights a round cycles through so each comes from memory, not cache: at least 512 MB
+    /// of them, and at least 8.
+    private static func fromMemoryCount(bytesEach: Int) -> Int { max(8, (512 << 20) / max(1, bytesEach)) }
 
     private static func time(_ body: () throws -> Void) rethrows -> Double {
         let start = DispatchTime.now().uptimeNanoseconds

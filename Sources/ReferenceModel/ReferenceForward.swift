@@ -591,7 +591,7 @@ public final class ReferenceForward {
         // Largest first, so the last expert to finish is a small one.
         let order = experts.indices.sorted { (assigned[experts[$0]].count, $1) > (assigned[experts[$1]].count, $0) }
         BLASThreads.withSingleThread {
-            Parallel.forEachBalanced(experts.count) { n in
+            Parallel.forEach(experts.count) { n in
                 let i = order[n]
                 let rows = assigned[experts[i]]
                 var gathered = [Float](repeating: 0, count: rows.count * h)

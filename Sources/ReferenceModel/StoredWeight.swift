@@ -33,9 +33,10 @@ public struct StoredWeight {
 
     /// A weight whose bytes (row-major, `rows` x `cols` elements, and for FP8 the scales, row-major
     /// ceil(rows / block) x ceil(cols / block)) `lend` passes to its body. `flagged` throws the error
-    /// naming a NaN/Inf code or a product that overflows.
+    /// naming a NaN/Inf code or a product that overflows (only FP8 weights are ever flagged).
     public init(rows: Int, cols: Int, elements: Elements, block: Int = 128,
-                lend: @escaping ((UnsafeRawPointer, UnsafePointer<Float>?) -> Int32) -> Int32, flagged: @escaping () throws -> Never) {
+                lend: @escaping ((UnsafeRawPointer, UnsafePointer<Float>?) -> Int32) -> Int32,
+                flagged: @escaping () throws -> Never = { preconditionFailure("only FP8 codes are flagged") }) {
         self.rows = rows
         self.cols = cols
         precondition(rows >= 0 && cols >= 0 && block > 0, "a \(rows)x\(cols) weight in blocks of \(block)")
@@ -135,17 +136,13 @@ public struct StoredWeight {
         guard view.shape.count == 2, let elements = Elements(dtype: view.dtype), elements.byteSize > 1, let base = view.bytes.baseAddress else { return nil }
         return StoredWeight(rows: view.shape[0], cols: view.shape[1], elements: elements) { body in
             withExtendedLifetime(view) { body(base, nil) }
-        } flagged: {
-            preconditionFailure("only FP8 codes are flagged")
         }
     }
 
     /// An fp32 matrix in memory, for products that must give the bits a stored weight's would.
     static func floats(_ values: UnsafeBufferPointer<Float>, rows: Int, cols: Int) -> StoredWeight {
         precondition(values.count >= rows * cols, "\(values.count) values for \(rows)x\(cols)")
-        return StoredWeight(rows: rows, cols: cols, elements: .f32) { body in body(UnsafeRawPointer(values.baseAddress!), nil) } flagged: {
-            preconditionFailure("only FP8 codes are flagged")
-        }
+        return StoredWeight(rows: rows, cols: cols, elements: .f32) { body in body(UnsafeRawPointer(values.baseAddress!), nil) }
     }
 }
 

@@ -52,6 +52,7 @@ public enum DriftMetrics {
     /// its own, so the figures do not depend on the thread count.
     public static func klAndTop1(reference r: [Float], candidate c: [Float], vocab: Int) -> (kl: [Double], top1: [Bool]) {
         let rows = vocab == 0 ? 0 : r.count / vocab
+        guard rows > 0 else { return ([], []) }
         var kl = [Double](repeating: 0, count: rows), agree = [Bool](repeating: false, count: rows)
         kl.withUnsafeMutableBufferPointer { klp in agree.withUnsafeMutableBufferPointer { ap in
             let klOut = SharedPointer(klp.baseAddress!), agreeOut = SharedPointer(ap.baseAddress!)
