@@ -17,7 +17,10 @@ public enum ForwardBenchCommand: Command {
         scales for V3) and used as validate uses a checkpoint's: widened to fp32 on every use, except the
         routed experts', which are multiplied as stored; no I/O. Reports the median, min and max of
         --repeats timed runs (GFLOP/s at the median time), the part of it spent widening, and the rate of
-        the rest. FLOPs are counted as executed (2 per multiply-add).
+        the rest, then each part of the pass (attention, dense MLP, router, routed and shared experts, head)
+        with its own rate and share of sgemm's, and how many rows each routed expert multiplied. sgemm is
+        timed in rounds between the forward passes, so both see the same machine. FLOPs are counted as
+        executed (2 per multiply-add).
         """,
         options: [
             OptionSpec("batch", value: "N", help: "Sequences (default 1)."),
@@ -49,11 +52,23 @@ public enum ForwardBenchCommand: Command {
         let stored = SampleSummary(r.expertStoredSeconds)!
         terminal.out(String(format: "stored        %dx%dx%d  %8.4f s (%.4f-%.4f, %d runs)  %7.1f GFLOP/s  the same product as stored, two at once (one per core)",
                             r.expertShape.m, r.expertShape.n, r.expertShape.k, stored.median, stored.min, stored.max, stored.count, expertFLOPs / stored.median / 1e9))
+        let rows = r.expertRows.sorted(), few = rows.filter { $0 < 8 }
+        terminal.out(String(format: "routing       %d experts x MoE layers: rows per expert min %d, median %d, max %d; %d under 8 rows (%.0f%% of the rows)",
+                            rows.count, rows.first ?? 0, rows.isEmpty ? 0 : rows[rows.count / 2], rows.last ?? 0, few.count,
+                            100 * Double(few.reduce(0, +)) / Double(max(1, rows.reduce(0, +)))))
         let widening = SampleSummary(r.wideningSeconds)!
         // The products alone: the forward pass's time less its widening (never below a microsecond).
         let computeRate = r.forwardFLOPs / max(forward.median - widening.median, 1e-6)
         terminal.out(String(format: "  widening    %5d tokens  %8.3f s (%.3f-%.3f)  weights to fp32; the rest at %.1f GFLOP/s", r.tokens, widening.median,
                             widening.min, widening.max, computeRate / 1e9))
+        let sgemmRate = r.sgemmFLOPs / sgemm.median
+        for part in ReferenceForward.Phase.allCases {
+            guard let seconds = SampleSummary(r.phaseSeconds.map { $0[part] ?? 0 }), seconds.median > 0 else { continue }
+            let flops = r.phaseFLOPs[part] ?? 0
+            let label = part.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0)
+            terminal.out(String(format: "  %@ %8.3f s (%.3f-%.3f)  %7.1f GFLOP/s  %.2f of sgemm", label, seconds.median, seconds.min, seconds.max,
+                                flops / seconds.median / 1e9, flops / seconds.median / sgemmRate))
+        }
         terminal.out(String(format: "ratio         %.2f of sgemm (at the medians); without widening %.2f",
                             (r.forwardFLOPs / forward.median) / (r.sgemmFLOPs / sgemm.median), computeRate / (r.sgemmFLOPs / sgemm.median)))
         return ExitCode.success

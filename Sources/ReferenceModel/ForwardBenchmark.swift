@@ -110,7 +110,11 @@ public final class SyntheticWeights: WeightProvider {
             key = "pooled expert \(j % pool) \(projection.rawValue)"
         }
         if let hit = cache.withLock({ $0[key] }) { return hit }
-        let values = Self.generate(key, shape: shape)
+        var values = Self.generate(key, shape: shape)
+        // V3's e_score_correction_bias is trained to balance the experts' load. Generated like a gain
+        // (0.5-1.5, against sigmoid scores below 1) it sent 512 tokens to ~60 of 256 experts, 67 rows
+        // each, not the ~16 of a trained model; zero leaves the random router's own, near-even load.
+        if case .layer(_, .routerBias)? = TensorNames.parse(name) { values = [Float](repeating: 0, count: values.count) }
         let stored: Stored
         // DeepSeek-V3's FP8 files keep the embedding and the head in bf16.
         let vocabularySized = name == TensorNames.embedding || name == TensorNames.lmHead
@@ -149,28 +153,35 @@ public final class SyntheticWeights: WeightProvider {
 /// Multiply-adds of one forward pass as `ReferenceForward` executes it (causal attention in query
 /// blocks: each block's scores against the keys up to its last query).
 public enum ForwardCost {
+    /// FLOPs (2 per multiply-add) of one forward pass.
     /// - Parameter routedTokenExperts: (token, expert) selections summed over all MoE layers.
     public static func flops(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> Double {
+        byPhase(config: c, batch: batch, seq: seq, routedTokenExperts: routedTokenExperts).values.reduce(0, +)
+    }
+
+    /// FLOPs of each part of one forward pass (`ReferenceForward.Phase`; the embedding has none).
+    public static func byPhase(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> [ReferenceForward.Phase: Double] {
         let t = Double(batch * seq), h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads)
         let dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim), kvl = Double(c.kvLoraRank), rope = Double(c.qkRopeHeadDim)
-        var macs = 0.0
+        var macs: [ReferenceForward.Phase: Double] = [:]
+        let scored = ReferenceForward.causalBlocks(seq: seq).reduce(0) { $0 + $1.queries.count * $1.keys }
         for layer in 0..<c.numHiddenLayers {
-            if let ql = c.qLoraRank { macs += t * (h * Double(ql) + Double(ql) * heads * dq) } else { macs += t * h * heads * dq }
-            macs += t * h * (kvl + rope) + t * kvl * heads * (Double(c.qkNopeHeadDim) + dv) + t * heads * dv * h
-            let scored = ReferenceForward.causalBlocks(seq: seq).reduce(0) { $0 + $1.queries.count * $1.keys }
-            macs += Double(batch) * heads * Double(scored) * (dq + dv)
+            var attention = 0.0
+            if let ql = c.qLoraRank { attention += t * (h * Double(ql) + Double(ql) * heads * dq) } else { attention += t * h * heads * dq }
+            attention += t * h * (kvl + rope) + t * kvl * heads * (Double(c.qkNopeHeadDim) + dv) + t * heads * dv * h
+            attention += Double(batch) * heads * Double(scored) * (dq + dv)
+            macs[.attention, default: 0] += attention
             if c.isMoELayer(layer) {
-                let m = Double(c.moeIntermediateSize)
-                macs += t * h * Double(c.nRoutedExperts ?? 0)
-                macs += t * 3 * h * m * Double(c.nSharedExperts ?? 0)
+                macs[.router, default: 0] += t * h * Double(c.nRoutedExperts ?? 0)
+                macs[.sharedExperts, default: 0] += t * 3 * h * Double(c.moeIntermediateSize) * Double(c.nSharedExperts ?? 0)
             } else {
-                macs += t * 3 * h * Double(c.intermediateSize)
+                macs[.denseMLP, default: 0] += t * 3 * h * Double(c.intermediateSize)
             }
         }
         // Every (token, expert) selection over all MoE layers runs one expert MLP.
-        macs += Double(routedTokenExperts) * 3 * h * Double(c.moeIntermediateSize)
-        macs += t * h * Double(c.vocabSize)
-        return 2 * macs
+        macs[.routedExperts] = Double(routedTokenExperts) * 3 * h * Double(c.moeIntermediateSize)
+        macs[.head] = t * h * Double(c.vocabSize)
+        return macs.mapValues { 2 * $0 }
     }
 }
 
@@ -183,6 +194,10 @@ public enum ForwardBenchmark {
         public var forwardSeconds: [Double]
         /// Of each, the seconds spent widening stored weights (bf16 or FP8) to fp32.
         public var wideningSeconds: [Double]
+        /// Of each, the seconds of every part of the pass (`ReferenceForward.Timing.phaseSeconds`).
+        public var phaseSeconds: [[ReferenceForward.Phase: Double]]
+        /// FLOPs of each part of one forward pass, as executed.
+        public var phaseFLOPs: [ReferenceForward.Phase: Double]
         /// FLOPs of one forward pass, as executed.
         public var forwardFLOPs: Double
         public var sgemmShape: (m: Int, n: Int, k: Int)
@@ -197,6 +212,9 @@ public enum ForwardBenchmark {
         /// storage of the shape's experts), two at a time, one per core, as the forward pass runs
         /// them; weights from memory.
         public var expertStoredSeconds: [Double]
+        /// Rows (tokens) each routed expert multiplied, over every MoE layer, experts no token chose
+        /// included: how even the synthetic router's load is.
+        public var expertRows: [Int]
         public var threads: Int
         /// OpenBLAS's build and the kernels it runs (`BLASCore`).
         public var blas: String
@@ -252,23 +270,36 @@ public enum ForwardBenchmark {
         let source = "benchmark tokens (--batch \(batch) --seq \(seq))"
         let warm = try forward.run(tokens: tokens, source: source)  // generates and caches the weights
         let routed = warm.routing.reduce(0) { $0 + $1.experts.count }
-        var widening: [Double] = []
+        let expertRows = warm.routing.flatMap { record in
+            record.experts.reduce(into: [Int](repeating: 0, count: config.nRoutedExperts ?? 0)) { $0[Int($1)] += 1 }
+        }
+        // sgemm is timed between the forward passes, not after them all, so both see the same machine
+        // (a shared one's speed drifts over minutes); each round times it for about a third of a second.
+        let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
+        let once = sgemm(m: m, n: n, k: k, repeats: 1)[0]
+        let sgemmRounds = max(2, min(20, Int(0.3 / max(once, 1e-6))))
+        var sgemmSeconds: [Double] = []
+        var widening: [Double] = [], phases: [[ReferenceForward.Phase: Double]] = []
         let forwardSeconds = try (0..<repeats).map { _ in
-            let before = forward.timing.weightSeconds
-            defer { widening.append(forward.timing.weightSeconds - before) }
+            sgemmSeconds += sgemm(m: m, n: n, k: k, repeats: sgemmRounds)
+            let before = forward.timing
+            defer {
+                widening.append(forward.timing.weightSeconds - before.weightSeconds)
+                phases.append(forward.timing.phaseSeconds.merging(before.phaseSeconds) { after, earlier in after - earlier })
+            }
             return try time { _ = try forward.run(tokens: tokens, source: source) }
         }
-        let flops = ForwardCost.flops(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
+        let phaseFLOPs = ForwardCost.byPhase(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
+        let flops = phaseFLOPs.values.reduce(0, +)
 
-        let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
-        let sgemmSeconds = sgemm(m: m, n: n, k: k, repeats: max(repeats, 3))
         // A routed expert's product at the tokens it sees on average, its weight fresh from memory.
-        let expertRows = max(1, routed / max(1, config.moeLayerCount * (config.nRoutedExperts ?? 1)))
-        let expert = (m: expertRows, n: config.moeIntermediateSize, k: config.hiddenSize)
+        let averageRows = max(1, routed / max(1, config.moeLayerCount * (config.nRoutedExperts ?? 1)))
+        let expert = (m: averageRows, n: config.moeIntermediateSize, k: config.hiddenSize)
         let expertSeconds = sgemmFromMemory(m: expert.m, n: expert.n, k: expert.k, repeats: max(repeats, 3))
         let storedSeconds = try storedFromMemory(m: expert.m, n: expert.n, k: expert.k, storage: shape == .v3 ? .fp8 : .bf16, repeats: max(repeats, 3))
-        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, wideningSeconds: widening, forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds,
+        return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, wideningSeconds: widening, phaseSeconds: phases, phaseFLOPs: phaseFLOPs,
+                      forwardFLOPs: flops, sgemmShape: (m, n, k),
+                      sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds, expertRows: expertRows,
                       threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
     }
 

@@ -66,8 +66,21 @@ public final class ReferenceForward {
         public var weightSeconds = 0.0
         public var totalSeconds = 0.0
         public var computeSeconds: Double { totalSeconds - weightSeconds }
+        /// Wall seconds of each part, weight reading included (norms and residual adds are in none).
+        public var phaseSeconds: [Phase: Double] = [:]
     }
     public private(set) var timing = Timing()
+
+    /// The parts of a forward pass whose time `Timing` keeps apart, so a benchmark can say where it goes.
+    public enum Phase: String, CaseIterable, Sendable {
+        case embedding, attention, denseMLP = "dense MLP", router, routedExperts = "routed experts", sharedExperts = "shared experts", head
+    }
+
+    private func phase<T>(_ part: Phase, _ body: () throws -> T) rethrows -> T {
+        let (value, seconds) = try timed(body)
+        timing.phaseSeconds[part, default: 0] += seconds
+        return value
+    }
 
     private func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
         let start = DispatchTime.now()
@@ -142,9 +155,11 @@ public final class ReferenceForward {
         // The embedding is a row lookup: only the rows of the batch's distinct ids are read.
         var hidden = [Float](repeating: 0, count: tokens.count * tokens[0].count * h)
         let positions = Dictionary(grouping: Array(tokens.joined()).enumerated(), by: \.element).mapValues { $0.map(\.offset) }
-        for id in positions.keys.sorted() {
-            let row = try loadRows(TensorNames.embedding, [vocab, h], id..<(id + 1))
-            row.withUnsafeBufferPointer { rp in for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: rp) } }
+        try phase(.embedding) {
+            for id in positions.keys.sorted() {
+                let row = try loadRows(TensorNames.embedding, [vocab, h], id..<(id + 1))
+                row.withUnsafeBufferPointer { rp in for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: rp) } }
+            }
         }
         weights.release(TensorNames.embedding)
         return State(batch: tokens.count, sequenceLength: tokens[0].count, hidden: hidden)
@@ -158,7 +173,7 @@ public final class ReferenceForward {
         // Experts no token chose, and everything of a layer that throws, are not read ahead any more.
         defer { weights.retire(config.layerTensors(layer).map(\.name)) }
         let normed = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
-        let attention = try attentionBlock(normed, layer: layer, batch: state.batch, seq: state.sequenceLength)
+        let attention = try phase(.attention) { try attentionBlock(normed, layer: layer, batch: state.batch, seq: state.sequenceLength) }
         for i in 0..<state.hidden.count { state.hidden[i] += attention[i] }
         let normed2 = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
         let mlp: [Float]
@@ -167,7 +182,7 @@ public final class ReferenceForward {
             mlp = out
             state.routing.append(record)
         } else {
-            mlp = try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize)
+            mlp = try phase(.denseMLP) { try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize) }
         }
         for i in 0..<state.hidden.count { state.hidden[i] += mlp[i] }
         state.layers += 1
@@ -181,7 +196,7 @@ public final class ReferenceForward {
         let h = config.hiddenSize, t = state.batch * state.sequenceLength
         let final = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.finalNorm, [h]), eps: config.rmsNormEps)
         let headName = config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead
-        let logits = try vocabularyProjection(final, rows: t, head: headName)
+        let logits = try phase(.head) { try vocabularyProjection(final, rows: t, head: headName) }
         guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "logits") }
         return (final, logits)
     }
@@ -512,6 +527,17 @@ public final class ReferenceForward {
     }
 
     private func moeBlock(_ x: [Float], layer: Int, tokens t: Int) throws -> ([Float], RoutingRecord) {
+        let (record, assigned) = try phase(.router) { try route(x, layer: layer, tokens: t) }
+        var out = try phase(.routedExperts) { try routedOutput(x, layer: layer, tokens: t, assigned: assigned) }
+        if let shared = config.nSharedExperts {
+            let y = try phase(.sharedExperts) { try mlpBlock(x, rows: t, layer: layer, block: .shared, intermediate: config.moeIntermediateSize * shared) }
+            for i in 0..<out.count { out[i] += y[i] }
+        }
+        return (out, record)
+    }
+
+    /// The router's choice for every token, and each expert's tokens with their weights, in token order.
+    private func route(_ x: [Float], layer: Int, tokens t: Int) throws -> (RoutingRecord, [[(token: Int, weight: Float)]]) {
         let h = config.hiddenSize, e = config.nRoutedExperts ?? 0, k = config.numExpertsPerTok ?? 0
         let routerLogits = Linear.forward(x, rows: t, weight: try matrix(TensorNames.name(.router, layer: layer), [e, h]), inFeatures: h, outFeatures: e)
         let bias = config.hasRouterBias ? try load(TensorNames.name(.routerBias, layer: layer), [e]) : nil
@@ -527,7 +553,12 @@ public final class ReferenceForward {
                 assigned[expert].append((i, weight))
             }
         }
+        return (RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights), assigned)
+    }
 
+    /// The routed experts' weighted outputs summed per token (per device, then devices in order, under a placement).
+    private func routedOutput(_ x: [Float], layer: Int, tokens t: Int, assigned: [[(token: Int, weight: Float)]]) throws -> [Float] {
+        let h = config.hiddenSize, e = config.nRoutedExperts ?? 0
         var out = [Float](repeating: 0, count: t * h)
         let m = config.moeIntermediateSize
         let groups: [Range<Int>] = placement.map { p in (0..<p.devices).map { p.range(device: $0) } } ?? [0..<e]
@@ -554,11 +585,7 @@ public final class ReferenceForward {
             }
             for i in 0..<out.count { out[i] += partial[i] }
         }
-        if let shared = config.nSharedExperts {
-            let y = try mlpBlock(x, rows: t, layer: layer, block: .shared, intermediate: m * shared)
-            for i in 0..<out.count { out[i] += y[i] }
-        }
-        return (out, RoutingRecord(layer: layer, k: k, experts: experts, weights: routeWeights))
+        return out
     }
 
     /// partial[token] += weight · y[row] for each expert of `batch` in order and each of its rows:

@@ -92,10 +92,22 @@ final class BenchForwardTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("times: median (min-max)"), r.stdout)
         for prefix in ["forward pass", "cblas_sgemm", "stored"] {
             let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.hasPrefix(prefix) }, r.stdout)
-            // "... <median> s (<min>-<max>, 3 runs) ..."
-            let match = try XCTUnwrap(line.firstMatch(of: /([0-9.]+) s \(([0-9.]+)-([0-9.]+), 3 runs\)/), String(line))
+            // "... <median> s (<min>-<max>, N runs) ..."
+            let match = try XCTUnwrap(line.firstMatch(of: /([0-9.]+) s \(([0-9.]+)-([0-9.]+), ([0-9]+) runs\)/), String(line))
             let (median, low, high) = (Double(match.1)!, Double(match.2)!, Double(match.3)!)
             XCTAssertTrue(low <= median && median <= high, String(line))
+            // sgemm is timed in rounds between the forward passes: at least two per pass.
+            XCTAssertTrue(prefix == "cblas_sgemm" ? Int(match.4)! >= 6 : Int(match.4)! == 3, String(line))
         }
+    }
+
+    /// Where the time went: a line per part of the pass, and how even the router's load was.
+    func testReportsPhasesAndRouting() throws {
+        let r = try runTool("dsconvert-bench", ["forward", "--seq", "16", "--repeats", "1"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for part in ["attention", "dense MLP", "routed experts", "shared experts", "head"] {
+            XCTAssertTrue(r.stdout.contains("  \(part) "), "no line for \(part): \(r.stdout)")
+        }
+        XCTAssertTrue(r.stdout.contains("routing       64 experts x MoE layers: rows per expert min "), r.stdout)
     }
 }
