@@ -2,6 +2,7 @@ import COpenBLAS
 import DeepSeekModel
 import Foundation
 import Numerics
+import SafeTensors
 import Synchronization
 
 /// Weights held in memory, generated deterministically from each tensor's name: for benchmarks and
@@ -52,7 +53,8 @@ public final class SyntheticWeights: WeightProvider {
         case let .f32(values):
             _ = destination.initialize(from: values)
         case let .bf16(bits):
-            bits.withUnsafeBufferPointer { FloatConversion.bf16ToFloat($0.baseAddress!, destination.baseAddress!, count: count) }
+            // On every core, as a checkpoint's bf16 weights are widened (`TensorView.widen`).
+            _ = bits.withUnsafeBytes { TensorView.widen($0, dtype: .bf16, count: count, into: destination) }
         case let .fp8(codes, scales):
             _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
                 Self.quantizer.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: shape[0], cols: count / shape[0],

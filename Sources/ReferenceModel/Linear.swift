@@ -1,5 +1,7 @@
+import CKernels
 import COpenBLAS
 import Foundation
+import Numerics
 
 /// Matrix products of the reference forward, all through `cblas_sgemm` (row-major, fp32).
 public enum Linear {
@@ -101,7 +103,24 @@ enum Elementwise {
         return out
     }
 
-    @inline(__always) static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
+    /// silu(gate) ⊙ up = gate / (1 + e^-gate) · up, element by element (`dsconvert_silu_mul`: its e^x
+    /// is the same bits at every instruction-set level); large arrays a chunk per core.
+    static func siluTimes(_ gate: [Float], _ up: [Float]) -> [Float] {
+        precondition(gate.count == up.count, "gate of \(gate.count) values, up of \(up.count)")
+        let count = gate.count, chunk = 1 << 16
+        var out = [Float](repeating: 0, count: count)
+        gate.withUnsafeBufferPointer { gp in up.withUnsafeBufferPointer { upp in out.withUnsafeMutableBufferPointer { op in
+            guard count > 0 else { return }
+            let destination = SharedPointer(op.baseAddress!)
+            // Each chunk writes its own outputs: the same bits on any number of cores.
+            Parallel.forEach((count + chunk - 1) / chunk) { c in
+                let start = c * chunk
+                dsconvert_silu_mul(FP8BlockQuantizer.kernelLevel, gp.baseAddress! + start, upp.baseAddress! + start, destination.pointer + start,
+                                   min(chunk, count - start))
+            }
+        } } }
+        return out
+    }
 
     /// Softmax of one row in place (max-subtracted, sum in f64).
     static func softmax(_ row: UnsafeMutablePointer<Float>, count: Int) {

@@ -1,3 +1,4 @@
+import CKernels
 import DeepSeekModel
 import Foundation
 import Numerics
@@ -293,19 +294,14 @@ public final class ReferenceForward {
                                                  queries: latentQueries(q, rows: t, wUK: kvB, headStride: (nope + dv) * kvl), softmaxScale: input.scale))
         }
         let kv = Linear.forward(input.latent, rows: t, weight: kvB, inFeatures: kvl, outFeatures: heads * (nope + dv))
-        var keys = [Float](repeating: 0, count: t * heads * dq)
-        var values = [Float](repeating: 0, count: t * heads * dv)
-        for i in 0..<t {
-            for head in 0..<heads {
-                let src = i * heads * (nope + dv) + head * (nope + dv)
-                let kDst = i * heads * dq + head * dq
-                for j in 0..<nope { keys[kDst + j] = kv[src + j] }
-                for j in 0..<ropeDim { keys[kDst + nope + j] = input.kpe[i * ropeDim + j] }
-                for j in 0..<dv { values[i * heads * dv + head * dv + j] = kv[src + nope + j] }
-            }
-        }
-        let context = Self.causalAttention(queries: q, keys: keys, values: values, batch: input.batch, seq: input.seq, heads: heads,
-                                           qkDim: dq, vDim: dv, scale: input.scale)
+        // Each head's keys are its nope rows of kv beside the shared rotated k_pe, its values its v rows:
+        // read in place, never copied per head.
+        let row = heads * (nope + dv)
+        let context = Self.causalAttention(queries: HeadRows(q, headStride: dq, rowStride: heads * dq, width: dq),
+                                           keys: HeadRows(kv, headStride: nope + dv, rowStride: row, width: nope),
+                                           sharedKeys: HeadRows(input.kpe, headStride: 0, rowStride: ropeDim, width: ropeDim),
+                                           values: HeadRows(kv, offset: nope, headStride: nope + dv, rowStride: row, width: dv),
+                                           batch: input.batch, seq: input.seq, heads: heads, scale: input.scale)
         return Linear.forward(context, rows: t, weight: try matrix(TensorNames.name(.oProj, layer: input.layer), [h, heads * dv]),
                               inFeatures: heads * dv, outFeatures: h)
     }
@@ -320,15 +316,12 @@ public final class ReferenceForward {
             try cacheObserver(KVCacheObservation(layer: input.layer, batch: input.batch, seq: input.seq, latent: input.latent,
                                                  ropeBeforeRotation: input.kpeBeforeRotation, rope: input.kpe, queries: queries, softmaxScale: input.scale))
         }
-        // The shared cache, presented to every head.
-        var keys = [Float](repeating: 0, count: t * heads * width)
-        var values = [Float](repeating: 0, count: t * heads * kvl)
-        for i in 0..<t { for head in 0..<heads {
-            for j in 0..<kvl { keys[(i * heads + head) * width + j] = input.latent[i * kvl + j]; values[(i * heads + head) * kvl + j] = input.latent[i * kvl + j] }
-            for j in 0..<ropeDim { keys[(i * heads + head) * width + kvl + j] = input.kpe[i * ropeDim + j] }
-        } }
-        let context = Self.causalAttention(queries: queries, keys: keys, values: values, batch: input.batch, seq: input.seq, heads: heads,
-                                           qkDim: width, vDim: kvl, scale: input.scale)
+        // Every head attends over the one shared cache [c | k_pe], read in place.
+        let context = Self.causalAttention(queries: HeadRows(queries, headStride: width, rowStride: heads * width, width: width),
+                                           keys: HeadRows(input.latent, headStride: 0, rowStride: kvl, width: kvl),
+                                           sharedKeys: HeadRows(input.kpe, headStride: 0, rowStride: ropeDim, width: ropeDim),
+                                           values: HeadRows(input.latent, headStride: 0, rowStride: kvl, width: kvl),
+                                           batch: input.batch, seq: input.seq, heads: heads, scale: input.scale)
         return try latentOutput(context, layer: input.layer, rows: t)
     }
 
@@ -440,51 +433,53 @@ public final class ReferenceForward {
         }
     }
 
-    /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head); Q, K [T, H, qkDim], V [T, H, vDim]; returns [T, H·vDim].
-    /// Queries run in blocks of `queryBlock`, each against the keys up to its last query only (what
-    /// the mask leaves), so memory is O(block x seq) per core and masked products are not computed.
-    /// The (sequence, head) pairs run on every core, each with single-threaded BLAS and its own
-    /// scores: a head's products (128 x 192 by 192 x up to seq at V3) are too small to share out, and
-    /// its softmax rows are then computed in parallel too. Each pair writes its own columns of the
-    /// output, so the result does not depend on the thread count.
-    static func causalAttention(queries: [Float], keys: [Float], values: [Float], batch: Int, seq: Int, heads: Int,
-                                qkDim: Int, vDim: Int, scale: Float) -> [Float] {
-        var out = [Float](repeating: 0, count: batch * seq * heads * vDim)
-        let blocks = causalBlocks(seq: seq)
-        queries.withUnsafeBufferPointer { qp in keys.withUnsafeBufferPointer { kp in values.withUnsafeBufferPointer { vp in
-            out.withUnsafeMutableBufferPointer { op in
-                let output = SharedPointer(op.baseAddress!)
-                BLASThreads.withSingleThread {
-                    Parallel.forEach(batch * heads) { pair in
-                        let (b, head) = pair.quotientAndRemainder(dividingBy: heads)
-                        var scores = [Float](repeating: 0, count: min(seq, queryBlock) * seq)
-                        scores.withUnsafeMutableBufferPointer { sp in
-                            attendOneHead(q: qp.baseAddress! + b * seq * heads * qkDim + head * qkDim, k: kp.baseAddress! + b * seq * heads * qkDim + head * qkDim,
-                                          v: vp.baseAddress! + b * seq * heads * vDim + head * vDim, out: output.pointer + b * seq * heads * vDim + head * vDim,
-                                          heads: heads, qkDim: qkDim, vDim: vDim, scale: scale, blocks: blocks, scores: sp.baseAddress!)
-                        }
-                    }
-                }
-            }
-        } } }
-        return out
+    /// Where each head's rows of an attention operand are in an array of [T, ...] rows: head h's row j
+    /// starts at offset + h · headStride + j · rowStride and has `width` floats (headStride 0: one
+    /// operand shared by every head, as the latent cache is).
+    struct HeadRows {
+        let values: [Float]
+        let offset: Int, headStride: Int, rowStride: Int, width: Int
+        init(_ values: [Float], offset: Int = 0, headStride: Int, rowStride: Int, width: Int) {
+            (self.values, self.offset, self.headStride, self.rowStride, self.width) = (values, offset, headStride, rowStride, width)
+        }
     }
 
-    /// One (sequence, head) pair of `causalAttention`, its rows `heads` x dim apart.
-    private static func attendOneHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-                                      heads: Int, qkDim: Int, vDim: Int, scale: Float, blocks: [(queries: Range<Int>, keys: Int)],
-                                      scores: UnsafeMutablePointer<Float>) {
-        for (range, seen) in blocks {
-            Linear.gemm(transposeB: true, m: range.count, n: seen, k: qkDim, alpha: scale, a: q + range.lowerBound * heads * qkDim, lda: heads * qkDim,
-                        b: k, ldb: heads * qkDim, beta: 0, c: scores, ldc: seen)
-            for (r, i) in range.enumerated() {
-                let row = scores + r * seen
-                Elementwise.softmax(row, count: i + 1)
-                for j in (i + 1)..<max(seen, i + 1) { row[j] = 0 }
-            }
-            Linear.gemm(transposeB: false, m: range.count, n: vDim, k: seen, alpha: 1, a: scores, lda: seen,
-                        b: v, ldb: heads * vDim, beta: 0, c: out + range.lowerBound * heads * vDim, ldc: heads * vDim)
-        }
+    /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head), a key being a head's `keys` row then
+    /// its `sharedKeys` row; returns [T, H·vDim]. `dsconvert_causal_attention` runs each pair: queries in
+    /// blocks of `queryBlock`, each against the keys up to its last query only (what the mask leaves),
+    /// so memory is O(block x seq) per core and masked products are not computed. The pairs run on
+    /// every core; each writes its own columns of the output, so the result does not depend on the
+    /// thread count.
+    static func causalAttention(queries: HeadRows, keys: HeadRows, sharedKeys: HeadRows, values: HeadRows,
+                                batch: Int, seq: Int, heads: Int, scale: Float) -> [Float] {
+        precondition(queries.width == keys.width + sharedKeys.width, "queries of \(queries.width) for keys of \(keys.width) + \(sharedKeys.width)")
+        let vDim = values.width
+        var out = [Float](repeating: 0, count: batch * seq * heads * vDim)
+        let failed = Mutex(false)
+        queries.values.withUnsafeBufferPointer { qp in keys.values.withUnsafeBufferPointer { kp in
+            sharedKeys.values.withUnsafeBufferPointer { sp in values.values.withUnsafeBufferPointer { vp in
+                out.withUnsafeMutableBufferPointer { op in
+                    let output = SharedPointer(op.baseAddress!)
+                    func rows(_ operand: HeadRows, _ base: UnsafePointer<Float>?, sequence b: Int, head: Int) -> dsconvert_rows {
+                        dsconvert_rows(data: base.map { $0 + operand.offset + head * operand.headStride + b * seq * operand.rowStride },
+                                       ld: operand.rowStride, width: operand.width)
+                    }
+                    Parallel.forEach(batch * heads) { pair in
+                        let (b, head) = pair.quotientAndRemainder(dividingBy: heads)
+                        let status = dsconvert_causal_attention(FP8BlockQuantizer.kernelLevel, seq, queryBlock,
+                                                                rows(queries, qp.baseAddress, sequence: b, head: head),
+                                                                rows(keys, kp.baseAddress, sequence: b, head: head),
+                                                                rows(sharedKeys, sp.baseAddress, sequence: b, head: head),
+                                                                rows(values, vp.baseAddress, sequence: b, head: head),
+                                                                scale, output.pointer + b * seq * heads * vDim + head * vDim, heads * vDim)
+                        if status != 0 { failed.withLock { $0 = true } }
+                    }
+                }
+            } }
+        } }
+        // As Swift's own allocations fail: the kernel's working memory is a head's keys and values.
+        precondition(!failed.withLock { $0 }, "no memory for an attention head's keys, values and scores")
+        return out
     }
 
     // MARK: MLPs
@@ -520,8 +515,7 @@ public final class ReferenceForward {
         }
         let gate = try product(x, .gate, out: intermediate, in: h)
         let up = try product(x, .up, out: intermediate, in: h)
-        var act = [Float](repeating: 0, count: gate.count)
-        for i in 0..<act.count { act[i] = Elementwise.silu(gate[i]) * up[i] }
+        let act = Elementwise.siluTimes(gate, up)
         let y = try product(act, .down, out: h, in: intermediate)
         return (y, seconds)
     }

@@ -1,5 +1,6 @@
 // The C kernels' umbrella header: FP8 block kernels and encoders, llama.cpp block quantizers,
-// products with stored weights.
+// products with stored weights, causal attention.
+#include "attention.h"
 #include "fp8_kernels.h"
 #include "ggml_quants.h"
 #include "stored_gemm.h"

@@ -1,0 +1,267 @@
+#include "attention.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fp8_encode.h"
+#include "fp8_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+// e^x: n = round(x · log2 e) by the 1.5 · 2^23 trick; r = x − n · ln 2 with ln 2 in two parts
+// (0.693359375 has few enough bits that n · it is exact, Cephes' C1 and C2); e^r on
+// [−ln 2 / 2, ln 2 / 2] by Cephes expf's polynomial (1 + r + r² · p(r), p of degree 5); then
+// multiplied by 2^n built in the exponent bits. n = 128 (x just under ln FLT_MAX) is taken as
+// 2 · 2^127 so the power stays a normal number. Every step is one f32 operation or a fused
+// multiply-add, so the vectorized loops of each level compute the same bits as plain C.
+static inline float exp_one(float x) {
+    const float lowest = -87.33654475f;  // ln 2^-126: below, e^x is subnormal and taken as 0
+    const float highest = 88.72283905f;  // ln FLT_MAX: above, +Inf
+    float xc = x < lowest ? lowest : (x > highest ? highest : x);
+    xc = x == x ? xc : 0.0f;
+    float t = fmaf(xc, 1.44269504088896341f, 12582912.0f);
+    float n = t - 12582912.0f;
+    float r = fmaf(n, -0.693359375f, xc);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    float e = fmaf(p, r * r, r + 1.0f);
+    int top = n > 127.0f;
+    e = top ? e * 2.0f : e;
+    int32_t k = (int32_t)(top ? 127.0f : n);
+    float power = dsconvert_float_of((uint32_t)(k + 127) << 23);
+    float y = e * power;
+    y = x < lowest ? 0.0f : (x > highest ? INFINITY : y);
+    return x == x ? y : x;
+}
+
+// Each element is read before its own output is written, so `out` may be an input: the loops carry
+// no dependence, which the pragma tells the vectorizer (its overlap check would otherwise take the
+// scalar loop whenever out is x).
+#define DEFINE_EXP(NAME, ATTRIBUTES)                                                                   \
+    ATTRIBUTES static void NAME(const float *x, float *out, size_t count) {                              \
+        _Pragma("clang loop vectorize(assume_safety)") for (size_t i = 0; i < count; i++) out[i] = exp_one(x[i]); \
+    }                                                                                                    \
+    ATTRIBUTES static void NAME##_silu_mul(const float *gate, const float *up, float *out, size_t count) { \
+        _Pragma("clang loop vectorize(assume_safety)") for (size_t i = 0; i < count; i++)                  \
+            out[i] = gate[i] / (1.0f + exp_one(-gate[i])) * up[i];                                       \
+    }
+
+DEFINE_EXP(exp_baseline, )
+#if defined(__x86_64__)
+DEFINE_EXP(exp_avx2, __attribute__((target("avx2,fma"))))
+DEFINE_EXP(exp_avx512, __attribute__((target("avx512f,avx512dq"))))
+#endif
+
+void dsconvert_exp(int isa, const float *x, float *out, size_t count) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) return exp_avx512(x, out, count);
+    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return exp_avx2(x, out, count);
+#else
+    (void)isa;
+#endif
+    exp_baseline(x, out, count);
+}
+
+void dsconvert_silu_mul(int isa, const float *gate, const float *up, float *out, size_t count) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) return exp_avx512_silu_mul(gate, up, out, count);
+    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return exp_avx2_silu_mul(gate, up, out, count);
+#else
+    (void)isa;
+#endif
+    exp_baseline_silu_mul(gate, up, out, count);
+}
+
+// c[i * ldc + j] = Σ_k a[i * lda + k] · b[k * ldb + j] for i < mr, j < nc, one fused multiply-add per
+// k in increasing k from 0: the products of both the scores (a = queries, b = the keys transposed)
+// and the context (a = probabilities, b = values). b's rows hold at least `nc` rounded up to 16
+// readable floats; only c's first nc columns are written.
+enum { ATT_MR = 4, ATT_NV = 6, LANES = 16 };
+
+#define DEFINE_TILE(NAME, ATTRIBUTES)                                                                           \
+    ATTRIBUTES static void NAME(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldb,      \
+                                size_t kc, float *c, size_t ldc) {                                               \
+        float acc[ATT_MR][ATT_NV * LANES];                                                                       \
+        size_t width = (nc + LANES - 1) / LANES * LANES;                                                         \
+        for (size_t i = 0; i < mr; i++)                                                                          \
+            for (size_t j = 0; j < width; j++) acc[i][j] = 0.0f;                                                 \
+        for (size_t k = 0; k < kc; k++) {                                                                        \
+            const float *row = b + k * ldb;                                                                      \
+            for (size_t i = 0; i < mr; i++) {                                                                    \
+                float ai = a[i * lda + k];                                                                       \
+                for (size_t j = 0; j < width; j++) acc[i][j] = fmaf(ai, row[j], acc[i][j]);                      \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (size_t i = 0; i < mr; i++) memcpy(c + i * ldc, acc[i], nc * sizeof(float));                         \
+    }
+
+DEFINE_TILE(tile_baseline, )
+#if defined(__x86_64__)
+DEFINE_TILE(tile_avx2, __attribute__((target("avx2,fma"))))
+
+// The AVX-512 tile: MR_ rows by NV_ vectors of 16 columns in registers (24 of 32 zmm at 4 x 6).
+__attribute__((target("avx512f"), always_inline)) static inline void tile512(const size_t MR_, const size_t NV_, size_t nc, const float *a,
+                                                                              size_t lda, const float *b, size_t ldb, size_t kc, float *c,
+                                                                              size_t ldc) {
+    __m512 s[ATT_MR][ATT_NV];
+    for (size_t i = 0; i < MR_; i++)
+        for (size_t v = 0; v < NV_; v++) s[i][v] = _mm512_setzero_ps();
+    for (size_t k = 0; k < kc; k++) {
+        __m512 bv[ATT_NV];
+        for (size_t v = 0; v < NV_; v++) bv[v] = _mm512_loadu_ps(b + k * ldb + v * LANES);
+        for (size_t i = 0; i < MR_; i++) {
+            __m512 ai = _mm512_set1_ps(a[i * lda + k]);
+            for (size_t v = 0; v < NV_; v++) s[i][v] = _mm512_fmadd_ps(ai, bv[v], s[i][v]);
+        }
+    }
+    for (size_t i = 0; i < MR_; i++)
+        for (size_t v = 0; v < NV_; v++) {
+            size_t left = nc - v * LANES;
+            __mmask16 mask = left >= LANES ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+            _mm512_mask_storeu_ps(c + i * ldc + v * LANES, mask, s[i][v]);
+        }
+}
+
+#define TILE_ROWS(MR_)                                                                                  \
+    switch ((nc + LANES - 1) / LANES) {                                                                 \
+    case 6: tile512(MR_, 6, nc, a, lda, b, ldb, kc, c, ldc); break;                                     \
+    case 5: tile512(MR_, 5, nc, a, lda, b, ldb, kc, c, ldc); break;                                     \
+    case 4: tile512(MR_, 4, nc, a, lda, b, ldb, kc, c, ldc); break;                                     \
+    case 3: tile512(MR_, 3, nc, a, lda, b, ldb, kc, c, ldc); break;                                     \
+    case 2: tile512(MR_, 2, nc, a, lda, b, ldb, kc, c, ldc); break;                                     \
+    default: tile512(MR_, 1, nc, a, lda, b, ldb, kc, c, ldc); break;                                    \
+    }
+
+__attribute__((target("avx512f"))) static void tile_avx512(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldb,
+                                                            size_t kc, float *c, size_t ldc) {
+    switch (mr) {
+    case 4: TILE_ROWS(4) break;
+    case 3: TILE_ROWS(3) break;
+    case 2: TILE_ROWS(2) break;
+    default: TILE_ROWS(1) break;
+    }
+}
+#endif
+
+typedef void (*tile_fn)(size_t, size_t, const float *, size_t, const float *, size_t, size_t, float *, size_t);
+
+// c[m, n] = a[m, k] · b[k, n] by tiles of ATT_MR rows x ATT_NV · 16 columns.
+static void product(tile_fn tile, size_t m, size_t n, const float *a, size_t lda, const float *b, size_t ldb, size_t kc, float *c,
+                    size_t ldc) {
+    for (size_t j0 = 0; j0 < n; j0 += ATT_NV * LANES) {
+        size_t nc = n - j0 < ATT_NV * LANES ? n - j0 : ATT_NV * LANES;
+        for (size_t i0 = 0; i0 < m; i0 += ATT_MR) {
+            size_t mr = m - i0 < ATT_MR ? m - i0 : ATT_MR;
+            tile(mr, nc, a + i0 * lda, lda, b + j0, ldb, kc, c + i0 * ldc + j0, ldc);
+        }
+    }
+}
+
+// One row of scores in place: scale, subtract the maximum of the first `valid`, e^x, then the f64
+// lane sums, p = e · (1 / sum) rounded to f32 once; entries from `valid` to `width` become 0. Written
+// lane by lane so each level's vectorizer widens it without reordering a sum.
+#define DEFINE_SOFTMAX(NAME, EXP, ATTRIBUTES)                                                            \
+    ATTRIBUTES static void NAME(float *row, size_t valid, size_t width, float scale) {                     \
+        float most[LANES];                                                                                 \
+        for (size_t l = 0; l < LANES; l++) most[l] = -INFINITY;                                            \
+        size_t j = 0;                                                                                      \
+        for (; j + LANES <= valid; j += LANES)                                                             \
+            for (size_t l = 0; l < LANES; l++) {                                                           \
+                float value = row[j + l] * scale;                                                          \
+                row[j + l] = value;                                                                        \
+                most[l] = value > most[l] ? value : most[l];                                               \
+            }                                                                                              \
+        for (size_t l = 0; j + l < valid; l++) {                                                           \
+            float value = row[j + l] * scale;                                                              \
+            row[j + l] = value;                                                                            \
+            most[l] = value > most[l] ? value : most[l];                                                   \
+        }                                                                                                  \
+        float m = most[0];                                                                                 \
+        for (size_t l = 1; l < LANES; l++) m = most[l] > m ? most[l] : m;                                  \
+        _Pragma("clang loop vectorize(assume_safety)") for (size_t i = 0; i < valid; i++) row[i] = exp_one(row[i] - m); \
+        double lanes[LANES] = {0};                                                                         \
+        for (j = 0; j + LANES <= valid; j += LANES)                                                        \
+            for (size_t l = 0; l < LANES; l++) lanes[l] += (double)row[j + l];                             \
+        for (size_t l = 0; j + l < valid; l++) lanes[l] += (double)row[j + l];                             \
+        for (size_t half = LANES / 2; half > 0; half /= 2)                                                 \
+            for (size_t l = 0; l < half; l++) lanes[l] += lanes[l + half];                                 \
+        float inv = (float)(1.0 / lanes[0]);                                                               \
+        for (j = 0; j < valid; j++) row[j] *= inv;                                                         \
+        for (j = valid; j < width; j++) row[j] = 0.0f;                                                     \
+    }
+
+DEFINE_SOFTMAX(softmax_baseline, exp_one, )
+#if defined(__x86_64__)
+DEFINE_SOFTMAX(softmax_avx2, exp_one, __attribute__((target("avx2,fma"))))
+DEFINE_SOFTMAX(softmax_avx512, exp_one, __attribute__((target("avx512f,avx512dq"))))
+#endif
+
+typedef void (*softmax_fn)(float *, size_t, size_t, float);
+
+// A head's keys transposed, kt[d * padded + j], 16 keys at a time so each write is a whole line and
+// the 16 rows read stay in the first-level cache; keys from `seq` to `padded` are zero.
+static void pack_keys(size_t seq, size_t padded, dsconvert_rows k1, dsconvert_rows k2, float *kt) {
+    size_t dq = k1.width + k2.width;
+    for (size_t j0 = 0; j0 < padded; j0 += LANES)
+        for (size_t d = 0; d < dq; d++) {
+            const float *src = d < k1.width ? k1.data + d : k2.data + (d - k1.width);
+            size_t ld = d < k1.width ? k1.ld : k2.ld;
+            for (size_t l = 0; l < LANES; l++) kt[d * padded + j0 + l] = j0 + l < seq ? src[(j0 + l) * ld] : 0.0f;
+        }
+}
+
+int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows q, dsconvert_rows k1, dsconvert_rows k2,
+                               dsconvert_rows v, float scale, float *out, size_t ldo) {
+    if (seq == 0) return 0;
+    if (block == 0) block = seq;
+    tile_fn tile = tile_baseline;
+    softmax_fn softmax = softmax_baseline;
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) {
+        tile = tile_avx512;
+        softmax = softmax_avx512;
+    } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
+        tile = tile_avx2;
+        softmax = softmax_avx2;
+    }
+#else
+    (void)isa;
+#endif
+    size_t dq = k1.width + k2.width, padded = (seq + LANES - 1) / LANES * LANES;
+    size_t dv = v.width, dvp = (dv + LANES - 1) / LANES * LANES, rows = block < seq ? block : seq;
+    // The keys transposed [dq][padded] and the values [padded][dvp], zero-padded so the tiles read
+    // whole vectors; a block's scores [rows][padded].
+    float *kt = malloc((dq * padded + 1) * sizeof(float));
+    float *vp = malloc((padded * dvp + 1) * sizeof(float));
+    float *scores = malloc((rows * padded + 1) * sizeof(float));
+    if (!kt || !vp || !scores) {
+        free(kt);
+        free(vp);
+        free(scores);
+        return 2;
+    }
+    pack_keys(seq, padded, k1, k2, kt);
+    for (size_t j = 0; j < padded; j++) {
+        if (j < seq) memcpy(vp + j * dvp, v.data + j * v.ld, dv * sizeof(float));
+        memset(vp + j * dvp + (j < seq ? dv : 0), 0, (j < seq ? dvp - dv : dvp) * sizeof(float));
+    }
+    for (size_t q0 = 0; q0 < seq; q0 += block) {
+        size_t q1 = seq - q0 < block ? seq : q0 + block, m = q1 - q0, seen = (q1 + LANES - 1) / LANES * LANES;
+        product(tile, m, seen, q.data + q0 * q.ld, q.ld, kt, padded, dq, scores, padded);
+        for (size_t r = 0; r < m; r++) softmax(scores + r * padded, q0 + r + 1, seen, scale);
+        product(tile, m, dv, scores, padded, vp, dvp, seen, out + q0 * ldo, ldo);
+    }
+    free(kt);
+    free(vp);
+    free(scores);
+    return 0;
+}
