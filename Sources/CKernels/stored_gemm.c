@@ -191,9 +191,6 @@ VBMI_TARGET __attribute__((always_inline)) static inline __mmask64 pack_fp8_segm
     __m512 scales = _mm512_set1_ps(scale);
     __mmask64 bad = 0;
     for (size_t c = c0; c < c1; c += 64) {
-        // The row's codes two column blocks on are requested now: rows are read a block at a time,
-        // six at once, too little of each for the hardware's prefetchers to run ahead.
-        _mm_prefetch((const char *)(codes + c + 2 * KC), _MM_HINT_T0);
         size_t n = c1 - c < 64 ? c1 - c : 64;
         __m512i v;
         if (n == 64) {
@@ -357,6 +354,29 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     return bad;
 }
 
+// Requests row j of the weight bytes the pack will read two panels on (two column blocks further
+// along the same rows, or the next rows' first blocks): a panel reads only KC columns of each of NR
+// rows, and a row's next block comes a whole panel's products later, too little and too late for the
+// hardware's prefetchers, which also stop at a page's end (a bf16 row of 2,048 is one page). The rows
+// are requested one per micro-kernel call, so the requests do not queue up behind each other.
+static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t g, size_t k0, size_t n1, size_t j) {
+#if defined(__x86_64__)
+    size_t cols = w->cols, size = w->kind == DSCONVERT_STORED_F32 ? 4 : (w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F16 ? 2 : 1);
+    size_t k = k0 + 2 * KC;
+    if (k >= cols) {
+        g += NR;
+        k = (k - cols) / KC * KC;
+        if (k >= cols) return;
+    }
+    if (g + j >= n1) return;
+    size_t len = cols - k < KC ? cols - k : KC;
+    const char *row = (const char *)w->data + ((g + j) * cols + k) * size;
+    for (size_t b = 0; b < len * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+#else
+    (void)w, (void)g, (void)k0, (void)n1, (void)j;
+#endif
+}
+
 // The product for m rows of x (at most a chunk), with the working memory given.
 static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables, const dsconvert_stored_matrix *w,
                      const float *x, size_t m, size_t n0, size_t n1, float *y, size_t ldy, float *acc, float *xp) {
@@ -370,8 +390,13 @@ static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables,
         for (size_t i0 = 0; i0 < m; i0 += MR) {
             size_t mr = m - i0 < MR ? m - i0 : MR;
             float *tile = xp + k0 * m + i0 * width;
-            for (size_t i = 0; i < mr; i++)
-                for (size_t c = 0; c < width; c++) tile[(c / LANES * mr + i) * LANES + c % LANES] = c < len ? x[(i0 + i) * cols + k0 + c] : 0.0f;
+            for (size_t c = 0; c < width; c += LANES)
+                for (size_t i = 0; i < mr; i++) {
+                    float *dst = tile + (c / LANES * mr + i) * LANES;
+                    size_t n = len - c < LANES ? len - c : LANES;
+                    memcpy(dst, x + (i0 + i) * cols + k0 + c, n * sizeof(float));
+                    if (n < LANES) memset(dst + n, 0, (LANES - n) * sizeof(float));
+                }
         }
     }
     float panel[NR * KC] __attribute__((aligned(64)));
@@ -390,10 +415,13 @@ static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables,
 #endif
             for (size_t j = 0; j < NR; j++)
                 for (size_t c = len; c < width; c++) panel[j * KC + c] = 0.0f;
+            size_t requested = 0;
             for (size_t i0 = 0; i0 < m; i0 += MR) {
                 size_t mr = m - i0 < MR ? m - i0 : MR;
                 micro(mr, xp + k0 * m + i0 * width, panel, width / LANES, acc + i0 * NR * LANES, k0 == 0);
+                if (requested < NR) prefetch_ahead(w, g, k0, n1, requested++);
             }
+            while (requested < NR) prefetch_ahead(w, g, k0, n1, requested++);
         }
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < nr; j++) y[i * ldy + g + j] = reduce_lanes(acc + (i * NR + j) * LANES);
