@@ -8,6 +8,9 @@
 #include "fp8_encode.h"
 #include "fp8_kernels.h"
 
+// Same bits at every level: no a·b + c may become a fused multiply-add unless written as one.
+#pragma STDC FP_CONTRACT OFF
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -104,6 +107,7 @@ enum { ATT_MR = 4, ATT_NV = 6, LANES = 16 };
         for (size_t i = 0; i < mr; i++) memcpy(c + i * ldc, acc[i], nc * sizeof(float));                         \
     }
 
+// Without FMA hardware (the baseline level) each fmaf is a libm call: correct, and slow.
 DEFINE_TILE(tile_baseline, )
 #if defined(__x86_64__)
 DEFINE_TILE(tile_avx2, __attribute__((target("avx2,fma"))))
@@ -169,7 +173,7 @@ static void product(tile_fn tile, size_t m, size_t n, const float *a, size_t lda
 // One row of scores in place: scale, subtract the maximum of the first `valid`, e^x, then the f64
 // lane sums, p = e · (1 / sum) rounded to f32 once; entries from `valid` to `width` become 0. Written
 // lane by lane so each level's vectorizer widens it without reordering a sum.
-#define DEFINE_SOFTMAX(NAME, EXP, ATTRIBUTES)                                                            \
+#define DEFINE_SOFTMAX(NAME, ATTRIBUTES)                                                            \
     ATTRIBUTES static void NAME(float *row, size_t valid, size_t width, float scale) {                     \
         float most[LANES];                                                                                 \
         for (size_t l = 0; l < LANES; l++) most[l] = -INFINITY;                                            \
@@ -199,23 +203,23 @@ static void product(tile_fn tile, size_t m, size_t n, const float *a, size_t lda
         for (j = valid; j < width; j++) row[j] = 0.0f;                                                     \
     }
 
-DEFINE_SOFTMAX(softmax_baseline, exp_one, )
+DEFINE_SOFTMAX(softmax_baseline, )
 #if defined(__x86_64__)
-DEFINE_SOFTMAX(softmax_avx2, exp_one, __attribute__((target("avx2,fma"))))
-DEFINE_SOFTMAX(softmax_avx512, exp_one, __attribute__((target("avx512f,avx512dq"))))
+DEFINE_SOFTMAX(softmax_avx2, __attribute__((target("avx2,fma"))))
+DEFINE_SOFTMAX(softmax_avx512, __attribute__((target("avx512f,avx512dq"))))
 #endif
 
 typedef void (*softmax_fn)(float *, size_t, size_t, float);
 
-// A head's keys transposed, kt[d * padded + j], 16 keys at a time so each write is a whole line and
+// A head's keys transposed, kt[d * ldt + j], 16 keys at a time so each write is a whole line and
 // the 16 rows read stay in the first-level cache; keys from `seq` to `padded` are zero.
-static void pack_keys(size_t seq, size_t padded, dsconvert_rows k1, dsconvert_rows k2, float *kt) {
+static void pack_keys(size_t seq, size_t padded, size_t ldt, dsconvert_rows k1, dsconvert_rows k2, float *kt) {
     size_t dq = k1.width + k2.width;
     for (size_t j0 = 0; j0 < padded; j0 += LANES)
         for (size_t d = 0; d < dq; d++) {
             const float *src = d < k1.width ? k1.data + d : k2.data + (d - k1.width);
             size_t ld = d < k1.width ? k1.ld : k2.ld;
-            for (size_t l = 0; l < LANES; l++) kt[d * padded + j0 + l] = j0 + l < seq ? src[(j0 + l) * ld] : 0.0f;
+            for (size_t l = 0; l < LANES; l++) kt[d * ldt + j0 + l] = j0 + l < seq ? src[(j0 + l) * ld] : 0.0f;
         }
 }
 
@@ -238,9 +242,11 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
 #endif
     size_t dq = k1.width + k2.width, padded = (seq + LANES - 1) / LANES * LANES;
     size_t dv = v.width, dvp = (dv + LANES - 1) / LANES * LANES, rows = block < seq ? block : seq;
-    // The keys transposed [dq][padded] and the values [padded][dvp], zero-padded so the tiles read
-    // whole vectors; a block's scores [rows][padded].
-    float *kt = malloc((dq * padded + 1) * sizeof(float));
+    // The keys transposed [dq][ldt] and the values [padded][dvp], zero-padded so the tiles read
+    // whole vectors; a block's scores [rows][padded]. A row of keys a multiple of 4 KB long gets 16
+    // floats more, so the rows a tile reads do not all fall in the same cache sets.
+    size_t ldt = padded * sizeof(float) % 4096 == 0 ? padded + LANES : padded;
+    float *kt = malloc((dq * ldt + 1) * sizeof(float));
     float *vp = malloc((padded * dvp + 1) * sizeof(float));
     float *scores = malloc((rows * padded + 1) * sizeof(float));
     if (!kt || !vp || !scores) {
@@ -249,14 +255,14 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
         free(scores);
         return 2;
     }
-    pack_keys(seq, padded, k1, k2, kt);
+    pack_keys(seq, padded, ldt, k1, k2, kt);
     for (size_t j = 0; j < padded; j++) {
         if (j < seq) memcpy(vp + j * dvp, v.data + j * v.ld, dv * sizeof(float));
         memset(vp + j * dvp + (j < seq ? dv : 0), 0, (j < seq ? dvp - dv : dvp) * sizeof(float));
     }
     for (size_t q0 = 0; q0 < seq; q0 += block) {
         size_t q1 = seq - q0 < block ? seq : q0 + block, m = q1 - q0, seen = (q1 + LANES - 1) / LANES * LANES;
-        product(tile, m, seen, q.data + q0 * q.ld, q.ld, kt, padded, dq, scores, padded);
+        product(tile, m, seen, q.data + q0 * q.ld, q.ld, kt, ldt, dq, scores, padded);
         for (size_t r = 0; r < m; r++) softmax(scores + r * padded, q0 + r + 1, seen, scale);
         product(tile, m, dv, scores, padded, vp, dvp, seen, out + q0 * ldo, ldo);
     }

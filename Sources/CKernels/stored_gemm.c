@@ -355,7 +355,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 }
 
 // Requests row j of the weight bytes the pack will read two panels on (two column blocks further
-// along the same rows, or the next rows' first blocks): a panel reads only KC columns of each of NR
+// along the same rows, or near the start of the next rows): a panel reads only KC columns of each of NR
 // rows, and a row's next block comes a whole panel's products later, too little and too late for the
 // hardware's prefetchers, which also stop at a page's end (a bf16 row of 2,048 is one page). The rows
 // are requested one per micro-kernel call, so the requests do not queue up behind each other.

@@ -66,8 +66,9 @@ public enum ForwardBenchCommand: Command {
             guard let seconds = SampleSummary(r.phaseSeconds.map { $0[part] ?? 0 }), seconds.median > 0 else { continue }
             let flops = r.phaseFLOPs[part] ?? 0
             let label = part.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0)
-            terminal.out(String(format: "  %@ %8.3f s (%.3f-%.3f)  %7.1f GFLOP/s  %.2f of sgemm", label, seconds.median, seconds.min, seconds.max,
-                                flops / seconds.median / 1e9, flops / seconds.median / sgemmRate))
+            let line = String(format: "  %@ %8.3f s (%.3f-%.3f)", label, seconds.median, seconds.min, seconds.max)
+            // The embedding is a row lookup: no FLOPs, no rate.
+            terminal.out(flops > 0 ? line + String(format: "  %7.1f GFLOP/s  %.2f of sgemm", flops / seconds.median / 1e9, flops / seconds.median / sgemmRate) : line)
         }
         terminal.out(String(format: "ratio         %.2f of sgemm (at the medians); without widening %.2f",
                             (r.forwardFLOPs / forward.median) / (r.sgemmFLOPs / sgemm.median), computeRate / (r.sgemmFLOPs / sgemm.median)))

@@ -104,10 +104,10 @@ enum Elementwise {
     }
 
     /// silu(gate) ⊙ up = gate / (1 + e^-gate) · up, element by element (`dsconvert_silu_mul`: its e^x
-    /// is the same bits at every instruction-set level); large arrays a chunk per core.
-    static func siluTimes(_ gate: [Float], _ up: [Float]) -> [Float] {
+    /// is the same bits at every instruction-set level); `onEveryCore`, large arrays a chunk per core.
+    static func siluTimes(_ gate: [Float], _ up: [Float], onEveryCore: Bool) -> [Float] {
         precondition(gate.count == up.count, "gate of \(gate.count) values, up of \(up.count)")
-        let count = gate.count, chunk = 1 << 16
+        let count = gate.count, chunk = onEveryCore ? 1 << 16 : max(1, gate.count)
         var out = [Float](repeating: 0, count: count)
         gate.withUnsafeBufferPointer { gp in up.withUnsafeBufferPointer { upp in out.withUnsafeMutableBufferPointer { op in
             guard count > 0 else { return }

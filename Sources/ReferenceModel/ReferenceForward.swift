@@ -424,12 +424,13 @@ public final class ReferenceForward {
     /// Queries per block of `causalAttention`: scores take block x seq floats, not seq x seq.
     static let queryBlock = 128
 
-    /// The query blocks of a causal pass over `seq` positions, each with the keys it sees (0 through
-    /// its last query): the work `causalAttention` does and `ForwardCost` counts.
+    /// The query blocks of a causal pass over `seq` positions, each with the keys its products run
+    /// over (0 through its last query, rounded up to 16 as the kernel's tiles do): the work
+    /// `causalAttention` does and `ForwardCost` counts.
     static func causalBlocks(seq: Int) -> [(queries: Range<Int>, keys: Int)] {
         stride(from: 0, to: seq, by: queryBlock).map { q0 in
             let q1 = min(seq, q0 + queryBlock)
-            return (q0..<q1, q1)
+            return (q0..<q1, (q1 + 15) / 16 * 16)
         }
     }
 
@@ -446,8 +447,9 @@ public final class ReferenceForward {
 
     /// softmax(scale · Q Kᵀ + causal mask) V per (sequence, head), a key being a head's `keys` row then
     /// its `sharedKeys` row; returns [T, H·vDim]. `dsconvert_causal_attention` runs each pair: queries in
-    /// blocks of `queryBlock`, each against the keys up to its last query only (what the mask leaves),
-    /// so memory is O(block x seq) per core and masked products are not computed. The pairs run on
+    /// blocks of `queryBlock`, each against the keys up to its last query only (rounded up to 16), so
+    /// the products of blocks entirely above the diagonal are not computed and a core holds one head's
+    /// keys and values and one block's scores (seq · (qk + v) + block · seq floats). The pairs run on
     /// every core; each writes its own columns of the output, so the result does not depend on the
     /// thread count.
     static func causalAttention(queries: HeadRows, keys: HeadRows, sharedKeys: HeadRows, values: HeadRows,
@@ -515,7 +517,8 @@ public final class ReferenceForward {
         }
         let gate = try product(x, .gate, out: intermediate, in: h)
         let up = try product(x, .up, out: intermediate, in: h)
-        let act = Elementwise.siluTimes(gate, up)
+        // A routed expert's products already run one per core.
+        let act = Elementwise.siluTimes(gate, up, onEveryCore: !asStored)
         let y = try product(act, .down, out: h, in: intermediate)
         return (y, seconds)
     }

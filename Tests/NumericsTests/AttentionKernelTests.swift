@@ -9,6 +9,18 @@ import XCTest
 final class AttentionKernelTests: XCTestCase {
     private let levels = FP8BlockQuantizer.availableKernelLevels
 
+    /// SplitMix64, seeded: a failing case can be run again.
+    private struct Seeded: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
     /// Every 4099th bit pattern (both signs, subnormals, Inf, NaN) gives the baseline's bits at every level.
     func testExpSameBitsAtEveryLevel() {
         let x = stride(from: UInt64(0), through: UInt64(UInt32.max), by: 4099).map { Float(bitPattern: UInt32($0)) }
@@ -36,8 +48,12 @@ final class AttentionKernelTests: XCTestCase {
         var worst = 0.0
         for (xi, yi) in zip(x, out) {
             let exact = Foundation.exp(Double(xi))
-            let ulp = Double(Float(exact).ulp)
-            worst = max(worst, abs(Double(yi) - exact) / ulp)
+            guard Float(exact).isFinite else {
+                XCTAssertEqual(yi, .infinity, "e^\(xi) rounds past the largest f32")
+                continue
+            }
+            XCTAssertTrue(yi.isFinite, "e^\(xi) = \(yi)")
+            worst = max(worst, abs(Double(yi) - exact) / Double(Float(exact).ulp))
         }
         XCTAssertLessThanOrEqual(worst, 2, "worst error \(worst) ULP over \(x.count) values")
         let specials: [Float] = [-.infinity, -1000, -87.34, .nan, 88.73, 1000, .infinity, 0, -0]
@@ -50,7 +66,7 @@ final class AttentionKernelTests: XCTestCase {
 
     /// silu(g)·u: the same bits at every level; within 4 ULP-sized steps of the f64 formula for |g| ≤ 80.
     func testSiluTimesUp() {
-        var generator = SystemRandomNumberGenerator()
+        var generator = Seeded(state: 7)
         let n = 10_001
         let gate = (0..<n).map { _ in Float.random(in: -80...80, using: &generator) }
         let up = (0..<n).map { _ in Float.random(in: -3...3, using: &generator) }
@@ -76,7 +92,7 @@ final class AttentionKernelTests: XCTestCase {
     }
 
     private func randomHead(seq: Int, d1: Int, d2: Int, dv: Int, block: Int) -> Head {
-        var generator = SystemRandomNumberGenerator()
+        var generator = Seeded(state: UInt64(seq * 1_000_003 + d1 * 1009 + d2 * 101 + dv))
         func values(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &generator) } }
         return Head(seq: seq, d1: d1, d2: d2, dv: dv, block: block, q: values(seq * (d1 + d2)), k1: values(seq * d1), k2: values(seq * d2),
                     v: values(seq * dv), scale: 1 / Float(d1 + d2).squareRoot())
@@ -96,14 +112,16 @@ final class AttentionKernelTests: XCTestCase {
         return out
     }
 
-    /// Every level gives the same bits, for sequences and widths with tails of the 16-wide steps and
-    /// of the query blocks; each output is within the first-order error bound of an f64 softmax(q·kᵀ)v:
+    /// Every level gives the same bits (on a machine without AVX2/AVX-512 only the baseline runs and
+    /// this part compares it with itself), for sequences and widths with tails of the 16-wide steps and
+    /// of the query blocks, and a key row of 1,024 floats (the padded stride); each output is within the first-order error bound of an f64 softmax(q·kᵀ)v:
     /// a score's sum of d products is off by at most d·u·Σ|q·k| (u = 2^-24), which moves p_j by at
     /// most twice the largest such error relative to p_j, to which exp's 2 ULP, the scale, the
     /// subtraction, the reciprocal and the product add a few u; the context's sum of n terms adds
     /// n·u; all relative to Σ_j p_j·|v_j|.
     func testCausalAttentionAgainstF64() {
-        for (seq, d1, d2, dv, block) in [(1, 8, 0, 5, 128), (37, 20, 12, 17, 16), (130, 128, 64, 128, 128), (200, 64, 0, 33, 64)] {
+        for (seq, d1, d2, dv, block) in [(1, 8, 0, 5, 128), (37, 20, 12, 17, 16), (130, 128, 64, 128, 128), (200, 64, 0, 33, 64),
+                                         (1024, 16, 8, 16, 256)] {
             let h = randomHead(seq: seq, d1: d1, d2: d2, dv: dv, block: block)
             let out = attend(h, level: Int32(DSCONVERT_ISA_BASELINE))
             for level in levels {

@@ -8,8 +8,8 @@
 #include <stddef.h>
 
 /// e^x for each of `count` values, in one defined sequence of f32 operations (Cody and Waite's
-/// reduction by ln 2 in two parts, a degree-6 polynomial, the power of two placed in the exponent
-/// bits) so every instruction-set level gives the same bits: within 1.26 ULP of e^x wherever e^x is
+/// reduction by ln 2 in two parts, 1 + r + r²·p(r) with p of degree 5, the power of two placed in the
+/// exponent bits) so every instruction-set level gives the same bits (NaN payloads aside): within 1.26 ULP of e^x wherever e^x is
 /// a normal f32 (measured over every f32 of that range against glibc's double exp; the tests hold it
 /// to 2); 0 below x = -87.33 (where e^x is subnormal), +Inf above 88.72, NaN for NaN.
 /// `out` may be `x`. `isa` must not exceed `dsconvert_fp8_best_isa()`.
@@ -34,8 +34,11 @@ typedef struct {
 ///   softmax subtracts its maximum, takes `dsconvert_exp`, sums in f64 (sixteen lane sums, lane l the
 ///   keys j ≡ l (mod 16), added pairwise) and multiplies by the f32 reciprocal of the sum; each output
 ///   is Σ_j p_j·v_j over the keys up to the block's last query, rounded up to a multiple of 16 (the
-///   masked ones and that padding with p = 0), one fused multiply-add per key in increasing j.
-/// Every instruction-set level gives the same bits.
+///   masked ones and that padding with p = 0), one fused multiply-add per key in increasing j. The
+///   mask is exact for finite values: a non-finite value of a later key in the same block would
+///   reach earlier rows as 0 · Inf, as it did through sgemm.
+/// Every instruction-set level gives the same bits (NaN payloads aside). The working memory is the
+/// head's keys and values, seq · (k1.width + k2.width + v.width) floats, and a block's scores.
 /// Returns 0, or 2 if its working memory (keys and values of the head, a block's scores) could not
 /// be allocated. `isa` must not exceed `dsconvert_fp8_best_isa()`.
 int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows q, dsconvert_rows k1, dsconvert_rows k2,
