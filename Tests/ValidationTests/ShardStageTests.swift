@@ -56,7 +56,7 @@ final class ShardStageTests: XCTestCase {
                 let dense = try FileManager.default.attributesOfItem(atPath: out.appendingPathComponent("device-\(d)/model-00001-of-00002.safetensors").path)
                 XCTAssertEqual(dense[.systemFileNumber] as? Int, dense0[.systemFileNumber] as? Int, "\(fixture): device-\(d) dense shard is a link")
             }
-            // Sharded and unsharded forwards agree within 1e-5 (observed ≤ 4.3e-6: only the order of the fp32 expert sums differs).
+            // Sharded and unsharded forwards agree within 1e-5 (observed ≤ 8.1e-6: only the order of the fp32 expert sums differs).
             let reference = try ModelLoader.open(input), candidate = try ModelLoader.open(out)
             XCTAssertNotNil(candidate.placement)
             let report = try Validator.compare(reference: reference, candidate: candidate, tokens: try TokenFile.load(input.appendingPathComponent("tokens.json")),
