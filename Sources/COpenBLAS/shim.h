@@ -2,6 +2,22 @@
 #include <dlfcn.h>
 #include <stdlib.h>
 
+/// Ends OpenBLAS's worker threads (the next multi-threaded call starts them again, as after a fork).
+/// After each multi-threaded call they spin on sched_yield for up to 2^28 cycles waiting for more
+/// work, taking turns on the cores with whatever runs next. Returns 0 if this OpenBLAS has no such
+/// entry point (nothing done).
+static inline int dsconvert_openblas_park_threads(void) {
+    static int (*shutdown_threads)(void) = NULL;
+    static int looked = 0;
+    if (!looked) {
+        shutdown_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+        looked = 1;
+    }
+    if (!shutdown_threads) return 0;
+    shutdown_threads();
+    return 1;
+}
+
 /// Re-runs OpenBLAS's kernel selection as if the process had started with OPENBLAS_CORETYPE=`core`.
 /// A DYNAMIC_ARCH OpenBLAS (Debian's) picks its kernels by CPU model in a load-time constructor; one
 /// older than the CPU falls back to its SSE3 "Prescott" kernels. Must run before any BLAS call.

@@ -80,8 +80,17 @@ public enum BLASThreads {
         _ = BLASCore.selection
         let previous = openblas_get_num_threads()
         openblas_set_num_threads(1)
+        parkWorkers()
         defer { openblas_set_num_threads(previous) }
         return try body()
+    }
+
+    /// Stops OpenBLAS's idle workers before work that runs one task per core (routed experts,
+    /// attention heads): after a multi-threaded product they spin on sched_yield for ~0.1 s and take
+    /// turns on the cores with that work. The next multi-threaded product starts them again.
+    static func parkWorkers() {
+        _ = BLASCore.selection
+        _ = dsconvert_openblas_park_threads()
     }
 }
 

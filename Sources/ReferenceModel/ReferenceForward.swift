@@ -458,6 +458,7 @@ public final class ReferenceForward {
         let vDim = values.width
         var out = [Float](repeating: 0, count: batch * seq * heads * vDim)
         let failed = Mutex(false)
+        BLASThreads.parkWorkers()
         queries.values.withUnsafeBufferPointer { qp in keys.values.withUnsafeBufferPointer { kp in
             sharedKeys.values.withUnsafeBufferPointer { sp in values.values.withUnsafeBufferPointer { vp in
                 out.withUnsafeMutableBufferPointer { op in

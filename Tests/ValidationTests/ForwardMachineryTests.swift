@@ -1,4 +1,5 @@
 import CKernels
+import COpenBLAS
 import DeepSeekModel
 import Foundation
 import SafeTensors
@@ -185,6 +186,24 @@ final class CheckpointRowsTests: XCTestCase {
         for range in [0..<128, 128..<256, 256..<288, 0..<288, 0..<100, 0..<130, 130..<131, 250..<288, 128..<200] {
             let got = try weights.rows(name, shape: shape, range: range)
             XCTAssertEqual(got, Array(whole[(range.lowerBound * shape[1])..<(range.upperBound * shape[1])]), "\(range)")
+        }
+    }
+}
+
+/// Parking OpenBLAS's idle workers (before work that runs one task per core) leaves its thread count
+/// and its products as they were: the next multi-threaded product starts the workers again.
+final class BLASParkingTests: XCTestCase {
+    func testProductsAfterParkingAreUnchanged() {
+        let (m, n, k) = (96, 256, 512)
+        let a = (0..<(m * k)).map { Float(($0 * 7919) % 1000) / 1000 - 0.5 }
+        let b = (0..<(n * k)).map { Float(($0 * 104_729) % 997) / 997 - 0.5 }
+        let threads = openblas_get_num_threads()
+        let before = Linear.forward(a, rows: m, weight: b, inFeatures: k, outFeatures: n)
+        for _ in 0..<3 {
+            BLASThreads.parkWorkers()
+            BLASThreads.parkWorkers()  // twice in a row: nothing left to stop
+            XCTAssertEqual(openblas_get_num_threads(), threads)
+            XCTAssertEqual(Linear.forward(a, rows: m, weight: b, inFeatures: k, outFeatures: n).map(\.bitPattern), before.map(\.bitPattern))
         }
     }
 }
