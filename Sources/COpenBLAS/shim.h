@@ -6,13 +6,9 @@
 /// After each multi-threaded call they spin on sched_yield for up to 2^28 cycles waiting for more
 /// work, taking turns on the cores with whatever runs next. Returns 0 if this OpenBLAS has no such
 /// entry point (nothing done).
+/// (Looked up on every call, a few times per layer: no shared state to race on.)
 static inline int dsconvert_openblas_park_threads(void) {
-    static int (*shutdown_threads)(void) = NULL;
-    static int looked = 0;
-    if (!looked) {
-        shutdown_threads = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
-        looked = 1;
-    }
+    int (*shutdown_threads)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
     if (!shutdown_threads) return 0;
     shutdown_threads();
     return 1;
