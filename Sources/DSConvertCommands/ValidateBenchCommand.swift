@@ -98,8 +98,8 @@ public enum ValidateBenchCommand: Command {
         // Plain sgemm of the model's width at this many tokens, in this process after the child: the
         // share of it the forward passes reach. Timed for about a second (the median): three runs of
         // V2-Lite's 15 ms product right after the child had measured 190 GFLOP/s against 290.
-        let once = ForwardBenchmark.sgemm(m: count, n: config.hiddenSize, k: config.hiddenSize, repeats: 1)[0]
-        let runs = ForwardBenchmark.sgemm(m: count, n: config.hiddenSize, k: config.hiddenSize, repeats: max(3, min(100, Int(1 / max(once, 1e-6))))).sorted()
+        let repeats = ForwardBenchmark.sgemmRepeats(m: count, n: config.hiddenSize, k: config.hiddenSize, lasting: 1, within: 3...100)
+        let runs = ForwardBenchmark.sgemm(m: count, n: config.hiddenSize, k: config.hiddenSize, repeats: repeats).sorted()
         let sgemm = runs[runs.count / 2]
         let sgemmRate = 2 * Double(count * config.hiddenSize * config.hiddenSize) / sgemm / 1e9
         terminal.out(String(format: "reference %@, candidate %@: %.2f GB of safetensors; %d tokens; %@ page cache; %d cores",

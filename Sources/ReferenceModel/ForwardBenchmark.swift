@@ -278,8 +278,7 @@ public enum ForwardBenchmark {
         // sgemm is timed between the forward passes, not after them all, so both see the same machine
         // (a shared one's speed drifts over minutes); each round times it for about a third of a second.
         let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
-        let once = sgemm(m: m, n: n, k: k, repeats: 1)[0]
-        let sgemmRounds = max(2, min(20, Int(0.3 / max(once, 1e-6))))
+        let sgemmRounds = sgemmRepeats(m: m, n: n, k: k, lasting: 0.3, within: 2...20)
         var sgemmSeconds: [Double] = []
         var widening: [Double] = [], phases: [[ReferenceForward.Phase: Double]] = []
         let forwardSeconds = try (0..<repeats).map { _ in
@@ -303,6 +302,13 @@ public enum ForwardBenchmark {
                       forwardFLOPs: flops, sgemmShape: (m, n, k),
                       sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds, expertRows: expertRows,
                       threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
+    }
+
+    /// How many plain sgemm products of this shape take about `seconds` (one timed first), within
+    /// `bounds`: a reference timed for long enough that one slow run does not decide it.
+    public static func sgemmRepeats(m: Int, n: Int, k: Int, lasting seconds: Double, within bounds: ClosedRange<Int>) -> Int {
+        let once = sgemm(m: m, n: n, k: k, repeats: 1)[0]
+        return min(bounds.upperBound, max(bounds.lowerBound, Int(seconds / max(once, 1e-6))))
     }
 
     /// Seconds of each of `repeats` plain `cblas_sgemm` products [m, k] · [n, k]ᵀ, the reference the
