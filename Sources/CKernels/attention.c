@@ -64,26 +64,6 @@ DEFINE_EXP(exp_avx2, __attribute__((target("avx2,fma"))))
 DEFINE_EXP(exp_avx512, __attribute__((target("avx512f,avx512dq"))))
 #endif
 
-void dsconvert_exp(int isa, const float *x, float *out, size_t count) {
-#if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return exp_avx512(x, out, count);
-    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return exp_avx2(x, out, count);
-#else
-    (void)isa;
-#endif
-    exp_baseline(x, out, count);
-}
-
-void dsconvert_silu_mul(int isa, const float *gate, const float *up, float *out, size_t count) {
-#if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return exp_avx512_silu_mul(gate, up, out, count);
-    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return exp_avx2_silu_mul(gate, up, out, count);
-#else
-    (void)isa;
-#endif
-    exp_baseline_silu_mul(gate, up, out, count);
-}
-
 // c[i * ldc + j] = Σ_k a[i * lda + k] · b[k * ldb + j] for i < mr, j < nc, one fused multiply-add per
 // k in increasing k from 0: the products of both the scores (a = queries, b = the keys transposed)
 // and the context (a = probabilities, b = values). b's rows hold at least `nc` rounded up to 16
@@ -157,6 +137,7 @@ __attribute__((target("avx512f"))) static void tile_avx512(size_t mr, size_t nc,
 #endif
 
 typedef void (*tile_fn)(size_t, size_t, const float *, size_t, const float *, size_t, size_t, float *, size_t);
+typedef void (*softmax_fn)(float *, size_t, size_t, float);
 
 // c[m, n] = a[m, k] · b[k, n] by tiles of ATT_MR rows x ATT_NV · 16 columns.
 static void product(tile_fn tile, size_t m, size_t n, const float *a, size_t lda, const float *b, size_t ldb, size_t kc, float *c,
@@ -209,7 +190,29 @@ DEFINE_SOFTMAX(softmax_avx2, __attribute__((target("avx2,fma"))))
 DEFINE_SOFTMAX(softmax_avx512, __attribute__((target("avx512f,avx512dq"))))
 #endif
 
-typedef void (*softmax_fn)(float *, size_t, size_t, float);
+// Every kernel of this file at one instruction-set level, chosen in one place.
+typedef struct {
+    void (*exp)(const float *, float *, size_t);
+    void (*silu_mul)(const float *, const float *, float *, size_t);
+    tile_fn tile;
+    softmax_fn softmax;
+} level_kernels;
+
+static level_kernels kernels_for(int isa) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx512, exp_avx512_silu_mul, tile_avx512, softmax_avx512};
+    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx2, softmax_avx2};
+#else
+    (void)isa;
+#endif
+    return (level_kernels){exp_baseline, exp_baseline_silu_mul, tile_baseline, softmax_baseline};
+}
+
+void dsconvert_exp(int isa, const float *x, float *out, size_t count) { kernels_for(isa).exp(x, out, count); }
+
+void dsconvert_silu_mul(int isa, const float *gate, const float *up, float *out, size_t count) {
+    kernels_for(isa).silu_mul(gate, up, out, count);
+}
 
 // A head's keys transposed, kt[d * ldt + j], 16 keys at a time so each write is a whole line and
 // the 16 rows read stay in the first-level cache; keys from `seq` to `padded` are zero.
@@ -227,19 +230,9 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
                                dsconvert_rows v, float scale, float *out, size_t ldo) {
     if (seq == 0) return 0;
     if (block == 0) block = seq;
-    tile_fn tile = tile_baseline;
-    softmax_fn softmax = softmax_baseline;
-#if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) {
-        tile = tile_avx512;
-        softmax = softmax_avx512;
-    } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
-        tile = tile_avx2;
-        softmax = softmax_avx2;
-    }
-#else
-    (void)isa;
-#endif
+    level_kernels kernels = kernels_for(isa);
+    tile_fn tile = kernels.tile;
+    softmax_fn softmax = kernels.softmax;
     size_t dq = k1.width + k2.width, padded = (seq + LANES - 1) / LANES * LANES;
     size_t dv = v.width, dvp = (dv + LANES - 1) / LANES * LANES, rows = block < seq ? block : seq;
     // The keys transposed [dq][ldt] and the values [padded][dvp], zero-padded so the tiles read
