@@ -19,8 +19,10 @@ public enum ForwardBenchCommand: Command {
         --repeats timed runs (GFLOP/s at the median time), the part of it spent widening, and the rate of
         the rest, then each part of the pass (attention, dense MLP, router, routed and shared experts, head)
         with its own rate and share of sgemm's, and how many rows each routed expert multiplied. sgemm is
-        timed in rounds between the forward passes, so both see the same machine. FLOPs are counted as
-        executed (2 per multiply-add).
+        timed in rounds before, between and after the forward passes, so both see the same machine; the
+        last line compares each pass with the rounds around it and says whether sgemm itself stayed
+        within 10% over the run (steady) or the machine was busy. FLOPs are counted as executed (2 per
+        multiply-add).
         """,
         options: [
             OptionSpec("batch", value: "N", help: "Sequences (default 1)."),
@@ -72,6 +74,12 @@ public enum ForwardBenchCommand: Command {
         }
         terminal.out(String(format: "ratio         %.2f of sgemm (at the medians); without widening %.2f",
                             (r.forwardFLOPs / forward.median) / (r.sgemmFLOPs / sgemm.median), computeRate / (r.sgemmFLOPs / sgemm.median)))
+        let bracketed = BracketedRatio(runSeconds: r.forwardSeconds, work: r.forwardFLOPs, rounds: r.sgemmRounds, referenceWork: r.sgemmFLOPs)
+        if let each = SampleSummary(bracketed.ratios), let low = bracketed.roundRates.min(), let high = bracketed.roundRates.max() {
+            terminal.out(String(format: "steadiness    sgemm's rounds %.1f-%.1f GFLOP/s (spread %.0f%%: %@); each pass against the rounds around it: %.2f (%.2f-%.2f)",
+                                low / 1e9, high / 1e9, 100 * bracketed.spread,
+                                bracketed.steady ? "steady" : "a busy machine, not comparable with a quiet run", each.median, each.min, each.max))
+        }
         return ExitCode.success
     }
 }

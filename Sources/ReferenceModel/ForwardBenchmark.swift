@@ -203,8 +203,11 @@ public enum ForwardBenchmark {
         /// FLOPs of one forward pass, as executed.
         public var forwardFLOPs: Double
         public var sgemmShape: (m: Int, n: Int, k: Int)
-        /// Seconds of each timed sgemm of `sgemmShape`.
-        public var sgemmSeconds: [Double]
+        /// Seconds of each timed sgemm of `sgemmShape`, by round: round i just before forward pass i,
+        /// the last one after the last pass.
+        public var sgemmRounds: [[Double]]
+        /// Every timed sgemm of `sgemmShape`.
+        public var sgemmSeconds: [Double] { sgemmRounds.flatMap { $0 } }
         /// A routed expert's product (its average tokens x moe_intermediate x hidden) and the seconds
         /// of each timed sgemm of it with weights read from memory, not cache: the ceiling the
         /// products of experts that see few tokens run against.
@@ -279,10 +282,10 @@ public enum ForwardBenchmark {
         // (a shared one's speed drifts over minutes); each round times it for about a third of a second.
         let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
         let sgemmRounds = sgemmRepeats(m: m, n: n, k: k, lasting: 0.3, within: 2...20)
-        var sgemmSeconds: [Double] = []
+        var rounds: [[Double]] = []
         var widening: [Double] = [], phases: [[ReferenceForward.Phase: Double]] = []
         let forwardSeconds = try (0..<repeats).map { _ in
-            sgemmSeconds += sgemm(m: m, n: n, k: k, repeats: sgemmRounds)
+            rounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
             let before = forward.timing
             defer {
                 widening.append(forward.timing.weightSeconds - before.weightSeconds)
@@ -290,6 +293,7 @@ public enum ForwardBenchmark {
             }
             return try time { _ = try forward.run(tokens: tokens, source: source) }
         }
+        rounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
         let phaseFLOPs = ForwardCost.byPhase(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
         let flops = phaseFLOPs.values.reduce(0, +)
 
@@ -300,7 +304,7 @@ public enum ForwardBenchmark {
         let storedSeconds = try storedFromMemory(m: expert.m, n: expert.n, k: expert.k, storage: shape == .v3 ? .fp8 : .bf16, repeats: max(repeats, 3))
         return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, wideningSeconds: widening, phaseSeconds: phases, phaseFLOPs: phaseFLOPs,
                       forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmSeconds: sgemmSeconds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds, expertRows: expertRows,
+                      sgemmRounds: rounds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds, expertRows: expertRows,
                       threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
     }
 

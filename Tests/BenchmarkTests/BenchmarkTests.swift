@@ -46,6 +46,23 @@ final class BenchStatisticsTests: XCTestCase {
         XCTAssertNil(SampleSummary([]))
     }
 
+    /// Each run is compared with the reference rounds just before and after it, so a machine that
+    /// slows down halfway leaves the ratios alone; the reference's own drift is the spread.
+    func testBracketedRatio() {
+        // The job does 10 units per run; the reference 1 per product. The machine halves its speed
+        // from the second run on: the reference's products take 0.1 s, then 0.2 s.
+        let r = BracketedRatio(runSeconds: [2, 4, 4], work: 10, rounds: [[0.1, 0.1], [0.1, 0.3, 0.2], [0.2, 0.2], [0.2]], referenceWork: 1)
+        XCTAssertEqual(r.roundRates, [10, 5, 5, 5])
+        // Run 0: 5 units/s against the median of 0.1, 0.1, 0.1, 0.3, 0.2 s (0.1 s: 10 /s).
+        // Run 1: 2.5 /s against 0.2 s (5 /s). Run 2: 2.5 /s against 0.2 s.
+        XCTAssertEqual(r.ratios, [0.5, 0.5, 0.5])
+        XCTAssertEqual(r.spread, 0.5)
+        XCTAssertFalse(r.steady)
+        let quiet = BracketedRatio(runSeconds: [1], work: 1, rounds: [[1.0], [1.05]], referenceWork: 1)
+        XCTAssertTrue(quiet.steady, "a 5% spread is steady")
+        XCTAssertEqual(BracketedRatio(runSeconds: [1, 1], work: 1, rounds: [[1]], referenceWork: 1).ratios, [], "no round after a run: no ratio")
+    }
+
     /// Each job is first in exactly one of `jobs` rounds, and every round runs every job once.
     func testOrderRotatesEachRound() {
         XCTAssertEqual(BenchRounds.order(round: 0, jobs: 3), [0, 1, 2])
