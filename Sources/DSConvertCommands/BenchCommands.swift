@@ -19,8 +19,9 @@ public enum ForwardBenchCommand: Command {
         --repeats timed runs (GFLOP/s at the median time), the part of it spent widening, and the rate of
         the rest, then each part of the pass (attention, dense MLP, router, routed and shared experts, head)
         with its own rate and share of sgemm's, and how many rows each routed expert multiplied. sgemm is
-        timed in rounds before, between and after the forward passes, so both see the same machine; the
-        last line compares each pass with the rounds around it and says whether sgemm itself stayed
+        timed in rounds before, between and after the forward passes, so both see the same machine. After
+        the ratio: the pass's cblas_sgemm products alone (fp32 weights, nothing else: what OpenBLAS itself
+        reaches on these shapes), and a line that compares each pass with the rounds around it and says whether sgemm itself stayed
         within 10% over the run (steady) or the machine was busy. FLOPs are counted as executed (2 per
         multiply-add).
         """,
@@ -74,6 +75,11 @@ public enum ForwardBenchCommand: Command {
         }
         terminal.out(String(format: "ratio         %.2f of sgemm (at the medians); without widening %.2f",
                             (r.forwardFLOPs / forward.median) / (r.sgemmFLOPs / sgemm.median), computeRate / (r.sgemmFLOPs / sgemm.median)))
+        let products = BracketedRatio(runSeconds: r.productsSeconds, work: r.productsFLOPs, rounds: r.productsSgemmRounds, referenceWork: r.sgemmFLOPs)
+        if let each = SampleSummary(products.ratios), let seconds = SampleSummary(r.productsSeconds) {
+            terminal.out(String(format: "products      %8.3f s  %7.1f GFLOP/s  %.2f of sgemm (%.2f-%.2f, %d runs): the pass's sgemm products alone, fp32 weights, no widening",
+                                seconds.median, r.productsFLOPs / seconds.median / 1e9, each.median, each.min, each.max, each.count))
+        }
         let bracketed = BracketedRatio(runSeconds: r.forwardSeconds, work: r.forwardFLOPs, rounds: r.sgemmRounds, referenceWork: r.sgemmFLOPs)
         if let each = SampleSummary(bracketed.ratios), let low = bracketed.roundRates.min(), let high = bracketed.roundRates.max() {
             terminal.out(String(format: "steadiness    sgemm's rounds %.1f-%.1f GFLOP/s (spread %.0f%%: %@); each pass against the rounds around it: %.2f (%.2f-%.2f)",

@@ -163,27 +163,63 @@ public enum ForwardCost {
 
     /// FLOPs of each part of one forward pass (`ReferenceForward.Phase`; the embedding has none).
     public static func byPhase(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> [ReferenceForward.Phase: Double] {
-        let t = Double(batch * seq), h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads)
-        let dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim), kvl = Double(c.kvLoraRank), rope = Double(c.qkRopeHeadDim)
+        let h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads), dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim)
         var macs: [ReferenceForward.Phase: Double] = [:]
+        for p in blasProducts(config: c, batch: batch, seq: seq) { macs[p.phase, default: 0] += Double(p.count) * Double(p.m) * Double(p.n) * Double(p.k) }
+        // Causal attention: each query block's scores against the keys up to its last query, then
+        // as many products with the values.
         let scored = ReferenceForward.causalBlocks(seq: seq).reduce(0) { $0 + $1.queries.count * $1.keys }
-        for layer in 0..<c.numHiddenLayers {
-            var attention = 0.0
-            if let ql = c.qLoraRank { attention += t * (h * Double(ql) + Double(ql) * heads * dq) } else { attention += t * h * heads * dq }
-            attention += t * h * (kvl + rope) + t * kvl * heads * (Double(c.qkNopeHeadDim) + dv) + t * heads * dv * h
-            attention += Double(batch) * heads * Double(scored) * (dq + dv)
-            macs[.attention, default: 0] += attention
-            if c.isMoELayer(layer) {
-                macs[.router, default: 0] += t * h * Double(c.nRoutedExperts ?? 0)
-                macs[.sharedExperts, default: 0] += t * 3 * h * Double(c.moeIntermediateSize) * Double(c.nSharedExperts ?? 0)
-            } else {
-                macs[.denseMLP, default: 0] += t * 3 * h * Double(c.intermediateSize)
-            }
-        }
+        macs[.attention, default: 0] += Double(c.numHiddenLayers) * Double(batch) * heads * Double(scored) * (dq + dv)
         // Every (token, expert) selection over all MoE layers runs one expert MLP.
         macs[.routedExperts] = Double(routedTokenExperts) * 3 * h * Double(c.moeIntermediateSize)
-        macs[.head] = t * h * Double(c.vocabSize)
         return macs.mapValues { 2 * $0 }
+    }
+
+    /// One kind of `cblas_sgemm` product of the pass, [m, k] · [n, k]ᵀ with the weight widened to
+    /// fp32, run `count` times.
+    public struct Product: Sendable, Equatable {
+        public let phase: ReferenceForward.Phase
+        public let m: Int, n: Int, k: Int, count: Int
+    }
+
+    /// The pass's products through `cblas_sgemm`, as `ReferenceForward` runs them in the original
+    /// attention form: everything but the causal attention (its own kernel) and the routed experts
+    /// (multiplied as stored).
+    public static func blasProducts(config c: DeepSeekConfig, batch: Int, seq: Int) -> [Product] {
+        let t = batch * seq, h = c.hiddenSize, heads = c.numAttentionHeads, kvl = c.kvLoraRank
+        var products: [Product] = []
+        func add(_ phase: ReferenceForward.Phase, n: Int, k: Int, count: Int = 1) {
+            if let i = products.firstIndex(where: { $0.phase == phase && $0.n == n && $0.k == k }) {
+                let p = products[i]
+                products[i] = Product(phase: phase, m: t, n: n, k: k, count: p.count + count)
+            } else {
+                products.append(Product(phase: phase, m: t, n: n, k: k, count: count))
+            }
+        }
+        for layer in 0..<c.numHiddenLayers {
+            if let ql = c.qLoraRank {
+                add(.attention, n: ql, k: h)
+                add(.attention, n: heads * c.qkHeadDim, k: ql)
+            } else {
+                add(.attention, n: heads * c.qkHeadDim, k: h)
+            }
+            add(.attention, n: kvl + c.qkRopeHeadDim, k: h)
+            add(.attention, n: heads * (c.qkNopeHeadDim + c.vHeadDim), k: kvl)
+            add(.attention, n: h, k: heads * c.vHeadDim)
+            if c.isMoELayer(layer) {
+                add(.router, n: c.nRoutedExperts ?? 0, k: h)
+                let shared = c.moeIntermediateSize * (c.nSharedExperts ?? 0)
+                if shared > 0 {
+                    add(.sharedExperts, n: shared, k: h, count: 2)
+                    add(.sharedExperts, n: h, k: shared)
+                }
+            } else {
+                add(.denseMLP, n: c.intermediateSize, k: h, count: 2)
+                add(.denseMLP, n: h, k: c.intermediateSize)
+            }
+        }
+        add(.head, n: c.vocabSize, k: h)
+        return products
     }
 }
 
@@ -217,6 +253,15 @@ public enum ForwardBenchmark {
         /// storage of the shape's experts), two at a time, one per core, as the forward pass runs
         /// them; weights from memory.
         public var expertStoredSeconds: [Double]
+        /// Seconds of one run of every `ForwardCost.blasProducts` product as plain `cblas_sgemm` from
+        /// fp32 weights (no widening, nothing else), by run; `sgemmShape`'s products timed in rounds
+        /// around them (round i just before run i, one more after the last). What the pass's own
+        /// products reach on this machine: the rest of the gap to sgemm is in the widening, the
+        /// causal attention, the routed experts and the element-wise work.
+        public var productsSeconds: [Double]
+        public var productsSgemmRounds: [[Double]]
+        /// FLOPs of one run of `productsSeconds`.
+        public var productsFLOPs: Double
         /// Rows (tokens) each routed expert multiplied, over every MoE layer, experts no token chose
         /// included: how even the synthetic router's load is.
         public var expertRows: [Int]
@@ -296,6 +341,14 @@ public enum ForwardBenchmark {
         rounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
         let phaseFLOPs = ForwardCost.byPhase(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
         let flops = phaseFLOPs.values.reduce(0, +)
+        let products = ForwardCost.blasProducts(config: config, batch: batch, seq: seq)
+        var productRounds: [[Double]] = []
+        let productSeconds = (0..<max(3, min(repeats, 5))).map { _ in
+            productRounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
+            return productsOnce(products)
+        }
+        productRounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
+        let productFLOPs = products.reduce(0.0) { $0 + 2 * Double($1.count) * Double($1.m) * Double($1.n) * Double($1.k) }
 
         // A routed expert's product at the tokens it sees on average, its weight fresh from memory.
         let averageRows = max(1, routed / max(1, config.moeLayerCount * (config.nRoutedExperts ?? 1)))
@@ -304,7 +357,8 @@ public enum ForwardBenchmark {
         let storedSeconds = try storedFromMemory(m: expert.m, n: expert.n, k: expert.k, storage: shape == .v3 ? .fp8 : .bf16, repeats: max(repeats, 3))
         return Result(tokens: batch * seq, forwardSeconds: forwardSeconds, wideningSeconds: widening, phaseSeconds: phases, phaseFLOPs: phaseFLOPs,
                       forwardFLOPs: flops, sgemmShape: (m, n, k),
-                      sgemmRounds: rounds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds, expertRows: expertRows,
+                      sgemmRounds: rounds, expertShape: expert, expertSgemmSeconds: expertSeconds, expertStoredSeconds: storedSeconds,
+                      productsSeconds: productSeconds, productsSgemmRounds: productRounds, productsFLOPs: productFLOPs, expertRows: expertRows,
                       threads: Int(openblas_get_num_threads()), blas: BLASCore.selection.description)
     }
 
@@ -327,6 +381,27 @@ public enum ForwardBenchmark {
                 } } }
             }
         }
+    }
+
+    /// Seconds of one run of `products` as plain `cblas_sgemm`, each product's weight the other of two
+    /// fp32 buffers (as large as the largest weight, so at V3 width each comes from memory).
+    static func productsOnce(_ products: [ForwardCost.Product]) -> Double {
+        guard let largest = products.map({ $0.n * $0.k }).max(), let rows = products.map({ $0.m * max($0.k, $0.n) }).max() else { return 0 }
+        let weights = [[Float](repeating: 0.25, count: largest), [Float](repeating: 0.125, count: largest)]
+        let x = [Float](repeating: 0.5, count: rows)
+        var y = [Float](repeating: 0, count: rows)
+        var seconds = 0.0, which = 0
+        for p in products {
+            for _ in 0..<p.count {
+                which ^= 1
+                seconds += time {
+                    x.withUnsafeBufferPointer { xp in weights[which].withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
+                        Linear.forward(xp.baseAddress!, rows: p.m, inFeatures: p.k, weight: wp.baseAddress!, outFeatures: p.n, into: yp.baseAddress!)
+                    } } }
+                }
+            }
+        }
+        return seconds
     }
 
     /// Seconds of each of `repeats` rounds of plain `cblas_sgemm` [m, k] · [n, k]ᵀ, each round cycling

@@ -206,4 +206,25 @@ final class BLASParkingTests: XCTestCase {
             XCTAssertEqual(Linear.forward(a, rows: m, weight: b, inFeatures: k, outFeatures: n).map(\.bitPattern), before.map(\.bitPattern))
         }
     }
+
+    /// The benchmark's list of the pass's sgemm products, against DeepSeek-V3's published widths
+    /// worked out by hand (one dense and one MoE layer, 512 tokens): q_a 7168->1536, q_b 1536->128x192,
+    /// kv_a 7168->512+64, kv_b 512->128x(128+128), o 128x128->7168, the dense MLP 7168<->18432, the
+    /// router 7168->256, one shared expert 7168<->2048, the 2048-token head.
+    func testBLASProductsAreTheV3PassShapes() throws {
+        let products = ForwardCost.blasProducts(config: try ForwardBenchmark.v3WidthConfig(), batch: 1, seq: 512)
+        let expected: [(ReferenceForward.Phase, Int, Int, Int)] = [
+            (.attention, 1536, 7168, 2), (.attention, 24576, 1536, 2), (.attention, 576, 7168, 2), (.attention, 32768, 512, 2),
+            (.attention, 7168, 16384, 2), (.denseMLP, 18432, 7168, 2), (.denseMLP, 7168, 18432, 1), (.router, 256, 7168, 1),
+            (.sharedExperts, 2048, 7168, 2), (.sharedExperts, 7168, 2048, 1), (.head, 2048, 7168, 1),
+        ]
+        XCTAssertEqual(products, expected.map { ForwardCost.Product(phase: $0.0, m: 512, n: $0.1, k: $0.2, count: $0.3) })
+        // The per-part FLOPs are these products, the causal attention and the routed experts.
+        let phases = ForwardCost.byPhase(config: try ForwardBenchmark.v3WidthConfig(), batch: 1, seq: 512, routedTokenExperts: 4096)
+        XCTAssertEqual(phases[.denseMLP], 2 * 3 * 512 * 7168 * 18432)
+        XCTAssertEqual(phases[.routedExperts], 2 * 4096 * 3 * 7168 * 2048)
+        let scored = ReferenceForward.causalBlocks(seq: 512).reduce(0) { $0 + $1.queries.count * $1.keys }
+        let attentionProducts = expected.filter { $0.0 == .attention }.reduce(0) { $0 + 512 * $1.1 * $1.2 * $1.3 }
+        XCTAssertEqual(phases[.attention], Double(2 * (attentionProducts + 2 * 128 * scored * (192 + 128))))
+    }
 }
