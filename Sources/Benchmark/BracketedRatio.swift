@@ -21,14 +21,16 @@ public struct BracketedRatio: Equatable, Sendable {
     /// - Parameters:
     ///   - runSeconds: seconds of each timed run of the job.
     ///   - work: the job's work per run (FLOPs).
-    ///   - rounds: seconds of each reference product, by round; runSeconds.count + 1 rounds.
+    ///   - rounds: seconds of each reference product, by round: runSeconds.count + 1 rounds, none empty.
     ///   - referenceWork: one reference product's work (FLOPs).
+    /// Every time must be positive and finite (a timer's reading of real work).
     public init(runSeconds: [Double], work: Double, rounds: [[Double]], referenceWork: Double) {
-        let medians = rounds.map { SampleSummary($0)?.median }
-        roundRates = medians.compactMap { $0.map { referenceWork / $0 } }
-        ratios = runSeconds.indices.compactMap { i in
-            guard i + 1 < rounds.count, let around = SampleSummary(rounds[i] + rounds[i + 1]) else { return nil }
-            return (work / runSeconds[i]) / (referenceWork / around.median)
+        precondition(rounds.count == runSeconds.count + 1 && rounds.allSatisfy { !$0.isEmpty },
+                     "\(rounds.count) rounds (none empty) for \(runSeconds.count) runs")
+        precondition((runSeconds + rounds.flatMap { $0 }).allSatisfy { $0 > 0 && $0.isFinite }, "a time that is not positive and finite")
+        roundRates = rounds.map { referenceWork / SampleSummary($0)!.median }
+        ratios = runSeconds.indices.map { i in
+            (work / runSeconds[i]) / (referenceWork / SampleSummary(rounds[i] + rounds[i + 1])!.median)
         }
     }
 

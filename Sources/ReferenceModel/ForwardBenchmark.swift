@@ -165,7 +165,7 @@ public enum ForwardCost {
     public static func byPhase(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> [ReferenceForward.Phase: Double] {
         let h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads), dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim)
         var macs: [ReferenceForward.Phase: Double] = [:]
-        for p in blasProducts(config: c, batch: batch, seq: seq) { macs[p.phase, default: 0] += Double(p.count) * Double(p.m) * Double(p.n) * Double(p.k) }
+        for p in blasProducts(config: c, batch: batch, seq: seq) { macs[p.phase, default: 0] += p.flops / 2 }
         // Causal attention: each query block's scores against the keys up to its last query, then
         // as many products with the values.
         let scored = ReferenceForward.causalBlocks(seq: seq).reduce(0) { $0 + $1.queries.count * $1.keys }
@@ -180,11 +180,14 @@ public enum ForwardCost {
     public struct Product: Sendable, Equatable {
         public let phase: ReferenceForward.Phase
         public let m: Int, n: Int, k: Int, count: Int
+        /// FLOPs of all `count` products (2 per multiply-add).
+        public var flops: Double { 2 * Double(count) * Double(m) * Double(n) * Double(k) }
     }
 
     /// The pass's products through `cblas_sgemm`, as `ReferenceForward` runs them in the original
     /// attention form: everything but the causal attention (its own kernel) and the routed experts
-    /// (multiplied as stored).
+    /// (multiplied as stored); the head in its vocabulary chunks (`ReferenceForward.vocabularyChunk`
+    /// rows each).
     public static func blasProducts(config c: DeepSeekConfig, batch: Int, seq: Int) -> [Product] {
         let t = batch * seq, h = c.hiddenSize, heads = c.numAttentionHeads, kvl = c.kvLoraRank
         var products: [Product] = []
@@ -218,7 +221,9 @@ public enum ForwardCost {
                 add(.denseMLP, n: h, k: c.intermediateSize)
             }
         }
-        add(.head, n: c.vocabSize, k: h)
+        for start in stride(from: 0, to: c.vocabSize, by: ReferenceForward.vocabularyChunk) {
+            add(.head, n: min(c.vocabSize - start, ReferenceForward.vocabularyChunk), k: h)
+        }
         return products
     }
 }
@@ -259,6 +264,7 @@ public enum ForwardBenchmark {
         /// products reach on this machine: the rest of the gap to sgemm is in the widening, the
         /// causal attention, the routed experts and the element-wise work.
         public var productsSeconds: [Double]
+        /// Seconds of each sgemm of `sgemmShape` timed around the runs of `productsSeconds`, by round.
         public var productsSgemmRounds: [[Double]]
         /// FLOPs of one run of `productsSeconds`.
         public var productsFLOPs: Double
@@ -275,7 +281,12 @@ public enum ForwardBenchmark {
     /// A V2-Lite-width model of one dense and one MoE layer (64 experts, top-6, 2 shared), vocabulary
     /// 2048 so the lm_head does not dominate the count.
     public static func liteWidthConfig() throws -> DeepSeekConfig {
-        let json = """
+        try DeepSeekConfig.decode(Data(liteWidthConfigJSON().utf8), path: "synthetic V2-Lite-width config")
+    }
+
+    /// `liteWidthConfig`'s config.json text.
+    static func liteWidthConfigJSON() -> String {
+        """
         {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "vocab_size": 2048, "hidden_size": 2048,
          "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 2, "num_attention_heads": 16,
          "q_lora_rank": null, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
@@ -284,7 +295,6 @@ public enum ForwardBenchmark {
          "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
                           "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1}}
         """
-        return try DeepSeekConfig.decode(Data(json.utf8), path: "synthetic V2-Lite-width config")
     }
 
     /// A DeepSeek-V3-width model of one dense and one MoE layer: hidden 7168, 128 heads, q_lora 1536,
@@ -323,8 +333,9 @@ public enum ForwardBenchmark {
         let expertRows = warm.routing.flatMap { record in
             record.experts.reduce(into: [Int](repeating: 0, count: config.nRoutedExperts ?? 0)) { $0[Int($1)] += 1 }
         }
-        // sgemm is timed between the forward passes, not after them all, so both see the same machine
-        // (a shared one's speed drifts over minutes); each round times it for about a third of a second.
+        // sgemm is timed before, between and after the forward passes, not after them all, so both see
+        // the same machine (a shared one's speed drifts over minutes); each round times it for about a
+        // third of a second.
         let (m, n, k) = (batch * seq, config.hiddenSize, config.hiddenSize)
         let sgemmRounds = sgemmRepeats(m: m, n: n, k: k, lasting: 0.3, within: 2...20)
         var rounds: [[Double]] = []
@@ -342,13 +353,14 @@ public enum ForwardBenchmark {
         let phaseFLOPs = ForwardCost.byPhase(config: config, batch: batch, seq: seq, routedTokenExperts: routed)
         let flops = phaseFLOPs.values.reduce(0, +)
         let products = ForwardCost.blasProducts(config: config, batch: batch, seq: seq)
+        var operands = ProductOperands(products)
         var productRounds: [[Double]] = []
         let productSeconds = (0..<max(3, min(repeats, 5))).map { _ in
             productRounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
-            return productsOnce(products)
+            return operands.timeOnce(products)
         }
         productRounds.append(sgemm(m: m, n: n, k: k, repeats: sgemmRounds))
-        let productFLOPs = products.reduce(0.0) { $0 + 2 * Double($1.count) * Double($1.m) * Double($1.n) * Double($1.k) }
+        let productFLOPs = products.reduce(0) { $0 + $1.flops }
 
         // A routed expert's product at the tokens it sees on average, its weight fresh from memory.
         let averageRows = max(1, routed / max(1, config.moeLayerCount * (config.nRoutedExperts ?? 1)))
@@ -383,25 +395,33 @@ public enum ForwardBenchmark {
         }
     }
 
-    /// Seconds of one run of `products` as plain `cblas_sgemm`, each product's weight the other of two
-    /// fp32 buffers (as large as the largest weight, so at V3 width each comes from memory).
-    static func productsOnce(_ products: [ForwardCost.Product]) -> Double {
-        guard let largest = products.map({ $0.n * $0.k }).max(), let rows = products.map({ $0.m * max($0.k, $0.n) }).max() else { return 0 }
-        let weights = [[Float](repeating: 0.25, count: largest), [Float](repeating: 0.125, count: largest)]
-        let x = [Float](repeating: 0.5, count: rows)
-        var y = [Float](repeating: 0, count: rows)
-        var seconds = 0.0, which = 0
-        for p in products {
-            for _ in 0..<p.count {
-                which ^= 1
-                seconds += time {
-                    x.withUnsafeBufferPointer { xp in weights[which].withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
-                        Linear.forward(xp.baseAddress!, rows: p.m, inFeatures: p.k, weight: wp.baseAddress!, outFeatures: p.n, into: yp.baseAddress!)
-                    } } }
+    /// Buffers for timing a pass's products as plain `cblas_sgemm`: two fp32 weights as large as the
+    /// largest one (each product takes the other, so at V3 width each comes from memory), x and y.
+    struct ProductOperands {
+        let weights: [[Float]], x: [Float]
+        var y: [Float]
+
+        init(_ products: [ForwardCost.Product]) {
+            let largest = products.map { $0.n * $0.k }.max() ?? 0, rows = products.map { $0.m * max($0.k, $0.n) }.max() ?? 0
+            weights = [[Float](repeating: 0.25, count: largest), [Float](repeating: 0.125, count: largest)]
+            (x, y) = ([Float](repeating: 0.5, count: rows), [Float](repeating: 0, count: rows))
+        }
+
+        /// Seconds of one run of `products`.
+        mutating func timeOnce(_ products: [ForwardCost.Product]) -> Double {
+            var seconds = 0.0, which = 0
+            for p in products {
+                for _ in 0..<p.count {
+                    which ^= 1
+                    seconds += ForwardBenchmark.time {
+                        x.withUnsafeBufferPointer { xp in weights[which].withUnsafeBufferPointer { wp in y.withUnsafeMutableBufferPointer { yp in
+                            Linear.forward(xp.baseAddress!, rows: p.m, inFeatures: p.k, weight: wp.baseAddress!, outFeatures: p.n, into: yp.baseAddress!)
+                        } } }
+                    }
                 }
             }
+            return seconds
         }
-        return seconds
     }
 
     /// Seconds of each of `repeats` rounds of plain `cblas_sgemm` [m, k] · [n, k]ᵀ, each round cycling

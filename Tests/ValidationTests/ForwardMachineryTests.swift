@@ -206,7 +206,10 @@ final class BLASParkingTests: XCTestCase {
             XCTAssertEqual(Linear.forward(a, rows: m, weight: b, inFeatures: k, outFeatures: n).map(\.bitPattern), before.map(\.bitPattern))
         }
     }
+}
 
+/// The benchmark's FLOP count and the list of products it is built from.
+final class ForwardCostTests: XCTestCase {
     /// The benchmark's list of the pass's sgemm products, against DeepSeek-V3's published widths
     /// worked out by hand (one dense and one MoE layer, 512 tokens): q_a 7168->1536, q_b 1536->128x192,
     /// kv_a 7168->512+64, kv_b 512->128x(128+128), o 128x128->7168, the dense MLP 7168<->18432, the
@@ -226,5 +229,22 @@ final class BLASParkingTests: XCTestCase {
         let scored = ReferenceForward.causalBlocks(seq: 512).reduce(0) { $0 + $1.queries.count * $1.keys }
         let attentionProducts = expected.filter { $0.0 == .attention }.reduce(0) { $0 + 512 * $1.1 * $1.2 * $1.3 }
         XCTAssertEqual(phases[.attention], Double(2 * (attentionProducts + 2 * 128 * scored * (192 + 128))))
+    }
+
+    /// V2-Lite's widths (no query compression): q_proj 2048->16x192, and the shared experts at
+    /// 2 x 1408; a config whose n_shared_experts is 0 or absent has no shared-expert products.
+    func testBLASProductsWithoutQueryCompressionOrSharedExperts() throws {
+        let lite = try ForwardBenchmark.liteWidthConfig()
+        let products = ForwardCost.blasProducts(config: lite, batch: 1, seq: 512)
+        XCTAssertEqual(products.filter { $0.phase == .attention }.map { [$0.n, $0.k, $0.count] },
+                       [[3072, 2048, 2], [576, 2048, 2], [4096, 512, 2], [2048, 2048, 2]])
+        XCTAssertEqual(products.filter { $0.phase == .sharedExperts }.map { [$0.n, $0.k, $0.count] }, [[2816, 2048, 2], [2048, 2816, 1]])
+        for shared in ["0", "null"] {
+            var json = try JSONSerialization.jsonObject(with: Data(ForwardBenchmark.liteWidthConfigJSON().utf8)) as! [String: Any]
+            json["n_shared_experts"] = shared == "0" ? 0 : NSNull()
+            let config = try DeepSeekConfig.decode(try JSONSerialization.data(withJSONObject: json), path: "lite, n_shared_experts \(shared)")
+            XCTAssertTrue(ForwardCost.blasProducts(config: config, batch: 1, seq: 512).allSatisfy { $0.phase != .sharedExperts }, shared)
+            XCTAssertEqual(ForwardCost.byPhase(config: config, batch: 1, seq: 512, routedTokenExperts: 3072)[.sharedExperts] ?? 0, 0, shared)
+        }
     }
 }
