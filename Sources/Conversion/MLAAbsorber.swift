@@ -67,69 +67,93 @@ public enum MLAAbsorber {
     public static func absorbLayer(_ config: DeepSeekConfig, layer i: Int, options: AbsorbOptions,
                                    load: (String, [Int]) throws -> [Float]) throws -> [(name: String, values: [Double])] {
         func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: i) }
-        let heads = config.numAttentionHeads, nope = config.qkNopeHeadDim, rope = config.qkRopeHeadDim
-        let dq = config.qkHeadDim, dv = config.vHeadDim, kvl = config.kvLoraRank, h = config.hiddenSize
-        let scale = options.softmaxScaleOverride ?? config.softmaxScale
-        let gammaKV = try load(name(.kvANorm), [kvl]).map(Double.init)
-        let kvB = try load(name(.kvBProj), [heads * (nope + dv), kvl]).map(Double.init)
-        let inQ = config.qLoraRank ?? h
-        let gammaQ: [Double] = try config.qLoraRank.map { try load(name(.qANorm), [$0]).map(Double.init) } ?? [Double](repeating: 1, count: inQ)
-        let qName = name(config.queryProjection)
-        let wq = try load(qName, [heads * dq, inQ]).map(Double.init)
-
+        let inputs = try LayerInputs(config, layer: i, scale: options.softmaxScaleOverride ?? config.softmaxScale, load: load)
         var out: [(name: String, values: [Double])] = []
         if options.keepKVB {
-            var kept = kvB
-            for r in 0..<(heads * (nope + dv)) { for c in 0..<kvl { kept[r * kvl + c] *= gammaKV[c] } }
+            var kept = inputs.kvB
+            for r in 0..<(inputs.heads * (inputs.nope + inputs.dv)) { for c in 0..<inputs.kvl { kept[r * inputs.kvl + c] *= inputs.gammaKV[c] } }
             out.append((name(.kvBProj), kept))
         }
-
         switch options.form {
         case .split:
-            var query = wq
-            for r in 0..<(heads * dq) { for j in 0..<inQ { query[r * inQ + j] = wq[r * inQ + j] * gammaQ[j] * scale } }
-            out.append((qName, query))
-            var wUK = [Double](repeating: 0, count: heads * nope * kvl)
-            var wUV = [Double](repeating: 0, count: heads * dv * kvl)
-            for head in 0..<heads {
-                for n in 0..<nope { for c in 0..<kvl { wUK[(head * nope + n) * kvl + c] = kvB[(head * (nope + dv) + n) * kvl + c] * gammaKV[c] } }
-                for v in 0..<dv { for c in 0..<kvl { wUV[(head * dv + v) * kvl + c] = kvB[(head * (nope + dv) + nope + v) * kvl + c] * gammaKV[c] } }
-            }
-            out.append((name(.wUK), wUK))
-            out.append((name(.wUV), wUV))
-
+            out += splitTensors(inputs, name: name)
         case .fold:
-            let o = try load(name(.oProj), [h, heads * dv]).map(Double.init)
-            var qAbsorbed = [Double](repeating: 0, count: heads * kvl * inQ)
-            var qRope = [Double](repeating: 0, count: heads * rope * inQ)
-            var oAbsorbed = [Double](repeating: 0, count: h * heads * kvl)
-            for head in 0..<heads {
-                // W_UK[h]ᵀ [kv_lora, nope] · W_UQ[h] [nope, inQ]
-                var ukT = [Double](repeating: 0, count: kvl * nope)
-                for n in 0..<nope { for c in 0..<kvl { ukT[c * nope + n] = kvB[(head * (nope + dv) + n) * kvl + c] } }
-                let uq = Array(wq[(head * dq * inQ)..<((head * dq + nope) * inQ)])
-                let product = DeterministicMatmul.multiply(ukT, uq, m: kvl, k: nope, n: inQ)
-                for c in 0..<kvl { for j in 0..<inQ {
-                    qAbsorbed[(head * kvl + c) * inQ + j] = product[c * inQ + j] * gammaKV[c] * gammaQ[j] * scale
-                } }
-                for r in 0..<rope { for j in 0..<inQ {
-                    qRope[(head * rope + r) * inQ + j] = wq[(head * dq + nope + r) * inQ + j] * gammaQ[j] * scale
-                } }
-                // W_O[h] [hidden, v] · W_UV[h] [v, kv_lora]
-                var oh = [Double](repeating: 0, count: h * dv)
-                for row in 0..<h { for v in 0..<dv { oh[row * dv + v] = o[row * heads * dv + head * dv + v] } }
-                let uv = Array(kvB[((head * (nope + dv) + nope) * kvl)..<((head * (nope + dv) + nope + dv) * kvl)])
-                let folded = DeterministicMatmul.multiply(oh, uv, m: h, k: dv, n: kvl)
-                for row in 0..<h { for c in 0..<kvl {
-                    oAbsorbed[row * heads * kvl + head * kvl + c] = folded[row * kvl + c] * gammaKV[c]
-                } }
-            }
-            out.append((name(.qAbsorbed), qAbsorbed))
-            out.append((name(.qRope), qRope))
-            out.append((name(.oAbsorbed), oAbsorbed))
+            let o = try load(name(.oProj), [config.hiddenSize, inputs.heads * inputs.dv]).map(Double.init)
+            out += foldTensors(inputs, oProj: o, name: name)
         case .mla:
             break
         }
         return out
+    }
+
+    /// A layer's weights absorb reads, as f64, with the widths its folds use.
+    private struct LayerInputs {
+        let heads: Int, nope: Int, rope: Int, dq: Int, dv: Int, kvl: Int, h: Int, inQ: Int
+        /// The softmax scale folded into the query rows.
+        let scale: Double
+        /// kv_a_layernorm's and q_a_layernorm's gains (ones without query compression).
+        let gammaKV: [Double], gammaQ: [Double]
+        /// kv_b_proj [heads·(nope + v), kv_lora] and the query projection [heads·dq, inQ].
+        let kvB: [Double], wq: [Double]
+        let queryName: String
+
+        init(_ config: DeepSeekConfig, layer i: Int, scale: Double, load: (String, [Int]) throws -> [Float]) throws {
+            func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: i) }
+            (heads, nope, rope) = (config.numAttentionHeads, config.qkNopeHeadDim, config.qkRopeHeadDim)
+            (dq, dv, kvl, h) = (config.qkHeadDim, config.vHeadDim, config.kvLoraRank, config.hiddenSize)
+            self.scale = scale
+            inQ = config.qLoraRank ?? config.hiddenSize
+            gammaKV = try load(name(.kvANorm), [kvl]).map(Double.init)
+            kvB = try load(name(.kvBProj), [heads * (nope + dv), kvl]).map(Double.init)
+            gammaQ = try config.qLoraRank.map { try load(name(.qANorm), [$0]).map(Double.init) } ?? [Double](repeating: 1, count: inQ)
+            queryName = name(config.queryProjection)
+            wq = try load(queryName, [heads * dq, inQ]).map(Double.init)
+        }
+    }
+
+    /// The split form: the query rows carrying q_a_layernorm's gain and the softmax scale, and per
+    /// head W_UK [nope, kv_lora] and W_UV [v, kv_lora] carrying kv_a_layernorm's gain.
+    private static func splitTensors(_ x: LayerInputs, name: (LayerWeight) -> String) -> [(name: String, values: [Double])] {
+        let (heads, nope, dv, kvl, inQ) = (x.heads, x.nope, x.dv, x.kvl, x.inQ)
+        var query = x.wq
+        for r in 0..<(heads * x.dq) { for j in 0..<inQ { query[r * inQ + j] = x.wq[r * inQ + j] * x.gammaQ[j] * x.scale } }
+        var wUK = [Double](repeating: 0, count: heads * nope * kvl)
+        var wUV = [Double](repeating: 0, count: heads * dv * kvl)
+        for head in 0..<heads {
+            for n in 0..<nope { for c in 0..<kvl { wUK[(head * nope + n) * kvl + c] = x.kvB[(head * (nope + dv) + n) * kvl + c] * x.gammaKV[c] } }
+            for v in 0..<dv { for c in 0..<kvl { wUV[(head * dv + v) * kvl + c] = x.kvB[(head * (nope + dv) + nope + v) * kvl + c] * x.gammaKV[c] } }
+        }
+        return [(x.queryName, query), (name(.wUK), wUK), (name(.wUV), wUV)]
+    }
+
+    /// The fold form: per head W_UKᵀ·W_UQ and the rope query rows (both carrying the gains and the
+    /// softmax scale), and W_O·W_UV carrying kv_a_layernorm's gain.
+    private static func foldTensors(_ x: LayerInputs, oProj o: [Double], name: (LayerWeight) -> String) -> [(name: String, values: [Double])] {
+        let (heads, nope, rope, dq, dv, kvl, h, inQ) = (x.heads, x.nope, x.rope, x.dq, x.dv, x.kvl, x.h, x.inQ)
+        var qAbsorbed = [Double](repeating: 0, count: heads * kvl * inQ)
+        var qRope = [Double](repeating: 0, count: heads * rope * inQ)
+        var oAbsorbed = [Double](repeating: 0, count: h * heads * kvl)
+        for head in 0..<heads {
+            // W_UK[h]ᵀ [kv_lora, nope] · W_UQ[h] [nope, inQ]
+            var ukT = [Double](repeating: 0, count: kvl * nope)
+            for n in 0..<nope { for c in 0..<kvl { ukT[c * nope + n] = x.kvB[(head * (nope + dv) + n) * kvl + c] } }
+            let uq = Array(x.wq[(head * dq * inQ)..<((head * dq + nope) * inQ)])
+            let product = DeterministicMatmul.multiply(ukT, uq, m: kvl, k: nope, n: inQ)
+            for c in 0..<kvl { for j in 0..<inQ {
+                qAbsorbed[(head * kvl + c) * inQ + j] = product[c * inQ + j] * x.gammaKV[c] * x.gammaQ[j] * x.scale
+            } }
+            for r in 0..<rope { for j in 0..<inQ {
+                qRope[(head * rope + r) * inQ + j] = x.wq[(head * dq + nope + r) * inQ + j] * x.gammaQ[j] * x.scale
+            } }
+            // W_O[h] [hidden, v] · W_UV[h] [v, kv_lora]
+            var oh = [Double](repeating: 0, count: h * dv)
+            for row in 0..<h { for v in 0..<dv { oh[row * dv + v] = o[row * heads * dv + head * dv + v] } }
+            let uv = Array(x.kvB[((head * (nope + dv) + nope) * kvl)..<((head * (nope + dv) + nope + dv) * kvl)])
+            let folded = DeterministicMatmul.multiply(oh, uv, m: h, k: dv, n: kvl)
+            for row in 0..<h { for c in 0..<kvl {
+                oAbsorbed[row * heads * kvl + head * kvl + c] = folded[row * kvl + c] * x.gammaKV[c]
+            } }
+        }
+        return [(name(.qAbsorbed), qAbsorbed), (name(.qRope), qRope), (name(.oAbsorbed), oAbsorbed)]
     }
 }

@@ -71,7 +71,9 @@ public struct InspectReport: Encodable {
     }
 
     public struct Check: Encodable {
-        var status: String
+        /// What the check found; encoded as its raw value.
+        enum Status: String, Encodable { case ok, invalid, configOnly = "config-only" }
+        var status: Status
         var problems: [String]
     }
 
@@ -147,9 +149,9 @@ public struct InspectReport: Encodable {
             // visible in the headers, and dequantization would pass them on.
             let problems = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems
                 + (config.quantization != nil ? FP8Integrity.problems(in: checkpoint) : [])
-            check = Check(status: problems.isEmpty ? "ok" : "invalid", problems: problems.map { $0.errorDescription ?? "\($0)" })
+            check = Check(status: problems.isEmpty ? .ok : .invalid, problems: problems.map { $0.errorDescription ?? "\($0)" })
         } else {
-            check = Check(status: "config-only", problems: [])
+            check = Check(status: .configOnly, problems: [])
         }
     }
 
@@ -158,58 +160,79 @@ public struct InspectReport: Encodable {
     }
 
     public func text() -> String {
+        (["\(path): \(architecture) (\(modelType))"] + architectureLines() + cacheLines() + contentLines()).joined(separator: "\n")
+    }
+
+    /// One labelled line of the text report.
+    private static func row(_ label: String, _ value: String) -> String { "  " + label.padding(toLength: 16, withPad: " ", startingAt: 0) + value }
+
+    /// Layers, attention, rope, absorption, parameter counts and routing.
+    private func architectureLines() -> [String] {
+        let row = Self.row
         var lines: [String] = []
-        func row(_ label: String, _ value: String) { lines.append("  " + label.padding(toLength: 16, withPad: " ", startingAt: 0) + value) }
-        lines.append("\(path): \(architecture) (\(modelType))")
         let kinds = accounting.layerKinds
-        row("layers", "\(layers): dense \(Format.ranges(kinds.dense)), MoE \(Format.ranges(kinds.moe))")
+        lines.append(row("layers", "\(layers): dense \(Format.ranges(kinds.dense)), MoE \(Format.ranges(kinds.moe))"))
         let a = attention
         let query = a.qLoraRank.map { "q_lora \($0)" } ?? "q_proj (no query compression)"
-        row("attention", "\(a.form), \(a.heads) heads, \(query), kv_lora \(a.kvLoraRank), nope \(a.qkNopeHeadDim), rope \(a.qkRopeHeadDim), v \(a.vHeadDim)")
+        lines.append(row("attention", "\(a.form), \(a.heads) heads, \(query), kv_lora \(a.kvLoraRank), nope \(a.qkNopeHeadDim), rope \(a.qkRopeHeadDim), v \(a.vHeadDim)"))
         var rope = "theta \(Format.number(a.ropeTheta))"
         if let s = a.ropeScaling {
             rope += ", \(s.type) factor \(Format.number(s.factor ?? 1)), mscale \(Format.number(s.mscale ?? 0)), mscale_all_dim \(Format.number(s.mscaleAllDim ?? 0))"
         }
-        row("rope", rope + String(format: "; softmax scale %.7f", a.softmaxScale))
+        lines.append(row("rope", rope + String(format: "; softmax scale %.7f", a.softmaxScale)))
         if let ab = absorption {
-            row("absorbed", "folds \(ab.folds.map(\.rawValue).joined(separator: ", ")); kernel softmax scale \(Format.number(ab.softmaxScale)) (was \(String(format: "%.7f", ab.originalSoftmaxScale))); \(ab.dtype) storage\(ab.keepsKVB ? "; kv_b_proj kept" : "")")
+            lines.append(row("absorbed", "folds \(ab.folds.map(\.rawValue).joined(separator: ", ")); kernel softmax scale \(Format.number(ab.softmaxScale)) (was \(String(format: "%.7f", ab.originalSoftmaxScale))); \(ab.dtype) storage\(ab.keepsKVB ? "; kv_b_proj kept" : "")"))
         }
-        row("parameters", "\(Format.grouped(accounting.totalParameters)) total, \(Format.grouped(accounting.activeParameters)) active per token (\(Format.grouped(accounting.activeParametersWithEmbedding)) with the embedding table)")
+        lines.append(row("parameters", "\(Format.grouped(accounting.totalParameters)) total, \(Format.grouped(accounting.activeParameters)) active per token (\(Format.grouped(accounting.activeParametersWithEmbedding)) with the embedding table)"))
         if accounting.mtpParameters > 0 {
-            row("MTP layers", "\(Format.ranges(Array(layers..<(layers + mtpLayers)))): \(Format.grouped(accounting.mtpParameters)) parameters beyond the main model (speculative decoding; not in its logits)")
+            lines.append(row("MTP layers", "\(Format.ranges(Array(layers..<(layers + mtpLayers)))): \(Format.grouped(accounting.mtpParameters)) parameters beyond the main model (speculative decoding; not in its logits)"))
         }
         if let r = accounting.routing {
             var text = "\(r.method): \(r.routedExperts) routed + \(r.sharedExperts) shared experts, top-\(r.expertsPerToken)"
             if r.groups > 1 { text += ", \(r.groups) groups of \(r.expertsPerGroup), top-\(r.topkGroups) groups" }
             text += ", M = \(r.deviceBoundM), scaling \(Format.number(r.routedScalingFactor)), norm_topk_prob \(r.normTopkProb)"
-            row("routing", text)
+            lines.append(row("routing", text))
         } else {
-            row("routing", "none (no MoE layers)")
+            lines.append(row("routing", "none (no MoE layers)"))
         }
+        return lines
+    }
+
+    /// KV-cache bytes per format, the declared KV format, and absorb's cost table.
+    private func cacheLines() -> [String] {
+        let row = Self.row
+        var lines: [String] = []
         for kv in accounting.kvCache {
-            row(kv.format == accounting.kvCache.first?.format ? "KV cache/token" : "", "\(kv.format.padding(toLength: 10, withPad: " ", startingAt: 0)) \(kv.bytesPerTokenPerLayer) B/layer, \(Format.grouped(kv.bytesPerToken)) B for \(layers) layers (\(String(format: "%.3f", kv.bitsPerElement)) bits/element); \(String(format: "%.1f%%", kv.reductionVsMHA * 100)) below MHA, \(String(format: "%.1f%%", kv.reductionVsDeepSeek67B * 100)) below DeepSeek 67B")
+            lines.append(row(kv.format == accounting.kvCache.first?.format ? "KV cache/token" : "", "\(kv.format.padding(toLength: 10, withPad: " ", startingAt: 0)) \(kv.bytesPerTokenPerLayer) B/layer, \(Format.grouped(kv.bytesPerToken)) B for \(layers) layers (\(String(format: "%.3f", kv.bitsPerElement)) bits/element); \(String(format: "%.1f%%", kv.reductionVsMHA * 100)) below MHA, \(String(format: "%.1f%%", kv.reductionVsDeepSeek67B * 100)) below DeepSeek 67B"))
         }
-        row("", "MHA of these dimensions \(Format.grouped(accounting.mhaKVBytesPerToken)) B/token; DeepSeek 67B (GQA, 95 layers) \(Format.grouped(accounting.deepSeek67BKVBytesPerToken)) B/token")
+        lines.append(row("", "MHA of these dimensions \(Format.grouped(accounting.mhaKVBytesPerToken)) B/token; DeepSeek 67B (GQA, 95 layers) \(Format.grouped(accounting.deepSeek67BKVBytesPerToken)) B/token"))
         if let kv = kvCacheDeclared {
-            row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \($0.source)" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration"))
+            lines.append(row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \($0.source)" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration")))
         }
-        row("absorb cost", "")
+        lines.append(row("absorb cost", ""))
         // AbsorptionCost's init already built this table with checked arithmetic, so it cannot throw here.
         for line in ((try? absorptionCost.table()) ?? "").split(separator: "\n") { lines.append("    " + line) }
+        return lines
+    }
+
+    /// The weights' counts and dtypes, FP8 details, the check's outcome and (with --tensors) every tensor.
+    private func contentLines() -> [String] {
+        let row = Self.row
+        var lines: [String] = []
         if let w = weights {
             let dtypes = w.bytesByDType.sorted { $0.key < $1.key }.map { "\($0.key) \(Format.bytes($0.value))" }.joined(separator: ", ")
-            row("weights", "\(w.tensorCount) tensors, \(Format.grouped(w.parameters)) parameters in \(w.files.count) file(s); \(dtypes)")
+            lines.append(row("weights", "\(w.tensorCount) tensors, \(Format.grouped(w.parameters)) parameters in \(w.files.count) file(s); \(dtypes)"))
             if let f = fp8 {
-                row("fp8", "\(f.tensors) \(f.format) tensors, \(f.blockSize)x\(f.blockSize) blocks; vLLM tensor parallelism: TP \(f.tpDegrees.map(String.init).joined(separator: ", ")) (experts split), TP \(f.tpDegreesWithExpertParallelism.map(String.init).joined(separator: ", ")) with expert parallelism")
+                lines.append(row("fp8", "\(f.tensors) \(f.format) tensors, \(f.blockSize)x\(f.blockSize) blocks; vLLM tensor parallelism: TP \(f.tpDegrees.map(String.init).joined(separator: ", ")) (experts split), TP \(f.tpDegreesWithExpertParallelism.map(String.init).joined(separator: ", ")) with expert parallelism"))
             }
         } else {
-            row("weights", "none (described from config.json only)")
+            lines.append(row("weights", "none (described from config.json only)"))
         }
         switch check.status {
-        case "ok": row("check", "ok: every tensor config.json implies is present with its shape, nothing else")
-        case "config-only": row("check", "not run (no weights)")
-        default:
-            row("check", "INVALID: \(check.problems.count) problem(s)")
+        case .ok: lines.append(row("check", "ok: every tensor config.json implies is present with its shape, nothing else"))
+        case .configOnly: lines.append(row("check", "not run (no weights)"))
+        case .invalid:
+            lines.append(row("check", "INVALID: \(check.problems.count) problem(s)"))
             for p in check.problems.prefix(20) { lines.append("    - " + p) }
             if check.problems.count > 20 { lines.append("    … \(check.problems.count - 20) more") }
         }
@@ -217,7 +240,7 @@ public struct InspectReport: Encodable {
             lines.append("  tensors:")
             for t in tensors { lines.append("    \(t.name)  \(t.dtype) \(t.shape)  \(t.file)") }
         }
-        return lines.joined(separator: "\n")
+        return lines
     }
 }
 

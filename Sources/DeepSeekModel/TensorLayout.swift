@@ -55,7 +55,7 @@ extension DeepSeekConfig {
         func add(_ weight: LayerWeight, _ shape: [Int], _ role: TensorRole) {
             out.append(ExpectedTensor(name: TensorNames.name(weight, layer: i), shape: shape, role: role, layer: i, expert: nil))
         }
-        let h = hiddenSize, heads = numAttentionHeads
+        let h = hiddenSize
         if isMTPLayer(i) {
             add(.mtpEmbedding, [vocabSize, h], .embedding)
             add(.mtpEmbeddingNorm, [h], .norm)
@@ -66,34 +66,7 @@ extension DeepSeekConfig {
         }
         add(.inputNorm, [h], .norm)
         add(.postAttentionNorm, [h], .norm)
-        let form = attentionForm
-        let keepKVB = absorption?.keepsKVB ?? false
-        let inQ = qLoraRank ?? h
-        if let q = qLoraRank {
-            add(.qAProj, [q, h], .attention)
-            // absorb folds q_a_layernorm's gain into the query weights and drops it.
-            if form == .mla { add(.qANorm, [q], .norm) }
-        }
-        switch form {
-        case .mla, .split:
-            add(queryProjection, [heads * qkHeadDim, inQ], .attention)
-        case .fold:
-            add(.qAbsorbed, [heads * kvLoraRank, inQ], .attention)
-            add(.qRope, [heads * qkRopeHeadDim, inQ], .attention)
-        }
-        add(.kvAProj, [kvLoraRank + qkRopeHeadDim, h], .attention)
-        if hasLatentGain { add(.kvANorm, [kvLoraRank], .norm) }
-        if form == .mla || keepKVB { add(.kvBProj, [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank], .attention) }
-        switch form {
-        case .mla:
-            add(.oProj, [h, heads * vHeadDim], .attention)
-        case .split:
-            add(.wUK, [heads, qkNopeHeadDim, kvLoraRank], .attention)
-            add(.wUV, [heads, vHeadDim, kvLoraRank], .attention)
-            add(.oProj, [h, heads * vHeadDim], .attention)
-        case .fold:
-            add(.oAbsorbed, [h, heads * kvLoraRank], .attention)
-        }
+        for (weight, shape, role) in attentionTensors() { add(weight, shape, role) }
         if isMoELayer(i) {
             let e = nRoutedExperts ?? 0, m = moeIntermediateSize
             add(.router, [e, h], .router)
@@ -114,6 +87,39 @@ extension DeepSeekConfig {
             add(.denseGate, [intermediateSize, h], .denseMLP)
             add(.denseUp, [intermediateSize, h], .denseMLP)
             add(.denseDown, [h, intermediateSize], .denseMLP)
+        }
+        return out
+    }
+
+    /// A layer's attention weights in this checkpoint's form, in order: the published form's
+    /// projections, or absorb's split form (W_UK and W_UV per head) or fold form (W_UKᵀ·W_UQ and
+    /// W_O·W_UV), with the norms the form keeps.
+    private func attentionTensors() -> [(LayerWeight, [Int], TensorRole)] {
+        let h = hiddenSize, heads = numAttentionHeads, form = attentionForm
+        let keepKVB = absorption?.keepsKVB ?? false
+        let inQ = qLoraRank ?? h
+        var out: [(LayerWeight, [Int], TensorRole)] = []
+        if let q = qLoraRank {
+            out.append((.qAProj, [q, h], .attention))
+            // absorb folds q_a_layernorm's gain into the query weights and drops it.
+            if form == .mla { out.append((.qANorm, [q], .norm)) }
+        }
+        switch form {
+        case .mla, .split:
+            out.append((queryProjection, [heads * qkHeadDim, inQ], .attention))
+        case .fold:
+            out += [(.qAbsorbed, [heads * kvLoraRank, inQ], .attention), (.qRope, [heads * qkRopeHeadDim, inQ], .attention)]
+        }
+        out.append((.kvAProj, [kvLoraRank + qkRopeHeadDim, h], .attention))
+        if hasLatentGain { out.append((.kvANorm, [kvLoraRank], .norm)) }
+        if form == .mla || keepKVB { out.append((.kvBProj, [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank], .attention)) }
+        switch form {
+        case .mla:
+            out.append((.oProj, [h, heads * vHeadDim], .attention))
+        case .split:
+            out += [(.wUK, [heads, qkNopeHeadDim, kvLoraRank], .attention), (.wUV, [heads, vHeadDim, kvLoraRank], .attention), (.oProj, [h, heads * vHeadDim], .attention)]
+        case .fold:
+            out.append((.oAbsorbed, [h, heads * kvLoraRank], .attention))
         }
         return out
     }
