@@ -96,39 +96,57 @@ public enum BLASThreads {
 
 /// Element-wise pieces of the forward pass.
 enum Elementwise {
-    /// RMSNorm over rows of width `width`: x / sqrt(mean(x²) + eps) · γ (fp32, sum of squares in f64).
+    /// RMSNorm over rows of width `width`: x / sqrt(mean(x²) + eps) · γ (fp32, sum of squares in f64,
+    /// added in order). Rows are independent, so large inputs take a chunk of rows per core: the same
+    /// bits on any number of cores.
     static func rmsNorm(_ x: [Float], width: Int, gamma: [Float], eps: Double) -> [Float] {
+        precondition(gamma.count >= width, "gain of \(gamma.count) values for rows of \(width)")
         var out = [Float](repeating: 0, count: x.count)
         let rows = width == 0 ? 0 : x.count / width
-        x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { op in
-            for r in 0..<rows {
-                let row = xp.baseAddress! + r * width
-                var sum = 0.0
-                for i in 0..<width { sum += Double(row[i]) * Double(row[i]) }
-                let scale = Float(1.0 / (sum / Double(width) + eps).squareRoot())
-                for i in 0..<width { op[r * width + i] = gamma[i] * (row[i] * scale) }
-            }
-        } }
-        return out
-    }
-
-    /// silu(gate) ⊙ up = gate / (1 + e^-gate) · up, element by element (`dsconvert_silu_mul`: its e^x
-    /// is the same bits at every instruction-set level); `onEveryCore`, large arrays a chunk per core.
-    static func siluTimes(_ gate: [Float], _ up: [Float], onEveryCore: Bool) -> [Float] {
-        precondition(gate.count == up.count, "gate of \(gate.count) values, up of \(up.count)")
-        let count = gate.count, chunk = onEveryCore ? 1 << 16 : max(1, gate.count)
-        var out = [Float](repeating: 0, count: count)
-        gate.withUnsafeBufferPointer { gp in up.withUnsafeBufferPointer { upp in out.withUnsafeMutableBufferPointer { op in
-            guard count > 0 else { return }
+        guard rows > 0 else { return out }
+        // A chunk is ~64 K values: large enough that handing it to a core costs nothing in comparison.
+        let chunk = max(1, (1 << 16) / width)
+        x.withUnsafeBufferPointer { xp in gamma.withUnsafeBufferPointer { gp in out.withUnsafeMutableBufferPointer { op in
+            // Read-only inputs travel as SharedPointer too (the closure runs on every core).
+            let source = SharedPointer(UnsafeMutablePointer(mutating: xp.baseAddress!)), gains = SharedPointer(UnsafeMutablePointer(mutating: gp.baseAddress!))
             let destination = SharedPointer(op.baseAddress!)
-            // Each chunk writes its own outputs: the same bits on any number of cores.
-            Parallel.forEach((count + chunk - 1) / chunk) { c in
-                let start = c * chunk
-                dsconvert_silu_mul(FP8BlockQuantizer.kernelLevel, gp.baseAddress! + start, upp.baseAddress! + start, destination.pointer + start,
-                                   min(chunk, count - start))
+            Parallel.forEach((rows + chunk - 1) / chunk) { c in
+                for r in (c * chunk)..<min(rows, (c + 1) * chunk) {
+                    let row = source.pointer + r * width, target = destination.pointer + r * width
+                    var sum = 0.0
+                    for i in 0..<width { sum += Double(row[i]) * Double(row[i]) }
+                    let scale = Float(1.0 / (sum / Double(width) + eps).squareRoot())
+                    for i in 0..<width { target[i] = gains.pointer[i] * (row[i] * scale) }
+                }
             }
         } } }
         return out
+    }
+
+    /// x += y element by element (the residual connection).
+    static func add(_ y: [Float], into x: inout [Float]) {
+        precondition(x.count == y.count, "\(x.count) values plus \(y.count)")
+        x.withUnsafeMutableBufferPointer { xp in y.withUnsafeBufferPointer { yp in
+            for i in 0..<xp.count { xp[i] += yp[i] }
+        } }
+    }
+
+    /// silu(gate) ⊙ up = gate / (1 + e^-gate) · up, element by element, written over `gate`
+    /// (`dsconvert_silu_mul`: its e^x is the same bits at every instruction-set level); `onEveryCore`,
+    /// large arrays a chunk per core. In place: a fresh array of the MLP's width (V3's dense MLP: 37 MB
+    /// at 512 tokens) cost more in page faults than the function itself.
+    static func siluTimes(_ gate: inout [Float], _ up: [Float], onEveryCore: Bool) {
+        precondition(gate.count == up.count, "gate of \(gate.count) values, up of \(up.count)")
+        let count = gate.count, chunk = onEveryCore ? 1 << 16 : max(1, gate.count)
+        gate.withUnsafeMutableBufferPointer { gp in up.withUnsafeBufferPointer { upp in
+            guard count > 0 else { return }
+            let values = SharedPointer(gp.baseAddress!)
+            // Each chunk reads and writes its own elements: the same bits on any number of cores.
+            Parallel.forEach((count + chunk - 1) / chunk) { c in
+                let start = c * chunk, at = values.pointer + start
+                dsconvert_silu_mul(FP8BlockQuantizer.kernelLevel, at, upp.baseAddress! + start, at, min(chunk, count - start))
+            }
+        } }
     }
 
     /// Softmax of one row in place (max-subtracted, sum in f64).

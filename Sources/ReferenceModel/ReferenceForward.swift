@@ -175,7 +175,7 @@ public final class ReferenceForward {
         defer { weights.retire(config.layerTensors(layer).map(\.name)) }
         let normed = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
         let attention = try phase(.attention) { try attentionBlock(normed, layer: layer, batch: state.batch, seq: state.sequenceLength) }
-        for i in 0..<state.hidden.count { state.hidden[i] += attention[i] }
+        Elementwise.add(attention, into: &state.hidden)
         let normed2 = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
         let mlp: [Float]
         if config.isMoELayer(layer) {
@@ -185,7 +185,7 @@ public final class ReferenceForward {
         } else {
             mlp = try phase(.denseMLP) { try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize) }
         }
-        for i in 0..<state.hidden.count { state.hidden[i] += mlp[i] }
+        Elementwise.add(mlp, into: &state.hidden)
         state.layers += 1
     }
 
@@ -516,10 +516,10 @@ public final class ReferenceForward {
             return asStored ? Linear.forwardAsStored(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
                             : Linear.forward(input, rows: rows, weight: m, inFeatures: `in`, outFeatures: out)
         }
-        let gate = try product(x, .gate, out: intermediate, in: h)
+        var act = try product(x, .gate, out: intermediate, in: h)
         let up = try product(x, .up, out: intermediate, in: h)
         // A routed expert's products already run one per core.
-        let act = Elementwise.siluTimes(gate, up, onEveryCore: !asStored)
+        Elementwise.siluTimes(&act, up, onEveryCore: !asStored)
         let y = try product(act, .down, out: h, in: intermediate)
         return (y, seconds)
     }
@@ -529,7 +529,7 @@ public final class ReferenceForward {
         var out = try phase(.routedExperts) { try routedOutput(x, layer: layer, tokens: t, assigned: assigned) }
         if let shared = config.nSharedExperts {
             let y = try phase(.sharedExperts) { try mlpBlock(x, rows: t, layer: layer, block: .shared, intermediate: config.moeIntermediateSize * shared) }
-            for i in 0..<out.count { out[i] += y[i] }
+            Elementwise.add(y, into: &out)
         }
         return (out, record)
     }
@@ -581,7 +581,7 @@ public final class ReferenceForward {
                 Self.addExpertOutputs(outputs, of: batch, assigned: assigned, width: h, into: &partial)
                 start = end
             }
-            for i in 0..<out.count { out[i] += partial[i] }
+            Elementwise.add(partial, into: &out)
         }
         return out
     }
