@@ -1,6 +1,7 @@
 import CKernels
 import COpenBLAS
 import DeepSeekModel
+import Numerics
 import Foundation
 import SafeTensors
 import XCTest
@@ -246,5 +247,36 @@ final class ForwardCostTests: XCTestCase {
             XCTAssertTrue(ForwardCost.blasProducts(config: config, batch: 1, seq: 512).allSatisfy { $0.phase != .sharedExperts }, shared)
             XCTAssertEqual(ForwardCost.byPhase(config: config, batch: 1, seq: 512, routedTokenExperts: 3072)[.sharedExperts] ?? 0, 0, shared)
         }
+    }
+}
+
+/// The element-wise pieces of the pass, spread over the cores, give the bits of the plain loops.
+final class ElementwiseTests: XCTestCase {
+    /// RMSNorm a chunk of rows per core (V3's width: 9 rows a chunk, so 40 rows are 5 chunks) against
+    /// the row-by-row loop, bit for bit; SiLU·up in place against the kernel writing elsewhere.
+    func testSpreadOverCoresGivesThePlainLoopsBits() {
+        var generator = SystemRandomNumberGenerator()
+        let (rows, width) = (40, 7168)
+        let x = (0..<(rows * width)).map { _ in Float.random(in: -4...4, using: &generator) }
+        let gamma = (0..<width).map { _ in Float.random(in: 0.5...1.5, using: &generator) }
+        var expected = [Float](repeating: 0, count: x.count)
+        for r in 0..<rows {
+            var sum = 0.0
+            for i in 0..<width { sum += Double(x[r * width + i]) * Double(x[r * width + i]) }
+            let scale = Float(1.0 / (sum / Double(width) + 1e-6).squareRoot())
+            for i in 0..<width { expected[r * width + i] = gamma[i] * (x[r * width + i] * scale) }
+        }
+        XCTAssertEqual(Elementwise.rmsNorm(x, width: width, gamma: gamma, eps: 1e-6).map(\.bitPattern), expected.map(\.bitPattern))
+
+        let up = (0..<x.count).map { _ in Float.random(in: -4...4, using: &generator) }
+        var separate = [Float](repeating: 0, count: x.count)
+        dsconvert_silu_mul(FP8BlockQuantizer.kernelLevel, x, up, &separate, x.count)
+        var inPlace = x
+        Elementwise.siluTimes(&inPlace, up, onEveryCore: true)
+        XCTAssertEqual(inPlace.map(\.bitPattern), separate.map(\.bitPattern))
+
+        var sum = x
+        Elementwise.add(up, into: &sum)
+        XCTAssertEqual(sum.map(\.bitPattern), zip(x, up).map { ($0 + $1).bitPattern })
     }
 }
