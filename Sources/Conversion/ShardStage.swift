@@ -124,7 +124,7 @@ public enum ShardStage {
 
     /// Every device's layout and writer: its routed experts' range, the non-expert weights (on
     /// every device, or device 0 only), each tensor with its FP8 scale companion.
-    struct DevicePlan {
+    private struct DevicePlan {
         let placement: ExpertPlacement
         let denseOnce: Bool
         var writers: [CheckpointWriter] = []

@@ -22,8 +22,8 @@ public enum ForwardBenchCommand: Command {
         timed in rounds before, between and after the forward passes, so both see the same machine. After
         the ratio: the pass's cblas_sgemm products alone (fp32 weights, nothing else: what OpenBLAS itself
         reaches on these shapes, against sgemm rounds of their own), and a line that compares each pass
-        with the rounds around it and says whether sgemm itself stayed within 10% over the run (steady)
-        or the machine was busy. FLOPs are counted as executed (2 per multiply-add).
+        with the rounds around it and says whether sgemm itself stayed within \(Int(BracketedRatio.steadySpread * 100))% over the
+        run (steady) or the machine was busy. FLOPs are counted as executed (2 per multiply-add).
         """,
         options: [
             OptionSpec("batch", value: "N", help: "Sequences (default 1)."),
@@ -77,8 +77,9 @@ public enum ForwardBenchCommand: Command {
                             (r.forwardFLOPs / forward.median) / (r.sgemmFLOPs / sgemm.median), computeRate / (r.sgemmFLOPs / sgemm.median)))
         let products = BracketedRatio(runSeconds: r.productsSeconds, work: r.productsFLOPs, rounds: r.productsSgemmRounds, referenceWork: r.sgemmFLOPs)
         if let each = SampleSummary(products.ratios), let seconds = SampleSummary(r.productsSeconds) {
-            terminal.out(String(format: "products      %8.3f s  %7.1f GFLOP/s  %.2f of sgemm (%.2f-%.2f, %d runs): the pass's sgemm products alone, fp32 weights, no widening; sgemm's rounds around them spread %.0f%%",
-                                seconds.median, r.productsFLOPs / seconds.median / 1e9, each.median, each.min, each.max, each.count, 100 * products.spread))
+            terminal.out(String(format: "products      %8.3f s  %7.1f GFLOP/s  %.2f of sgemm (%.2f-%.2f, %d runs): the pass's sgemm products alone, fp32 weights, no widening; sgemm's rounds around them spread %.0f%% (%@)",
+                                seconds.median, r.productsFLOPs / seconds.median / 1e9, each.median, each.min, each.max, each.count, 100 * products.spread,
+                                products.steady ? "steady" : "busy"))
         }
         let bracketed = BracketedRatio(runSeconds: r.forwardSeconds, work: r.forwardFLOPs, rounds: r.sgemmRounds, referenceWork: r.sgemmFLOPs)
         if let each = SampleSummary(bracketed.ratios), let low = bracketed.roundRates.min(), let high = bracketed.roundRates.max() {

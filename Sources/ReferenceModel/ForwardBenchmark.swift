@@ -178,7 +178,9 @@ public enum ForwardCost {
     /// One kind of `cblas_sgemm` product of the pass, [m, k] · [n, k]ᵀ with the weight widened to
     /// fp32, run `count` times.
     public struct Product: Sendable, Equatable {
+        /// The part of the pass it belongs to.
         public let phase: ReferenceForward.Phase
+        /// Rows of x (tokens), outputs (the weight's rows), inputs (its columns), and how many times.
         public let m: Int, n: Int, k: Int, count: Int
         /// FLOPs of all `count` products (2 per multiply-add).
         public var flops: Double { 2 * Double(count) * Double(m) * Double(n) * Double(k) }
@@ -396,7 +398,9 @@ public enum ForwardBenchmark {
     }
 
     /// Buffers for timing a pass's products as plain `cblas_sgemm`: two fp32 weights as large as the
-    /// largest one (each product takes the other, so at V3 width each comes from memory), x and y.
+    /// largest one, each product taking the other (at V3 width the large ones come from memory; small
+    /// ones such as kv_a may stay in the last-level cache), x and y. At V3 width about 1.1 GB, made
+    /// once after the forward passes.
     struct ProductOperands {
         let weights: [[Float]], x: [Float]
         var y: [Float]

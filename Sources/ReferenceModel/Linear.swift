@@ -100,23 +100,21 @@ enum Elementwise {
     /// added in order). Rows are independent, so large inputs take a chunk of rows per core: the same
     /// bits on any number of cores.
     static func rmsNorm(_ x: [Float], width: Int, gamma: [Float], eps: Double) -> [Float] {
-        precondition(gamma.count >= width, "gain of \(gamma.count) values for rows of \(width)")
         var out = [Float](repeating: 0, count: x.count)
         let rows = width == 0 ? 0 : x.count / width
         guard rows > 0 else { return out }
+        precondition(gamma.count == width, "gain of \(gamma.count) values for rows of \(width)")
         // A chunk is ~64 K values: large enough that handing it to a core costs nothing in comparison.
         let chunk = max(1, (1 << 16) / width)
         x.withUnsafeBufferPointer { xp in gamma.withUnsafeBufferPointer { gp in out.withUnsafeMutableBufferPointer { op in
-            // Read-only inputs travel as SharedPointer too (the closure runs on every core).
-            let source = SharedPointer(UnsafeMutablePointer(mutating: xp.baseAddress!)), gains = SharedPointer(UnsafeMutablePointer(mutating: gp.baseAddress!))
-            let destination = SharedPointer(op.baseAddress!)
+            let source = xp.baseAddress!, gains = gp.baseAddress!, destination = SharedPointer(op.baseAddress!)
             Parallel.forEach((rows + chunk - 1) / chunk) { c in
                 for r in (c * chunk)..<min(rows, (c + 1) * chunk) {
-                    let row = source.pointer + r * width, target = destination.pointer + r * width
+                    let row = source + r * width, target = destination.pointer + r * width
                     var sum = 0.0
                     for i in 0..<width { sum += Double(row[i]) * Double(row[i]) }
                     let scale = Float(1.0 / (sum / Double(width) + eps).squareRoot())
-                    for i in 0..<width { target[i] = gains.pointer[i] * (row[i] * scale) }
+                    for i in 0..<width { target[i] = gains[i] * (row[i] * scale) }
                 }
             }
         } } }

@@ -16,6 +16,7 @@
 void dsconvert_exp(int isa, const float *x, float *out, size_t count);
 
 /// out[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^-gate[i]) · up[i], with `dsconvert_exp`'s e^x.
+/// `out` may be `gate` (each element is read and written at its own index only).
 void dsconvert_silu_mul(int isa, const float *gate, const float *up, float *out, size_t count);
 
 /// A matrix's rows: row j of `width` floats at `data + j * ld`.
