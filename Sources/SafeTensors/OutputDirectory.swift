@@ -109,12 +109,15 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
 
     /// True when the process that wrote `workDirectory` may still run. The owner record tells it
     /// exactly on this host and PID namespace (and a record from another one counts as live: it
-    /// cannot be checked from here). Without a record (a run killed right after `mkdir`) a live PID
-    /// counts as live, except our own: we have not created ours yet.
+    /// cannot be checked from here). Without a record of `pid` (a run killed right after `mkdir`, or a
+    /// resume killed after taking over a dead run's directory and before recording itself, which
+    /// leaves the dead run's record under the new name) a live PID counts as live, except our own: we
+    /// have not created ours yet.
     static func isLive(workDirectory: URL, pid: Int32) -> Bool {
         let record = workDirectory.appendingPathComponent(ownerFileName).path
         if let data = try? FilePath.readRegularFile(record), let owner = try? JSONDecoder().decode(ProcessIdentity.self, from: data) {
-            return owner.pid != pid || owner.isRunning
+            if owner.pid == pid { return owner.isRunning }
+            guard owner.host == ProcessIdentity.host, owner.pidNamespace == ProcessIdentity.pidNamespace else { return true }
         }
         return pid != getpid() && (kill(pid, 0) == 0 || errno == EPERM)
     }

@@ -96,6 +96,26 @@ final class OutputSafetyTests: XCTestCase {
         }
     }
 
+    /// A resume killed after renaming a dead run's work directory to its own name, before recording
+    /// itself, leaves the dead run's record under its name: whether the name's PID runs decides, so
+    /// the output is not blocked for good. (PIDs above Linux's largest, 4194304, never run.)
+    func testResumeKilledBeforeRecordingItselfDoesNotBlockTheOutput() throws {
+        let dead = ProcessIdentity(pid: 4194399, startTime: 1, bootID: ProcessIdentity.current!.bootID)
+        let adopted = try make(".dsconvert-partial-out-4194398", file: "shard")
+        try JSONEncoder().encode(dead).write(to: adopted.appendingPathComponent(AtomicOutputDirectory.ownerFileName))
+        XCTAssertFalse(AtomicOutputDirectory.isLive(workDirectory: adopted, pid: 4194398))
+        let out = try open(dir.appendingPathComponent("out"), resume: true)
+        XCTAssertTrue(out.resumed)
+        XCTAssertTrue(fm.fileExists(atPath: out.temporaryURL.appendingPathComponent("shard").path))
+        out.discard()
+        // Under the name of a process that runs (PID 1), the same record blocks the output.
+        let live = try make(".dsconvert-partial-out2-1")
+        try JSONEncoder().encode(dead).write(to: live.appendingPathComponent(AtomicOutputDirectory.ownerFileName))
+        XCTAssertThrowsError(try open(dir.appendingPathComponent("out2"), resume: true)) {
+            XCTAssertEqual($0 as? OutputSafetyError, .anotherConversion(output: self.dir.appendingPathComponent("out2").path, pid: 1))
+        }
+    }
+
     /// A commit killed between its renames is finished (work complete) or rolled back by the next run.
     func testInterruptedCommitIsFinishedOrRolledBack() throws {
         for committing in [true, false] {
