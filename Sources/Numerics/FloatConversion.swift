@@ -1,3 +1,5 @@
+import CKernels
+
 /// Conversions between the checkpoint element types and Float32.
 ///
 /// bf16 is the top half of an IEEE binary32, so widening is a shift; narrowing rounds to nearest
@@ -51,6 +53,13 @@ public enum FloatConversion {
             destination[i] = bf16ToFloat(source[i])
             i += 1
         }
+    }
+
+    /// `bf16ToFloat` for a destination larger than the caches keep (a large weight widened for the
+    /// product that reads it next): streaming stores, which do not first read each destination line
+    /// from memory (`dsconvert_bf16_to_f32_streaming`). The same values.
+    public static func bf16ToFloatStreaming(_ source: UnsafePointer<UInt16>, _ destination: UnsafeMutablePointer<Float>, count: Int) {
+        dsconvert_bf16_to_f32_streaming(FP8BlockQuantizer.kernelLevel, source, destination, count)
     }
 
     /// Widens `count` f16 values to Float32.

@@ -233,3 +233,23 @@ final class SHA256Tests: XCTestCase {
                        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
 }
+
+/// Widening a large bf16 tensor on every core (streaming stores) gives every value's exact f32 bits.
+final class WidenTests: XCTestCase {
+    /// Every bf16 bit pattern (NaN, Inf and subnormal ones included) in a tensor past the parallel
+    /// threshold (4 chunks of 2^18), into destinations at every offset from a 64-byte line, with a tail.
+    func testLargeBF16WidensToExactBits() {
+        let count = 4 << 18 + 37
+        let bits = (0..<count).map { UInt16(truncatingIfNeeded: $0 &* 40503) }
+        let expected = bits.map { UInt32($0) << 16 }
+        bits.withUnsafeBytes { source in
+            for offset in [0, 1, 5, 15] {
+                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: count + 16)
+                defer { buffer.deallocate() }
+                let destination = UnsafeMutableBufferPointer(rebasing: buffer[offset..<(offset + count)])
+                XCTAssertTrue(TensorView.widen(source, dtype: .bf16, count: count, into: destination))
+                XCTAssertEqual(destination.map(\.bitPattern), expected, "offset \(offset)")
+            }
+        }
+    }
+}
