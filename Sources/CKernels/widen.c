@@ -1,19 +1,13 @@
 #include "widen.h"
 
-#include <string.h>
-
 #include "fp8_kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
-static inline float bf16_value(uint16_t bits) {
-    uint32_t u = (uint32_t)bits << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+// A bf16 value is the top half of its f32.
+static inline float bf16_value(uint16_t bits) { return dsconvert_float_of((uint32_t)bits << 16); }
 
 #if defined(__x86_64__)
 // Ordinary stores up to the first 64-byte boundary of dst, whole lines streamed, the tail ordinary;
