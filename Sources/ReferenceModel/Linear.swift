@@ -43,11 +43,14 @@ public enum Linear {
     static func forward(_ x: [Float], rows: Int, stored w: StoredWeight, inFeatures: Int, outFeatures: Int) throws -> [Float] {
         precondition(w.rows == outFeatures && w.cols == inFeatures && x.count >= rows * inFeatures,
                      "stored weight \(w.rows)x\(w.cols) for \(outFeatures)x\(inFeatures)")
-        var y = [Float](repeating: 0, count: rows * outFeatures)
-        try x.withUnsafeBufferPointer { xp in try y.withUnsafeMutableBufferPointer { yp in
-            try w.product(xp.baseAddress!, rows: rows, columns: 0..<outFeatures, into: yp.baseAddress!, ldy: outFeatures)
-        } }
-        return y
+        // Not zeroed first: the product writes every output (a routed expert's outputs are fresh
+        // memory each time, and zeroing them was most of what its allocation cost).
+        return try [Float](unsafeUninitializedCapacity: rows * outFeatures) { yp, count in
+            try x.withUnsafeBufferPointer { xp in
+                try w.product(xp.baseAddress!, rows: rows, columns: 0..<outFeatures, into: yp.baseAddress!, ldy: outFeatures)
+            }
+            count = rows * outFeatures
+        }
     }
 
     /// y = x · wᵀ for an fp32 weight in memory, computed as `forward(_:rows:stored:…)` computes it:

@@ -587,24 +587,48 @@ public final class ReferenceForward {
     }
 
     /// partial[token] += weight · y[row] for each expert of `batch` in order and each of its rows:
-    /// tokens on every core, each token's terms added in expert order.
+    /// tokens on every core, each token's terms added in expert order. The terms are laid out token
+    /// by token in one array (a count per token, then a pass in expert order), not a dictionary of
+    /// arrays: at V3's 4,096 terms per batch the dictionary cost as much as the additions.
     private static func addExpertOutputs(_ outputs: [[Float]], of batch: [Int], assigned: [[(token: Int, weight: Float)]], width h: Int,
                                          into partial: inout [Float]) {
-        var byToken: [Int: [(output: Int, row: Int, weight: Float)]] = [:]
+        let tokens = partial.count / max(1, h)
+        var start = [Int](repeating: 0, count: tokens + 1)
+        for expert in batch { for entry in assigned[expert] { start[entry.token + 1] += 1 } }
+        for i in 0..<tokens { start[i + 1] += start[i] }
+        let start = start
+        var filled = start
+        var terms = [(output: Int, row: Int, weight: Float)](repeating: (0, 0, 0), count: start[tokens])
         for (index, expert) in batch.enumerated() {
-            for (row, entry) in assigned[expert].enumerated() { byToken[entry.token, default: []].append((index, row, entry.weight)) }
+            for (row, entry) in assigned[expert].enumerated() {
+                terms[filled[entry.token]] = (index, row, entry.weight)
+                filled[entry.token] += 1
+            }
         }
-        let terms = byToken, tokens = Array(byToken.keys)
-        partial.withUnsafeMutableBufferPointer { pp in
+        partial.withUnsafeMutableBufferPointer { pp in terms.withUnsafeBufferPointer { tp in
             let target = SharedPointer(pp.baseAddress!)
-            Parallel.forEach(tokens.count) { i in
-                let token = tokens[i], destination = target.pointer + token * h
-                for term in terms[token]! {
+            Parallel.forEach(tokens) { token in
+                let destination = target.pointer + token * h
+                for term in tp[start[token]..<start[token + 1]] {
                     outputs[term.output].withUnsafeBufferPointer { y in
-                        for j in 0..<h { destination[j] += y[term.row * h + j] * term.weight }
+                        let source = y.baseAddress! + term.row * h, weight = term.weight
+                        for j in 0..<h { destination[j] += source[j] * weight }
                     }
                 }
             }
+        } }
+    }
+
+    /// The rows `tokens` of x[.., h], copied row by row into an array not zeroed first.
+    static func gather<Tokens: Collection<Int>>(_ tokens: Tokens, of x: [Float], width h: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: tokens.count * h) { buffer, count in
+            x.withUnsafeBufferPointer { xp in
+                for (r, token) in tokens.enumerated() {
+                    precondition(token >= 0 && (token + 1) * h <= xp.count, "row \(token) of \(xp.count / max(1, h))")
+                    (buffer.baseAddress! + r * h).initialize(from: xp.baseAddress! + token * h, count: h)
+                }
+            }
+            count = tokens.count * h
         }
     }
 
@@ -619,8 +643,7 @@ public final class ReferenceForward {
             Parallel.forEach(experts.count) { n in
                 let i = order[n]
                 let rows = assigned[experts[i]]
-                var gathered = [Float](repeating: 0, count: rows.count * h)
-                for (r, entry) in rows.enumerated() { for j in 0..<h { gathered[r * h + j] = x[entry.token * h + j] } }
+                let gathered = Self.gather(rows.lazy.map(\.token), of: x, width: h)
                 let result = Result { try mlpProducts(gathered, rows: rows.count, layer: layer, block: .expert(experts[i]), intermediate: m, asStored: true) }
                 results.withLock { $0[i] = result }
             }
