@@ -593,10 +593,10 @@ public final class ReferenceForward {
     private static func addExpertOutputs(_ outputs: [[Float]], of batch: [Int], assigned: [[(token: Int, weight: Float)]], width h: Int,
                                          into partial: inout [Float]) {
         let tokens = partial.count / max(1, h)
-        var start = [Int](repeating: 0, count: tokens + 1)
-        for expert in batch { for entry in assigned[expert] { start[entry.token + 1] += 1 } }
-        for i in 0..<tokens { start[i + 1] += start[i] }
-        let start = start
+        var counted = [Int](repeating: 0, count: tokens + 1)
+        for expert in batch { for entry in assigned[expert] { counted[entry.token + 1] += 1 } }
+        for i in 0..<tokens { counted[i + 1] += counted[i] }
+        let start = counted
         var filled = start
         var terms = [(output: Int, row: Int, weight: Float)](repeating: (0, 0, 0), count: start[tokens])
         for (index, expert) in batch.enumerated() {
