@@ -12,11 +12,16 @@
 #endif
 
 // The product is blocked so that what a micro-kernel touches stays in the core's caches: a panel of
-// NR weight rows converted to f32 over KC columns (6 KB, first level), and x taken a chunk of rows
-// (up to 1 MB, second level) at a time, copied into tiles of MR rows that the micro-kernel reads as
-// one stream (a tile over KC columns: 4 KB). Each (row of x, weight row) pair keeps sixteen lane sums
-// in `acc` between column blocks; a micro-kernel holds MR x NR of them in registers (24 of 32 zmm).
-enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, MR = 4, LANES = 16 };
+// NR weight rows converted to f32 over a column block of kc columns (6 or 12 KB, first level), and x
+// taken a chunk of rows (up to 1 MB, second level) at a time, copied into tiles of MR rows that the
+// micro-kernel reads as one stream (a tile over a block: 4 or 8 KB). Each (row of x, weight row) pair
+// keeps sixteen lane sums in `acc` between column blocks; a micro-kernel holds MR x NR of them in
+// registers (24 of 32 zmm), loaded and stored once per block. FP8 takes blocks of KC_FP8 columns:
+// at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and blocks twice as
+// long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns); bf16 at 16-48 rows was 12% slower
+// with them (its pack is the compiler's loop, not the VBMI decoder), so it keeps KC. The block
+// length changes no bit: each lane's terms are added in increasing k whatever the blocks.
+enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_FP8 = 512, MR = 4, LANES = 16 };
 
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
 // subnormal ones read with exponent 1 and the implicit bit subtracted again, Inf/NaN kept).
@@ -37,16 +42,16 @@ static inline uint16_t load_u16(const uint8_t *p) {
     return v;
 }
 
-// Weight rows [r0, r0 + nr) over columns [k0, k0 + len) as f32 into p (row j at p + j * KC), rows
+// Weight rows [r0, r0 + nr) over columns [k0, k0 + len) as f32 into p (row j at p + j * kc), rows
 // nr..<NR zero. Returns 1 if an FP8 code is NaN/Inf or a product not finite. Written so each level's
 // vectorizer widens the column loops.
 #define DEFINE_PACK(NAME, ATTRIBUTES)                                                                        \
     ATTRIBUTES static int NAME(const dsconvert_stored_matrix *w, size_t r0, size_t nr, size_t k0, size_t len, \
-                               float *p) {                                                                    \
+                               size_t kc, float *p) {                                                         \
         size_t cols = w->cols;                                                                                \
         uint32_t bad = 0;                                                                                     \
         for (size_t j = 0; j < NR; j++) {                                                                    \
-            float *dst = p + j * KC;                                                                          \
+            float *dst = p + j * kc;                                                                          \
             size_t row = r0 + j;                                                                              \
             if (j >= nr) {                                                                                    \
                 for (size_t c = 0; c < len; c++) dst[c] = 0.0f;                                               \
@@ -108,14 +113,14 @@ static float reduce_lanes(const float *s) {
 // terms are fma(0, 0, s) as the definition says. Each level's vectorizer widens the lane loop into
 // fused multiply-adds (fmaf is one instruction wherever the level has FMA).
 #define DEFINE_MICRO(NAME, ATTRIBUTES)                                                                       \
-    ATTRIBUTES static void NAME(size_t mr, const float *x, const float *p, size_t steps, float *acc, int first) { \
+    ATTRIBUTES static void NAME(size_t mr, const float *x, const float *p, size_t kc, size_t steps, float *acc, int first) { \
         if (first) memset(acc, 0, mr * NR * LANES * sizeof(float));                                           \
         for (size_t step = 0; step < steps; step++) {                                                         \
             for (size_t i = 0; i < mr; i++) {                                                                 \
                 const float *xs = x + (step * mr + i) * LANES;                                                \
                 for (size_t j = 0; j < NR; j++) {                                                             \
                     float *s = acc + (i * NR + j) * LANES;                                                    \
-                    const float *pj = p + j * KC + step * LANES;                                              \
+                    const float *pj = p + j * kc + step * LANES;                                              \
                     for (size_t l = 0; l < LANES; l++) s[l] = fmaf(xs[l], pj[l], s[l]);                       \
                 }                                                                                             \
             }                                                                                                 \
@@ -129,8 +134,8 @@ DEFINE_PACK(pack_avx2, __attribute__((target("avx2,fma"))))
 
 // The AVX2 micro-kernel: sixteen lanes are two ymm registers, and with 16 of them one row of x
 // against the NR weight rows (12 sums) is what fits; missing columns load as zeros.
-__attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const float *x, const float *p, size_t steps, float *acc,
-                                                           int first) {
+__attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const float *x, const float *p, size_t kc, size_t steps,
+                                                           float *acc, int first) {
     for (size_t i = 0; i < mr; i++) {
         float *sums = acc + i * NR * LANES;
         __m256 s[NR][2];
@@ -140,8 +145,8 @@ __attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const floa
             const float *row = x + (step * mr + i) * LANES;
             __m256 a0 = _mm256_load_ps(row), a1 = _mm256_load_ps(row + 8);
             for (size_t j = 0; j < NR; j++) {
-                s[j][0] = _mm256_fmadd_ps(a0, _mm256_load_ps(p + j * KC + step * LANES), s[j][0]);
-                s[j][1] = _mm256_fmadd_ps(a1, _mm256_load_ps(p + j * KC + step * LANES + 8), s[j][1]);
+                s[j][0] = _mm256_fmadd_ps(a0, _mm256_load_ps(p + j * kc + step * LANES), s[j][0]);
+                s[j][1] = _mm256_fmadd_ps(a1, _mm256_load_ps(p + j * kc + step * LANES + 8), s[j][1]);
             }
         }
         for (size_t j = 0; j < NR; j++)
@@ -231,7 +236,7 @@ static int pack_fp8_segment_checked(const uint8_t *codes, size_t c0, size_t c1, 
 // overflow f32 with the format's largest code goes through the generic pack's segment body, which
 // checks each product.
 VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8_tables *t, size_t r0, size_t nr, size_t k0,
-                                     size_t len, float *p) {
+                                     size_t len, size_t kc, float *p) {
     int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2, bad = 0;
     float largest = e5m2 ? 57344.0f : 448.0f;
     size_t cols = w->cols, block = w->block, per_row = (cols + block - 1) / block;
@@ -243,7 +248,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
     for (int q = 0; q < 2; q++) r.places[q] = _mm512_loadu_si512(t->places[q]);
     __mmask64 flagged = 0;
     for (size_t j = 0; j < NR; j++) {
-        float *dst = p + j * KC;
+        float *dst = p + j * kc;
         if (j >= nr) {
             memset(dst, 0, len * sizeof(float));
             continue;
@@ -268,7 +273,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
 // registers; x's tile is one contiguous stream (step by step, row by row). Inlined with a constant
 // MR_ so the loops unroll and the sums stay in registers.
 __attribute__((target("avx512f"), always_inline)) static inline void micro512(const size_t MR_, const float *x, const float *p,
-                                                                               size_t steps, float *acc, int first) {
+                                                                               size_t kc, size_t steps, float *acc, int first) {
     __m512 s[MR][NR];
     for (size_t i = 0; i < MR_; i++)
         for (size_t j = 0; j < NR; j++) s[i][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + (i * NR + j) * LANES);
@@ -276,7 +281,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void micro512(co
         __m512 a[MR];
         for (size_t i = 0; i < MR_; i++) a[i] = _mm512_load_ps(x + (step * MR_ + i) * LANES);
         for (size_t j = 0; j < NR; j++) {
-            __m512 b = _mm512_load_ps(p + j * KC + step * LANES);
+            __m512 b = _mm512_load_ps(p + j * kc + step * LANES);
             for (size_t i = 0; i < MR_; i++) s[i][j] = _mm512_fmadd_ps(a[i], b, s[i][j]);
         }
     }
@@ -284,27 +289,37 @@ __attribute__((target("avx512f"), always_inline)) static inline void micro512(co
         for (size_t j = 0; j < NR; j++) _mm512_storeu_ps(acc + (i * NR + j) * LANES, s[i][j]);
 }
 
-__attribute__((target("avx512f"))) static void micro_avx512(size_t mr, const float *x, const float *p, size_t steps, float *acc,
-                                                             int first) {
+__attribute__((target("avx512f"))) static void micro_avx512(size_t mr, const float *x, const float *p, size_t kc, size_t steps,
+                                                             float *acc, int first) {
     switch (mr) {
-    case 4: micro512(4, x, p, steps, acc, first); break;
-    case 3: micro512(3, x, p, steps, acc, first); break;
-    case 2: micro512(2, x, p, steps, acc, first); break;
-    default: micro512(1, x, p, steps, acc, first); break;
+    case 4: micro512(4, x, p, kc, steps, acc, first); break;
+    case 3: micro512(3, x, p, kc, steps, acc, first); break;
+    case 2: micro512(2, x, p, kc, steps, acc, first); break;
+    default: micro512(1, x, p, kc, steps, acc, first); break;
     }
 }
 #endif
 
-typedef int (*pack_fn)(const dsconvert_stored_matrix *, size_t, size_t, size_t, size_t, float *);
-typedef void (*micro_fn)(size_t, const float *, const float *, size_t, float *, int);
+typedef int (*pack_fn)(const dsconvert_stored_matrix *, size_t, size_t, size_t, size_t, size_t, float *);
+typedef void (*micro_fn)(size_t, const float *, const float *, size_t, size_t, float *, int);
+
+// How one product runs: the level's pack and micro-kernel (or the VBMI decoder with its tables) and
+// the column block length.
+typedef struct {
+    pack_fn pack;
+    micro_fn micro;
+    int vbmi;
+    const void *tables;
+    size_t kc;
+} product_plan;
 
 // Rows of x are taken this many bytes at a time (as copied): a chunk is read once per panel of
 // weight rows, so it must stay in the core's second-level cache (2 MB here) beside the panel's
 // work; larger (V3's 512 tokens x 7168 columns: 14.7 MB) it came from the shared cache every time.
 enum { X_CHUNK_BYTES = 1 << 20 };
 
-static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables, const dsconvert_stored_matrix *w,
-                     const float *x, size_t m, size_t n0, size_t n1, float *y, size_t ldy, float *acc, float *xp);
+static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
+                     float *y, size_t ldy, float *acc, float *xp);
 
 int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float *x, size_t m,
                           size_t n0, size_t n1, float *y, size_t ldy) {
@@ -329,6 +344,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
+    product_plan plan = {pack, micro, vbmi, &tables, fp8 ? KC_FP8 : KC};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
@@ -343,11 +359,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     int bad = 0;
     for (size_t r0 = 0; r0 < m; r0 += chunk) {
         size_t rows = m - r0 < chunk ? m - r0 : chunk;
-#if defined(__x86_64__)
-        bad |= gemm_rows(pack, micro, vbmi, &tables, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, acc, xp);
-#else
-        bad |= gemm_rows(pack, micro, vbmi, NULL, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, acc, xp);
-#endif
+        bad |= gemm_rows(&plan, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, acc, xp);
     }
     free(acc);
     free(xp);
@@ -355,38 +367,38 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 }
 
 // Requests row j of the weight bytes the pack will read two panels on (two column blocks further
-// along the same rows, or near the start of the next rows): a panel reads only KC columns of each of NR
+// along the same rows, or near the start of the next rows): a panel reads only kc columns of each of NR
 // rows, and a row's next block comes a whole panel's products later, too little and too late for the
 // hardware's prefetchers, which also stop at a page's end (a bf16 row of 2,048 is one page). The rows
 // are requested one per micro-kernel call, so the requests do not queue up behind each other.
-static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t g, size_t k0, size_t n1, size_t j) {
+static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t kc, size_t g, size_t k0, size_t n1, size_t j) {
 #if defined(__x86_64__)
     size_t cols = w->cols, size = w->kind == DSCONVERT_STORED_F32 ? 4 : (w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F16 ? 2 : 1);
-    size_t k = k0 + 2 * KC;
+    size_t k = k0 + 2 * kc;
     if (k >= cols) {
         g += NR;
-        k = (k - cols) / KC * KC;
+        k = (k - cols) / kc * kc;
         if (k >= cols) return;
     }
     if (g + j >= n1) return;
-    size_t len = cols - k < KC ? cols - k : KC;
+    size_t len = cols - k < kc ? cols - k : kc;
     const char *row = (const char *)w->data + ((g + j) * cols + k) * size;
     for (size_t b = 0; b < len * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
 #else
-    (void)w, (void)g, (void)k0, (void)n1, (void)j;
+    (void)w, (void)kc, (void)g, (void)k0, (void)n1, (void)j;
 #endif
 }
 
 // The product for m rows of x (at most a chunk), with the working memory given.
-static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables, const dsconvert_stored_matrix *w,
-                     const float *x, size_t m, size_t n0, size_t n1, float *y, size_t ldy, float *acc, float *xp) {
-    size_t cols = w->cols;
+static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
+                     float *y, size_t ldy, float *acc, float *xp) {
+    size_t cols = w->cols, kc = plan->kc;
     // x is copied once into the order the micro-kernels read it: column block by column block, tile
     // of MR rows by tile, and within a tile 16 columns of each row in turn, zero past the last
     // column. A tile is then one contiguous stream; read in place, a checkpoint's rows are a multiple
     // of 4 KB apart (V3: 28 KB), so a block's rows shared one set of the first-level cache.
-    for (size_t k0 = 0; k0 < cols; k0 += KC) {
-        size_t len = cols - k0 < KC ? cols - k0 : KC, width = (len + LANES - 1) / LANES * LANES;
+    for (size_t k0 = 0; k0 < cols; k0 += kc) {
+        size_t len = cols - k0 < kc ? cols - k0 : kc, width = (len + LANES - 1) / LANES * LANES;
         for (size_t i0 = 0; i0 < m; i0 += MR) {
             size_t mr = m - i0 < MR ? m - i0 : MR;
             float *tile = xp + k0 * m + i0 * width;
@@ -399,29 +411,28 @@ static int gemm_rows(pack_fn pack, micro_fn micro, int vbmi, const void *tables,
                 }
         }
     }
-    float panel[NR * KC] __attribute__((aligned(64)));
+    float panel[NR * KC_FP8] __attribute__((aligned(64)));
     int bad = 0;
     for (size_t g = n0; g < n1; g += NR) {
         size_t nr = n1 - g < NR ? n1 - g : NR;
         if (cols == 0) memset(acc, 0, m * NR * LANES * sizeof(float));
-        for (size_t k0 = 0; k0 < cols; k0 += KC) {
-            size_t len = cols - k0 < KC ? cols - k0 : KC, width = (len + LANES - 1) / LANES * LANES;
+        for (size_t k0 = 0; k0 < cols; k0 += kc) {
+            size_t len = cols - k0 < kc ? cols - k0 : kc, width = (len + LANES - 1) / LANES * LANES;
 #if defined(__x86_64__)
-            bad |= vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)tables, g, nr, k0, len, panel) : pack(w, g, nr, k0, len, panel);
+            bad |= plan->vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)plan->tables, g, nr, k0, len, kc, panel)
+                              : plan->pack(w, g, nr, k0, len, kc, panel);
 #else
-            (void)vbmi;
-            (void)tables;
-            bad |= pack(w, g, nr, k0, len, panel);
+            bad |= plan->pack(w, g, nr, k0, len, kc, panel);
 #endif
             for (size_t j = 0; j < NR; j++)
-                for (size_t c = len; c < width; c++) panel[j * KC + c] = 0.0f;
+                for (size_t c = len; c < width; c++) panel[j * kc + c] = 0.0f;
             size_t requested = 0;
             for (size_t i0 = 0; i0 < m; i0 += MR) {
                 size_t mr = m - i0 < MR ? m - i0 : MR;
-                micro(mr, xp + k0 * m + i0 * width, panel, width / LANES, acc + i0 * NR * LANES, k0 == 0);
-                if (requested < NR) prefetch_ahead(w, g, k0, n1, requested++);
+                plan->micro(mr, xp + k0 * m + i0 * width, panel, kc, width / LANES, acc + i0 * NR * LANES, k0 == 0);
+                if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
             }
-            while (requested < NR) prefetch_ahead(w, g, k0, n1, requested++);
+            while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
         }
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < nr; j++) y[i * ldy + g + j] = reduce_lanes(acc + (i * NR + j) * LANES);
@@ -439,7 +450,7 @@ int dsconvert_stored_gemm_reference(const dsconvert_stored_matrix *w, const floa
             float s[LANES] = {0};
             for (size_t k0 = 0; k0 < cols; k0 += KC) {
                 size_t len = cols - k0 < KC ? cols - k0 : KC;
-                bad |= pack_baseline(w, n, 1, k0, len, panel);
+                bad |= pack_baseline(w, n, 1, k0, len, KC, panel);
                 size_t steps = (len + LANES - 1) / LANES * LANES;
                 for (size_t c = 0; c < steps; c++) {
                     float xv = c < len ? x[i * cols + k0 + c] : 0.0f, wv = c < len ? panel[c] : 0.0f;
