@@ -1,5 +1,9 @@
 #include "fp8_kernels.h"
 
+#include <stdlib.h>
+
+#include "fp8_vbmi.inc"
+
 // The largest magnitude bit pattern of n bf16 values, at least `m` (a plain reduction, which every
 // level's vectorizer turns into 16-bit vector maxima).
 static inline int16_t strip_max(const uint16_t *p, size_t n, int16_t m) {
@@ -82,6 +86,15 @@ int dsconvert_fp8_best_isa(void) {
     if (__builtin_cpu_supports("avx2")) return DSCONVERT_ISA_AVX2;
 #endif
     return DSCONVERT_ISA_BASELINE;
+}
+
+int dsconvert_cpu_has_vbmi(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") && !getenv("DSCONVERT_NO_VBMI");
+#else
+    return 0;
+#endif
 }
 
 int dsconvert_cpu_has_fma(void) {
@@ -171,3 +184,51 @@ DEFINE_DEQUANT_ROW(dequant_row_f32_avx512, __attribute__((target("avx512f,avx512
 
 DEFINE_DEQUANT_ENTRY(dsconvert_fp8_dequantize_block_row_bf16, uint16_t, dequant_row_baseline, dequant_row_avx2, dequant_row_avx512)
 DEFINE_DEQUANT_ENTRY(dsconvert_fp8_dequantize_block_row_f32, float, dequant_row_f32_baseline, dequant_row_f32_avx2, dequant_row_f32_avx512)
+
+#if defined(__x86_64__)
+// The f32 dequantizer for a destination larger than the caches keep (a weight widened for the
+// product that reads it next): the VBMI decoder, and streaming stores, which do not first read each
+// destination line from memory. The same values as `dequant_row_f32_*`, the same flags: NaN/Inf
+// codes from the decoder, and a block whose scale could overflow f32 with the format's largest code
+// goes through the generic tile, which checks each product. Rows not 64-byte aligned, or blocks not
+// a multiple of 16 wide, take ordinary stores.
+VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, int e5m2,
+                                                 const float *scales, float *out) {
+    fp8_tables tables;
+    fp8_tables_fill(&tables, e5m2);
+    fp8_registers r = fp8_registers_of(&tables, e5m2);
+    size_t per_row = (cols + block - 1) / block;
+    size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;
+    uint32_t special = e5m2 ? 0x7Cu : 0x7Fu, bad = 0;
+    float largest = e5m2 ? 57344.0f : 448.0f;
+    __mmask64 flagged = 0;
+    for (size_t r_ = r0; r_ < r1; r_++) {
+        const uint8_t *row = codes + r_ * cols;
+        float *dst = out + r_ * cols;
+        int streaming = ((uintptr_t)dst & 63) == 0 && block % 16 == 0;
+        for (size_t bc = 0; bc < per_row; bc++) {
+            size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;
+            float scale = scales[block_row * per_row + bc];
+            if ((dsconvert_bits_of(scale * largest) & 0x7FFFFFFFu) < 0x7F800000u) {
+                flagged |= streaming ? decode_fp8_segment_vbmi(row, c0, c1, scale, &r, dst + c0, 1)
+                                     : decode_fp8_segment_vbmi(row, c0, c1, scale, &r, dst + c0, 0);
+            } else if (e5m2) {
+                DEQUANT_TILE(1, STORE_F32)
+            } else {
+                DEQUANT_TILE(0, STORE_F32)
+            }
+        }
+    }
+    _mm_sfence();
+    return bad != 0 || flagged != 0;
+}
+#endif
+
+int dsconvert_fp8_dequantize_block_row_f32_streaming(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row,
+                                                     int e5m2, const float *scales, float *out) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512 && dsconvert_cpu_has_vbmi())
+        return dequant_row_f32_streaming(codes, rows, cols, block, block_row, e5m2, scales, out);
+#endif
+    return dsconvert_fp8_dequantize_block_row_f32(isa, codes, rows, cols, block, block_row, e5m2, scales, out);
+}

@@ -156,73 +156,7 @@ __attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const floa
 
 DEFINE_PACK(pack_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
 
-// FP8 codes to f32 with AVX-512 VBMI byte permutes: every finite E4M3 and E5M2 value is exactly a
-// bf16, so two 128-entry byte tables (its bf16's high and low byte, indexed by the code's low seven
-// bits) decode 64 codes in two permutes, the sign bit is or-ed in, and one permute per 16 codes
-// places the two bytes as the high half of each f32 (the low half zero). Then the f32 product with
-// the block's scale, as the generic pack computes it: about 4 vector operations per 16 weights
-// instead of ~14, which at 16 rows of x is the difference between the pack and the products
-// sharing the core evenly and the products taking 80% of it.
-typedef struct {
-    uint8_t high[128], low[128];
-    // The low and high bytes of 32 codes side by side (bytes 0-31 low, 32-63 high): output byte
-    // 4j + 2 of quarter q is the low byte of code 16q + j, 4j + 3 its high byte; bytes 4j and 4j + 1
-    // are zeroed by the permute's mask. (A one-source byte permute takes one cycle here, a
-    // two-source one two: six of those per 64 codes made the pack as slow as the products.)
-    uint8_t places[2][64];
-} fp8_tables;
-
-static void fp8_tables_fill(fp8_tables *t, int e5m2) {
-    for (uint32_t u = 0; u < 128; u++) {
-        uint32_t bits = dsconvert_bits_of(dsconvert_fp8_value(u, e5m2));
-        t->high[u] = (uint8_t)(bits >> 24);
-        t->low[u] = (uint8_t)(bits >> 16);
-    }
-    for (int q = 0; q < 2; q++)
-        for (int b = 0; b < 64; b++) t->places[q][b] = (uint8_t)((b % 4 == 3 ? 32 : 0) + 16 * q + b / 4);
-}
-
-#define VBMI_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vbmi")))
-
-// The decoder's constants, loaded into registers once per pack.
-typedef struct {
-    __m512i high0, high1, low0, low1, places[2], seven, sign, special;
-} fp8_registers;
-
-// One segment [c0, c1) of one row, all under one scale whose products cannot overflow.
-VBMI_TARGET __attribute__((always_inline)) static inline __mmask64 pack_fp8_segment_vbmi(const uint8_t *codes, size_t c0, size_t c1, float scale,
-                                                                                       const fp8_registers *r, float *dst) {
-    const __mmask64 halves = 0xCCCCCCCCCCCCCCCCull;
-    __m512 scales = _mm512_set1_ps(scale);
-    __mmask64 bad = 0;
-    for (size_t c = c0; c < c1; c += 64) {
-        size_t n = c1 - c < 64 ? c1 - c : 64;
-        __m512i v;
-        if (n == 64) {
-            v = _mm512_loadu_si512(codes + c);
-        } else {
-            v = _mm512_maskz_loadu_epi8(((__mmask64)1 << n) - 1, codes + c);
-        }
-        bad |= _mm512_cmpge_epu8_mask(_mm512_and_si512(v, r->seven), r->special);
-        __m512i high = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(r->high0, v, r->high1), v, r->sign, 0xF8);  // high | (v & sign)
-        __m512i low = _mm512_permutex2var_epi8(r->low0, v, r->low1);
-        __m512i sides[2] = {_mm512_inserti64x4(low, _mm512_castsi512_si256(high), 1), _mm512_shuffle_i64x2(low, high, 0xEE)};
-        if (n == 64) {
-            for (size_t q = 0; q < 4; q++) {
-                __m512i bits = _mm512_maskz_permutexvar_epi8(halves, r->places[q % 2], sides[q / 2]);
-                _mm512_storeu_ps(dst + (c - c0) + q * 16, _mm512_mul_ps(_mm512_castsi512_ps(bits), scales));
-            }
-        } else {
-            for (size_t q = 0; q * 16 < n; q++) {
-                __m512i bits = _mm512_maskz_permutexvar_epi8(halves, r->places[q % 2], sides[q / 2]);
-                size_t left = n - q * 16;
-                _mm512_mask_storeu_ps(dst + (c - c0) + q * 16, left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u),
-                                      _mm512_mul_ps(_mm512_castsi512_ps(bits), scales));
-            }
-        }
-    }
-    return bad;
-}
+#include "fp8_vbmi.inc"
 
 // One segment in plain C, each product checked: for scales whose products could overflow.
 static int pack_fp8_segment_checked(const uint8_t *codes, size_t c0, size_t c1, float scale, int e5m2, float *dst) {
@@ -240,12 +174,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
     int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2, bad = 0;
     float largest = e5m2 ? 57344.0f : 448.0f;
     size_t cols = w->cols, block = w->block, per_row = (cols + block - 1) / block;
-    fp8_registers r = {
-        .high0 = _mm512_loadu_si512(t->high), .high1 = _mm512_loadu_si512(t->high + 64),
-        .low0 = _mm512_loadu_si512(t->low), .low1 = _mm512_loadu_si512(t->low + 64),
-        .seven = _mm512_set1_epi8(0x7F), .sign = _mm512_set1_epi8((char)0x80), .special = _mm512_set1_epi8(e5m2 ? 0x7C : 0x7F),
-    };
-    for (int q = 0; q < 2; q++) r.places[q] = _mm512_loadu_si512(t->places[q]);
+    fp8_registers r = fp8_registers_of(t, e5m2);
     __mmask64 flagged = 0;
     for (size_t j = 0; j < NR; j++) {
         float *dst = p + j * kc;
@@ -259,7 +188,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
             size_t end = (c0 / block + 1) * block, c1 = end < k0 + len ? end : k0 + len;
             float scale = w->scales[(row / block) * per_row + c0 / block];
             if ((dsconvert_bits_of(scale * largest) & 0x7FFFFFFFu) < 0x7F800000u) {
-                flagged |= pack_fp8_segment_vbmi(codes, c0, c1, scale, &r, dst + (c0 - k0));
+                flagged |= decode_fp8_segment_vbmi(codes, c0, c1, scale, &r, dst + (c0 - k0), 0);
             } else {
                 bad |= pack_fp8_segment_checked(codes, c0, c1, scale, e5m2, dst + (c0 - k0));
             }
@@ -334,8 +263,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     if (isa >= DSCONVERT_ISA_AVX512) {
         pack = pack_avx512;
         micro = micro_avx512;
-        __builtin_cpu_init();
-        vbmi = fp8 && __builtin_cpu_supports("avx512vbmi") && !getenv("DSCONVERT_NO_VBMI");
+        vbmi = fp8 && dsconvert_cpu_has_vbmi();
         if (vbmi) fp8_tables_fill(&tables, w->kind == DSCONVERT_STORED_FP8_E5M2);
     } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
         pack = pack_avx2;

@@ -84,9 +84,12 @@ public enum FP8BlockWeights {
     }
 
     /// The same values written into `destination` (at least the shape's element count): the forward
-    /// pass dequantizes into buffers it reuses, so no weight costs fresh pages.
+    /// pass dequantizes into buffers it reuses, so no weight costs fresh pages. With `streaming`, a
+    /// large weight is written with streaming stores (`FP8BlockQuantizer.dequantize`): for one widened
+    /// for the product that reads it next.
     public static func dequantize(codes: UnsafeRawBufferPointer, shape: [Int], format: FP8Format, scales: [Float], block: Int,
-                                  weight: String, codesFile: String, scalesFile: String, into destination: UnsafeMutableBufferPointer<Float>) throws {
+                                  weight: String, codesFile: String, scalesFile: String, into destination: UnsafeMutableBufferPointer<Float>,
+                                  streaming: Bool = false) throws {
         let rows = shape[shape.count - 2], cols = shape[shape.count - 1]
         let matrices = shape.dropLast(2).reduce(1, *)
         let quantizer = FP8BlockQuantizer(format: format, block: block)
@@ -106,7 +109,8 @@ public enum FP8BlockWeights {
         let finite = count == 0 || scales.withUnsafeBufferPointer { sp in
             (0..<matrices).allSatisfy { m in
                 quantizer.dequantize(codes: bytes.baseAddress! + m * rows * cols, scales: sp.baseAddress! + m * perMatrix,
-                                     rows: rows, cols: cols, into: destination.baseAddress! + m * rows * cols)
+                                     rows: rows, cols: cols, into: destination.baseAddress! + m * rows * cols,
+                                     streaming: streaming && count >= FloatConversion.streamingMinimumCount)
             }
         }
         try scales.withUnsafeBufferPointer { sp in

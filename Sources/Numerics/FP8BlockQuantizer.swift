@@ -148,12 +148,16 @@ public struct FP8BlockQuantizer: Sendable {
     /// w = q · scale per block, in f32: the C kernel at `level` over block rows in parallel (the same
     /// values at every level and thread count). Returns false if a code is NaN/Inf or a product is not
     /// finite (the output is then unspecified; the caller names the code or the scale).
+    /// With `streaming`, written with streaming stores where the CPU allows
+    /// (`dsconvert_fp8_dequantize_block_row_f32_streaming`): for a weight larger than the caches keep,
+    /// widened for the product that reads it next. The same values.
     public func dequantize(codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>,
-                           level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
+                           streaming: Bool = false, level: Int32 = FP8BlockQuantizer.kernelLevel) -> Bool {
         let input = SharedPointer(UnsafeMutablePointer(mutating: codes)), sc = SharedPointer(UnsafeMutablePointer(mutating: scales))
         let dst = SharedPointer(out), block = block, e5m2: Int32 = format == .e5m2 ? 1 : 0
         return allBlockRowsFinite(rows: rows, cols: cols) { br in
-            dsconvert_fp8_dequantize_block_row_f32(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer)
+            streaming ? dsconvert_fp8_dequantize_block_row_f32_streaming(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer)
+                      : dsconvert_fp8_dequantize_block_row_f32(level, input.pointer, rows, cols, block, br, e5m2, sc.pointer, dst.pointer)
         }
     }
 

@@ -55,6 +55,10 @@ public enum FloatConversion {
         }
     }
 
+    /// Values from which a widened weight is written with streaming stores (4 MB of f32): larger than
+    /// the second-level cache, so the product after it reads it from memory either way.
+    public static let streamingMinimumCount = 1 << 20
+
     /// `bf16ToFloat` for a destination larger than the caches keep (a large weight widened for the
     /// product that reads it next): streaming stores, which do not first read each destination line
     /// from memory (`dsconvert_bf16_to_f32_streaming`). The same values.

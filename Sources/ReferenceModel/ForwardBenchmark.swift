@@ -58,7 +58,7 @@ public final class SyntheticWeights: WeightProvider {
         case let .fp8(codes, scales):
             _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
                 Self.quantizer.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: shape[0], cols: count / shape[0],
-                                          into: destination.baseAddress!)
+                                          into: destination.baseAddress!, streaming: count >= FloatConversion.streamingMinimumCount)
             } }
         }
     }

@@ -142,7 +142,8 @@ public final class CheckpointWeights: WeightProvider {
             if let format = FP8Format(dtype: view.dtype) {
                 let (block, scales, scaleName) = try fp8Scales(of: view)
                 return try FP8BlockWeights.dequantize(codes: view.bytes, shape: view.shape, format: format, scales: scales, block: block, weight: name,
-                                                      codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName), into: destination)
+                                                      codesFile: checkpoint.path(of: name), scalesFile: checkpoint.path(of: scaleName), into: destination,
+                                                      streaming: true)
             }
             guard TensorView.widen(view.bytes, dtype: view.dtype, count: info.elementCount, into: destination) else {
                 throw SafeTensorsError.invalidTensorEntry(file: view.owner.path, tensor: name, reason: "dtype \(view.dtype.rawValue) cannot be read as real values here")

@@ -229,6 +229,50 @@ final class FP8DequantizeKernelTests: XCTestCase {
         }
     }
 
+    /// The streaming f32 dequantizer (large weights widened for the forward pass: VBMI decoder and
+    /// streaming stores where the CPU has them) writes the products bit for bit: rows on and off a
+    /// 64-byte boundary, partial blocks, every finite code, and scales whose products overflow f32
+    /// (those blocks take the checked path and are flagged).
+    func testStreamingF32EqualsTheDefinition() {
+        for format in [FP8Format.e4m3, .e5m2] {
+            let table = FP8Codec.decodeTable(format)
+            let finite = (0..<256).filter { table[$0].isFinite }.map(UInt8.init)
+            for (cols, offset) in [(256, 0), (256, 1), (260, 0), (200, 5)] {
+                let rows = 300, block = 128
+                let codes = (0..<(rows * cols)).map { finite[($0 * 7 + $0 / cols) % finite.count] }
+                let quantizer = FP8BlockQuantizer(format: format, block: block)
+                let scaleCount = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
+                for overflowing in [false, true] {
+                    let scales: [Float] = (0..<scaleCount).map { [1e-3, 0x1p-120, 1.0 / 3, 3.0e33, 0x1.02p-7, overflowing ? 1e36 : 7][$0 % 6] }
+                    let perRow = (cols + block - 1) / block
+                    let products = (0..<(rows * cols)).map { i in table[Int(codes[i])] * scales[(i / cols / block) * perRow + (i % cols) / block] }
+                    for level in FP8BlockQuantizer.availableKernelLevels {
+                        // On a 64-byte boundary plus `offset` floats: with 256 columns and no offset every
+                        // row is streamed; otherwise rows on a boundary are and the others are not.
+                        let raw = UnsafeMutableRawPointer.allocate(byteCount: (rows * cols + offset) * 4, alignment: 64)
+                        defer { raw.deallocate() }
+                        let destination = raw.bindMemory(to: Float.self, capacity: rows * cols + offset) + offset
+                        destination.initialize(repeating: .nan, count: rows * cols)
+                        let ok = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
+                            quantizer.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: rows, cols: cols, into: destination,
+                                                 streaming: true, level: level)
+                        } }
+                        let label = "\(format) cols \(cols) offset \(offset) overflowing \(overflowing) level \(level)"
+                        XCTAssertEqual(ok, products.allSatisfy(\.isFinite), label)
+                        XCTAssertEqual(UnsafeBufferPointer(start: destination, count: rows * cols).map(\.bitPattern), products.map(\.bitPattern), label)
+                    }
+                }
+            }
+        }
+        var codes = [UInt8](repeating: 0x38, count: 64 * 64)
+        codes[1000] = 0x7F
+        var out = [Float](repeating: 0, count: codes.count)
+        for level in FP8BlockQuantizer.availableKernelLevels {
+            XCTAssertFalse(FP8BlockQuantizer(format: .e4m3, block: 128).dequantize(codes: codes, scales: [1], rows: 64, cols: 64, into: &out,
+                                                                                 streaming: true, level: level), "NaN code, level \(level)")
+        }
+    }
+
     func testNaNCodesAreFlagged() {
         let quantizer = FP8BlockQuantizer(format: .e4m3, block: 128)
         var codes = [UInt8](repeating: 0x38, count: 64)

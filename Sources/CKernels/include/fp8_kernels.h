@@ -18,6 +18,10 @@ enum {
 /// The best level this CPU runs.
 int dsconvert_fp8_best_isa(void);
 
+/// 1 if the CPU has AVX-512 VBMI (byte permutes: the FP8 decoder of the stored products and the
+/// streaming dequantizer) and `DSCONVERT_NO_VBMI` is not set (for comparing the paths), else 0.
+int dsconvert_cpu_has_vbmi(void);
+
 /// 1 if the CPU has FMA (with AVX2, what OpenBLAS's Haswell kernels need), else 0.
 int dsconvert_cpu_has_fma(void);
 
@@ -44,5 +48,11 @@ int dsconvert_fp8_dequantize_block_row_bf16(int isa, const uint8_t *codes, size_
 /// The same as `dsconvert_fp8_dequantize_block_row_bf16` without the rounding: the f32 products.
 int dsconvert_fp8_dequantize_block_row_f32(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
                                            size_t block_row, int e5m2, const float *scales, float *out);
+
+/// The same values and flags as `dsconvert_fp8_dequantize_block_row_f32`, written with streaming
+/// stores where the CPU has AVX-512 VBMI (decoded with byte permutes), for destinations larger than
+/// the caches keep: a weight widened for the product that reads it next. Fenced before it returns.
+int dsconvert_fp8_dequantize_block_row_f32_streaming(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
+                                                     size_t block_row, int e5m2, const float *scales, float *out);
 
 #endif
