@@ -35,7 +35,7 @@ let package = Package(
         // OpenBLAS, the reference backend of the validation forward pass.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The reference forward pass (fp32, OpenBLAS): weight providers, attention, router, rotary embedding.
-        .target(name: "ReferenceModel", dependencies: ["COpenBLAS", "CKernels", "SafeTensors", "DeepSeekModel", "Numerics"]),
+        .target(name: "ReferenceModel", dependencies: ["COpenBLAS", "CKernels", "CSystemCalls", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // Drift of a candidate against a reference: metrics and reports.
         .target(name: "Validation", dependencies: ["ReferenceModel", "SafeTensors", "DeepSeekModel", "Numerics"]),
         // llama.cpp's GGUF container (writer and checked reader) and its block types, quantized bit-exactly.

@@ -16,6 +16,14 @@ static inline int dsconvert_start_writeback(int fd, long long offset, long long 
 }
 
 #include <fcntl.h>
+#include <malloc.h>
+
+/// mallopt(3): allocations up to `bytes` come from the heap instead of fresh mappings, and up to
+/// `bytes` of freed memory at the heap's top is kept for the next allocation instead of returned.
+/// 1 when both settings were taken.
+static inline int dsconvert_retain_freed_memory(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes) && mallopt(M_TRIM_THRESHOLD, bytes);
+}
 
 /// Opens an existing file for writing with O_DIRECT (data goes from the caller's aligned buffer to the
 /// device, no page-cache copy); -1 where the file system refuses it (errno says why).

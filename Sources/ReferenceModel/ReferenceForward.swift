@@ -59,6 +59,7 @@ public final class ReferenceForward {
         self.kvCache = kvCache
         self.cacheObserver = cacheObserver
         rope = RotaryEmbedding(config: config)
+        _ = ActivationMemory.reused
     }
 
     /// Where the forward pass's time went: reading and widening (or dequantizing) weights, and the
