@@ -22,10 +22,19 @@ final class WeightArena: Sendable {
 
     init(retained: Int = 4) { self.retained = retained }
 
-    deinit { for buffer in free.withLock({ $0 }) { Self.pointer(buffer).deallocate() } }
+    deinit { for buffer in free.withLock({ $0 }) { Self.deallocate(buffer) } }
 
     private static func pointer(_ buffer: (address: Int, count: Int)) -> UnsafeMutableBufferPointer<Float> {
         UnsafeMutableBufferPointer(start: UnsafeMutablePointer<Float>(bitPattern: buffer.address), count: buffer.count)
+    }
+
+    /// Buffers start on a cache line: the widening kernels write a row with streaming stores only
+    /// from a 64-byte boundary, and malloc's 16-byte alignment would put every row of a weight off
+    /// one (FP8's streaming path takes rows that start on a line, or none of the row).
+    static let alignment = 64
+
+    private static func deallocate(_ buffer: (address: Int, count: Int)) {
+        UnsafeMutableRawPointer(bitPattern: buffer.address)?.deallocate()
     }
 
     /// Buffers kept now.
@@ -33,7 +42,7 @@ final class WeightArena: Sendable {
 
     /// Frees every kept buffer (after a run: a later stage need not carry a forward pass's memory).
     func trim() {
-        for buffer in free.withLock({ free in defer { free = [] }; return free }) { Self.pointer(buffer).deallocate() }
+        for buffer in free.withLock({ free in defer { free = [] }; return free }) { Self.deallocate(buffer) }
     }
 
     /// A buffer of at least `count` floats: the smallest kept one that is large enough, else a new one.
@@ -43,7 +52,9 @@ final class WeightArena: Sendable {
             return free.remove(at: i)
         }
         if let kept { return Self.pointer(kept) }
-        return .allocate(capacity: max(count, 1))
+        let capacity = max(count, 1)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: capacity * MemoryLayout<Float>.stride, alignment: Self.alignment)
+        return UnsafeMutableBufferPointer(start: raw.bindMemory(to: Float.self, capacity: capacity), count: capacity)
     }
 
     /// Takes `buffer` back; past `retained` buffers the smallest is freed (the large ones are the
@@ -54,7 +65,7 @@ final class WeightArena: Sendable {
             guard free.count > retained, let i = free.indices.min(by: { free[$0].count < free[$1].count }) else { return nil }
             return free.remove(at: i)
         }
-        if let dropped { Self.pointer(dropped).deallocate() }
+        if let dropped { Self.deallocate(dropped) }
     }
 }
 
