@@ -14,6 +14,11 @@ import Foundation
 /// (Haswell), the selection is re-run for that core, as `OPENBLAS_CORETYPE` would at load time.
 /// Results stay within the reference's tolerances (another kernel only sums in another order) and
 /// are the same at any thread count for a given core.
+///
+/// A core the user forced with `OPENBLAS_CORETYPE` stands, but when it is below the CPU's level
+/// (this workplace's Zen 5 machines set `OPENBLAS_CORETYPE=Haswell`, AVX2, where OpenBLAS 0.3.21
+/// itself picks its AVX-512 "Cooperlake": 254 against 405-421 GFLOP/s) the benchmarks' `blas:` line
+/// says so, because every "of sgemm" ratio is then measured against a handicapped sgemm.
 public enum BLASCore {
     /// The core OpenBLAS runs, and whether dsconvert chose it.
     public struct Selection: Sendable, Equatable, CustomStringConvertible {
@@ -21,12 +26,23 @@ public enum BLASCore {
         public let core: String
         /// The core OpenBLAS had chosen itself, when dsconvert replaced it.
         public let replaced: String?
+        /// The core of this CPU's level, when `OPENBLAS_CORETYPE` holds OpenBLAS below it.
+        public let heldBelow: String?
+
+        public init(core: String, replaced: String?, heldBelow: String? = nil) {
+            self.core = core
+            self.replaced = replaced
+            self.heldBelow = heldBelow
+        }
 
         /// One line for benchmarks: "OpenBLAS 0.3.21 … core SkylakeX (OpenBLAS took this CPU for Prescott)".
         public var description: String {
             let config = String(cString: openblas_get_config()).trimmingCharacters(in: .whitespaces)
             let chosen = replaced.map { " (OpenBLAS took this CPU for \($0); dsconvert selected \(core) from its instruction set)" } ?? ""
-            return "\(config), core \(core)\(chosen)"
+            let held = heldBelow.map {
+                "; OPENBLAS_CORETYPE holds it below this CPU's \($0) kernels: sgemm here is not this machine's best"
+            } ?? ""
+            return "\(config), core \(core)\(chosen)\(held)"
         }
     }
 
@@ -46,10 +62,33 @@ public enum BLASCore {
         String(cString: openblas_get_corename()).trimmingCharacters(in: .whitespaces)
     }
 
+    /// OpenBLAS's x86-64 cores with AVX-512 kernels, and those without AVX2 ones.
+    private static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+    private static let belowAVX2Cores: Set<String> = [
+        "katmai", "coppermine", "northwood", "prescott", "banias", "atom", "core2", "penryn", "dunnington", "nehalem",
+        "athlon", "opteron", "opteron_sse3", "barcelona", "nano", "sandybridge", "bobcat", "bulldozer", "piledriver",
+        "steamroller",
+    ]
+
+    /// Whether kernels `core` are below a CPU whose level calls for `better` ("SkylakeX" for
+    /// AVX-512, "Haswell" for AVX2): on AVX-512 any core without AVX-512 kernels, on AVX2 any
+    /// without AVX2 ones. A name OpenBLAS may add later counts as not below on AVX2.
+    static func isBelow(_ core: String, better: String) -> Bool {
+        let name = core.lowercased()
+        switch better {
+        case "SkylakeX": return !avx512Cores.contains(name)
+        default: return belowAVX2Cores.contains(name)
+        }
+    }
+
     private static func select() -> Selection {
         let chosen = currentCore()
-        guard chosen.lowercased() == "prescott", ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
-              let better = coreForThisCPU(), dsconvert_openblas_select_core(better) == 1 else {
+        let better = coreForThisCPU()
+        if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil {
+            let held = better.flatMap { isBelow(chosen, better: $0) ? $0 : nil }
+            return Selection(core: chosen, replaced: nil, heldBelow: held)
+        }
+        guard chosen.lowercased() == "prescott", let better, dsconvert_openblas_select_core(better) == 1 else {
             return Selection(core: chosen, replaced: nil)
         }
         let now = currentCore()

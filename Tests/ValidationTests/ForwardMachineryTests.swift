@@ -20,6 +20,31 @@ final class ForwardMachineryTests: XCTestCase {
             XCTAssertEqual(replaced.lowercased(), "prescott", "only the fallback is ever replaced")
             XCTAssertEqual(selection.core, BLASCore.coreForThisCPU())
         }
+        // A forced core below the CPU is named, and only then.
+        if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil, let level = BLASCore.coreForThisCPU(),
+           BLASCore.isBelow(selection.core, better: level) {
+            XCTAssertEqual(selection.heldBelow, level)
+            XCTAssertTrue(selection.description.contains("holds it below"), selection.description)
+        } else {
+            XCTAssertNil(selection.heldBelow, selection.description)
+        }
+        XCTAssertTrue(BLASCore.isBelow("Prescott", better: "Haswell"))
+        XCTAssertTrue(BLASCore.isBelow("Sandybridge", better: "Haswell"))
+        XCTAssertTrue(BLASCore.isBelow("Haswell", better: "SkylakeX"))
+        XCTAssertTrue(BLASCore.isBelow("Zen", better: "SkylakeX"))
+        XCTAssertTrue(BLASCore.isBelow("Excavator", better: "SkylakeX"))
+        XCTAssertFalse(BLASCore.isBelow("Haswell", better: "Haswell"))
+        XCTAssertFalse(BLASCore.isBelow("Zen", better: "Haswell"))
+        XCTAssertFalse(BLASCore.isBelow("Excavator", better: "Haswell"))
+        XCTAssertFalse(BLASCore.isBelow("Cooperlake", better: "SkylakeX"))
+        XCTAssertFalse(BLASCore.isBelow("SapphireRapids", better: "SkylakeX"))
+        // What the benchmarks print in each case.
+        let held = BLASCore.Selection(core: "Haswell", replaced: nil, heldBelow: "SkylakeX").description
+        XCTAssertTrue(held.hasSuffix("core Haswell; OPENBLAS_CORETYPE holds it below this CPU's SkylakeX kernels: sgemm here is not this machine's best"), held)
+        let replaced = BLASCore.Selection(core: "SkylakeX", replaced: "Prescott").description
+        XCTAssertTrue(replaced.hasSuffix("core SkylakeX (OpenBLAS took this CPU for Prescott; dsconvert selected SkylakeX from its instruction set)"), replaced)
+        // glibc took the setting that keeps activations' freed memory for reuse.
+        XCTAssertTrue(ActivationMemory.reused, "mallopt refused M_MMAP_THRESHOLD or M_TRIM_THRESHOLD of 1 GiB")
         // The kernels still compute: a product checked by hand.
         let y = Linear.forward([1, 2, 3, 4], rows: 2, weight: [1, 0, 0, 1, 1, 1], inFeatures: 2, outFeatures: 3)
         XCTAssertEqual(y, [1, 2, 3, 3, 4, 7])
@@ -34,6 +59,7 @@ final class ForwardMachineryTests: XCTestCase {
             let m = WeightMatrix(count: 1000, arena: arena)
             first = m.destination.baseAddress
             XCTAssertEqual(m.destination.count, 1000)
+            XCTAssertEqual(Int(bitPattern: m.destination.baseAddress) % WeightArena.alignment, 0, "buffers start on a cache line")
         }
         do {
             let smaller = WeightMatrix(count: 10, arena: arena)
