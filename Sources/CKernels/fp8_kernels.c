@@ -200,7 +200,6 @@ VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t ro
     size_t per_row = (cols + block - 1) / block;
     size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;
     uint32_t special = e5m2 ? 0x7Cu : 0x7Fu, bad = 0;
-    float largest = e5m2 ? 57344.0f : 448.0f;
     __mmask64 flagged = 0;
     for (size_t r_ = r0; r_ < r1; r_++) {
         const uint8_t *row = codes + r_ * cols;
@@ -209,7 +208,7 @@ VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t ro
         for (size_t bc = 0; bc < per_row; bc++) {
             size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;
             float scale = scales[block_row * per_row + bc];
-            if ((dsconvert_bits_of(scale * largest) & 0x7FFFFFFFu) < 0x7F800000u) {
+            if (fp8_scale_keeps_finite(scale, e5m2)) {
                 flagged |= streaming ? decode_fp8_segment_vbmi(row, c0, c1, scale, &r, dst + c0, 1)
                                      : decode_fp8_segment_vbmi(row, c0, c1, scale, &r, dst + c0, 0);
             } else if (e5m2) {

@@ -173,7 +173,6 @@ static int pack_fp8_segment_checked(const uint8_t *codes, size_t c0, size_t c1, 
 VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8_tables *t, size_t r0, size_t nr, size_t k0,
                                      size_t len, size_t kc, float *p) {
     int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2, bad = 0;
-    float largest = e5m2 ? 57344.0f : 448.0f;
     size_t cols = w->cols, block = w->block, per_row = (cols + block - 1) / block;
     fp8_registers r = fp8_registers_of(t, e5m2);
     __mmask64 flagged = 0;
@@ -188,7 +187,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
         for (size_t c0 = k0; c0 < k0 + len;) {
             size_t end = (c0 / block + 1) * block, c1 = end < k0 + len ? end : k0 + len;
             float scale = w->scales[(row / block) * per_row + c0 / block];
-            if ((dsconvert_bits_of(scale * largest) & 0x7FFFFFFFu) < 0x7F800000u) {
+            if (fp8_scale_keeps_finite(scale, e5m2)) {
                 flagged |= decode_fp8_segment_vbmi(codes, c0, c1, scale, &r, dst + (c0 - k0), 0);
             } else {
                 bad |= pack_fp8_segment_checked(codes, c0, c1, scale, e5m2, dst + (c0 - k0));
