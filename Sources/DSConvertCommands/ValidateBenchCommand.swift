@@ -99,8 +99,8 @@ public enum ValidateBenchCommand: Command {
         // share of it the forward passes reach. Timed for about a second (the median): three runs of
         // V2-Lite's 15 ms product right after the child had measured 190 GFLOP/s against 290.
         let repeats = ForwardBenchmark.sgemmRepeats(m: count, n: config.hiddenSize, k: config.hiddenSize, lasting: 1, within: 3...100)
-        let runs = ForwardBenchmark.sgemm(m: count, n: config.hiddenSize, k: config.hiddenSize, repeats: repeats).sorted()
-        let sgemm = runs[runs.count / 2]
+        let runs = ForwardBenchmark.sgemm(m: count, n: config.hiddenSize, k: config.hiddenSize, repeats: repeats)
+        let sgemm = SampleSummary(runs)!.median
         let sgemmRate = 2 * Double(count * config.hiddenSize * config.hiddenSize) / sgemm / 1e9
         terminal.out(String(format: "reference %@, candidate %@: %.2f GB of safetensors; %d tokens; %@ page cache; %d cores",
                             reference.path, candidate.path, Double(bytes) / 1e9, count, cold ? "cold" : "warm", ProcessInfo.processInfo.activeProcessorCount))
