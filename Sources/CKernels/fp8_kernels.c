@@ -190,8 +190,10 @@ DEFINE_DEQUANT_ENTRY(dsconvert_fp8_dequantize_block_row_f32, float, dequant_row_
 // product that reads it next): the VBMI decoder, and streaming stores, which do not first read each
 // destination line from memory. The same values as `dequant_row_f32_*`, the same flags: NaN/Inf
 // codes from the decoder, and a block whose scale could overflow f32 with the format's largest code
-// goes through the generic tile, which checks each product. Rows not 64-byte aligned, or blocks not
-// a multiple of 16 wide, take ordinary stores.
+// goes through the generic tile, which checks each product. As the bf16 widener does, each segment
+// stores ordinarily up to the first 64-byte boundary of its destination and streams from there (the
+// same number of values, `head`, in every segment of a row: blocks are a multiple of 16 wide);
+// blocks that are not, or a destination not float-aligned, take ordinary stores.
 VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row, int e5m2,
                                                  const float *scales, float *out) {
     fp8_tables tables;
@@ -204,13 +206,15 @@ VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t ro
     for (size_t r_ = r0; r_ < r1; r_++) {
         const uint8_t *row = codes + r_ * cols;
         float *dst = out + r_ * cols;
-        int streaming = ((uintptr_t)dst & 63) == 0 && block % 16 == 0;
+        int streaming = ((uintptr_t)dst & 3) == 0 && block % 16 == 0;
+        size_t head = ((64 - ((uintptr_t)dst & 63)) & 63) / sizeof(float);
         for (size_t bc = 0; bc < per_row; bc++) {
             size_t c0 = bc * block, c1 = c0 + block < cols ? c0 + block : cols;
             float scale = scales[block_row * per_row + bc];
             if (fp8_scale_keeps_finite(scale, e5m2)) {
-                flagged |= streaming ? decode_fp8_segment_vbmi(row, c0, c1, scale, &r, dst + c0, 1)
-                                     : decode_fp8_segment_vbmi(row, c0, c1, scale, &r, dst + c0, 0);
+                size_t lined = streaming ? (c0 + head < c1 ? c0 + head : c1) : c1;
+                if (lined > c0) flagged |= decode_fp8_segment_vbmi(row, c0, lined, scale, &r, dst + c0, 0);
+                if (lined < c1) flagged |= decode_fp8_segment_vbmi(row, lined, c1, scale, &r, dst + lined, 1);
             } else if (e5m2) {
                 DEQUANT_TILE(1, STORE_F32)
             } else {

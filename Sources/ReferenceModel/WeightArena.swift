@@ -28,9 +28,9 @@ final class WeightArena: Sendable {
         UnsafeMutableBufferPointer(start: UnsafeMutablePointer<Float>(bitPattern: buffer.address), count: buffer.count)
     }
 
-    /// Buffers start on a cache line: the widening kernels write a row with streaming stores only
-    /// from a 64-byte boundary, and malloc's 16-byte alignment would put every row of a weight off
-    /// one (FP8's streaming path takes rows that start on a line, or none of the row).
+    /// Buffers start on a cache line: the widening kernels stream a row's values only from a 64-byte
+    /// boundary on (the ones before it are stored ordinarily, per FP8 block), and malloc's 16-byte
+    /// alignment would put every row of a weight off one.
     static let alignment = 64
 
     private static func deallocate(_ buffer: (address: Int, count: Int)) {

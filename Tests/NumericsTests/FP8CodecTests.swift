@@ -248,7 +248,8 @@ final class FP8DequantizeKernelTests: XCTestCase {
                     let products = (0..<(rows * cols)).map { i in table[Int(codes[i])] * scales[(i / cols / block) * perRow + (i % cols) / block] }
                     for level in FP8BlockQuantizer.availableKernelLevels {
                         // On a 64-byte boundary plus `offset` floats: with 256 columns and no offset every
-                        // row is streamed; otherwise rows on a boundary are and the others are not.
+                        // row starts on a line; otherwise rows start at every offset from one, and each
+                        // segment stores ordinarily up to its first line.
                         let raw = UnsafeMutableRawPointer.allocate(byteCount: (rows * cols + offset) * 4, alignment: 64)
                         defer { raw.deallocate() }
                         let destination = raw.bindMemory(to: Float.self, capacity: rows * cols + offset) + offset
