@@ -18,11 +18,15 @@
 // keeps sixteen lane sums in `acc` between column blocks; a micro-kernel holds MR x NR of them in
 // registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes blocks of
 // KC_FP8 columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
-// blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns); bf16 at 16-48 rows
-// was 12% slower with them (its pack is the compiler's loop, not the VBMI decoder), so it keeps KC,
-// as does FP8 through the arithmetic decoder. The block length changes no bit: each lane's terms
-// are added in increasing k whatever the blocks.
-enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_FP8 = 512, MR = 4, LANES = 16 };
+// blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns). Other kinds take
+// them from LONG_BLOCK_ROWS rows of x on: bf16 1408 x 2048 on a Zen 5 host, weights from
+// memory, two products at once, 256 -> 512 columns: 8-16 rows 203-304 -> 173-289 GFLOP/s (with few
+// rows the product waits on the weight's bytes, and longer blocks fetch them in longer bursts), 24-32
+// rows level, 48-176 rows 367-376 -> 380-386 (the sums' loads and stores halved). On the Intel host
+// of earlier measurements bf16 at 16-48 rows was 12% slower with them. FP8 through the arithmetic
+// decoder keeps KC. The block length changes no bit: each lane's terms are added in increasing k
+// whatever the blocks.
+enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_FP8 = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
 
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
 // subnormal ones read with exponent 1 and the implicit bit subtracted again, Inf/NaN kept).
@@ -272,7 +276,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
-    product_plan plan = {pack, micro, vbmi, &tables, vbmi ? KC_FP8 : KC};
+    product_plan plan = {pack, micro, vbmi, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_FP8 : KC};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);

@@ -19,9 +19,9 @@ final class StoredProductTests: XCTestCase {
     /// Finite weights of every storage: f32, bf16 and f16 bit patterns with finite values, FP8 codes
     /// except NaN/Inf (subnormal ones included), block scales of 128 or 32, shapes with partial
     /// blocks and tails of the 16-column steps.
-    /// `k` when given (else one of a list with every kind of tail).
-    private func randomCase(kind: Int32, k given: Int? = nil) -> Case {
-        let m = Int.random(in: 1...21, using: &generator), n = Int.random(in: 1...40, using: &generator)
+    /// `k` and `m` when given (else one of a list with every kind of tail, and 1-21 rows).
+    private func randomCase(kind: Int32, k given: Int? = nil, m rows: Int? = nil) -> Case {
+        let m = rows ?? Int.random(in: 1...21, using: &generator), n = Int.random(in: 1...40, using: &generator)
         let k = given ?? [1, 15, 16, 17, 255, 256, 257, 300, 700][Int.random(in: 0..<9, using: &generator)]
         let block = Bool.random(using: &generator) ? 128 : 32
         var data: [UInt8] = [], widened: [Double] = []
@@ -87,9 +87,10 @@ final class StoredProductTests: XCTestCase {
         let best = dsconvert_fp8_best_isa()
         for kind in Self.kinds {
             for trial in 0..<24 {
-                // The first trial always has a column block of 512 and a partial one after it, and a
-                // tail of the 16-column steps (FP8's blocks through VBMI are 512 columns, others 256).
-                let c = randomCase(kind: kind, k: trial == 0 ? 1000 : nil)
+                // The first two trials always have a column block of 512 and a partial one after it, and
+                // a tail of the 16-column steps: FP8's blocks through VBMI are 512 columns, the other
+                // kinds' 512 from 32 rows of x on (the second trial) and 256 below (the first).
+                let c = randomCase(kind: kind, k: trial < 2 ? 1000 : nil, m: trial == 1 ? Int.random(in: 32...40, using: &generator) : nil)
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
                 XCTAssertEqual(flagged, 0)
                 let cut = Int.random(in: 0...c.n, using: &generator)
