@@ -100,8 +100,25 @@ public struct MoERouter: Sendable {
         }
     }
 
-    /// Indices of the `count` largest values; ties go to the lower index (torch.topk's order on CPU).
+    /// Indices of the `count` largest values, largest first; ties go to the lower index (torch.topk's
+    /// order on CPU). The order matters beyond the choice: the chosen weights are summed in it.
+    ///
+    /// One pass keeping the best so far in that order, instead of sorting every index: a token of
+    /// V3 chooses 8 of 256 experts (and 4 of 8 groups, each scored by its best 2 of 32). A later
+    /// value enters only if strictly larger, so an earlier equal one stays ahead of it.
     static func topIndices(_ values: [Float], count: Int) -> [Int] {
-        Array(values.indices.sorted { values[$0] != values[$1] ? values[$0] > values[$1] : $0 < $1 }.prefix(count))
+        guard count > 0 else { return [] }
+        var best: [Int] = []
+        best.reserveCapacity(count)
+        for j in values.indices {
+            if best.count == count {
+                guard values[j] > values[best[count - 1]] else { continue }
+                best.removeLast()
+            }
+            var position = best.count
+            while position > 0, values[j] > values[best[position - 1]] { position -= 1 }
+            best.insert(j, at: position)
+        }
+        return best
     }
 }

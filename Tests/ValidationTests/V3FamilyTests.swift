@@ -80,6 +80,21 @@ final class V3FamilyTests: XCTestCase {
         XCTAssertTrue(chosen.allSatisfy { $0 >= 8 }, "\(chosen): only experts of the kept groups 4...7")
     }
 
+    /// The router's top-k is the sort it replaces, order included (the chosen weights are summed in
+    /// it): values sorted largest first, ties to the lower index, the first `count` kept. Values drawn
+    /// from a few levels so ties are common, with ±0 and infinities (V3's masked groups are −inf).
+    func testTopIndicesIsTheStableDescendingSort() {
+        var generator = SystemRandomNumberGenerator()
+        let levels: [Float] = [-.infinity, -1.5, -0.0, 0, 0.25, Float(0.25).nextUp, 3, .infinity]
+        for _ in 0..<2000 {
+            let n = Int.random(in: 0...40, using: &generator)
+            let values = (0..<n).map { _ in levels.randomElement(using: &generator)! }
+            let count = Int.random(in: 0...(n + 2), using: &generator)
+            let sorted = values.indices.sorted { values[$0] != values[$1] ? values[$0] > values[$1] : $0 < $1 }
+            XCTAssertEqual(MoERouter.topIndices(values, count: count), Array(sorted.prefix(count)), "\(values) top \(count)")
+        }
+    }
+
     /// `shard --devices 8`: one routing group per device on V3 (M = topk_group = 4), 3 experts per
     /// device on Kimi-style (M = k); the union of the devices is the input byte for byte (FP8 codes and
     /// scales together, the MTP layer's experts placed like any other); forward agrees within 1e-5.
