@@ -112,16 +112,43 @@ enum Elementwise {
         x.withUnsafeBufferPointer { xp in gamma.withUnsafeBufferPointer { gp in out.withUnsafeMutableBufferPointer { op in
             let source = xp.baseAddress!, gains = gp.baseAddress!, destination = SharedPointer(op.baseAddress!)
             Parallel.forEach((rows + chunk - 1) / chunk) { c in
-                for r in (c * chunk)..<min(rows, (c + 1) * chunk) {
+                let first = c * chunk, end = min(rows, (c + 1) * chunk)
+                var sums = [Double](repeating: 0, count: end - first)
+                sumsOfSquares(source + first * width, rows: end - first, width: width, into: &sums)
+                for r in first..<end {
                     let row = source + r * width, target = destination.pointer + r * width
-                    var sum = 0.0
-                    for i in 0..<width { sum += Double(row[i]) * Double(row[i]) }
-                    let scale = Float(1.0 / (sum / Double(width) + eps).squareRoot())
+                    let scale = Float(1.0 / (sums[r - first] / Double(width) + eps).squareRoot())
                     for i in 0..<width { target[i] = gains[i] * (row[i] * scale) }
                 }
             }
         } } }
         return out
+    }
+
+    /// Each row's Σ x² in f64, added in order (a multiply, then an add: never fused). Four rows at a
+    /// time: one row's sum is a chain of dependent adds that leaves the core mostly waiting (V3's
+    /// 7,168 per row), and four chains side by side fill the wait; each sum is still its own row's,
+    /// in its own order.
+    private static func sumsOfSquares(_ x: UnsafePointer<Float>, rows: Int, width: Int, into sums: inout [Double]) {
+        var r = 0
+        while r + 4 <= rows {
+            let a = x + r * width, b = a + width, c = b + width, d = c + width
+            var (sa, sb, sc, sd) = (0.0, 0.0, 0.0, 0.0)
+            for i in 0..<width {
+                let (va, vb, vc, vd) = (Double(a[i]), Double(b[i]), Double(c[i]), Double(d[i]))
+                sa += va * va
+                sb += vb * vb
+                sc += vc * vc
+                sd += vd * vd
+            }
+            (sums[r], sums[r + 1], sums[r + 2], sums[r + 3]) = (sa, sb, sc, sd)
+            r += 4
+        }
+        for row in r..<rows {
+            var sum = 0.0
+            for i in 0..<width { sum += Double(x[row * width + i]) * Double(x[row * width + i]) }
+            sums[row] = sum
+        }
     }
 
     /// x += y element by element (the residual connection).
