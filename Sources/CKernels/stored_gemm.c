@@ -26,6 +26,14 @@
 // of earlier measurements bf16 at 16-48 rows was 12% slower with them. FP8 through the arithmetic
 // decoder keeps KC. The block length changes no bit: each lane's terms are added in increasing k
 // whatever the blocks.
+//
+// At AVX-512, bf16 and f32 weights are not packed: the micro-kernel reads each whole panel's rows
+// where they are stored and converts 16 values as it multiplies them (`micro512_direct`; bf16 is a
+// zero-extension and a shift). Writing the panel and reading it back cost more than converting it
+// once per tile of x: bf16 2048 x 7168 (V3's expert shape, as a bf16 copy of V3 stores it) from
+// memory, two products at once, 9-16 rows 203-310 -> 249-355 GFLOP/s, 24-32 rows 336-360 -> 368-383;
+// V2-Lite's 1408 x 2048 level from 32 rows on. FP8 keeps the panel: its decoding per tile cost more
+// than the panel (12% slower on the Intel host), as does f16 (its conversion is not one shift).
 enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_FP8 = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
 
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
@@ -231,6 +239,70 @@ __attribute__((target("avx512f"))) static void micro_avx512(size_t mr, const flo
     default: micro512(1, x, p, kc, steps, acc, first); break;
     }
 }
+
+// 16 weights of a bf16 or f32 row as f32, from `w` (any address); the tail's form reads only the
+// first `n` < 16 (the rest 0, as the panel's missing columns). bf16 is the high half of its f32:
+// zero-extended and shifted, exactly the pack's value.
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline __m512 direct_weights(const int BF16_, const uint8_t *w) {
+    if (BF16_) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w)), 16));
+    return _mm512_loadu_ps((const float *)w);
+}
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline __m512 direct_weights_tail(const int BF16_, const uint8_t *w, size_t n) {
+    if (BF16_) {
+        __m256i bits = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16((__mmask32)((1u << n) - 1u), w));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    }
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), w);
+}
+
+// One step of micro512_direct: 16 columns of the NR rows against MR_ rows of x.
+#define DIRECT_STEP(LOAD)                                                                      \
+    {                                                                                          \
+        __m512 a[MR];                                                                          \
+        for (size_t i = 0; i < MR_; i++) a[i] = _mm512_load_ps(x + (step * MR_ + i) * LANES);  \
+        for (size_t j = 0; j < NR; j++) {                                                      \
+            __m512 b = LOAD;                                                                   \
+            for (size_t i = 0; i < MR_; i++) s[i][j] = _mm512_fmadd_ps(a[i], b, s[i][j]);     \
+        }                                                                                      \
+    }
+
+// micro512 reading the NR weight rows where the checkpoint stores them (row j at w + j * ldw bytes,
+// `len` columns of this block) and converting each 16 as it multiplies them, instead of from a packed
+// panel: for bf16 and f32 the conversion (two operations per 16, none for f32) costs less than
+// writing the panel and reading it back. The missing columns of the last step are zeros, as in the
+// panel.
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void micro512_direct(const size_t MR_, const int BF16_, const float *x,
+                                                                                           const uint8_t *w, size_t ldw, size_t len,
+                                                                                           float *acc, int first) {
+    const size_t size = BF16_ ? 2 : 4, full = len / LANES, tail = len % LANES;
+    __m512 s[MR][NR];
+    for (size_t i = 0; i < MR_; i++)
+        for (size_t j = 0; j < NR; j++) s[i][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + (i * NR + j) * LANES);
+    for (size_t step = 0; step < full; step++) DIRECT_STEP(direct_weights(BF16_, w + j * ldw + step * LANES * size))
+    if (tail) {
+        size_t step = full;
+        DIRECT_STEP(direct_weights_tail(BF16_, w + j * ldw + step * LANES * size, tail))
+    }
+    for (size_t i = 0; i < MR_; i++)
+        for (size_t j = 0; j < NR; j++) _mm512_storeu_ps(acc + (i * NR + j) * LANES, s[i][j]);
+}
+
+#define DIRECT_ROWS(BF16_)                                                                   \
+    switch (mr) {                                                                            \
+    case 4: micro512_direct(4, BF16_, x, w, ldw, len, acc, first); break;                    \
+    case 3: micro512_direct(3, BF16_, x, w, ldw, len, acc, first); break;                    \
+    case 2: micro512_direct(2, BF16_, x, w, ldw, len, acc, first); break;                    \
+    default: micro512_direct(1, BF16_, x, w, ldw, len, acc, first); break;                   \
+    }
+
+__attribute__((target("avx512f,avx512bw"))) static void micro_direct_avx512(size_t mr, int bf16, const float *x, const uint8_t *w, size_t ldw,
+                                                                            size_t len, float *acc, int first) {
+    if (bf16) {
+        DIRECT_ROWS(1)
+    } else {
+        DIRECT_ROWS(0)
+    }
+}
 #endif
 
 typedef int (*pack_fn)(const dsconvert_stored_matrix *, size_t, size_t, size_t, size_t, size_t, float *);
@@ -242,6 +314,8 @@ typedef struct {
     pack_fn pack;
     micro_fn micro;
     int vbmi;
+    // bf16 or f32 at AVX-512: no panel, the micro-kernel reads the stored rows (`micro512_direct`).
+    int direct;
     const void *tables;
     size_t kc;
 } product_plan;
@@ -276,7 +350,11 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
-    product_plan plan = {pack, micro, vbmi, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_FP8 : KC};
+    int direct = 0;
+#if defined(__x86_64__)
+    direct = isa >= DSCONVERT_ISA_AVX512 && (w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F32);
+#endif
+    product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_FP8 : KC};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
@@ -351,6 +429,20 @@ static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w,
         for (size_t k0 = 0; k0 < cols; k0 += kc) {
             size_t len = cols - k0 < kc ? cols - k0 : kc, width = (len + LANES - 1) / LANES * LANES;
 #if defined(__x86_64__)
+            // A whole panel of rows only: the last, partial one goes through the pack, which zeroes
+            // its missing rows.
+            if (plan->direct && nr == NR) {
+                size_t size = w->kind == DSCONVERT_STORED_BF16 ? 2 : 4;
+                const uint8_t *rows = (const uint8_t *)w->data + (g * cols + k0) * size;
+                size_t requested = 0;
+                for (size_t i0 = 0; i0 < m; i0 += MR) {
+                    size_t mr = m - i0 < MR ? m - i0 : MR;
+                    micro_direct_avx512(mr, size == 2, xp + k0 * m + i0 * width, rows, cols * size, len, acc + i0 * NR * LANES, k0 == 0);
+                    if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+                }
+                while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+                continue;
+            }
             bad |= plan->vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)plan->tables, g, nr, k0, len, kc, panel)
                               : plan->pack(w, g, nr, k0, len, kc, panel);
 #else

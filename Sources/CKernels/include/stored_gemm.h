@@ -1,7 +1,8 @@
 // Products with a weight as its checkpoint stores it (FP8 with block scales, bf16, f16, f32),
-// converted to f32 a small panel at a time inside the product: a routed expert sees few tokens, so
-// widening its weight whole first moves 4 bytes per parameter through memory for as little as 32
-// FLOPs, and the product waits on memory (README "Validation at V3 scale").
+// converted to f32 inside the product (a small panel at a time, or as the micro-kernel reads it): a
+// routed expert sees few tokens, so widening its weight whole first moves 4 bytes per parameter
+// through memory for as little as 32 FLOPs, and the product waits on memory (README "Validation at
+// V3 scale").
 #ifndef DSCONVERT_STORED_GEMM_H
 #define DSCONVERT_STORED_GEMM_H
 
