@@ -17,7 +17,7 @@
 // micro-kernel reads as one stream (a tile over a block: 4 or 8 KB). Each (row of x, weight row) pair
 // keeps sixteen lane sums in `acc` between column blocks; a micro-kernel holds MR x NR of them in
 // registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes blocks of
-// KC_FP8 columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
+// KC_LONG columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
 // blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns). Other kinds take
 // them from LONG_BLOCK_ROWS rows of x on: bf16 1408 x 2048 on a Zen 5 host, weights from
 // memory, two products at once, 256 -> 512 columns: 8-16 rows 203-304 -> 173-289 GFLOP/s (with few
@@ -34,7 +34,7 @@
 // memory, two products at once, 9-16 rows 203-310 -> 249-355 GFLOP/s, 24-32 rows 336-360 -> 368-383;
 // V2-Lite's 1408 x 2048 level from 32 rows on. FP8 keeps the panel: its decoding per tile cost more
 // than the panel (12% slower on the Intel host), as does f16 (its conversion is not one shift).
-enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_FP8 = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
+enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_LONG = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
 
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
 // subnormal ones read with exponent 1 and the implicit bit subtracted again, Inf/NaN kept).
@@ -255,7 +255,8 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) static inline __m512 
     return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), w);
 }
 
-// One step of micro512_direct: 16 columns of the NR rows against MR_ rows of x.
+// One step of micro512_direct: 16 columns of the NR rows against MR_ rows of x. `LOAD` is the
+// expression for row j's 16 weights at this step: it reads the loop's own `j` and `step`.
 #define DIRECT_STEP(LOAD)                                                                      \
     {                                                                                          \
         __m512 a[MR];                                                                          \
@@ -335,13 +336,14 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     if ((w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2) && (!w->scales || w->block == 0)) return 3;
     pack_fn pack = pack_baseline;
     micro_fn micro = micro_baseline;
-    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0;
+    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0, direct = 0;
     fp8_tables tables;
 #if defined(__x86_64__)
     if (isa >= DSCONVERT_ISA_AVX512) {
         pack = pack_avx512;
         micro = micro_avx512;
         vbmi = fp8 && dsconvert_cpu_has_vbmi();
+        direct = w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F32;
         if (vbmi) fp8_tables_fill(&tables, w->kind == DSCONVERT_STORED_FP8_E5M2);
     } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
         pack = pack_avx2;
@@ -350,11 +352,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
-    int direct = 0;
-#if defined(__x86_64__)
-    direct = isa >= DSCONVERT_ISA_AVX512 && (w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F32);
-#endif
-    product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_FP8 : KC};
+    product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
@@ -376,7 +374,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     return bad;
 }
 
-// Requests row j of the weight bytes the pack will read two panels on (two column blocks further
+// Requests row j of the weight bytes the pack (or the in-place micro-kernel) will read two panels on (two column blocks further
 // along the same rows, or near the start of the next rows): a panel reads only kc columns of each of NR
 // rows, and a row's next block comes a whole panel's products later, too little and too late for the
 // hardware's prefetchers, which also stop at a page's end (a bf16 row of 2,048 is one page). The rows
@@ -399,14 +397,11 @@ static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t kc, size_t g
 #endif
 }
 
-// The product for m rows of x (at most a chunk), with the working memory given.
-static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
-                     float *y, size_t ldy, float *acc, float *xp) {
-    size_t cols = w->cols, kc = plan->kc;
-    // x is copied once into the order the micro-kernels read it: column block by column block, tile
-    // of MR rows by tile, and within a tile 16 columns of each row in turn, zero past the last
-    // column. A tile is then one contiguous stream; read in place, a checkpoint's rows are a multiple
-    // of 4 KB apart (V3: 28 KB), so a block's rows shared one set of the first-level cache.
+// x copied once into the order the micro-kernels read it: column block by column block, tile of MR
+// rows by tile, and within a tile 16 columns of each row in turn, zero past the last column. A tile
+// is then one contiguous stream; read in place, a checkpoint's rows are a multiple of 4 KB apart
+// (V3: 28 KB), so a block's rows shared one set of the first-level cache.
+static void copy_x_tiles(const float *x, size_t m, size_t cols, size_t kc, float *xp) {
     for (size_t k0 = 0; k0 < cols; k0 += kc) {
         size_t len = cols - k0 < kc ? cols - k0 : kc, width = (len + LANES - 1) / LANES * LANES;
         for (size_t i0 = 0; i0 < m; i0 += MR) {
@@ -421,43 +416,55 @@ static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w,
                 }
         }
     }
-    float panel[NR * KC_FP8] __attribute__((aligned(64)));
+}
+
+// The lane sums of weight rows [g, g + nr) against every tile of x over the column block at k0 (len
+// columns): from the stored rows in place (a whole panel of bf16 or f32 at AVX-512; the last,
+// partial one goes through the pack, which zeroes its missing rows) or from the packed panel.
+// Returns the pack's flag.
+static int multiply_block(const product_plan *plan, const dsconvert_stored_matrix *w, size_t m, size_t g, size_t nr, size_t n1,
+                          size_t k0, size_t len, const float *xp, float *acc, float *panel) {
+    size_t cols = w->cols, kc = plan->kc, width = (len + LANES - 1) / LANES * LANES, requested = 0;
+    int bad = 0;
+#if defined(__x86_64__)
+    if (plan->direct && nr == NR) {
+        size_t size = w->kind == DSCONVERT_STORED_BF16 ? 2 : 4;
+        const uint8_t *rows = (const uint8_t *)w->data + (g * cols + k0) * size;
+        for (size_t i0 = 0; i0 < m; i0 += MR) {
+            size_t mr = m - i0 < MR ? m - i0 : MR;
+            micro_direct_avx512(mr, size == 2, xp + k0 * m + i0 * width, rows, cols * size, len, acc + i0 * NR * LANES, k0 == 0);
+            if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+        }
+        while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+        return 0;
+    }
+    bad = plan->vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)plan->tables, g, nr, k0, len, kc, panel) : plan->pack(w, g, nr, k0, len, kc, panel);
+#else
+    bad = plan->pack(w, g, nr, k0, len, kc, panel);
+#endif
+    for (size_t j = 0; j < NR; j++)
+        for (size_t c = len; c < width; c++) panel[j * kc + c] = 0.0f;
+    for (size_t i0 = 0; i0 < m; i0 += MR) {
+        size_t mr = m - i0 < MR ? m - i0 : MR;
+        plan->micro(mr, xp + k0 * m + i0 * width, panel, kc, width / LANES, acc + i0 * NR * LANES, k0 == 0);
+        if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+    }
+    while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+    return bad;
+}
+
+// The product for m rows of x (at most a chunk), with the working memory given.
+static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
+                     float *y, size_t ldy, float *acc, float *xp) {
+    size_t cols = w->cols, kc = plan->kc;
+    copy_x_tiles(x, m, cols, kc, xp);
+    float panel[NR * KC_LONG] __attribute__((aligned(64)));
     int bad = 0;
     for (size_t g = n0; g < n1; g += NR) {
         size_t nr = n1 - g < NR ? n1 - g : NR;
         if (cols == 0) memset(acc, 0, m * NR * LANES * sizeof(float));
-        for (size_t k0 = 0; k0 < cols; k0 += kc) {
-            size_t len = cols - k0 < kc ? cols - k0 : kc, width = (len + LANES - 1) / LANES * LANES;
-#if defined(__x86_64__)
-            // A whole panel of rows only: the last, partial one goes through the pack, which zeroes
-            // its missing rows.
-            if (plan->direct && nr == NR) {
-                size_t size = w->kind == DSCONVERT_STORED_BF16 ? 2 : 4;
-                const uint8_t *rows = (const uint8_t *)w->data + (g * cols + k0) * size;
-                size_t requested = 0;
-                for (size_t i0 = 0; i0 < m; i0 += MR) {
-                    size_t mr = m - i0 < MR ? m - i0 : MR;
-                    micro_direct_avx512(mr, size == 2, xp + k0 * m + i0 * width, rows, cols * size, len, acc + i0 * NR * LANES, k0 == 0);
-                    if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
-                }
-                while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
-                continue;
-            }
-            bad |= plan->vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)plan->tables, g, nr, k0, len, kc, panel)
-                              : plan->pack(w, g, nr, k0, len, kc, panel);
-#else
-            bad |= plan->pack(w, g, nr, k0, len, kc, panel);
-#endif
-            for (size_t j = 0; j < NR; j++)
-                for (size_t c = len; c < width; c++) panel[j * kc + c] = 0.0f;
-            size_t requested = 0;
-            for (size_t i0 = 0; i0 < m; i0 += MR) {
-                size_t mr = m - i0 < MR ? m - i0 : MR;
-                plan->micro(mr, xp + k0 * m + i0 * width, panel, kc, width / LANES, acc + i0 * NR * LANES, k0 == 0);
-                if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
-            }
-            while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
-        }
+        for (size_t k0 = 0; k0 < cols; k0 += kc)
+            bad |= multiply_block(plan, w, m, g, nr, n1, k0, cols - k0 < kc ? cols - k0 : kc, xp, acc, panel);
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < nr; j++) y[i * ldy + g + j] = reduce_lanes(acc + (i * NR + j) * LANES);
     }

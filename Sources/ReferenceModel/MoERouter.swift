@@ -105,7 +105,10 @@ public struct MoERouter: Sendable {
     ///
     /// One pass keeping the best so far in that order, instead of sorting every index: a token of
     /// V3 chooses 8 of 256 experts (and 4 of 8 groups, each scored by its best 2 of 32). A later
-    /// value enters only if strictly larger, so an earlier equal one stays ahead of it.
+    /// value enters only if strictly larger, so an earlier equal one stays ahead of it. A NaN (only
+    /// from a hidden state already NaN, which the pass reports as non-finite logits) compares false:
+    /// it never displaces a kept value and, once kept, is never passed; the sort gave no defined
+    /// order with NaN either.
     static func topIndices(_ values: [Float], count: Int) -> [Int] {
         guard count > 0 else { return [] }
         var best: [Int] = []

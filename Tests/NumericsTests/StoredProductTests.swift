@@ -66,12 +66,15 @@ final class StoredProductTests: XCTestCase {
         return code & 0x80 != 0 ? -magnitude : magnitude
     }
 
-    /// Runs the kernel on `c` with its data placed `misalign` bytes past an aligned address.
+    /// Runs the kernel on `c` with its data placed `misalign` bytes past an aligned address. The bytes
+    /// around the data are 0xFF, NaN as bf16, f16 and f32 and as FP8 codes: a kernel reading past a row's
+    /// last column (past the data's end, for the last row) would add fma(0, NaN, s) = NaN.
     private func product(_ c: Case, level: Int32?, columns: [Range<Int>], misalign: Int = 0) -> ([Float], Int32) {
         var y = [Float](repeating: .nan, count: c.m * c.n)
         var status: Int32 = 0
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: c.data.count + 64, alignment: 64)
         defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0xFF, count: c.data.count + 64)
         buffer.advanced(by: misalign).copyMemory(from: c.data, byteCount: c.data.count)
         c.scales.withUnsafeBufferPointer { sp in c.x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
             var w = dsconvert_stored_matrix(kind: c.kind, data: buffer.advanced(by: misalign), rows: c.n, cols: c.k, scales: sp.baseAddress, block: c.block)
