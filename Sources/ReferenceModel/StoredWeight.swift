@@ -9,9 +9,10 @@ import SafeTensors
 ///
 /// A routed expert sees few tokens (V3 at 512 tokens: ~16), so widening its weight first moves 4
 /// bytes per parameter through memory (written, then read by the product) for as little as 32
-/// FLOPs: the product waits on memory. `product` converts 6 rows x 256 columns (FP8: 512) at a time
-/// inside the product (`dsconvert_stored_gemm`), so only the stored bytes come from memory: 1 per parameter in
-/// FP8.
+/// FLOPs: the product waits on memory. `product` converts the weight inside the product
+/// (`dsconvert_stored_gemm`: FP8 and f16 6 rows x 256-512 columns at a time into a small buffer, bf16
+/// and f32 at AVX-512 as the micro-kernel reads them), so only the stored bytes come from memory: 1
+/// per parameter in FP8.
 public struct StoredWeight {
     /// How the elements are stored; FP8 with block scales.
     public enum Elements: Sendable {
