@@ -188,6 +188,10 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
     size_t cols = w->cols, block = w->block, per_row = (cols + block - 1) / block;
     fp8_registers r = fp8_registers_of(t, e5m2);
     __mmask64 flagged = 0;
+    // The scale blocks are stepped through, not divided for: three divisions per segment of 128
+    // columns made the pack 9% slower (2.47 -> 2.26 ns per 64 codes).
+    size_t first_block = k0 / block, first_end = (first_block + 1) * block;
+    size_t row_block = r0 / block, next_row_block = (row_block + 1) * block;
     for (size_t j = 0; j < NR; j++) {
         float *dst = p + j * kc;
         if (j >= nr) {
@@ -195,10 +199,15 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
             continue;
         }
         size_t row = r0 + j;
+        if (row == next_row_block) {
+            row_block++;
+            next_row_block += block;
+        }
         const uint8_t *codes = (const uint8_t *)w->data + row * cols;
-        for (size_t c0 = k0; c0 < k0 + len;) {
-            size_t end = (c0 / block + 1) * block, c1 = end < k0 + len ? end : k0 + len;
-            float scale = w->scales[(row / block) * per_row + c0 / block];
+        const float *scale_of_segment = w->scales + row_block * per_row + first_block;
+        for (size_t c0 = k0, end = first_end; c0 < k0 + len; scale_of_segment++, end += block) {
+            size_t c1 = end < k0 + len ? end : k0 + len;
+            float scale = *scale_of_segment;
             if (fp8_scale_keeps_finite(scale, e5m2)) {
                 flagged |= decode_fp8_segment_vbmi(codes, c0, c1, scale, &r, dst + (c0 - k0), 0);
             } else {

@@ -19,13 +19,14 @@ final class StoredProductTests: XCTestCase {
     private var generator = SystemRandomNumberGenerator()
 
     /// Finite weights of every storage: f32, bf16 and f16 bit patterns with finite values, FP8 codes
-    /// except NaN/Inf (subnormal ones included), block scales of 128 or 32, shapes with partial
-    /// blocks and tails of the 16-column steps.
+    /// except NaN/Inf (subnormal ones included), block scales of 128, 32 or 5 (5: several blocks
+    /// in one panel's rows and in one 16-column step, none ending where a 512-column block does),
+    /// shapes with partial blocks and tails of the 16-column steps.
     /// `k` and `m` when given (else one of a list with every kind of tail, and 1-21 rows).
     private func randomCase(kind: Int32, k given: Int? = nil, m rows: Int? = nil) -> Case {
         let m = rows ?? Int.random(in: 1...21, using: &generator), n = Int.random(in: 1...40, using: &generator)
         let k = given ?? [1, 15, 16, 17, 255, 256, 257, 300, 700][Int.random(in: 0..<9, using: &generator)]
-        let block = Bool.random(using: &generator) ? 128 : 32
+        let block = [128, 32, 5][Int.random(in: 0..<3, using: &generator)]
         var data: [UInt8] = [], widened: [Double] = []
         for _ in 0..<(n * k) {
             switch Int(kind) {
