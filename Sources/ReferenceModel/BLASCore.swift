@@ -49,11 +49,20 @@ public enum BLASCore {
     /// Made once, before the first BLAS call of the process: every entry point in `Linear` reads it.
     public static let selection: Selection = select()
 
+    /// The OpenBLAS cores dsconvert selects or compares against: one per instruction-set level it
+    /// knows, named as `OPENBLAS_CORETYPE` and `openblas_get_corename` name them.
+    enum Level: String, Sendable {
+        /// AVX-512 F+BW.
+        case skylakeX = "SkylakeX"
+        /// AVX2 with FMA.
+        case haswell = "Haswell"
+    }
+
     /// The core for this CPU's best instruction-set level, or nil below AVX2.
-    static func coreForThisCPU() -> String? {
+    static func coreForThisCPU() -> Level? {
         switch dsconvert_fp8_best_isa() {
-        case Int32(DSCONVERT_ISA_AVX512): return "SkylakeX"
-        case Int32(DSCONVERT_ISA_AVX2): return dsconvert_cpu_has_fma() == 1 ? "Haswell" : nil
+        case Int32(DSCONVERT_ISA_AVX512): return .skylakeX
+        case Int32(DSCONVERT_ISA_AVX2): return dsconvert_cpu_has_fma() == 1 ? .haswell : nil
         default: return nil
         }
     }
@@ -70,14 +79,14 @@ public enum BLASCore {
         "steamroller",
     ]
 
-    /// Whether kernels `core` are below a CPU whose level calls for `better` ("SkylakeX" for
-    /// AVX-512, "Haswell" for AVX2): on AVX-512 any core without AVX-512 kernels, on AVX2 any
-    /// without AVX2 ones. A name OpenBLAS may add later counts as not below on AVX2.
-    static func isBelow(_ core: String, better: String) -> Bool {
+    /// Whether kernels `core` are below a CPU whose level calls for `better`: on AVX-512 any core
+    /// without AVX-512 kernels, on AVX2 any without AVX2 ones. A name OpenBLAS may add later counts
+    /// as not below on AVX2.
+    static func isBelow(_ core: String, better: Level) -> Bool {
         let name = core.lowercased()
         switch better {
-        case "SkylakeX": return !avx512Cores.contains(name)
-        default: return belowAVX2Cores.contains(name)
+        case .skylakeX: return !avx512Cores.contains(name)
+        case .haswell: return belowAVX2Cores.contains(name)
         }
     }
 
@@ -85,10 +94,10 @@ public enum BLASCore {
         let chosen = currentCore()
         let better = coreForThisCPU()
         if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil {
-            let held = better.flatMap { isBelow(chosen, better: $0) ? $0 : nil }
+            let held = better.flatMap { isBelow(chosen, better: $0) ? $0.rawValue : nil }
             return Selection(core: chosen, replaced: nil, heldBelow: held)
         }
-        guard chosen.lowercased() == "prescott", let better, dsconvert_openblas_select_core(better) == 1 else {
+        guard chosen.lowercased() == "prescott", let better, dsconvert_openblas_select_core(better.rawValue) == 1 else {
             return Selection(core: chosen, replaced: nil)
         }
         let now = currentCore()

@@ -18,26 +18,26 @@ final class ForwardMachineryTests: XCTestCase {
         }
         if let replaced = selection.replaced {
             XCTAssertEqual(replaced.lowercased(), "prescott", "only the fallback is ever replaced")
-            XCTAssertEqual(selection.core, BLASCore.coreForThisCPU())
+            XCTAssertEqual(selection.core, BLASCore.coreForThisCPU()?.rawValue)
         }
         // A forced core below the CPU is named, and only then.
         if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil, let level = BLASCore.coreForThisCPU(),
            BLASCore.isBelow(selection.core, better: level) {
-            XCTAssertEqual(selection.heldBelow, level)
+            XCTAssertEqual(selection.heldBelow, level.rawValue)
             XCTAssertTrue(selection.description.contains("holds it below"), selection.description)
         } else {
             XCTAssertNil(selection.heldBelow, selection.description)
         }
-        XCTAssertTrue(BLASCore.isBelow("Prescott", better: "Haswell"))
-        XCTAssertTrue(BLASCore.isBelow("Sandybridge", better: "Haswell"))
-        XCTAssertTrue(BLASCore.isBelow("Haswell", better: "SkylakeX"))
-        XCTAssertTrue(BLASCore.isBelow("Zen", better: "SkylakeX"))
-        XCTAssertTrue(BLASCore.isBelow("Excavator", better: "SkylakeX"))
-        XCTAssertFalse(BLASCore.isBelow("Haswell", better: "Haswell"))
-        XCTAssertFalse(BLASCore.isBelow("Zen", better: "Haswell"))
-        XCTAssertFalse(BLASCore.isBelow("Excavator", better: "Haswell"))
-        XCTAssertFalse(BLASCore.isBelow("Cooperlake", better: "SkylakeX"))
-        XCTAssertFalse(BLASCore.isBelow("SapphireRapids", better: "SkylakeX"))
+        XCTAssertTrue(BLASCore.isBelow("Prescott", better: .haswell))
+        XCTAssertTrue(BLASCore.isBelow("Sandybridge", better: .haswell))
+        XCTAssertTrue(BLASCore.isBelow("Haswell", better: .skylakeX))
+        XCTAssertTrue(BLASCore.isBelow("Zen", better: .skylakeX))
+        XCTAssertTrue(BLASCore.isBelow("Excavator", better: .skylakeX))
+        XCTAssertFalse(BLASCore.isBelow("Haswell", better: .haswell))
+        XCTAssertFalse(BLASCore.isBelow("Zen", better: .haswell))
+        XCTAssertFalse(BLASCore.isBelow("Excavator", better: .haswell))
+        XCTAssertFalse(BLASCore.isBelow("Cooperlake", better: .skylakeX))
+        XCTAssertFalse(BLASCore.isBelow("SapphireRapids", better: .skylakeX))
         // What the benchmarks print in each case.
         let held = BLASCore.Selection(core: "Haswell", replaced: nil, heldBelow: "SkylakeX").description
         XCTAssertTrue(held.hasSuffix("core Haswell; OPENBLAS_CORETYPE holds it below this CPU's SkylakeX kernels: sgemm here is not this machine's best"), held)
