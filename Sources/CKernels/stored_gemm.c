@@ -328,6 +328,15 @@ typedef struct {
     int direct;
     const void *tables;
     size_t kc;
+    // Column blocks the weight's bytes are requested ahead (`prefetch_ahead`): 4 for the short blocks
+    // (256 columns) of bf16, f16 and f32 under LONG_BLOCK_ROWS rows of x, whose panels are done too
+    // soon for 2 (bf16 from memory, two products at once, built as the package builds C, 4 against
+    // 2: 2048 x 7168 at 4 rows 134-172 -> 197-226 GFLOP/s, 8 rows 225-263 -> 356-370, 16 rows 360-387
+    // -> 401-411; 1408 x 2048 at 9 rows 260 -> 336-345, 16 rows 379-386 -> 396-398; level from 32
+    // rows); 2 otherwise (FP8 waits on its decoding, not on memory: level or slower with 3 or 4).
+    size_t ahead;
+    // The weight's row length rounded up to whole column blocks.
+    size_t span;
 } product_plan;
 
 // Rows of x are taken this many bytes at a time (as copied): a chunk is read once per panel of
@@ -361,7 +370,9 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
-    product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC};
+    product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC,
+                         !fp8 && m < LONG_BLOCK_ROWS ? 4 : 2, 0};
+    plan.span = (w->cols + plan.kc - 1) / plan.kc * plan.kc;
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
@@ -383,27 +394,25 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     return bad;
 }
 
-// Requests row j of the weight bytes the pack (or the in-place micro-kernel) will read two panels on
-// (two column blocks further along the same rows, or near the start of the next rows): a panel reads
-// only kc columns of each of NR rows, and a row's next block comes a whole panel's products later, too
+// Requests row j of the weight bytes the pack (or the in-place micro-kernel) will read `ahead` panels
+// on (that many column blocks further along the same rows, or into the next rows): a panel reads only
+// kc columns of each of NR rows, and a row's next block comes a whole panel's products later, too
 // little and too late for the hardware's prefetchers, which also stop at a page's end (a bf16 row of
 // 2,048 is one page). The rows are requested one per micro-kernel call, so the requests do not queue
-// up behind each other.
-static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t kc, size_t g, size_t k0, size_t n1, size_t j) {
+// up behind each other. How far ahead is the plan's (`product_plan.ahead`).
+// `span` is the row's length in whole blocks (cols rounded up to kc): no division here, which is
+// called once per micro-kernel call (three made the 16-row FP8 product 6% slower).
+static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t kc, size_t ahead, size_t span, size_t g, size_t k0, size_t n1, size_t j) {
 #if defined(__x86_64__)
     size_t cols = w->cols, size = w->kind == DSCONVERT_STORED_F32 ? 4 : (w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F16 ? 2 : 1);
-    size_t k = k0 + 2 * kc;
-    if (k >= cols) {
-        g += NR;
-        k = (k - cols) / kc * kc;
-        if (k >= cols) return;
-    }
+    size_t k = k0 + ahead * kc;
+    for (; k >= span; k -= span) g += NR;
     if (g + j >= n1) return;
     size_t len = cols - k < kc ? cols - k : kc;
     const char *row = (const char *)w->data + ((g + j) * cols + k) * size;
     for (size_t b = 0; b < len * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
 #else
-    (void)w, (void)kc, (void)g, (void)k0, (void)n1, (void)j;
+    (void)w, (void)kc, (void)ahead, (void)span, (void)g, (void)k0, (void)n1, (void)j;
 #endif
 }
 
@@ -444,9 +453,9 @@ static int multiply_block(const product_plan *plan, const dsconvert_stored_matri
         for (size_t i0 = 0; i0 < m; i0 += MR) {
             size_t mr = m - i0 < MR ? m - i0 : MR;
             micro_direct_avx512(mr, size == 2, xp + k0 * m + i0 * width, rows, cols * size, len, acc + i0 * NR * LANES, k0 == 0);
-            if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+            if (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
         }
-        while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+        while (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
         return 0;
     }
     bad = plan->vbmi ? pack_fp8_vbmi(w, (const fp8_tables *)plan->tables, g, nr, k0, len, kc, panel) : plan->pack(w, g, nr, k0, len, kc, panel);
@@ -458,9 +467,9 @@ static int multiply_block(const product_plan *plan, const dsconvert_stored_matri
     for (size_t i0 = 0; i0 < m; i0 += MR) {
         size_t mr = m - i0 < MR ? m - i0 : MR;
         plan->micro(mr, xp + k0 * m + i0 * width, panel, kc, width / LANES, acc + i0 * NR * LANES, k0 == 0);
-        if (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+        if (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
     }
-    while (requested < NR) prefetch_ahead(w, kc, g, k0, n1, requested++);
+    while (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
     return bad;
 }
 
