@@ -333,7 +333,9 @@ typedef struct {
     // soon for 2 (bf16 from memory, two products at once, built as the package builds C, 4 against
     // 2: 2048 x 7168 at 4 rows 134-172 -> 197-226 GFLOP/s, 8 rows 225-263 -> 356-370, 16 rows 360-387
     // -> 401-411; 1408 x 2048 at 9 rows 260 -> 336-345, 16 rows 379-386 -> 396-398; level from 32
-    // rows); 2 otherwise (FP8 waits on its decoding, not on memory: level or slower with 3 or 4).
+    // rows); for FP8 under 32 rows 3 (its 512-column blocks of one byte per weight; 3 against 2:
+    // 2048 x 7168 at 2-4 rows +5-15%, 8 rows +3-8%, 12-16 rows +1-4%, 24 rows level, 4 no better);
+    // 2 from 32 rows on.
     size_t ahead;
     // The weight's row length rounded up to whole column blocks.
     size_t span;
@@ -371,7 +373,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     (void)isa;
 #endif
     product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC,
-                         !fp8 && m < LONG_BLOCK_ROWS ? 4 : 2, 0};
+                         m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), 0};
     plan.span = (w->cols + plan.kc - 1) / plan.kc * plan.kc;
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
