@@ -333,9 +333,9 @@ typedef struct {
     // soon for 2 (bf16 from memory, two products at once, built as the package builds C, 4 against
     // 2: 2048 x 7168 at 4 rows 134-172 -> 197-226 GFLOP/s, 8 rows 225-263 -> 356-370, 16 rows 360-387
     // -> 401-411; 1408 x 2048 at 9 rows 260 -> 336-345, 16 rows 379-386 -> 396-398; level from 32
-    // rows); for FP8 under 32 rows 3 (its 512-column blocks of one byte per weight; 3 against 2:
-    // 2048 x 7168 at 2-4 rows +5-15%, 8 rows +3-8%, 12-16 rows +1-4%, 24 rows level, 4 no better);
-    // 2 from 32 rows on.
+    // rows); for FP8 under 32 rows 3 (through VBMI: 512-column blocks of one byte per weight; 3
+    // against 2: 2048 x 7168 at 2-4 rows +5-15%, 8 rows +3-8%, 12-16 rows +1-4%, 24 rows level, 4
+    // no better); 2 from 32 rows on.
     size_t ahead;
     // The weight's row length rounded up to whole column blocks.
     size_t span;
@@ -402,8 +402,8 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 // little and too late for the hardware's prefetchers, which also stop at a page's end (a bf16 row of
 // 2,048 is one page). The rows are requested one per micro-kernel call, so the requests do not queue
 // up behind each other. How far ahead is the plan's (`product_plan.ahead`).
-// `span` is the row's length in whole blocks (cols rounded up to kc): no division here, which is
-// called once per micro-kernel call (three made the 16-row FP8 product 6% slower).
+// `span` is cols rounded up to a multiple of kc, in columns: no division, since this runs once per
+// micro-kernel call (a form with three divisions made the 16-row FP8 product 6% slower).
 static void prefetch_ahead(const dsconvert_stored_matrix *w, size_t kc, size_t ahead, size_t span, size_t g, size_t k0, size_t n1, size_t j) {
 #if defined(__x86_64__)
     size_t cols = w->cols, size = w->kind == DSCONVERT_STORED_F32 ? 4 : (w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F16 ? 2 : 1);
