@@ -372,9 +372,8 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
 #else
     (void)isa;
 #endif
-    product_plan plan = {pack, micro, vbmi, direct, &tables, vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC,
-                         m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), 0};
-    plan.span = (w->cols + plan.kc - 1) / plan.kc * plan.kc;
+    size_t kc = vbmi || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC;
+    product_plan plan = {pack, micro, vbmi, direct, &tables, kc, m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), (w->cols + kc - 1) / kc * kc};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);

@@ -9,13 +9,11 @@ public enum DeterministicMatmul {
     public static func multiply(_ a: [Double], _ b: [Double], m: Int, k: Int, n: Int) -> [Double] {
         var c = [Double](repeating: 0, count: m * n)
         a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
-            let chunk = 16
-            let chunks = (m + chunk - 1) / chunk
             // Each task writes its own rows only, so sharing the pointers is race-free.
             let cBase = SharedPointer(cp.baseAddress!), aBase = SharedPointer(UnsafeMutablePointer(mutating: ap.baseAddress!))
             let bBase = SharedPointer(UnsafeMutablePointer(mutating: bp.baseAddress!))
-            Parallel.forEach(chunks) { part in
-                for i in (part * chunk)..<min(m, (part + 1) * chunk) {
+            Parallel.forEachChunk(of: m, size: 16) { rows in
+                for i in rows {
                     let row = cBase.pointer + i * n
                     for p in 0..<k {
                         let scalar = aBase.pointer[i * k + p]

@@ -35,6 +35,14 @@ public enum Parallel {
             }
         }
     }
+
+    /// Runs `body` on consecutive ranges of `size` indices that cover 0..<count (the last one may be
+    /// shorter), spread over the threads as `forEach` spreads indices: for element-wise work whose
+    /// elements are each their own result, so the bits do not depend on the thread count.
+    public static func forEachChunk(of count: Int, size: Int, _ body: (Range<Int>) -> Void) {
+        precondition(size > 0, "chunks of \(size)")
+        forEach((count + size - 1) / size) { c in body((c * size)..<min(count, (c + 1) * size)) }
+    }
 }
 
 /// A pointer handed to concurrent tasks that each touch their own part of its memory.

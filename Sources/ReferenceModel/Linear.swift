@@ -111,8 +111,8 @@ enum Elementwise {
         let chunk = max(1, (1 << 16) / width)
         x.withUnsafeBufferPointer { xp in gamma.withUnsafeBufferPointer { gp in out.withUnsafeMutableBufferPointer { op in
             let source = xp.baseAddress!, gains = gp.baseAddress!, destination = SharedPointer(op.baseAddress!)
-            Parallel.forEach((rows + chunk - 1) / chunk) { c in
-                let first = c * chunk, end = min(rows, (c + 1) * chunk)
+            Parallel.forEachChunk(of: rows, size: chunk) { range in
+                let first = range.lowerBound, end = range.upperBound
                 var sums = [Double](repeating: 0, count: end - first)
                 sumsOfSquares(source + first * width, rows: end - first, width: width, into: &sums)
                 for r in first..<end {
@@ -156,13 +156,11 @@ enum Elementwise {
     /// stream at 512 tokens is 3.7 M values, ~1 ms on one core, four times per layer.)
     static func add(_ y: [Float], into x: inout [Float]) {
         precondition(x.count == y.count, "\(x.count) values plus \(y.count)")
-        let count = x.count, chunk = 1 << 16
         x.withUnsafeMutableBufferPointer { xp in y.withUnsafeBufferPointer { yp in
             guard let xb = xp.baseAddress, let yb = yp.baseAddress else { return }
             let target = SharedPointer(xb)
-            Parallel.forEach((count + chunk - 1) / chunk) { c in
-                let start = c * chunk, end = min(count, start + chunk)
-                for i in start..<end { target.pointer[i] += yb[i] }
+            Parallel.forEachChunk(of: xp.count, size: 1 << 16) { range in
+                for i in range { target.pointer[i] += yb[i] }
             }
         } }
     }
@@ -178,9 +176,9 @@ enum Elementwise {
             guard count > 0 else { return }
             let values = SharedPointer(gp.baseAddress!)
             // Each chunk reads and writes its own elements: the same bits on any number of cores.
-            Parallel.forEach((count + chunk - 1) / chunk) { c in
-                let start = c * chunk, at = values.pointer + start
-                dsconvert_silu_mul(FP8BlockQuantizer.kernelLevel, at, upp.baseAddress! + start, at, min(chunk, count - start))
+            Parallel.forEachChunk(of: count, size: chunk) { range in
+                let at = values.pointer + range.lowerBound
+                dsconvert_silu_mul(FP8BlockQuantizer.kernelLevel, at, upp.baseAddress! + range.lowerBound, at, range.count)
             }
         } }
     }

@@ -31,10 +31,10 @@ extension TensorView {
             return widenSerially(bytes, dtype: dtype, count: count, into: out)
         }
         let source = SharedPointer(UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: UInt8.self))), destination = SharedPointer(d)
-        Parallel.forEach((count + chunk - 1) / chunk) { c in
-            let n = min(chunk, count - c * chunk)
-            _ = widenSerially(UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer + c * chunk * size), count: n * size), dtype: dtype, count: n,
-                              into: UnsafeMutableBufferPointer(start: destination.pointer + c * chunk, count: n), streaming: true)
+        Parallel.forEachChunk(of: count, size: chunk) { range in
+            let n = range.count
+            _ = widenSerially(UnsafeRawBufferPointer(start: UnsafeRawPointer(source.pointer + range.lowerBound * size), count: n * size), dtype: dtype, count: n,
+                              into: UnsafeMutableBufferPointer(start: destination.pointer + range.lowerBound, count: n), streaming: true)
         }
         return true
     }
