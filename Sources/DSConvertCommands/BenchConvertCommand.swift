@@ -96,9 +96,7 @@ public enum ConvertBenchCommand: Command {
         // Outputs go into a directory of this run's own, so nothing already in --work is ever replaced
         // or deleted; it is removed when the bench ends.
         let scratch = work.appendingPathComponent(".dsconvert-bench-\(getpid())")
-        guard mkdir(scratch.path, 0o755) == 0 else {
-            throw SafeTensorsError.cannotCreateOutput(path: scratch.path, reason: String(cString: strerror(errno)))
-        }
+        try systemCall("mkdir", path: scratch.path) { mkdir(scratch.path, 0o755) }
         defer { try? FileManager.default.removeItem(at: scratch) }
         let out = scratch.appendingPathComponent("out")
         let only = arguments.all("only")

@@ -2,7 +2,7 @@ import Foundation
 
 /// A Hugging Face checkpoint directory: shards listed by `model.safetensors.index.json`,
 /// or a single `model.safetensors`.
-public final class Checkpoint: @unchecked Sendable {
+public final class Checkpoint: Sendable {
     public static let indexFileName = "model.safetensors.index.json"
     public static let singleFileName = "model.safetensors"
 

@@ -152,15 +152,12 @@ public struct CheckpointLayout: Sendable {
 /// that continue the file are staged in reused aligned chunks, hashed and written with direct I/O
 /// in the background; anything else is written in place. Memory stays bounded by the chunk pool
 /// and the tensors being produced. A shard is synced and closed as soon as its last tensor is written.
-public final class CheckpointWriter: @unchecked Sendable {
+public final class CheckpointWriter: Sendable {
     public let layout: CheckpointLayout
     public let directory: URL
-    private let lock = NSLock()
-    private var placement: [String: (shard: Int, info: TensorInfo)] = [:]
-    private var remaining: [Int]
-    private var streams: [Int: ShardStream] = [:]
-    private var written = Set<String>()
-    private var hashes: [String: String] = [:]
+    /// Each planned tensor's shard and entry.
+    private let placement: [String: (shard: Int, info: TensorInfo)]
+    private let state: Mutex<State>
     private let journal: URL
     private let pool: ChunkPool
     /// Finished shards are synced, hashed and journaled here, overlapping the next shard's work.
@@ -169,7 +166,18 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// (tens of MB each) let malloc's heap grow by gigabytes over a checkpoint (its mmap threshold
     /// rises to the freed size, so later buffers come from fragmenting arenas).
     private let pieceBuffer = Mutex<[UInt8]>([])
-    private var finisherError: Error?
+    /// Serializes journal appends (the finisher's, and shards adopted or finished on the caller's thread).
+    private let journalAppends = Mutex(())
+
+    /// What the writers and the finisher share: which tensors are on disk, how many each shard
+    /// still waits for, the open streams, the finished shards' hashes, the first background error.
+    private struct State {
+        var remaining: [Int]
+        var streams: [Int: ShardStream] = [:]
+        var written = Set<String>()
+        var hashes: [String: String] = [:]
+        var finisherError: (any Error)?
+    }
 
     /// The journal of finished shards in the work directory (removed before the output is committed).
     public static let journalName = ".dsconvert-journal.jsonl"
@@ -188,30 +196,33 @@ public final class CheckpointWriter: @unchecked Sendable {
         self.layout = layout
         self.directory = directory
         journal = directory.appendingPathComponent(Self.journalName)
-        remaining = layout.shards.map { $0.tensors.count }
+        var placement: [String: (shard: Int, info: TensorInfo)] = [:]
         for (i, shard) in layout.shards.enumerated() {
             for info in shard.tensors { placement[info.name] = (i, info) }
         }
+        self.placement = placement
+        var initial = State(remaining: layout.shards.map { $0.tensors.count })
         if resume {
-            removeStrayFiles()
-            adoptFinishedShards(key: key)
+            Self.removeStrayFiles(layout: layout, directory: directory)
+            Self.adoptFinishedShards(key: key, layout: layout, directory: directory, journal: journal, into: &initial)
         }
         var lines = key.journalHeader
-        for shard in layout.shards where hashes[shard.fileName] != nil {
-            lines += journalLine(shard)
+        for shard in layout.shards {
+            if let sha = initial.hashes[shard.fileName] { lines += Self.journalLine(shard, sha: sha) }
         }
+        state = Mutex(initial)
         try? Data(lines.utf8).write(to: journal)
     }
 
-    private func headerHash(_ shard: ShardPlan) -> String { shard.headerBytes.withUnsafeBytes { SHA256.hex($0) } }
+    private static func headerHash(_ shard: ShardPlan) -> String { shard.headerBytes.withUnsafeBytes { SHA256.hex($0) } }
 
-    private func journalLine(_ shard: ShardPlan) -> String {
-        "{\"file\":\(CompactJSON.quoted(shard.fileName)),\"header_sha256\":\"\(headerHash(shard))\",\"sha256\":\"\(hashes[shard.fileName]!)\"}\n"
+    private static func journalLine(_ shard: ShardPlan, sha: String) -> String {
+        "{\"file\":\(CompactJSON.quoted(shard.fileName)),\"header_sha256\":\"\(headerHash(shard))\",\"sha256\":\"\(sha)\"}\n"
     }
 
     /// Files an interrupted run left that are not its shards or journal (a killed atomic write's temp
     /// file, a half-written config): removed, so they cannot end up in the resumed output.
-    private func removeStrayFiles() {
+    private static func removeStrayFiles(layout: CheckpointLayout, directory: URL) {
         let keep = Set(layout.shards.map(\.fileName) + [Self.journalName, AtomicOutputDirectory.ownerFileName])
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where !keep.contains(name) {
@@ -222,7 +233,7 @@ public final class CheckpointWriter: @unchecked Sendable {
 
     /// Marks complete every shard the journal lists under the same key whose header matches the
     /// plan and whose file still hashes to the recorded value.
-    private func adoptFinishedShards(key: ResumeKey) {
+    private static func adoptFinishedShards(key: ResumeKey, layout: CheckpointLayout, directory: URL, journal: URL, into state: inout State) {
         guard let data = try? FilePath.readRegularFile(journal.path) else { return }
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { try? JSONParser.parse(Data($0.utf8)) }
         if let reason = key.mismatch(recorded: lines.first) {
@@ -236,67 +247,63 @@ public final class CheckpointWriter: @unchecked Sendable {
             let path = directory.appendingPathComponent(file).path
             guard let entry = FileEntry.lstat(path), entry.kind == .regular, entry.size == layout.shards[i].fileSize,
                   (try? SHA256.hex(fileAt: path)) == sha else { continue }
-            hashes[file] = sha
-            remaining[i] = 0
-            for info in layout.shards[i].tensors { written.insert(info.name) }
+            state.hashes[file] = sha
+            state.remaining[i] = 0
+            for info in layout.shards[i].tensors { state.written.insert(info.name) }
         }
     }
 
     /// True when `name` is already on disk (written by this run or kept from an interrupted one).
     public func isWritten(_ name: String) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        return written.contains(name)
+        state.withLock { $0.written.contains(name) }
     }
 
     /// SHA-256 of a finished shard.
     public func sha256(of file: String) -> String? {
-        lock.lock(); defer { lock.unlock() }
-        return hashes[file]
+        state.withLock { $0.hashes[file] }
     }
 
     private func path(_ shard: Int) -> String { directory.appendingPathComponent(layout.shards[shard].fileName).path }
 
-    /// The shard's stream, created (file and header) on first use. Called with `lock` held.
-    private func stream(_ shard: Int) throws -> ShardStream {
-        if let stream = streams[shard] { return stream }
+    /// The shard's stream, created (file and header) on first use; called inside `state`'s lock.
+    private func stream(_ shard: Int, _ state: inout State) throws -> ShardStream {
+        if let stream = state.streams[shard] { return stream }
         let plan = layout.shards[shard]
         let stream = try ShardStream(path: path(shard), prefix: plan.prefix, fileSize: plan.fileSize, pool: pool)
-        streams[shard] = stream
+        state.streams[shard] = stream
         return stream
     }
 
     /// Claims tensor `name` for writing `count` bytes: its shard, stream and absolute offset.
     private func begin(_ name: String, count: Int) throws -> (shard: Int, stream: ShardStream, offset: Int) {
-        lock.lock()
-        defer { lock.unlock() }
-        if let error = finisherError { throw error }
         guard let (shard, info) = placement[name] else {
             throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: name, reason: "not in the output plan")
         }
-        guard count == info.byteCount else {
-            throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "produced \(count) bytes, planned \(info.byteCount)")
+        return try state.withLock { state in
+            if let error = state.finisherError { throw error }
+            guard count == info.byteCount else {
+                throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "produced \(count) bytes, planned \(info.byteCount)")
+            }
+            guard state.written.insert(name).inserted else {
+                throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "written twice")
+            }
+            return (shard, try stream(shard, &state), layout.shards[shard].dataStart + info.dataOffsets.lowerBound)
         }
-        guard written.insert(name).inserted else {
-            throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "written twice")
-        }
-        return (shard, try stream(shard), layout.shards[shard].dataStart + info.dataOffsets.lowerBound)
     }
 
     /// Marks one tensor of `shard` done; the last one hands the shard to the finisher.
     private func end(_ shard: Int) {
-        lock.lock()
-        remaining[shard] -= 1
-        let stream = remaining[shard] == 0 ? streams.removeValue(forKey: shard) : nil
-        lock.unlock()
+        let stream = state.withLock { state in
+            state.remaining[shard] -= 1
+            return state.remaining[shard] == 0 ? state.streams.removeValue(forKey: shard) : nil
+        }
         guard let stream else { return }
         stream.finishStaging()
         finisher.async { [self] in
             do {
                 try recordFinished(shard, sha: try stream.complete())
             } catch {
-                lock.lock()
-                if finisherError == nil { finisherError = error }
-                lock.unlock()
+                state.withLock { state in if state.finisherError == nil { state.finisherError = error } }
             }
         }
     }
@@ -380,9 +387,7 @@ public final class CheckpointWriter: @unchecked Sendable {
     public func adoptShard(_ index: Int, identicalTo original: URL, sha256 sha: String) throws {
         let plan = layout.shards[index]
         let target = directory.appendingPathComponent(plan.fileName)
-        lock.lock()
-        let pending = plan.tensors.filter { !written.contains($0.name) }
-        lock.unlock()
+        let pending = state.withLock { state in plan.tensors.filter { !state.written.contains($0.name) } }
         guard !pending.isEmpty else { return }
         try? FileManager.default.removeItem(at: target)
         if link(original.path, target.path) != 0 {
@@ -390,10 +395,10 @@ public final class CheckpointWriter: @unchecked Sendable {
                 throw SafeTensorsError.writeFailed(file: target.path, reason: (error as NSError).localizedDescription)
             }
         }
-        lock.lock()
-        for info in plan.tensors { written.insert(info.name) }
-        remaining[index] = 0
-        lock.unlock()
+        state.withLock { state in
+            for info in plan.tensors { state.written.insert(info.name) }
+            state.remaining[index] = 0
+        }
         try recordFinished(index, sha: sha)
     }
 
@@ -401,16 +406,24 @@ public final class CheckpointWriter: @unchecked Sendable {
     private func recordFinished(_ shard: Int, sha known: String? = nil) throws {
         let plan = layout.shards[shard]
         let sha = try known ?? SHA256.hex(fileAt: directory.appendingPathComponent(plan.fileName).path)
-        lock.lock()
-        hashes[plan.fileName] = sha
-        let line = journalLine(plan)
-        let fd = open(journal.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-        if fd >= 0 {
-            _ = line.utf8CString.withUnsafeBufferPointer { Glibc.write(fd, $0.baseAddress!, $0.count - 1) }
-            fsync(fd)
-            close(fd)
+        state.withLock { $0.hashes[plan.fileName] = sha }
+        journalAppends.withLock { _ in Self.append(Self.journalLine(plan, sha: sha), to: journal) }
+    }
+
+    /// Appends one line to the journal and syncs it. Best effort: the journal only lets `--resume`
+    /// skip finished shards, so a line that cannot be written (a full disk) costs that shard being
+    /// written again, never a wrong output; the shard's own write reports the disk's error.
+    private static func append(_ line: String, to journal: URL) {
+        guard let fd = try? systemCall("open", path: journal.path, { open(journal.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644) }) else { return }
+        defer { close(fd) }
+        let bytes = Array(line.utf8)
+        var done = 0
+        while done < bytes.count {
+            guard let n = try? bytes.withUnsafeBytes({ raw in try systemCall("write", path: journal.path) { Glibc.write(fd, raw.baseAddress! + done, raw.count - done) } }),
+                  n > 0 else { return }
+            done += n
         }
-        lock.unlock()
+        _ = try? systemCall("fsync", path: journal.path) { fsync(fd) }
     }
 
     /// Waits until every shard handed over so far is written, synced and hashed, and throws the
@@ -418,28 +431,22 @@ public final class CheckpointWriter: @unchecked Sendable {
     /// before writing anything else, so that error is the one reported, not a later one it caused.
     public func waitForShards() throws {
         finisher.sync {}
-        lock.lock()
-        let error = finisherError
-        lock.unlock()
-        if let error { throw error }
+        if let error = state.withLock({ $0.finisherError }) { throw error }
     }
 
     /// Checks every planned tensor was written, then writes the index (for a sharded layout).
     public func finish() throws {
         try waitForShards()
-        lock.lock()
-        let missing = placement.keys.filter { !written.contains($0) }.sorted()
-        lock.unlock()
+        let missing = state.withLock { state in placement.keys.filter { !state.written.contains($0) }.sorted() }
         if let first = missing.first {
             throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: first, reason: "planned but never written (\(missing.count) missing)")
         }
         // A shard with no tensors at all never had a write to create it.
-        for (i, shard) in layout.shards.enumerated() where shard.tensors.isEmpty && hashes[shard.fileName] == nil {
-            lock.lock()
-            let created = Result { try stream(i) }
-            streams[i] = nil
-            lock.unlock()
-            let empty = try created.get()
+        for (i, shard) in layout.shards.enumerated() where shard.tensors.isEmpty && sha256(of: shard.fileName) == nil {
+            let empty = try state.withLock { state in
+                defer { state.streams[i] = nil }
+                return try stream(i, &state)
+            }
             empty.finishStaging()
             try recordFinished(i, sha: try empty.complete())
         }
@@ -469,17 +476,13 @@ public enum AtomicFile {
 public enum SafeTensorsFileWriter {
     public static func write(_ tensors: [(PlannedTensor, [UInt8])], to url: URL, metadata: [String: String]? = CheckpointLayout.defaultMetadata) throws {
         let work = url.deletingLastPathComponent().appendingPathComponent("\(AtomicOutputDirectory.workPrefix)\(url.lastPathComponent)-\(getpid())")
-        guard mkdir(work.path, 0o700) == 0 else {
-            throw SafeTensorsError.cannotCreateOutput(path: url.path, reason: "\(work.path): \(String(cString: strerror(errno)))")
-        }
+        try systemCall("mkdir", path: work.path) { mkdir(work.path, 0o700) }
         defer { try? FileManager.default.removeItem(at: work) }
         let layout = CheckpointLayout(singleFile: url.lastPathComponent, tensors: tensors.map(\.0), metadata: metadata)
         let writer = CheckpointWriter(layout: layout, directory: work)
         for (tensor, bytes) in tensors { try writer.write(tensor.name, bytes: bytes) }
         try writer.finish()
         let written = work.appendingPathComponent(url.lastPathComponent)
-        guard rename(written.path, url.path) == 0 else {
-            throw SafeTensorsError.writeFailed(file: url.path, reason: String(cString: strerror(errno)))
-        }
+        try systemCall("rename", path: url.path) { rename(written.path, url.path) }
     }
 }

@@ -10,7 +10,10 @@ public struct SystemCallError: LocalizedError, Equatable, Sendable {
     public let path: String
     public let code: Int32
 
-    public var errorDescription: String? { "\(path): \(call) failed: \(String(cString: strerror(code)))" }
+    public var errorDescription: String? { "\(path): \(call) failed: \(reason)" }
+
+    /// What errno `code` means (strerror's text).
+    public var reason: String { String(cString: strerror(code)) }
 }
 
 /// Runs a system call that returns -1 and sets errno on failure, retrying on EINTR (as swift-nio's
@@ -192,7 +195,7 @@ public struct ProcessIdentity: Codable, Equatable, Sendable {
 
     static let host: String = {
         var name = [CChar](repeating: 0, count: 256)
-        return gethostname(&name, name.count - 1) == 0 ? String(cString: name) : ""
+        return gethostname(&name, name.count - 1) == 0 ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
     }()
 
     /// The inode of `/proc/self/ns/pid`: equal for processes that see the same PIDs.

@@ -14,7 +14,7 @@ import Glibc
 /// - hidden work directories under the output's name that are real directories owned by this user
 ///   and whose recorded process (PID, start time, boot id) is gone: removed, or adopted by `resume`;
 /// - the aside directory of a commit that was killed between its two renames: finished or rolled back.
-public final class AtomicOutputDirectory: @unchecked Sendable {
+public final class AtomicOutputDirectory {
     public let finalURL: URL
     public let temporaryURL: URL
     /// True when the work directory of an interrupted run was adopted (`--resume`).
@@ -174,16 +174,19 @@ public final class AtomicOutputDirectory: @unchecked Sendable {
                 guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: aside.path) }
                 try fm.removeItem(at: aside)
             }
-            guard rename(finalURL.path, aside.path) == 0 else {
-                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: "cannot move the old output aside: \(String(cString: strerror(errno)))")
+            do {
+                try systemCall("rename", path: finalURL.path) { rename(finalURL.path, aside.path) }
+            } catch let error as SystemCallError {
+                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: "cannot move the old output aside: \(error.reason)")
             }
             old = aside
         }
         CommitHooks.afterMovingAside()
-        guard rename(temporaryURL.path, finalURL.path) == 0 else {
-            let reason = String(cString: strerror(errno))
+        do {
+            try systemCall("rename", path: temporaryURL.path) { rename(temporaryURL.path, finalURL.path) }
+        } catch let error as SystemCallError {
             if let old { rename(old.path, finalURL.path) }
-            throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: reason)
+            throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: error.reason)
         }
         settled = true
         dsconvert_guard_set_work_directory(nil)

@@ -47,18 +47,13 @@ public struct SHA256 {
 
     /// Hex digest of a file, read sequentially in 8 MiB blocks (cheaper than faulting in a mapping).
     public static func hex(fileAt path: String) throws -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        let fd = try systemCall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
         posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
         var hasher = SHA256()
         var buffer = [UInt8](repeating: 0, count: 8 << 20)
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(errno)))
-            }
+            let n = try buffer.withUnsafeMutableBytes { raw in try systemCall("read", path: path) { read(fd, raw.baseAddress!, raw.count) } }
             if n == 0 { break }
             buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }

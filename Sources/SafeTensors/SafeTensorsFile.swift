@@ -32,7 +32,7 @@ public final class MappedFile: @unchecked Sendable {
         }
         let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
         guard let mapping, mapping != MAP_FAILED else {
-            throw SafeTensorsError.cannotOpen(file: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
+            throw SystemCallError(call: "mmap", path: path, code: errno)
         }
         base = UnsafeRawPointer(mapping)
         mapped = true

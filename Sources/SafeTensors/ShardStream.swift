@@ -1,8 +1,18 @@
 import CSystemCalls
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// One page-aligned pool buffer, passed between the pool, the stream that stages into it and the
+/// background hash and write tasks. It is `@unchecked Sendable` because it is a raw address: the
+/// pool's protocol gives each buffer exactly one holder at a time (taken from the pool, staged into
+/// by one stream under its lock, then read by the hash and write tasks, returned by whichever
+/// finishes last), so no two threads ever write its bytes at once.
+struct ChunkBuffer: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+}
 
 /// Reused page-aligned buffers for shard streams, one pool for the whole process, so memory stays
 /// bounded however many writers (a shard run has one per device) and whatever the checkpoint size.
@@ -10,7 +20,7 @@ import Glibc
 /// Taking a buffer never waits: every open stream holds one partial chunk, and a writer may have
 /// any number of shards open. The bound comes from `beginFlight`, which caps the chunks handed to
 /// the hash and I/O queues; those always drain, so waiting there cannot deadlock.
-final class ChunkPool: @unchecked Sendable {
+final class ChunkPool: Sendable {
     /// Direct I/O needs buffers, lengths and file offsets aligned to the device's logical block
     /// (512 B on virtio, 4 KiB on most NVMe): 4 KiB satisfies both.
     static let alignment = 4096
@@ -18,8 +28,7 @@ final class ChunkPool: @unchecked Sendable {
 
     let size: Int
     private let keep: Int
-    private var free: [UnsafeMutableRawPointer] = []
-    private let lock = NSLock()
+    private let free = Mutex<[ChunkBuffer]>([])
     private let flights: DispatchSemaphore
 
     /// - Parameters:
@@ -32,23 +41,23 @@ final class ChunkPool: @unchecked Sendable {
         flights = DispatchSemaphore(value: inFlight)
     }
 
+    deinit { for buffer in free.withLock({ $0 }) { Glibc.free(buffer.pointer) } }
+
     /// A free buffer (a reused one when there is one).
-    func take() -> UnsafeMutableRawPointer {
-        lock.lock()
-        let reused = free.popLast()
-        lock.unlock()
-        if let reused { return reused }
+    func take() -> ChunkBuffer {
+        if let reused = free.withLock({ $0.popLast() }) { return reused }
         var pointer: UnsafeMutableRawPointer?
         guard posix_memalign(&pointer, Self.alignment, size) == 0, let pointer else { fatalError("out of memory for a \(size)-byte write buffer") }
-        return pointer
+        return ChunkBuffer(pointer: pointer)
     }
 
-    func give(_ buffer: UnsafeMutableRawPointer) {
-        lock.lock()
-        let kept = free.count < keep
-        if kept { free.append(buffer) }
-        lock.unlock()
-        if !kept { Glibc.free(buffer) }
+    func give(_ buffer: ChunkBuffer) {
+        let kept = free.withLock { free in
+            guard free.count < keep else { return false }
+            free.append(buffer)
+            return true
+        }
+        if !kept { Glibc.free(buffer.pointer) }
     }
 
     /// Waits for room to hand one more chunk to the background queues.
@@ -65,33 +74,38 @@ final class ChunkPool: @unchecked Sendable {
 /// nothing left to flush. The last partial chunk, and any tensor that arrives out of file order,
 /// go through an ordinary descriptor; a shard written out of order is hashed by reading it back.
 /// Where the file system refuses `O_DIRECT` (tmpfs), every chunk takes the ordinary path.
-final class ShardStream: @unchecked Sendable {
+final class ShardStream: Sendable {
     let path: String
     let fileSize: Int
     private let pool: ChunkPool
     private let fd: Int32
     private let directFD: Int32
-    private let lock = NSLock()
-    private var chunk: UnsafeMutableRawPointer?
-    private var chunkStart = 0
-    private var filled = 0
-    /// The next file offset an in-order write continues at.
-    private var next = 0
-    private var inOrder = true
-    private var sha = SHA256()
     private let hashQueue: DispatchQueue
     private let ioQueue: DispatchQueue
     private let inFlight = DispatchGroup()
-    private let errorLock = NSLock()
-    private var firstError: Error?
+    /// What is staged and where the file continues; held for a whole write, so writes to one
+    /// stream are serialized in the order they take it.
+    private let staging = Mutex(Staging())
+    /// Updated on `hashQueue` only (one chunk after another, in file order), read once all are done.
+    private let sha = Mutex(SHA256())
+    private let firstError = Mutex<(any Error)?>(nil)
+
+    /// The open chunk and the file position staged bytes continue at.
+    private struct Staging {
+        var chunk: ChunkBuffer?
+        var chunkStart = 0
+        var filled = 0
+        /// The next file offset an in-order write continues at.
+        var next = 0
+        var inOrder = true
+    }
 
     /// Creates the file and stages its 8-byte length and header.
     init(path: String, prefix: [UInt8], fileSize: Int, pool: ChunkPool) throws {
         self.path = path
         self.fileSize = fileSize
         self.pool = pool
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SafeTensorsError.writeFailed(file: path, reason: String(cString: strerror(errno))) }
+        fd = try systemCall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
         directFD = dsconvert_open_direct(path)
         hashQueue = DispatchQueue(label: "dsconvert.shard-stream.sha256")
         ioQueue = DispatchQueue(label: "dsconvert.shard-stream.io")
@@ -100,108 +114,105 @@ final class ShardStream: @unchecked Sendable {
 
     deinit {
         inFlight.wait()
-        if let chunk { pool.give(chunk) }
+        if let chunk = staging.withLock({ $0.chunk }) { pool.give(chunk) }
         if directFD >= 0 { Glibc.close(directFD) }
         Glibc.close(fd)
     }
 
     /// The first error a background write met.
-    var error: Error? {
-        errorLock.lock(); defer { errorLock.unlock() }
-        return firstError
-    }
+    var error: (any Error)? { firstError.withLock { $0 } }
 
-    private func record(_ error: Error) {
-        errorLock.lock()
-        if firstError == nil { firstError = error }
-        errorLock.unlock()
+    private func record(_ error: any Error) {
+        firstError.withLock { first in if first == nil { first = error } }
     }
 
     /// Writes `bytes` at file offset `offset`: staged when it continues the file, else written directly.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
-        lock.lock()
-        defer { lock.unlock() }
-        if let error { throw error }
-        guard continues(at: offset) else {
-            try pwriteAll(fd, bytes, at: offset)
-            return
-        }
-        var done = 0
-        while done < bytes.count {
-            let target = stage()
-            let n = min(pool.size - filled, bytes.count - done)
-            target.copyMemory(from: bytes.baseAddress! + done, byteCount: n)
-            advance(n)
-            done += n
+        try staging.withLock { state in
+            if let error { throw error }
+            guard continues(at: offset, &state) else {
+                try pwriteAll(fd, bytes, at: offset)
+                return
+            }
+            var done = 0
+            while done < bytes.count {
+                let target = stage(&state)
+                let n = min(pool.size - state.filled, bytes.count - done)
+                target.copyMemory(from: bytes.baseAddress! + done, byteCount: n)
+                advance(n, &state)
+                done += n
+            }
         }
     }
 
     /// Writes `count` bytes of file `input` (from `inputOffset`) at `offset`: read straight into
     /// the staged chunks when they continue the file, else copied in the kernel.
     func copy(from source: MappedFile, inputOffset: Int, count: Int, at offset: Int) throws {
-        let input = source.descriptor
-        lock.lock()
-        defer { lock.unlock() }
-        if let error { throw error }
-        guard continues(at: offset) else {
-            try copyFileRange(from: source, inputOffset: inputOffset, count: count, at: offset)
-            return
-        }
-        var done = 0
-        while done < count {
-            let target = stage()
-            let n = pread(input, target, min(pool.size - filled, count - done), off_t(inputOffset + done))
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else {
-                // The input ends before its header said: someone truncated it during the run.
-                if n == 0 { throw SafeTensorsError.inputChanged(file: source.path, openedSize: source.size, size: source.currentSize ?? 0) }
-                throw SafeTensorsError.writeFailed(file: path, reason: "reading \(source.path): \(String(cString: strerror(errno)))")
+        try staging.withLock { state in
+            if let error { throw error }
+            guard continues(at: offset, &state) else {
+                try copyFileRange(from: source, inputOffset: inputOffset, count: count, at: offset)
+                return
             }
-            advance(n)
-            done += n
+            var done = 0
+            while done < count {
+                let target = stage(&state)
+                let n = try read(source, into: target, count: min(pool.size - state.filled, count - done), at: inputOffset + done)
+                advance(n, &state)
+                done += n
+            }
         }
+    }
+
+    /// Up to `count` bytes of `source` at `offset` into `target`: at least one, or the input was
+    /// truncated under the run (it ends before its header said).
+    private func read(_ source: MappedFile, into target: UnsafeMutableRawPointer, count: Int, at offset: Int) throws -> Int {
+        let n = try systemCall("pread", path: source.path) { pread(source.descriptor, target, count, off_t(offset)) }
+        guard n > 0 else { throw SafeTensorsError.inputChanged(file: source.path, openedSize: source.size, size: source.currentSize ?? 0) }
+        return n
     }
 
     /// True when a write at `offset` continues the file in order; on the first one that does not,
     /// the staged bytes are flushed and the stream switches to direct positional writes for good.
-    private func continues(at offset: Int) -> Bool {
-        if inOrder, offset == next { return true }
-        if inOrder {
-            inOrder = false
-            if chunk != nil { submit() }
+    private func continues(at offset: Int, _ state: inout Staging) -> Bool {
+        if state.inOrder, offset == state.next { return true }
+        if state.inOrder {
+            state.inOrder = false
+            if state.chunk != nil { submit(&state) }
         }
         return false
     }
 
     /// Where the next staged byte goes (a pool chunk, taken when none is open).
-    private func stage() -> UnsafeMutableRawPointer {
-        if chunk == nil {
-            chunk = pool.take()
-            chunkStart = next
-            filled = 0
+    private func stage(_ state: inout Staging) -> UnsafeMutableRawPointer {
+        let chunk = state.chunk ?? pool.take()
+        if state.chunk == nil {
+            state.chunk = chunk
+            state.chunkStart = state.next
+            state.filled = 0
         }
-        return chunk! + filled
+        return chunk.pointer + state.filled
     }
 
-    private func advance(_ n: Int) {
-        filled += n
-        next += n
-        if filled == pool.size { submit() }
+    private func advance(_ n: Int, _ state: inout Staging) {
+        state.filled += n
+        state.next += n
+        if state.filled == pool.size { submit(&state) }
     }
 
     /// Hands the open chunk to the hash and I/O queues; the pool gets it back when both are done.
-    private func submit() {
-        guard let buffer = chunk else { return }
-        let start = chunkStart, count = filled
-        chunk = nil
-        filled = 0
+    private func submit(_ state: inout Staging) {
+        guard let buffer = state.chunk else { return }
+        let start = state.chunkStart, count = state.filled, inOrder = state.inOrder
+        state.chunk = nil
+        state.filled = 0
         pool.beginFlight()
         let pending = PendingChunk(buffer: buffer, count: count, pool: pool, uses: inOrder ? 2 : 1)
         let direct = directFD >= 0 && count % ChunkPool.alignment == 0 && start % ChunkPool.alignment == 0
         if inOrder {
             inFlight.enter()
             hashQueue.async { [self] in
-                sha.update(pending.bytes)
+                sha.withLock { $0.update(pending.bytes) }
                 pending.done()
                 inFlight.leave()
             }
@@ -238,10 +249,12 @@ final class ShardStream: @unchecked Sendable {
         let direct = descriptor == directFD
         var done = 0
         while done < bytes.count {
-            let n = pwrite(descriptor, bytes.baseAddress! + done, min(bytes.count - done, 1 << 30), off_t(offset + done))
-            if n < 0, errno == EINTR { continue }
-            if n < 0, direct, errno == EINVAL { break }
-            if n < 0 { throw SafeTensorsError.writeFailed(file: path, reason: String(cString: strerror(errno))) }
+            let n: Int
+            do {
+                n = try systemCall("pwrite", path: path) { pwrite(descriptor, bytes.baseAddress! + done, min(bytes.count - done, 1 << 30), off_t(offset + done)) }
+            } catch let error as SystemCallError where direct && error.code == EINVAL {
+                break
+            }
             if n == 0 { throw SafeTensorsError.writeFailed(file: path, reason: "no progress (disk full?)") }
             done += n
             if direct, done % ChunkPool.alignment != 0 { break }
@@ -252,27 +265,24 @@ final class ShardStream: @unchecked Sendable {
     /// An out-of-order copy in the kernel (`copy_file_range`, as `cp` does), with a read-and-write
     /// fallback where the kernel cannot copy between these files.
     private func copyFileRange(from source: MappedFile, inputOffset: Int, count: Int, at offset: Int) throws {
-        let input = source.descriptor
         var inOffset = Int64(inputOffset), outOffset = Int64(offset)
         var done = 0
         while done < count {
-            let n = dsconvert_copy_file_range(input, &inOffset, fd, &outOffset, count - done)
-            if n > 0 { done += Int(n); continue }
-            if n < 0, errno == EINTR { continue }
-            if n < 0, ![EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) {
-                throw SafeTensorsError.writeFailed(file: path, reason: String(cString: strerror(errno)))
+            let n: Int
+            do {
+                n = try systemCall("copy_file_range", path: path) { dsconvert_copy_file_range(source.descriptor, &inOffset, fd, &outOffset, count - done) }
+            } catch let error as SystemCallError where [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(error.code) {
+                break
             }
-            break
+            guard n > 0 else { break }
+            done += n
         }
         if done < count {
             let buffer = pool.take()
             defer { pool.give(buffer) }
             while done < count {
-                let n = pread(input, buffer, min(pool.size, count - done), off_t(inputOffset + done))
-                if n < 0, errno == EINTR { continue }
-                if n == 0 { throw SafeTensorsError.inputChanged(file: source.path, openedSize: source.size, size: source.currentSize ?? 0) }
-                guard n > 0 else { throw SafeTensorsError.writeFailed(file: path, reason: "reading \(source.path): \(String(cString: strerror(errno)))") }
-                try pwriteAll(fd, UnsafeRawBufferPointer(start: buffer, count: n), at: offset + done)
+                let n = try read(source, into: buffer.pointer, count: min(pool.size, count - done), at: inputOffset + done)
+                try pwriteAll(fd, UnsafeRawBufferPointer(start: buffer.pointer, count: n), at: offset + done)
                 done += n
             }
         }
@@ -280,9 +290,7 @@ final class ShardStream: @unchecked Sendable {
 
     /// Stages no more bytes: submits the last partial chunk. Called once every tensor is written.
     func finishStaging() {
-        lock.lock()
-        submit()
-        lock.unlock()
+        staging.withLock { submit(&$0) }
     }
 
     /// Waits for every chunk, syncs the file, and returns its SHA-256 when it was written in order
@@ -290,38 +298,32 @@ final class ShardStream: @unchecked Sendable {
     func complete() throws -> String? {
         inFlight.wait()
         if let error { throw error }
-        guard fsync(fd) == 0 else { throw SafeTensorsError.writeFailed(file: path, reason: String(cString: strerror(errno))) }
-        lock.lock()
-        defer { lock.unlock() }
-        guard inOrder, next == fileSize else { return nil }
-        return SHA256.hexString(sha.finalize())
+        try systemCall("fsync", path: path) { fsync(fd) }
+        guard staging.withLock({ $0.inOrder && $0.next == fileSize }) else { return nil }
+        return sha.withLock { SHA256.hexString($0.finalize()) }
     }
 }
 
 /// A chunk shared by the hash and I/O queues, returned to the pool by whichever finishes last.
-private final class PendingChunk: @unchecked Sendable {
-    let buffer: UnsafeMutableRawPointer
+private final class PendingChunk: Sendable {
+    let buffer: ChunkBuffer
     let pool: ChunkPool
-    private var uses: Int
-    private let lock = NSLock()
-    /// The chunk's staged bytes.
-    let bytes: UnsafeRawBufferPointer
+    let count: Int
+    private let uses: Atomic<Int>
 
-    init(buffer: UnsafeMutableRawPointer, count: Int, pool: ChunkPool, uses: Int) {
+    init(buffer: ChunkBuffer, count: Int, pool: ChunkPool, uses: Int) {
         self.buffer = buffer
-        bytes = UnsafeRawBufferPointer(start: buffer, count: count)
+        self.count = count
         self.pool = pool
-        self.uses = uses
+        self.uses = Atomic(uses)
     }
 
+    /// The chunk's staged bytes.
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buffer.pointer, count: count) }
+
     func done() {
-        lock.lock()
-        uses -= 1
-        let last = uses == 0
-        lock.unlock()
-        if last {
-            pool.give(buffer)
-            pool.endFlight()
-        }
+        guard uses.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 else { return }
+        pool.give(buffer)
+        pool.endFlight()
     }
 }
