@@ -5,6 +5,9 @@ import Glibc
 #endif
 
 /// A read-only memory mapping of a whole file. Pages are faulted in on access, never copied.
+///
+/// `@unchecked Sendable` because `base` is a raw address: the mapping is read-only (PROT_READ) and
+/// every property is a constant, so any thread may read through it while the object lives.
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let size: Int
@@ -93,7 +96,8 @@ public final class MappedFile: @unchecked Sendable {
     }
 }
 
-/// A zero-copy view of one tensor's bytes inside a mapped file.
+/// A zero-copy view of one tensor's bytes inside a mapped file (`@unchecked Sendable` as its
+/// `MappedFile` is: read-only bytes, kept mapped by `owner`).
 public struct TensorView: @unchecked Sendable {
     public let info: TensorInfo
     /// The tensor's bytes in the mapping; valid while this view (or its checkpoint) is alive, so
@@ -108,7 +112,7 @@ public struct TensorView: @unchecked Sendable {
 }
 
 /// One safetensors file, validated on open and memory-mapped.
-public final class SafeTensorsFile: @unchecked Sendable {
+public final class SafeTensorsFile: Sendable {
     public let path: String
     public let header: SafeTensorsHeader
     public let mapping: MappedFile
