@@ -51,6 +51,9 @@ public struct JSONParseError: Error, CustomStringConvertible, Sendable {
     public let offset: Int
     /// The key, when the error is a duplicate key (callers name it in their own errors).
     public var duplicateKey: String? = nil
+    /// For a duplicate key, how deep its object is nested: 1 for the document's own members (a
+    /// safetensors header's tensor names), more for a key inside one of their values.
+    public var duplicateKeyDepth = 0
     public var description: String { "\(message) at byte \(offset)" }
 }
 
@@ -146,7 +149,7 @@ public struct JSONParser {
             let keyOffset = position
             let key = try parseString()
             if !seen.insert(key).inserted {
-                throw JSONParseError(message: "duplicate key \"\(key)\"", offset: keyOffset, duplicateKey: key)
+                throw JSONParseError(message: "duplicate key \"\(key)\"", offset: keyOffset, duplicateKey: key, duplicateKeyDepth: depth)
             }
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw error("expected ':'") }

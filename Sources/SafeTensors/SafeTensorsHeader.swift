@@ -107,9 +107,10 @@ public struct SafeTensorsHeader: Sendable {
                 }
             }
         } catch let error as JSONParseError {
-            if error.message.hasPrefix("duplicate key") {
-                let name = error.message.dropFirst("duplicate key \"".count).dropLast()
-                throw SafeTensorsError.duplicateTensor(file: file, tensor: String(name))
+            // Only a member of the header itself is a tensor name; a key repeated inside an entry
+            // is malformed JSON of that entry.
+            if let name = error.duplicateKey, error.duplicateKeyDepth == 1 {
+                throw SafeTensorsError.duplicateTensor(file: file, tensor: name)
             }
             throw SafeTensorsError.invalidHeaderJSON(file: file, reason: error.description)
         }

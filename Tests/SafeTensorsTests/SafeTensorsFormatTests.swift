@@ -165,6 +165,12 @@ final class SafeTensorsFormatTests: XCTestCase {
     func testDuplicateName() {
         let header = #"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#
         assertRejects(rawFile(header: header, data: [0, 0])) { if case .duplicateTensor(_, "a") = $0 { return true }; return false }
+        // A key repeated inside an entry is not a second tensor of that name.
+        let inner = #"{"a":{"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#
+        assertRejects(rawFile(header: inner, data: [0])) {
+            if case let .invalidHeaderJSON(_, reason) = $0 { return reason.contains("duplicate key \"dtype\"") }
+            return false
+        }
     }
 
     func testSubByteTensorMustFillBytes() throws {
