@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,7 +34,7 @@ public enum JobOutcome: Equatable, Sendable {
         case .exited(0): return "ok"
         case let .exited(code): return "failed (exit \(code))"
         case let .signalled(signal): return "failed (signal \(signal))"
-        case let .spawnFailed(code): return "failed (spawn: \(String(cString: strerror(code))))"
+        case let .spawnFailed(code): return "failed (spawn: \(SystemCallError.reason(of: code)))"
         case let .badOutput(reason): return "failed (output: \(reason))"
         }
     }

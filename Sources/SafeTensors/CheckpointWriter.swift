@@ -276,11 +276,12 @@ public final class CheckpointWriter: Sendable {
 
     /// Claims tensor `name` for writing `count` bytes: its shard, stream and absolute offset.
     private func begin(_ name: String, count: Int) throws -> (shard: Int, stream: ShardStream, offset: Int) {
-        guard let (shard, info) = placement[name] else {
-            throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: name, reason: "not in the output plan")
-        }
-        return try state.withLock { state in
+        try state.withLock { state in
+            // A background error first: it is what went wrong, whatever this write would say.
             if let error = state.finisherError { throw error }
+            guard let (shard, info) = placement[name] else {
+                throw SafeTensorsError.writePlanViolation(file: directory.path, tensor: name, reason: "not in the output plan")
+            }
             guard count == info.byteCount else {
                 throw SafeTensorsError.writePlanViolation(file: path(shard), tensor: name, reason: "produced \(count) bytes, planned \(info.byteCount)")
             }
@@ -402,7 +403,8 @@ public final class CheckpointWriter: Sendable {
         try recordFinished(index, sha: sha)
     }
 
-    /// Hashes a finished shard and appends it to the journal, durably, so `--resume` can keep it.
+    /// Hashes a finished shard and appends it to the journal (synced; best effort, see `append`), so
+    /// `--resume` can keep it.
     private func recordFinished(_ shard: Int, sha known: String? = nil) throws {
         let plan = layout.shards[shard]
         let sha = try known ?? SHA256.hex(fileAt: directory.appendingPathComponent(plan.fileName).path)
@@ -416,11 +418,17 @@ public final class CheckpointWriter: Sendable {
     private static func append(_ line: String, to journal: URL) {
         guard let fd = try? systemCall("open", path: journal.path, { open(journal.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644) }) else { return }
         defer { close(fd) }
+        // A line cut short is taken back, so the next line does not run on from it (a reader would
+        // then lose both).
+        let start = lseek(fd, 0, SEEK_END)
         let bytes = Array(line.utf8)
         var done = 0
         while done < bytes.count {
             guard let n = try? bytes.withUnsafeBytes({ raw in try systemCall("write", path: journal.path) { Glibc.write(fd, raw.baseAddress! + done, raw.count - done) } }),
-                  n > 0 else { return }
+                  n > 0 else {
+                if start >= 0 { _ = ftruncate(fd, start) }
+                return
+            }
             done += n
         }
         _ = try? systemCall("fsync", path: journal.path) { fsync(fd) }

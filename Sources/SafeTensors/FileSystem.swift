@@ -13,7 +13,10 @@ public struct SystemCallError: LocalizedError, Equatable, Sendable {
     public var errorDescription: String? { "\(path): \(call) failed: \(reason)" }
 
     /// What errno `code` means (strerror's text).
-    public var reason: String { String(cString: strerror(code)) }
+    public var reason: String { Self.reason(of: code) }
+
+    /// What an errno value means: the one place errno becomes text.
+    public static func reason(of code: Int32) -> String { String(cString: strerror(code)) }
 }
 
 /// Runs a system call that returns -1 and sets errno on failure, retrying on EINTR (as swift-nio's
@@ -144,13 +147,16 @@ extension FilePath {
         defer { close(output) }
         var done = 0
         while done < entry.size {
-            let n = dsconvert_copy_file_range(input, nil, output, nil, entry.size - done)
-            if n > 0 { done += n; continue }
-            if n < 0, errno == EINTR { continue }
+            let n: Int
+            do {
+                n = try systemCall("copy_file_range", path: destination) { dsconvert_copy_file_range(input, nil, output, nil, entry.size - done) }
+            } catch let error as SystemCallError where [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(error.code) {
+                // The kernel cannot copy between these files: read and write instead.
+                try copyByReading(input, to: output, path: destination)
+                return opened
+            }
             if n == 0 { break }
-            guard [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) else { throw SystemCallError(call: "copy_file_range", path: destination, code: errno) }
-            try copyByReading(input, to: output, path: destination)
-            return opened
+            done += n
         }
         guard done == entry.size else { throw SafeTensorsError.inputChanged(file: source, openedSize: entry.size, size: done) }
         try systemCall("fsync", path: destination) { fsync(output) }

@@ -50,7 +50,7 @@ public final class AtomicOutputDirectory {
             do {
                 try systemCall("mkdir", path: temporaryURL.path) { mkdir(temporaryURL.path, 0o755) }
             } catch let error as SystemCallError {
-                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: String(cString: strerror(error.code)))
+                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: error.reason)
             }
         }
         try writeOwnerRecord()

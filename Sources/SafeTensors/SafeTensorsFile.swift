@@ -21,7 +21,7 @@ public final class MappedFile: @unchecked Sendable {
         // Non-blocking, so a FIFO planted as a shard is refused instead of hanging the open.
         let opened: (descriptor: Int32, entry: FileEntry)
         do { opened = try FilePath.openRegularFile(path) } catch let error as SystemCallError {
-            throw SafeTensorsError.cannotOpen(file: path, reason: String(cString: strerror(error.code)))
+            throw SafeTensorsError.cannotOpen(file: path, reason: error.reason)
         }
         let fd = opened.descriptor
         descriptor = fd
