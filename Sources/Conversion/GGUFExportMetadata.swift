@@ -23,7 +23,7 @@ extension GGUFExport {
         u32("attention.head_count", c.numAttentionHeads)
         // MLA runs as multi-query attention over the cached latent: one KV head.
         u32("attention.head_count_kv", 1)
-        if let rope = c.ropeScaling, rope.type == "yarn", let factor = rope.factor {
+        if let rope = c.ropeScaling, rope.isYaRN, let factor = rope.factor {
             m.append(GGUFMetadata("\(arch).rope.scaling.type", .string("yarn")))
             f32("rope.scaling.factor", factor)
             if let original = rope.originalMaxPositionEmbeddings { u32("rope.scaling.original_context_length", original) }
