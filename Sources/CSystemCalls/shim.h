@@ -28,5 +28,5 @@ static inline int dsconvert_retain_freed_memory(int bytes) {
 /// Opens an existing file for writing with O_DIRECT (data goes from the caller's aligned buffer to the
 /// device, no page-cache copy); -1 where the file system refuses it (errno says why).
 static inline int dsconvert_open_direct(const char *path) {
-    return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+    return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
 }

@@ -100,9 +100,31 @@ public final class AtomicOutputDirectory {
                 guard let moved = FileEntry.lstat(temporaryURL.path), moved.isOwnDirectory, moved.inode == entry.inode, moved.device == entry.device else {
                     throw OutputSafetyError.workDirectoryNotOwn(path: stale.path)
                 }
+                try Self.removeLinksAndSpecialFiles(under: temporaryURL)
                 resumed = true
             } else {
                 try? fm.removeItem(at: stale)
+            }
+        }
+    }
+
+    /// Clears an adopted work directory of everything a run of ours never writes there: symbolic
+    /// links and special files, at any depth, are removed (the link itself, never what it names), so
+    /// a link planted where a shard, a GGUF file or a device directory will be written cannot send
+    /// the run's bytes outside the directory. A subdirectory of another user is refused.
+    static func removeLinksAndSpecialFiles(under directory: URL) throws {
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() {
+            let path = directory.appendingPathComponent(name).path
+            guard let entry = FileEntry.lstat(path) else { continue }
+            switch entry.kind {
+            case .regular:
+                continue
+            case .directory:
+                guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: path) }
+                try removeLinksAndSpecialFiles(under: URL(fileURLWithPath: path))
+            case .symbolicLink, .other:
+                try systemCall("unlink", path: path) { unlink(path) }
+                Diagnostics.note("note: removed \(path) from the work directory being resumed: \(entry.kind == .symbolicLink ? "a symbolic link" : "a special file"), which no run writes")
             }
         }
     }

@@ -105,7 +105,7 @@ final class ShardStream: Sendable {
         self.path = path
         self.fileSize = fileSize
         self.pool = pool
-        fd = try systemCall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        fd = try systemCall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644) }
         directFD = dsconvert_open_direct(path)
         hashQueue = DispatchQueue(label: "dsconvert.shard-stream.sha256")
         ioQueue = DispatchQueue(label: "dsconvert.shard-stream.io")

@@ -27,6 +27,28 @@ final class DataSafetyTests: XCTestCase {
         XCTAssertEqual(FileEntry.lstat(out.path)?.kind, .directory)
     }
 
+    /// Links planted inside a dead run's work directory, where a shard and a device directory will be
+    /// written: `--resume` removes them (saying so) and writes its own files, never through them.
+    func testResumeRemovesLinksInsideTheAdoptedWorkDirectory() throws {
+        let victim = dir.appendingPathComponent("victim"), elsewhere = dir.appendingPathComponent("elsewhere")
+        try Data("precious".utf8).write(to: victim)
+        try fm.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        for (command, output, planted, target) in [(["quantize", "--fp8"], "q", "model-00001-of-00002.safetensors", victim),
+                                                   (["shard", "--devices", "8"], "s", "device-0", elsewhere)] {
+            let work = dir.appendingPathComponent(".dsconvert-partial-\(output)-4194399")
+            try fm.createDirectory(at: work, withIntermediateDirectories: true)
+            try fm.createSymbolicLink(at: work.appendingPathComponent(planted), withDestinationURL: target)
+            let out = dir.appendingPathComponent(output)
+            let r = try runTool("dsconvert", command + ["--input", fixtures.appendingPathComponent("lite").path, "--output", out.path, "--resume"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("/\(planted) from the work directory being resumed: a symbolic link"), r.stderr)
+            XCTAssertNotEqual(FileEntry.lstat(out.appendingPathComponent(planted).path)?.kind, .symbolicLink, "\(command)")
+            XCTAssertEqual(FileEntry.lstat(out.appendingPathComponent(planted).path)?.kind, command[0] == "shard" ? .directory : .regular)
+        }
+        XCTAssertEqual(try String(contentsOf: victim, encoding: .utf8), "precious")
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: elsewhere.path), [])
+    }
+
     /// A base model and its fine-tune (same names, sizes and headers): a run interrupted on one and
     /// resumed on the other starts over, says why, and gives exactly the second one's conversion.
     func testResumeOnAChangedInputStartsOver() throws {
