@@ -300,7 +300,7 @@ public final class CheckpointWriter: Sendable {
         }
         guard let stream else { return }
         stream.finishStaging()
-        finisher.async { [self] in
+        BackgroundWrites.run(on: finisher) { [self] in
             do {
                 try recordFinished(shard, sha: try stream.complete())
             } catch {
@@ -485,7 +485,10 @@ public enum SafeTensorsFileWriter {
     public static func write(_ tensors: [(PlannedTensor, [UInt8])], to url: URL, metadata: [String: String]? = CheckpointLayout.defaultMetadata) throws {
         let work = url.deletingLastPathComponent().appendingPathComponent("\(AtomicOutputDirectory.workPrefix)\(url.lastPathComponent)-\(getpid())")
         try systemCall("mkdir", path: work.path) { mkdir(work.path, 0o700) }
-        defer { try? FileManager.default.removeItem(at: work) }
+        defer {
+            BackgroundWrites.waitForAll()
+            try? FileManager.default.removeItem(at: work)
+        }
         let layout = CheckpointLayout(singleFile: url.lastPathComponent, tensors: tensors.map(\.0), metadata: metadata)
         let writer = CheckpointWriter(layout: layout, directory: work)
         for (tensor, bytes) in tensors { try writer.write(tensor.name, bytes: bytes) }

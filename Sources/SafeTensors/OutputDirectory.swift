@@ -220,6 +220,8 @@ public final class AtomicOutputDirectory {
     /// Removes the unfinished work.
     public func discard() {
         settled = true
+        // A failed run's writers may still be finishing shards in the background (BackgroundWrites).
+        BackgroundWrites.waitForAll()
         dsconvert_guard_set_work_directory(nil)
         guard FileEntry.lstat(temporaryURL.path)?.isOwnDirectory == true else { return }
         try? FileManager.default.removeItem(at: temporaryURL)

@@ -5,6 +5,27 @@ import Synchronization
 import Glibc
 #endif
 
+/// Every writer's work in the background, process-wide: chunks being hashed and written, finished
+/// shards being synced, hashed and journaled. A failed run unwinds while that work may still run;
+/// removing its work directory under it left files behind (a journal line appended after the
+/// removal), and exiting under it crashed in a hashing thread. So a work directory is removed, and
+/// a command exits, only after `waitForAll` (every task ends on its own: none waits for the caller).
+public enum BackgroundWrites {
+    static let group = DispatchGroup()
+
+    /// Blocks until every background write started so far has ended.
+    public static func waitForAll() { group.wait() }
+
+    /// Runs `body` on `queue`, counted in the group.
+    static func run(on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
+        group.enter()
+        queue.async {
+            body()
+            group.leave()
+        }
+    }
+}
+
 /// One page-aligned pool buffer, passed between the pool, the stream that stages into it and the
 /// background hash and write tasks. It is `@unchecked Sendable` because it is a raw address: the
 /// pool's protocol gives each buffer exactly one holder at a time (taken from the pool, staged into
@@ -211,14 +232,14 @@ final class ShardStream: Sendable {
         let direct = directFD >= 0 && count % ChunkPool.alignment == 0 && start % ChunkPool.alignment == 0
         if inOrder {
             inFlight.enter()
-            hashQueue.async { [self] in
+            BackgroundWrites.run(on: hashQueue) { [self] in
                 sha.withLock { $0.update(pending.bytes) }
                 pending.done()
                 inFlight.leave()
             }
         }
         inFlight.enter()
-        ioQueue.async { [self] in
+        BackgroundWrites.run(on: ioQueue) { [self] in
             do {
                 if direct {
                     try directWrite(pending.bytes, at: start)

@@ -49,6 +49,29 @@ final class DataSafetyTests: XCTestCase {
         XCTAssertEqual(try fm.contentsOfDirectory(atPath: elsewhere.path), [])
     }
 
+    /// A run that fails after some shards are finished: their syncing, hashing and journaling run in
+    /// the background, and the failed run used to remove its work directory and exit under them
+    /// (a journal re-created in the removed directory in 8 of 20 runs, a crash in a hashing thread
+    /// in 2). Now every run exits 1 with the one error, and nothing is left behind.
+    func testAFailedRunWaitsForItsBackgroundWritesBeforeCleaningUp() throws {
+        let input = try copyFixture("v3-fp8", to: dir)
+        let tensor = "model.layers.0.self_attn.o_proj.weight_scale_inv"
+        let checkpoint = try Checkpoint(directory: input)
+        let shard = checkpoint.shardName(of: tensor)!, file = checkpoint.shard(shard)!
+        let offset = file.header.dataStart + file.info(tensor)!.dataOffsets.lowerBound
+        var data = try Data(contentsOf: input.appendingPathComponent(shard))
+        data.replaceSubrange(offset..<(offset + 4), with: withUnsafeBytes(of: Float.nan.bitPattern.littleEndian) { Array($0) })
+        try data.write(to: input.appendingPathComponent(shard))
+        let out = dir.appendingPathComponent("out")
+        for _ in 0..<10 {
+            let r = try runTool("dsconvert", ["quantize", "--dequantize", "--input", input.path, "--output", out.path])
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains("scale '\(tensor)' element 0 is nan"), r.stderr)
+            XCTAssertFalse(r.stderr.contains("crashed"), r.stderr)
+            XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir.path).sorted(), ["v3-fp8"])
+        }
+    }
+
     /// A base model and its fine-tune (same names, sizes and headers): a run interrupted on one and
     /// resumed on the other starts over, says why, and gives exactly the second one's conversion.
     func testResumeOnAChangedInputStartsOver() throws {
