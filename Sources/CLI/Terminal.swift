@@ -25,9 +25,15 @@ public final class Terminal: Sendable {
     public let stderrIsTTY = isatty(STDERR_FILENO) == 1
 
     public func out(_ text: String) {
+        outExactly(Array((text + "\n").utf8))
+    }
+
+    /// Writes `bytes` to stdout as they are (no newline added): a result that is a file's content,
+    /// such as decoded text. Failures are kept as `out`'s are.
+    public func outExactly(_ bytes: [UInt8]) {
         progressShown.withLock { shown in
             clearProgress(&shown)
-            let error = Self.write(STDOUT_FILENO, text + "\n")
+            let error = Self.write(STDOUT_FILENO, bytes)
             // A reader that left (EPIPE) wanted no more; any other failure loses results.
             if let error, error != EPIPE { lostResults.withLock { $0 = $0 ?? error } }
         }
@@ -92,7 +98,12 @@ public final class Terminal: Sendable {
     /// Writes all of `text`, retrying short writes and EINTR; any other error drops the rest and is returned.
     @discardableResult
     static func write(_ descriptor: Int32, _ text: String) -> Int32? {
-        var bytes = Array(text.utf8)[...]
+        write(descriptor, Array(text.utf8))
+    }
+
+    @discardableResult
+    static func write(_ descriptor: Int32, _ all: [UInt8]) -> Int32? {
+        var bytes = all[...]
         while !bytes.isEmpty {
             let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
             if written < 0, errno == EINTR { continue }

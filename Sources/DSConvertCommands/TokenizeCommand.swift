@@ -52,7 +52,9 @@ public enum TokenizeCommand: Command {
         if let output {
             try AtomicFile.write(result, to: output)
         } else {
-            FileHandle.standardOutput.write(result)
+            // Through the terminal, which turns a failed write (a full disk, a closed stdout) into one
+            // error line and exit 1; FileHandle's write traps on it.
+            terminal.outExactly([UInt8](result))
         }
         return ExitCode.success
     }

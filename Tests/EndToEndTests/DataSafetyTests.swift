@@ -161,18 +161,30 @@ final class DataSafetyTests: XCTestCase {
 final class LostResultsTests: XCTestCase {
     /// `inspect --json > report.json` on a full disk: the lost results are an error, not exit 0
     /// (a closed pipe, by contrast, is a reader that wanted no more).
+    /// `tokenize` and `tokenize --decode` write their result as it is (it used to trap in FileHandle's write).
     func testResultsToAFullDiskFail() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: toolPath("dsconvert"))
-        process.arguments = ["inspect", fixtures.appendingPathComponent("lite").path]
-        process.standardOutput = FileHandle(forWritingAtPath: "/dev/full")!
-        let err = Pipe()
-        process.standardError = err
-        try process.run()
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 1, stderr)
-        XCTAssertTrue(stderr.contains("error: standard output: results could not be written (No space left on device)"), stderr)
+        let dir = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = dir.appendingPathComponent("t.txt"), tokens = dir.appendingPathComponent("t.json")
+        try Data("the fox 12".utf8).write(to: text)
+        try Data(#"{"tokens": [[1, 2, 3]]}"#.utf8).write(to: tokens)
+        let tokenizer = fixtures.appendingPathComponent("tokenizers/v3-style.json").path
+        for arguments in [["inspect", fixtures.appendingPathComponent("lite").path],
+                          ["tokenize", "--tokenizer", tokenizer, "--text", text.path],
+                          ["tokenize", "--tokenizer", tokenizer, "--decode", "--tokens", tokens.path]] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: toolPath("dsconvert"))
+            process.arguments = arguments
+            process.standardOutput = FileHandle(forWritingAtPath: "/dev/full")!
+            let err = Pipe()
+            process.standardError = err
+            try process.run()
+            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            XCTAssertEqual(process.terminationStatus, 1, "\(arguments[0]): \(stderr)")
+            XCTAssertTrue(stderr.contains("error: standard output: results could not be written (No space left on device)"), stderr)
+            XCTAssertEqual(stderr.split(separator: "\n").count, 1, stderr)
+        }
     }
 }
 
