@@ -31,7 +31,7 @@ public enum ForwardCommand: Command {
         let inputURL = URL(fileURLWithPath: try arguments.path("text") ?? arguments.required("tokens"))
         // Checked before the forward pass: never into an input, never over a file without --force.
         let outputURL = try OutputLocation.checkResultFile(URL(fileURLWithPath: try arguments.required("output")),
-                                                           inputs: [modelURL, inputURL], force: arguments.flag("force"))
+                                                           inputs: [modelURL, inputURL] + (try TextTokens.tokenizerInputs(arguments)), force: arguments.flag("force"))
         let tokens = try TextTokens.load(arguments, model: modelURL, terminal: terminal)?.rows ?? TokenFile.load(inputURL)
         var model = try ModelLoader.open(modelURL)
         if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format, for: model) }

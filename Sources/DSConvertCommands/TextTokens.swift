@@ -21,6 +21,18 @@ enum TextTokens {
         ]
     }
 
+    /// What `--tokenizer` reads, for the output checks (a result written over it would destroy an
+    /// input): the directory when it names one, else the file and the `tokenizer_config.json` beside it.
+    static func tokenizerInputs(_ arguments: ParsedArguments) throws -> [URL] {
+        try arguments.path("tokenizer").map(tokenizerFiles) ?? []
+    }
+
+    static func tokenizerFiles(_ path: String) -> [URL] {
+        let directory = TokenizeCommand.modelDirectory(path)
+        if directory.path == URL(fileURLWithPath: path).path { return [directory] }
+        return [URL(fileURLWithPath: path), directory.appendingPathComponent("tokenizer_config.json")]
+    }
+
     /// The text's rows, or nil without `--TEXT`. Rows start with BOS when the tokenizer's
     /// `tokenizer_config.json` says `add_bos_token`, as the model saw its training text.
     static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal, text: String = "text", tokens: String = "tokens") throws -> (rows: [[Int]], label: String)? {

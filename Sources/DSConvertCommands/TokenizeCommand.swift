@@ -36,9 +36,9 @@ public enum TokenizeCommand: Command {
         let inputPath = try arguments.required(decode ? "tokens" : "text")
         if decode, arguments.value("text") != nil { throw UsageError("--decode reads --tokens, not --text") }
         if !decode, arguments.value("tokens") != nil { throw UsageError("--tokens is read only with --decode") }
-        // Checked before any work: never inside the tokenizer's directory, never over a file without --force.
+        // Checked before any work: never over the tokenizer's files or an input, never over a file without --force.
         let output = try arguments.path("output").map { path in
-            try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: [modelDirectory(tokenizerPath), URL(fileURLWithPath: inputPath)],
+            try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: TextTokens.tokenizerFiles(tokenizerPath) + [URL(fileURLWithPath: inputPath)],
                                                force: arguments.flag("force"))
         }
         let tokenizer = try Tokenizer.load(path: tokenizerPath)

@@ -45,7 +45,7 @@ public enum ValidateCommand: Command {
         let tokensPath = try arguments.path("text") ?? arguments.path("tokens")
         // Checked before the comparison: never into an input, never over a file without --force.
         let jsonURL = try arguments.path("json").map {
-            try OutputLocation.checkResultFile(URL(fileURLWithPath: $0), inputs: [referenceURL, candidateURL] + (tokensPath.map { [URL(fileURLWithPath: $0)] } ?? []),
+            try OutputLocation.checkResultFile(URL(fileURLWithPath: $0), inputs: [referenceURL, candidateURL] + (tokensPath.map { [URL(fileURLWithPath: $0)] } ?? []) + (try TextTokens.tokenizerInputs(arguments)),
                                                force: arguments.flag("force"))
         }
         let reference = try ModelLoader.open(referenceURL)

@@ -11,6 +11,26 @@ final class TextInputTests: XCTestCase {
     let model = fixtures.appendingPathComponent("v2") // vocabulary 384 holds the fixture tokenizer's 336 ids
     let tokenizer = fixtures.appendingPathComponent("tokenizers/split-isolated.json").path
 
+    /// The tokenizer is an input: a result written over it (with --force) is refused and the file
+    /// kept; an output beside a tokenizer file is fine (found by an audit: both commands overwrote it).
+    func testResultsNeverReplaceTheTokenizer() throws {
+        let text = dir.appendingPathComponent("t.txt"), copy = dir.appendingPathComponent("tok.json")
+        try Data("the fox 12".utf8).write(to: text)
+        try FileManager.default.copyItem(at: URL(fileURLWithPath: tokenizer), to: copy)
+        let before = try Data(contentsOf: copy)
+        let forward = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokenizer", copy.path, "--output", copy.path, "--force"])
+        let validate = try runTool("dsconvert", ["validate", "--reference", model.path, "--candidate", model.path, "--text", text.path,
+                                                 "--tokenizer", copy.path, "--json", copy.path, "--force"])
+        for r in [forward, validate] {
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains("\(copy.path): output must not be the input"), r.stderr)
+        }
+        XCTAssertEqual(try Data(contentsOf: copy), before)
+        let beside = try runTool("dsconvert", ["forward", "--model", model.path, "--text", text.path, "--tokenizer", copy.path,
+                                               "--output", dir.appendingPathComponent("out.safetensors").path])
+        XCTAssertEqual(beside.status, 0, beside.stderr)
+    }
+
     func testForwardTextEqualsForwardOfItsTokens() throws {
         let text = dir.appendingPathComponent("t.txt")
         try Data("the theory then thereafter, the quick brown fox jumps over the lazy dog 123 456".utf8).write(to: text)
