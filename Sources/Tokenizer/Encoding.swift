@@ -13,24 +13,35 @@ extension Tokenizer {
     }
 
     /// Ids of a text given as Unicode scalar values, on up to `threads` threads (the ids do not
-    /// depend on how many).
-    public func encode(scalars input: [UInt32], threads: Int = Parallel.threads) -> [Int] {
+    /// depend on how many). `name` is what an error names: a Split pattern that gives up on the
+    /// text (`RegexBacktrackLimit`) is refused, never passed over.
+    public func encode(scalars input: [UInt32], name: String = "text", threads: Int = Parallel.threads) throws -> [Int] {
+        do {
+            return try ids(of: input, threads: threads)
+        } catch let error as RegexBacktrackLimit {
+            throw TokenizerError.regexBacktrackLimit(file: name, tokenizer: file, pattern: error.pattern, position: error.position,
+                                                     limit: ScalarRegex.backtrackLimit)
+        }
+    }
+
+    private func ids(of input: [UInt32], threads: Int) throws -> [Int] {
         let (text, segments) = addedTokenSegments(input)
-        return text.withUnsafeBufferPointer { buffer -> [Int] in
+        return try text.withUnsafeBufferPointer { buffer -> [Int] in
             var runner = PreTokenizerRunner(text: buffer)
-            let items = firstStep(segments, runner: &runner)
+            let items = try firstStep(segments, runner: &runner)
             let blocks = Self.blocks(items, count: max(1, threads))
-            var results = [[Int32]](repeating: [], count: blocks.count)
+            var results = [Result<[Int32], any Error>](repeating: .success([]), count: blocks.count)
             let laterSteps = Array(definition.preTokenizers.dropFirst())
             results.withUnsafeMutableBufferPointer { out in
                 let shared = SharedPointer(out.baseAddress!)
                 Parallel.forEach(blocks.count) { b in
                     var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: buffer))
                     worker.runner.scratch = runner.scratch
-                    shared.pointer[b] = worker.encode(items[blocks[b]], steps: laterSteps)
+                    shared.pointer[b] = Result { try worker.encode(items[blocks[b]], steps: laterSteps) }
                 }
             }
-            return results.flatMap { $0.map(Int.init) }
+            // The first block's error is the one the text meets first: the same whatever the thread count.
+            return try results.flatMap { try $0.get().map(Int.init) }
         }
     }
 
@@ -58,7 +69,7 @@ extension Tokenizer {
     }
 
     /// The first pre-tokenizer step over every text segment (one thread: it decides the pieces).
-    private func firstStep(_ segments: [AddedTokenMatcher.Split], runner: inout PreTokenizerRunner) -> [Item] {
+    private func firstStep(_ segments: [AddedTokenMatcher.Split], runner: inout PreTokenizerRunner) throws -> [Item] {
         var items: [Item] = []
         for segment in segments {
             if let id = segment.token { items.append(.token(Int32(id))); continue }
@@ -66,7 +77,7 @@ extension Tokenizer {
             let piece = Piece(range: segment.range, inScratch: false, byteLevel: false)
             guard let first = definition.preTokenizers.first else { items.append(.piece(piece)); continue }
             var pieces: [Piece] = []
-            runner.apply(first, to: piece, into: &pieces)
+            try runner.apply(first, to: piece, into: &pieces)
             items += pieces.map(Item.piece)
         }
         return items
@@ -111,7 +122,7 @@ struct EncodeWorker {
         self.runner = runner
     }
 
-    mutating func encode(_ items: ArraySlice<Tokenizer.Item>, steps: [PreTokenizerStep]) -> [Int32] {
+    mutating func encode(_ items: ArraySlice<Tokenizer.Item>, steps: [PreTokenizerStep]) throws -> [Int32] {
         var output: [Int32] = []
         var current: [Piece] = [], next: [Piece] = []
         for item in items {
@@ -122,7 +133,7 @@ struct EncodeWorker {
                 current.append(piece)
                 for step in steps {
                     next.removeAll(keepingCapacity: true)
-                    runner.apply(step, to: current, into: &next)
+                    try runner.apply(step, to: current, into: &next)
                     swap(&current, &next)
                 }
                 for p in current { merge(p, into: &output) }

@@ -29,11 +29,12 @@ struct PreTokenizerRunner {
 
     init(text: UnsafeBufferPointer<UInt32>) { self.text = text }
 
-    mutating func apply(_ step: PreTokenizerStep, to pieces: [Piece], into output: inout [Piece]) {
-        for piece in pieces { apply(step, to: piece, into: &output) }
+    mutating func apply(_ step: PreTokenizerStep, to pieces: [Piece], into output: inout [Piece]) throws {
+        for piece in pieces { try apply(step, to: piece, into: &output) }
     }
 
-    mutating func apply(_ step: PreTokenizerStep, to original: Piece, into output: inout [Piece]) {
+    /// Throws `RegexBacktrackLimit` when a Split pattern gives up on the piece.
+    mutating func apply(_ step: PreTokenizerStep, to original: Piece, into output: inout [Piece]) throws {
         let piece = original.byteLevel ? materializeByteLevel(original) : original
         switch step {
         case let .split(regex, behavior, invert):
@@ -41,10 +42,10 @@ struct PreTokenizerRunner {
             var regexStack: [ScalarRegex.Backtrack] = []
             swap(&regexStack, &stack)
             defer { swap(&regexStack, &stack) }
-            withScalars(piece) { buffer in
-                Self.segments(of: piece, behavior, into: &output) { segment in
+            try withScalars(piece) { buffer in
+                try Self.segments(of: piece, behavior, into: &output) { segment in
                     var previous = piece.range.lowerBound
-                    regex.forEachMatch(buffer, start: piece.range.lowerBound, end: piece.range.upperBound, stack: &regexStack) { s, e in
+                    try regex.forEachMatch(buffer, start: piece.range.lowerBound, end: piece.range.upperBound, stack: &regexStack) { s, e in
                         if previous != s { segment(previous..<s, invert) }
                         segment(s..<e, !invert)
                         previous = e
@@ -69,7 +70,7 @@ struct PreTokenizerRunner {
             if addPrefixSpace, withScalars(piece, { $0[piece.range.lowerBound] }) != 0x20 { prefixed = prependSpace(piece) }
             guard useRegex else { prefixed.byteLevel = true; output.append(prefixed); return }
             var split: [Piece] = []
-            apply(.split(Self.gpt2, behavior: .isolated, invert: false), to: prefixed, into: &split)
+            try apply(.split(Self.gpt2, behavior: .isolated, invert: false), to: prefixed, into: &split)
             for var p in split { p.byteLevel = true; output.append(p) }
         }
     }
@@ -78,16 +79,16 @@ struct PreTokenizerRunner {
     /// the non-empty pieces `behavior` makes of them. `Isolated` and `Removed` append as the pairs
     /// come (most steps are these); the merging behaviours need the whole list first.
     private static func segments(of piece: Piece, _ behavior: SplitBehavior, into output: inout [Piece],
-                                 _ produce: (_ segment: (Range<Int>, Bool) -> Void) -> Void) {
+                                 _ produce: (_ segment: (Range<Int>, Bool) -> Void) throws -> Void) rethrows {
         func append(_ range: Range<Int>) {
             if !range.isEmpty { output.append(Piece(range: range, inScratch: piece.inScratch, byteLevel: false)) }
         }
         switch behavior {
-        case .isolated: produce { range, _ in append(range) }
-        case .removed: produce { range, isMatch in if !isMatch { append(range) } }
+        case .isolated: try produce { range, _ in append(range) }
+        case .removed: try produce { range, isMatch in if !isMatch { append(range) } }
         case .contiguous, .mergedWithPrevious, .mergedWithNext:
             var matches: [(Range<Int>, Bool)] = []
-            produce { matches.append(($0, $1)) }
+            try produce { matches.append(($0, $1)) }
             for range in combine(matches, behavior) { append(range) }
         }
     }
@@ -127,8 +128,8 @@ struct PreTokenizerRunner {
         }
     }
 
-    func withScalars<R>(_ piece: Piece, _ body: (UnsafeBufferPointer<UInt32>) -> R) -> R {
-        piece.inScratch ? scratch.withUnsafeBufferPointer(body) : body(text)
+    func withScalars<R>(_ piece: Piece, _ body: (UnsafeBufferPointer<UInt32>) throws -> R) rethrows -> R {
+        try piece.inScratch ? scratch.withUnsafeBufferPointer(body) : body(text)
     }
 
     private mutating func prependSpace(_ piece: Piece) -> Piece {

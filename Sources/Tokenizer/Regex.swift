@@ -1,3 +1,12 @@
+/// A match attempt that backtracked more than `ScalarRegex.backtrackLimit` times: a pattern such as
+/// `(a+)+b` on a long run of `a` takes time exponential in the run's length. Refused rather than left
+/// to run for hours (Oniguruma, which `tokenizers` uses, also stops at a retry limit of this size).
+struct RegexBacktrackLimit: Error {
+    let pattern: String
+    /// Where the attempt started, in the scalars of the (normalized) text.
+    let position: Int
+}
+
 /// A compiled `Split` pattern: a backtracking matcher over Unicode scalar values with Oniguruma's
 /// choice order (alternatives left to right, greedy repeats longest first), so the leftmost match
 /// it finds is the one `tokenizers` finds.
@@ -9,6 +18,8 @@ public final class ScalarRegex: Sendable {
     /// Offset of the set of scalars a match can start with; nil when the pattern can match empty.
     private let firstSetOffset: Int?
     private static let setWords = 0x110000 / 64
+    /// Backtracks allowed to one match attempt (Oniguruma's default retry limit in a match).
+    static let backtrackLimit = 10_000_000
 
     /// Compiles `pattern`; throws `UnsupportedRegex` naming the first construct it does not implement.
     init(_ pattern: String) throws {
@@ -58,11 +69,11 @@ public final class ScalarRegex: Sendable {
 
     /// Every match in `text[start..<end]` (the whole subject), as the `onig` crate's `find_iter`
     /// reports them: an empty match right where the previous match ended is skipped.
-    func forEachMatch(_ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int, stack: inout [Backtrack], _ body: (Int, Int) -> Void) {
+    func forEachMatch(_ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int, stack: inout [Backtrack], _ body: (Int, Int) -> Void) throws {
         var searchFrom = start
         var lastMatchEnd: Int?
         while searchFrom <= end {
-            guard let (s, e) = search(text, from: searchFrom, start: start, end: end, stack: &stack) else { return }
+            guard let (s, e) = try search(text, from: searchFrom, start: start, end: end, stack: &stack) else { return }
             if s == e, lastMatchEnd == e {
                 searchFrom += 1
                 continue
@@ -74,21 +85,21 @@ public final class ScalarRegex: Sendable {
     }
 
     /// The leftmost match starting at or after `from`.
-    func search(_ text: UnsafeBufferPointer<UInt32>, from: Int, start: Int, end: Int, stack: inout [Backtrack]) -> (Int, Int)? {
-        bits.withUnsafeBufferPointer { bitsPointer in
+    func search(_ text: UnsafeBufferPointer<UInt32>, from: Int, start: Int, end: Int, stack: inout [Backtrack]) throws -> (Int, Int)? {
+        try bits.withUnsafeBufferPointer { bitsPointer in
             let bitsBase = bitsPointer.baseAddress!
             var p = from
             if let first = firstSetOffset {
                 while p < end {
                     let v = text[p]
                     if bitsBase[first + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0,
-                       let e = run(0, at: p, text, start: start, end: end, bits: bitsBase, stack: &stack) { return (p, e) }
+                       let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, stack: &stack) { return (p, e) }
                     p += 1
                 }
                 return nil
             }
             while p <= end {
-                if let e = run(0, at: p, text, start: start, end: end, bits: bitsBase, stack: &stack) { return (p, e) }
+                if let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, stack: &stack) { return (p, e) }
                 p += 1
             }
             return nil
@@ -103,14 +114,16 @@ public final class ScalarRegex: Sendable {
         var low: Int
     }
 
-    /// Runs program `index` at `position`; the end of the match, or nil.
+    /// Runs program `index` at `position`; the end of the match, or nil. Throws past
+    /// `backtrackLimit` backtracks.
     private func run(_ index: Int, at position: Int, _ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int,
-                     bits: UnsafePointer<UInt64>, stack: inout [Backtrack]) -> Int? {
+                     bits: UnsafePointer<UInt64>, stack: inout [Backtrack]) throws -> Int? {
         let base = stack.count
         defer { stack.removeSubrange(base...) }
-        return programs[index].withUnsafeBufferPointer { code -> Int? in
+        return try programs[index].withUnsafeBufferPointer { code -> Int? in
             var pc = 0
             var pos = position
+            var backtracks = 0
             @inline(__always) func inSet(_ offset: Int, _ v: UInt32) -> Bool { bits[offset + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0 }
             while true {
                 let ins = code[pc]
@@ -141,7 +154,7 @@ public final class ScalarRegex: Sendable {
                     let hit = pos < end && inSet(ins.a, text[pos])
                     if hit == (ins.b == 1) { ok = false } else { pc += 1 }
                 case .look:
-                    let hit = run(ins.a, at: pos, text, start: start, end: end, bits: bits, stack: &stack) != nil
+                    let hit = try run(ins.a, at: pos, text, start: start, end: end, bits: bits, stack: &stack) != nil
                     if hit == (ins.b == 1) { ok = false } else { pc += 1 }
                 case .assert:
                     if Self.holds(ins.a, text, pos: pos, start: start, end: end) { pc += 1 } else { ok = false }
@@ -150,6 +163,8 @@ public final class ScalarRegex: Sendable {
                 }
                 if ok { continue }
                 guard stack.count > base else { return nil }
+                backtracks += 1
+                if backtracks > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
                 let choice = stack.removeLast()
                 if choice.low >= 0, choice.pos > choice.low {
                     stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))

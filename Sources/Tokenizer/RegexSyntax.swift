@@ -37,6 +37,10 @@ struct RegexParser {
     private var index = 0
     private(set) var sets: [ScalarSet] = []
     static let maximumCount = 1000
+    /// Groups nested deeper are refused: the parser, the compiler and the matcher recurse per level,
+    /// and a pattern of 50,000 nested groups overflowed the stack. Tokenizer files nest a few levels.
+    static let maximumDepth = 256
+    private var depth = 0
 
     init(_ pattern: String) { chars = pattern.unicodeScalars.map(\.value) }
 
@@ -146,6 +150,9 @@ struct RegexParser {
                 throw UnsupportedRegex(construct: "group '(\(shown)'")
             }
         }
+        depth += 1
+        defer { depth -= 1 }
+        if depth > Self.maximumDepth { throw UnsupportedRegex(construct: "groups nested deeper than \(Self.maximumDepth)") }
         let inner = try parseAlternation()
         guard peek() == Self.char(")") else { throw UnsupportedRegex(construct: "unclosed '('") }
         index += 1

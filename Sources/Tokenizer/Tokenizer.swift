@@ -60,14 +60,14 @@ public final class Tokenizer: Sendable {
     public func encode(utf8 bytes: [UInt8], name: String, threads: Int = Parallel.threads) throws -> [Int] {
         let decoded = bytes.withUnsafeBufferPointer { UTF8Text.decode($0) }
         switch decoded {
-        case let .success(scalars): return encode(scalars: scalars, threads: threads)
+        case let .success(scalars): return try encode(scalars: scalars, name: name, threads: threads)
         case let .failure(bad): throw TokenizerError.invalidUTF8(file: name, offset: bad.offset)
         }
     }
 
     /// Ids of a Swift string.
-    public func encode(_ text: String, threads: Int = Parallel.threads) -> [Int] {
-        encode(scalars: UTF8Text.scalars(of: text), threads: threads)
+    public func encode(_ text: String, threads: Int = Parallel.threads) throws -> [Int] {
+        try encode(scalars: UTF8Text.scalars(of: text), threads: threads)
     }
 
     /// The text of `ids`, as the decoder writes it; an id outside the vocabulary is refused.

@@ -20,6 +20,31 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// Found by an audit: an added token's id of 2^31 or more trapped when the text held the token;
+    /// it is refused when the file loads. A Split pattern that backtracks without end is refused
+    /// naming the text and the pattern.
+    func testIdsBeyond32BitsAndRunawayPatternsAreRefused() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-bad-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("v3-style.json")))) as! [String: Any]
+        json["added_tokens"] = [["id": 1 << 31, "content": "<x>", "special": true, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false]]
+        let big = dir.appendingPathComponent("big.json")
+        try JSONSerialization.data(withJSONObject: json).write(to: big)
+        XCTAssertThrowsError(try Tokenizer.load(path: big.path)) { error in
+            XCTAssertEqual(error as? TokenizerError, .missingField(file: big.path, field: "added_tokens[\"<x>\"].id"))
+        }
+        json["added_tokens"] = []
+        json["pre_tokenizer"] = ["type": "Split", "pattern": ["Regex": "(a+)+b"], "behavior": "Isolated", "invert": false]
+        let runaway = dir.appendingPathComponent("runaway.json")
+        try JSONSerialization.data(withJSONObject: json).write(to: runaway)
+        let tokenizer = try Tokenizer.load(path: runaway.path)
+        XCTAssertThrowsError(try tokenizer.encode(utf8: Array(String(repeating: "a", count: 40).utf8), name: "t.txt")) { error in
+            XCTAssertEqual(error as? TokenizerError, .regexBacktrackLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(a+)+b", position: 0,
+                                                                          limit: ScalarRegex.backtrackLimit))
+        }
+    }
+
     func testInvalidUTF8NamesTheByteOffset() throws {
         let tokenizer = try Tokenizer.load(path: path("v3-style.json"))
         for (bytes, offset) in [([0x61, 0x62, 0xFF], 2), ([0x61, 0xC0, 0x80], 1), ([0xED, 0xA0, 0x80], 0), ([0x61, 0xE4, 0xB8], 1),

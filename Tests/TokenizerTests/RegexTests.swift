@@ -7,8 +7,8 @@ final class RegexTests: XCTestCase {
         let scalars = UTF8Text.scalars(of: text)
         var stack: [ScalarRegex.Backtrack] = []
         var found: [String] = []
-        scalars.withUnsafeBufferPointer { buffer in
-            regex.forEachMatch(buffer, start: 0, end: scalars.count, stack: &stack) { s, e in
+        try scalars.withUnsafeBufferPointer { buffer in
+            try regex.forEachMatch(buffer, start: 0, end: scalars.count, stack: &stack) { s, e in
                 found.append(String(String.UnicodeScalarView(scalars[s..<e].map { Unicode.Scalar($0)! })))
             }
         }
@@ -48,5 +48,27 @@ final class RegexTests: XCTestCase {
                 XCTAssertEqual((error as? UnsupportedRegex)?.construct, construct, pattern)
             }
         }
+    }
+
+    /// Found by an audit: 50,000 nested groups overflowed the stack (SIGSEGV); a nesting the parser
+    /// refuses by name instead, and a few levels still compile.
+    func testDeepNestingIsRefusedByName() throws {
+        let depth = RegexParser.maximumDepth
+        XCTAssertEqual(try matches(String(repeating: "(", count: depth) + "a" + String(repeating: ")", count: depth), "aa"), ["a", "a"])
+        for levels in [depth + 1, 50_000] {
+            XCTAssertThrowsError(try ScalarRegex(String(repeating: "(", count: levels) + "a" + String(repeating: ")", count: levels))) { error in
+                XCTAssertEqual((error as? UnsupportedRegex)?.construct, "groups nested deeper than \(depth)")
+            }
+        }
+    }
+
+    /// Found by an audit: `(a+)+b` on 37 `a`s ran for longer than 15 s (the time doubles per `a`).
+    /// The attempt stops after `backtrackLimit` backtracks and the text is refused naming the pattern.
+    func testCatastrophicBacktrackingIsRefused() throws {
+        XCTAssertThrowsError(try matches("(a+)+b", String(repeating: "a", count: 40))) { error in
+            XCTAssertEqual((error as? RegexBacktrackLimit)?.position, 0)
+        }
+        // The same pattern where the text lets it match stays fast and exact.
+        XCTAssertEqual(try matches("(a+)+b", String(repeating: "a", count: 40) + "b"), [String(repeating: "a", count: 40) + "b"])
     }
 }
