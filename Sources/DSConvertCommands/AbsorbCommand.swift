@@ -37,7 +37,7 @@ public enum AbsorbCommand: Command {
         let dtype = AbsorbStage.StorageDType(rawValue: try arguments.choice("dtype", default: "bf16", among: ["bf16", "f32"]))!
         let options = AbsorbOptions(form: mode == "split" ? .split : .fold, keepKVB: arguments.flag("keep-kv-b"))
         let summary = try AbsorbStage.run(input: input, output: output, options: options, dtype: dtype, force: arguments.flag("force"),
-                                          shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
+                                          shardSize: try ConversionOutputSize.parse(arguments), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out("\(output.path): \(summary.config.attentionForm.rawValue), \(summary.tensors) tensors in \(summary.files) file(s); folds: \(summary.config.absorption!.folds.map(\.rawValue).joined(separator: ", ")); kernel softmax scale 1.0 (was \(String(format: "%.7f", summary.config.absorption!.originalSoftmaxScale)))")
         terminal.out("")
@@ -50,8 +50,15 @@ public enum AbsorbCommand: Command {
 enum ConversionOutputSize {
     static let help = "Largest output shard: 5GB, 500MB, 2GiB or bytes (default: the input's largest shard file; an output that would be one file over 1 GB from a several-file input keeps the input's file count)."
 
-    static func parse(_ text: String?) throws -> ShardSize {
-        guard let text else { return .likeInput }
-        return .limit(try ConversionOutput.parseSize(text))
+    static func parse(_ arguments: ParsedArguments) throws -> ShardSize {
+        try bytes(arguments, "max-shard-size").map(ShardSize.limit) ?? .likeInput
+    }
+
+    /// A size option's bytes (nil when absent); a value that is not a size is a usage error naming the option.
+    static func bytes(_ arguments: ParsedArguments, _ option: String) throws -> Int? {
+        guard let text = arguments.value(option) else { return nil }
+        do { return try ConversionOutput.parseSize(text) } catch {
+            throw UsageError("--\(option): \((error as? LocalizedError)?.errorDescription ?? "\(error)")")
+        }
     }
 }

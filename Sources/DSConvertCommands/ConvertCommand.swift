@@ -74,7 +74,7 @@ public enum ConvertCommand: Command {
         }
         guard absorb || fp8 || kv6 || options.devices != nil else { throw UsageError("give at least one of --absorb, --fp8, --kv6, --devices") }
         let summary = try ConvertPipeline.run(input: input, output: output, options: options, force: arguments.flag("force"),
-                                              shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")),
+                                              shardSize: try ConversionOutputSize.parse(arguments),
                                               resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out(String(format: "%@: %@ in one pass; %d file(s); %.2f MB -> %.2f MB", output.path, summary.stages.joined(separator: " -> "),

@@ -47,7 +47,7 @@ public enum ExportCommand: Command {
         var options = GGUFExport.Options(type: GGUFFileType(rawValue: type)!, tokenizerPre: arguments.value("tokenizer-pre"),
                                          tokenizer: arguments.value("tokenizer").map { URL(fileURLWithPath: $0) },
                                          name: arguments.value("name"), sizeLabel: arguments.value("size-label"))
-        options.splitMaxSize = try arguments.value("split-max-size").map(ConversionOutput.parseSize)
+        options.splitMaxSize = try ConversionOutputSize.bytes(arguments, "split-max-size")
         let summary = try GGUFExport.run(input: URL(fileURLWithPath: try arguments.required("input")), output: URL(fileURLWithPath: output),
                                          options: options, force: arguments.flag("force"), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()

@@ -43,7 +43,7 @@ public enum QuantizeCommand: Command {
         if arguments.value("calibration") != nil || arguments.value("calibration-text") != nil, !kv6 { throw UsageError("--calibration and --calibration-text go with --kv6") }
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let shardSize = try ConversionOutputSize.parse(arguments.value("max-shard-size"))
+        let shardSize = try ConversionOutputSize.parse(arguments)
         let summary: QuantizeStage.Summary
         if dequantize {
             summary = try QuantizeStage.dequantize(input: input, output: output, force: arguments.flag("force"), shardSize: shardSize,

@@ -20,7 +20,7 @@ public enum ReshardCommand: Command {
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let summary = try ReshardStage.run(input: input, output: output, shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")),
+        let summary = try ReshardStage.run(input: input, output: output, shardSize: try ConversionOutputSize.parse(arguments),
                                            force: arguments.flag("force"), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         terminal.out("\(output.path): \(summary.tensors) tensors in \(summary.files) file(s)")

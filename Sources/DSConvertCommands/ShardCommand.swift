@@ -34,7 +34,7 @@ public enum ShardCommand: Command {
         let manifest = try ShardStage.run(input: URL(fileURLWithPath: try arguments.required("input")),
                                           output: URL(fileURLWithPath: try arguments.required("output")),
                                           devices: devices, denseOnce: dense == "once", force: arguments.flag("force"),
-                                          shardSize: try ConversionOutputSize.parse(arguments.value("max-shard-size")), resume: arguments.flag("resume")) { terminal.progress($0) }
+                                          shardSize: try ConversionOutputSize.parse(arguments), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         let p = manifest.placement
         terminal.out("\(try arguments.required("output")): \(p.experts) experts over \(p.devices) devices, \(p.expertsPerDevice) per device; device bound M = \(p.deviceBoundM); non-expert weights \(manifest.dense)")

@@ -104,6 +104,10 @@ public enum ValidateCommand: Command {
         t.maxKLMax = try limit("max-kl-max", t.maxKLMax)
         t.minTop1Agreement = try limit("min-top1", t.minTop1Agreement)
         t.minRoutingAgreement = try limit("min-routing", t.minRoutingAgreement)
+        // Agreements are fractions: a floor above 1 could never pass.
+        for (name, value) in [("min-top1", t.minTop1Agreement), ("min-routing", t.minRoutingAgreement)] where (value ?? 0) > 1 {
+            throw UsageError("--\(name) is a fraction of positions (0-1), got '\(arguments.value(name) ?? "")'")
+        }
         t.maxPerplexityRatio = try limit("max-ppl-ratio", t.maxPerplexityRatio)
         return t
     }

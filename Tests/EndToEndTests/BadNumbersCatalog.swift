@@ -10,7 +10,7 @@ extension BadInputCatalogTests {
         configCases + fp8Cases + placementAndTokenCases + [
             Case(name: "--max-shard-size beyond Int", prepare: { work in
                 ["reshard", "--input", fixtures.appendingPathComponent("lite").path, "--output", work.appendingPathComponent("out").path, "--max-shard-size", "1e30GB"]
-            }, status: 1, fragment: "invalid size '1e30GB'"),
+            }, status: 64, fragment: "--max-shard-size: invalid size '1e30GB'"),
             Case(name: "absorb --mode fold overflowing bf16 from finite weights", prepare: { work in
                 let ckpt = try self.lite(work)
                 // 1e36 in bf16 (0x7A41) at q_proj[0, 0] and kv_b_proj[0, 0]: head 0's W_UK[0]ᵀ·W_UQ[0]

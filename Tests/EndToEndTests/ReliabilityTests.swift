@@ -305,9 +305,9 @@ final class BadInputCatalogTests: XCTestCase {
                 }
             }, status: 1, fragment: "config.json"),
             Case(name: "infinite --max-shard-size", prepare: { work in quantize(lite, work.appendingPathComponent("out"), ["--max-shard-size", "infGB"]) },
-                 status: 1, fragment: "invalid size 'infGB'"),
+                 status: 64, fragment: "--max-shard-size: invalid size 'infGB'"),
             Case(name: "--max-shard-size past Int", prepare: { work in quantize(lite, work.appendingPathComponent("out"), ["--max-shard-size", "9223372036854775807GB"]) },
-                 status: 1, fragment: "invalid size '9223372036854775807GB'"),
+                 status: 64, fragment: "--max-shard-size: invalid size '9223372036854775807GB'"),
             Case(name: "control characters in a tensor name", prepare: { work in
                 // The JSON escape \u001b puts a raw ESC into the name; the error must print it escaped.
                 try quantize(self.single(work, self.rawFile(#"{"\u001b[2J\u001b[31mw":{"dtype":"Q7","shape":[4],"data_offsets":[0,4]}}"#, data: 4)), work.appendingPathComponent("out"))
