@@ -68,6 +68,11 @@ public enum ValidateCommand: Command {
         }
         let heldoutURL = referenceURL.appendingPathComponent("heldout.json")
         let heldout = !fromText && FileManager.default.fileExists(atPath: heldoutURL.path) ? (try TokenFile.load(heldoutURL), heldoutURL.path) : nil
+        // Perplexity predicts each token from the ones before it: a row of one token has nothing to
+        // predict (the mean over no tokens was NaN, which failed every comparison and the JSON report).
+        if let rows = heldout?.0, rows[0].count < 2 {
+            throw ReferenceModelError.invalidTokens(path: heldoutURL.path, reason: "rows of \(rows[0].count) token give no next-token perplexity (at least 2 are needed)")
+        }
 
         let report = try Validator.compare(reference: reference, candidate: candidate, tokens: tokens, tokensLabel: label,
                                            heldout: heldout.map { (tokens: $0.0, label: $0.1) }, thresholds: thresholds,

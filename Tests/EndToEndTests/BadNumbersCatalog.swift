@@ -133,6 +133,12 @@ extension BadInputCatalogTests {
             tokens("token id outside the vocabulary (validate)", [[1, 2, 320]], fragment: "tokens.json: token id 320 is outside the vocabulary 0..<320") { url, _ in
                 ["validate", "--reference", lite, "--candidate", lite, "--tokens", url.path]
             },
+            // Found by an audit: identical models failed on a NaN perplexity and --json could not be written.
+            Case(name: "held-out rows of one token", prepare: { work in
+                let model = try copyFixture("trained", to: work)
+                try JSONSerialization.data(withJSONObject: ["tokens": [[5], [6]]]).write(to: model.appendingPathComponent("heldout.json"))
+                return ["validate", "--reference", model.path, "--candidate", model.path, "--json", work.appendingPathComponent("report.json").path]
+            }, status: 1, fragment: "heldout.json: invalid tokens: rows of 1 token give no next-token perplexity (at least 2 are needed)"),
         ]
     }
 
