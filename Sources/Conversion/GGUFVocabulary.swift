@@ -41,13 +41,17 @@ struct GGUFVocabulary {
         let n = config.vocabSize
         var tokens = (0..<n).map { "[PAD\($0)]" }
         var types = [TokenType](repeating: .unused, count: n)
+        // The vocabulary is a dictionary: its order is not the file's, so the id an error names is
+        // chosen (the smallest outside) rather than whichever the iteration meets first.
+        if let bad = vocab.values.filter({ $0 < 0 || $0 >= n }).min() {
+            throw Invalid(path: path, reason: "token id \(bad) is outside the model's vocabulary 0..<\(n) (vocab_size)")
+        }
         for (token, id) in vocab {
-            guard id >= 0, id < n else { throw Invalid(path: path, reason: "token id \(id) is not below the model's vocab_size \(n)") }
             tokens[id] = token
             types[id] = .normal
         }
         for t in added {
-            guard t.id >= 0, t.id < n else { throw Invalid(path: path, reason: "added token id \(t.id) is not below the model's vocab_size \(n)") }
+            guard t.id >= 0, t.id < n else { throw Invalid(path: path, reason: "added token id \(t.id) is outside the model's vocabulary 0..<\(n) (vocab_size)") }
             tokens[t.id] = t.content
             types[t.id] = t.special || Self.looksSpecial(t.content) ? .control : .userDefined
         }

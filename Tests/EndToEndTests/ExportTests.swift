@@ -251,6 +251,17 @@ final class ExportTests: XCTestCase {
                     "--output is a directory", status: 64)
         // The tokenizer's directory is an input too: an output that would contain it is refused.
         try refused(["--gguf", "--input", input.path, "--output", dir.path, "--tokenizer", t.path, "--force"], "output must not contain the input (\(t.path))")
+        // A vocabulary larger than the model's: the smallest id outside is named, the same on every run
+        // (found by an audit: the dictionary's order named a different id each time).
+        let big = dir.appendingPathComponent("big-vocabulary")
+        try FileManager.default.createDirectory(at: big, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("tokenizers/v3-style.json"), to: big.appendingPathComponent("tokenizer.json"))
+        let lite = fixtures.appendingPathComponent("lite")  // vocabulary 320, under the tokenizer's 336
+        let vocabulary = try Checkpoint(directory: lite).tensors.first { $0.name == "model.embed_tokens.weight" }!.shape[0]
+        for _ in 0..<3 {
+            try refused(["--gguf", "--input", lite.path, "--output", out.path, "--tokenizer", big.path],
+                        "token id \(vocabulary) is outside the model's vocabulary 0..<\(vocabulary)")
+        }
         let folded = dir.appendingPathComponent("folded")
         XCTAssertEqual(try runTool("dsconvert", ["absorb", "--mode", "fold", "--input", input.path, "--output", folded.path]).status, 0)
         try refused(["--gguf", "--input", folded.path, "--output", out.path, "--tokenizer", t.path], "absorb --mode fold")
