@@ -3,6 +3,7 @@ import Conversion
 import ReferenceModel
 import Validation
 import Foundation
+import SafeTensors
 import Tokenizer
 
 /// `--text FILE [--tokenizer PATH] [--seq-len N] [--max-tokens M]`: the token rows of a text, for
@@ -52,8 +53,9 @@ enum TextTokens {
             bos = id
         }
         let bytes: [UInt8]
-        do { bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: textPath))) } catch {
-            throw TokenizerError.cannotRead(file: textPath, reason: error.localizedDescription)
+        // As `tokenize` reads it: a regular file only (a FIFO would hang the read).
+        do { bytes = [UInt8](try FilePath.readRegularFile(textPath)) } catch {
+            throw TokenizerError.cannotRead(file: textPath, reason: TokenizerError.reading(error))
         }
         var ids = try tokenizer.encode(utf8: bytes, name: textPath)
         if let maxTokens, ids.count > maxTokens { ids.removeSubrange(maxTokens...) }

@@ -68,7 +68,7 @@ public enum TokenizeCommand: Command {
         }
         let bytes: [UInt8]
         do { bytes = [UInt8](try FilePath.readRegularFile(textPath)) } catch {
-            throw TokenizerError.cannotRead(file: textPath, reason: "\(error)")
+            throw TokenizerError.cannotRead(file: textPath, reason: TokenizerError.reading(error))
         }
         let ids = try tokenizer.encode(utf8: bytes, name: textPath)
         let cut = try TokenRows.cut(ids, sequenceLength: seqLen, bos: bos, name: textPath)

@@ -22,7 +22,7 @@ public final class Tokenizer: Sendable {
         let file = exists && isDirectory.boolValue ? URL(fileURLWithPath: path).appendingPathComponent("tokenizer.json").path : path
         let data: Data
         do { data = try FilePath.readRegularFile(file) } catch {
-            throw TokenizerError.cannotRead(file: file, reason: exists ? "\(error)" : "no such file or directory")
+            throw TokenizerError.cannotRead(file: file, reason: exists ? TokenizerError.reading(error) : "no such file or directory")
         }
         let root: JSONValue
         do { root = try JSONParser.parse(data) } catch { throw TokenizerError.invalidJSON(file: file, reason: "\(error)") }

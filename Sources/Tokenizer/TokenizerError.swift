@@ -21,6 +21,14 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
     case emptyText(file: String)
     case regexBacktrackLimit(file: String, tokenizer: String, pattern: String, position: Int, limit: Int)
 
+    /// Why a file could not be read, in words (a system call's errno text, or the error's own
+    /// description), for `cannotRead`: never a Swift value's debug form.
+    public static func reading(_ error: any Error) -> String {
+        if let failed = error as? SystemCallError { return failed.reason }
+        if case let .cannotOpen(_, reason)? = error as? SafeTensorsError { return reason }
+        return (error as? LocalizedError)?.errorDescription ?? "\(error)"
+    }
+
     /// One line naming the file and what is wrong with it.
     public var errorDescription: String? {
         switch self {

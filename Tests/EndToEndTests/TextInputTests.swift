@@ -78,6 +78,15 @@ final class TextInputTests: XCTestCase {
                                                     "--output", dir.appendingPathComponent("z.safetensors").path])
         XCTAssertEqual(noTokenizer.status, 1)
         XCTAssertTrue(noTokenizer.stderr.contains("tokenizer.json: cannot read"), noTokenizer.stderr)
+        // Why a text cannot be read, in words (found by an audit: a Foundation error's debug form).
+        let folder = dir.appendingPathComponent("folder")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        for (path, why) in [(dir.appendingPathComponent("missing.txt").path, "No such file or directory"), (folder.path, "not a regular file")] {
+            let r = try runTool("dsconvert", ["forward", "--model", model.path, "--text", path, "--tokenizer", tokenizer,
+                                              "--output", dir.appendingPathComponent("w.safetensors").path])
+            XCTAssertEqual(r.status, 1)
+            XCTAssertTrue(r.stderr.contains("\(path): cannot read: \(why)\n"), r.stderr)
+        }
     }
 
     /// `--calibration-text` is `--calibration` of the text's tokens: the same bytes out.
