@@ -9,6 +9,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
     case unsupportedInput(path: String, reason: String)
     /// A computed tensor overflowed its storage dtype (finite inputs whose products do not fit).
     case nonFiniteResult(path: String, tensor: String, dtype: String)
+    /// An FP8 weight whose finite codes times finite scales overflow: its cast back cannot be written.
+    case dequantizedOverflow(path: String, tensor: String, dtype: String)
 
     public var errorDescription: String? {
         switch self {
@@ -22,6 +24,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
             return "\(path): cannot convert: \(reason)"
         case let .nonFiniteResult(path, tensor, dtype):
             return "\(path): absorbing gives tensor '\(tensor)' values beyond \(dtype)'s finite range (NaN or Inf); the input weights are too large to fold"
+        case let .dequantizedOverflow(path, tensor, dtype):
+            return "\(path): dequantizing tensor '\(tensor)' gives values beyond \(dtype)'s finite range (a code times its block's scale overflows); its scales are too large"
         case let .invalidSize(text):
             return "invalid size '\(text)' (examples: 5GB, 500MB, 2GiB, 1000000)"
         }

@@ -86,7 +86,7 @@ public final class DequantizeStep: TensorSource {
                         try FP8Integrity.check(codes: raw, format: format, codesFile: codesFile, weight: name, scales: sp, scalesFile: scalesFile)
                     }
                     // Finite codes and scales whose product overflows f32.
-                    throw ConversionError.nonFiniteResult(path: codesFile, tensor: name, dtype: "bf16")
+                    throw ConversionError.dequantizedOverflow(path: codesFile, tensor: name, dtype: "bf16")
                 }
             }
         })

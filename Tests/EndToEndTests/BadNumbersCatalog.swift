@@ -95,6 +95,13 @@ extension BadInputCatalogTests {
                 try self.overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: withUnsafeBytes(of: Float(-1).bitPattern.littleEndian) { Array($0) })
                 return forward(ckpt, work)
             }, status: 1, fragment: "element 0 is -1.0; block scales must be positive and finite"),
+            // Finite codes and a finite scale of 3e38: the cast back overflows. Said as dequantizing
+            // (found by an audit: the message spoke of absorbing).
+            Case(name: "FP8 scale too large for the cast back", prepare: { work in
+                let ckpt = try self.fp8Lite(work)
+                try self.overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: withUnsafeBytes(of: Float(3e38).bitPattern.littleEndian) { Array($0) })
+                return dequantize(ckpt, work)
+            }, status: 1, fragment: "dequantizing tensor 'model.layers.0.mlp.up_proj.weight' gives values beyond bf16's finite range"),
         ]
     }
 
