@@ -140,6 +140,12 @@ extension BadInputCatalogTests {
             tokens("token id outside the vocabulary (validate)", [[1, 2, 320]], fragment: "tokens.json: token id 320 is outside the vocabulary 0..<320") { url, _ in
                 ["validate", "--reference", lite, "--candidate", lite, "--tokens", url.path]
             },
+            // Found by an audit: inspect described this as a model without weights and exited 0.
+            Case(name: "shards without their index (inspect)", prepare: { work in
+                let model = try copyFixture("lite", to: work)
+                try FileManager.default.removeItem(at: model.appendingPathComponent("model.safetensors.index.json"))
+                return ["inspect", model.path]
+            }, status: 1, fragment: "lite: no model.safetensors.index.json or model.safetensors found"),
             // Found by an audit: identical models failed on a NaN perplexity and --json could not be written.
             Case(name: "held-out rows of one token", prepare: { work in
                 let model = try copyFixture("trained", to: work)
