@@ -45,10 +45,10 @@ public enum InspectCommand: Command {
 
         let fm = FileManager.default
         // A directory of only config.json is described from it (a cost report); one holding weight
-        // files goes through the checkpoint, which refuses shards without their index as every other
+        // files (`model*.safetensors`: an adapter's or a golden's file beside a config is not one) goes through the checkpoint, which refuses shards without their index as every other
         // command does (found by an audit: inspect described such a directory as weightless, exit 0).
         let hasWeights = fm.fileExists(atPath: url.appendingPathComponent(Checkpoint.indexFileName).path)
-            || ((try? fm.contentsOfDirectory(atPath: url.path)) ?? []).contains { $0.hasSuffix(".safetensors") }
+            || ((try? fm.contentsOfDirectory(atPath: url.path)) ?? []).contains { $0.hasPrefix("model") && $0.hasSuffix(".safetensors") }
         let checkpoint = hasWeights ? try Checkpoint(directory: url) : nil
         // A transformers-saved V3 declares an MTP layer it does not hold: described (and checked) as the main model it is.
         let held = checkpoint.map { config.matching($0) } ?? config

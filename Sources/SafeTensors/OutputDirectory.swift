@@ -22,6 +22,8 @@ public final class AtomicOutputDirectory {
     private let force: Bool
     private let marker: String
     private var settled = false
+    /// The dead run's directory name this run took over with `--resume`.
+    private var adoptedFrom: URL?
 
     /// Prefix of the hidden work directories, so they can be recognized (and cleaned) later.
     public static let workPrefix = ".dsconvert-partial-"
@@ -42,18 +44,31 @@ public final class AtomicOutputDirectory {
         temporaryURL = parent.appendingPathComponent("\(Self.workPrefix)\(name)-\(getpid())")
         try Self.finishInterruptedCommits(parent: parent, name: name)
         try checkReplaceable()
-        try adoptOrRemoveStaleWork(parent: parent, name: name, resume: resume)
-        if !resumed {
-            // The scan above removed a stale directory of an earlier process with our PID; anything
-            // still here is not ours to touch.
-            if FileEntry.lstat(temporaryURL.path) != nil { throw OutputSafetyError.workDirectoryNotOwn(path: temporaryURL.path) }
-            do {
-                try systemCall("mkdir", path: temporaryURL.path) { mkdir(temporaryURL.path, 0o755) }
-            } catch let error as SystemCallError {
-                throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: error.reason)
+        do {
+            try adoptOrRemoveStaleWork(parent: parent, name: name, resume: resume)
+            if resumed {
+                try Self.removeLinksAndSpecialFiles(under: temporaryURL)
+            } else {
+                // The scan above removed a stale directory of an earlier process with our PID; anything
+                // still here is not ours to touch.
+                if FileEntry.lstat(temporaryURL.path) != nil { throw OutputSafetyError.workDirectoryNotOwn(path: temporaryURL.path) }
+                do {
+                    try systemCall("mkdir", path: temporaryURL.path) { mkdir(temporaryURL.path, 0o755) }
+                } catch let error as SystemCallError {
+                    throw SafeTensorsError.cannotCreateOutput(path: finalURL.path, reason: error.reason)
+                }
             }
+            try writeOwnerRecord()
+        } catch {
+            // The run the user asked to continue is never removed because this one could not start
+            // (a full disk for the owner record, a subdirectory it may not clear): it goes back under
+            // its old name for the next --resume, instead of being discarded with this run.
+            if let adoptedFrom {
+                settled = true
+                _ = rename(temporaryURL.path, adoptedFrom.path)
+            }
+            throw error
         }
-        try writeOwnerRecord()
         // A SIGBUS from an input truncated mid-run removes this directory before the process exits.
         dsconvert_guard_set_work_directory(temporaryURL.path)
     }
@@ -100,7 +115,7 @@ public final class AtomicOutputDirectory {
                 guard let moved = FileEntry.lstat(temporaryURL.path), moved.isOwnDirectory, moved.inode == entry.inode, moved.device == entry.device else {
                     throw OutputSafetyError.workDirectoryNotOwn(path: stale.path)
                 }
-                try Self.removeLinksAndSpecialFiles(under: temporaryURL)
+                adoptedFrom = stale
                 resumed = true
             } else {
                 try? fm.removeItem(at: stale)

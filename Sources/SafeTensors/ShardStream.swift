@@ -16,12 +16,25 @@ public enum BackgroundWrites {
     /// Blocks until every background write started so far has ended.
     public static func waitForAll() { group.wait() }
 
-    /// Runs `body` on `queue`, counted in the group.
+    /// Runs `body` on `queue`, counted in the group. The task's captures (a stream, a writer) are
+    /// released before it leaves the group, so what their deinit does (closing a file, returning a
+    /// buffer) is also over when `waitForAll` returns.
     static func run(on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
+        let task = Task(body)
         group.enter()
         queue.async {
-            body()
+            task.run()
             group.leave()
+        }
+    }
+
+    /// A task's body, dropped as soon as it has run.
+    private final class Task: Sendable {
+        private let body: Mutex<(@Sendable () -> Void)?>
+        init(_ body: @escaping @Sendable () -> Void) { self.body = Mutex(body) }
+        func run() {
+            let work = body.withLock { slot in defer { slot = nil }; return slot }
+            work?()
         }
     }
 }
@@ -126,7 +139,10 @@ final class ShardStream: Sendable {
         self.path = path
         self.fileSize = fileSize
         self.pool = pool
-        fd = try systemCall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644) }
+        // A fresh file, never one already there: a shard left by an interrupted run (or a hard link
+        // someone planted in its place, which truncating would write through) is unlinked first.
+        if unlink(path) != 0, errno != ENOENT { throw SystemCallError(call: "unlink", path: path, code: errno) }
+        fd = try systemCall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644) }
         directFD = dsconvert_open_direct(path)
         hashQueue = DispatchQueue(label: "dsconvert.shard-stream.sha256")
         ioQueue = DispatchQueue(label: "dsconvert.shard-stream.io")

@@ -40,6 +40,8 @@ struct RegexParser {
     /// Groups nested deeper are refused: the parser, the compiler and the matcher recurse per level,
     /// and a pattern of 50,000 nested groups overflowed the stack. Tokenizer files nest a few levels.
     static let maximumDepth = 256
+    /// Quantifiers stacked on one atom (`a{1}{1}…`, `a??…`) nest the same way without a group.
+    static let maximumStackedQuantifiers = 8
     private var depth = 0
 
     init(_ pattern: String) { chars = pattern.unicodeScalars.map(\.value) }
@@ -74,6 +76,7 @@ struct RegexParser {
 
     private mutating func parseQuantifiers(_ atom: RegexNode) throws -> RegexNode {
         var node = atom
+        var stacked = 0
         while let c = peek() {
             let bounds: (Int, Int?)
             switch c {
@@ -92,6 +95,8 @@ struct RegexParser {
                 throw UnsupportedRegex(construct: "possessive quantifier '+'")
             }
             if bounds.1 == nil, node.isNullable { throw UnsupportedRegex(construct: "unbounded quantifier on an expression that can match empty") }
+            stacked += 1
+            if stacked > Self.maximumStackedQuantifiers { throw UnsupportedRegex(construct: "more than \(Self.maximumStackedQuantifiers) quantifiers stacked on one expression") }
             node = .quantified(node, min: bounds.0, max: bounds.1, greedy: greedy)
         }
         return node

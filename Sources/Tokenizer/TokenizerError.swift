@@ -48,9 +48,9 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
             return "\(file): token id \(id) is outside the vocabulary (0..<\(size) and the added tokens)"
         case let .noBOSToken(file): return "\(file): --add-bos needs a bos_token in tokenizer_config.json that the vocabulary holds"
         case let .emptyText(file): return "\(file): the text gives no tokens"
-        case let .regexBacktrackLimit(file, tokenizer, pattern, position, limit):
-            return "\(file): \(tokenizer)'s Split pattern \(CompactJSON.quoted(pattern)) backtracks more than \(limit) times matching at scalar \(position) "
-                + "of the (normalized) text; refused rather than left to run (Oniguruma, which tokenizers uses, also stops at a retry limit)"
+        case let .regexBacktrackLimit(file, tokenizer, pattern, _, limit):
+            return "\(file): \(tokenizer)'s Split pattern \(CompactJSON.quoted(pattern)) backtracks more than \(limit) times in one match attempt "
+                + "on this text; refused rather than left to run (Oniguruma, which tokenizers uses, also stops at a retry limit)"
         case let .textShorterThanRow(file, tokens, length):
             return "\(file): the text gives \(tokens) tokens, fewer than one row of --seq-len \(length)"
         }

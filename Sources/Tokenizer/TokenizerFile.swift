@@ -114,7 +114,7 @@ struct TokenizerDefinition {
                 throw TokenizerError.missingField(file: file, field: "added_tokens[].id/content")
             }
             // Ids are 32-bit in the encoder, as in the vocabulary (`model.vocab`).
-            guard id <= UInt64(Int32.max) else { throw TokenizerError.missingField(file: file, field: "added_tokens[\(CompactJSON.quoted(content))].id") }
+            guard id <= UInt64(Int32.max) else { throw TokenizerError.missingField(file: file, field: "added_tokens[\(CompactJSON.quoted(content))].id (ids must be below 2^31)") }
             return AddedToken(id: Int(id), content: content, special: try flag(item, "special", default: false, file: file),
                               lstrip: try flag(item, "lstrip", default: false, file: file), rstrip: try flag(item, "rstrip", default: false, file: file),
                               singleWord: try flag(item, "single_word", default: false, file: file),

@@ -49,6 +49,27 @@ final class DataSafetyTests: XCTestCase {
         XCTAssertEqual(try fm.contentsOfDirectory(atPath: elsewhere.path), [])
     }
 
+    /// A resume that cannot start (here: a subdirectory of the dead run it may not clear) fails, and
+    /// the run it was asked to continue is put back under its own name, never discarded with it
+    /// (found by the review: the adopted directory and its finished shards were removed).
+    func testAResumeThatCannotStartKeepsTheRunItAdopted() throws {
+        let out = dir.appendingPathComponent("out"), input = fixtures.appendingPathComponent("lite")
+        let dead = dir.appendingPathComponent(".dsconvert-partial-out-4194399")
+        XCTAssertEqual(try runTool("dsconvert", ["quantize", "--fp8", "--input", input.path, "--output", out.path]).status, 0)
+        try fm.moveItem(at: out, to: dead)
+        let blocked = dead.appendingPathComponent("blocked")
+        try fm.createDirectory(at: blocked, withIntermediateDirectories: true)
+        // Another user's directory for root (which may read anything), an unreadable one for anyone else.
+        if geteuid() == 0 { XCTAssertEqual(chown(blocked.path, 65534, 65534), 0) } else { XCTAssertEqual(chmod(blocked.path, 0), 0) }
+        defer { _ = chmod(blocked.path, 0o755) }
+        let shards = try fm.contentsOfDirectory(atPath: dead.path).filter { $0.hasSuffix(".safetensors") }.sorted()
+        let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", input.path, "--output", out.path, "--resume"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: dead.path).filter { $0.hasSuffix(".safetensors") }.sorted(), shards)
+        XCTAssertFalse(try fm.contentsOfDirectory(atPath: dir.path).contains { $0.hasPrefix(".dsconvert-partial-out-") && !$0.hasSuffix("4194399") })
+        XCTAssertNil(FileEntry.lstat(out.path))
+    }
+
     /// A run that fails after some shards are finished: their syncing, hashing and journaling run in
     /// the background, and the failed run used to remove its work directory and exit under them
     /// (a journal re-created in the removed directory in 8 of 20 runs, a crash in a hashing thread

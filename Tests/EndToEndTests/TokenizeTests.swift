@@ -52,6 +52,15 @@ final class TokenizeTests: XCTestCase {
         let inside = try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", path, "--output", model.appendingPathComponent("t.json").path])
         XCTAssertEqual(inside.status, 1)
         XCTAssertTrue(inside.stderr.contains("must not be the input directory or inside it"), inside.stderr)
+        // Given as a file, the tokenizer's own files are inputs, the rest of its directory is not.
+        let file = model.appendingPathComponent("tokenizer.json").path, config = model.appendingPathComponent("tokenizer_config.json")
+        let before = try Data(contentsOf: config)
+        let over = try runTool("dsconvert", ["tokenize", "--tokenizer", file, "--text", path, "--output", config.path, "--force"])
+        XCTAssertEqual(over.status, 1, over.stderr)
+        XCTAssertEqual(try Data(contentsOf: config), before)
+        let beside = model.appendingPathComponent("ids.json")
+        XCTAssertEqual(try runTool("dsconvert", ["tokenize", "--tokenizer", file, "--text", path, "--output", beside.path]).status, 0)
+        try FileManager.default.removeItem(at: beside)
 
         let out = dir.appendingPathComponent("out.json").path
         XCTAssertEqual(try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", path, "--output", out]).status, 0)

@@ -32,7 +32,7 @@ final class BadInputTests: XCTestCase {
         let big = dir.appendingPathComponent("big.json")
         try JSONSerialization.data(withJSONObject: json).write(to: big)
         XCTAssertThrowsError(try Tokenizer.load(path: big.path)) { error in
-            XCTAssertEqual(error as? TokenizerError, .missingField(file: big.path, field: "added_tokens[\"<x>\"].id"))
+            XCTAssertEqual(error as? TokenizerError, .missingField(file: big.path, field: "added_tokens[\"<x>\"].id (ids must be below 2^31)"))
         }
         json["added_tokens"] = []
         json["pre_tokenizer"] = ["type": "Split", "pattern": ["Regex": "(a+)+b"], "behavior": "Isolated", "invert": false]

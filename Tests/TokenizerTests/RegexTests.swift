@@ -60,6 +60,13 @@ final class RegexTests: XCTestCase {
                 XCTAssertEqual((error as? UnsupportedRegex)?.construct, "groups nested deeper than \(depth)")
             }
         }
+        // Quantifiers stacked on one atom nest too, without a group (found by the review).
+        XCTAssertEqual(try matches("a{1}{1}", "aa"), ["a", "a"])
+        for pattern in ["a" + String(repeating: "{1}", count: 50_000), "a" + String(repeating: "{0,1}", count: RegexParser.maximumStackedQuantifiers + 1)] {
+            XCTAssertThrowsError(try ScalarRegex(pattern)) { error in
+                XCTAssertEqual((error as? UnsupportedRegex)?.construct, "more than \(RegexParser.maximumStackedQuantifiers) quantifiers stacked on one expression")
+            }
+        }
     }
 
     /// Found by an audit: `(a+)+b` on 37 `a`s ran for longer than 15 s (the time doubles per `a`).
