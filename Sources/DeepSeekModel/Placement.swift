@@ -21,14 +21,16 @@ public struct ExpertPlacement: Codable, Equatable, Sendable {
     public func range(device d: Int) -> Range<Int> { (d * expertsPerDevice)..<((d + 1) * expertsPerDevice) }
     public func device(ofExpert e: Int) -> Int { e / expertsPerDevice }
 
-    /// Plans N devices, or says why groups would not stay whole.
-    public static func plan(config: DeepSeekConfig, devices: Int) throws -> ExpertPlacement {
-        guard devices >= 1 else { throw DeepSeekModelError.invalidPlacement(reason: "--devices must be at least 1") }
+    /// Plans N devices, or says why groups would not stay whole, naming `configPath` (the
+    /// `config.json` whose experts and groups these are).
+    public static func plan(config: DeepSeekConfig, devices: Int, configPath: String = "config.json") throws -> ExpertPlacement {
+        func invalidPlacement(reason: String) -> DeepSeekModelError { .invalidConfig(path: configPath, reason: reason) }
+        guard devices >= 1 else { throw invalidPlacement(reason: "--devices must be at least 1") }
         guard let e = config.nRoutedExperts, e > 0, config.hasMoE else {
-            throw DeepSeekModelError.invalidPlacement(reason: "the model has no routed experts to place")
+            throw invalidPlacement(reason: "the model has no routed experts to place")
         }
         guard e % devices == 0 else {
-            throw DeepSeekModelError.invalidPlacement(reason: "\(e) routed experts do not split evenly over \(devices) devices")
+            throw invalidPlacement(reason: "\(e) routed experts do not split evenly over \(devices) devices")
         }
         let k = config.numExpertsPerTok ?? 1
         // Routing groups bound the devices a token reaches: DeepSeek-V2's group-limited routing and
@@ -46,7 +48,7 @@ public struct ExpertPlacement: Codable, Equatable, Sendable {
             // Each group spread evenly over devices/groups devices.
             return ExpertPlacement(devices: devices, experts: e, groups: g, deviceBoundM: min(topkGroups * (devices / g), k, devices))
         }
-        throw DeepSeekModelError.invalidPlacement(reason: "\(devices) devices would split DeepSeek's \(g) routing groups unevenly (n_group must divide the device count or the device count divide n_group), losing the device bound M = \(topkGroups)")
+        throw invalidPlacement(reason: "\(devices) devices would split DeepSeek's \(g) routing groups unevenly (n_group must divide the device count or the device count divide n_group), losing the device bound M = \(topkGroups)")
     }
 }
 
@@ -92,6 +94,3 @@ public struct PlacementRecord: Codable, Equatable, Sendable {
     }
 }
 
-extension DeepSeekModelError {
-    static func invalidPlacement(reason: String) -> DeepSeekModelError { .invalidConfig(path: "placement", reason: reason) }
-}

@@ -212,7 +212,8 @@ public enum Validator {
                                perplexityOnTokens: Bool = false, progress: ((String) -> Void)? = nil) throws -> DriftReport {
         let rc = reference.config, cc = candidate.config
         guard rc.vocabSize == cc.vocabSize, rc.hiddenSize == cc.hiddenSize, rc.numHiddenLayers == cc.numHiddenLayers else {
-            throw ValidationError.incompatibleModels(reason: "vocab, hidden size or layer count differ")
+            throw ValidationError.incompatibleModels(reference: reference.label, candidate: candidate.label, reason:
+                "vocab_size \(rc.vocabSize) and \(cc.vocabSize), hidden_size \(rc.hiddenSize) and \(cc.hiddenSize), num_hidden_layers \(rc.numHiddenLayers) and \(cc.numHiddenLayers)")
         }
         let run = try sideBySide(reference, candidate, tokens: tokens, label: tokensLabel, progress: progress)
         let logits = logitDrift(run.referenceLogits, run.candidateLogits, vocab: rc.vocabSize)
