@@ -44,6 +44,13 @@ public enum ExportCommand: Command {
         guard !output.lowercased().hasSuffix(".gguf") else {
             throw UsageError("--output is a directory (it receives NAME-TYPE.gguf and dsconvert.json), not a .gguf file: give e.g. '\(String(output.dropLast(5)))'")
         }
+        // llama.cpp's names are lowercase words joined by '-', '.' or '_' ("deepseek-v3", "kimi-k2");
+        // its list grows by version, so only the form is checked here: an empty or malformed name
+        // would give a file llama.cpp refuses at load.
+        if let pre = arguments.value("tokenizer-pre"),
+           pre.isEmpty || !pre.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || "-._".unicodeScalars.contains($0) }) {
+            throw UsageError("--tokenizer-pre takes one of llama.cpp's pre-tokenizer names (lowercase letters, digits, '-', '.', '_'), got '\(pre)'")
+        }
         var options = GGUFExport.Options(type: GGUFFileType(rawValue: type)!, tokenizerPre: arguments.value("tokenizer-pre"),
                                          tokenizer: arguments.value("tokenizer").map { URL(fileURLWithPath: $0) },
                                          name: arguments.value("name"), sizeLabel: arguments.value("size-label"))

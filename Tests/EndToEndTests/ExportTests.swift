@@ -248,6 +248,9 @@ final class ExportTests: XCTestCase {
         try refused(["--input", input.path, "--output", out.path, "--tokenizer", t.path], "--gguf", status: 64)
         try refused(["--gguf", "--type", "q2_k", "--input", input.path, "--output", out.path, "--tokenizer", t.path], "q2_k", status: 64)
         try refused(["--gguf", "--input", input.path, "--output", out.path, "--tokenizer", t.path, "--split-max-size", "0"], "--split-max-size: invalid size '0'", status: 64)
+        for pre in ["", "Deepseek V3"] {
+            try refused(["--gguf", "--input", input.path, "--output", out.path, "--tokenizer", t.path, "--tokenizer-pre", pre], "--tokenizer-pre takes one of llama.cpp's", status: 64)
+        }
         try refused(["--gguf", "--input", input.path, "--output", dir.appendingPathComponent("m.gguf").path, "--tokenizer", t.path],
                     "--output is a directory", status: 64)
         // The tokenizer's directory is an input too: an output that would contain it is refused.
