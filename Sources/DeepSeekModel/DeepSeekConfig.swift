@@ -293,6 +293,9 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         } catch let DecodingError.keyNotFound(key, _) {
             throw DeepSeekModelError.invalidConfig(path: path, reason: "missing key '\(key.stringValue)'")
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context), let DecodingError.dataCorrupted(context) {
+            if context.codingPath.isEmpty, let (key, literal) = nonIntegerKey(tree) {
+                throw DeepSeekModelError.invalidConfig(path: path, reason: "key '\(key)': \(literal) is not a 64-bit integer")
+            }
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw DeepSeekModelError.invalidConfig(path: path, reason: "key '\(key)': \(context.debugDescription)")
         } catch {
@@ -300,6 +303,37 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         }
         try config.validate(path: path)
         return config
+    }
+
+    /// The key holding the number that stopped decoding, when Foundation could not say (a
+    /// fractional or oversized number where an integer is expected is reported as "not valid JSON"
+    /// with no key): each number that is not an Int is set to 1 in turn, and the one whose change
+    /// gets decoding past that error is named, with its literal.
+    static func nonIntegerKey(_ tree: JSONValue) -> (key: String, literal: String)? {
+        func candidates(_ value: JSONValue, _ prefix: String) -> [(String, String)] {
+            guard case let .object(entries) = value else { return [] }
+            return entries.flatMap { key, member -> [(String, String)] in
+                let path = prefix.isEmpty ? key : prefix + "." + key
+                if case let .number(text) = member { return Int(text) == nil ? [(path, text)] : [] }
+                return candidates(member, path)
+            }
+        }
+        func replacing(_ value: JSONValue, _ path: ArraySlice<Substring>) -> JSONValue {
+            guard let first = path.first, case let .object(entries) = value else { return .number("1") }
+            return .object(entries.map { $0.0 == first ? ($0.0, replacing($0.1, path.dropFirst())) : $0 })
+        }
+        for (key, literal) in candidates(tree, "") {
+            let changed = replacing(tree, key.split(separator: ".")[...])
+            do {
+                _ = try JSONDecoder().decode(DeepSeekConfig.self, from: Data(changed.prettyPrinted().utf8))
+                return (key, literal)
+            } catch let DecodingError.dataCorrupted(context) where context.codingPath.isEmpty {
+                continue
+            } catch {
+                return (key, literal)
+            }
+        }
+        return nil
     }
 
     /// Refuses number literals that overflow a double to infinity (JSON has no NaN or Inf of its own).

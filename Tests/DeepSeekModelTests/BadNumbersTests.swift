@@ -21,6 +21,17 @@ final class BadNumbersTests: XCTestCase {
         }
     }
 
+    /// A fractional or oversized number where an integer goes: Foundation reports "not valid JSON"
+    /// with no key; the error names the key and its literal (found by an audit).
+    func testANonIntegerNamesItsKey() throws {
+        assertRefused(try lite { $0["hidden_size"] = 64.5 }, .invalidConfig(path: path, reason: "key 'hidden_size': 64.5 is not a 64-bit integer"))
+        let huge = String(decoding: try lite(), as: UTF8.self).replacingOccurrences(of: "\"num_hidden_layers\":3", with: "\"num_hidden_layers\":1000000000000000000000000000000")
+        XCTAssertTrue(huge.contains("1000000000000000000000000000000"))
+        assertRefused(Data(huge.utf8), .invalidConfig(path: path, reason: "key 'num_hidden_layers': 1000000000000000000000000000000 is not a 64-bit integer"))
+        assertRefused(try lite { $0["rope_scaling"] = ["type": "yarn", "factor": 40, "original_max_position_embeddings": 4096.5] },
+                      .invalidConfig(path: path, reason: "key 'rope_scaling.original_max_position_embeddings': 4096.5 is not a 64-bit integer"))
+    }
+
     func testProductsOfAcceptedDimensionsOverflowIntoOneError() throws {
         let data = try lite { for key in ["hidden_size", "num_attention_heads", "qk_nope_head_dim"] { $0[key] = 1 << 24 } }
         XCTAssertThrowsError(try DeepSeekConfig.decode(data, path: path)) { error in
