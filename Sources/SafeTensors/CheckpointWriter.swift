@@ -421,15 +421,11 @@ public final class CheckpointWriter: Sendable {
         // A line cut short is taken back, so the next line does not run on from it (a reader would
         // then lose both).
         let start = lseek(fd, 0, SEEK_END)
-        let bytes = Array(line.utf8)
-        var done = 0
-        while done < bytes.count {
-            guard let n = try? bytes.withUnsafeBytes({ raw in try systemCall("write", path: journal.path) { Glibc.write(fd, raw.baseAddress! + done, raw.count - done) } }),
-                  n > 0 else {
-                if start >= 0 { _ = ftruncate(fd, start) }
-                return
-            }
-            done += n
+        do {
+            try Array(line.utf8).withUnsafeBytes { try FilePath.writeAll(fd, $0, path: journal.path) }
+        } catch {
+            if start >= 0 { _ = ftruncate(fd, start) }
+            return
         }
         _ = try? systemCall("fsync", path: journal.path) { fsync(fd) }
     }

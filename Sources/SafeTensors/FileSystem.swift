@@ -145,22 +145,34 @@ extension FilePath {
         }
         let output = try systemCall("open", path: destination) { open(destination, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644) }
         defer { close(output) }
-        var done = 0
-        while done < entry.size {
-            let n: Int
-            do {
-                n = try systemCall("copy_file_range", path: destination) { dsconvert_copy_file_range(input, nil, output, nil, entry.size - done) }
-            } catch let error as SystemCallError where [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(error.code) {
-                // The kernel cannot copy between these files: read and write instead.
-                try copyByReading(input, to: output, path: destination)
-                return opened
-            }
-            if n == 0 { break }
-            done += n
+        let (done, unsupported) = try copyInKernel(from: input, at: nil, to: output, at: nil, count: entry.size, path: destination)
+        if unsupported {
+            try copyByReading(input, to: output, path: destination)
+            return opened
         }
         guard done == entry.size else { throw SafeTensorsError.inputChanged(file: source, openedSize: entry.size, size: done) }
         try systemCall("fsync", path: destination) { fsync(output) }
         return opened
+    }
+
+    /// Copies up to `count` bytes in the kernel (`copy_file_range`, as `cp` does) until they are all
+    /// copied, the input ends, or the kernel cannot copy between these two files (EXDEV, ENOSYS,
+    /// EINVAL, EOPNOTSUPP: `unsupported`, and the caller reads and writes the rest). Nil offsets use
+    /// and advance the files' own positions. Any other error throws, naming `path`.
+    static func copyInKernel(from input: Int32, at inOffset: UnsafeMutablePointer<Int64>?, to output: Int32, at outOffset: UnsafeMutablePointer<Int64>?,
+                             count: Int, path: String) throws -> (copied: Int, unsupported: Bool) {
+        var done = 0
+        while done < count {
+            let n: Int
+            do {
+                n = try systemCall("copy_file_range", path: path) { dsconvert_copy_file_range(input, inOffset, output, outOffset, count - done) }
+            } catch let error as SystemCallError where [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(error.code) {
+                return (done, true)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return (done, false)
     }
 
     /// The fallback where the kernel cannot copy between the two files (from the current offsets on).
@@ -169,14 +181,20 @@ extension FilePath {
         while true {
             let count = try buffer.withUnsafeMutableBytes { raw in try systemCall("read", path: path) { read(input, raw.baseAddress, raw.count) } }
             if count == 0 { break }
-            var written = 0
-            while written < count {
-                written += try buffer.withUnsafeBytes { raw in
-                    try systemCall("write", path: path) { write(output, raw.baseAddress! + written, count - written) }
-                }
-            }
+            try buffer.withUnsafeBytes { try writeAll(output, UnsafeRawBufferPointer(rebasing: $0[0..<count]), path: path) }
         }
         try systemCall("fsync", path: path) { fsync(output) }
+    }
+
+    /// Writes all of `bytes` at the descriptor's position, retrying short writes (and EINTR); a
+    /// write that makes no progress is EIO.
+    static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+        var written = 0
+        while written < bytes.count {
+            let n = try systemCall("write", path: path) { write(descriptor, bytes.baseAddress! + written, bytes.count - written) }
+            guard n > 0 else { throw SystemCallError(call: "write", path: path, code: EIO) }
+            written += n
+        }
     }
 }
 

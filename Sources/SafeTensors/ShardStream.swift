@@ -141,7 +141,7 @@ final class ShardStream: Sendable {
         self.pool = pool
         // A fresh file, never one already there: a shard left by an interrupted run (or a hard link
         // someone planted in its place, which truncating would write through) is unlinked first.
-        if unlink(path) != 0, errno != ENOENT { throw SystemCallError(call: "unlink", path: path, code: errno) }
+        do { try systemCall("unlink", path: path) { unlink(path) } } catch let error as SystemCallError where error.code == ENOENT {}
         fd = try systemCall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644) }
         directFD = dsconvert_open_direct(path)
         hashQueue = DispatchQueue(label: "dsconvert.shard-stream.sha256")
@@ -303,17 +303,9 @@ final class ShardStream: Sendable {
     /// fallback where the kernel cannot copy between these files.
     private func copyFileRange(from source: MappedFile, inputOffset: Int, count: Int, at offset: Int) throws {
         var inOffset = Int64(inputOffset), outOffset = Int64(offset)
-        var done = 0
-        while done < count {
-            let n: Int
-            do {
-                n = try systemCall("copy_file_range", path: path) { dsconvert_copy_file_range(source.descriptor, &inOffset, fd, &outOffset, count - done) }
-            } catch let error as SystemCallError where [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(error.code) {
-                break
-            }
-            guard n > 0 else { break }
-            done += n
-        }
+        // Whatever the kernel did not copy (it cannot, or the input ended) is read and written; a
+        // truncated input then shows as `inputChanged`.
+        var done = try FilePath.copyInKernel(from: source.descriptor, at: &inOffset, to: fd, at: &outOffset, count: count, path: path).copied
         if done < count {
             let buffer = pool.take()
             defer { pool.give(buffer) }
