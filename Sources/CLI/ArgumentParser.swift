@@ -1,18 +1,47 @@
 /// One option of a command: `--name VALUE` (or `--name=VALUE`), or a flag when `valueName` is nil.
 public struct OptionSpec: Sendable {
+    /// What an option's value is, checked when the arguments are parsed.
+    public enum ValueKind: Sendable, Equatable {
+        /// A word, number or pattern.
+        case text
+        /// A file or directory; "" and "-" are usage errors ("-" would otherwise become a file named
+        /// "-" where a user of Unix tools expects standard output).
+        case path
+        /// A file to write, or "-" for standard output (`ParsedArguments.output`).
+        case pathOrStandardOutput
+    }
+
     public let name: String
     public let short: Character?
     public let valueName: String?
+    public let valueKind: ValueKind
     public let help: String
     public let repeatable: Bool
 
+    /// A flag (no `value`) or an option whose value is text.
     public init(_ name: String, short: Character? = nil, value valueName: String? = nil, repeatable: Bool = false, help: String) {
+        self.init(name, short: short, valueName: valueName, kind: .text, repeatable: repeatable, help: help)
+    }
+
+    /// An option whose value is a path: `standardOutput` lets "-" mean standard output.
+    public init(_ name: String, path valueName: String, standardOutput: Bool = false, repeatable: Bool = false, help: String) {
+        self.init(name, short: nil, valueName: valueName, kind: standardOutput ? .pathOrStandardOutput : .path, repeatable: repeatable, help: help)
+    }
+
+    private init(_ name: String, short: Character?, valueName: String?, kind: ValueKind, repeatable: Bool, help: String) {
         self.name = name
         self.short = short
         self.valueName = valueName
+        self.valueKind = kind
         self.repeatable = repeatable
         self.help = help
     }
+}
+
+/// Where an output option sends its result.
+public enum OutputTarget: Sendable, Equatable {
+    case standardOutput
+    case file(String)
 }
 
 /// A positional argument.
@@ -102,6 +131,12 @@ public struct ParsedArguments: Sendable {
         return v
     }
 
+    /// An output option declared with `standardOutput: true`: "-" is standard output.
+    public func output(_ name: String) throws -> OutputTarget? {
+        guard let v = try path(name) else { return nil }
+        return v == "-" ? .standardOutput : .file(v)
+    }
+
     /// An integer option within `range`.
     public func integer(_ name: String, default fallback: Int, in range: ClosedRange<Int> = Int.min...Int.max) throws -> Int {
         guard let text = value(name) else { return fallback }
@@ -168,6 +203,7 @@ public enum ArgumentParser {
                 value = arguments[index]
                 index += 1
             }
+            try check(value, of: o)
             if !o.repeatable, result.values[name] != nil { throw UsageError("--\(name) given more than once") }
             result.values[name, default: []].append(value)
         }
@@ -179,5 +215,19 @@ public enum ArgumentParser {
             throw UsageError("unexpected argument '\(result.positionals[spec.positionals.count])'")
         }
         return .arguments(result)
+    }
+
+    /// Refuses a path option's value that names no file of the user's.
+    private static func check(_ value: String, of option: OptionSpec) throws {
+        switch option.valueKind {
+        case .text:
+            return
+        case .path, .pathOrStandardOutput:
+            // "" would name the current directory.
+            guard !value.isEmpty else { throw UsageError("--\(option.name) must not be empty") }
+            if option.valueKind == .path, value == "-" {
+                throw UsageError("--\(option.name) takes a path, not '-' (standard input or output is not read or written here; ./- names a file called '-')")
+            }
+        }
     }
 }

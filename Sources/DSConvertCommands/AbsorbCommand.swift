@@ -19,8 +19,8 @@ public enum AbsorbCommand: Command {
         scale the kernel must now use (1.0) under "dsconvert_absorption". Products in f64, rounded once.
         """,
         options: [
-            OptionSpec("input", value: "DIR", help: "Input checkpoint (original MLA form)."),
-            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("input", path: "DIR", help: "Input checkpoint (original MLA form)."),
+            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("mode", value: "split|fold", help: "Absorbed form (default split)."),
             OptionSpec("keep-kv-b", help: "Also keep kv_b_proj (γ folded) for engines that prefill in MHA form."),
             OptionSpec("dtype", value: "bf16|f32", help: "Storage of the computed tensors (default bf16; never f16: W_UK overflows it)."),

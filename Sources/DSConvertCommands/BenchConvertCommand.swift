@@ -23,7 +23,7 @@ public enum GenerateBenchCommand: Command {
             OptionSpec("dense-layers", value: "K", help: "v3: dense layers (default 3, as V3)."),
             OptionSpec("moe-layers", value: "K", help: "v3: MoE layers of 256 experts (default 2)."),
             OptionSpec("mtp-layers", value: "K", help: "v3: multi-token-prediction layers after them (default 0; V3 has 1: 15.3 GB)."),
-            OptionSpec("output", value: "DIR", help: "Output directory."),
+            OptionSpec("output", path: "DIR", help: "Output directory."),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
         ]
     )
@@ -65,19 +65,19 @@ public enum ConvertBenchCommand: Command {
         medians, and makes the command exit 1.
         """,
         options: [
-            OptionSpec("input", value: "DIR", help: "Checkpoint to convert (see dsconvert-bench generate)."),
-            OptionSpec("work", value: "DIR", help: "Scratch directory for outputs (default: next to the input)."),
+            OptionSpec("input", path: "DIR", help: "Checkpoint to convert (see dsconvert-bench generate)."),
+            OptionSpec("work", path: "DIR", help: "Scratch directory for outputs (default: next to the input)."),
             OptionSpec("runs", value: "N", help: "Runs per job (default 3)."),
-            OptionSpec("peer", value: "SCRIPT", help: "The torch peer script (default Tests/bench/torch_fp8_peer.py; skipped if torch is missing)."),
+            OptionSpec("peer", path: "SCRIPT", help: "The torch peer script (default Tests/bench/torch_fp8_peer.py; skipped if torch is missing)."),
             OptionSpec("extra-job", value: "NAME=PROGRAM", repeatable: true,
                        help: "Also time `PROGRAM INPUT OUTPUT` as job NAME; its output must be a readable checkpoint with at least the input's tensors. Repeatable (another peer; the tests use it for a job that is killed or cannot start)."),
             OptionSpec("max-shard-size", value: "SIZE", help: "Passed to every stage (default: theirs, laid out like the input)."),
             OptionSpec("only", value: "TEXT", repeatable: true, help: "Time only the stages whose name contains TEXT (repeatable), beside the two copies."),
             OptionSpec("cold", help: "Drop the page cache before every job (needs root) instead of reading the input once before timing."),
-            OptionSpec("tokenizer", value: "DIR", help: "Also time `export --gguf` (tokenizer.json and tokenizer_config.json from DIR)."),
+            OptionSpec("tokenizer", path: "DIR", help: "Also time `export --gguf` (tokenizer.json and tokenizer_config.json from DIR)."),
             OptionSpec("gguf-type", value: "TYPE", help: "The export's --type: q4_k_m (default), q6_k or q8_0."),
-            OptionSpec("llama-cpp", value: "DIR", help: "With --tokenizer on a bf16 input: also time llama.cpp's own path to the same type (convert_hf_to_gguf.py --outtype bf16, then llama-quantize), llama.cpp built by scripts/llama-cpp.sh."),
-            OptionSpec("llama-cpp-peer", value: "SCRIPT", help: "The script of llama.cpp's path (default Tests/bench/llama_cpp_gguf_peer.sh; skipped if missing)."),
+            OptionSpec("llama-cpp", path: "DIR", help: "With --tokenizer on a bf16 input: also time llama.cpp's own path to the same type (convert_hf_to_gguf.py --outtype bf16, then llama-quantize), llama.cpp built by scripts/llama-cpp.sh."),
+            OptionSpec("llama-cpp-peer", path: "SCRIPT", help: "The script of llama.cpp's path (default Tests/bench/llama_cpp_gguf_peer.sh; skipped if missing)."),
         ]
     )
 

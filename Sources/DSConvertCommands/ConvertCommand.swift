@@ -20,8 +20,8 @@ public enum ConvertCommand: Command {
         With --kv6 --calibration, the calibration forward pass reads the weights once before the pass.
         """,
         options: [
-            OptionSpec("input", value: "DIR", help: "Input checkpoint."),
-            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("input", path: "DIR", help: "Input checkpoint."),
+            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("absorb", help: "Absorb MLA's projections (as `dsconvert absorb`)."),
             OptionSpec("mode", value: "split|fold", help: "Absorbed form (default split)."),
             OptionSpec("keep-kv-b", help: "With --absorb: also keep kv_b_proj (γ folded)."),
@@ -32,7 +32,7 @@ public enum ConvertCommand: Command {
             OptionSpec("skip", value: "REGEX", repeatable: true, help: "Keep tensors whose name matches out of FP8 (repeatable)."),
             OptionSpec("fp8-absorbed", help: "Quantize absorbed per-head W_UK/W_UV too."),
             OptionSpec("kv6", help: "Declare the mla-kv6 KV cache."),
-            OptionSpec("calibration", value: "TOKENS.json", help: "Calibration token ids for --kv6."),
+            OptionSpec("calibration", path: "TOKENS.json", help: "Calibration token ids for --kv6."),
             OptionSpec("devices", value: "N", help: "Shard routed experts over N devices (as `dsconvert shard`)."),
             OptionSpec("dense", value: "replicate|once", help: "With --devices: non-expert weights on every device (default) or device-0 only."),
             OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),

@@ -17,9 +17,9 @@ public enum ForwardCommand: Command {
         routing.{layer}.weights F32 in the same order.
         """,
         options: [
-            OptionSpec("model", value: "DIR", help: "Checkpoint directory."),
-            OptionSpec("tokens", value: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths (or --text)."),
-            OptionSpec("output", value: "OUT.safetensors", help: "Where to write the outputs."),
+            OptionSpec("model", path: "DIR", help: "Checkpoint directory."),
+            OptionSpec("tokens", path: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths (or --text)."),
+            OptionSpec("output", path: "OUT.safetensors", help: "Where to write the outputs."),
             OptionSpec("hidden-states", help: "Also write every hidden state."),
             OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6, mla-kv6c (declared only; default: what the config declares, else none)."),
             OptionSpec("force", help: "Replace an existing OUT.safetensors (a regular file only)."),

@@ -23,10 +23,10 @@ public enum QuantizeCommand: Command {
         options: [
             OptionSpec("fp8", help: "Quantize weights to FP8."),
             OptionSpec("kv6", help: "Declare a 6-bit KV cache (6.000 bits/element): mla-kv6; with --calibration, mla-kv6c (per-channel widths and steps calibrated, stored in config.json)."),
-            OptionSpec("calibration", value: "TOKENS.json", help: "Calibration token ids for --kv6 ({\"tokens\": [[…], …]})."),
+            OptionSpec("calibration", path: "TOKENS.json", help: "Calibration token ids for --kv6 ({\"tokens\": [[…], …]})."),
             OptionSpec("dequantize", help: "Turn FP8 block weights back into bf16."),
-            OptionSpec("input", value: "DIR", help: "Input checkpoint."),
-            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("input", path: "DIR", help: "Input checkpoint."),
+            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("fp8-format", value: "e4m3|e5m2", help: "FP8 format (default e4m3, what vLLM and SGLang load)."),
             OptionSpec("block", value: "N", help: "Block edge (default 128)."),
             OptionSpec("skip", value: "REGEX", repeatable: true, help: "Also keep tensors whose name matches (repeatable)."),

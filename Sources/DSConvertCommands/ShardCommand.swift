@@ -19,8 +19,8 @@ public enum ShardCommand: Command {
         """,
         options: [
             OptionSpec("devices", value: "N", help: "Devices (default 8)."),
-            OptionSpec("input", value: "DIR", help: "Input checkpoint."),
-            OptionSpec("output", value: "DIR", help: "Output directory (created atomically)."),
+            OptionSpec("input", path: "DIR", help: "Input checkpoint."),
+            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
             OptionSpec("dense", value: "replicate|once", help: "Non-expert weights on every device (default) or on device-0 only."),
             OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
             OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),

@@ -15,8 +15,8 @@ enum TextTokens {
     /// The options for a text given as `--TEXT` in place of a tokens file given as `--TOKENS`.
     static func options(text: String, tokens: String) -> [OptionSpec] {
         [
-            OptionSpec(text, value: "FILE", help: "UTF-8 text to run instead of --\(tokens), encoded with the model's tokenizer.json."),
-            OptionSpec("tokenizer", value: "PATH", help: "With --\(text): tokenizer.json or its directory (default: the model directory)."),
+            OptionSpec(text, path: "FILE", help: "UTF-8 text to run instead of --\(tokens), encoded with the model's tokenizer.json."),
+            OptionSpec("tokenizer", path: "PATH", help: "With --\(text): tokenizer.json or its directory (default: the model directory)."),
             OptionSpec("seq-len", value: "N", help: "With --\(text): rows of N tokens (default: one row of the whole text)."),
             OptionSpec("max-tokens", value: "M", help: "With --\(text): use only the first M tokens of the text."),
         ]

@@ -19,11 +19,11 @@ public enum TokenizeBenchCommand: Command {
         or tokenizers is missing); every run's ids must equal the one-thread dsconvert ids.
         """,
         options: [
-            OptionSpec("tokenizer", value: "PATH", help: "tokenizer.json, or a model directory holding one."),
-            OptionSpec("text", value: "FILE", help: "Text to encode (default: a generated mixed text)."),
+            OptionSpec("tokenizer", path: "PATH", help: "tokenizer.json, or a model directory holding one."),
+            OptionSpec("text", path: "FILE", help: "Text to encode (default: a generated mixed text)."),
             OptionSpec("size-mb", value: "N", help: "Size of the generated text (default 6)."),
             OptionSpec("runs", value: "N", help: "Timed encodes per row (default 3)."),
-            OptionSpec("peer", value: "SCRIPT", help: "The peer script (default Tests/bench/tokenizers_peer.py)."),
+            OptionSpec("peer", path: "SCRIPT", help: "The peer script (default Tests/bench/tokenizers_peer.py)."),
         ]
     )
 

@@ -19,13 +19,13 @@ public enum TokenizeCommand: Command {
         all rows in order (special tokens kept). Without --output the result goes to stdout.
         """,
         options: [
-            OptionSpec("tokenizer", value: "PATH", help: "tokenizer.json, or a model directory holding one."),
-            OptionSpec("text", value: "FILE", help: "UTF-8 text to encode."),
-            OptionSpec("output", value: "FILE", help: "Where to write the tokens (or, with --decode, the text); default stdout."),
+            OptionSpec("tokenizer", path: "PATH", help: "tokenizer.json, or a model directory holding one."),
+            OptionSpec("text", path: "FILE", help: "UTF-8 text to encode."),
+            OptionSpec("output", path: "FILE", standardOutput: true, help: "Where to write the tokens (or, with --decode, the text); default or -: stdout."),
             OptionSpec("seq-len", value: "N", help: "Rows of N ids instead of one row."),
             OptionSpec("add-bos", help: "Start every row with the BOS id."),
             OptionSpec("decode", help: "Decode --tokens TOKENS.json to text instead."),
-            OptionSpec("tokens", value: "TOKENS.json", help: "With --decode: the tokens file to decode."),
+            OptionSpec("tokens", path: "TOKENS.json", help: "With --decode: the tokens file to decode."),
             OptionSpec("force", help: "Replace an existing output file (a regular file only)."),
         ]
     )
@@ -37,9 +37,10 @@ public enum TokenizeCommand: Command {
         if decode, arguments.value("text") != nil { throw UsageError("--decode reads --tokens, not --text") }
         if !decode, arguments.value("tokens") != nil { throw UsageError("--tokens is read only with --decode") }
         // Checked before any work: never over the tokenizer's files or an input, never over a file without --force.
-        let output = try arguments.path("output").map { path in
-            try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: TextTokens.tokenizerFiles(tokenizerPath) + [URL(fileURLWithPath: inputPath)],
-                                               force: arguments.flag("force"))
+        var output: URL?
+        if case .file(let path) = try arguments.output("output") {
+            output = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: TextTokens.tokenizerFiles(tokenizerPath) + [URL(fileURLWithPath: inputPath)],
+                                                        force: arguments.flag("force"))
         }
         let tokenizer = try Tokenizer.load(path: tokenizerPath)
         let result: Data

@@ -21,8 +21,8 @@ public enum ValidateBenchCommand: Command {
         passes' FLOPs as executed over C. The reference's architecture gives the FLOP count.
         """,
         options: [
-            OptionSpec("reference", value: "DIR", help: "Reference checkpoint."),
-            OptionSpec("candidate", value: "DIR", help: "Candidate checkpoint (a shard output too)."),
+            OptionSpec("reference", path: "DIR", help: "Reference checkpoint."),
+            OptionSpec("candidate", path: "DIR", help: "Candidate checkpoint (a shard output too)."),
             OptionSpec("tokens", value: "N", help: "Tokens in the one sequence (default 512)."),
             OptionSpec("cold", help: "Drop the page cache before the read and before validate (root only)."),
         ]

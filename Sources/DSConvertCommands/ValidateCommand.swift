@@ -23,11 +23,11 @@ public enum ValidateCommand: Command {
         --max-ppl-ratio 1.05 (no logit limit); give 'none' to drop one.
         """,
         options: [
-            OptionSpec("reference", value: "DIR", help: "The original checkpoint."),
-            OptionSpec("candidate", value: "DIR", help: "The converted checkpoint."),
-            OptionSpec("tokens", value: "TOKENS.json", help: "Token ids to run ({\"tokens\": [[…], …]})."),
+            OptionSpec("reference", path: "DIR", help: "The original checkpoint."),
+            OptionSpec("candidate", path: "DIR", help: "The converted checkpoint."),
+            OptionSpec("tokens", path: "TOKENS.json", help: "Token ids to run ({\"tokens\": [[…], …]})."),
             OptionSpec("kv-cache", value: "FORMAT", help: "Candidate's KV cache: none, bf16, fp8_ds_mla, mla-kv6, mla-kv6c (declared only; default: what its config declares, else none)."),
-            OptionSpec("json", value: "REPORT.json", help: "Also write the report as JSON (Schemas/validate.schema.json)."),
+            OptionSpec("json", path: "REPORT.json", standardOutput: true, help: "Also write the report as JSON (Schemas/validate.schema.json); - for stdout, the table then on stderr."),
             OptionSpec("force", help: "Replace an existing REPORT.json (a regular file only)."),
             OptionSpec("max-logit-delta", value: "X", help: "Largest allowed max |Δlogit|."),
             OptionSpec("max-kl-mean", value: "X", help: "Largest allowed mean KL in nats."),
@@ -44,9 +44,11 @@ public enum ValidateCommand: Command {
         let thresholds = try parseThresholds(arguments)
         let tokensPath = try arguments.path("text") ?? arguments.path("tokens")
         // Checked before the comparison: never into an input, never over a file without --force.
-        let jsonURL = try arguments.path("json").map {
-            try OutputLocation.checkResultFile(URL(fileURLWithPath: $0), inputs: [referenceURL, candidateURL] + (tokensPath.map { [URL(fileURLWithPath: $0)] } ?? []) + (try TextTokens.tokenizerInputs(arguments)),
-                                               force: arguments.flag("force"))
+        let jsonTarget = try arguments.output("json")
+        var jsonURL: URL?
+        if case .file(let path) = jsonTarget {
+            jsonURL = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: [referenceURL, candidateURL] + (tokensPath.map { [URL(fileURLWithPath: $0)] } ?? []) + (try TextTokens.tokenizerInputs(arguments)),
+                                                         force: arguments.flag("force"))
         }
         let reference = try ModelLoader.open(referenceURL)
         var candidate = try ModelLoader.open(candidateURL)
@@ -83,9 +85,14 @@ public enum ValidateCommand: Command {
             terminal.note(String(format: "timing: %.2f s wall; weights %.2f s, compute %.2f s; prefetched %.2f GB in %.2f s alongside",
                                  t.wallSeconds, t.weightSeconds, t.computeSeconds, Double(t.prefetchedBytes) / 1e9, t.prefetchSeconds))
         }
-        terminal.out(report.table())
-        if let jsonURL {
-            try AtomicFile.write(try report.encoded(), to: jsonURL)
+        switch jsonTarget {
+        case .standardOutput:
+            // stdout carries the JSON alone, for a pipe; the table still reaches the person on stderr.
+            for line in report.table().split(separator: "\n", omittingEmptySubsequences: false) { terminal.note(String(line)) }
+            terminal.outExactly([UInt8](try report.encoded()))
+        case .file, nil:
+            terminal.out(report.table())
+            if let jsonURL { try AtomicFile.write(try report.encoded(), to: jsonURL) }
         }
         if let worst = report.verdict.failures.first {
             terminal.error("dsconvert validate", "drift over threshold: \(worst)" + (report.verdict.failures.count > 1 ? " (\(report.verdict.failures.count) metrics over)" : ""))

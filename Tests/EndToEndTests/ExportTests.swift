@@ -103,6 +103,23 @@ final class ExportTests: XCTestCase {
         }
     }
 
+    /// A GGUF's strings reach the reader's terminal escaped: a name holding an OSC title sequence and a
+    /// tensor name holding a carriage return and an erase-line sequence are printed as \u{…} text.
+    func testInspectEscapesTheFilesStrings() throws {
+        let metadata = [GGUFMetadata("general.architecture", .string("deepseek2")),
+                        GGUFMetadata("general.name", .string("m\u{1B}]0;owned\u{07}"))]
+        let tensors = GGUFEncoder.layout([GGUFTensorInfo(name: "a\r\u{1B}[2Kb", dimensions: [32], type: .f32)])
+        var file = GGUFEncoder.header(metadata: metadata, tensors: tensors)
+        file += [UInt8](repeating: 0, count: GGUFEncoder.padded(tensors[0].byteCount))
+        let path = dir.appendingPathComponent("hostile.gguf")
+        try Data(file).write(to: path)
+        let r = try runTool("dsconvert", ["inspect", path.path, "--tensors"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(r.stdout.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x0D }, r.stdout)
+        XCTAssertTrue(r.stdout.contains("(m\\u{1b}]0;owned\\u{7})"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("  a\\u{d}\\u{1b}[2Kb  "), r.stdout)
+    }
+
     /// Reading large matrices in chunks of rows changes no byte: bf16 (chunks of 1000 values) and FP8 (chunks of
     /// 128·288 values, whole 128-row scale blocks of the dense MLP's 288×144 and 144×288, dequantized alone)
     /// against whole tensors.

@@ -69,6 +69,40 @@ final class ForwardValidateTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("FAIL: "), r.stdout)
     }
 
+    /// `--json -` is standard output, as Unix tools read "-": stdout carries the report's JSON alone
+    /// (what `--json FILE` writes), the table goes to stderr, and no file "-" appears.
+    func testValidateJSONToStandardOutput() throws {
+        let trained = fixtures.appendingPathComponent("trained").path
+        let report = dir.appendingPathComponent("report.json")
+        let file = try runTool("dsconvert", ["validate", "--reference", trained, "--candidate", trained, "--json", report.path, "--max-logit-delta", "0"])
+        XCTAssertEqual(file.status, 0, file.stderr)
+        let piped = try runTool("dsconvert", ["validate", "--reference", trained, "--candidate", trained, "--json", "-", "--max-logit-delta", "0"],
+                                directory: dir)
+        XCTAssertEqual(piped.status, 0, piped.stderr)
+        // The same report but for its timing, which is measured anew.
+        func untimed(_ data: Data) throws -> NSDictionary {
+            var object = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+            XCTAssertNotNil(object.removeValue(forKey: "timing"))
+            return object as NSDictionary
+        }
+        XCTAssertEqual(try untimed(Data(piped.stdout.utf8)), try untimed(Data(contentsOf: report)))
+        XCTAssertTrue(piped.stderr.contains("PASS: within thresholds"), piped.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("-").path))
+    }
+
+    /// "-" where only a path can go is a usage error, not a file or directory named "-".
+    func testDashWhereOnlyAPathGoes() throws {
+        let lite = fixtures.appendingPathComponent("lite").path
+        for arguments in [["quantize", "--fp8", "--input", lite, "--output", "-"],
+                          ["forward", "--model", lite, "--tokens", "-", "--output", "o.safetensors"],
+                          ["validate", "--reference", "-", "--candidate", lite]] {
+            let r = try runTool("dsconvert", arguments, directory: dir)
+            XCTAssertEqual(r.status, 64, r.stderr)
+            XCTAssertTrue(r.stderr.contains("takes a path, not '-'"), r.stderr)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), [], "\(arguments)")
+        }
+    }
+
     func testValidateUsageErrors() throws {
         XCTAssertEqual(try runTool("dsconvert-validate", ["--reference", "x"]).status, 64)
         XCTAssertEqual(try runTool("dsconvert-validate", ["--reference", "x", "--candidate", "y", "--min-top1", "lots"]).status, 64)

@@ -32,6 +32,10 @@ final class TokenizeTests: XCTestCase {
         XCTAssertEqual(whole.status, 0, whole.stderr)
         let ids = try rows(whole.stdout)[0]
         XCTAssertGreaterThan(ids.count, 100)
+        // "-" is standard output, as with no --output.
+        let dash = try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", path, "--output", "-"])
+        XCTAssertEqual(dash.status, 0, dash.stderr)
+        XCTAssertEqual(dash.stdout, whole.stdout)
 
         let cut = try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", path, "--seq-len", "32", "--add-bos"])
         XCTAssertEqual(cut.status, 0, cut.stderr)
