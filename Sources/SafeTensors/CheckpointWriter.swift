@@ -483,7 +483,7 @@ public enum SafeTensorsFileWriter {
         try systemCall("mkdir", path: work.path) { mkdir(work.path, 0o700) }
         defer {
             BackgroundWrites.waitForAll()
-            try? FileManager.default.removeItem(at: work)
+            try? DirectoryTree.remove(work)
         }
         let layout = CheckpointLayout(singleFile: url.lastPathComponent, tensors: tensors.map(\.0), metadata: metadata)
         let writer = CheckpointWriter(layout: layout, directory: work)

@@ -118,7 +118,7 @@ public final class AtomicOutputDirectory {
                 adoptedFrom = stale
                 resumed = true
             } else {
-                try? fm.removeItem(at: stale)
+                try? DirectoryTree.remove(stale)
             }
         }
     }
@@ -128,19 +128,8 @@ public final class AtomicOutputDirectory {
     /// a link planted where a shard, a GGUF file or a device directory will be written cannot send
     /// the run's bytes outside the directory. A subdirectory of another user is refused.
     static func removeLinksAndSpecialFiles(under directory: URL) throws {
-        for name in try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() {
-            let path = directory.appendingPathComponent(name).path
-            guard let entry = FileEntry.lstat(path) else { continue }
-            switch entry.kind {
-            case .regular:
-                continue
-            case .directory:
-                guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: path) }
-                try removeLinksAndSpecialFiles(under: URL(fileURLWithPath: path))
-            case .symbolicLink, .other:
-                try systemCall("unlink", path: path) { unlink(path) }
-                Diagnostics.note("note: removed \(path) from the work directory being resumed: \(entry.kind == .symbolicLink ? "a symbolic link" : "a special file"), which no run writes")
-            }
+        try DirectoryTree.removeLinksAndSpecialFiles(under: directory, refuse: { OutputSafetyError.workDirectoryNotOwn(path: $0) }) { path, isLink in
+            Diagnostics.note("note: removed \(path) from the work directory being resumed: \(isLink ? "a symbolic link" : "a special file"), which no run writes")
         }
     }
 
@@ -193,7 +182,7 @@ public final class AtomicOutputDirectory {
                 try systemCall("rename", path: source.path) { rename(source.path, final.path) }
                 Diagnostics.note("note: \(final.path): finished a replacement that was interrupted (\(committing ? "new output kept" : "old output restored"))")
             }
-            if FileEntry.lstat(aside.path) != nil { try? fm.removeItem(at: aside) }
+            try? DirectoryTree.remove(aside)
         }
     }
 
@@ -209,7 +198,7 @@ public final class AtomicOutputDirectory {
             let aside = finalURL.deletingLastPathComponent().appendingPathComponent("\(Self.replacedPrefix)\(finalURL.lastPathComponent)-\(getpid())")
             if let entry = FileEntry.lstat(aside.path) {
                 guard entry.isOwnDirectory else { throw OutputSafetyError.workDirectoryNotOwn(path: aside.path) }
-                try fm.removeItem(at: aside)
+                try DirectoryTree.remove(aside)
             }
             do {
                 try systemCall("rename", path: finalURL.path) { rename(finalURL.path, aside.path) }
@@ -229,7 +218,7 @@ public final class AtomicOutputDirectory {
         dsconvert_guard_set_work_directory(nil)
         let parentFD = open(finalURL.deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY)
         if parentFD >= 0 { fsync(parentFD); close(parentFD) }
-        if let old { try? fm.removeItem(at: old) }
+        if let old { try? DirectoryTree.remove(old) }
     }
 
     /// Removes the unfinished work.
@@ -239,7 +228,7 @@ public final class AtomicOutputDirectory {
         BackgroundWrites.waitForAll()
         dsconvert_guard_set_work_directory(nil)
         guard FileEntry.lstat(temporaryURL.path)?.isOwnDirectory == true else { return }
-        try? FileManager.default.removeItem(at: temporaryURL)
+        try? DirectoryTree.remove(temporaryURL)
     }
 }
 

@@ -171,6 +171,40 @@ final class OutputSafetyTests: XCTestCase {
         out.discard()
     }
 
+    /// A stale run's directory is removed through descriptors: links at any depth (to a directory, to
+    /// a file, dangling) go, and nothing they name is touched.
+    func testRemovingAStaleRunNeverFollowsItsLinks() throws {
+        let outside = try make("outside", file: "precious")
+        let work = try make(".dsconvert-partial-out-4194399/sub/deeper", file: "shard")
+        try fm.createSymbolicLink(at: work.appendingPathComponent("to-dir"), withDestinationURL: outside)
+        try fm.createSymbolicLink(at: work.deletingLastPathComponent().appendingPathComponent("to-file"),
+                                  withDestinationURL: outside.appendingPathComponent("precious"))
+        try fm.createSymbolicLink(at: work.appendingPathComponent("dangling"), withDestinationURL: dir.appendingPathComponent("nowhere"))
+        XCTAssertEqual(mkfifo(work.appendingPathComponent("fifo").path, 0o600), 0)
+        let out = try open(dir.appendingPathComponent("out"))
+        XCTAssertFalse(fm.fileExists(atPath: dir.appendingPathComponent(".dsconvert-partial-out-4194399").path))
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: outside.path), ["precious"])
+        out.discard()
+        XCTAssertNil(FileEntry.lstat(out.temporaryURL.path))
+    }
+
+    /// The sweep of an adopted directory unlinks links and special files at every depth through
+    /// descriptors, keeps regular files and subdirectories, and leaves what the links name alone.
+    func testResumeSweepUnlinksWithoutFollowing() throws {
+        let outside = try make("outside", file: "precious")
+        let work = try make(".dsconvert-partial-out-4194399/device-1", file: "shard")
+        try fm.createSymbolicLink(at: work.appendingPathComponent("model.safetensors"), withDestinationURL: outside.appendingPathComponent("precious"))
+        try fm.createSymbolicLink(at: work.deletingLastPathComponent().appendingPathComponent("device-0"), withDestinationURL: outside)
+        XCTAssertEqual(mkfifo(work.appendingPathComponent("fifo").path, 0o600), 0)
+        let out = try open(dir.appendingPathComponent("out"), resume: true)
+        XCTAssertTrue(out.resumed)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: out.temporaryURL.path).sorted(), [AtomicOutputDirectory.ownerFileName, "device-1"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: out.temporaryURL.appendingPathComponent("device-1").path), ["shard"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: outside.path), ["precious"])
+        XCTAssertEqual(try String(contentsOf: outside.appendingPathComponent("precious"), encoding: .utf8), "keep")
+        out.discard()
+    }
+
     func testWorkDirectoryPIDsAreDigitsOnly() {
         XCTAssertEqual(AtomicOutputDirectory.pid("1234"), 1234)
         for bad in ["-1234", "+5", "", "0", "12a", "99999999999"] { XCTAssertNil(AtomicOutputDirectory.pid(Substring(bad)), bad) }
