@@ -31,7 +31,7 @@ let package = Package(
         // config.json model, tensor naming, shape checker, parameter and cache accounting.
         .target(name: "DeepSeekModel", dependencies: ["SafeTensors", "Numerics"]),
         // The conversion stages and what they share: output directories, manifests.
-        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "ReferenceModel", "GGUF"]),
+        .target(name: "Conversion", dependencies: ["SafeTensors", "DeepSeekModel", "Numerics", "ReferenceModel", "GGUF", "Tokenizer"]),
         // OpenBLAS, the reference backend of the validation forward pass.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The reference forward pass (fp32, OpenBLAS): weight providers, attention, router, rotary embedding.

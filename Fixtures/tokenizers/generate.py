@@ -73,9 +73,12 @@ def added(content, id_, special=True, lstrip=False, rstrip=False, single_word=Fa
             "normalized": normalized, "special": special}
 
 
-def tokenizer(pre, normalizer=None, added_tokens=(), ignore_merges=False):
+def tokenizer(pre, normalizer=None, added_tokens=(), ignore_merges=False, vocab_extra=None):
+    """`vocab_extra` given: the vocabulary is VOCAB plus it, and added tokens are not put into it."""
     vocab = dict(VOCAB)
-    for token in added_tokens:
+    if vocab_extra is not None:
+        vocab.update(vocab_extra)
+    for token in added_tokens if vocab_extra is None else ():
         vocab.setdefault(token["content"], token["id"])
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": list(added_tokens),
             "normalizer": normalizer, "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre},
@@ -108,6 +111,12 @@ FIXTURES = {
         added("<s>", N), added("<mask>", N + 1, lstrip=True), added("[SEP]", N + 2, rstrip=True),
         added("word", N + 3, special=False, single_word=True, normalized=True), added("<s><s>", N + 4, special=False),
         added("ﬁ", N + 5, special=False, normalized=True)]),
+    # Declared ids the library does not use (it assigns added-token ids itself, warning): <mask> is in
+    # the vocabulary at N (declared 7), <s> and [SEP] are new (N+1, N+2 whatever they declare), <mask>
+    # is listed again without lstrip (the last entry's flags win), the empty token is dropped.
+    "added-ids-library": tokenizer([split(V3_PATTERN), BYTE_LEVEL], vocab_extra={"<mask>": N}, added_tokens=[
+        added("<mask>", 7, lstrip=True), added("<s>", N + 5), added("[SEP]", N + 1, rstrip=True), added("", N + 8),
+        added("<mask>", 7), added("word", N + 3, special=False, single_word=True, normalized=True)]),
     "nfkc": tokenizer([split("\\s+"), BYTE_LEVEL], normalizer={"type": "Sequence", "normalizers": [{"type": "NFKC"}]},
                       added_tokens=[added("fi", N, special=False, normalized=True), added("①", N + 1, normalized=False)]),
     "nfc": tokenizer([split("\\s+"), BYTE_LEVEL], normalizer={"type": "NFC"}),
@@ -118,6 +127,10 @@ BAD = {
     "bad-pre-tokenizer": {"pre_tokenizer": {"type": "Whitespace"}},
     "bad-regex": {"pre_tokenizer": split("(?<=a)b")},
     "bad-merge": {"model": dict(tokenizer([])["model"], merges=MERGES + ["Ġ zz"])},
+    # The vocabulary's last token moved from N-1 to N: the first new added token gets id N (the entry
+    # count), which that token has; the library then no longer finds the added token.
+    "bad-added-id": {"model": dict(tokenizer([])["model"], vocab={t: (N if i == N - 1 else i) for t, i in VOCAB.items()}),
+                     "added_tokens": [added("<s>", N + 1)]},
 }
 TEXTS = ["Hello world", "the theory, then thereafter!", "  leading and trailing  ", "a\tb\r\nc\n\n d \n", "x123y4567 89",
          "¡Hola! ¿Qué tal? «ok»", "中文 日本語 カタカナ", "e\u0301 é ﬁ ① ｆｕｌｌ", "<mask> a<mask>b <mask>  x",

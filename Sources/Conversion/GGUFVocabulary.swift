@@ -2,6 +2,7 @@ import DeepSeekModel
 import Foundation
 import GGUF
 import SafeTensors
+import Tokenizer
 
 /// The `tokenizer.ggml.*` metadata of a byte-level BPE `tokenizer.json` (DeepSeek's), as llama.cpp's
 /// converter writes it for its "gpt2" tokenizer model.
@@ -34,10 +35,21 @@ struct GGUFVocabulary {
             if let pair = entry as? [String], pair.count == 2 { return pair.map { $0.replacingOccurrences(of: " ", with: "\u{0120}") }.joined(separator: " ") }
             throw Invalid(path: path, reason: "a merge is neither \"a b\" nor [a, b]")
         }
-        let added = (json["added_tokens"] as? [[String: Any]] ?? []).compactMap { t -> (id: Int, content: String, special: Bool)? in
-            guard let id = t["id"] as? Int, let content = t["content"] as? String else { return nil }
-            return (id, content, t["special"] as? Bool ?? false)
+        let declared = (json["added_tokens"] as? [[String: Any]] ?? []).compactMap { t -> (content: String, special: Bool)? in
+            guard t["id"] is Int, let content = t["content"] as? String else { return nil }
+            return (content, t["special"] as? Bool ?? false)
         }
+        // llama.cpp's converter reads the vocabulary through transformers, so added tokens carry the
+        // ids the tokenizers library gives them, not necessarily the ones the file declares.
+        let tokenOfID = Dictionary(vocab.map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
+        let addedIDs: [Int?]
+        do {
+            addedIDs = try AddedTokenIDs.assign(contents: declared.map(\.content), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
+                                           vocabularyCount: vocab.count)
+        } catch {
+            throw Invalid(path: path, reason: error.reason)
+        }
+        let added = zip(declared, addedIDs).compactMap { token, id in id.map { (id: $0, content: token.content, special: token.special) } }
         let n = config.vocabSize
         var tokens = (0..<n).map { "[PAD\($0)]" }
         var types = [TokenType](repeating: .unused, count: n)

@@ -45,6 +45,7 @@ enum TextTokens {
         }
         if arguments.value(tokens) != nil { throw UsageError("give either --\(tokens) or --\(text)") }
         let tokenizer = try Tokenizer.load(path: try arguments.path("tokenizer") ?? model.path)
+        for note in tokenizer.notes { terminal.note(note) }
         let seqLen = try arguments.value("seq-len").map { _ in try arguments.integer("seq-len", default: 0, in: 1...(1 << 20)) }
         let maxTokens = try arguments.value("max-tokens").map { _ in try arguments.integer("max-tokens", default: 0, in: 1...(1 << 30)) }
         var bos: Int?

@@ -43,6 +43,7 @@ public enum TokenizeCommand: Command {
                                                         force: arguments.flag("force"))
         }
         let tokenizer = try Tokenizer.load(path: tokenizerPath)
+        for note in tokenizer.notes { terminal.note(note) }
         let result: Data
         if decode {
             let ids = try TokenFile.load(URL(fileURLWithPath: inputPath)).flatMap { $0 }

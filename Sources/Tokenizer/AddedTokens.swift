@@ -11,6 +11,11 @@ public struct AddedToken: Sendable, Equatable {
     public let singleWord: Bool
     /// Matched in the normalized text (true) or the raw text (false).
     public let normalized: Bool
+
+    /// The same token under another id.
+    func with(id: Int) -> AddedToken {
+        AddedToken(id: id, content: content, special: special, lstrip: lstrip, rstrip: rstrip, singleWord: singleWord, normalized: normalized)
+    }
 }
 
 /// Where added tokens are in a text, found as `tokenizers`' `AddedVocabulary` finds them: a

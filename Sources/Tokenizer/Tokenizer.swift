@@ -14,6 +14,9 @@ public final class Tokenizer: Sendable {
     let rawMatcher: AddedTokenMatcher
     let normalizedMatcher: AddedTokenMatcher
     let addedByID: [Int: AddedToken]
+    /// What a user should know of the file that did not stop it loading, one line each (callers
+    /// print them as notes).
+    public var notes: [String] { definition.notes }
 
     /// Reads `path`: a `tokenizer.json`, or a directory holding one (and maybe `tokenizer_config.json`).
     public static func load(path: String) throws -> Tokenizer {
@@ -44,7 +47,8 @@ public final class Tokenizer: Sendable {
         normalizedMatcher = AddedTokenMatcher(tokens: normalized, patterns: normalized.map { token in
             definition.normalizers.reduce(UTF8Text.scalars(of: token.content)) { $1.apply($0[...]) }
         })
-        addedByID = Dictionary(definition.addedTokens.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        // Ids are distinct: `AddedTokenIDs` refuses a file where two tokens would share one.
+        addedByID = Dictionary(uniqueKeysWithValues: definition.addedTokens.map { ($0.id, $0) })
     }
 
     /// The id of BOS as `tokenizer_config.json` names it, when the vocabulary holds it.

@@ -20,6 +20,8 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
     case textShorterThanRow(file: String, tokens: Int, sequenceLength: Int)
     case emptyText(file: String)
     case regexBacktrackLimit(file: String, tokenizer: String, pattern: String, position: Int, limit: Int)
+    case addedTokenIDTaken(file: String, content: String, id: Int, other: String)
+    case addedTokenListedTwice(file: String, content: String)
 
     /// Why a file could not be read, in words (a system call's errno text, or the error's own
     /// description), for `cannotRead`: never a Swift value's debug form.
@@ -51,6 +53,10 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
         case let .regexBacktrackLimit(file, tokenizer, pattern, _, limit):
             return "\(file): \(tokenizer)'s Split pattern \(CompactJSON.quoted(pattern)) backtracks more than \(limit) times in one match attempt "
                 + "on this text; refused rather than left to run (Oniguruma, which tokenizers uses, also stops at a retry limit)"
+        case let .addedTokenIDTaken(file, content, id, other):
+            return "\(file): " + AddedTokenIDs.Collision(content: content, id: id, other: other).reason
+        case let .addedTokenListedTwice(file, content):
+            return "\(file): added token \(CompactJSON.quoted(content)) is listed both as special and as not special"
         case let .textShorterThanRow(file, tokens, length):
             return "\(file): the text gives \(tokens) tokens, fewer than one row of --seq-len \(length)"
         }

@@ -22,8 +22,12 @@ struct TokenizerDefinition {
     var normalizers: [NormalizerStep]
     var preTokenizers: [PreTokenizerStep]
     var model: BPEModel
+    /// Each content once, with the id the `tokenizers` library gives it (`AddedTokenIDs`).
     var addedTokens: [AddedToken]
     var byteLevelDecoder: Bool
+    /// What a user should know of the file that does not stop it loading (an added token's declared
+    /// id that the library does not use).
+    var notes: [String] = []
 
     init(json root: JSONValue, file: String) throws {
         for field in ["truncation", "padding"] where root[field] != nil && root[field] != .null {
@@ -31,8 +35,9 @@ struct TokenizerDefinition {
         }
         normalizers = try Self.normalizers(root["normalizer"] ?? .null, file: file)
         preTokenizers = try Self.preTokenizers(root["pre_tokenizer"] ?? .null, file: file)
-        addedTokens = try Self.addedTokens(root["added_tokens"] ?? .array([]), file: file)
+        let declared = try Self.addedTokens(root["added_tokens"] ?? .array([]), file: file)
         model = try Self.model(root["model"], file: file)
+        (addedTokens, notes) = try Self.libraryIDs(declared, model: model, file: file)
         switch root["decoder"] {
         case nil, .null?: byteLevelDecoder = false
         case let decoder?:
@@ -105,6 +110,38 @@ struct TokenizerDefinition {
         case let .bool(value)?: return value
         default: throw TokenizerError.missingField(file: file, field: key)
         }
+    }
+
+    /// `declared` as the `tokenizers` library holds it after loading: each content once, at the
+    /// place of its first entry, with the flags of its last (its id-to-token map keeps the last) and
+    /// the id `AddedTokenIDs` gives it; an empty content is dropped, as the library drops it.
+    private static func libraryIDs(_ declared: [AddedToken], model: BPEModel, file: String) throws -> ([AddedToken], [String]) {
+        let ids: [Int?]
+        do {
+            ids = try AddedTokenIDs.assign(contents: declared.map(\.content), vocabularyID: { model.vocab[$0].map(Int.init) },
+                                           vocabularyToken: { $0 >= 0 && $0 < model.tokenOfID.count ? model.tokenOfID[$0] : nil },
+                                           vocabularyCount: model.vocab.count)
+        } catch {
+            throw TokenizerError.addedTokenIDTaken(file: file, content: error.content, id: error.id, other: error.other)
+        }
+        var tokens: [AddedToken] = [], notes: [String] = []
+        var place: [String: Int] = [:]
+        for (entry, id) in zip(declared, ids) {
+            guard let id else { continue }
+            if id != entry.id {
+                notes.append("\(file): added token \(CompactJSON.quoted(entry.content)) declares id \(entry.id); the tokenizers library gives it \(id), which is used")
+            }
+            let token = entry.with(id: id)
+            if let i = place[entry.content] {
+                // A content listed as special and as not special is matched in two orders at once there.
+                guard tokens[i].special == entry.special else { throw TokenizerError.addedTokenListedTwice(file: file, content: entry.content) }
+                tokens[i] = token
+            } else {
+                place[entry.content] = tokens.count
+                tokens.append(token)
+            }
+        }
+        return (tokens, notes)
     }
 
     private static func addedTokens(_ json: JSONValue, file: String) throws -> [AddedToken] {

@@ -11,6 +11,8 @@ final class BadInputTests: XCTestCase {
             ("bad-pre-tokenizer.json", .unsupportedPreTokenizer(file: path("bad-pre-tokenizer.json"), type: "Whitespace")),
             ("bad-regex.json", .unsupportedRegex(file: path("bad-regex.json"), pattern: "(?<=a)b", construct: "group '(?<'")),
             ("bad-merge.json", .mergeOutOfVocabulary(file: path("bad-merge.json"), merge: "Ġ zz")),
+            // 336 entries, the last at 336: the first new added token gets 336, which "Ġ7890" has.
+            ("bad-added-id.json", .addedTokenIDTaken(file: path("bad-added-id.json"), content: "<s>", id: 336, other: "Ġ7890")),
         ]
         for (name, expected) in cases {
             XCTAssertThrowsError(try Tokenizer.load(path: path(name)), name) { error in

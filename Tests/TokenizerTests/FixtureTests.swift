@@ -28,7 +28,46 @@ final class FixtureTests: XCTestCase {
             XCTAssertEqual(try tokenizer.encode(c.text, threads: 1), c.ids, "\(c.fixture): \(c.text.debugDescription)")
             XCTAssertEqual(try tokenizer.decode(c.ids), c.decoded, "\(c.fixture): \(c.text.debugDescription)")
         }
-        XCTAssertEqual(loaded.count, 18)
+        XCTAssertEqual(loaded.count, 19)
+    }
+
+    /// The library's added-token ids, not the declared ones (added-ids-library.json): <mask> keeps
+    /// its vocabulary id over the declared 7, the new tokens are numbered on from the vocabulary's
+    /// size in file order, the empty token is dropped, the last <mask> entry's flags win (no lstrip),
+    /// and each differing declaration is one note naming the file.
+    func testAddedTokenIDsAreTheLibrarys() throws {
+        let file = tokenizerFixtures.appendingPathComponent("added-ids-library.json").path
+        let tokenizer = try Tokenizer.load(path: file)
+        XCTAssertEqual(tokenizer.definition.addedTokens.map(\.content), ["<mask>", "<s>", "[SEP]", "word"])
+        XCTAssertEqual(tokenizer.definition.addedTokens.map(\.id), [336, 337, 338, 339])
+        XCTAssertEqual(tokenizer.definition.addedTokens.map(\.lstrip), [false, false, false, false])
+        XCTAssertEqual(tokenizer.notes, [
+            "\(file): added token \"<mask>\" declares id 7; the tokenizers library gives it 336, which is used",
+            "\(file): added token \"<s>\" declares id 341; the tokenizers library gives it 337, which is used",
+            "\(file): added token \"[SEP]\" declares id 337; the tokenizers library gives it 338, which is used",
+            "\(file): added token \"<mask>\" declares id 7; the tokenizers library gives it 336, which is used",
+        ])
+        XCTAssertEqual(try tokenizer.decode([337, 336]), "<s><mask>")
+    }
+
+    /// The rule itself: vocabulary ids first, then the entry count, then one past the largest.
+    func testAddedTokenIDRule() throws {
+        let vocab = ["a": 0, "b": 1, "c": 2]
+        func assign(_ contents: [String], _ vocab: [String: Int] = vocab) throws -> [Int?] {
+            let reverse = Dictionary(uniqueKeysWithValues: vocab.map { ($1, $0) })
+            return try AddedTokenIDs.assign(contents: contents, vocabularyID: { vocab[$0] }, vocabularyToken: { reverse[$0] }, vocabularyCount: vocab.count)
+        }
+        XCTAssertEqual(try assign(["x", "b", "y", "", "x", "z"]), [3, 1, 4, nil, 3, 5])
+        // An in-vocabulary token first: the next new one is still the entry count.
+        XCTAssertEqual(try assign(["a", "x"]), [0, 3])
+        // A gap in the vocabulary: the count (2) is the id of "c".
+        XCTAssertThrowsError(try assign(["x"], ["a": 0, "c": 2])) { error in
+            XCTAssertEqual(error as? AddedTokenIDs.Collision, AddedTokenIDs.Collision(content: "x", id: 2, other: "c"))
+        }
+        // A vocabulary token whose id a new added token took before it (ids beyond the count).
+        XCTAssertThrowsError(try assign(["x", "d"], ["a": 0, "d": 2])) { error in
+            XCTAssertEqual(error as? AddedTokenIDs.Collision, AddedTokenIDs.Collision(content: "x", id: 2, other: "d"))
+        }
     }
 
     func testAddedTokenRules() throws {

@@ -1359,6 +1359,17 @@ def check_tokenizer_fixtures(binary, work):
             # A text of no tokens is refused (a tokens file has no empty row).
             ok &= want == case["ids"] and (got == [want] if want else got is None and "gives no tokens" in err)
         check(f"tokenizers fixture {name}: {len(cases)} texts identical (expected.json and dsconvert)", ok)
+    # An added token the library's id rule puts on another token's id: the library encodes it as that
+    # token's id (what the refusal says: the two would share one id); dsconvert refuses the file.
+    path = os.path.join(root, "bad-added-id.json")
+    reference = Tokenizer.from_file(path)
+    shared = reference.encode("<s>", add_special_tokens=False).ids == [reference.get_vocab(with_added_tokens=False)["Ġ7890"]]
+    text = os.path.join(work, "added-id-text.txt")
+    with open(text, "w", encoding="utf-8") as f:
+        f.write("a<s>b")
+    got, err = tokenize(binary, path, text)
+    check("tokenizers bad-added-id: the library gives <s> the id of another token, dsconvert refuses the file",
+          shared and got is None and "already has that id" in err, err)
 
 
 def main():
