@@ -2,12 +2,28 @@
 ///
 /// The general category of every code point is read from the Swift runtime's Unicode data into
 /// one byte per code point (1.1 MB) the first time a tokenizer is built; classes are then bitsets.
+///
+/// The runtime's Unicode can be newer than the `tokenizers` library's: this toolchain's is 17.0,
+/// while the Oniguruma inside tokenizers 0.23.3 knows Unicode 16.0 (measured: the 16.0 letters of
+/// Kirat Rai and Garay are `\p{L}` there, the 17.0 ones of Tolong Siki unassigned). A code point the
+/// runtime dates after `libraryUnicode` is therefore read as unassigned, as the library reads it;
+/// the cross-check compares every code point's class with the library's.
 enum UnicodeTables {
+    /// The Unicode version of the regex engine in the `tokenizers` release dsconvert matches.
+    static let libraryUnicode = (major: 16, minor: 0)
+
+    /// True for a scalar the library's Unicode does not have yet.
+    static func isAfterLibraryUnicode(_ scalar: Unicode.Scalar) -> Bool {
+        guard let age = scalar.properties.age else { return false }
+        return (age.major, age.minor) > libraryUnicode
+    }
+
     /// General category code of every code point (surrogates: `.surrogate`).
     static let categories: [UInt8] = {
         var table = [UInt8](repeating: Category.unassigned.rawValue, count: 0x110000)
         for value in 0..<UInt32(0x110000) {
             guard let scalar = Unicode.Scalar(value) else { table[Int(value)] = Category.surrogate.rawValue; continue }
+            if isAfterLibraryUnicode(scalar) { continue }
             table[Int(value)] = Category(scalar.properties.generalCategory).rawValue
         }
         return table
@@ -25,7 +41,7 @@ enum UnicodeTables {
     /// Join_Control): what an added token's `single_word` rule looks at.
     static func isWordCharacter(_ v: UInt32) -> Bool {
         if v == 0x200C || v == 0x200D { return true }
-        guard let scalar = Unicode.Scalar(v) else { return false }
+        guard let scalar = Unicode.Scalar(v), !isAfterLibraryUnicode(scalar) else { return false }
         if scalar.properties.isAlphabetic { return true }
         switch Category(rawValue: categories[Int(v)]) {
         case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation: return true

@@ -1320,6 +1320,36 @@ def check_tokenizers(binary, work):
     check_tokenizer_fixtures(binary, work)
 
 
+def check_unicode_classes(binary, work):
+    """Every code point's membership in the classes DeepSeek's Split patterns use, as the library's
+    Oniguruma decides it: a tokenizer that removes the class (Split, Removed) and has no merges gives
+    the bytes of exactly the code points outside it, so equal ids mean equal classes everywhere."""
+    from tokenizers import Tokenizer
+
+    byte_chars = [c for c in range(ord("!"), ord("~") + 1)] + [c for c in range(0xA1, 0xAD)] + [c for c in range(0xAE, 0x100)]
+    alphabet = byte_chars + [256 + n for n in range(256 - len(byte_chars))]
+    vocab = {chr(c): i for i, c in enumerate(alphabet)}
+    text = "".join(chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000)
+    text_path = os.path.join(work, "every-code-point.txt")
+    with open(text_path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    for pattern in ["\\p{L}", "\\p{M}", "\\p{N}", "\\p{P}", "\\p{S}", "\\s", "\\p{Lu}", "\\p{Nd}"]:
+        path = os.path.join(work, "class-tokenizer.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                       "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                           {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Removed", "invert": False},
+                           {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+                       "post_processor": None, "decoder": None,
+                       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                                 "vocab": vocab, "merges": []}}, f, ensure_ascii=False)
+        want = Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids
+        got, err = tokenize(binary, path, text_path)
+        check(f"unicode class {pattern}: every code point classed as tokenizers' Oniguruma classes it ({len(want)} bytes kept)",
+              got == [want], err or first_difference(got, want))
+
+
 def first_difference(got, want):
     if not got:
         return "no output"
