@@ -1,21 +1,6 @@
 import Foundation
 import SafeTensors
 
-/// A Unicode normalization form of the `normalizer` (a `Sequence` is flattened).
-enum NormalizerStep: Sendable {
-    case nfc, nfkc
-
-    func apply(_ scalars: ArraySlice<UInt32>) -> [UInt32] {
-        let text = String(String.UnicodeScalarView(scalars.compactMap(Unicode.Scalar.init)))
-        let normalized: String
-        switch self {
-        case .nfc: normalized = text.precomposedStringWithCanonicalMapping
-        case .nfkc: normalized = text.precomposedStringWithCompatibilityMapping
-        }
-        return normalized.unicodeScalars.map(\.value)
-    }
-}
-
 /// What a `tokenizer.json` declares, decoded and checked once: every string setting becomes an
 /// enum case here, and anything this implementation does not do is refused by name.
 struct TokenizerDefinition {

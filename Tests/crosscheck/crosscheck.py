@@ -1350,6 +1350,36 @@ def check_unicode_classes(binary, work):
               got == [want], err or first_difference(got, want))
 
 
+def check_normalizers(binary, work):
+    """NFC and NFKC of every code point, each alone (between spaces) and all in one run (where marks
+    reorder and compose across neighbours), against the library's, through tokenizers without merges
+    whose ids are the normalized text's bytes."""
+    from tokenizers import Tokenizer
+
+    byte_chars = [c for c in range(ord("!"), ord("~") + 1)] + [c for c in range(0xA1, 0xAD)] + [c for c in range(0xAE, 0x100)]
+    alphabet = byte_chars + [256 + n for n in range(256 - len(byte_chars))]
+    vocab = {chr(c): i for i, c in enumerate(alphabet)}
+    points = [chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000]
+    for form in ["NFC", "NFKC"]:
+        path = os.path.join(work, f"normalizer-{form}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": {"type": form},
+                       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+                       "post_processor": None, "decoder": None,
+                       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                                 "vocab": vocab, "merges": []}}, f, ensure_ascii=False)
+        reference = Tokenizer.from_file(path)
+        for layout, text in [("each alone", " ".join(points)), ("in one run", "".join(points))]:
+            text_path = os.path.join(work, "normalizer-text.txt")
+            with open(text_path, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+            want = reference.encode(text, add_special_tokens=False).ids
+            got, err = tokenize(binary, path, text_path)
+            check(f"normalizer {form}: every code point {layout} normalized as tokenizers does ({len(want)} bytes)",
+                  got == [want], err or first_difference(got, want))
+
+
 def first_difference(got, want):
     if not got:
         return "no output"
