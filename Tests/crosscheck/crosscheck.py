@@ -1350,6 +1350,37 @@ def check_unicode_classes(binary, work):
               got == [want], err or first_difference(got, want))
 
 
+def check_word_characters(binary, work):
+    """Which code points count as word characters for an added token's `single_word` (Rust regex's
+    `\\w` in the library): every code point put before and after a single-word added token "QQ", which
+    is found (its id) only where neither neighbour is a word character."""
+    from tokenizers import Tokenizer
+
+    byte_chars = [c for c in range(ord("!"), ord("~") + 1)] + [c for c in range(0xA1, 0xAD)] + [c for c in range(0xAE, 0x100)]
+    alphabet = byte_chars + [256 + n for n in range(256 - len(byte_chars))]
+    vocab = {chr(c): i for i, c in enumerate(alphabet)}
+    path = os.path.join(work, "single-word.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"version": "1.0", "truncation": None, "padding": None, "normalizer": None,
+                   "added_tokens": [{"id": len(vocab), "content": "QQ", "single_word": True, "lstrip": False, "rstrip": False,
+                                     "normalized": False, "special": False}],
+                   "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+                   "post_processor": None, "decoder": None,
+                   "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                             "vocab": vocab, "merges": []}}, f, ensure_ascii=False)
+    points = [chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000 and c != ord("Q")]
+    text = " ".join(p + "QQ" for p in points) + " " + " ".join("QQ" + p for p in points)
+    text_path = os.path.join(work, "single-word.txt")
+    with open(text_path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    want = Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids
+    got, err = tokenize(binary, path, text_path)
+    found = want.count(len(vocab))
+    check(f"single_word: every code point before and after the token decides as tokenizers does ({found} matches)",
+          got == [want], err or first_difference(got, want))
+
+
 def check_normalizers(binary, work):
     """NFC and NFKC of every code point, each alone (between spaces) and all in one run (where marks
     reorder and compose across neighbours), against the library's, through tokenizers without merges
