@@ -28,12 +28,6 @@ public final class Terminal: Sendable {
         outExactly(Array((text + "\n").utf8))
     }
 
-    /// Writes a report for people whose lines hold names read from input files (tensor names, a
-    /// GGUF's metadata): control characters inside a line are escaped as diagnostics' are, so a
-    /// hostile file cannot move the cursor, retitle the window or hide lines on the reader's terminal.
-    public func outReport(_ text: String) {
-        out(text.split(separator: "\n", omittingEmptySubsequences: false).map { Self.escaped(String($0)) }.joined(separator: "\n"))
-    }
 
     /// Writes `bytes` to stdout as they are (no newline added): a result that is a file's content,
     /// such as decoded text. Failures are kept as `out`'s are.

@@ -25,7 +25,8 @@ struct GGUFVocabulary {
     /// `configJSON`: the checkpoint's `config.json` as read (its `*_token_id` fill what tokenizer_config.json leaves open).
     init(tokenizer: URL, config: DeepSeekConfig, configJSON: JSONValue, pre: String) throws {
         let path = tokenizer.appendingPathComponent("tokenizer.json").path
-        guard let json = try JSONSerialization.jsonObject(with: FilePath.readRegularFile(path)) as? [String: Any],
+        let data = try FilePath.readRegularFile(path)
+        guard let json = try JSONSerialization.jsonObject(with: data) as? [String: Any],
               let model = json["model"] as? [String: Any], model["type"] as? String == "BPE",
               let vocab = model["vocab"] as? [String: Int] else {
             throw Invalid(path: path, reason: "not a BPE tokenizer.json (model.type BPE with a vocab)")
@@ -35,21 +36,7 @@ struct GGUFVocabulary {
             if let pair = entry as? [String], pair.count == 2 { return pair.map { $0.replacingOccurrences(of: " ", with: "\u{0120}") }.joined(separator: " ") }
             throw Invalid(path: path, reason: "a merge is neither \"a b\" nor [a, b]")
         }
-        let declared = (json["added_tokens"] as? [[String: Any]] ?? []).compactMap { t -> (content: String, special: Bool)? in
-            guard t["id"] is Int, let content = t["content"] as? String else { return nil }
-            return (content, t["special"] as? Bool ?? false)
-        }
-        // llama.cpp's converter reads the vocabulary through transformers, so added tokens carry the
-        // ids the tokenizers library gives them, not necessarily the ones the file declares.
-        let tokenOfID = Dictionary(vocab.map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
-        let addedIDs: [Int?]
-        do {
-            addedIDs = try AddedTokenIDs.assign(contents: declared.map(\.content), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
-                                           vocabularyCount: vocab.count)
-        } catch {
-            throw Invalid(path: path, reason: error.reason)
-        }
-        let added = zip(declared, addedIDs).compactMap { token, id in id.map { (id: $0, content: token.content, special: token.special) } }
+        let added = try Self.addedTokens(data, path: path, vocab: vocab)
         let n = config.vocabSize
         var tokens = (0..<n).map { "[PAD\($0)]" }
         var types = [TokenType](repeating: .unused, count: n)
@@ -75,7 +62,22 @@ struct GGUFVocabulary {
         let tokenizerConfigPath = tokenizer.appendingPathComponent("tokenizer_config.json").path
         let tokenizerConfig = FileEntry.lstat(tokenizerConfigPath) != nil
             ? (try JSONSerialization.jsonObject(with: FilePath.readRegularFile(tokenizerConfigPath)) as? [String: Any] ?? [:]) : [:]
+        entries += try Self.specialIDs(added: added, vocab: vocab, tokenizerConfig: tokenizerConfig, configJSON: configJSON, size: n, path: path)
+        for (kind, flag) in Self.addSpecial(postProcessor: json["post_processor"] as? [String: Any], tokenizerConfig: tokenizerConfig) {
+            entries.append(GGUFMetadata("tokenizer.ggml.add_\(kind)_token", .bool(flag)))
+        }
+        if let template = tokenizerConfig["chat_template"] as? String, !template.isEmpty {
+            entries.append(GGUFMetadata("tokenizer.chat_template", .string(template)))
+        }
+        metadata = entries
+    }
+
+    /// `tokenizer.ggml.*_token_id`: the token tokenizer_config.json names for each kind (an added
+    /// token's id first, then the vocabulary's), else config.json's `*_token_id`.
+    static func specialIDs(added: [AddedToken], vocab: [String: Int], tokenizerConfig: [String: Any], configJSON: JSONValue,
+                           size n: Int, path: String) throws -> [GGUFMetadata] {
         let ids = Dictionary(added.map { ($0.content, $0.id) }, uniquingKeysWith: { a, _ in a })
+        var entries: [GGUFMetadata] = []
         for (kind, key) in [("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("sep", "seperator_token_id"), ("pad", "padding_token_id")] {
             let declared = tokenizerConfig["\(kind)_token"]
             let content = (declared as? String) ?? ((declared as? [String: Any])?["content"] as? String)
@@ -88,13 +90,18 @@ struct GGUFVocabulary {
                 entries.append(GGUFMetadata("tokenizer.ggml.\(key)", .uint32(UInt32(id))))
             }
         }
-        for (kind, flag) in Self.addSpecial(postProcessor: json["post_processor"] as? [String: Any], tokenizerConfig: tokenizerConfig) {
-            entries.append(GGUFMetadata("tokenizer.ggml.add_\(kind)_token", .bool(flag)))
-        }
-        if let template = tokenizerConfig["chat_template"] as? String, !template.isEmpty {
-            entries.append(GGUFMetadata("tokenizer.chat_template", .string(template)))
-        }
-        metadata = entries
+        return entries
+    }
+
+    /// The added tokens with the ids the tokenizers library gives them, as `tokenize` reads them
+    /// (`AddedVocabulary`): llama.cpp's converter reads the vocabulary through transformers, which
+    /// holds those ids, not necessarily the declared ones.
+    static func addedTokens(_ data: Data, path: String, vocab: [String: Int]) throws -> [AddedToken] {
+        let root: JSONValue
+        do { root = try JSONParser.parse(data) } catch { throw TokenizerError.invalidJSON(file: path, reason: "\(error)") }
+        let tokenOfID = Dictionary(vocab.map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
+        return try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
+                                   vocabularyCount: vocab.count, file: path).tokens
     }
 
     /// Whether llama.cpp adds BOS / EOS, decided as llama.cpp's converter (gguf-py's SpecialVocab) decides it: the

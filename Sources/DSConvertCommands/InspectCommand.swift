@@ -30,7 +30,7 @@ public enum InspectCommand: Command {
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 terminal.out(String(decoding: try encoder.encode(report), as: UTF8.self))
             } else {
-                terminal.outReport(report.text())
+                terminal.out(report.text())
             }
             return ExitCode.success
         }
@@ -57,7 +57,7 @@ public enum InspectCommand: Command {
         if arguments.flag("json") {
             terminal.out(String(decoding: try report.encoded(), as: UTF8.self).trimmingCharacters(in: .newlines))
         } else {
-            terminal.outReport(report.text())
+            terminal.out(report.text())
         }
         if let first = report.check.problems.first {
             let more = report.check.problems.count > 1 ? " (and \(report.check.problems.count - 1) more problems)" : ""

@@ -1,3 +1,4 @@
+import CLI
 import DeepSeekModel
 import Foundation
 import SafeTensors
@@ -160,7 +161,7 @@ public struct InspectReport: Encodable {
     }
 
     public func text() -> String {
-        (["\(path): \(architecture) (\(modelType))"] + architectureLines() + cacheLines() + contentLines()).joined(separator: "\n")
+        (["\(path): \(architecture) (\(Terminal.escaped(modelType)))"] + architectureLines() + cacheLines() + contentLines()).joined(separator: "\n")
     }
 
     /// One labelled line of the text report.
@@ -207,7 +208,7 @@ public struct InspectReport: Encodable {
         }
         lines.append(row("", "MHA of these dimensions \(Format.grouped(accounting.mhaKVBytesPerToken)) B/token; DeepSeek 67B (GQA, 95 layers) \(Format.grouped(accounting.deepSeek67BKVBytesPerToken)) B/token"))
         if let kv = kvCacheDeclared {
-            lines.append(row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \($0.source)" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration")))
+            lines.append(row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \(Terminal.escaped($0.source))" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration")))
         }
         lines.append(row("absorb cost", ""))
         // AbsorptionCost's init already built this table with checked arithmetic, so it cannot throw here.
@@ -233,12 +234,12 @@ public struct InspectReport: Encodable {
         case .configOnly: lines.append(row("check", "not run (no weights)"))
         case .invalid:
             lines.append(row("check", "INVALID: \(check.problems.count) problem(s)"))
-            for p in check.problems.prefix(20) { lines.append("    - " + p) }
+            for p in check.problems.prefix(20) { lines.append("    - " + Terminal.escaped(p)) }
             if check.problems.count > 20 { lines.append("    … \(check.problems.count - 20) more") }
         }
         if let tensors {
             lines.append("  tensors:")
-            for t in tensors { lines.append("    \(t.name)  \(t.dtype) \(t.shape)  \(t.file)") }
+            for t in tensors { lines.append("    \(Terminal.escaped(t.name))  \(t.dtype) \(t.shape)  \(Terminal.escaped(t.file))") }
         }
         return lines
     }

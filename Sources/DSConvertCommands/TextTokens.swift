@@ -34,6 +34,13 @@ enum TextTokens {
         return [URL(fileURLWithPath: path), directory.appendingPathComponent("tokenizer_config.json")]
     }
 
+    /// The tokenizer at `path` (a tokenizer.json or its directory), its load notes said on stderr.
+    static func loadTokenizer(_ path: String, terminal: Terminal) throws -> Tokenizer {
+        let tokenizer = try Tokenizer.load(path: path)
+        for note in tokenizer.notes { terminal.note(note) }
+        return tokenizer
+    }
+
     /// The text's rows, or nil without `--TEXT`. Rows start with BOS when the tokenizer's
     /// `tokenizer_config.json` says `add_bos_token`, as the model saw its training text.
     static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal, text: String = "text", tokens: String = "tokens") throws -> (rows: [[Int]], label: String)? {
@@ -44,8 +51,7 @@ enum TextTokens {
             return nil
         }
         if arguments.value(tokens) != nil { throw UsageError("give either --\(tokens) or --\(text)") }
-        let tokenizer = try Tokenizer.load(path: try arguments.path("tokenizer") ?? model.path)
-        for note in tokenizer.notes { terminal.note(note) }
+        let tokenizer = try loadTokenizer(try arguments.path("tokenizer") ?? model.path, terminal: terminal)
         let seqLen = try arguments.value("seq-len").map { _ in try arguments.integer("seq-len", default: 0, in: 1...(1 << 20)) }
         let maxTokens = try arguments.value("max-tokens").map { _ in try arguments.integer("max-tokens", default: 0, in: 1...(1 << 30)) }
         var bos: Int?

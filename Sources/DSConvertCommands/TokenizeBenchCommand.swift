@@ -28,8 +28,7 @@ public enum TokenizeBenchCommand: Command {
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
-        let tokenizer = try Tokenizer.load(path: try arguments.required("tokenizer"))
-        for note in tokenizer.notes { terminal.note(note) }
+        let tokenizer = try TextTokens.loadTokenizer(try arguments.required("tokenizer"), terminal: terminal)
         let runs = try arguments.integer("runs", default: 3, in: 1...50)
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-bench-tokenize-\(getpid())")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)

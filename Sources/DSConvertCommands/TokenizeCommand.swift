@@ -42,8 +42,7 @@ public enum TokenizeCommand: Command {
             output = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: TextTokens.tokenizerFiles(tokenizerPath) + [URL(fileURLWithPath: inputPath)],
                                                         force: arguments.flag("force"))
         }
-        let tokenizer = try Tokenizer.load(path: tokenizerPath)
-        for note in tokenizer.notes { terminal.note(note) }
+        let tokenizer = try TextTokens.loadTokenizer(tokenizerPath, terminal: terminal)
         let result: Data
         if decode {
             let ids = try TokenFile.load(URL(fileURLWithPath: inputPath)).flatMap { $0 }

@@ -85,20 +85,25 @@ public enum ValidateCommand: Command {
             terminal.note(String(format: "timing: %.2f s wall; weights %.2f s, compute %.2f s; prefetched %.2f GB in %.2f s alongside",
                                  t.wallSeconds, t.weightSeconds, t.computeSeconds, Double(t.prefetchedBytes) / 1e9, t.prefetchSeconds))
         }
-        switch jsonTarget {
-        case .standardOutput:
-            // stdout carries the JSON alone, for a pipe; the table still reaches the person on stderr.
-            for line in report.table().split(separator: "\n", omittingEmptySubsequences: false) { terminal.note(String(line)) }
-            terminal.outExactly([UInt8](try report.encoded()))
-        case .file, nil:
-            terminal.out(report.table())
-            if let jsonURL { try AtomicFile.write(try report.encoded(), to: jsonURL) }
-        }
+        try write(report, json: jsonTarget, checkedURL: jsonURL, terminal: terminal)
         if let worst = report.verdict.failures.first {
             terminal.error("dsconvert validate", "drift over threshold: \(worst)" + (report.verdict.failures.count > 1 ? " (\(report.verdict.failures.count) metrics over)" : ""))
             return ExitCode.failure
         }
         return ExitCode.success
+    }
+
+    /// The table on stdout and the JSON to its file; with `--json -` the JSON alone on stdout (for a
+    /// pipe) and the table, for the person, on stderr.
+    private static func write(_ report: DriftReport, json: OutputTarget?, checkedURL: URL?, terminal: Terminal) throws {
+        switch json {
+        case .standardOutput:
+            for line in report.table().split(separator: "\n", omittingEmptySubsequences: false) { terminal.note(String(line)) }
+            terminal.outExactly([UInt8](try report.encoded()))
+        case .file, nil:
+            terminal.out(report.table())
+            if let checkedURL { try AtomicFile.write(try report.encoded(), to: checkedURL) }
+        }
     }
 
     static func parseThresholds(_ arguments: ParsedArguments) throws -> DriftThresholds {

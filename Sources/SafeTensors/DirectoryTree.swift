@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,10 +9,14 @@ import Glibc
 ///
 /// A walk by path checks an entry with `lstat` and then enters it by name: if the entry is swapped
 /// for a symbolic link in between, the walk continues in whatever the link names. Here every
-/// directory is opened relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`, so a link
-/// is never entered (the open fails, and the link itself is what gets unlinked), and each directory
-/// opened is checked to be the one `fstatat` described (same device and inode).
+/// directory is opened relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY` and
+/// checked to be the one `fstatat` described (same device and inode), so a link is never entered:
+/// an entry that stopped being that directory is examined again (a link is then unlinked), up to a
+/// few times before the walk gives up on it with an error.
 enum DirectoryTree {
+    /// A seam for the race test: called with a subdirectory's path between `fstatat` and `openat`.
+    static let beforeOpeningSubdirectory = Mutex<(@Sendable (String) -> Void)?>(nil)
+
     /// Removes `url` and everything under it; symbolic links inside are unlinked, never followed.
     /// A missing `url` is not an error.
     static func remove(_ url: URL) throws {
@@ -33,32 +38,47 @@ enum DirectoryTree {
     private static func removeLinksAndSpecialFiles(in fd: Int32, path: String, refuse: (String) -> Error, removed: (String, Bool) -> Void) throws {
         for name in try entries(of: fd, path: path) {
             let child = path + "/" + name
-            guard let entry = try entry(name, in: fd, path: child) else { continue }
-            switch entry.kind {
-            case .regular:
-                continue
-            case .directory:
-                guard entry.owner == geteuid() else { throw refuse(child) }
-                let childFD = try openDirectory(name, in: fd, path: child, expected: entry)
-                defer { close(childFD) }
-                try removeLinksAndSpecialFiles(in: childFD, path: child, refuse: refuse, removed: removed)
-            case .symbolicLink, .other:
-                try systemCall("unlink", path: child) { unlinkat(fd, name, 0) }
-                removed(child, entry.kind == .symbolicLink)
+            try examined(name, in: fd, path: child) { entry in
+                switch entry.kind {
+                case .regular:
+                    return true
+                case .directory:
+                    guard entry.owner == geteuid() else { throw refuse(child) }
+                    guard let childFD = try openDirectory(name, in: fd, path: child, expected: entry) else { return false }
+                    defer { close(childFD) }
+                    try removeLinksAndSpecialFiles(in: childFD, path: child, refuse: refuse, removed: removed)
+                case .symbolicLink, .other:
+                    try systemCall("unlink", path: child) { unlinkat(fd, name, 0) }
+                    removed(child, entry.kind == .symbolicLink)
+                }
+                return true
             }
         }
     }
 
     private static func removeEntry(_ name: String, in parentFD: Int32, path: String) throws {
-        guard let entry = try entry(name, in: parentFD, path: path) else { return }
-        if entry.kind == .directory {
-            let fd = try openDirectory(name, in: parentFD, path: path, expected: entry)
-            defer { close(fd) }
-            for child in try entries(of: fd, path: path) { try removeEntry(child, in: fd, path: path + "/" + child) }
-            try systemCall("rmdir", path: path) { unlinkat(parentFD, name, AT_REMOVEDIR) }
-        } else {
-            try systemCall("unlink", path: path) { unlinkat(parentFD, name, 0) }
+        try examined(name, in: parentFD, path: path) { entry in
+            if entry.kind == .directory {
+                guard let fd = try openDirectory(name, in: parentFD, path: path, expected: entry) else { return false }
+                defer { close(fd) }
+                for child in try entries(of: fd, path: path) { try removeEntry(child, in: fd, path: path + "/" + child) }
+                try systemCall("rmdir", path: path) { unlinkat(parentFD, name, AT_REMOVEDIR) }
+            } else {
+                try systemCall("unlink", path: path) { unlinkat(parentFD, name, 0) }
+            }
+            return true
         }
+    }
+
+    /// Runs `act` on what `name` is now; `act` returns false when the entry changed under it (a
+    /// directory swapped for a link or another directory), and it is examined again, at most
+    /// `attempts` times. Nothing there (any more) is not an error.
+    private static func examined(_ name: String, in fd: Int32, path: String, attempts: Int = 4, _ act: (FileEntry) throws -> Bool) throws {
+        for _ in 0..<attempts {
+            guard let entry = try entry(name, in: fd, path: path) else { return }
+            if try act(entry) { return }
+        }
+        throw SystemCallError(call: "open", path: path, code: ESTALE)
     }
 
     /// The entry `name` of the directory `fd` itself (a link is described, not followed); nil when gone.
@@ -76,14 +96,21 @@ enum DirectoryTree {
         try systemCall("open", path: path) { open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
     }
 
-    /// Opens the subdirectory `name` of `parentFD`, refusing anything but the directory `expected`
-    /// described: a link (O_NOFOLLOW), or another directory moved into its place since.
-    private static func openDirectory(_ name: String, in parentFD: Int32, path: String, expected: FileEntry) throws -> Int32 {
-        let fd = try systemCall("open", path: path) { openat(parentFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+    /// Opens the subdirectory `name` of `parentFD` if it is still the directory `expected` described;
+    /// nil when it is not (a link in its place fails O_NOFOLLOW with ELOOP, a file O_DIRECTORY with
+    /// ENOTDIR, another directory the inode check) or is gone.
+    private static func openDirectory(_ name: String, in parentFD: Int32, path: String, expected: FileEntry) throws -> Int32? {
+        if let hook = beforeOpeningSubdirectory.withLock({ $0 }) { hook(path) }
+        let fd: Int32
+        do {
+            fd = try systemCall("open", path: path) { openat(parentFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        } catch let error as SystemCallError where [ELOOP, ENOTDIR, ENOENT].contains(error.code) {
+            return nil
+        }
         var info = Glibc.stat()
         guard fstat(fd, &info) == 0, UInt64(info.st_dev) == expected.device, UInt64(info.st_ino) == expected.inode else {
             close(fd)
-            throw SystemCallError(call: "open", path: path, code: ESTALE)
+            return nil
         }
         return fd
     }

@@ -36,8 +36,7 @@ enum NormalizerStep: Sendable {
     }
 
     private static func isAfterLibraryUnicode(_ value: UInt32) -> Bool {
-        guard let age = Unicode.Scalar(value)?.properties.age else { return false }
-        return (age.major, age.minor) > libraryUnicode
+        Unicode.Scalar(value).map { UnicodeTables.isDated($0, after: libraryUnicode) } ?? false
     }
 
     private func normalized(_ scalars: ArraySlice<UInt32>) -> [UInt32] {

@@ -47,8 +47,8 @@ public final class Tokenizer: Sendable {
         normalizedMatcher = AddedTokenMatcher(tokens: normalized, patterns: normalized.map { token in
             definition.normalizers.reduce(UTF8Text.scalars(of: token.content)) { $1.apply($0[...]) }
         })
-        // Ids are distinct: `AddedTokenIDs` refuses a file where two tokens would share one.
-        addedByID = Dictionary(uniqueKeysWithValues: definition.addedTokens.map { ($0.id, $0) })
+        // `AddedTokenIDs` refuses a file where two added tokens would share an id.
+        addedByID = Dictionary(definition.addedTokens.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// The id of BOS as `tokenizer_config.json` names it, when the vocabulary holds it.

@@ -20,9 +20,12 @@ struct TokenizerDefinition {
         }
         normalizers = try Self.normalizers(root["normalizer"] ?? .null, file: file)
         preTokenizers = try Self.preTokenizers(root["pre_tokenizer"] ?? .null, file: file)
-        let declared = try Self.addedTokens(root["added_tokens"] ?? .array([]), file: file)
         model = try Self.model(root["model"], file: file)
-        (addedTokens, notes) = try Self.libraryIDs(declared, model: model, file: file)
+        let model = model
+        let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { model.vocab[$0].map(Int.init) },
+                                        vocabularyToken: { $0 >= 0 && $0 < model.tokenOfID.count ? model.tokenOfID[$0] : nil },
+                                        vocabularyCount: model.vocab.count, file: file)
+        (addedTokens, notes) = (added.tokens, added.notes)
         switch root["decoder"] {
         case nil, .null?: byteLevelDecoder = false
         case let decoder?:
@@ -94,53 +97,6 @@ struct TokenizerDefinition {
         case nil, .null?: return fallback
         case let .bool(value)?: return value
         default: throw TokenizerError.missingField(file: file, field: key)
-        }
-    }
-
-    /// `declared` as the `tokenizers` library holds it after loading: each content once, at the
-    /// place of its first entry, with the flags of its last (its id-to-token map keeps the last) and
-    /// the id `AddedTokenIDs` gives it; an empty content is dropped, as the library drops it.
-    private static func libraryIDs(_ declared: [AddedToken], model: BPEModel, file: String) throws -> ([AddedToken], [String]) {
-        let ids: [Int?]
-        do {
-            ids = try AddedTokenIDs.assign(contents: declared.map(\.content), vocabularyID: { model.vocab[$0].map(Int.init) },
-                                           vocabularyToken: { $0 >= 0 && $0 < model.tokenOfID.count ? model.tokenOfID[$0] : nil },
-                                           vocabularyCount: model.vocab.count)
-        } catch {
-            throw TokenizerError.addedTokenIDTaken(file: file, content: error.content, id: error.id, other: error.other)
-        }
-        var tokens: [AddedToken] = [], notes: [String] = []
-        var place: [String: Int] = [:]
-        for (entry, id) in zip(declared, ids) {
-            guard let id else { continue }
-            if id != entry.id {
-                notes.append("\(file): added token \(CompactJSON.quoted(entry.content)) declares id \(entry.id); the tokenizers library gives it \(id), which is used")
-            }
-            let token = entry.with(id: id)
-            if let i = place[entry.content] {
-                // A content listed as special and as not special is matched in two orders at once there.
-                guard tokens[i].special == entry.special else { throw TokenizerError.addedTokenListedTwice(file: file, content: entry.content) }
-                tokens[i] = token
-            } else {
-                place[entry.content] = tokens.count
-                tokens.append(token)
-            }
-        }
-        return (tokens, notes)
-    }
-
-    private static func addedTokens(_ json: JSONValue, file: String) throws -> [AddedToken] {
-        guard case let .array(items) = json else { throw TokenizerError.missingField(file: file, field: "added_tokens") }
-        return try items.map { item in
-            guard let id = item["id"]?.uint64, let content = item["content"]?.stringValue else {
-                throw TokenizerError.missingField(file: file, field: "added_tokens[].id/content")
-            }
-            // Ids are 32-bit in the encoder, as in the vocabulary (`model.vocab`).
-            guard id <= UInt64(Int32.max) else { throw TokenizerError.missingField(file: file, field: "added_tokens[\(CompactJSON.quoted(content))].id (ids must be below 2^31)") }
-            return AddedToken(id: Int(id), content: content, special: try flag(item, "special", default: false, file: file),
-                              lstrip: try flag(item, "lstrip", default: false, file: file), rstrip: try flag(item, "rstrip", default: false, file: file),
-                              singleWord: try flag(item, "single_word", default: false, file: file),
-                              normalized: try flag(item, "normalized", default: true, file: file))
         }
     }
 }

@@ -13,9 +13,12 @@ enum UnicodeTables {
     static let libraryUnicode = (major: 16, minor: 0)
 
     /// True for a scalar the library's Unicode does not have yet.
-    static func isAfterLibraryUnicode(_ scalar: Unicode.Scalar) -> Bool {
+    static func isAfterLibraryUnicode(_ scalar: Unicode.Scalar) -> Bool { isDated(scalar, after: libraryUnicode) }
+
+    /// True for a scalar that Unicode assigned after `version` (the runtime's `age` of it).
+    static func isDated(_ scalar: Unicode.Scalar, after version: (major: Int, minor: Int)) -> Bool {
         guard let age = scalar.properties.age else { return false }
-        return (age.major, age.minor) > libraryUnicode
+        return (age.major, age.minor) > version
     }
 
     /// General category code of every code point (surrogates: `.surrogate`).

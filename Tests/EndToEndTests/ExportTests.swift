@@ -104,10 +104,11 @@ final class ExportTests: XCTestCase {
     }
 
     /// A GGUF's strings reach the reader's terminal escaped: a name holding an OSC title sequence and a
-    /// tensor name holding a carriage return and an erase-line sequence are printed as \u{…} text.
+    /// newline, and a tensor name holding a carriage return and an erase-line sequence, are printed as
+    /// \u{…} text inside their own lines.
     func testInspectEscapesTheFilesStrings() throws {
         let metadata = [GGUFMetadata("general.architecture", .string("deepseek2")),
-                        GGUFMetadata("general.name", .string("m\u{1B}]0;owned\u{07}"))]
+                        GGUFMetadata("general.name", .string("m\u{1B}]0;owned\u{07}\nforged: ok"))]
         let tensors = GGUFEncoder.layout([GGUFTensorInfo(name: "a\r\u{1B}[2Kb", dimensions: [32], type: .f32)])
         var file = GGUFEncoder.header(metadata: metadata, tensors: tensors)
         file += [UInt8](repeating: 0, count: GGUFEncoder.padded(tensors[0].byteCount))
@@ -116,7 +117,8 @@ final class ExportTests: XCTestCase {
         let r = try runTool("dsconvert", ["inspect", path.path, "--tensors"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertFalse(r.stdout.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x0D }, r.stdout)
-        XCTAssertTrue(r.stdout.contains("(m\\u{1b}]0;owned\\u{7})"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("(m\\u{1b}]0;owned\\u{7}\\u{a}forged: ok)"), r.stdout)
+        XCTAssertFalse(r.stdout.contains("\nforged"), "a newline in a name cannot start a report line")
         XCTAssertTrue(r.stdout.contains("  a\\u{d}\\u{1b}[2Kb  "), r.stdout)
     }
 

@@ -188,6 +188,26 @@ final class OutputSafetyTests: XCTestCase {
         XCTAssertNil(FileEntry.lstat(out.temporaryURL.path))
     }
 
+    /// A subdirectory swapped for a link between the walk's look at it and its descent (the race a
+    /// walk by path loses): the link is unlinked, never entered, and the removal still completes.
+    func testASubdirectorySwappedForALinkMidWalkIsNotEntered() throws {
+        let outside = try make("outside", file: "precious")
+        let tree = try make("tree/sub", file: "shard").deletingLastPathComponent()
+        let moved = dir.appendingPathComponent("moved-away")
+        DirectoryTree.beforeOpeningSubdirectory.withLock { hook in
+            hook = { path in
+                guard path.hasSuffix("/tree/sub"), FileEntry.lstat(path)?.kind == .directory else { return }
+                _ = rename(path, moved.path)
+                _ = symlink(outside.path, path)
+            }
+        }
+        defer { DirectoryTree.beforeOpeningSubdirectory.withLock { $0 = nil } }
+        try DirectoryTree.remove(tree)
+        XCTAssertNil(FileEntry.lstat(tree.path))
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: outside.path), ["precious"])
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: moved.path), ["shard"], "the directory moved out of the tree is not the walk's")
+    }
+
     /// The sweep of an adopted directory unlinks links and special files at every depth through
     /// descriptors, keeps regular files and subdirectories, and leaves what the links name alone.
     func testResumeSweepUnlinksWithoutFollowing() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import SafeTensors
 
@@ -250,5 +251,31 @@ final class WriterTests: XCTestCase {
         try replaced.commit()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: final.path), ["h"], "no owner record left in the output")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["out"], "no work directories left behind")
+    }
+
+    /// `waitForAll`, which every executable's entry and every discard calls before going on, returns
+    /// only after each background task has run to its end and its captures are released (their
+    /// deinit, which closes files and returns buffers, is over too).
+    func testWaitForAllWaitsForTasksAndTheirCaptures() {
+        final class Flags: Sendable {
+            let ran = Mutex(false), released = Mutex(false)
+        }
+        final class Tracked: Sendable {
+            let flags: Flags
+            init(_ flags: Flags) { self.flags = flags }
+            deinit { flags.released.withLock { $0 = true } }
+        }
+        let flags = Flags()
+        let queue = DispatchQueue(label: "test.background")
+        do {
+            let tracked = Tracked(flags)
+            BackgroundWrites.run(on: queue) {
+                usleep(200_000)
+                tracked.flags.ran.withLock { $0 = true }
+            }
+        }
+        BackgroundWrites.waitForAll()
+        XCTAssertTrue(flags.ran.withLock { $0 }, "returned before the task ran")
+        XCTAssertTrue(flags.released.withLock { $0 }, "returned before the task's captures were released")
     }
 }

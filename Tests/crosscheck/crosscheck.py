@@ -1318,6 +1318,77 @@ def check_tokenizers(binary, work):
         check_rows(binary, directory, reference, texts[-1])
     print(f"tokenizers: {identical} of {len(DEEPSEEK_TOKENIZERS) * len(texts)} texts x DeepSeek tokenizers identical", flush=True)
     check_tokenizer_fixtures(binary, work)
+    check_added_token_ids(binary, work)
+    check_unicode_classes(binary, work)
+    check_normalizers(binary, work)
+    check_word_characters(binary, work)
+
+
+# ByteLevel's 256 characters (bytes_to_unicode), in byte order; a vocabulary of these and no merges
+# gives each byte of the pre-tokenized text its own id, so ids show exactly which bytes remain.
+BYTE_LEVEL_CHARS = [chr(c) for c in list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))]
+BYTE_LEVEL_CHARS += [chr(256 + n) for n in range(256 - len(BYTE_LEVEL_CHARS))]
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def write_byte_tokenizer(path, pre_tokenizer=BYTE_LEVEL, normalizer=None, added_tokens=(), vocab=None):
+    """A tokenizer.json of a BPE without merges over the byte-level characters (or `vocab`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": list(added_tokens), "normalizer": normalizer,
+                   "pre_tokenizer": pre_tokenizer, "post_processor": None, "decoder": None,
+                   "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                             "vocab": vocab if vocab is not None else {c: i for i, c in enumerate(BYTE_LEVEL_CHARS)}, "merges": []}},
+                  f, ensure_ascii=False)
+
+
+def check_added_token_ids(binary, work, cases=200):
+    """The added-token id rule on random files against the library: byte-level vocabularies whose ids
+    have gaps and run past the entry count, added tokens old and new with random declared ids and
+    repeats. Where the library ends with two tokens on one id, dsconvert must refuse the file;
+    everywhere else it must give the library's ids for a text of every added token."""
+    from tokenizers import Tokenizer
+
+    rng = random.Random(20261201)
+    alphabet = BYTE_LEVEL_CHARS
+    refused = agreed = 0
+    ok = True
+    for case in range(cases):
+        # No gaps; gaps and ids past the count; or a few tokens moved past the count (id 256 left free).
+        layout = case % 3
+        ids = rng.sample(range(256 + (40 if layout == 1 else 0)), 256)
+        if layout == 2:
+            moved = rng.sample(range(256), rng.randrange(1, 4))
+            for i, new_id in zip(moved, rng.sample(range(257, 300), len(moved))):
+                ids[i] = new_id
+        vocab = dict(zip(alphabet, ids))
+        # Vocabulary tokens among the added ones: low ids, and the highest (past the count when the ids run past it).
+        known = alphabet[:10] + sorted(vocab, key=vocab.get)[-10:]
+        contents = [rng.choice([f"<t{rng.randrange(6)}>", f"<t{rng.randrange(6)}>", rng.choice(known), ""]) for _ in range(rng.randrange(1, 8))]
+        added = [{"id": rng.randrange(300), "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for c in contents]
+        path = os.path.join(work, "added-ids-case.json")
+        write_byte_tokenizer(path, added_tokens=added, vocab=vocab)
+        reference = Tokenizer.from_file(path)
+        holders = {}
+        for token, i in list(vocab.items()) + [(c, reference.token_to_id(c)) for c in contents if c]:
+            holders.setdefault(i, set()).add(token)
+        shared = any(len(holders[reference.token_to_id(c)]) > 1 for c in contents if c)
+        text = " ".join(c for c in contents if c) or "a"
+        text_path = os.path.join(work, "added-ids-case.txt")
+        with open(text_path, "w", encoding="utf-8") as f:
+            f.write(text)
+        got, err = tokenize(binary, path, text_path)
+        if shared:
+            refused += 1
+            good = got is None and "already has that id" in err
+        else:
+            agreed += 1
+            good = got == [reference.encode(text, add_special_tokens=False).ids]
+        if not good:
+            ok = False
+            print(f"  case {case}: contents {contents}, shared {shared}: dsconvert {got} {err.strip()[:200]}")
+    check(f"added-token ids on {cases} random files: {agreed} as the library gives them, {refused} refused where it shares an id", ok)
 
 
 def check_unicode_classes(binary, work):
@@ -1326,24 +1397,14 @@ def check_unicode_classes(binary, work):
     the bytes of exactly the code points outside it, so equal ids mean equal classes everywhere."""
     from tokenizers import Tokenizer
 
-    byte_chars = [c for c in range(ord("!"), ord("~") + 1)] + [c for c in range(0xA1, 0xAD)] + [c for c in range(0xAE, 0x100)]
-    alphabet = byte_chars + [256 + n for n in range(256 - len(byte_chars))]
-    vocab = {chr(c): i for i, c in enumerate(alphabet)}
     text = "".join(chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000)
     text_path = os.path.join(work, "every-code-point.txt")
     with open(text_path, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     for pattern in ["\\p{L}", "\\p{M}", "\\p{N}", "\\p{P}", "\\p{S}", "\\s", "\\p{Lu}", "\\p{Nd}"]:
         path = os.path.join(work, "class-tokenizer.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-                       "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                           {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Removed", "invert": False},
-                           {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-                       "post_processor": None, "decoder": None,
-                       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                                 "vocab": vocab, "merges": []}}, f, ensure_ascii=False)
+        write_byte_tokenizer(path, {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Removed", "invert": False}, BYTE_LEVEL]})
         want = Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids
         got, err = tokenize(binary, path, text_path)
         check(f"unicode class {pattern}: every code point classed as tokenizers' Oniguruma classes it ({len(want)} bytes kept)",
@@ -1356,19 +1417,10 @@ def check_word_characters(binary, work):
     is found (its id) only where neither neighbour is a word character."""
     from tokenizers import Tokenizer
 
-    byte_chars = [c for c in range(ord("!"), ord("~") + 1)] + [c for c in range(0xA1, 0xAD)] + [c for c in range(0xAE, 0x100)]
-    alphabet = byte_chars + [256 + n for n in range(256 - len(byte_chars))]
-    vocab = {chr(c): i for i, c in enumerate(alphabet)}
     path = os.path.join(work, "single-word.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"version": "1.0", "truncation": None, "padding": None, "normalizer": None,
-                   "added_tokens": [{"id": len(vocab), "content": "QQ", "single_word": True, "lstrip": False, "rstrip": False,
-                                     "normalized": False, "special": False}],
-                   "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-                   "post_processor": None, "decoder": None,
-                   "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                             "vocab": vocab, "merges": []}}, f, ensure_ascii=False)
+    new_id = len(BYTE_LEVEL_CHARS)
+    write_byte_tokenizer(path, added_tokens=[{"id": new_id, "content": "QQ", "single_word": True, "lstrip": False, "rstrip": False,
+                                              "normalized": False, "special": False}])
     points = [chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000 and c != ord("Q")]
     text = " ".join(p + "QQ" for p in points) + " " + " ".join("QQ" + p for p in points)
     text_path = os.path.join(work, "single-word.txt")
@@ -1376,7 +1428,7 @@ def check_word_characters(binary, work):
         f.write(text)
     want = Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids
     got, err = tokenize(binary, path, text_path)
-    found = want.count(len(vocab))
+    found = want.count(new_id)
     check(f"single_word: every code point before and after the token decides as tokenizers does ({found} matches)",
           got == [want], err or first_difference(got, want))
 
@@ -1387,19 +1439,10 @@ def check_normalizers(binary, work):
     whose ids are the normalized text's bytes."""
     from tokenizers import Tokenizer
 
-    byte_chars = [c for c in range(ord("!"), ord("~") + 1)] + [c for c in range(0xA1, 0xAD)] + [c for c in range(0xAE, 0x100)]
-    alphabet = byte_chars + [256 + n for n in range(256 - len(byte_chars))]
-    vocab = {chr(c): i for i, c in enumerate(alphabet)}
     points = [chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c < 0xE000]
     for form in ["NFC", "NFKC"]:
         path = os.path.join(work, f"normalizer-{form}.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": {"type": form},
-                       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-                       "post_processor": None, "decoder": None,
-                       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                                 "vocab": vocab, "merges": []}}, f, ensure_ascii=False)
+        write_byte_tokenizer(path, normalizer={"type": form})
         reference = Tokenizer.from_file(path)
         for layout, text in [("each alone", " ".join(points)), ("in one run", "".join(points))]:
             text_path = os.path.join(work, "normalizer-text.txt")
