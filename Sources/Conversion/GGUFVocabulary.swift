@@ -100,8 +100,10 @@ struct GGUFVocabulary {
         let root: JSONValue
         do { root = try JSONParser.parse(data) } catch { throw TokenizerError.invalidJSON(file: path, reason: "\(error)") }
         let tokenOfID = Dictionary(vocab.map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
-        return try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
-                                   vocabularyCount: vocab.count, file: path).tokens
+        let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
+                                        vocabularyCount: vocab.count, file: path)
+        for note in added.notes { Diagnostics.note(note) }
+        return added.tokens
     }
 
     /// Whether llama.cpp adds BOS / EOS, decided as llama.cpp's converter (gguf-py's SpecialVocab) decides it: the

@@ -65,7 +65,7 @@ struct GGUFInspectReport: Encodable {
     }
 
     func text() -> String {
-        var lines = ["\(path): GGUF v\(version), \(architecture.map(Terminal.escaped) ?? "no architecture")\(name.map { " (\(Terminal.escaped($0)))" } ?? ""), file type \(fileType.map(String.init) ?? "-")",
+        var lines = ["\(Terminal.escaped(path)): GGUF v\(version), \(architecture.map(Terminal.escaped) ?? "no architecture")\(name.map { " (\(Terminal.escaped($0)))" } ?? ""), file type \(fileType.map(String.init) ?? "-")",
                      "  metadata        \(metadataEntries) entries\(vocabularySize.map { ", vocabulary \($0) tokens" } ?? "")",
                      "  tensors         \(tensorCount), \(tensorBytes) bytes of \(fileBytes)"]
         for t in types { lines.append("    \(t.type.padding(toLength: 6, withPad: " ", startingAt: 0)) \(t.tensors) tensors, \(t.bytes) bytes") }

@@ -78,7 +78,7 @@ enum DirectoryTree {
             guard let entry = try entry(name, in: fd, path: path) else { return }
             if try act(entry) { return }
         }
-        throw SystemCallError(call: "open", path: path, code: ESTALE)
+        throw OutputSafetyError.keepsChanging(path: path, attempts: attempts)
     }
 
     /// The entry `name` of the directory `fd` itself (a link is described, not followed); nil when gone.
@@ -97,8 +97,9 @@ enum DirectoryTree {
     }
 
     /// Opens the subdirectory `name` of `parentFD` if it is still the directory `expected` described;
-    /// nil when it is not (a link in its place fails O_NOFOLLOW with ELOOP, a file O_DIRECTORY with
-    /// ENOTDIR, another directory the inode check) or is gone.
+    /// nil when it is not (a link or a file in its place fails with ENOTDIR — Linux reports a link
+    /// under O_DIRECTORY | O_NOFOLLOW so; ELOOP is handled alike — another directory fails the inode
+    /// check) or is gone.
     private static func openDirectory(_ name: String, in parentFD: Int32, path: String, expected: FileEntry) throws -> Int32? {
         if let hook = beforeOpeningSubdirectory.withLock({ $0 }) { hook(path) }
         let fd: Int32

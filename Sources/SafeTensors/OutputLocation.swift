@@ -14,6 +14,7 @@ public enum OutputSafetyError: LocalizedError, Equatable, Sendable {
     case notReplaceable(output: String, holds: String)
     case workDirectoryNotOwn(path: String)
     case anotherConversion(output: String, pid: Int32)
+    case keepsChanging(path: String, attempts: Int)
 
     public var errorDescription: String? {
         switch self {
@@ -33,6 +34,8 @@ public enum OutputSafetyError: LocalizedError, Equatable, Sendable {
             return "\(path): a work directory under this name is a symbolic link or belongs to another user; remove it yourself if it is safe"
         case let .anotherConversion(output, pid):
             return "\(output): cannot create output: another conversion (pid \(pid)) is writing this output"
+        case let .keepsChanging(path, attempts):
+            return "\(path): changed under a work directory's removal \(attempts) times in a row (something else is writing there); left as it is"
         }
     }
 }

@@ -34,13 +34,13 @@ public struct AddedVocabulary: Sendable {
         } catch {
             throw TokenizerError.addedTokenIDTaken(file: file, content: error.content, id: error.id, other: error.other)
         }
-        var tokens: [AddedToken] = [], notes: [String] = []
+        var tokens: [AddedToken] = [], notes: [String] = [], said: Set<String> = []
         var place: [String: Int] = [:]
         for (entry, id) in zip(declared, ids) {
             guard let id else { continue }
             let note = "\(file): added token \(CompactJSON.quoted(entry.content)) declares id \(entry.id); the tokenizers library gives it \(id), which is used"
             // A content listed twice with the same declaration is said once.
-            if id != entry.id, !notes.contains(note) { notes.append(note) }
+            if id != entry.id, said.insert(note).inserted { notes.append(note) }
             let token = entry.with(id: id)
             if let i = place[entry.content] {
                 // A content listed as special and as not special is matched in two orders at once there.
@@ -54,19 +54,23 @@ public struct AddedVocabulary: Sendable {
         (self.tokens, self.notes) = (tokens, notes)
     }
 
-    /// The entries as the file lists them; one without an id or content, or with an id of 2^31 or
-    /// more, is refused.
+    /// The entries as the file lists them, read as strictly as the library reads them: an id that is
+    /// not a 32-bit unsigned number, or a missing flag, refuses the file (the declared id itself is
+    /// only compared with the library's).
     private static func entries(_ json: JSONValue, file: String) throws -> [AddedToken] {
         guard case let .array(items) = json else { throw TokenizerError.missingField(file: file, field: "added_tokens") }
         return try items.map { item in
             guard let id = item["id"]?.uint64, let content = item["content"]?.stringValue else {
                 throw TokenizerError.missingField(file: file, field: "added_tokens[].id/content")
             }
-            // Ids are 32-bit in the encoder, as in the vocabulary (`model.vocab`).
-            guard id <= UInt64(Int32.max) else { throw TokenizerError.missingField(file: file, field: "added_tokens[\(CompactJSON.quoted(content))].id (ids must be below 2^31)") }
-            func flag(_ key: String, _ fallback: Bool) throws -> Bool { try TokenizerDefinition.flag(item, key, default: fallback, file: file) }
-            return AddedToken(id: Int(id), content: content, special: try flag("special", false), lstrip: try flag("lstrip", false),
-                              rstrip: try flag("rstrip", false), singleWord: try flag("single_word", false), normalized: try flag("normalized", true))
+            let field = "added_tokens[\(CompactJSON.quoted(content))]"
+            guard id <= UInt64(UInt32.max) else { throw TokenizerError.missingField(file: file, field: "\(field).id (a 32-bit id, as the library reads it)") }
+            func flag(_ key: String) throws -> Bool {
+                guard case let .bool(value)? = item[key] else { throw TokenizerError.missingField(file: file, field: "\(field).\(key)") }
+                return value
+            }
+            return AddedToken(id: Int(id), content: content, special: try flag("special"), lstrip: try flag("lstrip"),
+                              rstrip: try flag("rstrip"), singleWord: try flag("single_word"), normalized: try flag("normalized"))
         }
     }
 }

@@ -208,6 +208,26 @@ final class OutputSafetyTests: XCTestCase {
         XCTAssertEqual(try fm.contentsOfDirectory(atPath: moved.path), ["shard"], "the directory moved out of the tree is not the walk's")
     }
 
+    /// The same race in the sweep of an adopted directory: the link put in the subdirectory's place
+    /// is unlinked (and said), what it names is untouched.
+    func testTheResumeSweepDoesNotEnterADirectorySwappedForALink() throws {
+        let outside = try make("outside", file: "precious")
+        let work = try make(".dsconvert-partial-out-4194399/device-0", file: "shard").deletingLastPathComponent()
+        DirectoryTree.beforeOpeningSubdirectory.withLock { hook in
+            hook = { path in
+                guard path.hasSuffix("/device-0"), FileEntry.lstat(path)?.kind == .directory else { return }
+                _ = rename(path, path + "-moved")
+                _ = symlink(outside.path, path)
+            }
+        }
+        defer { DirectoryTree.beforeOpeningSubdirectory.withLock { $0 = nil } }
+        var removed: [String] = []
+        try DirectoryTree.removeLinksAndSpecialFiles(under: work, refuse: { OutputSafetyError.workDirectoryNotOwn(path: $0) }) { path, _ in removed.append(path) }
+        XCTAssertEqual(removed, [work.appendingPathComponent("device-0").path])
+        XCTAssertNil(FileEntry.lstat(work.appendingPathComponent("device-0").path))
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: outside.path), ["precious"])
+    }
+
     /// The sweep of an adopted directory unlinks links and special files at every depth through
     /// descriptors, keeps regular files and subdirectories, and leaves what the links name alone.
     func testResumeSweepUnlinksWithoutFollowing() throws {
