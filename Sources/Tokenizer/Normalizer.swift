@@ -42,14 +42,20 @@ enum NormalizerStep: Sendable {
     private func normalized(_ scalars: ArraySlice<UInt32>) -> [UInt32] {
         var decomposed: [Unicode.Scalar] = []
         decomposed.reserveCapacity(scalars.count)
+        // Foundation is asked once per distinct scalar of the piece.
+        var decompositions: [UInt32: [Unicode.Scalar]] = [:]
         for value in scalars {
             guard let scalar = Unicode.Scalar(value) else { continue }
             if scalar.isASCII { decomposed.append(scalar); continue }
+            if let known = decompositions[value] { decomposed += known; continue }
             let alone = String(String.UnicodeScalarView([scalar]))
+            let parts: [Unicode.Scalar]
             switch self {
-            case .nfc: decomposed += alone.decomposedStringWithCanonicalMapping.unicodeScalars
-            case .nfkc: decomposed += alone.decomposedStringWithCompatibilityMapping.unicodeScalars
+            case .nfc: parts = Array(alone.decomposedStringWithCanonicalMapping.unicodeScalars)
+            case .nfkc: parts = Array(alone.decomposedStringWithCompatibilityMapping.unicodeScalars)
             }
+            decompositions[value] = parts
+            decomposed += parts
         }
         Self.orderCanonically(&decomposed)
         return Self.composeCanonically(decomposed).map(\.value)
@@ -68,7 +74,8 @@ enum NormalizerStep: Sendable {
             if let s = starter {
                 let adjacent = s == result.count - 1
                 let lastClass = result[result.count - 1].properties.canonicalCombiningClass.rawValue
-                if adjacent || (lastClass != 0 && lastClass < cc) {
+                // No primary composite ends in an ASCII scalar.
+                if !scalar.isASCII, adjacent || (lastClass != 0 && lastClass < cc) {
                     let key = UInt64(result[s].value) << 32 | UInt64(scalar.value)
                     let composite = composites[key] ?? primaryComposite(result[s], scalar)
                     composites[key] = composite
