@@ -318,12 +318,27 @@ final class BadInputCatalogTests: XCTestCase {
                 // The JSON escape \u001b puts a raw ESC into the name; the error must print it escaped.
                 try quantize(self.single(work, self.rawFile(#"{"\u001b[2J\u001b[31mw":{"dtype":"Q7","shape":[4],"data_offsets":[0,4]}}"#, data: 4)), work.appendingPathComponent("out"))
             }, status: 1, fragment: #"tensor '\u{1b}[2J\u{1b}[31mw': unknown dtype"#),
+            Case(name: "'-' where only a path goes", prepare: { _ in ["quantize", "--fp8", "--input", lite.path, "--output", "-"] },
+                 status: 64, fragment: "--output takes a path, not '-'", directory: "."),
+            Case(name: "added tokens the library would put on one id", prepare: { work in
+                let text = work.appendingPathComponent("text.txt")
+                try Data("a<s>b".utf8).write(to: text)
+                return ["tokenize", "--tokenizer", fixtures.appendingPathComponent("tokenizers/bad-added-id.json").path, "--text", text.path]
+            }, status: 1, fragment: "already has that id"),
+            Case(name: "an added token without one of its flags", prepare: { work in
+                var json = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("tokenizers/v3-style.json"))) as! [String: Any]
+                json["added_tokens"] = [["id": 999, "content": "<x>", "special": true, "lstrip": false, "rstrip": false, "normalized": false]]
+                let tokenizer = work.appendingPathComponent("tokenizer.json"), text = work.appendingPathComponent("text.txt")
+                try JSONSerialization.data(withJSONObject: json).write(to: tokenizer)
+                try Data("a<x>b".utf8).write(to: text)
+                return ["tokenize", "--tokenizer", tokenizer.path, "--text", text.path]
+            }, status: 1, fragment: #"added_tokens["<x>"].single_word"#),
         ]
     }
 
     func testCatalog() throws {
         let all = cases + numberCases
-        XCTAssertGreaterThanOrEqual(all.count, 80, "the README counts the classes")
+        XCTAssertGreaterThanOrEqual(all.count, 83, "the README counts the classes")
         for (i, c) in all.enumerated() {
             let work = dir.appendingPathComponent("case-\(i)")
             try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
