@@ -9,6 +9,8 @@ public struct OptionSpec: Sendable {
         case path
         /// A file to write, or "-" for standard output (`ParsedArguments.output`).
         case pathOrStandardOutput
+        /// A file to read, or "-" for standard input (`ParsedArguments.input`).
+        case pathOrStandardInput
     }
 
     public let name: String
@@ -23,9 +25,13 @@ public struct OptionSpec: Sendable {
         self.init(name, short: short, valueName: valueName, kind: .text, repeatable: repeatable, help: help)
     }
 
-    /// An option whose value is a path: `standardOutput` lets "-" mean standard output.
-    public init(_ name: String, path valueName: String, standardOutput: Bool = false, repeatable: Bool = false, help: String) {
-        self.init(name, short: nil, valueName: valueName, kind: standardOutput ? .pathOrStandardOutput : .path, repeatable: repeatable, help: help)
+    /// An option whose value is a path: `standardOutput` (an output) or `standardInput` (an input)
+    /// lets "-" mean that stream.
+    public init(_ name: String, path valueName: String, standardOutput: Bool = false, standardInput: Bool = false, repeatable: Bool = false,
+                help: String) {
+        precondition(!(standardOutput && standardInput), "an option is an input or an output")
+        let kind: ValueKind = standardOutput ? .pathOrStandardOutput : standardInput ? .pathOrStandardInput : .path
+        self.init(name, short: nil, valueName: valueName, kind: kind, repeatable: repeatable, help: help)
     }
 
     private init(_ name: String, short: Character?, valueName: String?, kind: ValueKind, repeatable: Bool, help: String) {
@@ -41,6 +47,12 @@ public struct OptionSpec: Sendable {
 /// Where an output option sends its result.
 public enum OutputTarget: Sendable, Equatable {
     case standardOutput
+    case file(String)
+}
+
+/// Where an input option's bytes come from.
+public enum InputSource: Sendable, Equatable {
+    case standardInput
     case file(String)
 }
 
@@ -137,6 +149,12 @@ public struct ParsedArguments: Sendable {
         return v == "-" ? .standardOutput : .file(v)
     }
 
+    /// An input option declared with `standardInput: true`: "-" is standard input.
+    public func input(_ name: String) throws -> InputSource? {
+        guard let v = try path(name) else { return nil }
+        return v == "-" ? .standardInput : .file(v)
+    }
+
     /// An integer option within `range`.
     public func integer(_ name: String, default fallback: Int, in range: ClosedRange<Int> = Int.min...Int.max) throws -> Int {
         guard let text = value(name) else { return fallback }
@@ -222,7 +240,7 @@ public enum ArgumentParser {
         switch option.valueKind {
         case .text:
             return
-        case .path, .pathOrStandardOutput:
+        case .path, .pathOrStandardOutput, .pathOrStandardInput:
             // "" would name the current directory.
             guard !value.isEmpty else { throw UsageError("--\(option.name) must not be empty") }
             if option.valueKind == .path, value == "-" {

@@ -16,11 +16,12 @@ public enum TokenizeCommand: Command {
         tokenizers' encode(text, add_special_tokens=False).ids; with --seq-len N, consecutive rows of
         N ids, the tail shorter than N dropped (said on stderr). --add-bos starts every row with the
         BOS id (a row of N then holds N-1 text ids). --decode reads --tokens and writes the text of
-        all rows in order (special tokens kept). Without --output the result goes to stdout.
+        all rows in order (special tokens kept). --text - reads the text from standard input. Without
+        --output the result goes to stdout.
         """,
         options: [
             OptionSpec("tokenizer", path: "PATH", help: "tokenizer.json, or a model directory holding one."),
-            OptionSpec("text", path: "FILE", help: "UTF-8 text to encode."),
+            OptionSpec("text", path: "FILE", standardInput: true, help: "UTF-8 text to encode; - reads standard input."),
             OptionSpec("output", path: "FILE", standardOutput: true, help: "Where to write the tokens (or, with --decode, the text); default or -: stdout."),
             OptionSpec("seq-len", value: "N", help: "Rows of N ids instead of one row."),
             OptionSpec("add-bos", help: "Start every row with the BOS id."),
@@ -33,22 +34,26 @@ public enum TokenizeCommand: Command {
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let tokenizerPath = try arguments.required("tokenizer")
         let decode = arguments.flag("decode")
-        let inputPath = try arguments.required(decode ? "tokens" : "text")
         if decode, arguments.value("text") != nil { throw UsageError("--decode reads --tokens, not --text") }
         if !decode, arguments.value("tokens") != nil { throw UsageError("--tokens is read only with --decode") }
+        let input: InputSource = decode ? .file(try arguments.required("tokens")) : try arguments.input("text") ?? .file(try arguments.required("text"))
         // Checked before any work: never over the tokenizer's files or an input, never over a file without --force.
         var output: URL?
         if case .file(let path) = try arguments.output("output") {
-            output = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: TextTokens.tokenizerFiles(tokenizerPath) + [URL(fileURLWithPath: inputPath)],
-                                                        force: arguments.flag("force"))
+            var inputs = TextTokens.tokenizerFiles(tokenizerPath)
+            if case .file(let inputPath) = input { inputs.append(URL(fileURLWithPath: inputPath)) }
+            output = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: inputs, force: arguments.flag("force"))
         }
         let tokenizer = try TextTokens.loadTokenizer(tokenizerPath, terminal: terminal)
         let result: Data
-        if decode {
-            let ids = try TokenFile.load(URL(fileURLWithPath: inputPath)).flatMap { $0 }
+        switch (decode, input) {
+        case (true, .file(let path)):
+            let ids = try TokenFile.load(URL(fileURLWithPath: path)).flatMap { $0 }
             result = Data(try tokenizer.decode(ids).utf8)
-        } else {
-            result = Data(try encode(tokenizer, textPath: inputPath, arguments: arguments, terminal: terminal))
+        case (true, .standardInput):
+            preconditionFailure("--tokens is a path option")
+        case (false, _):
+            result = Data(try encode(tokenizer, text: input, arguments: arguments, terminal: terminal))
         }
         if let output {
             try AtomicFile.write(result, to: output)
@@ -60,16 +65,26 @@ public enum TokenizeCommand: Command {
         return ExitCode.success
     }
 
-    private static func encode(_ tokenizer: Tokenizer, textPath: String, arguments: ParsedArguments, terminal: Terminal) throws -> [UInt8] {
+    private static func encode(_ tokenizer: Tokenizer, text: InputSource, arguments: ParsedArguments, terminal: Terminal) throws -> [UInt8] {
         let seqLen = try arguments.value("seq-len").map { _ in try arguments.integer("seq-len", default: 0, in: 1...(1 << 24)) }
         var bos: Int?
         if arguments.flag("add-bos") {
             guard let id = tokenizer.bosID else { throw TokenizerError.noBOSToken(file: tokenizer.file) }
             bos = id
         }
-        let bytes: [UInt8]
-        do { bytes = [UInt8](try FilePath.readRegularFile(textPath)) } catch {
-            throw TokenizerError.cannotRead(file: textPath, reason: TokenizerError.reading(error))
+        let bytes: [UInt8], textPath: String
+        switch text {
+        case .standardInput:
+            textPath = "standard input"
+            // The throwing read: the older readDataToEndOfFile traps on a read error.
+            do { bytes = [UInt8](try FileHandle.standardInput.readToEnd() ?? Data()) } catch {
+                throw TokenizerError.cannotRead(file: textPath, reason: TokenizerError.reading(error))
+            }
+        case .file(let path):
+            textPath = path
+            do { bytes = [UInt8](try FilePath.readRegularFile(path)) } catch {
+                throw TokenizerError.cannotRead(file: path, reason: TokenizerError.reading(error))
+            }
         }
         let ids = try tokenizer.encode(utf8: bytes, name: textPath)
         let cut = try TokenRows.cut(ids, sequenceLength: seqLen, bos: bos, name: textPath)

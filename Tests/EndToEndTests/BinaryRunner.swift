@@ -13,16 +13,26 @@ struct RunResult {
 }
 
 /// Runs a built product (found next to the test bundle), as swift-argument-parser's tests do.
-func runTool(_ product: String, _ arguments: [String], environment: [String: String] = [:], directory: URL? = nil) throws -> RunResult {
+func runTool(_ product: String, _ arguments: [String], environment: [String: String] = [:], directory: URL? = nil,
+             standardInput: Data? = nil) throws -> RunResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: toolPath(product))
     if let directory { process.currentDirectoryURL = directory }
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let out = Pipe(), err = Pipe()
+    let out = Pipe(), err = Pipe(), input = Pipe()
     process.standardOutput = out
     process.standardError = err
+    if standardInput != nil { process.standardInput = input }
     try process.run()
+    if let standardInput {
+        // Written from another thread so a large input cannot block on a full pipe.
+        let writer = input.fileHandleForWriting
+        DispatchQueue.global().async {
+            try? writer.write(contentsOf: standardInput)
+            try? writer.close()
+        }
+    }
     // Drain both pipes while the process runs so large outputs cannot block it.
     final class Box: @unchecked Sendable { var data = Data() }
     let outBox = Box()

@@ -36,6 +36,10 @@ final class TokenizeTests: XCTestCase {
         let dash = try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", path, "--output", "-"])
         XCTAssertEqual(dash.status, 0, dash.stderr)
         XCTAssertEqual(dash.stdout, whole.stdout)
+        // --text - reads the text from standard input.
+        let piped = try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", "-"], standardInput: Data(text.utf8))
+        XCTAssertEqual(piped.status, 0, piped.stderr)
+        XCTAssertEqual(piped.stdout, whole.stdout)
 
         let cut = try runTool("dsconvert", ["tokenize", "--tokenizer", model.path, "--text", path, "--seq-len", "32", "--add-bos"])
         XCTAssertEqual(cut.status, 0, cut.stderr)
