@@ -41,6 +41,25 @@ enum TextTokens {
         return tokenizer
     }
 
+    /// A text's bytes and the name errors give it: a regular file only (a FIFO would hang the read),
+    /// or standard input, read to its end with the throwing read (`readDataToEndOfFile` traps on a
+    /// read error).
+    static func readText(_ source: InputSource) throws -> (bytes: [UInt8], name: String) {
+        let name: String
+        do {
+            switch source {
+            case .standardInput:
+                name = "standard input"
+                return ([UInt8](try FileHandle.standardInput.readToEnd() ?? Data()), name)
+            case .file(let path):
+                name = path
+                return ([UInt8](try FilePath.readRegularFile(path)), name)
+            }
+        } catch {
+            throw TokenizerError.cannotRead(file: name, reason: TokenizerError.reading(error))
+        }
+    }
+
     /// The text's rows, or nil without `--TEXT`. Rows start with BOS when the tokenizer's
     /// `tokenizer_config.json` says `add_bos_token`, as the model saw its training text.
     static func load(_ arguments: ParsedArguments, model: URL, terminal: Terminal, text: String = "text", tokens: String = "tokens") throws -> (rows: [[Int]], label: String)? {
@@ -59,11 +78,7 @@ enum TextTokens {
             guard let id = tokenizer.bosID else { throw TokenizerError.noBOSToken(file: tokenizer.file) }
             bos = id
         }
-        let bytes: [UInt8]
-        // As `tokenize` reads it: a regular file only (a FIFO would hang the read).
-        do { bytes = [UInt8](try FilePath.readRegularFile(textPath)) } catch {
-            throw TokenizerError.cannotRead(file: textPath, reason: TokenizerError.reading(error))
-        }
+        let (bytes, _) = try readText(.file(textPath))
         var ids = try tokenizer.encode(utf8: bytes, name: textPath)
         if let maxTokens, ids.count > maxTokens { ids.removeSubrange(maxTokens...) }
         let cut = try TokenRows.cut(ids, sequenceLength: seqLen, bos: bos, name: textPath)

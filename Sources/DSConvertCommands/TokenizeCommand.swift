@@ -36,24 +36,22 @@ public enum TokenizeCommand: Command {
         let decode = arguments.flag("decode")
         if decode, arguments.value("text") != nil { throw UsageError("--decode reads --tokens, not --text") }
         if !decode, arguments.value("tokens") != nil { throw UsageError("--tokens is read only with --decode") }
-        let input: InputSource = decode ? .file(try arguments.required("tokens")) : try arguments.input("text") ?? .file(try arguments.required("text"))
+        let job: Job = decode ? .decode(tokens: try arguments.required("tokens"))
+            : .encode(text: try arguments.input("text") ?? .file(try arguments.required("text")))
         // Checked before any work: never over the tokenizer's files or an input, never over a file without --force.
         var output: URL?
         if case .file(let path) = try arguments.output("output") {
-            var inputs = TextTokens.tokenizerFiles(tokenizerPath)
-            if case .file(let inputPath) = input { inputs.append(URL(fileURLWithPath: inputPath)) }
-            output = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: inputs, force: arguments.flag("force"))
+            output = try OutputLocation.checkResultFile(URL(fileURLWithPath: path), inputs: TextTokens.tokenizerFiles(tokenizerPath) + job.inputFiles,
+                                                        force: arguments.flag("force"))
         }
         let tokenizer = try TextTokens.loadTokenizer(tokenizerPath, terminal: terminal)
         let result: Data
-        switch (decode, input) {
-        case (true, .file(let path)):
+        switch job {
+        case .decode(let path):
             let ids = try TokenFile.load(URL(fileURLWithPath: path)).flatMap { $0 }
             result = Data(try tokenizer.decode(ids).utf8)
-        case (true, .standardInput):
-            preconditionFailure("--tokens is a path option")
-        case (false, _):
-            result = Data(try encode(tokenizer, text: input, arguments: arguments, terminal: terminal))
+        case .encode(let text):
+            result = Data(try encode(tokenizer, text: text, arguments: arguments, terminal: terminal))
         }
         if let output {
             try AtomicFile.write(result, to: output)
@@ -72,26 +70,27 @@ public enum TokenizeCommand: Command {
             guard let id = tokenizer.bosID else { throw TokenizerError.noBOSToken(file: tokenizer.file) }
             bos = id
         }
-        let bytes: [UInt8], textPath: String
-        switch text {
-        case .standardInput:
-            textPath = "standard input"
-            // The throwing read: the older readDataToEndOfFile traps on a read error.
-            do { bytes = [UInt8](try FileHandle.standardInput.readToEnd() ?? Data()) } catch {
-                throw TokenizerError.cannotRead(file: textPath, reason: TokenizerError.reading(error))
-            }
-        case .file(let path):
-            textPath = path
-            do { bytes = [UInt8](try FilePath.readRegularFile(path)) } catch {
-                throw TokenizerError.cannotRead(file: path, reason: TokenizerError.reading(error))
-            }
-        }
+        let (bytes, textPath) = try TextTokens.readText(text)
         let ids = try tokenizer.encode(utf8: bytes, name: textPath)
         let cut = try TokenRows.cut(ids, sequenceLength: seqLen, bos: bos, name: textPath)
         if cut.droppedTail > 0, let seqLen {
             terminal.note("\(textPath): dropped the last \(cut.droppedTail) of \(ids.count) tokens (shorter than one row of --seq-len \(seqLen))")
         }
         return TokenRows.json(cut.rows)
+    }
+
+    /// What one run does: decode a tokens file, or encode a text.
+    private enum Job {
+        case decode(tokens: String)
+        case encode(text: InputSource)
+
+        /// The files it reads, which its output must not replace.
+        var inputFiles: [URL] {
+            switch self {
+            case .decode(let path), .encode(.file(let path)): return [URL(fileURLWithPath: path)]
+            case .encode(.standardInput): return []
+            }
+        }
     }
 
     /// The directory an output must stay out of: PATH itself, or the directory of a tokenizer.json.
