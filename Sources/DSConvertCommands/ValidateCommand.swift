@@ -19,8 +19,10 @@ public enum ValidateCommand: Command {
         text file with the reference's tokenizer.json (or --tokenizer) instead, and the perplexity is
         then that text's own (as llama-perplexity --kl-divergence reports it, with KL mean, max and
         99th percentile and top-1 agreement).
+        Routed experts no token chose (in either model) are run on 32 rows of the reference's input to
+        their layer in both models and compared, so every expert of the checkpoint is checked.
         Default thresholds: --max-kl-mean 0.01 --max-kl-max 0.5 --min-top1 0.9 --min-routing 0.8
-        --max-ppl-ratio 1.05 (no logit limit); give 'none' to drop one.
+        --max-ppl-ratio 1.05 --max-expert-error 0.25 (no logit limit); give 'none' to drop one.
         """,
         options: [
             OptionSpec("reference", path: "DIR", help: "The original checkpoint."),
@@ -35,6 +37,7 @@ public enum ValidateCommand: Command {
             OptionSpec("min-top1", value: "X", help: "Smallest allowed top-1 agreement (0-1)."),
             OptionSpec("min-routing", value: "X", help: "Smallest allowed routing agreement (0-1)."),
             OptionSpec("max-ppl-ratio", value: "X", help: "Largest allowed candidate/reference perplexity ratio."),
+            OptionSpec("max-expert-error", value: "X", help: "Largest allowed relative error of a routed expert no token chose, run on the same rows in both models."),
         ] + TextTokens.options
     )
 
@@ -126,6 +129,7 @@ public enum ValidateCommand: Command {
             throw UsageError("--\(name) is a fraction of positions (0-1), got '\(arguments.value(name) ?? "")'")
         }
         t.maxPerplexityRatio = try limit("max-ppl-ratio", t.maxPerplexityRatio)
+        t.maxExpertRelativeError = try limit("max-expert-error", t.maxExpertRelativeError)
         return t
     }
 }

@@ -145,6 +145,18 @@ public final class ReferenceForward {
         public fileprivate(set) var routing: [RoutingRecord] = []
         /// Layers run so far.
         public fileprivate(set) var layers = 0
+        /// The last MoE layer's input rows that `runLayer(_:keepingExpertInputRows:)` was asked to keep.
+        public fileprivate(set) var expertInput: ExpertInput?
+    }
+
+    /// Rows of an MoE layer's input (the post-attention norm's output, what its router and experts
+    /// read): what `validate` runs the experts no token chose on, in both models.
+    public struct ExpertInput: Sendable {
+        public let layer: Int
+        /// The tokens (rows of the batch, flattened) the rows belong to, spread evenly over the batch.
+        public let tokens: [Int]
+        /// [tokens.count, hidden]
+        public let rows: [Float]
     }
 
     /// Checks `tokens` ([batch][seq], equal lengths; `TokenFile.check`: vocabulary, positions,
@@ -167,8 +179,9 @@ public final class ReferenceForward {
         return State(batch: tokens.count, sequenceLength: tokens[0].count, hidden: hidden)
     }
 
-    /// Runs the next decoder layer of the main stack on `state`.
-    public func runLayer(_ state: inout State) throws {
+    /// Runs the next decoder layer of the main stack on `state`; at an MoE layer, keeps up to
+    /// `keepingExpertInputRows` rows of its input in `state.expertInput`.
+    public func runLayer(_ state: inout State, keepingExpertInputRows: Int = 0) throws {
         let began = DispatchTime.now()
         defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
         let layer = state.layers, h = config.hiddenSize, t = state.batch * state.sequenceLength
@@ -180,6 +193,11 @@ public final class ReferenceForward {
         let normed2 = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
         let mlp: [Float]
         if config.isMoELayer(layer) {
+            if keepingExpertInputRows > 0 {
+                let kept = min(keepingExpertInputRows, t)
+                let tokens = (0..<kept).map { $0 * t / kept }
+                state.expertInput = ExpertInput(layer: layer, tokens: tokens, rows: Self.gather(tokens, of: normed2, width: h))
+            }
             let (out, record) = try moeBlock(normed2, layer: layer, tokens: t)
             mlp = out
             state.routing.append(record)
@@ -637,6 +655,20 @@ public final class ReferenceForward {
             }
             count = tokens.count * h
         }
+    }
+
+    /// Routed experts `experts` of MoE layer `layer`, each on all `count` rows of `x` [count, hidden]
+    /// (computed as a routed expert always is: as stored, one expert per core): [count, hidden] each.
+    public func expertOutputs(_ experts: [Int], layer: Int, rows x: [Float], count: Int) throws -> [[Float]] {
+        let began = DispatchTime.now()
+        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        let total = config.nRoutedExperts ?? 0
+        precondition(config.isMoELayer(layer) && experts.allSatisfy { (0..<total).contains($0) } && x.count == count * config.hiddenSize,
+                     "experts \(experts) of layer \(layer) on \(count) rows")
+        var assigned = [[(token: Int, weight: Float)]](repeating: [], count: total)
+        let rows = (0..<count).map { (token: $0, weight: Float(1)) }
+        for expert in experts { assigned[expert] = rows }
+        return try routedExperts(experts, x: x, assigned: assigned, layer: layer, intermediate: config.moeIntermediateSize)
     }
 
     /// Each expert's MLP on the rows routed to it, the experts spread over the cores; the reading

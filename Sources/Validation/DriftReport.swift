@@ -12,6 +12,8 @@ public struct DriftThresholds: Codable, Equatable, Sendable {
     public var minTop1Agreement: Double?
     public var minRoutingAgreement: Double?
     public var maxPerplexityRatio: Double?
+    /// The largest relative error allowed for an expert no token chose, run on the same rows in both models.
+    public var maxExpertRelativeError: Double?
 
     enum CodingKeys: String, CodingKey {
         case maxLogitDelta = "max_logit_delta"
@@ -20,22 +22,28 @@ public struct DriftThresholds: Codable, Equatable, Sendable {
         case minTop1Agreement = "min_top1_agreement"
         case minRoutingAgreement = "min_routing_agreement"
         case maxPerplexityRatio = "max_perplexity_ratio"
+        case maxExpertRelativeError = "max_expert_relative_error"
     }
 
     public init(maxLogitDelta: Double? = nil, maxKLMean: Double? = nil, maxKLMax: Double? = nil, minTop1Agreement: Double? = nil,
-                minRoutingAgreement: Double? = nil, maxPerplexityRatio: Double? = nil) {
+                minRoutingAgreement: Double? = nil, maxPerplexityRatio: Double? = nil, maxExpertRelativeError: Double? = nil) {
         self.maxLogitDelta = maxLogitDelta
         self.maxKLMean = maxKLMean
         self.maxKLMax = maxKLMax
         self.minTop1Agreement = minTop1Agreement
         self.minRoutingAgreement = minRoutingAgreement
         self.maxPerplexityRatio = maxPerplexityRatio
+        self.maxExpertRelativeError = maxExpertRelativeError
     }
 
     /// Defaults for `validate` without threshold options: loose enough for a sound lossy conversion
     /// (FP8 weights on the trained fixture), tight enough that a broken fold or a lost scale fails.
+    /// An unchosen expert's relative error is 0.006-0.055 after FP8 (E4M3 keeps 3 mantissa bits:
+    /// ~3.6% rms per weight, three products in a row) on every fixture; 0.25 is over four times that,
+    /// and an expert whose scale was lost, whose weights were swapped with another's or zeroed is at
+    /// about 1 or more.
     public static let defaults = DriftThresholds(maxKLMean: 0.01, maxKLMax: 0.5, minTop1Agreement: 0.9, minRoutingAgreement: 0.8,
-                                                 maxPerplexityRatio: 1.05)
+                                                 maxPerplexityRatio: 1.05, maxExpertRelativeError: 0.25)
 }
 
 /// `dsconvert validate`'s findings (Schemas/validate.schema.json).
@@ -148,6 +156,8 @@ public struct DriftReport: Codable, Sendable {
     public var routing: Routing?
     public var perplexity: Perplexity?
     public var fanOut: FanOut?
+    /// Routed experts exercised, and the drift of those no token chose (nil: no MoE layer).
+    public var experts: Experts?
     public var thresholds: DriftThresholds
     public var verdict: Verdict
     public var timing: Timing?
@@ -160,6 +170,7 @@ public struct DriftReport: Codable, Sendable {
         case hiddenStates = "hidden_states"
         case logits, routing, perplexity
         case fanOut = "fan_out"
+        case experts
         case thresholds, verdict, timing
     }
 
@@ -188,6 +199,7 @@ public struct DriftReport: Codable, Sendable {
             let layers = f.perLayer.map { String(format: "%d: max %d mean %.2f", $0.layer, $0.max, $0.mean) }.joined(separator: ", ")
             lines.append(String(format: "fan-out      devices per token max %d mean %.3f of %d (bound M = %d)  (%@)", f.max, f.mean, f.devices, f.deviceBoundM, layers))
         }
+        if let experts { lines.append(experts.line) }
         lines.append("")
         lines.append(verdict.passed ? "PASS: within thresholds" : "FAIL: " + verdict.failures.joined(separator: "; "))
         return lines.joined(separator: "\n")
@@ -203,6 +215,7 @@ public enum Validator {
         var candidateLogits: [Float]
         var referenceRouting: [RoutingRecord]
         var candidateRouting: [RoutingRecord]
+        var experts: DriftReport.Experts?
         var layers: [DriftReport.Layer]
         var timing: DriftReport.Timing
     }
@@ -237,8 +250,9 @@ public enum Validator {
         return DriftReport(reference: reference.label, candidate: candidate.label, tokens: tokensLabel,
                            candidateKVCache: candidate.kvCache?.format.rawValue ?? "none", batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: run.layers, logits: logits, routing: routing,
-                           perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, thresholds: thresholds,
-                           verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity), timing: run.timing)
+                           perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, experts: run.experts,
+                           thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
+                           timing: run.timing)
     }
 
     /// Both forward passes, layer by layer in lockstep; hidden state i compared when both have it
@@ -255,15 +269,20 @@ public enum Validator {
         let rf = reference.forward(), cf = candidate.forward()
         var r = try rf.start(tokens: tokens, source: label), c = try cf.start(tokens: tokens, source: label)
         var layers = [drift(0, r.hidden, c.hidden)]
+        var probes = ExpertProbes(referenceLabel: reference.label, candidateLabel: candidate.label)
         rf.prefetch(layer: 0)
         for layer in 0..<count {
             // Each model's next weights are read while the other computes.
             cf.prefetch(layer: layer)
             progress?("validate: layer \(layer + 1)/\(count) (reference)")
-            try rf.runLayer(&r)
+            try rf.runLayer(&r, keepingExpertInputRows: ExpertProbes.rows)
             rf.prefetch(layer: layer + 1)
             progress?("validate: layer \(layer + 1)/\(count) (candidate)")
             try cf.runLayer(&c)
+            if reference.config.isMoELayer(layer), let input = r.expertInput, let rr = r.routing.last, let cr = c.routing.last {
+                progress?("validate: layer \(layer + 1)/\(count) (experts no token chose)")
+                try probes.probe(input, reference: rf, candidate: cf, referenceRouting: rr, candidateRouting: cr)
+            }
             if layer < count - 1 { layers.append(drift(layer + 1, r.hidden, c.hidden)) }
         }
         cf.prefetch(layer: count)
@@ -276,7 +295,7 @@ public enum Validator {
                                         computeSeconds: rf.timing.computeSeconds + cf.timing.computeSeconds,
                                         prefetchedBytes: prefetched.reduce(0) { $0 + $1.bytes }, prefetchSeconds: prefetched.reduce(0) { $0 + $1.seconds })
         return SideBySide(referenceLogits: rLogits, candidateLogits: cLogits, referenceRouting: r.routing, candidateRouting: c.routing,
-                          layers: layers, timing: timing)
+                          experts: r.routing.isEmpty ? nil : probes.report, layers: layers, timing: timing)
     }
 
     static func logitDrift(_ reference: [Float], _ candidate: [Float], vocab: Int) -> DriftReport.Logits {
@@ -314,7 +333,7 @@ public enum Validator {
 
     /// Each failure with how far past its limit it is, the worst named first.
     static func verdict(_ thresholds: DriftThresholds, logits: DriftReport.Logits, routing: DriftReport.Routing?,
-                        perplexity: DriftReport.Perplexity?) -> DriftReport.Verdict {
+                        perplexity: DriftReport.Perplexity?, experts: DriftReport.Experts? = nil) -> DriftReport.Verdict {
         var failures: [(Double, String)] = []
         func over(_ value: Double, _ limit: Double?, _ text: String) {
             if let limit, !(value <= limit) { failures.append((limit == 0 ? .infinity : value / limit, String(format: "%@ %.4g > %.4g", text, value, limit))) }
@@ -328,6 +347,9 @@ public enum Validator {
         under(logits.top1Agreement, thresholds.minTop1Agreement, "top-1 agreement")
         if let routing { under(routing.agreement, thresholds.minRoutingAgreement, "routing agreement") }
         if let perplexity { over(perplexity.ratio, thresholds.maxPerplexityRatio, "perplexity ratio") }
+        if let experts, let largest = experts.relativeErrorMax, let worst = experts.worst.first {
+            over(largest, thresholds.maxExpertRelativeError, "unchosen expert's relative error (layer \(worst.layer) expert \(worst.expert))")
+        }
         failures.sort { $0.0 > $1.0 }
         return .init(passed: failures.isEmpty, failures: failures.map(\.1))
     }

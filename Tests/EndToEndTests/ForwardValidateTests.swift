@@ -69,6 +69,32 @@ final class ForwardValidateTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("FAIL: "), r.stdout)
     }
 
+    /// A routed expert no token of the sample chose (layer 1's expert 13 in the trained fixture's
+    /// tokens.json), its down_proj scaled by 4 in the file: the forward passes cannot see it, the
+    /// probe names it (relative error exactly 3: every output is four times the reference's).
+    func testValidateNamesABrokenExpertNoTokenChose() throws {
+        let name = "model.layers.1.mlp.experts.13.down_proj.weight"
+        let candidate = try copyFixture("trained", to: dir)
+        let shardName = try Checkpoint(directory: candidate).shardName(of: name)!
+        let shard = try SafeTensorsFile(path: candidate.appendingPathComponent(shardName).path)
+        let info = shard.info(name)!
+        XCTAssertEqual(info.dtype, .bf16)
+        let offset = shard.header.dataStart + info.dataOffsets.lowerBound
+        var bytes = try Data(contentsOf: candidate.appendingPathComponent(shardName))
+        // The high byte holds the sign and the exponent's top 7 bits: +1 adds 2 to the exponent (x4).
+        for i in stride(from: 0, to: info.byteCount, by: 2) where bytes[offset + i + 1] & 0x7F != 0 { bytes[offset + i + 1] &+= 1 }
+        try bytes.write(to: candidate.appendingPathComponent(shardName))
+        let r = try runTool("dsconvert", ["validate", "--reference", fixtures.appendingPathComponent("trained").path, "--candidate", candidate.path])
+        XCTAssertEqual(r.status, 1, r.stdout)
+        XCTAssertTrue(r.stdout.contains("logits       max |Δ| 0.000e+00"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("rel. error max 3.000e+00 (layer 1 expert 13)"), r.stdout)
+        let errors = r.stderrLines.filter { $0.contains("error:") }
+        XCTAssertEqual(errors, ["dsconvert validate: error: drift over threshold: unchosen expert's relative error (layer 1 expert 13) 3 > 0.25"], r.stderr)
+        let unlimited = try runTool("dsconvert", ["validate", "--reference", fixtures.appendingPathComponent("trained").path, "--candidate", candidate.path,
+                                                  "--max-expert-error", "none"])
+        XCTAssertEqual(unlimited.status, 0, unlimited.stderr)
+    }
+
     /// `--json -` is standard output, as Unix tools read "-": stdout carries the report's JSON alone
     /// (what `--json FILE` writes), the table goes to stderr, and no file "-" appears.
     func testValidateJSONToStandardOutput() throws {

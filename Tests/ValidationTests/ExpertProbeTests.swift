@@ -1,0 +1,87 @@
+import DeepSeekModel
+import Foundation
+import XCTest
+@testable import ReferenceModel
+@testable import Validation
+
+/// `validate` checks every routed expert: those no token chose are run on the same rows in both models.
+final class ExpertProbeTests: XCTestCase {
+    /// The experts each MoE layer's tokens chose, from a plain forward pass (not from the validator).
+    private func chosen(_ model: LoadedModel, _ tokens: [[Int]]) throws -> [Int: Set<Int>] {
+        let routing = try model.forward().run(tokens: tokens).routing
+        return Dictionary(uniqueKeysWithValues: routing.map { ($0.layer, Set($0.experts.map(Int.init))) })
+    }
+
+    func testEveryExpertIsRoutedOrProbedAndItselfHasNoDrift() throws {
+        for name in fixtureNames {
+            let dir = fixtures.appendingPathComponent(name)
+            let model = try ModelLoader.open(dir)
+            let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
+            let report = try Validator.compare(reference: model, candidate: model, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
+            let experts = try XCTUnwrap(report.experts, name)
+            let chosen = try chosen(model, tokens)
+            let total = model.config.nRoutedExperts ?? 0
+            XCTAssertEqual(experts.total, chosen.count * total, name)
+            XCTAssertEqual(experts.perLayer.map(\.layer), chosen.keys.sorted(), name)
+            for layer in experts.perLayer {
+                XCTAssertEqual(layer.routed, chosen[layer.layer]!.count, "\(name) layer \(layer.layer)")
+                XCTAssertEqual(layer.routed + layer.probed, total, "\(name) layer \(layer.layer)")
+            }
+            XCTAssertEqual(experts.routed + experts.probed, experts.total, name)
+            XCTAssertEqual(experts.probeRows, min(ExpertProbes.rows, tokens.count * tokens[0].count), name)
+            if experts.probed > 0 { XCTAssertEqual(experts.relativeErrorMax, 0, name) } else { XCTAssertNil(experts.relativeErrorMax, name) }
+            XCTAssertTrue(report.verdict.passed, "\(name): \(report.verdict.failures)")
+        }
+    }
+
+    /// An expert no token chose, its down_proj doubled: the forward passes cannot see it (the logits
+    /// and every hidden state are identical), the probe does, at exactly 1 (doubling an f32 weight
+    /// doubles every product and sum exactly, so the candidate's output is twice the reference's).
+    func testABrokenExpertNoTokenChoseFailsNamed() throws {
+        let dir = fixtures.appendingPathComponent("trained")
+        let reference = try ModelLoader.open(dir)
+        let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
+        let chosen = try chosen(reference, tokens)
+        let (layer, expert) = try XCTUnwrap(chosen.keys.sorted().lazy.compactMap { layer in
+            (0..<(reference.config.nRoutedExperts ?? 0)).first { !chosen[layer]!.contains($0) }.map { (layer, $0) }
+        }.first, "the trained fixture's sample leaves some expert unchosen")
+        let target = TensorNames.mlp(.expert(expert), .down, layer: layer)
+        let broken = try LoadedModel(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+            if name == target { values = values.map { $0 * 2 } }
+        })
+        let report = try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
+        XCTAssertEqual(report.logits.maxAbsDelta, 0)
+        XCTAssertTrue(report.hiddenStates.allSatisfy { $0.relativeError == 0 })
+        let experts = try XCTUnwrap(report.experts)
+        XCTAssertEqual(experts.relativeErrorMax, 1)
+        XCTAssertEqual(experts.worst.first, .init(layer: layer, expert: expert, relativeError: 1))
+        XCTAssertEqual(experts.worst.dropFirst().map(\.relativeError).max() ?? 0, 0)
+        XCTAssertEqual(experts.perLayer.first { $0.layer == layer }?.relativeErrorMax, 1)
+        XCTAssertEqual(report.verdict.failures, ["unchosen expert's relative error (layer \(layer) expert \(expert)) 1 > 0.25"])
+        XCTAssertTrue(report.table().contains("rel. error max 1.000e+00 (layer \(layer) expert \(expert))"), report.table())
+
+        // Without the limit the verdict is the forward passes' alone: they pass.
+        var unlimited = DriftThresholds.defaults
+        unlimited.maxExpertRelativeError = nil
+        XCTAssertTrue(try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t", heldout: nil,
+                                            thresholds: unlimited).verdict.passed)
+    }
+
+    /// An expert whose drift has no finite measure stops the comparison with one line naming it.
+    func testAnExpertWithNoFiniteDriftIsNamed() throws {
+        let dir = fixtures.appendingPathComponent("trained")
+        let reference = try ModelLoader.open(dir)
+        let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
+        let chosen = try chosen(reference, tokens)
+        let layer = chosen.keys.sorted().first { chosen[$0]!.count < (reference.config.nRoutedExperts ?? 0) }!
+        let expert = (0..<(reference.config.nRoutedExperts ?? 0)).first { !chosen[layer]!.contains($0) }!
+        let target = TensorNames.mlp(.expert(expert), .down, layer: layer)
+        let zeroed = try LoadedModel(label: "zeroed", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+            if name == target { values = values.map { _ in 0 } }
+        })
+        XCTAssertThrowsError(try Validator.compare(reference: zeroed, candidate: reference, tokens: tokens, tokensLabel: "t", heldout: nil,
+                                                   thresholds: .defaults)) { error in
+            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(reference: "zeroed", candidate: reference.label, layer: layer, expert: expert))
+        }
+    }
+}
