@@ -14,13 +14,16 @@ public enum ForwardCommand: Command {
         [batch, seq, hidden] numbered as transformers' output_hidden_states (0 = embedding output,
         i = output of layer i-1, the last one after the final norm); and for every MoE layer
         routing.{layer}.experts I32 [batch, seq, k] (each token's experts, ascending) with
-        routing.{layer}.weights F32 in the same order.
+        routing.{layer}.weights F32 in the same order. With --mtp (a V3-family checkpoint holding its
+        MTP layer L = num_hidden_layers): mtp_logits F32 [batch, seq - 1, vocab], position i predicting
+        token i + 2 from the final hidden state at i and token i + 1, and routing.{L}.* [batch, seq - 1, k].
         """,
         options: [
             OptionSpec("model", path: "DIR", help: "Checkpoint directory."),
             OptionSpec("tokens", path: "TOKENS.json", help: "{\"tokens\": [[id, …], …]}, equal lengths (or --text)."),
             OptionSpec("output", path: "OUT.safetensors", help: "Where to write the outputs."),
             OptionSpec("hidden-states", help: "Also write every hidden state."),
+            OptionSpec("mtp", help: "Also run the first multi-token-prediction layer and write its logits."),
             OptionSpec("kv-cache", value: "FORMAT", help: "KV cache to run through: none, bf16, fp8_ds_mla, mla-kv6, mla-kv6c (declared only; default: what the config declares, else none)."),
             OptionSpec("force", help: "Replace an existing OUT.safetensors (a regular file only)."),
         ] + TextTokens.options
@@ -35,8 +38,13 @@ public enum ForwardCommand: Command {
         let tokens = try TextTokens.load(arguments, model: modelURL, terminal: terminal)?.rows ?? TokenFile.load(inputURL)
         var model = try ModelLoader.open(modelURL)
         if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format, for: model) }
+        let mtp = arguments.flag("mtp")
+        if mtp, model.config.mtpLayerCount == 0 {
+            throw UsageError("--mtp: \(modelURL.path) has no MTP layer (num_nextn_predict_layers is 0 or absent, or its weights are not in the checkpoint)")
+        }
+        if mtp, tokens[0].count < 2 { throw UsageError("--mtp needs sequences of at least 2 tokens: position i predicts token i + 2 from token i + 1") }
         let result = try model.forward()
-            .run(tokens: tokens, source: inputURL.path, recordHiddenStates: arguments.flag("hidden-states")) { terminal.progress($0) }
+            .run(tokens: tokens, source: inputURL.path, recordHiddenStates: arguments.flag("hidden-states"), mtp: mtp) { terminal.progress($0) }
         terminal.endProgress()
 
         let b = result.batch, s = result.sequenceLength
@@ -48,8 +56,16 @@ public enum ForwardCommand: Command {
             tensors.append((PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [b, s, record.k]), bytes(record.experts)))
             tensors.append((PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [b, s, record.k]), bytes(record.weights)))
         }
+        if let m = result.mtp {
+            tensors.append((PlannedTensor(name: "mtp_logits", dtype: .f32, shape: [b, m.sequenceLength, result.vocabSize]), bytes(m.logits)))
+            if let record = m.routing {
+                tensors.append((PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [b, m.sequenceLength, record.k]), bytes(record.experts)))
+                tensors.append((PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [b, m.sequenceLength, record.k]), bytes(record.weights)))
+            }
+        }
         try SafeTensorsFileWriter.write(tensors, to: outputURL)
-        terminal.out("\(outputURL.path): logits [\(b), \(s), \(result.vocabSize)], \(result.hiddenStates.count) hidden states, \(result.routing.count) routing records")
+        let mtpNote = result.mtp.map { ", MTP logits [\(b), \($0.sequenceLength), \(result.vocabSize)]" } ?? ""
+        terminal.out("\(outputURL.path): logits [\(b), \(s), \(result.vocabSize)]\(mtpNote), \(result.hiddenStates.count) hidden states, \(result.routing.count + (result.mtp?.routing == nil ? 0 : 1)) routing records")
         return ExitCode.success
     }
 

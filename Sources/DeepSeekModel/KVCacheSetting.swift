@@ -52,10 +52,11 @@ public struct KVCacheSetting: Sendable, Equatable {
         }
     }
 
-    /// The codec of `layer`'s cache entries.
-    public func codec(layer: Int) -> KVCacheCodec.Codec {
+    /// The codec of `layer`'s cache entries; nil (an fp32 cache) for an MTP layer under mla-kv6c,
+    /// which calibrates the main stack's layers only.
+    public func codec(layer: Int) -> KVCacheCodec.Codec? {
         if let fixed = format.fixedCodec { return fixed }
-        return .channelwise(layerCodecs[layer])
+        return layerCodecs.indices.contains(layer) ? .channelwise(layerCodecs[layer]) : nil
     }
 
     private static func bad(_ path: String, _ reason: String) -> DeepSeekModelError {

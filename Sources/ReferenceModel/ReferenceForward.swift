@@ -27,6 +27,8 @@ public struct ForwardResult: Sendable {
     /// the last one after the final norm; each [batch, seq, hidden]. Empty unless requested.
     public let hiddenStates: [[Float]]
     public let routing: [RoutingRecord]
+    /// The first MTP layer's pass, when asked for.
+    public let mtp: MTPResult?
 }
 
 /// The DeepSeek-V2 forward pass (README "The reference forward pass") in fp32 on OpenBLAS, for batches of equal-length
@@ -71,14 +73,14 @@ public final class ReferenceForward {
         /// Wall seconds of each part, weight reading included (norms and residual adds are in none).
         public var phaseSeconds: [Phase: Double] = [:]
     }
-    public private(set) var timing = Timing()
+    public internal(set) var timing = Timing()
 
     /// The parts of a forward pass whose time `Timing` keeps apart, so a benchmark can say where it goes.
     public enum Phase: String, CaseIterable, Sendable {
         case embedding, attention, denseMLP = "dense MLP", router, routedExperts = "routed experts", sharedExperts = "shared experts", head
     }
 
-    private func phase<T>(_ part: Phase, _ body: () throws -> T) rethrows -> T {
+    func phase<T>(_ part: Phase, _ body: () throws -> T) rethrows -> T {
         let (value, seconds) = try timed(body)
         timing.phaseSeconds[part, default: 0] += seconds
         return value
@@ -90,7 +92,7 @@ public final class ReferenceForward {
         return (value, Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9)
     }
 
-    private func load(_ name: String, _ shape: [Int]) throws -> [Float] {
+    func load(_ name: String, _ shape: [Int]) throws -> [Float] {
         let (values, seconds) = try timed { try weights.floats(name, shape: shape) }
         timing.weightSeconds += seconds
         weights.release(name)
@@ -98,7 +100,7 @@ public final class ReferenceForward {
     }
 
     /// A matrix weight widened into a buffer of the arena (released from the checkpoint at once).
-    private func matrix(_ name: String, _ shape: [Int]) throws -> WeightMatrix {
+    func matrix(_ name: String, _ shape: [Int]) throws -> WeightMatrix {
         let (m, seconds) = try timedMatrix(name, shape)
         timing.weightSeconds += seconds
         return m
@@ -113,7 +115,7 @@ public final class ReferenceForward {
         return (m, seconds)
     }
 
-    private func loadRows(_ name: String, _ shape: [Int], _ range: Range<Int>) throws -> WeightMatrix {
+    func loadRows(_ name: String, _ shape: [Int], _ range: Range<Int>) throws -> WeightMatrix {
         let m = WeightMatrix(count: range.count * shape[1], arena: arena)
         let ((), seconds) = try timed { try weights.rows(name, shape: shape, range: range, into: m.destination) }
         timing.weightSeconds += seconds
@@ -165,18 +167,22 @@ public final class ReferenceForward {
         let began = DispatchTime.now()
         defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
         try TokenFile.check(tokens, path: source, config: config)
-        let h = config.hiddenSize, vocab = config.vocabSize
-        // The embedding is a row lookup: only the rows of the batch's distinct ids are read.
-        var hidden = [Float](repeating: 0, count: tokens.count * tokens[0].count * h)
-        let positions = Dictionary(grouping: Array(tokens.joined()).enumerated(), by: \.element).mapValues { $0.map(\.offset) }
-        try phase(.embedding) {
-            for id in positions.keys.sorted() {
-                let row = try loadRows(TensorNames.embedding, [vocab, h], id..<(id + 1))
-                row.withUnsafeBufferPointer { rp in for i in positions[id]! { hidden.replaceSubrange((i * h)..<((i + 1) * h), with: rp) } }
-            }
-        }
-        weights.release(TensorNames.embedding)
+        let hidden = try phase(.embedding) { try embeddingRows(Array(tokens.joined()), table: TensorNames.embedding) }
         return State(batch: tokens.count, sequenceLength: tokens[0].count, hidden: hidden)
+    }
+
+    /// The rows of embedding table `table` for `ids`, [ids.count, hidden]: a row lookup, so only the
+    /// rows of the distinct ids are read.
+    func embeddingRows(_ ids: [Int], table: String) throws -> [Float] {
+        let h = config.hiddenSize, vocab = config.vocabSize
+        var rows = [Float](repeating: 0, count: ids.count * h)
+        let positions = Dictionary(grouping: ids.enumerated(), by: \.element).mapValues { $0.map(\.offset) }
+        for id in positions.keys.sorted() {
+            let row = try loadRows(table, [vocab, h], id..<(id + 1))
+            row.withUnsafeBufferPointer { rp in for i in positions[id]! { rows.replaceSubrange((i * h)..<((i + 1) * h), with: rp) } }
+        }
+        weights.release(table)
+        return rows
     }
 
     /// Runs the next decoder layer of the main stack on `state`; at an MoE layer, keeps up to
@@ -184,28 +190,39 @@ public final class ReferenceForward {
     public func runLayer(_ state: inout State, keepingExpertInputRows: Int = 0) throws {
         let began = DispatchTime.now()
         defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
-        let layer = state.layers, h = config.hiddenSize, t = state.batch * state.sequenceLength
+        let (record, kept) = try decoderLayer(&state.hidden, layer: state.layers, batch: state.batch, seq: state.sequenceLength,
+                                              keepingExpertInputRows: keepingExpertInputRows)
+        if let record { state.routing.append(record) }
+        if let kept { state.expertInput = kept }
+        state.layers += 1
+    }
+
+    /// Decoder layer `layer` (of the main stack or an MTP layer) on the residual stream `hidden`
+    /// ([batch · seq, hidden], updated in place): its routing at an MoE layer, and up to
+    /// `keepingExpertInputRows` rows of the MoE input.
+    func decoderLayer(_ hidden: inout [Float], layer: Int, batch: Int, seq: Int,
+                      keepingExpertInputRows: Int = 0) throws -> (RoutingRecord?, ExpertInput?) {
+        let h = config.hiddenSize, t = batch * seq
         // Experts no token chose, and everything of a layer that throws, are not read ahead any more.
         defer { weights.retire(config.layerTensors(layer).map(\.name)) }
-        let normed = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
-        let attention = try phase(.attention) { try attentionBlock(normed, layer: layer, batch: state.batch, seq: state.sequenceLength) }
-        Elementwise.add(attention, into: &state.hidden)
-        let normed2 = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
-        let mlp: [Float]
-        if config.isMoELayer(layer) {
-            if keepingExpertInputRows > 0 {
-                let kept = min(keepingExpertInputRows, t)
-                let tokens = (0..<kept).map { $0 * t / kept }
-                state.expertInput = ExpertInput(layer: layer, tokens: tokens, rows: Self.gather(tokens, of: normed2, width: h))
-            }
-            let (out, record) = try moeBlock(normed2, layer: layer, tokens: t)
-            mlp = out
-            state.routing.append(record)
-        } else {
-            mlp = try phase(.denseMLP) { try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize) }
+        let normed = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
+        let attention = try phase(.attention) { try attentionBlock(normed, layer: layer, batch: batch, seq: seq) }
+        Elementwise.add(attention, into: &hidden)
+        let normed2 = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.postAttentionNorm, layer: layer), [h]), eps: config.rmsNormEps)
+        guard config.isMoELayer(layer) else {
+            let mlp = try phase(.denseMLP) { try mlpBlock(normed2, rows: t, layer: layer, block: .dense, intermediate: config.intermediateSize) }
+            Elementwise.add(mlp, into: &hidden)
+            return (nil, nil)
         }
-        Elementwise.add(mlp, into: &state.hidden)
-        state.layers += 1
+        var kept: ExpertInput?
+        if keepingExpertInputRows > 0 {
+            let count = min(keepingExpertInputRows, t)
+            let tokens = (0..<count).map { $0 * t / count }
+            kept = ExpertInput(layer: layer, tokens: tokens, rows: Self.gather(tokens, of: normed2, width: h))
+        }
+        let (mlp, record) = try moeBlock(normed2, layer: layer, tokens: t)
+        Elementwise.add(mlp, into: &hidden)
+        return (record, kept)
     }
 
     /// The final norm (the last hidden state transformers reports) and the logits, after every layer.
@@ -223,7 +240,9 @@ public final class ReferenceForward {
 
     /// Runs `tokens` ([batch][seq], equal lengths) through the model, after `TokenFile.check`
     /// (vocabulary, positions, memory); `source` (the tokens file) is what its errors name.
-    public func run(tokens: [[Int]], source: String = "tokens", recordHiddenStates: Bool = false, progress: ((String) -> Void)? = nil) throws -> ForwardResult {
+    /// With `mtp`, the first MTP layer then runs too (`mtpPass`).
+    public func run(tokens: [[Int]], source: String = "tokens", recordHiddenStates: Bool = false, mtp: Bool = false,
+                    progress: ((String) -> Void)? = nil) throws -> ForwardResult {
         var state = try start(tokens: tokens, source: source)
         var hiddenStates: [[Float]] = recordHiddenStates ? [state.hidden] : []
         for layer in 0..<config.numHiddenLayers {
@@ -235,15 +254,17 @@ public final class ReferenceForward {
         let (final, logits) = try finish(state)
         // transformers reports the last hidden state after the final norm.
         if recordHiddenStates { hiddenStates[hiddenStates.count - 1] = final }
+        if mtp { progress?("forward: MTP layer") }
+        let mtpResult = mtp ? try mtpPass(tokens: tokens, final: final) : nil
         return ForwardResult(batch: state.batch, sequenceLength: state.sequenceLength, vocabSize: config.vocabSize, hiddenSize: config.hiddenSize,
-                             logits: logits, hiddenStates: hiddenStates, routing: state.routing)
+                             logits: logits, hiddenStates: hiddenStates, routing: state.routing, mtp: mtpResult)
     }
 
     /// Rows of the head read per product: 16,384 x hidden fp32 (470 MB at V3's 7,168) at a time.
     static let vocabularyChunk = 16_384
 
     /// logits = final · headᵀ, the head read in chunks of vocabulary rows (never widened whole).
-    private func vocabularyProjection(_ x: [Float], rows t: Int, head: String) throws -> [Float] {
+    func vocabularyProjection(_ x: [Float], rows t: Int, head: String) throws -> [Float] {
         let h = config.hiddenSize, vocab = config.vocabSize
         var logits = [Float](repeating: 0, count: t * vocab)
         for start in stride(from: 0, to: vocab, by: Self.vocabularyChunk) {

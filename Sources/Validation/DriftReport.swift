@@ -158,6 +158,8 @@ public struct DriftReport: Codable, Sendable {
     public var fanOut: FanOut?
     /// Routed experts exercised, and the drift of those no token chose (nil: no MoE layer).
     public var experts: Experts?
+    /// The first MTP layer's drift (nil: a model without one, or sequences of one token).
+    public var mtp: MTP?
     public var thresholds: DriftThresholds
     public var verdict: Verdict
     public var timing: Timing?
@@ -170,7 +172,7 @@ public struct DriftReport: Codable, Sendable {
         case hiddenStates = "hidden_states"
         case logits, routing, perplexity
         case fanOut = "fan_out"
-        case experts
+        case experts, mtp
         case thresholds, verdict, timing
     }
 
@@ -200,6 +202,7 @@ public struct DriftReport: Codable, Sendable {
             lines.append(String(format: "fan-out      devices per token max %d mean %.3f of %d (bound M = %d)  (%@)", f.max, f.mean, f.devices, f.deviceBoundM, layers))
         }
         if let experts { lines.append(experts.line) }
+        if let mtp { lines.append(mtp.line) }
         lines.append("")
         lines.append(verdict.passed ? "PASS: within thresholds" : "FAIL: " + verdict.failures.joined(separator: "; "))
         return lines.joined(separator: "\n")
@@ -211,11 +214,13 @@ public enum Validator {
     /// The two forward passes, stepped layer by layer together: each hidden state is compared as soon
     /// as both models have produced it, so memory holds two residual streams, not every layer's.
     struct SideBySide {
-        var referenceLogits: [Float]
-        var candidateLogits: [Float]
+        var logits: DriftReport.Logits
+        /// Each model's perplexity on the tokens themselves, when asked for (from the logits as computed).
+        var ownPerplexity: (reference: Double, candidate: Double)?
         var referenceRouting: [RoutingRecord]
         var candidateRouting: [RoutingRecord]
         var experts: DriftReport.Experts?
+        var mtp: DriftReport.MTP?
         var layers: [DriftReport.Layer]
         var timing: DriftReport.Timing
     }
@@ -228,14 +233,12 @@ public enum Validator {
             throw ValidationError.incompatibleModels(reference: reference.label, candidate: candidate.label, reason:
                 "vocab_size \(rc.vocabSize) and \(cc.vocabSize), hidden_size \(rc.hiddenSize) and \(cc.hiddenSize), num_hidden_layers \(rc.numHiddenLayers) and \(cc.numHiddenLayers)")
         }
-        let run = try sideBySide(reference, candidate, tokens: tokens, label: tokensLabel, progress: progress)
-        let logits = logitDrift(run.referenceLogits, run.candidateLogits, vocab: rc.vocabSize)
+        let run = try sideBySide(reference, candidate, tokens: tokens, label: tokensLabel, perplexityOnTokens: perplexityOnTokens,
+                                 progress: progress)
+        let logits = run.logits
         let routing = routingDrift(run.referenceRouting, run.candidateRouting)
         var perplexity: DriftReport.Perplexity?
-        if perplexityOnTokens, tokens[0].count > 1 {
-            // A text: its own next-token perplexity, from the logits already computed.
-            let rp = DriftMetrics.perplexity(logits: run.referenceLogits, tokens: tokens, vocab: rc.vocabSize)
-            let cp = DriftMetrics.perplexity(logits: run.candidateLogits, tokens: tokens, vocab: cc.vocabSize)
+        if let (rp, cp) = run.ownPerplexity {
             perplexity = DriftReport.Perplexity(source: tokensLabel, tokens: tokens.count * (tokens[0].count - 1),
                                                 reference: rp, candidate: cp, ratio: cp / rp)
         } else if let heldout {
@@ -251,14 +254,14 @@ public enum Validator {
                            candidateKVCache: candidate.kvCache?.format.rawValue ?? "none", batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: run.layers, logits: logits, routing: routing,
                            perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, experts: run.experts,
-                           thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
+                           mtp: run.mtp, thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
                            timing: run.timing)
     }
 
     /// Both forward passes, layer by layer in lockstep; hidden state i compared when both have it
     /// (the last one after the final norm, as transformers reports it).
     static func sideBySide(_ reference: LoadedModel, _ candidate: LoadedModel, tokens: [[Int]], label: String,
-                           progress: ((String) -> Void)?) throws -> SideBySide {
+                           perplexityOnTokens: Bool = false, progress: ((String) -> Void)?) throws -> SideBySide {
         let width = reference.config.hiddenSize, count = reference.config.numHiddenLayers
         func drift(_ index: Int, _ a: [Float], _ b: [Float]) -> DriftReport.Layer {
             let cos = DriftMetrics.rowCosines(reference: a, candidate: b, width: width)
@@ -286,16 +289,32 @@ public enum Validator {
             if layer < count - 1 { layers.append(drift(layer + 1, r.hidden, c.hidden)) }
         }
         cf.prefetch(layer: count)
-        let (rFinal, rLogits) = try rf.finish(r), (cFinal, cLogits) = try cf.finish(c)
-        layers.append(drift(count, rFinal, cFinal))
+        let ends = try finishBoth(rf, r, cf, c, tokens: tokens, perplexityOnTokens: perplexityOnTokens)
+        layers.append(drift(count, ends.referenceFinal, ends.candidateFinal))
+        let mtp = try MTPDrift.measure(rf, cf, tokens: tokens, referenceFinal: ends.referenceFinal, candidateFinal: ends.candidateFinal,
+                                       progress: progress)
         let prefetched = [reference.weights.prefetchTotals(), candidate.weights.prefetchTotals()]
         ReferenceForward.releaseBuffers()
         let timing = DriftReport.Timing(wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9,
                                         weightSeconds: rf.timing.weightSeconds + cf.timing.weightSeconds,
                                         computeSeconds: rf.timing.computeSeconds + cf.timing.computeSeconds,
                                         prefetchedBytes: prefetched.reduce(0) { $0 + $1.bytes }, prefetchSeconds: prefetched.reduce(0) { $0 + $1.seconds })
-        return SideBySide(referenceLogits: rLogits, candidateLogits: cLogits, referenceRouting: r.routing, candidateRouting: c.routing,
-                          experts: r.routing.isEmpty ? nil : probes.report, layers: layers, timing: timing)
+        return SideBySide(logits: ends.logits, ownPerplexity: ends.perplexity, referenceRouting: r.routing, candidateRouting: c.routing,
+                          experts: r.routing.isEmpty ? nil : probes.report, mtp: mtp, layers: layers, timing: timing)
+    }
+
+    /// Both models' final norm and logits, measured at once: the logits ([tokens, vocab] each, 265 MB at
+    /// V3's vocabulary and 512 tokens) are freed before the MTP layers run.
+    private static func finishBoth(_ rf: ReferenceForward, _ r: ReferenceForward.State, _ cf: ReferenceForward, _ c: ReferenceForward.State,
+                                   tokens: [[Int]], perplexityOnTokens: Bool)
+        throws -> (referenceFinal: [Float], candidateFinal: [Float], logits: DriftReport.Logits, perplexity: (Double, Double)?) {
+        let (rFinal, rLogits) = try rf.finish(r), (cFinal, cLogits) = try cf.finish(c)
+        let vocab = rf.config.vocabSize
+        // A text: its own next-token perplexity, from the logits just computed.
+        let perplexity = perplexityOnTokens && tokens[0].count > 1
+            ? (DriftMetrics.perplexity(logits: rLogits, tokens: tokens, vocab: vocab), DriftMetrics.perplexity(logits: cLogits, tokens: tokens, vocab: vocab))
+            : nil
+        return (rFinal, cFinal, logitDrift(rLogits, cLogits, vocab: vocab), perplexity)
     }
 
     static func logitDrift(_ reference: [Float], _ candidate: [Float], vocab: Int) -> DriftReport.Logits {

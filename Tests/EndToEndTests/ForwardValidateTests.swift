@@ -21,6 +21,31 @@ final class ForwardValidateTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["out.safetensors"], "no partial file left")
     }
 
+    /// --mtp adds the first MTP layer's logits and routing, the same bytes at any thread count; a model
+    /// without an MTP layer is a usage error.
+    func testForwardWritesMTPLogits() throws {
+        let v3 = fixtures.appendingPathComponent("v3")
+        var outputs: [Data] = []
+        for threads in ["1", "2"] {
+            let out = dir.appendingPathComponent("mtp-\(threads).safetensors")
+            let r = try runTool("dsconvert", ["forward", "--model", v3.path, "--tokens", v3.appendingPathComponent("tokens.json").path, "--mtp",
+                                              "--output", out.path], environment: ["DSCONVERT_THREADS": threads])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("MTP logits [2, 15, 320]"), r.stdout)
+            let file = try SafeTensorsFile(path: out.path)
+            XCTAssertEqual(file.info("mtp_logits")?.shape, [2, 15, 320])
+            XCTAssertEqual(file.info("routing.3.experts")?.shape, [2, 15, 4])
+            outputs.append(try Data(contentsOf: out))
+        }
+        XCTAssertEqual(outputs[0], outputs[1])
+        let lite = fixtures.appendingPathComponent("lite")
+        let r = try runTool("dsconvert", ["forward", "--model", lite.path, "--tokens", lite.appendingPathComponent("tokens.json").path, "--mtp",
+                                          "--output", dir.appendingPathComponent("no.safetensors").path])
+        XCTAssertEqual(r.status, 64, r.stderr)
+        XCTAssertTrue(r.stderr.contains("has no MTP layer"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("no.safetensors").path))
+    }
+
     func testForwardRejectsBadTokens() throws {
         let model = fixtures.appendingPathComponent("lite")
         for (text, fragment) in [("{\"tokens\": [[1, 2], [3]]}", "same length"), ("{\"tokens\": [[1, 99999]]}", "outside the vocabulary"),

@@ -669,6 +669,108 @@ def v3_transformers_logits(directory, tokens, work):
     return logits, loaded, info
 
 
+def mtp_transformers_logits(directory, tokens, work):
+    """The first MTP layer's logits for a V3 fixture in torch, as vLLM's and SGLang's DeepSeek MTP modules
+    compute them, built from transformers' own pieces: a DeepseekV3ForCausalLM of num_hidden_layers + 1
+    layers loads the main stack and the MTP layer's decoder block (model.layers.L, FP8 weights dequantized
+    to the f32 code * scale); the main model's final hidden state is its norm applied to hidden_states[L];
+    then x = eh_proj(cat(enorm(embed_L[t_{i+1}]), hnorm(final_i))), transformers' decoder layer L at
+    positions 0..seq-2 with a causal mask, shared_head.norm and shared_head.head."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DeepseekV3ForCausalLM
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3RMSNorm
+    hub = json.load(open(os.path.join(directory, "config.json")))
+    n = hub["num_hidden_layers"]
+    prefix = f"model.layers.{n}."
+    extras = ("embed_tokens.weight", "enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "shared_head.head.weight")
+    stored = checkpoint_torch(directory)
+    weights, mtp = {}, {}
+    for name, t in stored.items():
+        if name.endswith("_scale_inv"):
+            continue
+        scale = stored.get(name + "_scale_inv")
+        value = (t.float() * expand_scale(scale, *t.shape)) if scale is not None else t
+        if name.startswith(prefix) and name[len(prefix):] in extras:
+            mtp[name[len(prefix):]] = value.float()
+        else:
+            weights[name] = value
+    tmp = tempfile.mkdtemp(prefix="v3-mtp-reference-", dir=work)
+    save_file({k: t.contiguous() for k, t in weights.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    hub = {k: v for k, v in hub.items() if k != "quantization_config"}
+    hub.update(model_type="deepseek_v3", num_hidden_layers=n + 1, num_nextn_predict_layers=0)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hub, f)
+    model, info = DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32, experts_implementation="eager",
+                                                        attn_implementation="eager", output_loading_info=True)
+    loaded = not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"] and len(mtp) == len(extras)
+    inner, config, eps = model.eval().model, model.config, hub["rms_norm_eps"]
+    hidden = config.hidden_size
+
+    def norm(weight, x):
+        layer = DeepseekV3RMSNorm(hidden, eps=eps)
+        layer.weight.data.copy_(weight)
+        return layer(x)
+
+    with torch.no_grad():
+        ids = torch.tensor(tokens)
+        final = inner.norm(inner(ids, output_hidden_states=True).hidden_states[n])
+        x = torch.cat([norm(mtp["enorm.weight"], mtp["embed_tokens.weight"][ids[:, 1:]]), norm(mtp["hnorm.weight"], final[:, :-1])], dim=-1)
+        x = x @ mtp["eh_proj.weight"].T
+        positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+        mask = torch.full((x.shape[1], x.shape[1]), float("-inf")).triu(1)[None, None]
+        out = inner.layers[n](x, attention_mask=mask, position_ids=positions, position_embeddings=inner.rotary_emb(x, positions))
+        out = out[0] if isinstance(out, tuple) else out
+        logits = norm(mtp["shared_head.norm.weight"], out) @ mtp["shared_head.head.weight"].T
+    shutil.rmtree(tmp)
+    return logits, loaded, info
+
+
+def check_mtp(binary, work):
+    """forward --mtp on the V3 fixtures with an MTP layer against the torch reference above, and on their
+    FP8, absorbed and sharded conversions; validate reports the MTP layer's drift."""
+    import torch
+    from safetensors.torch import load_file
+    for name in ("v3", "v3-fp8"):
+        directory = os.path.join(FIXTURES, name)
+        tokens_path = os.path.join(directory, "tokens.json")
+        expected, loaded, info = mtp_transformers_logits(directory, json.load(open(tokens_path))["tokens"], work)
+        check(f"MTP {name}: transformers loads the main stack and the MTP decoder layer", loaded, str(info))
+        for label, model in (("", directory), (" of the absorbed (fold, f32)", "absorb"), (" of the 8-device shard", "shard")):
+            if model == "absorb":
+                model = os.path.join(work, f"mtp-absorbed-{name}")
+                r = dsconvert(binary, "absorb", "--mode", "fold", "--dtype", "f32", "--input", directory, "--output", model)
+            elif model == "shard":
+                model = os.path.join(work, f"mtp-sharded-{name}")
+                r = dsconvert(binary, "shard", "--devices", "8", "--input", directory, "--output", model)
+            else:
+                r = None
+            if r is not None and r.returncode != 0:
+                check(f"MTP {name}{label}: conversion", False, r.stderr.strip())
+                continue
+            result = os.path.join(work, f"mtp-{name}-{len(label)}.safetensors")
+            f = dsconvert(binary, "forward", "--model", model, "--tokens", tokens_path, "--mtp", "--output", result, "--force")
+            if f.returncode != 0:
+                check(f"MTP {name}{label}: forward --mtp", False, f.stderr.strip())
+                continue
+            got = load_file(result)["mtp_logits"]
+            delta = (got - expected).abs().max().item()
+            same_top1 = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
+            check(f"MTP {name}{label}: forward --mtp logits {list(got.shape)}, max |delta| {delta:.2e} <= 1e-3 of the torch "
+                  f"reference (top-1 agreement {same_top1:.3f})", got.shape == expected.shape and delta <= 1e-3)
+    report = os.path.join(work, "mtp-report.json")
+    fp8 = os.path.join(work, "mtp-v3-fp8-requantized")
+    r = dsconvert(binary, "quantize", "--fp8", "--input", os.path.join(FIXTURES, "v3"), "--output", fp8)
+    v = dsconvert(binary, "validate", "--reference", os.path.join(FIXTURES, "v3"), "--candidate", fp8, "--json", report,
+                  "--max-kl-mean", "none", "--max-kl-max", "none", "--min-top1", "none", "--min-routing", "none", "--max-ppl-ratio", "none")
+    data = json.load(open(report)) if v.returncode == 0 else {}
+    mtp = data.get("mtp", {})
+    check(f"validate v3 against its quantize --fp8: the MTP layer's drift reported (KL mean {mtp.get('kl_mean', float('nan')):.3e}, "
+          f"top-1 {mtp.get('top1_agreement', float('nan')):.3f}), the report validates",
+          r.returncode == 0 and v.returncode == 0 and mtp.get("layer") == 3 and mtp.get("kl_mean", 0) > 0
+          and validate(data, "validate.schema.json"), r.stderr + v.stderr)
+
+
 def check_v3_fixtures(binary, work):
     """Fixtures/v3, v3-fp8 and kimi against transformers computed live (not the committed goldens):
     forward, shard --devices 8, and for v3-fp8 quantize --dequantize, absorb --dtype f32 and
@@ -1527,6 +1629,7 @@ def main():
         check_transformers_checkpoints(args.bin, work, args.transformers_checkpoints)
         check_transformers_v3_checkpoints(args.bin, work, args.transformers_v3_checkpoints)
         check_v3_fixtures(args.bin, work)
+        check_mtp(args.bin, work)
         check_tokenizers(args.bin, work)
         check_gguf(args.bin, work, args.llama_cpp)
     finally:

@@ -1,0 +1,59 @@
+import DeepSeekModel
+import Foundation
+import Numerics
+
+/// What the first multi-token-prediction layer predicts for a batch: at position i of each sequence,
+/// from the main model's final hidden state at i and the embedding of token i + 1, the logits of
+/// token i + 2 (the draft an engine's speculative decoding proposes).
+public struct MTPResult: Sendable {
+    /// The MTP layer's index (`num_hidden_layers`).
+    public let layer: Int
+    public let batch: Int
+    /// Positions per sequence: the sequence length less one (the last position has no token i + 1).
+    public let sequenceLength: Int
+    /// [batch, sequenceLength, vocab]
+    public let logits: [Float]
+    /// The layer's routing.
+    public let routing: RoutingRecord?
+}
+
+extension ReferenceForward {
+    /// The first MTP layer's pass over `tokens`, given `final`, the main model's last hidden state
+    /// after its final norm ([batch · seq, hidden], `finish`'s): nil when the model has no MTP layer
+    /// or the sequences are shorter than two tokens.
+    ///
+    /// As vLLM's and SGLang's DeepSeek MTP modules compute it (DeepSeek-V3's report, §2.2, with the
+    /// halves in the order the published weights were trained in): x = eh_proj · [enorm(E[t_{i+1}]);
+    /// hnorm(final_i)], with E the layer's own `embed_tokens`; then the layer's decoder block at
+    /// positions 0 ..< seq − 1 (RoPE position i, causal over the MTP layer's own cache), its own
+    /// `shared_head.norm` and `shared_head.head`. The engines pass the main model's hidden state after
+    /// its final norm (what their logits processor reads), and so does this; vLLM also zeroes the
+    /// embedding at position 0, which SGLang does not: neither is done here. Under mla-kv6c the MTP
+    /// layer's cache stays fp32 (its channels are calibrated for the main stack only); fixed formats
+    /// apply to it as to every layer.
+    public func mtpPass(tokens: [[Int]], final: [Float]) throws -> MTPResult? {
+        guard let layer = config.mtpLayers.first, let seq = tokens.first?.count, seq >= 2 else { return nil }
+        let began = DispatchTime.now()
+        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        let h = config.hiddenSize, batch = tokens.count, positions = seq - 1, t = batch * positions
+        precondition(final.count == batch * seq * h, "final hidden state of \(batch) x \(seq) tokens")
+        func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
+        // Read ahead all but the embedding table, of which only the batch's rows are read.
+        weights.prefetch(config.layerTensors(layer).map(\.name).filter { $0 != name(.mtpEmbedding) })
+        let embedded = try phase(.embedding) { try embeddingRows(tokens.flatMap { $0.dropFirst() }, table: name(.mtpEmbedding)) }
+        let previous = Self.gather((0..<batch).lazy.flatMap { b in (0..<positions).lazy.map { b * seq + $0 } }, of: final, width: h)
+        let e = Elementwise.rmsNorm(embedded, width: h, gamma: try load(name(.mtpEmbeddingNorm), [h]), eps: config.rmsNormEps)
+        let p = Elementwise.rmsNorm(previous, width: h, gamma: try load(name(.mtpHiddenNorm), [h]), eps: config.rmsNormEps)
+        var joined = [Float](repeating: 0, count: t * 2 * h)
+        for i in 0..<t {
+            joined.replaceSubrange((2 * i * h)..<((2 * i + 1) * h), with: e[(i * h)..<((i + 1) * h)])
+            joined.replaceSubrange(((2 * i + 1) * h)..<((2 * i + 2) * h), with: p[(i * h)..<((i + 1) * h)])
+        }
+        var hidden = Linear.forward(joined, rows: t, weight: try matrix(name(.mtpProjection), [h, 2 * h]), inFeatures: 2 * h, outFeatures: h)
+        let (routing, _) = try decoderLayer(&hidden, layer: layer, batch: batch, seq: positions)
+        let out = Elementwise.rmsNorm(hidden, width: h, gamma: try load(name(.mtpHeadNorm), [h]), eps: config.rmsNormEps)
+        let logits = try phase(.head) { try vocabularyProjection(out, rows: t, head: name(.mtpHead)) }
+        guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "MTP logits") }
+        return MTPResult(layer: layer, batch: batch, sequenceLength: positions, logits: logits, routing: routing)
+    }
+}

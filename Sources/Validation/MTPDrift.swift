@@ -1,0 +1,58 @@
+import DeepSeekModel
+import Foundation
+import ReferenceModel
+
+extension DriftReport {
+    /// The first multi-token-prediction layer's drift: every stage converts it (engines load it for
+    /// speculative decoding), and the main logits never use it. Reported, not judged: a draft that
+    /// drifted changes how many drafts an engine accepts, never what it outputs.
+    public struct MTP: Codable, Sendable, Equatable {
+        /// The MTP layer's index (`num_hidden_layers`).
+        public var layer: Int
+        /// Predicted positions: batch × (seq − 1), position i predicting token i + 2.
+        public var positions: Int
+        public var maxAbsDelta: Double
+        public var klMean: Double
+        public var klMax: Double
+        public var klP99: Double
+        public var top1Agreement: Double
+        /// The share of the layer's (token, expert) selections kept (nil: a dense MTP layer).
+        public var routingAgreement: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case layer, positions
+            case maxAbsDelta = "max_abs_delta"
+            case klMean = "kl_mean"
+            case klMax = "kl_max"
+            case klP99 = "kl_p99"
+            case top1Agreement = "top1_agreement"
+            case routingAgreement = "routing_agreement"
+        }
+
+        /// The table's line.
+        var line: String {
+            var text = String(format: "MTP layer %d  max |Δ| %.3e   KL mean %.3e nats   KL max %.3e nats   KL 99%% %.3e nats   top-1 %.4f",
+                              layer, maxAbsDelta, klMean, klMax, klP99, top1Agreement)
+            if let routingAgreement { text += String(format: "   routing %.4f", routingAgreement) }
+            return text + "  (\(positions) drafts of token i + 2; reported, not judged)"
+        }
+    }
+}
+
+/// Runs the first MTP layer of both models after their main stacks and measures its drift.
+enum MTPDrift {
+    /// nil unless both models hold an MTP layer and the sequences have two tokens or more. Each model's
+    /// MTP layer reads its own final hidden state, as an engine running it would.
+    static func measure(_ rf: ReferenceForward, _ cf: ReferenceForward, tokens: [[Int]], referenceFinal: [Float], candidateFinal: [Float],
+                        progress: ((String) -> Void)?) throws -> DriftReport.MTP? {
+        guard rf.config.mtpLayerCount > 0, cf.config.mtpLayerCount > 0, tokens[0].count >= 2 else { return nil }
+        progress?("validate: MTP layer (reference)")
+        guard let r = try rf.mtpPass(tokens: tokens, final: referenceFinal) else { return nil }
+        progress?("validate: MTP layer (candidate)")
+        guard let c = try cf.mtpPass(tokens: tokens, final: candidateFinal) else { return nil }
+        let logits = Validator.logitDrift(r.logits, c.logits, vocab: rf.config.vocabSize)
+        let routing = r.routing.flatMap { a in c.routing.map { DriftMetrics.routingAgreement(reference: a, candidate: $0) } }
+        return .init(layer: r.layer, positions: r.batch * r.sequenceLength, maxAbsDelta: logits.maxAbsDelta, klMean: logits.klMean,
+                     klMax: logits.klMax, klP99: logits.klP99, top1Agreement: logits.top1Agreement, routingAgreement: routing)
+    }
+}

@@ -1,0 +1,67 @@
+import DeepSeekModel
+import Foundation
+import XCTest
+@testable import ReferenceModel
+@testable import Validation
+
+/// `validate` runs the first MTP layer of both models and reports its drift (the torch reference of
+/// the MTP pass itself is the cross-check's `check_mtp`).
+final class MTPDriftTests: XCTestCase {
+    private let v3 = fixtures.appendingPathComponent("v3")
+
+    func testItselfHasNoMTPDrift() throws {
+        let model = try ModelLoader.open(v3)
+        let tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
+        let report = try Validator.compare(reference: model, candidate: model, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
+        let mtp = try XCTUnwrap(report.mtp)
+        XCTAssertEqual(mtp, .init(layer: model.config.numHiddenLayers, positions: tokens.count * (tokens[0].count - 1), maxAbsDelta: 0, klMean: 0,
+                                  klMax: 0, klP99: 0, top1Agreement: 1, routingAgreement: 1))
+        XCTAssertTrue(report.table().contains("MTP layer 3  max |Δ| 0.000e+00"), report.table())
+    }
+
+    /// A broken eh_proj leaves the main model's logits and hidden states identical: only the MTP line
+    /// sees it, and it does not fail the check (a draft's drift costs accepted drafts, not outputs).
+    func testABrokenMTPLayerIsReportedNotJudged() throws {
+        let reference = try ModelLoader.open(v3)
+        let tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
+        let target = TensorNames.name(.mtpProjection, layer: reference.config.numHiddenLayers)
+        let broken = try LoadedModel(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+            if name == target { values = values.map { -$0 } }
+        })
+        let report = try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t", heldout: nil,
+                                           thresholds: DriftThresholds(maxLogitDelta: 0))
+        XCTAssertEqual(report.logits.maxAbsDelta, 0)
+        XCTAssertTrue(report.hiddenStates.allSatisfy { $0.relativeError == 0 })
+        let mtp = try XCTUnwrap(report.mtp)
+        XCTAssertGreaterThan(mtp.klMean, 0.01)
+        XCTAssertLessThan(mtp.top1Agreement, 1)
+        XCTAssertTrue(report.verdict.passed, "\(report.verdict.failures)")
+    }
+
+    /// No MTP layer (V2), or sequences of one token: no MTP line.
+    func testNoMTPWithoutTheLayerOrASecondToken() throws {
+        let lite = try ModelLoader.open(fixtures.appendingPathComponent("lite"))
+        let liteTokens = try TokenFile.load(fixtures.appendingPathComponent("lite/tokens.json"))
+        XCTAssertNil(try Validator.compare(reference: lite, candidate: lite, tokens: liteTokens, tokensLabel: "t", heldout: nil, thresholds: .defaults).mtp)
+        let model = try ModelLoader.open(v3)
+        let single = try TokenFile.load(v3.appendingPathComponent("tokens.json")).map { Array($0.prefix(1)) }
+        let report = try Validator.compare(reference: model, candidate: model, tokens: single, tokensLabel: "t", heldout: nil, thresholds: .defaults)
+        XCTAssertNil(report.mtp)
+        XCTAssertNil(try model.forward().run(tokens: single, mtp: true).mtp)
+    }
+
+    /// The MTP pass reads position i's final hidden state and token i + 1: changing the last token of a
+    /// sequence moves only that sequence's last MTP position (the main logits of every earlier position too stay).
+    func testPositionIReadsTokenIPlusOne() throws {
+        let model = try ModelLoader.open(v3)
+        var tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
+        let before = try XCTUnwrap(try model.forward().run(tokens: tokens, mtp: true).mtp)
+        let seq = tokens[0].count, vocab = model.config.vocabSize
+        tokens[0][seq - 1] = (tokens[0][seq - 1] + 1) % vocab
+        let after = try XCTUnwrap(try model.forward().run(tokens: tokens, mtp: true).mtp)
+        XCTAssertEqual(before.sequenceLength, seq - 1)
+        let positions = before.batch * before.sequenceLength
+        let changed = (0..<positions).filter { p in before.logits[(p * vocab)..<((p + 1) * vocab)] != after.logits[(p * vocab)..<((p + 1) * vocab)] }
+        XCTAssertEqual(changed, [seq - 2])
+    }
+}
