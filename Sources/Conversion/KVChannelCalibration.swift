@@ -31,10 +31,19 @@ public enum KVChannelCalibration {
     /// every token): 2,048 × (L + R) f32 per layer, 4.7 MB at V2's and V3's widths, 283 MB for V2's 60 layers.
     public static let sampleLimit = 2048
 
-    /// Runs the model on `tokens` (batches of at most 8 sequences) and returns every layer's codec.
+    /// The layers calibrated: the main stack's, and the first MTP layer's when the model holds one and
+    /// the sequences have the two tokens its pass needs (`ReferenceForward.mtpPass`).
+    public static func calibratedLayers(_ config: DeepSeekConfig, sequenceLength: Int) -> Range<Int> {
+        0..<(config.numHiddenLayers + (config.mtpLayerCount > 0 && sequenceLength >= 2 ? 1 : 0))
+    }
+
+    /// Runs the model on `tokens` (batches of at most 8 sequences) and returns the codec of every layer
+    /// of `calibratedLayers`, in order.
     public static func calibrate(config: DeepSeekConfig, weights: WeightProvider, tokens: [[Int]], source: String = "calibration tokens",
                                  progress: ((String) -> Void)? = nil) throws -> [KVChannelCodec] {
-        var layers = (0..<config.numHiddenLayers).map { _ in LayerStatistics(config: config) }
+        let calibrated = calibratedLayers(config, sequenceLength: tokens.first?.count ?? 0)
+        let mtp = calibrated.count > config.numHiddenLayers
+        var layers = calibrated.map { _ in LayerStatistics(config: config) }
         let metrics = ValueMetrics(config: config, weights: weights)
         // With one batch (up to 8 sequences) each layer's metric is needed once; with more, it is computed
         // again per batch rather than kept for every layer (heads × L² floats each: 134 MB per layer for V2).
@@ -44,7 +53,7 @@ public enum KVChannelCalibration {
                 let forward = ReferenceForward(config: config, weights: weights, cacheObserver: { observation in
                     try layers[observation.layer].add(observation, metric: metrics.metric(layer: observation.layer))
                 })
-                _ = try forward.run(tokens: batch, source: source) { progress?("calibrate: sequences \(start + 1)-\(start + batch.count): \($0)") }
+                _ = try forward.run(tokens: batch, source: source, mtp: mtp) { progress?("calibrate: sequences \(start + 1)-\(start + batch.count): \($0)") }
             }
         }
         ReferenceForward.releaseBuffers()

@@ -35,8 +35,12 @@ public struct KVCacheSetting: Sendable, Equatable {
             return
         }
         let channels = record.channels ?? []
-        guard channels.map(\.layer) == Array(0..<config.numHiddenLayers) else {
-            throw Self.bad(path, "mla-kv6c needs channels for layers 0..<\(config.numHiddenLayers) in order")
+        // The main stack's layers, and the first MTP layer's when calibrated with it (earlier outputs
+        // have none: their MTP layer then runs with an fp32 cache).
+        let main = Array(0..<config.numHiddenLayers), withMTP = Array(0..<(config.numHiddenLayers + min(config.mtpLayerCount, 1)))
+        guard channels.map(\.layer) == main || channels.map(\.layer) == withMTP else {
+            throw Self.bad(path, "mla-kv6c needs channels for layers 0..<\(config.numHiddenLayers) in order"
+                           + (withMTP.count > main.count ? " (or 0..<\(withMTP.count), the MTP layer's too)" : ""))
         }
         layerCodecs = try channels.map { entry in
             guard entry.bits.count == l + r, entry.steps.count == l + r else {
@@ -52,8 +56,8 @@ public struct KVCacheSetting: Sendable, Equatable {
         }
     }
 
-    /// The codec of `layer`'s cache entries; nil (an fp32 cache) for an MTP layer under mla-kv6c,
-    /// which calibrates the main stack's layers only.
+    /// The codec of `layer`'s cache entries; nil (an fp32 cache) for an MTP layer under mla-kv6c
+    /// declared without its channels.
     public func codec(layer: Int) -> KVCacheCodec.Codec? {
         if let fixed = format.fixedCodec { return fixed }
         return layerCodecs.indices.contains(layer) ? .channelwise(layerCodecs[layer]) : nil

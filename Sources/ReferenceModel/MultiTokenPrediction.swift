@@ -28,9 +28,8 @@ extension ReferenceForward {
     /// positions 0 ..< seq − 1 (RoPE position i, causal over the MTP layer's own cache), its own
     /// `shared_head.norm` and `shared_head.head`. The engines pass the main model's hidden state after
     /// its final norm (what their logits processor reads), and so does this; vLLM also zeroes the
-    /// embedding at position 0, which SGLang does not: neither is done here. Under mla-kv6c the MTP
-    /// layer's cache stays fp32 (its channels are calibrated for the main stack only); fixed formats
-    /// apply to it as to every layer.
+    /// embedding at position 0, which SGLang does not: neither is done here. The KV cache applies to it
+    /// as to every layer (under mla-kv6c declared without the MTP layer's channels, its cache is fp32).
     public func mtpPass(tokens: [[Int]], final: [Float]) throws -> MTPResult? {
         guard let layer = config.mtpLayers.first, let seq = tokens.first?.count, seq >= 2 else { return nil }
         let began = DispatchTime.now()

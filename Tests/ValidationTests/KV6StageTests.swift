@@ -55,6 +55,42 @@ final class KV6StageTests: XCTestCase {
         XCTAssertEqual(try compare(try ModelLoader.open(trained), candidate, tokens: tokens).logits.maxAbsDelta, 0)
     }
 
+    /// A V3 checkpoint's first MTP layer is calibrated with the main stack: channels for layers 0...L,
+    /// applied to the MTP layer's cache (a declaration without them, as earlier versions wrote, still
+    /// loads and leaves that cache fp32), and absorbing keeps its codes as it keeps the main layers'.
+    func testMTPLayerIsCalibratedToo() throws {
+        let v3 = fixtures.appendingPathComponent("v3")
+        let tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
+        let out = try kv6(v3, calibrated: true, name: "v3-kv6c", calibration: v3.appendingPathComponent("tokens.json"))
+        let config = try DeepSeekConfig.load(directory: out)
+        let record = try XCTUnwrap(config.kvCache)
+        XCTAssertEqual(record.channels?.map(\.layer), Array(0...config.numHiddenLayers))
+        for entry in record.channels ?? [] { XCTAssertEqual(entry.bits.reduce(0, +), 6 * (config.kvLoraRank + config.qkRopeHeadDim), "layer \(entry.layer)") }
+        XCTAssertNotNil(try KVCacheSetting(declaredBy: config, path: "config.json").codec(layer: config.numHiddenLayers))
+
+        // The same declaration without the MTP layer's channels: main logits identical, the MTP layer's differ.
+        let mainOnly = dir.appendingPathComponent("v3-kv6c-main-only")
+        try FileManager.default.copyItem(at: out, to: mainOnly)
+        let path = mainOnly.appendingPathComponent("config.json")
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: path)) as! [String: Any]
+        var kv = json["dsconvert_kv_cache"] as! [String: Any]
+        kv["channels"] = Array((kv["channels"] as! [[String: Any]]).dropLast())
+        json["dsconvert_kv_cache"] = kv
+        try JSONSerialization.data(withJSONObject: json).write(to: path)
+        XCTAssertNil(try KVCacheSetting(declaredBy: try DeepSeekConfig.load(directory: mainOnly), path: "config.json").codec(layer: config.numHiddenLayers))
+        let reference = try ModelLoader.open(v3)
+        let full = try compare(reference, try ModelLoader.open(out), tokens: tokens)
+        let partial = try compare(reference, try ModelLoader.open(mainOnly), tokens: tokens)
+        XCTAssertEqual(full.logits.klMean, partial.logits.klMean)
+        let fullMTP = try XCTUnwrap(full.mtp), partialMTP = try XCTUnwrap(partial.mtp)
+        XCTAssertNotEqual(fullMTP.klMean, partialMTP.klMean)
+
+        // Absorbed (f32): the latent steps divided by each layer's gain, the MTP layer's included.
+        let folded = try compare(reference, try ModelLoader.open(try absorbed(out, dtype: .f32, name: "v3-kv6c-absorbed")), tokens: tokens)
+        XCTAssertEqual(folded.logits.klMean, full.logits.klMean, accuracy: 1e-3 * full.logits.klMean)
+        XCTAssertEqual(try XCTUnwrap(folded.mtp).klMean, fullMTP.klMean, accuracy: 1e-3 * fullMTP.klMean)
+    }
+
     /// A declaration that does not describe a codec for this model is refused when the config is read, with
     /// one line naming config.json's dsconvert_kv_cache and the layer.
     func testBrokenChannelsAreRefused() throws {
