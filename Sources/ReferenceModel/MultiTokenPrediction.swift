@@ -18,6 +18,14 @@ public struct MTPResult: Sendable {
 }
 
 extension ReferenceForward {
+    /// Starts reading the first MTP layer's weights in the order its pass uses them: all but its
+    /// embedding table, of which only the batch's rows are read. (Names already queued stay queued once.)
+    public func prefetchMTP() {
+        guard let layer = config.mtpLayers.first else { return }
+        let table = TensorNames.name(.mtpEmbedding, layer: layer)
+        weights.prefetch(config.layerTensors(layer).map(\.name).filter { $0 != table })
+    }
+
     /// The first MTP layer's pass over `tokens`, given `final`, the main model's last hidden state
     /// after its final norm ([batch · seq, hidden], `finish`'s): nil when the model has no MTP layer
     /// or the sequences are shorter than two tokens.
@@ -37,8 +45,7 @@ extension ReferenceForward {
         let h = config.hiddenSize, batch = tokens.count, positions = seq - 1, t = batch * positions
         precondition(final.count == batch * seq * h, "final hidden state of \(batch) x \(seq) tokens")
         func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
-        // Read ahead all but the embedding table, of which only the batch's rows are read.
-        weights.prefetch(config.layerTensors(layer).map(\.name).filter { $0 != name(.mtpEmbedding) })
+        prefetchMTP()
         let embedded = try phase(.embedding) { try embeddingRows(tokens.flatMap { $0.dropFirst() }, table: name(.mtpEmbedding)) }
         let previous = Self.gather((0..<batch).lazy.flatMap { b in (0..<positions).lazy.map { b * seq + $0 } }, of: final, width: h)
         let e = Elementwise.rmsNorm(embedded, width: h, gamma: try load(name(.mtpEmbeddingNorm), [h]), eps: config.rmsNormEps)

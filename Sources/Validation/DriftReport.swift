@@ -289,6 +289,8 @@ public enum Validator {
             if layer < count - 1 { layers.append(drift(layer + 1, r.hidden, c.hidden)) }
         }
         cf.prefetch(layer: count)
+        // The MTP layers are read while the heads compute.
+        if MTPDrift.applies(rf, cf, tokens: tokens) { rf.prefetchMTP(); cf.prefetchMTP() }
         let ends = try finishBoth(rf, r, cf, c, tokens: tokens, perplexityOnTokens: perplexityOnTokens)
         layers.append(drift(count, ends.referenceFinal, ends.candidateFinal))
         let mtp = try MTPDrift.measure(rf, cf, tokens: tokens, referenceFinal: ends.referenceFinal, candidateFinal: ends.candidateFinal,

@@ -41,11 +41,16 @@ extension DriftReport {
 
 /// Runs the first MTP layer of both models after their main stacks and measures its drift.
 enum MTPDrift {
+    /// Whether `measure` will run: both models hold an MTP layer and the sequences have two tokens or more.
+    static func applies(_ rf: ReferenceForward, _ cf: ReferenceForward, tokens: [[Int]]) -> Bool {
+        rf.config.mtpLayerCount > 0 && cf.config.mtpLayerCount > 0 && tokens[0].count >= 2
+    }
+
     /// nil unless both models hold an MTP layer and the sequences have two tokens or more. Each model's
     /// MTP layer reads its own final hidden state, as an engine running it would.
     static func measure(_ rf: ReferenceForward, _ cf: ReferenceForward, tokens: [[Int]], referenceFinal: [Float], candidateFinal: [Float],
                         progress: ((String) -> Void)?) throws -> DriftReport.MTP? {
-        guard rf.config.mtpLayerCount > 0, cf.config.mtpLayerCount > 0, tokens[0].count >= 2 else { return nil }
+        guard applies(rf, cf, tokens: tokens) else { return nil }
         progress?("validate: MTP layer (reference)")
         guard let r = try rf.mtpPass(tokens: tokens, final: referenceFinal) else { return nil }
         progress?("validate: MTP layer (candidate)")
