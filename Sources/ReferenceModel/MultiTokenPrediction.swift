@@ -15,6 +15,8 @@ public struct MTPResult: Sendable {
     public let logits: [Float]
     /// The layer's routing.
     public let routing: RoutingRecord?
+    /// Rows of its MoE input, when asked for (`mtpPass(tokens:final:keepingExpertInputRows:)`).
+    public let expertInput: ReferenceForward.ExpertInput?
 }
 
 extension ReferenceForward {
@@ -38,7 +40,7 @@ extension ReferenceForward {
     /// its final norm (what their logits processor reads), and so does this; vLLM also zeroes the
     /// embedding at position 0, which SGLang does not: neither is done here. The KV cache applies to it
     /// as to every layer (under mla-kv6c declared without the MTP layer's channels, its cache is fp32).
-    public func mtpPass(tokens: [[Int]], final: [Float]) throws -> MTPResult? {
+    public func mtpPass(tokens: [[Int]], final: [Float], keepingExpertInputRows: Int = 0) throws -> MTPResult? {
         guard let layer = config.mtpLayers.first, let seq = tokens.first?.count, seq >= 2 else { return nil }
         let began = DispatchTime.now()
         defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
@@ -56,10 +58,10 @@ extension ReferenceForward {
             joined.replaceSubrange(((2 * i + 1) * h)..<((2 * i + 2) * h), with: p[(i * h)..<((i + 1) * h)])
         }
         var hidden = Linear.forward(joined, rows: t, weight: try matrix(name(.mtpProjection), [h, 2 * h]), inFeatures: 2 * h, outFeatures: h)
-        let (routing, _) = try decoderLayer(&hidden, layer: layer, batch: batch, seq: positions)
+        let (routing, kept) = try decoderLayer(&hidden, layer: layer, batch: batch, seq: positions, keepingExpertInputRows: keepingExpertInputRows)
         let out = Elementwise.rmsNorm(hidden, width: h, gamma: try load(name(.mtpHeadNorm), [h]), eps: config.rmsNormEps)
         let logits = try phase(.head) { try vocabularyProjection(out, rows: t, head: name(.mtpHead)) }
         guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "MTP logits") }
-        return MTPResult(layer: layer, batch: batch, sequenceLength: positions, logits: logits, routing: routing)
+        return MTPResult(layer: layer, batch: batch, sequenceLength: positions, logits: logits, routing: routing, expertInput: kept)
     }
 }

@@ -294,7 +294,7 @@ public enum Validator {
         let ends = try finishBoth(rf, r, cf, c, tokens: tokens, perplexityOnTokens: perplexityOnTokens)
         layers.append(drift(count, ends.referenceFinal, ends.candidateFinal))
         let mtp = try MTPDrift.measure(rf, cf, tokens: tokens, referenceFinal: ends.referenceFinal, candidateFinal: ends.candidateFinal,
-                                       progress: progress)
+                                       probes: &probes, progress: progress)
         let prefetched = [reference.weights.prefetchTotals(), candidate.weights.prefetchTotals()]
         ReferenceForward.releaseBuffers()
         let timing = DriftReport.Timing(wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9,

@@ -36,7 +36,8 @@ extension DriftReport {
             }
         }
 
-        /// Routed experts in the MoE layers of the main stack (layers × n_routed_experts).
+        /// Routed experts in the MoE layers run: the main stack's and the first MTP layer's when it ran
+        /// (layers × n_routed_experts).
         public var total: Int
         public var routed: Int
         public var probed: Int

@@ -48,13 +48,18 @@ enum MTPDrift {
 
     /// nil unless both models hold an MTP layer and the sequences have two tokens or more. Each model's
     /// MTP layer reads its own final hidden state, as an engine running it would.
+    /// The experts of an MoE MTP layer that no token chose are probed as the main stack's (`probes`).
     static func measure(_ rf: ReferenceForward, _ cf: ReferenceForward, tokens: [[Int]], referenceFinal: [Float], candidateFinal: [Float],
-                        progress: ((String) -> Void)?) throws -> DriftReport.MTP? {
+                        probes: inout ExpertProbes, progress: ((String) -> Void)?) throws -> DriftReport.MTP? {
         guard applies(rf, cf, tokens: tokens) else { return nil }
         progress?("validate: MTP layer (reference)")
-        guard let r = try rf.mtpPass(tokens: tokens, final: referenceFinal) else { return nil }
+        guard let r = try rf.mtpPass(tokens: tokens, final: referenceFinal, keepingExpertInputRows: ExpertProbes.rows) else { return nil }
         progress?("validate: MTP layer (candidate)")
         guard let c = try cf.mtpPass(tokens: tokens, final: candidateFinal) else { return nil }
+        if let input = r.expertInput, let rr = r.routing, let cr = c.routing {
+            progress?("validate: MTP layer (experts no token chose)")
+            try probes.probe(input, reference: rf, candidate: cf, referenceRouting: rr, candidateRouting: cr)
+        }
         let logits = Validator.logitDrift(r.logits, c.logits, vocab: rf.config.vocabSize)
         let routing = r.routing.flatMap { a in c.routing.map { DriftMetrics.routingAgreement(reference: a, candidate: $0) } }
         return .init(layer: r.layer, positions: r.batch * r.sequenceLength, maxAbsDelta: logits.maxAbsDelta, klMean: logits.klMean,

@@ -17,6 +17,12 @@ final class MTPDriftTests: XCTestCase {
         XCTAssertEqual(mtp, .init(layer: model.config.numHiddenLayers, positions: tokens.count * (tokens[0].count - 1), maxAbsDelta: 0, klMean: 0,
                                   klMax: 0, klP99: 0, top1Agreement: 1, routingAgreement: 1))
         XCTAssertTrue(report.table().contains("MTP layer 3  max |Δ| 0.000e+00"), report.table())
+        // The MTP layer's experts are counted and probed with the main stack's.
+        let experts = try XCTUnwrap(report.experts)
+        XCTAssertEqual(experts.perLayer.map(\.layer), [1, 2, 3])
+        let chosen = Set(try XCTUnwrap(try model.forward().run(tokens: tokens, mtp: true).mtp?.routing).experts)
+        XCTAssertEqual(experts.perLayer.last?.routed, chosen.count)
+        XCTAssertEqual(experts.total, 3 * (model.config.nRoutedExperts ?? 0))
     }
 
     /// A broken eh_proj leaves the main model's logits and hidden states identical: only the MTP line
