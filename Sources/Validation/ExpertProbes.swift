@@ -27,11 +27,15 @@ extension DriftReport {
             /// Experts chosen by at least one token in both models.
             public var routed: Int
             public var probed: Int
+            /// Rows of the layer's input each of its probed experts ran on (the MTP layer has one
+            /// position less per sequence than the main stack).
+            public var probeRows: Int
             /// The largest relative error of this layer's probed experts (nil: none probed).
             public var relativeErrorMax: Double?
 
             enum CodingKeys: String, CodingKey {
                 case layer, routed, probed
+                case probeRows = "probe_rows"
                 case relativeErrorMax = "relative_error_max"
             }
         }
@@ -41,7 +45,8 @@ extension DriftReport {
         public var total: Int
         public var routed: Int
         public var probed: Int
-        /// Rows of the reference's layer input each probed expert ran on (tokens spread evenly over the batch).
+        /// The fewest rows of the reference's layer input a probed expert ran on (tokens spread evenly
+        /// over the batch; 0: none probed).
         public var probeRows: Int
         /// The largest relative error of any probed expert (nil: none probed).
         public var relativeErrorMax: Double?
@@ -62,8 +67,10 @@ extension DriftReport {
             let fewest = perLayer.map(\.routed).min() ?? 0
             var text = "experts      routed to \(routed) of \(total) (every MoE layer at least \(fewest))"
             guard let largest = relativeErrorMax, let first = worst.first else { return text + "; none left to probe" }
-            text += String(format: "; the other %d run on %d rows in both: rel. error max %.3e (layer %d expert %d)",
-                           probed, probeRows, largest, first.layer, first.expert)
+            let most = perLayer.filter { $0.probed > 0 }.map(\.probeRows).max() ?? probeRows
+            let rows = most == probeRows ? "\(probeRows)" : "\(probeRows)-\(most)"
+            text += String(format: "; the other %d run on %@ rows in both: rel. error max %.3e (layer %d expert %d)",
+                           probed, rows, largest, first.layer, first.expert)
             return text
         }
     }
@@ -83,7 +90,6 @@ struct ExpertProbes {
     private(set) var layers: [DriftReport.Experts.Layer] = []
     private(set) var probes: [DriftReport.Experts.Probe] = []
     private var total = 0
-    private var rowsUsed = 0
     /// The models' labels, for errors.
     private let referenceLabel: String, candidateLabel: String
 
@@ -99,7 +105,6 @@ struct ExpertProbes {
         let chosen = Set(referenceRouting.experts).intersection(candidateRouting.experts)
         let unchosen = (0..<experts).filter { !chosen.contains(Int32($0)) }
         var largest: Double?
-        rowsUsed = input.tokens.count
         for start in stride(from: 0, to: unchosen.count, by: Self.batch) {
             let batch = Array(unchosen[start..<min(start + Self.batch, unchosen.count)])
             let r = try reference.expertOutputs(batch, layer: input.layer, rows: input.rows, count: input.tokens.count)
@@ -115,7 +120,8 @@ struct ExpertProbes {
             }
         }
         total += experts
-        layers.append(.init(layer: input.layer, routed: experts - unchosen.count, probed: unchosen.count, relativeErrorMax: largest))
+        layers.append(.init(layer: input.layer, routed: experts - unchosen.count, probed: unchosen.count, probeRows: input.tokens.count,
+                            relativeErrorMax: largest))
     }
 
 
@@ -123,7 +129,8 @@ struct ExpertProbes {
         // Worst first; ties in layer and expert order.
         let worst = probes.sorted { ($0.relativeError, $1.layer, $1.expert) > ($1.relativeError, $0.layer, $0.expert) }
         let largest = probes.map(\.relativeError).max()
-        return .init(total: total, routed: layers.reduce(0) { $0 + $1.routed }, probed: probes.count, probeRows: rowsUsed,
+        return .init(total: total, routed: layers.reduce(0) { $0 + $1.routed }, probed: probes.count,
+                     probeRows: layers.filter { $0.probed > 0 }.map(\.probeRows).min() ?? 0,
                      relativeErrorMax: largest, worst: Array(worst.prefix(Self.listed)), perLayer: layers)
     }
 }

@@ -28,7 +28,9 @@ final class ExpertProbeTests: XCTestCase {
                 XCTAssertEqual(layer.routed + layer.probed, total, "\(name) layer \(layer.layer)")
             }
             XCTAssertEqual(experts.routed + experts.probed, experts.total, name)
-            XCTAssertEqual(experts.probeRows, min(ExpertProbes.rows, tokens.count * tokens[0].count), name)
+            let rows = min(ExpertProbes.rows, tokens.count * tokens[0].count)
+            XCTAssertEqual(experts.probeRows, experts.probed > 0 ? rows : 0, name)
+            XCTAssertTrue(experts.perLayer.allSatisfy { $0.probeRows == rows }, name)
             if experts.probed > 0 { XCTAssertEqual(experts.relativeErrorMax, 0, name) } else { XCTAssertNil(experts.relativeErrorMax, name) }
             XCTAssertTrue(report.verdict.passed, "\(name): \(report.verdict.failures)")
         }

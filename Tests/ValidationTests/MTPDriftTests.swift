@@ -20,6 +20,7 @@ final class MTPDriftTests: XCTestCase {
         // The MTP layer's experts are counted and probed with the main stack's.
         let experts = try XCTUnwrap(report.experts)
         XCTAssertEqual(experts.perLayer.map(\.layer), [1, 2, 3])
+        XCTAssertEqual(experts.perLayer.map(\.probeRows), [32, 32, 30], "the MTP layer has 2 x 15 positions")
         let chosen = Set(try XCTUnwrap(try model.forward().run(tokens: tokens, mtp: true).mtp?.routing).experts)
         XCTAssertEqual(experts.perLayer.last?.routed, chosen.count)
         XCTAssertEqual(experts.total, 3 * (model.config.nRoutedExperts ?? 0))
