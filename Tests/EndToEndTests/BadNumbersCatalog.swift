@@ -199,7 +199,7 @@ final class BadNumbersEndToEndTests: XCTestCase {
         let writer = CheckpointWriter(layout: layout, directory: input)
         for t in source.tensors {
             var values = try source.view(t.name).floats()
-            if t.name == tiny { values = values.indices.map { $0 % 2 == 0 ? 1e-44 : -1e-44 } }
+            if t.name == tiny { values = values.indices.map { $0 % 2 == 0 ? Float(bitPattern: 7) : -Float(bitPattern: 7) } }  // ±1e-44 as f32: 7 x 2^-149
             try writer.write(t.name, bytes: values.withUnsafeBytes { Array($0) })
         }
         try writer.finish()

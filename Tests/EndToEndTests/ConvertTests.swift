@@ -91,7 +91,6 @@ final class ConvertTests: XCTestCase {
     }
 
     func testUsageAndBadInput() throws {
-        let out = dir.appendingPathComponent("x")
         for args in [["--input", "a", "--output", "b"], ["--mode", "fold", "--fp8", "--input", "a", "--output", "b"],
                      ["--calibration", "c.json", "--fp8", "--input", "a", "--output", "b"], ["--dense", "once", "--fp8", "--input", "a", "--output", "b"]] {
             let r = try runTool("dsconvert", ["convert"] + args)

@@ -95,7 +95,7 @@ final class FP8BlockQuantizerTests: XCTestCase {
         XCTAssertEqual(scales[0], 48 / 448)
         XCTAssertFalse(codes.contains { FP8Codec.decode($0, .e4m3).isNaN })
         var back = [Float](repeating: 0, count: rows * cols)
-        codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in back.withUnsafeMutableBufferPointer {
+        _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in back.withUnsafeMutableBufferPointer {
             q.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: rows, cols: cols, into: $0.baseAddress!)
         } } }
         XCTAssertEqual(back[129 * cols + 199], 1000, accuracy: 1e-3)

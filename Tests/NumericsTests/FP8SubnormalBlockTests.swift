@@ -5,11 +5,14 @@ import XCTest
 /// zero scale: they are flushed to zero blocks with the all-zero block's scale 1, in the Swift f32
 /// path and the C kernel alike.
 final class FP8SubnormalBlockTests: XCTestCase {
+    /// 1e-44 as f32 (7 x 2^-149, a subnormal), written as its bits: the literal warns of its rounding.
+    private let tiny = Float(bitPattern: 7)
+
     /// A 2 x 2-block matrix: block (0, 0) all ±1e-44 (f32 subnormals), the others ordinary values.
     private func matrix(rows: Int = 256, cols: Int = 256) -> [Float] {
         (0..<(rows * cols)).map { i in
             let r = i / cols, c = i % cols
-            if r < 128, c < 128 { return i % 2 == 0 ? 1e-44 : -1e-44 }
+            if r < 128, c < 128 { return i % 2 == 0 ? tiny : -tiny }
             return Float(i % 97) / 97 - 0.5
         }
     }
@@ -28,7 +31,7 @@ final class FP8SubnormalBlockTests: XCTestCase {
             let amax = (0..<(256 * 256)).filter { $0 / 256 < 128 && $0 % 256 >= 128 }.map { abs(x[$0]) }.max()!
             XCTAssertEqual(scales[1], amax / format.maxFinite)
             var back = [Float](repeating: .nan, count: 256 * 256)
-            codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
+            _ = codes.withUnsafeBufferPointer { cp in scales.withUnsafeBufferPointer { sp in
                 quantizer.dequantize(codes: cp.baseAddress!, scales: sp.baseAddress!, rows: 256, cols: 256, into: &back)
             } }
             XCTAssertTrue(back.allSatisfy(\.isFinite), "\(format): dequantizes to finite values")
@@ -37,9 +40,10 @@ final class FP8SubnormalBlockTests: XCTestCase {
 
     func testBlockScaleRule() {
         XCTAssertEqual(FP8BlockQuantizer.blockScale(amax: 0, maxFinite: 448), 1)
-        XCTAssertEqual(FP8BlockQuantizer.blockScale(amax: 1e-44, maxFinite: 448), 1, "rounds to 0: flushed")
+        XCTAssertEqual(FP8BlockQuantizer.blockScale(amax: tiny, maxFinite: 448), 1, "rounds to 0: flushed")
         XCTAssertEqual(FP8BlockQuantizer.blockScale(amax: 448, maxFinite: 448), 1)
-        XCTAssertEqual(FP8BlockQuantizer.blockScale(amax: 1e-40, maxFinite: 448), 1e-40 / 448, "subnormal but positive: kept, as torch computes it")
+        let subnormal = Float(bitPattern: 71362)  // 1e-40 as f32
+        XCTAssertEqual(FP8BlockQuantizer.blockScale(amax: subnormal, maxFinite: 448), subnormal / 448, "subnormal but positive: kept, as torch computes it")
     }
 
     /// bf16's smallest magnitudes (subnormals down to 2^-133) still give positive scales in every
@@ -68,8 +72,8 @@ final class FP8SubnormalBlockTests: XCTestCase {
 final class KVCacheSubnormalTileTests: XCTestCase {
     func testSubnormalLatentTileRoundTripsToFiniteValues() {
         var latent = [Float](repeating: 0, count: 128), rope = [Float](repeating: 0.5, count: 8)
-        latent[0] = 1e-44
-        latent[1] = -1e-44
+        latent[0] = Float(bitPattern: 7)  // ±1e-44 as f32: 7 x 2^-149
+        latent[1] = -Float(bitPattern: 7)
         KVCacheCodec.roundTrip(.fp8DSMLA, latent: &latent, rope: &rope, tokens: 1)
         XCTAssertTrue(latent.allSatisfy { $0 == 0 }, "flushed to zeros, no NaN: \(latent.prefix(4))")
         XCTAssertEqual(rope, [Float](repeating: 0.5, count: 8))
