@@ -62,7 +62,7 @@ public struct DriftReport: Codable, Sendable {
         }
     }
 
-    public struct Logits: Codable, Sendable {
+    public struct Logits: Codable, Sendable, Equatable {
         public var maxAbsDelta: Double
         public var klMean: Double
         public var klMax: Double
@@ -76,6 +76,12 @@ public struct DriftReport: Codable, Sendable {
             case klMax = "kl_max"
             case klP99 = "kl_p99"
             case top1Agreement = "top1_agreement"
+        }
+
+        /// The figures as the table prints them.
+        var summary: String {
+            String(format: "max |Δ| %.3e   KL mean %.3e nats   KL max %.3e nats   KL 99%% %.3e nats   top-1 %.4f",
+                   maxAbsDelta, klMean, klMax, klP99, top1Agreement)
         }
     }
 
@@ -188,8 +194,7 @@ public struct DriftReport: Codable, Sendable {
             lines.append(String(format: "%12d  %10.3e  %11.8f  %10.8f", l.index, l.relativeError, l.cosineMean, l.cosineMin))
         }
         lines.append("")
-        lines.append(String(format: "logits       max |Δ| %.3e   KL mean %.3e nats   KL max %.3e nats   KL 99%% %.3e nats   top-1 %.4f",
-                            logits.maxAbsDelta, logits.klMean, logits.klMax, logits.klP99, logits.top1Agreement))
+        lines.append("logits       " + logits.summary)
         if let routing {
             let layers = routing.perLayer.sorted { Int($0.key)! < Int($1.key)! }.map { String(format: "%@: %.4f", $0.key, $0.value) }.joined(separator: ", ")
             lines.append(String(format: "routing      agreement %.4f  (per layer %@)", routing.agreement, layers))

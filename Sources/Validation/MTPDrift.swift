@@ -11,28 +11,19 @@ extension DriftReport {
         public var layer: Int
         /// Predicted positions: batch × (seq − 1), position i predicting token i + 2.
         public var positions: Int
-        public var maxAbsDelta: Double
-        public var klMean: Double
-        public var klMax: Double
-        public var klP99: Double
-        public var top1Agreement: Double
+        /// The drafts' logits against the reference's, measured as the main logits are.
+        public var logits: Logits
         /// The share of the layer's (token, expert) selections kept (nil: a dense MTP layer).
         public var routingAgreement: Double?
 
         enum CodingKeys: String, CodingKey {
-            case layer, positions
-            case maxAbsDelta = "max_abs_delta"
-            case klMean = "kl_mean"
-            case klMax = "kl_max"
-            case klP99 = "kl_p99"
-            case top1Agreement = "top1_agreement"
+            case layer, positions, logits
             case routingAgreement = "routing_agreement"
         }
 
         /// The table's line.
         var line: String {
-            var text = String(format: "MTP layer %d  max |Δ| %.3e   KL mean %.3e nats   KL max %.3e nats   KL 99%% %.3e nats   top-1 %.4f",
-                              layer, maxAbsDelta, klMean, klMax, klP99, top1Agreement)
+            var text = "MTP layer \(layer)  " + logits.summary
             if let routingAgreement { text += String(format: "   routing %.4f", routingAgreement) }
             return text + "  (\(positions) drafts of token i + 2; reported, not judged)"
         }
@@ -62,7 +53,6 @@ enum MTPDrift {
         }
         let logits = Validator.logitDrift(r.logits, c.logits, vocab: rf.config.vocabSize)
         let routing = r.routing.flatMap { a in c.routing.map { DriftMetrics.routingAgreement(reference: a, candidate: $0) } }
-        return .init(layer: r.layer, positions: r.batch * r.sequenceLength, maxAbsDelta: logits.maxAbsDelta, klMean: logits.klMean,
-                     klMax: logits.klMax, klP99: logits.klP99, top1Agreement: logits.top1Agreement, routingAgreement: routing)
+        return .init(layer: r.layer, positions: r.batch * r.sequenceLength, logits: logits, routingAgreement: routing)
     }
 }

@@ -14,8 +14,8 @@ final class MTPDriftTests: XCTestCase {
         let tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
         let report = try Validator.compare(reference: model, candidate: model, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
         let mtp = try XCTUnwrap(report.mtp)
-        XCTAssertEqual(mtp, .init(layer: model.config.numHiddenLayers, positions: tokens.count * (tokens[0].count - 1), maxAbsDelta: 0, klMean: 0,
-                                  klMax: 0, klP99: 0, top1Agreement: 1, routingAgreement: 1))
+        XCTAssertEqual(mtp, .init(layer: model.config.numHiddenLayers, positions: tokens.count * (tokens[0].count - 1),
+                                  logits: .init(maxAbsDelta: 0, klMean: 0, klMax: 0, klP99: 0, top1Agreement: 1), routingAgreement: 1))
         XCTAssertTrue(report.table().contains("MTP layer 3  max |Δ| 0.000e+00"), report.table())
         // The MTP layer's experts are counted and probed with the main stack's.
         let experts = try XCTUnwrap(report.experts)
@@ -40,8 +40,8 @@ final class MTPDriftTests: XCTestCase {
         XCTAssertEqual(report.logits.maxAbsDelta, 0)
         XCTAssertTrue(report.hiddenStates.allSatisfy { $0.relativeError == 0 })
         let mtp = try XCTUnwrap(report.mtp)
-        XCTAssertGreaterThan(mtp.klMean, 0.01)
-        XCTAssertLessThan(mtp.top1Agreement, 1)
+        XCTAssertGreaterThan(mtp.logits.klMean, 0.01)
+        XCTAssertLessThan(mtp.logits.top1Agreement, 1)
         XCTAssertTrue(report.verdict.passed, "\(report.verdict.failures)")
     }
 
