@@ -79,7 +79,7 @@ public final class AbsorbStep: TensorSource {
         if let record = input.kvCache, record.format == KVCacheFormat.mlaKV6C.rawValue {
             // The absorbed cache holds the latent without kv_a_layernorm's gain γ (folded into W_UK/W_UV):
             // each latent channel's calibrated step is divided by its γ, so the codes stay the same.
-            let gains = try input.allLayers.prefix(record.channels?.count ?? 0).map { try source.floats(TensorNames.name(.kvANorm, layer: $0)) }
+            let gains = try (record.channels ?? []).map { try source.floats(TensorNames.name(.kvANorm, layer: $0.layer)) }
             document = try document.setting(KVCacheRecord.configKey, to: KVChannelCalibration.withoutLatentGain(record, gains: gains,
                                                                                                            path: source.directory.appendingPathComponent("config.json").path))
         }

@@ -53,7 +53,7 @@ public enum KVChannelCalibration {
                 let forward = ReferenceForward(config: config, weights: weights, cacheObserver: { observation in
                     try layers[observation.layer].add(observation, metric: metrics.metric(layer: observation.layer))
                 })
-                _ = try forward.run(tokens: batch, source: source, mtp: mtp) { progress?("calibrate: sequences \(start + 1)-\(start + batch.count): \($0)") }
+                try forward.observeCaches(tokens: batch, source: source, mtp: mtp) { progress?("calibrate: sequences \(start + 1)-\(start + batch.count): \($0)") }
             }
         }
         ReferenceForward.releaseBuffers()

@@ -52,16 +52,10 @@ public enum ForwardCommand: Command {
         for (i, hidden) in result.hiddenStates.enumerated() {
             tensors.append((PlannedTensor(name: "hidden_states.\(i)", dtype: .f32, shape: [b, s, result.hiddenSize]), bytes(hidden)))
         }
-        for record in result.routing {
-            tensors.append((PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [b, s, record.k]), bytes(record.experts)))
-            tensors.append((PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [b, s, record.k]), bytes(record.weights)))
-        }
+        for record in result.routing { tensors += routingTensors(record, batch: b, positions: s) }
         if let m = result.mtp {
             tensors.append((PlannedTensor(name: "mtp_logits", dtype: .f32, shape: [b, m.sequenceLength, result.vocabSize]), bytes(m.logits)))
-            if let record = m.routing {
-                tensors.append((PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [b, m.sequenceLength, record.k]), bytes(record.experts)))
-                tensors.append((PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [b, m.sequenceLength, record.k]), bytes(record.weights)))
-            }
+            if let record = m.routing { tensors += routingTensors(record, batch: b, positions: m.sequenceLength) }
         }
         try SafeTensorsFileWriter.write(tensors, to: outputURL)
         let mtpNote = result.mtp.map { ", MTP logits [\(b), \($0.sequenceLength), \(result.vocabSize)]" } ?? ""
@@ -70,4 +64,10 @@ public enum ForwardCommand: Command {
     }
 
     static func bytes<T>(_ values: [T]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
+
+    /// routing.{layer}.experts I32 and routing.{layer}.weights F32, [batch, positions, k] each.
+    static func routingTensors(_ record: RoutingRecord, batch: Int, positions: Int) -> [(PlannedTensor, [UInt8])] {
+        [(PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [batch, positions, record.k]), bytes(record.experts)),
+         (PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [batch, positions, record.k]), bytes(record.weights))]
+    }
 }

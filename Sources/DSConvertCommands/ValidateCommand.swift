@@ -19,8 +19,9 @@ public enum ValidateCommand: Command {
         text file with the reference's tokenizer.json (or --tokenizer) instead, and the perplexity is
         then that text's own (as llama-perplexity --kl-divergence reports it, with KL mean, max and
         99th percentile and top-1 agreement).
-        Routed experts no token chose (in either model) are run on 32 rows of the reference's input to
-        their layer in both models and compared, so every expert of the checkpoint is checked.
+        Routed experts that one model or both left unchosen are run on up to 32 rows of the
+        reference's input to their layer in both models and compared, so every expert is checked.
+        With V3-family models that both hold an MTP layer, its drift is reported too (not judged).
         Default thresholds: --max-kl-mean 0.01 --max-kl-max 0.5 --min-top1 0.9 --min-routing 0.8
         --max-ppl-ratio 1.05 --max-expert-error 0.25 (no logit limit); give 'none' to drop one.
         """,

@@ -8,12 +8,15 @@ public struct KVCacheSetting: Sendable, Equatable {
     public let format: KVCacheFormat
     /// mla-kv6c only: the codec of layer i at index i.
     private let layerCodecs: [KVChannelCodec]
+    /// mla-kv6c only: the main stack's layers, which must each have a codec.
+    private let mainLayerCount: Int
 
     /// A format that needs no calibrated parameters; nil for mla-kv6c, which only a checkpoint can declare.
     public init?(fixed format: KVCacheFormat) {
         guard format.fixedCodec != nil else { return nil }
         self.format = format
         layerCodecs = []
+        mainLayerCount = 0
     }
 
     /// The format `config` declares, checked against its dimensions: a known format, its byte count, and
@@ -29,6 +32,7 @@ public struct KVCacheSetting: Sendable, Equatable {
             throw Self.bad(path, "bytes_per_token_per_layer is \(record.bytesPerTokenPerLayer), \(format.rawValue) of \(l) + \(r) channels takes \(bytes)")
         }
         self.format = format
+        mainLayerCount = config.numHiddenLayers
         guard format == .mlaKV6C else {
             if record.channels != nil { throw Self.bad(path, "channels are only read for mla-kv6c") }
             layerCodecs = []
@@ -60,7 +64,11 @@ public struct KVCacheSetting: Sendable, Equatable {
     /// declared without its channels.
     public func codec(layer: Int) -> KVCacheCodec.Codec? {
         if let fixed = format.fixedCodec { return fixed }
-        return layerCodecs.indices.contains(layer) ? .channelwise(layerCodecs[layer]) : nil
+        if layerCodecs.indices.contains(layer) { return .channelwise(layerCodecs[layer]) }
+        // `init` checked a codec for every main layer of the config it read: a main layer without one
+        // would be a setting paired with another model's config.
+        precondition(layer >= mainLayerCount, "mla-kv6c has no codec for main-stack layer \(layer)")
+        return nil
     }
 
     private static func bad(_ path: String, _ reason: String) -> DeepSeekModelError {

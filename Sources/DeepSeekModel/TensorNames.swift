@@ -49,6 +49,9 @@ public enum LayerWeight: String, CaseIterable, Sendable {
     case mtpHeadNorm = "shared_head.norm.weight"
     case mtpHead = "shared_head.head.weight"
 
+    /// The weights an MTP layer has beside its decoder block, in the order its pass uses them.
+    public static let mtpModule: [LayerWeight] = [.mtpEmbedding, .mtpEmbeddingNorm, .mtpHiddenNorm, .mtpProjection, .mtpHeadNorm, .mtpHead]
+
     /// An RMSNorm gain.
     public var isNorm: Bool {
         switch self {

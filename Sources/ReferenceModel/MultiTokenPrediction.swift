@@ -20,12 +20,14 @@ public struct MTPResult: Sendable {
 }
 
 extension ReferenceForward {
-    /// Starts reading the first MTP layer's weights in the order its pass uses them: all but its
-    /// embedding table, of which only the batch's rows are read. (Names already queued stay queued once.)
-    public func prefetchMTP() {
+    /// Starts reading the first MTP layer's weights in the order its pass uses them: its norms and
+    /// eh_proj, its decoder block, its head's norm and, with `head`, the head (not its embedding table,
+    /// of which only the batch's rows are read). Names already queued stay queued once.
+    public func prefetchMTP(head: Bool = true) {
         guard let layer = config.mtpLayers.first else { return }
-        let table = TensorNames.name(.mtpEmbedding, layer: layer)
-        weights.prefetch(config.layerTensors(layer).map(\.name).filter { $0 != table })
+        func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
+        weights.prefetch([name(.mtpEmbeddingNorm), name(.mtpHiddenNorm), name(.mtpProjection)] + decoderTensorNames(layer)
+                         + [name(.mtpHeadNorm)] + (head ? [name(.mtpHead)] : []))
     }
 
     /// The first MTP layer's pass over `tokens`, given `final`, the main model's last hidden state
@@ -33,7 +35,8 @@ extension ReferenceForward {
     /// or the sequences are shorter than two tokens.
     ///
     /// As vLLM's and SGLang's DeepSeek MTP modules compute it (DeepSeek-V3's report, §2.2, with the
-    /// halves in the order the published weights were trained in): x = eh_proj · [enorm(E[t_{i+1}]);
+    /// halves in the order these engines, which serve the published weights, put them; the report
+    /// writes them the other way round): x = eh_proj · [enorm(E[t_{i+1}]);
     /// hnorm(final_i)], with E the layer's own `embed_tokens`; then the layer's decoder block at
     /// positions 0 ..< seq − 1 (RoPE position i, causal over the MTP layer's own cache), its own
     /// `shared_head.norm` and `shared_head.head`. The engines pass the main model's hidden state after
@@ -41,13 +44,28 @@ extension ReferenceForward {
     /// embedding at position 0, which SGLang does not: neither is done here. The KV cache applies to it
     /// as to every layer (under mla-kv6c declared without the MTP layer's channels, its cache is fp32).
     public func mtpPass(tokens: [[Int]], final: [Float], keepingExpertInputRows: Int = 0) throws -> MTPResult? {
-        guard let layer = config.mtpLayers.first, let seq = tokens.first?.count, seq >= 2 else { return nil }
         let began = DispatchTime.now()
-        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
-        let h = config.hiddenSize, batch = tokens.count, positions = seq - 1, t = batch * positions
-        precondition(final.count == batch * seq * h, "final hidden state of \(batch) x \(seq) tokens")
-        func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
+        defer { countTotal(since: began) }
         prefetchMTP()
+        guard let block = try mtpBlock(tokens: tokens, final: final, keepingExpertInputRows: keepingExpertInputRows) else { return nil }
+        let h = config.hiddenSize, rows = block.batch * block.positions
+        let out = Elementwise.rmsNorm(block.hidden, width: h, gamma: try load(TensorNames.name(.mtpHeadNorm, layer: block.layer), [h]), eps: config.rmsNormEps)
+        let logits = try phase(.head) { try vocabularyProjection(out, rows: rows, head: TensorNames.name(.mtpHead, layer: block.layer)) }
+        guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "MTP logits") }
+        return MTPResult(layer: block.layer, batch: block.batch, sequenceLength: block.positions, logits: logits, routing: block.routing,
+                         expertInput: block.kept)
+    }
+
+    /// The first MTP layer up to its head: eh_proj of the two normalized halves and the decoder block,
+    /// [batch · (seq − 1), hidden] (nil as for `mtpPass`). `final` must be [batch · seq, hidden].
+    func mtpBlock(tokens: [[Int]], final: [Float], keepingExpertInputRows: Int = 0) throws
+        -> (layer: Int, batch: Int, positions: Int, hidden: [Float], routing: RoutingRecord?, kept: ExpertInput?)? {
+        guard let layer = config.mtpLayers.first, let seq = tokens.first?.count, seq >= 2 else { return nil }
+        let h = config.hiddenSize, batch = tokens.count, positions = seq - 1, t = batch * positions
+        guard final.count == batch * seq * h else {
+            throw ReferenceModelError.invalidTokens(path: "MTP layer", reason: "a final hidden state of \(final.count / max(h, 1)) rows for \(batch) x \(seq) tokens")
+        }
+        func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
         let embedded = try phase(.embedding) { try embeddingRows(tokens.flatMap { $0.dropFirst() }, table: name(.mtpEmbedding)) }
         let previous = Self.gather((0..<batch).lazy.flatMap { b in (0..<positions).lazy.map { b * seq + $0 } }, of: final, width: h)
         let e = Elementwise.rmsNorm(embedded, width: h, gamma: try load(name(.mtpEmbeddingNorm), [h]), eps: config.rmsNormEps)
@@ -59,9 +77,6 @@ extension ReferenceForward {
         }
         var hidden = Linear.forward(joined, rows: t, weight: try matrix(name(.mtpProjection), [h, 2 * h]), inFeatures: 2 * h, outFeatures: h)
         let (routing, kept) = try decoderLayer(&hidden, layer: layer, batch: batch, seq: positions, keepingExpertInputRows: keepingExpertInputRows)
-        let out = Elementwise.rmsNorm(hidden, width: h, gamma: try load(name(.mtpHeadNorm), [h]), eps: config.rmsNormEps)
-        let logits = try phase(.head) { try vocabularyProjection(out, rows: t, head: name(.mtpHead)) }
-        guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "MTP logits") }
-        return MTPResult(layer: layer, batch: batch, sequenceLength: positions, logits: logits, routing: routing, expertInput: kept)
+        return (layer, batch, positions, hidden, routing, kept)
     }
 }

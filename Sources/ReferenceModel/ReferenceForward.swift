@@ -86,6 +86,11 @@ public final class ReferenceForward {
         return value
     }
 
+    /// Adds the wall time since `began` to the whole pass's (`timing.totalSeconds`): each public step's `defer`.
+    func countTotal(since began: DispatchTime) {
+        timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
+    }
+
     private func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
         let start = DispatchTime.now()
         let value = try body()
@@ -165,7 +170,7 @@ public final class ReferenceForward {
     /// memory; its errors name `source`) and looks their embedding rows up.
     public func start(tokens: [[Int]], source: String = "tokens") throws -> State {
         let began = DispatchTime.now()
-        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        defer { countTotal(since: began) }
         try TokenFile.check(tokens, path: source, config: config)
         let hidden = try phase(.embedding) { try embeddingRows(Array(tokens.joined()), table: TensorNames.embedding) }
         return State(batch: tokens.count, sequenceLength: tokens[0].count, hidden: hidden)
@@ -189,12 +194,18 @@ public final class ReferenceForward {
     /// `keepingExpertInputRows` rows of its input in `state.expertInput`.
     public func runLayer(_ state: inout State, keepingExpertInputRows: Int = 0) throws {
         let began = DispatchTime.now()
-        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        defer { countTotal(since: began) }
         let (record, kept) = try decoderLayer(&state.hidden, layer: state.layers, batch: state.batch, seq: state.sequenceLength,
                                               keepingExpertInputRows: keepingExpertInputRows)
         if let record { state.routing.append(record) }
         if let kept { state.expertInput = kept }
         state.layers += 1
+    }
+
+    /// The tensors of layer `layer`'s decoder block: all of the layer's but an MTP layer's own weights.
+    func decoderTensorNames(_ layer: Int) -> [String] {
+        let module = Set(LayerWeight.mtpModule.map { TensorNames.name($0, layer: layer) })
+        return config.layerTensors(layer).map(\.name).filter { !module.contains($0) }
     }
 
     /// Decoder layer `layer` (of the main stack or an MTP layer) on the residual stream `hidden`
@@ -203,8 +214,9 @@ public final class ReferenceForward {
     func decoderLayer(_ hidden: inout [Float], layer: Int, batch: Int, seq: Int,
                       keepingExpertInputRows: Int = 0) throws -> (RoutingRecord?, ExpertInput?) {
         let h = config.hiddenSize, t = batch * seq
-        // Experts no token chose, and everything of a layer that throws, are not read ahead any more.
-        defer { weights.retire(config.layerTensors(layer).map(\.name)) }
+        // Experts no token chose, and everything of a layer that throws, are not read ahead any more
+        // (an MTP layer's own weights, its head among them, are used after its decoder block).
+        defer { weights.retire(decoderTensorNames(layer)) }
         let normed = Elementwise.rmsNorm(hidden, width: h, gamma: try load(TensorNames.name(.inputNorm, layer: layer), [h]), eps: config.rmsNormEps)
         let attention = try phase(.attention) { try attentionBlock(normed, layer: layer, batch: batch, seq: seq) }
         Elementwise.add(attention, into: &hidden)
@@ -229,13 +241,36 @@ public final class ReferenceForward {
     public func finish(_ state: State) throws -> (final: [Float], logits: [Float]) {
         precondition(state.layers == config.numHiddenLayers, "finish after every layer")
         let began = DispatchTime.now()
-        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
-        let h = config.hiddenSize, t = state.batch * state.sequenceLength
-        let final = Elementwise.rmsNorm(state.hidden, width: h, gamma: try load(TensorNames.finalNorm, [h]), eps: config.rmsNormEps)
+        defer { countTotal(since: began) }
+        let t = state.batch * state.sequenceLength
+        let final = try finalNorm(state)
         let headName = config.tieWordEmbeddings ? TensorNames.embedding : TensorNames.lmHead
         let logits = try phase(.head) { try vocabularyProjection(final, rows: t, head: headName) }
         guard logits.allSatisfy(\.isFinite) else { throw ReferenceModelError.nonFiniteOutput(model: weights.label, what: "logits") }
         return (final, logits)
+    }
+
+    /// The final norm of the residual stream after every layer: the last hidden state, the head's input.
+    func finalNorm(_ state: State) throws -> [Float] {
+        precondition(state.layers == config.numHiddenLayers, "the final norm after every layer")
+        return Elementwise.rmsNorm(state.hidden, width: config.hiddenSize, gamma: try load(TensorNames.finalNorm, [config.hiddenSize]), eps: config.rmsNormEps)
+    }
+
+    /// Runs every layer for the cache observer (`quantize --kv6` calibration), with the first MTP
+    /// layer's decoder block when `mtp`, and neither vocabulary head: the observer sees each layer's
+    /// cache and queries, and no logits are computed.
+    public func observeCaches(tokens: [[Int]], source: String, mtp: Bool, progress: ((String) -> Void)? = nil) throws {
+        var state = try start(tokens: tokens, source: source)
+        for layer in 0..<config.numHiddenLayers {
+            progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
+            if layer + 1 < config.numHiddenLayers { prefetch(layer: layer + 1) } else if mtp { prefetchMTP(head: false) }
+            try runLayer(&state)
+        }
+        guard mtp else { return }
+        progress?("forward: MTP layer")
+        let began = DispatchTime.now()
+        defer { countTotal(since: began) }
+        _ = try mtpBlock(tokens: tokens, final: try finalNorm(state))
     }
 
     /// Runs `tokens` ([batch][seq], equal lengths) through the model, after `TokenFile.check`
@@ -682,7 +717,7 @@ public final class ReferenceForward {
     /// (computed as a routed expert always is: as stored, one expert per core): [count, hidden] each.
     public func expertOutputs(_ experts: [Int], layer: Int, rows x: [Float], count: Int) throws -> [[Float]] {
         let began = DispatchTime.now()
-        defer { timing.totalSeconds += Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9 }
+        defer { countTotal(since: began) }
         let total = config.nRoutedExperts ?? 0
         precondition(config.isMoELayer(layer) && experts.allSatisfy { (0..<total).contains($0) } && x.count == count * config.hiddenSize,
                      "experts \(experts) of layer \(layer) on \(count) rows")

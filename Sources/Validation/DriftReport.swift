@@ -166,6 +166,8 @@ public struct DriftReport: Codable, Sendable {
     public var experts: Experts?
     /// The first MTP layer's drift (nil: a model without one, or sequences of one token).
     public var mtp: MTP?
+    /// What the comparison left out and why, in plain words (nil: nothing).
+    public var notes: [String]?
     public var thresholds: DriftThresholds
     public var verdict: Verdict
     public var timing: Timing?
@@ -178,7 +180,7 @@ public struct DriftReport: Codable, Sendable {
         case hiddenStates = "hidden_states"
         case logits, routing, perplexity
         case fanOut = "fan_out"
-        case experts, mtp
+        case experts, mtp, notes
         case thresholds, verdict, timing
     }
 
@@ -208,6 +210,7 @@ public struct DriftReport: Codable, Sendable {
         }
         if let experts { lines.append(experts.line) }
         if let mtp { lines.append(mtp.line) }
+        for note in notes ?? [] { lines.append("note         " + note) }
         lines.append("")
         lines.append(verdict.passed ? "PASS: within thresholds" : "FAIL: " + verdict.failures.joined(separator: "; "))
         return lines.joined(separator: "\n")
@@ -233,11 +236,8 @@ public enum Validator {
     public static func compare(reference: LoadedModel, candidate: LoadedModel, tokens: [[Int]], tokensLabel: String,
                                heldout: (tokens: [[Int]], label: String)?, thresholds: DriftThresholds,
                                perplexityOnTokens: Bool = false, progress: ((String) -> Void)? = nil) throws -> DriftReport {
+        try checkComparable(reference, candidate)
         let rc = reference.config, cc = candidate.config
-        guard rc.vocabSize == cc.vocabSize, rc.hiddenSize == cc.hiddenSize, rc.numHiddenLayers == cc.numHiddenLayers else {
-            throw ValidationError.incompatibleModels(reference: reference.label, candidate: candidate.label, reason:
-                "vocab_size \(rc.vocabSize) and \(cc.vocabSize), hidden_size \(rc.hiddenSize) and \(cc.hiddenSize), num_hidden_layers \(rc.numHiddenLayers) and \(cc.numHiddenLayers)")
-        }
         let run = try sideBySide(reference, candidate, tokens: tokens, label: tokensLabel, perplexityOnTokens: perplexityOnTokens,
                                  progress: progress)
         let logits = run.logits
@@ -259,8 +259,27 @@ public enum Validator {
                            candidateKVCache: candidate.kvCache?.format.rawValue ?? "none", batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: run.layers, logits: logits, routing: routing,
                            perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, experts: run.experts,
-                           mtp: run.mtp, thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
+                           mtp: run.mtp, notes: MTPDrift.missing(reference: reference, candidate: candidate).map { [$0] }, thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
                            timing: run.timing)
+    }
+
+    /// The models must have the same shape where the comparison pairs their parts: the vocabulary,
+    /// the width, the layers, and which layers are MoE with how many experts of which width (the
+    /// routing, the probes and the MTP layer are compared layer by layer, expert by expert).
+    static func checkComparable(_ reference: LoadedModel, _ candidate: LoadedModel) throws {
+        let rc = reference.config, cc = candidate.config
+        let fields: [(String, Int, Int)] = [
+            ("vocab_size", rc.vocabSize, cc.vocabSize), ("hidden_size", rc.hiddenSize, cc.hiddenSize),
+            ("num_hidden_layers", rc.numHiddenLayers, cc.numHiddenLayers), ("n_routed_experts", rc.nRoutedExperts ?? 0, cc.nRoutedExperts ?? 0),
+            ("num_experts_per_tok", rc.numExpertsPerTok ?? 0, cc.numExpertsPerTok ?? 0),
+            ("moe_intermediate_size", rc.moeIntermediateSize, cc.moeIntermediateSize),
+            ("first_k_dense_replace", rc.firstKDenseReplace, cc.firstKDenseReplace), ("moe_layer_freq", rc.moeLayerFreq, cc.moeLayerFreq),
+        ]
+        let differing = fields.filter { $0.1 != $0.2 }
+        guard differing.isEmpty else {
+            throw ValidationError.incompatibleModels(reference: reference.label, candidate: candidate.label,
+                                                     reason: differing.map { "\($0.0) \($0.1) and \($0.2)" }.joined(separator: ", "))
+        }
     }
 
     /// Both forward passes, layer by layer in lockstep; hidden state i compared when both have it
@@ -287,7 +306,8 @@ public enum Validator {
             rf.prefetch(layer: layer + 1)
             progress?("validate: layer \(layer + 1)/\(count) (candidate)")
             try cf.runLayer(&c)
-            if reference.config.isMoELayer(layer), let input = r.expertInput, let rr = r.routing.last, let cr = c.routing.last {
+            if reference.config.isMoELayer(layer), let input = r.expertInput, let rr = r.routing.last, let cr = c.routing.last,
+               input.layer == layer, rr.layer == layer, cr.layer == layer {
                 progress?("validate: layer \(layer + 1)/\(count) (experts no token chose)")
                 try probes.probe(input, reference: rf, candidate: cf, referenceRouting: rr, candidateRouting: cr)
             }
@@ -359,7 +379,7 @@ public enum Validator {
 
     /// Each failure with how far past its limit it is, the worst named first.
     static func verdict(_ thresholds: DriftThresholds, logits: DriftReport.Logits, routing: DriftReport.Routing?,
-                        perplexity: DriftReport.Perplexity?, experts: DriftReport.Experts? = nil) -> DriftReport.Verdict {
+                        perplexity: DriftReport.Perplexity?, experts: DriftReport.Experts?) -> DriftReport.Verdict {
         var failures: [(Double, String)] = []
         func over(_ value: Double, _ limit: Double?, _ text: String) {
             if let limit, !(value <= limit) { failures.append((limit == 0 ? .infinity : value / limit, String(format: "%@ %.4g > %.4g", text, value, limit))) }

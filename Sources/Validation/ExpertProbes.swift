@@ -110,10 +110,12 @@ struct ExpertProbes {
             let r = try reference.expertOutputs(batch, layer: input.layer, rows: input.rows, count: input.tokens.count)
             let c = try candidate.expertOutputs(batch, layer: input.layer, rows: input.rows, count: input.tokens.count)
             for (i, expert) in batch.enumerated() {
+                for (label, output) in [(referenceLabel, r[i]), (candidateLabel, c[i])] where !output.allSatisfy(\.isFinite) {
+                    throw ValidationError.expertDriftNotFinite(model: label, layer: input.layer, expert: expert, problem: .notFinite)
+                }
                 let error = DriftMetrics.relativeError(reference: r[i], candidate: c[i])
                 guard error.isFinite else {
-                    throw ValidationError.expertDriftNotFinite(reference: referenceLabel, candidate: candidateLabel,
-                                                               layer: input.layer, expert: expert)
+                    throw ValidationError.expertDriftNotFinite(model: referenceLabel, layer: input.layer, expert: expert, problem: .zeroInReference)
                 }
                 probes.append(.init(layer: input.layer, expert: expert, relativeError: error))
                 largest = max(largest ?? error, error)

@@ -15,17 +15,22 @@ extension DriftReport {
         public var logits: Logits
         /// The share of the layer's (token, expert) selections kept (nil: a dense MTP layer).
         public var routingAgreement: Double?
+        /// The KV cache the candidate's MTP layer ran with: its format, or "none" (fp32; also under an
+        /// mla-kv6c declaration without the MTP layer's channels).
+        public var candidateKVCache: String
 
         enum CodingKeys: String, CodingKey {
             case layer, positions, logits
             case routingAgreement = "routing_agreement"
+            case candidateKVCache = "candidate_kv_cache"
         }
 
         /// The table's line.
         var line: String {
             var text = "MTP layer \(layer)  " + logits.summary
             if let routingAgreement { text += String(format: "   routing %.4f", routingAgreement) }
-            return text + "  (\(positions) drafts of token i + 2; reported, not judged)"
+            let drafts = positions == 1 ? "1 draft" : "\(positions) drafts"
+            return text + "  (\(drafts) of token i + 2, KV cache \(candidateKVCache); reported, not judged)"
         }
     }
 }
@@ -35,6 +40,14 @@ enum MTPDrift {
     /// Whether `measure` will run: both models hold an MTP layer and the sequences have two tokens or more.
     static func applies(_ rf: ReferenceForward, _ cf: ReferenceForward, tokens: [[Int]]) -> Bool {
         rf.config.mtpLayerCount > 0 && cf.config.mtpLayerCount > 0 && tokens[0].count >= 2
+    }
+
+    /// Why the MTP layer is not compared when one model holds it and the other does not (a conversion
+    /// that dropped it, or a checkpoint saved without it); nil otherwise.
+    static func missing(reference: LoadedModel, candidate: LoadedModel) -> String? {
+        let r = reference.config.mtpLayerCount, c = candidate.config.mtpLayerCount
+        guard (r == 0) != (c == 0) else { return nil }
+        return "the MTP layer is not compared: the reference holds \(r) MTP layer(s) (num_nextn_predict_layers), the candidate \(c)"
     }
 
     /// nil unless both models hold an MTP layer and the sequences have two tokens or more. Each model's
@@ -53,6 +66,7 @@ enum MTPDrift {
         }
         let logits = Validator.logitDrift(r.logits, c.logits, vocab: rf.config.vocabSize)
         let routing = r.routing.flatMap { a in c.routing.map { DriftMetrics.routingAgreement(reference: a, candidate: $0) } }
-        return .init(layer: r.layer, positions: r.batch * r.sequenceLength, logits: logits, routingAgreement: routing)
+        let cache = cf.kvCache.flatMap { $0.codec(layer: r.layer) == nil ? nil : $0.format.rawValue } ?? "none"
+        return .init(layer: r.layer, positions: r.batch * r.sequenceLength, logits: logits, routingAgreement: routing, candidateKVCache: cache)
     }
 }

@@ -3,16 +3,28 @@ import Foundation
 /// Errors of comparing two models (the forward passes' own errors are `ReferenceModelError`s).
 public enum ValidationError: LocalizedError, Equatable, Sendable {
     case incompatibleModels(reference: String, candidate: String, reason: String)
-    /// An expert run on the probe rows gave an output whose drift has no finite measure (a NaN, or
-    /// an all-zero output in the reference against a non-zero one).
-    case expertDriftNotFinite(reference: String, candidate: String, layer: Int, expert: Int)
+    /// An expert run on the probe rows gave an output whose drift has no finite measure.
+    case expertDriftNotFinite(model: String, layer: Int, expert: Int, problem: ExpertOutputProblem)
 
     public var errorDescription: String? {
         switch self {
         case let .incompatibleModels(reference, candidate, reason):
             return "\(reference) and \(candidate) cannot be compared: \(reason)"
-        case let .expertDriftNotFinite(reference, candidate, layer, expert):
-            return "\(candidate): routed expert \(expert) of layer \(layer), run on the probe rows, has no finite drift against \(reference) (its output is NaN, or the reference's is all zero and the candidate's is not)"
+        case let .expertDriftNotFinite(model, layer, expert, problem):
+            let what: String
+            switch problem {
+            case .notFinite: what = "gives an output that is not finite (NaN or Inf)"
+            case .zeroInReference: what = "gives an all-zero output here while the candidate's is not: its drift has no finite measure"
+            }
+            return "\(model): routed expert \(expert) of layer \(layer), run on the probe rows, \(what)"
         }
     }
+}
+
+/// Why an expert's drift on the probe rows could not be measured.
+public enum ExpertOutputProblem: Equatable, Sendable {
+    /// The named model's output holds a NaN or an infinity.
+    case notFinite
+    /// The reference's output is all zero (and the candidate's is not).
+    case zeroInReference
 }

@@ -83,7 +83,25 @@ final class ExpertProbeTests: XCTestCase {
         })
         XCTAssertThrowsError(try Validator.compare(reference: zeroed, candidate: reference, tokens: tokens, tokensLabel: "t", heldout: nil,
                                                    thresholds: .defaults)) { error in
-            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(reference: "zeroed", candidate: reference.label, layer: layer, expert: expert))
+            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(model: "zeroed", layer: layer, expert: expert, problem: .zeroInReference))
+        }
+    }
+
+    /// Models whose MoE layers differ in shape are refused before any pass, naming what differs (the
+    /// probes and the routing are compared expert by expert).
+    func testModelsWithOtherExpertsAreRefused() throws {
+        let lite = try ModelLoader.open(fixtures.appendingPathComponent("lite"))
+        let tokens = try TokenFile.load(fixtures.appendingPathComponent("lite/tokens.json"))
+        var config = lite.config
+        config.nRoutedExperts = (config.nRoutedExperts ?? 0) / 2
+        config.firstKDenseReplace += 1
+        let fewer = try LoadedModel(label: "fewer", config: config, weights: lite.weights)
+        XCTAssertThrowsError(try Validator.compare(reference: lite, candidate: fewer, tokens: tokens, tokensLabel: "t", heldout: nil,
+                                                   thresholds: .defaults)) { error in
+            guard case let .incompatibleModels(_, candidate, reason)? = error as? ValidationError else { return XCTFail("\(error)") }
+            XCTAssertEqual(candidate, "fewer")
+            XCTAssertTrue(reason.contains("n_routed_experts \(lite.config.nRoutedExperts!) and \(config.nRoutedExperts!)"), reason)
+            XCTAssertTrue(reason.contains("first_k_dense_replace \(lite.config.firstKDenseReplace) and \(config.firstKDenseReplace)"), reason)
         }
     }
 }

@@ -84,6 +84,7 @@ final class KV6StageTests: XCTestCase {
         XCTAssertEqual(full.logits.klMean, partial.logits.klMean)
         let fullMTP = try XCTUnwrap(full.mtp), partialMTP = try XCTUnwrap(partial.mtp)
         XCTAssertNotEqual(fullMTP.logits.klMean, partialMTP.logits.klMean)
+        XCTAssertEqual([fullMTP.candidateKVCache, partialMTP.candidateKVCache], ["mla-kv6c", "none"])
 
         // Absorbed (f32): the latent steps divided by each layer's gain, the MTP layer's included.
         let folded = try compare(reference, try ModelLoader.open(try absorbed(out, dtype: .f32, name: "v3-kv6c-absorbed")), tokens: tokens)

@@ -15,7 +15,9 @@ final class MTPDriftTests: XCTestCase {
         let report = try Validator.compare(reference: model, candidate: model, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
         let mtp = try XCTUnwrap(report.mtp)
         XCTAssertEqual(mtp, .init(layer: model.config.numHiddenLayers, positions: tokens.count * (tokens[0].count - 1),
-                                  logits: .init(maxAbsDelta: 0, klMean: 0, klMax: 0, klP99: 0, top1Agreement: 1), routingAgreement: 1))
+                                  logits: .init(maxAbsDelta: 0, klMean: 0, klMax: 0, klP99: 0, top1Agreement: 1), routingAgreement: 1,
+                                  candidateKVCache: "none"))
+        XCTAssertNil(report.notes)
         XCTAssertTrue(report.table().contains("MTP layer 3  max |Δ| 0.000e+00"), report.table())
         // The MTP layer's experts are counted and probed with the main stack's.
         let experts = try XCTUnwrap(report.experts)
@@ -43,6 +45,9 @@ final class MTPDriftTests: XCTestCase {
         XCTAssertGreaterThan(mtp.logits.klMean, 0.01)
         XCTAssertLessThan(mtp.logits.top1Agreement, 1)
         XCTAssertTrue(report.verdict.passed, "\(report.verdict.failures)")
+        // The MTP layer's input drifted, its experts did not: probes run the reference's rows in both models.
+        XCTAssertEqual(report.experts?.perLayer.last?.layer, reference.config.numHiddenLayers)
+        XCTAssertEqual(report.experts?.relativeErrorMax ?? 0, 0)
     }
 
     /// No MTP layer (V2), or sequences of one token: no MTP line.
@@ -58,7 +63,7 @@ final class MTPDriftTests: XCTestCase {
     }
 
     /// The MTP pass reads position i's final hidden state and token i + 1: changing the last token of a
-    /// sequence moves only that sequence's last MTP position (the main logits of every earlier position too stay).
+    /// sequence moves only that sequence's last MTP position.
     func testPositionIReadsTokenIPlusOne() throws {
         let model = try ModelLoader.open(v3)
         var tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
@@ -70,5 +75,35 @@ final class MTPDriftTests: XCTestCase {
         let positions = before.batch * before.sequenceLength
         let changed = (0..<positions).filter { p in before.logits[(p * vocab)..<((p + 1) * vocab)] != after.logits[(p * vocab)..<((p + 1) * vocab)] }
         XCTAssertEqual(changed, [seq - 2])
+    }
+
+    /// Position i reads the final hidden state at i, not at i + 1: changing row j of `final` moves MTP
+    /// positions j onwards of that sequence (causal attention), and not j - 1.
+    func testPositionIReadsTheFinalHiddenStateAtI() throws {
+        let model = try ModelLoader.open(v3)
+        let tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
+        let forward = model.forward()
+        var state = try forward.start(tokens: tokens)
+        for _ in 0..<model.config.numHiddenLayers { try forward.runLayer(&state) }
+        var final = try forward.finish(state).final
+        let before = try XCTUnwrap(try forward.mtpPass(tokens: tokens, final: final))
+        let seq = tokens[0].count, h = model.config.hiddenSize, vocab = model.config.vocabSize, j = 5
+        for k in (j * h)..<((j + 1) * h) { final[k] = -final[k] }
+        let after = try XCTUnwrap(try forward.mtpPass(tokens: tokens, final: final))
+        let changed = (0..<(tokens.count * (seq - 1))).filter { p in before.logits[(p * vocab)..<((p + 1) * vocab)] != after.logits[(p * vocab)..<((p + 1) * vocab)] }
+        XCTAssertEqual(changed, Array(j..<(seq - 1)))
+    }
+
+    /// An MTP layer only one model holds is not compared, and the report says so.
+    func testAnMTPLayerOnlyOneModelHoldsIsNamed() throws {
+        let model = try ModelLoader.open(v3)
+        var config = model.config
+        config.numNextnPredictLayers = 0
+        let without = try LoadedModel(label: "without", config: config, weights: model.weights)
+        let tokens = try TokenFile.load(v3.appendingPathComponent("tokens.json"))
+        let report = try Validator.compare(reference: model, candidate: without, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
+        XCTAssertNil(report.mtp)
+        XCTAssertEqual(report.notes, ["the MTP layer is not compared: the reference holds 1 MTP layer(s) (num_nextn_predict_layers), the candidate 0"])
+        XCTAssertTrue(report.table().contains("note         the MTP layer is not compared"), report.table())
     }
 }

@@ -637,78 +637,77 @@ def check_v3_mtp(binary, work, out, config, rng, bias_range, bias_f32, main_tota
 V3_FIXTURES = {"v3": 4, "v3-fp8": 4, "kimi": 6}  # fixture -> device bound M of an 8-device placement
 
 
-def v3_transformers_logits(directory, tokens, work):
-    """transformers' fp32 logits for a V3-family fixture, computed here: the main stack's tensors as
-    stored, every FP8 weight dequantized in torch to the f32 product code * scale (no bf16 rounding),
-    written to a temporary checkpoint without quantization_config and with model_type deepseek_v3
-    (transformers 5.23 leaves kimi_k2's routed experts unloaded), the MTP layers left out."""
+def dequantized_tensors(directory):
+    """A V3-family fixture's tensors, every FP8 weight dequantized in torch to the f32 product code * scale
+    (no bf16 rounding), the scales dropped."""
+    stored = checkpoint_torch(directory)
+    out = {}
+    for name, t in stored.items():
+        if name.endswith("_scale_inv"):
+            continue
+        scale = stored.get(name + "_scale_inv")
+        out[name] = (t.float() * expand_scale(scale, *t.shape)) if scale is not None else t
+    return out
+
+
+def transformers_v3(tensors, hub, work):
+    """transformers' fp32 DeepseekV3ForCausalLM (eager experts and attention) of `tensors` under `hub`
+    (config.json) without quantization_config and with model_type deepseek_v3 (transformers 5.23 leaves
+    kimi_k2's routed experts unloaded), through a temporary checkpoint; returns (model, loaded, info)."""
     import torch
     from safetensors.torch import save_file
     from transformers import DeepseekV3ForCausalLM
-    hub = json.load(open(os.path.join(directory, "config.json")))
-    mtp = tuple(f"model.layers.{hub['num_hidden_layers'] + j}." for j in range(hub.get("num_nextn_predict_layers", 0)))
-    stored = checkpoint_torch(directory)
-    weights = {}
-    for name, t in stored.items():
-        if name.endswith("_scale_inv") or (mtp and name.startswith(mtp)):
-            continue
-        scale = stored.get(name + "_scale_inv")
-        weights[name] = (t.float() * expand_scale(scale, *t.shape)) if scale is not None else t
     tmp = tempfile.mkdtemp(prefix="v3-reference-", dir=work)
-    save_file({n: t.contiguous() for n, t in weights.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    save_file({n: t.contiguous() for n, t in tensors.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     hub = {k: v for k, v in hub.items() if k != "quantization_config"}
     hub["model_type"] = "deepseek_v3"
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hub, f)
     model, info = DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32, experts_implementation="eager",
-                                                        output_loading_info=True)
-    loaded = not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    with torch.no_grad():
-        logits = model.eval()(torch.tensor(tokens)).logits
+                                                        attn_implementation="eager", output_loading_info=True)
     shutil.rmtree(tmp)
+    loaded = not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    return model.eval(), loaded, info
+
+
+def v3_transformers_logits(directory, tokens, work):
+    """transformers' fp32 logits for a V3-family fixture, computed here: the main stack's tensors
+    (`dequantized_tensors`), the MTP layers left out."""
+    import torch
+    hub = json.load(open(os.path.join(directory, "config.json")))
+    mtp = tuple(f"model.layers.{hub['num_hidden_layers'] + j}." for j in range(hub.get("num_nextn_predict_layers", 0)))
+    weights = {n: t for n, t in dequantized_tensors(directory).items() if not (mtp and n.startswith(mtp))}
+    model, loaded, info = transformers_v3(weights, hub, work)
+    with torch.no_grad():
+        logits = model(torch.tensor(tokens)).logits
     return logits, loaded, info
 
 
 def mtp_transformers_logits(directory, tokens, work):
     """The first MTP layer's logits for a V3 fixture in torch, as vLLM's and SGLang's DeepSeek MTP modules
     compute them, built from transformers' own pieces: a DeepseekV3ForCausalLM of num_hidden_layers + 1
-    layers loads the main stack and the MTP layer's decoder block (model.layers.L, FP8 weights dequantized
-    to the f32 code * scale); the main model's final hidden state is its norm applied to hidden_states[L];
-    then x = eh_proj(cat(enorm(embed_L[t_{i+1}]), hnorm(final_i))), transformers' decoder layer L at
-    positions 0..seq-2 with a causal mask, shared_head.norm and shared_head.head."""
+    layers loads the main stack and the MTP layer's decoder block (model.layers.L, `dequantized_tensors`);
+    the main model's final hidden state is its norm applied to hidden_states[L]; then x = eh_proj(cat(
+    enorm(embed_L[t_{i+1}]), hnorm(final_i))), transformers' decoder layer L at positions 0..seq-2 with a
+    causal mask, shared_head.norm and shared_head.head."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import DeepseekV3ForCausalLM
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3RMSNorm
     hub = json.load(open(os.path.join(directory, "config.json")))
     n = hub["num_hidden_layers"]
     prefix = f"model.layers.{n}."
     extras = ("embed_tokens.weight", "enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "shared_head.head.weight")
-    stored = checkpoint_torch(directory)
     weights, mtp = {}, {}
-    for name, t in stored.items():
-        if name.endswith("_scale_inv"):
-            continue
-        scale = stored.get(name + "_scale_inv")
-        value = (t.float() * expand_scale(scale, *t.shape)) if scale is not None else t
+    for name, t in dequantized_tensors(directory).items():
         if name.startswith(prefix) and name[len(prefix):] in extras:
-            mtp[name[len(prefix):]] = value.float()
+            mtp[name[len(prefix):]] = t.float()
         else:
-            weights[name] = value
-    tmp = tempfile.mkdtemp(prefix="v3-mtp-reference-", dir=work)
-    save_file({k: t.contiguous() for k, t in weights.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    hub = {k: v for k, v in hub.items() if k != "quantization_config"}
-    hub.update(model_type="deepseek_v3", num_hidden_layers=n + 1, num_nextn_predict_layers=0)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(hub, f)
-    model, info = DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32, experts_implementation="eager",
-                                                        attn_implementation="eager", output_loading_info=True)
-    loaded = not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"] and len(mtp) == len(extras)
-    inner, config, eps = model.eval().model, model.config, hub["rms_norm_eps"]
-    hidden = config.hidden_size
+            weights[name] = t
+    model, loaded, info = transformers_v3(weights, dict(hub, num_hidden_layers=n + 1, num_nextn_predict_layers=0), work)
+    loaded = loaded and len(mtp) == len(extras)
+    inner, eps = model.model, hub["rms_norm_eps"]
 
     def norm(weight, x):
-        layer = DeepseekV3RMSNorm(hidden, eps=eps)
+        layer = DeepseekV3RMSNorm(model.config.hidden_size, eps=eps)
         layer.weight.data.copy_(weight)
         return layer(x)
 
@@ -722,33 +721,29 @@ def mtp_transformers_logits(directory, tokens, work):
         out = inner.layers[n](x, attention_mask=mask, position_ids=positions, position_embeddings=inner.rotary_emb(x, positions))
         out = out[0] if isinstance(out, tuple) else out
         logits = norm(mtp["shared_head.norm.weight"], out) @ mtp["shared_head.head.weight"].T
-    shutil.rmtree(tmp)
     return logits, loaded, info
 
 
 def check_mtp(binary, work):
     """forward --mtp on the V3 fixtures with an MTP layer against the torch reference above, and on their
     FP8, absorbed and sharded conversions; validate reports the MTP layer's drift."""
-    import torch
     from safetensors.torch import load_file
     for name in ("v3", "v3-fp8"):
         directory = os.path.join(FIXTURES, name)
         tokens_path = os.path.join(directory, "tokens.json")
         expected, loaded, info = mtp_transformers_logits(directory, json.load(open(tokens_path))["tokens"], work)
         check(f"MTP {name}: transformers loads the main stack and the MTP decoder layer", loaded, str(info))
-        for label, model in (("", directory), (" of the absorbed (fold, f32)", "absorb"), (" of the 8-device shard", "shard")):
-            if model == "absorb":
-                model = os.path.join(work, f"mtp-absorbed-{name}")
-                r = dsconvert(binary, "absorb", "--mode", "fold", "--dtype", "f32", "--input", directory, "--output", model)
-            elif model == "shard":
-                model = os.path.join(work, f"mtp-sharded-{name}")
-                r = dsconvert(binary, "shard", "--devices", "8", "--input", directory, "--output", model)
-            else:
-                r = None
-            if r is not None and r.returncode != 0:
-                check(f"MTP {name}{label}: conversion", False, r.stderr.strip())
-                continue
-            result = os.path.join(work, f"mtp-{name}-{len(label)}.safetensors")
+        conversions = (("", None, None), (" of the absorbed (fold, f32)", "absorbed", ["absorb", "--mode", "fold", "--dtype", "f32"]),
+                       (" of the 8-device shard", "sharded", ["shard", "--devices", "8"]))
+        for label, kind, command in conversions:
+            model = directory
+            if command:
+                model = os.path.join(work, f"mtp-{kind}-{name}")
+                r = dsconvert(binary, *command, "--input", directory, "--output", model)
+                if r.returncode != 0:
+                    check(f"MTP {name}{label}: conversion", False, r.stderr.strip())
+                    continue
+            result = os.path.join(work, f"mtp-{name}-{kind or 'original'}.safetensors")
             f = dsconvert(binary, "forward", "--model", model, "--tokens", tokens_path, "--mtp", "--output", result, "--force")
             if f.returncode != 0:
                 check(f"MTP {name}{label}: forward --mtp", False, f.stderr.strip())
