@@ -223,7 +223,7 @@ final class BadInputCatalogTests: XCTestCase {
             Case(name: "missing required option", prepare: { work in ["absorb", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "missing required option --input"),
             Case(name: "models of different widths (validate)", prepare: { _ in
                 ["validate", "--reference", fixtures.appendingPathComponent("lite").path, "--candidate", fixtures.appendingPathComponent("v3").path]
-            }, status: 1, fragment: "lite and \(fixtures.appendingPathComponent("v3").path) cannot be compared: vocab_size 320 and 320, hidden_size 64 and 144"),
+            }, status: 1, fragment: "lite and \(fixtures.appendingPathComponent("v3").path) cannot be compared: hidden_size 64 and 144, n_routed_experts 8 and 16"),
             Case(name: "--min-top1 above 1", prepare: { _ in
                 ["validate", "--reference", fixtures.appendingPathComponent("lite").path, "--candidate", fixtures.appendingPathComponent("lite").path, "--min-top1", "2"]
             }, status: 64, fragment: "--min-top1 is a fraction of positions (0-1), got '2'"),
