@@ -208,7 +208,11 @@ public struct InspectReport: Encodable {
         }
         lines.append(row("", "MHA of these dimensions \(Format.grouped(accounting.mhaKVBytesPerToken)) B/token; DeepSeek 67B (GQA, 95 layers) \(Format.grouped(accounting.deepSeek67BKVBytesPerToken)) B/token"))
         if let kv = kvCacheDeclared {
-            lines.append(row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \(Terminal.escaped($0.source))" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration")))
+            // mla-kv6c's channels cover the main layers, and the first MTP layer when it was calibrated too.
+            let channels = kv.channels.map { c in
+                ", channels for layers 0-\(max(c.count - 1, 0))" + (c.count > layers ? " (the MTP layer's included)" : c.count == layers && mtpLayers > 0 ? " (none for the MTP layer: its cache is fp32)" : "")
+            } ?? ""
+            lines.append(row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \(Terminal.escaped($0.source))" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration") + channels))
         }
         lines.append(row("absorb cost", ""))
         // AbsorptionCost's init already built this table with checked arithmetic, so it cannot throw here.

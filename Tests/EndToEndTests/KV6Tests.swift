@@ -40,5 +40,21 @@ final class KV6Tests: XCTestCase {
         XCTAssertEqual(try runTool("dsconvert", ["validate", "--reference", trained.path, "--candidate", out.path, "--kv-cache", "int4"]).status, 64)
         XCTAssertEqual(try runTool("dsconvert", ["quantize", "--calibration", "x.json", "--fp8", "--input", "a", "--output", "b"]).status, 64)
         XCTAssertEqual(try runTool("dsconvert", ["quantize", "--kv6", "--dequantize", "--input", "a", "--output", "b"]).status, 64)
+        let inspect = try runTool("dsconvert", ["inspect", out.path])
+        XCTAssertTrue(inspect.stdout.contains("calibrated on 2048 tokens of \(trained.appendingPathComponent("calibration.json").path), channels for layers 0-3\n"),
+                      inspect.stdout)
+    }
+
+    /// A V3 checkpoint's MTP layer is calibrated too, and inspect says so.
+    func testMTPLayerChannelsAreDeclaredAndShown() throws {
+        let v3 = fixtures.appendingPathComponent("v3"), out = dir.appendingPathComponent("v3-kv6c")
+        let r = try runTool("dsconvert", ["quantize", "--kv6", "--calibration", v3.appendingPathComponent("tokens.json").path,
+                                          "--input", v3.path, "--output", out.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("config.json"))) as! [String: Any]
+        let channels = (config["dsconvert_kv_cache"] as! [String: Any])["channels"] as! [[String: Any]]
+        XCTAssertEqual(channels.map { $0["layer"] as! Int }, [0, 1, 2, 3])
+        let inspect = try runTool("dsconvert", ["inspect", out.path])
+        XCTAssertTrue(inspect.stdout.contains("channels for layers 0-3 (the MTP layer's included)"), inspect.stdout)
     }
 }
