@@ -48,13 +48,13 @@ public enum ForwardCommand: Command {
         terminal.endProgress()
 
         let b = result.batch, s = result.sequenceLength
-        var tensors: [(PlannedTensor, [UInt8])] = [(PlannedTensor(name: "logits", dtype: .f32, shape: [b, s, result.vocabSize]), bytes(result.logits))]
+        var tensors: [(PlannedTensor, any TensorBytes)] = [(PlannedTensor(name: "logits", dtype: .f32, shape: [b, s, result.vocabSize]), result.logits)]
         for (i, hidden) in result.hiddenStates.enumerated() {
-            tensors.append((PlannedTensor(name: "hidden_states.\(i)", dtype: .f32, shape: [b, s, result.hiddenSize]), bytes(hidden)))
+            tensors.append((PlannedTensor(name: "hidden_states.\(i)", dtype: .f32, shape: [b, s, result.hiddenSize]), hidden))
         }
         for record in result.routing { tensors += routingTensors(record, batch: b, positions: s) }
         if let m = result.mtp {
-            tensors.append((PlannedTensor(name: "mtp_logits", dtype: .f32, shape: [b, m.sequenceLength, result.vocabSize]), bytes(m.logits)))
+            tensors.append((PlannedTensor(name: "mtp_logits", dtype: .f32, shape: [b, m.sequenceLength, result.vocabSize]), m.logits))
             if let record = m.routing { tensors += routingTensors(record, batch: b, positions: m.sequenceLength) }
         }
         try SafeTensorsFileWriter.write(tensors, to: outputURL)
@@ -63,11 +63,9 @@ public enum ForwardCommand: Command {
         return ExitCode.success
     }
 
-    static func bytes<T>(_ values: [T]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
-
     /// routing.{layer}.experts I32 and routing.{layer}.weights F32, [batch, positions, k] each.
-    static func routingTensors(_ record: RoutingRecord, batch: Int, positions: Int) -> [(PlannedTensor, [UInt8])] {
-        [(PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [batch, positions, record.k]), bytes(record.experts)),
-         (PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [batch, positions, record.k]), bytes(record.weights))]
+    static func routingTensors(_ record: RoutingRecord, batch: Int, positions: Int) -> [(PlannedTensor, any TensorBytes)] {
+        [(PlannedTensor(name: "routing.\(record.layer).experts", dtype: .i32, shape: [batch, positions, record.k]), record.experts),
+         (PlannedTensor(name: "routing.\(record.layer).weights", dtype: .f32, shape: [batch, positions, record.k]), record.weights)]
     }
 }

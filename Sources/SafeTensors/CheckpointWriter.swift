@@ -478,7 +478,9 @@ public enum AtomicFile {
 /// temporary file never meet a name someone else planted in the parent) and renamed over `url`
 /// when complete; the directory is removed either way.
 public enum SafeTensorsFileWriter {
-    public static func write(_ tensors: [(PlannedTensor, [UInt8])], to url: URL, metadata: [String: String]? = CheckpointLayout.defaultMetadata) throws {
+    /// `tensors` are written from their arrays in place (a forward pass's logits are the size of its
+    /// largest array: a copy for the writer would double the peak).
+    public static func write(_ tensors: [(PlannedTensor, any TensorBytes)], to url: URL, metadata: [String: String]? = CheckpointLayout.defaultMetadata) throws {
         let work = url.deletingLastPathComponent().appendingPathComponent("\(AtomicOutputDirectory.workPrefix)\(url.lastPathComponent)-\(getpid())")
         try systemCall("mkdir", path: work.path) { mkdir(work.path, 0o700) }
         defer {
@@ -487,9 +489,25 @@ public enum SafeTensorsFileWriter {
         }
         let layout = CheckpointLayout(singleFile: url.lastPathComponent, tensors: tensors.map(\.0), metadata: metadata)
         let writer = CheckpointWriter(layout: layout, directory: work)
-        for (tensor, bytes) in tensors { try writer.write(tensor.name, bytes: bytes) }
+        for (tensor, bytes) in tensors { try bytes.withTensorBytes { try writer.write(tensor.name, bytes: $0) } }
         try writer.finish()
         let written = work.appendingPathComponent(url.lastPathComponent)
         try systemCall("rename", path: url.path) { rename(written.path, url.path) }
     }
+}
+
+/// A tensor's bytes as `SafeTensorsFileWriter` reads them: an array of plain values, in place.
+public protocol TensorBytes {
+    func withTensorBytes(_ body: (UnsafeRawBufferPointer) throws -> Void) throws
+}
+
+/// A plain value a tensor array holds (its bytes are the tensor's, in the machine's little-endian order).
+public protocol TensorElement: BitwiseCopyable {}
+extension Float: TensorElement {}
+extension Int32: TensorElement {}
+extension UInt8: TensorElement {}
+extension UInt16: TensorElement {}
+
+extension Array: TensorBytes where Element: TensorElement {
+    public func withTensorBytes(_ body: (UnsafeRawBufferPointer) throws -> Void) throws { try withUnsafeBytes(body) }
 }

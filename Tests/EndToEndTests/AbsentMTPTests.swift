@@ -17,7 +17,7 @@ final class AbsentMTPTests: XCTestCase {
         let source = fixtures.appendingPathComponent("v3"), out = dir.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
         let checkpoint = try Checkpoint(directory: source)
-        let kept = try checkpoint.tensors.filter { !dropped($0.name) }.map { info -> (PlannedTensor, [UInt8]) in
+        let kept = try checkpoint.tensors.filter { !dropped($0.name) }.map { info -> (PlannedTensor, any TensorBytes) in
             (PlannedTensor(name: info.name, dtype: info.dtype, shape: info.shape), Array(try checkpoint.view(info.name).bytes))
         }
         try SafeTensorsFileWriter.write(kept, to: out.appendingPathComponent(Checkpoint.singleFileName))
