@@ -32,7 +32,7 @@ public enum KVChannelCalibration {
     public static let sampleLimit = 2048
 
     /// The layers calibrated: the main stack's, and the first MTP layer's when the model holds one and
-    /// the sequences have the two tokens its pass needs (`ReferenceForward.mtpPass`).
+    /// the sequences have the two tokens its pass needs (`ReferenceForward.observeCaches`).
     public static func calibratedLayers(_ config: DeepSeekConfig, sequenceLength: Int) -> Range<Int> {
         0..<(config.numHiddenLayers + (config.mtpLayerCount > 0 && sequenceLength >= 2 ? 1 : 0))
     }

@@ -210,7 +210,9 @@ public struct InspectReport: Encodable {
         if let kv = kvCacheDeclared {
             // mla-kv6c's channels cover the main layers, and the first MTP layer when it was calibrated too.
             let channels = kv.channels.map { c in
-                ", channels for layers 0-\(max(c.count - 1, 0))" + (c.count > layers ? " (the MTP layer's included)" : c.count == layers && mtpLayers > 0 ? " (none for the MTP layer: its cache is fp32)" : "")
+                ", channels for layers 0-\(max(c.count - 1, 0))"
+                    + (c.count > layers ? (mtpLayers > 0 ? " (the MTP layer's included)" : " (the last for an MTP layer this checkpoint does not hold)")
+                       : mtpLayers > 0 ? " (none for the MTP layer: its cache is fp32)" : "")
             } ?? ""
             lines.append(row("KV declared", "\(kv.format), \(kv.bytesPerTokenPerLayer) B/token/layer, " + (kv.calibration.map { "calibrated on \($0.tokens) tokens of \(Terminal.escaped($0.source))" + (kv.equalized ? ", per-channel equalization folded" : "") } ?? "no calibration") + channels))
         }

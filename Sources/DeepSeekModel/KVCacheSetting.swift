@@ -8,7 +8,7 @@ public struct KVCacheSetting: Sendable, Equatable {
     public let format: KVCacheFormat
     /// mla-kv6c only: the codec of layer i at index i.
     private let layerCodecs: [KVChannelCodec]
-    /// mla-kv6c only: the main stack's layers, which must each have a codec.
+    /// The main stack's layers, which under mla-kv6c must each have a codec.
     private let mainLayerCount: Int
 
     /// A format that needs no calibrated parameters; nil for mla-kv6c, which only a checkpoint can declare.
@@ -40,8 +40,10 @@ public struct KVCacheSetting: Sendable, Equatable {
         }
         let channels = record.channels ?? []
         // The main stack's layers, and the first MTP layer's when calibrated with it (earlier outputs
-        // have none: their MTP layer then runs with an fp32 cache).
-        let main = Array(0..<config.numHiddenLayers), withMTP = Array(0..<(config.numHiddenLayers + min(config.mtpLayerCount, 1)))
+        // have none: their MTP layer then runs with an fp32 cache). A V3-family checkpoint whose MTP
+        // weights were dropped after calibration (as transformers saves it) keeps that entry, unused.
+        let mtpEntry = config.mtpLayerCount > 0 || config.architecture == .deepseekV3 ? 1 : 0
+        let main = Array(0..<config.numHiddenLayers), withMTP = Array(0..<(config.numHiddenLayers + mtpEntry))
         guard channels.map(\.layer) == main || channels.map(\.layer) == withMTP else {
             throw Self.bad(path, "mla-kv6c needs channels for layers 0..<\(config.numHiddenLayers) in order"
                            + (withMTP.count > main.count ? " (or 0..<\(withMTP.count), the MTP layer's too)" : ""))

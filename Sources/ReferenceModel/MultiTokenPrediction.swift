@@ -21,13 +21,13 @@ public struct MTPResult: Sendable {
 
 extension ReferenceForward {
     /// Starts reading the first MTP layer's weights in the order its pass uses them: its norms and
-    /// eh_proj, its decoder block, its head's norm and, with `head`, the head (not its embedding table,
-    /// of which only the batch's rows are read). Names already queued stay queued once.
+    /// eh_proj, its decoder block and, with `head`, the head's norm and the head (never its embedding
+    /// table, of which only the batch's rows are read). Names already queued stay queued once.
     public func prefetchMTP(head: Bool = true) {
         guard let layer = config.mtpLayers.first else { return }
         func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
         weights.prefetch([name(.mtpEmbeddingNorm), name(.mtpHiddenNorm), name(.mtpProjection)] + decoderTensorNames(layer)
-                         + [name(.mtpHeadNorm)] + (head ? [name(.mtpHead)] : []))
+                         + (head ? [name(.mtpHeadNorm), name(.mtpHead)] : []))
     }
 
     /// The first MTP layer's pass over `tokens`, given `final`, the main model's last hidden state
@@ -44,6 +44,7 @@ extension ReferenceForward {
     /// embedding at position 0, which SGLang does not: neither is done here. The KV cache applies to it
     /// as to every layer (under mla-kv6c declared without the MTP layer's channels, its cache is fp32).
     public func mtpPass(tokens: [[Int]], final: [Float], keepingExpertInputRows: Int = 0) throws -> MTPResult? {
+        guard config.mtpLayerCount > 0, (tokens.first?.count ?? 0) >= 2 else { return nil }
         let began = DispatchTime.now()
         defer { countTotal(since: began) }
         prefetchMTP()

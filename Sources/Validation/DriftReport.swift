@@ -259,7 +259,8 @@ public enum Validator {
                            candidateKVCache: candidate.kvCache?.format.rawValue ?? "none", batch: tokens.count,
                            sequenceLength: tokens[0].count, hiddenStates: run.layers, logits: logits, routing: routing,
                            perplexity: perplexity, fanOut: candidate.placement.map { fanOut($0, run.candidateRouting) }, experts: run.experts,
-                           mtp: run.mtp, notes: MTPDrift.missing(reference: reference, candidate: candidate).map { [$0] }, thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
+                           mtp: run.mtp, notes: MTPDrift.notCompared(reference: reference, candidate: candidate, tokens: tokens).map { [$0] },
+                           thresholds: thresholds, verdict: verdict(thresholds, logits: logits, routing: routing, perplexity: perplexity, experts: run.experts),
                            timing: run.timing)
     }
 
@@ -306,8 +307,9 @@ public enum Validator {
             rf.prefetch(layer: layer + 1)
             progress?("validate: layer \(layer + 1)/\(count) (candidate)")
             try cf.runLayer(&c)
-            if reference.config.isMoELayer(layer), let input = r.expertInput, let rr = r.routing.last, let cr = c.routing.last,
-               input.layer == layer, rr.layer == layer, cr.layer == layer {
+            if reference.config.isMoELayer(layer), let input = r.expertInput, let rr = r.routing.last, let cr = c.routing.last {
+                // checkComparable made the two models' MoE layers the same.
+                precondition(input.layer == layer && rr.layer == layer && cr.layer == layer, "layer \(layer)'s routing paired")
                 progress?("validate: layer \(layer + 1)/\(count) (experts no token chose)")
                 try probes.probe(input, reference: rf, candidate: cf, referenceRouting: rr, candidateRouting: cr)
             }
@@ -358,6 +360,7 @@ public enum Validator {
         var perLayer: [String: Double] = [:]
         var kept = 0.0, total = 0.0
         for (a, b) in zip(reference, candidate) {
+            precondition(a.layer == b.layer, "routing of layer \(a.layer) paired with layer \(b.layer)")
             let agreement = DriftMetrics.routingAgreement(reference: a, candidate: b)
             perLayer[String(a.layer)] = agreement
             kept += agreement * Double(a.experts.count)

@@ -102,6 +102,10 @@ struct ExpertProbes {
     mutating func probe(_ input: ReferenceForward.ExpertInput, reference: ReferenceForward, candidate: ReferenceForward,
                         referenceRouting: RoutingRecord, candidateRouting: RoutingRecord) throws {
         let experts = reference.config.nRoutedExperts ?? 0
+        // A probe's output can only name its expert if the rows it ran on were finite.
+        guard input.rows.allSatisfy(\.isFinite) else {
+            throw ReferenceModelError.nonFiniteOutput(model: referenceLabel, what: "the input of layer \(input.layer) (an earlier layer's output)")
+        }
         let chosen = Set(referenceRouting.experts).intersection(candidateRouting.experts)
         let unchosen = (0..<experts).filter { !chosen.contains(Int32($0)) }
         var largest: Double?

@@ -30,7 +30,8 @@ extension DriftReport {
             var text = "MTP layer \(layer)  " + logits.summary
             if let routingAgreement { text += String(format: "   routing %.4f", routingAgreement) }
             let drafts = positions == 1 ? "1 draft" : "\(positions) drafts"
-            return text + "  (\(drafts) of token i + 2, KV cache \(candidateKVCache); reported, not judged)"
+            let cache = candidateKVCache == "none" ? "none (fp32)" : candidateKVCache
+            return text + "  (\(drafts) of token i + 2, KV cache \(cache); reported, not judged)"
         }
     }
 }
@@ -42,12 +43,17 @@ enum MTPDrift {
         rf.config.mtpLayerCount > 0 && cf.config.mtpLayerCount > 0 && tokens[0].count >= 2
     }
 
-    /// Why the MTP layer is not compared when one model holds it and the other does not (a conversion
-    /// that dropped it, or a checkpoint saved without it); nil otherwise.
-    static func missing(reference: LoadedModel, candidate: LoadedModel) -> String? {
+    /// Why the MTP layer is not compared when a model holds one: the other holds none (a conversion that
+    /// dropped it, or a checkpoint saved without it), or the sequences leave it no position; nil otherwise.
+    static func notCompared(reference: LoadedModel, candidate: LoadedModel, tokens: [[Int]]) -> String? {
         let r = reference.config.mtpLayerCount, c = candidate.config.mtpLayerCount
-        guard (r == 0) != (c == 0) else { return nil }
-        return "the MTP layer is not compared: the reference holds \(r) MTP layer(s) (num_nextn_predict_layers), the candidate \(c)"
+        if (r == 0) != (c == 0) {
+            return "the MTP layer is not compared: the reference holds the weights of \(r) MTP layer(s), the candidate of \(c)"
+        }
+        if r > 0, tokens[0].count < 2 {
+            return "the MTP layer is not compared: sequences of one token leave it no position (position i reads token i + 1)"
+        }
+        return nil
     }
 
     /// nil unless both models hold an MTP layer and the sequences have two tokens or more. Each model's

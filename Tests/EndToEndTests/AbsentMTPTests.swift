@@ -12,9 +12,9 @@ final class AbsentMTPTests: XCTestCase {
     override func setUpWithError() throws { dir = try makeTemporaryDirectory() }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
-    /// The v3 fixture (MTP layer 3) without the tensors `dropped` selects, config.json unchanged.
-    private func v3(without dropped: (String) -> Bool, name: String) throws -> URL {
-        let source = fixtures.appendingPathComponent("v3"), out = dir.appendingPathComponent(name)
+    /// The v3 fixture (MTP layer 3), or `source`, without the tensors `dropped` selects, config.json unchanged.
+    private func v3(without dropped: (String) -> Bool, name: String, source: URL = fixtures.appendingPathComponent("v3")) throws -> URL {
+        let out = dir.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
         let checkpoint = try Checkpoint(directory: source)
         let kept = try checkpoint.tensors.filter { !dropped($0.name) }.map { info -> (PlannedTensor, any TensorBytes) in
@@ -23,6 +23,24 @@ final class AbsentMTPTests: XCTestCase {
         try SafeTensorsFileWriter.write(kept, to: out.appendingPathComponent(Checkpoint.singleFileName))
         try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: out.appendingPathComponent("config.json"))
         return out
+    }
+
+    /// A mla-kv6c checkpoint calibrated with its MTP layer, the MTP weights then dropped: its channels'
+    /// last entry is for a layer it does not hold; it loads, runs, and inspect says so.
+    func testCalibratedThenSavedWithoutMTPStillLoads() throws {
+        let v3 = fixtures.appendingPathComponent("v3"), calibrated = dir.appendingPathComponent("kv6c")
+        let q = try runTool("dsconvert", ["quantize", "--kv6", "--calibration", v3.appendingPathComponent("tokens.json").path,
+                                          "--input", v3.path, "--output", calibrated.path])
+        XCTAssertEqual(q.status, 0, q.stderr)
+        let input = try self.v3(without: { $0.hasPrefix("model.layers.3.") }, name: "kv6c-as-saved", source: calibrated)
+        let inspect = try runTool("dsconvert", ["inspect", input.path])
+        XCTAssertEqual(inspect.status, 0, inspect.stderr)
+        XCTAssertTrue(inspect.stdout.contains("channels for layers 0-3 (the last for an MTP layer this checkpoint does not hold)"), inspect.stdout)
+        let v = try runTool("dsconvert", ["validate", "--reference", v3.path, "--candidate", input.path, "--max-kl-mean", "none",
+                                          "--max-kl-max", "none", "--min-top1", "none", "--min-routing", "none"])
+        XCTAssertEqual(v.status, 0, v.stderr)
+        XCTAssertTrue(v.stdout.contains("(KV cache: mla-kv6c)"), v.stdout)
+        XCTAssertTrue(v.stdout.contains("note         the MTP layer is not compared: the reference holds the weights of 1 MTP layer(s), the candidate of 0"), v.stdout)
     }
 
     func testTransformersSavedV3IsTheMainModel() throws {

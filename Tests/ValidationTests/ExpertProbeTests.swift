@@ -87,6 +87,25 @@ final class ExpertProbeTests: XCTestCase {
         }
     }
 
+    /// A NaN in an unchosen expert of the candidate: the probe names the candidate, the layer and the
+    /// expert (the forward passes never ran it).
+    func testAnExpertWithANaNOutputIsNamed() throws {
+        let dir = fixtures.appendingPathComponent("trained")
+        let reference = try ModelLoader.open(dir)
+        let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
+        let chosen = try chosen(reference, tokens)
+        let layer = chosen.keys.sorted().first { chosen[$0]!.count < (reference.config.nRoutedExperts ?? 0) }!
+        let expert = (0..<(reference.config.nRoutedExperts ?? 0)).first { !chosen[layer]!.contains($0) }!
+        let target = TensorNames.mlp(.expert(expert), .up, layer: layer)
+        let broken = try LoadedModel(label: "nan", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+            if name == target { values[0] = .nan }
+        })
+        XCTAssertThrowsError(try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t", heldout: nil,
+                                                   thresholds: .defaults)) { error in
+            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(model: "nan", layer: layer, expert: expert, problem: .notFinite))
+        }
+    }
+
     /// Models whose MoE layers differ in shape are refused before any pass, naming what differs (the
     /// probes and the routing are compared expert by expert).
     func testModelsWithOtherExpertsAreRefused() throws {
