@@ -39,7 +39,9 @@ public enum ShardCommand: Command {
         let p = manifest.placement
         terminal.out("\(try arguments.required("output")): \(p.experts) experts over \(p.devices) devices, \(p.expertsPerDevice) per device; device bound M = \(p.deviceBoundM); non-expert weights \(manifest.dense)")
         for d in manifest.devices {
-            terminal.out(String(format: "  %@  experts [%d, %d)  expert bytes %d  dense bytes %d", d.directory, p.range(device: d.device).lowerBound, p.range(device: d.device).upperBound, d.expertBytes, d.denseBytes))
+            // Interpolated, not String(format:): "%d" reads 32 bits, and a V3 device's expert bytes pass 2^31.
+            let experts = p.range(device: d.device)
+            terminal.out("  \(d.directory)  experts [\(experts.lowerBound), \(experts.upperBound))  expert bytes \(d.expertBytes)  dense bytes \(d.denseBytes)")
         }
         terminal.out(String(format: "  expert bytes spread across devices: %.4f%%", manifest.expertBytesSpread * 100))
         return ExitCode.success
