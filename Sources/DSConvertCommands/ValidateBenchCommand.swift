@@ -69,7 +69,7 @@ public enum ValidateBenchCommand: Command {
             return ExitCode.failure
         }
         printFigures(Figures(config: config, tokens: count, bytes: bytes, read: read, run: run, compute: compute, weightSeconds: weightSeconds,
-                       prefetched: prefetched, reference: reference, candidate: candidate, cold: cold), terminal: terminal)
+                       prefetched: prefetched, reference: reference, candidate: candidate, cold: cold, mtp: json["mtp"] != nil), terminal: terminal)
         return ExitCode.success
     }
 
@@ -86,6 +86,8 @@ public enum ValidateBenchCommand: Command {
         let reference: URL
         let candidate: URL
         let cold: Bool
+        /// validate ran the MTP layers too (its report has an mtp section).
+        let mtp: Bool
     }
 
     /// Prints the figures beside plain sgemm at the model's width, timed here after the child.
@@ -93,7 +95,8 @@ public enum ValidateBenchCommand: Command {
         let (config, count, bytes, read, run, compute, weightSeconds, prefetched, reference, candidate, cold) =
             (f.config, f.tokens, f.bytes, f.read, f.run, f.compute, f.weightSeconds, f.prefetched, f.reference, f.candidate, f.cold)
         let routed = count * (config.numExpertsPerTok ?? 0) * config.moeLayerCount
-        let flops = 2 * ForwardCost.flops(config: config, batch: 1, seq: count, routedTokenExperts: routed)
+        let flops = 2 * (ForwardCost.flops(config: config, batch: 1, seq: count, routedTokenExperts: routed)
+                         + (f.mtp ? ForwardCost.mtpFlops(config: config, batch: 1, seq: count) : 0))
         let r = read.wall, w = run.wall
         // Plain sgemm of the model's width at this many tokens, in this process after the child: the
         // share of it the forward passes reach. Timed for about a second (the median): three runs of
@@ -107,8 +110,8 @@ public enum ValidateBenchCommand: Command {
         terminal.out("blas: \(BLASCore.selection.description)")
         terminal.out(String(format: "read (cat)        %8.2f s   %6.2f GB/s", r, Double(bytes) / 1e9 / r))
         terminal.out(String(format: "validate wall     %8.2f s   %6.2f GB/s   peak RSS %d MiB", w, Double(bytes) / 1e9 / w, run.peakRSSKiB / 1024))
-        terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes), %.2f of cblas_sgemm's %.1f GFLOP/s at %dx%dx%d",
-                            compute, flops / compute / 1e9, flops / compute / 1e9 / sgemmRate, sgemmRate, count, config.hiddenSize, config.hiddenSize))
+        terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes%@), %.2f of cblas_sgemm's %.1f GFLOP/s at %dx%dx%d",
+                            compute, flops / compute / 1e9, f.mtp ? " and MTP layers" : "", flops / compute / 1e9 / sgemmRate, sgemmRate, count, config.hiddenSize, config.hiddenSize))
         terminal.out(String(format: "  weight reading  %8.2f s   (page faults, widening, FP8 dequantization; prefetched %.2f GB alongside)", weightSeconds, Double(prefetched) / 1e9))
         terminal.out(String(format: "  CPU             %8.2f s   of all threads (%.2f cores busy); %d page faults waited for the disk",
                             run.cpuSeconds, run.cpuSeconds / w, run.majorFaults))

@@ -161,6 +161,20 @@ public enum ForwardCost {
         byPhase(config: c, batch: batch, seq: seq, routedTokenExperts: routedTokenExperts).values.reduce(0, +)
     }
 
+    /// FLOPs of the first MTP layer's pass (`ReferenceForward.mtpPass`) over `batch` sequences of `seq`
+    /// tokens: eh_proj, its decoder block and its head at seq − 1 positions (0 without an MTP layer).
+    /// The block is the difference between the main stack with one more layer and without it.
+    public static func mtpFlops(config c: DeepSeekConfig, batch: Int, seq: Int) -> Double {
+        guard c.mtpLayerCount > 0, seq >= 2 else { return 0 }
+        let positions = seq - 1, t = Double(batch * positions), h = Double(c.hiddenSize)
+        var deeper = c
+        deeper.numHiddenLayers += 1
+        let routed = c.isMoELayer(c.numHiddenLayers) ? (c.numExpertsPerTok ?? 0) * batch * positions : 0
+        let block = flops(config: deeper, batch: batch, seq: positions, routedTokenExperts: routed)
+            - flops(config: c, batch: batch, seq: positions, routedTokenExperts: 0)
+        return block + 2 * t * (2 * h) * h + 2 * t * Double(c.vocabSize) * h
+    }
+
     /// FLOPs of each part of one forward pass (`ReferenceForward.Phase`; the embedding has none).
     public static func byPhase(config c: DeepSeekConfig, batch: Int, seq: Int, routedTokenExperts: Int) -> [ReferenceForward.Phase: Double] {
         let h = Double(c.hiddenSize), heads = Double(c.numAttentionHeads), dq = Double(c.qkHeadDim), dv = Double(c.vHeadDim)
