@@ -258,6 +258,22 @@ final class ForwardCostTests: XCTestCase {
         XCTAssertEqual(phases[.attention], Double(2 * (attentionProducts + 2 * 128 * scored * (192 + 128))))
     }
 
+    /// The MTP pass of V3's widths at 512 tokens (511 positions), counted by hand: eh_proj, one MoE
+    /// decoder layer (attention's five products and its causal part, the router, the shared expert,
+    /// 8 routed experts per position) and the head.
+    func testMTPFlopsAreOneMoELayerPlusEhProjAndHead() throws {
+        var config = try ForwardBenchmark.v3WidthConfig()
+        XCTAssertEqual(ForwardCost.mtpFlops(config: config, batch: 1, seq: 512), 0, "no MTP layer")
+        config.numNextnPredictLayers = 1
+        let t = 511, h = 7168
+        let attention = t * (1536 * 7168 + 24576 * 1536 + 576 * 7168 + 32768 * 512 + 7168 * 16384)
+        let scored = ReferenceForward.causalBlocks(seq: t).reduce(0) { $0 + $1.queries.count * $1.keys }
+        let layer = attention + 128 * scored * (192 + 128) + t * 256 * h + t * 3 * h * 2048 + t * 8 * 3 * h * 2048
+        let expected = 2 * Double(layer + t * 2 * h * h + t * config.vocabSize * h)
+        XCTAssertEqual(ForwardCost.mtpFlops(config: config, batch: 1, seq: 512), expected)
+        XCTAssertEqual(ForwardCost.mtpFlops(config: config, batch: 1, seq: 1), 0, "no position")
+    }
+
     /// V2-Lite's widths (no query compression): q_proj 2048->16x192, and the shared experts at
     /// 2 x 1408; a config whose n_shared_experts is 0 or absent has no shared-expert products.
     func testBLASProductsWithoutQueryCompressionOrSharedExperts() throws {
