@@ -36,10 +36,10 @@ final class ExpertProbeTests: XCTestCase {
         }
     }
 
-    /// An expert no token chose, its down_proj doubled: the forward passes cannot see it (the logits
-    /// and every hidden state are identical), the probe does, at exactly 1 (doubling an f32 weight
-    /// doubles every product and sum exactly, so the candidate's output is twice the reference's).
-    func testABrokenExpertNoTokenChoseFailsNamed() throws {
+    /// The trained fixture, its tokens, and the first (layer, expert) its tokens leave unchosen with the
+    /// model `edit` makes of it by changing that expert's `projection` (labelled `label`).
+    private func unchosenExpert(_ projection: MLPProjection, label: String, _ edit: @escaping (inout [Float]) -> Void) throws
+        -> (reference: LoadedModel, edited: LoadedModel, tokens: [[Int]], layer: Int, expert: Int) {
         let dir = fixtures.appendingPathComponent("trained")
         let reference = try ModelLoader.open(dir)
         let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
@@ -47,10 +47,18 @@ final class ExpertProbeTests: XCTestCase {
         let (layer, expert) = try XCTUnwrap(chosen.keys.sorted().lazy.compactMap { layer in
             (0..<(reference.config.nRoutedExperts ?? 0)).first { !chosen[layer]!.contains($0) }.map { (layer, $0) }
         }.first, "the trained fixture's sample leaves some expert unchosen")
-        let target = TensorNames.mlp(.expert(expert), .down, layer: layer)
-        let broken = try LoadedModel(label: "broken", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
-            if name == target { values = values.map { $0 * 2 } }
+        let target = TensorNames.mlp(.expert(expert), projection, layer: layer)
+        let edited = try LoadedModel(label: label, config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
+            if name == target { edit(&values) }
         })
+        return (reference, edited, tokens, layer, expert)
+    }
+
+    /// An expert no token chose, its down_proj doubled: the forward passes cannot see it (the logits
+    /// and every hidden state are identical), the probe does, at exactly 1 (doubling an f32 weight
+    /// doubles every product and sum exactly, so the candidate's output is twice the reference's).
+    func testABrokenExpertNoTokenChoseFailsNamed() throws {
+        let (reference, broken, tokens, layer, expert) = try unchosenExpert(.down, label: "broken") { $0 = $0.map { $0 * 2 } }
         let report = try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t", heldout: nil, thresholds: .defaults)
         XCTAssertEqual(report.logits.maxAbsDelta, 0)
         XCTAssertTrue(report.hiddenStates.allSatisfy { $0.relativeError == 0 })
@@ -69,40 +77,19 @@ final class ExpertProbeTests: XCTestCase {
                                             thresholds: unlimited).verdict.passed)
     }
 
-    /// An expert whose drift has no finite measure stops the comparison with one line naming it.
+    /// An expert whose drift has no finite measure stops the comparison with one line naming it: the
+    /// reference's output all zero (its down_proj zeroed) against the candidate's, or a NaN in the
+    /// candidate's (one of its up_proj weights); the forward passes never ran either expert.
     func testAnExpertWithNoFiniteDriftIsNamed() throws {
-        let dir = fixtures.appendingPathComponent("trained")
-        let reference = try ModelLoader.open(dir)
-        let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
-        let chosen = try chosen(reference, tokens)
-        let layer = chosen.keys.sorted().first { chosen[$0]!.count < (reference.config.nRoutedExperts ?? 0) }!
-        let expert = (0..<(reference.config.nRoutedExperts ?? 0)).first { !chosen[layer]!.contains($0) }!
-        let target = TensorNames.mlp(.expert(expert), .down, layer: layer)
-        let zeroed = try LoadedModel(label: "zeroed", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
-            if name == target { values = values.map { _ in 0 } }
-        })
-        XCTAssertThrowsError(try Validator.compare(reference: zeroed, candidate: reference, tokens: tokens, tokensLabel: "t", heldout: nil,
-                                                   thresholds: .defaults)) { error in
-            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(model: "zeroed", layer: layer, expert: expert, problem: .zeroInReference))
+        let zeroed = try unchosenExpert(.down, label: "zeroed") { $0 = $0.map { _ in 0 } }
+        XCTAssertThrowsError(try Validator.compare(reference: zeroed.edited, candidate: zeroed.reference, tokens: zeroed.tokens, tokensLabel: "t",
+                                                   heldout: nil, thresholds: .defaults)) { error in
+            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(model: "zeroed", layer: zeroed.layer, expert: zeroed.expert, problem: .zeroInReference))
         }
-    }
-
-    /// A NaN in an unchosen expert of the candidate: the probe names the candidate, the layer and the
-    /// expert (the forward passes never ran it).
-    func testAnExpertWithANaNOutputIsNamed() throws {
-        let dir = fixtures.appendingPathComponent("trained")
-        let reference = try ModelLoader.open(dir)
-        let tokens = try TokenFile.load(dir.appendingPathComponent("tokens.json"))
-        let chosen = try chosen(reference, tokens)
-        let layer = chosen.keys.sorted().first { chosen[$0]!.count < (reference.config.nRoutedExperts ?? 0) }!
-        let expert = (0..<(reference.config.nRoutedExperts ?? 0)).first { !chosen[layer]!.contains($0) }!
-        let target = TensorNames.mlp(.expert(expert), .up, layer: layer)
-        let broken = try LoadedModel(label: "nan", config: reference.config, weights: EditedWeights(base: reference.weights) { name, values in
-            if name == target { values[0] = .nan }
-        })
-        XCTAssertThrowsError(try Validator.compare(reference: reference, candidate: broken, tokens: tokens, tokensLabel: "t", heldout: nil,
-                                                   thresholds: .defaults)) { error in
-            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(model: "nan", layer: layer, expert: expert, problem: .notFinite))
+        let nan = try unchosenExpert(.up, label: "nan") { $0[0] = .nan }
+        XCTAssertThrowsError(try Validator.compare(reference: nan.reference, candidate: nan.edited, tokens: nan.tokens, tokensLabel: "t",
+                                                   heldout: nil, thresholds: .defaults)) { error in
+            XCTAssertEqual(error as? ValidationError, .expertDriftNotFinite(model: "nan", layer: nan.layer, expert: nan.expert, problem: .notFinite))
         }
     }
 
