@@ -255,16 +255,24 @@ public final class ReferenceForward {
         return Elementwise.rmsNorm(state.hidden, width: config.hiddenSize, gamma: try load(TensorNames.finalNorm, [config.hiddenSize]), eps: config.rmsNormEps)
     }
 
+    /// Runs every layer of the main stack on `state`, each next layer read ahead while one computes
+    /// (after the last, what `afterTheLast` starts reading); `each` sees the state after each layer.
+    private func runLayers(_ state: inout State, progress: ((String) -> Void)?, afterTheLast: () -> Void,
+                           each: (State) -> Void = { _ in }) throws {
+        for layer in 0..<config.numHiddenLayers {
+            progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
+            if layer + 1 < config.numHiddenLayers { prefetch(layer: layer + 1) } else { afterTheLast() }
+            try runLayer(&state)
+            each(state)
+        }
+    }
+
     /// Runs every layer for the cache observer (`quantize --kv6` calibration), with the first MTP
     /// layer's decoder block when `mtp`, and neither vocabulary head: the observer sees each layer's
     /// cache and queries, and no logits are computed.
     public func observeCaches(tokens: [[Int]], source: String, mtp: Bool, progress: ((String) -> Void)? = nil) throws {
         var state = try start(tokens: tokens, source: source)
-        for layer in 0..<config.numHiddenLayers {
-            progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
-            if layer + 1 < config.numHiddenLayers { prefetch(layer: layer + 1) } else if mtp { prefetchMTP(head: false) }
-            try runLayer(&state)
-        }
+        try runLayers(&state, progress: progress) { if mtp { prefetchMTP(head: false) } }
         guard mtp else { return }
         progress?("forward: MTP layer")
         let began = DispatchTime.now()
@@ -279,11 +287,8 @@ public final class ReferenceForward {
                     progress: ((String) -> Void)? = nil) throws -> ForwardResult {
         var state = try start(tokens: tokens, source: source)
         var hiddenStates: [[Float]] = recordHiddenStates ? [state.hidden] : []
-        for layer in 0..<config.numHiddenLayers {
-            progress?("forward: layer \(layer + 1)/\(config.numHiddenLayers)")
-            prefetch(layer: layer + 1)
-            try runLayer(&state)
-            if recordHiddenStates { hiddenStates.append(state.hidden) }
+        try runLayers(&state, progress: progress, afterTheLast: { prefetch(layer: config.numHiddenLayers) }) {
+            if recordHiddenStates { hiddenStates.append($0.hidden) }
         }
         let (final, logits) = try finish(state)
         // transformers reports the last hidden state after the final norm.
