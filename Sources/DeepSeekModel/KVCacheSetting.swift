@@ -42,7 +42,8 @@ public struct KVCacheSetting: Sendable, Equatable {
         // The main stack's layers, and the first MTP layer's when calibrated with it (earlier outputs
         // have none: their MTP layer then runs with an fp32 cache). A V3-family checkpoint whose MTP
         // weights were dropped after calibration (as transformers saves it) keeps that entry, unused.
-        let mtpEntry = config.mtpLayerCount > 0 || config.architecture == .deepseekV3 ? 1 : 0
+        // (Only the V3 family has MTP layers: `mtpLayerCount` is 0 for every other architecture.)
+        let mtpEntry = config.architecture == .deepseekV3 ? 1 : 0
         let main = Array(0..<config.numHiddenLayers), withMTP = Array(0..<(config.numHiddenLayers + mtpEntry))
         guard channels.map(\.layer) == main || channels.map(\.layer) == withMTP else {
             throw Self.bad(path, "mla-kv6c needs channels for layers 0..<\(config.numHiddenLayers) in order"

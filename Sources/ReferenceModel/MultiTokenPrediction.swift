@@ -44,11 +44,9 @@ extension ReferenceForward {
     /// embedding at position 0, which SGLang does not: neither is done here. The KV cache applies to it
     /// as to every layer (under mla-kv6c declared without the MTP layer's channels, its cache is fp32).
     public func mtpPass(tokens: [[Int]], final: [Float], keepingExpertInputRows: Int = 0) throws -> MTPResult? {
-        guard config.mtpLayerCount > 0, (tokens.first?.count ?? 0) >= 2 else { return nil }
         let began = DispatchTime.now()
         defer { countTotal(since: began) }
-        prefetchMTP()
-        guard let block = try mtpBlock(tokens: tokens, final: final, keepingExpertInputRows: keepingExpertInputRows) else { return nil }
+        guard let block = try mtpBlock(tokens: tokens, final: final, head: true, keepingExpertInputRows: keepingExpertInputRows) else { return nil }
         let h = config.hiddenSize, rows = block.batch * block.positions
         let out = Elementwise.rmsNorm(block.hidden, width: h, gamma: try load(TensorNames.name(.mtpHeadNorm, layer: block.layer), [h]), eps: config.rmsNormEps)
         let logits = try phase(.head) { try vocabularyProjection(out, rows: rows, head: TensorNames.name(.mtpHead, layer: block.layer)) }
@@ -58,14 +56,16 @@ extension ReferenceForward {
     }
 
     /// The first MTP layer up to its head: eh_proj of the two normalized halves and the decoder block,
-    /// [batch · (seq − 1), hidden] (nil as for `mtpPass`). `final` must be [batch · seq, hidden].
-    func mtpBlock(tokens: [[Int]], final: [Float], keepingExpertInputRows: Int = 0) throws
+    /// [batch · (seq − 1), hidden] (nil as for `mtpPass`). `final` must be [batch · seq, hidden]. Its
+    /// weights are read ahead once it runs, with the head's when `head` (the caller's next step).
+    func mtpBlock(tokens: [[Int]], final: [Float], head: Bool, keepingExpertInputRows: Int = 0) throws
         -> (layer: Int, batch: Int, positions: Int, hidden: [Float], routing: RoutingRecord?, kept: ExpertInput?)? {
         guard let layer = config.mtpLayers.first, let seq = tokens.first?.count, seq >= 2 else { return nil }
         let h = config.hiddenSize, batch = tokens.count, positions = seq - 1, t = batch * positions
         guard final.count == batch * seq * h else {
             throw ReferenceModelError.invalidTokens(path: "MTP layer", reason: "a final hidden state of \(final.count / max(h, 1)) rows for \(batch) x \(seq) tokens")
         }
+        prefetchMTP(head: head)
         func name(_ weight: LayerWeight) -> String { TensorNames.name(weight, layer: layer) }
         let embedded = try phase(.embedding) { try embeddingRows(tokens.flatMap { $0.dropFirst() }, table: name(.mtpEmbedding)) }
         let previous = Self.gather((0..<batch).lazy.flatMap { b in (0..<positions).lazy.map { b * seq + $0 } }, of: final, width: h)

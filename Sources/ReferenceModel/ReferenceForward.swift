@@ -277,7 +277,7 @@ public final class ReferenceForward {
         progress?("forward: MTP layer")
         let began = DispatchTime.now()
         defer { countTotal(since: began) }
-        _ = try mtpBlock(tokens: tokens, final: try finalNorm(state))
+        _ = try mtpBlock(tokens: tokens, final: try finalNorm(state), head: false)
     }
 
     /// Runs `tokens` ([batch][seq], equal lengths) through the model, after `TokenFile.check`
