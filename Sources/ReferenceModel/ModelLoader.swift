@@ -91,6 +91,8 @@ public final class ExpertParallelWeights: WeightProvider {
         for (d, device) in devices.enumerated() { device.prefetch(names.filter { owner($0) === devices[d] }) }
     }
 
+    public func willNeedRows(_ name: String, shape: [Int], rows: [Int]) { owner(name).willNeedRows(name, shape: shape, rows: rows) }
+
     /// The stored form of `name` from the device that holds it.
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? { try owner(name).stored(name, shape: shape) }
 

@@ -177,12 +177,14 @@ public final class ReferenceForward {
     }
 
     /// The rows of embedding table `table` for `ids`, [ids.count, hidden]: a row lookup, so only the
-    /// rows of the distinct ids are read.
+    /// rows of the distinct ids are read, all requested from the disk before the first is used.
     func embeddingRows(_ ids: [Int], table: String) throws -> [Float] {
         let h = config.hiddenSize, vocab = config.vocabSize
         var rows = [Float](repeating: 0, count: ids.count * h)
         let positions = Dictionary(grouping: ids.enumerated(), by: \.element).mapValues { $0.map(\.offset) }
-        for id in positions.keys.sorted() {
+        let distinct = positions.keys.sorted()
+        weights.willNeedRows(table, shape: [vocab, h], rows: distinct)
+        for id in distinct {
             let row = try loadRows(table, [vocab, h], id..<(id + 1))
             row.withUnsafeBufferPointer { rp in for i in positions[id]! { rows.replaceSubrange((i * h)..<((i + 1) * h), with: rp) } }
         }

@@ -71,6 +71,9 @@ public protocol WeightProvider: AnyObject {
     func stored(_ name: String, shape: [Int]) throws -> StoredWeight?
     /// Starts reading `names` (in the order they will be used) into memory ahead of their use.
     func prefetch(_ names: [String])
+    /// Starts reading rows `rows` (ascending) of the 2-D weight `name` (of `shape`) at once, without
+    /// waiting: a lookup's scattered rows, which read one by one would each wait for the disk.
+    func willNeedRows(_ name: String, shape: [Int], rows: [Int])
     /// The forward pass is done with `names` (a layer's tensors, used or not): nothing more of them
     /// needs reading ahead.
     func retire(_ names: [String])
@@ -81,6 +84,7 @@ public protocol WeightProvider: AnyObject {
 extension WeightProvider {
     /// Nothing to read ahead for weights in memory.
     public func prefetch(_ names: [String]) {}
+    public func willNeedRows(_ name: String, shape: [Int], rows: [Int]) {}
     public func retire(_ names: [String]) {}
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? { nil }
     public func prefetchTotals() -> WeightPrefetcher.Totals { .init() }
@@ -120,6 +124,32 @@ public final class CheckpointWeights: WeightProvider {
 
     public func prefetch(_ names: [String]) { prefetcher.enqueue(names, in: checkpoint) }
     public func retire(_ names: [String]) { prefetcher.retire(names) }
+
+    /// Each run of consecutive rows advised as one range of the mapping (`MappedFile.willNeed`).
+    public func willNeedRows(_ name: String, shape: [Int], rows: [Int]) {
+        guard shape.count == 2, let view = try? checkpoint.view(name), view.shape == shape, let size = view.dtype.byteSize,
+              let base = view.owner.base, let start = view.bytes.baseAddress,
+              let ranges = Self.rowByteRanges(rows, rowCount: shape[0], rowBytes: shape[1] * size) else { return }
+        for range in ranges { view.owner.willNeed(range.lowerBound + (start - base)..<range.upperBound + (start - base)) }
+    }
+
+    /// The byte ranges, from the tensor's first byte, of `rows` (ascending) of a row-major tensor of
+    /// `rowCount` rows of `rowBytes`: one range per run of consecutive rows, so a lookup of neighbouring
+    /// ids is one request. Nil when a row is outside the tensor (nothing is advised for a bad id; the
+    /// lookup itself then reports it).
+    static func rowByteRanges(_ rows: [Int], rowCount: Int, rowBytes: Int) -> [Range<Int>]? {
+        guard rows.allSatisfy((0..<rowCount).contains) else { return nil }
+        var ranges: [Range<Int>] = []
+        var i = 0
+        while i < rows.count {
+            var j = i + 1
+            while j < rows.count, rows[j] == rows[j - 1] + 1 { j += 1 }
+            ranges.append((rows[i] * rowBytes)..<((rows[j - 1] + 1) * rowBytes))
+            i = j
+        }
+        return ranges
+    }
+
     public func prefetchTotals() -> WeightPrefetcher.Totals { prefetcher.drain() }
 
     public init(checkpoint: Checkpoint, fp8Block: Int? = nil) {

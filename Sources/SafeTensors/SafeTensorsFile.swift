@@ -80,6 +80,11 @@ public final class MappedFile: @unchecked Sendable {
         return total
     }
 
+    /// Asks the kernel to start reading a byte range into the page cache and returns without waiting
+    /// (nor mapping the pages into this process: RSS does not grow). For scattered reads, such as an
+    /// embedding lookup's rows: advised together, the disk serves them at once, where touching them in
+    /// turn waits for one read after another (512 rows of V3's table, cold: 1.4 s).
+    public func willNeed(_ range: Range<Int>) { advise(range, MADV_WILLNEED) }
     /// Tells the kernel a byte range will be read front to back soon.
     public func adviseSequential(_ range: Range<Int>) { advise(range, MADV_SEQUENTIAL) }
     /// Lets the kernel drop a range's pages from this process (they stay in the page cache),

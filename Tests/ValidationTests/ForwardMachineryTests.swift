@@ -217,6 +217,31 @@ final class CheckpointRowsTests: XCTestCase {
     }
 }
 
+/// An embedding lookup's rows are advised to the kernel as one byte range per run of consecutive ids,
+/// and nothing is advised when an id is outside the table.
+final class RowAdviceTests: XCTestCase {
+    func testRunsOfConsecutiveRowsAreOneRange() {
+        XCTAssertEqual(CheckpointWeights.rowByteRanges([2, 3, 4, 9, 11, 12], rowCount: 16, rowBytes: 10), [20..<50, 90..<100, 110..<130])
+        XCTAssertEqual(CheckpointWeights.rowByteRanges([0, 15], rowCount: 16, rowBytes: 4), [0..<4, 60..<64])
+        XCTAssertEqual(CheckpointWeights.rowByteRanges([], rowCount: 16, rowBytes: 4), [])
+        XCTAssertNil(CheckpointWeights.rowByteRanges([3, 16], rowCount: 16, rowBytes: 4))
+        XCTAssertNil(CheckpointWeights.rowByteRanges([-1, 3], rowCount: 16, rowBytes: 4))
+    }
+
+    /// Advising rows (any ids, in the table or not) leaves the lookup's values as they were.
+    func testAdvisedRowsReadTheSame() throws {
+        let directory = fixtures.appendingPathComponent("v3-fp8")
+        let config = try ConfigDocument.load(directory: directory).model
+        let weights = CheckpointWeights(checkpoint: try Checkpoint(directory: directory), fp8Block: config.quantization?.block)
+        let name = "model.embed_tokens.weight", shape = [config.vocabSize, config.hiddenSize]
+        let before = try weights.rows(name, shape: shape, range: 5..<9)
+        weights.willNeedRows(name, shape: shape, rows: [5, 6, 7, 8, 40])
+        weights.willNeedRows(name, shape: shape, rows: [config.vocabSize])
+        weights.willNeedRows(name, shape: [1, 1], rows: [0])
+        XCTAssertEqual(try weights.rows(name, shape: shape, range: 5..<9), before)
+    }
+}
+
 /// Parking OpenBLAS's idle workers (before work that runs one task per core) leaves its thread count
 /// and its products as they were: the next multi-threaded product starts the workers again.
 final class BLASParkingTests: XCTestCase {
