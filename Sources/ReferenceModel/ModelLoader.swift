@@ -91,6 +91,7 @@ public final class ExpertParallelWeights: WeightProvider {
         for (d, device) in devices.enumerated() { device.prefetch(names.filter { owner($0) === devices[d] }) }
     }
 
+    /// Rows of `name` requested from the device that holds it.
     public func willNeedRows(_ name: String, shape: [Int], rows: [Int]) { owner(name).willNeedRows(name, shape: shape, rows: rows) }
 
     /// The stored form of `name` from the device that holds it.

@@ -71,8 +71,8 @@ public protocol WeightProvider: AnyObject {
     func stored(_ name: String, shape: [Int]) throws -> StoredWeight?
     /// Starts reading `names` (in the order they will be used) into memory ahead of their use.
     func prefetch(_ names: [String])
-    /// Starts reading rows `rows` (ascending) of the 2-D weight `name` (of `shape`) at once, without
-    /// waiting: a lookup's scattered rows, which read one by one would each wait for the disk.
+    /// Starts reading rows `rows` (best ascending) of the 2-D weight `name` (of `shape`) at once,
+    /// without waiting: a lookup's scattered rows, which read one by one would each wait for the disk.
     func willNeedRows(_ name: String, shape: [Int], rows: [Int])
     /// The forward pass is done with `names` (a layer's tensors, used or not): nothing more of them
     /// needs reading ahead.
@@ -84,6 +84,7 @@ public protocol WeightProvider: AnyObject {
 extension WeightProvider {
     /// Nothing to read ahead for weights in memory.
     public func prefetch(_ names: [String]) {}
+    /// Nothing to request for weights in memory.
     public func willNeedRows(_ name: String, shape: [Int], rows: [Int]) {}
     public func retire(_ names: [String]) {}
     public func stored(_ name: String, shape: [Int]) throws -> StoredWeight? { nil }
@@ -125,17 +126,18 @@ public final class CheckpointWeights: WeightProvider {
     public func prefetch(_ names: [String]) { prefetcher.enqueue(names, in: checkpoint) }
     public func retire(_ names: [String]) { prefetcher.retire(names) }
 
-    /// Each run of consecutive rows advised as one range of the mapping (`MappedFile.willNeed`).
+    /// Each run of consecutive rows advised as one range (`Checkpoint.willNeed`). Advice only: a
+    /// tensor the checkpoint lacks, of another shape, of a sub-byte dtype, or a row outside it gets
+    /// none, and the read that follows reports the problem.
     public func willNeedRows(_ name: String, shape: [Int], rows: [Int]) {
-        guard shape.count == 2, let view = try? checkpoint.view(name), view.shape == shape, let size = view.dtype.byteSize,
-              let base = view.owner.base, let start = view.bytes.baseAddress,
+        guard shape.count == 2, let info = checkpoint.info(name), info.shape == shape, let size = info.dtype.byteSize,
               let ranges = Self.rowByteRanges(rows, rowCount: shape[0], rowBytes: shape[1] * size) else { return }
-        for range in ranges { view.owner.willNeed(range.lowerBound + (start - base)..<range.upperBound + (start - base)) }
+        for range in ranges { checkpoint.willNeed(name, bytes: range) }
     }
 
-    /// The byte ranges, from the tensor's first byte, of `rows` (ascending) of a row-major tensor of
-    /// `rowCount` rows of `rowBytes`: one range per run of consecutive rows, so a lookup of neighbouring
-    /// ids is one request. Nil when a row is outside the tensor (nothing is advised for a bad id; the
+    /// The byte ranges, from the tensor's first byte, of `rows` of a row-major tensor of `rowCount`
+    /// rows of `rowBytes`: one range per run of consecutive rows, so a lookup of neighbouring ids is one
+    /// request (rows out of order only make more ranges). Nil when a row is outside the tensor (nothing is advised for a bad id; the
     /// lookup itself then reports it).
     static func rowByteRanges(_ rows: [Int], rowCount: Int, rowBytes: Int) -> [Range<Int>]? {
         guard rows.allSatisfy((0..<rowCount).contains) else { return nil }

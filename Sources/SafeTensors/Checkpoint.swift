@@ -117,6 +117,12 @@ public final class Checkpoint: Sendable {
         return shards[shard]?.prefetch(name, scratch: scratch) ?? 0
     }
 
+    /// Asks the kernel to start reading `bytes` of tensor `name`'s data, without waiting; nothing for
+    /// a name the checkpoint does not hold.
+    public func willNeed(_ name: String, bytes: Range<Int>) {
+        if let shard = location[name] { shards[shard]?.willNeed(name, bytes: bytes) }
+    }
+
     /// Drops tensor `name`'s pages from the resident set once it has been used.
     public func release(_ name: String) {
         if let shard = location[name] { shards[shard]?.release(name) }

@@ -80,10 +80,10 @@ public final class MappedFile: @unchecked Sendable {
         return total
     }
 
-    /// Asks the kernel to start reading a byte range into the page cache and returns without waiting
-    /// (nor mapping the pages into this process: RSS does not grow). For scattered reads, such as an
-    /// embedding lookup's rows: advised together, the disk serves them at once, where touching them in
-    /// turn waits for one read after another (512 rows of V3's table, cold: 1.4 s).
+    /// Asks the kernel to start reading a byte range into the page cache, queuing the reads without
+    /// waiting for them (nor mapping the pages into this process: RSS does not grow). For scattered
+    /// reads, such as an embedding lookup's rows: queued together, the disk serves them concurrently,
+    /// where touching them in turn waits for one read after another (512 rows of V3's table, cold: 1.4 s).
     public func willNeed(_ range: Range<Int>) { advise(range, MADV_WILLNEED) }
     /// Tells the kernel a byte range will be read front to back soon.
     public func adviseSequential(_ range: Range<Int>) { advise(range, MADV_SEQUENTIAL) }
@@ -157,6 +157,15 @@ public final class SafeTensorsFile: Sendable {
         guard let info = info(name) else { return 0 }
         let start = header.dataStart + info.dataOffsets.lowerBound
         return mapping.prefetch(start..<(start + info.byteCount), scratch: scratch)
+    }
+
+    /// Asks the kernel to start reading `bytes` (offsets within tensor `name`'s data, clamped to it)
+    /// into the page cache, without waiting (see `MappedFile.willNeed`).
+    public func willNeed(_ name: String, bytes: Range<Int>) {
+        guard let info = info(name) else { return }
+        let start = header.dataStart + info.dataOffsets.lowerBound
+        let within = bytes.clamped(to: 0..<info.byteCount)
+        mapping.willNeed((start + within.lowerBound)..<(start + within.upperBound))
     }
 
     /// Drops the pages of `name` from this process's resident set after it has been consumed.
