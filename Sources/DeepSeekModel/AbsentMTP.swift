@@ -17,7 +17,7 @@ extension DeepSeekConfig {
     /// The MTP layers config.json declares when `checkpoint` holds no tensor of any of them, else 0.
     public func declaredMTPLayersWithoutWeights(in checkpoint: Checkpoint) -> Int {
         guard mtpLayerCount > 0 else { return 0 }
-        let prefixes = mtpLayers.map { "model.layers.\($0)." }
+        let prefixes = mtpLayers.map(TensorNames.layer)
         let holdsAny = checkpoint.tensors.contains { t in prefixes.contains { t.name.hasPrefix($0) } }
         return holdsAny ? 0 : mtpLayerCount
     }

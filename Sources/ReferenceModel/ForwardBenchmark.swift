@@ -467,7 +467,7 @@ public enum ForwardBenchmark {
         let provider = SyntheticWeights(storage: storage)
         let bytes = storage == .fp8 ? 1 : 2
         let count = fromMemoryCount(bytesEach: n * k * bytes)
-        let weights = try (0..<count).map { try provider.stored("model.layers.0.mlp.experts.\($0).up_proj.weight", shape: [n, k])! }
+        let weights = try (0..<count).map { try provider.stored(TensorNames.expert(0, $0, .up), shape: [n, k])! }
         let x = [Float](repeating: 0.5, count: m * k)
         return try (0..<repeats).map { _ in
             let failure = Mutex<Error?>(nil)
