@@ -64,12 +64,13 @@ public enum ValidateBenchCommand: Command {
         guard read.outcome.succeeded, run.outcome.succeeded,
               let json = try? JSONSerialization.jsonObject(with: Data(contentsOf: report)) as? [String: Any],
               let timing = json["timing"] as? [String: Any], let compute = timing["compute_seconds"] as? Double,
-              let weightSeconds = timing["weight_seconds"] as? Double, let prefetched = timing["prefetched_bytes"] as? Int else {
+              let weightSeconds = timing["weight_seconds"] as? Double, let prefetched = timing["prefetched_bytes"] as? Int,
+              let readerFaults = timing["prefetch_disk_faults"] as? Int else {
             terminal.error("dsconvert-bench validate", "read \(read.outcome.label), validate \(run.outcome.label)")
             return ExitCode.failure
         }
         printFigures(Figures(config: config, tokens: count, bytes: bytes, read: read, run: run, compute: compute, weightSeconds: weightSeconds,
-                       prefetched: prefetched, reference: reference, candidate: candidate, cold: cold, mtp: json["mtp"] != nil), terminal: terminal)
+                       prefetched: prefetched, readerFaults: readerFaults, reference: reference, candidate: candidate, cold: cold, mtp: json["mtp"] != nil), terminal: terminal)
         return ExitCode.success
     }
 
@@ -83,6 +84,8 @@ public enum ValidateBenchCommand: Command {
         let compute: Double
         let weightSeconds: Double
         let prefetched: Int
+        /// Page faults of validate's reader thread that waited for the disk (its reads map pages).
+        let readerFaults: Int
         let reference: URL
         let candidate: URL
         let cold: Bool
@@ -113,8 +116,8 @@ public enum ValidateBenchCommand: Command {
         terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes%@), %.2f of cblas_sgemm's %.1f GFLOP/s at %dx%dx%d",
                             compute, flops / compute / 1e9, f.mtp ? " and MTP layers" : "", flops / compute / 1e9 / sgemmRate, sgemmRate, count, config.hiddenSize, config.hiddenSize))
         terminal.out(String(format: "  weight reading  %8.2f s   (page faults, widening, FP8 dequantization; prefetched %.2f GB alongside)", weightSeconds, Double(prefetched) / 1e9))
-        terminal.out(String(format: "  CPU             %8.2f s   of all threads (%.2f cores busy); %d page faults waited for the disk",
-                            run.cpuSeconds, run.cpuSeconds / w, run.majorFaults))
+        terminal.out(String(format: "  CPU             %8.2f s   of all threads (%.2f cores busy); %d page faults of the passes waited for the disk (and %d of the reader's reads)",
+                            run.cpuSeconds, run.cpuSeconds / w, max(0, run.majorFaults - f.readerFaults), f.readerFaults))
         // Widening and dequantizing weights is CPU work on the same cores as the products: what
         // reading can hide behind is both together.
         let busy = compute + weightSeconds

@@ -103,6 +103,6 @@ public final class ExpertParallelWeights: WeightProvider {
     }
 
     public func prefetchTotals() -> WeightPrefetcher.Totals {
-        devices.map { $0.prefetchTotals() }.reduce(into: WeightPrefetcher.Totals()) { $0.bytes += $1.bytes; $0.seconds += $1.seconds }
+        devices.map { $0.prefetchTotals() }.reduce(WeightPrefetcher.Totals(), +)
     }
 }

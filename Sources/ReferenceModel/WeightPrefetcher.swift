@@ -1,3 +1,4 @@
+import CSystemCalls
 import DeepSeekModel
 import Dispatch
 import Foundation
@@ -6,8 +7,9 @@ import Synchronization
 
 /// Reads weights the forward pass will need next into the page cache on a thread of its own, so
 /// reading the checkpoint overlaps computing with it (wall time near max(read, compute), not their
-/// sum). It reads with `pread` into a scratch buffer: the pages are cached, not mapped into this
-/// process, so the resident set does not grow; the forward pass then finds them when it maps them.
+/// sum). It reads through `MappedFile.prefetch` (each chunk mapped in one call, then unmapped): the
+/// pages are cached, not left mapped into this process, so the resident set does not grow; the
+/// forward pass then finds them when it maps them.
 ///
 /// One reader serves the whole process, in the order tensors were queued over every prefetcher (one
 /// per model of a comparison, one per device of a sharded model): the order the forward passes use
@@ -22,6 +24,20 @@ public final class WeightPrefetcher: Sendable {
     public struct Totals: Sendable, Equatable {
         public var bytes = 0
         public var seconds = 0.0
+        /// The reader's own page faults that waited for the disk: it reads by mapping pages, so these
+        /// count among the process's, though no forward pass waited for them.
+        public var diskFaults = 0
+
+        public init(bytes: Int = 0, seconds: Double = 0, diskFaults: Int = 0) {
+            self.bytes = bytes
+            self.seconds = seconds
+            self.diskFaults = diskFaults
+        }
+
+        /// Both readings together (a sharded model's devices, the two models of a comparison).
+        public static func + (a: Totals, b: Totals) -> Totals {
+            Totals(bytes: a.bytes + b.bytes, seconds: a.seconds + b.seconds, diskFaults: a.diskFaults + b.diskFaults)
+        }
     }
 
     /// At most this many bytes are read ahead of use: a quarter of physical memory, at most 4 GiB
@@ -202,12 +218,12 @@ public final class WeightPrefetcher: Sendable {
             case .done: return
             case .wait: _ = roomOpened.wait(timeout: .now() + .milliseconds(100))
             case let .read(entry):
-                let began = DispatchTime.now()
+                let began = DispatchTime.now(), faultsBefore = threadDiskFaults()
                 let bytes = entry.checkpoint.map { checkpoint in entry.names.reduce(0) { $0 + checkpoint.prefetch($1, scratch: scratch) } } ?? 0
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
+                let faults = threadDiskFaults() - faultsBefore
                 let drainers = queue.withLock { q -> Int in
-                    q.totals[entry.owner, default: Totals()].bytes += bytes
-                    q.totals[entry.owner, default: Totals()].seconds += seconds
+                    q.totals[entry.owner, default: Totals()] = q.totals[entry.owner, default: Totals()] + Totals(bytes: bytes, seconds: seconds, diskFaults: faults)
                     q.reading = nil
                     defer { q.drainers = 0 }
                     return q.drainers
@@ -216,4 +232,7 @@ public final class WeightPrefetcher: Sendable {
             }
         }
     }
+
+    /// Page faults of the calling thread that waited for the disk so far (`RUSAGE_THREAD`).
+    private static func threadDiskFaults() -> Int { dsconvert_thread_major_faults() }
 }

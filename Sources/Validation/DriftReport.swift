@@ -133,6 +133,9 @@ public struct DriftReport: Codable, Sendable {
         public var computeSeconds: Double
         public var prefetchedBytes: Int
         public var prefetchSeconds: Double
+        /// The prefetch thread's page faults that waited for the disk (its reads map pages): part of
+        /// the process's count, not waits of the forward passes.
+        public var prefetchDiskFaults: Int
 
         enum CodingKeys: String, CodingKey {
             case wallSeconds = "wall_seconds"
@@ -140,6 +143,7 @@ public struct DriftReport: Codable, Sendable {
             case computeSeconds = "compute_seconds"
             case prefetchedBytes = "prefetched_bytes"
             case prefetchSeconds = "prefetch_seconds"
+            case prefetchDiskFaults = "prefetch_disk_faults"
         }
     }
 
@@ -322,12 +326,12 @@ public enum Validator {
         layers.append(drift(count, ends.referenceFinal, ends.candidateFinal))
         let mtp = try MTPDrift.measure(rf, cf, tokens: tokens, referenceFinal: ends.referenceFinal, candidateFinal: ends.candidateFinal,
                                        probes: &probes, progress: progress)
-        let prefetched = [reference.weights.prefetchTotals(), candidate.weights.prefetchTotals()]
+        let prefetched = reference.weights.prefetchTotals() + candidate.weights.prefetchTotals()
         ReferenceForward.releaseBuffers()
         let timing = DriftReport.Timing(wallSeconds: Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9,
                                         weightSeconds: rf.timing.weightSeconds + cf.timing.weightSeconds,
                                         computeSeconds: rf.timing.computeSeconds + cf.timing.computeSeconds,
-                                        prefetchedBytes: prefetched.reduce(0) { $0 + $1.bytes }, prefetchSeconds: prefetched.reduce(0) { $0 + $1.seconds })
+                                        prefetchedBytes: prefetched.bytes, prefetchSeconds: prefetched.seconds, prefetchDiskFaults: prefetched.diskFaults)
         return SideBySide(logits: ends.logits, ownPerplexity: ends.perplexity, referenceRouting: r.routing, candidateRouting: c.routing,
                           experts: r.routing.isEmpty ? nil : probes.report, mtp: mtp, layers: layers, timing: timing)
     }
