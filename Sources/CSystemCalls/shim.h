@@ -30,12 +30,3 @@ static inline int dsconvert_retain_freed_memory(int bytes) {
 static inline int dsconvert_open_direct(const char *path) {
     return open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
 }
-
-/// The calling thread's page faults that waited for the disk so far (getrusage(RUSAGE_THREAD)'s
-/// ru_majflt); 0 if it cannot be read. Through syscall(2) with the kernel's struct layout (two
-/// struct timevals, then 14 longs of which ru_majflt is the sixth): <sys/resource.h> declares its
-/// enum differently with _GNU_SOURCE than Swift's Glibc module does, and both cannot be imported.
-static inline long dsconvert_thread_major_faults(void) {
-    long usage[2 * 2 + 14];
-    return syscall(SYS_getrusage, 1 /* RUSAGE_THREAD */, usage) == 0 ? usage[2 * 2 + 5] : 0;
-}

@@ -18,7 +18,9 @@ public enum ValidateBenchCommand: Command {
         forward passes' time outside weight reading, from validate's own timing (validate --json). Wall
         W: the validate child, after dropping the page cache again with --cold. Overlap = (R + C - W) /
         min(R, C): 1 when the shorter one is hidden entirely behind the longer. GFLOP/s: both forward
-        passes' FLOPs as executed over C. The reference's architecture gives the FLOP count.
+        passes' FLOPs as executed over C. The reference's architecture gives the FLOP count. Page
+        faults that waited for the disk: the child's, less those of validate's reader thread (which
+        reads by mapping pages; validate --json's timing.prefetch_disk_faults), given apart.
         """,
         options: [
             OptionSpec("reference", path: "DIR", help: "Reference checkpoint."),

@@ -86,8 +86,8 @@ public enum ValidateCommand: Command {
         terminal.endProgress()
         if let t = report.timing {
             // A measurement, not a result: on stderr, so the drift table on stdout stays reproducible.
-            terminal.note(String(format: "timing: %.2f s wall; weights %.2f s, compute %.2f s; prefetched %.2f GB in %.2f s alongside",
-                                 t.wallSeconds, t.weightSeconds, t.computeSeconds, Double(t.prefetchedBytes) / 1e9, t.prefetchSeconds))
+            terminal.note(String(format: "timing: %.2f s wall; weights %.2f s, compute %.2f s; prefetched %.2f GB in %.2f s alongside (%d page faults waited for the disk)",
+                                 t.wallSeconds, t.weightSeconds, t.computeSeconds, Double(t.prefetchedBytes) / 1e9, t.prefetchSeconds, t.prefetchDiskFaults))
         }
         try write(report, json: jsonTarget, checkedURL: jsonURL, terminal: terminal)
         if let worst = report.verdict.failures.first {

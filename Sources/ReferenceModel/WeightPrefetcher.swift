@@ -1,4 +1,3 @@
-import CSystemCalls
 import DeepSeekModel
 import Dispatch
 import Foundation
@@ -7,9 +6,9 @@ import Synchronization
 
 /// Reads weights the forward pass will need next into the page cache on a thread of its own, so
 /// reading the checkpoint overlaps computing with it (wall time near max(read, compute), not their
-/// sum). It reads through `MappedFile.prefetch` (each chunk mapped in one call, then unmapped): the
-/// pages are cached, not left mapped into this process, so the resident set does not grow; the
-/// forward pass then finds them when it maps them.
+/// sum). It reads through `MappedFile.prefetch` (each chunk's pages mapped in one call, then dropped
+/// from this process again): the pages are cached, not left mapped into this process, so the
+/// resident set does not grow; the forward pass then finds them when it maps them.
 ///
 /// One reader serves the whole process, in the order tensors were queued over every prefetcher (one
 /// per model of a comparison, one per device of a sharded model): the order the forward passes use
@@ -28,6 +27,7 @@ public final class WeightPrefetcher: Sendable {
         /// count among the process's, though no forward pass waited for them.
         public var diskFaults = 0
 
+        /// Nothing read yet, or the figures of one read.
         public init(bytes: Int = 0, seconds: Double = 0, diskFaults: Int = 0) {
             self.bytes = bytes
             self.seconds = seconds
@@ -38,6 +38,8 @@ public final class WeightPrefetcher: Sendable {
         public static func + (a: Totals, b: Totals) -> Totals {
             Totals(bytes: a.bytes + b.bytes, seconds: a.seconds + b.seconds, diskFaults: a.diskFaults + b.diskFaults)
         }
+
+        public static func += (a: inout Totals, b: Totals) { a = a + b }
     }
 
     /// At most this many bytes are read ahead of use: a quarter of physical memory, at most 4 GiB
@@ -221,9 +223,9 @@ public final class WeightPrefetcher: Sendable {
                 let began = DispatchTime.now(), faultsBefore = threadDiskFaults()
                 let bytes = entry.checkpoint.map { checkpoint in entry.names.reduce(0) { $0 + checkpoint.prefetch($1, scratch: scratch) } } ?? 0
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - began.uptimeNanoseconds) / 1e9
-                let faults = threadDiskFaults() - faultsBefore
+                let faults = max(0, threadDiskFaults() - faultsBefore)
                 let drainers = queue.withLock { q -> Int in
-                    q.totals[entry.owner, default: Totals()] = q.totals[entry.owner, default: Totals()] + Totals(bytes: bytes, seconds: seconds, diskFaults: faults)
+                    q.totals[entry.owner, default: Totals()] += Totals(bytes: bytes, seconds: seconds, diskFaults: faults)
                     q.reading = nil
                     defer { q.drainers = 0 }
                     return q.drainers
@@ -234,5 +236,9 @@ public final class WeightPrefetcher: Sendable {
     }
 
     /// Page faults of the calling thread that waited for the disk so far (`RUSAGE_THREAD`).
-    private static func threadDiskFaults() -> Int { dsconvert_thread_major_faults() }
+    private static func threadDiskFaults() -> Int {
+        var usage = rusage()
+        // RUSAGE_THREAD (1): Swift's Glibc module leaves out the GNU-only constant.
+        return getrusage(__rusage_who_t(1), &usage) == 0 ? usage.ru_majflt : 0
+    }
 }

@@ -60,17 +60,18 @@ public final class MappedFile: @unchecked Sendable {
         return fstat(descriptor, &info) == 0 ? Int(info.st_size) : nil
     }
 
-    /// Bytes `prefetch` reads per call: its scratch buffer's size.
+    /// Bytes `prefetch` reads per step: one `madvise` call, or one `pread` into its scratch buffer.
     public static let prefetchChunk = 8 << 20
 
     /// Reads a byte range into the page cache, so that a later read through the mapping finds it
     /// there, and returns the bytes read; stops early at a read error or end of file. Each chunk of
-    /// `prefetchChunk` bytes is mapped in one call (`MADV_POPULATE_READ`, which waits for the disk)
-    /// and unmapped again at once (the pages stay cached), so the resident set grows by one chunk at
-    /// most and no byte is copied: reading the same 5 GB shard cold, `pread` into a scratch buffer
-    /// took 0.6-2.0 s of CPU time, this 0.03-0.04 s, and the copy had been a tenth of `validate`'s CPU
-    /// time at V3. Where the kernel lacks that advice (Linux before 5.14) or it fails, the chunk is
-    /// read with `pread` into `scratch` (of `prefetchChunk` bytes) instead.
+    /// `prefetchChunk` bytes has its pages mapped in one call (`MADV_POPULATE_READ`, which waits for
+    /// the disk) and dropped from this process again at once (`MADV_DONTNEED`: they stay cached), so
+    /// the resident set grows by one chunk at most and no byte is copied: reading the same 5 GB shard
+    /// cold, `pread` into a scratch buffer took 0.6-2.0 s of CPU time, this 0.03-0.04 s, and the copy
+    /// had been a tenth of `validate`'s CPU time at V3. Where the kernel lacks that advice (Linux
+    /// before 5.14) or refuses it (a file truncated meanwhile: pages past its end), the chunk is read
+    /// with `pread` into `scratch` (of `prefetchChunk` bytes) instead.
     @discardableResult
     public func prefetch(_ range: Range<Int>, scratch: UnsafeMutableRawPointer) -> Int {
         var offset = max(0, range.lowerBound), total = 0
@@ -89,15 +90,15 @@ public final class MappedFile: @unchecked Sendable {
         return total
     }
 
-    /// Maps a range's pages into this process, reading any the page cache lacks, then unmaps them;
-    /// false if the kernel refused (the caller then reads the range another way).
-    private func populateThenRelease(_ range: Range<Int>) -> Bool {
+    /// Maps a range's pages into this process, reading any the page cache lacks, then drops them
+    /// from it (also when the kernel refused part way); false if it refused (the caller then reads
+    /// the range another way).
+    func populateThenRelease(_ range: Range<Int>) -> Bool {
         guard let base else { return false }
         let start = range.lowerBound / Self.pageSize * Self.pageSize
         let address = UnsafeMutableRawPointer(mutating: base + start)
-        guard (try? systemCall("madvise", path: path, { madvise(address, range.upperBound - start, MADV_POPULATE_READ) })) != nil else { return false }
-        release(range)
-        return true
+        defer { release(range) }
+        return (try? systemCall("madvise", path: path, { madvise(address, range.upperBound - start, MADV_POPULATE_READ) })) != nil
     }
 
     private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))

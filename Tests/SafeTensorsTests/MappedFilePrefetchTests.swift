@@ -8,7 +8,8 @@ import XCTest
 final class MappedFilePrefetchTests: XCTestCase {
     var url: URL!
     let size = 2 * MappedFile.prefetchChunk + 12_345
-    lazy var contents = Data((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) })
+    /// No two pages alike: each byte mixes its offset's page number and position.
+    lazy var contents = Data((0..<size).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13 ^ $0 >> 12) })
 
     override func setUpWithError() throws {
         url = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-prefetch-\(UUID().uuidString)")
@@ -24,6 +25,13 @@ final class MappedFilePrefetchTests: XCTestCase {
         XCTAssertEqual(file.prefetch(4_097..<(MappedFile.prefetchChunk + 5_000), scratch: scratch), MappedFile.prefetchChunk + 903)
         XCTAssertEqual(file.prefetch((size - 10)..<(size + 4_096), scratch: scratch), 10)
         XCTAssertEqual(file.prefetch(size..<(size + 1), scratch: scratch), 0)
+        XCTAssertEqual(Data(file.bytes), contents)
+    }
+
+    /// This kernel (Linux 5.14 or later) maps the pages: the reading is not the `pread` fallback's.
+    func testChunksAreMappedNotCopied() throws {
+        let file = try MappedFile(path: url.path)
+        XCTAssertTrue(file.populateThenRelease(4_097..<(MappedFile.prefetchChunk + 5_000)))
         XCTAssertEqual(Data(file.bytes), contents)
     }
 
