@@ -136,9 +136,9 @@ public final class CheckpointWeights: WeightProvider {
     }
 
     /// The byte ranges, from the tensor's first byte, of `rows` of a row-major tensor of `rowCount`
-    /// rows of `rowBytes`: one range per run of consecutive rows, so a lookup of neighbouring ids is one
-    /// request (rows out of order only make more ranges). Nil when a row is outside the tensor (nothing is advised for a bad id; the
-    /// lookup itself then reports it).
+    /// rows of `rowBytes`: one range per run of consecutive rows, so a lookup of neighbouring ids is
+    /// one request (rows out of order only make more ranges). Nil when a row is outside the tensor
+    /// (nothing is advised for a bad id; the lookup itself then reports it).
     static func rowByteRanges(_ rows: [Int], rowCount: Int, rowBytes: Int) -> [Range<Int>]? {
         guard rows.allSatisfy((0..<rowCount).contains) else { return nil }
         var ranges: [Range<Int>] = []

@@ -78,14 +78,11 @@ public final class MappedFile: @unchecked Sendable {
         let end = min(size, range.upperBound)
         while offset < end {
             let count = min(MappedFile.prefetchChunk, end - offset)
-            if !populateThenRelease(offset..<(offset + count)) {
-                guard let read = try? systemCall("pread", path: path, { pread(descriptor, scratch, count, off_t(offset)) }), read > 0 else { break }
-                offset += read
-                total += read
-                continue
-            }
-            offset += count
-            total += count
+            let read = populateThenRelease(offset..<(offset + count))
+                ? count : (try? systemCall("pread", path: path, { pread(descriptor, scratch, count, off_t(offset)) })) ?? 0
+            guard read > 0 else { break }
+            offset += read
+            total += read
         }
         return total
     }
@@ -168,32 +165,33 @@ public final class SafeTensorsFile: Sendable {
     }
 
     func view(_ info: TensorInfo) -> TensorView {
+        TensorView(info: info, bytes: UnsafeRawBufferPointer(rebasing: mapping.bytes[fileRange(of: info)]), owner: mapping)
+    }
+
+    /// Where a tensor's data lies in the file (and so in the mapping).
+    private func fileRange(of info: TensorInfo) -> Range<Int> {
         let start = header.dataStart + info.dataOffsets.lowerBound
-        let bytes = UnsafeRawBufferPointer(rebasing: mapping.bytes[start..<(start + info.byteCount)])
-        return TensorView(info: info, bytes: bytes, owner: mapping)
+        return start..<(start + info.byteCount)
     }
 
     /// Reads tensor `name`'s bytes into the page cache (see `MappedFile.prefetch`); returns the bytes read.
     @discardableResult
     public func prefetch(_ name: String, scratch: UnsafeMutableRawPointer) -> Int {
         guard let info = info(name) else { return 0 }
-        let start = header.dataStart + info.dataOffsets.lowerBound
-        return mapping.prefetch(start..<(start + info.byteCount), scratch: scratch)
+        return mapping.prefetch(fileRange(of: info), scratch: scratch)
     }
 
     /// Asks the kernel to start reading `bytes` (offsets within tensor `name`'s data, clamped to it)
     /// into the page cache, without waiting (see `MappedFile.willNeed`).
     public func willNeed(_ name: String, bytes: Range<Int>) {
         guard let info = info(name) else { return }
-        let start = header.dataStart + info.dataOffsets.lowerBound
-        let within = bytes.clamped(to: 0..<info.byteCount)
-        mapping.willNeed((start + within.lowerBound)..<(start + within.upperBound))
+        let whole = fileRange(of: info), within = bytes.clamped(to: 0..<info.byteCount)
+        mapping.willNeed((whole.lowerBound + within.lowerBound)..<(whole.lowerBound + within.upperBound))
     }
 
     /// Drops the pages of `name` from this process's resident set after it has been consumed.
     public func release(_ name: String) {
         guard let info = info(name) else { return }
-        let start = header.dataStart + info.dataOffsets.lowerBound
-        mapping.release(start..<(start + info.byteCount))
+        mapping.release(fileRange(of: info))
     }
 }
