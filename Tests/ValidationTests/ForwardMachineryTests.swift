@@ -233,7 +233,7 @@ final class RowAdviceTests: XCTestCase {
         let directory = fixtures.appendingPathComponent("v3-fp8")
         let config = try ConfigDocument.load(directory: directory).model
         let weights = CheckpointWeights(checkpoint: try Checkpoint(directory: directory), fp8Block: config.quantization?.block)
-        let name = "model.embed_tokens.weight", shape = [config.vocabSize, config.hiddenSize]
+        let name = TensorNames.embedding, shape = [config.vocabSize, config.hiddenSize]
         let before = try weights.rows(name, shape: shape, range: 5..<9)
         weights.willNeedRows(name, shape: shape, rows: [5, 6, 7, 8, 40])
         weights.willNeedRows(name, shape: shape, rows: [config.vocabSize])
