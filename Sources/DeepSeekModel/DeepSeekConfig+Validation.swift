@@ -83,9 +83,10 @@ extension DeepSeekConfig {
             if scoringFunc != .softmax { throw bad("scoring_func '\(scoringFunc.rawValue)' is not supported by DeepseekV2ForCausalLM (softmax)") }
             if topkMethod == .noauxTC { throw bad("topk_method 'noaux_tc' is not supported by DeepseekV2ForCausalLM (greedy or group_limited_greedy)") }
         case .deepseekV3:
+            // First: `hasMoE` counts the MTP layers, so their number must be a valid range's.
+            if let n = numNextnPredictLayers, !(0...8).contains(n) { throw bad("'num_nextn_predict_layers' = \(n) is outside 0...8") }
             if hasMoE, scoringFunc != .sigmoid { throw bad("scoring_func '\(scoringFunc.rawValue)' is not supported by DeepseekV3ForCausalLM (sigmoid)") }
             if hasMoE, topkMethod != .noauxTC { throw bad("topk_method '\(topkMethod.rawValue)' is not supported by DeepseekV3ForCausalLM (noaux_tc)") }
-            if let n = numNextnPredictLayers, !(0...8).contains(n) { throw bad("'num_nextn_predict_layers' = \(n) is outside 0...8") }
         }
     }
 

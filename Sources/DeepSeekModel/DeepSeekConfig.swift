@@ -368,7 +368,9 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         (nRoutedExperts ?? 0) > 0 && i >= firstKDenseReplace && i % moeLayerFreq == 0
     }
 
-    public var hasMoE: Bool { (0..<numHiddenLayers).contains(where: isMoELayer) }
+    /// Whether any layer routes tokens to experts, the MTP layers included: a V3 config whose main
+    /// layers are all dense may still route in its MTP layer, and that routing is checked and run.
+    public var hasMoE: Bool { allLayers.contains(where: isMoELayer) }
     public var moeLayerCount: Int { (0..<numHiddenLayers).filter(isMoELayer).count }
 
     /// The multi-token-prediction layers' count (0 for the V2 family, which has none).

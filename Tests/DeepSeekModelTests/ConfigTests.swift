@@ -109,6 +109,17 @@ final class ConfigTests: XCTestCase {
                        "c.json: invalid config: model_type 'deepseek_v2' contradicts architectures DeepseekV3ForCausalLM")
         XCTAssertEqual(decode { var c = $0; c["n_group"] = 256; c["topk_group"] = 8; return c },
                        "c.json: invalid config: noaux_tc needs at least 2 experts per group, n_group 256 leaves 1")
+        // Main layers all dense, the MTP layer (61) MoE: its routing is checked all the same.
+        let mtpOnly: ([String: Any]) -> [String: Any] = { var c = $0; c["first_k_dense_replace"] = 61; return c }
+        XCTAssertEqual(decode(mtpOnly), "accepted")
+        XCTAssertEqual(decode { var c = mtpOnly($0); c["n_group"] = 512; return c },
+                       "c.json: invalid config: 'n_group' must divide n_routed_experts for noaux_tc")
+        XCTAssertEqual(decode { var c = mtpOnly($0); c["num_experts_per_tok"] = 257; return c },
+                       "c.json: invalid config: 'num_experts_per_tok' must be in 1...n_routed_experts")
+        XCTAssertEqual(decode { var c = mtpOnly($0); c["scoring_func"] = "softmax"; return c },
+                       "c.json: invalid config: scoring_func 'softmax' is not supported by DeepseekV3ForCausalLM (sigmoid)")
+        XCTAssertEqual(decode { var c = mtpOnly($0); c["num_nextn_predict_layers"] = -1; return c },
+                       "c.json: invalid config: 'num_nextn_predict_layers' = -1 is outside 0...8")
     }
 
     func testHubAndTransformers5RopeLayoutsAgree() throws {
