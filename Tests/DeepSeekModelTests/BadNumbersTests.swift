@@ -30,6 +30,10 @@ final class BadNumbersTests: XCTestCase {
         assertRefused(Data(huge.utf8), .invalidConfig(path: path, reason: "key 'num_hidden_layers': 1000000000000000000000000000000 is not a 64-bit integer"))
         assertRefused(try lite { $0["rope_scaling"] = ["type": "yarn", "factor": 40, "original_max_position_embeddings": 4096.5] },
                       .invalidConfig(path: path, reason: "key 'rope_scaling.original_max_position_embeddings': 4096.5 is not a 64-bit integer"))
+        // Keys the config does not read are not tried: with 4,000 of them fractional the search
+        // once decoded the whole document 4,000 times (6.7 s; 12,000 took 76 s).
+        assertRefused(try lite { for i in 0..<4000 { $0["x\(i)"] = Double(i) + 0.5 }; $0["vocab_size"] = 320.5 },
+                      .invalidConfig(path: path, reason: "key 'vocab_size': 320.5 is not a 64-bit integer"))
     }
 
     func testProductsOfAcceptedDimensionsOverflowIntoOneError() throws {
