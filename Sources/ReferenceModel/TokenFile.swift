@@ -47,8 +47,9 @@ public enum TokenFile {
 
     /// Checks `tokens` (from `path`) against a model before its forward pass: equal non-zero lengths,
     /// every id in the vocabulary, no sequence past `max_position_embeddings`, and attention scores
-    /// (batch × heads × seq² f32, what an engine holds for full attention; we hold one head's) and
-    /// logits (batch × seq × vocab f32) each within `memoryBudget`.
+    /// (batch × heads × seq² f32, what an engine holds for full attention; we hold one head's),
+    /// logits (batch × seq × vocab f32) and a layer's widest activation (batch × seq ×
+    /// `widestActivation` f32) each within `memoryBudget`.
     public static func check(_ tokens: [[Int]], path: String, config: DeepSeekConfig) throws {
         let batch = tokens.count, seq = tokens.first?.count ?? 0
         guard batch > 0, seq > 0, tokens.allSatisfy({ $0.count == seq }) else {
@@ -57,8 +58,10 @@ public enum TokenFile {
         if let limit = config.maxPositionEmbeddings, seq > limit {
             throw ReferenceModelError.sequenceTooLong(path: path, length: seq, maxPositions: limit)
         }
+        let width = widestActivation(config)
         let sizes = [("attention scores (\(batch) x \(config.numAttentionHeads) heads x \(seq)² f32)", [batch, config.numAttentionHeads, seq, seq, 4]),
-                     ("logits (\(batch) x \(seq) x \(config.vocabSize) f32)", [batch, seq, config.vocabSize, 4])]
+                     ("logits (\(batch) x \(seq) x \(config.vocabSize) f32)", [batch, seq, config.vocabSize, 4]),
+                     ("activations (\(batch) x \(seq) x \(width) f32, a layer's widest per-token array)", [batch, seq, width, 4])]
         for (what, factors) in sizes {
             let bytes = try? CheckedSize.product(factors, of: what)
             if bytes.map({ $0 > memoryBudget }) ?? true {
@@ -68,6 +71,15 @@ public enum TokenFile {
         for row in tokens { for id in row where id < 0 || id >= config.vocabSize {
             throw ReferenceModelError.tokenOutOfVocabulary(path: path, id: id, vocabSize: config.vocabSize)
         } }
+    }
+
+    /// The widest array a layer holds per token, in f32 elements: the residual stream, the dense
+    /// MLP's gate and up, the queries, kv_b_proj's keys and values, or the shared experts' gate and
+    /// up. A config's dimensions are at most 2^24 each, so these products cannot overflow.
+    static func widestActivation(_ config: DeepSeekConfig) -> Int {
+        let heads = config.numAttentionHeads
+        return [config.hiddenSize, 2 * config.intermediateSize, heads * config.qkHeadDim,
+                heads * (config.qkNopeHeadDim + config.vHeadDim), 2 * config.moeIntermediateSize * max(config.nSharedExperts ?? 0, 1)].max()!
     }
 
     /// A deterministic sample (two sequences of 32 ids) when neither the user nor the fixture gives tokens.
