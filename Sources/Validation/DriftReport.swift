@@ -292,15 +292,18 @@ public enum Validator {
     static func sideBySide(_ reference: LoadedModel, _ candidate: LoadedModel, tokens: [[Int]], label: String,
                            perplexityOnTokens: Bool = false, progress: ((String) -> Void)?) throws -> SideBySide {
         let width = reference.config.hiddenSize, count = reference.config.numHiddenLayers
-        func drift(_ index: Int, _ a: [Float], _ b: [Float]) -> DriftReport.Layer {
+        func drift(_ index: Int, _ a: [Float], _ b: [Float]) throws -> DriftReport.Layer {
             let cos = DriftMetrics.rowCosines(reference: a, candidate: b, width: width)
-            return DriftReport.Layer(index: index, relativeError: DriftMetrics.relativeError(reference: a, candidate: b),
-                                     cosineMean: cos.mean, cosineMin: cos.min)
+            // Both passes' outputs are finite (they refuse NaN and Inf), so this is infinite only
+            // where the reference's state is all zero and the candidate's is not.
+            let relative = DriftMetrics.relativeError(reference: a, candidate: b)
+            guard relative.isFinite else { throw ValidationError.hiddenDriftNotFinite(model: reference.label, index: index) }
+            return DriftReport.Layer(index: index, relativeError: relative, cosineMean: cos.mean, cosineMin: cos.min)
         }
         let began = DispatchTime.now()
         let rf = reference.forward(), cf = candidate.forward()
         var r = try rf.start(tokens: tokens, source: label), c = try cf.start(tokens: tokens, source: label)
-        var layers = [drift(0, r.hidden, c.hidden)]
+        var layers = [try drift(0, r.hidden, c.hidden)]
         var probes = ExpertProbes(referenceLabel: reference.label, candidateLabel: candidate.label)
         rf.prefetch(layer: 0)
         for layer in 0..<count {
@@ -317,13 +320,13 @@ public enum Validator {
                 progress?("validate: layer \(layer + 1)/\(count) (experts no token chose)")
                 try probes.probe(input, reference: rf, candidate: cf, referenceRouting: rr, candidateRouting: cr)
             }
-            if layer < count - 1 { layers.append(drift(layer + 1, r.hidden, c.hidden)) }
+            if layer < count - 1 { layers.append(try drift(layer + 1, r.hidden, c.hidden)) }
         }
         cf.prefetch(layer: count)
         // The MTP layers are read while the heads compute.
         if MTPDrift.applies(rf, cf, tokens: tokens) { rf.prefetchMTP(); cf.prefetchMTP() }
         let ends = try finishBoth(rf, r, cf, c, tokens: tokens, perplexityOnTokens: perplexityOnTokens)
-        layers.append(drift(count, ends.referenceFinal, ends.candidateFinal))
+        layers.append(try drift(count, ends.referenceFinal, ends.candidateFinal))
         let mtp = try MTPDrift.measure(rf, cf, tokens: tokens, referenceFinal: ends.referenceFinal, candidateFinal: ends.candidateFinal,
                                        probes: &probes, progress: progress)
         let prefetched = reference.weights.prefetchTotals() + candidate.weights.prefetchTotals()

@@ -5,6 +5,9 @@ public enum ValidationError: LocalizedError, Equatable, Sendable {
     case incompatibleModels(reference: String, candidate: String, reason: String)
     /// An expert run on the probe rows gave an output whose drift has no finite measure.
     case expertDriftNotFinite(model: String, layer: Int, expert: Int, problem: ExpertOutputProblem)
+    /// The reference's hidden state `index` is all zero and the candidate's is not: the drift
+    /// relative to it has no finite measure (and JSON no number for it).
+    case hiddenDriftNotFinite(model: String, index: Int)
 
     public var errorDescription: String? {
         switch self {
@@ -17,6 +20,8 @@ public enum ValidationError: LocalizedError, Equatable, Sendable {
             case .zeroInReference: what = "gives an all-zero output here while the candidate's is not: its drift has no finite measure"
             }
             return "\(model): routed expert \(expert) of layer \(layer), run on the probe rows, \(what)"
+        case let .hiddenDriftNotFinite(model, index):
+            return "\(model): hidden state \(index) is all zero while the candidate's is not: its drift has no finite measure"
         }
     }
 }

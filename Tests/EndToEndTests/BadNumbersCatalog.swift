@@ -1,3 +1,4 @@
+import DeepSeekModel
 import Foundation
 import SafeTensors
 import XCTest
@@ -152,6 +153,13 @@ extension BadInputCatalogTests {
                 try JSONSerialization.data(withJSONObject: ["tokens": [[5], [6]]]).write(to: model.appendingPathComponent("heldout.json"))
                 return ["validate", "--reference", model.path, "--candidate", model.path, "--json", work.appendingPathComponent("report.json").path]
             }, status: 1, fragment: "heldout.json: invalid tokens: rows of 1 token give no next-token perplexity (at least 2 are needed)"),
+            // Found by an audit: the drift table was printed, then --json failed on an infinite relative error.
+            Case(name: "reference whose embedding is all zero (validate)", prepare: { work in
+                let model = try copyFixture("lite", to: work)
+                let embedding = try Checkpoint(directory: model).info(TensorNames.embedding)!
+                try self.overwrite(model, TensorNames.embedding, with: [UInt8](repeating: 0, count: embedding.dataOffsets.count))
+                return ["validate", "--reference", model.path, "--candidate", lite, "--json", work.appendingPathComponent("report.json").path]
+            }, status: 1, fragment: "hidden state 0 is all zero while the candidate's is not: its drift has no finite measure"),
         ]
     }
 
