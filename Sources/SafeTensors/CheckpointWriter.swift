@@ -211,7 +211,9 @@ public final class CheckpointWriter: Sendable {
             if let sha = initial.hashes[shard.fileName] { lines += Self.journalLine(shard, sha: sha) }
         }
         state = Mutex(initial)
-        try? Data(lines.utf8).write(to: journal)
+        // A new file renamed into place, never the old one truncated: an adopted journal may be a
+        // hard link to a file outside the output, which writing through it would overwrite.
+        try? AtomicFile.write(Data(lines.utf8), to: journal)
     }
 
     private static func headerHash(_ shard: ShardPlan) -> String { shard.headerBytes.withUnsafeBytes { SHA256.hex($0) } }
@@ -220,15 +222,11 @@ public final class CheckpointWriter: Sendable {
         "{\"file\":\(CompactJSON.quoted(shard.fileName)),\"header_sha256\":\"\(headerHash(shard))\",\"sha256\":\"\(sha)\"}\n"
     }
 
-    /// Files an interrupted run left that are not its shards or journal (a killed atomic write's temp
-    /// file, a half-written config): removed, so they cannot end up in the resumed output.
+    /// What an interrupted run left that is not its shards or journal (a killed atomic write's temp
+    /// file, a half-written config, a directory no run writes here): removed, so it cannot end up in
+    /// the resumed output.
     private static func removeStrayFiles(layout: CheckpointLayout, directory: URL) {
-        let keep = Set(layout.shards.map(\.fileName) + [Self.journalName, AtomicOutputDirectory.ownerFileName])
-        let fm = FileManager.default
-        for name in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where !keep.contains(name) {
-            let url = directory.appendingPathComponent(name)
-            if let entry = FileEntry.lstat(url.path), entry.kind != .directory { try? fm.removeItem(at: url) }
-        }
+        AtomicOutputDirectory.removeEntries(of: directory, except: Set(layout.shards.map(\.fileName) + [Self.journalName, AtomicOutputDirectory.ownerFileName]))
     }
 
     /// Marks complete every shard the journal lists under the same key whose header matches the
@@ -416,7 +414,7 @@ public final class CheckpointWriter: Sendable {
     /// skip finished shards, so a line that cannot be written (a full disk) costs that shard being
     /// written again, never a wrong output; the shard's own write reports the disk's error.
     private static func append(_ line: String, to journal: URL) {
-        guard let fd = try? systemCall("open", path: journal.path, { open(journal.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644) }) else { return }
+        guard let fd = try? systemCall("open", path: journal.path, { open(journal.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644) }) else { return }
         defer { close(fd) }
         // A line cut short is taken back, so the next line does not run on from it (a reader would
         // then lose both).

@@ -123,6 +123,16 @@ public final class AtomicOutputDirectory {
         }
     }
 
+    /// Removes every entry of `directory` (an adopted work directory or one below it) except `keep`:
+    /// what an interrupted run left that this run will not write again, files and directories alike.
+    /// Nothing is followed: links and special files were unlinked when the directory was adopted,
+    /// and `DirectoryTree.remove` unlinks a link it meets rather than entering it.
+    public static func removeEntries(of directory: URL, except keep: Set<String>) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [] where !keep.contains(name) {
+            try? DirectoryTree.remove(directory.appendingPathComponent(name))
+        }
+    }
+
     /// Clears an adopted work directory of everything a run of ours never writes there: symbolic
     /// links and special files, at any depth, are removed (the link itself, never what it names), so
     /// a link planted where a shard, a GGUF file or a device directory will be written cannot send

@@ -49,6 +49,32 @@ final class DataSafetyTests: XCTestCase {
         XCTAssertEqual(try fm.contentsOfDirectory(atPath: elsewhere.path), [])
     }
 
+    /// A dead run's journal planted as a hard link to a file outside, and directories no run writes
+    /// (`leftover` in a single output; `device-9` of 2 and a subdirectory inside `device-1` in a
+    /// shard): `--resume` writes a journal of its own instead of through the link, and commits none
+    /// of the directories (found by an audit: the victim held the journal, `leftover/junk` was committed).
+    func testResumeNeitherWritesThroughAHardLinkNorCommitsStrayDirectories() throws {
+        let victim = dir.appendingPathComponent("victim")
+        try Data("precious".utf8).write(to: victim)
+        let single = dir.appendingPathComponent(".dsconvert-partial-r-4194399")
+        try fm.createDirectory(at: single.appendingPathComponent("leftover"), withIntermediateDirectories: true)
+        try Data("junk".utf8).write(to: single.appendingPathComponent("leftover/junk"))
+        try fm.linkItem(at: victim, to: single.appendingPathComponent(".dsconvert-journal.jsonl"))
+        let r = try runTool("dsconvert", ["reshard", "--input", fixtures.appendingPathComponent("lite").path, "--output", dir.appendingPathComponent("r").path, "--resume"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try String(contentsOf: victim, encoding: .utf8), "precious")
+        XCTAssertNil(FileEntry.lstat(dir.appendingPathComponent("r/leftover").path))
+        let sharded = dir.appendingPathComponent(".dsconvert-partial-s-4194399")
+        for planted in ["device-9", "device-1/sub"] {
+            try fm.createDirectory(at: sharded.appendingPathComponent(planted), withIntermediateDirectories: true)
+            try Data("junk".utf8).write(to: sharded.appendingPathComponent(planted + "/junk"))
+        }
+        let s = try runTool("dsconvert", ["shard", "--devices", "2", "--input", fixtures.appendingPathComponent("v2").path, "--output", dir.appendingPathComponent("s").path, "--resume"])
+        XCTAssertEqual(s.status, 0, s.stderr)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir.appendingPathComponent("s").path).sorted(), ["device-0", "device-1", "dsconvert.json", "placement.json"])
+        XCTAssertNil(FileEntry.lstat(dir.appendingPathComponent("s/device-1/sub").path))
+    }
+
     /// A resume that cannot start (here: a subdirectory of the dead run it may not clear) fails, and
     /// the run it was asked to continue is put back under its own name, never discarded with it
     /// (found by the review: the adopted directory and its finished shards were removed).
