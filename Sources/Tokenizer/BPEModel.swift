@@ -2,6 +2,9 @@
 /// symbols are merged pair by pair, always the pair of lowest merge rank, leftmost among equals,
 /// exactly the order of `tokenizers`' priority queue.
 struct BPEModel: Sendable {
+    /// Vocabulary ids are below this (2^24, the largest vocabulary a model config may declare;
+    /// DeepSeek-V3's is 129,280), so the id-to-token table stays under 270 MB.
+    static let idLimit = 1 << 24
     /// Token string to id, and id to token string, for the model's own vocabulary.
     let vocab: [String: Int32]
     let tokenOfID: [String?]

@@ -17,7 +17,11 @@ extension TokenizerDefinition {
         var vocab: [String: Int32] = [:]
         vocab.reserveCapacity(entries.count)
         for (token, value) in entries {
-            guard let id = value.uint64, id <= UInt64(Int32.max) else { throw TokenizerError.missingField(file: file, field: "model.vocab[\(token)]") }
+            guard let id = value.uint64 else { throw TokenizerError.missingField(file: file, field: "model.vocab[\(token)]") }
+            // The id-to-token table is as long as the largest id: an id of 2^31 asked for 34 GB.
+            guard id < UInt64(BPEModel.idLimit) else {
+                throw TokenizerError.missingField(file: file, field: "model.vocab[\(token)] (an id below 2^24: \(id) is not)")
+            }
             vocab[token] = Int32(id)
         }
         guard case let .array(list)? = json["merges"] else { throw TokenizerError.missingField(file: file, field: "model.merges") }

@@ -37,6 +37,17 @@ final class BadInputTests: XCTestCase {
         XCTAssertThrowsError(try Tokenizer.load(path: big.path)) { error in
             XCTAssertEqual(error as? TokenizerError, .missingField(file: big.path, field: "added_tokens[\"<x>\"].id (a 32-bit id, as the library reads it)"))
         }
+        // Found by an audit: a vocabulary id of 2^31 - 1 sized the id-to-token table at 34 GB, and
+        // the allocation aborted. Ids are kept below 2^24.
+        var vocabJSON = json
+        var model = vocabJSON["model"] as! [String: Any], vocab = model["vocab"] as! [String: Any]
+        vocab["zzbig"] = Int(Int32.max)
+        model["vocab"] = vocab
+        vocabJSON["model"] = model
+        try JSONSerialization.data(withJSONObject: vocabJSON).write(to: big)
+        XCTAssertThrowsError(try Tokenizer.load(path: big.path)) { error in
+            XCTAssertEqual(error as? TokenizerError, .missingField(file: big.path, field: "model.vocab[zzbig] (an id below 2^24: 2147483647 is not)"))
+        }
         // The library requires every flag of an entry; a missing one is refused as there.
         json["added_tokens"] = [["id": 7, "content": "<x>", "special": true, "lstrip": false, "rstrip": false, "normalized": false]]
         try JSONSerialization.data(withJSONObject: json).write(to: big)
