@@ -26,7 +26,7 @@ struct GGUFVocabulary {
     init(tokenizer: URL, config: DeepSeekConfig, configJSON: JSONValue, pre: String) throws {
         let path = tokenizer.appendingPathComponent("tokenizer.json").path
         let data = try FilePath.readRegularFile(path)
-        guard let json = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+        guard let json = try Self.jsonObject(data, path: path),
               let model = json["model"] as? [String: Any], model["type"] as? String == "BPE",
               let vocab = model["vocab"] as? [String: Int] else {
             throw Invalid(path: path, reason: "not a BPE tokenizer.json (model.type BPE with a vocab)")
@@ -61,7 +61,7 @@ struct GGUFVocabulary {
         if !merges.isEmpty { entries.append(GGUFMetadata("tokenizer.ggml.merges", .strings(merges))) }
         let tokenizerConfigPath = tokenizer.appendingPathComponent("tokenizer_config.json").path
         let tokenizerConfig = FileEntry.lstat(tokenizerConfigPath) != nil
-            ? (try JSONSerialization.jsonObject(with: FilePath.readRegularFile(tokenizerConfigPath)) as? [String: Any] ?? [:]) : [:]
+            ? (try Self.jsonObject(FilePath.readRegularFile(tokenizerConfigPath), path: tokenizerConfigPath) ?? [:]) : [:]
         entries += try Self.specialIDs(added: added, vocab: vocab, tokenizerConfig: tokenizerConfig, configJSON: configJSON, size: n, path: path)
         for (kind, flag) in Self.addSpecial(postProcessor: json["post_processor"] as? [String: Any], tokenizerConfig: tokenizerConfig) {
             entries.append(GGUFMetadata("tokenizer.ggml.add_\(kind)_token", .bool(flag)))
@@ -96,6 +96,17 @@ struct GGUFVocabulary {
     /// The added tokens with the ids the tokenizers library gives them, as `tokenize` reads them
     /// (`AddedVocabulary`): llama.cpp's converter reads the vocabulary through transformers, which
     /// holds those ids, not necessarily the declared ones.
+    /// A JSON file's top-level object (nil if it is not one), or an error naming the file: Foundation's
+    /// own error names none.
+    private static func jsonObject(_ data: Data, path: String) throws -> [String: Any]? {
+        do {
+            return try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        } catch {
+            let reason = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? error.localizedDescription
+            throw Invalid(path: path, reason: "not valid JSON (\(reason))")
+        }
+    }
+
     static func addedTokens(_ data: Data, path: String, vocab: [String: Int]) throws -> [AddedToken] {
         let root: JSONValue
         do { root = try JSONParser.parse(data) } catch { throw TokenizerError.invalidJSON(file: path, reason: "\(error)") }

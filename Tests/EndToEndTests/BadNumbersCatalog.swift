@@ -160,6 +160,14 @@ extension BadInputCatalogTests {
                 try self.overwrite(model, TensorNames.embedding, with: [UInt8](repeating: 0, count: embedding.dataOffsets.count))
                 return ["validate", "--reference", model.path, "--candidate", lite, "--json", work.appendingPathComponent("report.json").path]
             }, status: 1, fragment: "hidden state 0 is all zero while the candidate's is not: its drift has no finite measure"),
+            // Found by an audit: Foundation's JSON error was printed without the file's name.
+            Case(name: "tokenizer_config.json that is not JSON (export)", prepare: { work in
+                let tokenizer = work.appendingPathComponent("tokenizer")
+                try writeByteTokenizer(into: tokenizer)
+                try Data("{".utf8).write(to: tokenizer.appendingPathComponent("tokenizer_config.json"))
+                return ["export", "--gguf", "--input", fixtures.appendingPathComponent("trained").path, "--tokenizer", tokenizer.path,
+                        "--output", work.appendingPathComponent("out").path]
+            }, status: 1, fragment: "tokenizer/tokenizer_config.json: cannot convert: not valid JSON (Unexpected end of file"),
         ]
     }
 
