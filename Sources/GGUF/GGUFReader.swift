@@ -8,6 +8,7 @@ public enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
     case implausibleCount(what: String, count: UInt64)
     case invalidValueType(key: String, type: UInt32)
     case nestedArray(key: String)
+    case tooManyArrayElements(key: String, total: UInt64)
     case invalidUTF8(offset: Int)
     case duplicateKey(String)
     case duplicateTensor(String)
@@ -25,6 +26,8 @@ public enum GGUFError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .implausibleCount(what, count): return "\(count) \(what) cannot fit in the file"
         case let .invalidValueType(key, type): return "metadata '\(key)' has unknown value type \(type)"
         case let .nestedArray(key): return "metadata '\(key)' is an array of arrays"
+        case let .tooManyArrayElements(key, total):
+            return "metadata arrays up to '\(key)' hold \(total) elements, more than the \(GGUFFile.arrayElementLimit) this reader keeps in memory"
         case let .invalidUTF8(offset): return "string at offset \(offset) is not UTF-8"
         case let .duplicateKey(key): return "metadata key '\(key)' appears twice"
         case let .duplicateTensor(name): return "tensor '\(name)' appears twice"
@@ -44,6 +47,11 @@ public struct GGUFFile: Sendable {
     public let dataOffset: Int
 
     public func value(_ key: String) -> GGUFValue? { metadata.first { $0.key == key }?.value }
+
+    /// The most elements all metadata arrays together may hold (2^24): each is a `GGUFValue` of
+    /// ~32 bytes in memory, so a damaged count of a billion one-byte elements would ask for 32 GB.
+    /// llama.cpp's largest vocabularies and merge lists hold a few hundred thousand.
+    public static let arrayElementLimit = 1 << 24
 
     /// Parses and checks a whole file's bytes: the header, every tensor's place (in order, each padded to
     /// the alignment, as llama.cpp requires) and that the data section holds them.
@@ -109,6 +117,8 @@ public struct GGUFFile: Sendable {
     struct Reader {
         let bytes: UnsafeRawBufferPointer
         var offset = 0
+        /// Array elements read so far (bounded by `GGUFFile.arrayElementLimit`).
+        var arrayElements: UInt64 = 0
 
         mutating func bytes(_ n: Int) throws(GGUFError) -> [UInt8] {
             guard n >= 0, n <= bytes.count - offset else { throw .truncated(offset: offset, needed: n) }
@@ -152,6 +162,8 @@ public struct GGUFFile: Sendable {
                 guard elementType != .array else { throw .nestedArray(key: key) }
                 let count: UInt64 = try integer()
                 guard count <= UInt64(bytes.count - offset) else { throw .implausibleCount(what: "elements of '\(key)'", count: count) }
+                arrayElements += count
+                guard arrayElements <= UInt64(GGUFFile.arrayElementLimit) else { throw .tooManyArrayElements(key: key, total: arrayElements) }
                 var elements: [GGUFValue] = []
                 // Every element takes at least one byte, so the count is bounded by the file; reserve no more
                 // than a modest amount up front all the same (a value is ~20 bytes in memory).
