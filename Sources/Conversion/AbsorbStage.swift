@@ -79,7 +79,10 @@ public final class AbsorbStep: TensorSource {
         if let record = input.kvCache, record.format == KVCacheFormat.mlaKV6C.rawValue {
             // The absorbed cache holds the latent without kv_a_layernorm's gain γ (folded into W_UK/W_UV):
             // each latent channel's calibrated step is divided by its γ, so the codes stay the same.
-            let gains = try (record.channels ?? []).map { try source.floats(TensorNames.name(.kvANorm, layer: $0.layer)) }
+            // Layers the checkpoint holds only: a V3 checkpoint saved without its MTP layer keeps that
+            // layer's calibration, and has no gain for it.
+            let held = (record.channels ?? []).map(\.layer).filter(input.allLayers.contains)
+            let gains = Dictionary(try held.map { ($0, try source.floats(TensorNames.name(.kvANorm, layer: $0))) }, uniquingKeysWith: { first, _ in first })
             document = try document.setting(KVCacheRecord.configKey, to: KVChannelCalibration.withoutLatentGain(record, gains: gains,
                                                                                                            path: source.directory.appendingPathComponent("config.json").path))
         }

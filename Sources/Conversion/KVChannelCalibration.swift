@@ -66,13 +66,15 @@ public enum KVChannelCalibration {
 
     /// `record`'s mla-kv6c parameters for the cache of the absorbed model, whose latent is the original's
     /// divided by kv_a_layernorm's gain: latent steps divided by `gains[layer]` (k_pe's unchanged).
-    public static func withoutLatentGain(_ record: KVCacheRecord, gains: [[Float]], path: String) throws -> KVCacheRecord {
+    public static func withoutLatentGain(_ record: KVCacheRecord, gains: [Int: [Float]], path: String) throws -> KVCacheRecord {
         var out = record
         out.channels = try record.channels?.map { entry in
-            guard entry.layer < gains.count, let codec = entry.codec else {
+            // A layer the checkpoint does not hold (MTP layers saved without their weights) keeps its
+            // entry as calibrated: no cache of it is ever written.
+            guard let gain = gains[entry.layer] else { return entry }
+            guard let codec = entry.codec else {
                 throw DeepSeekModelError.invalidConfig(path: path, reason: "dsconvert_kv_cache: layer \(entry.layer)'s channels cannot be read")
             }
-            let gain = gains[entry.layer]
             let steps = codec.steps.enumerated().map { c, s in
                 abs(c < gain.count && gain[c] != 0 ? Float(Double(s) / Double(gain[c])) : s)
             }

@@ -41,6 +41,20 @@ final class AbsentMTPTests: XCTestCase {
         XCTAssertEqual(v.status, 0, v.stderr)
         XCTAssertTrue(v.stdout.contains("(KV cache: mla-kv6c)"), v.stdout)
         XCTAssertTrue(v.stdout.contains("note         the MTP layer is not compared: the reference holds the weights of 1 MTP layer(s), the candidate of 0"), v.stdout)
+        // absorb divides the held layers' latent steps by their gains and keeps the MTP layer's entry
+        // (found by an audit: it asked for the absent layer's kv_a_layernorm and refused the checkpoint).
+        let absorbed = dir.appendingPathComponent("absorbed")
+        let a = try runTool("dsconvert", ["absorb", "--input", input.path, "--output", absorbed.path])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        XCTAssertEqual(a.stderr.components(separatedBy: "declares 1 MTP layer(s)").count - 1, 1, "one note: \(a.stderr)")
+        func channels(_ model: URL) throws -> [[String: Any]] {
+            let config = try JSONSerialization.jsonObject(with: Data(contentsOf: model.appendingPathComponent("config.json"))) as! [String: Any]
+            return (config["dsconvert_kv_cache"] as! [String: Any])["channels"] as! [[String: Any]]
+        }
+        let before = try channels(input), after = try channels(absorbed)
+        XCTAssertEqual(after.map { $0["layer"] as! Int }, [0, 1, 2, 3])
+        XCTAssertEqual(after[3] as NSDictionary, before[3] as NSDictionary, "the MTP layer's entry as calibrated")
+        XCTAssertNotEqual(after[0] as NSDictionary, before[0] as NSDictionary, "a held layer's steps divided by its gain")
     }
 
     func testTransformersSavedV3IsTheMainModel() throws {
