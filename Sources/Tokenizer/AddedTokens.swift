@@ -22,8 +22,17 @@ public struct AddedToken: Sendable, Equatable {
 /// leftmost-longest scan over the token contents (its Aho-Corasick automaton), then the
 /// `single_word`, `lstrip` and `rstrip` rules applied to each match in order.
 struct AddedTokenMatcher: Sendable {
+    /// The trie of the contents: node 0 the root, each node's children by scalar.
     private var children: [[UInt32: Int32]] = [[:]]
+    /// The content that ends at each node (its first index when listed twice), or -1.
     private var terminal: [Int32] = [-1]
+    /// Each node's depth, its failure link (the node of its longest proper suffix in the trie), and
+    /// the node where the longest content ending at it or at a suffix ends (-1: none):
+    /// Aho-Corasick's automaton, so the scan reads each scalar once (walking the trie again from
+    /// every position took O(text x content): 17 s for a token of 20,000 scalars in 100,000 of text).
+    private var depth: [Int32] = [0]
+    private var failure: [Int32] = [0]
+    private var outputNode: [Int32] = [-1]
     private var firstScalars = ScalarSet()
     let tokens: [AddedToken]
 
@@ -35,12 +44,43 @@ struct AddedTokenMatcher: Sendable {
             var node = 0
             for v in pattern {
                 if let next = children[node][v] { node = Int(next); continue }
-                children.append([:]); terminal.append(-1)
+                children.append([:]); terminal.append(-1); depth.append(depth[node] + 1)
                 children[node][v] = Int32(children.count - 1)
                 node = children.count - 1
             }
             if terminal[node] < 0 { terminal[node] = Int32(index) }
             firstScalars.insert(pattern[0])
+        }
+        linkFailures()
+    }
+
+    /// Failure links and longest outputs, breadth first (a node's links come from shallower ones).
+    private mutating func linkFailures() {
+        failure = [Int32](repeating: 0, count: children.count)
+        outputNode = [Int32](repeating: -1, count: children.count)
+        var queue = [0], head = 0
+        while head < queue.count {
+            let node = queue[head]
+            head += 1
+            outputNode[node] = terminal[node] >= 0 ? Int32(node) : (node == 0 ? -1 : outputNode[Int(failure[node])])
+            for (v, child) in children[node] {
+                if node != 0 {
+                    var f = Int(failure[node])
+                    while children[f][v] == nil, f != 0 { f = Int(failure[f]) }
+                    failure[Int(child)] = children[f][v] ?? 0
+                }
+                queue.append(Int(child))
+            }
+        }
+    }
+
+    /// The automaton's next node from `node` on scalar `v`.
+    @inline(__always) private func step(_ node: Int, _ v: UInt32) -> Int {
+        var n = node
+        while true {
+            if let next = children[n][v] { return Int(next) }
+            if n == 0 { return 0 }
+            n = Int(failure[n])
         }
     }
 
@@ -68,7 +108,9 @@ struct AddedTokenMatcher: Sendable {
             }
             if token.lstrip {
                 var newStart = start
-                while newStart > range.lowerBound, UnicodeTables.isWhitespace(text[newStart - 1]) { newStart -= 1 }
+                // Not past the previous match's end, where the result stops anyway: scanning on to
+                // the range's start made a text of whitespace tokens quadratic (400,000 tabs: 21 s).
+                while newStart > startOffset, UnicodeTables.isWhitespace(text[newStart - 1]) { newStart -= 1 }
                 start = max(newStart, startOffset)
             }
             if token.rstrip {
@@ -82,22 +124,31 @@ struct AddedTokenMatcher: Sendable {
         return result
     }
 
-    /// The leftmost match at or after `from`, the longest there.
+    /// The leftmost match at or after `from`, the longest there. The automaton's node after each
+    /// scalar is the longest suffix of the text read that begins some content, so the longest content
+    /// ending there starts leftmost among those ending there; the best so far is final once no
+    /// content begun at or before its start can still be under way (the node is shallower than that).
     private func nextMatch(_ text: UnsafeBufferPointer<UInt32>, from: Int, end: Int) -> (Int, Int, Int)? {
         var p = from
+        var node = 0
+        var best: (start: Int, stop: Int, index: Int)?
         while p < end {
-            if firstScalars.contains(text[p]) {
-                var node = 0, q = p
-                var best: (Int, Int)?
-                while q < end, let next = children[node][text[q]] {
-                    node = Int(next)
-                    q += 1
-                    if terminal[node] >= 0 { best = (q, Int(terminal[node])) }
-                }
-                if let (stop, index) = best { return (p, stop, index) }
+            // At the root nothing is under way (a best match would have been returned): skip to the
+            // next scalar some content starts with, as cheaply as the scan without the automaton did.
+            if node == 0 {
+                while p < end, !firstScalars.contains(text[p]) { p += 1 }
+                if p == end { break }
             }
+            node = step(node, text[p])
             p += 1
+            let output = Int(outputNode[node])
+            if output >= 0 {
+                let start = p - Int(depth[output])
+                if best == nil || start <= best!.start { best = (start, p, Int(terminal[output])) }
+            }
+            if let b = best, p - Int(depth[node]) > b.start { return (b.start, b.stop, b.index) }
         }
-        return nil
+        return best.map { ($0.start, $0.stop, $0.index) }
     }
+
 }
