@@ -36,6 +36,9 @@ struct RegexParser {
     private let chars: [UInt32]
     private var index = 0
     private(set) var sets: [ScalarSet] = []
+    private var setIndex: [ScalarSet: Int] = [:]
+    /// Different character classes a pattern may hold (DeepSeek's hold about 20): 256 bitmaps are 35 MB.
+    static let maximumSets = 256
     static let maximumCount = 1000
     /// Groups nested deeper are refused: the parser, the compiler and the matcher recurse per level,
     /// and a pattern of 50,000 nested groups overflowed the stack. Tokenizer files nest a few levels.
@@ -134,7 +137,7 @@ struct RegexParser {
         case Self.char("["): return .set(try parseClass())
         case Self.char("."):
             var set = ScalarSet(); set.invert(); set.remove(0x0A)
-            return .set(store(set))
+            return .set(try store(set))
         case Self.char("^"): return .assertion(.lineStart)
         case Self.char("$"): return .assertion(.lineEnd)
         case Self.char("\\"): return try parseEscape()
@@ -165,8 +168,14 @@ struct RegexParser {
         return inner
     }
 
-    private mutating func store(_ set: ScalarSet) -> Int {
+    /// The index of `set` among the pattern's distinct sets. Each is a bitmap of every scalar
+    /// (136 KiB), so a class written 30,000 times is stored once (it took 8.7 GB), and a pattern with
+    /// more than `maximumSets` different ones is refused.
+    private mutating func store(_ set: ScalarSet) throws -> Int {
+        if let index = setIndex[set] { return index }
+        guard sets.count < Self.maximumSets else { throw UnsupportedRegex(construct: "more than \(Self.maximumSets) different character classes") }
         sets.append(set)
+        setIndex[set] = sets.count - 1
         return sets.count - 1
     }
 
@@ -179,7 +188,7 @@ struct RegexParser {
         default:
             switch try parseClassEscape() {
             case let .single(v): return .scalar(v)
-            case let .set(set): return .set(store(set))
+            case let .set(set): return .set(try store(set))
             }
         }
     }
@@ -292,7 +301,7 @@ struct RegexParser {
             }
         }
         if negated { set.invert() }
-        return store(set)
+        return try store(set)
     }
 
     private mutating func parseClassItem() throws -> EscapeValue {

@@ -1,3 +1,4 @@
+import Synchronization
 /// Per-scalar Unicode facts the regex classes and the added-token rules need, looked up once.
 ///
 /// The general category of every code point is read from the Swift runtime's Unicode data into
@@ -147,8 +148,18 @@ enum UnicodeTables {
 }
 
 /// A set of code points as a bitset over the whole code space (136 KB): one load per test.
-struct ScalarSet: Sendable {
+struct ScalarSet: Sendable, Hashable {
     private(set) var words: [UInt64]
+
+    /// Every 64th word (and so 1 in 64 of the code space's blocks of 64): equal sets hash equally,
+    /// and a pattern's classes, which the parser looks up one by one, are not hashed whole each time.
+    func hash(into hasher: inout Hasher) {
+        for i in stride(from: 0, to: words.count, by: 64) { hasher.combine(words[i]) }
+    }
+
+    /// The scalars of each list of categories, built once per process: a pattern may name `\d`
+    /// thousands of times, and each build reads the category of all 1.1 million code points.
+    private static let categorySets = Mutex<[[UInt8]: ScalarSet]>([:])
 
     init() { words = [UInt64](repeating: 0, count: 0x110000 / 64) }
 
@@ -162,10 +173,15 @@ struct ScalarSet: Sendable {
     mutating func insert(_ range: ClosedRange<UInt32>) { for v in range { insert(v) } }
 
     mutating func insert(categories: [UnicodeTables.Category]) {
+        let key = categories.map(\.rawValue)
+        if let cached = Self.categorySets.withLock({ $0[key] }) { return formUnion(cached) }
+        var set = ScalarSet()
         var wanted = [Bool](repeating: false, count: 256)
         for category in categories { wanted[Int(category.rawValue)] = true }
         let table = UnicodeTables.categories
-        for v in 0..<table.count where wanted[Int(table[v])] { insert(UInt32(v)) }
+        for v in 0..<table.count where wanted[Int(table[v])] { set.insert(UInt32(v)) }
+        Self.categorySets.withLock { $0[key] = set }
+        formUnion(set)
     }
 
     mutating func insertWhitespace() {
