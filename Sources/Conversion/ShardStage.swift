@@ -97,7 +97,7 @@ public enum ShardStage {
         let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": (denseOnce ? DenseReplication.once : .replicated).rawValue], input: input.path)
         let key = ConversionOutput.resumeKey(stages: source.newStages(after: inputStages) + [stage], input: input)
         let root = try ConversionOutput.openDirectory(input: input, output: output, force: force, resume: resume)
-        if root.resumed { removeRootFiles(of: root, devices: devices) }
+        if root.resumed { try removeRootFiles(of: root, devices: devices) }
         let basis = ShardSize.Basis.of(input)
         let plan = try DevicePlan(source: source, placement: placement, denseOnce: denseOnce, shardSize: shardSize, basis: basis,
                                   root: root, key: key)
@@ -115,9 +115,9 @@ public enum ShardStage {
     /// Root-level files of an interrupted run (placement.json, a killed write's temp file): rewritten,
     /// so removed first; this plan's device directories are the resumable work, and anything else (a
     /// directory no run of this plan writes, `device-9` of 8) would otherwise be committed with them.
-    private static func removeRootFiles(of root: AtomicOutputDirectory, devices: Int) {
+    private static func removeRootFiles(of root: AtomicOutputDirectory, devices: Int) throws {
         let keep = Set((0..<devices).map(directoryName(device:)) + [AtomicOutputDirectory.ownerFileName])
-        AtomicOutputDirectory.removeEntries(of: root.temporaryURL, except: keep)
+        try AtomicOutputDirectory.removeEntries(of: root.temporaryURL, except: keep)
     }
 
     /// Every device's layout and writer: its routed experts' range, the non-expert weights (on

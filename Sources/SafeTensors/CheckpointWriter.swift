@@ -211,8 +211,10 @@ public final class CheckpointWriter: Sendable {
             if let sha = initial.hashes[shard.fileName] { lines += Self.journalLine(shard, sha: sha) }
         }
         state = Mutex(initial)
-        // A new file renamed into place, never the old one truncated: an adopted journal may be a
-        // hard link to a file outside the output, which writing through it would overwrite.
+        // The adopted journal may be a hard link to a file outside the output, which writing through
+        // it would overwrite: it is unlinked, and the new one written as a new file (appends then go
+        // to it, or, if it could not be written, to a file they create).
+        _ = unlink(journal.path)
         try? AtomicFile.write(Data(lines.utf8), to: journal)
     }
 
@@ -225,8 +227,10 @@ public final class CheckpointWriter: Sendable {
     /// What an interrupted run left that is not its shards or journal (a killed atomic write's temp
     /// file, a half-written config, a directory no run writes here): removed, so it cannot end up in
     /// the resumed output.
+    /// Best effort: the adopted directory was already cleared of links, special files and other
+    /// users' subdirectories, so what remains is this user's own, which unlinking does not fail on.
     private static func removeStrayFiles(layout: CheckpointLayout, directory: URL) {
-        AtomicOutputDirectory.removeEntries(of: directory, except: Set(layout.shards.map(\.fileName) + [Self.journalName, AtomicOutputDirectory.ownerFileName]))
+        try? AtomicOutputDirectory.removeEntries(of: directory, except: Set(layout.shards.map(\.fileName) + [Self.journalName, AtomicOutputDirectory.ownerFileName]))
     }
 
     /// Marks complete every shard the journal lists under the same key whose header matches the

@@ -26,6 +26,16 @@ enum DirectoryTree {
         try removeEntry(name, in: parentFD, path: url.path)
     }
 
+    /// Removes every entry of the directory `url` except the names in `keep`, each as `remove` does,
+    /// through one descriptor of `url` (opened without following a link in its place).
+    static func removeEntries(of url: URL, except keep: Set<String>) throws {
+        let fd = try openDirectory(url.path)
+        defer { close(fd) }
+        for name in try entries(of: fd, path: url.path) where !keep.contains(name) {
+            try removeEntry(name, in: fd, path: url.path + "/" + name)
+        }
+    }
+
     /// Removes every symbolic link and special file under `url`, at any depth (the link itself,
     /// never what it names), calling `removed` with each one's path and whether it was a link.
     /// A subdirectory of another user is refused with `refuse(path)`.

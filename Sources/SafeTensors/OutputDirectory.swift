@@ -125,12 +125,10 @@ public final class AtomicOutputDirectory {
 
     /// Removes every entry of `directory` (an adopted work directory or one below it) except `keep`:
     /// what an interrupted run left that this run will not write again, files and directories alike.
-    /// Nothing is followed: links and special files were unlinked when the directory was adopted,
-    /// and `DirectoryTree.remove` unlinks a link it meets rather than entering it.
-    public static func removeEntries(of directory: URL, except keep: Set<String>) {
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [] where !keep.contains(name) {
-            try? DirectoryTree.remove(directory.appendingPathComponent(name))
-        }
+    /// `directory` is opened once without following a link in its place, and a link met inside is
+    /// unlinked, never entered (links and special files were already removed on adoption).
+    public static func removeEntries(of directory: URL, except keep: Set<String>) throws {
+        try DirectoryTree.removeEntries(of: directory, except: keep)
     }
 
     /// Clears an adopted work directory of everything a run of ours never writes there: symbolic
