@@ -73,12 +73,14 @@ public enum TokenFile {
         } }
     }
 
-    /// The widest array a layer holds per token, in f32 elements: the residual stream, the dense
-    /// MLP's gate and up, the queries, kv_b_proj's keys and values, or the shared experts' gate and
-    /// up. A config's dimensions are at most 2^24 each, so these products cannot overflow.
+    /// The widest array a layer holds per token, in f32 elements: the residual stream (twice, as
+    /// the MTP layer joins two), the dense MLP's gate and up, the compressed query, the queries in
+    /// either form (per head qk_head_dim, or kv_lora + rope once absorbed), kv_a's output,
+    /// kv_b_proj's keys and values, or the shared experts' gate and up. A config's dimensions are
+    /// at most 2^24 each, so these products cannot overflow.
     static func widestActivation(_ config: DeepSeekConfig) -> Int {
-        let heads = config.numAttentionHeads
-        return [config.hiddenSize, 2 * config.intermediateSize, heads * config.qkHeadDim,
+        let heads = config.numAttentionHeads, latent = config.kvLoraRank + config.qkRopeHeadDim
+        return [2 * config.hiddenSize, 2 * config.intermediateSize, config.qLoraRank ?? 0, heads * config.qkHeadDim, heads * latent, latent,
                 heads * (config.qkNopeHeadDim + config.vHeadDim), 2 * config.moeIntermediateSize * max(config.nSharedExperts ?? 0, 1)].max()!
     }
 

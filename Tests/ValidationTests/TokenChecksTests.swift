@@ -43,19 +43,21 @@ final class TokenChecksTests: XCTestCase {
         }
     }
 
-    /// A tiny vocabulary and few heads pass the scores' and logits' budgets, but the residual stream
-    /// of 2^18 tokens at a width of 2^20 would take 1 TiB: refused, naming the file, before any
+    /// A tiny vocabulary and few heads pass the scores' and logits' budgets, but the residual streams
+    /// of 2^18 tokens at a width of 2^20 would take 2 TiB: refused, naming the file, before any
     /// allocation (the forward pass once aborted allocating it).
     func testActivationsBudget() throws {
         let wide = try config { $0.hiddenSize = 1 << 20; $0.vocabSize = 1; $0.numAttentionHeads = 1; $0.maxPositionEmbeddings = nil }
         let tokens = [[Int]](repeating: [0], count: 1 << 18)
-        XCTAssertEqual(TokenFile.widestActivation(wide), 1 << 20)
+        XCTAssertEqual(TokenFile.widestActivation(wide), 1 << 21, "the MTP layer's two residual streams side by side")
         XCTAssertThrowsError(try TokenFile.check(tokens, path: "t.json", config: wide)) { error in
             XCTAssertEqual((error as? ReferenceModelError)?.errorDescription,
-                           "t.json: activations (262144 x 1 x 1048576 f32, a layer's widest per-token array) would take 1099511627776 bytes, over the forward pass's budget of 8589934592 bytes")
+                           "t.json: activations (262144 x 1 x 2097152 f32, a layer's widest per-token array) would take 2199023255552 bytes, over the forward pass's budget of 8589934592 bytes")
         }
         // The fixture's widest array is the dense MLP's gate and up (2 x 160); 2^18 tokens of it: 335 MB.
         XCTAssertEqual(TokenFile.widestActivation(try config()), 320)
+        // Absorbed queries: per head the latent and the rotary part.
+        XCTAssertEqual(TokenFile.widestActivation(try config { $0.kvLoraRank = 1 << 20 }), 4 * ((1 << 20) + 8))
         XCTAssertNoThrow(try TokenFile.check([[Int]](repeating: [1], count: 1 << 18), path: "t.json", config: try config { $0.maxPositionEmbeddings = nil }))
     }
 
