@@ -305,12 +305,15 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         return config
     }
 
+    static let nonIntegerTries = 64
+
     /// The key holding the number that stopped decoding, when Foundation could not say (a
     /// fractional or oversized number where an integer is expected is reported as "not valid JSON"
     /// with no key): each number that is not an Int is set to 1 in turn, and the one whose change
-    /// gets decoding past that error is named, with its literal. Only the members decoding reads are
-    /// tried, and decoded without the others: every try decodes the document again, so trying each
-    /// of thousands of unknown keys took minutes (12,000 fractional ones: 76 s).
+    /// gets decoding past that error is named, with its literal. Every try decodes the document
+    /// again, so trying each of thousands of unknown keys took minutes (12,000 fractional ones: 76 s):
+    /// only the top-level members decoding reads are kept, and at most `nonIntegerTries` numbers
+    /// tried (a real config has about ten that are not integers); past them the error names no key.
     static func nonIntegerKey(_ document: JSONValue) -> (key: String, literal: String)? {
         guard case let .object(members) = document else { return nil }
         let tree = JSONValue.object(members.filter { CodingKeys(stringValue: $0.0) != nil })
@@ -326,7 +329,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
             guard let first = path.first, case let .object(entries) = value else { return .number("1") }
             return .object(entries.map { $0.0 == first ? ($0.0, replacing($0.1, path.dropFirst())) : $0 })
         }
-        for (key, literal) in candidates(tree, "") {
+        for (key, literal) in candidates(tree, "").prefix(Self.nonIntegerTries) {
             let changed = replacing(tree, key.split(separator: ".")[...])
             do {
                 _ = try JSONDecoder().decode(DeepSeekConfig.self, from: Data(changed.prettyPrinted().utf8))

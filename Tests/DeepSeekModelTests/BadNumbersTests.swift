@@ -34,6 +34,14 @@ final class BadNumbersTests: XCTestCase {
         // once decoded the whole document 4,000 times (6.7 s; 12,000 took 76 s).
         assertRefused(try lite { for i in 0..<4000 { $0["x\(i)"] = Double(i) + 0.5 }; $0["vocab_size"] = 320.5 },
                       .invalidConfig(path: path, reason: "key 'vocab_size': 320.5 is not a 64-bit integer"))
+        // Unknown keys inside a member decoding reads are numbers to try too: at most 64 are tried.
+        XCTAssertThrowsError(try DeepSeekConfig.decode(try lite {
+            var scaling: [String: Any] = ["type": "yarn", "factor": 40, "original_max_position_embeddings": 4096.5]
+            for i in 0..<4000 { scaling["x\(i)"] = Double(i) + 0.5 }
+            $0["rope_scaling"] = scaling
+        }, path: path)) { error in
+            XCTAssertTrue((error as? DeepSeekModelError)?.errorDescription?.hasPrefix(self.path + ": invalid config: ") == true, "\(error)")
+        }
     }
 
     func testProductsOfAcceptedDimensionsOverflowIntoOneError() throws {

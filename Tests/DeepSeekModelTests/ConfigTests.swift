@@ -118,8 +118,9 @@ final class ConfigTests: XCTestCase {
                        "c.json: invalid config: 'num_experts_per_tok' must be in 1...n_routed_experts")
         XCTAssertEqual(decode { var c = mtpOnly($0); c["scoring_func"] = "softmax"; return c },
                        "c.json: invalid config: scoring_func 'softmax' is not supported by DeepseekV3ForCausalLM (sigmoid)")
-        XCTAssertEqual(decode { var c = mtpOnly($0); c["num_nextn_predict_layers"] = -1; return c },
-                       "c.json: invalid config: 'num_nextn_predict_layers' = -1 is outside 0...8")
+        // Checked before anything counts the MTP layers: 61 - 100 layers would be no range at all.
+        XCTAssertEqual(decode { var c = mtpOnly($0); c["num_nextn_predict_layers"] = -100; return c },
+                       "c.json: invalid config: 'num_nextn_predict_layers' = -100 is outside 0...8")
     }
 
     func testHubAndTransformers5RopeLayoutsAgree() throws {
