@@ -96,6 +96,16 @@ struct GGUFVocabulary {
     /// The added tokens with the ids the tokenizers library gives them, as `tokenize` reads them
     /// (`AddedVocabulary`): llama.cpp's converter reads the vocabulary through transformers, which
     /// holds those ids, not necessarily the declared ones.
+    static func addedTokens(_ data: Data, path: String, vocab: [String: Int]) throws -> [AddedToken] {
+        let root: JSONValue
+        do { root = try JSONParser.parse(data) } catch { throw TokenizerError.invalidJSON(file: path, reason: "\(error)") }
+        let tokenOfID = Dictionary(vocab.map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
+        let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
+                                        vocabularyCount: vocab.count, file: path)
+        for note in added.notes { Diagnostics.note(note) }
+        return added.tokens
+    }
+
     /// A JSON file's top-level object (nil if it is not one), or an error naming the file: Foundation's
     /// own error names none.
     private static func jsonObject(_ data: Data, path: String) throws -> [String: Any]? {
@@ -105,16 +115,6 @@ struct GGUFVocabulary {
             let reason = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? error.localizedDescription
             throw Invalid(path: path, reason: "not valid JSON (\(reason))")
         }
-    }
-
-    static func addedTokens(_ data: Data, path: String, vocab: [String: Int]) throws -> [AddedToken] {
-        let root: JSONValue
-        do { root = try JSONParser.parse(data) } catch { throw TokenizerError.invalidJSON(file: path, reason: "\(error)") }
-        let tokenOfID = Dictionary(vocab.map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
-        let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { vocab[$0] }, vocabularyToken: { tokenOfID[$0] },
-                                        vocabularyCount: vocab.count, file: path)
-        for note in added.notes { Diagnostics.note(note) }
-        return added.tokens
     }
 
     /// Whether llama.cpp adds BOS / EOS, decided as llama.cpp's converter (gguf-py's SpecialVocab) decides it: the

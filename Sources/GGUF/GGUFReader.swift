@@ -166,7 +166,7 @@ public struct GGUFFile: Sendable {
                 guard arrayElements <= UInt64(GGUFFile.arrayElementLimit) else { throw .tooManyArrayElements(key: key, total: arrayElements) }
                 var elements: [GGUFValue] = []
                 // Every element takes at least one byte, so the count is bounded by the file; reserve no more
-                // than a modest amount up front all the same (a value is ~20 bytes in memory).
+                // than a modest amount up front all the same (a value is ~32 bytes in memory).
                 elements.reserveCapacity(Int(min(count, 1 << 16)))
                 for _ in 0..<count { elements.append(try value(elementType, key: key)) }
                 return .array(elementType: elementType, elements)
