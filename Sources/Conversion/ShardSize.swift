@@ -74,12 +74,10 @@ public enum ShardSize: Equatable, Sendable {
         resolve(basis: Basis.of(input), outputBytes: tensors.reduce(0) { $0 + $1.byteCount })
     }
 
-    /// Sizes of the safetensors files of a checkpoint directory (the index's shards or model.safetensors).
+    /// Sizes of the safetensors files of a checkpoint directory (the index's shards or
+    /// model.safetensors; other `*.safetensors` beside them, such as goldens, are not counted).
     public static func shardFileBytes(_ directory: URL) -> [Int] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        return names.filter { $0.hasSuffix(".safetensors") }.sorted().compactMap {
-            FileEntry.following(directory.appendingPathComponent($0).path)?.size
-        }
+        Checkpoint.shardFileNames(in: directory).compactMap { FileEntry.following(directory.appendingPathComponent($0).path)?.size }
     }
 
     /// What the manifest records for the option.

@@ -32,7 +32,7 @@ public final class Checkpoint: Sendable {
             let names = Array(Set(map.values)).sorted()
             for shard in names {
                 let shardURL = directory.appendingPathComponent(shard)
-                guard !shard.contains("/"), fm.fileExists(atPath: shardURL.path) else {
+                guard Self.isShardName(shard), fm.fileExists(atPath: shardURL.path) else {
                     let tensor = map.filter { $0.value == shard }.keys.sorted().first ?? ""
                     throw SafeTensorsError.indexNamesMissingShard(file: indexURL.path, shard: shard, tensor: tensor)
                 }
@@ -67,6 +67,22 @@ public final class Checkpoint: Sendable {
         shards = shardFiles
         location = where_
         tensors = ordered
+    }
+
+    /// A file name in the checkpoint's own directory: no path, and not "", "." or ".." (which name
+    /// directories: an index pointing a tensor there was reported as an unreadable directory).
+    private static func isShardName(_ name: String) -> Bool { !name.contains("/") && !["", ".", ".."].contains(name) }
+
+    /// The weight files of the checkpoint in `directory`, without opening them: the index's shards,
+    /// else `model.safetensors`; none if neither can be read. Other `*.safetensors` files beside
+    /// them (goldens, forward outputs) are not the checkpoint's.
+    public static func shardFileNames(in directory: URL) -> [String] {
+        let indexURL = directory.appendingPathComponent(indexFileName)
+        if FileManager.default.fileExists(atPath: indexURL.path) {
+            guard let (map, _) = try? readIndex(indexURL) else { return [] }
+            return Set(map.values).filter(isShardName).sorted()
+        }
+        return FileManager.default.fileExists(atPath: directory.appendingPathComponent(singleFileName).path) ? [singleFileName] : []
     }
 
     private static func readIndex(_ url: URL) throws -> ([String: String], [String: JSONValue]?) {

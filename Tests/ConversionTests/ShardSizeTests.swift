@@ -32,6 +32,15 @@ extension ShardSizeTests {
         XCTAssertEqual(ShardSize.Basis.of(dir), basis, "the recorded basis wins over the files")
         try FileManager.default.removeItem(at: dir.appendingPathComponent(ConversionManifest.fileName))
         XCTAssertEqual(ShardSize.Basis.of(dir), ShardSize.Basis(largestShardBytes: 1000, files: 1))
+        // Other safetensors files beside the checkpoint (a golden, a forward output) are not its shards
+        // (found by an audit: the fixtures' goldens set the layout of every conversion of them).
+        try Data(count: 5000).write(to: dir.appendingPathComponent("golden.safetensors"))
+        XCTAssertEqual(ShardSize.Basis.of(dir), ShardSize.Basis(largestShardBytes: 1000, files: 1))
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("model.safetensors"))
+        try JSONSerialization.data(withJSONObject: ["weight_map": ["a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-2.safetensors"]])
+            .write(to: dir.appendingPathComponent("model.safetensors.index.json"))
+        for (name, bytes) in [("m-1.safetensors", 300), ("m-2.safetensors", 700)] { try Data(count: bytes).write(to: dir.appendingPathComponent(name)) }
+        XCTAssertEqual(ShardSize.Basis.of(dir), ShardSize.Basis(largestShardBytes: 700, files: 2), "the index's shards only")
     }
 }
 

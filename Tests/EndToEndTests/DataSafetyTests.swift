@@ -33,7 +33,7 @@ final class DataSafetyTests: XCTestCase {
         let victim = dir.appendingPathComponent("victim"), elsewhere = dir.appendingPathComponent("elsewhere")
         try Data("precious".utf8).write(to: victim)
         try fm.createDirectory(at: elsewhere, withIntermediateDirectories: true)
-        for (command, output, planted, target) in [(["quantize", "--fp8"], "q", "model-00001-of-00002.safetensors", victim),
+        for (command, output, planted, target) in [(["quantize", "--fp8"], "q", "model-00001-of-00003.safetensors", victim),
                                                    (["shard", "--devices", "8"], "s", "device-0", elsewhere)] {
             let work = dir.appendingPathComponent(".dsconvert-partial-\(output)-4194399")
             try fm.createDirectory(at: work, withIntermediateDirectories: true)
@@ -130,7 +130,7 @@ final class DataSafetyTests: XCTestCase {
         let dead = dir.appendingPathComponent(".dsconvert-partial-out-4194399")
         try fm.moveItem(at: out, to: dead)
         try fm.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
-        let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
+        let stage = ConversionManifest.Stage(stage: .quantize, options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
         var journal = ConversionOutput.resumeKey(stages: [stage], input: input).journalHeader
         for shard in try fm.contentsOfDirectory(atPath: dead.path).filter({ $0.hasSuffix(".safetensors") }).sorted() {
             let file = try SafeTensorsFile(path: dead.appendingPathComponent(shard).path)

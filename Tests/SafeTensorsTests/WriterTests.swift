@@ -215,6 +215,14 @@ final class WriterTests: XCTestCase {
         XCTAssertThrowsError(try Checkpoint(directory: dir)) {
             guard case .indexNamesMissingShard(_, "model-00009-of-00002.safetensors", "b") = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
         }
+        // A shard named "", "." or "..": a directory, never opened (found by an audit: the error named
+        // the directory as an unreadable file, not the index and the tensor).
+        for name in ["", ".", ".."] {
+            try good.replacingOccurrences(of: "model-00002-of-00002.safetensors", with: name).write(to: indexURL, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try Checkpoint(directory: dir), name) {
+                guard case .indexNamesMissingShard(_, name, "b") = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
+            }
+        }
         try good.replacingOccurrences(of: "\"b\"", with: "\"c\"").write(to: indexURL, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try Checkpoint(directory: dir)) {
             guard case .shardLacksTensor(_, _, "c") = $0 as? SafeTensorsError else { return XCTFail("\($0)") }
