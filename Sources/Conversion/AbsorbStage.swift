@@ -120,7 +120,7 @@ public final class AbsorbStep: TensorSource {
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
         var stageOptions = ["mode": options.form == .split ? "split" : "fold", "keep_kv_b": String(options.keepKVB), "dtype": dtype.rawValue]
         if let scale = options.softmaxScaleOverride { stageOptions["softmax_scale_override"] = String(scale) }
-        stages = source.stages + [.init(stage: "absorb", options: stageOptions, input: source.directory.path)]
+        stages = source.stages + [.init(stage: .absorb, options: stageOptions, input: source.directory.path)]
     }
 
     public func info(_ name: String) -> PlannedTensor? { byName[name] }

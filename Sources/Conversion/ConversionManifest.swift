@@ -5,8 +5,14 @@ import SafeTensors
 ///
 /// Stages append: converting a dsconvert output carries its stages forward and adds the new one.
 public struct ConversionManifest: Codable, Equatable, Sendable {
+    /// What made an output: one of the commands that write one (`generate`: the benchmark's synthetic
+    /// checkpoints). Decoded once, so a manifest naming anything else is refused where it is read.
+    public enum StageName: String, Codable, Sendable, CaseIterable {
+        case reshard, absorb, quantize, shard, convert, export, generate
+    }
+
     public struct Stage: Codable, Equatable, Sendable {
-        public var stage: String
+        public var stage: StageName
         public var toolVersion: String
         public var options: [String: String]
         public var input: String
@@ -18,7 +24,7 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
             case input
         }
 
-        public init(stage: String, options: [String: String], input: String) {
+        public init(stage: StageName, options: [String: String], input: String) {
             self.stage = stage
             self.toolVersion = ConversionManifest.toolVersion
             self.options = options
@@ -59,11 +65,19 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
     public static func load(directory: URL) throws -> ConversionManifest? {
         let url = directory.appendingPathComponent(fileName)
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+        let manifest: ConversionManifest
         do {
-            return try JSONDecoder().decode(ConversionManifest.self, from: FilePath.readRegularFile(url.path))
+            manifest = try JSONDecoder().decode(ConversionManifest.self, from: FilePath.readRegularFile(url.path))
         } catch {
             throw ConversionError.invalidManifest(path: url.path, reason: "\(error)")
         }
+        // Its stages are carried into every output made from it: one this tool would not write is
+        // refused here (found by an audit: a foreign record passed through into outputs that then
+        // failed the manifest schema).
+        guard manifest.format == formatName, manifest.version == 1 else {
+            throw ConversionError.invalidManifest(path: url.path, reason: "format '\(manifest.format)' version \(manifest.version), not \(formatName) version 1")
+        }
+        return manifest
     }
 
     public func encoded() throws -> Data {

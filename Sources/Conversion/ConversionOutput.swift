@@ -43,7 +43,7 @@ public final class ConversionOutput {
     /// (resolved path; every file's size, inode, times and safetensors header hash).
     public static func resumeKey(stages: [ConversionManifest.Stage], input: URL) -> ResumeKey {
         let conversion = stages.map { stage in
-            stage.stage + "|" + stage.toolVersion + "|" + stage.options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            stage.stage.rawValue + "|" + stage.toolVersion + "|" + stage.options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         }.joined(separator: ";")
         return ResumeKey(conversion: conversion, input: ResumeKey.identify(directory: input))
     }

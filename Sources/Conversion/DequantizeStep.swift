@@ -34,7 +34,7 @@ public final class DequantizeStep: TensorSource {
         }
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
         document = try source.document.removing("quantization_config")
-        stages = source.stages + [.init(stage: "quantize", options: ["dequantize": "bf16", "block": String(quantization.block)], input: source.directory.path)]
+        stages = source.stages + [.init(stage: .quantize, options: ["dequantize": "bf16", "block": String(quantization.block)], input: source.directory.path)]
     }
 
     public func info(_ name: String) -> PlannedTensor? { byName[name] }

@@ -114,7 +114,7 @@ public enum GGUFExport {
         recorded["name"] = options.name
         recorded["size_label"] = options.sizeLabel
         recorded["split_max_size"] = options.splitMaxSize.map(String.init)
-        return ConversionManifest.Stage(stage: "export", options: recorded, input: input.path)
+        return ConversionManifest.Stage(stage: .export, options: recorded, input: input.path)
     }
 
     /// Encodes one tensor from its recipe and hands the bytes to `append`; returns the bytes produced.

@@ -122,7 +122,7 @@ public final class QuantizeStep: TensorSource {
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
 
         let stageOptions = Self.stageOptions(fp8: fp8 != nil ? options : nil, kv6: kv6)
-        stages = source.stages + [.init(stage: "quantize", options: stageOptions, input: path)]
+        stages = source.stages + [.init(stage: .quantize, options: stageOptions, input: path)]
         var document = source.document
         if fp8 != nil, input.quantization == nil {
             document = try document.setting("quantization_config", to: QuantizationConfig(format: options.format, block: options.block))

@@ -18,7 +18,7 @@ public enum ReshardStage {
         let maxShardSize = shardSize.resolve(input: input, tensors: planned)
         let layout = CheckpointLayout(tensors: planned, maxShardSize: maxShardSize)
         let out = try ConversionOutput(input: input, output: output, force: force, layout: layout,
-                                       stage: .init(stage: "reshard", options: ["max_shard_size": String(maxShardSize)], input: input.path),
+                                       stage: .init(stage: .reshard, options: ["max_shard_size": String(maxShardSize)], input: input.path),
                                        resume: resume)
         let order = WriteSchedule.interleaved(layout.shards.map(\.tensors)) { $0.byteCount }
         for (i, info) in order.enumerated() where !out.writer.isWritten(info.name) {

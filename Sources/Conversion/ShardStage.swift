@@ -94,7 +94,7 @@ public enum ShardStage {
             throw ConversionError.unsupportedInput(path: input.path, reason: "the checkpoint is already sharded")
         }
         let placement = try ExpertPlacement.plan(config: source.config, devices: devices, configPath: input.appendingPathComponent("config.json").path)
-        let stage = ConversionManifest.Stage(stage: "shard", options: ["devices": String(devices), "dense": (denseOnce ? DenseReplication.once : .replicated).rawValue], input: input.path)
+        let stage = ConversionManifest.Stage(stage: .shard, options: ["devices": String(devices), "dense": (denseOnce ? DenseReplication.once : .replicated).rawValue], input: input.path)
         let key = ConversionOutput.resumeKey(stages: source.newStages(after: inputStages) + [stage], input: input)
         let root = try ConversionOutput.openDirectory(input: input, output: output, force: force, resume: resume)
         if root.resumed { try removeRootFiles(of: root, devices: devices) }

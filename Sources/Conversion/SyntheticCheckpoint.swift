@@ -140,7 +140,7 @@ public enum SyntheticCheckpoint {
         case let .v2(layers, experts): options = ["shape": "v2", "layers": String(layers), "experts": String(experts)]
         case let .v3(dense, moe, mtp): options = ["shape": "v3", "dense_layers": String(dense), "moe_layers": String(moe), "mtp_layers": String(mtp)]
         }
-        let stage = ConversionManifest.Stage(stage: "generate", options: options, input: "synthetic")
+        let stage = ConversionManifest.Stage(stage: .generate, options: options, input: "synthetic")
         try AtomicFile.write(try ConversionManifest(stages: [stage], files: files).encoded(), to: directory.temporaryURL.appendingPathComponent(ConversionManifest.fileName))
         try directory.commit()
         return written

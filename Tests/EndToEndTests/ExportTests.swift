@@ -240,7 +240,7 @@ final class ExportTests: XCTestCase {
             XCTAssertEqual(r.status, 0, r.stderr)
         }
         let manifest = try XCTUnwrap(try ConversionManifest.load(directory: out))
-        XCTAssertEqual(manifest.stages.last?.stage, "export")
+        XCTAssertEqual(manifest.stages.last?.stage, .export)
         XCTAssertEqual(manifest.stages.last?.options["type"], "q6_k")
         let names = try FileManager.default.contentsOfDirectory(atPath: out.path).filter { $0.hasSuffix(".gguf") }.sorted()
         XCTAssertEqual(manifest.files.map(\.name).sorted(), names)

@@ -527,7 +527,7 @@ final class InterruptionTests: XCTestCase {
         XCTAssertGreaterThan(shards.count, 3)
         // The journal is gone once a run commits; rebuild it as a killed run leaves it, then damage one shard.
         try FileManager.default.removeItem(at: dead.appendingPathComponent("dsconvert.json"))
-        let stage = ConversionManifest.Stage(stage: "quantize", options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
+        let stage = ConversionManifest.Stage(stage: .quantize, options: ["fp8": "e4m3", "block": "128", "fp8_absorbed": "false"], input: input.path)
         var journal = ConversionOutput.resumeKey(stages: [stage], input: input).journalHeader
         for shard in shards {
             let data = try Data(contentsOf: dead.appendingPathComponent(shard))
