@@ -111,6 +111,18 @@ extension DeepSeekConfig {
         for case let (key, value?) in positives where !(value > 0 && value.isFinite) {
             throw DeepSeekModelError.notPositive(path: path, key: key, value: value)
         }
+        // The forward pass and GGUF's metadata use these as f32, where a larger one is Inf, and so
+        // may the softmax scale they give (found by an audit: mscale_all_dim 1e200 gave a scale of Inf
+        // that GGUF wrote and the forward pass met only in its logits).
+        func bad(_ reason: String) -> DeepSeekModelError { .invalidConfig(path: path, reason: reason) }
+        let reals = positives + [("rope_scaling.beta_fast", ropeScaling?.betaFast), ("rope_scaling.beta_slow", ropeScaling?.betaSlow)]
+        for case let (key, value?) in reals where abs(value) > Double(Float.greatestFiniteMagnitude) {
+            throw bad("'\(key)' = \(value) is beyond the range of f32, in which the forward pass and GGUF use it")
+        }
+        let scale = softmaxScale
+        guard scale > 0, Float(scale).isFinite, Float(scale) > 0 else {
+            throw bad("the softmax scale (qk_head_dim and rope_scaling's mscale_all_dim give \(scale)) is not a positive finite f32")
+        }
     }
 
     /// A device checkpoint's placement must describe this model and this device exactly: the

@@ -44,6 +44,20 @@ final class BadNumbersTests: XCTestCase {
         }
     }
 
+    /// Reals beyond f32's range, and a softmax scale they make Inf or 0, are refused naming the key
+    /// (found by an audit: GGUF wrote +Inf and the forward pass ran to NaN logits).
+    func testRealsAndTheSoftmaxScaleFitF32() throws {
+        let yarn: [String: Any] = ["type": "yarn", "factor": 40, "mscale": 1, "original_max_position_embeddings": 4096]
+        assertRefused(try lite { $0["rope_scaling"] = yarn.merging(["mscale_all_dim": 1e200]) { a, _ in a } },
+                      .invalidConfig(path: path, reason: "'rope_scaling.mscale_all_dim' = 1e+200 is beyond the range of f32, in which the forward pass and GGUF use it"))
+        assertRefused(try lite { $0["routed_scaling_factor"] = 1e308 },
+                      .invalidConfig(path: path, reason: "'routed_scaling_factor' = 1e+308 is beyond the range of f32, in which the forward pass and GGUF use it"))
+        XCTAssertThrowsError(try DeepSeekConfig.decode(try lite { $0["rope_scaling"] = yarn.merging(["mscale_all_dim": 1e30]) { a, _ in a } }, path: path)) { error in
+            XCTAssertTrue((error as? DeepSeekModelError)?.errorDescription?.contains("the softmax scale (qk_head_dim and rope_scaling's mscale_all_dim give") == true, "\(error)")
+        }
+        XCTAssertNoThrow(try DeepSeekConfig.decode(try lite { $0["rope_scaling"] = yarn.merging(["mscale_all_dim": 0.707]) { a, _ in a } }, path: path))
+    }
+
     func testProductsOfAcceptedDimensionsOverflowIntoOneError() throws {
         let data = try lite { for key in ["hidden_size", "num_attention_heads", "qk_nope_head_dim"] { $0[key] = 1 << 24 } }
         XCTAssertThrowsError(try DeepSeekConfig.decode(data, path: path)) { error in
