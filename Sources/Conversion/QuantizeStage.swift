@@ -182,7 +182,9 @@ public final class QuantizeStep: TensorSource {
         var stageOptions: [String: String] = [:]
         if let options {
             stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
-            if !options.policy.skip.isEmpty { stageOptions["skip"] = options.policy.skip.joined(separator: " ") }
+            // A JSON list of the patterns: joined by spaces, `--skip 'a b'` and `--skip a --skip b`
+            // (which skip different tensors) were recorded, and resumed, alike.
+            if !options.policy.skip.isEmpty { stageOptions["skip"] = "[" + options.policy.skip.map(CompactJSON.quoted).joined(separator: ",") + "]" }
         }
         if let kv6 {
             stageOptions["kv6"] = kv6.calibration == nil ? KVCacheFormat.mlaKV6.rawValue : KVCacheFormat.mlaKV6C.rawValue

@@ -49,7 +49,7 @@ public enum TokenizeCommand: Command {
         switch job {
         case .decode(let path):
             let ids = try TokenFile.load(URL(fileURLWithPath: path)).flatMap { $0 }
-            result = Data(try tokenizer.decode(ids).utf8)
+            result = Data(try tokenizer.decode(ids, source: path).utf8)
         case .encode(let text):
             result = Data(try encode(tokenizer, text: text, arguments: arguments, terminal: terminal))
         }

@@ -74,14 +74,15 @@ public final class Tokenizer: Sendable {
         try encode(scalars: UTF8Text.scalars(of: text), threads: threads)
     }
 
-    /// The text of `ids`, as the decoder writes it; an id outside the vocabulary is refused.
-    public func decode(_ ids: [Int]) throws -> String {
+    /// The text of `ids`, as the decoder writes it; an id outside the vocabulary is refused, naming
+    /// `source` (the file the ids came from; the tokenizer file when nil).
+    public func decode(_ ids: [Int], source: String? = nil) throws -> String {
         var tokens: [String] = []
         tokens.reserveCapacity(ids.count)
         for id in ids {
             if let added = addedByID[id] { tokens.append(added.content); continue }
             guard id >= 0, id < definition.model.tokenOfID.count, let token = definition.model.tokenOfID[id] else {
-                throw TokenizerError.idOutsideVocabulary(file: file, id: id, vocabularySize: definition.model.tokenOfID.count)
+                throw TokenizerError.idOutsideVocabulary(file: source ?? file, id: id, vocabularySize: definition.model.tokenOfID.count)
             }
             tokens.append(token)
         }

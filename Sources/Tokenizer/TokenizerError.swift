@@ -48,7 +48,8 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
         case let .invalidUTF8(file, offset): return "\(file): not valid UTF-8 at byte offset \(offset)"
         case let .idOutsideVocabulary(file, id, size):
             return "\(file): token id \(id) is outside the vocabulary (0..<\(size) and the added tokens)"
-        case let .noBOSToken(file): return "\(file): --add-bos needs a bos_token in tokenizer_config.json that the vocabulary holds"
+        case let .noBOSToken(file):
+            return "\(file): rows start with the BOS token (--add-bos, or add_bos_token in tokenizer_config.json), which needs a bos_token in tokenizer_config.json that the vocabulary holds"
         case let .emptyText(file): return "\(file): the text gives no tokens"
         case let .regexBacktrackLimit(file, tokenizer, pattern, _, limit):
             return "\(file): \(tokenizer)'s Split pattern \(CompactJSON.quoted(pattern)) backtracks more than \(limit) times in one match attempt "

@@ -1,3 +1,4 @@
+import Conversion
 import Foundation
 import SafeTensors
 import XCTest
@@ -21,6 +22,9 @@ final class QuantizeTests: XCTestCase {
         XCTAssertEqual(c.info("model.layers.1.mlp.shared_experts.up_proj.weight")?.dtype, .bf16, "--skip keeps it")
         XCTAssertEqual(c.info("model.layers.1.mlp.gate.weight")?.dtype, .bf16, "the router stays bf16")
         XCTAssertEqual(c.info("model.layers.1.mlp.experts.0.up_proj.weight")?.dtype, .f8E4M3)
+        // The manifest records the patterns as a list: `--skip 'a b'` and `--skip a --skip b` differ
+        // (found by an audit: both were recorded, and resumed, as "a b").
+        XCTAssertEqual(try ConversionManifest.load(directory: fp8)?.stages.last?.options["skip"], #"["shared_experts"]"#)
         let inspect = try runTool("dsconvert", ["inspect", fp8.path])
         XCTAssertEqual(inspect.status, 0, inspect.stderr)
         XCTAssertTrue(inspect.stdout.contains("vLLM tensor parallelism: TP 1"), inspect.stdout)

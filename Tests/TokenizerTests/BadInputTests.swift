@@ -82,6 +82,10 @@ final class BadInputTests: XCTestCase {
             XCTAssertEqual(id, 99_999)
         }
         XCTAssertThrowsError(try tokenizer.decode([-1]))
+        // The file the ids came from is the one named (found by an audit: the tokenizer's was).
+        XCTAssertThrowsError(try tokenizer.decode([99_999], source: "/t/ids.json")) { error in
+            XCTAssertEqual((error as? TokenizerError)?.errorDescription?.hasPrefix("/t/ids.json: token id 99999 is outside the vocabulary"), true, "\(error)")
+        }
     }
 
     func testRows() throws {
