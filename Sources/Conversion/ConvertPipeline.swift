@@ -31,7 +31,7 @@ public enum ConvertPipeline {
 
     public struct Summary: Sendable {
         /// The stages this run applied, in order.
-        public let stages: [String]
+        public let stages: [ConversionManifest.StageName]
         public let files: Int
         public let bytesIn: Int
         public let bytesOut: Int
@@ -51,12 +51,12 @@ public enum ConvertPipeline {
         if let devices = options.devices {
             let manifest = try ShardStage.write(source, to: output, inputStages: checkpoint.stages, devices: devices, denseOnce: options.denseOnce,
                                                 force: force, shardSize: shardSize, resume: resume, progress: progress.map { p in { p("convert: " + $0) } })
-            let names = source.newStages(after: checkpoint.stages).map(\.stage.rawValue) + [ConversionManifest.StageName.shard.rawValue]
+            let names = source.newStages(after: checkpoint.stages).map(\.stage) + [.shard]
             return Summary(stages: names, files: manifest.files.count, bytesIn: bytesIn, bytesOut: manifest.devices.reduce(0) { $0 + $1.totalBytes })
         }
         let layout = try ConversionOutput.write(source, to: output, inputStages: checkpoint.stages, force: force, shardSize: shardSize,
                                                 resume: resume, label: "convert", progress: progress)
-        return Summary(stages: source.newStages(after: checkpoint.stages).map(\.stage.rawValue), files: layout.shards.count,
+        return Summary(stages: source.newStages(after: checkpoint.stages).map(\.stage), files: layout.shards.count,
                        bytesIn: bytesIn, bytesOut: layout.totalTensorBytes)
     }
 }

@@ -77,7 +77,7 @@ public enum ConvertCommand: Command {
                                               shardSize: try ConversionOutputSize.parse(arguments),
                                               resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
-        terminal.out(String(format: "%@: %@ in one pass; %d file(s); %.2f MB -> %.2f MB", output.path, summary.stages.joined(separator: " -> "),
+        terminal.out(String(format: "%@: %@ in one pass; %d file(s); %.2f MB -> %.2f MB", output.path, summary.stages.map(\.rawValue).joined(separator: " -> "),
                             summary.files, Double(summary.bytesIn) / 1e6, Double(summary.bytesOut) / 1e6))
         return ExitCode.success
     }

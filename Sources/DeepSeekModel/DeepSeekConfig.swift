@@ -305,6 +305,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
         return config
     }
 
+    /// Numbers `nonIntegerKey` tries at most, each a decode of the document.
     static let nonIntegerTries = 64
 
     /// The key holding the number that stopped decoding, when Foundation could not say (a
