@@ -22,6 +22,7 @@ public enum ModelLoader {
 
     private static func openSharded(_ directory: URL) throws -> LoadedModel {
         var devices: [CheckpointWeights] = []
+        var checkpoints: [Checkpoint] = []
         var global: DeepSeekConfig?
         var placement: ExpertPlacement?
         var mtpAbsent = false
@@ -39,6 +40,7 @@ public enum ModelLoader {
             }
             if let first = CheckpointChecker.check(config: config, checkpoint: checkpoint).problems.first { throw first }
             devices.append(CheckpointWeights(checkpoint: checkpoint, fp8Block: config.quantization?.block))
+            checkpoints.append(checkpoint)
             // Experts are looked up with one placement: every device must state the same one.
             if let first = placement, first != record.placement {
                 throw DeepSeekModelError.inconsistentPlacement(path: url.appendingPathComponent("config.json").path, reason: "placement differs from device-0's")
@@ -54,8 +56,54 @@ public enum ModelLoader {
         guard let config = global, let placement, placement.devices == devices.count else {
             throw DeepSeekModelError.invalidConfig(path: directory.path, reason: "device directories do not match placement.json")
         }
+        try checkDevicesAsPlaced(directory, checkpoints)
         return try LoadedModel(label: directory.path, config: config,
                                weights: ExpertParallelWeights(devices: devices, placement: placement, label: directory.path), placement: placement)
+    }
+}
+
+extension ModelLoader {
+    /// Each device's weight files as `placement.json` lists them: the same names and sizes, and the
+    /// SHA-256 the device's own `dsconvert.json` records is the one placement.json records. A device
+    /// directory copied from another shard run (of another model, or of the same one converted
+    /// otherwise) was otherwise run as if it were this one's (found by an audit). The recorded hashes
+    /// are compared, not the files hashed again: that would read the whole checkpoint once more.
+    static func checkDevicesAsPlaced(_ directory: URL, _ devices: [Checkpoint]) throws {
+        let path = directory.appendingPathComponent("placement.json").path
+        var recorded: [String: (bytes: UInt64, sha256: String)] = [:]
+        for entry in try fileRecords(path) { recorded[entry.name] = (entry.bytes, entry.sha256) }
+        for (d, checkpoint) in devices.enumerated() {
+            let device = "device-\(d)"
+            let manifest = checkpoint.directory.appendingPathComponent("dsconvert.json").path
+            let own = FileManager.default.fileExists(atPath: manifest)
+                ? Dictionary(try fileRecords(manifest).map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a }) : nil
+            for shard in checkpoint.shardNames {
+                let file = checkpoint.directory.appendingPathComponent(shard).path
+                func refuse(_ reason: String) -> ReferenceModelError { .deviceNotAsPlaced(placement: path, file: file, reason: reason) }
+                guard let record = recorded[device + "/" + shard] else { throw refuse("placement.json does not list it") }
+                let size = FileEntry.lstat(file)?.size ?? -1
+                guard size >= 0, UInt64(size) == record.bytes else { throw refuse("\(size) bytes, placement.json records \(record.bytes)") }
+                if let own, own[shard] != record.sha256 { throw refuse("the SHA-256 its dsconvert.json records differs") }
+            }
+            let held = Set(checkpoint.shardNames)
+            if let missing = recorded.keys.sorted().first(where: { $0.hasPrefix(device + "/") && !held.contains(String($0.dropFirst(device.count + 1))) }) {
+                throw ReferenceModelError.deviceNotAsPlaced(placement: path, file: directory.appendingPathComponent(missing).path, reason: "the device does not hold it")
+            }
+        }
+    }
+
+    /// The `files` list of a dsconvert record (placement.json, dsconvert.json): name, bytes, SHA-256.
+    private static func fileRecords(_ path: String) throws -> [(name: String, bytes: UInt64, sha256: String)] {
+        let root = try? JSONParser.parse(FilePath.readRegularFile(path))
+        guard case let .array(entries)? = root?["files"] else {
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "not a dsconvert record with a files list")
+        }
+        return try entries.map { entry in
+            guard let name = entry["name"]?.stringValue, let bytes = entry["bytes"]?.uint64, let sha = entry["sha256"]?.stringValue else {
+                throw DeepSeekModelError.invalidConfig(path: path, reason: "a files entry lacks its name, bytes or sha256")
+            }
+            return (name, bytes, sha)
+        }
     }
 }
 

@@ -17,6 +17,9 @@ public enum ReferenceModelError: LocalizedError, Equatable, Sendable {
     /// Tokens whose forward pass would need more memory than `TokenFile.memoryBudget`.
     case tokensTooLarge(path: String, what: String, bytes: String, budget: Int)
     case nonFiniteOutput(model: String, what: String)
+    /// A device directory of a sharded output whose weight file is not the one `placement.json`
+    /// records (`placement` is that file's path, `file` the device's).
+    case deviceNotAsPlaced(placement: String, file: String, reason: String)
 
     public var errorDescription: String? {
         switch self {
@@ -36,6 +39,8 @@ public enum ReferenceModelError: LocalizedError, Equatable, Sendable {
             return "\(path): \(what) would take \(bytes) bytes, over the forward pass's budget of \(budget) bytes"
         case let .nonFiniteOutput(model, what):
             return "\(model): the forward pass produced NaN or Inf in \(what)"
+        case let .deviceNotAsPlaced(placement, file, reason):
+            return "\(file): not the file \(placement) records (\(reason)): device directories of different shard runs?"
         }
     }
 }

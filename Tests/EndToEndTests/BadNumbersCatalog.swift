@@ -160,6 +160,20 @@ extension BadInputCatalogTests {
                 try self.overwrite(model, TensorNames.embedding, with: [UInt8](repeating: 0, count: embedding.dataOffsets.count))
                 return ["validate", "--reference", model.path, "--candidate", lite, "--json", work.appendingPathComponent("report.json").path]
             }, status: 1, fragment: "hidden state 0 is all zero while the candidate's is not: its drift has no finite measure"),
+            // Found by an audit: a device directory from another shard run (here of a model whose expert
+            // 12 differs) was run as this output's own.
+            Case(name: "device directory of another shard run (forward)", prepare: { work in
+                let v2 = fixtures.appendingPathComponent("v2"), mine = work.appendingPathComponent("mine"), other = work.appendingPathComponent("other")
+                let altered = try copyFixture("v2", to: work)
+                try self.overwrite(altered, "model.layers.1.mlp.experts.12.up_proj.weight", with: [0x3F, 0x80])
+                for (input, output) in [(v2, mine), (altered, other)] {
+                    XCTAssertEqual(try runTool("dsconvert", ["shard", "--devices", "2", "--input", input.path, "--output", output.path]).status, 0)
+                }
+                try FileManager.default.removeItem(at: mine.appendingPathComponent("device-1"))
+                try FileManager.default.moveItem(at: other.appendingPathComponent("device-1"), to: mine.appendingPathComponent("device-1"))
+                return ["forward", "--model", mine.path, "--tokens", v2.appendingPathComponent("tokens.json").path,
+                        "--output", work.appendingPathComponent("out.safetensors").path]
+            }, status: 1, fragment: "not the file "),
             // Found by an audit: Foundation's JSON error was printed without the file's name.
             Case(name: "tokenizer_config.json that is not JSON (export)", prepare: { work in
                 let tokenizer = work.appendingPathComponent("tokenizer")

@@ -257,6 +257,8 @@ final class BadInputCatalogTests: XCTestCase {
             }, status: 1, fragment: "output must not contain the input"),
             Case(name: "empty --output", prepare: { _ in Array(quantize(lite, URL(fileURLWithPath: "/unused")).dropLast(2)) + ["--output", ""] },
                  status: 64, fragment: "--output must not be empty"),
+            // Found by an audit: `inspect ''` inspected the working directory.
+            Case(name: "empty DIR (inspect)", prepare: { _ in ["inspect", ""] }, status: 64, fragment: "DIR takes a path, not ''"),
             Case(name: "--force over a directory holding the working directory", prepare: { work in
                 try FileManager.default.createDirectory(at: work.appendingPathComponent("victim/sub"), withIntermediateDirectories: true)
                 try Data("keep".utf8).write(to: work.appendingPathComponent("victim/file"))
@@ -338,7 +340,7 @@ final class BadInputCatalogTests: XCTestCase {
 
     func testCatalog() throws {
         let all = cases + numberCases
-        XCTAssertGreaterThanOrEqual(all.count, 85, "the README counts the classes")
+        XCTAssertGreaterThanOrEqual(all.count, 87, "the README counts the classes")
         for (i, c) in all.enumerated() {
             let work = dir.appendingPathComponent("case-\(i)")
             try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
