@@ -56,8 +56,7 @@ public enum InputSource: Sendable, Equatable {
     case file(String)
 }
 
-/// A positional argument.
-/// A positional argument: a path, refused when "" or "-" as path options' values are.
+/// A positional argument: a path, refused when "" or "-" as `.path` options' values are.
 public struct PositionalSpec: Sendable {
     public let name: String
     public let help: String
@@ -236,7 +235,7 @@ public enum ArgumentParser {
         // Positionals name files, as path options do: "" would be the current directory and "-" is
         // read from nowhere (found by an audit: `inspect ''` inspected the working directory).
         for (value, positional) in zip(result.positionals, spec.positionals) where value.isEmpty || value == "-" {
-            throw UsageError("\(positional.name) takes a path, not '\(value)' (./- names a file called '-')")
+            throw UsageError("\(positional.name) takes a path, not '\(value)'" + (value == "-" ? " (./- names a file called '-')" : ""))
         }
         return .arguments(result)
     }

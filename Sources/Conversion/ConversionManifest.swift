@@ -5,8 +5,9 @@ import SafeTensors
 ///
 /// Stages append: converting a dsconvert output carries its stages forward and adds the new one.
 public struct ConversionManifest: Codable, Equatable, Sendable {
-    /// What made an output: one of the commands that write one (`generate`: the benchmark's synthetic
-    /// checkpoints). Decoded once, so a manifest naming anything else is refused where it is read.
+    /// What made an output: the stages that write one (`generate`: the benchmark's synthetic
+    /// checkpoints; `convert` records its stages one by one, and is accepted as the schema lists it).
+    /// Decoded once, so a manifest naming anything else is refused where it is read.
     public enum StageName: String, Codable, Sendable, CaseIterable {
         case reshard, absorb, quantize, shard, convert, export, generate
     }
@@ -32,11 +33,7 @@ public struct ConversionManifest: Codable, Equatable, Sendable {
         }
     }
 
-    public struct FileRecord: Codable, Equatable, Sendable {
-        public var name: String
-        public var bytes: Int
-        public var sha256: String
-    }
+    public typealias FileRecord = SafeTensors.FileRecord
 
     public static let fileName = "dsconvert.json"
     public static let toolVersion = "0.1.0"

@@ -2,8 +2,9 @@ import Foundation
 import Numerics
 
 /// The checks `DeepSeekConfig.decode` runs on every config before anything computes with it: a
-/// config that passes can be laid out, counted and accounted without overflow, and every number the
-/// forward pass divides by or takes a logarithm of is positive and finite.
+/// config that passes can be laid out, counted and accounted without overflow, every number the
+/// forward pass divides by or takes a logarithm of is positive and finite, and every real, and the
+/// softmax scale they give, fits f32.
 extension DeepSeekConfig {
     /// Bound on every dimension, far above any real model (DeepSeek-V3's largest is 129,280), so a
     /// hostile config cannot make shapes overflow; products of dimensions are checked separately.
@@ -90,8 +91,9 @@ extension DeepSeekConfig {
         }
     }
 
-    /// Real numbers the forward pass divides by, takes roots or logarithms of: positive and finite.
-    /// YaRN's mscale and mscale_all_dim are checked when present (absent, transformers uses 1 and 0).
+    /// Real numbers the forward pass divides by, takes roots or logarithms of: positive and finite,
+    /// and within f32's range, as is the softmax scale they give. YaRN's mscale and mscale_all_dim are
+    /// checked when present (absent, transformers uses 1 and 0).
     private func validateReals(path: String) throws {
         var positives: [(String, Double?)] = [("rope_theta", ropeTheta), ("rms_norm_eps", rmsNormEps),
                                               ("routed_scaling_factor", routedScalingFactor)]

@@ -63,15 +63,16 @@ public enum ModelLoader {
 }
 
 extension ModelLoader {
-    /// Each device's weight files as `placement.json` lists them: the same names and sizes, and the
-    /// SHA-256 the device's own `dsconvert.json` records is the one placement.json records. A device
+    /// Each device's weight files as `placement.json` lists them: the same names, the sizes of the
+    /// files opened (a shard may be a link, as in a Hugging Face cache), and, where the device has
+    /// its own `dsconvert.json`, the SHA-256 it records is the one placement.json records. A device
     /// directory copied from another shard run (of another model, or of the same one converted
-    /// otherwise) was otherwise run as if it were this one's (found by an audit). The recorded hashes
-    /// are compared, not the files hashed again: that would read the whole checkpoint once more.
+    /// otherwise) was otherwise run as if it were this one's (found by an audit). Recorded hashes
+    /// are compared, not the files hashed again, which would read the whole checkpoint once more;
+    /// a device directory without its dsconvert.json is checked by names and sizes only.
     static func checkDevicesAsPlaced(_ directory: URL, _ devices: [Checkpoint]) throws {
         let path = directory.appendingPathComponent("placement.json").path
-        var recorded: [String: (bytes: UInt64, sha256: String)] = [:]
-        for entry in try fileRecords(path) { recorded[entry.name] = (entry.bytes, entry.sha256) }
+        let recorded = Dictionary(try fileRecords(path).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for (d, checkpoint) in devices.enumerated() {
             let device = "device-\(d)"
             let manifest = checkpoint.directory.appendingPathComponent("dsconvert.json").path
@@ -81,8 +82,8 @@ extension ModelLoader {
                 let file = checkpoint.directory.appendingPathComponent(shard).path
                 func refuse(_ reason: String) -> ReferenceModelError { .deviceNotAsPlaced(placement: path, file: file, reason: reason) }
                 guard let record = recorded[device + "/" + shard] else { throw refuse("placement.json does not list it") }
-                let size = FileEntry.lstat(file)?.size ?? -1
-                guard size >= 0, UInt64(size) == record.bytes else { throw refuse("\(size) bytes, placement.json records \(record.bytes)") }
+                let size = checkpoint.shard(shard)?.mapping.size ?? -1
+                guard size == record.bytes else { throw refuse("\(size) bytes, placement.json records \(record.bytes)") }
                 if let own, own[shard] != record.sha256 { throw refuse("the SHA-256 its dsconvert.json records differs") }
             }
             let held = Set(checkpoint.shardNames)
@@ -92,17 +93,13 @@ extension ModelLoader {
         }
     }
 
-    /// The `files` list of a dsconvert record (placement.json, dsconvert.json): name, bytes, SHA-256.
-    private static func fileRecords(_ path: String) throws -> [(name: String, bytes: UInt64, sha256: String)] {
-        let root = try? JSONParser.parse(FilePath.readRegularFile(path))
-        guard case let .array(entries)? = root?["files"] else {
-            throw DeepSeekModelError.invalidConfig(path: path, reason: "not a dsconvert record with a files list")
-        }
-        return try entries.map { entry in
-            guard let name = entry["name"]?.stringValue, let bytes = entry["bytes"]?.uint64, let sha = entry["sha256"]?.stringValue else {
-                throw DeepSeekModelError.invalidConfig(path: path, reason: "a files entry lacks its name, bytes or sha256")
-            }
-            return (name, bytes, sha)
+    /// The `files` list of a dsconvert record (placement.json, dsconvert.json).
+    private static func fileRecords(_ path: String) throws -> [FileRecord] {
+        struct Files: Decodable { let files: [FileRecord] }
+        do {
+            return try JSONDecoder().decode(Files.self, from: FilePath.readRegularFile(path)).files
+        } catch {
+            throw DeepSeekModelError.invalidConfig(path: path, reason: "not a dsconvert record with a files list (name, bytes, sha256)")
         }
     }
 }

@@ -73,9 +73,10 @@ public final class Checkpoint: Sendable {
     /// directories: an index pointing a tensor there was reported as an unreadable directory).
     private static func isShardName(_ name: String) -> Bool { !name.contains("/") && !["", ".", ".."].contains(name) }
 
-    /// The weight files of the checkpoint in `directory`, without opening them: the index's shards,
-    /// else `model.safetensors`; none if neither can be read. Other `*.safetensors` files beside
-    /// them (goldens, forward outputs) are not the checkpoint's.
+    /// The weight files of the checkpoint in `directory`, without opening them: the index's shards
+    /// when there is an index (none if it cannot be read, as `init` then refuses the directory), else
+    /// `model.safetensors`. Other `*.safetensors` files beside them (goldens, forward outputs) are not
+    /// the checkpoint's.
     public static func shardFileNames(in directory: URL) -> [String] {
         let indexURL = directory.appendingPathComponent(indexFileName)
         if FileManager.default.fileExists(atPath: indexURL.path) {

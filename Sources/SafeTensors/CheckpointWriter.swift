@@ -5,6 +5,20 @@ import Synchronization
 import Glibc
 #endif
 
+/// One written weight file as dsconvert's records list it (`dsconvert.json`, `placement.json`):
+/// its name in the output, its size and its SHA-256.
+public struct FileRecord: Codable, Equatable, Sendable {
+    public var name: String
+    public var bytes: Int
+    public var sha256: String
+
+    public init(name: String, bytes: Int, sha256: String) {
+        self.name = name
+        self.bytes = bytes
+        self.sha256 = sha256
+    }
+}
+
 /// A tensor to be written: everything but its data.
 public struct PlannedTensor: Equatable, Sendable {
     public let name: String

@@ -75,6 +75,22 @@ final class DataSafetyTests: XCTestCase {
         XCTAssertNil(FileEntry.lstat(dir.appendingPathComponent("s/device-1/sub").path))
     }
 
+    /// A sharded output whose weight files are links (kept on another disk, or in a cache) loads: the
+    /// check against placement.json takes each file's size from the file opened, not from the link.
+    func testShardedOutputWithLinkedShardsLoads() throws {
+        let v2 = fixtures.appendingPathComponent("v2"), out = dir.appendingPathComponent("sharded"), elsewhere = dir.appendingPathComponent("elsewhere")
+        XCTAssertEqual(try runTool("dsconvert", ["shard", "--devices", "2", "--input", v2.path, "--output", out.path]).status, 0)
+        try fm.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        let device = out.appendingPathComponent("device-1")
+        for name in try fm.contentsOfDirectory(atPath: device.path) where name.hasSuffix(".safetensors") {
+            try fm.moveItem(at: device.appendingPathComponent(name), to: elsewhere.appendingPathComponent(name))
+            try fm.createSymbolicLink(at: device.appendingPathComponent(name), withDestinationURL: elsewhere.appendingPathComponent(name))
+        }
+        let f = try runTool("dsconvert", ["forward", "--model", out.path, "--tokens", v2.appendingPathComponent("tokens.json").path,
+                                          "--output", dir.appendingPathComponent("f.safetensors").path])
+        XCTAssertEqual(f.status, 0, f.stderr)
+    }
+
     /// A resume that cannot start (here: a subdirectory of the dead run it may not clear) fails, and
     /// the run it was asked to continue is put back under its own name, never discarded with it
     /// (found by the review: the adopted directory and its finished shards were removed).
