@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "ValidationTests", dependencies: ["Validation", "ReferenceModel", "SafeTensors", "DeepSeekModel", "Conversion"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
-        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Numerics"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "CKernels"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion", "GGUF"]),
     ]

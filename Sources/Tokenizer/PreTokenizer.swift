@@ -25,7 +25,7 @@ struct Piece {
 struct PreTokenizerRunner {
     let text: UnsafeBufferPointer<UInt32>
     var scratch: [UInt32] = []
-    var stack: [ScalarRegex.Backtrack] = []
+    var regexScratch = ScalarRegex.Scratch()
 
     init(text: UnsafeBufferPointer<UInt32>) { self.text = text }
 
@@ -38,14 +38,14 @@ struct PreTokenizerRunner {
         let piece = original.byteLevel ? materializeByteLevel(original) : original
         switch step {
         case let .split(regex, behavior, invert):
-            // The backtracking stack is moved out so the closure below does not overlap `self`.
-            var regexStack: [ScalarRegex.Backtrack] = []
-            swap(&regexStack, &stack)
-            defer { swap(&regexStack, &stack) }
+            // The matcher's scratch is moved out so the closure below does not overlap `self`.
+            var matcher = ScalarRegex.Scratch()
+            swap(&matcher, &regexScratch)
+            defer { swap(&matcher, &regexScratch) }
             try withScalars(piece) { buffer in
                 try Self.segments(of: piece, behavior, into: &output) { segment in
                     var previous = piece.range.lowerBound
-                    try regex.forEachMatch(buffer, start: piece.range.lowerBound, end: piece.range.upperBound, stack: &regexStack) { s, e in
+                    try regex.forEachMatch(buffer, start: piece.range.lowerBound, end: piece.range.upperBound, scratch: &matcher) { s, e in
                         if previous != s { segment(previous..<s, invert) }
                         segment(s..<e, !invert)
                         previous = e

@@ -14,6 +14,9 @@ public final class ScalarRegex: Sendable {
     /// The pattern as the tokenizer file spells it.
     public let pattern: String
     private let programs: [[RegexInstruction]]
+    /// Repeats without a maximum (each has a slot in `Scratch.failedRepeats`).
+    private let repeatSlots: Int
+    private let rememberingPolicy: RememberingPolicy
     private let bits: [UInt64]
     /// Offset of the set of scalars a match can start with; nil when the pattern can match empty.
     private let firstSetOffset: Int?
@@ -21,8 +24,19 @@ public final class ScalarRegex: Sendable {
     /// Backtracks allowed to one match attempt (Oniguruma's default retry limit in a match).
     static let backtrackLimit = 10_000_000
 
+    /// When failed repeat entries are remembered in a subject (see `run`). Every policy finds the
+    /// same matches; the others than `.afterLinearWork` are for tests.
+    enum RememberingPolicy: Sendable {
+        /// From the subject's 4n + 256th backtrack on (n scalars long).
+        case afterLinearWork
+        /// From the subject's start.
+        case always
+        /// Never: every state is tried.
+        case never
+    }
+
     /// Compiles `pattern`; throws `UnsupportedRegex` naming the first construct it does not implement.
-    init(_ pattern: String) throws {
+    init(_ pattern: String, remembering: RememberingPolicy = .afterLinearWork) throws {
         self.pattern = pattern
         var parser = RegexParser(pattern)
         let tree = try parser.parse()
@@ -30,7 +44,17 @@ public final class ScalarRegex: Sendable {
         let offsets = sets.indices.map { $0 * Self.setWords }
         var compiler = RegexCompiler(setOffsets: offsets)
         try compiler.compile(tree)
-        programs = compiler.programs
+        var programs = compiler.programs
+        var slots = 0
+        for p in programs.indices {
+            for pc in programs[p].indices where [.repeatSet, .repeatScalar].contains(programs[p][pc].op) && programs[p][pc].c == Int.max {
+                programs[p][pc].slot = slots
+                slots += 1
+            }
+        }
+        self.programs = programs
+        repeatSlots = slots
+        rememberingPolicy = slots == 0 ? .never : remembering
         if let first = Self.firstSet(programs[0], sets: sets) {
             sets.append(first)
             firstSetOffset = (sets.count - 1) * Self.setWords
@@ -67,13 +91,59 @@ public final class ScalarRegex: Sendable {
         return result
     }
 
+    /// The matcher's working memory, kept by the caller from subject to subject so matching a short
+    /// piece allocates nothing.
+    struct Scratch {
+        /// Choice points of the attempt running now.
+        var stack: [Backtrack] = []
+        /// Per repeat without a maximum (`RegexInstruction.slot`): the last entry of it whose every
+        /// continuation failed, at `from`, its run of matching scalars ending at `runEnd` (from -1:
+        /// none yet). Valid for one subject only; used once `remembering`.
+        var failedRepeats: [(from: Int, runEnd: Int)] = []
+        /// Whether failed repeat entries are being remembered in this subject: from the point its
+        /// backtracks pass `rememberAfter`. Ordinary text backtracks a few times per scalar, and
+        /// keeping the record costs it ~15% of the matcher's speed (DeepSeek-V2's patterns).
+        var remembering = false
+        /// This subject's backtrack count at which `remembering` starts.
+        var rememberAfter = 0
+        /// Choice points resumed so far (all attempts, all subjects): what a test of the matcher's
+        /// work reads.
+        var backtracks = 0
+
+        /// Records the repeat entry `marker` (just popped) and any under it as failed; the first
+        /// choice point under them, or nil when none is left above `base`.
+        @inline(never)
+        mutating func popRepeatEntries(from marker: Backtrack, above base: Int) -> Backtrack? {
+            var choice = marker
+            while choice.pc < 0 {
+                failedRepeats[-1 - choice.pc] = (from: choice.pos, runEnd: choice.low)
+                guard stack.count > base else { return nil }
+                choice = stack.removeLast()
+            }
+            return choice
+        }
+
+        /// Starts remembering failed repeat entries: the record starts empty.
+        mutating func startRemembering(slots: Int) {
+            remembering = true
+            failedRepeats.removeAll(keepingCapacity: true)
+            failedRepeats.append(contentsOf: repeatElement((from: -1, runEnd: -1), count: slots))
+        }
+    }
+
     /// Every match in `text[start..<end]` (the whole subject), as the `onig` crate's `find_iter`
     /// reports them: an empty match right where the previous match ended is skipped.
-    func forEachMatch(_ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int, stack: inout [Backtrack], _ body: (Int, Int) -> Void) throws {
+    func forEachMatch(_ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int, scratch: inout Scratch, _ body: (Int, Int) -> Void) throws {
         var searchFrom = start
         var lastMatchEnd: Int?
+        scratch.remembering = false
+        switch rememberingPolicy {
+        case .afterLinearWork: scratch.rememberAfter = scratch.backtracks + 4 * (end - start) + 256
+        case .always: scratch.startRemembering(slots: repeatSlots)
+        case .never: scratch.rememberAfter = Int.max
+        }
         while searchFrom <= end {
-            guard let (s, e) = try search(text, from: searchFrom, start: start, end: end, stack: &stack) else { return }
+            guard let (s, e) = try search(text, from: searchFrom, start: start, end: end, scratch: &scratch) else { return }
             if s == e, lastMatchEnd == e {
                 searchFrom += 1
                 continue
@@ -85,7 +155,7 @@ public final class ScalarRegex: Sendable {
     }
 
     /// The leftmost match starting at or after `from`.
-    func search(_ text: UnsafeBufferPointer<UInt32>, from: Int, start: Int, end: Int, stack: inout [Backtrack]) throws -> (Int, Int)? {
+    private func search(_ text: UnsafeBufferPointer<UInt32>, from: Int, start: Int, end: Int, scratch: inout Scratch) throws -> (Int, Int)? {
         try bits.withUnsafeBufferPointer { bitsPointer in
             let bitsBase = bitsPointer.baseAddress!
             var p = from
@@ -93,13 +163,13 @@ public final class ScalarRegex: Sendable {
                 while p < end {
                     let v = text[p]
                     if bitsBase[first + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0,
-                       let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, stack: &stack) { return (p, e) }
+                       let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, scratch: &scratch) { return (p, e) }
                     p += 1
                 }
                 return nil
             }
             while p <= end {
-                if let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, stack: &stack) { return (p, e) }
+                if let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, scratch: &scratch) { return (p, e) }
                 p += 1
             }
             return nil
@@ -107,19 +177,35 @@ public final class ScalarRegex: Sendable {
     }
 
     /// A choice point: resume at `pc` from `pos`; for a greedy repeat, also every shorter length
-    /// down to `low`.
+    /// down to `low`. A negative `pc` marks where an entry of an unbounded repeat began (see `run`).
     struct Backtrack {
         var pc: Int
         var pos: Int
         var low: Int
+
+        /// The marker of an entry of the repeat in `slot` at `from` whose run ends at `runEnd`: popped
+        /// only once every continuation of that entry has failed.
+        static func repeatEntry(slot: Int, from: Int, runEnd: Int) -> Backtrack { Backtrack(pc: -1 - slot, pos: from, low: runEnd) }
     }
 
     /// Runs program `index` at `position`; the end of the match, or nil. Throws past
     /// `backtrackLimit` backtracks.
+    ///
+    /// Why failed repeats are remembered: `\s+$` (DeepSeek-V2's pre-tokenizer) tried from every
+    /// position of a run of n spaces before a digit runs to the run's end and gives it back one
+    /// space at a time: n²/2 steps (80,000 spaces: 12 s, and `tokenizers` takes longer). Nothing
+    /// here depends on how a state was reached (no captures, no counters: bounded repeats are
+    /// unrolled), so whether the pattern matches from (pc, pos) is a property of the subject alone.
+    /// An entry of an unbounded repeat at `from` whose run ends at `runEnd` tries the rest of the
+    /// pattern from every position in [from + min, runEnd]; once all of them have failed, an entry
+    /// at any p in [from, runEnd] (same run end, positions a subset) fails too, without trying.
+    /// Only states known to fail are skipped, so every match is the one found without it. The record
+    /// is kept from a subject's 4n + 256th backtrack on (n scalars long; `Scratch.remembering`), so
+    /// ordinary text does not pay for it, and a run is given back at most a few times before it is.
     private func run(_ index: Int, at position: Int, _ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int,
-                     bits: UnsafePointer<UInt64>, stack: inout [Backtrack]) throws -> Int? {
-        let base = stack.count
-        defer { stack.removeSubrange(base...) }
+                     bits: UnsafePointer<UInt64>, scratch: inout Scratch) throws -> Int? {
+        let base = scratch.stack.count
+        defer { scratch.stack.removeSubrange(base...) }
         return try programs[index].withUnsafeBufferPointer { code -> Int? in
             var pc = 0
             var pos = position
@@ -134,27 +220,34 @@ public final class ScalarRegex: Sendable {
                 case .set:
                     if pos < end, inSet(ins.a, text[pos]) { pos += 1; pc += 1 } else { ok = false }
                 case .split:
-                    stack.append(Backtrack(pc: ins.b, pos: pos, low: -1))
+                    scratch.stack.append(Backtrack(pc: ins.b, pos: pos, low: -1))
                     pc = ins.a
                 case .jump:
                     pc = ins.a
                 case .repeatSet, .repeatScalar:
-                    var k = 0
-                    let limit = min(ins.c, end - pos)
-                    if ins.op == .repeatSet {
-                        while k < limit, inSet(ins.a, text[pos + k]) { k += 1 }
+                    let entry: (runEnd: Int, top: Int)?
+                    if scratch.remembering, ins.slot >= 0 {
+                        entry = Self.enter(ins, at: pos, text, end: end, bits: bits, failed: scratch.failedRepeats[ins.slot])
+                        if let entry { scratch.stack.append(.repeatEntry(slot: ins.slot, from: pos, runEnd: entry.runEnd)) }
                     } else {
-                        while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
+                        var k = 0
+                        let limit = min(ins.c, end - pos)
+                        if ins.op == .repeatSet {
+                            while k < limit, inSet(ins.a, text[pos + k]) { k += 1 }
+                        } else {
+                            while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
+                        }
+                        entry = k < ins.b ? nil : (pos + k, pos + k)
                     }
-                    if k < ins.b { ok = false; break }
-                    if k > ins.b { stack.append(Backtrack(pc: pc + 1, pos: pos + k - 1, low: pos + ins.b)) }
-                    pos += k
+                    guard let entry else { ok = false; break }
+                    if entry.top > pos + ins.b { scratch.stack.append(Backtrack(pc: pc + 1, pos: entry.top - 1, low: pos + ins.b)) }
+                    pos = entry.top
                     pc += 1
                 case .peek:
                     let hit = pos < end && inSet(ins.a, text[pos])
                     if hit == (ins.b == 1) { ok = false } else { pc += 1 }
                 case .look:
-                    let hit = try run(ins.a, at: pos, text, start: start, end: end, bits: bits, stack: &stack) != nil
+                    let hit = try run(ins.a, at: pos, text, start: start, end: end, bits: bits, scratch: &scratch) != nil
                     if hit == (ins.b == 1) { ok = false } else { pc += 1 }
                 case .assert:
                     if Self.holds(ins.a, text, pos: pos, start: start, end: end) { pc += 1 } else { ok = false }
@@ -162,17 +255,53 @@ public final class ScalarRegex: Sendable {
                     return pos
                 }
                 if ok { continue }
-                guard stack.count > base else { return nil }
+                guard scratch.stack.count > base else { return nil }
+                var choice = scratch.stack.removeLast()
+                if choice.pc < 0 {
+                    guard let resumed = scratch.popRepeatEntries(from: choice, above: base) else { return nil }
+                    choice = resumed
+                }
                 backtracks += 1
+                scratch.backtracks += 1
+                if scratch.backtracks == scratch.rememberAfter { scratch.startRemembering(slots: repeatSlots) }
                 if backtracks > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
-                let choice = stack.removeLast()
                 if choice.low >= 0, choice.pos > choice.low {
-                    stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
+                    scratch.stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
                 }
                 pc = choice.pc
                 pos = choice.pos
             }
         }
+    }
+
+    /// An entry of the unbounded greedy repeat `ins` at `pos` while failed entries are remembered:
+    /// where its run of matching scalars ends, and the highest position to try the rest of the
+    /// pattern from (`runEnd` unless positions above are known to fail); nil when the entry fails at
+    /// once.
+    ///
+    /// `failed` is an earlier entry of this unbounded repeat all of whose continuations failed
+    /// (`from + min ... runEnd`): an entry inside that run fails; an entry just before it whose run
+    /// reaches `from` has the same run end, so its run is scanned only up to `from`, and only the
+    /// positions below `from + min` remain to be tried (`\s*\s*x`: the inner repeat, entered once
+    /// per position the outer one gives back, tries one new position each time, not the whole run).
+    @inline(never)
+    private static func enter(_ ins: RegexInstruction, at pos: Int, _ text: UnsafeBufferPointer<UInt32>, end: Int, bits: UnsafePointer<UInt64>,
+                              failed: (from: Int, runEnd: Int)) -> (runEnd: Int, top: Int)? {
+        var limit = min(ins.c, end - pos)
+        if failed.from >= 0, pos <= failed.runEnd {
+            if failed.from <= pos { return nil }
+            limit = failed.from - pos
+        }
+        var k = 0
+        if ins.op == .repeatSet {
+            while k < limit, bits[ins.a + Int(text[pos + k] >> 6)] >> UInt64(text[pos + k] & 63) & 1 != 0 { k += 1 }
+        } else {
+            while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
+        }
+        if failed.from >= 0, pos < failed.from, k == failed.from - pos {
+            return (failed.runEnd, failed.from + ins.b - 1)
+        }
+        return k < ins.b ? nil : (pos + k, pos + k)
     }
 
     private static func holds(_ assertion: Int, _ text: UnsafeBufferPointer<UInt32>, pos: Int, start: Int, end: Int) -> Bool {

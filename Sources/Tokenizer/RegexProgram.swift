@@ -16,6 +16,8 @@ struct RegexInstruction: Sendable {
     var a: Int = 0
     var b: Int = 0
     var c: Int = 0
+    /// For a repeat without a maximum: its slot in `ScalarRegex.Scratch.failedRepeats` (else -1).
+    var slot: Int = -1
 }
 
 /// Compiles a parsed pattern into instruction lists: program 0 is the pattern, the others are

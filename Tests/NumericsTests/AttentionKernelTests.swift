@@ -9,18 +9,6 @@ import XCTest
 final class AttentionKernelTests: XCTestCase {
     private let levels = FP8BlockQuantizer.availableKernelLevels
 
-    /// SplitMix64, seeded: a failing case can be run again.
-    private struct Seeded: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// Every 4099th bit pattern (both signs, subnormals, Inf, NaN) gives the baseline's bits at every level.
     func testExpSameBitsAtEveryLevel() {
         let x = stride(from: UInt64(0), through: UInt64(UInt32.max), by: 4099).map { Float(bitPattern: UInt32($0)) }
@@ -66,7 +54,7 @@ final class AttentionKernelTests: XCTestCase {
 
     /// silu(g)·u: the same bits at every level; within 4 ULP-sized steps of the f64 formula for |g| ≤ 80.
     func testSiluTimesUp() {
-        var generator = Seeded(state: 7)
+        var generator = SplitMix64(seed: 7)
         let n = 10_001
         let gate = (0..<n).map { _ in Float.random(in: -80...80, using: &generator) }
         let up = (0..<n).map { _ in Float.random(in: -3...3, using: &generator) }
@@ -92,7 +80,7 @@ final class AttentionKernelTests: XCTestCase {
     }
 
     private func randomHead(seq: Int, d1: Int, d2: Int, dv: Int, block: Int) -> Head {
-        var generator = Seeded(state: UInt64(seq * 1_000_003 + d1 * 1009 + d2 * 101 + dv))
+        var generator = SplitMix64(seed: UInt64(seq * 1_000_003 + d1 * 1009 + d2 * 101 + dv))
         func values(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -2...2, using: &generator) } }
         return Head(seq: seq, d1: d1, d2: d2, dv: dv, block: block, q: values(seq * (d1 + d2)), k1: values(seq * d1), k2: values(seq * d2),
                     v: values(seq * dv), scale: 1 / Float(d1 + d2).squareRoot())

@@ -1,18 +1,21 @@
 import XCTest
 @testable import Tokenizer
+import Numerics
 
 final class RegexTests: XCTestCase {
     func matches(_ pattern: String, _ text: String) throws -> [String] {
-        let regex = try ScalarRegex(pattern)
+        try spans(try ScalarRegex(pattern), text).matches.map { String(text.unicodeScalars.dropFirst($0.lowerBound).prefix($0.count)) }
+    }
+
+    /// The matches' scalar ranges, and the backtracks it took to find them.
+    func spans(_ regex: ScalarRegex, _ text: String) throws -> (matches: [Range<Int>], backtracks: Int) {
         let scalars = UTF8Text.scalars(of: text)
-        var stack: [ScalarRegex.Backtrack] = []
-        var found: [String] = []
+        var scratch = ScalarRegex.Scratch()
+        var found: [Range<Int>] = []
         try scalars.withUnsafeBufferPointer { buffer in
-            try regex.forEachMatch(buffer, start: 0, end: scalars.count, stack: &stack) { s, e in
-                found.append(String(String.UnicodeScalarView(scalars[s..<e].map { Unicode.Scalar($0)! })))
-            }
+            try regex.forEachMatch(buffer, start: 0, end: scalars.count, scratch: &scratch) { found.append($0..<$1) }
         }
-        return found
+        return (found, scratch.backtracks)
     }
 
     func testGreedyRepeatsAndAlternationOrder() throws {
@@ -84,12 +87,77 @@ final class RegexTests: XCTestCase {
     }
 
     /// Found by an audit: `(a+)+b` on 37 `a`s ran for longer than 15 s (the time doubles per `a`).
-    /// The attempt stops after `backtrackLimit` backtracks and the text is refused naming the pattern.
+    /// An attempt stops after `backtrackLimit` backtracks and the text is refused naming the pattern.
+    /// `(a+)+b` itself is now answered at once (its inner run's failures are remembered, see
+    /// `testFailedRepeatsAreNotRetriedInsideTheirRun`); `(a|aa)+b` has no such run to remember.
     func testCatastrophicBacktrackingIsRefused() throws {
-        XCTAssertThrowsError(try matches("(a+)+b", String(repeating: "a", count: 40))) { error in
+        XCTAssertThrowsError(try matches("(a|aa)+b", String(repeating: "a", count: 40))) { error in
             XCTAssertEqual((error as? RegexBacktrackLimit)?.position, 0)
         }
-        // The same pattern where the text lets it match stays fast and exact.
+        XCTAssertEqual(try matches("(a+)+b", String(repeating: "a", count: 40)), [])
+        // The same patterns where the text lets them match stay fast and exact.
         XCTAssertEqual(try matches("(a+)+b", String(repeating: "a", count: 40) + "b"), [String(repeating: "a", count: 40) + "b"])
+        XCTAssertEqual(try matches("(a|aa)+b", String(repeating: "a", count: 40) + "b"), [String(repeating: "a", count: 40) + "b"])
+    }
+
+    /// Found by an audit: DeepSeek-V2's `\s+$`, tried from each space of a run before a digit, gave
+    /// the run back one space at a time (80,000 spaces: 12 s). Once a subject has backtracked 4n + 256
+    /// times (n its length), a repeat entry whose continuations all failed is remembered and an
+    /// entry inside its run fails at once: linear work, the same matches. The bound, 8n + 256: the
+    /// 4n + 256 before remembering, one give-back of the run then, one more of the attempt that was
+    /// running when remembering began (its outer entries have no record), and one per start.
+    func testFailedRepeatsAreNotRetriedInsideTheirRun() throws {
+        let remembering = try ScalarRegex("\\s+$"), plain = try ScalarRegex("\\s+$", remembering: .never)
+        let short = String(repeating: " ", count: 2_000) + "1"
+        let (found, plainWork) = try spans(plain, short)
+        XCTAssertEqual(found, [])
+        XCTAssertGreaterThan(plainWork, 2_000 * 2_000 / 2 - 2_000, "without memory: the run given back from every start")
+        let (rememberedFound, rememberedWork) = try spans(remembering, short)
+        XCTAssertEqual(rememberedFound, [])
+        XCTAssertLessThanOrEqual(rememberedWork, 8 * 2_001 + 256)
+        let long = String(repeating: " ", count: 100_000) + "1" + String(repeating: "\t", count: 100_000)
+        let (longFound, work) = try spans(remembering, long)
+        XCTAssertEqual(longFound, [100_001..<200_001])
+        XCTAssertLessThanOrEqual(work, 8 * 200_001 + 256)
+        // Two repeats of one run: the inner one, entered at each position the outer gives back, tries
+        // only the new position (without memory, n³/6 steps: 1.7e14 here).
+        let (nested, nestedWork) = try spans(try ScalarRegex("\\s*\\s*x"), String(repeating: " ", count: 100_000) + "1 x")
+        XCTAssertEqual(nested, [100_001..<100_003])
+        XCTAssertLessThanOrEqual(nestedWork, 8 * 100_003 + 256)
+    }
+
+    /// Matches with failed repeats remembered from the start equal those found without, for random
+    /// patterns over the constructs the matcher has (repeats of scalars, sets and groups, alternation,
+    /// lookahead, anchors) on random texts of few distinct scalars, where runs and give-backs are
+    /// frequent.
+    func testRememberingFailedRepeatsChangesNoMatch() throws {
+        var generator = SplitMix64(seed: 0x5eed_2026)
+        let atoms = ["a", "b", "\\s", "[ab]", "[^a]", "\\d", "."]
+        let quantifiers = ["", "", "+", "*", "?", "{2,}", "{1,3}", "+?", "*?"]
+        func atom(depth: Int) -> String {
+            switch generator.next(below: depth > 1 ? 8 : 11) {
+            case 8: return "(?:" + pattern(depth: depth + 1) + ")"
+            case 9: return (generator.next(below: 2) == 0 ? "(?=" : "(?!") + pattern(depth: depth + 1) + ")"
+            case 10: return ["$", "^", "\\z", "\\Z", "\\A"][generator.next(below: 5)]
+            default: return atoms[generator.next(below: atoms.count)]
+            }
+        }
+        func pattern(depth: Int) -> String {
+            let sequence = { (0..<(1 + generator.next(below: 3))).map { _ in atom(depth: depth) + quantifiers[generator.next(below: quantifiers.count)] }.joined() }
+            return generator.next(below: 3) == 0 ? sequence() + "|" + sequence() : sequence()
+        }
+        var compared = 0
+        for _ in 0..<3_000 {
+            let source = pattern(depth: 0)
+            guard let remembering = try? ScalarRegex(source, remembering: .always) else { continue }
+            let plain = try ScalarRegex(source, remembering: .never)
+            for _ in 0..<4 {
+                let text = String((0..<generator.next(below: 24)).map { _ in Array("aab  1\n")[generator.next(below: 7)] })
+                XCTAssertEqual(try spans(remembering, text).matches, try spans(plain, text).matches, "\(source) on \(text.debugDescription)")
+                compared += 1
+            }
+        }
+        XCTAssertGreaterThan(compared, 4_000)
     }
 }
+
