@@ -1383,6 +1383,13 @@ def check_tokenizers(binary, work):
     with open(mixed, "w", encoding="utf-8", newline="") as f:
         f.write(mixed_text(1_000_000))
     texts.append(mixed)
+    # Long blank runs before what each pattern treats differently: V2's `\s+$` gave such a run back
+    # from every start (quadratic) until the matcher remembered failed repeats; the ids must not move.
+    runs = os.path.join(work, "blank-runs.txt")
+    with open(runs, "w", encoding="utf-8", newline="") as f:
+        f.write("".join(blank * 5_000 + after for blank in (" ", "\t", "\u3000", " \t")
+                        for after in ("1", "中", "a", ".", "\n", "😀")) + " " * 5_000)
+    texts.append(runs)
     noise = os.path.join(work, "random.txt")
     with open(noise, "w", encoding="utf-8", newline="") as f:
         f.write(random_text(40_000))
