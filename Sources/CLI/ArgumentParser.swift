@@ -219,6 +219,13 @@ public enum ArgumentParser {
             } else {
                 guard index < arguments.count else { throw UsageError("--\(name) needs a value \(o.valueName!)") }
                 value = arguments[index]
+                // An option where a value should be is a value left out (found by an audit: `forward
+                // --output --force` wrote a file named --force), as swift-argument-parser reads it;
+                // --name=VALUE or ./--x gives a value that starts with dashes.
+                let short = value.count == 2 && value.hasPrefix("-") && spec.options.contains { $0.short == value.last }
+                if value.hasPrefix("--") || value == "-h" || short {
+                    throw UsageError("--\(name) needs a value \(o.valueName!) before '\(value)' (--\(name)=\(value) if that is the value)")
+                }
                 index += 1
             }
             try check(value, of: o)

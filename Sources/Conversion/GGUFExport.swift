@@ -142,15 +142,18 @@ public enum GGUFExport {
     }
 
     static func vocabulary(source: TensorSource, options: Options) throws -> [GGUFMetadata] {
-        let directory = options.tokenizer ?? source.directory
-        guard FileEntry.lstat(directory.appendingPathComponent("tokenizer.json").path) != nil else {
-            throw ConversionError.unsupportedInput(path: directory.appendingPathComponent("tokenizer.json").path,
-                                                   reason: "missing: llama.cpp needs the vocabulary (give --tokenizer DIR)")
+        // --tokenizer names a tokenizer.json or the directory holding one, as forward and validate take it.
+        let given = options.tokenizer ?? source.directory
+        var isDirectory: ObjCBool = false
+        let file = FileManager.default.fileExists(atPath: given.path, isDirectory: &isDirectory) && isDirectory.boolValue
+            ? given.appendingPathComponent("tokenizer.json") : given
+        guard FileEntry.lstat(file.path) != nil else {
+            throw ConversionError.unsupportedInput(path: file.path, reason: "missing: llama.cpp needs the vocabulary (give --tokenizer PATH)")
         }
         let config = source.config
         let pre = options.tokenizerPre ?? (config.architecture == .deepseekV3 ? "deepseek-v3" : "deepseek-llm")
         do {
-            return try GGUFVocabulary(tokenizer: directory, config: config, configJSON: source.document.json, pre: pre).metadata
+            return try GGUFVocabulary(tokenizerFile: file, config: config, configJSON: source.document.json, pre: pre).metadata
         } catch let e as GGUFVocabulary.Invalid {
             throw ConversionError.unsupportedInput(path: e.path, reason: e.reason)
         }

@@ -23,8 +23,9 @@ struct GGUFVocabulary {
     }
 
     /// `configJSON`: the checkpoint's `config.json` as read (its `*_token_id` fill what tokenizer_config.json leaves open).
-    init(tokenizer: URL, config: DeepSeekConfig, configJSON: JSONValue, pre: String) throws {
-        let path = tokenizer.appendingPathComponent("tokenizer.json").path
+    /// `tokenizerFile`: the tokenizer.json (tokenizer_config.json is read beside it).
+    init(tokenizerFile: URL, config: DeepSeekConfig, configJSON: JSONValue, pre: String) throws {
+        let path = tokenizerFile.path
         let data = try FilePath.readRegularFile(path)
         guard let json = try Self.jsonObject(data, path: path),
               let model = json["model"] as? [String: Any], model["type"] as? String == "BPE",
@@ -59,7 +60,7 @@ struct GGUFVocabulary {
                        GGUFMetadata("tokenizer.ggml.token_type", .int32s(types.map(\.rawValue)))]
         // gguf-py leaves out an empty array (a tokenizer without merges has no merges key).
         if !merges.isEmpty { entries.append(GGUFMetadata("tokenizer.ggml.merges", .strings(merges))) }
-        let tokenizerConfigPath = tokenizer.appendingPathComponent("tokenizer_config.json").path
+        let tokenizerConfigPath = tokenizerFile.deletingLastPathComponent().appendingPathComponent("tokenizer_config.json").path
         let tokenizerConfig = FileEntry.lstat(tokenizerConfigPath) != nil
             ? (try Self.jsonObject(FilePath.readRegularFile(tokenizerConfigPath), path: tokenizerConfigPath) ?? [:]) : [:]
         entries += try Self.specialIDs(added: added, vocab: vocab, tokenizerConfig: tokenizerConfig, configJSON: configJSON, size: n, path: path)

@@ -26,7 +26,7 @@ public enum ExportCommand: Command {
             OptionSpec("input", path: "DIR", help: "Input checkpoint (before absorb and shard)."),
             OptionSpec("output", path: "DIR", help: "Output directory (the .gguf file(s) and dsconvert.json)."),
             OptionSpec("type", value: "TYPE", help: "f32, f16, bf16, q8_0, q6_k or q4_k_m (default bf16)."),
-            OptionSpec("tokenizer", path: "DIR", help: "Directory with tokenizer.json (and tokenizer_config.json); default: the input."),
+            OptionSpec("tokenizer", path: "PATH", help: "tokenizer.json, or a directory holding one (tokenizer_config.json is read beside it); default: the input."),
             OptionSpec("tokenizer-pre", value: "NAME", help: "llama.cpp's pre-tokenizer name (default deepseek-llm for V2, deepseek-v3 for the V3 family)."),
             OptionSpec("split-max-size", value: "SIZE", help: "Split the output as gguf-split --split-max-size does: NAME-TYPE-00001-of-0000N.gguf … (5GB, 500MB or bytes)."),
             OptionSpec("name", value: "NAME", help: "general.name (default: the input directory's name)."),

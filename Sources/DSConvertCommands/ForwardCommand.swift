@@ -40,9 +40,11 @@ public enum ForwardCommand: Command {
         if let format = arguments.value("kv-cache") { model.kvCache = try KVCacheOption.parse(format, for: model) }
         let mtp = arguments.flag("mtp")
         if mtp, model.config.mtpLayerCount == 0 {
-            throw UsageError("--mtp: \(modelURL.path) has no MTP layer (num_nextn_predict_layers is 0 or absent, or its weights are not in the checkpoint)")
+            throw ReferenceModelError.noMTPLayer(model: modelURL.path)
         }
-        if mtp, tokens[0].count < 2 { throw UsageError("--mtp needs sequences of at least 2 tokens: position i predicts token i + 2 from token i + 1") }
+        if mtp, tokens[0].count < 2 {
+            throw ReferenceModelError.invalidTokens(path: inputURL.path, reason: "--mtp needs sequences of at least 2 tokens (position i predicts token i + 2 from token i + 1)")
+        }
         let result = try model.forward()
             .run(tokens: tokens, source: inputURL.path, recordHiddenStates: arguments.flag("hidden-states"), mtp: mtp) { terminal.progress($0) }
         terminal.endProgress()

@@ -1,4 +1,5 @@
 import CLI
+import Conversion
 import DeepSeekModel
 import Foundation
 import SafeTensors
@@ -38,6 +39,12 @@ public enum InspectCommand: Command {
         // Errors name the config file read, whatever it is called.
         let configURL = url.lastPathComponent.hasSuffix(".json") ? url : url.appendingPathComponent("config.json")
         if configURL == url { url.deleteLastPathComponent() }
+        // A shard run's root holds placement.json and device-N, not a config (found by an audit: inspect
+        // asked for config.json there).
+        if configURL != url, !FileManager.default.fileExists(atPath: configURL.path),
+           FileManager.default.fileExists(atPath: url.appendingPathComponent(PlacementManifest.fileName).path) {
+            throw InspectError.shardedOutput(path: url.path)
+        }
         var configData = try readConfig(configURL)
         let configPath = configURL.path
         let config = try DeepSeekConfig.decode(configData, path: configPath)
@@ -74,3 +81,17 @@ public enum InspectCommand: Command {
         return data
     }
 }
+
+/// What `inspect` refuses that no reader of its inputs does.
+enum InspectError: LocalizedError {
+    /// The root of a `shard` output: its checkpoints are the device directories.
+    case shardedOutput(path: String)
+
+    var errorDescription: String? {
+        switch self {
+        case let .shardedOutput(path):
+            return "\(path): a sharded output (placement.json): inspect one of its device directories (\(path)/device-0); forward and validate take the whole output"
+        }
+    }
+}
+

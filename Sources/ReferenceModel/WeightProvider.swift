@@ -17,6 +17,8 @@ public enum ReferenceModelError: LocalizedError, Equatable, Sendable {
     /// Tokens whose forward pass would need more memory than `TokenFile.memoryBudget`.
     case tokensTooLarge(path: String, what: String, bytes: String, budget: Int)
     case nonFiniteOutput(model: String, what: String)
+    /// `--mtp` asked of a model without a multi-token-prediction layer: the model's fault, not the usage's.
+    case noMTPLayer(model: String)
     /// A device directory of a sharded output whose weight file is not the one `placement.json`
     /// records (`placement` is that file's path, `file` the device's).
     case deviceNotAsPlaced(placement: String, file: String, reason: String)
@@ -39,6 +41,8 @@ public enum ReferenceModelError: LocalizedError, Equatable, Sendable {
             return "\(path): \(what) would take \(bytes) bytes, over the forward pass's budget of \(budget) bytes"
         case let .nonFiniteOutput(model, what):
             return "\(model): the forward pass produced NaN or Inf in \(what)"
+        case let .noMTPLayer(model):
+            return "\(model): no MTP layer to run for --mtp (num_nextn_predict_layers is 0 or absent, or its weights are not in the checkpoint)"
         case let .deviceNotAsPlaced(placement, file, reason):
             return "\(file): not the file \(placement) records (\(reason)): device directories of different shard runs?"
         }

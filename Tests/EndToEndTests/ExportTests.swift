@@ -36,6 +36,25 @@ final class ExportTests: XCTestCase {
         return data[start..<(start + t.byteCount)].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     }
 
+    /// --tokenizer takes the tokenizer.json itself as well as its directory, as forward and validate
+    /// do (found by an audit: a file was refused), and both give the same GGUF.
+    func testTokenizerIsAFileOrItsDirectory() throws {
+        let input = fixtures.appendingPathComponent("lite"), t = try tokenizer()
+        var files: [Data] = []
+        for (name, path) in [("by-directory", t), ("by-file", t.appendingPathComponent("tokenizer.json"))] {
+            let out = dir.appendingPathComponent(name)
+            let r = try runTool("dsconvert", ["export", "--gguf", "--type", "f32", "--input", input.path, "--output", out.path, "--tokenizer", path.path])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            files.append(try Data(contentsOf: try gguf(out)))
+        }
+        XCTAssertEqual(files[0], files[1])
+        let missing = dir.appendingPathComponent("nowhere.json")
+        let r = try runTool("dsconvert", ["export", "--gguf", "--type", "f32", "--input", input.path, "--output", dir.appendingPathComponent("none").path,
+                                          "--tokenizer", missing.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderrLines, ["dsconvert export: error: \(missing.path): cannot convert: missing: llama.cpp needs the vocabulary (give --tokenizer PATH)"])
+    }
+
     /// The f32 file of the FP8-native V3 fixture: llama.cpp's names, shapes in ggml order, every value the exact
     /// dequantized weight, kv_b_proj split per head (attn_k_b transposed), experts stacked, MTP layer left out.
     func testF32ExportOfFP8V3Fixture() throws {

@@ -41,8 +41,9 @@ final class ForwardValidateTests: XCTestCase {
         let lite = fixtures.appendingPathComponent("lite")
         let r = try runTool("dsconvert", ["forward", "--model", lite.path, "--tokens", lite.appendingPathComponent("tokens.json").path, "--mtp",
                                           "--output", dir.appendingPathComponent("no.safetensors").path])
-        XCTAssertEqual(r.status, 64, r.stderr)
-        XCTAssertTrue(r.stderr.contains("has no MTP layer"), r.stderr)
+        // The model's fault, not the usage's (found by an audit: it exited 64).
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderrLines, ["dsconvert forward: error: \(lite.path): no MTP layer to run for --mtp (num_nextn_predict_layers is 0 or absent, or its weights are not in the checkpoint)"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("no.safetensors").path))
     }
 

@@ -54,6 +54,18 @@ final class InspectTests: XCTestCase {
         XCTAssertEqual(r.stderrLines, ["dsconvert inspect: error: unknown option '--bogus' (see 'dsconvert inspect --help')"])
     }
 
+    /// Found by an audit: a shard run's root (placement.json, device-N) was asked for its config.json.
+    /// It is named for what it is, and a device directory inspects as the checkpoint it is.
+    func testShardRootPointsToItsDevices() throws {
+        let out = dir.appendingPathComponent("sharded")
+        XCTAssertEqual(try runTool("dsconvert", ["shard", "--devices", "2", "--input", fixtures.appendingPathComponent("v2").path, "--output", out.path]).status, 0)
+        let r = try runTool("dsconvert", ["inspect", out.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderrLines, ["dsconvert inspect: error: \(out.path): a sharded output (placement.json): inspect one of its device directories "
+                                       + "(\(out.path)/device-0); forward and validate take the whole output"])
+        XCTAssertEqual(try runTool("dsconvert", ["inspect", out.appendingPathComponent("device-0").path]).status, 0)
+    }
+
     func testInspectReportsCheckerProblems() throws {
         let ckpt = try copyFixture("lite", to: dir)
         let configURL = ckpt.appendingPathComponent("config.json")

@@ -221,6 +221,11 @@ final class BadInputCatalogTests: XCTestCase {
             }, status: 1, fragment: "cannot create output"),
             Case(name: "unknown option", prepare: { work in ["quantize", "--fp9", "--input", "x", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "unknown option '--fp9'"),
             Case(name: "missing required option", prepare: { work in ["absorb", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "missing required option --input"),
+            // Found by an audit: the option was taken as the value, and forward wrote a file named --force.
+            Case(name: "an option where a value belongs", prepare: { work in
+                ["forward", "--model", fixtures.appendingPathComponent("lite").path, "--tokens", fixtures.appendingPathComponent("lite/tokens.json").path,
+                 "--output", "--force"]
+            }, status: 64, fragment: "--output needs a value OUT.safetensors before '--force' (--output=--force if that is the value)"),
             Case(name: "models of different widths (validate)", prepare: { _ in
                 ["validate", "--reference", fixtures.appendingPathComponent("lite").path, "--candidate", fixtures.appendingPathComponent("v3").path]
             }, status: 1, fragment: "lite and \(fixtures.appendingPathComponent("v3").path) cannot be compared: hidden_size 64 and 144, n_routed_experts 8 and 16"),
@@ -340,7 +345,7 @@ final class BadInputCatalogTests: XCTestCase {
 
     func testCatalog() throws {
         let all = cases + numberCases
-        XCTAssertGreaterThanOrEqual(all.count, 87, "the README counts the classes")
+        XCTAssertGreaterThanOrEqual(all.count, 88, "the README counts the classes")
         for (i, c) in all.enumerated() {
             let work = dir.appendingPathComponent("case-\(i)")
             try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
