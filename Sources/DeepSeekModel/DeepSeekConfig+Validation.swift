@@ -121,6 +121,11 @@ extension DeepSeekConfig {
         for case let (key, value?) in reals where abs(value) > Double(Float.greatestFiniteMagnitude) {
             throw bad("'\(key)' = \(value) is beyond the range of f32, in which the forward pass and GGUF use it")
         }
+        // And one too small for f32 is 0 there: rms_norm_eps 1e-50 is what transformers adds in f32
+        // and GGUF writes, and an all-zero row then divides by zero.
+        for case let (key, value?) in positives where Float(value) == 0 {
+            throw bad("'\(key)' = \(value) is 0 in f32, in which engines and GGUF use it (the smallest positive f32 is 1.4e-45)")
+        }
         let scale = softmaxScale
         guard scale > 0, Float(scale).isFinite, Float(scale) > 0 else {
             throw bad("the softmax scale (qk_head_dim and rope_scaling's mscale_all_dim give \(scale)) is not a positive finite f32")

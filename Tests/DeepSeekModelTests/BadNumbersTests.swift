@@ -52,6 +52,10 @@ final class BadNumbersTests: XCTestCase {
                       .invalidConfig(path: path, reason: "'rope_scaling.mscale_all_dim' = 1e+200 is beyond the range of f32, in which the forward pass and GGUF use it"))
         assertRefused(try lite { $0["routed_scaling_factor"] = 1e308 },
                       .invalidConfig(path: path, reason: "'routed_scaling_factor' = 1e+308 is beyond the range of f32, in which the forward pass and GGUF use it"))
+        // A review found the other end: a positive real below f32's smallest is 0 there.
+        assertRefused(try lite { $0["rms_norm_eps"] = 1e-50 },
+                      .invalidConfig(path: path, reason: "'rms_norm_eps' = 1e-50 is 0 in f32, in which engines and GGUF use it (the smallest positive f32 is 1.4e-45)"))
+        XCTAssertNoThrow(try DeepSeekConfig.decode(try lite { $0["rms_norm_eps"] = 1e-44 }, path: path))
         XCTAssertThrowsError(try DeepSeekConfig.decode(try lite { $0["rope_scaling"] = yarn.merging(["mscale_all_dim": 1e30]) { a, _ in a } }, path: path)) { error in
             XCTAssertTrue((error as? DeepSeekModelError)?.errorDescription?.contains("the softmax scale (qk_head_dim and rope_scaling's mscale_all_dim give") == true, "\(error)")
         }
