@@ -106,7 +106,7 @@ public final class QuantizeStep: TensorSource {
         // bf16 ones the policy picks are quantized in the input's format and block.
         let options = fp8 ?? input.quantization.map { QuantizeStage.FP8Options(format: $0.format, block: $0.block) }
             ?? QuantizeStage.FP8Options()
-        let policy = fp8 != nil ? options.policy : FP8Policy(skip: [".*"])
+        let policy = fp8 != nil ? options.policy : FP8Policy.none
         quantizer = FP8BlockQuantizer(format: options.format, block: options.block)
         let fp8DType = options.format.dtype
 
@@ -184,7 +184,7 @@ public final class QuantizeStep: TensorSource {
             stageOptions = ["fp8": options.format.rawValue, "block": String(options.block), "fp8_absorbed": String(options.policy.quantizeAbsorbed)]
             // A JSON list of the patterns: joined by spaces, `--skip 'a b'` and `--skip a --skip b`
             // (which skip different tensors) were recorded, and resumed, alike.
-            if !options.policy.skip.isEmpty { stageOptions["skip"] = "[" + options.policy.skip.map(CompactJSON.quoted).joined(separator: ",") + "]" }
+            if !options.policy.skip.isEmpty { stageOptions["skip"] = "[" + options.policy.skipPatterns.map(CompactJSON.quoted).joined(separator: ",") + "]" }
         }
         if let kv6 {
             stageOptions["kv6"] = kv6.calibration == nil ? KVCacheFormat.mlaKV6.rawValue : KVCacheFormat.mlaKV6C.rawValue

@@ -59,11 +59,8 @@ public enum ConvertCommand: Command {
         }
         if fp8 {
             let format = FP8Format(rawValue: try arguments.choice("fp8-format", default: "e4m3", among: ["e4m3", "e5m2"]))!
-            for pattern in arguments.all("skip") where (try? NSRegularExpression(pattern: pattern)) == nil {
-                throw UsageError("--skip '\(pattern)' is not a valid regular expression")
-            }
             options.fp8 = .init(format: format, block: try arguments.integer("block", default: 128, in: 1...4096),
-                                policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
+                                policy: try FP8PolicyArguments.policy(arguments))
         }
         if kv6 {
             options.kv6 = try CalibrationInput.load(arguments, model: input, terminal: terminal)

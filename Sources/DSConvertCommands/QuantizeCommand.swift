@@ -54,11 +54,8 @@ public enum QuantizeCommand: Command {
         }
         let format = FP8Format(rawValue: try arguments.choice("fp8-format", default: "e4m3", among: ["e4m3", "e5m2"]))!
         let block = try arguments.integer("block", default: 128, in: 1...4096)
-        for pattern in arguments.all("skip") where (try? NSRegularExpression(pattern: pattern)) == nil {
-            throw UsageError("--skip '\(pattern)' is not a valid regular expression")
-        }
         let options = QuantizeStage.FP8Options(format: format, block: block,
-                                               policy: FP8Policy(quantizeAbsorbed: arguments.flag("fp8-absorbed"), skip: arguments.all("skip")))
+                                               policy: try FP8PolicyArguments.policy(arguments))
         var kv6Options: QuantizeStage.KV6Options?
         if kv6 {
             kv6Options = try CalibrationInput.load(arguments, model: input, terminal: terminal)

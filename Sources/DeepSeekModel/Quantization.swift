@@ -68,15 +68,39 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
 /// of absorbed checkpoints only on request (engines use them in bf16).
 public struct FP8Policy: Sendable {
     public var quantizeAbsorbed: Bool
-    public var skip: [String]
+    /// `--skip`: a tensor any of these finds a match in keeps its dtype. Compiled once, where the
+    /// patterns are given, not per tensor (V3 has ~91,000).
+    public private(set) var skip: [NSRegularExpression]
+    /// Nothing becomes FP8 (weights already FP8 pass through): a stage run without `--fp8`.
+    public private(set) var quantizesNothing = false
 
-    public init(quantizeAbsorbed: Bool = false, skip: [String] = []) {
+    public init(quantizeAbsorbed: Bool = false) {
         self.quantizeAbsorbed = quantizeAbsorbed
-        self.skip = skip
+        skip = []
     }
 
+    /// With `--skip` patterns; throws `InvalidSkipPattern` naming the first that does not compile.
+    public init(quantizeAbsorbed: Bool = false, skipPatterns: [String]) throws {
+        self.init(quantizeAbsorbed: quantizeAbsorbed)
+        skip = try skipPatterns.map { pattern in
+            do { return try NSRegularExpression(pattern: pattern) } catch { throw InvalidSkipPattern(pattern: pattern) }
+        }
+    }
+
+    /// The policy of a stage that quantizes nothing.
+    public static var none: FP8Policy {
+        var policy = FP8Policy()
+        policy.quantizesNothing = true
+        return policy
+    }
+
+    /// The `--skip` patterns as given (what a manifest records).
+    public var skipPatterns: [String] { skip.map(\.pattern) }
+
     public func shouldQuantize(name: String, shape: [Int]) -> Bool {
-        for pattern in skip where name.range(of: pattern, options: .regularExpression) != nil { return false }
+        if quantizesNothing { return false }
+        let whole = NSRange(name.startIndex..., in: name)
+        if skip.contains(where: { $0.firstMatch(in: name, range: whole) != nil }) { return false }
         switch TensorNames.parse(name) {
         case .expert?: return shape.count == 2
         case let .layer(_, weight)?:
@@ -89,6 +113,11 @@ public struct FP8Policy: Sendable {
             return false
         }
     }
+}
+
+/// A `--skip` pattern that is not a regular expression.
+public struct InvalidSkipPattern: Error, Equatable, Sendable {
+    public let pattern: String
 }
 
 /// Tensor-parallel degrees vLLM can load an FP8 block checkpoint with: every partition of a
