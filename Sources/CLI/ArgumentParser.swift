@@ -178,6 +178,20 @@ public enum ParseResult: Sendable {
 }
 
 public enum ArgumentParser {
+    /// The argument after option `o`, its value; one that is itself an option is a value left out
+    /// (found by an audit: `forward --output --force` wrote a file named --force), as
+    /// swift-argument-parser reads it. --name=VALUE or ./--x gives a value that starts with dashes.
+    private static func nextValue(of o: OptionSpec, _ arguments: [String], at index: inout Int, spec: CommandSpec) throws -> String {
+        guard index < arguments.count else { throw UsageError("--\(o.name) needs a value \(o.valueName!)") }
+        let value = arguments[index]
+        let shortOption = value.count == 2 && value.hasPrefix("-") && (value == "-h" || spec.options.contains { $0.short == value.last })
+        if value.hasPrefix("--") || shortOption {
+            throw UsageError("--\(o.name) needs a value \(o.valueName!) before '\(value)' (--\(o.name)=\(value) if that is the value)")
+        }
+        index += 1
+        return value
+    }
+
     /// Parses `arguments` (without the program name) against `spec`.
     public static func parse(_ arguments: [String], spec: CommandSpec) throws -> ParseResult {
         var result = ParsedArguments()
@@ -213,21 +227,7 @@ public enum ArgumentParser {
                 result.flags.insert(name)
                 continue
             }
-            let value: String
-            if let inlineValue {
-                value = inlineValue
-            } else {
-                guard index < arguments.count else { throw UsageError("--\(name) needs a value \(o.valueName!)") }
-                value = arguments[index]
-                // An option where a value should be is a value left out (found by an audit: `forward
-                // --output --force` wrote a file named --force), as swift-argument-parser reads it;
-                // --name=VALUE or ./--x gives a value that starts with dashes.
-                let short = value.count == 2 && value.hasPrefix("-") && spec.options.contains { $0.short == value.last }
-                if value.hasPrefix("--") || value == "-h" || short {
-                    throw UsageError("--\(name) needs a value \(o.valueName!) before '\(value)' (--\(name)=\(value) if that is the value)")
-                }
-                index += 1
-            }
+            let value = try inlineValue ?? nextValue(of: o, arguments, at: &index, spec: spec)
             try check(value, of: o)
             if !o.repeatable, result.values[name] != nil { throw UsageError("--\(name) given more than once") }
             result.values[name, default: []].append(value)

@@ -18,8 +18,8 @@ public final class ConversionOutput {
 
     /// - Parameter resume: adopt the work directory of an interrupted run of the same conversion
     ///   and keep its finished shards (verified by SHA-256).
-    /// - Parameter otherInputs: further directories the run reads (a tokenizer's), which the output may not
-    ///   be, contain or lie inside either.
+    /// - Parameter otherInputs: further directories or files the run reads (export's --tokenizer), which
+    ///   the output may not be, contain or lie inside either.
     public convenience init(input: URL, output: URL, force: Bool, layout: CheckpointLayout, stage: ConversionManifest.Stage, resume: Bool = false,
                             otherInputs: [URL] = []) throws {
         let stages = (try ConversionManifest.load(directory: input)?.stages ?? []) + [stage]

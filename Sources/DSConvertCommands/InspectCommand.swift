@@ -37,11 +37,12 @@ public enum InspectCommand: Command {
         }
         var url = URL(fileURLWithPath: arguments.positionals[0])
         // Errors name the config file read, whatever it is called.
-        let configURL = url.lastPathComponent.hasSuffix(".json") ? url : url.appendingPathComponent("config.json")
-        if configURL == url { url.deleteLastPathComponent() }
+        let namesConfig = url.lastPathComponent.hasSuffix(".json")
+        let configURL = namesConfig ? url : url.appendingPathComponent("config.json")
+        if namesConfig { url.deleteLastPathComponent() }
         // A shard run's root holds placement.json and device-N, not a config (found by an audit: inspect
         // asked for config.json there).
-        if configURL != url, !FileManager.default.fileExists(atPath: configURL.path),
+        if !namesConfig, !FileManager.default.fileExists(atPath: configURL.path),
            FileManager.default.fileExists(atPath: url.appendingPathComponent(PlacementManifest.fileName).path) {
             throw InspectError.shardedOutput(path: url.path)
         }
@@ -94,4 +95,3 @@ enum InspectError: LocalizedError {
         }
     }
 }
-

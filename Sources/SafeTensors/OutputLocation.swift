@@ -12,6 +12,8 @@ public enum OutputSafetyError: LocalizedError, Equatable, Sendable {
     case parentMissing(output: String, parent: String)
     case symbolicLink(output: String)
     case notReplaceable(output: String, holds: String)
+    /// A result file's path (forward's outputs, validate's --json) that holds something other than a file.
+    case resultNotAFile(output: String, holds: String)
     case workDirectoryNotOwn(path: String)
     case anotherConversion(output: String, pid: Int32)
     case keepsChanging(path: String, attempts: Int)
@@ -30,6 +32,8 @@ public enum OutputSafetyError: LocalizedError, Equatable, Sendable {
             return "\(output): output is a symbolic link; name the real path"
         case let .notReplaceable(output, holds):
             return "\(output): --force replaces only a previous dsconvert output (with dsconvert.json) or an empty directory, and this holds \(holds)"
+        case let .resultNotAFile(output, holds):
+            return "\(output): the output is a file, and this is \(holds) (--force replaces only a file)"
         case let .workDirectoryNotOwn(path):
             return "\(path): a work directory under this name is a symbolic link or belongs to another user; remove it yourself if it is safe"
         case let .anotherConversion(output, pid):
@@ -83,12 +87,15 @@ public enum OutputLocation {
     public static func checkResultFile(_ output: URL, inputs: [URL], force: Bool) throws -> URL {
         let resolved = try check(output: output, inputs: inputs)
         guard let entry = FileEntry.lstat(resolved.path) else { return resolved }
-        guard force else { throw SafeTensorsError.outputExists(path: resolved.path) }
+        // Only a file can be replaced, so only a file's refusal mentions --force (found by an audit:
+        // a directory was told to pass --force, then that --force replaces "an empty directory").
         switch entry.kind {
-        case .regular: return resolved
+        case .regular:
+            guard force else { throw SafeTensorsError.outputExists(path: resolved.path) }
+            return resolved
         case .symbolicLink: throw OutputSafetyError.symbolicLink(output: resolved.path)
-        case .directory: throw OutputSafetyError.notReplaceable(output: resolved.path, holds: "a directory")
-        case .other: throw OutputSafetyError.notReplaceable(output: resolved.path, holds: "a special file")
+        case .directory: throw OutputSafetyError.resultNotAFile(output: resolved.path, holds: "a directory")
+        case .other: throw OutputSafetyError.resultNotAFile(output: resolved.path, holds: "a special file")
         }
     }
 }

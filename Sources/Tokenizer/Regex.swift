@@ -25,12 +25,12 @@ public final class ScalarRegex: Sendable {
     static let backtrackLimit = 10_000_000
 
     /// When failed repeat entries are remembered in a subject (see `run`). Every policy finds the
-    /// same matches; the others than `.afterLinearWork` are for tests.
+    /// same matches; tokenizers use `.afterLinearWork`, and tests the others.
     enum RememberingPolicy: Sendable {
         /// From the subject's 4n + 256th backtrack on (n scalars long).
         case afterLinearWork
-        /// From the subject's start.
-        case always
+        /// From the subject's `backtracks`th backtrack on (0: from its start).
+        case after(backtracks: Int)
         /// Never: every state is tried.
         case never
     }
@@ -109,6 +109,9 @@ public final class ScalarRegex: Sendable {
         /// Choice points resumed so far (all attempts, all subjects): what a test of the matcher's
         /// work reads.
         var backtracks = 0
+        /// Repeat entries the record decided (failed at once, or tried fewer positions): what a test
+        /// reads to know the record was used.
+        var recordDecisions = 0
 
         /// Records the repeat entry `marker` (just popped) and any under it as failed; the first
         /// choice point under them, or nil when none is left above `base`.
@@ -139,7 +142,10 @@ public final class ScalarRegex: Sendable {
         scratch.remembering = false
         switch rememberingPolicy {
         case .afterLinearWork: scratch.rememberAfter = scratch.backtracks + 4 * (end - start) + 256
-        case .always: scratch.startRemembering(slots: repeatSlots)
+        case let .after(backtracks) where backtracks <= 0:
+            scratch.rememberAfter = Int.max
+            scratch.startRemembering(slots: repeatSlots)
+        case let .after(backtracks): scratch.rememberAfter = scratch.backtracks + backtracks
         case .never: scratch.rememberAfter = Int.max
         }
         while searchFrom <= end {
@@ -201,7 +207,8 @@ public final class ScalarRegex: Sendable {
     /// at any p in [from, runEnd] (same run end, positions a subset) fails too, without trying.
     /// Only states known to fail are skipped, so every match is the one found without it. The record
     /// is kept from a subject's 4n + 256th backtrack on (n scalars long; `Scratch.remembering`), so
-    /// ordinary text does not pay for it, and a run is given back at most a few times before it is.
+    /// ordinary text does not pay for it, and a run is given back at most a few times before the
+    /// record starts.
     private func run(_ index: Int, at position: Int, _ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int,
                      bits: UnsafePointer<UInt64>, scratch: inout Scratch) throws -> Int? {
         let base = scratch.stack.count
@@ -227,7 +234,12 @@ public final class ScalarRegex: Sendable {
                 case .repeatSet, .repeatScalar:
                     let entry: (runEnd: Int, top: Int)?
                     if scratch.remembering, ins.slot >= 0 {
-                        entry = Self.enter(ins, at: pos, text, end: end, bits: bits, failed: scratch.failedRepeats[ins.slot])
+                        let failed = scratch.failedRepeats[ins.slot]
+                        entry = Self.enter(ins, at: pos, text, end: end, bits: bits, failed: failed)
+                        // Failed at once inside a recorded run, or continued below one (top short of runEnd).
+                        if failed.from >= 0 && failed.from <= pos && pos <= failed.runEnd || entry.map({ $0.top < $0.runEnd }) == true {
+                            scratch.recordDecisions += 1
+                        }
                         if let entry { scratch.stack.append(.repeatEntry(slot: ins.slot, from: pos, runEnd: entry.runEnd)) }
                     } else {
                         var k = 0
@@ -255,23 +267,32 @@ public final class ScalarRegex: Sendable {
                     return pos
                 }
                 if ok { continue }
-                guard scratch.stack.count > base else { return nil }
-                var choice = scratch.stack.removeLast()
-                if choice.pc < 0 {
-                    guard let resumed = scratch.popRepeatEntries(from: choice, above: base) else { return nil }
-                    choice = resumed
-                }
-                backtracks += 1
-                scratch.backtracks += 1
-                if scratch.backtracks == scratch.rememberAfter { scratch.startRemembering(slots: repeatSlots) }
-                if backtracks > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
-                if choice.low >= 0, choice.pos > choice.low {
-                    scratch.stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
-                }
+                guard let choice = try backtrack(&scratch, above: base, count: &backtracks, attempt: position) else { return nil }
                 pc = choice.pc
                 pos = choice.pos
             }
         }
+    }
+
+    /// The choice point a failed step resumes (nil: none is left above `base`, the attempt fails):
+    /// repeat-entry markers on the way are recorded, a greedy repeat's choice is put back one
+    /// scalar shorter, and the attempt's and the subject's backtracks are counted.
+    @inline(__always)
+    private func backtrack(_ scratch: inout Scratch, above base: Int, count: inout Int, attempt position: Int) throws -> Backtrack? {
+        guard scratch.stack.count > base else { return nil }
+        var choice = scratch.stack.removeLast()
+        if choice.pc < 0 {
+            guard let resumed = scratch.popRepeatEntries(from: choice, above: base) else { return nil }
+            choice = resumed
+        }
+        count += 1
+        scratch.backtracks += 1
+        if scratch.backtracks == scratch.rememberAfter { scratch.startRemembering(slots: repeatSlots) }
+        if count > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
+        if choice.low >= 0, choice.pos > choice.low {
+            scratch.stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
+        }
+        return choice
     }
 
     /// An entry of the unbounded greedy repeat `ins` at `pos` while failed entries are remembered:

@@ -45,6 +45,14 @@ final class ForwardValidateTests: XCTestCase {
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderrLines, ["dsconvert forward: error: \(lite.path): no MTP layer to run for --mtp (num_nextn_predict_layers is 0 or absent, or its weights are not in the checkpoint)"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("no.safetensors").path))
+        // Sequences of one token give the MTP layer nothing to predict: the tokens' fault, exit 1.
+        let single = dir.appendingPathComponent("single.json")
+        try Data(#"{"tokens": [[5], [7]]}"#.utf8).write(to: single)
+        let short = try runTool("dsconvert", ["forward", "--model", fixtures.appendingPathComponent("v3").path, "--tokens", single.path, "--mtp",
+                                              "--output", dir.appendingPathComponent("short.safetensors").path])
+        XCTAssertEqual(short.status, 1, short.stderr)
+        XCTAssertEqual(short.stderrLines, ["dsconvert forward: error: \(single.path): invalid tokens: --mtp needs sequences of at least 2 tokens "
+                                           + "(position i predicts token i + 2 from token i + 1)"])
     }
 
     func testForwardRejectsBadTokens() throws {

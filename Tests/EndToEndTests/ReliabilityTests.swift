@@ -298,6 +298,17 @@ final class BadInputCatalogTests: XCTestCase {
                 return ["forward", "--model", lite.path, "--tokens", lite.appendingPathComponent("tokens.json").path,
                         "--output", work.appendingPathComponent("out.safetensors").path]
             }, status: 1, fragment: "output already exists (pass --force to replace it)"),
+            // Found by an audit: a directory was told to pass --force, which then promised to replace
+            // "an empty directory"; a result file's path is refused as what it holds, --force or not.
+            Case(name: "forward over a directory, without --force", prepare: { work in
+                try FileManager.default.createDirectory(at: work.appendingPathComponent("out.safetensors"), withIntermediateDirectories: true)
+                return ["forward", "--model", lite.path, "--tokens", lite.appendingPathComponent("tokens.json").path,
+                        "--output", work.appendingPathComponent("out.safetensors").path]
+            }, status: 1, fragment: "out.safetensors: the output is a file, and this is a directory (--force replaces only a file)"),
+            Case(name: "validate --json over a directory, with --force", prepare: { work in
+                try FileManager.default.createDirectory(at: work.appendingPathComponent("report.json"), withIntermediateDirectories: true)
+                return ["validate", "--reference", lite.path, "--candidate", lite.path, "--json", work.appendingPathComponent("report.json").path, "--force"]
+            }, status: 1, fragment: "report.json: the output is a file, and this is a directory (--force replaces only a file)"),
             Case(name: "side file linking outside the input", prepare: { work in
                 try Data("secret".utf8).write(to: work.appendingPathComponent("id_rsa"))
                 return try withSideFile(work) { try FileManager.default.createSymbolicLink(at: $0.appendingPathComponent("tokenizer.json"), withDestinationURL: work.appendingPathComponent("id_rsa")) }
@@ -345,7 +356,7 @@ final class BadInputCatalogTests: XCTestCase {
 
     func testCatalog() throws {
         let all = cases + numberCases
-        XCTAssertGreaterThanOrEqual(all.count, 88, "the README counts the classes")
+        XCTAssertGreaterThanOrEqual(all.count, 90, "the README counts the classes")
         for (i, c) in all.enumerated() {
             let work = dir.appendingPathComponent("case-\(i)")
             try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)

@@ -83,4 +83,3 @@ final class ShardTests: XCTestCase {
         XCTAssertTrue(v.stdout.contains("MTP layer 1 ") && v.stdout.contains("routing 1.0000"), v.stdout)
     }
 }
-

@@ -9,13 +9,19 @@ final class RegexTests: XCTestCase {
 
     /// The matches' scalar ranges, and the backtracks it took to find them.
     func spans(_ regex: ScalarRegex, _ text: String) throws -> (matches: [Range<Int>], backtracks: Int) {
-        let scalars = UTF8Text.scalars(of: text)
         var scratch = ScalarRegex.Scratch()
+        let found = try spans(regex, text, scratch: &scratch)
+        return (found, scratch.backtracks)
+    }
+
+    /// The matches' scalar ranges, with `scratch` kept from earlier subjects (as the pre-tokenizer keeps it).
+    func spans(_ regex: ScalarRegex, _ text: String, scratch: inout ScalarRegex.Scratch) throws -> [Range<Int>] {
+        let scalars = UTF8Text.scalars(of: text)
         var found: [Range<Int>] = []
         try scalars.withUnsafeBufferPointer { buffer in
             try regex.forEachMatch(buffer, start: 0, end: scalars.count, scratch: &scratch) { found.append($0..<$1) }
         }
-        return (found, scratch.backtracks)
+        return found
     }
 
     func testGreedyRepeatsAndAlternationOrder() throws {
@@ -126,38 +132,54 @@ final class RegexTests: XCTestCase {
         XCTAssertLessThanOrEqual(nestedWork, 8 * 100_003 + 256)
     }
 
-    /// Matches with failed repeats remembered from the start equal those found without, for random
-    /// patterns over the constructs the matcher has (repeats of scalars, sets and groups, alternation,
-    /// lookahead, anchors) on random texts of few distinct scalars, where runs and give-backs are
-    /// frequent.
+    /// Matches with failed repeats remembered equal those found without, for random patterns over the
+    /// constructs the matcher has (repeats of scalars, sets and groups, alternation, lookahead,
+    /// anchors) on random texts of few distinct scalars, where runs and give-backs are frequent. The
+    /// record starts at the subject's start or after a few backtracks (inside an attempt), and one
+    /// scratch serves every pattern and text, as the pre-tokenizer's serves its pieces and steps.
     func testRememberingFailedRepeatsChangesNoMatch() throws {
         var generator = SplitMix64(seed: 0x5eed_2026)
         let atoms = ["a", "b", "\\s", "[ab]", "[^a]", "\\d", "."]
         let quantifiers = ["", "", "+", "*", "?", "{2,}", "{1,3}", "+?", "*?"]
-        func atom(depth: Int) -> String {
+        func item(depth: Int) -> String {
             switch generator.next(below: depth > 1 ? 8 : 11) {
-            case 8: return "(?:" + pattern(depth: depth + 1) + ")"
+            case 8: return "(?:" + pattern(depth: depth + 1) + ")" + quantifiers[generator.next(below: quantifiers.count)]
+            // Lookaheads and anchors take no quantifier.
             case 9: return (generator.next(below: 2) == 0 ? "(?=" : "(?!") + pattern(depth: depth + 1) + ")"
             case 10: return ["$", "^", "\\z", "\\Z", "\\A"][generator.next(below: 5)]
-            default: return atoms[generator.next(below: atoms.count)]
+            default: return atoms[generator.next(below: atoms.count)] + quantifiers[generator.next(below: quantifiers.count)]
             }
         }
         func pattern(depth: Int) -> String {
-            let sequence = { (0..<(1 + generator.next(below: 3))).map { _ in atom(depth: depth) + quantifiers[generator.next(below: quantifiers.count)] }.joined() }
+            let sequence = { (0..<(1 + generator.next(below: 3))).map { _ in item(depth: depth) }.joined() }
             return generator.next(below: 3) == 0 ? sequence() + "|" + sequence() : sequence()
         }
-        var compared = 0
+        var compared = 0, withLookahead = 0
+        var shared = ScalarRegex.Scratch()
         for _ in 0..<3_000 {
             let source = pattern(depth: 0)
-            guard let remembering = try? ScalarRegex(source, remembering: .always) else { continue }
+            let policy: ScalarRegex.RememberingPolicy = .after(backtracks: generator.next(below: 2) == 0 ? 0 : 1 + generator.next(below: 6))
+            guard let remembering = try? ScalarRegex(source, remembering: policy) else { continue }
             let plain = try ScalarRegex(source, remembering: .never)
             for _ in 0..<4 {
                 let text = String((0..<generator.next(below: 24)).map { _ in Array("aab  1\n")[generator.next(below: 7)] })
-                XCTAssertEqual(try spans(remembering, text).matches, try spans(plain, text).matches, "\(source) on \(text.debugDescription)")
+                XCTAssertEqual(try spans(remembering, text, scratch: &shared), try spans(plain, text).matches, "\(source) on \(text.debugDescription)")
                 compared += 1
+                withLookahead += source.contains("(?=") || source.contains("(?!") ? 1 : 0
             }
         }
-        XCTAssertGreaterThan(compared, 4_000)
+        XCTAssertGreaterThan(compared, 6_000)
+        XCTAssertGreaterThan(withLookahead, 1_000)
+        XCTAssertGreaterThan(shared.recordDecisions, 1_000, "the record decided entries: the comparison tests it")
+    }
+
+    /// Found by the review: an entry two or more positions before a recorded run, with a minimum of
+    /// one, must still try the positions from its own minimum up to the run's (`\\s+` entered at 1
+    /// below the run recorded from 3).
+    func testEntryBelowARecordedRunTriesItsOwnPositions() throws {
+        let regex = try ScalarRegex("(?:a\\s\\s|a)\\s+\\s1", remembering: .after(backtracks: 0))
+        var scratch = ScalarRegex.Scratch()
+        XCTAssertEqual(try spans(regex, "a   1", scratch: &scratch), [0..<5])
+        XCTAssertGreaterThan(scratch.recordDecisions, 0)
     }
 }
-
