@@ -13,7 +13,9 @@ struct RegexBacktrackLimit: Error {
 public final class ScalarRegex: Sendable {
     /// The pattern as the tokenizer file spells it.
     public let pattern: String
-    private let programs: [[RegexInstruction]]
+    /// Every program's instructions, one after another: program 0 is the pattern, and a `look`
+    /// names its body by the offset where the body starts. Jumps are relative to their program.
+    private let code: [RegexInstruction]
     /// Repeats without a maximum (each has a slot in `Scratch.failedRepeats`).
     private let repeatSlots: Int
     private let rememberingPolicy: RememberingPolicy
@@ -52,7 +54,11 @@ public final class ScalarRegex: Sendable {
                 slots += 1
             }
         }
-        self.programs = programs
+        var starts: [Int] = []
+        var flat: [RegexInstruction] = []
+        for program in programs { starts.append(flat.count); flat += program }
+        for i in flat.indices where flat[i].op == .look { flat[i].a = starts[flat[i].a] }
+        code = flat
         repeatSlots = slots
         rememberingPolicy = slots == 0 ? .never : remembering
         if let first = Self.firstSet(programs[0], sets: sets) {
@@ -163,23 +169,34 @@ public final class ScalarRegex: Sendable {
     /// The leftmost match starting at or after `from`.
     private func search(_ text: UnsafeBufferPointer<UInt32>, from: Int, start: Int, end: Int, scratch: inout Scratch) throws -> (Int, Int)? {
         try bits.withUnsafeBufferPointer { bitsPointer in
-            let bitsBase = bitsPointer.baseAddress!
-            var p = from
-            if let first = firstSetOffset {
-                while p < end {
-                    let v = text[p]
-                    if bitsBase[first + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0,
-                       let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, scratch: &scratch) { return (p, e) }
+            try code.withUnsafeBufferPointer { codePointer in
+                let subject = Subject(text: text, start: start, end: end, bits: bitsPointer.baseAddress!, code: codePointer.baseAddress!)
+                var p = from
+                if let first = firstSetOffset {
+                    while p < end {
+                        if subject.inSet(first, text[p]), let e = try run(0, at: p, subject, scratch: &scratch) { return (p, e) }
+                        p += 1
+                    }
+                    return nil
+                }
+                while p <= end {
+                    if let e = try run(0, at: p, subject, scratch: &scratch) { return (p, e) }
                     p += 1
                 }
                 return nil
             }
-            while p <= end {
-                if let e = try run(0, at: p, text, start: start, end: end, bits: bitsBase, scratch: &scratch) { return (p, e) }
-                p += 1
-            }
-            return nil
         }
+    }
+
+    /// What a search reads: the text, the subject's bounds in it, the sets' bits and the programs.
+    /// Passed as pointers, so `run` calls itself (for a lookahead) without a closure in between.
+    private struct Subject {
+        let text: UnsafeBufferPointer<UInt32>
+        let start: Int, end: Int
+        let bits: UnsafePointer<UInt64>
+        let code: UnsafePointer<RegexInstruction>
+
+        @inline(__always) func inSet(_ offset: Int, _ v: UInt32) -> Bool { bits[offset + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0 }
     }
 
     /// A choice point: resume at `pc` from `pos`; for a greedy repeat, also every shorter length
@@ -209,68 +226,59 @@ public final class ScalarRegex: Sendable {
     /// is kept from a subject's 4n + 256th backtrack on (n scalars long; `Scratch.remembering`), so
     /// ordinary text does not pay for it, and a run is given back at most a few times before the
     /// record starts.
-    private func run(_ index: Int, at position: Int, _ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int,
-                     bits: UnsafePointer<UInt64>, scratch: inout Scratch) throws -> Int? {
+    private func run(_ program: Int, at position: Int, _ subject: Subject, scratch: inout Scratch) throws -> Int? {
         let base = scratch.stack.count
         defer { scratch.stack.removeSubrange(base...) }
-        return try programs[index].withUnsafeBufferPointer { code -> Int? in
-            var pc = 0
-            var pos = position
-            var backtracks = 0
-            @inline(__always) func inSet(_ offset: Int, _ v: UInt32) -> Bool { bits[offset + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0 }
-            while true {
-                let ins = code[pc]
-                var ok = true
-                switch ins.op {
-                case .scalar:
-                    if pos < end, text[pos] == UInt32(ins.a) { pos += 1; pc += 1 } else { ok = false }
-                case .set:
-                    if pos < end, inSet(ins.a, text[pos]) { pos += 1; pc += 1 } else { ok = false }
-                case .split:
-                    scratch.stack.append(Backtrack(pc: ins.b, pos: pos, low: -1))
-                    pc = ins.a
-                case .jump:
-                    pc = ins.a
-                case .repeatSet, .repeatScalar:
-                    let entry: (runEnd: Int, top: Int)?
-                    if scratch.remembering, ins.slot >= 0 {
-                        let failed = scratch.failedRepeats[ins.slot]
-                        entry = Self.enter(ins, at: pos, text, end: end, bits: bits, failed: failed)
-                        // Failed at once inside a recorded run, or continued below one (top short of runEnd).
-                        if failed.from >= 0 && failed.from <= pos && pos <= failed.runEnd || entry.map({ $0.top < $0.runEnd }) == true {
-                            scratch.recordDecisions += 1
-                        }
-                        if let entry { scratch.stack.append(.repeatEntry(slot: ins.slot, from: pos, runEnd: entry.runEnd)) }
+        let (text, end, code) = (subject.text, subject.end, subject.code + program)
+        var pc = 0
+        var pos = position
+        var backtracks = 0
+        while true {
+            let ins = code[pc]
+            var ok = true
+            switch ins.op {
+            case .scalar:
+                if pos < end, text[pos] == UInt32(ins.a) { pos += 1; pc += 1 } else { ok = false }
+            case .set:
+                if pos < end, subject.inSet(ins.a, text[pos]) { pos += 1; pc += 1 } else { ok = false }
+            case .split:
+                scratch.stack.append(Backtrack(pc: ins.b, pos: pos, low: -1))
+                pc = ins.a
+            case .jump:
+                pc = ins.a
+            case .repeatSet, .repeatScalar:
+                let entry: (runEnd: Int, top: Int)?
+                if scratch.remembering, ins.slot >= 0 {
+                    entry = Self.enterRemembering(ins, at: pos, subject, scratch: &scratch)
+                } else {
+                    var k = 0
+                    let limit = min(ins.c, end - pos)
+                    if ins.op == .repeatSet {
+                        while k < limit, subject.inSet(ins.a, text[pos + k]) { k += 1 }
                     } else {
-                        var k = 0
-                        let limit = min(ins.c, end - pos)
-                        if ins.op == .repeatSet {
-                            while k < limit, inSet(ins.a, text[pos + k]) { k += 1 }
-                        } else {
-                            while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
-                        }
-                        entry = k < ins.b ? nil : (pos + k, pos + k)
+                        while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
                     }
-                    guard let entry else { ok = false; break }
-                    if entry.top > pos + ins.b { scratch.stack.append(Backtrack(pc: pc + 1, pos: entry.top - 1, low: pos + ins.b)) }
-                    pos = entry.top
-                    pc += 1
-                case .peek:
-                    let hit = pos < end && inSet(ins.a, text[pos])
-                    if hit == (ins.b == 1) { ok = false } else { pc += 1 }
-                case .look:
-                    let hit = try run(ins.a, at: pos, text, start: start, end: end, bits: bits, scratch: &scratch) != nil
-                    if hit == (ins.b == 1) { ok = false } else { pc += 1 }
-                case .assert:
-                    if Self.holds(ins.a, text, pos: pos, start: start, end: end) { pc += 1 } else { ok = false }
-                case .match:
-                    return pos
+                    entry = k < ins.b ? nil : (pos + k, pos + k)
                 }
-                if ok { continue }
-                guard let choice = try backtrack(&scratch, above: base, count: &backtracks, attempt: position) else { return nil }
-                pc = choice.pc
-                pos = choice.pos
+                guard let entry else { ok = false; break }
+                if entry.top > pos + ins.b { scratch.stack.append(Backtrack(pc: pc + 1, pos: entry.top - 1, low: pos + ins.b)) }
+                pos = entry.top
+                pc += 1
+            case .peek:
+                let hit = pos < end && subject.inSet(ins.a, text[pos])
+                if hit == (ins.b == 1) { ok = false } else { pc += 1 }
+            case .look:
+                let hit = try run(ins.a, at: pos, subject, scratch: &scratch) != nil
+                if hit == (ins.b == 1) { ok = false } else { pc += 1 }
+            case .assert:
+                if Self.holds(ins.a, text, pos: pos, start: subject.start, end: end) { pc += 1 } else { ok = false }
+            case .match:
+                return pos
             }
+            if ok { continue }
+            guard let choice = try backtrack(&scratch, above: base, count: &backtracks, attempt: position) else { return nil }
+            pc = choice.pc
+            pos = choice.pos
         }
     }
 
@@ -295,6 +303,20 @@ public final class ScalarRegex: Sendable {
         return choice
     }
 
+    /// `enter` with the record of `scratch`, and the entry's marker pushed (out of `run`'s loop: the
+    /// path ordinary text never takes stays out of its code).
+    @inline(never)
+    private static func enterRemembering(_ ins: RegexInstruction, at pos: Int, _ subject: Subject, scratch: inout Scratch) -> (runEnd: Int, top: Int)? {
+        let failed = scratch.failedRepeats[ins.slot]
+        let entry = enter(ins, at: pos, subject, failed: failed)
+        // Failed at once inside a recorded run, or continued below one (top short of runEnd).
+        if failed.from >= 0 && failed.from <= pos && pos <= failed.runEnd || entry.map({ $0.top < $0.runEnd }) == true {
+            scratch.recordDecisions += 1
+        }
+        if let entry { scratch.stack.append(.repeatEntry(slot: ins.slot, from: pos, runEnd: entry.runEnd)) }
+        return entry
+    }
+
     /// An entry of the unbounded greedy repeat `ins` at `pos` while failed entries are remembered:
     /// where its run of matching scalars ends, and the highest position to try the rest of the
     /// pattern from (`runEnd` unless positions above are known to fail); nil when the entry fails at
@@ -305,17 +327,17 @@ public final class ScalarRegex: Sendable {
     /// reaches `from` has the same run end, so its run is scanned only up to `from`, and only the
     /// positions below `from + min` remain to be tried (`\s*\s*x`: the inner repeat, entered once
     /// per position the outer one gives back, tries one new position each time, not the whole run).
-    @inline(never)
-    private static func enter(_ ins: RegexInstruction, at pos: Int, _ text: UnsafeBufferPointer<UInt32>, end: Int, bits: UnsafePointer<UInt64>,
-                              failed: (from: Int, runEnd: Int)) -> (runEnd: Int, top: Int)? {
-        var limit = min(ins.c, end - pos)
+    @inline(__always)
+    private static func enter(_ ins: RegexInstruction, at pos: Int, _ subject: Subject, failed: (from: Int, runEnd: Int)) -> (runEnd: Int, top: Int)? {
+        let text = subject.text
+        var limit = min(ins.c, subject.end - pos)
         if failed.from >= 0, pos <= failed.runEnd {
             if failed.from <= pos { return nil }
             limit = failed.from - pos
         }
         var k = 0
         if ins.op == .repeatSet {
-            while k < limit, bits[ins.a + Int(text[pos + k] >> 6)] >> UInt64(text[pos + k] & 63) & 1 != 0 { k += 1 }
+            while k < limit, subject.inSet(ins.a, text[pos + k]) { k += 1 }
         } else {
             while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
         }

@@ -8,7 +8,7 @@ struct RegexInstruction: Sendable {
         case repeatSet   // a: bitset offset, b: min, c: max (greedy, backtracks one scalar at a time)
         case repeatScalar // a: scalar, b: min, c: max
         case peek        // a: bitset offset, b: 1 when negated (a one-scalar lookahead)
-        case look        // a: sub-program, b: 1 when negated
+        case look        // a: sub-program (in ScalarRegex.code: the offset where it starts), b: 1 when negated
         case assert      // a: RegexAssertion index
         case match
     }
