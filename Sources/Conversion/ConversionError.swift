@@ -27,7 +27,7 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
         case let .dequantizedOverflow(path, tensor, dtype):
             return "\(path): dequantizing tensor '\(tensor)' gives values beyond \(dtype)'s finite range (a code times its block's scale overflows); its scales are too large"
         case let .invalidSize(text):
-            return "invalid size '\(text)' (examples: 5GB, 500MB, 2GiB, 1000000)"
+            return "invalid size '\(text)' (examples: 5GB, 500MB, 5G, 2GiB, 1000000)"
         }
     }
 }

@@ -134,10 +134,11 @@ public final class ConversionOutput {
         try directory.commit()
     }
 
-    /// Parses a shard size like Hugging Face's `max_shard_size`: "5GB" (10^9), "5GiB" (2^30), "500MB", or bytes.
+    /// Parses a shard size like Hugging Face's `max_shard_size`: "5GB" (10^9), "5GiB" (2^30), "500MB", or bytes;
+    /// also gguf-split's "5G" and "500M" (10^9, 10^6), which `export --split-max-size` users write.
     /// Sizes must be at least one byte and at most 2^50 (1 PiB): anything else (inf, 1e30GB) is a typo.
     public static func parseSize(_ text: String) throws -> Int {
-        let units: [(String, Double)] = [("GIB", 0x1p30), ("MIB", 0x1p20), ("KIB", 0x1p10), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)]
+        let units: [(String, Double)] = [("GIB", 0x1p30), ("MIB", 0x1p20), ("KIB", 0x1p10), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1), ("G", 1e9), ("M", 1e6), ("K", 1e3)]
         let upper = text.uppercased().trimmingCharacters(in: .whitespaces)
         let (number, factor) = units.first { upper.hasSuffix($0.0) }.map { (String(upper.dropLast($0.0.count)), $0.1) } ?? (upper, 1)
         guard let value = Double(number), value.isFinite, case let bytes = (value * factor).rounded(.down), bytes >= 1, bytes <= 0x1p50 else {

@@ -27,6 +27,11 @@ public enum QuantizeStage {
             self.calibration = calibration
             self.calibrationSource = calibrationSource
         }
+
+        /// What the output declares, as the commands' summaries say it.
+        public var declared: String {
+            calibration != nil ? "mla-kv6c declared, per-channel widths and steps calibrated" : "mla-kv6 declared (no calibration: per-token scales)"
+        }
     }
 
     public struct Summary: Sendable {

@@ -41,7 +41,7 @@ public struct PlacementManifest: Codable, Equatable, Sendable {
         case files
     }
 
-    public static let fileName = "placement.json"
+    public static let fileName = Checkpoint.placementFileName
 
     public init(placement: ExpertPlacement, dense: DenseReplication, layers: [LayerDevices], devices: [DeviceBytes],
                 expertBytesSpread: Double, files: [ConversionManifest.FileRecord]) {

@@ -15,7 +15,7 @@ public enum GenerateBenchCommand: Command {
 
     public static let spec = CommandSpec(
         name: "generate",
-        abstract: "Write a checkpoint of random weights with a real model's names and shapes: DeepSeek-V2-Lite in bf16 (3 layers: the 3.3 GB lite slice; 27: the full 31 GB), a DeepSeek-V2 slice in bf16 (2 layers, 16 of its 160 experts: 3.9 GB), or a DeepSeek-V3 slice in FP8 as published (3 dense + 1 MoE layer: 17 GB; +11.5 GB per MoE layer).",
+        abstract: "Write a checkpoint of random weights with a real model's names and shapes: DeepSeek-V2-Lite in bf16 (3 layers: the 3.3 GB lite slice; 27: the full 31 GB), a DeepSeek-V2 slice in bf16 (2 layers, 16 of its 160 experts: 3.9 GB), or a DeepSeek-V3 slice in FP8 as published (3 dense + 2 MoE layers by default: 28.5 GB; 17 GB with one MoE layer, +11.5 GB per MoE layer).",
         options: [
             OptionSpec("shape", value: "v2-lite|v2|v3", help: "Model shape (default v2-lite)."),
             OptionSpec("layers", value: "K", help: "v2-lite: decoder layers (default 3: 1 dense + 2 MoE); v2: (default 2: 1 dense + 1 MoE)."),

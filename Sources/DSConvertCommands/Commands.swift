@@ -4,7 +4,7 @@ import SafeTensors
 /// Every `dsconvert` subcommand, in the order `--help` lists them.
 public enum DSConvertCommands {
     public static let all: [Command.Type] = [InspectCommand.self, AbsorbCommand.self, QuantizeCommand.self, ShardCommand.self, ConvertCommand.self, ReshardCommand.self, ForwardCommand.self, ValidateCommand.self, TokenizeCommand.self, ExportCommand.self]
-    public static let abstract = "Convert DeepSeek-V2-family checkpoints for deployment and measure the drift."
+    public static let abstract = "Convert DeepSeek checkpoints (V2, V3, R1, V3.1, Kimi-K2, Moonlight) for deployment and measure the drift."
 }
 
 /// The executables' entry points: library notes (a work directory left alone, a resume that starts

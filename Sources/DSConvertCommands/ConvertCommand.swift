@@ -31,7 +31,7 @@ public enum ConvertCommand: Command {
             OptionSpec("block", value: "N", help: "FP8 block edge (default 128)."),
             OptionSpec("skip", value: "REGEX", repeatable: true, help: "Keep tensors whose name matches out of FP8 (repeatable)."),
             OptionSpec("fp8-absorbed", help: "Quantize absorbed per-head W_UK/W_UV too."),
-            OptionSpec("kv6", help: "Declare the mla-kv6 KV cache."),
+            OptionSpec("kv6", help: "Declare a 6-bit KV cache (6.000 bits/element): mla-kv6; with --calibration, mla-kv6c (per-channel widths and steps calibrated, stored in config.json)."),
             OptionSpec("calibration", path: "TOKENS.json", help: "Calibration token ids for --kv6."),
             OptionSpec("devices", value: "N", help: "Shard routed experts over N devices (as `dsconvert shard`)."),
             OptionSpec("dense", value: "replicate|once", help: "With --devices: non-expert weights on every device (default) or device-0 only."),
@@ -76,6 +76,10 @@ public enum ConvertCommand: Command {
         terminal.endProgress()
         terminal.out(String(format: "%@: %@ in one pass; %d file(s); %.2f MB -> %.2f MB", output.path, summary.stages.map(\.rawValue).joined(separator: " -> "),
                             summary.files, Double(summary.bytesIn) / 1e6, Double(summary.bytesOut) / 1e6))
+        // As quantize says it: which KV cache format the output declares.
+        if let kv6 = options.kv6 {
+            terminal.out("\(output.path): KV cache " + kv6.declared)
+        }
         return ExitCode.success
     }
 }

@@ -1,5 +1,4 @@
 import CLI
-import Conversion
 import DeepSeekModel
 import Foundation
 import SafeTensors
@@ -8,7 +7,7 @@ import SafeTensors
 public enum InspectCommand: Command {
     public static let spec = CommandSpec(
         name: "inspect",
-        abstract: "Describe a DeepSeek-V2 checkpoint and check it against its config.json.",
+        abstract: "Describe a DeepSeek checkpoint (V2, V3 family) or a GGUF file and check it against its config.json.",
         discussion: """
         DIR is a Hugging Face checkpoint directory (sharded with model.safetensors.index.json, or a
         single model.safetensors), or a directory or config.json with no weights, which is
@@ -43,8 +42,8 @@ public enum InspectCommand: Command {
         // A shard run's root holds placement.json and device-N, not a config (found by an audit: inspect
         // asked for config.json there).
         if !namesConfig, !FileManager.default.fileExists(atPath: configURL.path),
-           FileManager.default.fileExists(atPath: url.appendingPathComponent(PlacementManifest.fileName).path) {
-            throw InspectError.shardedOutput(path: url.path)
+           FileManager.default.fileExists(atPath: url.appendingPathComponent(Checkpoint.placementFileName).path) {
+            throw SafeTensorsError.shardedOutput(directory: url.path)
         }
         var configData = try readConfig(configURL)
         let configPath = configURL.path
@@ -80,18 +79,5 @@ public enum InspectCommand: Command {
             throw DeepSeekModelError.missingConfig(path: url.path)
         }
         return data
-    }
-}
-
-/// What `inspect` refuses that no reader of its inputs does.
-enum InspectError: LocalizedError {
-    /// The root of a `shard` output: its checkpoints are the device directories.
-    case shardedOutput(path: String)
-
-    var errorDescription: String? {
-        switch self {
-        case let .shardedOutput(path):
-            return "\(path): a sharded output (placement.json): inspect one of its device directories (\(path)/device-0); forward and validate take the whole output"
-        }
     }
 }

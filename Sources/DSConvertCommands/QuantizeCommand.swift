@@ -63,8 +63,8 @@ public enum QuantizeCommand: Command {
         summary = try QuantizeStage.run(input: input, output: output, fp8: fp8 ? options : nil, kv6: kv6Options, force: arguments.flag("force"), shardSize: shardSize,
                                        resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
-        if kv6 {
-            terminal.out("\(output.path): KV cache " + (kv6Options?.calibration != nil ? "mla-kv6c declared, per-channel widths and steps calibrated" : "mla-kv6 declared (no calibration: per-token scales)"))
+        if let kv6Options {
+            terminal.out("\(output.path): KV cache " + kv6Options.declared)
             if !fp8 { return ExitCode.success }
         }
         terminal.out(String(format: "%@: %d tensors quantized to %@ (block %d), %d tensors in %d file(s); %.2f MB -> %.2f MB",

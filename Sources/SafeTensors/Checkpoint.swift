@@ -5,6 +5,8 @@ import Foundation
 public final class Checkpoint: Sendable {
     public static let indexFileName = "model.safetensors.index.json"
     public static let singleFileName = "model.safetensors"
+    /// What `shard` writes at the root of its output, beside device-0 … device-(D-1).
+    public static let placementFileName = "placement.json"
 
     public let directory: URL
     /// Shard file names in the order they first appear (sorted for an index).
@@ -61,6 +63,8 @@ public final class Checkpoint: Sendable {
             for info in file.tensors { where_[info.name] = Self.singleFileName }
             ordered = file.tensors
             shardNames = [Self.singleFileName]
+        } else if fm.fileExists(atPath: directory.appendingPathComponent(Self.placementFileName).path) {
+            throw SafeTensorsError.shardedOutput(directory: directory.path)
         } else {
             throw SafeTensorsError.noCheckpoint(directory: directory.path)
         }

@@ -22,6 +22,8 @@ public enum SafeTensorsError: LocalizedError, Equatable, Sendable {
     case dataNotCoveringFile(file: String, tensorEnd: UInt64, dataSize: UInt64)
     case duplicateTensor(file: String, tensor: String)
     case noCheckpoint(directory: String)
+    /// The root of a `shard` output (placement.json and device-N): a checkpoint per device, not one.
+    case shardedOutput(directory: String)
     case invalidIndex(file: String, reason: String)
     case indexNamesMissingShard(file: String, shard: String, tensor: String)
     case shardLacksTensor(file: String, shard: String, tensor: String)
@@ -70,6 +72,9 @@ public enum SafeTensorsError: LocalizedError, Equatable, Sendable {
             return "\(file): duplicate tensor name '\(tensor)'"
         case let .noCheckpoint(directory):
             return "\(directory): no model.safetensors.index.json or model.safetensors found"
+        case let .shardedOutput(directory):
+            return "\(directory): a sharded output (placement.json): forward and validate take it whole; inspect, export and the "
+                + "conversion stages take one checkpoint (a device directory such as \(directory)/device-0, or the checkpoint before shard)"
         case let .invalidIndex(file, reason):
             return "\(file): invalid index: \(reason)"
         case let .indexNamesMissingShard(file, shard, tensor):

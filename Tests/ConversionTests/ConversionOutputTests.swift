@@ -10,6 +10,9 @@ final class ConversionOutputTests: XCTestCase {
         XCTAssertEqual(try ConversionOutput.parseSize("500mb"), 500_000_000)
         XCTAssertEqual(try ConversionOutput.parseSize("1.5KB"), 1500)
         XCTAssertEqual(try ConversionOutput.parseSize("4096"), 4096)
+        // gguf-split's own spellings (a review: export --split-max-size 50G was refused).
+        XCTAssertEqual(try ConversionOutput.parseSize("50G"), 50_000_000_000)
+        XCTAssertEqual(try ConversionOutput.parseSize("500M"), 500_000_000)
         for bad in ["", "GB", "-1", "0", "12XB", "five", "infGB", "nanGB", "nanMB", "1e30GB", "1e300B", "-5GB", "9223372036854775807GB", "0.1B"] { XCTAssertThrowsError(try ConversionOutput.parseSize(bad), bad) }
     }
 

@@ -61,8 +61,15 @@ final class InspectTests: XCTestCase {
         XCTAssertEqual(try runTool("dsconvert", ["shard", "--devices", "2", "--input", fixtures.appendingPathComponent("v2").path, "--output", out.path]).status, 0)
         let r = try runTool("dsconvert", ["inspect", out.path])
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stderrLines, ["dsconvert inspect: error: \(out.path): a sharded output (placement.json): inspect one of its device directories "
-                                       + "(\(out.path)/device-0); forward and validate take the whole output"])
+        let named = "\(out.path): a sharded output (placement.json): forward and validate take it whole; inspect, export and the conversion stages "
+            + "take one checkpoint (a device directory such as \(out.path)/device-0, or the checkpoint before shard)"
+        XCTAssertEqual(r.stderrLines, ["dsconvert inspect: error: " + named])
+        // So do export and the conversion stages (a review found export saying there were no weights).
+        for (command, arguments) in [("export", ["--gguf"]), ("absorb", []), ("quantize", ["--fp8"])] {
+            let refused = try runTool("dsconvert", [command] + arguments + ["--input", out.path, "--output", dir.appendingPathComponent(command).path])
+            XCTAssertEqual(refused.status, 1, command)
+            XCTAssertEqual(refused.stderrLines, ["dsconvert \(command): error: " + named], command)
+        }
         XCTAssertEqual(try runTool("dsconvert", ["inspect", out.appendingPathComponent("device-0").path]).status, 0)
     }
 

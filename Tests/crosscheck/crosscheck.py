@@ -227,7 +227,8 @@ def check_schemas(binary):
         for shard in [f for f in os.listdir(out) if f.endswith(".safetensors")]:
             tensors.update(raw_tensors(os.path.join(out, shard)))
         ok = ok and all(dtype == "BF16" for dtype, _, _ in tensors.values())
-        check(f"absorb --mode {mode}: official reader, manifest and inspect --json validate", ok, r.stderr + r2.stderr)
+        ok = ok and validate(json.load(open(os.path.join(out, "config.json")))["dsconvert_absorption"], "absorption.schema.json")
+        check(f"absorb --mode {mode}: official reader, manifest, config's dsconvert_absorption and inspect --json validate", ok, r.stderr + r2.stderr)
     quantized = os.path.join(work, "quantized")
     r = dsconvert(binary, "quantize", "--fp8", "--input", os.path.join(FIXTURES, "trained"), "--output", quantized)
     r2 = dsconvert(binary, "inspect", quantized, "--json")
@@ -249,12 +250,25 @@ def check_schemas(binary):
     for d in range(8):
         device = os.path.join(sharded, f"device-{d}")
         ok = ok and validate(json.load(open(os.path.join(device, "dsconvert.json"))), "manifest.schema.json")
+        ok = ok and validate(json.load(open(os.path.join(device, "config.json")))["dsconvert_placement"], "device-placement.schema.json")
         for shard in [f for f in os.listdir(device) if f.endswith(".safetensors")]:
             union.update(raw_tensors(os.path.join(device, shard)))
     source = {}
     for shard in [f for f in os.listdir(quantized) if f.endswith(".safetensors")]:
         source.update(raw_tensors(os.path.join(quantized, shard)))
-    check("shard --devices 8 of an FP8 checkpoint: schemas validate, official reader's union equals the input", ok and union == source, r.stderr)
+    check("shard --devices 8 of an FP8 checkpoint: schemas (placement.json, manifests, devices' dsconvert_placement) validate, "
+          "official reader's union equals the input", ok and union == source, r.stderr)
+    once = os.path.join(work, "sharded-once")
+    r = dsconvert(binary, "shard", "--devices", "4", "--dense", "once", "--input", os.path.join(FIXTURES, "v2"), "--output", once)
+    ok = r.returncode == 0 and all(validate(json.load(open(os.path.join(once, f"device-{d}", "config.json")))["dsconvert_placement"],
+                                            "device-placement.schema.json") for d in range(4))
+    check("shard --dense once: every device's dsconvert_placement validates", ok, r.stderr)
+    tokens = os.path.join(work, "tokens.json")
+    with open(os.path.join(work, "text.txt"), "w", encoding="utf-8") as f:
+        f.write("Schemas describe every JSON dsconvert writes. 深度求索 42\n")
+    r = dsconvert(binary, "tokenize", "--tokenizer", os.path.join(FIXTURES, "tokenizers", "v3-style.json"), "--text", os.path.join(work, "text.txt"),
+                  "--output", tokens)
+    check("tokenize's tokens file validates", r.returncode == 0 and validate(json.load(open(tokens)), "tokens.schema.json"), r.stderr)
     report = os.path.join(work, "report.json")
     r = dsconvert(binary, "validate", "--reference", quantized, "--candidate", sharded, "--json", report, "--max-logit-delta", "1e-5")
     check("validate of the sharded output (with fan-out) validates", r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json"), r.stderr)
