@@ -86,7 +86,14 @@ public enum KVChannelCalibration {
         return out
     }
 
-    /// Bit widths for channels of sensitivity `w` and energy `e` summing to `total` (see the type's doc).
+    /// A channel whose energy or sensitivity is not finite over the calibration tokens.
+    struct NonFiniteStatistics: Error, CustomStringConvertible {
+        let channel: Int
+        var description: String { "channel \(channel)'s energy or sensitivity is not finite" }
+    }
+
+    /// Bit widths for channels of sensitivity `w` and energy `e` summing to `total` (see the type's doc);
+    /// every product w·e must be finite.
     public static func allocate(sensitivity w: [Double], energy e: [Double], total: Int, range: ClosedRange<Int> = minBits...maxBits) -> [UInt8] {
         let logs = zip(w, e).map { 0.5 * Foundation.log2(max($0 * $1, 1e-30)) }
         let mean = logs.reduce(0, +) / Double(max(logs.count, 1))
@@ -176,6 +183,9 @@ extension KVChannelCalibration {
                 w[p + 1] = mean
             }
             let e = energy.map { $0 / Double(max(tokens, 1)) }
+            // Finite weights can still give an Inf here (a latent of 1e20 squares to Inf in f32), and
+            // the widths' rounding would trap on it (found by an audit): refused as the caller says.
+            if let c = (0..<width).first(where: { !(w[$0] * e[$0]).isFinite }) { throw NonFiniteStatistics(channel: c) }
             let bits = KVChannelCalibration.allocate(sensitivity: w, energy: e, total: averageBits * width)
             let kept = samples.count / width
             let steps = (0..<width).map { c in

@@ -43,8 +43,11 @@ public struct ResumeKey: Equatable, Sendable {
         defer { close(fd) }
         var prefix: UInt64 = 0
         guard entry.size >= 8, pread(fd, &prefix, 8, 0) == 8 else { return nil }
-        let length = Int(UInt64(littleEndian: prefix))
-        guard length <= Int(SafeTensorsHeader.maximumHeaderLength), length <= entry.size - 8 else { return nil }
+        // Compared as read, before it becomes an Int: any file named *.safetensors beside the checkpoint
+        // is identified, and a length of 2^63 or more trapped (found by an audit).
+        let declared = UInt64(littleEndian: prefix)
+        guard declared <= SafeTensorsHeader.maximumHeaderLength, declared <= UInt64(entry.size - 8) else { return nil }
+        let length = Int(declared)
         var bytes = [UInt8](repeating: 0, count: 8 + length)
         let read = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
         guard read == bytes.count else { return nil }

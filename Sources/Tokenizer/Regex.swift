@@ -1,10 +1,15 @@
 /// A match attempt that backtracked more than `ScalarRegex.backtrackLimit` times: a pattern such as
 /// `(a+)+b` on a long run of `a` takes time exponential in the run's length. Refused rather than left
 /// to run for hours (Oniguruma, which `tokenizers` uses, also stops at a retry limit of this size).
+///
+/// Also thrown past `ScalarRegex.backtrackLimit + perScalarBudget · n` backtracks over one piece of n
+/// scalars (`piece` set): work repeated at every start position is bounded too, not only one attempt's.
 struct RegexBacktrackLimit: Error {
     let pattern: String
     /// Where the attempt started, in the scalars of the (normalized) text.
     let position: Int
+    /// For the limit over a piece: the piece's length in scalars (nil: one attempt's limit).
+    var piece: Int? = nil
 }
 
 /// A compiled `Split` pattern: a backtracking matcher over Unicode scalar values with Oniguruma's
@@ -23,8 +28,13 @@ public final class ScalarRegex: Sendable {
     /// Offset of the set of scalars a match can start with; nil when the pattern can match empty.
     private let firstSetOffset: Int?
     private static let setWords = 0x110000 / 64
-    /// Backtracks allowed to one match attempt (Oniguruma's default retry limit in a match).
+    /// Backtracks allowed to one match attempt, lookaheads included (Oniguruma's default retry limit
+    /// in a match).
     static let backtrackLimit = 10_000_000
+    /// Backtracks allowed per scalar of a piece beyond one attempt's: DeepSeek's patterns take a few
+    /// per scalar. A pattern that costs an attempt's worth at every start (`(?:a|a){1,20}b`: ~22 ms
+    /// per `a`, 40 minutes for 100 KB) is refused instead (found by an audit).
+    static let perScalarBudget = 1_000
 
     /// When failed repeat entries are remembered in a subject (see `run`). Every policy finds the
     /// same matches; tokenizers use `.afterLinearWork`, and tests the others.
@@ -115,6 +125,11 @@ public final class ScalarRegex: Sendable {
         /// Choice points resumed so far (all attempts, all subjects): what a test of the matcher's
         /// work reads.
         var backtracks = 0
+        /// Choice points resumed in the attempt running now, its lookaheads' included (one counter:
+        /// a lookahead's work counted apart let nested lookaheads run for days, found by an audit).
+        var attemptBacktracks = 0
+        /// `backtracks` past which this subject is refused.
+        var subjectLimit = Int.max
         /// Repeat entries the record decided (failed at once, or tried fewer positions): what a test
         /// reads to know the record was used.
         var recordDecisions = 0
@@ -146,6 +161,7 @@ public final class ScalarRegex: Sendable {
         var searchFrom = start
         var lastMatchEnd: Int?
         scratch.remembering = false
+        scratch.subjectLimit = scratch.backtracks + Self.backtrackLimit + Self.perScalarBudget * (end - start)
         switch rememberingPolicy {
         case .afterLinearWork: scratch.rememberAfter = scratch.backtracks + 4 * (end - start) + 256
         case let .after(backtracks) where backtracks <= 0:
@@ -174,18 +190,25 @@ public final class ScalarRegex: Sendable {
                 var p = from
                 if let first = firstSetOffset {
                     while p < end {
-                        if subject.inSet(first, text[p]), let e = try run(0, at: p, subject, scratch: &scratch) { return (p, e) }
+                        if subject.inSet(first, text[p]), let e = try attempt(at: p, subject, scratch: &scratch) { return (p, e) }
                         p += 1
                     }
                     return nil
                 }
                 while p <= end {
-                    if let e = try run(0, at: p, subject, scratch: &scratch) { return (p, e) }
+                    if let e = try attempt(at: p, subject, scratch: &scratch) { return (p, e) }
                     p += 1
                 }
                 return nil
             }
         }
+    }
+
+    /// One match attempt of the pattern at `p`: its backtrack count starts at zero.
+    @inline(__always)
+    private func attempt(at p: Int, _ subject: Subject, scratch: inout Scratch) throws -> Int? {
+        scratch.attemptBacktracks = 0
+        return try run(0, at: p, subject, scratch: &scratch)
     }
 
     /// What a search reads: the text, the subject's bounds in it, the sets' bits and the programs.
@@ -232,7 +255,6 @@ public final class ScalarRegex: Sendable {
         let (text, end, code) = (subject.text, subject.end, subject.code + program)
         var pc = 0
         var pos = position
-        var backtracks = 0
         while true {
             let ins = code[pc]
             var ok = true
@@ -276,7 +298,7 @@ public final class ScalarRegex: Sendable {
                 return pos
             }
             if ok { continue }
-            guard let choice = try backtrack(&scratch, above: base, count: &backtracks, attempt: position) else { return nil }
+            guard let choice = try backtrack(&scratch, above: base, subject: subject, attempt: position) else { return nil }
             pc = choice.pc
             pos = choice.pos
         }
@@ -284,19 +306,22 @@ public final class ScalarRegex: Sendable {
 
     /// The choice point a failed step resumes (nil: none is left above `base`, the attempt fails):
     /// repeat-entry markers on the way are recorded, a greedy repeat's choice is put back one
-    /// scalar shorter, and the attempt's and the subject's backtracks are counted.
+    /// scalar shorter, and the attempt's and the subject's backtracks are counted against their limits.
     @inline(__always)
-    private func backtrack(_ scratch: inout Scratch, above base: Int, count: inout Int, attempt position: Int) throws -> Backtrack? {
+    private func backtrack(_ scratch: inout Scratch, above base: Int, subject: Subject, attempt position: Int) throws -> Backtrack? {
         guard scratch.stack.count > base else { return nil }
         var choice = scratch.stack.removeLast()
         if choice.pc < 0 {
             guard let resumed = scratch.popRepeatEntries(from: choice, above: base) else { return nil }
             choice = resumed
         }
-        count += 1
+        scratch.attemptBacktracks += 1
         scratch.backtracks += 1
         if scratch.backtracks == scratch.rememberAfter { scratch.startRemembering(slots: repeatSlots) }
-        if count > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
+        if scratch.attemptBacktracks > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
+        if scratch.backtracks > scratch.subjectLimit {
+            throw RegexBacktrackLimit(pattern: pattern, position: position, piece: subject.end - subject.start)
+        }
         if choice.low >= 0, choice.pos > choice.low {
             scratch.stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
         }

@@ -20,6 +20,12 @@ struct TokenizerDefinition {
         }
         normalizers = try Self.normalizers(root["normalizer"] ?? .null, file: file)
         preTokenizers = try Self.preTokenizers(root["pre_tokenizer"] ?? .null, file: file)
+        // Each ByteLevel step re-encodes the previous one's characters, and a space or a non-ASCII
+        // character comes out twice as long: k steps grow the text 2^k times (30 asked for 4.4 GB of
+        // 100 spaces, found by an audit). No tokenizer has two.
+        if preTokenizers.filter({ if case .byteLevel = $0 { return true } else { return false } }).count > 1 {
+            throw TokenizerError.unsupportedOption(file: file, option: "more than one ByteLevel pre-tokenizer (each re-encodes the last one's output)")
+        }
         model = try Self.model(root["model"], file: file)
         let model = model
         let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { model.vocab[$0].map(Int.init) },

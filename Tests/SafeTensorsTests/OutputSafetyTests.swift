@@ -145,6 +145,12 @@ final class OutputSafetyTests: XCTestCase {
         let after = ResumeKey(conversion: "c", input: ResumeKey.identify(directory: input))
         XCTAssertTrue(after.mismatch(recorded: recorded)?.contains("input file model.safetensors changed") == true, "\(String(describing: after.mismatch(recorded: recorded)))")
         XCTAssertEqual(ResumeKey(conversion: "d", input: before.input).mismatch(recorded: recorded), "the interrupted run used other options or stages")
+        // Found by an audit: a stray *.safetensors whose length prefix is 2^63 or more trapped converting it to Int.
+        for prefix in [UInt64.max, 1 << 63, SafeTensorsHeader.maximumHeaderLength + 1] {
+            let stray = input.appendingPathComponent("extra.safetensors")
+            try (withUnsafeBytes(of: prefix.littleEndian) { Data($0) } + Data("{}".utf8)).write(to: stray)
+            XCTAssertTrue(ResumeKey.identify(directory: input)["extra.safetensors"]?.hasSuffix("header=unreadable") == true)
+        }
     }
 
     /// A record written on another host (a shared disk) or in another PID namespace (a container)

@@ -63,6 +63,22 @@ final class BadInputTests: XCTestCase {
             XCTAssertEqual(error as? TokenizerError, .regexBacktrackLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(a|aa)+b", position: 0,
                                                                           limit: ScalarRegex.backtrackLimit))
         }
+        // Work over the whole piece is bounded too, and named as such.
+        json["pre_tokenizer"] = ["type": "Split", "pattern": ["Regex": "(?:a|a){1,20}b"], "behavior": "Isolated", "invert": false]
+        try JSONSerialization.data(withJSONObject: json).write(to: runaway)
+        XCTAssertThrowsError(try Tokenizer.load(path: runaway.path).encode(utf8: Array(String(repeating: "a", count: 2_000).utf8), name: "t.txt")) { error in
+            XCTAssertEqual(error as? TokenizerError, .regexWorkLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(?:a|a){1,20}b", piece: 2_000,
+                                                                     limit: ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * 2_000))
+            XCTAssertTrue((error as? TokenizerError)?.errorDescription?.contains("over a piece of 2000 characters") == true)
+        }
+        // Found by an audit: each ByteLevel step re-encodes the last one's output, doubling spaces and
+        // non-ASCII text: 30 of them asked for 4.4 GB on 100 spaces. A second one is refused.
+        let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false]
+        json["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [byteLevel, byteLevel]]
+        try JSONSerialization.data(withJSONObject: json).write(to: runaway)
+        XCTAssertThrowsError(try Tokenizer.load(path: runaway.path)) { error in
+            XCTAssertEqual(error as? TokenizerError, .unsupportedOption(file: runaway.path, option: "more than one ByteLevel pre-tokenizer (each re-encodes the last one's output)"))
+        }
     }
 
     func testInvalidUTF8NamesTheByteOffset() throws {

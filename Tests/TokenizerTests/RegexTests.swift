@@ -182,4 +182,29 @@ final class RegexTests: XCTestCase {
         XCTAssertEqual(try spans(regex, "a   1", scratch: &scratch), [0..<5])
         XCTAssertGreaterThan(scratch.recordDecisions, 0)
     }
+
+    /// Found by an audit: each lookahead counted its own backtracks from zero, so nested lookaheads
+    /// escaped the attempt's limit (this pattern at 14 ran for over 2 minutes on 40 `a`s, ~16 times
+    /// longer per +2). The attempt's count now includes its lookaheads'.
+    func testLookaheadWorkCountsTowardItsAttempt() throws {
+        XCTAssertThrowsError(try matches("(?:(?:a|a)(?!(?:a|a){1,14}b)){1,14}c", String(repeating: "a", count: 40))) { error in
+            let limit = error as? RegexBacktrackLimit
+            XCTAssertNotNil(limit)
+            XCTAssertNil(limit?.piece, "one attempt's limit")
+        }
+    }
+
+    /// Found by an audit: an attempt's worth of work at every start was bounded only per attempt
+    /// (`(?:a|a){1,20}b`: ~22 ms per `a`, 40 minutes for 100 KB). A piece of n scalars may take
+    /// `backtrackLimit + perScalarBudget · n` backtracks in all.
+    func testWorkOverAPieceIsBounded() throws {
+        let text = String(repeating: "a", count: 2_000)
+        XCTAssertThrowsError(try matches("(?:a|a){1,20}b", text)) { error in
+            XCTAssertEqual((error as? RegexBacktrackLimit)?.piece, 2_000)
+        }
+        // The same work over a short piece is within its budget, and DeepSeek-V2's patterns take a
+        // few backtracks per scalar (the long blank runs above: under 8 per scalar).
+        XCTAssertEqual(try matches("(?:a|a){1,20}b", String(repeating: "a", count: 4) + "b"), ["aaaab"])
+    }
 }
+
