@@ -58,7 +58,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "Numerics"]),
         .testTarget(name: "NumericsTests", dependencies: ["Numerics", "CKernels"]),
         .testTarget(name: "DeepSeekModelTests", dependencies: ["DeepSeekModel", "SafeTensors"]),
-        .testTarget(name: "ValidationTests", dependencies: ["Validation", "ReferenceModel", "SafeTensors", "DeepSeekModel", "Conversion"]),
+        .testTarget(name: "ValidationTests", dependencies: ["Validation", "ReferenceModel", "SafeTensors", "DeepSeekModel", "Conversion", "Tokenizer"]),
         .testTarget(name: "ConversionTests", dependencies: ["Conversion", "SafeTensors", "DeepSeekModel", "Numerics"]),
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Numerics"]),

@@ -63,28 +63,27 @@ public struct QuantizationConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// A pattern a tensor name is tested against (`--skip`): the matcher lives with the tokenizer's.
+public protocol TensorNamePattern: Sendable {
+    /// The pattern as given (what a manifest records).
+    var pattern: String { get }
+    /// Whether the pattern matches somewhere in `name`; throws when the matcher gives up on it.
+    func matches(_ name: String) throws -> Bool
+}
+
 /// Which tensors `quantize --fp8` turns into FP8 (README "FP8 weights"): every 2-D linear weight except the
 /// embeddings, lm_head, the norms, the router and `e_score_correction_bias`; 3-D per-head W_UK/W_UV
 /// of absorbed checkpoints only on request (engines use them in bf16).
 public struct FP8Policy: Sendable {
     public var quantizeAbsorbed: Bool
-    /// `--skip`: a tensor any of these finds a match in keeps its dtype. Compiled once, where the
-    /// patterns are given, not per tensor (V3 has ~91,000).
-    public private(set) var skip: [NSRegularExpression]
+    /// `--skip`: a tensor any of these finds a match in keeps its dtype (compiled once, where given).
+    public var skip: [any TensorNamePattern]
     /// Nothing becomes FP8 (weights already FP8 pass through): a stage run without `--fp8`.
     public private(set) var quantizesNothing = false
 
-    public init(quantizeAbsorbed: Bool = false) {
+    public init(quantizeAbsorbed: Bool = false, skip: [any TensorNamePattern] = []) {
         self.quantizeAbsorbed = quantizeAbsorbed
-        skip = []
-    }
-
-    /// With `--skip` patterns; throws `InvalidSkipPattern` naming the first that does not compile.
-    public init(quantizeAbsorbed: Bool = false, skipPatterns: [String]) throws {
-        self.init(quantizeAbsorbed: quantizeAbsorbed)
-        skip = try skipPatterns.map { pattern in
-            do { return try NSRegularExpression(pattern: pattern) } catch { throw InvalidSkipPattern(pattern: pattern) }
-        }
+        self.skip = skip
     }
 
     /// The policy of a stage that quantizes nothing.
@@ -97,10 +96,10 @@ public struct FP8Policy: Sendable {
     /// The `--skip` patterns as given (what a manifest records).
     public var skipPatterns: [String] { skip.map(\.pattern) }
 
-    public func shouldQuantize(name: String, shape: [Int]) -> Bool {
+    /// Throws what a `--skip` pattern's matcher throws when it gives up on `name`.
+    public func shouldQuantize(name: String, shape: [Int]) throws -> Bool {
         if quantizesNothing { return false }
-        let whole = NSRange(name.startIndex..., in: name)
-        if skip.contains(where: { $0.firstMatch(in: name, range: whole) != nil }) { return false }
+        for pattern in skip where try pattern.matches(name) { return false }
         switch TensorNames.parse(name) {
         case .expert?: return shape.count == 2
         case let .layer(_, weight)?:
@@ -113,11 +112,6 @@ public struct FP8Policy: Sendable {
             return false
         }
     }
-}
-
-/// A `--skip` pattern that is not a regular expression.
-public struct InvalidSkipPattern: Error, Equatable, Sendable {
-    public let pattern: String
 }
 
 /// Tensor-parallel degrees vLLM can load an FP8 block checkpoint with: every partition of a

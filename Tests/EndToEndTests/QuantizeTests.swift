@@ -94,5 +94,24 @@ final class QuantizeTests: XCTestCase {
         XCTAssertEqual(try runTool("dsconvert-quantize", ["--fp8", "--dequantize", "--input", "a", "--output", "b"]).status, 64)
         XCTAssertEqual(try runTool("dsconvert-quantize", ["--fp8", "--input", "a", "--output", "b", "--skip", "("]).status, 64)
         XCTAssertEqual(try runTool("dsconvert-quantize", ["--fp8", "--input", "a", "--output", "b", "--fp8-format", "e3m4"]).status, 64)
+        let word = try runTool("dsconvert", ["quantize", "--fp8", "--input", "a", "--output", "b", "--skip", "\\w+"])
+        XCTAssertEqual(word.status, 64)
+        XCTAssertTrue(word.stderr.contains("--skip '\\w+' is not a regular expression dsconvert reads (unsupported construct escape '\\w')"), word.stderr)
+    }
+
+    /// Found by an audit: `--skip '^([a-z._0-9]+)+Z'` ran for hours in NSRegularExpression, which has no
+    /// limit. The tokenizer's matcher refuses it on the first name it gives up on; no output is left.
+    func testRunawaySkipPatternIsRefused() throws {
+        let out = dir.appendingPathComponent("out")
+        let pattern = "^(?:[a-z._0-9]|[a-z._0-9])+Z"
+        let r = try runTool("dsconvert", ["quantize", "--fp8", "--skip", pattern, "--input", fixtures.appendingPathComponent("lite").path, "--output", out.path])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("cannot convert: --skip pattern \"\(pattern)\" gives up on '"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
+        // The pattern the audit wrote is answered at once (its runs' failures are remembered) and skips nothing.
+        let nested = try runTool("dsconvert", ["quantize", "--fp8", "--skip", "^([a-z._0-9]+)+Z", "--input", fixtures.appendingPathComponent("lite").path,
+                                               "--output", dir.appendingPathComponent("nested").path])
+        XCTAssertEqual(nested.status, 0, nested.stderr)
     }
 }
