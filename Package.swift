@@ -63,6 +63,6 @@ let package = Package(
         .testTarget(name: "BenchmarkTests", dependencies: ["Benchmark", "Conversion"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Numerics"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "CKernels"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion", "GGUF"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["SafeTensors", "DeepSeekModel", "Conversion", "GGUF", "Tokenizer"]),
     ]
 )

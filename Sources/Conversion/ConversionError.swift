@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// Failures of a conversion stage that are not about the input's format.
 public enum ConversionError: LocalizedError, Equatable, Sendable {
@@ -6,6 +7,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
     case invalidManifest(path: String, reason: String)
     case cannotCopy(file: String, reason: String)
     case invalidSize(text: String)
+    /// A `--skip` pattern the matcher gave up on (its own fault, not the input's).
+    case skipPatternRefused(pattern: String, reason: String)
     case unsupportedInput(path: String, reason: String)
     /// A computed tensor overflowed its storage dtype (finite inputs whose products do not fit).
     case nonFiniteResult(path: String, tensor: String, dtype: String)
@@ -26,6 +29,8 @@ public enum ConversionError: LocalizedError, Equatable, Sendable {
             return "\(path): absorbing gives tensor '\(tensor)' values beyond \(dtype)'s finite range (NaN or Inf); the input weights are too large to fold"
         case let .dequantizedOverflow(path, tensor, dtype):
             return "\(path): dequantizing tensor '\(tensor)' gives values beyond \(dtype)'s finite range (a code times its block's scale overflows); its scales are too large"
+        case let .skipPatternRefused(pattern, reason):
+            return "--skip \(CompactJSON.quoted(pattern)) \(reason); refused rather than left to run"
         case let .invalidSize(text):
             return "invalid size '\(text)' (examples: 5GB, 500MB, 5G, 2GiB, 1000000)"
         }

@@ -158,15 +158,15 @@ public final class QuantizeStep: TensorSource {
                              layout: KVCacheRecord.layout(format, latent: l, rope: r), channels: channels)
     }
 
-    /// What the step writes, tensor by tensor: FP8 input weights keep their dtype and scales, bf16 ones
-    /// the policy picks become FP8 (`fresh` counts them), the rest keep their dtype.
     /// `policy`'s answer for `t`; a `--skip` pattern that gives up on its name is refused naming both.
-    private static func shouldQuantize(_ t: ExpectedTensor, policy: FP8Policy, source: TensorSource) throws -> Bool {
+    private static func shouldQuantize(_ t: ExpectedTensor, policy: FP8Policy) throws -> Bool {
         do { return try policy.shouldQuantize(name: t.name, shape: t.shape) } catch let refusal as NamePattern.Refusal {
-            throw ConversionError.unsupportedInput(path: source.directory.path, reason: "--skip \(refusal)")
+            throw ConversionError.skipPatternRefused(pattern: refusal.pattern, reason: refusal.reason)
         }
     }
 
+    /// What the step writes, tensor by tensor: FP8 input weights keep their dtype and scales, bf16 ones
+    /// the policy picks become FP8 (`fresh` counts them), the rest keep their dtype.
     private static func plan(_ tensors: [ExpectedTensor], source: TensorSource, policy: FP8Policy, fp8DType: DType, block: Int) throws
         -> (planned: [PlannedTensor], quantized: Set<String>, fresh: Int) {
         var planned: [PlannedTensor] = []
@@ -179,7 +179,7 @@ public final class QuantizeStep: TensorSource {
             let scale = PlannedTensor(name: t.name + QuantizationConfig.scaleSuffix, dtype: .f32, shape: QuantizationConfig.scaleShape(of: t.shape, block: block))
             if info.dtype.isBlockFP8 {
                 planned += [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape), scale]
-            } else if try Self.shouldQuantize(t, policy: policy, source: source) {
+            } else if try Self.shouldQuantize(t, policy: policy) {
                 fresh += 1
                 quantized.insert(t.name)
                 planned += [PlannedTensor(name: t.name, dtype: fp8DType, shape: t.shape), scale]

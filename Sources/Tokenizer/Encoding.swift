@@ -19,9 +19,9 @@ extension Tokenizer {
         do {
             return try ids(of: input, threads: threads)
         } catch let error as RegexBacktrackLimit {
-            if let piece = error.piece {
-                throw TokenizerError.regexWorkLimit(file: name, tokenizer: file, pattern: error.pattern, piece: piece,
-                                                    limit: ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * piece)
+            if let length = error.text {
+                throw TokenizerError.regexWorkLimit(file: name, tokenizer: file, pattern: error.pattern, length: length,
+                                                    limit: ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * length)
             }
             throw TokenizerError.regexBacktrackLimit(file: name, tokenizer: file, pattern: error.pattern, position: error.position,
                                                      limit: ScalarRegex.backtrackLimit)

@@ -27,7 +27,11 @@ struct PreTokenizerRunner {
     var scratch: [UInt32] = []
     var regexScratch = ScalarRegex.Scratch()
 
-    init(text: UnsafeBufferPointer<UInt32>) { self.text = text }
+    /// The Split patterns' work over all pieces of `text` is bounded by one budget for the text.
+    init(text: UnsafeBufferPointer<UInt32>) {
+        self.text = text
+        regexScratch.limitWork(scalars: text.count)
+    }
 
     mutating func apply(_ step: PreTokenizerStep, to pieces: [Piece], into output: inout [Piece]) throws {
         for piece in pieces { try apply(step, to: piece, into: &output) }

@@ -2,14 +2,16 @@
 /// `(a+)+b` on a long run of `a` takes time exponential in the run's length. Refused rather than left
 /// to run for hours (Oniguruma, which `tokenizers` uses, also stops at a retry limit of this size).
 ///
-/// Also thrown past `ScalarRegex.backtrackLimit + perScalarBudget · n` backtracks over one piece of n
-/// scalars (`piece` set): work repeated at every start position is bounded too, not only one attempt's.
+/// Also thrown past the work budget of a whole text (`Scratch.limitWork`: `backtrackLimit +
+/// perScalarBudget · n` for n scalars; `text` set): work repeated at every start position, or in
+/// every piece, is bounded too, not only one attempt's.
 struct RegexBacktrackLimit: Error {
     let pattern: String
-    /// Where the attempt started, in the scalars of the (normalized) text.
+    /// Where the run that gave up started (the attempt's, or a lookahead's inside it), in the scalars
+    /// of the (normalized) text.
     let position: Int
-    /// For the limit over a piece: the piece's length in scalars (nil: one attempt's limit).
-    var piece: Int? = nil
+    /// For the budget of a text: its length in scalars (nil: one attempt's limit).
+    var text: Int? = nil
 }
 
 /// A compiled `Split` pattern: a backtracking matcher over Unicode scalar values with Oniguruma's
@@ -31,9 +33,9 @@ public final class ScalarRegex: Sendable {
     /// Backtracks allowed to one match attempt, lookaheads included (Oniguruma's default retry limit
     /// in a match).
     static let backtrackLimit = 10_000_000
-    /// Backtracks allowed per scalar of a piece beyond one attempt's: DeepSeek's patterns take a few
-    /// per scalar. A pattern that costs an attempt's worth at every start (`(?:a|a){1,20}b`: ~22 ms
-    /// per `a`, 40 minutes for 100 KB) is refused instead (found by an audit).
+    /// Backtracks allowed per scalar of a text beyond one attempt's (`Scratch.limitWork`): DeepSeek's
+    /// patterns take a few per scalar. A pattern that costs an attempt's worth at every start
+    /// (`(?:a|a){1,20}b`: ~22 ms per `a`, 40 minutes for 100 KB) is refused instead (found by an audit).
     static let perScalarBudget = 1_000
 
     /// When failed repeat entries are remembered in a subject (see `run`). Every policy finds the
@@ -128,8 +130,8 @@ public final class ScalarRegex: Sendable {
         /// Choice points resumed in the attempt running now, its lookaheads' included (one counter:
         /// a lookahead's work counted apart let nested lookaheads run for days, found by an audit).
         var attemptBacktracks = 0
-        /// `backtracks` past which this subject is refused.
-        var subjectLimit = Int.max
+        /// `backtracks` past which the text is refused (`limitWork`), and the text's length.
+        private(set) var workLimit = Int.max, workText = 0
         /// Repeat entries the record decided (failed at once, or tried fewer positions): what a test
         /// reads to know the record was used.
         var recordDecisions = 0
@@ -147,6 +149,16 @@ public final class ScalarRegex: Sendable {
             return choice
         }
 
+        /// Bounds all later matching with this scratch (every piece, every pattern) to the budget of a
+        /// text of `scalars` scalars: `backtrackLimit + perScalarBudget · scalars` backtracks from now.
+        /// Once per text, not per piece: a tokenizer that cuts the text into short pieces would
+        /// otherwise get a fresh allowance for each (found by a review).
+        /// `spent`: backtracks this budget already paid for elsewhere (earlier names of a `NamePattern`).
+        mutating func limitWork(scalars: Int, spent: Int = 0) {
+            workLimit = backtracks + ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * scalars - spent
+            workText = scalars
+        }
+
         /// Starts remembering failed repeat entries: the record starts empty.
         mutating func startRemembering(slots: Int) {
             remembering = true
@@ -160,16 +172,7 @@ public final class ScalarRegex: Sendable {
     func forEachMatch(_ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int, scratch: inout Scratch, _ body: (Int, Int) -> Void) throws {
         var searchFrom = start
         var lastMatchEnd: Int?
-        scratch.remembering = false
-        scratch.subjectLimit = scratch.backtracks + Self.backtrackLimit + Self.perScalarBudget * (end - start)
-        switch rememberingPolicy {
-        case .afterLinearWork: scratch.rememberAfter = scratch.backtracks + 4 * (end - start) + 256
-        case let .after(backtracks) where backtracks <= 0:
-            scratch.rememberAfter = Int.max
-            scratch.startRemembering(slots: repeatSlots)
-        case let .after(backtracks): scratch.rememberAfter = scratch.backtracks + backtracks
-        case .never: scratch.rememberAfter = Int.max
-        }
+        begin(subjectOf: end - start, &scratch)
         while searchFrom <= end {
             guard let (s, e) = try search(text, from: searchFrom, start: start, end: end, scratch: &scratch) else { return }
             if s == e, lastMatchEnd == e {
@@ -179,6 +182,26 @@ public final class ScalarRegex: Sendable {
             searchFrom = e
             lastMatchEnd = e
             body(s, e)
+        }
+    }
+
+    /// Whether the pattern matches anywhere in `text[start..<end]`: the first match ends the search
+    /// (as Python's `re.search`).
+    func hasMatch(_ text: UnsafeBufferPointer<UInt32>, start: Int, end: Int, scratch: inout Scratch) throws -> Bool {
+        begin(subjectOf: end - start, &scratch)
+        return try search(text, from: start, start: start, end: end, scratch: &scratch) != nil
+    }
+
+    /// The per-subject state a search starts with: no record of failed repeats, and when to start one.
+    private func begin(subjectOf length: Int, _ scratch: inout Scratch) {
+        scratch.remembering = false
+        switch rememberingPolicy {
+        case .afterLinearWork: scratch.rememberAfter = scratch.backtracks + 4 * length + 256
+        case let .after(backtracks) where backtracks <= 0:
+            scratch.rememberAfter = Int.max
+            scratch.startRemembering(slots: repeatSlots)
+        case let .after(backtracks): scratch.rememberAfter = scratch.backtracks + backtracks
+        case .never: scratch.rememberAfter = Int.max
         }
     }
 
@@ -234,8 +257,8 @@ public final class ScalarRegex: Sendable {
         static func repeatEntry(slot: Int, from: Int, runEnd: Int) -> Backtrack { Backtrack(pc: -1 - slot, pos: from, low: runEnd) }
     }
 
-    /// Runs program `index` at `position`; the end of the match, or nil. Throws past
-    /// `backtrackLimit` backtracks.
+    /// Runs the program starting at offset `program` of `code` at `position`; the end of the match,
+    /// or nil. Throws past `backtrackLimit` backtracks in the attempt, or past the text's work budget.
     ///
     /// Why failed repeats are remembered: `\s+$` (DeepSeek-V2's pre-tokenizer) tried from every
     /// position of a run of n spaces before a digit runs to the run's end and gives it back one
@@ -298,7 +321,7 @@ public final class ScalarRegex: Sendable {
                 return pos
             }
             if ok { continue }
-            guard let choice = try backtrack(&scratch, above: base, subject: subject, attempt: position) else { return nil }
+            guard let choice = try backtrack(&scratch, above: base, attempt: position) else { return nil }
             pc = choice.pc
             pos = choice.pos
         }
@@ -308,7 +331,7 @@ public final class ScalarRegex: Sendable {
     /// repeat-entry markers on the way are recorded, a greedy repeat's choice is put back one
     /// scalar shorter, and the attempt's and the subject's backtracks are counted against their limits.
     @inline(__always)
-    private func backtrack(_ scratch: inout Scratch, above base: Int, subject: Subject, attempt position: Int) throws -> Backtrack? {
+    private func backtrack(_ scratch: inout Scratch, above base: Int, attempt position: Int) throws -> Backtrack? {
         guard scratch.stack.count > base else { return nil }
         var choice = scratch.stack.removeLast()
         if choice.pc < 0 {
@@ -319,9 +342,7 @@ public final class ScalarRegex: Sendable {
         scratch.backtracks += 1
         if scratch.backtracks == scratch.rememberAfter { scratch.startRemembering(slots: repeatSlots) }
         if scratch.attemptBacktracks > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
-        if scratch.backtracks > scratch.subjectLimit {
-            throw RegexBacktrackLimit(pattern: pattern, position: position, piece: subject.end - subject.start)
-        }
+        if scratch.backtracks > scratch.workLimit { throw RegexBacktrackLimit(pattern: pattern, position: position, text: scratch.workText) }
         if choice.low >= 0, choice.pos > choice.low {
             scratch.stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
         }

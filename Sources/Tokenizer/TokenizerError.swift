@@ -20,8 +20,8 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
     case textShorterThanRow(file: String, tokens: Int, sequenceLength: Int)
     case emptyText(file: String)
     case regexBacktrackLimit(file: String, tokenizer: String, pattern: String, position: Int, limit: Int)
-    /// A Split pattern that backtracked past its budget over one piece of `piece` scalars (`limit` in all).
-    case regexWorkLimit(file: String, tokenizer: String, pattern: String, piece: Int, limit: Int)
+    /// A Split pattern that backtracked past the budget of a text of `length` scalars (`limit` in all).
+    case regexWorkLimit(file: String, tokenizer: String, pattern: String, length: Int, limit: Int)
     case addedTokenIDTaken(file: String, content: String, id: Int, other: String)
     case addedTokenListedTwice(file: String, content: String)
 
@@ -56,10 +56,10 @@ public enum TokenizerError: LocalizedError, Equatable, Sendable {
         case let .regexBacktrackLimit(file, tokenizer, pattern, _, limit):
             return "\(file): \(tokenizer)'s Split pattern \(CompactJSON.quoted(pattern)) backtracks more than \(limit) times in one match attempt "
                 + "on this text; refused rather than left to run (Oniguruma, which tokenizers uses, also stops at a retry limit)"
-        case let .regexWorkLimit(file, tokenizer, pattern, piece, limit):
-            return "\(file): \(tokenizer)'s Split pattern \(CompactJSON.quoted(pattern)) backtracks more than \(limit) times over a piece of "
-                + "\(piece) characters of this text (\(ScalarRegex.perScalarBudget) per character beyond one attempt's \(ScalarRegex.backtrackLimit)); "
-                + "refused rather than left to run"
+        case let .regexWorkLimit(file, tokenizer, pattern, length, limit):
+            return "\(file): \(tokenizer)'s Split patterns backtrack more than \(limit) times over this text of \(length) characters "
+                + "(\(ScalarRegex.perScalarBudget) per character beyond one attempt's \(ScalarRegex.backtrackLimit)), the last in "
+                + "\(CompactJSON.quoted(pattern)); refused rather than left to run"
         case let .addedTokenIDTaken(file, content, id, other):
             return "\(file): " + AddedTokenIDs.Collision(content: content, id: id, other: other).reason
         case let .addedTokenListedTwice(file, content):

@@ -1,6 +1,7 @@
 import Conversion
 import Foundation
 import SafeTensors
+import Tokenizer
 import XCTest
 
 final class QuantizeTests: XCTestCase {
@@ -107,11 +108,23 @@ final class QuantizeTests: XCTestCase {
         let r = try runTool("dsconvert", ["quantize", "--fp8", "--skip", pattern, "--input", fixtures.appendingPathComponent("lite").path, "--output", out.path])
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
-        XCTAssertTrue(r.stderr.contains("cannot convert: --skip pattern \"\(pattern)\" gives up on '"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("dsconvert quantize: error: --skip \"\(pattern)\" gives up on '"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: out.path))
         // The pattern the audit wrote is answered at once (its runs' failures are remembered) and skips nothing.
         let nested = try runTool("dsconvert", ["quantize", "--fp8", "--skip", "^([a-z._0-9]+)+Z", "--input", fixtures.appendingPathComponent("lite").path,
                                                "--output", dir.appendingPathComponent("nested").path])
         XCTAssertEqual(nested.status, 0, nested.stderr)
+    }
+
+    /// Found by a review: a name that already matched was searched on and could be refused, and the
+    /// budget was per name, so a pattern costing millions per name ran for hours over V3's names.
+    func testSkipPatternStopsAtItsFirstMatchAndSharesOneBudget() throws {
+        let first = try NamePattern("model|(?:.|.)+Z")
+        XCTAssertTrue(try first.matches("model.layers.0.mlp.experts.0.gate_proj.weight"))
+        let costly = try NamePattern("^(?:.|.){1,22}Z")
+        let names = (0..<200).map { "model.layers.\($0).mlp.experts.\($0).gate_proj.weight" }
+        XCTAssertThrowsError(try names.forEach { _ = try costly.matches($0) }) { error in
+            XCTAssertTrue((error as? NamePattern.Refusal)?.reason.contains("backtracks over the") == true, "\(error)")
+        }
     }
 }

@@ -63,13 +63,20 @@ final class BadInputTests: XCTestCase {
             XCTAssertEqual(error as? TokenizerError, .regexBacktrackLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(a|aa)+b", position: 0,
                                                                           limit: ScalarRegex.backtrackLimit))
         }
-        // Work over the whole piece is bounded too, and named as such.
-        json["pre_tokenizer"] = ["type": "Split", "pattern": ["Regex": "(?:a|a){1,20}b"], "behavior": "Isolated", "invert": false]
-        try JSONSerialization.data(withJSONObject: json).write(to: runaway)
-        XCTAssertThrowsError(try Tokenizer.load(path: runaway.path).encode(utf8: Array(String(repeating: "a", count: 2_000).utf8), name: "t.txt")) { error in
-            XCTAssertEqual(error as? TokenizerError, .regexWorkLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(?:a|a){1,20}b", piece: 2_000,
-                                                                     limit: ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * 2_000))
-            XCTAssertTrue((error as? TokenizerError)?.errorDescription?.contains("over a piece of 2000 characters") == true)
+        // Work over the whole text is bounded too, and named as such: one budget for the text, however
+        // an earlier step cuts it (a review found pieces of 22 characters each getting a fresh one).
+        let split = ["type": "Split", "pattern": ["Regex": "(?:a|a){1,20}b"], "behavior": "Isolated", "invert": false] as [String: Any]
+        let cut = ["type": "Split", "pattern": ["String": "x"], "behavior": "Removed", "invert": false] as [String: Any]
+        for (preTokenizer, text) in [(split, String(repeating: "a", count: 2_000)),
+                                     (["type": "Sequence", "pretokenizers": [cut, split]] as [String: Any], String(repeating: String(repeating: "a", count: 21) + "x", count: 100))] {
+            json["pre_tokenizer"] = preTokenizer
+            try JSONSerialization.data(withJSONObject: json).write(to: runaway)
+            let length = text.unicodeScalars.count
+            XCTAssertThrowsError(try Tokenizer.load(path: runaway.path).encode(utf8: Array(text.utf8), name: "t.txt", threads: 1)) { error in
+                XCTAssertEqual(error as? TokenizerError, .regexWorkLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(?:a|a){1,20}b", length: length,
+                                                                         limit: ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * length))
+                XCTAssertTrue((error as? TokenizerError)?.errorDescription?.contains("over this text of \(length) characters") == true)
+            }
         }
         // Found by an audit: each ByteLevel step re-encodes the last one's output, doubling spaces and
         // non-ASCII text: 30 of them asked for 4.4 GB on 100 spaces. A second one is refused.

@@ -14,9 +14,11 @@ final class RegexTests: XCTestCase {
         return (found, scratch.backtracks)
     }
 
-    /// The matches' scalar ranges, with `scratch` kept from earlier subjects (as the pre-tokenizer keeps it).
+    /// The matches' scalar ranges, with `scratch` kept from earlier subjects (as the pre-tokenizer keeps
+    /// it) and the text's work budget set (as the pre-tokenizer sets it once per text).
     func spans(_ regex: ScalarRegex, _ text: String, scratch: inout ScalarRegex.Scratch) throws -> [Range<Int>] {
         let scalars = UTF8Text.scalars(of: text)
+        scratch.limitWork(scalars: scalars.count)
         var found: [Range<Int>] = []
         try scalars.withUnsafeBufferPointer { buffer in
             try regex.forEachMatch(buffer, start: 0, end: scalars.count, scratch: &scratch) { found.append($0..<$1) }
@@ -190,17 +192,17 @@ final class RegexTests: XCTestCase {
         XCTAssertThrowsError(try matches("(?:(?:a|a)(?!(?:a|a){1,14}b)){1,14}c", String(repeating: "a", count: 40))) { error in
             let limit = error as? RegexBacktrackLimit
             XCTAssertNotNil(limit)
-            XCTAssertNil(limit?.piece, "one attempt's limit")
+            XCTAssertNil(limit?.text, "one attempt's limit")
         }
     }
 
     /// Found by an audit: an attempt's worth of work at every start was bounded only per attempt
-    /// (`(?:a|a){1,20}b`: ~22 ms per `a`, 40 minutes for 100 KB). A piece of n scalars may take
+    /// (`(?:a|a){1,20}b`: ~22 ms per `a`, 40 minutes for 100 KB). A text of n scalars may take
     /// `backtrackLimit + perScalarBudget · n` backtracks in all.
     func testWorkOverAPieceIsBounded() throws {
         let text = String(repeating: "a", count: 2_000)
         XCTAssertThrowsError(try matches("(?:a|a){1,20}b", text)) { error in
-            XCTAssertEqual((error as? RegexBacktrackLimit)?.piece, 2_000)
+            XCTAssertEqual((error as? RegexBacktrackLimit)?.text, 2_000)
         }
         // The same work over a short piece is within its budget, and DeepSeek-V2's patterns take a
         // few backtracks per scalar (the long blank runs above: under 8 per scalar).

@@ -217,6 +217,12 @@ def check_schemas(binary):
         check(f"inspect --json {os.path.relpath(target, ROOT)} validates", ok, r.stderr)
     check_param_counts(binary)
     work = tempfile.mkdtemp(prefix="dsconvert-schemas-")
+    quantized, sharded = check_conversion_schemas(binary, work)
+    check_report_schemas(binary, work, quantized, sharded)
+
+
+def check_conversion_schemas(binary, work):
+    """absorb, quantize, quantize --kv6 and shard outputs (manifests and config records) against their schemas."""
     for mode in ("split", "fold"):
         out = os.path.join(work, f"absorbed-{mode}")
         r = dsconvert(binary, "absorb", "--input", os.path.join(FIXTURES, "v2"), "--output", out, "--mode", mode, "--keep-kv-b")
@@ -258,6 +264,11 @@ def check_schemas(binary):
         source.update(raw_tensors(os.path.join(quantized, shard)))
     check("shard --devices 8 of an FP8 checkpoint: schemas (placement.json, manifests, devices' dsconvert_placement) validate, "
           "official reader's union equals the input", ok and union == source, r.stderr)
+    return quantized, sharded
+
+
+def check_report_schemas(binary, work, quantized, sharded):
+    """shard --dense once, tokenize, export --gguf and validate outputs against their schemas."""
     once = os.path.join(work, "sharded-once")
     r = dsconvert(binary, "shard", "--devices", "4", "--dense", "once", "--input", os.path.join(FIXTURES, "v2"), "--output", once)
     ok = r.returncode == 0 and all(validate(json.load(open(os.path.join(once, f"device-{d}", "config.json")))["dsconvert_placement"],
@@ -269,6 +280,14 @@ def check_schemas(binary):
     r = dsconvert(binary, "tokenize", "--tokenizer", os.path.join(FIXTURES, "tokenizers", "v3-style.json"), "--text", os.path.join(work, "text.txt"),
                   "--output", tokens)
     check("tokenize's tokens file validates", r.returncode == 0 and validate(json.load(open(tokens)), "tokens.schema.json"), r.stderr)
+    gguf = os.path.join(work, "gguf")
+    r = dsconvert(binary, "export", "--gguf", "--type", "q8_0", "--input", os.path.join(FIXTURES, "v2"), "--output", gguf,
+                  "--tokenizer", os.path.join(FIXTURES, "tokenizers", "v2-style.json"))
+    files = sorted(f for f in os.listdir(gguf) if f.endswith(".gguf")) if r.returncode == 0 else []
+    r2 = dsconvert(binary, "inspect", os.path.join(gguf, files[0]), "--json", "--tensors") if files else r
+    ok = bool(files) and r2.returncode == 0 and validate(json.loads(r2.stdout), "inspect-gguf.schema.json") \
+        and validate(json.load(open(os.path.join(gguf, "dsconvert.json"))), "manifest.schema.json")
+    check("export --gguf: its manifest and inspect --json of the GGUF validate", ok, r.stderr + r2.stderr)
     report = os.path.join(work, "report.json")
     r = dsconvert(binary, "validate", "--reference", quantized, "--candidate", sharded, "--json", report, "--max-logit-delta", "1e-5")
     check("validate of the sharded output (with fan-out) validates", r.returncode == 0 and validate(json.load(open(report)), "validate.schema.json"), r.stderr)
