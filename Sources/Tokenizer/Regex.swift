@@ -127,11 +127,15 @@ public final class ScalarRegex: Sendable {
         /// Choice points resumed so far (all attempts, all subjects): what a test of the matcher's
         /// work reads.
         var backtracks = 0
-        /// Choice points resumed in the attempt running now, its lookaheads' included (one counter:
-        /// a lookahead's work counted apart let nested lookaheads run for days, found by an audit).
-        var attemptBacktracks = 0
         /// `backtracks` past which the text is refused (`limitWork`), and the text's length.
         private(set) var workLimit = Int.max, workText = 0
+        /// `backtracks` past which the attempt running now stops: its own limit (its lookaheads'
+        /// backtracks included: counted apart, nested lookaheads ran for days, found by an audit) or
+        /// the text's, whichever comes first. One comparison per backtrack on the hot path.
+        var stopAt = Int.max
+
+        /// Starts an attempt: its backtracks are counted from now.
+        mutating func startAttempt() { stopAt = min(workLimit, backtracks + ScalarRegex.backtrackLimit) }
         /// Repeat entries the record decided (failed at once, or tried fewer positions): what a test
         /// reads to know the record was used.
         var recordDecisions = 0
@@ -227,10 +231,10 @@ public final class ScalarRegex: Sendable {
         }
     }
 
-    /// One match attempt of the pattern at `p`: its backtrack count starts at zero.
+    /// One match attempt of the pattern at `p`: its backtracks are counted from here.
     @inline(__always)
     private func attempt(at p: Int, _ subject: Subject, scratch: inout Scratch) throws -> Int? {
-        scratch.attemptBacktracks = 0
+        scratch.startAttempt()
         return try run(0, at: p, subject, scratch: &scratch)
     }
 
@@ -243,6 +247,17 @@ public final class ScalarRegex: Sendable {
         let code: UnsafePointer<RegexInstruction>
 
         @inline(__always) func inSet(_ offset: Int, _ v: UInt32) -> Bool { bits[offset + Int(v >> 6)] >> UInt64(v & 63) & 1 != 0 }
+
+        /// How many scalars from `pos` (at most `limit`) the repeat `ins` accepts: its run.
+        @inline(__always) func run(of ins: RegexInstruction, from pos: Int, limit: Int) -> Int {
+            var k = 0
+            if ins.op == .repeatSet {
+                while k < limit, inSet(ins.a, text[pos + k]) { k += 1 }
+            } else {
+                while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
+            }
+            return k
+        }
     }
 
     /// A choice point: resume at `pc` from `pos`; for a greedy repeat, also every shorter length
@@ -296,13 +311,7 @@ public final class ScalarRegex: Sendable {
                 if scratch.remembering, ins.slot >= 0 {
                     entry = Self.enterRemembering(ins, at: pos, subject, scratch: &scratch)
                 } else {
-                    var k = 0
-                    let limit = min(ins.c, end - pos)
-                    if ins.op == .repeatSet {
-                        while k < limit, subject.inSet(ins.a, text[pos + k]) { k += 1 }
-                    } else {
-                        while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
-                    }
+                    let k = subject.run(of: ins, from: pos, limit: min(ins.c, end - pos))
                     entry = k < ins.b ? nil : (pos + k, pos + k)
                 }
                 guard let entry else { ok = false; break }
@@ -338,11 +347,11 @@ public final class ScalarRegex: Sendable {
             guard let resumed = scratch.popRepeatEntries(from: choice, above: base) else { return nil }
             choice = resumed
         }
-        scratch.attemptBacktracks += 1
         scratch.backtracks += 1
         if scratch.backtracks == scratch.rememberAfter { scratch.startRemembering(slots: repeatSlots) }
-        if scratch.attemptBacktracks > Self.backtrackLimit { throw RegexBacktrackLimit(pattern: pattern, position: position) }
-        if scratch.backtracks > scratch.workLimit { throw RegexBacktrackLimit(pattern: pattern, position: position, text: scratch.workText) }
+        if scratch.backtracks > scratch.stopAt {
+            throw RegexBacktrackLimit(pattern: pattern, position: position, text: scratch.backtracks > scratch.workLimit ? scratch.workText : nil)
+        }
         if choice.low >= 0, choice.pos > choice.low {
             scratch.stack.append(Backtrack(pc: choice.pc, pos: choice.pos - 1, low: choice.low))
         }
@@ -375,18 +384,12 @@ public final class ScalarRegex: Sendable {
     /// per position the outer one gives back, tries one new position each time, not the whole run).
     @inline(__always)
     private static func enter(_ ins: RegexInstruction, at pos: Int, _ subject: Subject, failed: (from: Int, runEnd: Int)) -> (runEnd: Int, top: Int)? {
-        let text = subject.text
         var limit = min(ins.c, subject.end - pos)
         if failed.from >= 0, pos <= failed.runEnd {
             if failed.from <= pos { return nil }
             limit = failed.from - pos
         }
-        var k = 0
-        if ins.op == .repeatSet {
-            while k < limit, subject.inSet(ins.a, text[pos + k]) { k += 1 }
-        } else {
-            while k < limit, text[pos + k] == UInt32(ins.a) { k += 1 }
-        }
+        let k = subject.run(of: ins, from: pos, limit: limit)
         if failed.from >= 0, pos < failed.from, k == failed.from - pos {
             return (failed.runEnd, failed.from + ins.b - 1)
         }
