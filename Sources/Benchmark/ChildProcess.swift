@@ -61,12 +61,18 @@ public struct JobRun: Sendable {
     }
 }
 
+/// A cold run was asked for and the page cache could not be dropped: the machine's permissions, not
+/// the command line, are at fault, so it is a failure (exit 1), not a usage error.
+public struct PageCacheNotDropped: LocalizedError, Sendable {
+    public var errorDescription: String? { "--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)" }
+}
+
 /// Runs programs as child processes, timed, with their stdout and stderr sent to /dev/null.
 public enum ChildProcess {
     /// Writes dirty pages back and drops the page cache (root only), so the next job reads from
-    /// disk as a checkpoint larger than RAM is read; false when it could not.
-    public static func dropPageCache() -> Bool {
-        run("/bin/sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded
+    /// disk as a checkpoint larger than RAM is read.
+    public static func dropPageCache() throws {
+        guard run("/bin/sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded else { throw PageCacheNotDropped() }
     }
 
     /// Spawns `path` with `arguments`, waits for it, and reports wall time, peak RSS and how it ended.

@@ -164,11 +164,15 @@ public struct ParsedArguments: Sendable {
         return v
     }
 
-    /// A choice among fixed words.
-    public func choice(_ name: String, default fallback: String, among choices: [String]) throws -> String {
+    /// A choice among the cases of `T`, spelled as their raw values: the word is decoded here,
+    /// once, and the command switches over the case. `among` narrows the cases offered.
+    public func choice<T: CaseIterable & RawRepresentable>(_ name: String, default fallback: T, among choices: [T] = Array(T.allCases)) throws -> T
+    where T.RawValue == String {
         guard let text = value(name) else { return fallback }
-        guard choices.contains(text) else { throw UsageError("--\(name) takes one of \(choices.joined(separator: ", ")), got '\(text)'") }
-        return text
+        guard let picked = choices.first(where: { $0.rawValue == text }) else {
+            throw UsageError("--\(name) takes one of \(choices.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
+        }
+        return picked
     }
 }
 

@@ -6,7 +6,6 @@ import SafeTensors
 /// `dsconvert absorb`: streams a checkpoint layer by layer, replacing each layer's attention
 /// weights with their absorbed form and copying every other tensor through byte for byte.
 public enum AbsorbStage {
-    public enum StorageDType: String, Sendable { case bf16, f32 }
 
     public struct Summary: Sendable {
         public let output: URL
@@ -15,7 +14,7 @@ public enum AbsorbStage {
         public let config: DeepSeekConfig
     }
 
-    public static func run(input: URL, output: URL, options: AbsorbOptions, dtype: StorageDType, force: Bool,
+    public static func run(input: URL, output: URL, options: AbsorbOptions, dtype: AbsorbedDType, force: Bool,
                            shardSize: ShardSize = .likeInput, resume: Bool = false,
                            progress: ((String) -> Void)? = nil) throws -> Summary {
         let source = try CheckpointSource(directory: input)
@@ -68,14 +67,14 @@ public final class AbsorbStep: TensorSource {
     private var cacheOrder: [Int] = []
     private let cachedLayers = 2 * WriteSchedule.defaultLanes
 
-    public init(source: TensorSource, options: AbsorbOptions, dtype: AbsorbStage.StorageDType) throws {
+    public init(source: TensorSource, options: AbsorbOptions, dtype: AbsorbedDType) throws {
         let input = source.config
         guard input.attentionForm == .mla else {
             throw ConversionError.unsupportedInput(path: source.directory.path, reason: "attention is already absorbed (\(input.attentionForm.rawValue))")
         }
         self.source = source
         self.options = options
-        var document = try source.document.setting(AbsorptionRecord.configKey, to: MLAAbsorber.record(input, options: options, dtype: dtype.rawValue))
+        var document = try source.document.setting(AbsorptionRecord.configKey, to: MLAAbsorber.record(input, options: options, dtype: dtype))
         if let record = input.kvCache, record.format == KVCacheFormat.mlaKV6C.rawValue {
             // The absorbed cache holds the latent without kv_a_layernorm's gain γ (folded into W_UK/W_UV):
             // each latent channel's calibrated step is divided by its γ, so the codes stay the same.
@@ -88,7 +87,7 @@ public final class AbsorbStep: TensorSource {
         }
         self.document = document
         let config = document.model
-        let storage: DType = dtype == .bf16 ? .bf16 : .f32
+        let storage = dtype.storage
         // Tensors absorb computes take the storage dtype, the rest keep theirs.
         var computed = Set<String>()
         // The multi-token-prediction layers' attention is absorbed like any other layer's.
@@ -118,7 +117,7 @@ public final class AbsorbStep: TensorSource {
             return [PlannedTensor(name: t.name, dtype: info.dtype, shape: t.shape), scale]
         }
         byName = Dictionary(uniqueKeysWithValues: planned.map { ($0.name, $0) })
-        var stageOptions = ["mode": options.form == .split ? "split" : "fold", "keep_kv_b": String(options.keepKVB), "dtype": dtype.rawValue]
+        var stageOptions = ["mode": options.mode.rawValue, "keep_kv_b": String(options.keepKVB), "dtype": dtype.rawValue]
         if let scale = options.softmaxScaleOverride { stageOptions["softmax_scale_override"] = String(scale) }
         stages = source.stages + [.init(stage: .absorb, options: stageOptions, input: source.directory.path)]
     }

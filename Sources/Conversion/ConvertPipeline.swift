@@ -11,14 +11,14 @@ import SafeTensors
 public enum ConvertPipeline {
     public struct Options: Sendable {
         public var absorb: AbsorbOptions?
-        public var absorbDType: AbsorbStage.StorageDType
+        public var absorbDType: AbsorbedDType
         public var fp8: QuantizeStage.FP8Options?
         public var kv6: QuantizeStage.KV6Options?
         /// Devices to shard routed experts over; nil writes one checkpoint.
         public var devices: Int?
         public var denseOnce: Bool
 
-        public init(absorb: AbsorbOptions? = nil, absorbDType: AbsorbStage.StorageDType = .bf16, fp8: QuantizeStage.FP8Options? = nil,
+        public init(absorb: AbsorbOptions? = nil, absorbDType: AbsorbedDType = .bf16, fp8: QuantizeStage.FP8Options? = nil,
                     kv6: QuantizeStage.KV6Options? = nil, devices: Int? = nil, denseOnce: Bool = false) {
             self.absorb = absorb
             self.absorbDType = absorbDType

@@ -1,19 +1,37 @@
 import DeepSeekModel
 import Foundation
 
+/// The two forms `dsconvert absorb` writes (`--mode`).
+public enum AbsorbMode: String, CaseIterable, Sendable {
+    /// kv_b_proj split into per-head W_UK and W_UV; queries absorbed at run time.
+    case split
+    /// W_UKᵀ·W_UQ and W_O·W_UV folded per head into the query and output projections.
+    case fold
+
+    /// The attention form of the output.
+    public var form: AttentionForm {
+        switch self {
+        case .split: .split
+        case .fold: .fold
+        }
+    }
+}
+
 /// Options of `dsconvert absorb`.
 public struct AbsorbOptions: Sendable {
-    public var form: AttentionForm
+    public var mode: AbsorbMode
     public var keepKVB: Bool
     /// Overrides the folded softmax scale; only tests use it, to prove a wrong scale is caught.
     public var softmaxScaleOverride: Double?
 
-    public init(form: AttentionForm, keepKVB: Bool = false, softmaxScaleOverride: Double? = nil) {
-        precondition(form != .mla, "absorb writes split or fold")
-        self.form = form
+    public init(mode: AbsorbMode, keepKVB: Bool = false, softmaxScaleOverride: Double? = nil) {
+        self.mode = mode
         self.keepKVB = keepKVB
         self.softmaxScaleOverride = softmaxScaleOverride
     }
+
+    /// The attention form of the output.
+    public var form: AttentionForm { mode.form }
 }
 
 /// MLA weight absorption (README "Absorption") as pure functions over one layer's weights.
@@ -25,7 +43,7 @@ public struct AbsorbOptions: Sendable {
 /// softmax scale (with YaRN mscale²) moves into the query rows, nope and rope alike (RoPE is linear).
 /// Every product is taken in f64 in a fixed order and rounded once to the storage dtype.
 public enum MLAAbsorber {
-    public static func record(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: String) -> AbsorptionRecord {
+    public static func record(_ config: DeepSeekConfig, options: AbsorbOptions, dtype: AbsorbedDType) -> AbsorptionRecord {
         var folds: [AbsorptionRecord.Fold] = [.kvALayernormGamma]
         if config.qLoraRank != nil { folds.append(.qALayernormGamma) }
         folds.append(.softmaxScale)

@@ -38,7 +38,7 @@ public enum ForwardBenchCommand: Command {
         let seq = try arguments.integer("seq", default: 512, in: 1...8192)
         let repeats = try arguments.integer("repeats", default: 3, in: 1...100)
         terminal.progress("benchmark: forward on \(batch)x\(seq) tokens")
-        let shape = ForwardBenchmark.Shape(rawValue: try arguments.choice("shape", default: "v2-lite", among: ["v2-lite", "v3"]))!
+        let shape = try arguments.choice("shape", default: ForwardBenchmark.Shape.v2Lite)
         let r = try ForwardBenchmark.run(batch: batch, seq: seq, repeats: repeats, shape: shape)
         terminal.endProgress()
         terminal.out("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, OpenBLAS threads \(r.threads); times: median (min-max)")

@@ -30,7 +30,7 @@ public enum GenerateBenchCommand: Command {
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let shape: SyntheticCheckpoint.Shape
-        switch ShapeOption(rawValue: try arguments.choice("shape", default: ShapeOption.v2Lite.rawValue, among: ShapeOption.allCases.map(\.rawValue)))! {
+        switch try arguments.choice("shape", default: ShapeOption.v2Lite) {
         case .v3:
             shape = .v3(dense: try arguments.integer("dense-layers", default: 3, in: 0...3),
                         moe: try arguments.integer("moe-layers", default: 2, in: 1...58),
@@ -110,10 +110,12 @@ public enum ConvertBenchCommand: Command {
             terminal.progress("bench: reading the input once (warm-up)")
             _ = ChildProcess.run("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
         }
-        guard let samples = rounds(jobs, runs: runs, output: out, cold: cold, terminal: terminal) else {
+        let samples: [[JobRun]]
+        do {
+            samples = try rounds(jobs, runs: runs, output: out, cold: cold, terminal: terminal)
+        } catch {
             terminal.endProgress()
-            terminal.error("dsconvert-bench convert", "--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
-            return ExitCode.failure
+            throw error
         }
         let rows = BenchRounds.summarize(jobs, samples: samples, reference: 0, copy: 1)
         terminal.endProgress()
@@ -195,7 +197,7 @@ public enum ConvertBenchCommand: Command {
         guard let tokenizer = arguments.value("tokenizer") else { return [] }
         // The types llama-quantize writes (the peer's second pass), named as llama-quantize names them.
         let quantized: [GGUFFileType] = [.q4_k_m, .q6_k, .q8_0]
-        let type = GGUFFileType(rawValue: try arguments.choice("gguf-type", default: GGUFFileType.q4_k_m.rawValue, among: quantized.map(\.rawValue)))!
+        let type = try arguments.choice("gguf-type", default: GGUFFileType.q4_k_m, among: quantized)
         var jobs = [BenchJob(name: "\(exportName) \(type.rawValue)", program: dsconvertBinary,
                              arguments: ["export", "--gguf", "--type", type.rawValue, "--tokenizer", tokenizer, "--input", input.path, "--output", output.path],
                              expectation: .manifest)]
@@ -230,7 +232,7 @@ public enum ConvertBenchCommand: Command {
 
     /// Runs every job `runs` times, round-robin (run k of every job before run k+1 of any) so this VM's
     /// drifting speed weighs on all jobs alike; `samples[job][round]`. nil when --cold cannot drop the cache.
-    static func rounds(_ jobs: [BenchJob], runs: Int, output: URL, cold: Bool, terminal: Terminal) -> [[JobRun]]? {
+    static func rounds(_ jobs: [BenchJob], runs: Int, output: URL, cold: Bool, terminal: Terminal) throws -> [[JobRun]] {
         var samples = [[JobRun]](repeating: [], count: jobs.count)
         var sizes = [OutputSize?](repeating: nil, count: jobs.count)
         for round in 0..<runs {
@@ -240,7 +242,7 @@ public enum ConvertBenchCommand: Command {
                 try? FileManager.default.removeItem(at: output)
                 sync()
                 // Cold: every job reads the input from disk, as a checkpoint larger than RAM is read.
-                if cold, !ChildProcess.dropPageCache() { return nil }
+                if cold { try ChildProcess.dropPageCache() }
                 let (run, size) = runOnce(jobs[j], output: output, earlier: sizes[j])
                 sizes[j] = sizes[j] ?? size
                 if !run.outcome.succeeded { terminal.note("bench: \(jobs[j].name), run \(round + 1): \(run.outcome.label)") }

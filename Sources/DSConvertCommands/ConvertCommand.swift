@@ -53,12 +53,11 @@ public enum ConvertCommand: Command {
         if arguments.value("calibration") != nil || arguments.value("calibration-text") != nil, !kv6 { throw UsageError("--calibration and --calibration-text go with --kv6") }
         if arguments.value("dense") != nil, arguments.value("devices") == nil { throw UsageError("--dense goes with --devices") }
         if absorb {
-            let mode = try arguments.choice("mode", default: "split", among: ["split", "fold"])
-            options.absorb = AbsorbOptions(form: mode == "split" ? .split : .fold, keepKVB: arguments.flag("keep-kv-b"))
-            options.absorbDType = AbsorbStage.StorageDType(rawValue: try arguments.choice("dtype", default: "bf16", among: ["bf16", "f32"]))!
+            options.absorb = AbsorbOptions(mode: try arguments.choice("mode", default: AbsorbMode.split), keepKVB: arguments.flag("keep-kv-b"))
+            options.absorbDType = try arguments.choice("dtype", default: AbsorbedDType.bf16)
         }
         if fp8 {
-            let format = FP8Format(rawValue: try arguments.choice("fp8-format", default: "e4m3", among: ["e4m3", "e5m2"]))!
+            let format = try arguments.choice("fp8-format", default: FP8Format.e4m3)
             options.fp8 = .init(format: format, block: try arguments.integer("block", default: 128, in: 1...4096),
                                 policy: try FP8PolicyArguments.policy(arguments))
         }
@@ -67,7 +66,7 @@ public enum ConvertCommand: Command {
         }
         if arguments.value("devices") != nil {
             options.devices = try arguments.integer("devices", default: 8, in: 1...4096)
-            options.denseOnce = try arguments.choice("dense", default: "replicate", among: ["replicate", "once"]) == "once"
+            options.denseOnce = try arguments.choice("dense", default: DenseWeights.replicate) == .once
         }
         guard absorb || fp8 || kv6 || options.devices != nil else { throw UsageError("give at least one of --absorb, --fp8, --kv6, --devices") }
         let summary = try ConvertPipeline.run(input: input, output: output, options: options, force: arguments.flag("force"),

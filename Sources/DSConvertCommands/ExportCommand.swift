@@ -38,7 +38,7 @@ public enum ExportCommand: Command {
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         guard arguments.flag("gguf") else { throw UsageError("give --gguf (the only export format)") }
-        let type = try arguments.choice("type", default: "bf16", among: GGUFFileType.allCases.map(\.rawValue))
+        let type = try arguments.choice("type", default: GGUFFileType.bf16)
         let output = try arguments.required("output")
         // The output is a directory; a .gguf name is what a llama-quantize user would type, and would get a directory by that name.
         guard !output.lowercased().hasSuffix(".gguf") else {
@@ -51,7 +51,7 @@ public enum ExportCommand: Command {
            pre.isEmpty || !pre.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || "-._".unicodeScalars.contains($0) }) {
             throw UsageError("--tokenizer-pre takes one of llama.cpp's pre-tokenizer names (lowercase letters, digits, '-', '.', '_'), got '\(pre)'")
         }
-        var options = GGUFExport.Options(type: GGUFFileType(rawValue: type)!, tokenizerPre: arguments.value("tokenizer-pre"),
+        var options = GGUFExport.Options(type: type, tokenizerPre: arguments.value("tokenizer-pre"),
                                          tokenizer: arguments.value("tokenizer").map { URL(fileURLWithPath: $0) },
                                          name: arguments.value("name"), sizeLabel: arguments.value("size-label"))
         options.splitMaxSize = try ConversionOutputSize.bytes(arguments, "split-max-size")
@@ -59,7 +59,7 @@ public enum ExportCommand: Command {
                                          options: options, force: arguments.flag("force"), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         let types = summary.types.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
-        terminal.out("\(output): \(summary.files.joined(separator: ", ")): \(summary.tensors) tensors (\(types)), \(summary.bytes) bytes, \(type)")
+        terminal.out("\(output): \(summary.files.joined(separator: ", ")): \(summary.tensors) tensors (\(types)), \(summary.bytes) bytes, \(type.rawValue)")
         return ExitCode.success
     }
 }

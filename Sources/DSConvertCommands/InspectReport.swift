@@ -182,7 +182,7 @@ public struct InspectReport: Encodable {
         }
         lines.append(row("rope", rope + String(format: "; softmax scale %.7f", a.softmaxScale)))
         if let ab = absorption {
-            lines.append(row("absorbed", "folds \(ab.folds.map(\.rawValue).joined(separator: ", ")); kernel softmax scale \(Format.number(ab.softmaxScale)) (was \(String(format: "%.7f", ab.originalSoftmaxScale))); \(Terminal.escaped(ab.dtype)) storage\(ab.keepsKVB ? "; kv_b_proj kept" : "")"))
+            lines.append(row("absorbed", "folds \(ab.folds.map(\.rawValue).joined(separator: ", ")); kernel softmax scale \(Format.number(ab.softmaxScale)) (was \(String(format: "%.7f", ab.originalSoftmaxScale))); \(ab.dtype.rawValue) storage\(ab.keepsKVB ? "; kv_b_proj kept" : "")"))
         }
         lines.append(row("parameters", "\(Format.grouped(accounting.totalParameters)) total, \(Format.grouped(accounting.activeParameters)) active per token (\(Format.grouped(accounting.activeParametersWithEmbedding)) with the embedding table)"))
         if accounting.mtpParameters > 0 {

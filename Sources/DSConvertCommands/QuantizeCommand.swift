@@ -52,7 +52,7 @@ public enum QuantizeCommand: Command {
             terminal.out("\(output.path): \(summary.quantized) FP8 tensors dequantized to bf16; \(summary.tensors) tensors in \(summary.files) file(s)")
             return ExitCode.success
         }
-        let format = FP8Format(rawValue: try arguments.choice("fp8-format", default: "e4m3", among: ["e4m3", "e5m2"]))!
+        let format = try arguments.choice("fp8-format", default: FP8Format.e4m3)
         let block = try arguments.integer("block", default: 128, in: 1...4096)
         let options = QuantizeStage.FP8Options(format: format, block: block,
                                                policy: try FP8PolicyArguments.policy(arguments))

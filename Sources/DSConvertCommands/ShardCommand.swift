@@ -30,10 +30,10 @@ public enum ShardCommand: Command {
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let devices = try arguments.integer("devices", default: 8, in: 1...4096)
-        let dense = try arguments.choice("dense", default: "replicate", among: ["replicate", "once"])
+        let dense = try arguments.choice("dense", default: DenseWeights.replicate)
         let manifest = try ShardStage.run(input: URL(fileURLWithPath: try arguments.required("input")),
                                           output: URL(fileURLWithPath: try arguments.required("output")),
-                                          devices: devices, denseOnce: dense == "once", force: arguments.flag("force"),
+                                          devices: devices, denseOnce: dense == .once, force: arguments.flag("force"),
                                           shardSize: try ConversionOutputSize.parse(arguments), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()
         let p = manifest.placement
@@ -46,4 +46,12 @@ public enum ShardCommand: Command {
         terminal.out(String(format: "  expert bytes spread across devices: %.4f%%", manifest.expertBytesSpread * 100))
         return ExitCode.success
     }
+}
+
+/// `--dense`: where a sharded output keeps the non-expert weights.
+enum DenseWeights: String, CaseIterable {
+    /// On every device, so each device directory loads alone.
+    case replicate
+    /// On device-0 only; the other ranks' placement records point there.
+    case once
 }

@@ -49,9 +49,7 @@ public enum ValidateBenchCommand: Command {
         let files = listings.flatMap { directory, listing in listing.keys.sorted().map { directory.appendingPathComponent($0) } }
         let bytes = listings.reduce(0) { $0 + $1.1.values.reduce(0, +) }
         func dropCaches() throws {
-            guard !cold || ChildProcess.dropPageCache() else {
-                throw UsageError("--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
-            }
+            if cold { try ChildProcess.dropPageCache() }
         }
         try dropCaches()
         terminal.progress("bench: reading both checkpoints")

@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// How a checkpoint's attention weights are laid out.
 public enum AttentionForm: String, Codable, Sendable, CaseIterable {
@@ -13,6 +14,20 @@ public enum AttentionForm: String, Codable, Sendable, CaseIterable {
     case fold = "mla_absorbed_fold"
 }
 
+/// The dtype `dsconvert absorb` stores the tensors it computes in (the folds are computed in f64 and
+/// rounded once to it): bf16 as published checkpoints are, or f32 to keep the folds' extra precision.
+public enum AbsorbedDType: String, Codable, Sendable, CaseIterable {
+    case bf16, f32
+
+    /// The safetensors dtype of those tensors.
+    public var storage: DType {
+        switch self {
+        case .bf16: .bf16
+        case .f32: .f32
+        }
+    }
+}
+
 /// What `dsconvert absorb` did, recorded in the output `config.json` under `dsconvert_absorption`.
 public struct AbsorptionRecord: Codable, Equatable, Sendable {
     public var attentionForm: AttentionForm
@@ -24,8 +39,9 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     public var originalSoftmaxScale: Double
     /// True when `kv_b_proj.weight` was kept (with kv_a_layernorm γ folded into it) for MHA prefill.
     public var keepsKVB: Bool
-    /// Storage dtype of the tensors absorb computed.
-    public var dtype: String
+    /// Storage dtype of the tensors absorb computed (an unknown name in config.json is refused when
+    /// it is decoded).
+    public var dtype: AbsorbedDType
     /// Tensor layouts, for engine authors.
     public var layouts: [String: String]
 
@@ -40,7 +56,7 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     }
 
     public init(attentionForm: AttentionForm, folds: [Fold], softmaxScale: Double, originalSoftmaxScale: Double,
-                keepsKVB: Bool, dtype: String, layouts: [String: String]) {
+                keepsKVB: Bool, dtype: AbsorbedDType, layouts: [String: String]) {
         self.attentionForm = attentionForm
         self.folds = folds
         self.softmaxScale = softmaxScale

@@ -331,7 +331,7 @@ public enum ForwardBenchmark {
     }
 
     /// The model shapes the benchmark runs.
-    public enum Shape: String, Sendable { case v2Lite = "v2-lite", v3 }
+    public enum Shape: String, Sendable, CaseIterable { case v2Lite = "v2-lite", v3 }
 
     public static func run(batch: Int, seq: Int, repeats: Int, shape: Shape = .v2Lite) throws -> Result {
         let config: DeepSeekConfig

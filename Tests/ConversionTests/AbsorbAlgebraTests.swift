@@ -65,7 +65,7 @@ final class AbsorbAlgebraTests: XCTestCase {
             let originalOut = (0..<h).map { row in (0..<(heads * dv)).reduce(0.0) { $0 + o[row * heads * dv + $1] * perHeadV[$1] } }
 
             // fold: score_h = (q_absorbed_h x̂q) · ĉ; rope rows = q_rope x̂q; output = o_absorbed · ctx.
-            let fold = Dictionary(uniqueKeysWithValues: try MLAAbsorber.absorbLayer(c, layer: 0, options: AbsorbOptions(form: .fold), load: load).map { ($0.name, $0.values) })
+            let fold = Dictionary(uniqueKeysWithValues: try MLAAbsorber.absorbLayer(c, layer: 0, options: AbsorbOptions(mode: .fold), load: load).map { ($0.name, $0.values) })
             let qAbs = fold["model.layers.0.self_attn.q_absorbed.weight"]!, qRope = fold["model.layers.0.self_attn.q_rope.weight"]!, oAbs = fold["model.layers.0.self_attn.o_absorbed.weight"]!
             for head in 0..<heads {
                 let qLat = (0..<kvl).map { r in (0..<inQ).reduce(0.0) { $0 + qAbs[(head * kvl + r) * inQ + $1] * xq[$1] } }
@@ -81,7 +81,7 @@ final class AbsorbAlgebraTests: XCTestCase {
             }
 
             // split: q = scaled query weights (γq folded); q_lat_h = W_UK_hᵀ q_nope_h; output through W_UV then o_proj.
-            let split = Dictionary(uniqueKeysWithValues: try MLAAbsorber.absorbLayer(c, layer: 0, options: AbsorbOptions(form: .split, keepKVB: true), load: load).map { ($0.name, $0.values) })
+            let split = Dictionary(uniqueKeysWithValues: try MLAAbsorber.absorbLayer(c, layer: 0, options: AbsorbOptions(mode: .split, keepKVB: true), load: load).map { ($0.name, $0.values) })
             let q = split[qName]!, wUK = split["model.layers.0.self_attn.w_uk.weight"]!, wUV = split["model.layers.0.self_attn.w_uv.weight"]!
             let keptKVB = split["model.layers.0.self_attn.kv_b_proj.weight"]!
             var splitV = [Double]()

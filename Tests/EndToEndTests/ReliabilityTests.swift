@@ -221,6 +221,12 @@ final class BadInputCatalogTests: XCTestCase {
             }, status: 1, fragment: "cannot create output"),
             Case(name: "unknown option", prepare: { work in ["quantize", "--fp9", "--input", "x", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "unknown option '--fp9'"),
             Case(name: "missing required option", prepare: { work in ["absorb", "--output", work.appendingPathComponent("out").path] }, status: 64, fragment: "missing required option --input"),
+            Case(name: "a word no case of the option spells", prepare: { work in
+                ["absorb", "--mode", "fuse", "--input", fixtures.appendingPathComponent("lite").path, "--output", work.appendingPathComponent("out").path]
+            }, status: 64, fragment: "--mode takes one of split, fold, got 'fuse'"),
+            Case(name: "a case the option does not offer", prepare: { work in
+                ["shard", "--devices", "2", "--dense", "replicated", "--input", fixtures.appendingPathComponent("v2").path, "--output", work.appendingPathComponent("out").path]
+            }, status: 64, fragment: "--dense takes one of replicate, once, got 'replicated'"),
             // Found by an audit: the option was taken as the value, and forward wrote a file named --force.
             Case(name: "an option where a value belongs", prepare: { work in
                 ["forward", "--model", fixtures.appendingPathComponent("lite").path, "--tokens", fixtures.appendingPathComponent("lite/tokens.json").path,

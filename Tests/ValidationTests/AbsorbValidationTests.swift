@@ -15,7 +15,7 @@ final class AbsorbValidationTests: XCTestCase {
     }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
-    private func absorb(_ fixture: String, _ options: AbsorbOptions, _ dtype: AbsorbStage.StorageDType) throws -> URL {
+    private func absorb(_ fixture: String, _ options: AbsorbOptions, _ dtype: AbsorbedDType) throws -> URL {
         let out = dir.appendingPathComponent("\(fixture)-\(options.form.rawValue)-\(dtype.rawValue)-\(options.softmaxScaleOverride ?? 0)")
         _ = try AbsorbStage.run(input: fixtures.appendingPathComponent(fixture), output: out, options: options, dtype: dtype, force: false)
         return out
@@ -32,8 +32,9 @@ final class AbsorbValidationTests: XCTestCase {
     /// f32 storage: logits within 1e-3 of the original (observed ≤ 1.4e-4 over all fixtures and both modes).
     func testF32AbsorbedMatchesOriginalOnEveryFixture() throws {
         for fixture in fixtureNames {
-            for form in [AttentionForm.split, .fold] {
-                let report = try compare(fixture, try absorb(fixture, AbsorbOptions(form: form, keepKVB: form == .split), .f32))
+            for mode in AbsorbMode.allCases {
+                let form = mode.form
+                let report = try compare(fixture, try absorb(fixture, AbsorbOptions(mode: mode, keepKVB: mode == .split), .f32))
                 XCTAssertLessThanOrEqual(report.logits.maxAbsDelta, 1e-3, "\(fixture) \(form)")
                 XCTAssertEqual(report.logits.top1Agreement, 1, "\(fixture) \(form)")
                 XCTAssertTrue(report.verdict.passed, "\(fixture) \(form): \(report.verdict.failures)")
@@ -45,8 +46,9 @@ final class AbsorbValidationTests: XCTestCase {
     /// Observed: split KL mean 3.2e-7, fold 3.9e-7 nats; top-1 1.0. Bounds leave ~30x headroom, far
     /// below the ~1 nat a lost scale costs (testWrongSoftmaxScaleFailsValidation).
     func testBF16AbsorbedOnTrainedFixture() throws {
-        for form in [AttentionForm.split, .fold] {
-            let report = try compare("trained", try absorb("trained", AbsorbOptions(form: form), .bf16), heldout: true)
+        for mode in AbsorbMode.allCases {
+            let form = mode.form
+            let report = try compare("trained", try absorb("trained", AbsorbOptions(mode: mode), .bf16), heldout: true)
             XCTAssertLessThanOrEqual(report.logits.klMean, 1e-5, "\(form)")
             XCTAssertGreaterThanOrEqual(report.logits.top1Agreement, 0.99, "\(form)")
             XCTAssertGreaterThanOrEqual(report.routing!.agreement, 0.99, "\(form)")
@@ -61,8 +63,9 @@ final class AbsorbValidationTests: XCTestCase {
         let absorbedWidth = 1 / Double(config.kvLoraRank + config.qkRopeHeadDim).squareRoot()  // the 576^-0.5 bug
         XCTAssertNotEqual(config.softmaxScale, withoutMscale)
         for wrong in [withoutMscale, absorbedWidth] {
-            for form in [AttentionForm.split, .fold] {
-                let report = try compare("trained", try absorb("trained", AbsorbOptions(form: form, softmaxScaleOverride: wrong), .f32))
+            for mode in AbsorbMode.allCases {
+                let form = mode.form
+                let report = try compare("trained", try absorb("trained", AbsorbOptions(mode: mode, softmaxScaleOverride: wrong), .f32))
                 XCTAssertFalse(report.verdict.passed, "scale \(wrong) \(form) must fail")
                 XCTAssertGreaterThan(report.logits.maxAbsDelta, 0.1)
             }
@@ -70,9 +73,9 @@ final class AbsorbValidationTests: XCTestCase {
     }
 
     func testAbsorbIsDeterministic() throws {
-        let a = try absorb("v2", AbsorbOptions(form: .fold), .bf16)
+        let a = try absorb("v2", AbsorbOptions(mode: .fold), .bf16)
         let b = dir.appendingPathComponent("again")
-        _ = try AbsorbStage.run(input: fixtures.appendingPathComponent("v2"), output: b, options: AbsorbOptions(form: .fold), dtype: .bf16, force: false)
+        _ = try AbsorbStage.run(input: fixtures.appendingPathComponent("v2"), output: b, options: AbsorbOptions(mode: .fold), dtype: .bf16, force: false)
         for name in try FileManager.default.contentsOfDirectory(atPath: a.path) where name.hasSuffix(".safetensors") || name == "config.json" {
             XCTAssertEqual(try Data(contentsOf: a.appendingPathComponent(name)), try Data(contentsOf: b.appendingPathComponent(name)), name)
         }

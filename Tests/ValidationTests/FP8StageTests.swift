@@ -79,7 +79,7 @@ final class FP8StageTests: XCTestCase {
 
     func testAbsorbedInputKeepsWUKInBF16UnlessAsked() throws {
         let absorbed = dir.appendingPathComponent("absorbed")
-        _ = try AbsorbStage.run(input: fixtures.appendingPathComponent("trained"), output: absorbed, options: AbsorbOptions(form: .split), dtype: .bf16, force: false)
+        _ = try AbsorbStage.run(input: fixtures.appendingPathComponent("trained"), output: absorbed, options: AbsorbOptions(mode: .split), dtype: .bf16, force: false)
         let defaultOut = dir.appendingPathComponent("default"), perHead = dir.appendingPathComponent("per-head")
         _ = try QuantizeStage.quantize(input: absorbed, output: defaultOut, options: .init(), force: false)
         _ = try QuantizeStage.quantize(input: absorbed, output: perHead, options: .init(policy: FP8Policy(quantizeAbsorbed: true)), force: false)

@@ -125,10 +125,10 @@ final class KV6StageTests: XCTestCase {
         XCTAssertNoThrow(try DeepSeekConfig.load(directory: out), "restored")
     }
 
-    private func absorbed(_ input: URL, form: AttentionForm = .split, dtype: AbsorbStage.StorageDType = .bf16, name: String) throws -> URL {
+    private func absorbed(_ input: URL, mode: AbsorbMode = .split, dtype: AbsorbedDType = .bf16, name: String) throws -> URL {
         let out = dir.appendingPathComponent(name)
         if !FileManager.default.fileExists(atPath: out.path) {
-            _ = try AbsorbStage.run(input: input, output: out, options: AbsorbOptions(form: form), dtype: dtype, force: false)
+            _ = try AbsorbStage.run(input: input, output: out, options: AbsorbOptions(mode: mode), dtype: dtype, force: false)
         }
         return out
     }
@@ -176,8 +176,9 @@ final class KV6StageTests: XCTestCase {
         let declared = try kv6(trained, calibrated: true, name: "kv6c")
         let original = try compare(reference, try ModelLoader.open(declared), tokens: heldout).logits.klMean
         let fp8 = try compare(reference, { var m = reference; m.kvCache = KVCacheSetting(fixed: .fp8DSMLA); return m }(), tokens: heldout).logits.klMean
-        for form in [AttentionForm.split, .fold] {
-            let out = try absorbed(trained, form: form, dtype: .f32, name: "absorbed-\(form.rawValue)")
+        for mode in AbsorbMode.allCases {
+            let form = mode.form
+            let out = try absorbed(trained, mode: mode, dtype: .f32, name: "absorbed-\(form.rawValue)")
             for (format, bound) in [(KVCacheCodec.Format.bf16, 4.3e-4), (.fp8DSMLA, 2.8e-3), (.mlaKV6, 7.3e-3)] {
                 var candidate = try ModelLoader.open(out)
                 candidate.kvCache = KVCacheSetting(fixed: format)
@@ -187,7 +188,7 @@ final class KV6StageTests: XCTestCase {
                 XCTAssertGreaterThan(r.logits.klMean, 0, "the cache really ran")
             }
             // Absorbing after the declaration: the same codes, so the same drift up to f32 rounding of the folds.
-            let carried = try compare(reference, try ModelLoader.open(try absorbed(declared, form: form, dtype: .f32, name: "kv6c-absorbed-\(form.rawValue)")),
+            let carried = try compare(reference, try ModelLoader.open(try absorbed(declared, mode: mode, dtype: .f32, name: "kv6c-absorbed-\(form.rawValue)")),
                                       tokens: heldout).logits.klMean
             // Calibrating the absorbed checkpoint itself.
             let calibrated = try compare(reference, try ModelLoader.open(try kv6(out, calibrated: true, name: "absorbed-kv6c-\(form.rawValue)")),

@@ -84,7 +84,7 @@ final class ShardStageTests: XCTestCase {
         let fp8 = dir.appendingPathComponent("fp8")
         _ = try QuantizeStage.quantize(input: trained, output: fp8, options: .init(), force: false)
         let absorbed = dir.appendingPathComponent("absorbed")
-        _ = try AbsorbStage.run(input: trained, output: absorbed, options: AbsorbOptions(form: .fold), dtype: .bf16, force: false)
+        _ = try AbsorbStage.run(input: trained, output: absorbed, options: AbsorbOptions(mode: .fold), dtype: .bf16, force: false)
         let kv6 = dir.appendingPathComponent("kv6")
         _ = try QuantizeStage.run(input: trained, output: kv6, fp8: nil,
                                   kv6: .init(calibration: try TokenFile.load(trained.appendingPathComponent("calibration.json")), calibrationSource: "calibration.json"), force: false)

@@ -201,9 +201,10 @@ final class V3FamilyTests: XCTestCase {
     /// with their scales, and the MTP layer is absorbed like the others.
     func testAbsorbFromFP8Input() throws {
         let input = fixtures.appendingPathComponent("v3-fp8")
-        for form in [AttentionForm.split, .fold] {
+        for mode in AbsorbMode.allCases {
+            let form = mode.form
             let out = dir.appendingPathComponent("absorbed-\(form.rawValue)")
-            _ = try AbsorbStage.run(input: input, output: out, options: AbsorbOptions(form: form), dtype: .f32, force: false)
+            _ = try AbsorbStage.run(input: input, output: out, options: AbsorbOptions(mode: mode), dtype: .f32, force: false)
             try assertMatchesGolden("v3-fp8", try ModelLoader.open(out))
             let original = try Checkpoint(directory: input), absorbed = try Checkpoint(directory: out)
             for name in ["model.layers.1.mlp.experts.3.down_proj.weight", "model.layers.1.mlp.experts.3.down_proj.weight_scale_inv",
@@ -222,7 +223,7 @@ final class V3FamilyTests: XCTestCase {
     func testConvertAndKV6OnFP8Input() throws {
         let input = fixtures.appendingPathComponent("v3-fp8")
         let out = dir.appendingPathComponent("converted")
-        _ = try ConvertPipeline.run(input: input, output: out, options: .init(absorb: AbsorbOptions(form: .split), fp8: .init()), force: false)
+        _ = try ConvertPipeline.run(input: input, output: out, options: .init(absorb: AbsorbOptions(mode: .split), fp8: .init()), force: false)
         let converted = try Checkpoint(directory: out), original = try Checkpoint(directory: input)
         XCTAssertEqual(converted.info("model.layers.2.self_attn.q_b_proj.weight")?.dtype, .f8E4M3)
         XCTAssertNotNil(converted.info("model.layers.2.self_attn.q_b_proj.weight_scale_inv"))
