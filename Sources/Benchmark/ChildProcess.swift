@@ -70,9 +70,10 @@ public struct PageCacheNotDropped: LocalizedError, Sendable {
 /// Runs programs as child processes, timed, with their stdout and stderr sent to /dev/null.
 public enum ChildProcess {
     /// Writes dirty pages back and drops the page cache (root only), so the next job reads from
-    /// disk as a checkpoint larger than RAM is read.
-    public static func dropPageCache() throws {
-        guard run("/bin/sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]).outcome.succeeded else { throw PageCacheNotDropped() }
+    /// disk as a checkpoint larger than RAM is read. Throws `PageCacheNotDropped` when `control`
+    /// cannot be written (not root; tests name a file that cannot be).
+    public static func dropPageCache(control: String = "/proc/sys/vm/drop_caches") throws {
+        guard run("/bin/sh", ["-c", "sync; echo 3 > \"$0\"", control]).outcome.succeeded else { throw PageCacheNotDropped() }
     }
 
     /// Spawns `path` with `arguments`, waits for it, and reports wall time, peak RSS and how it ended.

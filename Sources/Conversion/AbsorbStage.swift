@@ -6,7 +6,6 @@ import SafeTensors
 /// `dsconvert absorb`: streams a checkpoint layer by layer, replacing each layer's attention
 /// weights with their absorbed form and copying every other tensor through byte for byte.
 public enum AbsorbStage {
-
     public struct Summary: Sendable {
         public let output: URL
         public let tensors: Int
@@ -93,10 +92,9 @@ public final class AbsorbStep: TensorSource {
         // The multi-token-prediction layers' attention is absorbed like any other layer's.
         for layer in input.allLayers {
             var weights: [LayerWeight]
-            switch options.form {
+            switch options.mode {
             case .split: weights = [.wUK, .wUV, input.queryProjection]
             case .fold: weights = [.qAbsorbed, .qRope, .oAbsorbed]
-            case .mla: weights = []
             }
             if options.keepKVB { weights.append(.kvBProj) }
             computed.formUnion(weights.map { TensorNames.name($0, layer: layer) })

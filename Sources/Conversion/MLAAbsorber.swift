@@ -49,7 +49,7 @@ public enum MLAAbsorber {
         folds.append(.softmaxScale)
         let inQ = config.qLoraRank != nil ? "q_lora_rank (input of q_b_proj, after the un-gained q_a RMSNorm)" : "hidden"
         var layouts: [String: String]
-        switch options.form {
+        switch options.mode {
         case .split:
             layouts = [
                 LayerWeight.wUK.rawValue: "[heads, qk_nope_head_dim, kv_lora_rank]: per head, k_nope = W_UK[h] · c; absorbed query q_lat[h] = W_UK[h]ᵀ · q_nope[h] (vLLM W_UK_T; llama.cpp attn_k_b transposed)",
@@ -62,8 +62,6 @@ public enum MLAAbsorber {
                 LayerWeight.qRope.rawValue: "[heads·qk_rope_head_dim, \(inQ)]: the rope rows of W_UQ (softmax scale and γ folded), rotated as before",
                 LayerWeight.oAbsorbed.rawValue: "[hidden, heads·kv_lora_rank]: columns h·kv_lora..<(h+1)·kv_lora are W_O[h]·W_UV[h]; applied to the per-head attention-weighted latent",
             ]
-        case .mla:
-            layouts = [:]
         }
         layouts["cache"] = "per token: c = RMSNorm(c_kv) without gain [kv_lora_rank] and the rotated k_pe [qk_rope_head_dim]; scores = q_lat·c + q_pe·k_pe times softmax_scale"
         if options.keepKVB { layouts[LayerWeight.kvBProj.rawValue] = "kept, kv_a_layernorm γ folded into its columns: expands the gain-free cached latent to per-head k_nope, v for MHA prefill" }
@@ -76,7 +74,7 @@ public enum MLAAbsorber {
         var weights: [LayerWeight] = [.kvANorm, .kvBProj]
         if config.qLoraRank != nil { weights.append(.qANorm) }
         weights.append(config.queryProjection)
-        if options.form == .fold { weights.append(.oProj) }
+        if options.mode == .fold { weights.append(.oProj) }
         return weights.map { TensorNames.name($0, layer: i) }
     }
 
@@ -92,14 +90,12 @@ public enum MLAAbsorber {
             for r in 0..<(inputs.heads * (inputs.nope + inputs.dv)) { for c in 0..<inputs.kvl { kept[r * inputs.kvl + c] *= inputs.gammaKV[c] } }
             out.append((name(.kvBProj), kept))
         }
-        switch options.form {
+        switch options.mode {
         case .split:
             out += splitTensors(inputs, name: name)
         case .fold:
             let o = try load(name(.oProj), [config.hiddenSize, inputs.heads * inputs.dv]).map(Double.init)
             out += foldTensors(inputs, oProj: o, name: name)
-        case .mla:
-            break
         }
         return out
     }

@@ -33,8 +33,8 @@ public enum AbsorbCommand: Command {
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
         let input = URL(fileURLWithPath: try arguments.required("input"))
         let output = URL(fileURLWithPath: try arguments.required("output"))
-        let dtype = try arguments.choice("dtype", default: AbsorbedDType.bf16)
         let options = AbsorbOptions(mode: try arguments.choice("mode", default: AbsorbMode.split), keepKVB: arguments.flag("keep-kv-b"))
+        let dtype = try arguments.choice("dtype", default: AbsorbedDType.bf16)
         let summary = try AbsorbStage.run(input: input, output: output, options: options, dtype: dtype, force: arguments.flag("force"),
                                           shardSize: try ConversionOutputSize.parse(arguments), resume: arguments.flag("resume")) { terminal.progress($0) }
         terminal.endProgress()

@@ -110,13 +110,7 @@ public enum ConvertBenchCommand: Command {
             terminal.progress("bench: reading the input once (warm-up)")
             _ = ChildProcess.run("/bin/sh", ["-c", "cat \"$0\"/*.safetensors > /dev/null", input.path])
         }
-        let samples: [[JobRun]]
-        do {
-            samples = try rounds(jobs, runs: runs, output: out, cold: cold, terminal: terminal)
-        } catch {
-            terminal.endProgress()
-            throw error
-        }
+        let samples = try rounds(jobs, runs: runs, output: out, cold: cold, terminal: terminal)
         let rows = BenchRounds.summarize(jobs, samples: samples, reference: 0, copy: 1)
         terminal.endProgress()
         terminal.out(String(format: "input %@: %.2f GB of tensors; %d cores; %d runs per job, job order rotated each round; %@ page cache%@",
@@ -231,7 +225,8 @@ public enum ConvertBenchCommand: Command {
     }
 
     /// Runs every job `runs` times, round-robin (run k of every job before run k+1 of any) so this VM's
-    /// drifting speed weighs on all jobs alike; `samples[job][round]`. nil when --cold cannot drop the cache.
+    /// drifting speed weighs on all jobs alike; `samples[job][round]`. Throws `PageCacheNotDropped` when
+    /// --cold cannot drop the cache.
     static func rounds(_ jobs: [BenchJob], runs: Int, output: URL, cold: Bool, terminal: Terminal) throws -> [[JobRun]] {
         var samples = [[JobRun]](repeating: [], count: jobs.count)
         var sizes = [OutputSize?](repeating: nil, count: jobs.count)

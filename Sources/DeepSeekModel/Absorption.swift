@@ -68,6 +68,34 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
 
     public static let configKey = "dsconvert_absorption"
 
+    /// Decoded member by member so a word outside the enums is refused naming its key and the
+    /// supported words (`UnsupportedValue`), as the rest of config.json's choices are.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        attentionForm = try Self.choice(AttentionForm.self, c, .attentionForm)
+        folds = try c.decode([String].self, forKey: .folds).map { word in
+            guard let fold = Fold(rawValue: word) else { throw Self.unsupported(.folds, word, Fold.self) }
+            return fold
+        }
+        softmaxScale = try c.decode(Double.self, forKey: .softmaxScale)
+        originalSoftmaxScale = try c.decode(Double.self, forKey: .originalSoftmaxScale)
+        keepsKVB = try c.decode(Bool.self, forKey: .keepsKVB)
+        dtype = try Self.choice(AbsorbedDType.self, c, .dtype)
+        layouts = try c.decode([String: String].self, forKey: .layouts)
+    }
+
+    private static func choice<E: RawRepresentable & CaseIterable>(_ type: E.Type, _ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys) throws -> E
+    where E.RawValue == String {
+        let word = try c.decode(String.self, forKey: key)
+        guard let value = E(rawValue: word) else { throw unsupported(key, word, E.self) }
+        return value
+    }
+
+    private static func unsupported<E: RawRepresentable & CaseIterable>(_ key: CodingKeys, _ word: String, _ type: E.Type) -> UnsupportedValue
+    where E.RawValue == String {
+        UnsupportedValue(key: "\(configKey).\(key.stringValue)", value: word, supported: E.allCases.map(\.rawValue).joined(separator: ", "))
+    }
+
     /// The exact folds `folds` names.
     public enum Fold: String, Codable, Sendable, CaseIterable {
         /// kv_a_layernorm's γ moved into the latent columns of W_UK/W_UV (the norm's weight is dropped).

@@ -33,20 +33,37 @@ extension Tokenizer {
         return try text.withUnsafeBufferPointer { buffer -> [Int] in
             var runner = PreTokenizerRunner(text: buffer)
             let items = try firstStep(segments, runner: &runner)
-            let blocks = Self.blocks(items, count: max(1, threads))
-            var results = [Result<[Int32], any Error>](repeating: .success([]), count: blocks.count)
             let laterSteps = Array(definition.preTokenizers.dropFirst())
-            results.withUnsafeMutableBufferPointer { out in
-                let shared = SharedPointer(out.baseAddress!)
-                Parallel.forEach(blocks.count) { b in
-                    var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: buffer))
-                    worker.runner.scratch = runner.scratch
-                    shared.pointer[b] = Result { try worker.encode(items[blocks[b]], steps: laterSteps) }
-                }
+            let blocks = Self.blocks(items, count: max(1, threads))
+            if blocks.count > 1, let ids = encodeInParallel(items, blocks: blocks, steps: laterSteps, text: buffer, workspace: runner.scratch) {
+                return ids
             }
-            // The first block's error is the one the text meets first: the same whatever the thread count.
-            return try results.flatMap { try $0.get().map(Int.init) }
+            var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: buffer))
+            worker.runner.scratch = runner.scratch
+            return try worker.encode(items[...], steps: laterSteps).map(Int.init)
         }
+    }
+
+    /// The later steps and the merges of `blocks` of `items` on one thread each; nil when one thread
+    /// must decide. Each block's matcher has the whole text's work budget, so a block that failed,
+    /// or blocks whose Split work together exceeds that budget, are left to one thread, which fails
+    /// where and how a one-thread run fails: whether a text is refused, and the message, do not depend
+    /// on the thread count. (Which pieces a block holds does not change their work: each piece's
+    /// matching is a function of the piece alone until a limit is reached.)
+    private func encodeInParallel(_ items: [Item], blocks: [Range<Int>], steps: [PreTokenizerStep], text: UnsafeBufferPointer<UInt32>,
+                                  workspace: [UInt32]) -> [Int]? {
+        var results = [Result<(ids: [Int32], work: Int), any Error>](repeating: .success(([], 0)), count: blocks.count)
+        results.withUnsafeMutableBufferPointer { out in
+            let shared = SharedPointer(out.baseAddress!)
+            Parallel.forEach(blocks.count) { b in
+                var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: text))
+                worker.runner.scratch = workspace
+                shared.pointer[b] = Result { (try worker.encode(items[blocks[b]], steps: steps), worker.runner.regexScratch.backtracks) }
+            }
+        }
+        guard let done = try? results.map({ try $0.get() }),
+              done.reduce(0, { $0 + $1.work }) <= ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * text.count else { return nil }
+        return done.flatMap { $0.ids.map(Int.init) }
     }
 
     /// Text with the added tokens taken out: first those matched on the raw text, then (after the

@@ -36,6 +36,19 @@ final class JobOutcomeTests: XCTestCase {
         XCTAssertGreaterThan(ok.peakRSSKiB, 0)
         XCTAssertEqual(ChildProcess.run("/nonexistent/program", []).outcome, .spawnFailed(ENOENT))
     }
+
+    /// `--cold` where the cache cannot be dropped is a failure of the machine (exit 1, naming what
+    /// is needed), not a usage error: a control file nobody can write (a directory, even for root)
+    /// stands in for a user without root.
+    func testPageCacheThatCannotBeDroppedIsAFailureNotAUsageError() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("drop-caches-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        XCTAssertThrowsError(try ChildProcess.dropPageCache(control: directory.path)) { error in
+            XCTAssertTrue(error is PageCacheNotDropped)
+            XCTAssertEqual((error as? LocalizedError)?.errorDescription, "--cold could not drop the page cache (writing /proc/sys/vm/drop_caches needs root)")
+        }
+    }
 }
 
 final class BenchStatisticsTests: XCTestCase {

@@ -109,6 +109,18 @@ final class ConfigTests: XCTestCase {
                        "c.json: invalid config: model_type 'deepseek_v2' contradicts architectures DeepseekV3ForCausalLM")
         XCTAssertEqual(decode { var c = $0; c["n_group"] = 256; c["topk_group"] = 8; return c },
                        "c.json: invalid config: noaux_tc needs at least 2 experts per group, n_group 256 leaves 1")
+        // absorb's record: its words are refused by key and choices, as the config's own.
+        let record: [String: Any] = ["attention_form": "mla_absorbed_split", "folds": ["kv_a_layernorm_gamma"], "softmax_scale": 1.0,
+                                     "original_softmax_scale": 0.1, "keeps_kv_b": false, "dtype": "bf16", "layouts": [String: String]()]
+        func absorbed(_ key: String, _ value: Any) -> ([String: Any]) -> [String: Any] {
+            { var c = $0; var r = record; r[key] = value; c["dsconvert_absorption"] = r; return c }
+        }
+        XCTAssertEqual(decode(absorbed("dtype", "bf16")), "accepted")
+        XCTAssertEqual(decode(absorbed("dtype", "fp16")), "c.json: invalid config: dsconvert_absorption.dtype 'fp16' is not supported (bf16, f32)")
+        XCTAssertEqual(decode(absorbed("folds", ["kv_a_layernorm_gamma", "o_norm"])),
+                       "c.json: invalid config: dsconvert_absorption.folds 'o_norm' is not supported (kv_a_layernorm_gamma, q_a_layernorm_gamma, softmax_scale)")
+        XCTAssertEqual(decode(absorbed("attention_form", "mla_absorbed")),
+                       "c.json: invalid config: dsconvert_absorption.attention_form 'mla_absorbed' is not supported (mla, mla_absorbed_split, mla_absorbed_fold)")
         // Main layers all dense, the MTP layer (61) MoE: its routing is checked all the same.
         let mtpOnly: ([String: Any]) -> [String: Any] = { var c = $0; c["first_k_dense_replace"] = 61; return c }
         XCTAssertEqual(decode(mtpOnly), "accepted")

@@ -82,6 +82,13 @@ final class BenchConvertTests: XCTestCase {
     func testExtraJobNeedsNameAndProgram() throws {
         XCTAssertEqual(try bench(["--extra-job", "no-equals-sign"], runs: 1).status, 64)
     }
+
+    /// --gguf-type offers the types llama-quantize writes, not every GGUF type export knows.
+    func testGGUFTypeIsOneLlamaQuantizeWrites() throws {
+        let r = try bench(["--only", "gguf", "--tokenizer", dir.path, "--gguf-type", "bf16"], runs: 1)
+        XCTAssertEqual(r.status, 64, r.stderr)
+        XCTAssertTrue(r.stderr.contains("--gguf-type takes one of q4_k_m, q6_k, q8_0, got 'bf16'"), r.stderr)
+    }
 }
 
 /// `dsconvert-bench forward` reports the median with min and max, not the best of N.

@@ -224,7 +224,7 @@ final class BadInputCatalogTests: XCTestCase {
             Case(name: "a word no case of the option spells", prepare: { work in
                 ["absorb", "--mode", "fuse", "--input", fixtures.appendingPathComponent("lite").path, "--output", work.appendingPathComponent("out").path]
             }, status: 64, fragment: "--mode takes one of split, fold, got 'fuse'"),
-            Case(name: "a case the option does not offer", prepare: { work in
+            Case(name: "a misspelt choice of another option", prepare: { work in
                 ["shard", "--devices", "2", "--dense", "replicated", "--input", fixtures.appendingPathComponent("v2").path, "--output", work.appendingPathComponent("out").path]
             }, status: 64, fragment: "--dense takes one of replicate, once, got 'replicated'"),
             // Found by an audit: the option was taken as the value, and forward wrote a file named --force.

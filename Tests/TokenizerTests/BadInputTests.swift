@@ -67,8 +67,12 @@ final class BadInputTests: XCTestCase {
         // an earlier step cuts it (a review found pieces of 22 characters each getting a fresh one).
         let split = ["type": "Split", "pattern": ["Regex": "(?:a|a){1,20}b"], "behavior": "Isolated", "invert": false] as [String: Any]
         let cut = ["type": "Split", "pattern": ["String": "x"], "behavior": "Removed", "invert": false] as [String: Any]
+        // The third: pieces the ByteLevel step wrote out, which the matcher reads from the runner's own buffer.
+        let bytes: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false]
+        let cutText = String(repeating: String(repeating: "a", count: 21) + "x", count: 100)
         for (preTokenizer, text) in [(split, String(repeating: "a", count: 2_000)),
-                                     (["type": "Sequence", "pretokenizers": [cut, split]] as [String: Any], String(repeating: String(repeating: "a", count: 21) + "x", count: 100))] {
+                                     (["type": "Sequence", "pretokenizers": [cut, split]] as [String: Any], cutText),
+                                     (["type": "Sequence", "pretokenizers": [bytes, cut, split]] as [String: Any], cutText)] {
             json["pre_tokenizer"] = preTokenizer
             try JSONSerialization.data(withJSONObject: json).write(to: runaway)
             let length = text.unicodeScalars.count
@@ -78,6 +82,22 @@ final class BadInputTests: XCTestCase {
                 XCTAssertTrue((error as? TokenizerError)?.errorDescription?.contains("over this text of \(length) characters") == true)
             }
         }
+        // Found by a review: with a budget per thread, three pieces of ~6M backtracks each (18M against
+        // the text's ~10M) were refused on one thread and encoded on three. Whether a text is refused,
+        // and the message, must not depend on the thread count.
+        json["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [cut, split]] as [String: Any]
+        try JSONSerialization.data(withJSONObject: json).write(to: runaway)
+        let three = String(repeating: String(repeating: "a", count: 21) + "x", count: 3)
+        let limit = ScalarRegex.backtrackLimit + ScalarRegex.perScalarBudget * three.unicodeScalars.count
+        for threads in 1...4 {
+            XCTAssertThrowsError(try Tokenizer.load(path: runaway.path).encode(utf8: Array(three.utf8), name: "t.txt", threads: threads), "\(threads) threads") { error in
+                XCTAssertEqual(error as? TokenizerError, .regexWorkLimit(file: "t.txt", tokenizer: runaway.path, pattern: "(?:a|a){1,20}b",
+                                                                         length: three.unicodeScalars.count, limit: limit), "\(threads) threads")
+            }
+        }
+        // One piece of them fits the budget, on any thread count.
+        let one = String(repeating: "a", count: 21) + "x"
+        for threads in 1...2 { XCTAssertNoThrow(try Tokenizer.load(path: runaway.path).encode(utf8: Array(one.utf8), name: "t.txt", threads: threads)) }
         // Found by an audit: each ByteLevel step re-encodes the last one's output, doubling spaces and
         // non-ASCII text: 30 of them asked for 4.4 GB on 100 spaces. A second one is refused.
         let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false]
