@@ -9,8 +9,12 @@ import Numerics
 /// still front to back (the writer needs file order to hash while writing), and the hashes run
 /// side by side. Output bytes do not depend on the order, only the time does.
 public enum WriteSchedule {
-    /// Lanes for this machine: one per core, at most 4 (past that the producer is the bound).
-    public static var defaultLanes: Int { max(1, min(Parallel.threads, 4)) }
+    /// Lanes for this machine: one per core, at most 4 (past that the producer is the bound). From
+    /// the cores, not `DSCONVERT_THREADS`: the order is the order tensors are computed in, so with
+    /// it would change which of two bad tensors is named first, the progress lines and what an
+    /// interrupted run leaves for `--resume` (found by an audit: quantize named a different NaN
+    /// tensor at 1 thread than at 2).
+    public static var defaultLanes: Int { max(1, min(Parallel.cores, 4)) }
 
     /// Interleaves `shards` (each a list of items in file order) over `lanes` lanes: a lane takes the
     /// next unstarted shard when its current one is done; the lane with the fewest bytes emitted so

@@ -11,8 +11,12 @@ public enum Parallel {
     /// Worker threads: `DSCONVERT_THREADS` when set to a positive number, otherwise every core.
     public static let threads: Int = {
         if let text = ProcessInfo.processInfo.environment["DSCONVERT_THREADS"], let n = Int(text), n > 0 { return n }
-        return ProcessInfo.processInfo.activeProcessorCount
+        return cores
     }()
+
+    /// The machine's cores, whatever `DSCONVERT_THREADS` says: for choices that must not change
+    /// with the thread count (the order in which a conversion emits its tensors).
+    public static let cores = ProcessInfo.processInfo.activeProcessorCount
 
     /// Runs `body(i)` for i in 0..<count on up to `threads` threads, each taking the next index as
     /// it finishes one, so tasks of uneven size balance when given largest first (a routed expert's

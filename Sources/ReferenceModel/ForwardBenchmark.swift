@@ -470,15 +470,18 @@ public enum ForwardBenchmark {
         let weights = try (0..<count).map { try provider.stored(TensorNames.expert(0, $0, .up), shape: [n, k])! }
         let x = [Float](repeating: 0.5, count: m * k)
         return try (0..<repeats).map { _ in
-            let failure = Mutex<Error?>(nil)
+            // The lowest index's error, whichever thread met its error first.
+            let failure = Mutex<(index: Int, error: Error)?>(nil)
             let seconds = time {
                 BLASThreads.withSingleThread {
                     Parallel.forEach(count) { i in
-                        do { _ = try Linear.forward(x, rows: m, stored: weights[i], inFeatures: k, outFeatures: n) } catch { failure.withLock { $0 = error } }
+                        do { _ = try Linear.forward(x, rows: m, stored: weights[i], inFeatures: k, outFeatures: n) } catch {
+                            failure.withLock { if $0 == nil || i < $0!.index { $0 = (i, error) } }
+                        }
                     }
                 }
             }
-            if let error = failure.withLock({ $0 }) { throw error }
+            if let failed = failure.withLock({ $0 }) { throw failed.error }
             return seconds / Double(count)
         }
     }

@@ -83,24 +83,24 @@ extension BadInputCatalogTests {
             block([Int.max, 128], dequantize),
             Case(name: "FP8 NaN code through --dequantize", prepare: { work in
                 let ckpt = try self.fp8Lite(work)
-                try self.overwrite(ckpt, "model.layers.1.mlp.experts.3.down_proj.weight", with: [0x00, 0x7F])
+                try overwrite(ckpt, "model.layers.1.mlp.experts.3.down_proj.weight", with: [0x00, 0x7F])
                 return dequantize(ckpt, work)
             }, status: 1, fragment: "FP8 tensor 'model.layers.1.mlp.experts.3.down_proj.weight' holds a NaN or Inf code 0x7F at element 1"),
             Case(name: "FP8 zero scale in inspect", prepare: { work in
                 let ckpt = try self.fp8Lite(work)
-                try self.overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: [0, 0, 0, 0])
+                try overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: [0, 0, 0, 0])
                 return ["inspect", ckpt.path]
             }, status: 1, fragment: "scale 'model.layers.0.mlp.up_proj.weight_scale_inv' element 0 is 0.0; block scales must be positive and finite"),
             Case(name: "FP8 negative scale through forward", prepare: { work in
                 let ckpt = try self.fp8Lite(work)
-                try self.overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: withUnsafeBytes(of: Float(-1).bitPattern.littleEndian) { Array($0) })
+                try overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: withUnsafeBytes(of: Float(-1).bitPattern.littleEndian) { Array($0) })
                 return forward(ckpt, work)
             }, status: 1, fragment: "element 0 is -1.0; block scales must be positive and finite"),
             // Finite codes and a finite scale of 3e38: the cast back overflows. Said as dequantizing
             // (found by an audit: the message spoke of absorbing).
             Case(name: "FP8 scale too large for the cast back", prepare: { work in
                 let ckpt = try self.fp8Lite(work)
-                try self.overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: withUnsafeBytes(of: Float(3e38).bitPattern.littleEndian) { Array($0) })
+                try overwrite(ckpt, "model.layers.0.mlp.up_proj.weight_scale_inv", with: withUnsafeBytes(of: Float(3e38).bitPattern.littleEndian) { Array($0) })
                 return dequantize(ckpt, work)
             }, status: 1, fragment: "dequantizing tensor 'model.layers.0.mlp.up_proj.weight' gives values beyond bf16's finite range"),
         ]
@@ -157,7 +157,7 @@ extension BadInputCatalogTests {
             Case(name: "reference whose embedding is all zero (validate)", prepare: { work in
                 let model = try copyFixture("lite", to: work)
                 let embedding = try Checkpoint(directory: model).info(TensorNames.embedding)!
-                try self.overwrite(model, TensorNames.embedding, with: [UInt8](repeating: 0, count: embedding.dataOffsets.count))
+                try overwrite(model, TensorNames.embedding, with: [UInt8](repeating: 0, count: embedding.dataOffsets.count))
                 return ["validate", "--reference", model.path, "--candidate", lite, "--json", work.appendingPathComponent("report.json").path]
             }, status: 1, fragment: "hidden state 0 is all zero while the candidate's is not: its drift has no finite measure"),
             // Found by an audit: a device directory from another shard run (here of a model whose expert
@@ -165,7 +165,7 @@ extension BadInputCatalogTests {
             Case(name: "device directory of another shard run (forward)", prepare: { work in
                 let v2 = fixtures.appendingPathComponent("v2"), mine = work.appendingPathComponent("mine"), other = work.appendingPathComponent("other")
                 let altered = try copyFixture("v2", to: work)
-                try self.overwrite(altered, "model.layers.1.mlp.experts.12.up_proj.weight", with: [0x3F, 0x80])
+                try overwrite(altered, "model.layers.1.mlp.experts.12.up_proj.weight", with: [0x3F, 0x80])
                 for (input, output) in [(v2, mine), (altered, other)] {
                     XCTAssertEqual(try runTool("dsconvert", ["shard", "--devices", "2", "--input", input.path, "--output", output.path]).status, 0)
                 }
@@ -191,17 +191,6 @@ extension BadInputCatalogTests {
         let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", fixtures.appendingPathComponent("lite").path, "--output", out.path])
         XCTAssertEqual(r.status, 0, r.stderr)
         return out
-    }
-
-    /// Replaces the first bytes of `tensor`'s data in its shard.
-    func overwrite(_ ckpt: URL, _ tensor: String, with bytes: [UInt8]) throws {
-        let checkpoint = try Checkpoint(directory: ckpt)
-        let shard = checkpoint.shardName(of: tensor)!
-        let offset = checkpoint.shard(shard)!.header.dataStart + checkpoint.shard(shard)!.info(tensor)!.dataOffsets.lowerBound
-        let url = ckpt.appendingPathComponent(shard)
-        var data = try Data(contentsOf: url)
-        data.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
-        try data.write(to: url)
     }
 
     /// Edits config.json as text (for what JSONSerialization cannot write: duplicate keys, 1e999).
@@ -246,4 +235,15 @@ final class BadNumbersEndToEndTests: XCTestCase {
         XCTAssertEqual(dequantized.status, 0, dequantized.stderr)
         XCTAssertTrue(try Checkpoint(directory: back).view(tiny).floats().allSatisfy { $0 == 0 })
     }
+}
+
+/// Replaces the first bytes of `tensor`'s data in its shard.
+func overwrite(_ ckpt: URL, _ tensor: String, with bytes: [UInt8]) throws {
+    let checkpoint = try Checkpoint(directory: ckpt)
+    let shard = checkpoint.shardName(of: tensor)!
+    let offset = checkpoint.shard(shard)!.header.dataStart + checkpoint.shard(shard)!.info(tensor)!.dataOffsets.lowerBound
+    let url = ckpt.appendingPathComponent(shard)
+    var data = try Data(contentsOf: url)
+    data.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+    try data.write(to: url)
 }

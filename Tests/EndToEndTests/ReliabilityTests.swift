@@ -648,6 +648,27 @@ final class DeterminismTests: XCTestCase {
             XCTAssertEqual(hashes[1], hashes[2], "\(name): run to run")
         }
     }
+
+    /// Failures too: of two NaN tensors in different output shards, the one named does not depend on
+    /// the thread count (found by an audit: the write order followed DSCONVERT_THREADS, and 1 thread
+    /// named layer 1's q_proj where 2 and 3 named an expert's down_proj).
+    func testTheBadTensorNamedDoesNotDependOnTheThreadCount() throws {
+        let dir = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let lite = try copyFixture("lite", to: dir)
+        for tensor in ["model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.experts.0.down_proj.weight"] {
+            try overwrite(lite, tensor, with: [0xC0, 0x7F])  // bf16 NaN
+        }
+        var messages: [String] = []
+        for threads in ["1", "2", "3"] {
+            let r = try runTool("dsconvert", ["quantize", "--fp8", "--input", lite.path, "--output", dir.appendingPathComponent("out-\(threads)").path],
+                                environment: ["DSCONVERT_THREADS": threads])
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains("holds NaN or Inf"), r.stderr)
+            messages.append(r.stderr)
+        }
+        XCTAssertEqual(Set(messages).count, 1, messages.joined())
+    }
 }
 
 /// A built product next to the test bundle (swift-argument-parser's tests find theirs the same way).
