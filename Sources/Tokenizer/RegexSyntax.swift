@@ -46,6 +46,8 @@ struct RegexParser {
     /// Quantifiers stacked on one atom (`a{1}{1}…`, `a??…`) nest the same way without a group.
     static let maximumStackedQuantifiers = 8
     private var depth = 0
+    /// Inside `(?i:…)`: literal letters match either case.
+    private var caseInsensitive = false
 
     init(_ pattern: String) { chars = pattern.unicodeScalars.map(\.value) }
 
@@ -134,23 +136,53 @@ struct RegexParser {
         index += 1
         switch c {
         case Self.char("("): return try parseGroup()
-        case Self.char("["): return .set(try parseClass())
+        case Self.char("["): try classAllowed(); return .set(try parseClass())
         case Self.char("."):
+            try classAllowed()
             var set = ScalarSet(); set.invert(); set.remove(0x0A)
             return .set(try store(set))
         case Self.char("^"): return .assertion(.lineStart)
         case Self.char("$"): return .assertion(.lineEnd)
         case Self.char("\\"): return try parseEscape()
         case Self.char("*"), Self.char("+"), Self.char("?"): throw UnsupportedRegex(construct: "quantifier with nothing before it")
-        default: return .scalar(c)
+        default: return try literal(c)
         }
+    }
+
+    /// A literal scalar; in a case-insensitive group, an ASCII letter becomes the set of the scalars
+    /// Unicode's simple case folding gives the same letter: its two cases, plus U+017F (long s) for
+    /// s and U+212A (Kelvin sign) for k, the only others CaseFolding.txt folds to ASCII (status C;
+    /// U+0130 folds to two scalars, and U+0131 has only a Turkic folding, which Oniguruma does not
+    /// apply). What DeepSeek's Qwen- and Llama-based tokenizers need (`(?i:'s|'t|'re|'ve|'m|'ll|'d)`);
+    /// other scalars with case, and classes, are refused inside such a group rather than guessed.
+    private mutating func literal(_ c: UInt32) throws -> RegexNode {
+        guard caseInsensitive else { return .scalar(c) }
+        let lower = c | 0x20
+        guard (0x61...0x7A).contains(lower), c < 0x80 else {
+            if c >= 0x80 { throw UnsupportedRegex(construct: "non-ASCII character in a case-insensitive group") }
+            return .scalar(c)
+        }
+        var set = ScalarSet()
+        set.insert(lower)
+        set.insert(lower - 0x20)
+        if lower == Self.char("s") { set.insert(0x017F) }
+        if lower == Self.char("k") { set.insert(0x212A) }
+        return .set(try store(set))
+    }
+
+    /// Classes are not case-folded here: refused inside a case-insensitive group.
+    private func classAllowed() throws {
+        if caseInsensitive { throw UnsupportedRegex(construct: "character class in a case-insensitive group") }
     }
 
     private mutating func parseGroup() throws -> RegexNode {
         var lookahead: Bool?
+        let outerCase = caseInsensitive
+        defer { caseInsensitive = outerCase }
         if peek() == Self.char("?") {
             switch peek(1) {
             case Self.char(":"): index += 2
+            case Self.char("i") where peek(2) == Self.char(":"): index += 3; caseInsensitive = true
             case Self.char("="): index += 2; lookahead = false
             case Self.char("!"): index += 2; lookahead = true
             default:
@@ -187,8 +219,8 @@ struct RegexParser {
         case Self.char("Z"): index += 1; return .assertion(.textEndBeforeFinalNewline)
         default:
             switch try parseClassEscape() {
-            case let .single(v): return .scalar(v)
-            case let .set(set): return .set(try store(set))
+            case let .single(v): return try literal(v)
+            case let .set(set): try classAllowed(); return .set(try store(set))
             }
         }
     }

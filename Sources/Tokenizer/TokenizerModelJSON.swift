@@ -2,13 +2,16 @@ import SafeTensors
 
 extension TokenizerDefinition {
     /// The `model` object: BPE only, with the options DeepSeek's files use; any option that would
-    /// change the result (dropout, byte fallback, an unknown token, subword affixes) is refused.
+    /// change the result (dropout, byte fallback, an unknown token, subword affixes) is refused. An
+    /// empty affix is no affix (`tokenizers` prepends or appends nothing), as DeepSeek's Qwen-based
+    /// files write them.
     static func model(_ json: JSONValue?, file: String) throws -> BPEModel {
         guard let json, case .object = json else { throw TokenizerError.missingField(file: file, field: "model") }
         let type = json["type"]?.stringValue ?? "BPE"
         guard type == "BPE" else { throw TokenizerError.unsupportedModel(file: file, type: type) }
         for option in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
-            if let value = json[option], value != .null { throw TokenizerError.unsupportedOption(file: file, option: "model.\(option)") }
+            let emptyAffix = option.hasSuffix("_prefix") || option.hasSuffix("_suffix") ? json[option]?.stringValue == "" : false
+            if let value = json[option], value != .null, !emptyAffix { throw TokenizerError.unsupportedOption(file: file, option: "model.\(option)") }
         }
         if try flag(json, "byte_fallback", default: false, file: file) {
             throw TokenizerError.unsupportedOption(file: file, option: "model.byte_fallback")

@@ -108,6 +108,33 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// Subword affixes change every id, so a file that sets one is refused; an empty one (the distilled
+    /// R1s' Qwen files write "") is no affix, and the file gives the same ids as without it.
+    func testEmptySubwordAffixesAreNoAffixes() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-affix-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let original = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("v3-style.json")))) as! [String: Any]
+        let text = Array("Hello world, 12345 中文 it's".utf8)
+        let want = try Tokenizer.load(path: path("v3-style.json")).encode(utf8: text, name: "t.txt")
+        for (option, value, refused) in [("continuing_subword_prefix", "", false), ("end_of_word_suffix", "", false),
+                                         ("continuing_subword_prefix", "##", true), ("end_of_word_suffix", "</w>", true)] {
+            var json = original
+            var model = json["model"] as! [String: Any]
+            model[option] = value
+            json["model"] = model
+            let file = dir.appendingPathComponent("\(option)-\(value.count).json")
+            try JSONSerialization.data(withJSONObject: json).write(to: file)
+            if refused {
+                XCTAssertThrowsError(try Tokenizer.load(path: file.path)) { error in
+                    XCTAssertEqual(error as? TokenizerError, .unsupportedOption(file: file.path, option: "model.\(option)"))
+                }
+            } else {
+                XCTAssertEqual(try Tokenizer.load(path: file.path).encode(utf8: text, name: "t.txt"), want, option)
+            }
+        }
+    }
+
     func testInvalidUTF8NamesTheByteOffset() throws {
         let tokenizer = try Tokenizer.load(path: path("v3-style.json"))
         for (bytes, offset) in [([0x61, 0x62, 0xFF], 2), ([0x61, 0xC0, 0x80], 1), ([0xED, 0xA0, 0x80], 0), ([0x61, 0xE4, 0xB8], 1),

@@ -61,6 +61,23 @@ final class RegexTests: XCTestCase {
         }
     }
 
+    /// `(?i:…)` as DeepSeek's Qwen- and Llama-based tokenizers write it: ASCII letters in either case,
+    /// long s and the Kelvin sign with s and k (Unicode's simple case folding); the flag ends with
+    /// its group; what it does not fold exactly is refused.
+    func testCaseInsensitiveGroupsFoldASCIILetters() throws {
+        let contractions = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+        XCTAssertEqual(try matches(contractions, "it's IT'S he'LL we'Re 'ſ 'D 'x"), ["'s", "'S", "'LL", "'Re", "'ſ", "'D"])
+        XCTAssertEqual(try matches("(?i:k)", "kK\u{212A}x"), ["k", "K", "\u{212A}"])
+        XCTAssertEqual(try matches("(?i:a)b", "AbAB ab"), ["Ab", "ab"], "the flag ends with its group")
+        XCTAssertEqual(try matches("(?i:1-)", "1-"), ["1-"], "no case, no change")
+        for (pattern, construct) in [("(?i:[a-z])", "character class in a case-insensitive group"), ("(?i:\\p{L})", "character class in a case-insensitive group"),
+                                     ("(?i:é)", "non-ASCII character in a case-insensitive group"), ("(?i)a", "group '(?i'")] {
+            XCTAssertThrowsError(try ScalarRegex(pattern), pattern) { error in
+                XCTAssertEqual((error as? UnsupportedRegex)?.construct, construct, pattern)
+            }
+        }
+    }
+
     /// Found by an audit: each class written in a pattern kept its own 136 KiB bitmap (`\\d` 30,000
     /// times took 8.7 GB). Equal classes share one; more than 256 different ones are refused by name.
     func testCharacterClassesAreStoredOncePerSet() throws {
