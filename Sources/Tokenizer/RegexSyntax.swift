@@ -48,6 +48,8 @@ struct RegexParser {
     private var depth = 0
     /// Inside `(?i:…)`: literal letters match either case.
     private var caseInsensitive = false
+    /// The nesting depth of the innermost `(?i:…)` group, whose branches an s or f must end.
+    private var caseGroupDepth = -1
 
     init(_ pattern: String) { chars = pattern.unicodeScalars.map(\.value) }
 
@@ -150,17 +152,24 @@ struct RegexParser {
     }
 
     /// A literal scalar; in a case-insensitive group, an ASCII letter becomes the set of the scalars
-    /// Unicode's simple case folding gives the same letter: its two cases, plus U+017F (long s) for
-    /// s and U+212A (Kelvin sign) for k, the only others CaseFolding.txt folds to ASCII (status C;
-    /// U+0130 folds to two scalars, and U+0131 has only a Turkic folding, which Oniguruma does not
-    /// apply). What DeepSeek's Qwen- and Llama-based tokenizers need (`(?i:'s|'t|'re|'ve|'m|'ll|'d)`);
-    /// other scalars with case, and classes, are refused inside such a group rather than guessed.
+    /// that fold to the same letter alone: its two cases, plus U+017F (long s) for s and U+212A
+    /// (Kelvin sign) for k, the only others CaseFolding.txt folds to one ASCII letter (U+0130 folds
+    /// to two scalars; U+0131 has only a Turkic folding, which Oniguruma does not apply). Oniguruma
+    /// also folds one scalar into a run of letters (ß and ẞ into ss, ﬆ and ﬅ into st, ﬁ ﬂ ﬀ ﬃ ﬄ
+    /// into f…), so in such a group an s or f must end a branch of the group itself (found by a
+    /// review: `(?i:st)` matched ﬆ there and not here). What DeepSeek's Qwen- and Llama-based
+    /// tokenizers need (`(?i:'s|'t|'re|'ve|'m|'ll|'d)`); other scalars with case, and classes, are
+    /// refused inside such a group rather than guessed.
     private mutating func literal(_ c: UInt32) throws -> RegexNode {
         guard caseInsensitive else { return .scalar(c) }
         let lower = c | 0x20
         guard (0x61...0x7A).contains(lower), c < 0x80 else {
             if c >= 0x80 { throw UnsupportedRegex(construct: "non-ASCII character in a case-insensitive group") }
             return .scalar(c)
+        }
+        if lower == Self.char("s") || lower == Self.char("f"),
+           depth != caseGroupDepth || (peek() != Self.char("|") && peek() != Self.char(")")) {
+            throw UnsupportedRegex(construct: "s or f followed by more in a case-insensitive group (Oniguruma folds ß, ﬆ, ﬁ into letter pairs)")
         }
         var set = ScalarSet()
         set.insert(lower)
@@ -177,12 +186,13 @@ struct RegexParser {
 
     private mutating func parseGroup() throws -> RegexNode {
         var lookahead: Bool?
-        let outerCase = caseInsensitive
-        defer { caseInsensitive = outerCase }
+        var opensCaseGroup = false
+        let (outerCase, outerCaseDepth) = (caseInsensitive, caseGroupDepth)
+        defer { (caseInsensitive, caseGroupDepth) = (outerCase, outerCaseDepth) }
         if peek() == Self.char("?") {
             switch peek(1) {
             case Self.char(":"): index += 2
-            case Self.char("i") where peek(2) == Self.char(":"): index += 3; caseInsensitive = true
+            case Self.char("i") where peek(2) == Self.char(":"): index += 3; caseInsensitive = true; opensCaseGroup = true
             case Self.char("="): index += 2; lookahead = false
             case Self.char("!"): index += 2; lookahead = true
             default:
@@ -193,6 +203,7 @@ struct RegexParser {
         depth += 1
         defer { depth -= 1 }
         if depth > Self.maximumDepth { throw UnsupportedRegex(construct: "groups nested deeper than \(Self.maximumDepth)") }
+        if opensCaseGroup { caseGroupDepth = depth }
         let inner = try parseAlternation()
         guard peek() == Self.char(")") else { throw UnsupportedRegex(construct: "unclosed '('") }
         index += 1

@@ -70,6 +70,13 @@ final class RegexTests: XCTestCase {
         XCTAssertEqual(try matches("(?i:k)", "kK\u{212A}x"), ["k", "K", "\u{212A}"])
         XCTAssertEqual(try matches("(?i:a)b", "AbAB ab"), ["Ab", "ab"], "the flag ends with its group")
         XCTAssertEqual(try matches("(?i:1-)", "1-"), ["1-"], "no case, no change")
+        // Oniguruma folds ß/ẞ into ss, ﬆ/ﬅ into st, ﬁ ﬂ ﬀ ﬃ ﬄ into f…: an s or f followed by more is refused.
+        for pattern in ["(?i:st)", "(?i:ss)", "(?i:fi|x)", "(?i:s\\x73)", "(?i:s(?:t))", "(?i:(?:s)t)", "(?i:(?:s|a)t)", "(?i:s+)", "(?i:\\x53T)"] {
+            XCTAssertThrowsError(try ScalarRegex(pattern), pattern) { error in
+                XCTAssertEqual((error as? UnsupportedRegex)?.construct, "s or f followed by more in a case-insensitive group (Oniguruma folds ß, ﬆ, ﬁ into letter pairs)", pattern)
+            }
+        }
+        XCTAssertEqual(try matches("(?i:'s|x(?i:'f)|'f)", "'S xF 'f"), ["'S", "'f"], "an s or f ending a branch of its own group")
         for (pattern, construct) in [("(?i:[a-z])", "character class in a case-insensitive group"), ("(?i:\\p{L})", "character class in a case-insensitive group"),
                                      ("(?i:é)", "non-ASCII character in a case-insensitive group"), ("(?i)a", "group '(?i'")] {
             XCTAssertThrowsError(try ScalarRegex(pattern), pattern) { error in
