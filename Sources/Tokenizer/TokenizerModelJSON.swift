@@ -10,8 +10,10 @@ extension TokenizerDefinition {
         let type = json["type"]?.stringValue ?? "BPE"
         guard type == "BPE" else { throw TokenizerError.unsupportedModel(file: file, type: type) }
         for option in ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
-            let emptyAffix = option.hasSuffix("_prefix") || option.hasSuffix("_suffix") ? json[option]?.stringValue == "" : false
-            if let value = json[option], value != .null, !emptyAffix { throw TokenizerError.unsupportedOption(file: file, option: "model.\(option)") }
+            let isAffix = option.hasSuffix("_prefix") || option.hasSuffix("_suffix")
+            if let value = json[option], value != .null, !(isAffix && value.stringValue == "") {
+                throw TokenizerError.unsupportedOption(file: file, option: "model.\(option)")
+            }
         }
         if try flag(json, "byte_fallback", default: false, file: file) {
             throw TokenizerError.unsupportedOption(file: file, option: "model.byte_fallback")
