@@ -73,10 +73,7 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         attentionForm = try Self.choice(AttentionForm.self, c, .attentionForm)
-        folds = try c.decode([String].self, forKey: .folds).map { word in
-            guard let fold = Fold(rawValue: word) else { throw Self.unsupported(.folds, word, Fold.self) }
-            return fold
-        }
+        folds = try c.decode([String].self, forKey: .folds).map { try UnsupportedValue.decode($0, as: Fold.self, key: Self.key(.folds)) }
         softmaxScale = try c.decode(Double.self, forKey: .softmaxScale)
         originalSoftmaxScale = try c.decode(Double.self, forKey: .originalSoftmaxScale)
         keepsKVB = try c.decode(Bool.self, forKey: .keepsKVB)
@@ -86,15 +83,11 @@ public struct AbsorptionRecord: Codable, Equatable, Sendable {
 
     private static func choice<E: RawRepresentable & CaseIterable>(_ type: E.Type, _ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys) throws -> E
     where E.RawValue == String {
-        let word = try c.decode(String.self, forKey: key)
-        guard let value = E(rawValue: word) else { throw unsupported(key, word, E.self) }
-        return value
+        try UnsupportedValue.decode(try c.decode(String.self, forKey: key), as: E.self, key: Self.key(key))
     }
 
-    private static func unsupported<E: RawRepresentable & CaseIterable>(_ key: CodingKeys, _ word: String, _ type: E.Type) -> UnsupportedValue
-    where E.RawValue == String {
-        UnsupportedValue(key: "\(configKey).\(key.stringValue)", value: word, supported: E.allCases.map(\.rawValue).joined(separator: ", "))
-    }
+    /// The member's key as config.json spells it, under the record's own key.
+    private static func key(_ key: CodingKeys) -> String { "\(configKey).\(key.stringValue)" }
 
     /// The exact folds `folds` names.
     public enum Fold: String, Codable, Sendable, CaseIterable {

@@ -257,10 +257,7 @@ public struct DeepSeekConfig: Codable, Equatable, Sendable {
     private static func decodeEnum<E: RawRepresentable & CaseIterable>(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys,
                                                                        default value: E) throws -> E where E.RawValue == String {
         guard let text = try c.decodeIfPresent(String.self, forKey: key) else { return value }
-        guard let decoded = E(rawValue: text) else {
-            throw UnsupportedValue(key: key.stringValue, value: text, supported: E.allCases.map(\.rawValue).joined(separator: ", "))
-        }
-        return decoded
+        return try UnsupportedValue.decode(text, as: E.self, key: key.stringValue)
     }
 
     /// Reads and checks `config.json` in a checkpoint directory.

@@ -75,4 +75,12 @@ struct UnsupportedValue: Error {
     let key: String
     let value: String
     let supported: String
+
+    /// `word` as a case of `E`, or this error naming `key` and every word `E` has.
+    static func decode<E: RawRepresentable & CaseIterable>(_ word: String, as type: E.Type, key: String) throws -> E where E.RawValue == String {
+        guard let value = E(rawValue: word) else {
+            throw UnsupportedValue(key: key, value: word, supported: E.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return value
+    }
 }

@@ -38,8 +38,7 @@ extension Tokenizer {
             if blocks.count > 1, let ids = encodeInParallel(items, blocks: blocks, steps: laterSteps, text: buffer, workspace: runner.scratch) {
                 return ids
             }
-            var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: buffer))
-            worker.runner.scratch = runner.scratch
+            var worker = EncodeWorker(model: definition.model, text: buffer, workspace: runner.scratch)
             return try worker.encode(items[...], steps: laterSteps).map(Int.init)
         }
     }
@@ -56,8 +55,7 @@ extension Tokenizer {
         results.withUnsafeMutableBufferPointer { out in
             let shared = SharedPointer(out.baseAddress!)
             Parallel.forEach(blocks.count) { b in
-                var worker = EncodeWorker(model: definition.model, runner: PreTokenizerRunner(text: text))
-                worker.runner.scratch = workspace
+                var worker = EncodeWorker(model: definition.model, text: text, workspace: workspace)
                 shared.pointer[b] = Result { (try worker.encode(items[blocks[b]], steps: steps), worker.runner.regexScratch.backtracks) }
             }
         }
@@ -138,9 +136,12 @@ struct EncodeWorker {
     var bytes: [UInt8] = []
     static let cacheLimit = 1 << 17
 
-    init(model: BPEModel, runner: PreTokenizerRunner) {
+    /// A worker on `text` whose runner starts with the first step's `workspace` (the pieces that
+    /// step wrote out) and the text's whole work budget.
+    init(model: BPEModel, text: UnsafeBufferPointer<UInt32>, workspace: [UInt32]) {
         self.model = model
-        self.runner = runner
+        runner = PreTokenizerRunner(text: text)
+        runner.scratch = workspace
     }
 
     mutating func encode(_ items: ArraySlice<Tokenizer.Item>, steps: [PreTokenizerStep]) throws -> [Int32] {
