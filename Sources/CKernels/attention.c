@@ -90,7 +90,51 @@ enum { ATT_MR = 12, ATT_NV = 2, LANES = 16 };
 // Without FMA hardware (the baseline level) each fmaf is a libm call: correct, and slow.
 DEFINE_TILE(tile_baseline, )
 #if defined(__x86_64__)
-DEFINE_TILE(tile_avx2, __attribute__((target("avx2,fma"))))
+
+// The AVX2 tile: up to 6 rows by 16 columns (two ymm) in registers, 12 sums of 16, per k 2 vectors
+// of b and 6 broadcasts of a; the whole tile (up to 12 x 32) is taken in such blocks. The generic
+// tile at AVX2 kept its 12 x 32 sums in memory (48 ymm against 16 registers), a load and a store
+// per fused multiply-add. Each output is the same chain in increasing k: the same bits.
+__attribute__((target("avx2,fma"), always_inline)) static inline void tile256(const size_t MR_, size_t nc, const float *a, size_t lda,
+                                                                               const float *b, size_t ldb, size_t kc, float *c, size_t ldc) {
+    __m256 s[6][2];
+    _Pragma("clang loop unroll(full)") for (size_t i = 0; i < MR_; i++)
+        _Pragma("clang loop unroll(full)") for (size_t v = 0; v < 2; v++) s[i][v] = _mm256_setzero_ps();
+    for (size_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
+        _Pragma("clang loop unroll(full)") for (size_t i = 0; i < MR_; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
+            s[i][0] = _mm256_fmadd_ps(ai, b0, s[i][0]);
+            s[i][1] = _mm256_fmadd_ps(ai, b1, s[i][1]);
+        }
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (size_t v = 0; v < 2; v++) {
+        if (v * 8 >= nc) break;
+        size_t left = nc - v * 8;
+        __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+        for (size_t i = 0; i < MR_; i++) _mm256_maskstore_ps(c + i * ldc + v * 8, mask, s[i][v]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldb,
+                                                          size_t kc, float *c, size_t ldc) {
+    for (size_t j0 = 0; j0 < nc; j0 += 16) {
+        size_t n = nc - j0 < 16 ? nc - j0 : 16;
+        for (size_t i0 = 0; i0 < mr; i0 += 6) {
+            const float *ai = a + i0 * lda;
+            float *ci = c + i0 * ldc + j0;
+            switch (mr - i0 < 6 ? mr - i0 : 6) {
+            case 6: tile256(6, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            case 5: tile256(5, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            case 4: tile256(4, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            case 3: tile256(3, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            case 2: tile256(2, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            default: tile256(1, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            }
+        }
+    }
+}
 
 // The AVX-512 tile: MR_ rows by NV_ vectors of 16 columns in registers (24 of 32 zmm at 12 x 2). Per
 // k it loads NV_ vectors of b (from the second-level cache: a head's keys or values do not fit the

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "fp8_vbmi.inc"
+#include "fp8_shift.inc"
 
 // The largest magnitude bit pattern of n bf16 values, at least `m` (a plain reduction, which every
 // level's vectorizer turns into 16-bit vector maxima).
@@ -227,11 +228,50 @@ VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t ro
 }
 #endif
 
+#if defined(__x86_64__)
+// The same with the shifted decoder (`fp8_shift.inc`) and 32-byte streaming stores, for AVX2 and
+// AVX-512 without VBMI: each segment stores ordinarily up to its destination's first 32-byte
+// boundary and after its last whole group of 32, and streams between; a block whose scale the
+// decoder does not take goes through the generic tile. The same values and flags.
+FP8_SHIFT_TARGET static int dequant_row_f32_streaming_shift(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row,
+                                                            int e5m2, const float *scales, float *out) {
+    size_t per_row = (cols + block - 1) / block;
+    size_t r0 = block_row * block, r1 = r0 + block < rows ? r0 + block : rows;
+    uint32_t special = e5m2 ? 0x7Cu : 0x7Fu, bad = 0;
+    int flagged = 0;
+    for (size_t r_ = r0; r_ < r1; r_++) {
+        const uint8_t *row = codes + r_ * cols;
+        float *dst = out + r_ * cols;
+        int aligned = ((uintptr_t)dst & 3) == 0;
+        for (size_t bc = 0; bc < per_row; bc++) {
+            size_t first = bc * block, last = first + block < cols ? first + block : cols, done = first;
+            float scale = scales[block_row * per_row + bc];
+            if (fp8_shift_scale_fits(scale, e5m2)) {
+                size_t head = aligned ? ((32 - ((uintptr_t)(dst + first) & 31)) & 31) / sizeof(float) : last - first;
+                size_t lined = first + head < last ? first + head : last;
+                {
+                    size_t c0 = first, c1 = lined;
+                    if (e5m2) { DEQUANT_TILE(1, STORE_F32) } else { DEQUANT_TILE(0, STORE_F32) }
+                }
+                done = e5m2 ? decode_fp8_groups_shift(1, row, lined, last, scale, dst + lined, 1, &flagged)
+                            : decode_fp8_groups_shift(0, row, lined, last, scale, dst + lined, 1, &flagged);
+            }
+            size_t c0 = done, c1 = last;
+            if (e5m2) { DEQUANT_TILE(1, STORE_F32) } else { DEQUANT_TILE(0, STORE_F32) }
+        }
+    }
+    _mm_sfence();
+    return bad != 0 || flagged != 0;
+}
+#endif
+
 int dsconvert_fp8_dequantize_block_row_f32_streaming(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row,
                                                      int e5m2, const float *scales, float *out) {
 #if defined(__x86_64__)
     if (isa >= DSCONVERT_ISA_AVX512 && dsconvert_cpu_has_vbmi())
         return dequant_row_f32_streaming(codes, rows, cols, block, block_row, e5m2, scales, out);
+    if (isa >= DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma())
+        return dequant_row_f32_streaming_shift(codes, rows, cols, block, block_row, e5m2, scales, out);
 #endif
     return dsconvert_fp8_dequantize_block_row_f32(isa, codes, rows, cols, block, block_row, e5m2, scales, out);
 }

@@ -1,3 +1,4 @@
+import CKernels
 import XCTest
 @testable import Numerics
 
@@ -15,6 +16,22 @@ final class FloatConversionTests: XCTestCase {
                 XCTAssertTrue(FloatConversion.bf16ToFloat(narrowed[Int(bits)]).isNaN)
             } else {
                 XCTAssertEqual(narrowed[Int(bits)], bits)
+            }
+        }
+    }
+
+    /// The streaming widener at every instruction-set level: every bf16 pattern, destinations at
+    /// every float offset from a 64-byte line (ordinary stores up to it, streamed after), a tail.
+    func testStreamingWideningIsExactAtEveryLevel() {
+        let count = 65_536 + 29
+        let bits = (0..<count).map { UInt16(truncatingIfNeeded: $0 &* 40503) }
+        let expected = bits.map { UInt32($0) << 16 }
+        for level in FP8BlockQuantizer.availableKernelLevels {
+            for offset in 0..<16 {
+                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: count + 16)
+                defer { buffer.deallocate() }
+                bits.withUnsafeBufferPointer { dsconvert_bf16_to_f32_streaming(level, $0.baseAddress, buffer.baseAddress! + offset, count) }
+                XCTAssertEqual(buffer[offset..<(offset + count)].map(\.bitPattern), expected, "level \(level) offset \(offset)")
             }
         }
     }

@@ -126,6 +126,29 @@ final class StoredProductTests: XCTestCase {
         }
     }
 
+    /// FP8 block scales at the edges of the decoders' ranges give the defined sums at every level: a
+    /// subnormal scale, and the scales where the AVX2 decoder's factor (scale × 2^120 for E4M3, × 2^112
+    /// for E5M2) stops being finite (256, 65,536), where those blocks go through the checked pack.
+    func testExtremeScalesGiveTheDefinedSums() {
+        let best = dsconvert_fp8_best_isa()
+        let edges: [Float] = [1e-40, 0x1p-126, 255.99, 256, 300, 65535, 65536, 1e6, 1e30]
+        for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
+            for trial in 0..<6 {
+                var c = randomCase(kind: kind, k: trial < 3 ? 1000 : nil, m: 5)
+                c.scales = c.scales.map { _ in edges.randomElement(using: &generator)! }
+                c.x = c.x.map { $0 * 1e-8 }  // the sums stay finite under scales of 1e30
+                let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
+                XCTAssertEqual(flagged, 0)
+                for (level, vbmi) in Self.paths(best) {
+                    let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: [0..<c.n]) }
+                    XCTAssertEqual(status, 0)
+                    XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern),
+                                   "kind \(kind) level \(level) vbmi \(vbmi) n \(c.n) k \(c.k) block \(c.block)")
+                }
+            }
+        }
+    }
+
     /// Every instruction-set level, and at AVX-512 the FP8 decoder with VBMI and without.
     private static func paths(_ best: Int32) -> [(Int32, Bool)] {
         (0...best).map { ($0, true) } + (best >= Int32(DSCONVERT_ISA_AVX512) ? [(best, false)] : [])
