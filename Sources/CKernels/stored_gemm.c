@@ -23,9 +23,11 @@
 // memory, two products at once, 256 -> 512 columns: 8-16 rows 203-304 -> 173-289 GFLOP/s (with few
 // rows the product waits on the weight's bytes, and longer blocks fetch them in longer bursts), 24-32
 // rows level, 48-176 rows 367-376 -> 380-386 (the sums' loads and stores halved). On the Intel host
-// of earlier measurements bf16 at 16-48 rows was 12% slower with them. FP8 through the arithmetic
-// decoder keeps KC. The block length changes no bit: each lane's terms are added in increasing k
-// whatever the blocks.
+// of earlier measurements bf16 at 16-48 rows was 12% slower with them. FP8 through the shifted
+// decoder (AVX2, or AVX-512 without VBMI) takes KC_LONG too (a 16-row V3 expert on a Zen 3 host,
+// AVX2, interleaved runs: 72-82 against 64-81 GFLOP/s with KC; not measured on an AVX-512 host
+// without VBMI); at the baseline level it keeps KC. The block length changes no bit: each lane's
+// terms are added in increasing k whatever the blocks.
 //
 // At AVX-512, bf16 and f32 weights are not packed: the micro-kernel reads each whole panel's rows
 // where they are stored and converts 16 values as it multiplies them (`micro512_direct`; bf16 is a
