@@ -1,6 +1,7 @@
 import Benchmark
 import CLI
 import Foundation
+import Numerics
 import ReferenceModel
 import Validation
 
@@ -43,6 +44,7 @@ public enum ForwardBenchCommand: Command {
         terminal.endProgress()
         terminal.out("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, OpenBLAS threads \(r.threads); times: median (min-max)")
         terminal.out("blas: \(r.blas)")
+        terminal.out("kernels: \(FP8BlockQuantizer.kernelDescription)")
         let forward = SampleSummary(r.forwardSeconds)!, sgemm = SampleSummary(r.sgemmSeconds)!
         terminal.out(String(format: "forward pass  %5d tokens  %8.3f s (%.3f-%.3f, %d runs)  %7.1f GFLOP/s", r.tokens, forward.median, forward.min,
                             forward.max, forward.count, r.forwardFLOPs / forward.median / 1e9))

@@ -2,6 +2,7 @@ import Benchmark
 import CLI
 import DeepSeekModel
 import Foundation
+import Numerics
 import ReferenceModel
 import SafeTensors
 
@@ -111,6 +112,7 @@ public enum ValidateBenchCommand: Command {
         terminal.out(String(format: "reference %@, candidate %@: %.2f GB of safetensors; %d tokens; %@ page cache; %d cores",
                             reference.path, candidate.path, Double(bytes) / 1e9, count, cold ? "cold" : "warm", ProcessInfo.processInfo.activeProcessorCount))
         terminal.out("blas: \(BLASCore.selection.description)")
+        terminal.out("kernels: \(FP8BlockQuantizer.kernelDescription)")
         terminal.out(String(format: "read (cat)        %8.2f s   %6.2f GB/s", r, Double(bytes) / 1e9 / r))
         terminal.out(String(format: "validate wall     %8.2f s   %6.2f GB/s   peak RSS %d MiB", w, Double(bytes) / 1e9 / w, run.peakRSSKiB / 1024))
         terminal.out(String(format: "  compute         %8.2f s   %6.1f GFLOP/s (both forward passes%@), %.2f of cblas_sgemm's %.1f GFLOP/s at %dx%dx%d",
