@@ -98,6 +98,15 @@ int dsconvert_cpu_has_vbmi(void) {
 #endif
 }
 
+int dsconvert_cpu_has_f16c(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("f16c") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 int dsconvert_cpu_has_fma(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -270,7 +279,7 @@ int dsconvert_fp8_dequantize_block_row_f32_streaming(int isa, const uint8_t *cod
 #if defined(__x86_64__)
     if (isa >= DSCONVERT_ISA_AVX512 && dsconvert_cpu_has_vbmi())
         return dequant_row_f32_streaming(codes, rows, cols, block, block_row, e5m2, scales, out);
-    if (isa >= DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma())
+    if (isa >= DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma() && dsconvert_cpu_has_f16c())
         return dequant_row_f32_streaming_shift(codes, rows, cols, block, block_row, e5m2, scales, out);
 #endif
     return dsconvert_fp8_dequantize_block_row_f32(isa, codes, rows, cols, block, block_row, e5m2, scales, out);

@@ -23,7 +23,7 @@
 // memory, two products at once, 256 -> 512 columns: 8-16 rows 203-304 -> 173-289 GFLOP/s (with few
 // rows the product waits on the weight's bytes, and longer blocks fetch them in longer bursts), 24-32
 // rows level, 48-176 rows 367-376 -> 380-386 (the sums' loads and stores halved). On the Intel host
-// of earlier measurements bf16 at 16-48 rows was 12% slower with them. FP8 through the shifted
+// of earlier measurements bf16 at 16-48 rows was 12% slower with them. FP8 through the AVX2
 // decoder (AVX2, or AVX-512 without VBMI) takes KC_LONG too (a 16-row V3 expert on a Zen 3 host,
 // AVX2, interleaved runs: 72-82 against 64-81 GFLOP/s with KC; not measured on an AVX-512 host
 // without VBMI); at the baseline level it keeps KC. The block length changes no bit: each lane's
@@ -148,11 +148,11 @@ DEFINE_MICRO(micro_baseline, )
 DEFINE_PACK(pack_avx2, __attribute__((target("avx2,fma"))))
 
 // The AVX2 micro-kernel: sixteen lanes are two ymm registers, so a (row of x, weight row) pair
-// holds two of the 16. Two rows of x against three weight rows (12 sums) per pass over the columns,
-// 8 columns at a time: 2 loads of x and 3 of weights per 6 fused multiply-adds. One row against all
-// six weight rows, the form before, loaded 7 per 6: on a Zen 3 host (AVX2 only), a 16-row FP8 V3
-// expert from memory, two at once, went from 60-74 to 71-84 GFLOP/s with this tile (the shifted
-// decoder already in; 46-60 before both).
+// holds two of the 16. Two rows of x against three weight rows (12 accumulators) per pass over the
+// columns, 8 columns at a time: 2 loads of x and 3 of weights per 6 fused multiply-adds. One row
+// against all six weight rows, the form before, loaded 7 per 6: on a Zen 3 host (AVX2 only), a
+// 16-row FP8 V3 expert from memory, two at once, went from 60-74 to 71-84 GFLOP/s with this tile
+// (the AVX2 FP8 decoder already in; 46-60 before both).
 __attribute__((target("avx2,fma"), always_inline)) static inline void micro_avx2_tile(const size_t MR_, const float *x, size_t mr,
                                                                                    const float *p, size_t kc, size_t steps,
                                                                                    float *acc, int first) {
@@ -174,6 +174,8 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void micro_avx2
         for (size_t j = 0; j < 3; j++)
             for (size_t h = 0; h < 2; h++) _mm256_storeu_ps(acc + (i * NR + j) * LANES + 8 * h, s[i][j][h]);
 }
+
+_Static_assert(NR % 3 == 0, "micro_avx2 takes the panel's weight rows three at a time");
 
 __attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const float *x, const float *p, size_t kc, size_t steps,
                                                            float *acc, int first) {
@@ -242,7 +244,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
     return bad | (flagged != 0);
 }
 
-// The FP8 pack with the shifted decoder (`fp8_shift.inc`; the generic pack's contract), at AVX2 and
+// The FP8 pack with the AVX2 decoder (`fp8_shift.inc`; the generic pack's contract), at AVX2 and
 // at AVX-512 without VBMI: the generic pack's scalar decoding ran the 16-row V3 expert at 31 GFLOP/s
 // a core on a Zen 3 host. A segment's last codes short of 32, and a block whose scale the decoder
 // does not take, go through the generic segment body, which checks each product.
@@ -393,7 +395,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     if ((w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2) && (!w->scales || w->block == 0)) return 3;
     pack_fn pack = pack_baseline;
     micro_fn micro = micro_baseline;
-    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0, direct = 0;
+    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0, direct = 0, shifted = 0;
     fp8_tables tables;
 #if defined(__x86_64__)
     if (isa >= DSCONVERT_ISA_AVX512) {
@@ -402,15 +404,16 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
         vbmi = fp8 && dsconvert_cpu_has_vbmi();
         direct = w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F32;
         if (vbmi) fp8_tables_fill(&tables, w->kind == DSCONVERT_STORED_FP8_E5M2);
-        else if (fp8) pack = pack_fp8_shift;
+        else if (fp8 && dsconvert_cpu_has_f16c()) pack = pack_fp8_shift, shifted = 1;
     } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
-        pack = fp8 ? pack_fp8_shift : pack_avx2;
+        shifted = fp8 && dsconvert_cpu_has_f16c();
+        pack = shifted ? pack_fp8_shift : pack_avx2;
         micro = micro_avx2;
     }
 #else
     (void)isa;
 #endif
-    size_t kc = vbmi || (fp8 && isa >= DSCONVERT_ISA_AVX2) || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC;
+    size_t kc = vbmi || shifted || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC;
     product_plan plan = {pack, micro, vbmi, direct, &tables, kc, m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), (w->cols + kc - 1) / kc * kc};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;

@@ -103,8 +103,11 @@ public struct FP8BlockQuantizer: Sendable {
     public static var kernelDescription: String {
         switch kernelLevel {
         case Int32(DSCONVERT_ISA_AVX512):
-            return dsconvert_cpu_has_vbmi() != 0 ? "AVX-512, FP8 decoded by VBMI byte permutes" : "AVX-512, FP8 decoded by moving fields (no VBMI)"
-        case Int32(DSCONVERT_ISA_AVX2): return "AVX2, FP8 decoded by moving fields"
+            if dsconvert_cpu_has_vbmi() != 0 { return "AVX-512, FP8 decoded by VBMI byte permutes" }
+            return dsconvert_cpu_has_f16c() != 0 ? "AVX-512, FP8 decoded through f16 (no VBMI)" : "AVX-512, FP8 decoded in scalar code"
+        case Int32(DSCONVERT_ISA_AVX2):
+            let fast = dsconvert_cpu_has_fma() != 0 && dsconvert_cpu_has_f16c() != 0
+            return fast ? "AVX2, FP8 decoded through f16" : "AVX2 without FMA or F16C, FP8 decoded in scalar code"
         default: return "baseline (plain C)"
         }
     }

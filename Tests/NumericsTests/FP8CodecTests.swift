@@ -229,8 +229,8 @@ final class FP8DequantizeKernelTests: XCTestCase {
         }
     }
 
-    /// The streaming f32 dequantizer (large weights widened for the forward pass: VBMI decoder and
-    /// streaming stores where the CPU has them) writes the products bit for bit: rows on and off a
+    /// The streaming f32 dequantizer (large weights widened for the forward pass: the VBMI or AVX2
+    /// decoder and streaming stores where the CPU has them) writes the products bit for bit: rows on and off a
     /// 64-byte boundary, partial blocks, every finite code, and scales whose products overflow f32
     /// (those blocks take the checked path and are flagged).
     func testStreamingF32EqualsTheDefinition() {
@@ -243,7 +243,7 @@ final class FP8DequantizeKernelTests: XCTestCase {
                 let quantizer = FP8BlockQuantizer(format: format, block: block)
                 let scaleCount = quantizer.scaleShape(rows: rows, cols: cols).reduce(1, *)
                 for overflowing in [false, true] {
-                    let scales: [Float] = (0..<scaleCount).map { [1e-3, 0x1p-120, 1.0 / 3, 3.0e33, 0x1.02p-7, overflowing ? 1e36 : 7][$0 % 6] }
+                    let scales: [Float] = (0..<scaleCount).map { [1e-3, 0x1p-120, 1.0 / 3, 3.0e33, 0x1.02p-7, overflowing ? 1e36 : 7, 256, 65536, 0x1p-133][$0 % 9] }
                     let perRow = (cols + block - 1) / block
                     let products = (0..<(rows * cols)).map { i in table[Int(codes[i])] * scales[(i / cols / block) * perRow + (i % cols) / block] }
                     for level in FP8BlockQuantizer.availableKernelLevels {

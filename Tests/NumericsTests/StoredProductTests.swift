@@ -126,17 +126,20 @@ final class StoredProductTests: XCTestCase {
         }
     }
 
-    /// FP8 block scales at the edges of the decoders' ranges give the defined sums at every level: a
-    /// subnormal scale, and the scales where the AVX2 decoder's factor (scale × 2^120 for E4M3, × 2^112
-    /// for E5M2) stops being finite (256, 65,536), where those blocks go through the checked pack.
+    /// FP8 block scales at the edges of the decoders' ranges give the defined sums at every level:
+    /// subnormal and tiny scales (the AVX2 decoder's factor scale × 2^8 and its products stay normal
+    /// or round once), the former limits of a decoder through f32 fields (256, 65,536), and the
+    /// largest that keep every code's product finite. Blocks of 128 or 32 columns, so the AVX2
+    /// decoder's groups of 32 codes take each scale.
     func testExtremeScalesGiveTheDefinedSums() {
         let best = dsconvert_fp8_best_isa()
-        let edges: [Float] = [1e-40, 0x1p-126, 255.99, 256, 300, 65535, 65536, 1e6, 1e30]
+        let edges: [Float] = [0x1p-133, 0x1p-126, 1e-3, 255.99, 256, 65535, 65536, 1e30, 5e33]
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
             for trial in 0..<6 {
-                var c = randomCase(kind: kind, k: trial < 3 ? 1000 : nil, m: 5)
-                c.scales = c.scales.map { _ in edges.randomElement(using: &generator)! }
-                c.x = c.x.map { $0 * 1e-8 }  // the sums stay finite under scales of 1e30
+                var c: Case
+                repeat { c = randomCase(kind: kind, k: trial < 3 ? 1000 : 300, m: 5) } while c.block == 5
+                c.scales = c.scales.indices.map { edges[($0 + trial) % edges.count] }
+                c.x = c.x.map { $0 * 1e-8 }  // the sums stay finite under scales of 5e33
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
                 XCTAssertEqual(flagged, 0)
                 for (level, vbmi) in Self.paths(best) {

@@ -25,6 +25,9 @@ int dsconvert_cpu_has_vbmi(void);
 /// 1 if the CPU has FMA (with AVX2, what OpenBLAS's Haswell kernels need), else 0.
 int dsconvert_cpu_has_fma(void);
 
+/// Whether the CPU has F16C (the AVX2 FP8 decoder widens codes through f16).
+int dsconvert_cpu_has_f16c(void);
+
 /// Quantizes block row `block_row` of a row-major [rows, cols] bf16 matrix to FP8 (E4M3FN when
 /// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 when that
 /// is 0: an all-zero tile, so never a zero scale) into `scales[block_row * ceil(cols/block) + bc]`, then, when `codes` is not NULL,
@@ -50,7 +53,8 @@ int dsconvert_fp8_dequantize_block_row_f32(int isa, const uint8_t *codes, size_t
                                            size_t block_row, int e5m2, const float *scales, float *out);
 
 /// The same values and flags as `dsconvert_fp8_dequantize_block_row_f32`, written with streaming
-/// stores where the CPU has AVX-512 VBMI (decoded with byte permutes), for destinations larger than
+/// stores where the CPU has AVX-512 VBMI (decoded with byte permutes) or AVX2 with FMA and F16C
+/// (decoded through f16, `fp8_shift.inc`), for destinations larger than
 /// the caches keep: a weight widened for the product that reads it next. Fenced before it returns.
 int dsconvert_fp8_dequantize_block_row_f32_streaming(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block,
                                                      size_t block_row, int e5m2, const float *scales, float *out);

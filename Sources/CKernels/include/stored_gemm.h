@@ -44,7 +44,8 @@ enum { DSCONVERT_STORED_GEMM_PANEL = 6 };
 /// `y` is then unspecified); 2 if its working memory (up to 1 MB of x plus 96 floats per row of a
 /// chunk of x) could not be allocated; 3 if `w` is not a valid description (an unknown kind, FP8
 /// without scales or with a block of 0). With AVX-512, FP8 codes are decoded with VBMI byte
-/// permutes where the CPU has them, unless `DSCONVERT_NO_VBMI` is set (for comparing the paths).
+/// permutes where the CPU has them, unless `DSCONVERT_NO_VBMI` is set (for comparing the paths);
+/// otherwise at AVX2 and above through f16 (F16C), with the same bits.
 /// `isa` must not exceed `dsconvert_fp8_best_isa()`.
 int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float *x, size_t m,
                           size_t n0, size_t n1, float *y, size_t ldy);
