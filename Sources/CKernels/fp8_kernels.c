@@ -238,9 +238,9 @@ VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t ro
 #endif
 
 #if defined(__x86_64__)
-// The same with the shifted decoder (`fp8_shift.inc`) and 32-byte streaming stores, for AVX2 and
-// AVX-512 without VBMI: each segment stores ordinarily up to its destination's first 32-byte
-// boundary and after its last whole group of 32, and streams between; a block whose scale the
+// The same with the AVX2 decoder (`fp8_shift.inc`) and 32-byte streaming stores, for AVX2 and
+// AVX-512 without VBMI: each segment stores ordinarily up to its destination's first 64-byte
+// boundary (so a line is never part ordinary, part streamed) and after its last whole group of 32, and streams between; a block whose scale the
 // decoder does not take goes through the generic tile. The same values and flags.
 FP8_SHIFT_TARGET static int dequant_row_f32_streaming_shift(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row,
                                                             int e5m2, const float *scales, float *out) {
@@ -256,7 +256,7 @@ FP8_SHIFT_TARGET static int dequant_row_f32_streaming_shift(const uint8_t *codes
             size_t first = bc * block, last = first + block < cols ? first + block : cols, done = first;
             float scale = scales[block_row * per_row + bc];
             if (fp8_shift_scale_fits(scale, e5m2)) {
-                size_t head = aligned ? ((32 - ((uintptr_t)(dst + first) & 31)) & 31) / sizeof(float) : last - first;
+                size_t head = aligned ? ((64 - ((uintptr_t)(dst + first) & 63)) & 63) / sizeof(float) : last - first;
                 size_t lined = first + head < last ? first + head : last;
                 {
                     size_t c0 = first, c1 = lined;

@@ -24,10 +24,10 @@ __attribute__((target("avx512f"))) static void streaming_avx512(const uint16_t *
     _mm_sfence();
 }
 
-// The same at AVX2, whole 32-byte halves of lines streamed.
+// The same at AVX2: from the first 64-byte boundary on, two 32-byte streaming stores per line.
 __attribute__((target("avx2"))) static void streaming_avx2(const uint16_t *src, float *dst, size_t count) {
     size_t i = 0;
-    for (; i < count && ((uintptr_t)(dst + i) & 31) != 0; i++) dst[i] = bf16_value(src[i]);
+    for (; i < count && ((uintptr_t)(dst + i) & 63) != 0; i++) dst[i] = bf16_value(src[i]);
     for (; i + 8 <= count; i += 8) {
         __m256i wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))), 16);
         _mm256_stream_ps(dst + i, _mm256_castsi256_ps(wide));
