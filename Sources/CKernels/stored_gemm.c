@@ -245,7 +245,7 @@ VBMI_TARGET static int pack_fp8_vbmi(const dsconvert_stored_matrix *w, const fp8
 }
 
 // The FP8 pack with the AVX2 decoder (`fp8_shift.inc`; the generic pack's contract), at AVX2 and
-// at AVX-512 without VBMI: the generic pack's scalar decoding ran the 16-row V3 expert at 31 GFLOP/s
+// at AVX-512 without VBMI: with the generic pack's decoding the 16-row V3 expert ran at 31 GFLOP/s
 // a core on a Zen 3 host. A segment's last codes short of 32, and a block whose scale the decoder
 // does not take, go through the generic segment body, which checks each product.
 FP8_SHIFT_TARGET static int pack_fp8_shift(const dsconvert_stored_matrix *w, size_t r0, size_t nr, size_t k0, size_t len, size_t kc,
