@@ -91,7 +91,7 @@ enum { ATT_MR = 12, ATT_NV = 2, LANES = 16 };
 DEFINE_TILE(tile_baseline, )
 #if defined(__x86_64__)
 
-// The AVX2 tile: up to 6 rows by 16 columns (two ymm) in registers, 12 sums of 16, per k 2 vectors
+// The AVX2 tile: up to 6 rows by 16 columns (two ymm) in registers, 12 accumulators, per k 2 vectors
 // of b and 6 broadcasts of a; the whole tile (up to 12 x 32) is taken in such blocks. The generic
 // tile at AVX2 kept its 12 x 32 sums in memory (48 ymm against 16 registers), a load and a store
 // per fused multiply-add. Each output is the same chain in increasing k: the same bits.
