@@ -240,8 +240,9 @@ VBMI_TARGET static int dequant_row_f32_streaming(const uint8_t *codes, size_t ro
 #if defined(__x86_64__)
 // The same with the AVX2 decoder (`fp8_shift.inc`) and 32-byte streaming stores, for AVX2 and
 // AVX-512 without VBMI: each segment stores ordinarily up to its destination's first 64-byte
-// boundary (so a line is never part ordinary, part streamed) and after its last whole group of 32, and streams between; a block whose scale the
-// decoder does not take goes through the generic tile. The same values and flags.
+// boundary (so no line is part ordinary, part streamed) and after its last whole group of 32, and
+// streams between; a block whose scale the decoder does not take, or a destination not
+// float-aligned, goes through the generic tile. The same values and flags.
 FP8_SHIFT_TARGET static int dequant_row_f32_streaming_shift(const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row,
                                                             int e5m2, const float *scales, float *out) {
     size_t per_row = (cols + block - 1) / block;
