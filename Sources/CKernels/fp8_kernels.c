@@ -98,15 +98,6 @@ int dsconvert_cpu_has_vbmi(void) {
 #endif
 }
 
-int dsconvert_cpu_has_f16c(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("f16c") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
-
 int dsconvert_cpu_has_fma(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -114,6 +105,17 @@ int dsconvert_cpu_has_fma(void) {
 #else
     return 0;
 #endif
+}
+
+int dsconvert_fp8_decoder(int isa) {
+#if defined(__x86_64__)
+    if (isa >= DSCONVERT_ISA_AVX512 && dsconvert_cpu_has_vbmi()) return DSCONVERT_FP8_DECODER_VBMI;
+    __builtin_cpu_init();
+    if (isa >= DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma() && __builtin_cpu_supports("f16c")) return DSCONVERT_FP8_DECODER_F16C;
+#else
+    (void)isa;
+#endif
+    return DSCONVERT_FP8_DECODER_GENERIC;
 }
 
 int dsconvert_fp8_quantize_block_row_bf16(int isa, const uint16_t *x, size_t rows, size_t cols, size_t block,
@@ -278,10 +280,11 @@ FP8_SHIFT_TARGET static int dequant_row_f32_streaming_shift(const uint8_t *codes
 int dsconvert_fp8_dequantize_block_row_f32_streaming(int isa, const uint8_t *codes, size_t rows, size_t cols, size_t block, size_t block_row,
                                                      int e5m2, const float *scales, float *out) {
 #if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512 && dsconvert_cpu_has_vbmi())
-        return dequant_row_f32_streaming(codes, rows, cols, block, block_row, e5m2, scales, out);
-    if (isa >= DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma() && dsconvert_cpu_has_f16c())
-        return dequant_row_f32_streaming_shift(codes, rows, cols, block, block_row, e5m2, scales, out);
+    switch (dsconvert_fp8_decoder(isa)) {
+    case DSCONVERT_FP8_DECODER_VBMI: return dequant_row_f32_streaming(codes, rows, cols, block, block_row, e5m2, scales, out);
+    case DSCONVERT_FP8_DECODER_F16C: return dequant_row_f32_streaming_shift(codes, rows, cols, block, block_row, e5m2, scales, out);
+    default: break;
+    }
 #endif
     return dsconvert_fp8_dequantize_block_row_f32(isa, codes, rows, cols, block, block_row, e5m2, scales, out);
 }

@@ -398,15 +398,15 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0, direct = 0, shifted = 0;
     fp8_tables tables;
 #if defined(__x86_64__)
+    int decoder = fp8 ? dsconvert_fp8_decoder(isa) : DSCONVERT_FP8_DECODER_GENERIC;
+    vbmi = decoder == DSCONVERT_FP8_DECODER_VBMI;
+    shifted = decoder == DSCONVERT_FP8_DECODER_F16C;
     if (isa >= DSCONVERT_ISA_AVX512) {
-        pack = pack_avx512;
+        pack = shifted ? pack_fp8_shift : pack_avx512;
         micro = micro_avx512;
-        vbmi = fp8 && dsconvert_cpu_has_vbmi();
         direct = w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F32;
         if (vbmi) fp8_tables_fill(&tables, w->kind == DSCONVERT_STORED_FP8_E5M2);
-        else if (fp8 && dsconvert_cpu_has_f16c()) pack = pack_fp8_shift, shifted = 1;
     } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
-        shifted = fp8 && dsconvert_cpu_has_f16c();
         pack = shifted ? pack_fp8_shift : pack_avx2;
         micro = micro_avx2;
     }

@@ -101,14 +101,16 @@ public struct FP8BlockQuantizer: Sendable {
     /// it (their figures depend on it: the same code runs the 16-row V3 expert product at about half
     /// the speed at AVX2).
     public static var kernelDescription: String {
+        let level: String
         switch kernelLevel {
-        case Int32(DSCONVERT_ISA_AVX512):
-            if dsconvert_cpu_has_vbmi() != 0 { return "AVX-512, FP8 decoded by VBMI byte permutes" }
-            return dsconvert_cpu_has_f16c() != 0 ? "AVX-512, FP8 decoded through f16 (no VBMI)" : "AVX-512, FP8 decoded in scalar code"
-        case Int32(DSCONVERT_ISA_AVX2):
-            let fast = dsconvert_cpu_has_fma() != 0 && dsconvert_cpu_has_f16c() != 0
-            return fast ? "AVX2, FP8 decoded through f16" : "AVX2 without FMA or F16C, FP8 decoded in scalar code"
-        default: return "baseline (plain C)"
+        case Int32(DSCONVERT_ISA_AVX512): level = "AVX-512"
+        case Int32(DSCONVERT_ISA_AVX2): level = "AVX2"
+        default: level = "baseline (plain C)"
+        }
+        switch Int(dsconvert_fp8_decoder(kernelLevel)) {
+        case Int(DSCONVERT_FP8_DECODER_VBMI): return "\(level), FP8 decoded by VBMI byte permutes"
+        case Int(DSCONVERT_FP8_DECODER_F16C): return "\(level), FP8 decoded through f16"
+        default: return "\(level), FP8 decoded by the generic decoder"
         }
     }
 

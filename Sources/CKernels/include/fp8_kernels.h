@@ -25,8 +25,13 @@ int dsconvert_cpu_has_vbmi(void);
 /// 1 if the CPU has FMA (with AVX2, what OpenBLAS's Haswell kernels need), else 0.
 int dsconvert_cpu_has_fma(void);
 
-/// Whether the CPU has F16C (the AVX2 FP8 decoder widens codes through f16).
-int dsconvert_cpu_has_f16c(void);
+/// How FP8 codes are decoded at level `isa` on this CPU: one choice, shared by the stored products,
+/// the streaming dequantizer and the benchmarks' report. VBMI byte permutes at AVX-512 where the
+/// CPU has VBMI (and `DSCONVERT_NO_VBMI` is not set); else through f16 (`fp8_shift.inc`) at AVX2
+/// and above where it has FMA and F16C; else the generic arithmetic decoder. Every decoder gives
+/// the same bits.
+enum { DSCONVERT_FP8_DECODER_GENERIC = 0, DSCONVERT_FP8_DECODER_F16C = 1, DSCONVERT_FP8_DECODER_VBMI = 2 };
+int dsconvert_fp8_decoder(int isa);
 
 /// Quantizes block row `block_row` of a row-major [rows, cols] bf16 matrix to FP8 (E4M3FN when
 /// `e5m2` is 0, else E5M2): for each block x block tile, scale = amax / max_finite (1 when that
