@@ -38,6 +38,12 @@
 // than the panel (12% slower on the Intel host), as does f16 (its conversion is not one shift).
 enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_LONG = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
 
+// From how many rows of x the AVX2 products take the broadcast kernel (`bcast_avx2`; README "A host
+// without AVX-512" has the measurements): FP8 from 16 (V3's 2048 x 7168 1.07-1.15x from 16 rows on,
+// 7168 x 2048 level at 16-24 rows and 1.09-1.16x from 32); bf16 and the others from 48 (V2-Lite's
+// 1408 x 2048 level at 16-32 rows and 1.11-1.26x from 48, but 2048 x 1408 0.92-0.96x at 16-32 rows).
+enum { BROADCAST_ROWS_FP8 = 16, BROADCAST_ROWS = 48 };
+
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
 // subnormal ones read with exponent 1 and the implicit bit subtracted again, Inf/NaN kept).
 static inline float f16_value(uint32_t h) {
@@ -184,6 +190,42 @@ __attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const floa
             if (mr - i >= 2) micro_avx2_tile(2, x + i * LANES, mr, p + j * kc, kc, steps, acc + (i * NR + j) * LANES, first);
             else micro_avx2_tile(1, x + i * LANES, mr, p + j * kc, kc, steps, acc + (i * NR + j) * LANES, first);
         }
+}
+
+// The AVX2 broadcast kernel, for rows of x sixteen at a time: a ymm register holds one lane's sum for
+// 8 rows of x (the vector runs over rows, not columns) and each weight value is broadcast to it. Lane
+// l's sums take the terms k = k0 + 16 step + l in increasing k, each by a fused multiply-add: the
+// defined order, so the same bits as the column-vector kernel. What it changes is the count of loads:
+// two groups of 8 rows by the panel's NR rows take, per step, 2 loads of x and NR broadcasts per 12
+// fused multiply-adds (8 per 12, against micro_avx2's 10 per 12). The lanes are taken one after
+// another, their sums in registers over the column block, so the sums are loaded and stored once per
+// lane and block. xb: this column block's x as [group][lane][step][8 rows], the second group gstride
+// floats on; bacc: [group][weight row][lane][8 rows].
+//
+// Against micro_avx2 alone, on a Zen 3 host (`scripts/stored-product-ab.sh`: one process, the two in
+// turn, 2 cores x 20 runs each, medians): README "A host without AVX-512" has the table. One group
+// alone (8-15 rows) is not taken this way: its 6 sums wait on the fused multiply-adds' latency, and
+// two lanes side by side (12 sums, 14 loads per 12) ran 0.91x at 13 rows.
+__attribute__((target("avx2,fma"))) static void bcast_avx2(const float *xb, size_t gstride, const float *p, size_t kc, size_t steps,
+                                                           float *bacc, int first) {
+    for (size_t l = 0; l < LANES; l++) {
+        float *sums[2] = {bacc + l * 8, bacc + NR * LANES * 8 + l * 8};
+        const float *xs[2] = {xb + l * steps * 8, xb + gstride + l * steps * 8};
+        __m256 s[2][NR];
+        for (size_t t = 0; t < 2; t++)
+            for (size_t j = 0; j < NR; j++) s[t][j] = first ? _mm256_setzero_ps() : _mm256_load_ps(sums[t] + j * LANES * 8);
+        const float *pl = p + l;
+        for (size_t step = 0; step < steps; step++) {
+            __m256 a0 = _mm256_load_ps(xs[0] + step * 8), a1 = _mm256_load_ps(xs[1] + step * 8);
+            for (size_t j = 0; j < NR; j++) {
+                __m256 b = _mm256_broadcast_ss(pl + j * kc + step * LANES);
+                s[0][j] = _mm256_fmadd_ps(a0, b, s[0][j]);
+                s[1][j] = _mm256_fmadd_ps(a1, b, s[1][j]);
+            }
+        }
+        for (size_t t = 0; t < 2; t++)
+            for (size_t j = 0; j < NR; j++) _mm256_store_ps(sums[t] + j * LANES * 8, s[t][j]);
+    }
 }
 
 DEFINE_PACK(pack_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
@@ -378,7 +420,17 @@ typedef struct {
     size_t ahead;
     // The weight's row length rounded up to whole column blocks.
     size_t span;
+    // AVX2 with enough rows of x (BROADCAST_ROWS): rows sixteen at a time (two groups of 8) go through
+    // `bcast_avx2`, the rest (up to 15) through `micro`.
+    int bcast;
 } product_plan;
+
+// A chunk's working memory: x copied for the kernels and the lane sums. With groups of 8 rows
+// (`product_plan.bcast`), the groups' copy and sums come first and the other rows' follow them
+// (`chunk_rows`): the same sizes as without.
+typedef struct {
+    float *sums, *x;
+} work_memory;
 
 // Rows of x are taken this many bytes at a time (as copied): a chunk is read once per panel of
 // weight rows, so it must stay in the core's second-level cache (2 MB here) beside the panel's
@@ -386,7 +438,7 @@ typedef struct {
 enum { X_CHUNK_BYTES = 1 << 20 };
 
 static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
-                     float *y, size_t ldy, float *acc, float *xp);
+                     float *y, size_t ldy, work_memory work);
 
 int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float *x, size_t m,
                           size_t n0, size_t n1, float *y, size_t ldy) {
@@ -395,7 +447,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     if ((w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2) && (!w->scales || w->block == 0)) return 3;
     pack_fn pack = pack_baseline;
     micro_fn micro = micro_baseline;
-    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0, direct = 0, shifted = 0;
+    int fp8 = w->kind == DSCONVERT_STORED_FP8_E4M3 || w->kind == DSCONVERT_STORED_FP8_E5M2, vbmi = 0, direct = 0, shifted = 0, bcast = 0;
     fp8_tables tables;
 #if defined(__x86_64__)
     int decoder = fp8 ? dsconvert_fp8_decoder(isa) : DSCONVERT_FP8_DECODER_GENERIC;
@@ -409,30 +461,34 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
         pack = shifted ? pack_fp8_shift : pack_avx2;
         micro = micro_avx2;
+        bcast = m >= (fp8 ? BROADCAST_ROWS_FP8 : BROADCAST_ROWS);
     }
 #else
     (void)isa;
 #endif
     size_t kc = vbmi || shifted || (!fp8 && m >= LONG_BLOCK_ROWS) ? KC_LONG : KC;
-    product_plan plan = {pack, micro, vbmi, direct, &tables, kc, m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), (w->cols + kc - 1) / kc * kc};
+    product_plan plan = {pack, micro, vbmi, direct, &tables, kc, m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), (w->cols + kc - 1) / kc * kc, bcast};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
+    // Whole pairs of groups for the broadcast kernel where a chunk holds them, so that only the last
+    // chunk has rows left over.
+    if (bcast && chunk >= 16) chunk = chunk / 16 * 16;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
-    float *acc = aligned_alloc(64, (chunk * NR * LANES * sizeof(float) + 63) / 64 * 64);
-    float *xp = aligned_alloc(64, (chunk * padded_cols * sizeof(float) + 63) / 64 * 64 + 64);
-    if (!acc || !xp) {
-        free(acc);
-        free(xp);
+    work_memory work = {aligned_alloc(64, (chunk * NR * LANES * sizeof(float) + 63) / 64 * 64),
+                        aligned_alloc(64, (chunk * padded_cols * sizeof(float) + 63) / 64 * 64 + 64)};
+    if (!work.sums || !work.x) {
+        free(work.sums);
+        free(work.x);
         return 2;
     }
     // Each row's sums are its own: taking the rows a chunk at a time changes no bit.
     int bad = 0;
     for (size_t r0 = 0; r0 < m; r0 += chunk) {
         size_t rows = m - r0 < chunk ? m - r0 : chunk;
-        bad |= gemm_rows(&plan, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, acc, xp);
+        bad |= gemm_rows(&plan, w, x + r0 * cols, rows, n0, n1, y + r0 * ldy, ldy, work);
     }
-    free(acc);
-    free(xp);
+    free(work.sums);
+    free(work.x);
     return bad;
 }
 
@@ -479,22 +535,49 @@ static void copy_x_tiles(const float *x, size_t m, size_t cols, size_t kc, float
     }
 }
 
-// The lane sums of weight rows [g, g + nr) against every tile of x over the column block at k0 (len
-// columns): from the stored rows in place (a whole panel of bf16 or f32 at AVX-512; the last,
+// The first groups x 8 rows of x copied for the broadcast kernel (`bcast_avx2`): column block by
+// column block, group by group, lane by lane, step by step, the group's 8 values (zero past the last
+// column). A block of kc columns takes groups x 8 x kc floats, as in `copy_x_tiles`.
+static void copy_x_groups(const float *x, size_t groups, size_t cols, size_t kc, float *xb) {
+    for (size_t k0 = 0; k0 < cols; k0 += kc) {
+        size_t len = cols - k0 < kc ? cols - k0 : kc, steps = (len + LANES - 1) / LANES;
+        float *block = xb + k0 * groups * 8;
+        for (size_t g = 0; g < groups; g++)
+            for (size_t l = 0; l < LANES; l++)
+                for (size_t step = 0; step < steps; step++) {
+                    float *dst = block + ((g * LANES + l) * steps + step) * 8;
+                    size_t c = step * LANES + l;
+                    for (size_t r = 0; r < 8; r++) dst[r] = c < len ? x[(g * 8 + r) * cols + k0 + c] : 0.0f;
+                }
+    }
+}
+
+// A chunk's rows of x as the kernels take them: `groups` (even) groups of 8 through the broadcast kernel
+// (copied by `copy_x_groups`, sums [group][weight row][lane][8 rows]), then `rest` rows through
+// `micro` (copied by `copy_x_tiles`, sums [row][weight row][lane]).
+typedef struct {
+    size_t groups, rest;
+    float *group_x, *group_sums, *rest_x, *rest_sums;
+} chunk_rows;
+
+// The lane sums of weight rows [g, g + nr) against every row of the chunk over the column block at k0
+// (len columns): from the stored rows in place (a whole panel of bf16 or f32 at AVX-512; the last,
 // partial one goes through the pack, which zeroes its missing rows) or from the packed panel.
 // Returns the pack's flag. The two tile loops stay apart: one loop choosing the kernel per tile made
 // bf16 1408 x 2048 at 32-176 rows 5% slower (384-400 against 398-417 GFLOP/s, two at once).
-static int multiply_block(const product_plan *plan, const dsconvert_stored_matrix *w, size_t m, size_t g, size_t nr, size_t n1,
-                          size_t k0, size_t len, const float *xp, float *acc, float *panel) {
-    size_t cols = w->cols, kc = plan->kc, width = (len + LANES - 1) / LANES * LANES, requested = 0;
+static int multiply_block(const product_plan *plan, const dsconvert_stored_matrix *w, const chunk_rows *rows, size_t g, size_t nr,
+                          size_t n1, size_t k0, size_t len, float *panel) {
+    size_t cols = w->cols, kc = plan->kc, width = (len + LANES - 1) / LANES * LANES, m = rows->rest, requested = 0;
+    const float *xp = rows->rest_x;
+    float *acc = rows->rest_sums;
     int bad = 0;
 #if defined(__x86_64__)
     if (plan->direct && nr == NR) {
         size_t size = w->kind == DSCONVERT_STORED_BF16 ? 2 : 4;
-        const uint8_t *rows = (const uint8_t *)w->data + (g * cols + k0) * size;
+        const uint8_t *stored = (const uint8_t *)w->data + (g * cols + k0) * size;
         for (size_t i0 = 0; i0 < m; i0 += MR) {
             size_t mr = m - i0 < MR ? m - i0 : MR;
-            micro_direct_avx512(mr, size == 2, xp + k0 * m + i0 * width, rows, cols * size, len, acc + i0 * NR * LANES, k0 == 0);
+            micro_direct_avx512(mr, size == 2, xp + k0 * m + i0 * width, stored, cols * size, len, acc + i0 * NR * LANES, k0 == 0);
             if (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
         }
         while (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
@@ -506,6 +589,13 @@ static int multiply_block(const product_plan *plan, const dsconvert_stored_matri
 #endif
     for (size_t j = 0; j < NR; j++)
         for (size_t c = len; c < width; c++) panel[j * kc + c] = 0.0f;
+#if defined(__x86_64__)
+    for (size_t q = 0, steps = width / LANES; q < rows->groups; q += 2) {
+        bcast_avx2(rows->group_x + k0 * rows->groups * 8 + q * LANES * steps * 8, LANES * steps * 8, panel, kc, steps,
+                   rows->group_sums + q * NR * LANES * 8, k0 == 0);
+        if (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
+    }
+#endif
     for (size_t i0 = 0; i0 < m; i0 += MR) {
         size_t mr = m - i0 < MR ? m - i0 : MR;
         plan->micro(mr, xp + k0 * m + i0 * width, panel, kc, width / LANES, acc + i0 * NR * LANES, k0 == 0);
@@ -515,20 +605,48 @@ static int multiply_block(const product_plan *plan, const dsconvert_stored_matri
     return bad;
 }
 
+// The sixteen lane sums of a group's 8 rows ([lane][8 rows]) added for the 8 rows at once, each row
+// exactly as `reduce_lanes` adds one row's: a row at a time, gathering its sums, took ~15% of a down
+// product's time (as many outputs per column as a V3 expert's gate and a third of the columns).
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void reduce_group_lanes(const float *sums, float *out) {
+    __m256 s8[8], s4[4], s2[2];
+    for (size_t l = 0; l < 8; l++) s8[l] = _mm256_add_ps(_mm256_load_ps(sums + l * 8), _mm256_load_ps(sums + (l + 8) * 8));
+    for (size_t l = 0; l < 4; l++) s4[l] = _mm256_add_ps(s8[l], s8[l + 4]);
+    for (size_t l = 0; l < 2; l++) s2[l] = _mm256_add_ps(s4[l], s4[l + 2]);
+    _mm256_storeu_ps(out, _mm256_add_ps(s2[0], s2[1]));
+}
+#endif
+
+// Each output of weight rows [g, g + nr) from its sixteen lane sums: the groups' rows, then the rest.
+static void write_outputs(const chunk_rows *rows, size_t g, size_t nr, float *y, size_t ldy) {
+#if defined(__x86_64__)
+    for (size_t q = 0; q < rows->groups; q++)
+        for (size_t j = 0; j < nr; j++) {
+            float out[8];
+            reduce_group_lanes(rows->group_sums + (q * NR + j) * LANES * 8, out);
+            for (size_t r = 0; r < 8; r++) y[(q * 8 + r) * ldy + g + j] = out[r];
+        }
+#endif
+    float *rest_y = y + rows->groups * 8 * ldy;
+    for (size_t i = 0; i < rows->rest; i++)
+        for (size_t j = 0; j < nr; j++) rest_y[i * ldy + g + j] = reduce_lanes(rows->rest_sums + (i * NR + j) * LANES);
+}
+
 // The product for m rows of x (at most a chunk), with the working memory given.
 static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
-                     float *y, size_t ldy, float *acc, float *xp) {
-    size_t cols = w->cols, kc = plan->kc;
-    copy_x_tiles(x, m, cols, kc, xp);
+                     float *y, size_t ldy, work_memory work) {
+    size_t cols = w->cols, kc = plan->kc, groups = plan->bcast ? m / 16 * 2 : 0, padded_cols = (cols + LANES - 1) / LANES * LANES;
+    chunk_rows rows = {groups, m - groups * 8, work.x, work.sums, work.x + groups * 8 * padded_cols, work.sums + groups * 8 * NR * LANES};
+    copy_x_groups(x, groups, cols, kc, rows.group_x);
+    copy_x_tiles(x + groups * 8 * cols, rows.rest, cols, kc, rows.rest_x);
     float panel[NR * KC_LONG] __attribute__((aligned(64)));
     int bad = 0;
     for (size_t g = n0; g < n1; g += NR) {
         size_t nr = n1 - g < NR ? n1 - g : NR;
-        if (cols == 0) memset(acc, 0, m * NR * LANES * sizeof(float));
-        for (size_t k0 = 0; k0 < cols; k0 += kc)
-            bad |= multiply_block(plan, w, m, g, nr, n1, k0, cols - k0 < kc ? cols - k0 : kc, xp, acc, panel);
-        for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < nr; j++) y[i * ldy + g + j] = reduce_lanes(acc + (i * NR + j) * LANES);
+        if (cols == 0) memset(work.sums, 0, m * NR * LANES * sizeof(float));
+        for (size_t k0 = 0; k0 < cols; k0 += kc) bad |= multiply_block(plan, w, &rows, g, nr, n1, k0, cols - k0 < kc ? cols - k0 : kc, panel);
+        write_outputs(&rows, g, nr, y, ldy);
     }
     return bad;
 }

@@ -95,8 +95,10 @@ final class StoredProductTests: XCTestCase {
             for trial in 0..<24 {
                 // The first two trials always have a column block of 512 and a partial one after it, and
                 // a tail of the 16-column steps: FP8's blocks through VBMI are 512 columns, the other
-                // kinds' 512 from 32 rows of x on (the second trial) and 256 below (the first).
-                let c = randomCase(kind: kind, k: trial < 2 ? 1000 : nil, m: trial == 1 ? Int.random(in: 32...40, using: &generator) : nil)
+                // kinds' 512 from 32 rows of x on (the second trial) and 256 below (the first). The third
+                // has 53 rows: AVX2's broadcast kernel takes 48 of them for every kind (FP8 from 16 rows).
+                let rows = trial == 1 ? Int.random(in: 32...40, using: &generator) : (trial == 2 ? 53 : nil)
+                let c = randomCase(kind: kind, k: trial < 2 ? 1000 : nil, m: rows)
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
                 XCTAssertEqual(flagged, 0)
                 let cut = Int.random(in: 0...c.n, using: &generator)
@@ -137,7 +139,8 @@ final class StoredProductTests: XCTestCase {
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
             for trial in 0..<6 {
                 var c: Case
-                repeat { c = randomCase(kind: kind, k: trial < 3 ? 1000 : 300, m: 5) } while c.block == 5
+                // 21 rows: 16 for AVX2's broadcast kernel and 5 for the column-vector one.
+                repeat { c = randomCase(kind: kind, k: trial < 3 ? 1000 : 300, m: 21) } while c.block == 5
                 c.scales = c.scales.indices.map { edges[($0 + trial) % edges.count] }
                 c.x = c.x.map { $0 * 1e-8 }  // the sums stay finite under scales of 5e33
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
@@ -164,10 +167,11 @@ final class StoredProductTests: XCTestCase {
         return body()
     }
 
-    /// Rows of x beyond one chunk (1 MB of them: 36 rows at V3's 7168 columns) give the same sums.
+    /// Rows of x beyond one chunk (1 MB of them: 36 rows at V3's 7168 columns, 32 at AVX2, whose
+    /// broadcast kernel takes them 16 at a time) give the same sums.
     func testRowsBeyondOneChunk() {
         let best = dsconvert_fp8_best_isa()
-        let (m, n, k, block) = (40, 13, 7168, 128)
+        let (m, n, k, block) = (56, 13, 7168, 128)
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_BF16].map({ Int32($0) }) {
             let size = kind == DSCONVERT_STORED_BF16 ? 2 : 1
             // Bytes below 0x40: finite FP8 codes, and bf16 values of magnitude below 2^-63 or so.
