@@ -4,7 +4,10 @@
 // weights, alternating run by run on every core at once (one product per core, as a routed expert's
 // products run). On a shared host the neighbours' load moves a product's speed by 10-40% within
 // minutes; runs of two separate processes then differ by more than most kernel changes do, while runs
-// alternating inside one process meet the same load. It also checks that both give the same bits.
+// alternating inside one process meet the same load. Each library runs once untimed first, the
+// threads start together, and the order alternates (before-after, then after-before). It also checks
+// that both give the same bits. Both libraries are called through the work tree's `stored_gemm.h`:
+// a revision whose `dsconvert_stored_matrix` or kinds differ cannot be compared this way.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
@@ -29,6 +32,7 @@ typedef struct {
 
 typedef struct {
     const settings *s;
+    pthread_barrier_t *start;
     uint8_t *w[WEIGHTS];
     float *scales[WEIGHTS], *x, *y;
     double *seconds[2];
@@ -82,20 +86,28 @@ static void fill_weight(const settings *s, uint32_t *state, uint8_t *w, float *s
     for (size_t i = 0; i < count; i++) scales[i] = 1e-3f * (1.0f + (float)(next_random(state) % 100) / 100.0f);
 }
 
+// The seconds of one product over each of the worker's weights, on average.
+static double time_products(const worker *k, int v) {
+    const settings *s = k->s;
+    double began = now();
+    for (int i = 0; i < WEIGHTS; i++) {
+        dsconvert_stored_matrix w = {s->kind, k->w[i], s->rows, s->cols, k->scales[i], 128};
+        if (s->gemm[v](s->isa, &w, k->x, s->m, 0, s->rows, k->y, s->rows) != 0) {
+            fprintf(stderr, "stored_product_ab: the %s product failed\n", v ? "after" : "before");
+            exit(2);
+        }
+    }
+    return (now() - began) / WEIGHTS;
+}
+
 static void *run(void *argument) {
     worker *k = argument;
-    const settings *s = k->s;
-    for (int r = 0; r < s->runs; r++)
-        for (int v = 0; v < 2; v++) {
-            double began = now();
-            for (int i = 0; i < WEIGHTS; i++) {
-                dsconvert_stored_matrix w = {s->kind, k->w[i], s->rows, s->cols, k->scales[i], 128};
-                if (s->gemm[v](s->isa, &w, k->x, s->m, 0, s->rows, k->y, s->rows) != 0) {
-                    fprintf(stderr, "stored_product_ab: the product failed\n");
-                    exit(1);
-                }
-            }
-            k->seconds[v][r] = (now() - began) / WEIGHTS;
+    for (int v = 0; v < 2; v++) time_products(k, v);
+    pthread_barrier_wait(k->start);
+    for (int r = 0; r < k->s->runs; r++)
+        for (int turn = 0; turn < 2; turn++) {
+            int v = turn ^ (r & 1);
+            k->seconds[v][r] = time_products(k, v);
         }
     return NULL;
 }
@@ -110,7 +122,7 @@ static void *load(const char *path, const char *symbol) {
     void *f = library ? dlsym(library, symbol) : NULL;
     if (!f) {
         fprintf(stderr, "stored_product_ab: %s: %s\n", path, dlerror());
-        exit(1);
+        exit(2);
     }
     return f;
 }
@@ -129,12 +141,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "stored_product_ab: level %d is beyond this CPU's best, %d\n", s.isa, best);
         return 64;
     }
-    if (threads < 1 || threads > MAX_THREADS || s.runs < 1 || s.rows == 0 || s.cols == 0 || s.m == 0) return 64;
+    if (threads < 1 || threads > MAX_THREADS || s.runs < 1 || s.rows == 0 || s.cols == 0 || s.m == 0) {
+        fprintf(stderr, "stored_product_ab: threads 1-%d, and runs, rows, columns and rows of x above 0\n", MAX_THREADS);
+        return 64;
+    }
     worker workers[MAX_THREADS];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)threads);
     uint32_t state = 12345;
     for (int t = 0; t < threads; t++) {
         worker *k = &workers[t];
         k->s = &s;
+        k->start = &start;
         for (int i = 0; i < WEIGHTS; i++) {
             k->w[i] = malloc(s.rows * s.cols * element_size(s.kind));
             k->scales[i] = malloc(((s.rows + 127) / 128) * ((s.cols + 127) / 128) * sizeof(float));
@@ -149,7 +167,11 @@ int main(int argc, char **argv) {
     // The same bits from both, on the first weight.
     float *y[2] = {malloc(s.m * s.rows * sizeof(float)), malloc(s.m * s.rows * sizeof(float))};
     dsconvert_stored_matrix w = {s.kind, workers[0].w[0], s.rows, s.cols, workers[0].scales[0], 128};
-    for (int v = 0; v < 2; v++) s.gemm[v](s.isa, &w, workers[0].x, s.m, 0, s.rows, y[v], s.rows);
+    for (int v = 0; v < 2; v++)
+        if (s.gemm[v](s.isa, &w, workers[0].x, s.m, 0, s.rows, y[v], s.rows) != 0) {
+            fprintf(stderr, "stored_product_ab: the %s product failed\n", v ? "after" : "before");
+            return 2;
+        }
     int same = memcmp(y[0], y[1], s.m * s.rows * sizeof(float)) == 0;
 
     pthread_t ids[MAX_THREADS];

@@ -15,8 +15,8 @@
 // NR weight rows converted to f32 over a column block of kc columns (6 or 12 KB, first level), and x
 // taken a chunk of rows (up to 1 MB, second level) at a time, copied into tiles of MR rows that the
 // micro-kernel reads as one stream (a tile over a block: 4 or 8 KB). Each (row of x, weight row) pair
-// keeps sixteen lane sums in `acc` between column blocks; a micro-kernel holds MR x NR of them in
-// registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes blocks of
+// keeps sixteen lane sums in memory between column blocks (`chunk_rows`); a micro-kernel holds MR x
+// NR of them in registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes blocks of
 // KC_LONG columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
 // blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns). Other kinds take
 // them from LONG_BLOCK_ROWS rows of x on: bf16 1408 x 2048 on a Zen 5 host, weights from
@@ -39,7 +39,7 @@
 enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_LONG = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
 
 // From how many rows of x the AVX2 products take the broadcast kernel (`bcast_avx2`; README "A host
-// without AVX-512" has the measurements): FP8 from 16 (V3's 2048 x 7168 1.07-1.15x from 16 rows on,
+// without AVX-512" has the measurements): FP8 from 16 (V3's 2048 x 7168 1.07-1.17x from 16 rows on,
 // 7168 x 2048 level at 16-24 rows and 1.09-1.16x from 32); bf16 and the others from 48 (V2-Lite's
 // 1408 x 2048 level at 16-32 rows and 1.11-1.26x from 48, but 2048 x 1408 0.92-0.96x at 16-32 rows).
 enum { BROADCAST_ROWS_FP8 = 16, BROADCAST_ROWS = 48 };
@@ -420,8 +420,8 @@ typedef struct {
     size_t ahead;
     // The weight's row length rounded up to whole column blocks.
     size_t span;
-    // AVX2 with enough rows of x (BROADCAST_ROWS): rows sixteen at a time (two groups of 8) go through
-    // `bcast_avx2`, the rest (up to 15) through `micro`.
+    // AVX2 with enough rows of x (BROADCAST_ROWS_FP8, BROADCAST_ROWS): rows sixteen at a time (two
+    // groups of 8) go through `bcast_avx2`, the rest (up to 15) through `micro`.
     int bcast;
 } product_plan;
 
@@ -470,9 +470,10 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
     product_plan plan = {pack, micro, vbmi, direct, &tables, kc, m >= LONG_BLOCK_ROWS ? 2 : (fp8 ? 3 : 4), (w->cols + kc - 1) / kc * kc, bcast};
     size_t cols = w->cols, padded_cols = (cols + LANES - 1) / LANES * LANES;
     size_t chunk = X_CHUNK_BYTES / ((padded_cols ? padded_cols : 1) * sizeof(float)) / MR * MR;
-    // Whole pairs of groups for the broadcast kernel where a chunk holds them, so that only the last
-    // chunk has rows left over.
-    if (bcast && chunk >= 16) chunk = chunk / 16 * 16;
+    // Rows of x beyond one chunk are taken in whole pairs of groups for the broadcast kernel, so that
+    // only the last chunk has rows left over; rows that fit in one chunk stay one (each chunk decodes
+    // the whole weight again).
+    if (bcast && chunk >= 16 && m > chunk) chunk = chunk / 16 * 16;
     chunk = chunk < MR ? MR : (chunk > m ? m : chunk);
     work_memory work = {aligned_alloc(64, (chunk * NR * LANES * sizeof(float) + 63) / 64 * 64),
                         aligned_alloc(64, (chunk * padded_cols * sizeof(float) + 63) / 64 * 64 + 64)};
@@ -563,7 +564,7 @@ typedef struct {
 // The lane sums of weight rows [g, g + nr) against every row of the chunk over the column block at k0
 // (len columns): from the stored rows in place (a whole panel of bf16 or f32 at AVX-512; the last,
 // partial one goes through the pack, which zeroes its missing rows) or from the packed panel.
-// Returns the pack's flag. The two tile loops stay apart: one loop choosing the kernel per tile made
+// Returns the pack's flag. The tile loops stay apart: one loop choosing the kernel per tile made
 // bf16 1408 x 2048 at 32-176 rows 5% slower (384-400 against 398-417 GFLOP/s, two at once).
 static int multiply_block(const product_plan *plan, const dsconvert_stored_matrix *w, const chunk_rows *rows, size_t g, size_t nr,
                           size_t n1, size_t k0, size_t len, float *panel) {
