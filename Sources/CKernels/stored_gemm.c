@@ -16,8 +16,8 @@
 // taken a chunk of rows (up to 1 MB, second level) at a time, copied into tiles of MR rows that the
 // micro-kernel reads as one stream (a tile over a block: 4 or 8 KB). Each (row of x, weight row) pair
 // keeps sixteen lane sums in memory between column blocks (`chunk_rows`); a micro-kernel holds MR x
-// NR of them in registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes blocks of
-// KC_LONG columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
+// NR of them in registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes
+// blocks of KC_LONG columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
 // blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns). Other kinds take
 // them from LONG_BLOCK_ROWS rows of x on: bf16 1408 x 2048 on a Zen 5 host, weights from
 // memory, two products at once, 256 -> 512 columns: 8-16 rows 203-304 -> 173-289 GFLOP/s (with few
