@@ -17,8 +17,8 @@
 // micro-kernel reads as one stream (a tile over a block: 4 or 8 KB). Each (row of x, weight row) pair
 // keeps sixteen lane sums in memory between column blocks (`chunk_rows`); a micro-kernel holds MR x
 // NR of them in registers (24 of 32 zmm), loaded and stored once per block. FP8 decoded by VBMI takes
-// blocks of KC_LONG columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the product, and
-// blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns). Other kinds take
+// blocks of KC_LONG columns: at ~16 rows of x the sums' loads and stores per block were ~4% of the
+// product, and blocks twice as long made it 3-5% faster (16-48 rows, 2,048 and 7,168 columns). Other kinds take
 // them from LONG_BLOCK_ROWS rows of x on: bf16 1408 x 2048 on a Zen 5 host, weights from
 // memory, two products at once, 256 -> 512 columns: 8-16 rows 203-304 -> 173-289 GFLOP/s (with few
 // rows the product waits on the weight's bytes, and longer blocks fetch them in longer bursts), 24-32
@@ -199,18 +199,18 @@ __attribute__((target("avx2,fma"))) static void micro_avx2(size_t mr, const floa
 // two groups of 8 rows by the panel's NR rows take, per step, 2 loads of x and NR broadcasts per 12
 // fused multiply-adds (8 per 12, against micro_avx2's 10 per 12). The lanes are taken one after
 // another, their sums in registers over the column block, so the sums are loaded and stored once per
-// lane and block. xb: this column block's x as [group][lane][step][8 rows], the second group gstride
-// floats on; bacc: [group][weight row][lane][8 rows].
+// lane and block. xb: this column block's x as [group][lane][step][8 rows]; bacc: [group][weight
+// row][lane][8 rows].
 //
 // Against micro_avx2 alone, on a Zen 3 host (`scripts/stored-product-ab.sh`: one process, the two in
 // turn, 2 cores x 20 runs each, medians): README "A host without AVX-512" has the table. One group
 // alone (8-15 rows) is not taken this way: its 6 sums wait on the fused multiply-adds' latency, and
 // two lanes side by side (12 sums, 14 loads per 12) ran 0.91x at 13 rows.
-__attribute__((target("avx2,fma"))) static void bcast_avx2(const float *xb, size_t gstride, const float *p, size_t kc, size_t steps,
+__attribute__((target("avx2,fma"))) static void bcast_avx2(const float *xb, const float *p, size_t kc, size_t steps,
                                                            float *bacc, int first) {
     for (size_t l = 0; l < LANES; l++) {
         float *sums[2] = {bacc + l * 8, bacc + NR * LANES * 8 + l * 8};
-        const float *xs[2] = {xb + l * steps * 8, xb + gstride + l * steps * 8};
+        const float *xs[2] = {xb + l * steps * 8, xb + (LANES + l) * steps * 8};
         __m256 s[2][NR];
         for (size_t t = 0; t < 2; t++)
             for (size_t j = 0; j < NR; j++) s[t][j] = first ? _mm256_setzero_ps() : _mm256_load_ps(sums[t] + j * LANES * 8);
@@ -592,7 +592,7 @@ static int multiply_block(const product_plan *plan, const dsconvert_stored_matri
         for (size_t c = len; c < width; c++) panel[j * kc + c] = 0.0f;
 #if defined(__x86_64__)
     for (size_t q = 0, steps = width / LANES; q < rows->groups; q += 2) {
-        bcast_avx2(rows->group_x + k0 * rows->groups * 8 + q * LANES * steps * 8, LANES * steps * 8, panel, kc, steps,
+        bcast_avx2(rows->group_x + k0 * rows->groups * 8 + q * LANES * steps * 8, panel, kc, steps,
                    rows->group_sums + q * NR * LANES * 8, k0 == 0);
         if (requested < NR) prefetch_ahead(w, kc, plan->ahead, plan->span, g, k0, n1, requested++);
     }
