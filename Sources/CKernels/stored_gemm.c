@@ -6,6 +6,7 @@
 
 #include "fp8_encode.h"
 #include "fp8_kernels.h"
+#include "stored_outputs.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -43,6 +44,14 @@ enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_LONG = 512, LONG_BLOCK_ROW
 // 7168 x 2048 level at 16-24 rows and 1.09-1.16x from 32); bf16 and the others from 48 (V2-Lite's
 // 1408 x 2048 level at 16-32 rows and 1.11-1.26x from 48, but 2048 x 1408 0.92-0.96x at 16-32 rows).
 enum { BROADCAST_ROWS_FP8 = 16, BROADCAST_ROWS = 48 };
+
+// Which AVX2 FP8 products (decoded through f16) go whole to the output-vector kernel
+// (stored_outputs.c: a ymm register holds 8 weight rows' sums, x broadcast): from
+// OUTPUT_VECTOR_ROWS_MIN rows of x up to OUTPUT_VECTOR_ROWS_END, excluded. Against the kernels
+// here, a 2048 x 7168 weight on a Zen 3 host (`scripts/stored-product-ab.sh`, 2 cores x 16 runs):
+// 4 rows 0.995x, 5 rows 1.03x, 8-24 rows 1.04-1.19x, 28 rows 1.02x, 32 rows 0.96x (the broadcast
+// kernel's cheaper panel wins from there). README "A host without AVX-512" has the table.
+enum { OUTPUT_VECTOR_ROWS_MIN = 5, OUTPUT_VECTOR_ROWS_END = 32 };
 
 // f16 -> f32, exactly and branch-free (as `dsconvert_fp8_value`: normal values by moving the fields,
 // subnormal ones read with exponent 1 and the implicit bit subtracted again, Inf/NaN kept).
@@ -459,6 +468,7 @@ int dsconvert_stored_gemm(int isa, const dsconvert_stored_matrix *w, const float
         direct = w->kind == DSCONVERT_STORED_BF16 || w->kind == DSCONVERT_STORED_F32;
         if (vbmi) fp8_tables_fill(&tables, w->kind == DSCONVERT_STORED_FP8_E5M2);
     } else if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) {
+        if (shifted && m >= OUTPUT_VECTOR_ROWS_MIN && m < OUTPUT_VECTOR_ROWS_END) return dsconvert_stored_gemm_outputs_avx2(w, x, m, n0, n1, y, ldy);
         pack = shifted ? pack_fp8_shift : pack_avx2;
         micro = micro_avx2;
         bcast = m >= (fp8 ? BROADCAST_ROWS_FP8 : BROADCAST_ROWS);

@@ -97,8 +97,9 @@ final class StoredProductTests: XCTestCase {
                 // and a tail of the 16-column steps: FP8's blocks through VBMI are 512 columns, the other
                 // kinds' 512 from 32 rows of x on (the second and third trials) and 256 below (the
                 // first). The third has 53 rows: AVX2's broadcast kernel takes 48 of them for every kind
-                // (FP8 from 16 rows).
-                let rows = trial == 1 ? Int.random(in: 32...40, using: &generator) : (trial == 2 ? 53 : nil)
+                // (FP8 from 16 rows). The fourth and fifth have 31 and 22-31 rows: AVX2's output-vector
+                // kernel takes FP8 products of 5-31 rows whole (its tiles of up to 6 rows).
+                let rows = [1: Int.random(in: 32...40, using: &generator), 2: 53, 3: 31, 4: Int.random(in: 22...31, using: &generator)][trial]
                 let c = randomCase(kind: kind, k: trial < 3 ? 1000 : nil, m: rows)
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
                 XCTAssertEqual(flagged, 0)
@@ -129,6 +130,33 @@ final class StoredProductTests: XCTestCase {
         }
     }
 
+    /// Output columns split where a panel's rows straddle a scale block (blocks of 32 rows, splits at 5
+    /// and 29): AVX2's output-vector kernel decodes 8 rows at a time with each row's own scale.
+    func testPanelsAcrossScaleBlocksGiveTheDefinedSums() {
+        let best = dsconvert_fp8_best_isa()
+        for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
+            let (m, n, k, block) = (13, 48, 1000, 32)
+            let e5m2 = kind == DSCONVERT_STORED_FP8_E5M2
+            let codes: [UInt8] = (0..<(n * k)).map { _ in
+                var code: UInt8
+                repeat { code = UInt8.random(in: 0...255, using: &generator) } while (code & 0x7F) >= (e5m2 ? 0x7C : 0x7F)
+                return code
+            }
+            let c = Case(kind: kind, m: m, n: n, k: k, block: block, data: codes,
+                         scales: (0..<(((n + block - 1) / block) * ((k + block - 1) / block))).map { _ in Float.random(in: 1e-3...2, using: &generator) },
+                         x: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &generator) }, widened: [])
+            let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
+            XCTAssertEqual(flagged, 0)
+            for (level, vbmi) in Self.paths(best) {
+                for columns in [[0..<5, 5..<48], [0..<29, 29..<48]] {
+                    let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: columns) }
+                    XCTAssertEqual(status, 0)
+                    XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern), "kind \(kind) level \(level) vbmi \(vbmi) columns \(columns)")
+                }
+            }
+        }
+    }
+
     /// FP8 block scales at the edges of the decoders' ranges give the defined sums at every level:
     /// subnormal and tiny scales (the AVX2 decoder's factor scale × 2^8 and its products stay normal
     /// or round once), the former limits of a decoder through f32 fields (256, 65,536), and the
@@ -140,8 +168,9 @@ final class StoredProductTests: XCTestCase {
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
             for trial in 0..<6 {
                 var c: Case
-                // 21 rows: 16 for AVX2's broadcast kernel and 5 for the column-vector one.
-                repeat { c = randomCase(kind: kind, k: trial < 3 ? 1000 : 300, m: 21) } while c.block == 5
+                // At AVX2, 21 rows go to the output-vector kernel; 37 to the broadcast kernel (32) and
+                // the column-vector one (5).
+                repeat { c = randomCase(kind: kind, k: trial < 3 ? 1000 : 300, m: trial % 2 == 0 ? 21 : 37) } while c.block == 5
                 c.scales = c.scales.indices.map { edges[($0 + trial) % edges.count] }
                 c.x = c.x.map { $0 * 1e-8 }  // the sums stay finite under scales of 5e33
                 let (reference, flagged) = product(c, level: nil, columns: [0..<c.n])
@@ -169,22 +198,26 @@ final class StoredProductTests: XCTestCase {
     }
 
     /// Rows of x beyond one chunk (1 MB of them: 36 rows at V3's 7168 columns, 32 at AVX2, whose
-    /// broadcast kernel takes them 16 at a time) give the same sums.
+    /// broadcast kernel takes them 16 at a time; 13 at 20,000 columns, where AVX2's output-vector
+    /// kernel takes 20 rows) give the same sums.
     func testRowsBeyondOneChunk() {
-        let best = dsconvert_fp8_best_isa()
-        let (m, n, k, block) = (56, 13, 7168, 128)
-        for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_BF16].map({ Int32($0) }) {
-            let size = kind == DSCONVERT_STORED_BF16 ? 2 : 1
-            // Bytes below 0x40: finite FP8 codes, and bf16 values of magnitude below 2^-63 or so.
-            let c = Case(kind: kind, m: m, n: n, k: k, block: block, data: (0..<(n * k * size)).map { _ in UInt8.random(in: 0...0x3F) },
-                         scales: [Float](repeating: 0.01, count: ((n + block - 1) / block) * ((k + block - 1) / block)),
-                         x: (0..<(m * k)).map { _ in Float.random(in: -1...1) }, widened: [])
-            let (reference, _) = product(c, level: nil, columns: [0..<n])
-            for (level, vbmi) in Self.paths(best) {
-                let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: [0..<n]) }
-                XCTAssertEqual(status, 0)
-                XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern), "kind \(kind) level \(level) vbmi \(vbmi)")
-            }
+        for (kind, m, n, k) in [(DSCONVERT_STORED_FP8_E4M3, 56, 13, 7168), (DSCONVERT_STORED_BF16, 56, 13, 7168), (DSCONVERT_STORED_FP8_E4M3, 20, 21, 20000)] {
+            rowsBeyondOneChunk(kind: Int32(kind), m: m, n: n, k: k)
+        }
+    }
+
+    private func rowsBeyondOneChunk(kind: Int32, m: Int, n: Int, k: Int) {
+        let best = dsconvert_fp8_best_isa(), block = 128
+        let size = kind == DSCONVERT_STORED_BF16 ? 2 : 1
+        // Bytes below 0x40: finite FP8 codes, and bf16 values of magnitude below 2^-63 or so.
+        let c = Case(kind: kind, m: m, n: n, k: k, block: block, data: (0..<(n * k * size)).map { _ in UInt8.random(in: 0...0x3F) },
+                     scales: [Float](repeating: 0.01, count: ((n + block - 1) / block) * ((k + block - 1) / block)),
+                     x: (0..<(m * k)).map { _ in Float.random(in: -1...1) }, widened: [])
+        let (reference, _) = product(c, level: nil, columns: [0..<n])
+        for (level, vbmi) in Self.paths(best) {
+            let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: [0..<n]) }
+            XCTAssertEqual(status, 0)
+            XCTAssertEqual(y.map(\.bitPattern), reference.map(\.bitPattern), "kind \(kind) m \(m) k \(k) level \(level) vbmi \(vbmi)")
         }
     }
 
@@ -201,35 +234,42 @@ final class StoredProductTests: XCTestCase {
         } }
     }
 
+    /// 2 rows of x: the kernels of stored_gemm.c; 13 at AVX2: the output-vector kernel, whose 16-row
+    /// panels decode whole groups of 8 rows through f16 and the rest (here rows 16-20, and the last
+    /// columns) one value at a time.
     func testNaNCodesAndOverflowingProductsAreFlagged() {
-        let best = dsconvert_fp8_best_isa()
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
-            var c = randomCase(kind: kind)
-            c.n = 7
-            c.k = 300
-            c.m = 2
-            c.data = [UInt8](repeating: 0x38, count: c.n * c.k)
-            c.x = [Float](repeating: 1, count: c.m * c.k)
-            let perRow = (c.k + c.block - 1) / c.block
-            c.scales = [Float](repeating: 1, count: ((c.n + c.block - 1) / c.block) * perRow)
-            for (level, vbmi) in [(nil, true)] + Self.paths(best).map({ (Optional($0.0), $0.1) }) {
-                let label = "level \(String(describing: level)) vbmi \(vbmi)"
-                XCTAssertEqual(withVBMI(vbmi) { product(c, level: level, columns: [0..<c.n]).1 }, 0, "clean, \(label)")
-                // A NaN code in a tail of 44 codes and one inside a whole run of 64.
-                for column in [299, 10] {
-                    var nan = c
-                    nan.data[5 * c.k + column] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0xFF : 0x7D
-                    XCTAssertEqual(withVBMI(vbmi) { product(nan, level: level, columns: [0..<c.n]).1 }, 1, "NaN code at \(column), \(label)")
-                }
-                var overflow = c  // the format's largest code under a scale of 3e38
-                overflow.scales[0] = 3e38
-                overflow.data[0] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0x7E : 0x7B
-                XCTAssertEqual(withVBMI(vbmi) { product(overflow, level: level, columns: [0..<c.n]).1 }, 1, "overflow, \(label)")
-                // The same huge scale on a block of zero codes overflows nothing.
-                var zeros = overflow
-                for r in 0..<min(c.n, c.block) { for col in 0..<min(c.k, c.block) { zeros.data[r * c.k + col] = 0 } }
-                XCTAssertEqual(withVBMI(vbmi) { product(zeros, level: level, columns: [0..<c.n]).1 }, 0, "zero codes, \(label)")
+            for rows in [2, 13] { checkFlags(kind: kind, rows: rows) }
+        }
+    }
+
+    private func checkFlags(kind: Int32, rows: Int) {
+        var c = randomCase(kind: kind)
+        c.n = 21
+        c.k = 300
+        c.m = rows
+        c.data = [UInt8](repeating: 0x38, count: c.n * c.k)
+        c.x = [Float](repeating: 1, count: c.m * c.k)
+        let perRow = (c.k + c.block - 1) / c.block
+        c.scales = [Float](repeating: 1, count: ((c.n + c.block - 1) / c.block) * perRow)
+        for (level, vbmi) in [(nil, true)] + Self.paths(dsconvert_fp8_best_isa()).map({ (Optional($0.0), $0.1) }) {
+            let label = "level \(String(describing: level)) vbmi \(vbmi) m \(rows) block \(c.block)"
+            XCTAssertEqual(withVBMI(vbmi) { product(c, level: level, columns: [0..<c.n]).1 }, 0, "clean, \(label)")
+            // A NaN code in a tail of 44 codes and inside a whole run of 64, in rows of both halves
+            // of a 16-row panel and of the partial panel after it.
+            for (row, column) in [(5, 299), (5, 10), (13, 10), (19, 40)] {
+                var nan = c
+                nan.data[row * c.k + column] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0xFF : 0x7D
+                XCTAssertEqual(withVBMI(vbmi) { product(nan, level: level, columns: [0..<c.n]).1 }, 1, "NaN code at (\(row), \(column)), \(label)")
             }
+            var overflow = c  // the format's largest code under a scale of 3e38
+            overflow.scales[0] = 3e38
+            overflow.data[0] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0x7E : 0x7B
+            XCTAssertEqual(withVBMI(vbmi) { product(overflow, level: level, columns: [0..<c.n]).1 }, 1, "overflow, \(label)")
+            // The same huge scale on a block of zero codes overflows nothing.
+            var zeros = overflow
+            for r in 0..<min(c.n, c.block) { for col in 0..<min(c.k, c.block) { zeros.data[r * c.k + col] = 0 } }
+            XCTAssertEqual(withVBMI(vbmi) { product(zeros, level: level, columns: [0..<c.n]).1 }, 0, "zero codes, \(label)")
         }
     }
 }
