@@ -224,7 +224,7 @@ __attribute__((target("avx2,fma,f16c"))) static int pack_panel(const dsconvert_s
 }
 
 // Lane l's sums of R rows of x against the panel's 16 weight rows over `steps` steps: x at
-// xl[step * m + i] (this lane's values, [step][row]), the panel's at pl[step * COLS ..]; sums at
+// xl[step * m + i] (this lane's values, [step][row]), the panel's at pl[step * STEP_STRIDE ..]; sums at
 // s[i * LANES * COLS] (row i's lane l, 16 outputs), zeroed first when `first`.
 __attribute__((target("avx2,fma"), always_inline)) static inline void lane_tile(const size_t R, const float *xl, size_t m, const float *pl,
                                                                              size_t steps, float *s, int first) {
