@@ -292,12 +292,14 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
     softmax_fn softmax = kernels.softmax;
     size_t dq = k1.width + k2.width, padded = (seq + LANES - 1) / LANES * LANES;
     size_t dv = v.width, dvp = (dv + LANES - 1) / LANES * LANES, rows = block < seq ? block : seq;
-    // The keys transposed [dq][ldt] and the values [padded][dvp], zero-padded so the tiles read
-    // whole vectors; a block's scores [rows][padded]. A row of keys a multiple of 4 KB long gets 16
-    // floats more, so the rows a tile reads do not all fall in the same cache sets.
-    size_t ldt = padded * sizeof(float) % 4096 == 0 ? padded + LANES : padded;
+    // The keys transposed [dq][ldt] and the values [padded][ldv], zero-padded so the tiles read
+    // whole vectors; a block's scores [rows][padded]. Rows of both are an odd number of 64-byte lines
+    // apart (16 floats more when they would be even), so the rows a tile reads one after another
+    // spread over every set of the first-level cache: 512 keys (2 KB rows) fell in 2 of its 64 sets
+    // and V3's 128-float values in 8.
+    size_t ldt = padded / LANES % 2 == 0 ? padded + LANES : padded, ldv = dvp / LANES % 2 == 0 ? dvp + LANES : dvp;
     float *kt = malloc((dq * ldt + 1) * sizeof(float));
-    float *vp = malloc((padded * dvp + 1) * sizeof(float));
+    float *vp = malloc((padded * ldv + 1) * sizeof(float));
     float *scores = malloc((rows * padded + 1) * sizeof(float));
     if (!kt || !vp || !scores) {
         free(kt);
@@ -307,14 +309,14 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
     }
     pack_keys(seq, padded, ldt, k1, k2, kt);
     for (size_t j = 0; j < padded; j++) {
-        if (j < seq) memcpy(vp + j * dvp, v.data + j * v.ld, dv * sizeof(float));
-        memset(vp + j * dvp + (j < seq ? dv : 0), 0, (j < seq ? dvp - dv : dvp) * sizeof(float));
+        if (j < seq) memcpy(vp + j * ldv, v.data + j * v.ld, dv * sizeof(float));
+        memset(vp + j * ldv + (j < seq ? dv : 0), 0, (j < seq ? ldv - dv : ldv) * sizeof(float));
     }
     for (size_t q0 = 0; q0 < seq; q0 += block) {
         size_t q1 = seq - q0 < block ? seq : q0 + block, m = q1 - q0, seen = (q1 + LANES - 1) / LANES * LANES;
         product(tile, m, seen, q.data + q0 * q.ld, q.ld, kt, ldt, dq, scores, padded);
         for (size_t r = 0; r < m; r++) softmax(scores + r * padded, q0 + r + 1, seen, scale);
-        product(tile, m, dv, scores, padded, vp, dvp, seen, out + q0 * ldo, ldo);
+        product(tile, m, dv, scores, padded, vp, ldv, seen, out + q0 * ldo, ldo);
     }
     free(kt);
     free(vp);
