@@ -7,6 +7,7 @@
 #include "fp8_encode.h"
 #include "fp8_kernels.h"
 #include "stored_outputs.h"
+#include "stored_shared.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -37,7 +38,7 @@
 // memory, two products at once, 9-16 rows 203-310 -> 249-355 GFLOP/s, 24-32 rows 336-360 -> 368-383;
 // V2-Lite's 1408 x 2048 level from 32 rows on. FP8 keeps the panel: its decoding per tile cost more
 // than the panel (12% slower on the Intel host), as does f16 (its conversion is not one shift).
-enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_LONG = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = 16 };
+enum { NR = DSCONVERT_STORED_GEMM_PANEL, KC = 256, KC_LONG = 512, LONG_BLOCK_ROWS = 32, MR = 4, LANES = DSCONVERT_STORED_LANES };
 
 // From how many rows of x the AVX2 products take the broadcast kernel (`bcast_avx2`; README "A host
 // without AVX-512" has the measurements): FP8 from 16 (V3's 2048 x 7168 1.07-1.17x from 16 rows on,
@@ -103,7 +104,6 @@ static inline uint16_t load_u16(const uint8_t *p) {
             }                                                                                                 \
             default: {                                                                                        \
                 int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2;                                              \
-                uint32_t special = e5m2 ? 0x7Cu : 0x7Fu;                                                      \
                 const uint8_t *codes = (const uint8_t *)w->data + row * cols;                                 \
                 size_t block = w->block, per_row = (cols + block - 1) / block;                                \
                 for (size_t c0 = k0; c0 < k0 + len;) {                                                        \
@@ -122,11 +122,7 @@ static inline uint16_t load_u16(const uint8_t *p) {
         return bad != 0;                                                                                      \
     }
 #define PACK_FP8_SEGMENT(E5M2)                                                                                \
-    for (size_t c = c0; c < c1; c++) {                                                                       \
-        float v = dsconvert_fp8_value(codes[c], E5M2) * scale;                                                \
-        bad |= ((codes[c] & 0x7Fu) >= special) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u);      \
-        dst[c - k0] = v;                                                                                      \
-    }
+    for (size_t c = c0; c < c1; c++) dst[c - k0] = dsconvert_fp8_checked_value(codes[c], scale, E5M2, &bad);
 
 // The sixteen lane sums of one (row of x, weight row) pair, added in the order the header defines.
 static float reduce_lanes(const float *s) {
@@ -244,7 +240,7 @@ DEFINE_PACK(pack_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512
 
 // One segment in plain C, each product checked: for scales whose products could overflow.
 static int pack_fp8_segment_checked(const uint8_t *codes, size_t c0, size_t c1, float scale, int e5m2, float *dst) {
-    uint32_t bad = 0, special = e5m2 ? 0x7Cu : 0x7Fu;
+    uint32_t bad = 0;
     size_t k0 = c0;  // the generic pack's segment body writes dst[c - k0]
     PACK_FP8_SEGMENT(e5m2)
     return bad != 0;
@@ -441,10 +437,8 @@ typedef struct {
     float *sums, *x;
 } work_memory;
 
-// Rows of x are taken this many bytes at a time (as copied): a chunk is read once per panel of
-// weight rows, so it must stay in the core's second-level cache (2 MB here) beside the panel's
-// work; larger (V3's 512 tokens x 7168 columns: 14.7 MB) it came from the shared cache every time.
-enum { X_CHUNK_BYTES = 1 << 20 };
+// Rows of x are taken this many bytes at a time (as copied; `stored_shared.h` says why).
+enum { X_CHUNK_BYTES = DSCONVERT_STORED_X_CHUNK_BYTES };
 
 static int gemm_rows(const product_plan *plan, const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1,
                      float *y, size_t ldy, work_memory work);

@@ -9,18 +9,21 @@
 // one lane's sums for 8 weight rows and each x value is broadcast into it: a tile of R ≤ 6 rows of
 // x by a panel of 16 weight rows holds 2R sums and loads R + 2 per 2R, for any number of rows, and
 // a row's 16 lane sums come out as vectors over the panel's 16 outputs, so adding them is 15
-// vector additions per row and panel. On a Zen 3 host, at 13 rows of a 2048 x 7168 FP8 weight in
-// L2, the multiplying alone ran at 83 GFLOP/s a core against micro_avx2's ~67.
+// vector additions per row and panel. On a Zen 3 host (FMA peak 103 GFLOP/s a core), 13 rows of a
+// 2048 x 7168 FP8 weight: the multiplying alone (one panel decoded and reused) at 83 GFLOP/s a core,
+// the whole product at 58.7 against 52.2 with the other kernels.
 //
 // The price is the panel's layout, [step][lane][16 weight rows]: the codes are transposed before
 // they are decoded (`transpose_code_pairs`), and decoding takes 8.2 ns per 64 codes against 6.7
-// for the row-major panel of the other kernels. What pays is the rows of x: from 6 to 31 rows the
-// product is faster than the other kernels, from 32 the broadcast kernel's cheaper panel wins
-// (stored_gemm.c, OUTPUT_VECTOR_ROWS_MIN and OUTPUT_VECTOR_ROWS_END, has the figures).
+// for the row-major panel of the other kernels (a C harness, codes in the second-level cache). What
+// pays is the rows of x: from 5 to 31 rows the product is faster than with the other kernels, from
+// 32 the broadcast kernel's cheaper panel wins (stored_gemm.c, OUTPUT_VECTOR_ROWS_MIN and
+// OUTPUT_VECTOR_ROWS_END, has the figures).
 //
 // Each value is decoded as `fp8_shift.inc` decodes it (through f16) and multiplied by its row's
 // scale: the same f32 the other decoders give, so the same bits.
 #include "stored_outputs.h"
+#include "stored_shared.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -35,24 +38,21 @@
 #include "fp8_shift.inc"
 
 // Weight rows per panel (two ymm registers), columns per block, rows of x per tile at most, lanes.
-enum { COLS = 16, BLOCK = 512, TILE = 6, LANES = 16 };
+enum { PANEL_ROWS = 16, BLOCK = 512, TILE = 6, LANES = DSCONVERT_STORED_LANES };
 
-// Floats per step of the panel ([step][lane][COLS]): a step's 16 lanes and one line of padding,
+// Floats per step of the panel ([step][lane][PANEL_ROWS]): a step's 16 lanes and one line of padding,
 // so that a lane's lines over the steps do not all fall in a few sets of the first-level cache.
-enum { STEP_STRIDE = LANES * COLS + COLS };
+enum { STEP_STRIDE = LANES * PANEL_ROWS + PANEL_ROWS };
 
-// Rows of x a chunk takes: x is read once per panel, so it stays in the core's second-level cache.
-enum { X_CHUNK_BYTES = 1 << 20 };
-
-// Eight codes of each of 8 rows (row r at codes + r * stride) transposed as pairs of columns:
-// out[j]'s 16-bit lane r holds row r's codes of columns 2j (low byte) and 2j + 1 (high byte), so
-// each column's codes come out of it by a shift or a mask, not by another unpack. Twelve unpacks
-// (16, 32, then 64 bits), all within 128 bits.
-__attribute__((target("avx2"), always_inline)) static inline void transpose_code_pairs(const uint8_t *codes, size_t stride, __m128i out[4]) {
-    __m128i r[8];
-    for (size_t i = 0; i < 8; i++) r[i] = _mm_loadl_epi64((const __m128i *)(codes + i * stride));
-    __m128i a0 = _mm_unpacklo_epi16(r[0], r[1]), a1 = _mm_unpacklo_epi16(r[2], r[3]);
-    __m128i a2 = _mm_unpacklo_epi16(r[4], r[5]), a3 = _mm_unpacklo_epi16(r[6], r[7]);
+// Eight codes of each of 8 rows (r[i]'s low 8 bytes, or with `high` its high 8) transposed as pairs
+// of columns: out[j]'s 16-bit lane i holds row i's codes of columns 2j (low byte) and 2j + 1 (high
+// byte), so each column's codes come out of it by a shift or a mask, not by another unpack. Twelve
+// unpacks (16, 32, then 64 bits), all within 128 bits.
+__attribute__((target("avx2"), always_inline)) static inline void transpose_code_pairs(const __m128i r[8], const int high, __m128i out[4]) {
+    __m128i a0 = high ? _mm_unpackhi_epi16(r[0], r[1]) : _mm_unpacklo_epi16(r[0], r[1]);
+    __m128i a1 = high ? _mm_unpackhi_epi16(r[2], r[3]) : _mm_unpacklo_epi16(r[2], r[3]);
+    __m128i a2 = high ? _mm_unpackhi_epi16(r[4], r[5]) : _mm_unpacklo_epi16(r[4], r[5]);
+    __m128i a3 = high ? _mm_unpackhi_epi16(r[6], r[7]) : _mm_unpacklo_epi16(r[6], r[7]);
     __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
     __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
     out[0] = _mm_unpacklo_epi64(b0, b2);
@@ -70,64 +70,30 @@ __attribute__((target("avx2,fma,f16c"), always_inline)) static inline __m256 dec
     return _mm256_mul_ps(_mm256_cvtph_ps(halves), factor);
 }
 
-// Eight columns of 8 weight rows decoded into the panel (column q's 8 values at dst + q · COLS):
-// `factor` holds each row's scale (× 2^8 for E4M3). *special: the codes' bytes with the sign
-// cleared, max-ed in, for the NaN/Inf test.
-__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void decode_8x8(const int E5M2_, const uint8_t *codes, size_t stride,
-                                                                                     __m256 factor, float *dst, __m128i *special) {
-    __m128i t[4];
-    transpose_code_pairs(codes, stride, t);
+// Eight (WIDE_ = 0) or sixteen (WIDE_ = 1: one 16-byte load per row instead of two 8-byte ones)
+// columns of 8 weight rows (row i at codes + i * stride) decoded into the panel, column q's 8
+// values at dst + q · PANEL_ROWS: `factor` holds each row's scale (× 2^8 for E4M3). *special: the
+// codes' bytes with the sign cleared, max-ed in, for the NaN/Inf test.
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void decode_columns(const int E5M2_, const int WIDE_, const uint8_t *codes,
+                                                                                         size_t stride, __m256 factor, float *dst,
+                                                                                         __m128i *special) {
+    __m128i r[8], t[8];
+    for (size_t i = 0; i < 8; i++)
+        r[i] = WIDE_ ? _mm_loadu_si128((const __m128i *)(codes + i * stride)) : _mm_loadl_epi64((const __m128i *)(codes + i * stride));
+    transpose_code_pairs(r, 0, t);
+    if (WIDE_) transpose_code_pairs(r, 1, t + 4);
     const __m128i magnitude = _mm_set1_epi8(0x7F), high = _mm_set1_epi16((short)0xFF00);
-    for (size_t j = 0; j < 4; j++) {
+    for (size_t j = 0; j < (WIDE_ ? 8 : 4); j++) {
         *special = _mm_max_epu8(*special, _mm_and_si128(t[j], magnitude));
-        _mm256_store_ps(dst + 2 * j * COLS, decode_column(E5M2_, _mm_slli_epi16(t[j], 8), factor));
-        _mm256_store_ps(dst + (2 * j + 1) * COLS, decode_column(E5M2_, E5M2_ ? _mm_and_si128(t[j], high) : t[j], factor));
+        _mm256_store_ps(dst + 2 * j * PANEL_ROWS, decode_column(E5M2_, _mm_slli_epi16(t[j], 8), factor));
+        _mm256_store_ps(dst + (2 * j + 1) * PANEL_ROWS, decode_column(E5M2_, E5M2_ ? _mm_and_si128(t[j], high) : t[j], factor));
     }
-}
-
-// Sixteen codes of each of 8 rows transposed as pairs of columns (`transpose_code_pairs` for 16
-// columns: out[j] holds columns 2j and 2j + 1): one 16-byte load per row instead of two 8-byte ones.
-__attribute__((target("avx2"), always_inline)) static inline void transpose_code_pairs16(const uint8_t *codes, size_t stride, __m128i out[8]) {
-    __m128i r[8];
-    for (size_t i = 0; i < 8; i++) r[i] = _mm_loadu_si128((const __m128i *)(codes + i * stride));
-    for (size_t half = 0; half < 2; half++) {
-        __m128i a0 = half ? _mm_unpackhi_epi16(r[0], r[1]) : _mm_unpacklo_epi16(r[0], r[1]);
-        __m128i a1 = half ? _mm_unpackhi_epi16(r[2], r[3]) : _mm_unpacklo_epi16(r[2], r[3]);
-        __m128i a2 = half ? _mm_unpackhi_epi16(r[4], r[5]) : _mm_unpacklo_epi16(r[4], r[5]);
-        __m128i a3 = half ? _mm_unpackhi_epi16(r[6], r[7]) : _mm_unpacklo_epi16(r[6], r[7]);
-        __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
-        __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
-        out[4 * half] = _mm_unpacklo_epi64(b0, b2);
-        out[4 * half + 1] = _mm_unpackhi_epi64(b0, b2);
-        out[4 * half + 2] = _mm_unpacklo_epi64(b1, b3);
-        out[4 * half + 3] = _mm_unpackhi_epi64(b1, b3);
-    }
-}
-
-// `decode_8x8` for 16 columns, a whole step (column q's values at dst + q · COLS).
-__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void decode_8x16(const int E5M2_, const uint8_t *codes, size_t stride,
-                                                                                      __m256 factor, float *dst, __m128i *special) {
-    __m128i t[8];
-    transpose_code_pairs16(codes, stride, t);
-    const __m128i magnitude = _mm_set1_epi8(0x7F), high = _mm_set1_epi16((short)0xFF00);
-    for (size_t j = 0; j < 8; j++) {
-        float *d = dst + 2 * j * COLS;
-        *special = _mm_max_epu8(*special, _mm_and_si128(t[j], magnitude));
-        _mm256_store_ps(d, decode_column(E5M2_, _mm_slli_epi16(t[j], 8), factor));
-        _mm256_store_ps(d + COLS, decode_column(E5M2_, E5M2_ ? _mm_and_si128(t[j], high) : t[j], factor));
-    }
-}
-
-// One value as the generic decoder gives it, with its check (a NaN/Inf code or a product that is
-// not finite sets *bad).
-static inline float checked_value(uint8_t code, float scale, int e5m2, uint32_t *bad) {
-    float v = dsconvert_fp8_value(code, e5m2) * scale;
-    *bad |= ((code & 0x7Fu) >= (e5m2 ? 0x7Cu : 0x7Fu)) | ((dsconvert_bits_of(v) & 0x7FFFFFFFu) >= 0x7F800000u);
-    return v;
 }
 
 // Eight columns [c, c + 8) of the half's rows one value at a time (rows past `rows` and columns
-// past `len` as zeros), each checked.
+// past `len` as zeros), each checked. Two divisions a value: this takes only the edges (the last
+// columns, a partial half, a scale the f16 decoder does not take) and blocks that are not a
+// multiple of 8 columns, which no published checkpoint has.
 static uint32_t pack_group_checked(const dsconvert_stored_matrix *w, size_t r0, size_t rows, size_t k0, size_t c, size_t len, float *dst) {
     size_t cols = w->cols, block = w->block, per_row = (cols + block - 1) / block;
     int e5m2 = w->kind == DSCONVERT_STORED_FP8_E5M2;
@@ -135,8 +101,8 @@ static uint32_t pack_group_checked(const dsconvert_stored_matrix *w, size_t r0, 
     for (size_t q = 0; q < 8; q++)
         for (size_t r = 0; r < 8; r++) {
             size_t col = k0 + c + q;
-            dst[q * COLS + r] = r < rows && c + q < len
-                ? checked_value(((const uint8_t *)w->data)[(r0 + r) * cols + col], w->scales[((r0 + r) / block) * per_row + col / block], e5m2, &bad)
+            dst[q * PANEL_ROWS + r] = r < rows && c + q < len
+                ? dsconvert_fp8_checked_value(((const uint8_t *)w->data)[(r0 + r) * cols + col], w->scales[((r0 + r) / block) * per_row + col / block], e5m2, &bad)
                 : 0.0f;
         }
     return bad;
@@ -158,9 +124,10 @@ __attribute__((target("avx2"))) static int half_factor(const float *const *row_s
 }
 
 // The panel of weight rows [g, g + 16) (those at or past n1 as zeros) over columns [k0, k0 + len),
-// into p: [step][lane][COLS] (`steps` steps, zero past len). Returns 1 if a code is NaN/Inf or a
-// product not finite. Each 8 columns of both halves go in turn, so each 64-byte line of the panel
-// is written whole at once. The scales are read once per scale block of columns (stepped through,
+// into p: [step][lane][PANEL_ROWS] (`steps` steps, zero past len). Returns 1 if a code is NaN/Inf or a
+// product not finite. Both halves of each 8 or 16 columns go in turn, so each 64-byte line of the
+// panel is complete before the next columns': half by half, the 32 KB panel's lines were fetched
+// twice and the pack ran at half the speed. The scales are read once per scale block of columns (stepped through,
 // not divided for); where both halves' scales go through the f16 decoder, the block's columns run
 // in a loop of nothing else, and the rest (the last columns, rows past n1, a block that is not a
 // multiple of 8 columns, a scale the decoder does not take) one value at a time. Inlined with a
@@ -176,7 +143,7 @@ __attribute__((target("avx2,fma,f16c"), always_inline)) static inline int pack_p
     // Each present row's line of scales (a division per row and panel; the column blocks are
     // stepped through).
     size_t column_block = k0 / block;
-    const float *row_scales[COLS];
+    const float *row_scales[PANEL_ROWS];
     for (size_t r = 0; r < rows[0] + rows[1]; r++) row_scales[r] = w->scales + ((g + r) / block) * per_row;
     const uint8_t *codes = (const uint8_t *)w->data + g * cols + k0;
     size_t whole = len / 8 * 8;
@@ -185,7 +152,9 @@ __attribute__((target("avx2,fma,f16c"), always_inline)) static inline int pack_p
         c1 = c1 < end ? c1 : end;
         __m256 factor[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         int fits[2];
-        for (size_t h = 0; h < 2; h++) fits[h] = block % 8 == 0 && half_factor(row_scales + 8 * h, rows[h], column_block, E5M2_, &factor[h]);
+        // A segment wholly in the padding past len (a block boundary there) has no scale to read.
+        for (size_t h = 0; h < 2; h++)
+            fits[h] = block % 8 == 0 && c0 < len && half_factor(row_scales + 8 * h, rows[h], column_block, E5M2_, &factor[h]);
         size_t c = c0;
         if (fits[0] && fits[1]) {
             const __m256 f0 = factor[0], f1 = factor[1];
@@ -193,20 +162,20 @@ __attribute__((target("avx2,fma,f16c"), always_inline)) static inline int pack_p
             if (c % LANES == 0)
                 for (; c + LANES <= fast_end; c += LANES) {
                     float *dst = p + (c / LANES) * STEP_STRIDE;
-                    decode_8x16(E5M2_, codes + c, cols, f0, dst, &special);
-                    decode_8x16(E5M2_, codes + 8 * cols + c, cols, f1, dst + 8, &special);
+                    decode_columns(E5M2_, 1, codes + c, cols, f0, dst, &special);
+                    decode_columns(E5M2_, 1, codes + 8 * cols + c, cols, f1, dst + 8, &special);
                 }
             for (; c < fast_end; c += 8) {
-                float *dst = p + (c / LANES) * STEP_STRIDE + (c % LANES) * COLS;
-                decode_8x8(E5M2_, codes + c, cols, f0, dst, &special);
-                decode_8x8(E5M2_, codes + 8 * cols + c, cols, f1, dst + 8, &special);
+                float *dst = p + (c / LANES) * STEP_STRIDE + (c % LANES) * PANEL_ROWS;
+                decode_columns(E5M2_, 0, codes + c, cols, f0, dst, &special);
+                decode_columns(E5M2_, 0, codes + 8 * cols + c, cols, f1, dst + 8, &special);
             }
         }
         for (; c < c1; c += 8)
             for (size_t h = 0; h < 2; h++) {
-                float *dst = p + (c / LANES) * STEP_STRIDE + (c % LANES) * COLS + 8 * h;
+                float *dst = p + (c / LANES) * STEP_STRIDE + (c % LANES) * PANEL_ROWS + 8 * h;
                 if (fits[h] && c + 8 <= len) {
-                    decode_8x8(E5M2_, codes + 8 * h * cols + c, cols, factor[h], dst, &special);
+                    decode_columns(E5M2_, 0, codes + 8 * h * cols + c, cols, factor[h], dst, &special);
                 } else {
                     bad |= pack_group_checked(w, g + 8 * h, rows[h], k0, c, len, dst);
                 }
@@ -225,12 +194,12 @@ __attribute__((target("avx2,fma,f16c"))) static int pack_panel(const dsconvert_s
 
 // Lane l's sums of R rows of x against the panel's 16 weight rows over `steps` steps: x at
 // xl[step * m + i] (this lane's values, [step][row]), the panel's at pl[step * STEP_STRIDE ..]; sums at
-// s[i * LANES * COLS] (row i's lane l, 16 outputs), zeroed first when `first`.
+// s[i * LANES * PANEL_ROWS] (row i's lane l, 16 outputs), zeroed first when `first`.
 __attribute__((target("avx2,fma"), always_inline)) static inline void lane_tile(const size_t R, const float *xl, size_t m, const float *pl,
                                                                              size_t steps, float *s, int first) {
     __m256 acc[TILE][2];
     for (size_t i = 0; i < R; i++)
-        for (size_t v = 0; v < 2; v++) acc[i][v] = first ? _mm256_setzero_ps() : _mm256_load_ps(s + i * LANES * COLS + 8 * v);
+        for (size_t v = 0; v < 2; v++) acc[i][v] = first ? _mm256_setzero_ps() : _mm256_load_ps(s + i * LANES * PANEL_ROWS + 8 * v);
     for (size_t step = 0; step < steps; step++) {
         __m256 w0 = _mm256_load_ps(pl + step * STEP_STRIDE), w1 = _mm256_load_ps(pl + step * STEP_STRIDE + 8);
         for (size_t i = 0; i < R; i++) {
@@ -240,7 +209,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void lane_tile(
         }
     }
     for (size_t i = 0; i < R; i++)
-        for (size_t v = 0; v < 2; v++) _mm256_store_ps(s + i * LANES * COLS + 8 * v, acc[i][v]);
+        for (size_t v = 0; v < 2; v++) _mm256_store_ps(s + i * LANES * PANEL_ROWS + 8 * v, acc[i][v]);
 }
 
 __attribute__((target("avx2,fma"))) static void lane_rows(size_t r, const float *xl, size_t m, const float *pl, size_t steps, float *s,
@@ -273,10 +242,10 @@ static void copy_x(const float *x, size_t m, size_t cols, float *xt) {
 // Each row's output from its 16 lane sums ([lane][16 outputs]), added as `dsconvert_stored_gemm`
 // defines, for the panel's 16 outputs at once; the first `nr` are written.
 __attribute__((target("avx2"))) static void write_row(const float *s, size_t nr, float *y) {
-    float out[COLS];
+    float out[PANEL_ROWS];
     for (size_t v = 0; v < 2; v++) {
         __m256 s8[8], s4[4], s2[2];
-        for (size_t l = 0; l < 8; l++) s8[l] = _mm256_add_ps(_mm256_load_ps(s + l * COLS + 8 * v), _mm256_load_ps(s + (l + 8) * COLS + 8 * v));
+        for (size_t l = 0; l < 8; l++) s8[l] = _mm256_add_ps(_mm256_load_ps(s + l * PANEL_ROWS + 8 * v), _mm256_load_ps(s + (l + 8) * PANEL_ROWS + 8 * v));
         for (size_t l = 0; l < 4; l++) s4[l] = _mm256_add_ps(s8[l], s8[l + 4]);
         for (size_t l = 0; l < 2; l++) s2[l] = _mm256_add_ps(s4[l], s4[l + 2]);
         _mm256_storeu_ps(out + 8 * v, _mm256_add_ps(s2[0], s2[1]));
@@ -288,21 +257,21 @@ __attribute__((target("avx2"))) static void write_row(const float *s, size_t nr,
 // next rows): its row `j`, one per lane, so the requests spread over the panel's work.
 static void prefetch_next(const dsconvert_stored_matrix *w, size_t g, size_t k0, size_t n1, size_t j) {
     size_t cols = w->cols, k = k0 + BLOCK;
-    if (k >= cols) k = 0, g += COLS;
+    if (k >= cols) k = 0, g += PANEL_ROWS;
     if (g + j >= n1) return;
     size_t len = cols - k < BLOCK ? cols - k : BLOCK;
     const char *row = (const char *)w->data + (g + j) * cols + k;
     for (size_t b = 0; b < len; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
 }
 
-// The product for m rows of x (at most a chunk, copied at xt), sums in `sums` (m x LANES x COLS).
+// The product for m rows of x (at most a chunk, copied at xt), sums in `sums` (m x LANES x PANEL_ROWS).
 static int product_rows(const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1, float *y, size_t ldy,
                         float *xt, float *sums, float *panel) {
     size_t cols = w->cols, tiles = (m + TILE - 1) / TILE;
     copy_x(x, m, cols, xt);
     int bad = 0;
-    for (size_t g = n0; g < n1; g += COLS) {
-        if (cols == 0) memset(sums, 0, m * LANES * COLS * sizeof(float));
+    for (size_t g = n0; g < n1; g += PANEL_ROWS) {
+        if (cols == 0) memset(sums, 0, m * LANES * PANEL_ROWS * sizeof(float));
         for (size_t k0 = 0; k0 < cols; k0 += BLOCK) {
             size_t len = cols - k0 < BLOCK ? cols - k0 : BLOCK, steps = (len + LANES - 1) / LANES;
             bad |= pack_panel(w, g, n1, k0, len, steps, panel);
@@ -313,13 +282,13 @@ static int product_rows(const dsconvert_stored_matrix *w, const float *x, size_t
                 // keep both fused multiply-add units busy.
                 for (size_t t = 0, i0 = 0; t < tiles; t++) {
                     size_t r = (m - i0 + (tiles - t) - 1) / (tiles - t);
-                    lane_rows(r, xb + l * steps * m + i0, m, panel + l * COLS, steps, sums + (i0 * LANES + l) * COLS, k0 == 0);
+                    lane_rows(r, xb + l * steps * m + i0, m, panel + l * PANEL_ROWS, steps, sums + (i0 * LANES + l) * PANEL_ROWS, k0 == 0);
                     i0 += r;
                 }
             }
         }
-        size_t nr = n1 - g < COLS ? n1 - g : COLS;
-        for (size_t i = 0; i < m; i++) write_row(sums + i * LANES * COLS, nr, y + i * ldy + g);
+        size_t nr = n1 - g < PANEL_ROWS ? n1 - g : PANEL_ROWS;
+        for (size_t i = 0; i < m; i++) write_row(sums + i * LANES * PANEL_ROWS, nr, y + i * ldy + g);
     }
     return bad;
 }
@@ -327,10 +296,10 @@ static int product_rows(const dsconvert_stored_matrix *w, const float *x, size_t
 int dsconvert_stored_gemm_outputs_avx2(const dsconvert_stored_matrix *w, const float *x, size_t m, size_t n0, size_t n1, float *y,
                                        size_t ldy) {
     size_t cols = w->cols, padded = (cols + LANES - 1) / LANES * LANES;
-    size_t chunk = X_CHUNK_BYTES / ((padded ? padded : 1) * sizeof(float));
+    size_t chunk = DSCONVERT_STORED_X_CHUNK_BYTES / ((padded ? padded : 1) * sizeof(float));
     chunk = chunk < TILE ? TILE : (chunk > m ? m : chunk);
-    float *xt = aligned_alloc(64, (chunk * padded * sizeof(float) + 63) / 64 * 64 + 64);
-    float *sums = aligned_alloc(64, chunk * LANES * COLS * sizeof(float));
+    float *xt = aligned_alloc(64, (chunk * padded * sizeof(float) + 63) / 64 * 64);
+    float *sums = aligned_alloc(64, chunk * LANES * PANEL_ROWS * sizeof(float));
     float *panel = aligned_alloc(64, (BLOCK / LANES) * STEP_STRIDE * sizeof(float));
     int bad = 0;
     if (!xt || !sums || !panel) {

@@ -19,14 +19,15 @@ final class StoredProductTests: XCTestCase {
     private var generator = SystemRandomNumberGenerator()
 
     /// Finite weights of every storage: f32, bf16 and f16 bit patterns with finite values, FP8 codes
-    /// except NaN/Inf (subnormal ones included), block scales of 128, 32 or 5 (5: several blocks
-    /// in one panel's rows and in one 16-column step, none ending where a 512-column block does),
-    /// shapes with partial blocks and tails of the 16-column steps.
+    /// except NaN/Inf (subnormal ones included), block scales of 128, 32, 24, 8 or 5 (5: several blocks
+    /// in one panel's rows and in one 16-column step, none ending where a 512-column block does; 24
+    /// and 8: blocks ending in the middle of a 16-column step, and, with 17 or 257 columns, in the
+    /// last step's padding), shapes with partial blocks and tails of the 16-column steps.
     /// `k` and `m` when given (else one of a list with every kind of tail, and 1-21 rows).
     private func randomCase(kind: Int32, k given: Int? = nil, m rows: Int? = nil) -> Case {
         let m = rows ?? Int.random(in: 1...21, using: &generator), n = Int.random(in: 1...40, using: &generator)
         let k = given ?? [1, 15, 16, 17, 255, 256, 257, 300, 700][Int.random(in: 0..<9, using: &generator)]
-        let block = [128, 32, 5][Int.random(in: 0..<3, using: &generator)]
+        let block = [128, 32, 24, 8, 5][Int.random(in: 0..<5, using: &generator)]
         var data: [UInt8] = [], widened: [Double] = []
         for _ in 0..<(n * k) {
             switch Int(kind) {
@@ -221,6 +222,21 @@ final class StoredProductTests: XCTestCase {
         }
     }
 
+    /// A weight of no columns gives sums of +0 at every level and for every number of rows (each
+    /// kernel's path: 2, 13 and 40 rows at AVX2).
+    func testNoColumnsGiveZeros() {
+        for kind in Self.kinds {
+            for m in [2, 13, 40] {
+                let c = Case(kind: kind, m: m, n: 21, k: 0, block: 128, data: [], scales: [1], x: [], widened: [])
+                for (level, vbmi) in [(nil, true)] + Self.paths(dsconvert_fp8_best_isa()).map({ (Optional($0.0), $0.1) }) {
+                    let (y, status) = withVBMI(vbmi) { product(c, level: level, columns: [0..<c.n]) }
+                    XCTAssertEqual(status, 0)
+                    XCTAssertEqual(y.map(\.bitPattern), [UInt32](repeating: 0, count: m * c.n), "kind \(kind) m \(m) level \(String(describing: level))")
+                }
+            }
+        }
+    }
+
     /// An unknown kind, or FP8 without scales or with a block of 0, is refused (3), never read.
     func testInvalidDescriptionsAreRefused() {
         var x: [Float] = [1, 2], y: [Float] = [0]
@@ -237,17 +253,19 @@ final class StoredProductTests: XCTestCase {
     /// 2 rows of x: the kernels of stored_gemm.c; 13 at AVX2: the output-vector kernel, whose 16-row
     /// panels decode whole groups of 8 rows through f16 and the rest (here rows 16-20, and the last
     /// columns) one value at a time.
+    /// Blocks of 128 (the f16 decoder's path) and 5 (one value at a time throughout).
     func testNaNCodesAndOverflowingProductsAreFlagged() {
         for kind in [DSCONVERT_STORED_FP8_E4M3, DSCONVERT_STORED_FP8_E5M2].map({ Int32($0) }) {
-            for rows in [2, 13] { checkFlags(kind: kind, rows: rows) }
+            for rows in [2, 13] { for block in [128, 5] { checkFlags(kind: kind, rows: rows, block: block) } }
         }
     }
 
-    private func checkFlags(kind: Int32, rows: Int) {
+    private func checkFlags(kind: Int32, rows: Int, block: Int) {
         var c = randomCase(kind: kind)
         c.n = 21
         c.k = 300
         c.m = rows
+        c.block = block
         c.data = [UInt8](repeating: 0x38, count: c.n * c.k)
         c.x = [Float](repeating: 1, count: c.m * c.k)
         let perRow = (c.k + c.block - 1) / c.block
@@ -257,10 +275,12 @@ final class StoredProductTests: XCTestCase {
             XCTAssertEqual(withVBMI(vbmi) { product(c, level: level, columns: [0..<c.n]).1 }, 0, "clean, \(label)")
             // A NaN code in a tail of 44 codes and inside a whole run of 64, in rows of both halves
             // of a 16-row panel and of the partial panel after it.
-            for (row, column) in [(5, 299), (5, 10), (13, 10), (19, 40)] {
+            let codes: [UInt8] = kind == DSCONVERT_STORED_FP8_E4M3 ? [0xFF, 0x7F] : [0x7D, 0x7C, 0xFC]
+            for (i, (row, column)) in [(5, 299), (5, 10), (13, 10), (19, 40)].enumerated() {
                 var nan = c
-                nan.data[row * c.k + column] = kind == DSCONVERT_STORED_FP8_E4M3 ? 0xFF : 0x7D
-                XCTAssertEqual(withVBMI(vbmi) { product(nan, level: level, columns: [0..<c.n]).1 }, 1, "NaN code at (\(row), \(column)), \(label)")
+                let code = codes[i % codes.count]
+                nan.data[row * c.k + column] = code
+                XCTAssertEqual(withVBMI(vbmi) { product(nan, level: level, columns: [0..<c.n]).1 }, 1, "code \(code) at (\(row), \(column)), \(label)")
             }
             var overflow = c  // the format's largest code under a scale of 3e38
             overflow.scales[0] = 3e38

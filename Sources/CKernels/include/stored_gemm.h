@@ -42,7 +42,8 @@ enum { DSCONVERT_STORED_GEMM_PANEL = 6 };
 ///
 /// Returns 0; 1 if an FP8 code is NaN or Inf or a product is not finite (the caller names which:
 /// `y` is then unspecified); 2 if its working memory (up to 1 MB of x plus 96 floats per row of a
-/// chunk of x) could not be allocated; 3 if `w` is not a valid description (an unknown kind, FP8
+/// chunk of x; at AVX2, FP8 with 5-31 rows: 256 floats per row and a 34 KB panel) could not be
+/// allocated; 3 if `w` is not a valid description (an unknown kind, FP8
 /// without scales or with a block of 0). With AVX-512, FP8 codes are decoded with VBMI byte
 /// permutes where the CPU has them, unless `DSCONVERT_NO_VBMI` is set (for comparing the paths);
 /// otherwise at AVX2 and above through f16 (F16C), with the same bits.
