@@ -127,11 +127,11 @@ __attribute__((target("avx2"))) static int half_factor(const float *const *row_s
 // into p: [step][lane][PANEL_ROWS] (`steps` steps, zero past len). Returns 1 if a code is NaN/Inf or a
 // product not finite. Both halves of each 8 or 16 columns go in turn, so each 64-byte line of the
 // panel is complete before the next columns': half by half, the 32 KB panel's lines were fetched
-// twice and the pack ran at half the speed. The scales are read once per scale block of columns (stepped through,
-// not divided for); where both halves' scales go through the f16 decoder, the block's columns run
-// in a loop of nothing else, and the rest (the last columns, rows past n1, a block that is not a
-// multiple of 8 columns, a scale the decoder does not take) one value at a time. Inlined with a
-// constant E5M2_.
+// twice (10.4 against 8.9 ns per 64 codes). The scales are read once per scale block of columns
+// (stepped through, not divided for); where both halves' scales go through the f16 decoder, the
+// block's columns run in a loop of nothing else, and the rest (the last columns, rows past n1, a
+// block that is not a multiple of 8 columns, a scale the decoder does not take) one value at a
+// time. Inlined with a constant E5M2_.
 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline int pack_panel_kind(const int E5M2_, const dsconvert_stored_matrix *w,
                                                                                         size_t g, size_t n1, size_t k0, size_t len,
                                                                                         size_t steps, float *p) {
