@@ -610,26 +610,14 @@ static int multiply_block(const product_plan *plan, const dsconvert_stored_matri
     return bad;
 }
 
-// The sixteen lane sums of a group's 8 rows ([lane][8 rows]) added for the 8 rows at once, each row
-// exactly as `reduce_lanes` adds one row's: a row at a time, gathering its sums, took ~15% of a down
-// product's time (as many outputs per column as a V3 expert's gate and a third of the columns).
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) static void reduce_group_lanes(const float *sums, float *out) {
-    __m256 s8[8], s4[4], s2[2];
-    for (size_t l = 0; l < 8; l++) s8[l] = _mm256_add_ps(_mm256_load_ps(sums + l * 8), _mm256_load_ps(sums + (l + 8) * 8));
-    for (size_t l = 0; l < 4; l++) s4[l] = _mm256_add_ps(s8[l], s8[l + 4]);
-    for (size_t l = 0; l < 2; l++) s2[l] = _mm256_add_ps(s4[l], s4[l + 2]);
-    _mm256_storeu_ps(out, _mm256_add_ps(s2[0], s2[1]));
-}
-#endif
-
 // Each output of weight rows [g, g + nr) from its sixteen lane sums: the groups' rows, then the rest.
 static void write_outputs(const chunk_rows *rows, size_t g, size_t nr, float *y, size_t ldy) {
 #if defined(__x86_64__)
     for (size_t q = 0; q < rows->groups; q++)
         for (size_t j = 0; j < nr; j++) {
             float out[8];
-            reduce_group_lanes(rows->group_sums + (q * NR + j) * LANES * 8, out);
+            // A group's sums are [lane][8 rows]: its 8 outputs reduced at once.
+            dsconvert_reduce_lanes8(rows->group_sums + (q * NR + j) * LANES * 8, 8, out);
             for (size_t r = 0; r < 8; r++) y[(q * 8 + r) * ldy + g + j] = out[r];
         }
 #endif

@@ -243,13 +243,7 @@ static void copy_x(const float *x, size_t m, size_t cols, float *xt) {
 // defines, for the panel's 16 outputs at once; the first `nr` are written.
 __attribute__((target("avx2"))) static void write_row(const float *s, size_t nr, float *y) {
     float out[PANEL_ROWS];
-    for (size_t v = 0; v < 2; v++) {
-        __m256 s8[8], s4[4], s2[2];
-        for (size_t l = 0; l < 8; l++) s8[l] = _mm256_add_ps(_mm256_load_ps(s + l * PANEL_ROWS + 8 * v), _mm256_load_ps(s + (l + 8) * PANEL_ROWS + 8 * v));
-        for (size_t l = 0; l < 4; l++) s4[l] = _mm256_add_ps(s8[l], s8[l + 4]);
-        for (size_t l = 0; l < 2; l++) s2[l] = _mm256_add_ps(s4[l], s4[l + 2]);
-        _mm256_storeu_ps(out + 8 * v, _mm256_add_ps(s2[0], s2[1]));
-    }
+    for (size_t v = 0; v < 2; v++) dsconvert_reduce_lanes8(s + 8 * v, PANEL_ROWS, out + 8 * v);
     memcpy(y, out, nr * sizeof(float));
 }
 
@@ -270,8 +264,9 @@ static int product_rows(const dsconvert_stored_matrix *w, const float *x, size_t
     size_t cols = w->cols, tiles = (m + TILE - 1) / TILE;
     copy_x(x, m, cols, xt);
     int bad = 0;
+    // No columns: every output is the sum of no terms, +0 (the blocks below never run).
+    if (cols == 0) memset(sums, 0, m * LANES * PANEL_ROWS * sizeof(float));
     for (size_t g = n0; g < n1; g += PANEL_ROWS) {
-        if (cols == 0) memset(sums, 0, m * LANES * PANEL_ROWS * sizeof(float));
         for (size_t k0 = 0; k0 < cols; k0 += BLOCK) {
             size_t len = cols - k0 < BLOCK ? cols - k0 : BLOCK, steps = (len + LANES - 1) / LANES;
             bad |= pack_panel(w, g, n1, k0, len, steps, panel);
