@@ -64,24 +64,27 @@ DEFINE_EXP(exp_avx2, __attribute__((target("avx2,fma"))))
 DEFINE_EXP(exp_avx512, __attribute__((target("avx512f,avx512dq"))))
 #endif
 
-// c[i * ldc + j] = Σ_k a[i * lda + k] · b[k * ldb + j] for i < mr, j < nc, one fused multiply-add per
-// k in increasing k from 0: the products of both the scores (a = queries, b = the keys transposed)
-// and the context (a = probabilities, b = values). b's rows hold at least `nc` rounded up to 16
-// readable floats; only c's first nc columns are written.
+// c[i * ldc + j] = Σ_k a[i * lda + k] · b(k, j) for i < mr, j < nc, one fused multiply-add per k in
+// increasing k from 0: the products of both the scores (a = queries, b = the keys transposed) and
+// the context (a = probabilities, b = values). b is packed in panels of 16 columns: b(k, j) is
+// b[j / 16 * ldp + k * 16 + j % 16], so a tile reads one 64-byte line per k, one after another (a
+// row-major b put the k a tile reads a whole row apart: 192 lines of a V3 head's keys on 96 pages,
+// more than the first-level TLB holds). Panels are 64-byte aligned and zero-padded to 16 columns;
+// only c's first nc columns are written.
 enum { ATT_MR = 12, ATT_NV = 2, LANES = 16 };
 
 #define DEFINE_TILE(NAME, ATTRIBUTES)                                                                           \
-    ATTRIBUTES static void NAME(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldb,      \
+    ATTRIBUTES static void NAME(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldp,      \
                                 size_t kc, float *c, size_t ldc) {                                               \
         float acc[ATT_MR][ATT_NV * LANES];                                                                       \
         size_t width = (nc + LANES - 1) / LANES * LANES;                                                         \
         for (size_t i = 0; i < mr; i++)                                                                          \
             for (size_t j = 0; j < width; j++) acc[i][j] = 0.0f;                                                 \
         for (size_t k = 0; k < kc; k++) {                                                                        \
-            const float *row = b + k * ldb;                                                                      \
             for (size_t i = 0; i < mr; i++) {                                                                    \
                 float ai = a[i * lda + k];                                                                       \
-                for (size_t j = 0; j < width; j++) acc[i][j] = fmaf(ai, row[j], acc[i][j]);                      \
+                for (size_t j = 0; j < width; j++)                                                               \
+                    acc[i][j] = fmaf(ai, b[j / LANES * ldp + k * LANES + j % LANES], acc[i][j]);                 \
             }                                                                                                    \
         }                                                                                                        \
         for (size_t i = 0; i < mr; i++) memcpy(c + i * ldc, acc[i], nc * sizeof(float));                         \
@@ -96,12 +99,12 @@ DEFINE_TILE(tile_baseline, )
 // tile at AVX2 kept its 12 x 32 sums in memory (48 ymm against 16 registers), a load and a store
 // per fused multiply-add. Each output is the same chain in increasing k: the same bits.
 __attribute__((target("avx2,fma"), always_inline)) static inline void tile256(const size_t MR_, size_t nc, const float *a, size_t lda,
-                                                                               const float *b, size_t ldb, size_t kc, float *c, size_t ldc) {
+                                                                               const float *b, size_t ldp, size_t kc, float *c, size_t ldc) {
     __m256 s[6][2];
     _Pragma("clang loop unroll(full)") for (size_t i = 0; i < MR_; i++)
         _Pragma("clang loop unroll(full)") for (size_t v = 0; v < 2; v++) s[i][v] = _mm256_setzero_ps();
     for (size_t k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
+        __m256 b0 = _mm256_load_ps(b + k * LANES), b1 = _mm256_load_ps(b + k * LANES + 8);
         _Pragma("clang loop unroll(full)") for (size_t i = 0; i < MR_; i++) {
             __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
             s[i][0] = _mm256_fmadd_ps(ai, b0, s[i][0]);
@@ -117,34 +120,34 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void tile256(co
     }
 }
 
-__attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldb,
+__attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldp,
                                                           size_t kc, float *c, size_t ldc) {
     for (size_t j0 = 0; j0 < nc; j0 += 16) {
         size_t n = nc - j0 < 16 ? nc - j0 : 16;
         for (size_t i0 = 0; i0 < mr; i0 += 6) {
             const float *ai = a + i0 * lda;
             float *ci = c + i0 * ldc + j0;
+            const float *bp = b + j0 / LANES * ldp;
             switch (mr - i0 < 6 ? mr - i0 : 6) {
-            case 6: tile256(6, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
-            case 5: tile256(5, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
-            case 4: tile256(4, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
-            case 3: tile256(3, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
-            case 2: tile256(2, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
-            default: tile256(1, n, ai, lda, b + j0, ldb, kc, ci, ldc); break;
+            case 6: tile256(6, n, ai, lda, bp, ldp, kc, ci, ldc); break;
+            case 5: tile256(5, n, ai, lda, bp, ldp, kc, ci, ldc); break;
+            case 4: tile256(4, n, ai, lda, bp, ldp, kc, ci, ldc); break;
+            case 3: tile256(3, n, ai, lda, bp, ldp, kc, ci, ldc); break;
+            case 2: tile256(2, n, ai, lda, bp, ldp, kc, ci, ldc); break;
+            default: tile256(1, n, ai, lda, bp, ldp, kc, ci, ldc); break;
             }
         }
     }
 }
 
 // The AVX-512 tile: MR_ rows by NV_ vectors of 16 columns in registers (24 of 32 zmm at 12 x 2). Per
-// k it loads NV_ vectors of b (from the second-level cache: a head's keys or values do not fit the
-// first) and broadcasts MR_ values of a (rows the tile reuses for 16 k from the first level): at 4 x 6
-// that was 6 vectors for 24 products. 12 x 2 measured 17% faster in an -O3 harness on an Intel host
+// k it loads NV_ vectors of b (one line of each of NV_ panels) and broadcasts MR_ values of a (rows
+// the tile reuses for 16 k from the first level): at 4 x 6 that was 6 vectors for 24 products. 12 x 2 measured 17% faster in an -O3 harness on an Intel host
 // (V3's 128 heads, 512 positions; 4 x 4, 6 x 4, 8 x 3 and 14 x 2 between) and level with 4 x 6 in the
 // forward pass on a Zen 5 host, once unrolled (below). Each output is its own chain of
 // fused multiply-adds in increasing k whatever the tile, so the bits do not change.
 __attribute__((target("avx512f"), always_inline)) static inline void tile512(const size_t MR_, const size_t NV_, size_t nc, const float *a,
-                                                                              size_t lda, const float *b, size_t ldb, size_t kc, float *c,
+                                                                              size_t lda, const float *b, size_t ldp, size_t kc, float *c,
                                                                               size_t ldc) {
     // The loops over rows and vectors are unrolled whole, so the sums live in registers: at the
     // package's optimization level (-O2) the compiler's own limit left 12 x 2 rolled, in memory.
@@ -153,7 +156,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void tile512(con
         _Pragma("clang loop unroll(full)") for (size_t v = 0; v < NV_; v++) s[i][v] = _mm512_setzero_ps();
     for (size_t k = 0; k < kc; k++) {
         __m512 bv[ATT_NV];
-        _Pragma("clang loop unroll(full)") for (size_t v = 0; v < NV_; v++) bv[v] = _mm512_loadu_ps(b + k * ldb + v * LANES);
+        _Pragma("clang loop unroll(full)") for (size_t v = 0; v < NV_; v++) bv[v] = _mm512_load_ps(b + v * ldp + k * LANES);
         _Pragma("clang loop unroll(full)") for (size_t i = 0; i < MR_; i++) {
             __m512 ai = _mm512_set1_ps(a[i * lda + k]);
             _Pragma("clang loop unroll(full)") for (size_t v = 0; v < NV_; v++) s[i][v] = _mm512_fmadd_ps(ai, bv[v], s[i][v]);
@@ -169,11 +172,11 @@ __attribute__((target("avx512f"), always_inline)) static inline void tile512(con
 
 #define TILE_ROWS(MR_)                                                                                  \
     switch ((nc + LANES - 1) / LANES) {                                                                 \
-    case 2: tile512(MR_, 2, nc, a, lda, b, ldb, kc, c, ldc); break;                                     \
-    default: tile512(MR_, 1, nc, a, lda, b, ldb, kc, c, ldc); break;                                    \
+    case 2: tile512(MR_, 2, nc, a, lda, b, ldp, kc, c, ldc); break;                                     \
+    default: tile512(MR_, 1, nc, a, lda, b, ldp, kc, c, ldc); break;                                    \
     }
 
-__attribute__((target("avx512f"))) static void tile_avx512(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldb,
+__attribute__((target("avx512f"))) static void tile_avx512(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldp,
                                                             size_t kc, float *c, size_t ldc) {
     switch (mr) {
     case 12: TILE_ROWS(12) break;
@@ -196,13 +199,13 @@ typedef void (*tile_fn)(size_t, size_t, const float *, size_t, const float *, si
 typedef void (*softmax_fn)(float *, size_t, size_t, float);
 
 // c[m, n] = a[m, k] · b[k, n] by tiles of ATT_MR rows x ATT_NV · 16 columns.
-static void product(tile_fn tile, size_t m, size_t n, const float *a, size_t lda, const float *b, size_t ldb, size_t kc, float *c,
+static void product(tile_fn tile, size_t m, size_t n, const float *a, size_t lda, const float *b, size_t ldp, size_t kc, float *c,
                     size_t ldc) {
     for (size_t j0 = 0; j0 < n; j0 += ATT_NV * LANES) {
         size_t nc = n - j0 < ATT_NV * LANES ? n - j0 : ATT_NV * LANES;
         for (size_t i0 = 0; i0 < m; i0 += ATT_MR) {
             size_t mr = m - i0 < ATT_MR ? m - i0 : ATT_MR;
-            tile(mr, nc, a + i0 * lda, lda, b + j0, ldb, kc, c + i0 * ldc + j0, ldc);
+            tile(mr, nc, a + i0 * lda, lda, b + j0 / LANES * ldp, ldp, kc, c + i0 * ldc + j0, ldc);
         }
     }
 }
@@ -247,40 +250,93 @@ DEFINE_SOFTMAX(softmax_avx2, __attribute__((target("avx2,fma"))))
 DEFINE_SOFTMAX(softmax_avx512, __attribute__((target("avx512f,avx512dq"))))
 #endif
 
+// A head's keys transposed in panels of 16 keys, kt[j / 16 * 16 * dq + d * 16 + j % 16] (b of the
+// scores' product); keys from `seq` to `padded` are zero.
+static void pack_keys(size_t seq, size_t padded, dsconvert_rows k1, dsconvert_rows k2, float *kt) {
+    size_t dq = k1.width + k2.width;
+    for (size_t j0 = 0; j0 < padded; j0 += LANES)
+        for (size_t d = 0; d < dq; d++) {
+            const float *src = d < k1.width ? k1.data + d : k2.data + (d - k1.width);
+            size_t ld = d < k1.width ? k1.ld : k2.ld;
+            float *panel = kt + j0 * dq + d * LANES;
+            for (size_t l = 0; l < LANES; l++) panel[l] = j0 + l < seq ? src[(j0 + l) * ld] : 0.0f;
+        }
+}
+
+// A head's values in panels of 16 columns, vp[c / 16 * 16 * padded + j * 16 + c % 16] (b of the
+// context's product); keys from `seq` to `padded` and columns from v.width to dvp are zero.
+static void pack_values(size_t seq, size_t padded, size_t dvp, dsconvert_rows v, float *vp) {
+    for (size_t c0 = 0; c0 < dvp; c0 += LANES)
+        for (size_t j = 0; j < padded; j++) {
+            float *panel = vp + c0 * padded + j * LANES;
+            if (j < seq && c0 + LANES <= v.width) {
+                memcpy(panel, v.data + j * v.ld + c0, LANES * sizeof(float));
+                continue;
+            }
+            for (size_t l = 0; l < LANES; l++) panel[l] = j < seq && c0 + l < v.width ? v.data[j * v.ld + c0 + l] : 0.0f;
+        }
+}
+
+#if defined(__x86_64__)
+// Elements d..d+7 of 8 consecutive keys (rows of `src`, `ld` apart) transposed into 8 rows of a keys'
+// panel (16 floats apart, 32-byte aligned): 24 shuffles for 64 floats, where the scalar pack took a
+// strided load per float (a tenth of a V3 head's time).
+__attribute__((target("avx2"))) static inline void transpose8(const float *src, size_t ld, float *dst) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld), r3 = _mm256_loadu_ps(src + 3 * ld);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * ld), r5 = _mm256_loadu_ps(src + 5 * ld), r6 = _mm256_loadu_ps(src + 6 * ld), r7 = _mm256_loadu_ps(src + 7 * ld);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5), t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE), u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_store_ps(dst + 0 * LANES, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_store_ps(dst + 1 * LANES, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_store_ps(dst + 2 * LANES, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_store_ps(dst + 3 * LANES, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_store_ps(dst + 4 * LANES, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_store_ps(dst + 5 * LANES, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_store_ps(dst + 6 * LANES, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_store_ps(dst + 7 * LANES, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+__attribute__((target("avx2"))) static void pack_keys_avx2(size_t seq, size_t padded, dsconvert_rows k1, dsconvert_rows k2, float *kt) {
+    size_t dq = k1.width + k2.width;
+    for (size_t j0 = 0; j0 < padded; j0 += 8) {
+        float *panel = kt + j0 / LANES * LANES * dq + j0 % LANES;
+        for (size_t part = 0; part < 2; part++) {
+            dsconvert_rows k = part == 0 ? k1 : k2;
+            size_t first = part == 0 ? 0 : k1.width, d = 0;
+            if (j0 + 8 <= seq)
+                for (; d + 8 <= k.width; d += 8) transpose8(k.data + j0 * k.ld + d, k.ld, panel + (first + d) * LANES);
+            for (; d < k.width; d++)
+                for (size_t l = 0; l < 8; l++) panel[(first + d) * LANES + l] = j0 + l < seq ? k.data[(j0 + l) * k.ld + d] : 0.0f;
+        }
+    }
+}
+#endif
+
 // Every kernel of this file at one instruction-set level, chosen in one place.
 typedef struct {
     void (*exp)(const float *, float *, size_t);
     void (*silu_mul)(const float *, const float *, float *, size_t);
     tile_fn tile;
     softmax_fn softmax;
+    void (*pack_keys)(size_t, size_t, dsconvert_rows, dsconvert_rows, float *);
 } level_kernels;
 
 static level_kernels kernels_for(int isa) {
 #if defined(__x86_64__)
-    if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx512, exp_avx512_silu_mul, tile_avx512, softmax_avx512};
-    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx2, softmax_avx2};
+    if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx512, exp_avx512_silu_mul, tile_avx512, softmax_avx512, pack_keys_avx2};
+    if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx2, softmax_avx2, pack_keys_avx2};
 #else
     (void)isa;
 #endif
-    return (level_kernels){exp_baseline, exp_baseline_silu_mul, tile_baseline, softmax_baseline};
+    return (level_kernels){exp_baseline, exp_baseline_silu_mul, tile_baseline, softmax_baseline, pack_keys};
 }
 
 void dsconvert_exp(int isa, const float *x, float *out, size_t count) { kernels_for(isa).exp(x, out, count); }
 
 void dsconvert_silu_mul(int isa, const float *gate, const float *up, float *out, size_t count) {
     kernels_for(isa).silu_mul(gate, up, out, count);
-}
-
-// A head's keys transposed, kt[d * ldt + j], 16 keys at a time so each write is a whole line and
-// the 16 rows read stay in the first-level cache; keys from `seq` to `padded` are zero.
-static void pack_keys(size_t seq, size_t padded, size_t ldt, dsconvert_rows k1, dsconvert_rows k2, float *kt) {
-    size_t dq = k1.width + k2.width;
-    for (size_t j0 = 0; j0 < padded; j0 += LANES)
-        for (size_t d = 0; d < dq; d++) {
-            const float *src = d < k1.width ? k1.data + d : k2.data + (d - k1.width);
-            size_t ld = d < k1.width ? k1.ld : k2.ld;
-            for (size_t l = 0; l < LANES; l++) kt[d * ldt + j0 + l] = j0 + l < seq ? src[(j0 + l) * ld] : 0.0f;
-        }
 }
 
 int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows q, dsconvert_rows k1, dsconvert_rows k2,
@@ -292,14 +348,11 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
     softmax_fn softmax = kernels.softmax;
     size_t dq = k1.width + k2.width, padded = (seq + LANES - 1) / LANES * LANES;
     size_t dv = v.width, dvp = (dv + LANES - 1) / LANES * LANES, rows = block < seq ? block : seq;
-    // The keys transposed [dq][ldt] and the values [padded][ldv], zero-padded so the tiles read
-    // whole vectors; a block's scores [rows][padded]. Rows of both are an odd number of 64-byte lines
-    // apart (16 floats more when they would be even), so the rows a tile reads one after another
-    // spread over every set of the first-level cache: 512 keys (2 KB rows) fell in 2 of its 64 sets
-    // and V3's 128-float values in 8.
-    size_t ldt = padded / LANES % 2 == 0 ? padded + LANES : padded, ldv = dvp / LANES % 2 == 0 ? dvp + LANES : dvp;
-    float *kt = malloc((dq * ldt + 1) * sizeof(float));
-    float *vp = malloc((padded * ldv + 1) * sizeof(float));
+    // The keys transposed and the values, in panels of 16 columns (`product`), zero-padded so the
+    // tiles read whole vectors; a block's scores [rows][padded]. Both panels' sizes are whole 64-byte
+    // lines, as aligned_alloc asks.
+    float *kt = aligned_alloc(64, (dq + 1) * padded * sizeof(float));
+    float *vp = aligned_alloc(64, (dvp + 1) * padded * sizeof(float));
     float *scores = malloc((rows * padded + 1) * sizeof(float));
     if (!kt || !vp || !scores) {
         free(kt);
@@ -307,16 +360,13 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
         free(scores);
         return 2;
     }
-    pack_keys(seq, padded, ldt, k1, k2, kt);
-    for (size_t j = 0; j < padded; j++) {
-        if (j < seq) memcpy(vp + j * ldv, v.data + j * v.ld, dv * sizeof(float));
-        memset(vp + j * ldv + (j < seq ? dv : 0), 0, (j < seq ? ldv - dv : ldv) * sizeof(float));
-    }
+    kernels.pack_keys(seq, padded, k1, k2, kt);
+    pack_values(seq, padded, dvp, v, vp);
     for (size_t q0 = 0; q0 < seq; q0 += block) {
         size_t q1 = seq - q0 < block ? seq : q0 + block, m = q1 - q0, seen = (q1 + LANES - 1) / LANES * LANES;
-        product(tile, m, seen, q.data + q0 * q.ld, q.ld, kt, ldt, dq, scores, padded);
+        product(tile, m, seen, q.data + q0 * q.ld, q.ld, kt, dq * LANES, dq, scores, padded);
         for (size_t r = 0; r < m; r++) softmax(scores + r * padded, q0 + r + 1, seen, scale);
-        product(tile, m, dv, scores, padded, vp, ldv, seen, out + q0 * ldo, ldo);
+        product(tile, m, dv, scores, padded, vp, padded * LANES, seen, out + q0 * ldo, ldo);
     }
     free(kt);
     free(vp);

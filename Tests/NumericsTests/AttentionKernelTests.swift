@@ -101,15 +101,17 @@ final class AttentionKernelTests: XCTestCase {
     }
 
     /// Every level gives the same bits (on a machine without AVX2/AVX-512 only the baseline runs and
-    /// this part compares it with itself), for sequences and widths with tails of the 16-wide steps and
-    /// of the query blocks, and a key row of 1,024 floats (the padded stride); each output is within the first-order error bound of an f64 softmax(q·kᵀ)v:
+    /// this part compares it with itself), for sequences and widths with tails of the 16-wide steps, of
+    /// the query blocks and of the 8 x 8 key transposes, and a key row of 1,024 floats; each output is
+    /// within the first-order error bound of an f64 softmax(q·kᵀ)v:
     /// a score's sum of d products is off by at most d·u·Σ|q·k| (u = 2^-24), which moves p_j by at
     /// most twice the largest such error relative to p_j, to which exp's 2 ULP, the scale, the
     /// subtraction, the reciprocal and the product add a few u; the context's sum of n terms adds
     /// n·u; all relative to Σ_j p_j·|v_j|.
     func testCausalAttentionAgainstF64() {
+        // (77, 512, 64, 512, 64): the latent forms' widths, keys packed 8 x 8 at a time up to a last group of 5.
         for (seq, d1, d2, dv, block) in [(1, 8, 0, 5, 128), (37, 20, 12, 17, 16), (130, 128, 64, 128, 128), (200, 64, 0, 33, 64),
-                                         (1024, 16, 8, 16, 256)] {
+                                         (1024, 16, 8, 16, 256), (77, 512, 64, 512, 64)] {
             let h = randomHead(seq: seq, d1: d1, d2: d2, dv: dv, block: block)
             let out = attend(h, level: Int32(DSCONVERT_ISA_BASELINE))
             for level in levels {
