@@ -20,13 +20,13 @@ public enum AbsorbCommand: Command {
         """,
         options: [
             OptionSpec("input", path: "DIR", help: "Input checkpoint (original MLA form)."),
-            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
+            CheckpointOutputOptions.output,
             OptionSpec("mode", value: "split|fold", help: "Absorbed form (default split)."),
             OptionSpec("keep-kv-b", help: "Also keep kv_b_proj (γ folded) for engines that prefill in MHA form."),
             OptionSpec("dtype", value: "bf16|f32", help: "Storage of the computed tensors (default bf16; never f16: W_UK overflows it)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
-            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
-            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
+            CheckpointOutputOptions.maxShardSize,
+            CheckpointOutputOptions.force,
+            CheckpointOutputOptions.resume,
         ]
     )
 
@@ -42,22 +42,5 @@ public enum AbsorbCommand: Command {
         terminal.out("")
         terminal.out(try AbsorptionCost(config: summary.config).table())
         return ExitCode.success
-    }
-}
-
-/// `--max-shard-size` shared by the stages: a limit, or by default the input's own layout.
-enum ConversionOutputSize {
-    static let help = "Largest output shard: 5GB, 500MB, 2GiB or bytes (default: the input's largest shard file; an output that would be one file over 1 GB from a several-file input keeps the input's file count)."
-
-    static func parse(_ arguments: ParsedArguments) throws -> ShardSize {
-        try bytes(arguments, "max-shard-size").map(ShardSize.limit) ?? .likeInput
-    }
-
-    /// A size option's bytes (nil when absent); a value that is not a size is a usage error naming the option.
-    static func bytes(_ arguments: ParsedArguments, _ option: String) throws -> Int? {
-        guard let text = arguments.value(option) else { return nil }
-        do { return try ConversionOutput.parseSize(text) } catch {
-            throw UsageError("--\(option): \((error as? LocalizedError)?.errorDescription ?? "\(error)")")
-        }
     }
 }

@@ -24,7 +24,7 @@ public enum GenerateBenchCommand: Command {
             OptionSpec("moe-layers", value: "K", help: "v3: MoE layers of 256 experts (default 2)."),
             OptionSpec("mtp-layers", value: "K", help: "v3: multi-token-prediction layers after them (default 0; V3 has 1: 15.3 GB)."),
             OptionSpec("output", path: "DIR", help: "Output directory."),
-            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
+            CheckpointOutputOptions.force,
         ]
     )
 

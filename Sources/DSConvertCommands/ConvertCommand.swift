@@ -21,7 +21,7 @@ public enum ConvertCommand: Command {
         """,
         options: [
             OptionSpec("input", path: "DIR", help: "Input checkpoint."),
-            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
+            CheckpointOutputOptions.output,
             OptionSpec("absorb", help: "Absorb MLA's projections (as `dsconvert absorb`)."),
             OptionSpec("mode", value: "split|fold", help: "Absorbed form (default split)."),
             OptionSpec("keep-kv-b", help: "With --absorb: also keep kv_b_proj (γ folded)."),
@@ -35,9 +35,9 @@ public enum ConvertCommand: Command {
             OptionSpec("calibration", path: "TOKENS.json", help: "Calibration token ids for --kv6."),
             OptionSpec("devices", value: "N", help: "Shard routed experts over N devices (as `dsconvert shard`)."),
             OptionSpec("dense", value: "replicate|once", help: "With --devices: non-expert weights on every device (default) or device-0 only."),
-            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
-            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
-            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
+            CheckpointOutputOptions.maxShardSize,
+            CheckpointOutputOptions.force,
+            CheckpointOutputOptions.resume,
         ] + CalibrationInput.options
     )
 

@@ -26,14 +26,14 @@ public enum QuantizeCommand: Command {
             OptionSpec("calibration", path: "TOKENS.json", help: "Calibration token ids for --kv6 ({\"tokens\": [[…], …]})."),
             OptionSpec("dequantize", help: "Turn FP8 block weights back into bf16."),
             OptionSpec("input", path: "DIR", help: "Input checkpoint."),
-            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
+            CheckpointOutputOptions.output,
             OptionSpec("fp8-format", value: "e4m3|e5m2", help: "FP8 format (default e4m3, what vLLM and SGLang load)."),
             OptionSpec("block", value: "N", help: "Block edge (default 128)."),
             OptionSpec("skip", value: "REGEX", repeatable: true, help: "Also keep tensors whose name matches (repeatable)."),
             OptionSpec("fp8-absorbed", help: "Quantize absorbed per-head W_UK/W_UV too (per head, block x block)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
-            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
-            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
+            CheckpointOutputOptions.maxShardSize,
+            CheckpointOutputOptions.force,
+            CheckpointOutputOptions.resume,
         ] + CalibrationInput.options
     )
 

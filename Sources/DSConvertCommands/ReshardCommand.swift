@@ -10,10 +10,10 @@ public enum ReshardCommand: Command {
         abstract: "Rewrite a checkpoint into shards of at most --max-shard-size, tensors byte for byte unchanged.",
         options: [
             OptionSpec("input", path: "DIR", help: "Input checkpoint directory."),
-            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
-            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
-            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
-            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
+            CheckpointOutputOptions.output,
+            CheckpointOutputOptions.maxShardSize,
+            CheckpointOutputOptions.force,
+            CheckpointOutputOptions.resume,
         ]
     )
 

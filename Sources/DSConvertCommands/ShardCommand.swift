@@ -20,11 +20,11 @@ public enum ShardCommand: Command {
         options: [
             OptionSpec("devices", value: "N", help: "Devices (default 8)."),
             OptionSpec("input", path: "DIR", help: "Input checkpoint."),
-            OptionSpec("output", path: "DIR", help: "Output directory (created atomically)."),
+            CheckpointOutputOptions.output,
             OptionSpec("dense", value: "replicate|once", help: "Non-expert weights on every device (default) or on device-0 only."),
-            OptionSpec("max-shard-size", value: "SIZE", help: ConversionOutputSize.help),
-            OptionSpec("force", help: "Replace an existing output: only a previous dsconvert output (it has dsconvert.json) or an empty directory."),
-            OptionSpec("resume", help: "Continue an interrupted run into the same output, keeping its verified shards."),
+            CheckpointOutputOptions.maxShardSize,
+            CheckpointOutputOptions.force,
+            CheckpointOutputOptions.resume,
         ]
     )
 
