@@ -68,7 +68,7 @@ DEFINE_EXP(exp_avx512, __attribute__((target("avx512f,avx512dq"))))
 // increasing k from 0: the products of both the scores (a = queries, b = the keys transposed) and
 // the context (a = probabilities, b = values). b is packed in panels of 16 columns: b(k, j) is
 // b[j / 16 * ldp + k * 16 + j % 16], so a tile reads one 64-byte line per k, one after another (a
-// row-major b put the k a tile reads a whole row apart: 192 lines of a V3 head's keys on 96 pages,
+// row-major b put the k a tile reads a whole row apart: 192 lines of a V3 head's keys on ~96 pages,
 // more than the first-level TLB holds). Panels are 64-byte aligned and zero-padded to 16 columns;
 // only c's first nc columns are written.
 enum { ATT_MR = 12, ATT_NV = 2, LANES = 16 };
@@ -142,9 +142,10 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, 
 
 // The AVX-512 tile: MR_ rows by NV_ vectors of 16 columns in registers (24 of 32 zmm at 12 x 2). Per
 // k it loads NV_ vectors of b (one line of each of NV_ panels) and broadcasts MR_ values of a (rows
-// the tile reuses for 16 k from the first level): at 4 x 6 that was 6 vectors for 24 products. 12 x 2 measured 17% faster in an -O3 harness on an Intel host
-// (V3's 128 heads, 512 positions; 4 x 4, 6 x 4, 8 x 3 and 14 x 2 between) and level with 4 x 6 in the
-// forward pass on a Zen 5 host, once unrolled (below). Each output is its own chain of
+// the tile reuses for 16 k from the first level): at 4 x 6 that was 6 vectors for 24 products. 12 x 2
+// measured 17% faster in an -O3 harness on an Intel host (V3's 128 heads, 512 positions; 4 x 4, 6 x 4,
+// 8 x 3 and 14 x 2 between) and level with 4 x 6 in the forward pass on a Zen 5 host, once unrolled
+// (below). Each output is its own chain of
 // fused multiply-adds in increasing k whatever the tile, so the bits do not change.
 __attribute__((target("avx512f"), always_inline)) static inline void tile512(const size_t MR_, const size_t NV_, size_t nc, const float *a,
                                                                               size_t lda, const float *b, size_t ldp, size_t kc, float *c,
@@ -349,8 +350,9 @@ int dsconvert_causal_attention(int isa, size_t seq, size_t block, dsconvert_rows
     size_t dq = k1.width + k2.width, padded = (seq + LANES - 1) / LANES * LANES;
     size_t dv = v.width, dvp = (dv + LANES - 1) / LANES * LANES, rows = block < seq ? block : seq;
     // The keys transposed and the values, in panels of 16 columns (`product`), zero-padded so the
-    // tiles read whole vectors; a block's scores [rows][padded]. Both panels' sizes are whole 64-byte
-    // lines, as aligned_alloc asks.
+    // tiles read whole vectors; a block's scores [rows][padded]. Both sizes are whole 64-byte lines,
+    // as aligned_alloc asks, and never 0 (one more row of panels: no keys' or values' width may be 0,
+    // and a request of 0 bytes may return NULL).
     float *kt = aligned_alloc(64, (dq + 1) * padded * sizeof(float));
     float *vp = aligned_alloc(64, (dvp + 1) * padded * sizeof(float));
     float *scores = malloc((rows * padded + 1) * sizeof(float));

@@ -506,7 +506,9 @@ public final class ReferenceForward {
     /// block's products run over the keys up to its last query, so a smaller block computes less of
     /// the masked triangle (at 512 positions 25% more than the mask leaves at 128, 9% at 48); 48 is
     /// whole tiles of the kernel (12 and 6 rows, 16 keys), and measured fastest of 128, 64, 48 and 32
-    /// (8 V3 heads on one core: 12.1, 11.1-11.3, 10.8-11.0, 11.2-11.5 ms).
+    /// (8 V3 heads on one core: 12.1, 11.1-11.3, 10.8-11.0, 11.2-11.5 ms). The block changes no finite
+    /// output but the sign of a zero one: masked keys add p = +0 terms, and only a sum that is -0 (every
+    /// term a negative product too small for f32) can tell how many.
     static let queryBlock = 48
 
     /// The query blocks of a causal pass over `seq` positions, each with the keys its products run

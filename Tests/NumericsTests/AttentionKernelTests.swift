@@ -86,23 +86,46 @@ final class AttentionKernelTests: XCTestCase {
                     v: values(seq * dv), scale: 1 / Float(d1 + d2).squareRoot())
     }
 
-    private func attend(_ h: Head, level: Int32) -> [Float] {
-        var out = [Float](repeating: .nan, count: h.seq * h.dv)
-        let status = h.q.withUnsafeBufferPointer { q in h.k1.withUnsafeBufferPointer { k1 in h.k2.withUnsafeBufferPointer { k2 in
-            h.v.withUnsafeBufferPointer { v in
-                dsconvert_causal_attention(level, h.seq, h.block, dsconvert_rows(data: q.baseAddress, ld: h.d1 + h.d2, width: h.d1 + h.d2),
-                                           dsconvert_rows(data: k1.baseAddress, ld: h.d1, width: h.d1),
-                                           dsconvert_rows(data: k2.baseAddress, ld: max(h.d2, 1), width: h.d2),
-                                           dsconvert_rows(data: v.baseAddress, ld: h.dv, width: h.dv), h.scale, &out, h.dv)
+    /// The kernel's output for `h`; with a `gap`, every operand's rows (and the output's) are `gap`
+    /// floats further apart than their width, the floats between them NaN, as the forward pass hands
+    /// it rows that are slices of wider ones.
+    private func attend(_ h: Head, level: Int32, gap: Int = 0) -> [Float] {
+        func spread(_ values: [Float], width: Int) -> [Float] {
+            guard gap > 0, width > 0 else { return values }
+            var out = [Float](repeating: .nan, count: h.seq * (width + gap))
+            for j in 0..<h.seq { out.replaceSubrange((j * (width + gap))..<(j * (width + gap) + width), with: values[(j * width)..<((j + 1) * width)]) }
+            return out
+        }
+        let dq = h.d1 + h.d2, ldo = h.dv + gap
+        let (q, k1, k2, v) = (spread(h.q, width: dq), spread(h.k1, width: h.d1), spread(h.k2, width: h.d2), spread(h.v, width: h.dv))
+        var out = [Float](repeating: .nan, count: h.seq * ldo)
+        let status = q.withUnsafeBufferPointer { q in k1.withUnsafeBufferPointer { k1 in k2.withUnsafeBufferPointer { k2 in
+            v.withUnsafeBufferPointer { v in
+                dsconvert_causal_attention(level, h.seq, h.block, dsconvert_rows(data: q.baseAddress, ld: dq + gap, width: dq),
+                                           dsconvert_rows(data: k1.baseAddress, ld: h.d1 + gap, width: h.d1),
+                                           dsconvert_rows(data: k2.baseAddress, ld: max(h.d2 + (h.d2 > 0 ? gap : 0), 1), width: h.d2),
+                                           dsconvert_rows(data: v.baseAddress, ld: h.dv + gap, width: h.dv), h.scale, &out, ldo)
             }
         } } }
         XCTAssertEqual(status, 0)
-        return out
+        return (0..<h.seq).flatMap { out[($0 * ldo)..<($0 * ldo + h.dv)] }
+    }
+
+    /// Rows that are slices of wider ones (the expanded form's keys and values are columns of
+    /// kv_b_proj's output): the same bits as packed rows at every level, and nothing between them read.
+    func testStridedRowsSameBits() {
+        for (seq, d1, d2, dv, block) in [(37, 20, 12, 17, 16), (77, 128, 64, 128, 48), (9, 8, 0, 8, 128)] {
+            let h = randomHead(seq: seq, d1: d1, d2: d2, dv: dv, block: block)
+            let packed = attend(h, level: Int32(DSCONVERT_ISA_BASELINE))
+            for level in levels {
+                XCTAssertEqual(attend(h, level: level, gap: 5).map(\.bitPattern), packed.map(\.bitPattern), "level \(level), seq \(seq)")
+            }
+        }
     }
 
     /// Every level gives the same bits (on a machine without AVX2/AVX-512 only the baseline runs and
     /// this part compares it with itself), for sequences and widths with tails of the 16-wide steps, of
-    /// the query blocks and of the 8 x 8 key transposes, and a key row of 1,024 floats; each output is
+    /// the query blocks and of the 8 x 8 key transposes, and 1,024 keys; each output is
     /// within the first-order error bound of an f64 softmax(q·kᵀ)v:
     /// a score's sum of d products is off by at most d·u·Σ|q·k| (u = 2^-24), which moves p_j by at
     /// most twice the largest such error relative to p_j, to which exp's 2 ULP, the scale, the
