@@ -145,8 +145,8 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, 
 // the tile reuses for 16 k from the first level): at 4 x 6 that was 6 vectors for 24 products. 12 x 2
 // measured 17% faster in an -O3 harness on an Intel host (V3's 128 heads, 512 positions; 4 x 4, 6 x 4,
 // 8 x 3 and 14 x 2 between) and level with 4 x 6 in the forward pass on a Zen 5 host, once unrolled
-// (below). Each output is its own chain of
-// fused multiply-adds in increasing k whatever the tile, so the bits do not change.
+// (below). Each output is its own chain of fused multiply-adds in increasing k whatever the tile, so
+// the bits do not change.
 __attribute__((target("avx512f"), always_inline)) static inline void tile512(const size_t MR_, const size_t NV_, size_t nc, const float *a,
                                                                               size_t lda, const float *b, size_t ldp, size_t kc, float *c,
                                                                               size_t ldc) {
