@@ -85,7 +85,7 @@ public struct JSONParser {
         var parser = JSONParser(bytes: bytes)
         parser.skipWhitespace()
         guard parser.position < bytes.count, bytes[parser.position] == UInt8(ascii: "{") else { throw parser.error("expected an object") }
-        try parser.parseMembers(body)
+        try parser.parseMembers(deferringKeyCheck: false, body)
         parser.skipWhitespace()
         if parser.position != bytes.count { throw parser.error("unexpected trailing characters") }
     }
@@ -131,16 +131,52 @@ public struct JSONParser {
 
     private mutating func parseObject() throws -> JSONValue {
         var entries: [(String, JSONValue)] = []
-        try parseMembers { entries.append(($0, $1)) }
+        try parseMembers(deferringKeyCheck: true) { entries.append(($0, $1)) }
         return .object(entries)
     }
 
+    /// The keys of one object, for the duplicate rule. Streaming, each key is checked as it is read;
+    /// deferred, all are checked when the object ends (or reading it fails) against a set sized for
+    /// all of them, not grown and rehashed key by key (an eighth of the time to load a tokenizer of
+    /// 128k tokens). Either way the error is the first repeated key in document order, and a
+    /// repeat before a malformed value is reported, not the value.
+    private struct ObjectKeys {
+        let deferred: Bool
+        var seen = Set<String>()
+        var pending: [(key: String, offset: Int)] = []
+
+        mutating func add(_ key: String, offset: Int, depth: Int) throws {
+            if deferred { pending.append((key, offset)); return }
+            if !seen.insert(key).inserted { throw Self.duplicate(key, offset: offset, depth: depth) }
+        }
+
+        func checkPending(depth: Int) throws {
+            var all = Set<String>(minimumCapacity: pending.count)
+            for (key, offset) in pending where !all.insert(key).inserted { throw Self.duplicate(key, offset: offset, depth: depth) }
+        }
+
+        static func duplicate(_ key: String, offset: Int, depth: Int) -> JSONParseError {
+            JSONParseError(message: "duplicate key \"\(key)\"", offset: offset, duplicateKey: key, duplicateKeyDepth: depth)
+        }
+    }
+
     /// The members of the object at `position` (its opening brace), in order.
-    private mutating func parseMembers(_ body: (String, JSONValue) throws -> Void) throws {
+    private mutating func parseMembers(deferringKeyCheck: Bool, _ body: (String, JSONValue) throws -> Void) throws {
         try enter()
         defer { depth -= 1 }
         position += 1
-        var seen = Set<String>()
+        var keys = ObjectKeys(deferred: deferringKeyCheck)
+        do {
+            try readMembers(&keys, body)
+        } catch {
+            // A repeated key read before the failure comes first, as when checked key by key.
+            try keys.checkPending(depth: depth)
+            throw error
+        }
+        try keys.checkPending(depth: depth)
+    }
+
+    private mutating func readMembers(_ keys: inout ObjectKeys, _ body: (String, JSONValue) throws -> Void) throws {
         skipWhitespace()
         if position < bytes.count, bytes[position] == UInt8(ascii: "}") { position += 1; return }
         while true {
@@ -148,9 +184,7 @@ public struct JSONParser {
             guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw error("expected a string key") }
             let keyOffset = position
             let key = try parseString()
-            if !seen.insert(key).inserted {
-                throw JSONParseError(message: "duplicate key \"\(key)\"", offset: keyOffset, duplicateKey: key, duplicateKeyDepth: depth)
-            }
+            try keys.add(key, offset: keyOffset, depth: depth)
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw error("expected ':'") }
             position += 1
@@ -228,17 +262,37 @@ public struct JSONParser {
         return value
     }
 
+    /// The string of these bytes, which must be UTF-8. `String(decoding:)` repairs invalid bytes with
+    /// U+FFFD, so the bytes were valid exactly when they come back unchanged (`String(validating:)`
+    /// looked up generic metadata per call: 8% of loading a tokenizer).
+    private func validString(_ raw: UnsafeRawBufferPointer) throws -> String {
+        let s = String(decoding: raw, as: UTF8.self)
+        guard s.utf8.count == raw.count, s.utf8.elementsEqual(raw) else { throw error("invalid UTF-8 in string") }
+        return s
+    }
+
     private mutating func parseString() throws -> String {
         position += 1
-        var out: [UInt8] = []
+        // Most strings (every key and token of a tokenizer's vocabulary) have no escape: they are
+        // validated and copied straight from the text, with no byte array between.
+        let start = position
+        while position < bytes.count {
+            let c = bytes[position]
+            if c == UInt8(ascii: "\"") {
+                position += 1
+                return try validString(UnsafeRawBufferPointer(rebasing: bytes[start..<position - 1]))
+            }
+            if c == UInt8(ascii: "\\") || c < 0x20 { break }
+            position += 1
+        }
+        var out = Array(UnsafeRawBufferPointer(rebasing: bytes[start..<position]))
         while true {
             guard position < bytes.count else { throw error("unterminated string") }
             let c = bytes[position]
             position += 1
             switch c {
             case UInt8(ascii: "\""):
-                guard let s = String(validatingUTF8Bytes: out) else { throw error("invalid UTF-8 in string") }
-                return s
+                return try out.withUnsafeBytes { try validString($0) }
             case UInt8(ascii: "\\"):
                 guard position < bytes.count else { throw error("unterminated string") }
                 let e = bytes[position]
@@ -271,22 +325,6 @@ public struct JSONParser {
             default: out.append(c)
             }
         }
-    }
-}
-
-extension String {
-    init?(validatingUTF8Bytes bytes: [UInt8]) {
-        var iterator = bytes.makeIterator()
-        var decoder = UTF8()
-        var scalars = String.UnicodeScalarView()
-        loop: while true {
-            switch decoder.decode(&iterator) {
-            case let .scalarValue(s): scalars.append(s)
-            case .emptyInput: break loop
-            case .error: return nil
-            }
-        }
-        self = String(scalars)
     }
 }
 

@@ -38,9 +38,13 @@ extension TokenizerDefinition {
     private static func mergePair(_ item: JSONValue, rank: Int, file: String) throws -> (String, String) {
         switch item {
         case let .string(line):
-            let parts = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw TokenizerError.missingField(file: file, field: "model.merges[\(rank)]") }
-            return (String(parts[0]), String(parts[1]))
+            // Cut at the one space by scalars, as the library splits the line's chars (a space followed
+            // by a combining mark is one Character to Swift, and splitting by Characters would miss it).
+            let scalars = line.unicodeScalars
+            guard let space = scalars.firstIndex(of: " "), !scalars[scalars.index(after: space)...].contains(" ") else {
+                throw TokenizerError.missingField(file: file, field: "model.merges[\(rank)]")
+            }
+            return (String(scalars[..<space]), String(scalars[scalars.index(after: space)...]))
         case let .array(pair):
             guard pair.count == 2, let a = pair[0].stringValue, let b = pair[1].stringValue else {
                 throw TokenizerError.missingField(file: file, field: "model.merges[\(rank)]")

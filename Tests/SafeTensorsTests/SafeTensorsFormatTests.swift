@@ -214,6 +214,47 @@ final class JSONParserTests: XCTestCase {
         }
     }
 
+    /// A repeated key is the error, at the repeat's offset and with its object's depth, whether the
+    /// object is read into a tree (keys checked when it ends) or member by member (checked as read),
+    /// and also when a malformed value or a deeper repeat follows it.
+    func testDuplicateKeyComesFirst() throws {
+        func duplicate(_ text: String) -> JSONParseError? {
+            do { _ = try JSONParser.parse(Data(text.utf8)) } catch let error as JSONParseError { return error } catch { return nil }
+            return nil
+        }
+        let cases: [(String, key: String, offset: Int, depth: Int)] = [
+            (#"{"a":1,"b":2,"a":3}"#, "a", 13, 1),
+            (#"{"x":{"a":1,"a":2}}"#, "a", 12, 2),
+            (#"{"a":1,"a":2,"c":tru}"#, "a", 7, 1),
+            (#"{"a":1,"a":{"b":1,"b":2}}"#, "a", 7, 1),
+            (#"{"a":1,"a":[{"b":1,"b":2}]}"#, "a", 7, 1),
+        ]
+        for (text, key, offset, depth) in cases {
+            let error = duplicate(text)
+            XCTAssertEqual(error?.duplicateKey, key, text)
+            XCTAssertEqual(error?.offset, offset, text)
+            XCTAssertEqual(error?.duplicateKeyDepth, depth, text)
+        }
+        // A malformed value before the repeat is the error.
+        XCTAssertNil(duplicate(#"{"a":tru,"a":1}"#)?.duplicateKey)
+        XCTAssertNotNil(duplicate(#"{"a":tru,"a":1}"#))
+        // Member by member: the same error, before the malformed value.
+        var seen: [String] = []
+        XCTAssertThrowsError(try Data(#"{"a":1,"a":2,"c":tru}"#.utf8).withUnsafeBytes { bytes in
+            try JSONParser.forEachMember(ofObject: bytes) { key, _ in seen.append(key) }
+        }) { XCTAssertEqual(($0 as? JSONParseError)?.duplicateKey, "a") }
+        XCTAssertEqual(seen, ["a"])
+    }
+
+    /// Strings are UTF-8 or refused, with and without escapes; valid bytes of U+FFFD are kept.
+    func testStringsMustBeUTF8() throws {
+        for bytes: [UInt8] in [[0x22, 0xFF, 0x22], [0x22, 0x5C, 0x6E, 0xC3, 0x22], [0x22, 0xED, 0xA0, 0x80, 0x22], [0x22, 0xF0, 0x9F, 0x98, 0x22]] {
+            XCTAssertThrowsError(try JSONParser.parse(Data(bytes)), "\(bytes)")
+        }
+        XCTAssertEqual(try JSONParser.parse(Data([0x22, 0xEF, 0xBF, 0xBD, 0x5C, 0x74, 0xC4, 0xA0, 0x22])), .string("\u{FFFD}\tĠ"))
+        XCTAssertEqual(try JSONParser.parse(Data(#""Ġthe""#.utf8)), .string("Ġthe"))
+    }
+
     func testRejectsDeepNesting() {
         XCTAssertThrowsError(try JSONParser.parse(Data((String(repeating: "[", count: 500) + String(repeating: "]", count: 500)).utf8)))
     }

@@ -135,6 +135,19 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    /// A merge line is cut at its space by scalars, as the library cuts it: "a \u{301}" (a space before
+    /// a combining mark, one Character to Swift) is the pair a + U+0301, and "a\u{301}ba\u{301}" is
+    /// [2, 3, 2] as tokenizers 0.23 gives it (the cross-check asks the library live).
+    func testMergeLineCutBeforeACombiningMark() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-merge-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model: [String: Any] = ["type": "BPE", "vocab": ["a": 0, "\u{301}": 1, "a\u{301}": 2, "b": 3], "merges": ["a \u{301}"]]
+        let file = dir.appendingPathComponent("tokenizer.json")
+        try JSONSerialization.data(withJSONObject: ["version": "1.0", "model": model]).write(to: file)
+        XCTAssertEqual(try Tokenizer.load(path: file.path).encode(utf8: Array("a\u{301}ba\u{301}".utf8), name: "t.txt"), [2, 3, 2])
+    }
+
     func testInvalidUTF8NamesTheByteOffset() throws {
         let tokenizer = try Tokenizer.load(path: path("v3-style.json"))
         for (bytes, offset) in [([0x61, 0x62, 0xFF], 2), ([0x61, 0xC0, 0x80], 1), ([0xED, 0xA0, 0x80], 0), ([0x61, 0xE4, 0xB8], 1),

@@ -1462,6 +1462,7 @@ def check_tokenizers(binary, work):
     print(f"tokenizers: {identical} of {len(DEEPSEEK_TOKENIZERS) * len(texts)} texts x DeepSeek tokenizers identical", flush=True)
     check_tokenizer_fixtures(binary, work)
     check_added_token_ids(binary, work)
+    check_merge_line_split(binary, work)
     check_unicode_classes(binary, work)
     check_normalizers(binary, work)
     check_word_characters(binary, work)
@@ -1536,6 +1537,27 @@ def check_added_token_ids(binary, work, cases=200):
             ok = False
             print(f"  case {case}: contents {contents}, shared {shared}: dsconvert {got} {err.strip()[:200]}")
     check(f"added-token ids on {cases} random files: {agreed} as the library gives them, {refused} refused where it shares an id", ok)
+
+
+def check_merge_line_split(binary, work):
+    """A merge line whose space comes before a combining mark (one grapheme to Swift): cut by the library's
+    rule, the pair merges, and the ids are the library's."""
+    from tokenizers import Tokenizer
+
+    path = os.path.join(work, "merge-mark.json")
+    write_byte_tokenizer(path, pre_tokenizer=None, vocab={"a": 0, "\u0301": 1, "a\u0301": 2, "b": 3})
+    with open(path, encoding="utf-8") as f:
+        document = json.load(f)
+    document["model"]["merges"] = ["a \u0301"]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, ensure_ascii=False)
+    text = "a\u0301ba\u0301a\u0301"
+    text_path = os.path.join(work, "merge-mark.txt")
+    with open(text_path, "w", encoding="utf-8") as f:
+        f.write(text)
+    want = Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids
+    got, err = tokenize(binary, path, text_path)
+    check(f"merge \"a \\u0301\": cut at the space before the mark, ids as tokenizers gives them ({want})", got == [want] and 2 in want, err)
 
 
 def check_unicode_classes(binary, work):
