@@ -1,3 +1,5 @@
+import Glibc
+
 /// The BPE model of a `tokenizer.json` (byte fallback, dropout and unknown token off): a word's
 /// symbols are merged pair by pair, always the pair of lowest merge rank, leftmost among equals,
 /// exactly the order of `tokenizers`' priority queue.
@@ -5,8 +7,8 @@ struct BPEModel: Sendable {
     /// Vocabulary ids are below this (2^24, the largest vocabulary a model config may declare;
     /// DeepSeek-V3's is 129,280), so the id-to-token table stays under 270 MB.
     static let idLimit = 1 << 24
-    /// Token string to id, and id to token string, for the model's own vocabulary.
-    let vocab: [String: Int32]
+    /// Token (by its bytes) to id, and id to token string, for the model's own vocabulary.
+    private let vocab: [TokenKey: Int32]
     let tokenOfID: [String?]
     /// (left id << 32 | right id) -> (rank << 32 | merged id).
     let merges: [UInt64: UInt64]
@@ -14,16 +16,16 @@ struct BPEModel: Sendable {
     let byteIDs: [Int32]
     let ignoreMerges: Bool
 
-    init(vocab: [String: Int32], merges: [(String, String)], ignoreMerges: Bool, file: String) throws {
+    init(vocab: [TokenKey: Int32], merges: [(String, String)], ignoreMerges: Bool, file: String) throws {
         self.vocab = vocab
         self.ignoreMerges = ignoreMerges
         var tokens = [String?](repeating: nil, count: (vocab.values.max().map { Int($0) + 1 }) ?? 0)
-        for (token, id) in vocab { tokens[Int(id)] = token }
+        for (token, id) in vocab { tokens[Int(id)] = token.token }
         tokenOfID = tokens
         var table: [UInt64: UInt64] = [:]
         table.reserveCapacity(merges.count)
         for (rank, (left, right)) in merges.enumerated() {
-            guard let a = vocab[left], let b = vocab[right], let merged = vocab[left + right] else {
+            guard let a = vocab[TokenKey(left)], let b = vocab[TokenKey(right)], let merged = vocab[TokenKey(left + right)] else {
                 throw TokenizerError.mergeOutOfVocabulary(file: file, merge: "\(left) \(right)")
             }
             let key = UInt64(UInt32(a)) << 32 | UInt64(UInt32(b))
@@ -31,13 +33,19 @@ struct BPEModel: Sendable {
             table[key] = UInt64(rank) << 32 | UInt64(UInt32(merged))
         }
         self.merges = table
-        byteIDs = ByteLevel.scalarOfByte.map { v in vocab[String(Character(Unicode.Scalar(v)!))] ?? -1 }
+        byteIDs = ByteLevel.scalarOfByte.map { v in vocab[TokenKey(String(Character(Unicode.Scalar(v)!)))] ?? -1 }
     }
+
+    /// How many tokens the vocabulary has.
+    var vocabularyCount: Int { vocab.count }
+
+    /// The id of a token of the model's own vocabulary (the same bytes).
+    func id(of token: String) -> Int32? { vocab[TokenKey(token)] }
 
     /// The id of a one-scalar token, for words that are not byte-level.
     func id(ofScalar v: UInt32) -> Int32? {
         guard let scalar = Unicode.Scalar(v) else { return nil }
-        return vocab[String(Character(scalar))]
+        return id(of: String(Character(scalar)))
     }
 
     /// Merges `symbols` (initial ids, one per character) and appends the result to `output`.
@@ -72,6 +80,26 @@ struct BPEModel: Sendable {
 
     @inline(__always)
     static func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b)) }
+}
+
+/// A vocabulary token compared and hashed by its UTF-8 bytes, as the library's `HashMap<String, u32>`
+/// does. A `String` key hashes and compares through Unicode normalization (a third of building
+/// DeepSeek-V3's merge table went there) and takes canonically equivalent tokens for one token, where
+/// the library keeps them apart.
+struct TokenKey: Hashable, Sendable {
+    let token: String
+
+    init(_ token: String) { self.token = token }
+
+    static func == (a: TokenKey, b: TokenKey) -> Bool {
+        var a = a.token, b = b.token
+        return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
+    }
+
+    func hash(into hasher: inout Hasher) {
+        var token = token
+        token.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
 }
 
 /// The symbols of the word being merged and the queue of candidate merges, reused across words.

@@ -176,7 +176,7 @@ struct EncodeWorker {
             for v in scalars { if let id = model.id(ofScalar: v) { symbols.append(id) } }
         }
         var ids: [Int32] = []
-        if model.ignoreMerges, let whole = model.vocab[word(scalars, byteLevel: piece.byteLevel)] {
+        if model.ignoreMerges, let whole = model.id(of: word(scalars, byteLevel: piece.byteLevel)) {
             ids = [whole]
         } else {
             model.merge(symbols, workspace: &workspace, into: &ids)

@@ -57,7 +57,7 @@ public final class Tokenizer: Sendable {
     /// The id of a token string (added tokens first, as `token_to_id`).
     public func id(of token: String) -> Int? {
         if let added = definition.addedTokens.first(where: { $0.content == token }) { return added.id }
-        return definition.model.vocab[token].map(Int.init)
+        return definition.model.id(of: token).map(Int.init)
     }
 
     /// Ids of `bytes`, which must be UTF-8; `name` (the text file) is what an error names.

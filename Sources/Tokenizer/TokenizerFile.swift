@@ -28,9 +28,9 @@ struct TokenizerDefinition {
         }
         model = try Self.model(root["model"], file: file)
         let model = model
-        let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { model.vocab[$0].map(Int.init) },
+        let added = try AddedVocabulary(json: root["added_tokens"] ?? .array([]), vocabularyID: { model.id(of: $0).map(Int.init) },
                                         vocabularyToken: { $0 >= 0 && $0 < model.tokenOfID.count ? model.tokenOfID[$0] : nil },
-                                        vocabularyCount: model.vocab.count, file: file)
+                                        vocabularyCount: model.vocabularyCount, file: file)
         (addedTokens, notes) = (added.tokens, added.notes)
         switch root["decoder"] {
         case nil, .null?: byteLevelDecoder = false

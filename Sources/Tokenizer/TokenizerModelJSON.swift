@@ -19,7 +19,7 @@ extension TokenizerDefinition {
             throw TokenizerError.unsupportedOption(file: file, option: "model.byte_fallback")
         }
         guard case let .object(entries)? = json["vocab"] else { throw TokenizerError.missingField(file: file, field: "model.vocab") }
-        var vocab: [String: Int32] = [:]
+        var vocab: [TokenKey: Int32] = [:]
         vocab.reserveCapacity(entries.count)
         for (token, value) in entries {
             guard let id = value.uint64 else { throw TokenizerError.missingField(file: file, field: "model.vocab[\(token)]") }
@@ -27,7 +27,7 @@ extension TokenizerDefinition {
             guard id < UInt64(BPEModel.idLimit) else {
                 throw TokenizerError.missingField(file: file, field: "model.vocab[\(token)] (an id below 2^24: \(id) is not)")
             }
-            vocab[token] = Int32(id)
+            vocab[TokenKey(token)] = Int32(id)
         }
         guard case let .array(list)? = json["merges"] else { throw TokenizerError.missingField(file: file, field: "model.merges") }
         let merges = try list.enumerated().map { rank, item in try mergePair(item, rank: rank, file: file) }

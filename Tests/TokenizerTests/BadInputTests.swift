@@ -146,6 +146,13 @@ final class BadInputTests: XCTestCase {
         let file = dir.appendingPathComponent("tokenizer.json")
         try JSONSerialization.data(withJSONObject: ["version": "1.0", "model": model]).write(to: file)
         XCTAssertEqual(try Tokenizer.load(path: file.path).encode(utf8: Array("a\u{301}ba\u{301}".utf8), name: "t.txt"), [2, 3, 2])
+        // Tokens are the same token when their bytes are: "e" + U+0301 is not "é" (U+00E9), so a merge
+        // making it is outside the vocabulary, and the library refuses the file too (the cross-check).
+        let equivalent: [String: Any] = ["type": "BPE", "vocab": ["e": 0, "\u{301}": 1, "\u{E9}": 2], "merges": ["e \u{301}"]]
+        try JSONSerialization.data(withJSONObject: ["version": "1.0", "model": equivalent]).write(to: file)
+        XCTAssertThrowsError(try Tokenizer.load(path: file.path)) { error in
+            XCTAssertEqual(error as? TokenizerError, .mergeOutOfVocabulary(file: file.path, merge: "e \u{301}"))
+        }
     }
 
     func testInvalidUTF8NamesTheByteOffset() throws {

@@ -1558,6 +1558,28 @@ def check_merge_line_split(binary, work):
     want = Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids
     got, err = tokenize(binary, path, text_path)
     check(f"merge \"a \\u0301\": cut at the space before the mark, ids as tokenizers gives them ({want})", got == [want] and 2 in want, err)
+    # Tokens are compared by their bytes: "e" + U+0301 is not the vocabulary's "\u00e9", so the merge making it
+    # is out of the vocabulary, and both refuse the file (the library, as of 0.23, by a panic while loading).
+    write_byte_tokenizer(path, pre_tokenizer=None, vocab={"e": 0, "\u0301": 1, "\u00e9": 2})
+    with open(path, encoding="utf-8") as f:
+        document = json.load(f)
+    document["model"]["merges"] = ["e \u0301"]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, ensure_ascii=False)
+    backtrace = os.environ.pop("RUST_BACKTRACE", None)
+    os.environ["RUST_BACKTRACE"] = "0"
+    try:
+        Tokenizer.from_file(path)
+        library_refuses = False
+    except BaseException:  # pyo3's PanicException derives from BaseException
+        library_refuses = True
+    finally:
+        os.environ.pop("RUST_BACKTRACE")
+        if backtrace is not None:
+            os.environ["RUST_BACKTRACE"] = backtrace
+    got, err = tokenize(binary, path, text_path)
+    check("merge making \"e\\u0301\" where the vocabulary has \"\\u00e9\": refused, as the library refuses it",
+          library_refuses and got is None and "outside the vocabulary" in err, err)
 
 
 def check_unicode_classes(binary, work):
