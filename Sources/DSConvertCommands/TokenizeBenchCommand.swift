@@ -13,10 +13,12 @@ public enum TokenizeBenchCommand: Command {
         abstract: "Time dsconvert's tokenizer (1 thread and all) against the tokenizers library on one text.",
         discussion: """
         The text is --text, or a deterministic mixed-script text of --size-mb MB (prose in nine
-        scripts, code, numbers, emoji, whitespace runs) written to a temporary file. Loading is not
-        timed; each figure is the median of --runs encodes in MB of UTF-8 per second. The peer is
-        Tests/bench/tokenizers_peer.py, run with RAYON_NUM_THREADS=1 and unset (skipped when python3
-        or tokenizers is missing); every run's ids must equal the one-thread dsconvert ids.
+        scripts, code, numbers, emoji, whitespace runs) written to a temporary file. Each encode
+        figure is the median of --runs encodes in MB of UTF-8 per second; loading is timed apart
+        (the median of --runs loads of the file, in the process, and of Tokenizer.from_file in the
+        peer). The peer is Tests/bench/tokenizers_peer.py, run with RAYON_NUM_THREADS=1 and unset
+        (skipped when python3 or tokenizers is missing); every run's ids must equal the one-thread
+        dsconvert ids.
         """,
         options: [
             OptionSpec("tokenizer", path: "PATH", help: "tokenizer.json, or a model directory holding one."),
@@ -42,6 +44,13 @@ public enum TokenizeBenchCommand: Command {
         let bytes = [UInt8](try FilePath.readRegularFile(textPath))
         let megabytes = Double(bytes.count) / 1e6
         terminal.out(String(format: "text: %@, %.2f MB; tokenizer: %@; %d cores; median of %d runs", textPath, megabytes, tokenizer.file, ProcessInfo.processInfo.activeProcessorCount, runs))
+        var loads: [Double] = []
+        for _ in 0..<runs {
+            let start = DispatchTime.now().uptimeNanoseconds
+            _ = try Tokenizer.load(path: tokenizer.file)
+            loads.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        reportLoad(terminal, "dsconvert, load", loads)
         var reference: [Int] = []
         for threads in [1, Parallel.threads] {
             var seconds: [Double] = []
@@ -73,8 +82,17 @@ public enum TokenizeBenchCommand: Command {
                 throw BenchMismatch(what: "\(label): the peer failed (\(run.outcome.label))")
             }
             guard ids.map({ $0.uint64.map(Int.init) ?? -1 }) == reference else { throw BenchMismatch(what: label) }
-            report(terminal, label, megabytes, times.compactMap { if case let .number(n) = $0 { return Double(n) } else { return nil } }, ids.count)
+            if environment.isEmpty, case let .array(loads)? = root["load_seconds"] {
+                reportLoad(terminal, "tokenizers, load (from_file)", loads.compactMap(\.doubleValue))
+            }
+            report(terminal, label, megabytes, times.compactMap(\.doubleValue), ids.count)
         }
+    }
+
+    private static func reportLoad(_ terminal: Terminal, _ label: String, _ seconds: [Double]) {
+        guard let summary = SampleSummary(seconds) else { return }
+        terminal.out(label.padding(toLength: max(34, label.count), withPad: " ", startingAt: 0)
+            + String(format: " %7.3f s     (%.3f-%.3f)", summary.median, summary.min, summary.max))
     }
 
     private static func report(_ terminal: Terminal, _ label: String, _ megabytes: Double, _ seconds: [Double], _ count: Int) {
@@ -83,6 +101,11 @@ public enum TokenizeBenchCommand: Command {
         terminal.out(padded + String(format: " %7.2f MB/s  (%.3f s, %.3f-%.3f; %d ids, identical)", megabytes / summary.median,
                             summary.median, summary.min, summary.max, count))
     }
+}
+
+extension JSONValue {
+    /// A number as a Double (the peer's timings).
+    fileprivate var doubleValue: Double? { if case let .number(n) = self { return Double(n) } else { return nil } }
 }
 
 /// The ids of a timed run differ from the one-thread dsconvert ids: the figures would compare
