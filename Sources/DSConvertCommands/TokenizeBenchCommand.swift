@@ -14,9 +14,9 @@ public enum TokenizeBenchCommand: Command {
         discussion: """
         The text is --text, or a deterministic mixed-script text of --size-mb MB (prose in nine
         scripts, code, numbers, emoji, whitespace runs) written to a temporary file. Each encode
-        figure is the median of --runs encodes in MB of UTF-8 per second; loading is timed apart
-        (the median of --runs loads of the file, in the process, and of Tokenizer.from_file in the
-        peer). The peer is Tests/bench/tokenizers_peer.py, run with RAYON_NUM_THREADS=1 and unset
+        figure is the median of --runs encodes in MB of UTF-8 per second; loading is timed apart:
+        the process's first load (with the Unicode tables built once per process) and the median of
+        --runs more, beside the peer's first Tokenizer.from_file and the median of its others. The peer is Tests/bench/tokenizers_peer.py, run with RAYON_NUM_THREADS=1 and unset
         (skipped when python3 or tokenizers is missing); every run's ids must equal the one-thread
         dsconvert ids.
         """,
@@ -30,7 +30,9 @@ public enum TokenizeBenchCommand: Command {
     )
 
     public static func run(_ arguments: ParsedArguments, terminal: Terminal) throws -> Int32 {
+        let firstLoad = DispatchTime.now().uptimeNanoseconds
         let tokenizer = try TextTokens.loadTokenizer(try arguments.required("tokenizer"), terminal: terminal)
+        var loads = [Double(DispatchTime.now().uptimeNanoseconds - firstLoad) / 1e9]
         let runs = try arguments.integer("runs", default: 3, in: 1...50)
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("dsconvert-bench-tokenize-\(getpid())")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
@@ -44,7 +46,6 @@ public enum TokenizeBenchCommand: Command {
         let bytes = [UInt8](try FilePath.readRegularFile(textPath))
         let megabytes = Double(bytes.count) / 1e6
         terminal.out(String(format: "text: %@, %.2f MB; tokenizer: %@; %d cores; median of %d runs", textPath, megabytes, tokenizer.file, ProcessInfo.processInfo.activeProcessorCount, runs))
-        var loads: [Double] = []
         for _ in 0..<runs {
             let start = DispatchTime.now().uptimeNanoseconds
             _ = try Tokenizer.load(path: tokenizer.file)
@@ -89,10 +90,11 @@ public enum TokenizeBenchCommand: Command {
         }
     }
 
+    /// The first load of the process (cold: its one-time tables) and the median of the rest.
     private static func reportLoad(_ terminal: Terminal, _ label: String, _ seconds: [Double]) {
-        guard let summary = SampleSummary(seconds) else { return }
+        guard let first = seconds.first, let summary = SampleSummary(Array(seconds.dropFirst())) else { return }
         terminal.out(label.padding(toLength: max(34, label.count), withPad: " ", startingAt: 0)
-            + String(format: " %7.3f s     (%.3f-%.3f)", summary.median, summary.min, summary.max))
+            + String(format: " %7.3f s first, %.3f s after  (%.3f-%.3f)", first, summary.median, summary.min, summary.max))
     }
 
     private static func report(_ terminal: Terminal, _ label: String, _ megabytes: Double, _ seconds: [Double], _ count: Int) {

@@ -1,4 +1,6 @@
+#if canImport(Glibc)
 import Glibc
+#endif
 
 /// The BPE model of a `tokenizer.json` (byte fallback, dropout and unknown token off): a word's
 /// symbols are merged pair by pair, always the pair of lowest merge rank, leftmost among equals,

@@ -35,7 +35,7 @@ enum UnicodeTables {
             let category = scalar.properties.generalCategory
             // Only an assigned code point can be dated after the library's Unicode, and private use
             // has been assigned since Unicode 2.0: their age (a second lookup) is read for the rest,
-            // a quarter of the code points.
+            // about a third of the code points looked up.
             switch category {
             case .unassigned: continue
             case .privateUse: break

@@ -228,6 +228,9 @@ final class JSONParserTests: XCTestCase {
             (#"{"a":1,"a":2,"c":tru}"#, "a", 7, 1),
             (#"{"a":1,"a":{"b":1,"b":2}}"#, "a", 7, 1),
             (#"{"a":1,"a":[{"b":1,"b":2}]}"#, "a", 7, 1),
+            (#"{"x":{"b":1,"b":2},"x":1}"#, "b", 12, 2),
+            // A repeat before a value nested too deep: the repeat, at its own object's depth.
+            (#"{"a":1,"a":"# + String(repeating: "[", count: 200), "a", 7, 1),
         ]
         for (text, key, offset, depth) in cases {
             let error = duplicate(text)
@@ -242,8 +245,17 @@ final class JSONParserTests: XCTestCase {
         var seen: [String] = []
         XCTAssertThrowsError(try Data(#"{"a":1,"a":2,"c":tru}"#.utf8).withUnsafeBytes { bytes in
             try JSONParser.forEachMember(ofObject: bytes) { key, _ in seen.append(key) }
-        }) { XCTAssertEqual(($0 as? JSONParseError)?.duplicateKey, "a") }
+        }) { error in
+            let error = error as? JSONParseError
+            XCTAssertEqual(error?.duplicateKey, "a")
+            XCTAssertEqual(error?.offset, 7)
+            XCTAssertEqual(error?.duplicateKeyDepth, 1)
+        }
         XCTAssertEqual(seen, ["a"])
+        // A member's own object read into a tree inside the streamed document: its depth.
+        XCTAssertThrowsError(try Data(#"{"t":{"dtype":1,"dtype":2}}"#.utf8).withUnsafeBytes { bytes in
+            try JSONParser.forEachMember(ofObject: bytes) { _, _ in }
+        }) { XCTAssertEqual(($0 as? JSONParseError)?.duplicateKeyDepth, 2) }
     }
 
     /// Strings are UTF-8 or refused, with and without escapes; valid bytes of U+FFFD are kept.

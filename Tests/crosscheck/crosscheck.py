@@ -1571,6 +1571,8 @@ def check_merge_line_split(binary, work):
     try:
         Tokenizer.from_file(path)
         library_refuses = False
+    except KeyboardInterrupt:
+        raise
     except BaseException:  # pyo3's PanicException derives from BaseException
         library_refuses = True
     finally:
