@@ -16,9 +16,10 @@ public enum TokenizeBenchCommand: Command {
         scripts, code, numbers, emoji, whitespace runs) written to a temporary file. Each encode
         figure is the median of --runs encodes in MB of UTF-8 per second; loading is timed apart:
         the process's first load (with the Unicode tables built once per process) and the median of
-        --runs more, beside the peer's first Tokenizer.from_file and the median of its others. The peer is Tests/bench/tokenizers_peer.py, run with RAYON_NUM_THREADS=1 and unset
-        (skipped when python3 or tokenizers is missing); every run's ids must equal the one-thread
-        dsconvert ids.
+        --runs more, beside the peer's first Tokenizer.from_file and the median of its others. The
+        peer is Tests/bench/tokenizers_peer.py, run with RAYON_NUM_THREADS=1 and unset (skipped
+        when python3 or tokenizers is missing); every run's ids must equal the one-thread dsconvert
+        ids.
         """,
         options: [
             OptionSpec("tokenizer", path: "PATH", help: "tokenizer.json, or a model directory holding one."),

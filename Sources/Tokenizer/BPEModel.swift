@@ -85,9 +85,9 @@ struct BPEModel: Sendable {
 }
 
 /// A vocabulary token compared and hashed by its UTF-8 bytes, as the library's `HashMap<String, u32>`
-/// does. A `String` key hashes and compares through Unicode normalization (a third of building
-/// DeepSeek-V3's merge table went there) and takes canonically equivalent tokens for one token, where
-/// the library keeps them apart.
+/// does. A `String` key compares by canonical equivalence and takes "e" + U+0301 for "é" (U+00E9),
+/// which the library keeps apart (a merge making the one where the vocabulary has the other is
+/// refused there). Loading V3's file took as long with either key.
 struct TokenKey: Hashable, Sendable {
     let token: String
 
