@@ -147,7 +147,17 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, 
 // 8 x 3 and 14 x 2 between) and level with 4 x 6 in the forward pass on a Zen 5 host, once unrolled
 // (below). Each output is its own chain of fused multiply-adds in increasing k whatever the tile, so
 // the bits do not change.
-__attribute__((target("avx512f"), always_inline)) static inline void tile512(const size_t MR_, const size_t NV_, size_t nc, const float *a,
+// The AVX-512 tile's target. `scripts/attention-avx512-emulation.sh` builds this file with
+// DSCONVERT_EMULATE_AVX512 and the tile's few intrinsics as plain C, one fmaf a lane, so a host without
+// AVX-512 checks the tile's addressing and bits against the other levels; the level's exp and softmax
+// then come from AVX2 (the same bits).
+#ifdef DSCONVERT_EMULATE_AVX512
+#define AVX512_TILE_TARGET
+#else
+#define AVX512_TILE_TARGET __attribute__((target("avx512f")))
+#endif
+
+AVX512_TILE_TARGET __attribute__((always_inline)) static inline void tile512(const size_t MR_, const size_t NV_, size_t nc, const float *a,
                                                                               size_t lda, const float *b, size_t ldp, size_t kc, float *c,
                                                                               size_t ldc) {
     // The loops over rows and vectors are unrolled whole, so the sums live in registers: at the
@@ -177,7 +187,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void tile512(con
     default: tile512(MR_, 1, nc, a, lda, b, ldp, kc, c, ldc); break;                                    \
     }
 
-__attribute__((target("avx512f"))) static void tile_avx512(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldp,
+AVX512_TILE_TARGET static void tile_avx512(size_t mr, size_t nc, const float *a, size_t lda, const float *b, size_t ldp,
                                                             size_t kc, float *c, size_t ldc) {
     switch (mr) {
     case 12: TILE_ROWS(12) break;
@@ -326,7 +336,11 @@ typedef struct {
 
 static level_kernels kernels_for(int isa) {
 #if defined(__x86_64__)
+#ifdef DSCONVERT_EMULATE_AVX512
+    if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx512, softmax_avx2, pack_keys_avx2};
+#else
     if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx512, exp_avx512_silu_mul, tile_avx512, softmax_avx512, pack_keys_avx2};
+#endif
     if (isa == DSCONVERT_ISA_AVX2 && dsconvert_cpu_has_fma()) return (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx2, softmax_avx2, pack_keys_avx2};
 #else
     (void)isa;

@@ -80,10 +80,14 @@ DEFINE_BLOCK_ROW(block_row_avx2, __attribute__((target("avx2"))))
 DEFINE_BLOCK_ROW(block_row_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
 #endif
 
+// The AVX-512 level's functions are compiled for F, BW, VL and DQ (every CPU with BW has the others, but a
+// virtual machine may hide one), so it is taken only when the CPU reports all four.
 int dsconvert_fp8_best_isa(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return DSCONVERT_ISA_AVX512;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        return DSCONVERT_ISA_AVX512;
     if (__builtin_cpu_supports("avx2")) return DSCONVERT_ISA_AVX2;
 #endif
     return DSCONVERT_ISA_BASELINE;
