@@ -3,8 +3,11 @@
 // and 192 / 128, blocks of 1 to 256 queries, rows with a gap between them) and checks that the three
 // give the same bits, that no output past a row's width is written, and that every emulated 512-bit
 // load was 64-byte aligned. Built by scripts/attention-avx512-emulation.sh, under AddressSanitizer.
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "attention.h"
 #include "fp8_kernels.h"
@@ -66,6 +69,8 @@ int main(void) {
                                       {1024, 16, 8, 16, 256}, {77, 512, 64, 512, 64}, {9, 8, 0, 8, 128},        {5, 512, 64, 512, 64},
                                       {21, 128, 64, 128, 13}, {45, 128, 64, 192, 7}, {16, 3, 1, 1, 1},         {17, 7, 0, 31, 12},
                                       {33, 16, 16, 48, 5},    {100, 40, 8, 47, 100},  {64, 192, 0, 128, 24}};
+    // Line by line, so what ran before a sanitizer's abort is not lost in a pipe's buffer.
+    setvbuf(stdout, NULL, _IOLBF, 0);
     // The AVX2 level too where the CPU has it (and FMA), else the baseline against the emulation alone.
     int levels = __builtin_cpu_supports("avx2") && dsconvert_cpu_has_fma() ? 3 : 2;
     int failures = 0;

@@ -24,7 +24,8 @@ if git rev-parse --verify -q HEAD >/dev/null 2>&1; then
 fi
 # The AVX-512 attention tile, emulated in plain C, against the other levels bit for bit (where the CPU has
 # AVX-512 the Swift suite above runs the real one).
-scripts/attention-avx512-emulation.sh | tail -1
+emulation=$(scripts/attention-avx512-emulation.sh) || { printf '%s\n' "$emulation"; exit 1; }
+tail -1 <<<"$emulation"
 # llama.cpp for the GGUF cross-check: built once from the pinned llama-cpp-python source, cached outside the checkout.
 llama_cpp=$(scripts/llama-cpp.sh)
 python3 Tests/crosscheck/crosscheck.py --bin .build/release/dsconvert --llama-cpp "$llama_cpp"

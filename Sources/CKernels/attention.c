@@ -149,8 +149,8 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(size_t mr, size_t nc, 
 // the bits do not change.
 // The AVX-512 tile's target. `scripts/attention-avx512-emulation.sh` builds this file with
 // DSCONVERT_EMULATE_AVX512 and the tile's few intrinsics as plain C, one fmaf a lane, so a host without
-// AVX-512 checks the tile's addressing and bits against the other levels; the level's exp and softmax
-// then come from AVX2 (the same bits).
+// AVX-512 checks the tile's addressing and bits against the other levels; the level's exp, softmax
+// and key pack then come from AVX2, or plain C on a CPU without it (the same bits).
 #ifdef DSCONVERT_EMULATE_AVX512
 #define AVX512_TILE_TARGET
 #else
@@ -337,7 +337,10 @@ typedef struct {
 static level_kernels kernels_for(int isa) {
 #if defined(__x86_64__)
 #ifdef DSCONVERT_EMULATE_AVX512
-    if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx512, softmax_avx2, pack_keys_avx2};
+    if (isa >= DSCONVERT_ISA_AVX512)
+        return __builtin_cpu_supports("avx2") && dsconvert_cpu_has_fma()
+                   ? (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx512, softmax_avx2, pack_keys_avx2}
+                   : (level_kernels){exp_baseline, exp_baseline_silu_mul, tile_avx512, softmax_baseline, pack_keys};
 #else
     if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx512, exp_avx512_silu_mul, tile_avx512, softmax_avx512, pack_keys_avx2};
 #endif

@@ -37,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1042,7 +1043,6 @@ def gguf_metadata_region(path):
     to pass the converter's general.name and general.size_label on to dsconvert (a wrong one fails the
     comparison). gguf-py's reader takes ~15 s on a real vocabulary's 129,280 tokens and 127,741 merges; this
     takes well under a second."""
-    import struct
     with open(path, "rb") as f:
         data = f.read(64 << 20)
     magic, version, _, count = struct.unpack_from("<4sIQQ", data, 0)
@@ -1103,7 +1103,7 @@ def check_gguf_metadata_walk(path, llama):
     region, strings = gguf_metadata_region(path)
     theirs = {f.name: bytes(f.parts[f.data[0]]).decode() for f in fields if f.types == [gguf.GGUFValueType.STRING]}
     check(f"GGUF: the metadata walk ends where gguf-py's last of {len(fields)} entries ends (byte {end}) and reads its {len(theirs)} strings",
-          len(region) == end and strings == theirs, f"walk {len(region)}, {sorted(set(strings) ^ set(theirs))}")
+          len(region) == end and strings == theirs, f"walk {len(region)}, {sorted(k for k in set(strings) | set(theirs) if strings.get(k) != theirs.get(k))}")
 
 
 def gguf_metadata_differences(path, reference, llama):
@@ -1238,11 +1238,16 @@ def check_gguf_real_tokenizers(binary, work, llama):
                                "--name", label[0], "--size-label", label[1])
         # The whole metadata region byte for byte (the tensor infos after it list the same tensors in another
         # order); only when it differs is gguf-py asked which entries do.
-        same = bool(files) and gguf_metadata_region(files[0])[0] == theirs_region
-        differ = [] if same or not files else gguf_metadata_differences(files[0], reference, llama)
+        try:
+            mine_region = gguf_metadata_region(files[0])[0] if files else b""
+        except (ValueError, struct.error, UnicodeDecodeError) as e:
+            mine_region = f"unreadable: {e}"
+        same = mine_region == theirs_region
+        differ = [] if same or not isinstance(mine_region, bytes) or not files else \
+            ["(the header: version, tensor or entry count)"] if mine_region[:24] != theirs_region[:24] else gguf_metadata_differences(files[0], reference, llama)
         check(f"GGUF vocabulary of {name} ({vocab} tokens): all {int.from_bytes(theirs_region[16:24], 'little')} metadata entries as "
               f"convert_hf_to_gguf.py writes them, in its order (the {len(theirs_region)} bytes through the last one identical)",
-              r.returncode == 0 and same, r.stderr + f" differ: {differ}")
+              r.returncode == 0 and same, r.stderr + f" differ: {differ}" + (f" ({mine_region})" if isinstance(mine_region, str) else ""))
         if files:
             check_gguf_real_vocabulary_run(binary, work, llama, source, files[0], name, logits=full)
         if not full:

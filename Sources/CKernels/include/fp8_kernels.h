@@ -12,7 +12,7 @@
 enum {
     DSCONVERT_ISA_BASELINE = 0,  // x86-64 SSE2 (or whatever the target's default is)
     DSCONVERT_ISA_AVX2 = 1,
-    DSCONVERT_ISA_AVX512 = 2,    // AVX-512 F + BW
+    DSCONVERT_ISA_AVX512 = 2,    // AVX-512 F, BW, VL and DQ
 };
 
 /// The best level this CPU runs.
