@@ -1431,7 +1431,7 @@ def check_fp8(binary, work):
 
 
 # The three distilled R1s carry Qwen 2.5's, Qwen 3's and Llama 3.1's pre-tokenizer: (?i:'s|'t|…) groups, empty BPE affixes.
-DEEPSEEK_TOKENIZERS = ["deepseek-v2", "deepseek-v2.5", "deepseek-v3", "deepseek-r1", "deepseek-v3.1", "deepseek-v3.2", "deepseek-llm-7b-base", "deepseek-coder-33b-base",
+DEEPSEEK_TOKENIZERS = ["deepseek-v2", "deepseek-v2.5", "deepseek-v3", "deepseek-r1", "deepseek-v3.1", "deepseek-v3.2", "deepseek-v4", "deepseek-llm-7b-base", "deepseek-coder-33b-base",
                       "deepseek-r1-distill-qwen-7b", "deepseek-r1-0528-qwen3-8b", "deepseek-r1-distill-llama-8b"]
 
 
