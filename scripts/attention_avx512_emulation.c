@@ -33,7 +33,10 @@ static float *rows_of(size_t seq, size_t w, size_t gap) {
     return p;
 }
 
-static int run(size_t seq, size_t d1, size_t d2, size_t dv, size_t block, size_t gap, int levels) {
+// The levels compared: the first is the baseline, the last the emulated AVX-512 one.
+static int level_codes[3], levels;
+
+static int run(size_t seq, size_t d1, size_t d2, size_t dv, size_t block, size_t gap) {
     size_t dq = d1 + d2, ldo = dv + gap;
     float *q = rows_of(seq, dq, gap), *k1 = rows_of(seq, d1, gap), *k2 = rows_of(seq, d2, d2 ? gap : 0), *v = rows_of(seq, dv, gap);
     float *o[3] = {0};
@@ -41,7 +44,7 @@ static int run(size_t seq, size_t d1, size_t d2, size_t dv, size_t block, size_t
     for (int level = 0; level < levels; level++) {
         o[level] = malloc(seq * ldo * sizeof(float));
         for (size_t i = 0; i < seq * ldo; i++) o[level][i] = NAN;
-        int level_code = level == 0 ? DSCONVERT_ISA_BASELINE : (level == 1 && levels == 3 ? DSCONVERT_ISA_AVX2 : DSCONVERT_ISA_AVX512);
+        int level_code = level_codes[level];
         int rc = dsconvert_causal_attention(level_code, seq, block, (dsconvert_rows){q, dq + gap, dq}, (dsconvert_rows){k1, d1 + gap, d1},
                                             (dsconvert_rows){k2, d2 ? d2 + gap : 1, d2}, (dsconvert_rows){v, dv + gap, dv}, 0.125f, o[level], ldo);
         if (rc) {
@@ -72,10 +75,12 @@ int main(void) {
     // Line by line, so what ran before a sanitizer's abort is not lost in a pipe's buffer.
     setvbuf(stdout, NULL, _IOLBF, 0);
     // The AVX2 level too where the CPU has it (and FMA), else the baseline against the emulation alone.
-    int levels = __builtin_cpu_supports("avx2") && dsconvert_cpu_has_fma() ? 3 : 2;
+    level_codes[levels++] = DSCONVERT_ISA_BASELINE;
+    if (__builtin_cpu_supports("avx2") && dsconvert_cpu_has_fma()) level_codes[levels++] = DSCONVERT_ISA_AVX2;
+    level_codes[levels++] = DSCONVERT_ISA_AVX512;
     int failures = 0;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
-        for (size_t gap = 0; gap <= 5; gap += 5) failures += run(cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4], gap, levels);
+        for (size_t gap = 0; gap <= 5; gap += 5) failures += run(cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4], gap);
     printf("emulated 512-bit loads %ld, not 64-byte aligned %ld; %d of %zu cases failed\n", emu512_loads, emu512_misaligned, failures,
            2 * sizeof cases / sizeof cases[0]);
     return failures != 0 || emu512_misaligned != 0 || emu512_loads == 0;

@@ -337,10 +337,11 @@ typedef struct {
 static level_kernels kernels_for(int isa) {
 #if defined(__x86_64__)
 #ifdef DSCONVERT_EMULATE_AVX512
-    if (isa >= DSCONVERT_ISA_AVX512)
-        return __builtin_cpu_supports("avx2") && dsconvert_cpu_has_fma()
-                   ? (level_kernels){exp_avx2, exp_avx2_silu_mul, tile_avx512, softmax_avx2, pack_keys_avx2}
-                   : (level_kernels){exp_baseline, exp_baseline_silu_mul, tile_avx512, softmax_baseline, pack_keys};
+    if (isa >= DSCONVERT_ISA_AVX512) {
+        level_kernels emulated = kernels_for(__builtin_cpu_supports("avx2") ? DSCONVERT_ISA_AVX2 : DSCONVERT_ISA_BASELINE);
+        emulated.tile = tile_avx512;
+        return emulated;
+    }
 #else
     if (isa >= DSCONVERT_ISA_AVX512) return (level_kernels){exp_avx512, exp_avx512_silu_mul, tile_avx512, softmax_avx512, pack_keys_avx2};
 #endif
